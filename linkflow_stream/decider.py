@@ -1,0 +1,191 @@
+"""The decider: what happens next in an execution, as events. Pure and deterministic.
+
+``decide(state, input, now)`` reads the state and one input (a start request, a node result or
+a command) and returns the events that follow. Time is ``now``, the input record's timestamp,
+never the clock, so re-processing an input after a crash yields the same events with the same
+sequence numbers, and consumers drop them as duplicates. An input that was already applied, or
+that no longer matches the state (a result for an old attempt, a stale timer), yields nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
+from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
+from linkflow_stream.workflow import Dependency, NodeDefinition
+
+Input = StartExecution | NodeResult | ExecutionCommand
+
+
+@dataclass(frozen=True)
+class NodeKind:
+    """What the decider must know of a node type: where it runs and its default timeout."""
+
+    dispatch: Dispatch
+    default_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class DeciderConfig:
+    kinds: Mapping[str, NodeKind] = field(default_factory=dict)
+    lease_grace_seconds: float = 5.0
+    max_lease_attempts: int = 5
+    """Attempts after which a node whose tasks keep going unanswered fails with ``lease_expired``."""
+
+    def kind(self, node_type: str) -> NodeKind:
+        return self.kinds.get(node_type, NodeKind(Dispatch.TASK))
+
+
+class _Builder:
+    """Accumulates events, folding each into the state so later decisions see earlier ones."""
+
+    def __init__(self, state: ExecutionState | None, execution_id: str, now: datetime) -> None:
+        self.state = state
+        self.execution_id = execution_id
+        self.now = now
+        self.events: list[ExecutionEvent] = []
+
+    @property
+    def s(self) -> ExecutionState:
+        assert self.state is not None
+        return self.state
+
+    def emit(self, type_: EventType, **fields: Any) -> None:
+        seq = (self.state.seq if self.state else 0) + 1
+        event = ExecutionEvent(execution_id=self.execution_id, seq=seq, type=type_, at=self.now, **fields)
+        self.state = evolve(self.state, event)
+        self.events.append(event)
+
+
+def decide(state: ExecutionState | None, inp: Input, now: datetime,
+           config: DeciderConfig | None = None) -> list[ExecutionEvent]:
+    """The events that follow ``inp`` in ``state``; empty when ``inp`` changes nothing."""
+    cfg = config or DeciderConfig()
+    b = _Builder(state, inp.execution_id, now)
+    if isinstance(inp, StartExecution):
+        if state is not None:
+            return []
+        b.emit(EventType.EXECUTION_CREATED, workflow=inp.workflow, input=inp.input, priority=inp.priority)
+        timeout = inp.workflow.timeout_seconds
+        b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)
+        _advance(b, cfg)
+        return b.events
+    if state is None or state.status.terminal:
+        return []
+    if isinstance(inp, NodeResult):
+        _on_result(b, inp, cfg)
+    elif inp.kind is CommandKind.CANCEL:
+        _terminate(b, ExecutionStatus.CANCELLED, inp.reason or "cancelled by request")
+    elif inp.timer_id is not None:
+        _on_timer(b, inp.timer_id, cfg)
+    return b.events
+
+
+def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
+    node = b.s.nodes.get(r.node_id)
+    if node is None or node.status is not NodeStatus.RUNNING or node.attempts != r.attempt:
+        return  # an old attempt, a duplicate, or a node that was cancelled meanwhile
+    if any(t.kind is TimerKind.RETRY and t.node_id == r.node_id for t in b.s.timers.values()):
+        return  # this attempt already failed and its retry is scheduled
+    if r.ok:
+        b.emit(EventType.NODE_SUCCEEDED, node_id=r.node_id, attempt=r.attempt, output=r.output)
+        _advance(b, cfg)
+    else:
+        error = r.error or NodeError(error_class="unknown", message="node failed without an error")
+        _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg)
+
+
+def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
+    timer = b.s.timers.get(timer_id)
+    if timer is None:
+        return  # already fired, or its node moved on
+    if timer.kind is TimerKind.EXECUTION_TIMEOUT:
+        _terminate(b, ExecutionStatus.FAILED, "execution timed out")
+        return
+    assert timer.node_id is not None and timer.attempt is not None
+    node = b.s.workflow.node(timer.node_id)
+    if timer.kind is TimerKind.WAIT:
+        b.emit(EventType.NODE_SUCCEEDED, node_id=node.id, attempt=timer.attempt,
+               output={"waited_seconds": node.config.get("seconds")})
+        _advance(b, cfg)
+    elif timer.kind is TimerKind.RETRY:
+        _start_node(b, node, timer.attempt + 1, cfg)
+    elif timer.attempt >= cfg.max_lease_attempts:  # LEASE
+        error = NodeError(error_class="lease_expired", retryable=False,
+                          message=f"no result after {timer.attempt} dispatches")
+        b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=timer.attempt, error=error)
+        _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
+    else:
+        _start_node(b, node, timer.attempt + 1, cfg, reason="lease expired; dispatched again")
+
+
+def _fail_node(b: _Builder, node: NodeDefinition, attempt: int, error: NodeError, cfg: DeciderConfig) -> None:
+    policy = node.retry
+    if error.retryable and policy is not None and attempt < policy.max_attempts:
+        b.emit(EventType.NODE_RETRY_SCHEDULED, node_id=node.id, attempt=attempt, error=error,
+               due_at=b.now + timedelta(seconds=policy.delay(attempt)))
+        return
+    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error)
+    _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
+
+
+def _terminate(b: _Builder, status: ExecutionStatus, reason: str) -> None:
+    """End the run: stop running nodes, settle pending ones, then record the outcome."""
+    for node in b.s.workflow.nodes:
+        current = b.s.nodes[node.id].status
+        if current is NodeStatus.RUNNING or (current is NodeStatus.PENDING and status is ExecutionStatus.CANCELLED):
+            b.emit(EventType.NODE_CANCELLED, node_id=node.id, reason=reason)
+        elif current is NodeStatus.PENDING:
+            b.emit(EventType.NODE_SKIPPED, node_id=node.id, reason=reason)
+    end = {ExecutionStatus.FAILED: EventType.EXECUTION_FAILED,
+           ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED}[status]
+    b.emit(end, reason=reason)
+
+
+def _readiness(b: _Builder, node: NodeDefinition) -> NodeStatus | None:
+    """RUNNING if the node may start, SKIPPED if every path to it is excluded, None to wait."""
+    satisfied = not node.depends_on
+    for text in node.depends_on:
+        dep = Dependency.parse(text)
+        ds = b.s.nodes[dep.node]
+        if ds.status in (NodeStatus.PENDING, NodeStatus.RUNNING):
+            return None
+        if ds.status is NodeStatus.SUCCESS and (dep.branch is None or ds.output is dep.branch):
+            satisfied = True
+    return NodeStatus.RUNNING if satisfied else NodeStatus.SKIPPED
+
+
+def _advance(b: _Builder, cfg: DeciderConfig) -> None:
+    """Start every ready node and skip every excluded one, until nothing changes; then finish."""
+    progressed = True
+    while progressed:
+        progressed = False
+        for node in b.s.workflow.nodes:
+            if b.s.nodes[node.id].status is not NodeStatus.PENDING:
+                continue
+            verdict = _readiness(b, node)
+            if verdict is NodeStatus.SKIPPED:
+                b.emit(EventType.NODE_SKIPPED, node_id=node.id, reason="no dependency path was taken")
+                progressed = True
+            elif verdict is NodeStatus.RUNNING:
+                _start_node(b, node, 1, cfg)
+    if all(n.status not in (NodeStatus.PENDING, NodeStatus.RUNNING) for n in b.s.nodes.values()):
+        b.emit(EventType.EXECUTION_SUCCEEDED)
+
+
+def _start_node(b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderConfig, reason: str | None = None) -> None:
+    kind = cfg.kind(node.type)
+    if kind.dispatch is Dispatch.TIMER:
+        due = b.now + timedelta(seconds=float(node.config.get("seconds", 0)))
+    elif kind.dispatch is Dispatch.TASK:
+        timeout = node.timeout_seconds or kind.default_timeout_seconds
+        due = b.now + timedelta(seconds=timeout + cfg.lease_grace_seconds)
+    else:
+        due = None
+    b.emit(EventType.NODE_STARTED, node_id=node.id, attempt=attempt, dispatch=kind.dispatch, due_at=due,
+           reason=reason)

@@ -1,0 +1,55 @@
+"""The execution event: every state transition of a run, appended to ``linkflow.events``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from linkflow_stream.messages import NodeError, Priority
+from linkflow_stream.workflow import WorkflowDefinition
+
+
+class EventType(StrEnum):
+    EXECUTION_CREATED = "execution_created"
+    EXECUTION_STARTED = "execution_started"
+    NODE_STARTED = "node_started"
+    NODE_SUCCEEDED = "node_succeeded"
+    NODE_FAILED = "node_failed"
+    NODE_RETRY_SCHEDULED = "node_retry_scheduled"
+    NODE_SKIPPED = "node_skipped"
+    NODE_CANCELLED = "node_cancelled"
+    EXECUTION_SUCCEEDED = "execution_succeeded"
+    EXECUTION_FAILED = "execution_failed"
+    EXECUTION_CANCELLED = "execution_cancelled"
+
+
+class Dispatch(StrEnum):
+    """Where a started node runs."""
+
+    TASK = "task"
+    INLINE = "inline"
+    TIMER = "timer"
+
+
+class ExecutionEvent(BaseModel):
+    """One transition. ``(execution_id, seq)`` identifies it; a repeated seq is a duplicate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    seq: int
+    type: EventType
+    at: datetime
+    node_id: str | None = None
+    attempt: int | None = None
+    workflow: WorkflowDefinition | None = None
+    input: Any = None
+    priority: Priority | None = None
+    output: Any = None
+    error: NodeError | None = None
+    reason: str | None = None
+    due_at: datetime | None = None
+    dispatch: Dispatch | None = None

@@ -1,0 +1,88 @@
+"""Inputs of the orchestrator and the executors: the records on the request, command, task,
+result and control topics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from linkflow_stream.workflow import WorkflowDefinition
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class CommandKind(StrEnum):
+    CANCEL = "cancel"
+    TIMER_FIRED = "timer_fired"
+
+
+class NodeError(BaseModel):
+    """Why a node attempt failed, and whether trying again may help."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error_class: str
+    message: str
+    retryable: bool = False
+
+
+class StartExecution(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    workflow: WorkflowDefinition
+    input: Any
+    priority: Priority = Priority.NORMAL
+    requested_at: datetime
+
+
+class ExecutionCommand(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    kind: CommandKind
+    reason: str | None = None
+    timer_id: str | None = None
+
+
+class NodeTask(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    workflow_id: str
+    node_id: str
+    attempt: int
+    node_type: str
+    config: dict[str, Any]
+    input: dict[str, Any]
+    timeout_seconds: float
+    lease_until: datetime
+
+
+class NodeResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    node_id: str
+    attempt: int
+    ok: bool
+    output: Any = None
+    error: NodeError | None = None
+    started_at: datetime
+    finished_at: datetime
+    worker_id: str | None = None
+
+
+class ControlMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    execution_id: str
+    node_id: str | None = None
+    reason: str = "cancelled"

@@ -1,0 +1,67 @@
+"""The node executor interface that every node type implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from linkflow_stream.errors import LinkflowError
+from linkflow_stream.events import Dispatch
+from linkflow_stream.messages import NodeError
+
+# Failure classes and whether trying again can help.
+RETRYABLE_CLASSES = {
+    "timeout": True, "connection": True, "http_429": True, "http_5xx": True, "lease_expired": True,
+    "http_4xx": False, "validation": False, "expression_error": False, "code_error": False,
+    "resource_limit": False, "cancelled": False,
+}
+
+
+class NodeFailure(LinkflowError):
+    """A node attempt failed; ``error_type`` is its failure class."""
+
+    def __init__(self, error_class: str, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message, error_type=error_class,
+                         retryable=RETRYABLE_CLASSES.get(error_class, False) if retryable is None else retryable)
+
+    def to_error(self) -> NodeError:
+        return NodeError(error_class=self.error_type, message=self.message, retryable=self.retryable)
+
+
+class ConfigError(LinkflowError):
+    """A node config that can never run; names the field so registration can say what is wrong."""
+
+    error_type = "validation"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"config.{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """Who is running: used for idempotency keys, logs and cancellation."""
+
+    execution_id: str
+    workflow_id: str
+    node_id: str
+    attempt: int
+    timeout_seconds: float
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.execution_id}/{self.node_id}/{self.attempt}"
+
+
+class NodeExecutor(Protocol):
+    """One node type. ``validate`` runs at registration, ``execute`` per attempt."""
+
+    type_name: ClassVar[str]
+    dispatch: ClassVar[Dispatch]
+    default_timeout_seconds: ClassVar[float]
+
+    def validate(self, config: dict[str, Any]) -> None:
+        """Raise ``ConfigError`` for config that can never run."""
+
+    async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
+        """Run one attempt over ``data`` (``{"input", "nodes"}``); raise ``NodeFailure`` on failure."""

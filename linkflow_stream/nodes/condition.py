@@ -1,0 +1,27 @@
+"""``condition``: a JSONata boolean; dependants pick a branch with ``"c:true"`` or ``"c:false"``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from linkflow_stream.events import Dispatch
+from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.nodes.expressions import evaluate, require_expression
+
+
+class ConditionNode:
+    type_name: ClassVar[str] = "condition"
+    dispatch: ClassVar[Dispatch] = Dispatch.INLINE
+    default_timeout_seconds: ClassVar[float] = 5.0
+
+    def validate(self, config: dict[str, Any]) -> None:
+        require_expression(config)
+        unknown = set(config) - {"expression"}
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], "unknown field")
+
+    async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
+        result = evaluate(config["expression"], data)
+        if not isinstance(result, bool):
+            raise NodeFailure("expression_error", f"condition must be a boolean, got {type(result).__name__}")
+        return result

@@ -1,0 +1,28 @@
+"""Node types by name: adding a type means adding a module and one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from linkflow_stream.decider import DeciderConfig, NodeKind
+from linkflow_stream.nodes.base import NodeExecutor
+from linkflow_stream.nodes.condition import ConditionNode
+from linkflow_stream.nodes.http import HttpNode
+from linkflow_stream.nodes.transform import TransformNode
+from linkflow_stream.nodes.wait import WaitNode
+from linkflow_stream.settings import Settings
+
+
+def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
+    executors: list[NodeExecutor] = [
+        TransformNode(), ConditionNode(), WaitNode(),
+        HttpNode(allow_private=settings.http_allow_private_networks,
+                 max_response_bytes=settings.http_max_response_bytes),
+    ]
+    return {e.type_name: e for e in executors}
+
+
+def decider_config(registry: Mapping[str, NodeExecutor], settings: Settings) -> DeciderConfig:
+    """What the pure decider needs to know of the node types, as plain data."""
+    kinds = {name: NodeKind(e.dispatch, e.default_timeout_seconds) for name, e in registry.items()}
+    return DeciderConfig(kinds=kinds, lease_grace_seconds=settings.lease_grace_seconds)

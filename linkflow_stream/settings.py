@@ -1,0 +1,66 @@
+"""All runtime configuration in one frozen place, read from ``LINKFLOW_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Engine settings. Every field can be set as ``LINKFLOW_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="LINKFLOW_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers. Default ``127.0.0.1:9092`` (the broker ``make run`` starts)."""
+
+    topic_prefix: str = ""
+    """Prefix put before every topic name, so several engines can share a broker. Default empty."""
+
+    app_id: str = "linkflow"
+    """Faust app id and consumer-group base name. Default ``linkflow``."""
+
+    api_host: str = "0.0.0.0"  # noqa: S104 - a service is expected to listen on all interfaces
+    """Interface of the HTTP API. Default ``0.0.0.0``."""
+
+    api_port: int = 8084
+    """Port of the execution API. Default ``8084``."""
+
+    registry_port: int = 8085
+    """Port of the worker registry API. Default ``8085``."""
+
+    data_dir: Path = Path(".linkflow")
+    """Where local engine files (Faust table dirs) live. Default ``.linkflow``."""
+
+    executor_slots: int = Field(default=64, ge=1)
+    """Node tasks one process runs at once. Default ``64``."""
+
+    executor_pools: tuple[str, ...] = ("default",)
+    """Task pools (``linkflow.tasks.<pool>``) this process consumes. Default ``("default",)``."""
+
+    lease_grace_seconds: float = 5.0
+    """Time beyond a node's timeout before its task is presumed lost and dispatched again.
+    Default ``5.0``."""
+
+    session_timeout_seconds: float = 10.0
+    """Kafka group session timeout: how long a killed instance keeps its partitions.
+    Default ``10.0``."""
+
+    commit_interval_seconds: float = 0.5
+    """How often consumed offsets are committed. Default ``0.5``."""
+
+    http_allow_private_networks: bool = False
+    """Let HTTP nodes call loopback, private and link-local addresses. Default ``False``.
+    The cloud metadata address stays refused either way."""
+
+    http_timeout_seconds: float = 30.0
+    """Default timeout of an HTTP node. Default ``30.0``."""
+
+    http_max_response_bytes: int = 10 * 1024 * 1024
+    """Largest HTTP response body a node accepts. Default 10 MiB."""
+
+    def topic(self, name: str) -> str:
+        """The real topic name for a logical one, with the configured prefix."""
+        return f"{self.topic_prefix}{name}"

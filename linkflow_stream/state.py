@@ -1,0 +1,218 @@
+"""Execution state and ``evolve``: the one fold of execution events.
+
+The orchestrator folds its own events to know what to decide next, and the status view folds
+the same events to answer reads, so both share this code. ``evolve`` is pure: the new state
+depends only on the old state and the event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.messages import NodeError, Priority
+from linkflow_stream.workflow import WorkflowDefinition
+
+
+class ExecutionStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({ExecutionStatus.SUCCESS, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+
+
+class NodeStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class TimerKind(StrEnum):
+    WAIT = "wait"
+    LEASE = "lease"
+    RETRY = "retry"
+    EXECUTION_TIMEOUT = "execution_timeout"
+
+
+class NodeState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    status: NodeStatus = NodeStatus.PENDING
+    attempts: int = 0
+    output: Any = None
+    error: NodeError | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Timer(BaseModel):
+    """A durable timer. Its id names the attempt it belongs to, so a stale one matches nothing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: TimerKind
+    due_at: datetime
+    node_id: str | None = None
+    attempt: int | None = None
+
+    @staticmethod
+    def make_id(kind: TimerKind, node_id: str | None = None, attempt: int | None = None) -> str:
+        return kind.value if node_id is None else f"{kind.value}:{node_id}:{attempt}"
+
+
+class Transition(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    from_status: ExecutionStatus | None
+    to_status: ExecutionStatus
+    at: datetime
+    reason: str | None = None
+
+
+class ExecutionState(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    workflow: WorkflowDefinition
+    status: ExecutionStatus
+    priority: Priority = Priority.NORMAL
+    input: Any
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    seq: int
+    nodes: dict[str, NodeState]
+    timers: dict[str, Timer] = {}
+    history: tuple[Transition, ...] = ()
+
+    def node_inputs(self) -> dict[str, Any]:
+        """What expressions and executors see: the run's input and every finished node's output."""
+        return {
+            "input": self.input,
+            "nodes": {k: v.output for k, v in self.nodes.items() if v.status is NodeStatus.SUCCESS},
+        }
+
+
+class EvolveError(ValueError):
+    """An event that cannot follow the state it was applied to: a bug or a corrupt log."""
+
+
+_EXECUTION_END = {
+    EventType.EXECUTION_SUCCEEDED: ExecutionStatus.SUCCESS,
+    EventType.EXECUTION_FAILED: ExecutionStatus.FAILED,
+    EventType.EXECUTION_CANCELLED: ExecutionStatus.CANCELLED,
+}
+_NODE_END = {
+    EventType.NODE_SUCCEEDED: NodeStatus.SUCCESS,
+    EventType.NODE_FAILED: NodeStatus.FAILED,
+    EventType.NODE_SKIPPED: NodeStatus.SKIPPED,
+    EventType.NODE_CANCELLED: NodeStatus.CANCELLED,
+}
+
+
+def apply(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionState | None:
+    """``evolve`` for consumers of the log: a seq already applied is a duplicate and changes nothing."""
+    if state is not None and event.seq <= state.seq:
+        return state
+    if state is None and event.type is not EventType.EXECUTION_CREATED:
+        return None  # the head of this execution's log was lost to retention; nothing to build on
+    return evolve(state, event)
+
+
+def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionState:
+    """Apply one event. Raises ``EvolveError`` for an event that cannot follow ``state``."""
+    if event.type is EventType.EXECUTION_CREATED:
+        if state is not None or event.workflow is None:
+            raise EvolveError(f"{event.execution_id}: execution_created must come first, with a workflow")
+        return ExecutionState(
+            id=event.execution_id,
+            workflow=event.workflow,
+            status=ExecutionStatus.PENDING,
+            priority=event.priority or Priority.NORMAL,
+            input=event.input,
+            created_at=event.at,
+            seq=event.seq,
+            nodes={n.id: NodeState() for n in event.workflow.nodes},
+            history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=event.at),),
+        )
+    if state is None:
+        raise EvolveError(f"{event.execution_id}: {event.type} before execution_created")
+    if state.status.terminal:
+        raise EvolveError(f"{state.id}: {event.type} after the execution ended ({state.status})")
+    if event.seq != state.seq + 1:
+        raise EvolveError(f"{state.id}: seq {event.seq} does not follow {state.seq}")
+    if event.type is EventType.EXECUTION_STARTED:
+        return _transition(state, event, ExecutionStatus.RUNNING, started_at=event.at, timers=_with_timer(
+            state.timers, Timer.make_id(TimerKind.EXECUTION_TIMEOUT), TimerKind.EXECUTION_TIMEOUT, event.due_at))
+    if event.type in _EXECUTION_END:
+        return _transition(state, event, _EXECUTION_END[event.type], finished_at=event.at, timers={})
+    return _evolve_node(state, event)
+
+
+def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+    node_id = event.node_id
+    if node_id is None or node_id not in state.nodes:
+        raise EvolveError(f"{state.id}: {event.type} names unknown node {node_id!r}")
+    node = state.nodes[node_id]
+    timers = {k: t for k, t in state.timers.items() if t.node_id != node_id}
+    if event.type is EventType.NODE_STARTED:
+        if node.status not in (NodeStatus.PENDING, NodeStatus.RUNNING):
+            raise EvolveError(f"{state.id}: node {node_id} cannot start from {node.status}")
+        attempt = event.attempt or 1
+        kind = TimerKind.WAIT if event.dispatch is Dispatch.TIMER else TimerKind.LEASE
+        new = node.model_copy(update={
+            "status": NodeStatus.RUNNING, "attempts": attempt, "output": None,
+            "started_at": node.started_at or event.at, "finished_at": None,
+        })
+        timers = _with_timer(timers, Timer.make_id(kind, node_id, attempt), kind, event.due_at, node_id, attempt)
+    elif event.type is EventType.NODE_RETRY_SCHEDULED:
+        if node.status is not NodeStatus.RUNNING:
+            raise EvolveError(f"{state.id}: node {node_id} retry from {node.status}")
+        new = node.model_copy(update={"error": event.error})
+        timers = _with_timer(timers, Timer.make_id(TimerKind.RETRY, node_id, node.attempts), TimerKind.RETRY,
+                             event.due_at, node_id, node.attempts)
+    elif event.type in _NODE_END:
+        target = _NODE_END[event.type]
+        allowed = (NodeStatus.PENDING,) if target is NodeStatus.SKIPPED else (NodeStatus.RUNNING,)
+        if target is NodeStatus.CANCELLED:
+            allowed = (NodeStatus.PENDING, NodeStatus.RUNNING)
+        if node.status not in allowed:
+            raise EvolveError(f"{state.id}: node {node_id} cannot go from {node.status} to {target}")
+        new = node.model_copy(update={
+            "status": target, "finished_at": event.at,
+            "output": event.output if target is NodeStatus.SUCCESS else None,
+            "error": event.error if target is NodeStatus.FAILED else node.error,
+        })
+    else:  # pragma: no cover - every EventType is handled above
+        raise EvolveError(f"{state.id}: unhandled event {event.type}")
+    return state.model_copy(update={"seq": event.seq, "nodes": {**state.nodes, node_id: new}, "timers": timers})
+
+
+def _with_timer(
+    timers: dict[str, Timer], timer_id: str, kind: TimerKind, due_at: datetime | None,
+    node_id: str | None = None, attempt: int | None = None,
+) -> dict[str, Timer]:
+    if due_at is None:
+        return timers
+    return {**timers, timer_id: Timer(id=timer_id, kind=kind, due_at=due_at, node_id=node_id, attempt=attempt)}
+
+
+def _transition(state: ExecutionState, event: ExecutionEvent, to: ExecutionStatus, **update: Any) -> ExecutionState:
+    step = Transition(from_status=state.status, to_status=to, at=event.at, reason=event.reason)
+    return state.model_copy(update={"seq": event.seq, "status": to, "history": (*state.history, step), **update})

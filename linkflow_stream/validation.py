@@ -1,0 +1,122 @@
+"""Validation of a workflow definition at registration, so bad config is a 400 then, never a
+failure at run time. Every message names the node and the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pydantic
+
+from linkflow_stream.errors import ValidationError
+from linkflow_stream.nodes.base import ConfigError, NodeExecutor
+from linkflow_stream.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
+
+
+def _pydantic_problems(exc: pydantic.ValidationError, body: Any) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
+            nodes = body.get("nodes") if isinstance(body, dict) else None
+            node_id = nodes[loc[1]].get("id") if isinstance(nodes, list) and isinstance(nodes[loc[1]], dict) else None
+            rest = ".".join(str(p) for p in loc[2:])
+            where = f"node {node_id!r}: {rest}" if node_id is not None else f"nodes[{loc[1]}]: {rest}"
+        problems.append(f"{where}: {err['msg']}")
+    return problems
+
+
+def parse_workflow(body: Any, registry: Mapping[str, NodeExecutor], *, version: int,
+                   created_at: datetime) -> WorkflowDefinition:
+    """The definition in ``body``, or ``ValidationError`` listing everything wrong with it."""
+    if not isinstance(body, dict):
+        raise ValidationError("the workflow must be a JSON object")
+    try:
+        wf = WorkflowDefinition.model_validate({**body, "version": version, "created_at": created_at})
+    except pydantic.ValidationError as exc:
+        raise ValidationError("invalid workflow: " + "; ".join(_pydantic_problems(exc, body))) from exc
+    problems = check_workflow(wf, registry)
+    if problems:
+        raise ValidationError("invalid workflow: " + "; ".join(problems))
+    return wf
+
+
+def check_workflow(wf: WorkflowDefinition, registry: Mapping[str, NodeExecutor]) -> list[str]:
+    """Everything wrong with ``wf``: ids, types, dependencies, cycles and per-type config."""
+    problems: list[str] = []
+    if not NODE_ID.match(wf.id):
+        problems.append(f"id: {wf.id!r} must match {NODE_ID.pattern}")
+    if not wf.nodes:
+        problems.append("nodes: a workflow needs at least one node")
+    seen: dict[str, NodeDefinition] = {}
+    for node in wf.nodes:
+        if not NODE_ID.match(node.id):
+            problems.append(f"node {node.id!r}: id must match {NODE_ID.pattern}")
+        if node.id in seen:
+            problems.append(f"node {node.id!r}: duplicate node id")
+        seen[node.id] = node
+    for node in wf.nodes:
+        problems.extend(_check_node(node, seen, registry))
+    if not problems:
+        cycle = _find_cycle(wf)
+        if cycle:
+            problems.append("nodes: dependency cycle " + " -> ".join(cycle))
+    return problems
+
+
+def _check_node(node: NodeDefinition, nodes: Mapping[str, NodeDefinition],
+                registry: Mapping[str, NodeExecutor]) -> list[str]:
+    problems = []
+    executor = registry.get(node.type)
+    if executor is None:
+        problems.append(f"node {node.id!r}: type: unknown type {node.type!r} (known: {', '.join(sorted(registry))})")
+    else:
+        try:
+            executor.validate(node.config)
+        except ConfigError as exc:
+            problems.append(f"node {node.id!r}: {exc.message}")
+    for text in node.depends_on:
+        try:
+            dep = Dependency.parse(text)
+        except ValueError as exc:
+            problems.append(f"node {node.id!r}: depends_on: {exc}")
+            continue
+        target = nodes.get(dep.node)
+        if target is None:
+            problems.append(f"node {node.id!r}: depends_on: {dep.node!r} is not a node of this workflow")
+        elif dep.node == node.id:
+            problems.append(f"node {node.id!r}: depends_on: a node cannot depend on itself")
+        elif dep.branch is not None and target.type != "condition":
+            problems.append(f"node {node.id!r}: depends_on: {text!r} picks a branch of a {target.type} node; "
+                            "only condition nodes have branches")
+    return problems
+
+
+def _find_cycle(wf: WorkflowDefinition) -> list[str]:
+    """A cycle as a path of node ids, or [] for a DAG (iterative DFS with colours)."""
+    edges = {n.id: [Dependency.parse(d).node for d in n.depends_on] for n in wf.nodes}
+    colour: dict[str, int] = {}
+    for root in edges:
+        if colour.get(root):
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = []
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                colour[node] = 1
+                path.append(node)
+            deps = edges[node]
+            if i < len(deps):
+                stack.append((node, i + 1))
+                nxt = deps[i]
+                if colour.get(nxt) == 1:
+                    return [*path[path.index(nxt):], nxt]
+                if not colour.get(nxt):
+                    stack.append((nxt, 0))
+            else:
+                colour[node] = 2
+                path.pop()
+    return []
