@@ -1,0 +1,215 @@
+"""The execution API on port 8084: the seed's HTTP contract over the engine's topics and views.
+
+Writes become Kafka records (acknowledged before the response); reads come from the views, which
+every instance keeps for the whole log, so any instance answers any read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from linkflow_stream import topic_names
+from linkflow_stream.clock import now
+from linkflow_stream.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
+from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, StartExecution
+from linkflow_stream.nodes.base import NodeExecutor
+from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.validation import parse_workflow
+from projections.status import StatusView
+from projections.workflows import WorkflowView
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 300.0
+MAX_BODY_BYTES = 1024 * 1024
+_STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
+EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
+
+
+class UnavailableError(LinkflowError):
+    error_type = "unavailable"
+
+
+@dataclass
+class ApiDeps:
+    publisher: Publisher
+    status: StatusView
+    workflows: WorkflowView
+    registry: Mapping[str, NodeExecutor]
+    readiness: Callable[[], Mapping[str, bool]]
+    metrics: Callable[[], bytes] | None = None
+    on_started: Callable[[StartExecution], None] | None = None
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message}}
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    """Every error leaves as ``{"error": {"type", "message"}}`` with a 4xx status."""
+    try:
+        return await handler(request)
+    except LinkflowError as exc:
+        return web.json_response(error_body(exc.error_type, exc.message), status=_STATUS.get(exc.error_type, 400))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http")
+        return web.json_response(error_body(kind, exc.reason), status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(error_body("internal", "internal error; see the engine log"), status=500)
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise ValidationError("the request body must be JSON; it was empty")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"malformed JSON: {exc}") from exc
+
+
+def _priority(request: web.Request) -> Priority:
+    raw = request.headers.get("X-Priority")
+    if raw is None or raw.strip() == "":
+        return Priority.NORMAL
+    try:
+        return Priority(raw.strip().lower())
+    except ValueError:
+        raise ValidationError(f"X-Priority must be high, normal or low, not {raw!r}") from None
+
+
+def _float_param(request: web.Request, name: str, *, low: float, high: float) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low} and {high}")
+    return value
+
+
+class Api:
+    def __init__(self, deps: ApiDeps) -> None:
+        self.d = deps
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app.add_routes([
+            web.post("/api/workflows", self.register_workflow),
+            web.get("/api/workflows", self.list_workflows),
+            web.get("/api/workflows/{id}", self.get_workflow),
+            web.post("/api/executions", self.start_execution),
+            web.get("/api/executions", self.list_executions),
+            web.get("/api/executions/{id}", self.get_execution),
+            web.post("/api/executions/{id}/cancel", self.cancel_execution),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+        ])
+        return app
+
+    async def register_workflow(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        workflow_id = body.get("id") if isinstance(body, dict) else None
+        version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
+        wf = parse_workflow(body, self.d.registry, version=version, created_at=now())
+        await self.d.publisher.send([Outgoing(topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered",
+                                              time=wf.created_at)])
+        self.d.workflows.apply(wf)
+        return web.json_response({"id": wf.id, "version": wf.version}, status=201)
+
+    async def list_workflows(self, request: web.Request) -> web.Response:
+        return web.json_response({"workflows": [
+            {"id": wf.id, "version": wf.version, "name": wf.name} for wf in self.d.workflows.latest.values()]})
+
+    async def get_workflow(self, request: web.Request) -> web.Response:
+        wf = self.d.workflows.get(request.match_info["id"])
+        if wf is None:
+            raise NotFoundError(f"workflow {request.match_info['id']!r} does not exist")
+        return web.json_response(json.loads(wf.model_dump_json()))
+
+    async def start_execution(self, request: web.Request) -> web.Response:
+        priority = _priority(request)
+        wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            raise ValidationError("the body must be a JSON object with workflow_id and input_data")
+        workflow_id = body.get("workflow_id")
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise ValidationError("workflow_id (a string) is required")
+        unknown = set(body) - {"workflow_id", "input_data"}
+        if unknown:
+            raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        wf = self.d.workflows.get(workflow_id)
+        if wf is None:
+            raise NotFoundError(f"workflow {workflow_id!r} does not exist")
+        request_record = StartExecution(execution_id=f"exec_{uuid.uuid4().hex}", workflow=wf,
+                                        input=body.get("input_data", {}), priority=priority, requested_at=now())
+        self.d.status.accept(request_record)
+        await self.d.publisher.send([Outgoing(topic_names.requests(priority), request_record.execution_id,
+                                              request_record, "io.linkflow.execution.requested",
+                                              time=request_record.requested_at)])
+        if self.d.on_started is not None:
+            self.d.on_started(request_record)
+        if wait and await self.d.status.wait_terminal(request_record.execution_id, wait):
+            return web.json_response(self.d.status.get(request_record.execution_id))
+        return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+
+    async def list_executions(self, request: web.Request) -> web.Response:
+        status = request.query.get("status") or None
+        if status is not None and status not in EXECUTION_STATUSES:
+            raise ValidationError(f"status must be one of {', '.join(EXECUTION_STATUSES)}")
+        raw_limit = request.query.get("limit", "50")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+            raise ValidationError("limit must be an integer between 1 and 1000")
+        rows = self.d.status.query(status=status, workflow_id=request.query.get("workflow_id") or None,
+                                   limit=int(raw_limit))
+        return web.json_response({"executions": rows, "count": len(rows)})
+
+    async def get_execution(self, request: web.Request) -> web.Response:
+        body = self.d.status.get(request.match_info["id"])
+        if body is None:
+            raise NotFoundError(f"execution {request.match_info['id']!r} does not exist")
+        return web.json_response(body)
+
+    async def cancel_execution(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["id"]
+        status = self.d.status.status(execution_id)
+        if status is None:
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        if status.terminal:
+            raise ConflictError(f"execution {execution_id} already ended ({status.value})")
+        await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, ExecutionCommand(
+            execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"),
+            "io.linkflow.command.cancel")])
+        return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = dict(self.d.readiness())
+        ready = all(checks.values())
+        return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
+                                 status=200 if ready else 503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self.d.metrics is None:
+            raise NotFoundError("metrics are not enabled")
+        return web.Response(body=self.d.metrics(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type": "version=0.0.4"})

@@ -1,0 +1,199 @@
+"""The composition root: one Faust app with the orchestrator and executor agents, plus the
+services around it (publisher, views, timers, HTTP API)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import faust
+import mode
+from aiohttp import web
+from aiokafka import ConsumerRecord
+
+from linkflow_stream import topic_names
+from linkflow_stream.api import Api, ApiDeps
+from linkflow_stream.clock import from_millis
+from linkflow_stream.codec import Codec, DecodeError, default_codec
+from linkflow_stream.dead_letters import dead_letter
+from linkflow_stream.decider import Input
+from linkflow_stream.events import ExecutionEvent
+from linkflow_stream.executor import Executor
+from linkflow_stream.messages import ControlMessage, ExecutionCommand, NodeResult, NodeTask, StartExecution
+from linkflow_stream.nodes import build_registry, decider_config
+from linkflow_stream.orchestrator import Orchestrator
+from linkflow_stream.publisher import Publisher
+from linkflow_stream.settings import Settings
+from linkflow_stream.state import ExecutionState
+from linkflow_stream.timers import TimerService
+from linkflow_stream.topics import execution_partitions
+from linkflow_stream.workflow import WorkflowDefinition
+from projections.log_reader import LogReader
+from projections.status import StatusView
+from projections.workflows import WorkflowView
+
+log = logging.getLogger(__name__)
+
+RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+class Engine:
+    """Everything one ``linkflow run`` process holds."""
+
+    def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
+        self.settings = settings
+        self.codec = codec or default_codec()
+        self.registry = build_registry(settings)
+        self.orchestrator = Orchestrator(self.registry, decider_config(self.registry, settings))
+        self.publisher = Publisher(settings, self.codec)
+        self.timers = TimerService(self.publisher)
+        self.executor = Executor(self.registry, self.publisher, settings.executor_slots)
+        self.status = StatusView()
+        self.workflows = WorkflowView()
+        self.inputs_processed = 0
+        self.app = self._build_app()
+        self.readers = [
+            LogReader(settings.bootstrap_servers, settings.topic(topic_names.WORKFLOWS), self._on_workflow,
+                      on_error=self._view_error),
+            LogReader(settings.bootstrap_servers, settings.topic(topic_names.EVENTS), self._on_event,
+                      on_error=self._view_error),
+        ]
+        self.control = LogReader(settings.bootstrap_servers, settings.topic(topic_names.CONTROL), self._on_control,
+                                 from_beginning=False)
+
+    # -- Faust wiring -------------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        partitions = execution_partitions()
+        app = faust.App(
+            s.app_id, broker=f"kafka://{s.bootstrap_servers}", store="memory://",
+            topic_partitions=partitions, topic_allow_declare=False, topic_disable_leader=True,
+            web_enabled=False, broker_session_timeout=s.session_timeout_seconds,
+            broker_heartbeat_interval=min(3.0, s.session_timeout_seconds / 3),
+            broker_commit_interval=s.commit_interval_seconds, consumer_auto_offset_reset="earliest",
+            datadir=str(s.data_dir / "faust"), producer_acks=-1, producer_linger=0.001,
+            stream_wait_empty=False,
+        )
+        inputs = app.topic(*(s.topic(t) for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)),
+                           **RAW)
+        changelog = app.topic(s.topic(topic_names.STATE), partitions=partitions, **RAW)
+        self.table = app.Table("executions", default=None, partitions=partitions, changelog_topic=changelog,
+                               key_type=bytes, value_type=bytes)
+        tasks = app.topic(*(s.topic(topic_names.tasks(p)) for p in s.executor_pools), **RAW)
+
+        async def orchestrate(stream: Any) -> None:
+            async for event in stream.events():
+                await self.on_input(event.message)
+
+        async def execute(stream: Any) -> None:
+            async for event in stream.events():
+                await self.on_task(event.message)
+
+        app.agent(inputs, name="orchestrator", concurrency=1)(orchestrate)
+        app.agent(tasks, name="executor", concurrency=1)(execute)
+        app.task(self._run_timers)
+        return app
+
+    def _decode_input(self, topic: str, value: bytes | None) -> Input:
+        logical = topic.removeprefix(self.settings.topic_prefix)
+        if logical in topic_names.REQUESTS:
+            return self.codec.decode(value, StartExecution)
+        if logical == topic_names.COMMANDS:
+            return self.codec.decode(value, ExecutionCommand)
+        return self.codec.decode(value, NodeResult)
+
+    async def on_input(self, msg: Any) -> None:
+        """One orchestrator input: decide, publish (acknowledged), then store the state."""
+        try:
+            inp = self._decode_input(msg.topic, msg.value)
+            if msg.key != inp.execution_id.encode():
+                raise DecodeError(f"record key {msg.key!r} is not its execution id {inp.execution_id!r}")
+            raw = self.table.get(msg.key)
+            state = self.codec.decode(raw, ExecutionState) if raw is not None else None
+            step = await self.orchestrator.step(state, inp, from_millis(int(msg.timestamp * 1000)))
+        except Exception as exc:  # noqa: BLE001 - a poison input goes to the DLQ; the agent goes on
+            await dead_letter(self.publisher, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                              key=msg.key, value=msg.value, reason=f"{type(exc).__name__}: {exc}")
+            return
+        self.inputs_processed += 1
+        if not step.changed or step.state is None:
+            return
+        await self.publisher.send(step.outputs)
+        self.table[msg.key] = self.codec.encode(step.state)
+        self.timers.track(step.state)
+
+    async def on_task(self, msg: Any) -> None:
+        try:
+            task = self.codec.decode(msg.value, NodeTask)
+        except DecodeError as exc:
+            await dead_letter(self.publisher, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                              key=msg.key, value=msg.value, reason=str(exc))
+            return
+        await self.executor.submit(task)
+
+    async def _run_timers(self) -> None:
+        """Started by Faust after table recovery: load every stored timer, then fire them when due."""
+        states = [self.codec.decode(v, ExecutionState) for _, v in self.table.items() if v is not None]
+        self.timers.rebuild(states)
+        log.info("timer service: %d executions with timers after recovery", len(states))
+        await self.timers.run()
+
+    # -- views --------------------------------------------------------------------------------
+    def _on_workflow(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.workflows.apply(self.codec.decode(record.value, WorkflowDefinition))
+
+    def _on_event(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.status.apply(self.codec.decode(record.value, ExecutionEvent))
+
+    def _on_control(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.executor.cancel(self.codec.decode(record.value, ControlMessage))
+
+    async def _view_error(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
+        log.error("view could not apply %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+
+    def readiness(self) -> Mapping[str, bool]:
+        consumer = getattr(self.app, "_consumer", None)
+        assigned = bool(consumer is not None and consumer.assignment())
+        return {
+            "views_caught_up": all(r.caught_up.is_set() for r in self.readers),
+            "partitions_assigned": assigned and not self.app.rebalancing,
+        }
+
+
+class EngineServices(mode.Service):
+    """Publisher, views and HTTP API: started before the Faust app so /healthz answers at once."""
+
+    def __init__(self, engine: Engine, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.engine = engine
+        self._runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        e = self.engine
+        await e.publisher.start()
+        for reader in (*e.readers, e.control):
+            await reader.start()
+        api = Api(ApiDeps(publisher=e.publisher, status=e.status, workflows=e.workflows, registry=e.registry,
+                          readiness=e.readiness))
+        self._runner = web.AppRunner(api.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, e.settings.api_host, e.settings.api_port).start()
+        log.info("execution API listening on %s:%d", e.settings.api_host, e.settings.api_port)
+
+    async def on_stop(self) -> None:
+        e = self.engine
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for reader in (*e.readers, e.control):
+            await reader.stop()
+        await asyncio.gather(*e.executor.running.values(), return_exceptions=True)
+        await e.publisher.stop()
+
+
+def run(settings: Settings, loglevel: str = "info") -> None:
+    """Run the engine in the foreground until SIGINT/SIGTERM."""
+    engine = Engine(settings)
+    worker = faust.Worker(engine.app, EngineServices(engine), loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

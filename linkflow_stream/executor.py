@@ -1,0 +1,88 @@
+"""The executor: runs node tasks from ``linkflow.tasks.<pool>`` and publishes their results.
+
+A task runs as its own asyncio task, bounded by ``executor_slots``, so the consuming agent never
+waits on a slow node. Its offset may be committed before it finishes; if this process dies, the
+orchestrator's lease runs out and the node is dispatched again (at-least-once, like Temporal
+activities). Cancellation arrives on the broadcast control topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Mapping
+
+from linkflow_stream import topic_names
+from linkflow_stream.clock import now
+from linkflow_stream.messages import ControlMessage, NodeResult, NodeTask
+from linkflow_stream.nodes.base import NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.publisher import Outgoing, Publisher
+
+log = logging.getLogger(__name__)
+
+TaskKey = tuple[str, str, int]
+
+
+class Executor:
+    def __init__(self, registry: Mapping[str, NodeExecutor], publisher: Publisher, slots: int) -> None:
+        self.registry = registry
+        self.publisher = publisher
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self._slots = asyncio.Semaphore(slots)
+        self.running: dict[TaskKey, asyncio.Task[None]] = {}
+        self.completed = 0
+
+    async def submit(self, task: NodeTask) -> None:
+        """Start ``task`` once a slot is free; a duplicate of a running attempt is ignored."""
+        key = (task.execution_id, task.node_id, task.attempt)
+        if key in self.running:
+            return
+        await self._slots.acquire()
+        job = asyncio.create_task(self._run(task), name=f"node:{task.execution_id}/{task.node_id}/{task.attempt}")
+        self.running[key] = job
+        job.add_done_callback(lambda _: self._finished(key))
+
+    def _finished(self, key: TaskKey) -> None:
+        self.running.pop(key, None)
+        self._slots.release()
+
+    def cancel(self, control: ControlMessage) -> int:
+        """Stop the named running attempts; returns how many were stopped."""
+        hits = [job for (execution_id, node_id, _), job in self.running.items()
+                if execution_id == control.execution_id and control.node_id in (None, node_id)]
+        for job in hits:
+            job.cancel()
+        return len(hits)
+
+    async def _run(self, task: NodeTask) -> None:
+        started = now()
+        ctx = NodeContext(task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds)
+        ok, output, error = True, None, None
+        try:
+            executor = self.registry.get(task.node_type)
+            if executor is None:
+                raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
+            async with asyncio.timeout(task.timeout_seconds):
+                output = await executor.execute(ctx, task.config, task.input)
+        except NodeFailure as exc:
+            ok, error = False, exc.to_error()
+        except TimeoutError:
+            ok, error = False, NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s").to_error()
+        except asyncio.CancelledError:
+            log.info("cancelled %s/%s attempt %d", task.execution_id, task.node_id, task.attempt)
+            return  # the orchestrator already ended this node; there is no result to report
+        except Exception as exc:  # noqa: BLE001 - an executor bug fails the node, never the worker
+            log.exception("node %s/%s crashed", task.execution_id, task.node_id)
+            ok, error = False, NodeFailure("internal", f"{type(exc).__name__}: {exc}", retryable=False).to_error()
+        result = NodeResult(execution_id=task.execution_id, node_id=task.node_id, attempt=task.attempt, ok=ok,
+                            output=output, error=error, started_at=started, finished_at=now(),
+                            worker_id=self.worker_id)
+        try:
+            await self.publisher.send([Outgoing(topic_names.RESULTS, task.execution_id, result, "io.linkflow.node.result",
+                                                ce_id=f"{task.execution_id}/{task.node_id}/{task.attempt}")])
+            self.completed += 1
+        except Exception:  # noqa: BLE001 - the lease will re-dispatch the node
+            log.exception("could not publish the result of %s/%s; the lease will retry it",
+                          task.execution_id, task.node_id)

@@ -1,0 +1,86 @@
+"""Durable timers: they live in each execution's state; this service only notices when one is
+due and sends a ``timer_fired`` command, which the decider then applies (or ignores as stale).
+
+The heap is memory only. It is rebuilt from the orchestrator's table after recovery and kept
+current on every state write, so a restart loses no timer: at worst a timer fires twice and the
+decider ignores the second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Callable, Iterable
+
+from linkflow_stream import topic_names
+from linkflow_stream.clock import now, to_millis
+from linkflow_stream.messages import CommandKind, ExecutionCommand
+from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.state import ExecutionState
+
+log = logging.getLogger(__name__)
+
+
+class TimerService:
+    def __init__(self, publisher: Publisher, *, clock: Callable[[], int] = lambda: to_millis(now())) -> None:
+        self.publisher = publisher
+        self.clock = clock
+        self._heap: list[tuple[int, str, str]] = []
+        self._pending: dict[str, set[str]] = {}
+        self._fired: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
+        self.fired_total = 0
+
+    def track(self, state: ExecutionState) -> None:
+        """Record the timers of ``state`` after it was stored."""
+        known = self._pending.get(state.id, set())
+        current = set(state.timers)
+        for timer_id in current - known:
+            heapq.heappush(self._heap, (to_millis(state.timers[timer_id].due_at), state.id, timer_id))
+            self._wake.set()
+        self._fired -= {(state.id, t) for t in known - current}
+        if current:
+            self._pending[state.id] = current
+        else:
+            self._pending.pop(state.id, None)
+
+    def rebuild(self, states: Iterable[ExecutionState]) -> None:
+        for state in states:
+            self.track(state)
+
+    def due(self) -> list[tuple[str, str]]:
+        """Pop the timers due now that are still pending and not yet fired."""
+        out = []
+        at = self.clock()
+        while self._heap and self._heap[0][0] <= at:
+            _, execution_id, timer_id = heapq.heappop(self._heap)
+            if timer_id in self._pending.get(execution_id, ()) and (execution_id, timer_id) not in self._fired:
+                self._fired.add((execution_id, timer_id))
+                out.append((execution_id, timer_id))
+        return out
+
+    async def run(self) -> None:
+        while True:
+            fire = self.due()
+            if fire:
+                try:
+                    await self.publisher.send(
+                        Outgoing(topic_names.COMMANDS, execution_id, ExecutionCommand(
+                            execution_id=execution_id, kind=CommandKind.TIMER_FIRED, timer_id=timer_id),
+                            "io.linkflow.command.timer_fired")
+                        for execution_id, timer_id in fire)
+                    self.fired_total += len(fire)
+                except Exception:  # noqa: BLE001 - the broker may be briefly away; try again soon
+                    log.exception("could not send %d timer commands; retrying", len(fire))
+                    for execution_id, timer_id in fire:
+                        self._fired.discard((execution_id, timer_id))
+                        heapq.heappush(self._heap, (self.clock(), execution_id, timer_id))
+                    await asyncio.sleep(0.5)
+                continue
+            delay = (self._heap[0][0] - self.clock()) / 1000 if self._heap else 1.0
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, min(delay, 1.0)))
+            except TimeoutError:
+                pass

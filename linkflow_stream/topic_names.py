@@ -1,0 +1,24 @@
+"""Logical topic names, as declared in ``topics/topics.toml``."""
+
+from __future__ import annotations
+
+from linkflow_stream.messages import Priority
+
+WORKFLOWS = "linkflow.workflows"
+COMMANDS = "linkflow.commands"
+RESULTS = "linkflow.results"
+EVENTS = "linkflow.events"
+STATE = "linkflow.state.executions"
+CONTROL = "linkflow.control"
+DLQ = "linkflow.dlq"
+
+
+def requests(priority: Priority) -> str:
+    return f"linkflow.requests.{priority.value}"
+
+
+def tasks(pool: str) -> str:
+    return f"linkflow.tasks.{pool}"
+
+
+REQUESTS = tuple(requests(p) for p in Priority)

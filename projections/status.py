@@ -1,0 +1,139 @@
+"""The status view: every execution's state, folded from ``linkflow.events``.
+
+The fold is ``linkflow_stream.state.apply``, the same one the orchestrator uses, so the view
+can never disagree with the engine about what an event means. Duplicated events (a seq already
+seen) change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from linkflow_stream.events import ExecutionEvent
+from linkflow_stream.messages import StartExecution
+from linkflow_stream.state import ExecutionState, ExecutionStatus, apply
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat().replace("+00:00", "Z") if dt else None
+
+
+def render(state: ExecutionState) -> dict[str, Any]:
+    """The ``GET /api/executions/{id}`` body."""
+    return {
+        "id": state.id,
+        "workflow_id": state.workflow.id,
+        "workflow_version": state.workflow.version,
+        "status": state.status.value,
+        "priority": state.priority.value,
+        "input_data": state.input,
+        "created_at": _iso(state.created_at),
+        "started_at": _iso(state.started_at),
+        "finished_at": _iso(state.finished_at),
+        "nodes": {
+            node_id: {
+                "status": n.status.value,
+                "output": n.output,
+                "error": n.error.model_dump() if n.error else None,
+                "attempts": n.attempts,
+                "started_at": _iso(n.started_at),
+                "finished_at": _iso(n.finished_at),
+            }
+            for node_id, n in state.nodes.items()
+        },
+        "history": [
+            {"from": t.from_status.value if t.from_status else None, "to": t.to_status.value,
+             "at": _iso(t.at), "reason": t.reason}
+            for t in state.history
+        ],
+    }
+
+
+def render_accepted(request: StartExecution) -> dict[str, Any]:
+    """What a read shows for an execution accepted here but not yet seen in the log."""
+    at = _iso(request.requested_at)
+    return {
+        "id": request.execution_id, "workflow_id": request.workflow.id,
+        "workflow_version": request.workflow.version, "status": ExecutionStatus.PENDING.value,
+        "priority": request.priority.value, "input_data": request.input, "created_at": at,
+        "started_at": None, "finished_at": None,
+        "nodes": {n.id: {"status": "pending", "output": None, "error": None, "attempts": 0,
+                         "started_at": None, "finished_at": None} for n in request.workflow.nodes},
+        "history": [{"from": None, "to": "pending", "at": at, "reason": "accepted"}],
+    }
+
+
+class StatusView:
+    """Execution states by id, plus waiters for ``?wait=`` callers."""
+
+    def __init__(self) -> None:
+        self.executions: dict[str, ExecutionState] = {}
+        self.accepted: dict[str, StartExecution] = {}
+        self.applied = 0
+        self.duplicates = 0
+        self._waiters: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
+
+    def apply(self, event: ExecutionEvent) -> ExecutionState | None:
+        before = self.executions.get(event.execution_id)
+        after = apply(before, event)
+        if after is None:
+            return None
+        if after is before:
+            self.duplicates += 1
+            return after
+        self.applied += 1
+        self.executions[event.execution_id] = after
+        self.accepted.pop(event.execution_id, None)
+        if after.status.terminal:
+            for fut in self._waiters.pop(event.execution_id, []):
+                if not fut.done():
+                    fut.set_result(None)
+        return after
+
+    def accept(self, request: StartExecution) -> None:
+        """Remember a request this instance accepted, so reading it back at once finds it."""
+        if request.execution_id not in self.executions:
+            self.accepted[request.execution_id] = request
+
+    def get(self, execution_id: str) -> dict[str, Any] | None:
+        state = self.executions.get(execution_id)
+        if state is not None:
+            return render(state)
+        request = self.accepted.get(execution_id)
+        return render_accepted(request) if request else None
+
+    def status(self, execution_id: str) -> ExecutionStatus | None:
+        state = self.executions.get(execution_id)
+        if state is not None:
+            return state.status
+        return ExecutionStatus.PENDING if execution_id in self.accepted else None
+
+    async def wait_terminal(self, execution_id: str, timeout: float) -> bool:
+        """Wait until the execution ends; False if ``timeout`` runs out first."""
+        state = self.executions.get(execution_id)
+        if state is not None and state.status.terminal:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[execution_id].append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(execution_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+        return True
+
+    def query(self, *, status: str | None = None, workflow_id: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first, filtered."""
+        states: Iterable[ExecutionState] = self.executions.values()
+        rows = [s for s in states
+                if (status is None or s.status.value == status) and (workflow_id is None or s.workflow.id == workflow_id)]
+        rows.sort(key=lambda s: s.created_at, reverse=True)
+        return [render(s) for s in rows[:limit]]
