@@ -150,11 +150,11 @@ class Broker:
             if fmt.returncode != 0:
                 msg = f"Kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}"
                 raise BrokerError(msg)
-        out = (self.data_dir / "broker.stdout").open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv
-            self._java(cp, "kafka.Kafka", str(cfg), log=True),
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with (self.data_dir / "broker.stdout").open("ab") as out:  # the child keeps its own copy
+            self.process = subprocess.Popen(  # noqa: S603 - fixed argv
+                self._java(cp, "kafka.Kafka", str(cfg), log=True),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         self.pid_file.write_text(str(self.process.pid))
         self._wait_ready(timeout)
 

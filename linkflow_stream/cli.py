@@ -74,3 +74,7 @@ def topics_apply() -> None:
         raise click.ClickException(exc.message) from exc
     for line in changes or ["all topics already exist"]:
         click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,8 @@ class Engine:
         self.status = StatusView()
         self.workflows = WorkflowView()
         self.inputs_processed = 0
+        self.recovered = False
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = self._build_app()
         self.readers = [
             LogReader(settings.bootstrap_servers, settings.topic(topic_names.WORKFLOWS), self._on_workflow,
@@ -137,6 +139,7 @@ class Engine:
         """Started by Faust after table recovery: load every stored timer, then fire them when due."""
         states = [self.codec.decode(v, ExecutionState) for _, v in self.table.items() if v is not None]
         self.timers.rebuild(states)
+        self.recovered = True
         log.info("timer service: %d executions with timers after recovery", len(states))
         await self.timers.run()
 
@@ -154,11 +157,9 @@ class Engine:
         log.error("view could not apply %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
 
     def readiness(self) -> Mapping[str, bool]:
-        consumer = getattr(self.app, "_consumer", None)
-        assigned = bool(consumer is not None and consumer.assignment())
         return {
             "views_caught_up": all(r.caught_up.is_set() for r in self.readers),
-            "partitions_assigned": assigned and not self.app.rebalancing,
+            "partitions_assigned": self.recovered and not self.app.rebalancing,
         }
 
 

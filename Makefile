@@ -1,0 +1,46 @@
+# Two commands set up everything: `make run` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+LF      := $(VENV)/bin/linkflow
+STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install run test test-unit lint bench kafka-start kafka-stop clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+## Broker (real Kafka from Maven Central, port 9092, data in .linkflow/) + topics + engine on 8084/8085.
+## Ctrl-C stops the engine and the broker.
+run: install
+	$(LF) kafka start
+	$(LF) topics apply
+	trap '$(LF) kafka stop' EXIT; $(LF) run
+
+## The whole suite: unit tests and integration tests against a real broker the suite starts itself.
+test: install
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) -m bench.diamond
+
+kafka-start: install
+	$(LF) kafka start
+
+kafka-stop: install
+	$(LF) kafka stop
+
+clean:
+	-$(LF) kafka stop
+	rm -rf .linkflow

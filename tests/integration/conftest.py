@@ -1,0 +1,60 @@
+"""Integration fixtures: a real Kafka broker for the session, engines as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from linkflow_stream.broker import Broker, BrokerError, free_port
+from tests.integration.harness import EngineProcess, TargetServer, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real broker: ``LINKFLOW_TEST_BOOTSTRAP`` if set, else one started here."""
+    external = os.environ.get("LINKFLOW_TEST_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    broker = Broker(data_dir=tmp_path_factory.mktemp("kafka"), port=free_port())
+    try:
+        broker.start(cache_dir=ROOT / ".linkflow")
+    except BrokerError as exc:
+        pytest.fail(f"Kafka broker did not start:\n{exc.message}\n{broker.log_tail()}")
+    yield broker.bootstrap
+    broker.stop()
+
+
+@pytest.fixture
+def engine_factory(kafka: str, tmp_path: Path) -> Iterator[Callable[..., EngineProcess]]:
+    """Start engines with a fresh topic prefix and consumer group each; all stopped at the end."""
+    started: list[EngineProcess] = []
+
+    def make(**env: str) -> EngineProcess:
+        engine = EngineProcess(bootstrap=kafka, workdir=tmp_path, extra_env=env)
+        engine.start()
+        started.append(engine)
+        return engine
+
+    yield make
+    for engine in started:
+        engine.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """One engine shared by a module's tests; each test uses its own workflow ids."""
+    e = EngineProcess(bootstrap=kafka, workdir=tmp_path_factory.mktemp("engine"))
+    e.start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="session")
+def target() -> Iterator[TargetServer]:
+    yield from serve()

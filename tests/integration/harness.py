@@ -1,0 +1,254 @@
+"""Test harness: the engine as a real subprocess, a JSON HTTP client, and a local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from linkflow_stream.broker import free_port
+from linkflow_stream.codec import default_codec
+from linkflow_stream.events import ExecutionEvent
+from linkflow_stream.settings import Settings
+from linkflow_stream.topics import apply_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+         raw: bytes | None = None, timeout: float = 30) -> tuple[int, Any]:
+    """One HTTP request; returns (status, decoded JSON body)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        payload = err.read()
+        try:
+            return err.code, json.loads(payload)
+        except ValueError:
+            return err.code, payload.decode(errors="replace")
+
+
+@dataclass
+class EngineProcess:
+    """``linkflow run`` in a subprocess, with its own topic prefix and consumer group."""
+
+    bootstrap: str
+    workdir: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"engine-{self.prefix}log"
+
+    def settings(self) -> Settings:
+        return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LINKFLOW_")}
+        env.update({
+            "LINKFLOW_BOOTSTRAP_SERVERS": self.bootstrap,
+            "LINKFLOW_TOPIC_PREFIX": self.prefix,
+            "LINKFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
+            "LINKFLOW_API_PORT": str(self.port),
+            "LINKFLOW_API_HOST": "127.0.0.1",
+            "LINKFLOW_REGISTRY_PORT": str(free_port()),
+            "LINKFLOW_DATA_DIR": str(self.workdir / self.prefix),
+            "LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
+            "LINKFLOW_SESSION_TIMEOUT_SECONDS": "6",
+            "LINKFLOW_LEASE_GRACE_SECONDS": "2",
+            **self.extra_env,
+        })
+        return env
+
+    def start(self, timeout: float = 90) -> None:
+        if self.starts == 0:
+            asyncio.run(apply_topics(self.settings()))
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "linkflow_stream.cli", "run"], cwd=ROOT,
+                                         env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                status, _ = call("GET", f"{self.url}/readyz", timeout=2)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"engine not ready after {timeout}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no commit, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 80) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- API helpers ------------------------------------------------------------------------
+    def register(self, workflow: dict[str, Any]) -> dict[str, Any]:
+        status, body = call("POST", f"{self.url}/api/workflows", workflow)
+        assert status == 201, body
+        return dict(body)
+
+    def start_execution(self, workflow_id: str, input_data: Any = None, *, priority: str | None = None,
+                        wait: float | None = None) -> tuple[int, Any]:
+        headers = {"X-Priority": priority} if priority else {}
+        query = f"?wait={wait}" if wait is not None else ""
+        return call("POST", f"{self.url}/api/executions{query}",
+                    {"workflow_id": workflow_id, "input_data": input_data or {}}, headers,
+                    timeout=(wait or 0) + 30)
+
+    def get(self, execution_id: str) -> dict[str, Any]:
+        status, body = call("GET", f"{self.url}/api/executions/{execution_id}")
+        assert status == 200, body
+        return dict(body)
+
+    def wait_status(self, execution_id: str, statuses: tuple[str, ...] = ("success", "failed", "cancelled"),
+                    timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status, body = call("GET", f"{self.url}/api/executions/{execution_id}")
+            if status == 200 and body["status"] in statuses:
+                return dict(body)
+            time.sleep(0.1)
+        raise AssertionError(f"{execution_id} not in {statuses} after {timeout}s: {body}\n{self.log_tail()}")
+
+
+async def read_events(bootstrap: str, topic: str) -> list[ExecutionEvent]:
+    """Every event on ``topic``, duplicates included, in partition order."""
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        parts = [TopicPartition(topic, p) for p in range(4)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        events: list[ExecutionEvent] = []
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                events.extend(codec.decode(r.value, ExecutionEvent) for r in records)
+        return events
+    finally:
+        await consumer.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: TargetServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _reply(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        url = urlparse(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        self.server.record(self.command, url.path, dict(self.headers), body)
+        if url.path.startswith("/status/"):
+            self._reply(int(url.path.rsplit("/", 1)[1]), {"status": "as asked"})
+        elif url.path == "/slow":
+            time.sleep(float(q.get("s", "1")))
+            self._reply(200, {"slept": float(q.get("s", "1"))})
+        elif url.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", q["to"])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._reply(200, {"path": url.path, "query": q, "echo": body})
+
+
+class TargetServer(ThreadingHTTPServer):
+    """A real local HTTP server that HTTP nodes call; it records every request."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
+        with self._lock:
+            self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def hits(self, path: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if r["path"] == path]
+
+
+def serve() -> Iterator[TargetServer]:
+    server = TargetServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

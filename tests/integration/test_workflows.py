@@ -1,0 +1,197 @@
+"""Workflows end to end through the HTTP API of a real engine on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import EngineProcess, TargetServer, call, read_events
+
+pytestmark = pytest.mark.integration
+
+
+def wid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def run(engine: EngineProcess, workflow: dict[str, Any], input_data: Any = None, **kw: Any) -> dict[str, Any]:
+    engine.register(workflow)
+    status, body = engine.start_execution(workflow["id"], input_data, **kw)
+    assert status == 202, body
+    assert body["status"] == "pending"
+    return engine.wait_status(body["id"])
+
+
+def test_fan_out_condition_and_join(engine: EngineProcess) -> None:
+    wf = {"id": wid("diamond"), "nodes": [
+        {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
+        {"id": "left", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n * 2"}},
+        {"id": "right", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n + 1"}},
+        {"id": "c", "type": "condition", "depends_on": ["left"], "config": {"expression": "nodes.left > 10"}},
+        {"id": "big", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
+        {"id": "small", "type": "transform", "depends_on": ["c:false"], "config": {"expression": "'small'"}},
+        {"id": "after_big", "type": "transform", "depends_on": ["big"], "config": {"expression": "'x'"}},
+        {"id": "join", "type": "transform", "depends_on": ["right", "big", "small"],
+         "config": {"expression": "{'r': nodes.right, 'big': nodes.big, 'small': nodes.small}"}},
+    ]}
+    done = run(engine, wf, {"n": 3})
+    nodes = done["nodes"]
+    assert done["status"] == "success"
+    assert nodes["left"]["output"] == 6 and nodes["right"]["output"] == 4
+    assert nodes["c"]["output"] is False
+    assert nodes["big"]["status"] == "skipped"
+    assert nodes["after_big"]["status"] == "skipped", "a skip propagates to nodes with no other path"
+    assert nodes["small"]["output"] == "small"
+    assert nodes["join"]["output"] == {"r": 4, "small": "small"}, "the join ran after all non-skipped deps"
+    assert [(h["from"], h["to"]) for h in done["history"]] == [(None, "pending"), ("pending", "running"),
+                                                               ("running", "success")]
+    assert done["workflow_version"] == 1 and done["input_data"] == {"n": 3}
+
+    big = run(engine, wf, {"n": 30})
+    assert big["nodes"]["big"]["output"] == "big" and big["nodes"]["small"]["status"] == "skipped"
+    assert big["nodes"]["after_big"]["status"] == "success"
+
+
+def test_parallel_waits_overlap(engine: EngineProcess) -> None:
+    wf = {"id": wid("waits"), "nodes": [
+        {"id": "w1", "type": "wait", "config": {"seconds": 1.5}},
+        {"id": "w2", "type": "wait", "config": {"seconds": 1.5}},
+        {"id": "end", "type": "transform", "depends_on": ["w1", "w2"], "config": {"expression": "'done'"}},
+    ]}
+    done = run(engine, wf)
+    w1, w2 = done["nodes"]["w1"], done["nodes"]["w2"]
+    assert done["status"] == "success"
+    # Both waits run at the same time: each started before the other finished.
+    assert ts(w1["started_at"]) < ts(w2["finished_at"]) and ts(w2["started_at"]) < ts(w1["finished_at"])
+    total = (ts(done["finished_at"]) - ts(done["started_at"])).total_seconds()
+    assert 1.5 <= total < 2.9, f"two overlapping 1.5 s waits took {total} s"
+
+
+def test_http_node_calls_a_real_server(engine: EngineProcess, target: TargetServer) -> None:
+    wf = {"id": wid("http"), "nodes": [
+        {"id": "h", "type": "http", "config": {"method": "POST", "url": f"{target.url}/echo",
+                                               "headers": {"X-Test": "yes"}, "json": {"hello": "world"}}},
+        {"id": "t", "type": "transform", "depends_on": ["h"], "config": {"expression": "nodes.h.body.echo.hello"}},
+    ]}
+    done = run(engine, wf)
+    assert done["status"] == "success", done
+    assert done["nodes"]["h"]["output"]["status"] == 200
+    assert done["nodes"]["t"]["output"] == "world"
+    hit = next(r for r in target.hits("/echo") if r["headers"].get("X-Test") == "yes")
+    assert hit["headers"]["Idempotency-Key"] == f"{done['id']}/h/1"
+
+
+def test_http_error_status_fails_the_execution(engine: EngineProcess, target: TargetServer) -> None:
+    wf = {"id": wid("http404"), "nodes": [
+        {"id": "h", "type": "http", "config": {"url": f"{target.url}/status/404"}},
+        {"id": "after", "type": "transform", "depends_on": ["h"], "config": {"expression": "1"}},
+    ]}
+    done = run(engine, wf)
+    assert done["status"] == "failed"
+    assert done["nodes"]["h"]["status"] == "failed"
+    assert done["nodes"]["h"]["error"]["error_class"] == "http_4xx"
+    assert done["nodes"]["after"]["status"] == "skipped"
+    assert "node h failed" in done["history"][-1]["reason"]
+
+
+def test_cancel_stops_waits_and_inflight_http(engine: EngineProcess, target: TargetServer) -> None:
+    wf = {"id": wid("cancel"), "nodes": [
+        {"id": "w", "type": "wait", "config": {"seconds": 60}},
+        {"id": "h", "type": "http", "timeout_seconds": 60, "config": {"url": f"{target.url}/slow?s=20"}},
+        {"id": "after", "type": "transform", "depends_on": ["w", "h"], "config": {"expression": "1"}},
+    ]}
+    engine.register(wf)
+    status, body = engine.start_execution(wf["id"])
+    assert status == 202
+    engine.wait_status(body["id"], ("running",))
+    deadline = asyncio.run(asyncio.sleep(0.5))  # let the HTTP call reach the server
+    assert deadline is None
+    status, reply = call("POST", f"{engine.url}/api/executions/{body['id']}/cancel")
+    assert status == 202, reply
+    done = engine.wait_status(body["id"], timeout=5)
+    assert done["status"] == "cancelled"
+    assert {n["status"] for n in done["nodes"].values()} == {"cancelled"}
+    status, reply = call("POST", f"{engine.url}/api/executions/{body['id']}/cancel")
+    assert status == 409 and reply["error"]["type"] == "conflict"
+
+
+def test_wait_query_returns_the_finished_execution(engine: EngineProcess) -> None:
+    wf = {"id": wid("sync"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "input.x + 1"}}]}
+    engine.register(wf)
+    status, body = engine.start_execution(wf["id"], {"x": 41}, wait=10)
+    assert status == 200, body
+    assert body["status"] == "success" and body["nodes"]["a"]["output"] == 42
+    slow = {"id": wid("sync-slow"), "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 5}}]}
+    engine.register(slow)
+    status, body = engine.start_execution(slow["id"], wait=0.3)
+    assert status == 202 and body["status"] == "pending"
+
+
+def test_priority_versions_and_listing(engine: EngineProcess) -> None:
+    wf = {"id": wid("versions"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "'v1'"}}]}
+    assert engine.register(wf) == {"id": wf["id"], "version": 1}
+    _, first = engine.start_execution(wf["id"], priority="high", wait=10)
+    wf["nodes"][0]["config"]["expression"] = "'v2'"
+    assert engine.register(wf) == {"id": wf["id"], "version": 2}
+    _, second = engine.start_execution(wf["id"], priority="low", wait=10)
+    assert (first["priority"], first["workflow_version"], first["nodes"]["a"]["output"]) == ("high", 1, "v1")
+    assert (second["priority"], second["workflow_version"], second["nodes"]["a"]["output"]) == ("low", 2, "v2")
+    status, got = call("GET", f"{engine.url}/api/workflows/{wf['id']}")
+    assert status == 200 and got["version"] == 2
+    status, listing = call("GET", f"{engine.url}/api/executions?workflow_id={wf['id']}&status=success&limit=1")
+    assert status == 200 and listing["count"] == 1 and listing["executions"][0]["id"] == second["id"]
+
+
+@pytest.mark.parametrize(("method", "path", "raw", "headers", "code", "kind"), [
+    ("POST", "/api/executions", b"{not json", {}, 400, "validation"),
+    ("POST", "/api/executions", b'{"workflow_id": "no-such-workflow"}', {}, 404, "not_found"),
+    ("POST", "/api/executions", b'{"workflow_id": "x"}', {"X-Priority": "urgent"}, 400, "validation"),
+    ("POST", "/api/executions", b'["a list"]', {}, 400, "validation"),
+    ("POST", "/api/executions?wait=abc", b'{"workflow_id": "x"}', {}, 400, "validation"),
+    ("GET", "/api/executions/exec_missing", None, {}, 404, "not_found"),
+    ("POST", "/api/executions/exec_missing/cancel", None, {}, 404, "not_found"),
+    ("GET", "/api/executions?limit=0", None, {}, 400, "validation"),
+    ("GET", "/api/executions?status=weird", None, {}, 400, "validation"),
+    ("POST", "/api/workflows", b'{"id": "bad", "nodes": [{"id": "a", "type": "teleport"}]}', {}, 400, "validation"),
+    ("GET", "/api/workflows/none-such", None, {}, 404, "not_found"),
+    ("GET", "/no/such/path", None, {}, 404, "not_found"),
+])
+def test_errors_are_json_4xx(engine: EngineProcess, method: str, path: str, raw: bytes | None,
+                             headers: dict[str, str], code: int, kind: str) -> None:
+    status, body = call(method, f"{engine.url}{path}", raw=raw, headers=headers)
+    assert status == code, body
+    assert body["error"]["type"] == kind and body["error"]["message"]
+    assert call("GET", f"{engine.url}/healthz")[0] == 200, "the service keeps serving"
+
+
+def test_workflow_validation_names_node_and_field(engine: EngineProcess) -> None:
+    status, body = call("POST", f"{engine.url}/api/workflows", {"id": wid("bad"), "nodes": [
+        {"id": "a", "type": "transform", "config": {"expression": "{ broken"}},
+        {"id": "b", "type": "transform", "depends_on": ["ghost"], "config": {"expression": "1"}},
+    ]})
+    assert status == 400
+    message = body["error"]["message"]
+    assert "node 'a': config.expression: JSONata syntax error" in message
+    assert "node 'b': depends_on: 'ghost' is not a node" in message
+
+
+def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> None:
+    wf = {"id": wid("events"), "nodes": [
+        {"id": "a", "type": "transform", "config": {"expression": "1"}},
+        {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "2"}},
+    ]}
+    done = run(engine, wf)
+    events = [e for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
+              if e.execution_id == done["id"]]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type.value for e in events] == [
+        "execution_created", "execution_started", "node_started", "node_succeeded", "node_started",
+        "node_succeeded", "execution_succeeded"]
