@@ -1,6 +1,6 @@
 """A real single-node Apache Kafka (KRaft) broker for development, tests and CI.
 
-The broker's jars come from Maven Central through ``kafka/pom.xml`` (cached in ``~/.m2``), so
+The broker's jars come from Maven Central through ``broker_pom.xml`` beside this module (cached in ``~/.m2``), so
 no Docker and no tarball download is needed. The same code serves ``linkflow kafka start``,
 the pytest session fixture and ``.ci/run``.
 """
@@ -20,8 +20,7 @@ from pathlib import Path
 
 from linkflow_stream.errors import LinkflowError
 
-ROOT = Path(__file__).resolve().parent.parent
-POM = ROOT / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parent / "broker_pom.xml"
 
 _LOG4J2 = """\
 <?xml version="1.0" encoding="UTF-8"?>

@@ -21,6 +21,7 @@ from linkflow_stream.dead_letters import dead_letter
 from linkflow_stream.decider import Input
 from linkflow_stream.events import ExecutionEvent
 from linkflow_stream.executor import Executor
+from linkflow_stream.metrics import Metrics
 from linkflow_stream.messages import ControlMessage, ExecutionCommand, NodeResult, NodeTask, StartExecution
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.orchestrator import Orchestrator
@@ -51,6 +52,7 @@ class Engine:
         self.timers = TimerService(self.publisher)
         self.executor = Executor(self.registry, self.publisher, settings.executor_slots)
         self.status = StatusView()
+        self.metrics = Metrics(active=self.status.active_count)
         self.workflows = WorkflowView()
         self.inputs_processed = 0
         self.recovered = False
@@ -116,24 +118,29 @@ class Engine:
             state = self.codec.decode(raw, ExecutionState) if raw is not None else None
             step = await self.orchestrator.step(state, inp, from_millis(int(msg.timestamp * 1000)))
         except Exception as exc:  # noqa: BLE001 - a poison input goes to the DLQ; the agent goes on
-            await dead_letter(self.publisher, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                              key=msg.key, value=msg.value, reason=f"{type(exc).__name__}: {exc}")
+            await self._dead_letter(msg, f"{type(exc).__name__}: {exc}")
             return
         self.inputs_processed += 1
+        self.metrics.inputs.labels(type(inp).__name__).inc()
         if not step.changed or step.state is None:
             return
         await self.publisher.send(step.outputs)
         self.table[msg.key] = self.codec.encode(step.state)
         self.timers.track(step.state)
+        self.metrics.observe(step.state, step.events)
 
     async def on_task(self, msg: Any) -> None:
         try:
             task = self.codec.decode(msg.value, NodeTask)
         except DecodeError as exc:
-            await dead_letter(self.publisher, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                              key=msg.key, value=msg.value, reason=str(exc))
+            await self._dead_letter(msg, str(exc))
             return
         await self.executor.submit(task)
+
+    async def _dead_letter(self, msg: Any, reason: str) -> None:
+        await dead_letter(self.publisher, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                          key=msg.key, value=msg.value, reason=reason)
+        self.metrics.dlq.labels(msg.topic.removeprefix(self.settings.topic_prefix)).inc()
 
     async def _run_timers(self) -> None:
         """Started by Faust after table recovery: load every stored timer, then fire them when due."""
@@ -177,7 +184,7 @@ class EngineServices(mode.Service):
         for reader in (*e.readers, e.control):
             await reader.start()
         api = Api(ApiDeps(publisher=e.publisher, status=e.status, workflows=e.workflows, registry=e.registry,
-                          readiness=e.readiness))
+                          readiness=e.readiness, metrics=e.metrics.render))
         self._runner = web.AppRunner(api.app(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, e.settings.api_host, e.settings.api_port).start()

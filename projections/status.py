@@ -94,6 +94,10 @@ class StatusView:
                     fut.set_result(None)
         return after
 
+    def active_count(self) -> int:
+        """Executions not yet ended, as this view knows them."""
+        return sum(1 for s in self.executions.values() if not s.status.terminal)
+
     def accept(self, request: StartExecution) -> None:
         """Remember a request this instance accepted, so reading it back at once finds it."""
         if request.execution_id not in self.executions:

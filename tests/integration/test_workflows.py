@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 import uuid
 from datetime import datetime
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.integration.harness import EngineProcess, TargetServer, call, read_events
 
@@ -195,3 +197,49 @@ def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> 
     assert [e.type.value for e in events] == [
         "execution_created", "execution_started", "node_started", "node_succeeded", "node_started",
         "node_succeeded", "execution_succeeded"]
+
+
+def test_garbage_input_goes_to_the_dead_letter_topic(engine: EngineProcess) -> None:
+    async def produce_garbage_and_read_dlq() -> list[tuple[bytes | None, dict[str, bytes]]]:
+        producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(f"{engine.prefix}linkflow.requests.normal", b"not avro", key=b"exec_garbage")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(f"{engine.prefix}linkflow.dlq", bootstrap_servers=engine.bootstrap,
+                                    auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        try:
+            found = []
+            deadline = asyncio.get_running_loop().time() + 20
+            while not found and asyncio.get_running_loop().time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [(r.value, dict(r.headers)) for r in records if r.key == b"exec_garbage"]
+            return found
+        finally:
+            await consumer.stop()
+
+    found = asyncio.run(produce_garbage_and_read_dlq())
+    assert found, "the undecodable request never reached linkflow.dlq"
+    value, headers = found[0]
+    assert value == b"not avro", "the original bytes are kept"
+    assert headers["dlq_topic"] == f"{engine.prefix}linkflow.requests.normal".encode()
+    assert b"single-object" in headers["dlq_reason"]
+    wf = {"id": wid("after-dlq"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "7"}}]}
+    engine.register(wf)
+    status, body = engine.start_execution(wf["id"], wait=10)
+    assert status == 200 and body["status"] == "success", "the orchestrator keeps going after a poison input"
+
+
+def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
+    wf = {"id": wid("metrics"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "1"}}]}
+    engine.register(wf)
+    status, _ = engine.start_execution(wf["id"], wait=10)
+    assert status == 200
+    with urllib.request.urlopen(f"{engine.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert f'linkflow_executions_started_total{{priority="normal",workflow_id="{wf["id"]}"}} 1.0' in text
+    assert f'linkflow_execution_duration_seconds_count{{status="success",workflow_id="{wf["id"]}"}} 1.0' in text
+    assert "linkflow_executions_active " in text
+    assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text
