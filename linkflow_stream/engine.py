@@ -25,7 +25,8 @@ from linkflow_stream.metrics import Metrics
 from linkflow_stream.messages import ControlMessage, ExecutionCommand, NodeResult, NodeTask, StartExecution
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.orchestrator import Orchestrator
-from linkflow_stream.publisher import Publisher
+from linkflow_stream.partitioning import ExecutionTable
+from linkflow_stream.publisher import Outgoing, Publisher
 from linkflow_stream.settings import Settings
 from linkflow_stream.state import ExecutionState
 from linkflow_stream.timers import TimerService
@@ -83,13 +84,17 @@ class Engine:
         inputs = app.topic(*(s.topic(t) for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)),
                            **RAW)
         changelog = app.topic(s.topic(topic_names.STATE), partitions=partitions, **RAW)
-        self.table = app.Table("executions", default=None, partitions=partitions, changelog_topic=changelog,
-                               key_type=bytes, value_type=bytes)
+        # A state's changelog partition is its key's partition (see partitioning.py), so a batch
+        # spanning partitions stores each state where recovery will look for it.
+        self.table = app.tables.add(ExecutionTable(app, name="executions", default=None, partitions=partitions,
+                                                   beacon=app.tables.beacon,
+                                                   changelog_topic=changelog, key_type=bytes, value_type=bytes))
         tasks = app.topic(*(s.topic(topic_names.tasks(p)) for p in s.executor_pools), **RAW)
 
         async def orchestrate(stream: Any) -> None:
-            async for event in stream.events():
-                await self.on_input(event.message)
+            # Faust acks a batch only after this body has handled it: at-least-once holds.
+            async for batch in stream.take_events(s.orchestrator_batch_max, within=s.orchestrator_batch_wait_seconds):
+                await self.on_inputs([event.message for event in batch])
 
         async def execute(stream: Any) -> None:
             async for event in stream.events():
@@ -108,26 +113,55 @@ class Engine:
             return self.codec.decode(value, ExecutionCommand)
         return self.codec.decode(value, NodeResult)
 
-    async def on_input(self, msg: Any) -> None:
-        """One orchestrator input: decide, publish (acknowledged), then store the state."""
-        try:
-            inp = self._decode_input(msg.topic, msg.value)
-            if msg.key != inp.execution_id.encode():
-                raise DecodeError(f"record key {msg.key!r} is not its execution id {inp.execution_id!r}")
-            raw = self.table.get(msg.key)
-            state = self.codec.decode(raw, ExecutionState) if raw is not None else None
-            step = await self.orchestrator.step(state, inp, from_millis(int(msg.timestamp * 1000)))
-        except Exception as exc:  # noqa: BLE001 - a poison input goes to the DLQ; the agent goes on
-            await self._dead_letter(msg, f"{type(exc).__name__}: {exc}")
+    async def on_inputs(self, messages: list[Any]) -> None:
+        """A batch of orchestrator inputs: decide each in order, publish all the outputs and wait
+        for their acknowledgement once, and only then store the new states. A state is never
+        ahead of the event log; a crash before the store re-processes the inputs, which re-emits
+        the same events (same seq), and consumers drop them."""
+        states: dict[bytes, ExecutionState | None] = {}
+        outputs: list[Outgoing] = []
+        observed: list[tuple[ExecutionState, list[ExecutionEvent]]] = []
+        for msg in messages:
+            try:
+                inp = self._decode_input(msg.topic, msg.value)
+                if msg.key != inp.execution_id.encode():
+                    raise DecodeError(f"record key {msg.key!r} is not its execution id {inp.execution_id!r}")
+                if msg.key not in states:
+                    raw = self.table.get(msg.key)
+                    states[msg.key] = self.codec.decode(raw, ExecutionState) if raw is not None else None
+                step = await self.orchestrator.step(states[msg.key], inp, from_millis(int(msg.timestamp * 1000)))
+            except Exception as exc:  # noqa: BLE001 - a poison input goes to the DLQ; the agent goes on
+                await self._dead_letter(msg, f"{type(exc).__name__}: {exc}")
+                continue
+            self.inputs_processed += 1
+            self.metrics.inputs.labels(type(inp).__name__).inc()
+            if step.changed and step.state is not None:
+                states[msg.key] = step.state
+                outputs.extend(step.outputs)
+                observed.append((step.state, step.events))
+        if not observed:
             return
-        self.inputs_processed += 1
-        self.metrics.inputs.labels(type(inp).__name__).inc()
-        if not step.changed or step.state is None:
-            return
-        await self.publisher.send(step.outputs)
-        self.table[msg.key] = self.codec.encode(step.state)
-        self.timers.track(step.state)
-        self.metrics.observe(step.state, step.events)
+        await self._publish_until_acknowledged(outputs)
+        for key in {state.id.encode() for state, _ in observed}:
+            state = states[key]
+            assert state is not None
+            self.table[key] = self.codec.encode(state)
+            self.timers.track(state)
+        for state, events in observed:
+            self.metrics.observe(state, events)
+
+    async def _publish_until_acknowledged(self, outputs: list[Outgoing]) -> None:
+        """Retry while the broker is away: crashing here would restart the agent past this batch,
+        and Faust would not deliver its inputs again."""
+        delay = 0.1
+        while True:
+            try:
+                await self.publisher.send(outputs)
+                return
+            except Exception:  # noqa: BLE001 - any send failure is retried; the data stays in memory
+                log.exception("publishing %d records failed; retrying in %.1fs", len(outputs), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def on_task(self, msg: Any) -> None:
         try:

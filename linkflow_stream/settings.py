@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     executor_pools: tuple[str, ...] = ("default",)
     """Task pools (``linkflow.tasks.<pool>``) this process consumes. Default ``("default",)``."""
 
+    orchestrator_batch_max: int = Field(default=256, ge=1)
+    """Inputs the orchestrator decides before one shared wait for the broker's acks. Default ``256``."""
+
+    orchestrator_batch_wait_seconds: float = Field(default=0.002, gt=0)
+    """Longest wait to fill a batch; the latency each orchestrator hop may add. Default ``0.002``."""
+
     lease_grace_seconds: float = 5.0
     """Time beyond a node's timeout before its task is presumed lost and dispatched again.
     Default ``5.0``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,29 +54,42 @@ def execution_partitions(path: Path = SPEC_FILE) -> int:
     return int(tomllib.loads(path.read_text())["execution_partitions"])
 
 
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    described = await admin.describe_topics(names)
+    return {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
+
+
 async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
-    """Create missing topics; returns what changed. Safe to run again; refuses a partition mismatch."""
+    """Create missing topics, then verify every partition count; returns what changed.
+
+    Safe to run again. A topic whose partition count differs from its spec is an error:
+    repartitioning a keyed topic moves executions between owners, so it is never done silently.
+    """
     specs = specs if specs is not None else load_specs()
+    names = [settings.topic(s.name) for s in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     changes: list[str] = []
     try:
-        existing = await admin.describe_topics([settings.topic(s.name) for s in specs])
-        current = {t["topic"]: len(t["partitions"]) for t in existing if t.get("error_code", 0) == 0}
+        current = await _partition_counts(admin, names)
         missing = [s for s in specs if settings.topic(s.name) not in current]
-        if missing:
+        for spec in missing:
             try:
-                await admin.create_topics([
-                    NewTopic(name=settings.topic(s.name), num_partitions=s.partitions, replication_factor=1,
-                             topic_configs=s.configs()) for s in missing])
+                await admin.create_topics([NewTopic(name=settings.topic(spec.name), num_partitions=spec.partitions,
+                                                    replication_factor=1, topic_configs=spec.configs())])
+                changes.append(f"created {settings.topic(spec.name)} ({spec.partitions} partitions)")
             except TopicAlreadyExistsError:
-                pass  # another process applied them first
-            changes += [f"created {settings.topic(s.name)} ({s.partitions} partitions)" for s in missing]
-        wrong = [f"{settings.topic(s.name)} has {current[settings.topic(s.name)]} partitions, spec says {s.partitions}"
-                 for s in specs if current.get(settings.topic(s.name), s.partitions) != s.partitions]
-        if wrong:
-            # Repartitioning a keyed topic moves executions between owners: never do it silently.
-            raise TopicSpecError("; ".join(wrong))
+                pass  # created meanwhile, by another process or before metadata caught up: verified below
+        for _ in range(50):  # metadata of new topics reaches describe_topics after a short while
+            current = await _partition_counts(admin, names)
+            if len(current) == len(names):
+                break
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
+    problems = [f"{name} does not exist after apply" for name in names if name not in current]
+    problems += [f"{settings.topic(s.name)} has {current[settings.topic(s.name)]} partitions, spec says {s.partitions}"
+                 for s in specs if current.get(settings.topic(s.name), s.partitions) != s.partitions]
+    if problems:
+        raise TopicSpecError("; ".join(problems))
     return changes

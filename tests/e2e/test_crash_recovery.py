@@ -13,9 +13,9 @@ import pytest
 
 from linkflow_stream.events import EventType, ExecutionEvent
 from linkflow_stream.state import ExecutionState, ExecutionStatus, apply
-from tests.integration.harness import EngineProcess, TargetServer, read_events
+from linkflow_stream.testing import EngineProcess, TargetServer, read_events
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 RUNS = 30
 

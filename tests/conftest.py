@@ -1,4 +1,4 @@
-"""Integration fixtures: a real Kafka broker for the session, engines as real subprocesses."""
+"""Shared fixtures: a real Kafka broker for the session, engines as real subprocesses."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from linkflow_stream.broker import Broker, BrokerError, free_port
-from tests.integration.harness import EngineProcess, TargetServer, serve
+from linkflow_stream.testing import EngineProcess, TargetServer, serve
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""Test harness: the engine as a real subprocess, a JSON HTTP client, and a local HTTP server."""
+"""Testing helpers that ship with the engine: the engine as a real subprocess, a broker for a
+session, a JSON HTTP client, a local HTTP target server, and a reader of the event log.
+
+The test suite and ``bench/`` use them; so can users testing their own workflows."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from linkflow_stream.events import ExecutionEvent
 from linkflow_stream.settings import Settings
 from linkflow_stream.topics import apply_topics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,

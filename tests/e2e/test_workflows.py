@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.integration.harness import EngineProcess, TargetServer, call, read_events
+from linkflow_stream.testing import EngineProcess, TargetServer, call, read_events
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 
 def wid(name: str) -> str:

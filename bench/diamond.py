@@ -1,0 +1,118 @@
+"""Benchmark: N executions of a 5-node diamond of transforms, end to end over the HTTP API.
+
+    python -m bench.diamond [--n 2000] [--concurrency 64] [--url http://127.0.0.1:8084]
+
+Without ``--url`` it starts its own real broker and engine (nothing else should load the
+machine meanwhile). Latency is measured the way a synchronous caller sees it: ``POST
+/api/executions?wait=`` until the finished execution comes back. It prints two phases:
+sequential (one execution at a time: unloaded latency) and concurrent (throughput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+from linkflow_stream.broker import Broker, free_port
+from linkflow_stream.testing import EngineProcess, call
+
+DIAMOND = {
+    "nodes": [
+        {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
+        {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n * 2"}},
+        {"id": "c", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n + 1"}},
+        {"id": "d", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n - 1"}},
+        {"id": "e", "type": "transform", "depends_on": ["b", "c", "d"],
+         "config": {"expression": "nodes.b + nodes.c + nodes.d"}},
+    ],
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def phase(url: str, workflow_id: str, n: int, concurrency: int) -> tuple[float, list[float], int]:
+    """Run ``n`` executions, ``concurrency`` at a time; returns (seconds, latencies, failures)."""
+    latencies: list[float] = []
+    failures = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal failures
+        while not queue.empty():
+            i = queue.get_nowait()
+            t0 = time.perf_counter()
+            async with session.post(f"{url}/api/executions?wait=60",
+                                    json={"workflow_id": workflow_id, "input_data": {"n": i}}) as resp:
+                body = await resp.json()
+            latencies.append(time.perf_counter() - t0)
+            if resp.status != 200 or body.get("status") != "success" or body["nodes"]["e"]["output"] != 4 * i:
+                failures += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        return time.perf_counter() - start, latencies, failures
+
+
+def report(name: str, seconds: float, latencies: list[float], failures: int) -> None:
+    n = len(latencies)
+    print(f"{name:<28} n={n:<6} {n / seconds:8.1f} executions/s   "
+          f"p50 {pct(latencies, 0.50) * 1000:7.1f} ms   p99 {pct(latencies, 0.99) * 1000:7.1f} ms   "
+          f"mean {statistics.fmean(latencies) * 1000:7.1f} ms   failures {failures}")
+
+
+@contextmanager
+def own_engine() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
+        broker = Broker(data_dir=Path(tmp) / "kafka", port=free_port())
+        broker.start(cache_dir=Path(".linkflow").resolve())
+        engine = EngineProcess(bootstrap=broker.bootstrap, workdir=Path(tmp))
+        try:
+            engine.start()
+            yield engine.url
+        finally:
+            engine.stop()
+            broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="executions in the concurrent phase")
+    parser.add_argument("--sequential", type=int, default=200, help="executions in the sequential phase")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--url", help="a running engine; default: start a broker and an engine here")
+    args = parser.parse_args()
+
+    def run(url: str) -> None:
+        workflow_id = f"bench-diamond-{uuid.uuid4().hex[:6]}"
+        status, body = call("POST", f"{url}/api/workflows", {"id": workflow_id, **DIAMOND})
+        if status != 201:
+            raise SystemExit(f"could not register the workflow: {status} {body}")
+        asyncio.run(phase(url, workflow_id, 50, 8))  # warm-up: JIT-free Python still fills caches
+        report("sequential (latency)", *asyncio.run(phase(url, workflow_id, args.sequential, 1)))
+        report(f"concurrent x{args.concurrency}", *asyncio.run(phase(url, workflow_id, args.n, args.concurrency)))
+
+    if args.url:
+        run(args.url)
+    else:
+        with own_engine() as url:
+            run(url)
+
+
+if __name__ == "__main__":
+    main()

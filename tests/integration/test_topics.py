@@ -1,0 +1,61 @@
+"""Topic specs applied to the real broker."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from linkflow_stream.settings import Settings
+from linkflow_stream.topics import TopicSpec, TopicSpecError, apply_topics, load_specs
+
+pytestmark = pytest.mark.integration
+
+
+def fresh(kafka: str) -> Settings:
+    return Settings(bootstrap_servers=kafka, topic_prefix=f"i{uuid.uuid4().hex[:8]}.")
+
+
+async def describe(kafka: str, names: list[str]) -> dict[str, tuple[int, None]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        topics = await admin.describe_topics(names)
+        return {t["topic"]: (len(t["partitions"]), None) for t in topics if t["error_code"] == 0}
+    finally:
+        await admin.close()
+
+
+def test_specs_co_partition_every_execution_keyed_topic() -> None:
+    specs = {s.name: s for s in load_specs()}
+    keyed = [s for s in specs.values() if s.co_partitioned]
+    assert {s.name for s in keyed} >= {"linkflow.events", "linkflow.commands", "linkflow.results",
+                                      "linkflow.requests.high", "linkflow.state.executions"}
+    assert len({s.partitions for s in keyed}) == 1
+    assert specs["linkflow.workflows"].cleanup_policy == "compact"
+    assert specs["linkflow.state.executions"].cleanup_policy == "compact"
+
+
+async def test_apply_is_idempotent(kafka: str) -> None:
+    settings = fresh(kafka)
+    first = await apply_topics(settings)
+    assert len(first) == len(load_specs())
+    assert await apply_topics(settings) == [], "a second apply changes nothing"
+    names = [settings.topic(s.name) for s in load_specs()]
+    found = await describe(kafka, names)
+    assert set(found) == set(names)
+    for spec in load_specs():
+        assert found[settings.topic(spec.name)][0] == spec.partitions
+
+
+async def test_apply_refuses_a_partition_mismatch(kafka: str) -> None:
+    settings = fresh(kafka)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.topic("linkflow.events"), 2, 1)])
+    finally:
+        await admin.close()
+    with pytest.raises(TopicSpecError, match="linkflow.events has 2 partitions, spec says"):
+        await apply_topics(settings, [TopicSpec("linkflow.events", 4, co_partitioned=True)])
