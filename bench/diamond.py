@@ -31,8 +31,12 @@ DIAMOND = {
         {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n * 2"}},
         {"id": "c", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n + 1"}},
         {"id": "d", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n - 1"}},
-        {"id": "e", "type": "transform", "depends_on": ["b", "c", "d"],
-         "config": {"expression": "nodes.b + nodes.c + nodes.d"}},
+        {
+            "id": "e",
+            "type": "transform",
+            "depends_on": ["b", "c", "d"],
+            "config": {"expression": "nodes.b + nodes.c + nodes.d"},
+        },
     ],
 }
 
@@ -55,8 +59,9 @@ async def phase(url: str, workflow_id: str, n: int, concurrency: int) -> tuple[f
         while not queue.empty():
             i = queue.get_nowait()
             t0 = time.perf_counter()
-            async with session.post(f"{url}/api/executions?wait=60",
-                                    json={"workflow_id": workflow_id, "input_data": {"n": i}}) as resp:
+            async with session.post(
+                f"{url}/api/executions?wait=60", json={"workflow_id": workflow_id, "input_data": {"n": i}}
+            ) as resp:
                 body = await resp.json()
             latencies.append(time.perf_counter() - t0)
             if resp.status != 200 or body.get("status") != "success" or body["nodes"]["e"]["output"] != 4 * i:
@@ -71,9 +76,11 @@ async def phase(url: str, workflow_id: str, n: int, concurrency: int) -> tuple[f
 
 def report(name: str, seconds: float, latencies: list[float], failures: int) -> None:
     n = len(latencies)
-    print(f"{name:<28} n={n:<6} {n / seconds:8.1f} executions/s   "
-          f"p50 {pct(latencies, 0.50) * 1000:7.1f} ms   p99 {pct(latencies, 0.99) * 1000:7.1f} ms   "
-          f"mean {statistics.fmean(latencies) * 1000:7.1f} ms   failures {failures}")
+    print(
+        f"{name:<28} n={n:<6} {n / seconds:8.1f} executions/s   "
+        f"p50 {pct(latencies, 0.50) * 1000:7.1f} ms   p99 {pct(latencies, 0.99) * 1000:7.1f} ms   "
+        f"mean {statistics.fmean(latencies) * 1000:7.1f} ms   failures {failures}"
+    )
 
 
 @contextmanager
@@ -91,7 +98,9 @@ def own_engine() -> Iterator[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=2000, help="executions in the concurrent phase")
     parser.add_argument("--sequential", type=int, default=200, help="executions in the sequential phase")
     parser.add_argument("--concurrency", type=int, default=64)
@@ -105,7 +114,9 @@ def main() -> None:
             raise SystemExit(f"could not register the workflow: {status} {body}")
         asyncio.run(phase(url, workflow_id, 50, 8))  # warm-up: JIT-free Python still fills caches
         report("sequential (latency)", *asyncio.run(phase(url, workflow_id, args.sequential, 1)))
-        report(f"concurrent x{args.concurrency}", *asyncio.run(phase(url, workflow_id, args.n, args.concurrency)))
+        report(
+            f"concurrent x{args.concurrency}", *asyncio.run(phase(url, workflow_id, args.n, args.concurrency))
+        )
 
     if args.url:
         run(args.url)

@@ -53,13 +53,16 @@ def error_body(error_type: str, message: str) -> dict[str, Any]:
 
 
 @web.middleware
-async def errors_as_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Every error leaves as ``{"error": {"type", "message"}}`` with a 4xx status."""
     try:
         return await handler(request)
     except LinkflowError as exc:
-        return web.json_response(error_body(exc.error_type, exc.message), status=_STATUS.get(exc.error_type, 400))
+        return web.json_response(
+            error_body(exc.error_type, exc.message), status=_STATUS.get(exc.error_type, 400)
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -109,18 +112,20 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
-        app.add_routes([
-            web.post("/api/workflows", self.register_workflow),
-            web.get("/api/workflows", self.list_workflows),
-            web.get("/api/workflows/{id}", self.get_workflow),
-            web.post("/api/executions", self.start_execution),
-            web.get("/api/executions", self.list_executions),
-            web.get("/api/executions/{id}", self.get_execution),
-            web.post("/api/executions/{id}/cancel", self.cancel_execution),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
-            web.get("/metrics", self.metrics),
-        ])
+        app.add_routes(
+            [
+                web.post("/api/workflows", self.register_workflow),
+                web.get("/api/workflows", self.list_workflows),
+                web.get("/api/workflows/{id}", self.get_workflow),
+                web.post("/api/executions", self.start_execution),
+                web.get("/api/executions", self.list_executions),
+                web.get("/api/executions/{id}", self.get_execution),
+                web.post("/api/executions/{id}/cancel", self.cancel_execution),
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+                web.get("/metrics", self.metrics),
+            ]
+        )
         return app
 
     async def register_workflow(self, request: web.Request) -> web.Response:
@@ -128,14 +133,25 @@ class Api:
         workflow_id = body.get("id") if isinstance(body, dict) else None
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now())
-        await self.d.publisher.send([Outgoing(topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered",
-                                              time=wf.created_at)])
+        await self.d.publisher.send(
+            [
+                Outgoing(
+                    topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered", time=wf.created_at
+                )
+            ]
+        )
         self.d.workflows.apply(wf)
         return web.json_response({"id": wf.id, "version": wf.version}, status=201)
 
     async def list_workflows(self, request: web.Request) -> web.Response:
-        return web.json_response({"workflows": [
-            {"id": wf.id, "version": wf.version, "name": wf.name} for wf in self.d.workflows.latest.values()]})
+        return web.json_response(
+            {
+                "workflows": [
+                    {"id": wf.id, "version": wf.version, "name": wf.name}
+                    for wf in self.d.workflows.latest.values()
+                ]
+            }
+        )
 
     async def get_workflow(self, request: web.Request) -> web.Response:
         wf = self.d.workflows.get(request.match_info["id"])
@@ -158,12 +174,25 @@ class Api:
         wf = self.d.workflows.get(workflow_id)
         if wf is None:
             raise NotFoundError(f"workflow {workflow_id!r} does not exist")
-        request_record = StartExecution(execution_id=f"exec_{uuid.uuid4().hex}", workflow=wf,
-                                        input=body.get("input_data", {}), priority=priority, requested_at=now())
+        request_record = StartExecution(
+            execution_id=f"exec_{uuid.uuid4().hex}",
+            workflow=wf,
+            input=body.get("input_data", {}),
+            priority=priority,
+            requested_at=now(),
+        )
         self.d.status.accept(request_record)
-        await self.d.publisher.send([Outgoing(topic_names.requests(priority), request_record.execution_id,
-                                              request_record, "io.linkflow.execution.requested",
-                                              time=request_record.requested_at)])
+        await self.d.publisher.send(
+            [
+                Outgoing(
+                    topic_names.requests(priority),
+                    request_record.execution_id,
+                    request_record,
+                    "io.linkflow.execution.requested",
+                    time=request_record.requested_at,
+                )
+            ]
+        )
         if self.d.on_started is not None:
             self.d.on_started(request_record)
         if wait and await self.d.status.wait_terminal(request_record.execution_id, wait):
@@ -177,8 +206,9 @@ class Api:
         raw_limit = request.query.get("limit", "50")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
             raise ValidationError("limit must be an integer between 1 and 1000")
-        rows = self.d.status.query(status=status, workflow_id=request.query.get("workflow_id") or None,
-                                   limit=int(raw_limit))
+        rows = self.d.status.query(
+            status=status, workflow_id=request.query.get("workflow_id") or None, limit=int(raw_limit)
+        )
         return web.json_response({"executions": rows, "count": len(rows)})
 
     async def get_execution(self, request: web.Request) -> web.Response:
@@ -194,9 +224,18 @@ class Api:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
-        await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, ExecutionCommand(
-            execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"),
-            "io.linkflow.command.cancel")])
+        await self.d.publisher.send(
+            [
+                Outgoing(
+                    topic_names.COMMANDS,
+                    execution_id,
+                    ExecutionCommand(
+                        execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"
+                    ),
+                    "io.linkflow.command.cancel",
+                )
+            ]
+        )
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -205,11 +244,16 @@ class Api:
     async def readyz(self, request: web.Request) -> web.Response:
         checks = dict(self.d.readiness())
         ready = all(checks.values())
-        return web.json_response({"status": "ready" if ready else "not_ready", "checks": checks},
-                                 status=200 if ready else 503)
+        return web.json_response(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         if self.d.metrics is None:
             raise NotFoundError("metrics are not enabled")
-        return web.Response(body=self.d.metrics(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type": "version=0.0.4"})
+        return web.Response(
+            body=self.d.metrics(),
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type": "version=0.0.4"},
+        )

@@ -1,7 +1,7 @@
 """A real single-node Apache Kafka (KRaft) broker for development, tests and CI.
 
-The broker's jars come from Maven Central through ``broker_pom.xml`` beside this module (cached in ``~/.m2``), so
-no Docker and no tarball download is needed. The same code serves ``linkflow kafka start``,
+The broker's jars come from Maven Central through ``broker_pom.xml`` beside this module (cached
+in ``~/.m2``), so no Docker and no tarball download is needed. The same code serves ``linkflow kafka start``,
 the pytest session fixture and ``.ci/run``.
 """
 
@@ -57,9 +57,10 @@ def classpath(cache_dir: Path) -> str:
             msg = "Maven (mvn) is required to fetch the Kafka broker jars"
             raise BrokerError(msg)
         proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath",
-             f"-Dmdep.outputFile={cp_file}"],
-            capture_output=True, text=True, check=False,
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:build-classpath", f"-Dmdep.outputFile={cp_file}"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if proc.returncode != 0 or not cp_file.exists():
             msg = f"mvn could not resolve the Kafka jars:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
@@ -142,9 +143,20 @@ class Broker:
         cfg = self._write_config()
         if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
             fmt = subprocess.run(  # noqa: S603 - fixed argv
-                self._java(cp, "kafka.tools.StorageTool", "format", "--standalone",
-                           "-t", str(uuid.uuid4().hex[:22]), "-c", str(cfg), log=False),
-                capture_output=True, text=True, check=False,
+                self._java(
+                    cp,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    str(uuid.uuid4().hex[:22]),
+                    "-c",
+                    str(cfg),
+                    log=False,
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if fmt.returncode != 0:
                 msg = f"Kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}"
@@ -152,7 +164,9 @@ class Broker:
         with (self.data_dir / "broker.stdout").open("ab") as out:  # the child keeps its own copy
             self.process = subprocess.Popen(  # noqa: S603 - fixed argv
                 self._java(cp, "kafka.Kafka", str(cfg), log=True),
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(self.process.pid))
         self._wait_ready(timeout)
@@ -175,7 +189,9 @@ class Broker:
         parts = []
         for f in (self.log_file, self.data_dir / "broker.stdout"):
             if f.exists():
-                parts.append(f"--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:]))
+                parts.append(
+                    f"--- {f} ---\n" + "\n".join(f.read_text(errors="replace").splitlines()[-lines:])
+                )
         return "\n".join(parts)
 
     def stop(self, timeout: float = 30.0) -> None:

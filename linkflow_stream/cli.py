@@ -21,7 +21,7 @@ def main() -> None:
 @click.option("--loglevel", default="info", show_default=True)
 def run(loglevel: str) -> None:
     """Run the engine (API, orchestrator, executor, views) in the foreground."""
-    from linkflow_stream.engine import run as run_engine  # noqa: PLC0415 - faust is slow to import
+    from linkflow_stream.engine import run as run_engine
 
     run_engine(Settings(), loglevel=loglevel)
 
@@ -36,7 +36,9 @@ def _broker(data_dir: Path, port: int) -> Broker:
 
 
 @kafka.command("start")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".linkflow/kafka"), show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path(".linkflow/kafka"), show_default=True
+)
 @click.option("--port", default=9092, show_default=True)
 def kafka_start(data_dir: Path, port: int) -> None:
     """Fetch the broker jars with Maven (first time), format storage, start, wait until ready."""
@@ -52,7 +54,9 @@ def kafka_start(data_dir: Path, port: int) -> None:
 
 
 @kafka.command("stop")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".linkflow/kafka"), show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=Path(".linkflow/kafka"), show_default=True
+)
 def kafka_stop(data_dir: Path) -> None:
     """Stop the broker started by ``linkflow kafka start``."""
     _broker(data_dir, 0).stop()

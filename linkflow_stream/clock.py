@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 def now() -> datetime:
     """Now, in UTC, to the millisecond (what a Kafka timestamp or an Avro timestamp-millis holds)."""
-    return from_millis(int(datetime.now(UTC).timestamp() * 1000))
+    return from_millis(to_millis(datetime.now(UTC)))
 
 
 def from_millis(ms: int) -> datetime:
@@ -15,4 +18,10 @@ def from_millis(ms: int) -> datetime:
 
 
 def to_millis(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
+    """Whole milliseconds since the epoch, in integer arithmetic (a float product can be 1 ms low)."""
+    return (dt - EPOCH) // MILLISECOND
+
+
+def seconds_to_millis(seconds: float) -> int:
+    """A Kafka client's float-seconds timestamp as the integer milliseconds it came from."""
+    return round(seconds * 1000)

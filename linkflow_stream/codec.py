@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fastavro
+import pydantic
 from fastavro.read import LOGICAL_READERS
 from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
@@ -75,8 +76,12 @@ class Codec:
         for s in older:
             for fp, parsed in s.by_fingerprint.items():
                 self.writers.setdefault(fp, parsed)
-        self._fingerprints = {name: fp for fp, p in current.by_fingerprint.items()
-                              for name, q in current.by_name.items() if q is p}
+        self._fingerprints = {
+            name: fp
+            for fp, p in current.by_fingerprint.items()
+            for name, q in current.by_name.items()
+            if q is p
+        }
 
     def encode(self, record: BaseModel) -> bytes:
         name = f"{NAMESPACE}.{type(record).__name__}"
@@ -92,7 +97,10 @@ class Codec:
     def decode(self, data: bytes | None, model: type[T]) -> T:
         """Decode ``data`` into ``model``; raises ``DecodeError`` for anything unreadable."""
         name = f"{NAMESPACE}.{model.__name__}"
-        return model.model_validate(self.decode_dict(data, name))
+        try:
+            return model.model_validate(self.decode_dict(data, name))
+        except pydantic.ValidationError as exc:
+            raise DecodeError(f"{name} does not fit its model: {exc}") from exc
 
     def decode_dict(self, data: bytes | None, name: str) -> dict[str, Any]:
         if data is None or len(data) < 10 or data[:2] != MAGIC:
@@ -102,8 +110,10 @@ class Codec:
             raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()} for {name}")
         reader = self.current.by_name[name]
         try:
-            value = fastavro.schemaless_reader(io.BytesIO(data[10:]), writer, None if writer is reader else reader)
-        except Exception as exc:  # noqa: BLE001 - fastavro raises many types for corrupt input
+            value = fastavro.schemaless_reader(
+                io.BytesIO(data[10:]), writer, None if writer is reader else reader
+            )
+        except Exception as exc:
             raise DecodeError(f"cannot decode {name}: {exc}") from exc
         if not isinstance(value, dict):
             raise DecodeError(f"{name} did not decode to a record")
@@ -118,8 +128,15 @@ def default_codec() -> Codec:
     return Codec(SchemaSet(SCHEMA_DIR), older)
 
 
-def cloudevent_headers(ce_type: str, source: str, subject: str, *, ce_id: str | None = None,
-                       time: datetime | None = None, extra: Iterable[tuple[str, bytes]] = ()) -> list[tuple[str, bytes]]:
+def cloudevent_headers(
+    ce_type: str,
+    source: str,
+    subject: str,
+    *,
+    ce_id: str | None = None,
+    time: datetime | None = None,
+    extra: Iterable[tuple[str, bytes]] = (),
+) -> list[tuple[str, bytes]]:
     """CloudEvents Kafka binding, binary mode: the record value is the event data."""
     headers = [
         ("ce_specversion", b"1.0"),

@@ -11,8 +11,16 @@ from linkflow_stream.publisher import Publisher
 log = logging.getLogger(__name__)
 
 
-async def dead_letter(publisher: Publisher, *, topic: str, partition: int, offset: int, key: bytes | None,
-                      value: bytes | None, reason: str) -> None:
+async def dead_letter(
+    publisher: Publisher,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+) -> None:
     log.warning("dead-lettering %s[%d]@%d: %s", topic, partition, offset, reason)
     headers = [
         ("dlq_reason", reason.encode()[:4000]),

@@ -35,7 +35,8 @@ class DeciderConfig:
     kinds: Mapping[str, NodeKind] = field(default_factory=dict)
     lease_grace_seconds: float = 5.0
     max_lease_attempts: int = 5
-    """Attempts after which a node whose tasks keep going unanswered fails with ``lease_expired``."""
+    """Dispatches without an answer after which a node fails with ``lease_expired``; a node's
+    retry policy adds its own attempts on top."""
 
     def kind(self, node_type: str) -> NodeKind:
         return self.kinds.get(node_type, NodeKind(Dispatch.TASK))
@@ -62,8 +63,9 @@ class _Builder:
         self.events.append(event)
 
 
-def decide(state: ExecutionState | None, inp: Input, now: datetime,
-           config: DeciderConfig | None = None) -> list[ExecutionEvent]:
+def decide(
+    state: ExecutionState | None, inp: Input, now: datetime, config: DeciderConfig | None = None
+) -> list[ExecutionEvent]:
     """The events that follow ``inp`` in ``state``; empty when ``inp`` changes nothing."""
     cfg = config or DeciderConfig()
     b = _Builder(state, inp.execution_id, now)
@@ -107,17 +109,27 @@ def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
     if timer.kind is TimerKind.EXECUTION_TIMEOUT:
         _terminate(b, ExecutionStatus.FAILED, "execution timed out")
         return
-    assert timer.node_id is not None and timer.attempt is not None
+    assert timer.node_id is not None
+    assert timer.attempt is not None
     node = b.s.workflow.node(timer.node_id)
     if timer.kind is TimerKind.WAIT:
-        b.emit(EventType.NODE_SUCCEEDED, node_id=node.id, attempt=timer.attempt,
-               output={"waited_seconds": node.config.get("seconds")})
+        b.emit(
+            EventType.NODE_SUCCEEDED,
+            node_id=node.id,
+            attempt=timer.attempt,
+            output={"waited_seconds": node.config.get("seconds")},
+        )
         _advance(b, cfg)
     elif timer.kind is TimerKind.RETRY:
         _start_node(b, node, timer.attempt + 1, cfg)
-    elif timer.attempt >= cfg.max_lease_attempts:  # LEASE
-        error = NodeError(error_class="lease_expired", retryable=False,
-                          message=f"no result after {timer.attempt} dispatches")
+    elif timer.attempt >= cfg.max_lease_attempts + (
+        node.retry.max_attempts - 1 if node.retry else 0
+    ):  # LEASE
+        error = NodeError(
+            error_class="lease_expired",
+            retryable=False,
+            message=f"no result after {timer.attempt} dispatches",
+        )
         b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=timer.attempt, error=error)
         _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
     else:
@@ -127,8 +139,13 @@ def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
 def _fail_node(b: _Builder, node: NodeDefinition, attempt: int, error: NodeError, cfg: DeciderConfig) -> None:
     policy = node.retry
     if error.retryable and policy is not None and attempt < policy.max_attempts:
-        b.emit(EventType.NODE_RETRY_SCHEDULED, node_id=node.id, attempt=attempt, error=error,
-               due_at=b.now + timedelta(seconds=policy.delay(attempt)))
+        b.emit(
+            EventType.NODE_RETRY_SCHEDULED,
+            node_id=node.id,
+            attempt=attempt,
+            error=error,
+            due_at=b.now + timedelta(seconds=policy.delay(attempt)),
+        )
         return
     b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error)
     _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
@@ -138,12 +155,16 @@ def _terminate(b: _Builder, status: ExecutionStatus, reason: str) -> None:
     """End the run: stop running nodes, settle pending ones, then record the outcome."""
     for node in b.s.workflow.nodes:
         current = b.s.nodes[node.id].status
-        if current is NodeStatus.RUNNING or (current is NodeStatus.PENDING and status is ExecutionStatus.CANCELLED):
+        if current is NodeStatus.RUNNING or (
+            current is NodeStatus.PENDING and status is ExecutionStatus.CANCELLED
+        ):
             b.emit(EventType.NODE_CANCELLED, node_id=node.id, reason=reason)
         elif current is NodeStatus.PENDING:
             b.emit(EventType.NODE_SKIPPED, node_id=node.id, reason=reason)
-    end = {ExecutionStatus.FAILED: EventType.EXECUTION_FAILED,
-           ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED}[status]
+    end = {
+        ExecutionStatus.FAILED: EventType.EXECUTION_FAILED,
+        ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED,
+    }[status]
     b.emit(end, reason=reason)
 
 
@@ -178,7 +199,9 @@ def _advance(b: _Builder, cfg: DeciderConfig) -> None:
         b.emit(EventType.EXECUTION_SUCCEEDED)
 
 
-def _start_node(b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderConfig, reason: str | None = None) -> None:
+def _start_node(
+    b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderConfig, reason: str | None = None
+) -> None:
     kind = cfg.kind(node.type)
     if kind.dispatch is Dispatch.TIMER:
         due = b.now + timedelta(seconds=float(node.config.get("seconds", 0)))
@@ -187,5 +210,11 @@ def _start_node(b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderCon
         due = b.now + timedelta(seconds=timeout + cfg.lease_grace_seconds)
     else:
         due = None
-    b.emit(EventType.NODE_STARTED, node_id=node.id, attempt=attempt, dispatch=kind.dispatch, due_at=due,
-           reason=reason)
+    b.emit(
+        EventType.NODE_STARTED,
+        node_id=node.id,
+        attempt=attempt,
+        dispatch=kind.dispatch,
+        due_at=due,
+        reason=reason,
+    )

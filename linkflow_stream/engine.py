@@ -15,14 +15,14 @@ from aiokafka import ConsumerRecord
 
 from linkflow_stream import topic_names
 from linkflow_stream.api import Api, ApiDeps
-from linkflow_stream.clock import from_millis
+from linkflow_stream.clock import from_millis, seconds_to_millis
 from linkflow_stream.codec import Codec, DecodeError, default_codec
 from linkflow_stream.dead_letters import dead_letter
 from linkflow_stream.decider import Input
 from linkflow_stream.events import ExecutionEvent
 from linkflow_stream.executor import Executor
-from linkflow_stream.metrics import Metrics
 from linkflow_stream.messages import ControlMessage, ExecutionCommand, NodeResult, NodeTask, StartExecution
+from linkflow_stream.metrics import Metrics
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.orchestrator import Orchestrator
 from linkflow_stream.partitioning import ExecutionTable
@@ -38,7 +38,12 @@ from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
 
-RAW: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 
 
 class Engine:
@@ -60,40 +65,71 @@ class Engine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = self._build_app()
         self.readers = [
-            LogReader(settings.bootstrap_servers, settings.topic(topic_names.WORKFLOWS), self._on_workflow,
-                      on_error=self._view_error),
-            LogReader(settings.bootstrap_servers, settings.topic(topic_names.EVENTS), self._on_event,
-                      on_error=self._view_error),
+            LogReader(
+                settings.bootstrap_servers,
+                settings.topic(topic_names.WORKFLOWS),
+                self._on_workflow,
+                on_error=self._view_error,
+            ),
+            LogReader(
+                settings.bootstrap_servers,
+                settings.topic(topic_names.EVENTS),
+                self._on_event,
+                on_error=self._view_error,
+            ),
         ]
-        self.control = LogReader(settings.bootstrap_servers, settings.topic(topic_names.CONTROL), self._on_control,
-                                 from_beginning=False)
+        self.control = LogReader(
+            settings.bootstrap_servers,
+            settings.topic(topic_names.CONTROL),
+            self._on_control,
+            from_beginning=False,
+        )
 
     # -- Faust wiring -------------------------------------------------------------------------
     def _build_app(self) -> faust.App:
         s = self.settings
         partitions = execution_partitions()
         app = faust.App(
-            s.app_id, broker=f"kafka://{s.bootstrap_servers}", store="memory://",
-            topic_partitions=partitions, topic_allow_declare=False, topic_disable_leader=True,
-            web_enabled=False, broker_session_timeout=s.session_timeout_seconds,
+            s.app_id,
+            broker=f"kafka://{s.bootstrap_servers}",
+            store="memory://",
+            topic_partitions=partitions,
+            topic_allow_declare=False,
+            topic_disable_leader=True,
+            web_enabled=False,
+            broker_session_timeout=s.session_timeout_seconds,
             broker_heartbeat_interval=min(3.0, s.session_timeout_seconds / 3),
-            broker_commit_interval=s.commit_interval_seconds, consumer_auto_offset_reset="earliest",
-            datadir=str(s.data_dir / "faust"), producer_acks=-1, producer_linger=0.001,
+            broker_commit_interval=s.commit_interval_seconds,
+            consumer_auto_offset_reset="earliest",
+            datadir=str(s.data_dir / "faust"),
+            producer_acks=-1,
+            producer_linger=0.001,
             stream_wait_empty=False,
         )
-        inputs = app.topic(*(s.topic(t) for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)),
-                           **RAW)
+        inputs = app.topic(
+            *(s.topic(t) for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)), **RAW
+        )
         changelog = app.topic(s.topic(topic_names.STATE), partitions=partitions, **RAW)
         # A state's changelog partition is its key's partition (see partitioning.py), so a batch
         # spanning partitions stores each state where recovery will look for it.
-        self.table = app.tables.add(ExecutionTable(app, name="executions", default=None, partitions=partitions,
-                                                   beacon=app.tables.beacon,
-                                                   changelog_topic=changelog, key_type=bytes, value_type=bytes))
+        self.table = ExecutionTable(
+            app,
+            name="executions",
+            default=None,
+            partitions=partitions,
+            beacon=app.tables.beacon,
+            changelog_topic=changelog,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        app.tables.add(self.table)
         tasks = app.topic(*(s.topic(topic_names.tasks(p)) for p in s.executor_pools), **RAW)
 
         async def orchestrate(stream: Any) -> None:
             # Faust acks a batch only after this body has handled it: at-least-once holds.
-            async for batch in stream.take_events(s.orchestrator_batch_max, within=s.orchestrator_batch_wait_seconds):
+            async for batch in stream.take_events(
+                s.orchestrator_batch_max, within=s.orchestrator_batch_wait_seconds
+            ):
                 await self.on_inputs([event.message for event in batch])
 
         async def execute(stream: Any) -> None:
@@ -105,13 +141,20 @@ class Engine:
         app.task(self._run_timers)
         return app
 
-    def _decode_input(self, topic: str, value: bytes | None) -> Input:
+    def _decode_input(self, topic: str, key: bytes | None, value: bytes | None) -> Input:
+        """The input in a record, which must be keyed by its execution id (its partition's owner)."""
         logical = topic.removeprefix(self.settings.topic_prefix)
+        model: type[Input]
         if logical in topic_names.REQUESTS:
-            return self.codec.decode(value, StartExecution)
-        if logical == topic_names.COMMANDS:
-            return self.codec.decode(value, ExecutionCommand)
-        return self.codec.decode(value, NodeResult)
+            model = StartExecution
+        elif logical == topic_names.COMMANDS:
+            model = ExecutionCommand
+        else:
+            model = NodeResult
+        inp = self.codec.decode(value, model)
+        if key != inp.execution_id.encode():
+            raise DecodeError(f"record key {key!r} is not its execution id {inp.execution_id!r}")
+        return inp
 
     async def on_inputs(self, messages: list[Any]) -> None:
         """A batch of orchestrator inputs: decide each in order, publish all the outputs and wait
@@ -123,13 +166,13 @@ class Engine:
         observed: list[tuple[ExecutionState, list[ExecutionEvent]]] = []
         for msg in messages:
             try:
-                inp = self._decode_input(msg.topic, msg.value)
-                if msg.key != inp.execution_id.encode():
-                    raise DecodeError(f"record key {msg.key!r} is not its execution id {inp.execution_id!r}")
+                inp = self._decode_input(msg.topic, msg.key, msg.value)
                 if msg.key not in states:
                     raw = self.table.get(msg.key)
                     states[msg.key] = self.codec.decode(raw, ExecutionState) if raw is not None else None
-                step = await self.orchestrator.step(states[msg.key], inp, from_millis(int(msg.timestamp * 1000)))
+                step = await self.orchestrator.step(
+                    states[msg.key], inp, from_millis(seconds_to_millis(msg.timestamp))
+                )
             except Exception as exc:  # noqa: BLE001 - a poison input goes to the DLQ; the agent goes on
                 await self._dead_letter(msg, f"{type(exc).__name__}: {exc}")
                 continue
@@ -157,11 +200,12 @@ class Engine:
         while True:
             try:
                 await self.publisher.send(outputs)
-                return
-            except Exception:  # noqa: BLE001 - any send failure is retried; the data stays in memory
+            except Exception:
                 log.exception("publishing %d records failed; retrying in %.1fs", len(outputs), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            else:
+                return
 
     async def on_task(self, msg: Any) -> None:
         try:
@@ -172,8 +216,15 @@ class Engine:
         await self.executor.submit(task)
 
     async def _dead_letter(self, msg: Any, reason: str) -> None:
-        await dead_letter(self.publisher, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                          key=msg.key, value=msg.value, reason=reason)
+        await dead_letter(
+            self.publisher,
+            topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=msg.key,
+            value=msg.value,
+            reason=reason,
+        )
         self.metrics.dlq.labels(msg.topic.removeprefix(self.settings.topic_prefix)).inc()
 
     async def _run_timers(self) -> None:
@@ -217,8 +268,16 @@ class EngineServices(mode.Service):
         await e.publisher.start()
         for reader in (*e.readers, e.control):
             await reader.start()
-        api = Api(ApiDeps(publisher=e.publisher, status=e.status, workflows=e.workflows, registry=e.registry,
-                          readiness=e.readiness, metrics=e.metrics.render))
+        api = Api(
+            ApiDeps(
+                publisher=e.publisher,
+                status=e.status,
+                workflows=e.workflows,
+                registry=e.registry,
+                readiness=e.readiness,
+                metrics=e.metrics.render,
+            )
+        )
         self._runner = web.AppRunner(api.app(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, e.settings.api_host, e.settings.api_port).start()

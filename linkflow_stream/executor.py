@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any
 
 from linkflow_stream import topic_names
 from linkflow_stream.clock import now
@@ -40,7 +41,9 @@ class Executor:
         if key in self.running:
             return
         await self._slots.acquire()
-        job = asyncio.create_task(self._run(task), name=f"node:{task.execution_id}/{task.node_id}/{task.attempt}")
+        job = asyncio.create_task(
+            self._run(task), name=f"node:{task.execution_id}/{task.node_id}/{task.attempt}"
+        )
         self.running[key] = job
         job.add_done_callback(lambda _: self._finished(key))
 
@@ -50,39 +53,70 @@ class Executor:
 
     def cancel(self, control: ControlMessage) -> int:
         """Stop the named running attempts; returns how many were stopped."""
-        hits = [job for (execution_id, node_id, _), job in self.running.items()
-                if execution_id == control.execution_id and control.node_id in (None, node_id)]
+        hits = [
+            job
+            for (execution_id, node_id, _), job in self.running.items()
+            if execution_id == control.execution_id and control.node_id in (None, node_id)
+        ]
         for job in hits:
             job.cancel()
         return len(hits)
 
+    async def _attempt(self, task: NodeTask) -> Any:
+        """The node's output; raises ``NodeFailure`` for every way the attempt can fail."""
+        executor = self.registry.get(task.node_type)
+        if executor is None:
+            raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
+        ctx = NodeContext(
+            task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds
+        )
+        try:
+            async with asyncio.timeout(task.timeout_seconds):
+                return await executor.execute(ctx, task.config, task.input)
+        except TimeoutError as exc:
+            raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
+
     async def _run(self, task: NodeTask) -> None:
         started = now()
-        ctx = NodeContext(task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds)
         ok, output, error = True, None, None
         try:
-            executor = self.registry.get(task.node_type)
-            if executor is None:
-                raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
-            async with asyncio.timeout(task.timeout_seconds):
-                output = await executor.execute(ctx, task.config, task.input)
+            output = await self._attempt(task)
         except NodeFailure as exc:
             ok, error = False, exc.to_error()
-        except TimeoutError:
-            ok, error = False, NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s").to_error()
         except asyncio.CancelledError:
             log.info("cancelled %s/%s attempt %d", task.execution_id, task.node_id, task.attempt)
             return  # the orchestrator already ended this node; there is no result to report
-        except Exception as exc:  # noqa: BLE001 - an executor bug fails the node, never the worker
+        except Exception as exc:
             log.exception("node %s/%s crashed", task.execution_id, task.node_id)
-            ok, error = False, NodeFailure("internal", f"{type(exc).__name__}: {exc}", retryable=False).to_error()
-        result = NodeResult(execution_id=task.execution_id, node_id=task.node_id, attempt=task.attempt, ok=ok,
-                            output=output, error=error, started_at=started, finished_at=now(),
-                            worker_id=self.worker_id)
+            error = NodeFailure("internal", f"{type(exc).__name__}: {exc}", retryable=False).to_error()
+            ok = False
+        result = NodeResult(
+            execution_id=task.execution_id,
+            node_id=task.node_id,
+            attempt=task.attempt,
+            ok=ok,
+            output=output,
+            error=error,
+            started_at=started,
+            finished_at=now(),
+            worker_id=self.worker_id,
+        )
         try:
-            await self.publisher.send([Outgoing(topic_names.RESULTS, task.execution_id, result, "io.linkflow.node.result",
-                                                ce_id=f"{task.execution_id}/{task.node_id}/{task.attempt}")])
+            await self.publisher.send(
+                [
+                    Outgoing(
+                        topic_names.RESULTS,
+                        task.execution_id,
+                        result,
+                        "io.linkflow.node.result",
+                        ce_id=f"{task.execution_id}/{task.node_id}/{task.attempt}",
+                    )
+                ]
+            )
             self.completed += 1
-        except Exception:  # noqa: BLE001 - the lease will re-dispatch the node
-            log.exception("could not publish the result of %s/%s; the lease will retry it",
-                          task.execution_id, task.node_id)
+        except Exception:
+            log.exception(
+                "could not publish the result of %s/%s; the lease will retry it",
+                task.execution_id,
+                task.node_id,
+            )

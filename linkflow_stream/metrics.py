@@ -20,25 +20,42 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class Metrics:
-    def __init__(self, active: Callable[[], int], queue_depth: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(
+        self, active: Callable[[], int], queue_depth: Callable[[], dict[str, int]] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.started = Counter("linkflow_executions_started_total", "Executions started",
-                               ["workflow_id", "priority"], registry=r)
-        self.finished = Counter("linkflow_executions_finished_total", "Executions finished",
-                                ["workflow_id", "status"], registry=r)
-        self.duration = Histogram("linkflow_execution_duration_seconds", "Execution wall time, start to end",
-                                  ["workflow_id", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.started = Counter(
+            "linkflow_executions_started_total", "Executions started", ["workflow_id", "priority"], registry=r
+        )
+        self.finished = Counter(
+            "linkflow_executions_finished_total", "Executions finished", ["workflow_id", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "linkflow_execution_duration_seconds",
+            "Execution wall time, start to end",
+            ["workflow_id", "status"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.active = Gauge("linkflow_executions_active", "Executions started and not yet ended", registry=r)
         self.active.set_function(lambda: float(active()))
-        self.node_runs = Counter("linkflow_node_executions_total", "Node attempts finished",
-                                 ["node_type", "outcome"], registry=r)
-        self.node_duration = Histogram("linkflow_node_duration_seconds", "Node attempt wall time",
-                                       ["node_type", "outcome"], buckets=DURATION_BUCKETS, registry=r)
-        self.dlq = Counter("linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"],
-                           registry=r)
-        self.inputs = Counter("linkflow_orchestrator_inputs_total", "Inputs the orchestrator processed",
-                              ["kind"], registry=r)
+        self.node_runs = Counter(
+            "linkflow_node_executions_total", "Node attempts finished", ["node_type", "outcome"], registry=r
+        )
+        self.node_duration = Histogram(
+            "linkflow_node_duration_seconds",
+            "Node attempt wall time",
+            ["node_type", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.dlq = Counter(
+            "linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"], registry=r
+        )
+        self.inputs = Counter(
+            "linkflow_orchestrator_inputs_total", "Inputs the orchestrator processed", ["kind"], registry=r
+        )
 
     def observe(self, state: ExecutionState, events: Iterable[ExecutionEvent]) -> None:
         """Count the transitions of one orchestrator step."""
@@ -46,10 +63,16 @@ class Metrics:
         for e in events:
             if e.type is EventType.EXECUTION_STARTED:
                 self.started.labels(wf, state.priority.value).inc()
-            elif e.type in (EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED):
+            elif e.type in (
+                EventType.EXECUTION_SUCCEEDED,
+                EventType.EXECUTION_FAILED,
+                EventType.EXECUTION_CANCELLED,
+            ):
                 self.finished.labels(wf, state.status.value).inc()
                 if state.started_at is not None:
-                    self.duration.labels(wf, state.status.value).observe((e.at - state.started_at).total_seconds())
+                    self.duration.labels(wf, state.status.value).observe(
+                        (e.at - state.started_at).total_seconds()
+                    )
             elif e.type in (EventType.NODE_SUCCEEDED, EventType.NODE_FAILED, EventType.NODE_RETRY_SCHEDULED):
                 assert e.node_id is not None
                 node = state.nodes[e.node_id]
@@ -57,7 +80,9 @@ class Metrics:
                 outcome = "success" if e.type is EventType.NODE_SUCCEEDED else "failure"
                 self.node_runs.labels(node_type, outcome).inc()
                 if node.started_at is not None:
-                    self.node_duration.labels(node_type, outcome).observe((e.at - node.started_at).total_seconds())
+                    self.node_duration.labels(node_type, outcome).observe(
+                        (e.at - node.started_at).total_seconds()
+                    )
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

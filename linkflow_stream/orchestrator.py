@@ -55,17 +55,31 @@ class Orchestrator:
         return step
 
     async def _run_inline(self, state: ExecutionState, event: ExecutionEvent, now: datetime) -> NodeResult:
-        assert event.node_id is not None and event.attempt is not None
+        assert event.node_id is not None
+        assert event.attempt is not None
         node = state.workflow.node(event.node_id)
-        ctx = NodeContext(state.id, state.workflow.id, node.id, event.attempt,
-                          node.timeout_seconds or self.config.kind(node.type).default_timeout_seconds)
+        ctx = NodeContext(
+            state.id,
+            state.workflow.id,
+            node.id,
+            event.attempt,
+            node.timeout_seconds or self.config.kind(node.type).default_timeout_seconds,
+        )
         ok, output, error = True, None, None
         try:
             output = await self.registry[node.type].execute(ctx, node.config, state.node_inputs())
         except NodeFailure as exc:
             ok, error = False, exc.to_error()
-        return NodeResult(execution_id=state.id, node_id=node.id, attempt=event.attempt, ok=ok, output=output,
-                          error=error, started_at=now, finished_at=now)
+        return NodeResult(
+            execution_id=state.id,
+            node_id=node.id,
+            attempt=event.attempt,
+            ok=ok,
+            output=output,
+            error=error,
+            started_at=now,
+            finished_at=now,
+        )
 
     def _outputs(self, step: Step) -> None:
         state = step.state
@@ -73,21 +87,51 @@ class Orchestrator:
             return
         cancelled_tasks = False
         for e in step.events:
-            step.outputs.append(Outgoing(topic_names.EVENTS, e.execution_id, e, f"io.linkflow.execution.{e.type.value}",
-                                         ce_id=f"{e.execution_id}/{e.seq}", time=e.at))
+            step.outputs.append(
+                Outgoing(
+                    topic_names.EVENTS,
+                    e.execution_id,
+                    e,
+                    f"io.linkflow.execution.{e.type.value}",
+                    ce_id=f"{e.execution_id}/{e.seq}",
+                    time=e.at,
+                )
+            )
             if e.type is EventType.NODE_STARTED and e.dispatch is Dispatch.TASK:
-                assert e.node_id is not None and e.attempt is not None and e.due_at is not None
+                assert e.node_id is not None
+                assert e.attempt is not None
+                assert e.due_at is not None
                 node = state.workflow.node(e.node_id)
                 task = NodeTask(
-                    execution_id=state.id, workflow_id=state.workflow.id, node_id=node.id, attempt=e.attempt,
-                    node_type=node.type, config=node.config, input=state.node_inputs(),
-                    timeout_seconds=node.timeout_seconds or self.config.kind(node.type).default_timeout_seconds,
+                    execution_id=state.id,
+                    workflow_id=state.workflow.id,
+                    node_id=node.id,
+                    attempt=e.attempt,
+                    node_type=node.type,
+                    config=node.config,
+                    input=state.node_inputs(),
+                    timeout_seconds=node.timeout_seconds
+                    or self.config.kind(node.type).default_timeout_seconds,
                     lease_until=e.due_at,
                 )
-                step.outputs.append(Outgoing(topic_names.tasks(node.pool), state.id, task, "io.linkflow.node.task",
-                                             ce_id=f"{state.id}/{node.id}/{e.attempt}", time=e.at))
+                step.outputs.append(
+                    Outgoing(
+                        topic_names.tasks(node.pool),
+                        state.id,
+                        task,
+                        "io.linkflow.node.task",
+                        ce_id=f"{state.id}/{node.id}/{e.attempt}",
+                        time=e.at,
+                    )
+                )
             if e.type is EventType.NODE_CANCELLED:
                 cancelled_tasks = True
         if cancelled_tasks:
-            step.outputs.append(Outgoing(topic_names.CONTROL, state.id, ControlMessage(
-                execution_id=state.id, reason=state.history[-1].reason or "cancelled"), "io.linkflow.control.cancel"))
+            step.outputs.append(
+                Outgoing(
+                    topic_names.CONTROL,
+                    state.id,
+                    ControlMessage(execution_id=state.id, reason=state.history[-1].reason or "cancelled"),
+                    "io.linkflow.control.cancel",
+                )
+            )

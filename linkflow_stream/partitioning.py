@@ -18,10 +18,11 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(DefaultPartitioner()(key, list(range(partitions)), list(range(partitions))))
 
 
-class ExecutionTable(faust.Table):  # type: ignore[misc]  # faust ships no types
+class ExecutionTable(faust.Table[bytes, bytes | None]):
     """A Faust table whose changelog partition is computed from the key, not from the event
     being processed, so one batch may store states of several partitions, and writes need no
     producer metadata."""
 
     def partition_for_key(self, key: Any) -> int:
-        return partition_for(key, int(self.partitions))
+        assert self.partitions is not None, "the engine always sets the table's partition count"
+        return partition_for(key, self.partitions)

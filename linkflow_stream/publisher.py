@@ -43,7 +43,9 @@ class Publisher:
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
-            acks="all", enable_idempotence=True, linger_ms=1,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
             client_id=f"{self.settings.app_id}-publisher",
         )
         await self._producer.start()
@@ -60,16 +62,24 @@ class Publisher:
             raise RuntimeError(msg)
         futures = []
         for o in items:
-            headers = cloudevent_headers(o.ce_type, SOURCE, o.key, ce_id=o.ce_id, time=o.time, extra=o.headers)
-            futures.append(await producer.send(
-                self.settings.topic(o.topic), self.codec.encode(o.record), key=o.key.encode(),
-                timestamp_ms=to_millis(o.time) if o.time else None, headers=headers,
-            ))
+            headers = cloudevent_headers(
+                o.ce_type, SOURCE, o.key, ce_id=o.ce_id, time=o.time, extra=o.headers
+            )
+            futures.append(
+                await producer.send(
+                    self.settings.topic(o.topic),
+                    self.codec.encode(o.record),
+                    key=o.key.encode(),
+                    timestamp_ms=to_millis(o.time) if o.time else None,
+                    headers=headers,
+                )
+            )
         if futures:
             await asyncio.gather(*futures)
 
-    async def send_raw(self, topic: str, key: bytes | None, value: bytes | None,
-                       headers: list[tuple[str, bytes]]) -> None:
+    async def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
         """Produce bytes as they are: the dead-letter path for records that cannot be decoded."""
         if self._producer is None:
             msg = "publisher not started"

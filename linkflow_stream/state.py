@@ -158,8 +158,18 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
     if event.seq != state.seq + 1:
         raise EvolveError(f"{state.id}: seq {event.seq} does not follow {state.seq}")
     if event.type is EventType.EXECUTION_STARTED:
-        return _transition(state, event, ExecutionStatus.RUNNING, started_at=event.at, timers=_with_timer(
-            state.timers, Timer.make_id(TimerKind.EXECUTION_TIMEOUT), TimerKind.EXECUTION_TIMEOUT, event.due_at))
+        return _transition(
+            state,
+            event,
+            ExecutionStatus.RUNNING,
+            started_at=event.at,
+            timers=_with_timer(
+                state.timers,
+                Timer.make_id(TimerKind.EXECUTION_TIMEOUT),
+                TimerKind.EXECUTION_TIMEOUT,
+                event.due_at,
+            ),
+        )
     if event.type in _EXECUTION_END:
         return _transition(state, event, _EXECUTION_END[event.type], finished_at=event.at, timers={})
     return _evolve_node(state, event)
@@ -176,43 +186,74 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             raise EvolveError(f"{state.id}: node {node_id} cannot start from {node.status}")
         attempt = event.attempt or 1
         kind = TimerKind.WAIT if event.dispatch is Dispatch.TIMER else TimerKind.LEASE
-        new = node.model_copy(update={
-            "status": NodeStatus.RUNNING, "attempts": attempt, "output": None,
-            "started_at": node.started_at or event.at, "finished_at": None,
-        })
-        timers = _with_timer(timers, Timer.make_id(kind, node_id, attempt), kind, event.due_at, node_id, attempt)
+        new = node.model_copy(
+            update={
+                "status": NodeStatus.RUNNING,
+                "attempts": attempt,
+                "output": None,
+                "started_at": node.started_at or event.at,
+                "finished_at": None,
+            }
+        )
+        timers = _with_timer(
+            timers, Timer.make_id(kind, node_id, attempt), kind, event.due_at, node_id, attempt
+        )
     elif event.type is EventType.NODE_RETRY_SCHEDULED:
         if node.status is not NodeStatus.RUNNING:
             raise EvolveError(f"{state.id}: node {node_id} retry from {node.status}")
         new = node.model_copy(update={"error": event.error})
-        timers = _with_timer(timers, Timer.make_id(TimerKind.RETRY, node_id, node.attempts), TimerKind.RETRY,
-                             event.due_at, node_id, node.attempts)
+        timers = _with_timer(
+            timers,
+            Timer.make_id(TimerKind.RETRY, node_id, node.attempts),
+            TimerKind.RETRY,
+            event.due_at,
+            node_id,
+            node.attempts,
+        )
     elif event.type in _NODE_END:
         target = _NODE_END[event.type]
-        allowed = (NodeStatus.PENDING,) if target is NodeStatus.SKIPPED else (NodeStatus.RUNNING,)
+        allowed: tuple[NodeStatus, ...] = (
+            (NodeStatus.PENDING,) if target is NodeStatus.SKIPPED else (NodeStatus.RUNNING,)
+        )
         if target is NodeStatus.CANCELLED:
             allowed = (NodeStatus.PENDING, NodeStatus.RUNNING)
         if node.status not in allowed:
             raise EvolveError(f"{state.id}: node {node_id} cannot go from {node.status} to {target}")
-        new = node.model_copy(update={
-            "status": target, "finished_at": event.at,
-            "output": event.output if target is NodeStatus.SUCCESS else None,
-            "error": event.error if target is NodeStatus.FAILED else node.error,
-        })
+        new = node.model_copy(
+            update={
+                "status": target,
+                "finished_at": event.at,
+                "output": event.output if target is NodeStatus.SUCCESS else None,
+                "error": event.error if target is NodeStatus.FAILED else node.error,
+            }
+        )
     else:  # pragma: no cover - every EventType is handled above
         raise EvolveError(f"{state.id}: unhandled event {event.type}")
-    return state.model_copy(update={"seq": event.seq, "nodes": {**state.nodes, node_id: new}, "timers": timers})
+    return state.model_copy(
+        update={"seq": event.seq, "nodes": {**state.nodes, node_id: new}, "timers": timers}
+    )
 
 
 def _with_timer(
-    timers: dict[str, Timer], timer_id: str, kind: TimerKind, due_at: datetime | None,
-    node_id: str | None = None, attempt: int | None = None,
+    timers: dict[str, Timer],
+    timer_id: str,
+    kind: TimerKind,
+    due_at: datetime | None,
+    node_id: str | None = None,
+    attempt: int | None = None,
 ) -> dict[str, Timer]:
     if due_at is None:
         return timers
-    return {**timers, timer_id: Timer(id=timer_id, kind=kind, due_at=due_at, node_id=node_id, attempt=attempt)}
+    return {
+        **timers,
+        timer_id: Timer(id=timer_id, kind=kind, due_at=due_at, node_id=node_id, attempt=attempt),
+    }
 
 
-def _transition(state: ExecutionState, event: ExecutionEvent, to: ExecutionStatus, **update: Any) -> ExecutionState:
+def _transition(
+    state: ExecutionState, event: ExecutionEvent, to: ExecutionStatus, **update: Any
+) -> ExecutionState:
     step = Transition(from_status=state.status, to_status=to, at=event.at, reason=event.reason)
-    return state.model_copy(update={"seq": event.seq, "status": to, "history": (*state.history, step), **update})
+    return state.model_copy(
+        update={"seq": event.seq, "status": to, "history": (*state.history, step), **update}
+    )

@@ -34,8 +34,14 @@ from linkflow_stream.topics import apply_topics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None, timeout: float = 30) -> tuple[int, Any]:
+def call(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
     """One HTTP request; returns (status, decoded JSON body)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -75,19 +81,21 @@ class EngineProcess:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINKFLOW_")}
-        env.update({
-            "LINKFLOW_BOOTSTRAP_SERVERS": self.bootstrap,
-            "LINKFLOW_TOPIC_PREFIX": self.prefix,
-            "LINKFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
-            "LINKFLOW_API_PORT": str(self.port),
-            "LINKFLOW_API_HOST": "127.0.0.1",
-            "LINKFLOW_REGISTRY_PORT": str(free_port()),
-            "LINKFLOW_DATA_DIR": str(self.workdir / self.prefix),
-            "LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
-            "LINKFLOW_SESSION_TIMEOUT_SECONDS": "6",
-            "LINKFLOW_LEASE_GRACE_SECONDS": "2",
-            **self.extra_env,
-        })
+        env.update(
+            {
+                "LINKFLOW_BOOTSTRAP_SERVERS": self.bootstrap,
+                "LINKFLOW_TOPIC_PREFIX": self.prefix,
+                "LINKFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
+                "LINKFLOW_API_PORT": str(self.port),
+                "LINKFLOW_API_HOST": "127.0.0.1",
+                "LINKFLOW_REGISTRY_PORT": str(free_port()),
+                "LINKFLOW_DATA_DIR": str(self.workdir / self.prefix),
+                "LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
+                "LINKFLOW_SESSION_TIMEOUT_SECONDS": "6",
+                "LINKFLOW_LEASE_GRACE_SECONDS": "2",
+                **self.extra_env,
+            }
+        )
         return env
 
     def start(self, timeout: float = 90) -> None:
@@ -95,8 +103,13 @@ class EngineProcess:
             asyncio.run(apply_topics(self.settings()))
         self.starts += 1
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "linkflow_stream.cli", "run"], cwd=ROOT,
-                                         env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "linkflow_stream.cli", "run"],
+                cwd=ROOT,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -135,21 +148,35 @@ class EngineProcess:
         assert status == 201, body
         return dict(body)
 
-    def start_execution(self, workflow_id: str, input_data: Any = None, *, priority: str | None = None,
-                        wait: float | None = None) -> tuple[int, Any]:
+    def start_execution(
+        self,
+        workflow_id: str,
+        input_data: Any = None,
+        *,
+        priority: str | None = None,
+        wait: float | None = None,
+    ) -> tuple[int, Any]:
         headers = {"X-Priority": priority} if priority else {}
         query = f"?wait={wait}" if wait is not None else ""
-        return call("POST", f"{self.url}/api/executions{query}",
-                    {"workflow_id": workflow_id, "input_data": input_data or {}}, headers,
-                    timeout=(wait or 0) + 30)
+        return call(
+            "POST",
+            f"{self.url}/api/executions{query}",
+            {"workflow_id": workflow_id, "input_data": input_data or {}},
+            headers,
+            timeout=(wait or 0) + 30,
+        )
 
     def get(self, execution_id: str) -> dict[str, Any]:
         status, body = call("GET", f"{self.url}/api/executions/{execution_id}")
         assert status == 200, body
         return dict(body)
 
-    def wait_status(self, execution_id: str, statuses: tuple[str, ...] = ("success", "failed", "cancelled"),
-                    timeout: float = 60) -> dict[str, Any]:
+    def wait_status(
+        self,
+        execution_id: str,
+        statuses: tuple[str, ...] = ("success", "failed", "cancelled"),
+        timeout: float = 60,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -163,8 +190,9 @@ class EngineProcess:
 async def read_events(bootstrap: str, topic: str) -> list[ExecutionEvent]:
     """Every event on ``topic``, duplicates included, in partition order."""
     codec = default_codec()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         await consumer.topics()
@@ -184,7 +212,7 @@ async def read_events(bootstrap: str, topic: str) -> list[ExecutionEvent]:
 class _Handler(BaseHTTPRequestHandler):
     server: TargetServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _reply(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:

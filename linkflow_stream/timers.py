@@ -9,6 +9,7 @@ decider ignores the second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections.abc import Callable, Iterable
@@ -55,7 +56,10 @@ class TimerService:
         at = self.clock()
         while self._heap and self._heap[0][0] <= at:
             _, execution_id, timer_id = heapq.heappop(self._heap)
-            if timer_id in self._pending.get(execution_id, ()) and (execution_id, timer_id) not in self._fired:
+            if (
+                timer_id in self._pending.get(execution_id, ())
+                and (execution_id, timer_id) not in self._fired
+            ):
                 self._fired.add((execution_id, timer_id))
                 out.append((execution_id, timer_id))
         return out
@@ -66,12 +70,18 @@ class TimerService:
             if fire:
                 try:
                     await self.publisher.send(
-                        Outgoing(topic_names.COMMANDS, execution_id, ExecutionCommand(
-                            execution_id=execution_id, kind=CommandKind.TIMER_FIRED, timer_id=timer_id),
-                            "io.linkflow.command.timer_fired")
-                        for execution_id, timer_id in fire)
+                        Outgoing(
+                            topic_names.COMMANDS,
+                            execution_id,
+                            ExecutionCommand(
+                                execution_id=execution_id, kind=CommandKind.TIMER_FIRED, timer_id=timer_id
+                            ),
+                            "io.linkflow.command.timer_fired",
+                        )
+                        for execution_id, timer_id in fire
+                    )
                     self.fired_total += len(fire)
-                except Exception:  # noqa: BLE001 - the broker may be briefly away; try again soon
+                except Exception:
                     log.exception("could not send %d timer commands; retrying", len(fire))
                     for execution_id, timer_id in fire:
                         self._fired.discard((execution_id, timer_id))
@@ -80,7 +90,5 @@ class TimerService:
                 continue
             delay = (self._heap[0][0] - self.clock()) / 1000 if self._heap else 1.0
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.005, min(delay, 1.0)))
-            except TimeoutError:
-                pass

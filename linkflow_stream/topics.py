@@ -44,9 +44,15 @@ def load_specs(path: Path = SPEC_FILE) -> list[TopicSpec]:
         co = bool(t.get("co_partitioned", False))
         if co and "partitions" in t:
             raise TopicSpecError(f"{t['name']}: a co-partitioned topic takes execution_partitions")
-        specs.append(TopicSpec(name=t["name"], partitions=shared if co else int(t.get("partitions", 1)),
-                               cleanup_policy=t.get("cleanup_policy", "delete"),
-                               retention_ms=t.get("retention_ms"), co_partitioned=co))
+        specs.append(
+            TopicSpec(
+                name=t["name"],
+                partitions=shared if co else int(t.get("partitions", 1)),
+                cleanup_policy=t.get("cleanup_policy", "delete"),
+                retention_ms=t.get("retention_ms"),
+                co_partitioned=co,
+            )
+        )
     return specs
 
 
@@ -75,8 +81,16 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
         missing = [s for s in specs if settings.topic(s.name) not in current]
         for spec in missing:
             try:
-                await admin.create_topics([NewTopic(name=settings.topic(spec.name), num_partitions=spec.partitions,
-                                                    replication_factor=1, topic_configs=spec.configs())])
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            name=settings.topic(spec.name),
+                            num_partitions=spec.partitions,
+                            replication_factor=1,
+                            topic_configs=spec.configs(),
+                        )
+                    ]
+                )
                 changes.append(f"created {settings.topic(spec.name)} ({spec.partitions} partitions)")
             except TopicAlreadyExistsError:
                 pass  # created meanwhile, by another process or before metadata caught up: verified below
@@ -88,8 +102,11 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
     finally:
         await admin.close()
     problems = [f"{name} does not exist after apply" for name in names if name not in current]
-    problems += [f"{settings.topic(s.name)} has {current[settings.topic(s.name)]} partitions, spec says {s.partitions}"
-                 for s in specs if current.get(settings.topic(s.name), s.partitions) != s.partitions]
+    problems += [
+        f"{settings.topic(s.name)} has {current[settings.topic(s.name)]} partitions, spec says {s.partitions}"
+        for s in specs
+        if current.get(settings.topic(s.name), s.partitions) != s.partitions
+    ]
     if problems:
         raise TopicSpecError("; ".join(problems))
     return changes

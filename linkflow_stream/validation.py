@@ -21,15 +21,21 @@ def _pydantic_problems(exc: pydantic.ValidationError, body: Any) -> list[str]:
         where = ".".join(str(p) for p in loc)
         if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int):
             nodes = body.get("nodes") if isinstance(body, dict) else None
-            node_id = nodes[loc[1]].get("id") if isinstance(nodes, list) and isinstance(nodes[loc[1]], dict) else None
+            node_id = (
+                nodes[loc[1]].get("id")
+                if isinstance(nodes, list) and isinstance(nodes[loc[1]], dict)
+                else None
+            )
             rest = ".".join(str(p) for p in loc[2:])
-            where = f"node {node_id!r}: {rest}" if node_id is not None else f"nodes[{loc[1]}]: {rest}"
+            node = f"node {node_id!r}" if node_id is not None else f"nodes[{loc[1]}]"
+            where = f"{node}: {rest}" if rest else node
         problems.append(f"{where}: {err['msg']}")
     return problems
 
 
-def parse_workflow(body: Any, registry: Mapping[str, NodeExecutor], *, version: int,
-                   created_at: datetime) -> WorkflowDefinition:
+def parse_workflow(
+    body: Any, registry: Mapping[str, NodeExecutor], *, version: int, created_at: datetime
+) -> WorkflowDefinition:
     """The definition in ``body``, or ``ValidationError`` listing everything wrong with it."""
     if not isinstance(body, dict):
         raise ValidationError("the workflow must be a JSON object")
@@ -66,12 +72,15 @@ def check_workflow(wf: WorkflowDefinition, registry: Mapping[str, NodeExecutor])
     return problems
 
 
-def _check_node(node: NodeDefinition, nodes: Mapping[str, NodeDefinition],
-                registry: Mapping[str, NodeExecutor]) -> list[str]:
+def _check_node(
+    node: NodeDefinition, nodes: Mapping[str, NodeDefinition], registry: Mapping[str, NodeExecutor]
+) -> list[str]:
     problems = []
     executor = registry.get(node.type)
     if executor is None:
-        problems.append(f"node {node.id!r}: type: unknown type {node.type!r} (known: {', '.join(sorted(registry))})")
+        problems.append(
+            f"node {node.id!r}: type: unknown type {node.type!r} (known: {', '.join(sorted(registry))})"
+        )
     else:
         try:
             executor.validate(node.config)
@@ -89,8 +98,10 @@ def _check_node(node: NodeDefinition, nodes: Mapping[str, NodeDefinition],
         elif dep.node == node.id:
             problems.append(f"node {node.id!r}: depends_on: a node cannot depend on itself")
         elif dep.branch is not None and target.type != "condition":
-            problems.append(f"node {node.id!r}: depends_on: {text!r} picks a branch of a {target.type} node; "
-                            "only condition nodes have branches")
+            problems.append(
+                f"node {node.id!r}: depends_on: {text!r} picks a branch of a {target.type} node; "
+                "only condition nodes have branches"
+            )
     return problems
 
 
@@ -113,7 +124,7 @@ def _find_cycle(wf: WorkflowDefinition) -> list[str]:
                 stack.append((node, i + 1))
                 nxt = deps[i]
                 if colour.get(nxt) == 1:
-                    return [*path[path.index(nxt):], nxt]
+                    return [*path[path.index(nxt) :], nxt]
                 if not colour.get(nxt):
                     stack.append((nxt, 0))
             else:

@@ -24,7 +24,9 @@ class RetryPolicy(BaseModel):
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1``, after attempt ``attempt`` failed."""
-        return float(min(self.max_delay_seconds, self.initial_delay_seconds * self.multiplier ** (attempt - 1)))
+        return float(
+            min(self.max_delay_seconds, self.initial_delay_seconds * self.multiplier ** (attempt - 1))
+        )
 
 
 class NodeDefinition(BaseModel):

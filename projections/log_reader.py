@@ -32,9 +32,15 @@ async def topic_partitions(bootstrap_servers: str, topic: str) -> set[int]:
 class LogReader:
     """Reads ``topic`` from the beginning and hands each record to ``handle``, forever."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, handle: Handler, *,
-                 on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
-                 from_beginning: bool = True) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        handle: Handler,
+        *,
+        on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
+        from_beginning: bool = True,
+    ) -> None:
         self.from_beginning = from_beginning
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
@@ -46,8 +52,12 @@ class LogReader:
         self._targets: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         self._consumer = consumer
         partitions = await topic_partitions(self.bootstrap_servers, self.topic)
@@ -83,7 +93,7 @@ class LogReader:
                 for record in records:
                     try:
                         self.handle(record)
-                    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the view
+                    except Exception as exc:
                         log.exception("view %s could not apply %s@%s", self.topic, tp, record.offset)
                         if self.on_error is not None:
                             await self.on_error(record, exc)
@@ -94,4 +104,4 @@ class LogReader:
 
     async def _reached(self, tp: TopicPartition, target: int) -> bool:
         assert self._consumer is not None
-        return await self._consumer.position(tp) >= target
+        return bool(await self._consumer.position(tp) >= target)

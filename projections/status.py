@@ -46,8 +46,12 @@ def render(state: ExecutionState) -> dict[str, Any]:
             for node_id, n in state.nodes.items()
         },
         "history": [
-            {"from": t.from_status.value if t.from_status else None, "to": t.to_status.value,
-             "at": _iso(t.at), "reason": t.reason}
+            {
+                "from": t.from_status.value if t.from_status else None,
+                "to": t.to_status.value,
+                "at": _iso(t.at),
+                "reason": t.reason,
+            }
             for t in state.history
         ],
     }
@@ -57,12 +61,26 @@ def render_accepted(request: StartExecution) -> dict[str, Any]:
     """What a read shows for an execution accepted here but not yet seen in the log."""
     at = _iso(request.requested_at)
     return {
-        "id": request.execution_id, "workflow_id": request.workflow.id,
-        "workflow_version": request.workflow.version, "status": ExecutionStatus.PENDING.value,
-        "priority": request.priority.value, "input_data": request.input, "created_at": at,
-        "started_at": None, "finished_at": None,
-        "nodes": {n.id: {"status": "pending", "output": None, "error": None, "attempts": 0,
-                         "started_at": None, "finished_at": None} for n in request.workflow.nodes},
+        "id": request.execution_id,
+        "workflow_id": request.workflow.id,
+        "workflow_version": request.workflow.version,
+        "status": ExecutionStatus.PENDING.value,
+        "priority": request.priority.value,
+        "input_data": request.input,
+        "created_at": at,
+        "started_at": None,
+        "finished_at": None,
+        "nodes": {
+            n.id: {
+                "status": "pending",
+                "output": None,
+                "error": None,
+                "attempts": 0,
+                "started_at": None,
+                "finished_at": None,
+            }
+            for n in request.workflow.nodes
+        },
         "history": [{"from": None, "to": "pending", "at": at, "reason": "accepted"}],
     }
 
@@ -116,15 +134,15 @@ class StatusView:
             return state.status
         return ExecutionStatus.PENDING if execution_id in self.accepted else None
 
-    async def wait_terminal(self, execution_id: str, timeout: float) -> bool:
-        """Wait until the execution ends; False if ``timeout`` runs out first."""
+    async def wait_terminal(self, execution_id: str, within: float) -> bool:
+        """Wait until the execution ends; False if ``within`` seconds run out first."""
         state = self.executions.get(execution_id)
         if state is not None and state.status.terminal:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[execution_id].append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(fut, within)
         except TimeoutError:
             return False
         finally:
@@ -133,11 +151,16 @@ class StatusView:
                 waiters.remove(fut)
         return True
 
-    def query(self, *, status: str | None = None, workflow_id: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+    def query(
+        self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         """Newest first, filtered."""
         states: Iterable[ExecutionState] = self.executions.values()
-        rows = [s for s in states
-                if (status is None or s.status.value == status) and (workflow_id is None or s.workflow.id == workflow_id)]
+        rows = [
+            s
+            for s in states
+            if (status is None or s.status.value == status)
+            and (workflow_id is None or s.workflow.id == workflow_id)
+        ]
         rows.sort(key=lambda s: s.created_at, reverse=True)
         return [render(s) for s in rows[:limit]]

@@ -11,9 +11,17 @@ from linkflow_stream.messages import NodeError
 
 # Failure classes and whether trying again can help.
 RETRYABLE_CLASSES = {
-    "timeout": True, "connection": True, "http_429": True, "http_5xx": True, "lease_expired": True,
-    "http_4xx": False, "validation": False, "expression_error": False, "code_error": False,
-    "resource_limit": False, "cancelled": False,
+    "timeout": True,
+    "connection": True,
+    "http_429": True,
+    "http_5xx": True,
+    "lease_expired": True,
+    "http_4xx": False,
+    "validation": False,
+    "expression_error": False,
+    "code_error": False,
+    "resource_limit": False,
+    "cancelled": False,
 }
 
 
@@ -21,8 +29,11 @@ class NodeFailure(LinkflowError):
     """A node attempt failed; ``error_type`` is its failure class."""
 
     def __init__(self, error_class: str, message: str, *, retryable: bool | None = None) -> None:
-        super().__init__(message, error_type=error_class,
-                         retryable=RETRYABLE_CLASSES.get(error_class, False) if retryable is None else retryable)
+        super().__init__(
+            message,
+            error_type=error_class,
+            retryable=RETRYABLE_CLASSES.get(error_class, False) if retryable is None else retryable,
+        )
 
     def to_error(self) -> NodeError:
         return NodeError(error_class=self.error_type, message=self.message, retryable=self.retryable)
@@ -58,7 +69,10 @@ class NodeExecutor(Protocol):
 
     type_name: ClassVar[str]
     dispatch: ClassVar[Dispatch]
-    default_timeout_seconds: ClassVar[float]
+
+    @property
+    def default_timeout_seconds(self) -> float:
+        """Timeout of a node of this type that sets none."""
 
     def validate(self, config: dict[str, Any]) -> None:
         """Raise ``ConfigError`` for config that can never run."""

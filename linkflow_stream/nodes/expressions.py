@@ -15,7 +15,7 @@ def compile_expression(source: str) -> Any:
     """The parsed expression; raises ``ValueError`` with JSONata's message on a syntax error."""
     try:
         return jsonata.Jsonata(source)
-    except Exception as exc:  # noqa: BLE001 - jsonata raises JException and plain errors alike
+    except Exception as exc:
         raise ValueError(str(exc)) from exc
 
 
@@ -35,5 +35,5 @@ def evaluate(source: str, data: dict[str, Any]) -> Any:
     """Evaluate over ``data``; a run-time error is a non-retryable ``expression_error``."""
     try:
         return compile_expression(source).evaluate(data)
-    except Exception as exc:  # noqa: BLE001 - any evaluation error fails the node, never the engine
+    except Exception as exc:
         raise NodeFailure("expression_error", f"JSONata evaluation failed: {exc}") from exc

@@ -20,9 +20,15 @@ MAX_REDIRECTS = 5
 class HttpNode:
     type_name: ClassVar[str] = "http"
     dispatch: ClassVar[Dispatch] = Dispatch.TASK
-    default_timeout_seconds: ClassVar[float] = 30.0
 
-    def __init__(self, *, allow_private: bool = False, max_response_bytes: int = 10 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool = False,
+        max_response_bytes: int = 10 * 1024 * 1024,
+        default_timeout_seconds: float = 30.0,
+    ) -> None:
+        self.default_timeout_seconds = default_timeout_seconds
         self.allow_private = allow_private
         self.max_response_bytes = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -34,11 +40,17 @@ class HttpNode:
         url = config.get("url")
         if not isinstance(url, str):
             raise ConfigError("url", "an http(s) URL is required")
-        parsed = URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        try:
+            parsed = URL(url)
+            valid = parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.port is not None
+        except ValueError:
+            valid = False
+        if not valid:
             raise ConfigError("url", f"{url!r} is not an absolute http(s) URL")
         headers = config.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
             raise ConfigError("headers", "must be an object of string values")
         unknown = set(config) - {"method", "url", "headers", "json"}
         if unknown:
@@ -46,7 +58,9 @@ class HttpNode:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(resolver=GuardedResolver(allow_private=self.allow_private), limit=256)
+            connector = aiohttp.TCPConnector(
+                resolver=GuardedResolver(allow_private=self.allow_private), limit=256
+            )
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
@@ -63,7 +77,11 @@ class HttpNode:
             for _ in range(MAX_REDIRECTS + 1):
                 check_literal(url.host or "", allow_private=self.allow_private)
                 async with self._client().request(
-                    method, url, headers=headers, json=body, allow_redirects=False,
+                    method,
+                    url,
+                    headers=headers,
+                    json=body,
+                    allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=ctx.timeout_seconds),
                 ) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:

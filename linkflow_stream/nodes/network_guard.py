@@ -30,7 +30,14 @@ def refusal(address: str, *, allow_private: bool) -> str | None:
         return f"{ip} is a cloud metadata address"
     if allow_private:
         return None
-    if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified:
+    if (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    ):
         return f"{ip} is a loopback, private, link-local or reserved address"
     return None
 
@@ -53,7 +60,9 @@ class GuardedResolver(AbstractResolver):
         self.allow_private = allow_private
         self._inner = DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         for r in results:
             reason = refusal(r["host"], allow_private=self.allow_private)

@@ -15,9 +15,14 @@ from linkflow_stream.settings import Settings
 
 def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
     executors: list[NodeExecutor] = [
-        TransformNode(), ConditionNode(), WaitNode(),
-        HttpNode(allow_private=settings.http_allow_private_networks,
-                 max_response_bytes=settings.http_max_response_bytes),
+        TransformNode(),
+        ConditionNode(),
+        WaitNode(),
+        HttpNode(
+            allow_private=settings.http_allow_private_networks,
+            max_response_bytes=settings.http_max_response_bytes,
+            default_timeout_seconds=settings.http_timeout_seconds,
+        ),
     ]
     return {e.type_name: e for e in executors}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,18 +20,34 @@ pytestmark = pytest.mark.e2e
 RUNS = 30
 
 
-def test_kill_9_mid_run_loses_and_duplicates_nothing(engine_factory: Callable[..., EngineProcess],
-                                                    target: TargetServer) -> None:
+def test_kill_9_mid_run_loses_and_duplicates_nothing(
+    engine_factory: Callable[..., EngineProcess], target: TargetServer
+) -> None:
     engine = engine_factory()
     wf_id = f"crash-{uuid.uuid4().hex[:8]}"
-    engine.register({"id": wf_id, "nodes": [
-        {"id": "a", "type": "transform", "config": {"expression": "{'i': input.i}"}},
-        {"id": "w", "type": "wait", "depends_on": ["a"], "config": {"seconds": 1.0}},
-        {"id": "h", "type": "http", "depends_on": ["w"], "timeout_seconds": 3,
-         "config": {"method": "POST", "url": f"{target.url}/crash/{wf_id}", "json": {"i": 1}}},
-        {"id": "side", "type": "wait", "depends_on": ["a"], "config": {"seconds": 3.0}},
-        {"id": "t", "type": "transform", "depends_on": ["h", "side"], "config": {"expression": "nodes.a.i"}},
-    ]})
+    engine.register(
+        {
+            "id": wf_id,
+            "nodes": [
+                {"id": "a", "type": "transform", "config": {"expression": "{'i': input.i}"}},
+                {"id": "w", "type": "wait", "depends_on": ["a"], "config": {"seconds": 1.0}},
+                {
+                    "id": "h",
+                    "type": "http",
+                    "depends_on": ["w"],
+                    "timeout_seconds": 3,
+                    "config": {"method": "POST", "url": f"{target.url}/crash/{wf_id}", "json": {"i": 1}},
+                },
+                {"id": "side", "type": "wait", "depends_on": ["a"], "config": {"seconds": 3.0}},
+                {
+                    "id": "t",
+                    "type": "transform",
+                    "depends_on": ["h", "side"],
+                    "config": {"expression": "nodes.a.i"},
+                },
+            ],
+        }
+    )
     ids = []
     for i in range(RUNS):
         status, body = engine.start_execution(wf_id, {"i": i})
@@ -44,16 +60,25 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(engine_factory: Callable[..
 
     engine.start()
     finished = {i: engine.wait_status(i, timeout=90) for i in ids}
-    assert {b["status"] for b in finished.values()} == {"success"}, {i: b["status"] for i, b in finished.items()}
+    assert {b["status"] for b in finished.values()} == {"success"}, {
+        i: b["status"] for i, b in finished.items()
+    }
     for number, execution_id in enumerate(ids):
         assert finished[execution_id]["nodes"]["t"]["output"] == number
-    finished_after_kill = [i for i, b in finished.items()
-                           if datetime.fromisoformat(b["finished_at"].replace("Z", "+00:00")) > killed_at]
+    finished_after_kill = [
+        i
+        for i, b in finished.items()
+        if datetime.fromisoformat(b["finished_at"].replace("Z", "+00:00")) > killed_at
+    ]
     assert len(finished_after_kill) >= RUNS // 2, (
-        f"only {len(finished_after_kill)} of {RUNS} executions were still running at the kill")
+        f"only {len(finished_after_kill)} of {RUNS} executions were still running at the kill"
+    )
 
-    events = [e for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
-              if e.execution_id in finished]
+    events = [
+        e
+        for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
+        if e.execution_id in finished
+    ]
     by_execution: defaultdict[str, list[ExecutionEvent]] = defaultdict(list)
     for e in events:
         by_execution[e.execution_id].append(e)

@@ -33,17 +33,44 @@ def run(engine: EngineProcess, workflow: dict[str, Any], input_data: Any = None,
 
 
 def test_fan_out_condition_and_join(engine: EngineProcess) -> None:
-    wf = {"id": wid("diamond"), "nodes": [
-        {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
-        {"id": "left", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n * 2"}},
-        {"id": "right", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n + 1"}},
-        {"id": "c", "type": "condition", "depends_on": ["left"], "config": {"expression": "nodes.left > 10"}},
-        {"id": "big", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
-        {"id": "small", "type": "transform", "depends_on": ["c:false"], "config": {"expression": "'small'"}},
-        {"id": "after_big", "type": "transform", "depends_on": ["big"], "config": {"expression": "'x'"}},
-        {"id": "join", "type": "transform", "depends_on": ["right", "big", "small"],
-         "config": {"expression": "{'r': nodes.right, 'big': nodes.big, 'small': nodes.small}"}},
-    ]}
+    wf = {
+        "id": wid("diamond"),
+        "nodes": [
+            {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
+            {
+                "id": "left",
+                "type": "transform",
+                "depends_on": ["a"],
+                "config": {"expression": "nodes.a.n * 2"},
+            },
+            {
+                "id": "right",
+                "type": "transform",
+                "depends_on": ["a"],
+                "config": {"expression": "nodes.a.n + 1"},
+            },
+            {
+                "id": "c",
+                "type": "condition",
+                "depends_on": ["left"],
+                "config": {"expression": "nodes.left > 10"},
+            },
+            {"id": "big", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
+            {
+                "id": "small",
+                "type": "transform",
+                "depends_on": ["c:false"],
+                "config": {"expression": "'small'"},
+            },
+            {"id": "after_big", "type": "transform", "depends_on": ["big"], "config": {"expression": "'x'"}},
+            {
+                "id": "join",
+                "type": "transform",
+                "depends_on": ["right", "big", "small"],
+                "config": {"expression": "{'r': nodes.right, 'big': nodes.big, 'small': nodes.small}"},
+            },
+        ],
+    }
     done = run(engine, wf, {"n": 3})
     nodes = done["nodes"]
     assert done["status"] == "success"
@@ -53,8 +80,11 @@ def test_fan_out_condition_and_join(engine: EngineProcess) -> None:
     assert nodes["after_big"]["status"] == "skipped", "a skip propagates to nodes with no other path"
     assert nodes["small"]["output"] == "small"
     assert nodes["join"]["output"] == {"r": 4, "small": "small"}, "the join ran after all non-skipped deps"
-    assert [(h["from"], h["to"]) for h in done["history"]] == [(None, "pending"), ("pending", "running"),
-                                                               ("running", "success")]
+    assert [(h["from"], h["to"]) for h in done["history"]] == [
+        (None, "pending"),
+        ("pending", "running"),
+        ("running", "success"),
+    ]
     assert done["workflow_version"] == 1 and done["input_data"] == {"n": 3}
 
     big = run(engine, wf, {"n": 30})
@@ -63,11 +93,19 @@ def test_fan_out_condition_and_join(engine: EngineProcess) -> None:
 
 
 def test_parallel_waits_overlap(engine: EngineProcess) -> None:
-    wf = {"id": wid("waits"), "nodes": [
-        {"id": "w1", "type": "wait", "config": {"seconds": 1.5}},
-        {"id": "w2", "type": "wait", "config": {"seconds": 1.5}},
-        {"id": "end", "type": "transform", "depends_on": ["w1", "w2"], "config": {"expression": "'done'"}},
-    ]}
+    wf = {
+        "id": wid("waits"),
+        "nodes": [
+            {"id": "w1", "type": "wait", "config": {"seconds": 1.5}},
+            {"id": "w2", "type": "wait", "config": {"seconds": 1.5}},
+            {
+                "id": "end",
+                "type": "transform",
+                "depends_on": ["w1", "w2"],
+                "config": {"expression": "'done'"},
+            },
+        ],
+    }
     done = run(engine, wf)
     w1, w2 = done["nodes"]["w1"], done["nodes"]["w2"]
     assert done["status"] == "success"
@@ -78,11 +116,27 @@ def test_parallel_waits_overlap(engine: EngineProcess) -> None:
 
 
 def test_http_node_calls_a_real_server(engine: EngineProcess, target: TargetServer) -> None:
-    wf = {"id": wid("http"), "nodes": [
-        {"id": "h", "type": "http", "config": {"method": "POST", "url": f"{target.url}/echo",
-                                               "headers": {"X-Test": "yes"}, "json": {"hello": "world"}}},
-        {"id": "t", "type": "transform", "depends_on": ["h"], "config": {"expression": "nodes.h.body.echo.hello"}},
-    ]}
+    wf = {
+        "id": wid("http"),
+        "nodes": [
+            {
+                "id": "h",
+                "type": "http",
+                "config": {
+                    "method": "POST",
+                    "url": f"{target.url}/echo",
+                    "headers": {"X-Test": "yes"},
+                    "json": {"hello": "world"},
+                },
+            },
+            {
+                "id": "t",
+                "type": "transform",
+                "depends_on": ["h"],
+                "config": {"expression": "nodes.h.body.echo.hello"},
+            },
+        ],
+    }
     done = run(engine, wf)
     assert done["status"] == "success", done
     assert done["nodes"]["h"]["output"]["status"] == 200
@@ -92,10 +146,13 @@ def test_http_node_calls_a_real_server(engine: EngineProcess, target: TargetServ
 
 
 def test_http_error_status_fails_the_execution(engine: EngineProcess, target: TargetServer) -> None:
-    wf = {"id": wid("http404"), "nodes": [
-        {"id": "h", "type": "http", "config": {"url": f"{target.url}/status/404"}},
-        {"id": "after", "type": "transform", "depends_on": ["h"], "config": {"expression": "1"}},
-    ]}
+    wf = {
+        "id": wid("http404"),
+        "nodes": [
+            {"id": "h", "type": "http", "config": {"url": f"{target.url}/status/404"}},
+            {"id": "after", "type": "transform", "depends_on": ["h"], "config": {"expression": "1"}},
+        ],
+    }
     done = run(engine, wf)
     assert done["status"] == "failed"
     assert done["nodes"]["h"]["status"] == "failed"
@@ -105,11 +162,14 @@ def test_http_error_status_fails_the_execution(engine: EngineProcess, target: Ta
 
 
 def test_cancel_stops_waits_and_inflight_http(engine: EngineProcess, target: TargetServer) -> None:
-    wf = {"id": wid("cancel"), "nodes": [
-        {"id": "w", "type": "wait", "config": {"seconds": 60}},
-        {"id": "h", "type": "http", "timeout_seconds": 60, "config": {"url": f"{target.url}/slow?s=20"}},
-        {"id": "after", "type": "transform", "depends_on": ["w", "h"], "config": {"expression": "1"}},
-    ]}
+    wf = {
+        "id": wid("cancel"),
+        "nodes": [
+            {"id": "w", "type": "wait", "config": {"seconds": 60}},
+            {"id": "h", "type": "http", "timeout_seconds": 60, "config": {"url": f"{target.url}/slow?s=20"}},
+            {"id": "after", "type": "transform", "depends_on": ["w", "h"], "config": {"expression": "1"}},
+        ],
+    }
     engine.register(wf)
     status, body = engine.start_execution(wf["id"])
     assert status == 202
@@ -126,7 +186,10 @@ def test_cancel_stops_waits_and_inflight_http(engine: EngineProcess, target: Tar
 
 
 def test_wait_query_returns_the_finished_execution(engine: EngineProcess) -> None:
-    wf = {"id": wid("sync"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "input.x + 1"}}]}
+    wf = {
+        "id": wid("sync"),
+        "nodes": [{"id": "a", "type": "transform", "config": {"expression": "input.x + 1"}}],
+    }
     engine.register(wf)
     status, body = engine.start_execution(wf["id"], {"x": 41}, wait=10)
     assert status == 200, body
@@ -138,36 +201,62 @@ def test_wait_query_returns_the_finished_execution(engine: EngineProcess) -> Non
 
 
 def test_priority_versions_and_listing(engine: EngineProcess) -> None:
-    wf = {"id": wid("versions"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "'v1'"}}]}
+    wf = {
+        "id": wid("versions"),
+        "nodes": [{"id": "a", "type": "transform", "config": {"expression": "'v1'"}}],
+    }
     assert engine.register(wf) == {"id": wf["id"], "version": 1}
     _, first = engine.start_execution(wf["id"], priority="high", wait=10)
     wf["nodes"][0]["config"]["expression"] = "'v2'"
     assert engine.register(wf) == {"id": wf["id"], "version": 2}
     _, second = engine.start_execution(wf["id"], priority="low", wait=10)
     assert (first["priority"], first["workflow_version"], first["nodes"]["a"]["output"]) == ("high", 1, "v1")
-    assert (second["priority"], second["workflow_version"], second["nodes"]["a"]["output"]) == ("low", 2, "v2")
+    assert (second["priority"], second["workflow_version"], second["nodes"]["a"]["output"]) == (
+        "low",
+        2,
+        "v2",
+    )
     status, got = call("GET", f"{engine.url}/api/workflows/{wf['id']}")
     assert status == 200 and got["version"] == 2
-    status, listing = call("GET", f"{engine.url}/api/executions?workflow_id={wf['id']}&status=success&limit=1")
+    status, listing = call(
+        "GET", f"{engine.url}/api/executions?workflow_id={wf['id']}&status=success&limit=1"
+    )
     assert status == 200 and listing["count"] == 1 and listing["executions"][0]["id"] == second["id"]
 
 
-@pytest.mark.parametrize(("method", "path", "raw", "headers", "code", "kind"), [
-    ("POST", "/api/executions", b"{not json", {}, 400, "validation"),
-    ("POST", "/api/executions", b'{"workflow_id": "no-such-workflow"}', {}, 404, "not_found"),
-    ("POST", "/api/executions", b'{"workflow_id": "x"}', {"X-Priority": "urgent"}, 400, "validation"),
-    ("POST", "/api/executions", b'["a list"]', {}, 400, "validation"),
-    ("POST", "/api/executions?wait=abc", b'{"workflow_id": "x"}', {}, 400, "validation"),
-    ("GET", "/api/executions/exec_missing", None, {}, 404, "not_found"),
-    ("POST", "/api/executions/exec_missing/cancel", None, {}, 404, "not_found"),
-    ("GET", "/api/executions?limit=0", None, {}, 400, "validation"),
-    ("GET", "/api/executions?status=weird", None, {}, 400, "validation"),
-    ("POST", "/api/workflows", b'{"id": "bad", "nodes": [{"id": "a", "type": "teleport"}]}', {}, 400, "validation"),
-    ("GET", "/api/workflows/none-such", None, {}, 404, "not_found"),
-    ("GET", "/no/such/path", None, {}, 404, "not_found"),
-])
-def test_errors_are_json_4xx(engine: EngineProcess, method: str, path: str, raw: bytes | None,
-                             headers: dict[str, str], code: int, kind: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "headers", "code", "kind"),
+    [
+        ("POST", "/api/executions", b"{not json", {}, 400, "validation"),
+        ("POST", "/api/executions", b'{"workflow_id": "no-such-workflow"}', {}, 404, "not_found"),
+        ("POST", "/api/executions", b'{"workflow_id": "x"}', {"X-Priority": "urgent"}, 400, "validation"),
+        ("POST", "/api/executions", b'["a list"]', {}, 400, "validation"),
+        ("POST", "/api/executions?wait=abc", b'{"workflow_id": "x"}', {}, 400, "validation"),
+        ("GET", "/api/executions/exec_missing", None, {}, 404, "not_found"),
+        ("POST", "/api/executions/exec_missing/cancel", None, {}, 404, "not_found"),
+        ("GET", "/api/executions?limit=0", None, {}, 400, "validation"),
+        ("GET", "/api/executions?status=weird", None, {}, 400, "validation"),
+        (
+            "POST",
+            "/api/workflows",
+            b'{"id": "bad", "nodes": [{"id": "a", "type": "teleport"}]}',
+            {},
+            400,
+            "validation",
+        ),
+        ("GET", "/api/workflows/none-such", None, {}, 404, "not_found"),
+        ("GET", "/no/such/path", None, {}, 404, "not_found"),
+    ],
+)
+def test_errors_are_json_4xx(
+    engine: EngineProcess,
+    method: str,
+    path: str,
+    raw: bytes | None,
+    headers: dict[str, str],
+    code: int,
+    kind: str,
+) -> None:
     status, body = call(method, f"{engine.url}{path}", raw=raw, headers=headers)
     assert status == code, body
     assert body["error"]["type"] == kind and body["error"]["message"]
@@ -175,10 +264,17 @@ def test_errors_are_json_4xx(engine: EngineProcess, method: str, path: str, raw:
 
 
 def test_workflow_validation_names_node_and_field(engine: EngineProcess) -> None:
-    status, body = call("POST", f"{engine.url}/api/workflows", {"id": wid("bad"), "nodes": [
-        {"id": "a", "type": "transform", "config": {"expression": "{ broken"}},
-        {"id": "b", "type": "transform", "depends_on": ["ghost"], "config": {"expression": "1"}},
-    ]})
+    status, body = call(
+        "POST",
+        f"{engine.url}/api/workflows",
+        {
+            "id": wid("bad"),
+            "nodes": [
+                {"id": "a", "type": "transform", "config": {"expression": "{ broken"}},
+                {"id": "b", "type": "transform", "depends_on": ["ghost"], "config": {"expression": "1"}},
+            ],
+        },
+    )
     assert status == 400
     message = body["error"]["message"]
     assert "node 'a': config.expression: JSONata syntax error" in message
@@ -186,17 +282,29 @@ def test_workflow_validation_names_node_and_field(engine: EngineProcess) -> None
 
 
 def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> None:
-    wf = {"id": wid("events"), "nodes": [
-        {"id": "a", "type": "transform", "config": {"expression": "1"}},
-        {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "2"}},
-    ]}
+    wf = {
+        "id": wid("events"),
+        "nodes": [
+            {"id": "a", "type": "transform", "config": {"expression": "1"}},
+            {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "2"}},
+        ],
+    }
     done = run(engine, wf)
-    events = [e for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
-              if e.execution_id == done["id"]]
+    events = [
+        e
+        for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
+        if e.execution_id == done["id"]
+    ]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e.type.value for e in events] == [
-        "execution_created", "execution_started", "node_started", "node_succeeded", "node_started",
-        "node_succeeded", "execution_succeeded"]
+        "execution_created",
+        "execution_started",
+        "node_started",
+        "node_succeeded",
+        "node_started",
+        "node_succeeded",
+        "execution_succeeded",
+    ]
 
 
 def test_garbage_input_goes_to_the_dead_letter_topic(engine: EngineProcess) -> None:
@@ -204,11 +312,17 @@ def test_garbage_input_goes_to_the_dead_letter_topic(engine: EngineProcess) -> N
         producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap)
         await producer.start()
         try:
-            await producer.send_and_wait(f"{engine.prefix}linkflow.requests.normal", b"not avro", key=b"exec_garbage")
+            await producer.send_and_wait(
+                f"{engine.prefix}linkflow.requests.normal", b"not avro", key=b"exec_garbage"
+            )
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(f"{engine.prefix}linkflow.dlq", bootstrap_servers=engine.bootstrap,
-                                    auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(
+            f"{engine.prefix}linkflow.dlq",
+            bootstrap_servers=engine.bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
         await consumer.start()
         try:
             found = []
@@ -240,6 +354,8 @@ def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     with urllib.request.urlopen(f"{engine.url}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert f'linkflow_executions_started_total{{priority="normal",workflow_id="{wf["id"]}"}} 1.0' in text
-    assert f'linkflow_execution_duration_seconds_count{{status="success",workflow_id="{wf["id"]}"}} 1.0' in text
+    assert (
+        f'linkflow_execution_duration_seconds_count{{status="success",workflow_id="{wf["id"]}"}} 1.0' in text
+    )
     assert "linkflow_executions_active " in text
     assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text

@@ -30,8 +30,13 @@ async def describe(kafka: str, names: list[str]) -> dict[str, tuple[int, None]]:
 def test_specs_co_partition_every_execution_keyed_topic() -> None:
     specs = {s.name: s for s in load_specs()}
     keyed = [s for s in specs.values() if s.co_partitioned]
-    assert {s.name for s in keyed} >= {"linkflow.events", "linkflow.commands", "linkflow.results",
-                                      "linkflow.requests.high", "linkflow.state.executions"}
+    assert {s.name for s in keyed} >= {
+        "linkflow.events",
+        "linkflow.commands",
+        "linkflow.results",
+        "linkflow.requests.high",
+        "linkflow.state.executions",
+    }
     assert len({s.partitions for s in keyed}) == 1
     assert specs["linkflow.workflows"].cleanup_policy == "compact"
     assert specs["linkflow.state.executions"].cleanup_policy == "compact"
@@ -57,5 +62,5 @@ async def test_apply_refuses_a_partition_mismatch(kafka: str) -> None:
         await admin.create_topics([NewTopic(settings.topic("linkflow.events"), 2, 1)])
     finally:
         await admin.close()
-    with pytest.raises(TopicSpecError, match="linkflow.events has 2 partitions, spec says"):
+    with pytest.raises(TopicSpecError, match=r"linkflow\.events has 2 partitions, spec says"):
         await apply_topics(settings, [TopicSpec("linkflow.events", 4, co_partitioned=True)])

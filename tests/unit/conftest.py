@@ -89,35 +89,71 @@ class Factories:
     LEASE_GRACE = LEASE_GRACE
 
     @staticmethod
-    def node(node_id: str, type_: str = "transform", depends_on: Iterable[str] = (),
-             config: dict[str, Any] | None = None, **extra: Any) -> NodeDefinition:
+    def node(
+        node_id: str,
+        type_: str = "transform",
+        depends_on: Iterable[str] = (),
+        config: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> NodeDefinition:
         cfg = dict(DEFAULT_CONFIGS[type_]) if config is None else config
         return NodeDefinition(id=node_id, type=type_, depends_on=tuple(depends_on), config=cfg, **extra)
 
     @staticmethod
-    def workflow(*nodes: NodeDefinition, timeout_seconds: float | None = None,
-                 workflow_id: str = "wf1") -> WorkflowDefinition:
-        return WorkflowDefinition(id=workflow_id, nodes=nodes, timeout_seconds=timeout_seconds,
-                                  created_at=at(-3600))
+    def workflow(
+        *nodes: NodeDefinition, timeout_seconds: float | None = None, workflow_id: str = "wf1"
+    ) -> WorkflowDefinition:
+        return WorkflowDefinition(
+            id=workflow_id, nodes=nodes, timeout_seconds=timeout_seconds, created_at=at(-3600)
+        )
 
     @staticmethod
-    def start(wf: WorkflowDefinition, execution_id: str = "e1", input_: Any = None,
-              priority: Priority = Priority.NORMAL) -> StartExecution:
-        return StartExecution(execution_id=execution_id, workflow=wf,
-                              input={"x": 1} if input_ is None else input_,
-                              priority=priority, requested_at=at())
+    def start(
+        wf: WorkflowDefinition,
+        execution_id: str = "e1",
+        input_: Any = None,
+        priority: Priority = Priority.NORMAL,
+    ) -> StartExecution:
+        return StartExecution(
+            execution_id=execution_id,
+            workflow=wf,
+            input={"x": 1} if input_ is None else input_,
+            priority=priority,
+            requested_at=at(),
+        )
 
     @staticmethod
     def ok(node_id: str, attempt: int = 1, output: Any = None, execution_id: str = "e1") -> NodeResult:
-        return NodeResult(execution_id=execution_id, node_id=node_id, attempt=attempt, ok=True, output=output,
-                          started_at=at(), finished_at=at())
+        return NodeResult(
+            execution_id=execution_id,
+            node_id=node_id,
+            attempt=attempt,
+            ok=True,
+            output=output,
+            started_at=at(),
+            finished_at=at(),
+        )
 
     @staticmethod
-    def fail(node_id: str, attempt: int = 1, error_class: str = "http_5xx", *, retryable: bool = False,
-             with_error: bool = True, execution_id: str = "e1") -> NodeResult:
+    def fail(
+        node_id: str,
+        attempt: int = 1,
+        error_class: str = "http_5xx",
+        *,
+        retryable: bool = False,
+        with_error: bool = True,
+        execution_id: str = "e1",
+    ) -> NodeResult:
         error = NodeError(error_class=error_class, message=f"{node_id} broke", retryable=retryable)
-        return NodeResult(execution_id=execution_id, node_id=node_id, attempt=attempt, ok=False,
-                          error=error if with_error else None, started_at=at(), finished_at=at())
+        return NodeResult(
+            execution_id=execution_id,
+            node_id=node_id,
+            attempt=attempt,
+            ok=False,
+            error=error if with_error else None,
+            started_at=at(),
+            finished_at=at(),
+        )
 
     @staticmethod
     def fire(timer_id: str, execution_id: str = "e1") -> ExecutionCommand:
@@ -132,13 +168,22 @@ class Factories:
         return ExecutionCommand(execution_id=execution_id, kind=CommandKind.CANCEL, reason=reason)
 
     @staticmethod
-    def retry(max_attempts: int = 3, initial: float = 2.0, multiplier: float = 3.0,
-              max_delay: float = 60.0) -> RetryPolicy:
-        return RetryPolicy(max_attempts=max_attempts, initial_delay_seconds=initial, multiplier=multiplier,
-                           max_delay_seconds=max_delay)
+    def retry(
+        max_attempts: int = 3, initial: float = 2.0, multiplier: float = 3.0, max_delay: float = 60.0
+    ) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=max_attempts,
+            initial_delay_seconds=initial,
+            multiplier=multiplier,
+            max_delay_seconds=max_delay,
+        )
 
-    def run(self, wf: WorkflowDefinition | None = None, config: DeciderConfig | None = None,
-            now: datetime | None = None) -> Run:
+    def run(
+        self,
+        wf: WorkflowDefinition | None = None,
+        config: DeciderConfig | None = None,
+        now: datetime | None = None,
+    ) -> Run:
         """A run; started with ``wf`` at ``now`` (default T0) when ``wf`` is given."""
         r = Run(config or self.config)
         if wf is not None:

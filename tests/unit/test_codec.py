@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-import pydantic
 import pytest
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.utils import generate_many
@@ -47,27 +46,58 @@ SCHEMA_FILES = sorted(codec.SCHEMA_DIR.glob("*.avsc"))
 T = from_millis(1_700_000_000_123)
 
 JSON_VALUES: list[Any] = [
-    None, 0, -7, 2**53, 1.5, -0.25, "", "text", "null", "{\"not\": \"parsed\"}", "ünïcödé ✓ 日本",
-    True, False, [], {}, [1, "a", None, {"b": [True, 2.5]}],
+    None,
+    0,
+    -7,
+    2**53,
+    1.5,
+    -0.25,
+    "",
+    "text",
+    "null",
+    '{"not": "parsed"}',
+    "ünïcödé ✓ 日本",
+    True,
+    False,
+    [],
+    {},
+    [1, "a", None, {"b": [True, 2.5]}],
     {"nested": {"deep": {"list": [1, 2.5, None, "x"], "empty": {}, "none": None}}, "n": -1},
 ]
 
 
 def wf() -> WorkflowDefinition:
     return WorkflowDefinition(
-        id="wf1", version=3, name="example", timeout_seconds=90.5, created_at=T,
+        id="wf1",
+        version=3,
+        name="example",
+        timeout_seconds=90.5,
+        created_at=T,
         nodes=(
             NodeDefinition(id="a", type="transform", config={"expression": "input.x + 1"}),
-            NodeDefinition(id="c", type="condition", depends_on=("a",),
-                           config={"expression": "nodes.a > 10"}),
-            NodeDefinition(id="big", type="transform", depends_on=("c:true",),
-                           config={"expression": "'big'"}),
+            NodeDefinition(
+                id="c", type="condition", depends_on=("a",), config={"expression": "nodes.a > 10"}
+            ),
+            NodeDefinition(
+                id="big", type="transform", depends_on=("c:true",), config={"expression": "'big'"}
+            ),
             NodeDefinition(id="w", type="wait", config={"seconds": 1.5}),
-            NodeDefinition(id="h", type="http", depends_on=("w", "a"), timeout_seconds=12.0, pool="gpu",
-                           retry=RetryPolicy(max_attempts=4, initial_delay_seconds=0.5, multiplier=3,
-                                             max_delay_seconds=20),
-                           config={"url": "https://example.com/x", "method": "POST",
-                                   "headers": {"X-A": "b"}, "json": {"k": [1, None]}}),
+            NodeDefinition(
+                id="h",
+                type="http",
+                depends_on=("w", "a"),
+                timeout_seconds=12.0,
+                pool="gpu",
+                retry=RetryPolicy(
+                    max_attempts=4, initial_delay_seconds=0.5, multiplier=3, max_delay_seconds=20
+                ),
+                config={
+                    "url": "https://example.com/x",
+                    "method": "POST",
+                    "headers": {"X-A": "b"},
+                    "json": {"k": [1, None]},
+                },
+            ),
         ),
     )
 
@@ -77,54 +107,125 @@ def records() -> list[BaseModel]:
     error = NodeError(error_class="http_5xx", message="boom", retryable=True)
     return [
         wf(),
-        StartExecution(execution_id="e1", workflow=wf(), input={"x": 1}, priority=Priority.HIGH,
-                       requested_at=T),
+        StartExecution(
+            execution_id="e1", workflow=wf(), input={"x": 1}, priority=Priority.HIGH, requested_at=T
+        ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL, reason="user"),
         ExecutionCommand(execution_id="e1", kind=CommandKind.TIMER_FIRED, timer_id="wait:w:1"),
-        NodeTask(execution_id="e1", workflow_id="wf1", node_id="h", attempt=2, node_type="http",
-                 config={"url": "https://example.com"}, input={"input": {"x": 1}, "nodes": {"a": 2}},
-                 timeout_seconds=12.5, lease_until=T + timedelta(seconds=17)),
-        NodeResult(execution_id="e1", node_id="h", attempt=2, ok=True, output={"status": 200},
-                   started_at=T, finished_at=T + timedelta(milliseconds=5), worker_id="w-1"),
-        NodeResult(execution_id="e1", node_id="h", attempt=3, ok=False, error=error,
-                   started_at=T, finished_at=T),
+        NodeTask(
+            execution_id="e1",
+            workflow_id="wf1",
+            node_id="h",
+            attempt=2,
+            node_type="http",
+            config={"url": "https://example.com"},
+            input={"input": {"x": 1}, "nodes": {"a": 2}},
+            timeout_seconds=12.5,
+            lease_until=T + timedelta(seconds=17),
+        ),
+        NodeResult(
+            execution_id="e1",
+            node_id="h",
+            attempt=2,
+            ok=True,
+            output={"status": 200},
+            started_at=T,
+            finished_at=T + timedelta(milliseconds=5),
+            worker_id="w-1",
+        ),
+        NodeResult(
+            execution_id="e1", node_id="h", attempt=3, ok=False, error=error, started_at=T, finished_at=T
+        ),
         ControlMessage(execution_id="e1"),
         ControlMessage(execution_id="e1", node_id="h", reason="execution cancelled"),
-        ExecutionEvent(execution_id="e1", seq=1, type=EventType.EXECUTION_CREATED, at=T, workflow=wf(),
-                       input={"x": 1}, priority=Priority.LOW),
-        ExecutionEvent(execution_id="e1", seq=5, type=EventType.NODE_STARTED, at=T, node_id="h", attempt=2,
-                       dispatch=Dispatch.TASK, due_at=T + timedelta(seconds=17), reason="lease expired"),
-        ExecutionEvent(execution_id="e1", seq=6, type=EventType.NODE_RETRY_SCHEDULED, at=T, node_id="h",
-                       attempt=2, error=error, due_at=T + timedelta(seconds=1)),
-        ExecutionEvent(execution_id="e1", seq=7, type=EventType.NODE_SUCCEEDED, at=T, node_id="c",
-                       attempt=1, output=False),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=1,
+            type=EventType.EXECUTION_CREATED,
+            at=T,
+            workflow=wf(),
+            input={"x": 1},
+            priority=Priority.LOW,
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=5,
+            type=EventType.NODE_STARTED,
+            at=T,
+            node_id="h",
+            attempt=2,
+            dispatch=Dispatch.TASK,
+            due_at=T + timedelta(seconds=17),
+            reason="lease expired",
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=6,
+            type=EventType.NODE_RETRY_SCHEDULED,
+            at=T,
+            node_id="h",
+            attempt=2,
+            error=error,
+            due_at=T + timedelta(seconds=1),
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=7,
+            type=EventType.NODE_SUCCEEDED,
+            at=T,
+            node_id="c",
+            attempt=1,
+            output=False,
+        ),
         ExecutionEvent(execution_id="e1", seq=8, type=EventType.EXECUTION_SUCCEEDED, at=T),
         ExecutionState(
-            id="e1", workflow=wf(), status=ExecutionStatus.RUNNING, priority=Priority.HIGH,
-            input={"x": [1, 2]}, created_at=T, started_at=T, seq=9,
-            nodes={"a": NodeState(status=NodeStatus.SUCCESS, attempts=1, output=2, started_at=T,
-                                  finished_at=T),
-                   "h": NodeState(status=NodeStatus.RUNNING, attempts=2, error=error, started_at=T),
-                   "c": NodeState()},
-            timers={"lease:h:2": Timer(id="lease:h:2", kind=TimerKind.LEASE, due_at=T, node_id="h",
-                                       attempt=2),
-                    "execution_timeout": Timer(id="execution_timeout", kind=TimerKind.EXECUTION_TIMEOUT,
-                                               due_at=T + timedelta(seconds=90))},
-            history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=T),
-                     Transition(from_status=ExecutionStatus.PENDING, to_status=ExecutionStatus.RUNNING, at=T,
-                                reason="go")),
+            id="e1",
+            workflow=wf(),
+            status=ExecutionStatus.RUNNING,
+            priority=Priority.HIGH,
+            input={"x": [1, 2]},
+            created_at=T,
+            started_at=T,
+            seq=9,
+            nodes={
+                "a": NodeState(status=NodeStatus.SUCCESS, attempts=1, output=2, started_at=T, finished_at=T),
+                "h": NodeState(status=NodeStatus.RUNNING, attempts=2, error=error, started_at=T),
+                "c": NodeState(),
+            },
+            timers={
+                "lease:h:2": Timer(id="lease:h:2", kind=TimerKind.LEASE, due_at=T, node_id="h", attempt=2),
+                "execution_timeout": Timer(
+                    id="execution_timeout", kind=TimerKind.EXECUTION_TIMEOUT, due_at=T + timedelta(seconds=90)
+                ),
+            },
+            history=(
+                Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=T),
+                Transition(
+                    from_status=ExecutionStatus.PENDING, to_status=ExecutionStatus.RUNNING, at=T, reason="go"
+                ),
+            ),
         ),
-        ExecutionState(id="e2", workflow=wf(), status=ExecutionStatus.PENDING, input=None, created_at=T,
-                       seq=1,
-                       nodes={n.id: NodeState() for n in wf().nodes}),
+        ExecutionState(
+            id="e2",
+            workflow=wf(),
+            status=ExecutionStatus.PENDING,
+            input=None,
+            created_at=T,
+            seq=1,
+            nodes={n.id: NodeState() for n in wf().nodes},
+        ),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),
         NodeError(error_class="timeout", message="slow"),
         RetryPolicy(),
         NodeState(),
         Timer(id="retry:h:1", kind=TimerKind.RETRY, due_at=T, node_id="h", attempt=1),
-        Transition(from_status=ExecutionStatus.RUNNING, to_status=ExecutionStatus.FAILED, at=T,
-                   reason="node h failed"),
+        Transition(
+            from_status=ExecutionStatus.RUNNING,
+            to_status=ExecutionStatus.FAILED,
+            at=T,
+            reason="node h failed",
+        ),
     ]
 
 
@@ -148,21 +249,41 @@ def test_every_record_round_trips(c: codec.Codec, record: BaseModel) -> None:
 
 def test_every_record_type_on_a_topic_is_covered() -> None:
     covered = {type(r).__name__ for r in records()}
-    assert {"StartExecution", "ExecutionCommand", "NodeTask", "NodeResult", "ControlMessage",
-            "ExecutionEvent", "ExecutionState", "WorkflowDefinition"} <= covered
+    assert {
+        "StartExecution",
+        "ExecutionCommand",
+        "NodeTask",
+        "NodeResult",
+        "ControlMessage",
+        "ExecutionEvent",
+        "ExecutionState",
+        "WorkflowDefinition",
+    } <= covered
     # every record schema has a model exercised above
-    record_schemas = {p.name.removesuffix(".avsc").removeprefix("io.linkflow.") for p in SCHEMA_FILES
-                      if json.loads(p.read_text())["type"] == "record"}
+    record_schemas = {
+        p.name.removesuffix(".avsc").removeprefix("io.linkflow.")
+        for p in SCHEMA_FILES
+        if json.loads(p.read_text())["type"] == "record"
+    }
     assert record_schemas == covered
 
 
 @pytest.mark.parametrize("value", JSON_VALUES, ids=repr)
 def test_json_logical_fields_carry_any_json(c: codec.Codec, value: Any) -> None:
-    result = NodeResult(execution_id="e", node_id="n", attempt=1, ok=True, output=value, started_at=T,
-                        finished_at=T)
+    result = NodeResult(
+        execution_id="e", node_id="n", attempt=1, ok=True, output=value, started_at=T, finished_at=T
+    )
     start = StartExecution(execution_id="e", workflow=wf(), input=value, requested_at=T)
-    event = ExecutionEvent(execution_id="e", seq=2, type=EventType.NODE_SUCCEEDED, at=T, node_id="n",
-                           attempt=1, input=value, output=value)
+    event = ExecutionEvent(
+        execution_id="e",
+        seq=2,
+        type=EventType.NODE_SUCCEEDED,
+        at=T,
+        node_id="n",
+        attempt=1,
+        input=value,
+        output=value,
+    )
     state = NodeState(status=NodeStatus.SUCCESS, attempts=1, output=value)
     for record in (result, start, event, state):
         back = roundtrip(c, record)
@@ -175,19 +296,28 @@ def test_json_logical_fields_carry_any_json(c: codec.Codec, value: Any) -> None:
                 assert json.dumps(decoded[key]) == json.dumps(original[key])
 
 
-@pytest.mark.parametrize("config", [{}, {"expression": "$.a"}, {"seconds": 1.5},
-                                    {"url": "https://x.y", "headers": {"a": "b"}, "json": [1, {"c": None}]}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"expression": "$.a"},
+        {"seconds": 1.5},
+        {"url": "https://x.y", "headers": {"a": "b"}, "json": [1, {"c": None}]},
+    ],
+)
 def test_node_configs_round_trip_inside_workflows(c: codec.Codec, config: dict[str, Any]) -> None:
-    definition = WorkflowDefinition(id="w", nodes=(NodeDefinition(id="n", type="t", config=config),),
-                                    created_at=T)
+    definition = WorkflowDefinition(
+        id="w", nodes=(NodeDefinition(id="n", type="t", config=config),), created_at=T
+    )
     assert roundtrip(c, definition).nodes[0].config == config
 
 
 def test_json_text_is_compact_json_on_the_wire(c: codec.Codec) -> None:
     data = c.encode(ControlMessage(execution_id="e"))
     assert data[:2] == codec.MAGIC
-    result = NodeResult(execution_id="e", node_id="n", attempt=1, ok=True, output={"a": [1, 2]}, started_at=T,
-                        finished_at=T)
+    result = NodeResult(
+        execution_id="e", node_id="n", attempt=1, ok=True, output={"a": [1, 2]}, started_at=T, finished_at=T
+    )
     body = c.encode(result)[10:]
     assert b'{"a":[1,2]}' in body
 
@@ -199,7 +329,10 @@ def test_header_is_magic_and_little_endian_crc64_avro_fingerprint(c: codec.Codec
     assert data[:2] == b"\xc3\x01"
     assert data[2:10] == rabin_fingerprint(canonical.encode()).to_bytes(8, "little")
     assert fastavro.schemaless_reader(io.BytesIO(data[10:]), schema, schema) == {
-        "execution_id": "e1", "node_id": None, "reason": "cancelled"}
+        "execution_id": "e1",
+        "node_id": None,
+        "reason": "cancelled",
+    }
 
 
 def rabin_fingerprint(data: bytes) -> int:
@@ -226,26 +359,39 @@ def test_every_schema_has_a_distinct_fingerprint(c: codec.Codec) -> None:
 
 
 def valid_result_bytes(c: codec.Codec) -> bytes:
-    return c.encode(NodeResult(execution_id="e", node_id="n", attempt=1, ok=True, output={"a": 1},
-                               started_at=T, finished_at=T))
+    return c.encode(
+        NodeResult(
+            execution_id="e", node_id="n", attempt=1, ok=True, output={"a": 1}, started_at=T, finished_at=T
+        )
+    )
 
 
-@pytest.mark.parametrize(("name", "mangle", "message"), [
-    ("none", lambda b: None, "not an Avro single-object"),
-    ("empty", lambda b: b"", "not an Avro single-object"),
-    ("magic only", lambda b: b[:2], "not an Avro single-object"),
-    ("short header", lambda b: b[:9], "not an Avro single-object"),
-    ("garbage", lambda b: b"hello, this is not avro at all", "not an Avro single-object"),
-    ("wrong magic byte 0", lambda b: b"\xc4" + b[1:], "not an Avro single-object"),
-    ("wrong magic byte 1", lambda b: b[:1] + b"\x02" + b[2:], "not an Avro single-object"),
-    ("confluent wire format", lambda b: b"\x00\x00\x00\x00\x07" + b[10:], "not an Avro single-object"),
-    ("unknown fingerprint", lambda b: b[:2] + b"\xde\xad\xbe\xef\x00\x11\x22\x33" + b[10:],
-     r"unknown writer schema fingerprint deadbeef00112233"),
-    ("reversed fingerprint", lambda b: b[:2] + b[2:10][::-1] + b[10:], "unknown writer schema fingerprint"),
-    ("truncated body", lambda b: b[:-4], r"cannot decode io\.linkflow\.NodeResult"),
-    ("header without body", lambda b: b[:10], r"cannot decode io\.linkflow\.NodeResult"),
-    ("junk body", lambda b: b[:10] + b"\xff" * 12, r"cannot decode io\.linkflow\.NodeResult"),
-])
+@pytest.mark.parametrize(
+    ("name", "mangle", "message"),
+    [
+        ("none", lambda b: None, "not an Avro single-object"),
+        ("empty", lambda b: b"", "not an Avro single-object"),
+        ("magic only", lambda b: b[:2], "not an Avro single-object"),
+        ("short header", lambda b: b[:9], "not an Avro single-object"),
+        ("garbage", lambda b: b"hello, this is not avro at all", "not an Avro single-object"),
+        ("wrong magic byte 0", lambda b: b"\xc4" + b[1:], "not an Avro single-object"),
+        ("wrong magic byte 1", lambda b: b[:1] + b"\x02" + b[2:], "not an Avro single-object"),
+        ("confluent wire format", lambda b: b"\x00\x00\x00\x00\x07" + b[10:], "not an Avro single-object"),
+        (
+            "unknown fingerprint",
+            lambda b: b[:2] + b"\xde\xad\xbe\xef\x00\x11\x22\x33" + b[10:],
+            r"unknown writer schema fingerprint deadbeef00112233",
+        ),
+        (
+            "reversed fingerprint",
+            lambda b: b[:2] + b[2:10][::-1] + b[10:],
+            "unknown writer schema fingerprint",
+        ),
+        ("truncated body", lambda b: b[:-4], r"cannot decode io\.linkflow\.NodeResult"),
+        ("header without body", lambda b: b[:10], r"cannot decode io\.linkflow\.NodeResult"),
+        ("junk body", lambda b: b[:10] + b"\xff" * 12, r"cannot decode io\.linkflow\.NodeResult"),
+    ],
+)
 def test_unreadable_bytes_raise_decode_error(c: codec.Codec, name: str, mangle: Any, message: str) -> None:
     with pytest.raises(codec.DecodeError, match=message) as info:
         c.decode(mangle(valid_result_bytes(c)), NodeResult)
@@ -264,9 +410,21 @@ def test_json_field_that_is_not_json_raises_decode_error(c: codec.Codec) -> None
     # (canonical form drops logicalType) but its text is not JSON
     buf = io.BytesIO()
     plain = _strip_logical_json(c.current.schema("NodeTask"))
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(plain), {
-        "execution_id": "e", "workflow_id": "w", "node_id": "n", "attempt": 1, "node_type": "http",
-        "config": "{not json", "input": "{}", "timeout_seconds": 1.0, "lease_until": 0})
+    fastavro.schemaless_writer(
+        buf,
+        fastavro.parse_schema(plain),
+        {
+            "execution_id": "e",
+            "workflow_id": "w",
+            "node_id": "n",
+            "attempt": 1,
+            "node_type": "http",
+            "config": "{not json",
+            "input": "{}",
+            "timeout_seconds": 1.0,
+            "lease_until": 0,
+        },
+    )
     header = codec.fingerprint(to_parsing_canonical_form(c.current.schema("NodeTask")))
     assert header == codec.fingerprint(to_parsing_canonical_form(fastavro.parse_schema(plain)))
     with pytest.raises(codec.DecodeError, match=r"cannot decode io\.linkflow\.NodeTask"):
@@ -283,17 +441,34 @@ def _strip_logical_json(schema: Any) -> Any:
     return schema
 
 
-@pytest.mark.xfail(strict=True, raises=pydantic.ValidationError,
-                   reason="BUG: Codec.decode lets pydantic.ValidationError escape for Avro-valid bytes the "
-                          "model rejects; its contract (and the dead-letter path) expects DecodeError")
-@pytest.mark.parametrize(("name", "fields", "model"), [
-    ("NodeTask", {"execution_id": "e", "workflow_id": "w", "node_id": "n", "attempt": 1, "node_type": "http",
-                  "config": [1, 2], "input": {}, "timeout_seconds": 1.0, "lease_until": T}, NodeTask),
-    ("ExecutionEvent", {"execution_id": "e", "seq": 1, "type": "node_started", "at": T,
-                        "dispatch": "carrier-pigeon"}, ExecutionEvent),
-])
+@pytest.mark.parametrize(
+    ("name", "fields", "model"),
+    [
+        (
+            "NodeTask",
+            {
+                "execution_id": "e",
+                "workflow_id": "w",
+                "node_id": "n",
+                "attempt": 1,
+                "node_type": "http",
+                "config": [1, 2],
+                "input": {},
+                "timeout_seconds": 1.0,
+                "lease_until": T,
+            },
+            NodeTask,
+        ),
+        (
+            "ExecutionEvent",
+            {"execution_id": "e", "seq": 1, "type": "node_started", "at": T, "dispatch": "carrier-pigeon"},
+            ExecutionEvent,
+        ),
+    ],
+)
 def test_avro_valid_but_model_invalid_bytes_raise_decode_error(
-        c: codec.Codec, name: str, fields: dict[str, Any], model: type[BaseModel]) -> None:
+    c: codec.Codec, name: str, fields: dict[str, Any], model: type[BaseModel]
+) -> None:
     data = c.encode_dict(f"io.linkflow.{name}", fields)
     with pytest.raises(codec.DecodeError):
         c.decode(data, model)
@@ -332,8 +507,14 @@ def test_default_codec_knows_every_released_schema(c: codec.Codec) -> None:
 
 def test_cloudevent_headers_follow_the_kafka_binary_binding() -> None:
     at = from_millis(1_700_000_000_123)
-    headers = codec.cloudevent_headers("io.linkflow.execution.node_started", "/linkflow/orchestrator", "e1",
-                                       ce_id="id-1", time=at, extra=[("traceparent", b"00-abc-def-01")])
+    headers = codec.cloudevent_headers(
+        "io.linkflow.execution.node_started",
+        "/linkflow/orchestrator",
+        "e1",
+        ce_id="id-1",
+        time=at,
+        extra=[("traceparent", b"00-abc-def-01")],
+    )
     as_dict = dict(headers)
     assert len(as_dict) == len(headers), "a header appears twice"
     for required in ("ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time"):
@@ -406,9 +587,14 @@ def test_schema_files_are_named_for_their_type() -> None:
 def test_every_event_and_state_of_a_run_round_trips(c: codec.Codec, lf: Any) -> None:
     """What the orchestrator writes (events, and its state changelog) at each step of a real run."""
     definition = lf.workflow(
-        lf.node("a"), lf.node("c", "condition", depends_on=["a"]), lf.node("big", depends_on=["c:true"]),
-        lf.node("small", depends_on=["c:false"]), lf.node("w", "wait"),
-        lf.node("h", "http", depends_on=["w", "a"], retry=lf.retry()), timeout_seconds=600)
+        lf.node("a"),
+        lf.node("c", "condition", depends_on=["a"]),
+        lf.node("big", depends_on=["c:true"]),
+        lf.node("small", depends_on=["c:false"]),
+        lf.node("w", "wait"),
+        lf.node("h", "http", depends_on=["w", "a"], retry=lf.retry()),
+        timeout_seconds=600,
+    )
     run = lf.run()
     steps = [
         (lf.start(definition, input_={"x": 11, "tags": ["a", None]}), lf.at(0)),

@@ -38,8 +38,10 @@ def test_start_emits_created_started_and_every_root(lf) -> None:
     events = run.feed(lf.start(wf, input_={"k": "v"}, priority=Priority.HIGH), lf.at())
 
     assert types(events) == [
-        (E.EXECUTION_CREATED, None), (E.EXECUTION_STARTED, None),
-        (E.NODE_STARTED, "a"), (E.NODE_STARTED, "b"),
+        (E.EXECUTION_CREATED, None),
+        (E.EXECUTION_STARTED, None),
+        (E.NODE_STARTED, "a"),
+        (E.NODE_STARTED, "b"),
     ]
     assert [e.seq for e in events] == [1, 2, 3, 4]
     assert all(e.execution_id == "e1" and e.at == lf.at() for e in events)
@@ -60,7 +62,9 @@ def test_start_emits_created_started_and_every_root(lf) -> None:
     assert node_statuses(run) == {"a": NodeStatus.RUNNING, "b": NodeStatus.RUNNING, "c": NodeStatus.PENDING}
     assert set(s.timers) == {lf.timer_id(TimerKind.LEASE, "b", 1)}  # inline nodes hold no timer
     assert [(t.from_status, t.to_status) for t in s.history] == [
-        (None, ExecutionStatus.PENDING), (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)]
+        (None, ExecutionStatus.PENDING),
+        (ExecutionStatus.PENDING, ExecutionStatus.RUNNING),
+    ]
 
 
 def test_duplicate_start_yields_nothing(lf) -> None:
@@ -110,8 +114,11 @@ def test_registry_config_matches_the_dispatch_the_unit_tests_assume() -> None:
     settings = Settings()
     cfg = decider_config(build_registry(settings), settings)
     assert {k: v.dispatch for k, v in cfg.kinds.items()} == {
-        "transform": Dispatch.INLINE, "condition": Dispatch.INLINE,
-        "wait": Dispatch.TIMER, "http": Dispatch.TASK}
+        "transform": Dispatch.INLINE,
+        "condition": Dispatch.INLINE,
+        "wait": Dispatch.TIMER,
+        "http": Dispatch.TASK,
+    }
     assert cfg.lease_grace_seconds == settings.lease_grace_seconds
 
 
@@ -120,9 +127,6 @@ def test_registry_config_takes_the_lease_grace_from_settings() -> None:
     assert decider_config(build_registry(settings), settings).lease_grace_seconds == 9.5
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: Settings.http_timeout_seconds (LINKFLOW_HTTP_TIMEOUT_SECONDS) is never used; "
-                          "decider_config takes HttpNode.default_timeout_seconds, a constant 30.0")
 def test_http_default_timeout_comes_from_settings() -> None:
     settings = Settings(http_timeout_seconds=60.0)
     cfg = decider_config(build_registry(settings), settings)
@@ -155,7 +159,10 @@ def test_fan_out_join_and_success(lf) -> None:
     assert s.node_inputs() == {"input": {"x": 1}, "nodes": {"a": {"v": 1}, "b": "B", "j": 3}}
     assert [e.seq for e in run.log] == list(range(1, len(run.log) + 1))
     assert [t.to_status for t in s.history] == [
-        ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.SUCCESS]
+        ExecutionStatus.PENDING,
+        ExecutionStatus.RUNNING,
+        ExecutionStatus.SUCCESS,
+    ]
 
 
 def test_chain_starts_one_node_after_another(lf) -> None:
@@ -182,18 +189,22 @@ def branching_workflow(lf):
         lf.node("c", "condition"),
         lf.node("t", depends_on=["c:true"]),
         lf.node("f", depends_on=["c:false"]),
-        lf.node("f2", depends_on=["f"]),          # transitively excluded with f
-        lf.node("any", depends_on=["c"]),         # a plain dependency runs on either branch
-        lf.node("m", depends_on=["t", "f"]),      # one path taken, one excluded: runs
+        lf.node("f2", depends_on=["f"]),  # transitively excluded with f
+        lf.node("any", depends_on=["c"]),  # a plain dependency runs on either branch
+        lf.node("m", depends_on=["t", "f"]),  # one path taken, one excluded: runs
     )
 
 
-@pytest.mark.parametrize(("outcome", "taken", "excluded"), [
-    (True, "t", "f"),
-    (False, "f", "t"),
-])
+@pytest.mark.parametrize(
+    ("outcome", "taken", "excluded"),
+    [
+        (True, "t", "f"),
+        (False, "f", "t"),
+    ],
+)
 def test_condition_routes_one_branch_and_skips_the_other(
-        lf, outcome: bool, taken: str, excluded: str) -> None:
+    lf, outcome: bool, taken: str, excluded: str
+) -> None:
     run = lf.run(branching_workflow(lf))
     events = run.feed(lf.ok("c", output=outcome), lf.at(1))
     started = {e.node_id for e in events if e.type is E.NODE_STARTED}
@@ -218,24 +229,41 @@ def test_condition_true_runs_to_success_with_skipped_nodes(lf) -> None:
     events = run.feed(lf.ok("m"), lf.at(4))
     assert types(events) == [(E.NODE_SUCCEEDED, "m"), (E.EXECUTION_SUCCEEDED, None)]
     assert node_statuses(run) == {
-        "c": NodeStatus.SUCCESS, "t": NodeStatus.SUCCESS, "f": NodeStatus.SKIPPED, "f2": NodeStatus.SKIPPED,
-        "any": NodeStatus.SUCCESS, "m": NodeStatus.SUCCESS}
+        "c": NodeStatus.SUCCESS,
+        "t": NodeStatus.SUCCESS,
+        "f": NodeStatus.SKIPPED,
+        "f2": NodeStatus.SKIPPED,
+        "any": NodeStatus.SUCCESS,
+        "m": NodeStatus.SUCCESS,
+    }
 
 
 def test_every_path_excluded_skips_and_the_run_succeeds(lf) -> None:
-    wf = lf.workflow(lf.node("c", "condition"), lf.node("t", depends_on=["c:true"]),
-                     lf.node("t2", depends_on=["t"]), lf.node("t3", depends_on=["t2", "c:true"]))
+    wf = lf.workflow(
+        lf.node("c", "condition"),
+        lf.node("t", depends_on=["c:true"]),
+        lf.node("t2", depends_on=["t"]),
+        lf.node("t3", depends_on=["t2", "c:true"]),
+    )
     run = lf.run(wf)
     events = run.feed(lf.ok("c", output=False), lf.at(1))
     assert types(events) == [
-        (E.NODE_SUCCEEDED, "c"), (E.NODE_SKIPPED, "t"), (E.NODE_SKIPPED, "t2"), (E.NODE_SKIPPED, "t3"),
-        (E.EXECUTION_SUCCEEDED, None)]
+        (E.NODE_SUCCEEDED, "c"),
+        (E.NODE_SKIPPED, "t"),
+        (E.NODE_SKIPPED, "t2"),
+        (E.NODE_SKIPPED, "t3"),
+        (E.EXECUTION_SUCCEEDED, None),
+    ]
     assert run.s.status is ExecutionStatus.SUCCESS
 
 
 def test_transitive_skip_reaches_a_node_listed_before_the_skipped_one(lf) -> None:
-    wf = lf.workflow(lf.node("z", depends_on=["y"]), lf.node("y", depends_on=["c:true"]),
-                     lf.node("c", "condition"), lf.node("other"))
+    wf = lf.workflow(
+        lf.node("z", depends_on=["y"]),
+        lf.node("y", depends_on=["c:true"]),
+        lf.node("c", "condition"),
+        lf.node("other"),
+    )
     run = lf.run(wf)
     events = run.feed(lf.ok("c", output=False), lf.at(1))
     assert {e.node_id for e in events if e.type is E.NODE_SKIPPED} == {"y", "z"}
@@ -243,8 +271,12 @@ def test_transitive_skip_reaches_a_node_listed_before_the_skipped_one(lf) -> Non
 
 
 def test_join_waits_for_every_non_skipped_dependency(lf) -> None:
-    wf = lf.workflow(lf.node("c", "condition"), lf.node("slow", "http"), lf.node("t", depends_on=["c:true"]),
-                     lf.node("j", depends_on=["t", "slow"]))
+    wf = lf.workflow(
+        lf.node("c", "condition"),
+        lf.node("slow", "http"),
+        lf.node("t", depends_on=["c:true"]),
+        lf.node("j", depends_on=["t", "slow"]),
+    )
     run = lf.run(wf)
     run.feed(lf.ok("c", output=False), lf.at(1))  # t is skipped
     assert run.s.nodes["t"].status is NodeStatus.SKIPPED
@@ -259,16 +291,16 @@ def test_results_that_match_nothing_yield_nothing(lf) -> None:
     wf = lf.workflow(lf.node("a", "http"), lf.node("b", depends_on=["a"]))
     run = lf.run(wf)
     before = run.state
-    assert run.feed(lf.ok("a", attempt=2), lf.at(1)) == []      # an attempt that never started
+    assert run.feed(lf.ok("a", attempt=2), lf.at(1)) == []  # an attempt that never started
     assert run.feed(lf.ok("a", attempt=0), lf.at(1)) == []
-    assert run.feed(lf.ok("ghost"), lf.at(1)) == []             # a node of no workflow
-    assert run.feed(lf.ok("b"), lf.at(1)) == []                 # a node still pending
+    assert run.feed(lf.ok("ghost"), lf.at(1)) == []  # a node of no workflow
+    assert run.feed(lf.ok("b"), lf.at(1)) == []  # a node still pending
     assert run.feed(lf.fail("b"), lf.at(1)) == []
     assert run.state == before
     assert types(run.feed(lf.ok("a"), lf.at(1))) == [(E.NODE_SUCCEEDED, "a"), (E.NODE_STARTED, "b")]
     after = run.state
-    assert run.feed(lf.ok("a"), lf.at(2)) == []                 # a duplicate
-    assert run.feed(lf.fail("a"), lf.at(2)) == []               # a late failure of a finished attempt
+    assert run.feed(lf.ok("a"), lf.at(2)) == []  # a duplicate
+    assert run.feed(lf.fail("a"), lf.at(2)) == []  # a late failure of a finished attempt
     assert run.state == after
 
 
@@ -279,7 +311,9 @@ def test_result_for_a_stale_attempt_after_a_lease_expiry(lf) -> None:
     assert run.feed(lf.ok("h", attempt=1), lf.at(41)) == []
     assert run.feed(lf.fail("h", attempt=1), lf.at(41)) == []
     assert types(run.feed(lf.ok("h", attempt=2), lf.at(42))) == [
-        (E.NODE_SUCCEEDED, "h"), (E.EXECUTION_SUCCEEDED, None)]
+        (E.NODE_SUCCEEDED, "h"),
+        (E.EXECUTION_SUCCEEDED, None),
+    ]
 
 
 def test_inputs_before_creation_yield_nothing(lf) -> None:
@@ -325,9 +359,19 @@ def test_zero_second_wait_is_still_a_timer(lf) -> None:
     assert run.s.nodes["w"].status is NodeStatus.RUNNING
 
 
-@pytest.mark.parametrize("timer_id", [
-    "wait:w:2", "wait:x:1", "lease:w:1", "retry:w:1", "execution_timeout", "", "bogus", "wait:w",
-])
+@pytest.mark.parametrize(
+    "timer_id",
+    [
+        "wait:w:2",
+        "wait:x:1",
+        "lease:w:1",
+        "retry:w:1",
+        "execution_timeout",
+        "",
+        "bogus",
+        "wait:w",
+    ],
+)
 def test_stale_or_unknown_timer_ids_yield_nothing(lf, timer_id: str) -> None:
     run = lf.run(lf.workflow(lf.node("w", "wait")))
     before = run.state
@@ -361,14 +405,20 @@ def test_lease_expiry_dispatches_the_node_again_as_a_new_attempt(lf) -> None:
 
 def test_lease_expiry_fails_the_node_after_max_lease_attempts(lf) -> None:
     cfg = DeciderConfig(kinds=lf.config.kinds, lease_grace_seconds=lf.LEASE_GRACE, max_lease_attempts=3)
-    run = lf.run(lf.workflow(lf.node("h", "http"), lf.node("p", "http"), lf.node("after", depends_on=["h"])),
-                 config=cfg)
+    run = lf.run(
+        lf.workflow(lf.node("h", "http"), lf.node("p", "http"), lf.node("after", depends_on=["h"])),
+        config=cfg,
+    )
     for attempt in (1, 2):
         events = run.feed(lf.fire(lf.timer_id(TimerKind.LEASE, "h", attempt)), lf.at(40 * attempt))
         assert [(e.type, e.attempt) for e in events] == [(E.NODE_STARTED, attempt + 1)]
     events = run.feed(lf.fire(lf.timer_id(TimerKind.LEASE, "h", 3)), lf.at(120))
     assert types(events) == [
-        (E.NODE_FAILED, "h"), (E.NODE_CANCELLED, "p"), (E.NODE_SKIPPED, "after"), (E.EXECUTION_FAILED, None)]
+        (E.NODE_FAILED, "h"),
+        (E.NODE_CANCELLED, "p"),
+        (E.NODE_SKIPPED, "after"),
+        (E.EXECUTION_FAILED, None),
+    ]
     failed = events[0]
     assert failed.attempt == 3
     assert failed.error is not None
@@ -441,8 +491,9 @@ def test_retry_then_success(lf) -> None:
 
 
 def test_retry_delay_is_capped_by_max_delay(lf) -> None:
-    wf = lf.workflow(lf.node("h", "http", retry=lf.retry(max_attempts=10, initial=10, multiplier=10,
-                                                          max_delay=25)))
+    wf = lf.workflow(
+        lf.node("h", "http", retry=lf.retry(max_attempts=10, initial=10, multiplier=10, max_delay=25))
+    )
     run = lf.run(wf)
     run.feed(lf.fail("h", 1, retryable=True), lf.at(1))
     assert run.log[-1].due_at == lf.at(11)
@@ -451,10 +502,13 @@ def test_retry_delay_is_capped_by_max_delay(lf) -> None:
     assert run.log[-1].due_at == lf.at(12 + 25)
 
 
-@pytest.mark.parametrize(("retry", "retryable"), [
-    (None, True),          # retryable, but the node has no policy
-    (True, False),         # a policy, but the error is not retryable
-])
+@pytest.mark.parametrize(
+    ("retry", "retryable"),
+    [
+        (None, True),  # retryable, but the node has no policy
+        (True, False),  # a policy, but the error is not retryable
+    ],
+)
 def test_failure_without_a_retry_fails_the_run(lf, retry: bool | None, retryable: bool) -> None:
     wf = lf.workflow(lf.node("h", "http", retry=lf.retry() if retry else None))
     run = lf.run(wf)
@@ -463,14 +517,24 @@ def test_failure_without_a_retry_fails_the_run(lf, retry: bool | None, retryable
 
 
 def test_non_retryable_failure_cancels_running_and_skips_pending(lf) -> None:
-    wf = lf.workflow(lf.node("a", "http"), lf.node("b", "http"), lf.node("w", "wait"),
-                     lf.node("c", depends_on=["a"]), lf.node("d", depends_on=["c", "b"]),
-                     timeout_seconds=300)
+    wf = lf.workflow(
+        lf.node("a", "http"),
+        lf.node("b", "http"),
+        lf.node("w", "wait"),
+        lf.node("c", depends_on=["a"]),
+        lf.node("d", depends_on=["c", "b"]),
+        timeout_seconds=300,
+    )
     run = lf.run(wf)
     events = run.feed(lf.fail("a", 1, "http_4xx"), lf.at(2))
     assert types(events) == [
-        (E.NODE_FAILED, "a"), (E.NODE_CANCELLED, "b"), (E.NODE_CANCELLED, "w"),
-        (E.NODE_SKIPPED, "c"), (E.NODE_SKIPPED, "d"), (E.EXECUTION_FAILED, None)]
+        (E.NODE_FAILED, "a"),
+        (E.NODE_CANCELLED, "b"),
+        (E.NODE_CANCELLED, "w"),
+        (E.NODE_SKIPPED, "c"),
+        (E.NODE_SKIPPED, "d"),
+        (E.EXECUTION_FAILED, None),
+    ]
     assert all(e.reason == "node a failed: a broke" for e in events[1:])
     assert events[0].error is not None
     assert events[0].error.error_class == "http_4xx"
@@ -496,18 +560,29 @@ def test_failure_without_an_error_record_is_classified_unknown(lf) -> None:
 
 
 def test_cancel_cancels_pending_and_running_nodes(lf) -> None:
-    wf = lf.workflow(lf.node("a"), lf.node("h", "http"), lf.node("b", depends_on=["a"]),
-                     lf.node("c", depends_on=["h"]), timeout_seconds=60)
+    wf = lf.workflow(
+        lf.node("a"),
+        lf.node("h", "http"),
+        lf.node("b", depends_on=["a"]),
+        lf.node("c", depends_on=["h"]),
+        timeout_seconds=60,
+    )
     run = lf.run(wf)
     run.feed(lf.ok("a"), lf.at(1))  # a done, b running, h running, c pending
     events = run.feed(lf.cancel("user asked"), lf.at(2))
     assert types(events) == [
-        (E.NODE_CANCELLED, "h"), (E.NODE_CANCELLED, "b"), (E.NODE_CANCELLED, "c"),
-        (E.EXECUTION_CANCELLED, None)]
+        (E.NODE_CANCELLED, "h"),
+        (E.NODE_CANCELLED, "b"),
+        (E.NODE_CANCELLED, "c"),
+        (E.EXECUTION_CANCELLED, None),
+    ]
     assert all(e.reason == "user asked" for e in events)
     assert node_statuses(run) == {
-        "a": NodeStatus.SUCCESS, "h": NodeStatus.CANCELLED,
-        "b": NodeStatus.CANCELLED, "c": NodeStatus.CANCELLED}
+        "a": NodeStatus.SUCCESS,
+        "h": NodeStatus.CANCELLED,
+        "b": NodeStatus.CANCELLED,
+        "c": NodeStatus.CANCELLED,
+    }
     assert run.s.status is ExecutionStatus.CANCELLED
     assert run.s.timers == {}
     assert run.s.history[-1].reason == "user asked"
@@ -546,7 +621,11 @@ def test_execution_timeout_fails_the_run(lf) -> None:
     run = lf.run(wf)
     events = run.feed(lf.fire(lf.timer_id(TimerKind.EXECUTION_TIMEOUT)), lf.at(60))
     assert types(events) == [
-        (E.NODE_CANCELLED, "a"), (E.NODE_CANCELLED, "h"), (E.NODE_SKIPPED, "b"), (E.EXECUTION_FAILED, None)]
+        (E.NODE_CANCELLED, "a"),
+        (E.NODE_CANCELLED, "h"),
+        (E.NODE_SKIPPED, "b"),
+        (E.EXECUTION_FAILED, None),
+    ]
     assert events[-1].reason == "execution timed out"
     assert run.s.status is ExecutionStatus.FAILED
     assert run.feed(lf.fire("execution_timeout"), lf.at(61)) == []
@@ -562,9 +641,13 @@ def test_execution_timeout_timer_without_a_workflow_timeout_is_stale(lf) -> None
 
 def scripted_inputs(lf) -> list:
     wf = lf.workflow(
-        lf.node("a"), lf.node("c", "condition", depends_on=["a"]), lf.node("big", depends_on=["c:true"]),
-        lf.node("w", "wait"), lf.node("h", "http", depends_on=["w", "a"], retry=lf.retry()),
-        timeout_seconds=600)
+        lf.node("a"),
+        lf.node("c", "condition", depends_on=["a"]),
+        lf.node("big", depends_on=["c:true"]),
+        lf.node("w", "wait"),
+        lf.node("h", "http", depends_on=["w", "a"], retry=lf.retry()),
+        timeout_seconds=600,
+    )
     return [
         (lf.start(wf), lf.at(0)),
         (lf.ok("a", output=42), lf.at(1)),
@@ -597,7 +680,7 @@ def test_reprocessing_an_input_after_a_crash_gives_the_same_events(lf) -> None:
         before = run.state
         events = run.feed(inp, now)
         assert decide(before, inp, now, lf.config) == events  # the replay after a crash
-        assert decide(run.state, inp, now, lf.config) == []   # applied already: changes nothing
+        assert decide(run.state, inp, now, lf.config) == []  # applied already: changes nothing
 
 
 # ------------------------------------------------------------------------------ evolve and apply
@@ -667,8 +750,15 @@ def test_evolve_is_pure(lf) -> None:
     run = lf.run(lf.workflow(lf.node("a")))
     before = run.s
     snapshot = before.model_dump()
-    event = ExecutionEvent(execution_id="e1", seq=before.seq + 1, type=E.NODE_SUCCEEDED, at=lf.at(1),
-                           node_id="a", attempt=1, output={"o": 1})
+    event = ExecutionEvent(
+        execution_id="e1",
+        seq=before.seq + 1,
+        type=E.NODE_SUCCEEDED,
+        at=lf.at(1),
+        node_id="a",
+        attempt=1,
+        output={"o": 1},
+    )
     after = evolve(before, event)
     assert before.model_dump() == snapshot
     assert after.nodes["a"].status is NodeStatus.SUCCESS

@@ -63,15 +63,24 @@ def workflows(draw: st.DrawFn) -> WorkflowDefinition:
                 choices += [f"{parent.id}:true", f"{parent.id}:false"]
             depends_on.append(draw(st.sampled_from(choices)))
         config = {"seconds": draw(st.sampled_from([0, 1, 2.5]))} if type_ == "wait" else CONFIGS[type_]
-        nodes.append(NodeDefinition(
-            id=f"n{i}", type=type_, depends_on=tuple(depends_on), config=config,
-            retry=draw(retry_policies) if type_ != "wait" else None,
-            timeout_seconds=draw(st.none() | st.sampled_from([1.0, 10.0])) if type_ == "http" else None,
-        ))
+        nodes.append(
+            NodeDefinition(
+                id=f"n{i}",
+                type=type_,
+                depends_on=tuple(depends_on),
+                config=config,
+                retry=draw(retry_policies) if type_ != "wait" else None,
+                timeout_seconds=draw(st.none() | st.sampled_from([1.0, 10.0])) if type_ == "http" else None,
+            )
+        )
     # the order of the node list is not the topological order
     ordered = draw(st.permutations(nodes))
-    return WorkflowDefinition(id="wf", nodes=tuple(ordered), created_at=_t0(),
-                              timeout_seconds=draw(st.none() | st.sampled_from([30.0, 600.0])))
+    return WorkflowDefinition(
+        id="wf",
+        nodes=tuple(ordered),
+        created_at=_t0(),
+        timeout_seconds=draw(st.none() | st.sampled_from([30.0, 600.0])),
+    )
 
 
 def _t0() -> datetime:
@@ -84,8 +93,12 @@ def readiness(state: ExecutionState, node: NodeDefinition) -> NodeStatus | None:
     deps = [Dependency.parse(d) for d in node.depends_on]
     if any(state.nodes[d.node].status in OPEN for d in deps):
         return None
-    taken = [d for d in deps if state.nodes[d.node].status is NodeStatus.SUCCESS
-             and (d.branch is None or state.nodes[d.node].output == d.branch)]
+    taken = [
+        d
+        for d in deps
+        if state.nodes[d.node].status is NodeStatus.SUCCESS
+        and (d.branch is None or state.nodes[d.node].output == d.branch)
+    ]
     return NodeStatus.RUNNING if taken or not deps else NodeStatus.SKIPPED
 
 
@@ -136,8 +149,9 @@ class Checked:
             return
         if isinstance(inp, NodeResult):
             node = before.nodes.get(inp.node_id)
-            retrying = any(t.kind is TimerKind.RETRY and t.node_id == inp.node_id
-                           for t in before.timers.values())
+            retrying = any(
+                t.kind is TimerKind.RETRY and t.node_id == inp.node_id for t in before.timers.values()
+            )
             current = node is not None and node.status is NodeStatus.RUNNING and node.attempts == inp.attempt
             if not current or retrying:
                 assert events == [], f"a result that matches no current attempt emitted {events}"
@@ -150,8 +164,12 @@ class Checked:
                 assert first.output == inp.output
             else:
                 policy = before.workflow.node(inp.node_id).retry
-                retry = (inp.error is not None and inp.error.retryable and policy is not None
-                         and inp.attempt < policy.max_attempts)
+                retry = (
+                    inp.error is not None
+                    and inp.error.retryable
+                    and policy is not None
+                    and inp.attempt < policy.max_attempts
+                )
                 assert first.type is (EventType.NODE_RETRY_SCHEDULED if retry else EventType.NODE_FAILED)
                 assert (len(events) == 1) if retry else (events[-1].type is EventType.EXECUTION_FAILED)
         elif inp.kind is CommandKind.CANCEL:
@@ -227,8 +245,10 @@ def pick_input(data: st.DataObject, run: Checked, lf: Any) -> Input:
     s = run.state
     assert s is not None
     node_ids = [n.id for n in run.wf.nodes]
-    action = data.draw(st.sampled_from(
-        ["result"] * 6 + ["timer"] * 3 + ["stale_timer", "redeliver", "redeliver", "cancel"]), label="action")
+    action = data.draw(
+        st.sampled_from(["result"] * 6 + ["timer"] * 3 + ["stale_timer", "redeliver", "redeliver", "cancel"]),
+        label="action",
+    )
     if action == "result":
         running = [k for k, v in s.nodes.items() if v.status is NodeStatus.RUNNING]
         prefer_running = data.draw(st.sampled_from([True, True, True, False]))
@@ -239,17 +259,28 @@ def pick_input(data: st.DataObject, run: Checked, lf: Any) -> Input:
             is_condition = run.wf.node(node_id).type == "condition"
             output = data.draw(st.booleans() if is_condition else st.sampled_from([None, 1, "x", {"k": [1]}]))
             return lf.ok(node_id, attempt, output=output, execution_id="e")
-        return lf.fail(node_id, attempt, data.draw(st.sampled_from(["http_5xx", "timeout", "http_4xx"])),
-                       retryable=data.draw(st.sampled_from([True, True, False])),
-                       with_error=data.draw(st.sampled_from([True, True, False])),
-                       execution_id="e")
+        return lf.fail(
+            node_id,
+            attempt,
+            data.draw(st.sampled_from(["http_5xx", "timeout", "http_4xx"])),
+            retryable=data.draw(st.sampled_from([True, True, False])),
+            with_error=data.draw(st.sampled_from([True, True, False])),
+            execution_id="e",
+        )
     if action == "timer" and s.timers:
         return lf.fire(data.draw(st.sampled_from(sorted(s.timers))), execution_id="e")
     if action in ("timer", "stale_timer"):
         kind = data.draw(st.sampled_from(["wait", "lease", "retry"]))
-        timer_id = data.draw(st.sampled_from([
-            f"{kind}:{data.draw(st.sampled_from(node_ids))}:{data.draw(st.integers(0, 4))}",
-            "execution_timeout", "bogus", ""]))
+        timer_id = data.draw(
+            st.sampled_from(
+                [
+                    f"{kind}:{data.draw(st.sampled_from(node_ids))}:{data.draw(st.integers(0, 4))}",
+                    "execution_timeout",
+                    "bogus",
+                    "",
+                ]
+            )
+        )
         return lf.fire(timer_id, execution_id="e")
     if action == "redeliver":
         return data.draw(st.sampled_from([inp for inp, _ in run.inputs]))
@@ -282,8 +313,9 @@ def drain(data: st.DataObject, run: Checked, lf: Any) -> None:
 
 @PROPERTY_SETTINGS
 @given(wf=workflows(), max_lease=st.integers(1, 3), data=st.data())
-def test_random_inputs_never_break_the_decider(lf: Any, wf: WorkflowDefinition, max_lease: int,
-                                               data: st.DataObject) -> None:
+def test_random_inputs_never_break_the_decider(
+    lf: Any, wf: WorkflowDefinition, max_lease: int, data: st.DataObject
+) -> None:
     config = DeciderConfig(kinds=lf.config.kinds, lease_grace_seconds=5.0, max_lease_attempts=max_lease)
     run = Checked(wf, config)
     start = StartExecution(execution_id="e", workflow=wf, input={"x": 1}, requested_at=run.now)
@@ -332,8 +364,9 @@ def test_random_inputs_never_break_the_decider(lf: Any, wf: WorkflowDefinition, 
 
 @PROPERTY_SETTINGS
 @given(wf=workflows(), data=st.data())
-def test_cancel_at_any_point_ends_the_run_with_no_open_node(lf: Any, wf: WorkflowDefinition,
-                                                            data: st.DataObject) -> None:
+def test_cancel_at_any_point_ends_the_run_with_no_open_node(
+    lf: Any, wf: WorkflowDefinition, data: st.DataObject
+) -> None:
     run = Checked(wf, lf.config)
     run.feed(StartExecution(execution_id="e", workflow=wf, input=None, requested_at=run.now), run.now)
     for _ in range(data.draw(st.integers(0, 10))):

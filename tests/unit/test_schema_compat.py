@@ -58,8 +58,9 @@ def seeded_random() -> Iterator[None]:
     random.setstate(saved)
 
 
-def read_problems(released: dict[str, Any], current: dict[str, Any],
-                  count: int = RECORDS_PER_SCHEMA) -> list[str]:
+def read_problems(
+    released: dict[str, Any], current: dict[str, Any], count: int = RECORDS_PER_SCHEMA
+) -> list[str]:
     """Why the ``current`` schemas cannot read what the ``released`` ones wrote (empty if they can)."""
     problems = []
     for name, writer in sorted(released.items()):
@@ -122,7 +123,8 @@ def test_current_schemas_read_every_record_of_the_last_release() -> None:
     problems = read_problems(released, current)
     assert not problems, (
         f"the current schemas cannot read data written with release {latest.name}; new fields need "
-        "defaults, enum symbols and union branches may not be removed:\n  " + "\n  ".join(problems))
+        "defaults, enum symbols and union branches may not be removed:\n  " + "\n  ".join(problems)
+    )
 
 
 def test_every_released_schema_set_is_known_to_the_default_codec() -> None:
@@ -189,8 +191,9 @@ def test_a_removed_enum_symbol_is_caught() -> None:
     released = parse_all(raw)
     variant = copy.deepcopy(raw)
     variant["io.linkflow.TimerKind"]["symbols"].remove("retry")
-    problems = read_problems({"io.linkflow.TimerKind": released["io.linkflow.TimerKind"]},
-                             parse_all(variant), count=50)
+    problems = read_problems(
+        {"io.linkflow.TimerKind": released["io.linkflow.TimerKind"]}, parse_all(variant), count=50
+    )
     assert problems
     assert "retry" in problems[0]
 
@@ -203,8 +206,9 @@ def test_a_changed_field_type_is_caught() -> None:
     for f in variant["io.linkflow.NodeResult"]["fields"]:
         if f["name"] == "attempt":
             f["type"] = "string"
-    problems = read_problems({"io.linkflow.NodeResult": released["io.linkflow.NodeResult"]},
-                             parse_all(variant), count=5)
+    problems = read_problems(
+        {"io.linkflow.NodeResult": released["io.linkflow.NodeResult"]}, parse_all(variant), count=5
+    )
     assert problems
 
 
@@ -212,8 +216,9 @@ def test_a_changed_field_type_is_caught() -> None:
 def test_a_new_field_with_default_and_a_promoted_type_pass() -> None:
     raw = raw_current()
     released = parse_all(raw)
-    variant = with_field(raw, "io.linkflow.ControlMessage",
-                         {"name": "tenant", "type": ["null", "string"], "default": None})
+    variant = with_field(
+        raw, "io.linkflow.ControlMessage", {"name": "tenant", "type": ["null", "string"], "default": None}
+    )
     for f in variant["io.linkflow.NodeResult"]["fields"]:
         if f["name"] == "attempt":
             f["type"] = "long"  # int -> long is a legal promotion
