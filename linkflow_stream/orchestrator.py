@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from linkflow_stream import topic_names
 from linkflow_stream.decider import DeciderConfig, Input, decide
 from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.messages import ControlMessage, NodeResult, NodeTask
-from linkflow_stream.nodes.base import NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.nodes.mapping import map_output, resolve_config
 from linkflow_stream.publisher import Outgoing
 from linkflow_stream.state import ExecutionState, evolve
+from linkflow_stream.workflow import NodeDefinition
 
 MAX_INLINE_STEPS = 10_000
 
@@ -41,97 +44,133 @@ class Orchestrator:
 
     async def step(self, state: ExecutionState | None, inp: Input, now: datetime) -> Step:
         step = Step(state)
-        queue: list[Input] = [inp]
+        queue: list[Input] = [self._map_result(state, inp)]
+        cancelled = False
         while queue:
             if len(step.events) > MAX_INLINE_STEPS:  # pragma: no cover - a DAG cannot loop; belt and braces
                 break
-            new = decide(step.state, queue.pop(0), now, self.config)
-            for event in new:
+            for event in decide(step.state, queue.pop(0), now, self.config):
                 step.state = evolve(step.state, event)
                 step.events.append(event)
+                step.outputs.append(_event_record(event))
                 if event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.INLINE:
                     queue.append(await self._run_inline(step.state, event, now))
-        self._outputs(step)
+                elif event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.TASK:
+                    task_or_failure = self._task(step.state, event, now)
+                    if isinstance(task_or_failure, NodeResult):
+                        queue.append(task_or_failure)
+                    else:
+                        step.outputs.append(task_or_failure)
+                cancelled = cancelled or event.type is EventType.NODE_CANCELLED
+        if cancelled and step.state is not None:
+            reason = step.state.history[-1].reason or "cancelled"
+            step.outputs.append(
+                Outgoing(
+                    topic_names.CONTROL,
+                    step.state.id,
+                    ControlMessage(execution_id=step.state.id, reason=reason),
+                    "io.linkflow.control.cancel",
+                )
+            )
         return step
+
+    def _timeout(self, node: NodeDefinition) -> float:
+        return node.timeout_seconds or self.config.kind(node.type).default_timeout_seconds
+
+    def _config(self, node: NodeDefinition, data: dict[str, Any]) -> dict[str, Any]:
+        """The config this attempt runs with: mapped keys computed, then checked like at registration."""
+        config = resolve_config(node, data)
+        if node.input:
+            try:
+                self.registry[node.type].validate(config)
+            except ConfigError as exc:
+                raise NodeFailure("validation", f"after input mapping, {exc.message}") from exc
+        return config
+
+    def _map_result(self, state: ExecutionState | None, inp: Input) -> Input:
+        """Apply the node's output mapping to a task's successful result."""
+        if state is None or not isinstance(inp, NodeResult) or not inp.ok or inp.node_id not in state.nodes:
+            return inp
+        node = state.workflow.node(inp.node_id)
+        if node.output is None:
+            return inp
+        try:
+            return inp.model_copy(update={"output": map_output(node, inp.output, state.node_inputs())})
+        except NodeFailure as exc:
+            return inp.model_copy(update={"ok": False, "output": None, "error": exc.to_error()})
+
+    def _task(self, state: ExecutionState, event: ExecutionEvent, now: datetime) -> Outgoing | NodeResult:
+        """The task for an executor, or the failure to feed back when its config cannot be built."""
+        assert event.node_id is not None
+        assert event.attempt is not None
+        assert event.due_at is not None
+        node = state.workflow.node(event.node_id)
+        data = state.node_inputs()
+        try:
+            config = self._config(node, data)
+        except NodeFailure as exc:
+            return _result(state, event, now, error=exc)
+        task = NodeTask(
+            execution_id=state.id,
+            workflow_id=state.workflow.id,
+            node_id=node.id,
+            attempt=event.attempt,
+            node_type=node.type,
+            config=config,
+            input=data,
+            timeout_seconds=self._timeout(node),
+            lease_until=event.due_at,
+        )
+        return Outgoing(
+            topic_names.tasks(node.pool),
+            state.id,
+            task,
+            "io.linkflow.node.task",
+            ce_id=f"{state.id}/{node.id}/{event.attempt}",
+            time=event.at,
+        )
 
     async def _run_inline(self, state: ExecutionState, event: ExecutionEvent, now: datetime) -> NodeResult:
         assert event.node_id is not None
         assert event.attempt is not None
         node = state.workflow.node(event.node_id)
-        ctx = NodeContext(
-            state.id,
-            state.workflow.id,
-            node.id,
-            event.attempt,
-            node.timeout_seconds or self.config.kind(node.type).default_timeout_seconds,
-        )
-        ok, output, error = True, None, None
+        ctx = NodeContext(state.id, state.workflow.id, node.id, event.attempt, self._timeout(node))
+        data = state.node_inputs()
         try:
-            output = await self.registry[node.type].execute(ctx, node.config, state.node_inputs())
+            output = await self.registry[node.type].execute(ctx, self._config(node, data), data)
+            return _result(state, event, now, output=map_output(node, output, data))
         except NodeFailure as exc:
-            ok, error = False, exc.to_error()
-        return NodeResult(
-            execution_id=state.id,
-            node_id=node.id,
-            attempt=event.attempt,
-            ok=ok,
-            output=output,
-            error=error,
-            started_at=now,
-            finished_at=now,
-        )
+            return _result(state, event, now, error=exc)
 
-    def _outputs(self, step: Step) -> None:
-        state = step.state
-        if state is None:
-            return
-        cancelled_tasks = False
-        for e in step.events:
-            step.outputs.append(
-                Outgoing(
-                    topic_names.EVENTS,
-                    e.execution_id,
-                    e,
-                    f"io.linkflow.execution.{e.type.value}",
-                    ce_id=f"{e.execution_id}/{e.seq}",
-                    time=e.at,
-                )
-            )
-            if e.type is EventType.NODE_STARTED and e.dispatch is Dispatch.TASK:
-                assert e.node_id is not None
-                assert e.attempt is not None
-                assert e.due_at is not None
-                node = state.workflow.node(e.node_id)
-                task = NodeTask(
-                    execution_id=state.id,
-                    workflow_id=state.workflow.id,
-                    node_id=node.id,
-                    attempt=e.attempt,
-                    node_type=node.type,
-                    config=node.config,
-                    input=state.node_inputs(),
-                    timeout_seconds=node.timeout_seconds
-                    or self.config.kind(node.type).default_timeout_seconds,
-                    lease_until=e.due_at,
-                )
-                step.outputs.append(
-                    Outgoing(
-                        topic_names.tasks(node.pool),
-                        state.id,
-                        task,
-                        "io.linkflow.node.task",
-                        ce_id=f"{state.id}/{node.id}/{e.attempt}",
-                        time=e.at,
-                    )
-                )
-            if e.type is EventType.NODE_CANCELLED:
-                cancelled_tasks = True
-        if cancelled_tasks:
-            step.outputs.append(
-                Outgoing(
-                    topic_names.CONTROL,
-                    state.id,
-                    ControlMessage(execution_id=state.id, reason=state.history[-1].reason or "cancelled"),
-                    "io.linkflow.control.cancel",
-                )
-            )
+
+def _result(
+    state: ExecutionState,
+    event: ExecutionEvent,
+    now: datetime,
+    *,
+    output: Any = None,
+    error: NodeFailure | None = None,
+) -> NodeResult:
+    assert event.node_id is not None
+    assert event.attempt is not None
+    return NodeResult(
+        execution_id=state.id,
+        node_id=event.node_id,
+        attempt=event.attempt,
+        ok=error is None,
+        output=output,
+        error=error.to_error() if error else None,
+        started_at=now,
+        finished_at=now,
+    )
+
+
+def _event_record(e: ExecutionEvent) -> Outgoing:
+    return Outgoing(
+        topic_names.EVENTS,
+        e.execution_id,
+        e,
+        f"io.linkflow.execution.{e.type.value}",
+        ce_id=f"{e.execution_id}/{e.seq}",
+        time=e.at,
+    )

@@ -11,6 +11,7 @@ import pydantic
 
 from linkflow_stream.errors import ValidationError
 from linkflow_stream.nodes.base import ConfigError, NodeExecutor
+from linkflow_stream.nodes.mapping import mapping_problems
 from linkflow_stream.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
 
 
@@ -75,7 +76,7 @@ def check_workflow(wf: WorkflowDefinition, registry: Mapping[str, NodeExecutor])
 def _check_node(
     node: NodeDefinition, nodes: Mapping[str, NodeDefinition], registry: Mapping[str, NodeExecutor]
 ) -> list[str]:
-    problems = []
+    problems = mapping_problems(node)
     executor = registry.get(node.type)
     if executor is None:
         problems.append(
@@ -85,7 +86,9 @@ def _check_node(
         try:
             executor.validate(node.config)
         except ConfigError as exc:
-            problems.append(f"node {node.id!r}: {exc.message}")
+            # A field the input mapping computes is checked again, with its value, at dispatch.
+            if exc.field not in (node.input or {}):
+                problems.append(f"node {node.id!r}: {exc.message}")
     for text in node.depends_on:
         try:
             dep = Dependency.parse(text)

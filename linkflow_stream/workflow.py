@@ -41,6 +41,10 @@ class NodeDefinition(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0, le=86_400)
     retry: RetryPolicy | None = None
     pool: str = Field(default="default", pattern=r"^[a-z0-9-]{1,32}$")
+    input: dict[str, str] | None = None
+    """Config keys computed at dispatch: key -> JSONata over ``{input, nodes}``."""
+    output: str | None = None
+    """JSONata over ``{output, input, nodes}``; its result becomes the node's output."""
 
 
 class WorkflowDefinition(BaseModel):
