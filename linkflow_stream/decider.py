@@ -95,11 +95,11 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     if any(t.kind is TimerKind.RETRY and t.node_id == r.node_id for t in b.s.timers.values()):
         return  # this attempt already failed and its retry is scheduled
     if r.ok:
-        b.emit(EventType.NODE_SUCCEEDED, node_id=r.node_id, attempt=r.attempt, output=r.output)
+        b.emit(EventType.NODE_SUCCEEDED, node_id=r.node_id, attempt=r.attempt, output=r.output, usage=r.usage)
         _advance(b, cfg)
     else:
         error = r.error or NodeError(error_class="unknown", message="node failed without an error")
-        _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg)
+        _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg, r.usage)
 
 
 def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
@@ -136,7 +136,14 @@ def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
         _start_node(b, node, timer.attempt + 1, cfg, reason="lease expired; dispatched again")
 
 
-def _fail_node(b: _Builder, node: NodeDefinition, attempt: int, error: NodeError, cfg: DeciderConfig) -> None:
+def _fail_node(
+    b: _Builder,
+    node: NodeDefinition,
+    attempt: int,
+    error: NodeError,
+    cfg: DeciderConfig,
+    usage: dict[str, int] | None = None,
+) -> None:
     policy = node.retry
     if error.retryable and policy is not None and attempt < policy.max_attempts:
         b.emit(
@@ -145,9 +152,10 @@ def _fail_node(b: _Builder, node: NodeDefinition, attempt: int, error: NodeError
             attempt=attempt,
             error=error,
             due_at=b.now + timedelta(seconds=policy.delay(attempt)),
+            usage=usage,
         )
         return
-    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error)
+    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error, usage=usage)
     _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
 
 

@@ -53,3 +53,4 @@ class ExecutionEvent(BaseModel):
     reason: str | None = None
     due_at: datetime | None = None
     dispatch: Dispatch | None = None
+    usage: dict[str, int] | None = None

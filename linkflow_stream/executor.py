@@ -62,14 +62,11 @@ class Executor:
             job.cancel()
         return len(hits)
 
-    async def _attempt(self, task: NodeTask) -> Any:
+    async def _attempt(self, task: NodeTask, ctx: NodeContext) -> Any:
         """The node's output; raises ``NodeFailure`` for every way the attempt can fail."""
         executor = self.registry.get(task.node_type)
         if executor is None:
             raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
-        ctx = NodeContext(
-            task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds
-        )
         try:
             async with asyncio.timeout(task.timeout_seconds):
                 return await executor.execute(ctx, task.config, task.input)
@@ -79,8 +76,11 @@ class Executor:
     async def _run(self, task: NodeTask) -> None:
         started = now()
         ok, output, error = True, None, None
+        ctx = NodeContext(
+            task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds
+        )
         try:
-            output = await self._attempt(task)
+            output = await self._attempt(task, ctx)
         except NodeFailure as exc:
             ok, error = False, exc.to_error()
         except asyncio.CancelledError:
@@ -100,6 +100,7 @@ class Executor:
             started_at=started,
             finished_at=now(),
             worker_id=self.worker_id,
+            usage=ctx.usage or None,
         )
         try:
             await self.publisher.send(

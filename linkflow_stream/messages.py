@@ -78,6 +78,7 @@ class NodeResult(BaseModel):
     started_at: datetime
     finished_at: datetime
     worker_id: str | None = None
+    usage: dict[str, int] | None = None
 
 
 class ControlMessage(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     http_allow_private_networks: bool = False
     """Let HTTP nodes call loopback, private and link-local addresses. Default ``False``.
     The cloud metadata address stays refused either way."""
+
+    secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Named secrets for node configs (``{"secret": "NAME"}``), as JSON in ``LINKFLOW_SECRETS``.
+    A name missing here is looked up in ``LINKFLOW_SECRET_<NAME>``. Default empty."""
 
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""

@@ -58,6 +58,7 @@ class NodeState(BaseModel):
     error: NodeError | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    usage: dict[str, int] | None = None
 
 
 class Timer(BaseModel):
@@ -229,6 +230,11 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         )
     else:  # pragma: no cover - every EventType is handled above
         raise EvolveError(f"{state.id}: unhandled event {event.type}")
+    if event.usage:
+        summed = dict(new.usage or {})
+        for key, amount in event.usage.items():
+            summed[key] = summed.get(key, 0) + amount
+        new = new.model_copy(update={"usage": summed})
     return state.model_copy(
         update={"seq": event.seq, "nodes": {**state.nodes, node_id: new}, "timers": timers}
     )

@@ -225,23 +225,52 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_raw(self, code: int, data: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self) -> None:
         self._handle()
 
     def do_POST(self) -> None:
         self._handle()
 
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
     def _handle(self) -> None:
         url = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
         self.server.record(self.command, url.path, dict(self.headers), body)
-        if url.path.startswith("/status/"):
+        if url.path == "/big":
+            self._send_raw(200, b"x" * int(q.get("n", "1000")), "text/plain")
+        elif url.path == "/binary":
+            self._send_raw(200, bytes(range(256)), "application/octet-stream")
+        elif url.path.startswith("/status/"):
             self._reply(int(url.path.rsplit("/", 1)[1]), {"status": "as asked"})
         elif url.path == "/slow":
             time.sleep(float(q.get("s", "1")))
             self._reply(200, {"slept": float(q.get("s", "1"))})
+        elif url.path == "/loop":
+            self.send_response(302)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif url.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", q["to"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from linkflow_stream.errors import LinkflowError
@@ -51,13 +51,15 @@ class ConfigError(LinkflowError):
 
 @dataclass(frozen=True)
 class NodeContext:
-    """Who is running: used for idempotency keys, logs and cancellation."""
+    """Who is running: used for idempotency keys, logs and cancellation. Executors add resource
+    counts (bytes sent and received, CPU seconds) to ``usage`` for cost tracking."""
 
     execution_id: str
     workflow_id: str
     node_id: str
     attempt: int
     timeout_seconds: float
+    usage: dict[str, int] = field(default_factory=dict)
 
     @property
     def idempotency_key(self) -> str:

@@ -8,6 +8,7 @@ from linkflow_stream.decider import DeciderConfig, NodeKind
 from linkflow_stream.nodes.base import NodeExecutor
 from linkflow_stream.nodes.condition import ConditionNode
 from linkflow_stream.nodes.http import HttpNode
+from linkflow_stream.nodes.secrets import Secrets
 from linkflow_stream.nodes.transform import TransformNode
 from linkflow_stream.nodes.wait import WaitNode
 from linkflow_stream.settings import Settings
@@ -22,6 +23,7 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             allow_private=settings.http_allow_private_networks,
             max_response_bytes=settings.http_max_response_bytes,
             default_timeout_seconds=settings.http_timeout_seconds,
+            secrets=Secrets(settings.secrets),
         ),
     ]
     return {e.type_name: e for e in executors}

@@ -270,7 +270,7 @@ REJECTIONS: list[tuple[str, Any, list[str]]] = [
     (
         "http headers not strings",
         with_node(EXAMPLE, "h", config={"url": "https://e.com", "headers": {"a": 1}}),
-        ["node 'h': config.headers: must be an object of string values"],
+        ['node \'h\': config.headers.a: must be a string or {"secret": "NAME"}'],
     ),
     (
         "http unknown field",

@@ -1,0 +1,180 @@
+"""The http node against a real local HTTP server (no engine needed: the executor is called directly)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from linkflow_stream.nodes.base import NodeContext, NodeFailure
+from linkflow_stream.nodes.http import HttpNode
+from linkflow_stream.nodes.secrets import Secrets
+from linkflow_stream.testing import TargetServer, serve
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TargetServer]:
+    yield from serve()
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[HttpNode]:
+    http = HttpNode(
+        allow_private=True,
+        max_response_bytes=64 * 1024,
+        secrets=Secrets({"API_TOKEN": SecretStr("t0ken"), "PASSWORD": SecretStr("pa55")}),
+    )
+    yield http
+    await http.close()
+
+
+def ctx(timeout: float = 5.0) -> NodeContext:
+    return NodeContext("exec_1", "wf", "h", 2, timeout)
+
+
+async def call(node: HttpNode, config: dict[str, Any], context: NodeContext | None = None) -> Any:
+    node.validate(config)
+    return await node.execute(context or ctx(), config, {})
+
+
+async def failure(node: HttpNode, config: dict[str, Any], context: NodeContext | None = None) -> NodeFailure:
+    with pytest.raises(NodeFailure) as info:
+        await call(node, config, context)
+    return info.value
+
+
+async def test_json_request_and_response(node: HttpNode, server: TargetServer) -> None:
+    out = await call(
+        node,
+        {
+            "method": "POST",
+            "url": f"{server.url}/echo",
+            "query": {"q": "a b", "n": 3},
+            "json": {"k": [1, 2]},
+            "headers": {"X-Trace": "t1"},
+        },
+    )
+    assert out["status"] == 200
+    assert out["body"]["echo"] == {"k": [1, 2]}
+    assert out["body"]["query"] == {"q": "a b", "n": "3"}
+    hit = server.hits("/echo")[-1]
+    assert hit["headers"]["Idempotency-Key"] == "exec_1/h/2"
+    assert hit["headers"]["X-Trace"] == "t1"
+
+
+async def test_form_and_text_bodies(node: HttpNode, server: TargetServer) -> None:
+    await call(node, {"method": "POST", "url": f"{server.url}/form", "form": {"a": "1", "b": "x y"}})
+    assert server.hits("/form")[-1]["body"] == "a=1&b=x+y"
+    assert server.hits("/form")[-1]["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    await call(node, {"method": "PUT", "url": f"{server.url}/text", "text": "hello"})
+    assert server.hits("/text")[-1]["body"] == "hello"
+
+
+async def test_bearer_and_basic_auth_from_secrets(node: HttpNode, server: TargetServer) -> None:
+    await call(
+        node, {"url": f"{server.url}/bearer", "auth": {"type": "bearer", "token": {"secret": "API_TOKEN"}}}
+    )
+    assert server.hits("/bearer")[-1]["headers"]["Authorization"] == "Bearer t0ken"
+    await call(
+        node,
+        {
+            "url": f"{server.url}/basic",
+            "auth": {"type": "basic", "username": "ann", "password": {"secret": "PASSWORD"}},
+            "headers": {"X-Key": {"secret": "API_TOKEN"}},
+        },
+    )
+    hit = server.hits("/basic")[-1]["headers"]
+    assert hit["Authorization"] == "Basic " + base64.b64encode(b"ann:pa55").decode()
+    assert hit["X-Key"] == "t0ken"
+    missing = await failure(node, {"url": f"{server.url}/x", "headers": {"X": {"secret": "NOT_SET"}}})
+    assert (missing.error_type, missing.retryable) == ("validation", False)
+    assert "NOT_SET" in missing.message
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "retryable"),
+    [
+        (404, "http_4xx", False),
+        (400, "http_4xx", False),
+        (429, "http_429", True),
+        (500, "http_5xx", True),
+        (503, "http_5xx", True),
+    ],
+)
+async def test_status_codes_fail_with_their_class(
+    node: HttpNode, server: TargetServer, status: int, error_class: str, retryable: bool
+) -> None:
+    err = await failure(node, {"url": f"{server.url}/status/{status}"})
+    assert (err.error_type, err.retryable) == (error_class, retryable)
+
+
+async def test_redirects_are_followed_and_bounded(node: HttpNode, server: TargetServer) -> None:
+    out = await call(node, {"url": f"{server.url}/redirect?to={server.url}/landed"})
+    assert out["body"]["path"] == "/landed"
+    err = await failure(node, {"url": f"{server.url}/loop"})
+    assert "more than 5 redirects" in err.message
+    assert len(server.hits("/loop")) == 6
+
+
+async def test_a_redirect_to_the_metadata_address_is_refused(node: HttpNode, server: TargetServer) -> None:
+    err = await failure(node, {"url": f"{server.url}/redirect?to=http://169.254.169.254/latest/meta-data/"})
+    assert err.error_type == "validation"
+    assert "metadata" in err.message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1/",
+        "http://localhost:1/",
+        "http://10.1.2.3/",
+        "http://[::1]:1/",
+        "http://192.168.0.1/",
+        "http://169.254.1.1/",
+    ],
+)
+async def test_private_addresses_are_refused_by_default(url: str) -> None:
+    strict = HttpNode()
+    try:
+        err = await failure(strict, {"url": url})
+    finally:
+        await strict.close()
+    assert err.error_type == "validation"
+    assert "refused" in err.message
+
+
+async def test_large_bodies_hit_the_cap_and_binary_is_base64(node: HttpNode, server: TargetServer) -> None:
+    err = await failure(node, {"url": f"{server.url}/big?n={200 * 1024}"})
+    assert err.error_type == "resource_limit"
+    out = await call(node, {"url": f"{server.url}/binary"})
+    assert out["body_encoding"] == "base64"
+    assert base64.b64decode(out["body"]) == bytes(range(256))
+
+
+async def test_slow_responses_time_out(node: HttpNode, server: TargetServer) -> None:
+    started = asyncio.get_running_loop().time()
+    err = await failure(node, {"url": f"{server.url}/slow?s=3"}, ctx(timeout=0.5))
+    assert err.error_type == "timeout" and err.retryable
+    assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_connection_refused_is_retryable(node: HttpNode) -> None:
+    err = await failure(node, {"url": "http://127.0.0.1:1/"})
+    assert (err.error_type, err.retryable) == ("connection", True)
+
+
+async def test_byte_counts_are_recorded(node: HttpNode, server: TargetServer) -> None:
+    context = ctx()
+    await call(node, {"method": "POST", "url": f"{server.url}/big?n=5000", "text": "0123456789"}, context)
+    assert context.usage == {"request_bytes": 10, "response_bytes": 5000}
+
+
+async def test_a_body_larger_than_one_read_arrives_whole(node: HttpNode, server: TargetServer) -> None:
+    out = await call(node, {"url": f"{server.url}/big?n={60 * 1024}"})
+    assert len(out["body"]) == 60 * 1024, "the body was cut at a socket read boundary"
