@@ -42,6 +42,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
                 "attempts": n.attempts,
                 "started_at": _iso(n.started_at),
                 "finished_at": _iso(n.finished_at),
+                "usage": n.usage,
             }
             for node_id, n in state.nodes.items()
         },

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, Protocol, cast
-from urllib.parse import quote, urlsplit
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
@@ -283,9 +283,9 @@ def pg_failure(name: str, exc: BaseException) -> NodeFailure:
         return NodeFailure("validation", text)
     if isinstance(exc, asyncpg.exceptions.DataError):
         return NodeFailure("validation", f"{prefix}: {exc}")
-    if isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError):
-        return NodeFailure("connection", f"{prefix}: {type(exc).__name__}: {exc}")
-    raise exc
+    # InterfaceError (connection closed under us), OSError (refused, unreachable, DNS), or the
+    # connect timeout: the database was not reachable.
+    return NodeFailure("connection", f"{prefix}: {type(exc).__name__}: {exc}")
 
 
 def _pg_param(type_name: str, value: Any) -> Any:
@@ -381,7 +381,3 @@ class PostgresDatabase:
             await asyncio.wait_for(pool.close(), timeout=5)
         except TimeoutError:
             pool.terminate()
-
-
-def as_query_result(value: object) -> QueryResult:
-    return cast(QueryResult, value)
