@@ -28,6 +28,8 @@ from projections.workflows import WorkflowView
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 300.0
+SYNC_SECONDS = 2.0
+"""Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 _STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
 EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
@@ -44,6 +46,7 @@ class ApiDeps:
     workflows: WorkflowView
     registry: Mapping[str, NodeExecutor]
     readiness: Callable[[], Mapping[str, bool]]
+    sync: Callable[[float], Awaitable[bool]] | None = None
     metrics: Callable[[], bytes] | None = None
     on_started: Callable[[StartExecution], None] | None = None
 
@@ -153,8 +156,17 @@ class Api:
             }
         )
 
+    async def _synced(self, found: Callable[[], Any]) -> Any:
+        """``found()``, and if it finds nothing, again once the views hold everything acknowledged
+        so far (another instance may have accepted it a moment ago)."""
+        value = found()
+        if value is None and self.d.sync is not None:
+            await self.d.sync(SYNC_SECONDS)
+            value = found()
+        return value
+
     async def get_workflow(self, request: web.Request) -> web.Response:
-        wf = self.d.workflows.get(request.match_info["id"])
+        wf = await self._synced(lambda: self.d.workflows.get(request.match_info["id"]))
         if wf is None:
             raise NotFoundError(f"workflow {request.match_info['id']!r} does not exist")
         return web.json_response(json.loads(wf.model_dump_json()))
@@ -171,7 +183,7 @@ class Api:
         unknown = set(body) - {"workflow_id", "input_data"}
         if unknown:
             raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        wf = self.d.workflows.get(workflow_id)
+        wf = await self._synced(lambda: self.d.workflows.get(workflow_id))
         if wf is None:
             raise NotFoundError(f"workflow {workflow_id!r} does not exist")
         request_record = StartExecution(
@@ -212,14 +224,14 @@ class Api:
         return web.json_response({"executions": rows, "count": len(rows)})
 
     async def get_execution(self, request: web.Request) -> web.Response:
-        body = self.d.status.get(request.match_info["id"])
+        body = await self._synced(lambda: self.d.status.get(request.match_info["id"]))
         if body is None:
             raise NotFoundError(f"execution {request.match_info['id']!r} does not exist")
         return web.json_response(body)
 
     async def cancel_execution(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
-        status = self.d.status.status(execution_id)
+        status = await self._synced(lambda: self.d.status.status(execution_id))
         if status is None:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         if status.terminal:

@@ -67,20 +67,20 @@ class Engine:
         self.readers = [
             LogReader(
                 settings.bootstrap_servers,
-                settings.topic(topic_names.WORKFLOWS),
+                [settings.topic(topic_names.WORKFLOWS)],
                 self._on_workflow,
                 on_error=self._view_error,
             ),
             LogReader(
                 settings.bootstrap_servers,
-                settings.topic(topic_names.EVENTS),
-                self._on_event,
+                [settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS)],
+                self._on_status_record,
                 on_error=self._view_error,
             ),
         ]
         self.control = LogReader(
             settings.bootstrap_servers,
-            settings.topic(topic_names.CONTROL),
+            [settings.topic(topic_names.CONTROL)],
             self._on_control,
             from_beginning=False,
         )
@@ -121,6 +121,9 @@ class Engine:
             changelog_topic=changelog,
             key_type=bytes,
             value_type=bytes,
+            # After every recovery (start-up and each rebalance), the heap learns the timers of
+            # the states this instance now owns: a taken-over wait must still fire.
+            on_recover=self._load_timers,
         )
         app.tables.add(self.table)
         tasks = app.topic(*(s.topic(topic_names.tasks(p)) for p in s.executor_pools), **RAW)
@@ -227,20 +230,31 @@ class Engine:
         )
         self.metrics.dlq.labels(msg.topic.removeprefix(self.settings.topic_prefix)).inc()
 
-    async def _run_timers(self) -> None:
-        """Started by Faust after table recovery: load every stored timer, then fire them when due."""
+    async def _load_timers(self) -> None:
         states = [self.codec.decode(v, ExecutionState) for _, v in self.table.items() if v is not None]
         self.timers.rebuild(states)
+        log.info("timer service: loaded the timers of %d stored executions", len(states))
+
+    async def _run_timers(self) -> None:
+        """Started by Faust once the first recovery is done; fires timers when due."""
+        await self._load_timers()
         self.recovered = True
-        log.info("timer service: %d executions with timers after recovery", len(states))
         await self.timers.run()
 
     # -- views --------------------------------------------------------------------------------
     def _on_workflow(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.workflows.apply(self.codec.decode(record.value, WorkflowDefinition))
 
-    def _on_event(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        self.status.apply(self.codec.decode(record.value, ExecutionEvent))
+    def _on_status_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Events fold into states; requests are known as accepted until their events arrive."""
+        if record.topic == self.settings.topic(topic_names.EVENTS):
+            self.status.apply(self.codec.decode(record.value, ExecutionEvent))
+        else:
+            self.status.accept(self.codec.decode(record.value, StartExecution))
+
+    async def sync_views(self, within: float) -> bool:
+        """Catch every view up with what the log held when this was called (read-your-writes)."""
+        return all(await asyncio.gather(*(r.sync(within) for r in self.readers)))
 
     def _on_control(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.executor.cancel(self.codec.decode(record.value, ControlMessage))
@@ -276,6 +290,7 @@ class EngineServices(mode.Service):
                 registry=e.registry,
                 readiness=e.readiness,
                 metrics=e.metrics.render,
+                sync=e.sync_views,
             )
         )
         self._runner = web.AppRunner(api.app(), access_log=None)

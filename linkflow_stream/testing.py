@@ -74,7 +74,7 @@ class EngineProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"engine-{self.prefix}log"
+        return self.workdir / f"engine-{self.prefix}{self.port}.log"
 
     def settings(self) -> Settings:
         return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
@@ -89,7 +89,7 @@ class EngineProcess:
                 "LINKFLOW_API_PORT": str(self.port),
                 "LINKFLOW_API_HOST": "127.0.0.1",
                 "LINKFLOW_REGISTRY_PORT": str(free_port()),
-                "LINKFLOW_DATA_DIR": str(self.workdir / self.prefix),
+                "LINKFLOW_DATA_DIR": str(self.workdir / f"{self.prefix}{self.port}"),
                 "LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
                 "LINKFLOW_SESSION_TIMEOUT_SECONDS": "6",
                 "LINKFLOW_LEASE_GRACE_SECONDS": "2",
@@ -97,6 +97,16 @@ class EngineProcess:
             }
         )
         return env
+
+    def sibling(self) -> EngineProcess:
+        """Another instance of the same engine: same topics and consumer group, own port and files."""
+        return EngineProcess(
+            bootstrap=self.bootstrap,
+            workdir=self.workdir,
+            prefix=self.prefix,
+            extra_env=dict(self.extra_env),
+            starts=1,
+        )
 
     def start(self, timeout: float = 90) -> None:
         if self.starts == 0:

@@ -7,8 +7,9 @@ view and reading again from offset 0 rebuilds it: replay is the normal start-up 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.client import AIOKafkaClient
@@ -30,12 +31,12 @@ async def topic_partitions(bootstrap_servers: str, topic: str) -> set[int]:
 
 
 class LogReader:
-    """Reads ``topic`` from the beginning and hands each record to ``handle``, forever."""
+    """Reads ``topics`` from the beginning and hands each record to ``handle``, forever."""
 
     def __init__(
         self,
         bootstrap_servers: str,
-        topic: str,
+        topics: Sequence[str],
         handle: Handler,
         *,
         on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
@@ -43,13 +44,15 @@ class LogReader:
     ) -> None:
         self.from_beginning = from_beginning
         self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
+        self.topics = tuple(topics)
         self.handle = handle
         self.on_error = on_error
         self.caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._targets: dict[TopicPartition, int] = {}
+        self._partitions: list[TopicPartition] = []
+        self._handled: dict[TopicPartition, int] = {}
+        self._progress = asyncio.Event()
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -60,22 +63,30 @@ class LogReader:
         )
         await consumer.start()
         self._consumer = consumer
-        partitions = await topic_partitions(self.bootstrap_servers, self.topic)
-        if not partitions:
-            await consumer.stop()
-            msg = f"topic {self.topic} does not exist: run `linkflow topics apply`"
-            raise RuntimeError(msg)
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
+        for topic in self.topics:
+            partitions = await topic_partitions(self.bootstrap_servers, topic)
+            if not partitions:
+                await consumer.stop()
+                msg = f"topic {topic} does not exist: run `linkflow topics apply`"
+                raise RuntimeError(msg)
+            self._partitions += [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(self._partitions)
         if self.from_beginning:
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            self._targets = {tp: off for tp, off in ends.items() if off > 0}
+            await consumer.seek_to_beginning(*self._partitions)
         else:
-            await consumer.seek_to_end(*tps)
-        if not self._targets:
+            await consumer.seek_to_end(*self._partitions)
+            for tp in self._partitions:
+                self._handled[tp] = await consumer.position(tp)
+        self._task = asyncio.create_task(self._run(), name=f"log-reader:{','.join(self.topics)}")
+        if self.from_beginning:
+            asyncio.create_task(self._mark_caught_up(), name="log-reader:caught-up")  # noqa: RUF006 - ends by itself
+        else:
             self.caught_up.set()
-        self._task = asyncio.create_task(self._run(), name=f"log-reader:{self.topic}")
+
+    async def _mark_caught_up(self) -> None:
+        while not await self.sync(within=60):
+            log.warning("view of %s still replaying", ",".join(self.topics))
+        self.caught_up.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -83,6 +94,24 @@ class LogReader:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+
+    async def sync(self, within: float) -> bool:
+        """Wait until every record written before this call has been handled; False on timeout.
+
+        A view answers "not found" only after a sync, so a client never misses what another
+        instance has already acknowledged to it.
+        """
+        assert self._consumer is not None
+        ends = await self._consumer.end_offsets(self._partitions)
+        deadline = asyncio.get_running_loop().time() + within
+        while any(self._handled.get(tp, 0) < end for tp, end in ends.items()):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), timeout=min(remaining, 0.05))
+        return True
 
     async def _run(self) -> None:
         consumer = self._consumer
@@ -94,14 +123,10 @@ class LogReader:
                     try:
                         self.handle(record)
                     except Exception as exc:
-                        log.exception("view %s could not apply %s@%s", self.topic, tp, record.offset)
+                        log.exception("view of %s could not apply %s@%s", tp.topic, tp, record.offset)
                         if self.on_error is not None:
                             await self.on_error(record, exc)
-            if not self.caught_up.is_set():
-                done = all(await asyncio.gather(*(self._reached(tp, t) for tp, t in self._targets.items())))
-                if done:
-                    self.caught_up.set()
-
-    async def _reached(self, tp: TopicPartition, target: int) -> bool:
-        assert self._consumer is not None
-        return bool(await self._consumer.position(tp) >= target)
+                    self._handled[tp] = record.offset + 1
+            for tp in self._partitions:  # an empty or compacted tail still counts as read
+                self._handled[tp] = max(self._handled.get(tp, 0), await consumer.position(tp))
+            self._progress.set()
