@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -15,7 +16,7 @@ from aiokafka import ConsumerRecord
 
 from linkflow_stream import topic_names
 from linkflow_stream.api import Api, ApiDeps
-from linkflow_stream.clock import from_millis, seconds_to_millis
+from linkflow_stream.clock import from_millis, now, seconds_to_millis
 from linkflow_stream.codec import Codec, DecodeError, default_codec
 from linkflow_stream.dead_letters import dead_letter
 from linkflow_stream.decider import Input
@@ -27,10 +28,12 @@ from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.orchestrator import Orchestrator
 from linkflow_stream.partitioning import ExecutionTable
 from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.registry_api import RegistryApi
 from linkflow_stream.settings import Settings
 from linkflow_stream.state import ExecutionState
 from linkflow_stream.timers import TimerService
 from linkflow_stream.topics import execution_partitions
+from linkflow_stream.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
 from linkflow_stream.workflow import WorkflowDefinition
 from projections.log_reader import LogReader
 from projections.status import StatusView
@@ -60,6 +63,7 @@ class Engine:
         self.status = StatusView()
         self.metrics = Metrics(active=self.status.active_count)
         self.workflows = WorkflowView()
+        self.workers = WorkerView()
         self.inputs_processed = 0
         self.recovered = False
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +82,14 @@ class Engine:
                 on_error=self._view_error,
             ),
         ]
+        self.readers.append(
+            LogReader(
+                settings.bootstrap_servers,
+                [settings.topic(topic_names.WORKERS)],
+                self._on_worker,
+                on_error=self._view_error,
+            )
+        )
         self.control = LogReader(
             settings.bootstrap_servers,
             [settings.topic(topic_names.CONTROL)],
@@ -245,6 +257,42 @@ class Engine:
     def _on_workflow(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.workflows.apply(self.codec.decode(record.value, WorkflowDefinition))
 
+    def _on_worker(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.workers.apply(self.codec.decode(record.value, WorkerRecord))
+
+    def self_record(self, registered_at: datetime) -> WorkerRecord:
+        """This process as a worker: its executor slots, its pools, what it runs now."""
+        return WorkerRecord(
+            id=self.executor.worker_id,
+            capacity=self.settings.executor_slots,
+            tags=self.settings.executor_pools,
+            running=len(self.executor.running),
+            registered_at=registered_at,
+            heartbeat_at=now(),
+            engine=True,
+        )
+
+    async def heartbeat(self) -> None:
+        """Register this process, then tell the registry it is alive every few seconds."""
+        registered_at = now()
+        while True:
+            record = self.self_record(registered_at)
+            try:
+                await self.publisher.send(
+                    [
+                        Outgoing(
+                            topic_names.WORKERS,
+                            record.id,
+                            record,
+                            "io.linkflow.worker.heartbeat",
+                            time=record.heartbeat_at,
+                        )
+                    ]
+                )
+            except Exception:
+                log.exception("worker heartbeat failed; the next one will tell")
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
     def _on_status_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Events fold into states; requests are known as accepted until their events arrive."""
         if record.topic == self.settings.topic(topic_names.EVENTS):
@@ -270,41 +318,56 @@ class Engine:
 
 
 class EngineServices(mode.Service):
-    """Publisher, views and HTTP API: started before the Faust app so /healthz answers at once."""
+    """Publisher, views and the HTTP APIs: started before the Faust app so /healthz answers at once."""
 
     def __init__(self, engine: Engine, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.engine = engine
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def _serve(self, app: web.Application, port: int, name: str) -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, self.engine.settings.api_host, port).start()
+        self._runners.append(runner)
+        log.info("%s listening on %s:%d", name, self.engine.settings.api_host, port)
 
     async def on_start(self) -> None:
         e = self.engine
         await e.publisher.start()
         for reader in (*e.readers, e.control):
             await reader.start()
-        api = Api(
-            ApiDeps(
-                publisher=e.publisher,
-                status=e.status,
-                workflows=e.workflows,
-                registry=e.registry,
-                readiness=e.readiness,
-                metrics=e.metrics.render,
-                sync=e.sync_views,
-            )
+        deps = ApiDeps(
+            publisher=e.publisher,
+            status=e.status,
+            workflows=e.workflows,
+            registry=e.registry,
+            readiness=e.readiness,
+            metrics=e.metrics.render,
+            sync=e.sync_views,
         )
-        self._runner = web.AppRunner(api.app(), access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, e.settings.api_host, e.settings.api_port).start()
-        log.info("execution API listening on %s:%d", e.settings.api_host, e.settings.api_port)
+        await self._serve(Api(deps).app(), e.settings.api_port, "execution API")
+        await self._serve(
+            RegistryApi(e.publisher, e.workers, e.sync_views).app(),
+            e.settings.registry_port,
+            "worker registry",
+        )
+        self._heartbeat = asyncio.create_task(e.heartbeat(), name="worker-heartbeat")
 
     async def on_stop(self) -> None:
         e = self.engine
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for runner in self._runners:
+            await runner.cleanup()
         for reader in (*e.readers, e.control):
             await reader.stop()
         await asyncio.gather(*e.executor.running.values(), return_exceptions=True)
+        for node in e.registry.values():
+            close = getattr(node, "close", None)
+            if close is not None:
+                await close()
         await e.publisher.stop()
 
 

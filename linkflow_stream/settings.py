@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     """Named secrets for node configs (``{"secret": "NAME"}``), as JSON in ``LINKFLOW_SECRETS``.
     A name missing here is looked up in ``LINKFLOW_SECRET_<NAME>``. Default empty."""
 
+    databases: dict[str, SecretStr] = Field(default_factory=dict)
+    """Named database connections for ``db`` nodes, as JSON in ``LINKFLOW_DATABASES``:
+    ``{"main": "postgresql://user:pass@host/db", "local": "sqlite:////var/data/app.db"}``.
+    Default empty."""
+
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""
 

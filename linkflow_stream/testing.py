@@ -65,12 +65,17 @@ class EngineProcess:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    registry_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://127.0.0.1:{self.registry_port}"
 
     @property
     def log_path(self) -> Path:
@@ -88,7 +93,7 @@ class EngineProcess:
                 "LINKFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
                 "LINKFLOW_API_PORT": str(self.port),
                 "LINKFLOW_API_HOST": "127.0.0.1",
-                "LINKFLOW_REGISTRY_PORT": str(free_port()),
+                "LINKFLOW_REGISTRY_PORT": str(self.registry_port),
                 "LINKFLOW_DATA_DIR": str(self.workdir / f"{self.prefix}{self.port}"),
                 "LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
                 "LINKFLOW_SESSION_TIMEOUT_SECONDS": "6",

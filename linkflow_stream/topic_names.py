@@ -10,6 +10,7 @@ RESULTS = "linkflow.results"
 EVENTS = "linkflow.events"
 STATE = "linkflow.state.executions"
 CONTROL = "linkflow.control"
+WORKERS = "linkflow.workers"
 DLQ = "linkflow.dlq"
 
 

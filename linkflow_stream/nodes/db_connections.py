@@ -22,6 +22,7 @@ import base64
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -40,6 +41,9 @@ from linkflow_stream.nodes.base import NodeFailure
 
 Dialect = Literal["sqlite", "postgresql"]
 
+PgRange: Any = asyncpg.Range
+"""The value asyncpg gives for a PostgreSQL range column."""
+
 
 @dataclass(frozen=True)
 class Query:
@@ -56,7 +60,8 @@ class Query:
 
     @property
     def timeout_millis(self) -> int:
-        return max(1, math.ceil(self.timeout_seconds * 1000))
+        """The timeout as the databases take it: whole milliseconds, at least 1, a 32-bit int."""
+        return min(max(1, math.ceil(self.timeout_seconds * 1000)), 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,18 @@ class QueryResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]
     truncated: bool
+
+
+def check_columns(name: str, columns: Sequence[str]) -> None:
+    """Refuse a result with two columns of one name (a row object cannot hold both); raised
+    before the transaction commits, so a failed write leaves nothing behind."""
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise NodeFailure(
+            "validation",
+            f"database {name!r}: the result has more than one column named "
+            f"{', '.join(duplicates)}; give them distinct aliases",
+        )
 
 
 class Database(Protocol):
@@ -106,25 +123,21 @@ class Databases:
         self.dialects: dict[str, Dialect] = {name: dialect_of(name, url) for name, url in self._urls.items()}
         self._pool_max_size = pool_max_size
         self._open: dict[str, Database] = {}
-        self._lock = asyncio.Lock()
 
     def names(self) -> list[str]:
         return sorted(self._urls)
 
-    async def get(self, name: str) -> Database:
+    def get(self, name: str) -> Database:
+        """The database called ``name`` (a configured name); it connects when first used."""
         db = self._open.get(name)
-        if db is not None:
-            return db
-        async with self._lock:
-            db = self._open.get(name)
-            if db is None:
-                url = self._urls[name]
-                if self.dialects[name] == "sqlite":
-                    db = SqliteDatabase(name, sqlite_uri(url))
-                else:
-                    db = PostgresDatabase(name, url, max_size=self._pool_max_size)
-                self._open[name] = db
-            return db
+        if db is None:
+            url = self._urls[name]
+            if self.dialects[name] == "sqlite":
+                db = SqliteDatabase(name, sqlite_uri(url))
+            else:
+                db = PostgresDatabase(name, url, max_size=self._pool_max_size)
+            self._open[name] = db
+        return db
 
     async def close(self) -> None:
         opened, self._open = self._open, {}
@@ -155,8 +168,9 @@ def sqlite_failure(name: str, exc: Exception) -> NodeFailure:
     """
     if not isinstance(exc, sqlite3.Error):  # OverflowError, ValueError: a parameter SQLite cannot bind
         return NodeFailure("validation", f"database {name!r}: cannot bind a parameter: {exc}")
-    code = (exc.sqlite_errorcode or 0) & 0xFF
-    errname = exc.sqlite_errorname or type(exc).__name__
+    # Errors raised by the sqlite3 module itself (two statements, a missing binding) have no code.
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    errname = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     message = f"database {name!r}: {errname}: {exc}"
     if code == sqlite3.SQLITE_INTERRUPT:
         return NodeFailure("timeout", f"{message} (statement timeout)")
@@ -216,17 +230,30 @@ class SqliteDatabase:
             conn.set_progress_handler(lambda: stop.is_set() or time.monotonic() > deadline, 1000)
             try:
                 cursor = conn.execute(query.sql, dict(query.params))
-                columns = [d[0] for d in cursor.description or ()]
-                rows = cursor.fetchmany(query.max_rows + 1) if columns else []
-                cursor.close()
+                try:
+                    columns = [d[0] for d in cursor.description or ()]
+                    check_columns(self.name, columns)
+                    rows = cursor.fetchmany(query.max_rows + 1) if columns else []
+                finally:
+                    # Resets the statement: a half-read one (above all a write with RETURNING)
+                    # would otherwise stay "in progress" and block every later COMMIT.
+                    cursor.close()
             finally:
                 conn.set_progress_handler(None, 0)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._abort(conn)
             raise
         return QueryResult(columns, rows[: query.max_rows], len(rows) > query.max_rows)
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        """Roll back; a connection that cannot is closed, so the next statement starts clean."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            self._conn = None
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -251,8 +278,8 @@ _PG_RETRYABLE_STATES = {
 }
 
 
-def pg_failure(name: str, exc: BaseException) -> NodeFailure:
-    """The node failure for an asyncpg or socket error.
+def pg_failure(name: str, exc: BaseException, order: Sequence[str] = ()) -> NodeFailure:
+    """The node failure for an asyncpg or socket error; ``order`` names ``$n`` in messages.
 
     SQLSTATE 40001 (serialization failure) and 40P01 (deadlock) are class ``connection`` and
     retryable: the server rolled the whole transaction back, nothing was committed, and the same
@@ -266,7 +293,8 @@ def pg_failure(name: str, exc: BaseException) -> NodeFailure:
     prefix = f"database {name!r}"
     if isinstance(exc, asyncpg.PostgresError):
         state = str(exc.sqlstate or "")
-        text = f"{prefix}: SQLSTATE {state}: {exc.message}"
+        # asyncpg raises its client-side encoding errors as DataError (22000) with no server message.
+        text = f"{prefix}: SQLSTATE {state}: {_named(exc.message or str(exc), order)}"
         detail = getattr(exc, "detail", None)
         if detail:
             text += f" ({detail})"
@@ -281,11 +309,24 @@ def pg_failure(name: str, exc: BaseException) -> NodeFailure:
         if state[:2] == "54":
             return NodeFailure("resource_limit", text)
         return NodeFailure("validation", text)
-    if isinstance(exc, asyncpg.exceptions.DataError):
-        return NodeFailure("validation", f"{prefix}: {exc}")
+    text = f"{prefix}: {type(exc).__name__}: {_named(str(exc), order)}"
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return NodeFailure("connection", text, retryable=False)
+    if isinstance(exc, ValueError):  # asyncpg's client-side DataError: a value it cannot encode
+        return NodeFailure("validation", text)
     # InterfaceError (connection closed under us), OSError (refused, unreachable, DNS), or the
     # connect timeout: the database was not reachable.
-    return NodeFailure("connection", f"{prefix}: {type(exc).__name__}: {exc}")
+    return NodeFailure("connection", text)
+
+
+def _named(message: str, order: Sequence[str]) -> str:
+    """asyncpg's ``query argument $2`` as ``parameter :name``, the name the config uses."""
+
+    def name(match: re.Match[str]) -> str:
+        n = int(match.group(1))
+        return f"parameter :{order[n - 1]}" if 0 < n <= len(order) else match.group()
+
+    return re.sub(r"query argument \$(\d+)", name, message)
 
 
 def _pg_param(type_name: str, value: Any) -> Any:
@@ -301,10 +342,16 @@ def _pg_param(type_name: str, value: Any) -> Any:
     if isinstance(value, str):
         if type_name == "date":
             return date.fromisoformat(value)
-        if type_name in ("timestamp", "timestamptz"):
+        # Like PostgreSQL's own text input: ``timestamp``/``time`` ignore an offset, and
+        # ``timestamptz`` takes a string without one as UTC (asyncpg's rule for naive values).
+        if type_name == "timestamptz":
             return datetime.fromisoformat(value)
-        if type_name in ("time", "timetz"):
+        if type_name == "timestamp":
+            return datetime.fromisoformat(value).replace(tzinfo=None)
+        if type_name == "timetz":
             return time_of_day.fromisoformat(value)
+        if type_name == "time":
+            return time_of_day.fromisoformat(value).replace(tzinfo=None)
         if type_name == "bytea":
             return base64.b64decode(value, validate=True)
         if type_name == "numeric":
@@ -332,13 +379,17 @@ class PostgresDatabase:
         self._dsn = dsn
         self._max_size = max_size
         self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
 
     async def _get_pool(self) -> Any:
-        if self._pool is None:
-            self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=0, max_size=self._max_size, init=_init_connection
-            )
-        return self._pool
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_lock:  # one pool, even when the first statements come together
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=0, max_size=self._max_size, init=_init_connection
+                )
+            return self._pool
 
     async def run(self, query: Query) -> QueryResult:
         try:
@@ -346,17 +397,22 @@ class PostgresDatabase:
             async with pool.acquire() as conn:
                 return await self._run(conn, query)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise pg_failure(self.name, exc) from exc
+            raise pg_failure(self.name, exc, query.order) from exc
 
     async def _run(self, conn: Any, query: Query) -> QueryResult:
         async with conn.transaction(readonly=query.read_only):
             await conn.execute("select set_config('statement_timeout', $1, true)", str(query.timeout_millis))
             stmt = await conn.prepare(query.sql)
-            args = [
-                self._arg(n, param.name, query.params[n])
-                for n, param in zip(query.order, stmt.get_parameters(), strict=True)
-            ]
+            types = stmt.get_parameters()
+            if len(types) != len(query.order):  # only if the server lexes the SQL differently
+                raise NodeFailure(
+                    "validation",
+                    f"database {self.name!r}: the server sees {len(types)} parameters where the node "
+                    f"found {len(query.order)} (:{', :'.join(query.order)}); is a quote unbalanced?",
+                )
+            args = [self._arg(n, t.name, query.params[n]) for n, t in zip(query.order, types, strict=True)]
             columns = [str(a.name) for a in stmt.get_attributes()]
+            check_columns(self.name, columns)
             if not columns:
                 await stmt.fetch(*args)
                 return QueryResult([], [], truncated=False)

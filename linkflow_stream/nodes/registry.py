@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from linkflow_stream.decider import DeciderConfig, NodeKind
 from linkflow_stream.nodes.base import NodeExecutor
 from linkflow_stream.nodes.condition import ConditionNode
+from linkflow_stream.nodes.db import DbNode
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.nodes.secrets import Secrets
 from linkflow_stream.nodes.transform import TransformNode
@@ -25,6 +26,7 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             default_timeout_seconds=settings.http_timeout_seconds,
             secrets=Secrets(settings.secrets),
         ),
+        DbNode({name: url.get_secret_value() for name, url in settings.databases.items()}),
     ]
     return {e.type_name: e for e in executors}
 

@@ -18,11 +18,19 @@ def test_reads_from_any_instance_and_failover(engine_factory: Callable[..., Engi
     b = a.sibling()
     b.start()
     try:
-        wf = {"id": f"pair-{uuid.uuid4().hex[:6]}", "nodes": [
-            {"id": "first", "type": "transform", "config": {"expression": "input.i"}},
-            {"id": "w", "type": "wait", "depends_on": ["first"], "config": {"seconds": 2}},
-            {"id": "last", "type": "transform", "depends_on": ["w"], "config": {"expression": "nodes.first * 10"}},
-        ]}
+        wf = {
+            "id": f"pair-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {"id": "first", "type": "transform", "config": {"expression": "input.i"}},
+                {"id": "w", "type": "wait", "depends_on": ["first"], "config": {"seconds": 2}},
+                {
+                    "id": "last",
+                    "type": "transform",
+                    "depends_on": ["w"],
+                    "config": {"expression": "nodes.first * 10"},
+                },
+            ],
+        }
         a.register(wf)
         # Workflow registrations reach the other instance through the log.
         deadline = time.monotonic() + 10

@@ -40,6 +40,7 @@ from linkflow_stream.state import (
     TimerKind,
     Transition,
 )
+from linkflow_stream.workers import WorkerRecord, WorkerState
 from linkflow_stream.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
 
 SCHEMA_FILES = sorted(codec.SCHEMA_DIR.glob("*.avsc"))
@@ -138,6 +139,16 @@ def records() -> list[BaseModel]:
         ),
         ControlMessage(execution_id="e1"),
         ControlMessage(execution_id="e1", node_id="h", reason="execution cancelled"),
+        WorkerRecord(
+            id="w1",
+            capacity=10,
+            tags=("gpu",),
+            running=3,
+            state=WorkerState.DEREGISTERED,
+            registered_at=T,
+            heartbeat_at=T,
+            engine=True,
+        ),
         ExecutionEvent(
             execution_id="e1",
             seq=1,
@@ -258,6 +269,7 @@ def test_every_record_type_on_a_topic_is_covered() -> None:
         "ExecutionEvent",
         "ExecutionState",
         "WorkflowDefinition",
+        "WorkerRecord",
     } <= covered
     # every record schema has a model exercised above
     record_schemas = {

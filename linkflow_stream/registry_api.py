@@ -1,0 +1,78 @@
+"""The worker registry API on port 8085 (EXEC-004's contract)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from linkflow_stream import topic_names
+from linkflow_stream.api import errors_as_json
+from linkflow_stream.clock import now
+from linkflow_stream.errors import NotFoundError, ValidationError
+from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.workers import WorkerRecord, WorkerState, WorkerView, parse_registration
+
+
+class RegistryApi:
+    def __init__(
+        self, publisher: Publisher, view: WorkerView, sync: Callable[[float], Awaitable[bool]]
+    ) -> None:
+        self.publisher = publisher
+        self.view = view
+        self.sync = sync
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+        app.add_routes(
+            [
+                web.post("/api/workers/register", self.register),
+                web.post("/api/workers/{id}/heartbeat", self.heartbeat),
+                web.post("/api/workers/{id}/deregister", self.deregister),
+                web.get("/api/workers/status", self.status),
+                web.get("/healthz", self.healthz),
+            ]
+        )
+        return app
+
+    async def _publish(self, record: WorkerRecord, ce_type: str) -> None:
+        await self.publisher.send(
+            [Outgoing(topic_names.WORKERS, record.id, record, ce_type, time=record.heartbeat_at)]
+        )
+        self.view.apply(record)
+
+    async def _known(self, worker_id: str) -> WorkerRecord:
+        record = self.view.get(worker_id)
+        if record is None:
+            await self.sync(2.0)
+            record = self.view.get(worker_id)
+        if record is None or record.state is WorkerState.DEREGISTERED:
+            raise NotFoundError(f"worker {worker_id!r} is not registered")
+        return record
+
+    async def register(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read() or b"null")
+        except ValueError as exc:
+            raise ValidationError(f"malformed JSON: {exc}") from exc
+        record = parse_registration(body, now())
+        await self._publish(record, "io.linkflow.worker.registered")
+        return web.json_response({"id": record.id, "status": "registered"}, status=201)
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        record = await self._known(request.match_info["id"])
+        await self._publish(record.model_copy(update={"heartbeat_at": now()}), "io.linkflow.worker.heartbeat")
+        return web.json_response({"id": record.id, "status": "alive"})
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        record = await self._known(request.match_info["id"])
+        gone = record.model_copy(update={"state": WorkerState.DEREGISTERED, "heartbeat_at": now()})
+        await self._publish(gone, "io.linkflow.worker.deregistered")
+        return web.json_response({"id": record.id, "status": "deregistered"}, status=202)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.view.status(now()))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})

@@ -1,0 +1,104 @@
+"""Worker registration and health (EXEC-004's registry on port 8085).
+
+Kafka's consumer group is what distributes node tasks: a worker takes work by consuming
+``linkflow.tasks.<pool>``, and a dead one's partitions move to the others. The registry records
+who is there, with what capacity and tags, and whether it is alive: every engine process
+registers itself and heartbeats; other workers register over HTTP. Records live on the compacted
+``linkflow.workers`` topic, so any instance answers from its view.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from linkflow_stream.errors import ValidationError
+
+WORKER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+TAG = re.compile(r"^[a-z0-9-]{1,32}$")
+HEARTBEAT_SECONDS = 5.0
+ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
+
+
+class WorkerState(StrEnum):
+    ACTIVE = "active"
+    DEREGISTERED = "deregistered"
+
+
+class WorkerRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    capacity: int
+    tags: tuple[str, ...] = ()
+    running: int = 0
+    state: WorkerState = WorkerState.ACTIVE
+    registered_at: datetime
+    heartbeat_at: datetime
+    engine: bool = False
+
+
+def parse_registration(body: Any, at: datetime) -> WorkerRecord:
+    """A registration request, or ``ValidationError`` saying what is wrong with it."""
+    if not isinstance(body, dict):
+        raise ValidationError('the body must be a JSON object: {"id", "capacity", "tags"}')
+    unknown = set(body) - {"id", "capacity", "tags"}
+    if unknown:
+        raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    worker_id, capacity, tags = body.get("id"), body.get("capacity"), body.get("tags", [])
+    if not isinstance(worker_id, str) or not WORKER_ID.match(worker_id):
+        raise ValidationError(f"id must match {WORKER_ID.pattern}")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 100_000:
+        raise ValidationError("capacity must be an integer from 1 to 100000")
+    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG.match(t) for t in tags):
+        raise ValidationError(f"tags must be a list of strings matching {TAG.pattern}")
+    return WorkerRecord(
+        id=worker_id, capacity=capacity, tags=tuple(dict.fromkeys(tags)), registered_at=at, heartbeat_at=at
+    )
+
+
+class WorkerView:
+    """The latest record of every worker, folded from ``linkflow.workers``."""
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerRecord] = {}
+
+    def apply(self, record: WorkerRecord) -> None:
+        current = self.workers.get(record.id)
+        if current is None or record.heartbeat_at >= current.heartbeat_at:
+            self.workers[record.id] = record
+
+    def get(self, worker_id: str) -> WorkerRecord | None:
+        return self.workers.get(worker_id)
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        """The ``GET /api/workers/status`` body."""
+        rows = []
+        for w in sorted(self.workers.values(), key=lambda w: w.id):
+            if w.state is WorkerState.DEREGISTERED:
+                continue
+            alive = now - w.heartbeat_at <= timedelta(seconds=ALIVE_SECONDS)
+            rows.append(
+                {
+                    "id": w.id,
+                    "capacity": w.capacity,
+                    "tags": list(w.tags),
+                    "running": w.running,
+                    "alive": alive,
+                    "engine": w.engine,
+                    "registered_at": w.registered_at.isoformat().replace("+00:00", "Z"),
+                    "last_heartbeat": w.heartbeat_at.isoformat().replace("+00:00", "Z"),
+                }
+            )
+        alive_rows = [r for r in rows if r["alive"]]
+        return {
+            "workers": rows,
+            "count": len(rows),
+            "alive": len(alive_rows),
+            "capacity": sum(r["capacity"] for r in alive_rows),
+            "running": sum(r["running"] for r in alive_rows),
+        }
