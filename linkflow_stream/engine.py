@@ -4,7 +4,9 @@ services around it (publisher, views, timers, HTTP API)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -14,7 +16,7 @@ import mode
 from aiohttp import web
 from aiokafka import ConsumerRecord
 
-from linkflow_stream import topic_names
+from linkflow_stream import gc_tuning, topic_names
 from linkflow_stream.api import Api, ApiDeps
 from linkflow_stream.clock import from_millis, now, seconds_to_millis
 from linkflow_stream.codec import Codec, DecodeError, default_codec
@@ -193,6 +195,7 @@ class Engine:
                 continue
             self.inputs_processed += 1
             self.metrics.inputs.labels(type(inp).__name__).inc()
+            self.metrics.input_lag.observe(max(0.0, time.time() - msg.timestamp))
             if step.changed and step.state is not None:
                 states[msg.key] = step.state
                 outputs.extend(step.outputs)
@@ -297,6 +300,7 @@ class Engine:
         """Events fold into states; requests are known as accepted until their events arrive."""
         if record.topic == self.settings.topic(topic_names.EVENTS):
             self.status.apply(self.codec.decode(record.value, ExecutionEvent))
+            self.metrics.view_lag.observe(max(0.0, time.time() - record.timestamp / 1000))
         else:
             self.status.accept(self.codec.decode(record.value, StartExecution))
 
@@ -325,6 +329,7 @@ class EngineServices(mode.Service):
         self.engine = engine
         self._runners: list[web.AppRunner] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._freezer: asyncio.Task[None] | None = None
 
     async def _serve(self, app: web.Application, port: int, name: str) -> None:
         runner = web.AppRunner(app, access_log=None)
@@ -354,11 +359,15 @@ class EngineServices(mode.Service):
             "worker registry",
         )
         self._heartbeat = asyncio.create_task(e.heartbeat(), name="worker-heartbeat")
+        await asyncio.gather(*(r.caught_up.wait() for r in e.readers))
+        gc.freeze()  # the replayed views are long-lived: keep them out of the collector's scans
+        self._freezer = asyncio.create_task(gc_tuning.freeze_survivors(), name="gc-freeze")
 
     async def on_stop(self) -> None:
         e = self.engine
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        for task in (self._heartbeat, self._freezer):
+            if task is not None:
+                task.cancel()
         for runner in self._runners:
             await runner.cleanup()
         for reader in (*e.readers, e.control):
@@ -373,6 +382,7 @@ class EngineServices(mode.Service):
 
 def run(settings: Settings, loglevel: str = "info") -> None:
     """Run the engine in the foreground until SIGINT/SIGTERM."""
+    gc_tuning.tune()
     engine = Engine(settings)
     worker = faust.Worker(engine.app, EngineServices(engine), loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

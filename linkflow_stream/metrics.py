@@ -53,6 +53,18 @@ class Metrics:
         self.dlq = Counter(
             "linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"], registry=r
         )
+        self.input_lag = Histogram(
+            "linkflow_orchestrator_input_lag_seconds",
+            "From an input record's timestamp to the orchestrator deciding on it",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.view_lag = Histogram(
+            "linkflow_view_lag_seconds",
+            "From an event's timestamp to the status view applying it",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.inputs = Counter(
             "linkflow_orchestrator_inputs_total", "Inputs the orchestrator processed", ["kind"], registry=r
         )

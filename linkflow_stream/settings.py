@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     orchestrator_batch_max: int = Field(default=256, ge=1)
     """Inputs the orchestrator decides before one shared wait for the broker's acks. Default ``256``."""
 
-    orchestrator_batch_wait_seconds: float = Field(default=0.002, gt=0)
-    """Longest wait to fill a batch; the latency each orchestrator hop may add. Default ``0.002``."""
+    orchestrator_batch_wait_seconds: float = Field(default=0.0005, gt=0)
+    """Longest wait to fill a batch; the latency each orchestrator hop may add. Default ``0.0005``
+    (measured: 2 ms made Faust's take() fall behind under load, see docs/decisions/0002)."""
 
     lease_grace_seconds: float = 5.0
     """Time beyond a node's timeout before its task is presumed lost and dispatched again.
