@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import click
@@ -61,6 +62,61 @@ def kafka_stop(data_dir: Path) -> None:
     """Stop the broker started by ``linkflow kafka start``."""
     _broker(data_dir, 0).stop()
     click.echo("Kafka stopped")
+
+
+@main.group()
+def replay() -> None:
+    """Rebuild views from the event log, from offset 0."""
+
+
+@replay.command("status")
+@click.option(
+    "--url", default="http://127.0.0.1:8084", show_default=True, help="a live engine to compare with"
+)
+@click.option("--no-compare", is_flag=True, help="only rebuild and summarise")
+def replay_status(url: str, no_compare: bool) -> None:
+    """Fold linkflow.events into a fresh status view and compare it with a live engine's view."""
+    from linkflow_stream.replay import compare_with_live, rebuild_status  # imported here: keeps --help fast
+
+    settings = Settings()
+    view = asyncio.run(rebuild_status(settings, progress=lambda n: click.echo(f"  ... {n} events")))
+    by_status: dict[str, int] = {}
+    for state in view.executions.values():
+        by_status[state.status.value] = by_status.get(state.status.value, 0) + 1
+    click.echo(
+        f"replayed {view.applied + view.duplicates} events ({view.duplicates} duplicates dropped) "
+        f"into {len(view.executions)} executions: {by_status}"
+    )
+    if no_compare:
+        return
+    result = asyncio.run(compare_with_live(view, url))
+    click.echo(
+        f"compared {result.equal + len(result.different) + len(result.missing_live)} finished executions "
+        f"with {url}: {result.equal} equal, {len(result.different)} different, "
+        f"{len(result.missing_live)} missing ({result.still_running} still running, not compared)"
+    )
+    for execution_id in (result.different + result.missing_live)[:10]:
+        click.echo(f"  mismatch: {execution_id}")
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@replay.command("execution")
+@click.argument("execution_id")
+def replay_execution(execution_id: str) -> None:
+    """Print one execution's events, in log order, duplicates included."""
+    from linkflow_stream.replay import history  # imported here: keeps --help fast
+
+    events = asyncio.run(history(Settings(), execution_id))
+    if not events:
+        raise click.ClickException(f"no events for {execution_id}")
+    for e in events:
+        detail = {
+            k: v
+            for k, v in e.model_dump(mode="json", exclude_none=True).items()
+            if k not in ("execution_id", "seq", "type", "at", "workflow")
+        }
+        click.echo(f"{e.seq:>4}  {e.at.isoformat()}  {e.type.value:<22} {json.dumps(detail)}")
 
 
 @main.group()
