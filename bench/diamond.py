@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import aiohttp
 
-from linkflow_stream.broker import Broker, free_port
-from linkflow_stream.testing import EngineProcess, call
+from bench.harness import own_engine, percentile
+from linkflow_stream.testing import call
 
 DIAMOND = {
     "nodes": [
@@ -39,11 +35,6 @@ DIAMOND = {
         },
     ],
 }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def phase(url: str, workflow_id: str, n: int, concurrency: int) -> tuple[float, list[float], int]:
@@ -78,23 +69,10 @@ def report(name: str, seconds: float, latencies: list[float], failures: int) -> 
     n = len(latencies)
     print(
         f"{name:<28} n={n:<6} {n / seconds:8.1f} executions/s   "
-        f"p50 {pct(latencies, 0.50) * 1000:7.1f} ms   p99 {pct(latencies, 0.99) * 1000:7.1f} ms   "
+        f"p50 {percentile(latencies, 0.50) * 1000:7.1f} ms   "
+        f"p99 {percentile(latencies, 0.99) * 1000:7.1f} ms   "
         f"mean {statistics.fmean(latencies) * 1000:7.1f} ms   failures {failures}"
     )
-
-
-@contextmanager
-def own_engine() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
-        broker = Broker(data_dir=Path(tmp) / "kafka", port=free_port())
-        broker.start(cache_dir=Path(".linkflow").resolve())
-        engine = EngineProcess(bootstrap=broker.bootstrap, workdir=Path(tmp))
-        try:
-            engine.start()
-            yield engine.url
-        finally:
-            engine.stop()
-            broker.stop()
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,6 +80,7 @@ class Executor:
         ctx = NodeContext(
             task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds
         )
+        clock = time.perf_counter()
         try:
             output = await self._attempt(task, ctx)
         except NodeFailure as exc:
@@ -90,6 +92,7 @@ class Executor:
             log.exception("node %s/%s crashed", task.execution_id, task.node_id)
             error = NodeFailure("internal", f"{type(exc).__name__}: {exc}", retryable=False).to_error()
             ok = False
+        ctx.usage["duration_us"] = round((time.perf_counter() - clock) * 1_000_000)
         result = NodeResult(
             execution_id=task.execution_id,
             node_id=task.node_id,
