@@ -19,7 +19,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--loglevel", default="info", show_default=True)
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    envvar="LINKFLOW_LOG_LEVEL",
+    help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL); Faust logs at info",
+)
 def run(loglevel: str) -> None:
     """Run the engine (API, orchestrator, executor, views) in the foreground."""
     from linkflow_stream.engine import run as run_engine

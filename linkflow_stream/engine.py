@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -31,6 +32,7 @@ from linkflow_stream.orchestrator import Orchestrator
 from linkflow_stream.partitioning import ExecutionTable
 from linkflow_stream.publisher import Outgoing, Publisher
 from linkflow_stream.registry_api import RegistryApi
+from linkflow_stream.request_watchdog import RequestWatchdog
 from linkflow_stream.settings import Settings
 from linkflow_stream.state import ExecutionState
 from linkflow_stream.timers import TimerService
@@ -66,6 +68,9 @@ class Engine:
         self.metrics = Metrics(active=self.status.active_count)
         self.workflows = WorkflowView()
         self.workers = WorkerView()
+        self.watchdog = RequestWatchdog(
+            self.status, self.publisher, ready=lambda: all(r.caught_up.is_set() for r in self.readers)
+        )
         self.inputs_processed = 0
         self.recovered = False
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,14 @@ class Engine:
             self.inputs_processed += 1
             self.metrics.inputs.labels(type(inp).__name__).inc()
             self.metrics.input_lag.observe(max(0.0, time.time() - msg.timestamp))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "input %s %s: state %s -> %d events",
+                    type(inp).__name__,
+                    inp.execution_id,
+                    "present" if states[msg.key] is not None else "absent",
+                    len(step.events),
+                )
             if step.changed and step.state is not None:
                 states[msg.key] = step.state
                 outputs.extend(step.outputs)
@@ -248,7 +261,12 @@ class Engine:
     async def _load_timers(self) -> None:
         states = [self.codec.decode(v, ExecutionState) for _, v in self.table.items() if v is not None]
         self.timers.rebuild(states)
-        log.info("timer service: loaded the timers of %d stored executions", len(states))
+        log.info(
+            "timer service: loaded the timers of %d stored executions (thread %s, loop %x)",
+            len(states),
+            threading.current_thread().name,
+            id(asyncio.get_running_loop()),
+        )
 
     async def _run_timers(self) -> None:
         """Started by Faust once the first recovery is done; fires timers when due."""
@@ -330,6 +348,7 @@ class EngineServices(mode.Service):
         self._runners: list[web.AppRunner] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._freezer: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def _serve(self, app: web.Application, port: int, name: str) -> None:
         runner = web.AppRunner(app, access_log=None)
@@ -340,6 +359,8 @@ class EngineServices(mode.Service):
 
     async def on_start(self) -> None:
         e = self.engine
+        for noisy in ("faust", "mode", "aiokafka", "aiohttp"):  # only our own logs follow --loglevel
+            logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
         await e.publisher.start()
         for reader in (*e.readers, e.control):
             await reader.start()
@@ -362,10 +383,11 @@ class EngineServices(mode.Service):
         await asyncio.gather(*(r.caught_up.wait() for r in e.readers))
         gc.freeze()  # the replayed views are long-lived: keep them out of the collector's scans
         self._freezer = asyncio.create_task(gc_tuning.freeze_survivors(), name="gc-freeze")
+        self._watchdog = asyncio.create_task(e.watchdog.run(), name="request-watchdog")
 
     async def on_stop(self) -> None:
         e = self.engine
-        for task in (self._heartbeat, self._freezer):
+        for task in (self._heartbeat, self._freezer, self._watchdog):
             if task is not None:
                 task.cancel()
         for runner in self._runners:

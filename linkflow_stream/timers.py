@@ -1,9 +1,9 @@
 """Durable timers: they live in each execution's state; this service only notices when one is
 due and sends a ``timer_fired`` command, which the decider then applies (or ignores as stale).
 
-The heap is memory only. It is rebuilt from the orchestrator's table after recovery and kept
-current on every state write, so a restart loses no timer: at worst a timer fires twice and the
-decider ignores the second.
+The heap is memory only. It is rebuilt from the orchestrator's table after every recovery and
+kept current on every state write, so a restart loses no timer. A timer whose command went
+missing is fired again (``REFIRE_AFTER_MS``); the decider ignores firings that no longer match.
 """
 
 from __future__ import annotations
@@ -23,24 +23,30 @@ from linkflow_stream.state import ExecutionState
 log = logging.getLogger(__name__)
 
 
+REFIRE_AFTER_MS = 5_000
+"""A fired timer still pending this long after firing is fired again (then after 10 s, 20 s, ...
+up to a minute): the command may have been lost, e.g. skipped by a consumer during a rebalance.
+The decider ignores a firing that no longer matches, so a late duplicate is harmless."""
+MAX_REFIRE_MS = 60_000
+
+
 class TimerService:
     def __init__(self, publisher: Publisher, *, clock: Callable[[], int] = lambda: to_millis(now())) -> None:
         self.publisher = publisher
         self.clock = clock
-        self._heap: list[tuple[int, str, str]] = []
+        self._heap: list[tuple[int, str, str, int]] = []
         self._pending: dict[str, set[str]] = {}
-        self._fired: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
         self.fired_total = 0
+        self.refired_total = 0
 
     def track(self, state: ExecutionState) -> None:
         """Record the timers of ``state`` after it was stored."""
         known = self._pending.get(state.id, set())
         current = set(state.timers)
         for timer_id in current - known:
-            heapq.heappush(self._heap, (to_millis(state.timers[timer_id].due_at), state.id, timer_id))
+            heapq.heappush(self._heap, (to_millis(state.timers[timer_id].due_at), state.id, timer_id, 0))
             self._wake.set()
-        self._fired -= {(state.id, t) for t in known - current}
         if current:
             self._pending[state.id] = current
         else:
@@ -51,17 +57,25 @@ class TimerService:
             self.track(state)
 
     def due(self) -> list[tuple[str, str]]:
-        """Pop the timers due now that are still pending and not yet fired."""
+        """Pop the timers due now that are still pending; each is checked again later, and fired
+        again if its state still holds it then."""
         out = []
         at = self.clock()
         while self._heap and self._heap[0][0] <= at:
-            _, execution_id, timer_id = heapq.heappop(self._heap)
-            if (
-                timer_id in self._pending.get(execution_id, ())
-                and (execution_id, timer_id) not in self._fired
-            ):
-                self._fired.add((execution_id, timer_id))
-                out.append((execution_id, timer_id))
+            _, execution_id, timer_id, fires = heapq.heappop(self._heap)
+            if timer_id not in self._pending.get(execution_id, ()):
+                continue
+            if fires:
+                self.refired_total += 1
+                log.warning(
+                    "timer %s of %s still pending %d ms after firing; firing again",
+                    timer_id,
+                    execution_id,
+                    min(REFIRE_AFTER_MS << (fires - 1), MAX_REFIRE_MS),
+                )
+            out.append((execution_id, timer_id))
+            recheck = at + min(REFIRE_AFTER_MS << fires, MAX_REFIRE_MS)
+            heapq.heappush(self._heap, (recheck, execution_id, timer_id, fires + 1))
         return out
 
     async def run(self) -> None:
@@ -81,11 +95,11 @@ class TimerService:
                         for execution_id, timer_id in fire
                     )
                     self.fired_total += len(fire)
+                    log.debug("fired %d timers: %s", len(fire), fire[:5])
                 except Exception:
                     log.exception("could not send %d timer commands; retrying", len(fire))
                     for execution_id, timer_id in fire:
-                        self._fired.discard((execution_id, timer_id))
-                        heapq.heappush(self._heap, (self.clock(), execution_id, timer_id))
+                        heapq.heappush(self._heap, (self.clock() + 500, execution_id, timer_id, 0))
                     await asyncio.sleep(0.5)
                 continue
             delay = (self._heap[0][0] - self.clock()) / 1000 if self._heap else 1.0

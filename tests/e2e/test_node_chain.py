@@ -16,32 +16,66 @@ from linkflow_stream.testing import EngineProcess, TargetServer, call
 pytestmark = pytest.mark.e2e
 
 
-def test_all_five_node_types_chain_with_mapping(engine_factory: Callable[..., EngineProcess],
-                                                target: TargetServer, tmp_path: Path) -> None:
+def test_all_five_node_types_chain_with_mapping(
+    engine_factory: Callable[..., EngineProcess], target: TargetServer, tmp_path: Path
+) -> None:
     db = tmp_path / "shop.db"
     with sqlite3.connect(db) as conn:
         conn.execute("create table orders (user_id integer, amount real)")
         conn.executemany("insert into orders values (?, ?)", [(7, 80.0), (7, 45.5), (8, 1.0)])
     engine = engine_factory(LINKFLOW_DATABASES=json.dumps({"shop": f"sqlite:///{db}"}))
-    wf = {"id": f"chain-{uuid.uuid4().hex[:6]}", "nodes": [
-        {"id": "h", "type": "http", "config": {"method": "GET"},
-         "input": {"url": f"'{target.url}/users/' & $string(input.user)"},
-         "output": "{'user_id': $number($substringAfter(output.body.path, '/users/'))}"},
-        {"id": "q", "type": "db", "depends_on": ["h"],
-         "config": {"connection": "shop", "query": "select sum(amount) as total, count(*) as n "
-                                                   "from orders where user_id = :uid"},
-         "input": {"params": "{'uid': nodes.h.user_id}"}, "output": "output.rows[0]"},
-        {"id": "t", "type": "transform", "depends_on": ["q"],
-         "config": {"expression": "{'total': nodes.q.total, 'orders': nodes.q.n, 'big': nodes.q.total > 100}"}},
-        {"id": "c", "type": "condition", "depends_on": ["t"], "config": {"expression": "nodes.t.big"}},
-        {"id": "code", "type": "code", "depends_on": ["c:true"], "config": {"source": (
-            "def main(data):\n"
-            "    t = data['nodes']['t']\n"
-            "    print('computing the message')\n"
-            "    return {'message': f\"user {data['nodes']['h']['user_id']} spent {t['total']} "
-            "in {t['orders']} orders\"}\n")}},
-        {"id": "small", "type": "transform", "depends_on": ["c:false"], "config": {"expression": "'small'"}},
-    ]}
+    wf = {
+        "id": f"chain-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {
+                "id": "h",
+                "type": "http",
+                "config": {"method": "GET"},
+                "input": {"url": f"'{target.url}/users/' & $string(input.user)"},
+                "output": "{'user_id': $number($substringAfter(output.body.path, '/users/'))}",
+            },
+            {
+                "id": "q",
+                "type": "db",
+                "depends_on": ["h"],
+                "config": {
+                    "connection": "shop",
+                    "query": "select sum(amount) as total, count(*) as n from orders where user_id = :uid",
+                },
+                "input": {"params": "{'uid': nodes.h.user_id}"},
+                "output": "output.rows[0]",
+            },
+            {
+                "id": "t",
+                "type": "transform",
+                "depends_on": ["q"],
+                "config": {
+                    "expression": "{'total': nodes.q.total, 'orders': nodes.q.n, 'big': nodes.q.total > 100}"
+                },
+            },
+            {"id": "c", "type": "condition", "depends_on": ["t"], "config": {"expression": "nodes.t.big"}},
+            {
+                "id": "code",
+                "type": "code",
+                "depends_on": ["c:true"],
+                "config": {
+                    "source": (
+                        "def main(data):\n"
+                        "    t = data['nodes']['t']\n"
+                        "    print('computing the message')\n"
+                        "    return {'message': f\"user {data['nodes']['h']['user_id']} spent {t['total']} "
+                        "in {t['orders']} orders\"}\n"
+                    )
+                },
+            },
+            {
+                "id": "small",
+                "type": "transform",
+                "depends_on": ["c:false"],
+                "config": {"expression": "'small'"},
+            },
+        ],
+    }
     engine.register(wf)
     status, done = engine.start_execution(wf["id"], {"user": 7}, wait=60)
     assert status == 200, done
@@ -60,11 +94,18 @@ def test_all_five_node_types_chain_with_mapping(engine_factory: Callable[..., En
 
 
 def test_bad_config_is_refused_naming_node_and_field(engine: EngineProcess) -> None:
-    status, body = call("POST", f"{engine.url}/api/workflows", {"id": "bad-chain", "nodes": [
-        {"id": "q", "type": "db", "config": {"connection": "nowhere", "query": "select 1"}},
-        {"id": "code", "type": "code", "config": {"source": "def main(data):\n    return (\n"}},
-        {"id": "h", "type": "http", "config": {"url": "ftp://example.org/"}},
-    ]})
+    status, body = call(
+        "POST",
+        f"{engine.url}/api/workflows",
+        {
+            "id": "bad-chain",
+            "nodes": [
+                {"id": "q", "type": "db", "config": {"connection": "nowhere", "query": "select 1"}},
+                {"id": "code", "type": "code", "config": {"source": "def main(data):\n    return (\n"}},
+                {"id": "h", "type": "http", "config": {"url": "ftp://example.org/"}},
+            ],
+        },
+    )
     assert status == 400
     message = body["error"]["message"]
     assert "node 'q': config.connection" in message

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_reads_from_any_instance_and_failover(engine_factory: Callable[..., EngineProcess]) -> None:
-    a = engine_factory()
+    a = engine_factory(LINKFLOW_LOG_LEVEL="debug")
     b = a.sibling()
     b.start()
     try:

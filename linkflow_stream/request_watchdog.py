@@ -1,0 +1,92 @@
+"""The backstop for start requests: an accepted request with no execution events after a while
+is published again, with the same execution id.
+
+A consumer can skip records around a rebalance (observed with Faust: three consecutive records of
+one partition never reached the agent after a takeover, see docs/decisions/0009). Timers are
+fired again and tasks have leases; this covers the one input nothing else would retry. The
+decider ignores a start for an execution that exists, so a resend can only start a run that never
+started, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from linkflow_stream import topic_names
+from linkflow_stream.clock import now
+from linkflow_stream.publisher import Outgoing, Publisher
+from projections.status import StatusView
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER = timedelta(seconds=10)
+MAX_RESENDS = 3
+
+
+class RequestWatchdog:
+    def __init__(
+        self,
+        status: StatusView,
+        publisher: Publisher,
+        ready: Callable[[], bool],
+        clock: Callable[[], datetime] = now,
+    ) -> None:
+        self.status = status
+        self.publisher = publisher
+        self.ready = ready
+        self.clock = clock
+        self.resent: dict[str, int] = {}
+        self.resent_total = 0
+
+    def stale(self) -> list[str]:
+        """Accepted requests older than ``RESEND_AFTER`` (per try) that still have no events."""
+        at = self.clock()
+        out = []
+        for execution_id, request in list(self.status.accepted.items()):
+            tries = self.resent.get(execution_id, 0)
+            if tries >= MAX_RESENDS or execution_id in self.status.executions:
+                continue
+            if at - request.requested_at >= RESEND_AFTER * (tries + 1):
+                out.append(execution_id)
+        return out
+
+    async def check(self) -> int:
+        if not self.ready():
+            return 0
+        stale = self.stale()
+        for execution_id in stale:
+            request = self.status.accepted[execution_id]
+            self.resent[execution_id] = self.resent.get(execution_id, 0) + 1
+            log.warning(
+                "start request %s has no events after %s; publishing it again (try %d of %d)",
+                execution_id,
+                self.clock() - request.requested_at,
+                self.resent[execution_id],
+                MAX_RESENDS,
+            )
+        if stale:
+            await self.publisher.send(
+                Outgoing(
+                    topic_names.requests(self.status.accepted[e].priority),
+                    e,
+                    self.status.accepted[e],
+                    "io.linkflow.execution.requested",
+                    time=self.status.accepted[e].requested_at,
+                )
+                for e in stale
+            )
+            self.resent_total += len(stale)
+        for execution_id in [e for e in self.resent if e in self.status.executions]:
+            del self.resent[execution_id]
+        return len(stale)
+
+    async def run(self, every: float = 2.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.check()
+            except Exception:  # the next round tries again
+                log.exception("request watchdog round failed")
