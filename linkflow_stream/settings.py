@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,13 @@ class Settings(BaseSettings):
     """Named database connections for ``db`` nodes, as JSON in ``LINKFLOW_DATABASES``:
     ``{"main": "postgresql://user:pass@host/db", "local": "sqlite:////var/data/app.db"}``.
     Default empty."""
+
+    code_warm_sandboxes: int = Field(default=2, ge=0, le=64)
+    """Pre-started sandboxes for ``code`` nodes (each is used once). Default ``2``."""
+
+    code_min_isolation: Literal["rlimits", "netns", "bwrap"] = "rlimits"
+    """Weakest isolation a ``code`` node may run under; set ``bwrap`` in production to refuse
+    running user code when bubblewrap cannot create its namespaces. Default ``rlimits``."""
 
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from linkflow_stream.decider import DeciderConfig, NodeKind
 from linkflow_stream.nodes.base import NodeExecutor
+from linkflow_stream.nodes.code import CodeNode
 from linkflow_stream.nodes.condition import ConditionNode
 from linkflow_stream.nodes.db import DbNode
 from linkflow_stream.nodes.http import HttpNode
@@ -27,6 +28,7 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             secrets=Secrets(settings.secrets),
         ),
         DbNode({name: url.get_secret_value() for name, url in settings.databases.items()}),
+        CodeNode(warm_sandboxes=settings.code_warm_sandboxes, min_isolation=settings.code_min_isolation),
     ]
     return {e.type_name: e for e in executors}
 

@@ -14,16 +14,26 @@ pytestmark = pytest.mark.e2e
 
 
 def linkflow(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "linkflow_stream.cli", *args], cwd=ROOT, env=engine.env(),
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "linkflow_stream.cli", *args],
+        cwd=ROOT,
+        env=engine.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_replay_rebuilds_the_status_view_and_it_equals_the_live_one(engine: EngineProcess) -> None:
-    wf = {"id": f"replay-{uuid.uuid4().hex[:6]}", "nodes": [
-        {"id": "a", "type": "transform", "config": {"expression": "input.n + 1"}},
-        {"id": "c", "type": "condition", "depends_on": ["a"], "config": {"expression": "nodes.a > 2"}},
-        {"id": "b", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
-    ]}
+    wf = {
+        "id": f"replay-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "a", "type": "transform", "config": {"expression": "input.n + 1"}},
+            {"id": "c", "type": "condition", "depends_on": ["a"], "config": {"expression": "nodes.a > 2"}},
+            {"id": "b", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
+        ],
+    }
     engine.register(wf)
     ids = []
     for n in range(4):

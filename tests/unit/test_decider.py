@@ -119,6 +119,7 @@ def test_registry_config_matches_the_dispatch_the_unit_tests_assume() -> None:
         "wait": Dispatch.TIMER,
         "http": Dispatch.TASK,
         "db": Dispatch.TASK,
+        "code": Dispatch.TASK,
     }
     assert cfg.lease_grace_seconds == settings.lease_grace_seconds
 

@@ -156,7 +156,7 @@ REJECTIONS: list[tuple[str, Any, list[str]]] = [
     (
         "unknown type",
         with_node(EXAMPLE, "big", type="python"),
-        ["node 'big': type: unknown type 'python'", "known: condition, db, http, transform, wait"],
+        ["node 'big': type: unknown type 'python'", "known: code, condition, db, http, transform, wait"],
     ),
     (
         "depends_on to nowhere",

@@ -1,0 +1,208 @@
+"""``code``: a user's Python ``main(data)``, run in a sandboxed process; its return value is the output.
+
+Config: ``{"source": "def main(data):\\n    return ...", "memory_mb": 256, "cpu_seconds": 5}``.
+``main`` receives ``{"input", "nodes"}`` and must return JSON (dicts, lists, strings, numbers,
+booleans, ``None``; tuples become lists, non-string keys strings). The wall clock is the node's
+timeout (``timeout_seconds`` of the node, else ``default_timeout_seconds``): the sandbox is
+stopped a little before it (10 %, at most 0.5 s) so that the attempt's output is still recorded.
+
+Output and logs: the node's output is exactly ``main``'s return value, so downstream nodes see
+what the user returned and no wrapper. What the code printed is not output: each attempt's
+``CodeRun`` (stdout and stderr, capped at 64 KiB each, the isolation level and the duration) is
+kept in ``CodeNode.runs`` under ``ctx.idempotency_key`` (the last ``keep_runs`` attempts), passed
+to the ``on_run`` callback, and logged at DEBUG; a failure's ``CodeFailure.run`` has the same.
+The sandbox's CPU time and peak memory go to ``ctx.usage`` (``cpu_us``, ``max_rss_kb``).
+
+Failures: ``code_error`` (an exception in the code, with its type, message and traceback in line
+numbers of ``config.source``; a result that is not JSON; sys.exit), ``resource_limit`` (memory,
+CPU time, result size; a fork bomb ends as ``code_error`` when fork() fails, or as
+``resource_limit``), ``timeout`` (wall clock), and on cancellation the sandbox is killed before
+``CancelledError`` goes on. How a run is isolated is described in ``linkflow_stream.nodes.sandbox``;
+``isolation_level()`` says which level this machine gives.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from linkflow_stream.events import Dispatch
+from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.nodes.sandbox import (
+    LEVELS,
+    CodeFailure,
+    CodeRun,
+    Limits,
+    SandboxPool,
+    isolation_level,
+    run_code,
+)
+
+__all__ = ["CodeFailure", "CodeNode", "CodeRun", "Limits", "isolation_level", "run_code"]
+
+log = logging.getLogger(__name__)
+
+FIELDS = frozenset({"source", "memory_mb", "cpu_seconds"})
+MEMORY_MB = (32, 256, 1024)
+"""Smallest, default and largest ``memory_mb``."""
+CPU_SECONDS = (1, 5, 60)
+"""Smallest, default and largest ``cpu_seconds``."""
+
+
+def _bounded_int(config: dict[str, Any], name: str, bounds: tuple[int, int, int]) -> int:
+    low, default, high = bounds
+    value = config.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(name, f"must be a whole number from {low} to {high}")
+    return value
+
+
+def _takes_one_argument(args: ast.arguments) -> bool:
+    positional = [*args.posonlyargs, *args.args]
+    required_keywords = [a for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None]
+    fits_one = len(positional) >= 1 or args.vararg is not None
+    return fits_one and len(positional) - len(args.defaults) <= 1 and not required_keywords
+
+
+def check_source(source: Any) -> None:
+    """Raise ``ConfigError("source", ...)`` unless ``source`` compiles and defines ``main(data)``."""
+    if not isinstance(source, str):
+        raise ConfigError("source", "Python source that defines main(data) is required")
+    try:
+        compile(source, "<code>", "exec")
+        tree = ast.parse(source, "<code>")
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
+        text = f": {exc.text.strip()}" if exc.text and exc.text.strip() else ""
+        raise ConfigError("source", f"syntax error at {where}: {exc.msg}{text}") from exc
+    except ValueError as exc:  # e.g. a NUL character
+        raise ConfigError("source", str(exc)) from exc
+    mains = [
+        n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "main"
+    ]
+    if not mains:
+        raise ConfigError("source", "must define a top-level function main(data)")
+    main = mains[-1]
+    if isinstance(main, ast.AsyncFunctionDef):
+        raise ConfigError("source", f"line {main.lineno}: main must be a plain def, not async def")
+    if not _takes_one_argument(main.args):
+        raise ConfigError("source", f"line {main.lineno}: main must take exactly one argument (data)")
+
+
+class CodeNode:
+    type_name: ClassVar[str] = "code"
+    dispatch: ClassVar[Dispatch] = Dispatch.TASK
+
+    def __init__(
+        self,
+        *,
+        default_timeout_seconds: float = 30.0,
+        warm_sandboxes: int = 2,
+        isolation: str | None = None,
+        min_isolation: str = "rlimits",
+        interpreter: str | None = None,
+        keep_runs: int = 256,
+        on_run: Callable[[NodeContext, CodeRun], None] | None = None,
+    ) -> None:
+        """``warm_sandboxes``: pre-started sandboxes kept ready (0: every run starts cold).
+        ``isolation``: force a level instead of the strongest that works (tests).
+        ``min_isolation``: refuse to run code below this level (``"bwrap"`` in production).
+        ``interpreter``: the Python for runs (default: the engine's own, without site-packages).
+        ``keep_runs``: how many attempts' ``CodeRun`` records ``runs`` keeps.
+        ``on_run``: called with every attempt's record (success or failure), e.g. to store logs.
+        """
+        if min_isolation not in LEVELS or (isolation is not None and isolation not in LEVELS):
+            raise ValueError(f"isolation levels are {', '.join(LEVELS)}")
+        self.default_timeout_seconds = default_timeout_seconds
+        self.min_isolation = min_isolation
+        self.keep_runs = keep_runs
+        self.on_run = on_run
+        self.runs: OrderedDict[str, CodeRun] = OrderedDict()
+        self._pool = SandboxPool(warm_sandboxes, isolation=isolation, interpreter=interpreter)
+        self._announced = False
+
+    def validate(self, config: dict[str, Any]) -> None:
+        check_source(config.get("source"))
+        _bounded_int(config, "memory_mb", MEMORY_MB)
+        _bounded_int(config, "cpu_seconds", CPU_SECONDS)
+        unknown = set(config) - FIELDS
+        if unknown:
+            raise ConfigError(sorted(unknown)[0], "unknown field")
+
+    async def isolation(self) -> str:
+        """The isolation level this node's runs get on this machine."""
+        return await self._pool.level()
+
+    async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
+        source = config.get("source")
+        if not isinstance(source, str):
+            raise NodeFailure(
+                "validation", "config.source: Python source that defines main(data) is required"
+            )
+        try:
+            limits = Limits(
+                memory_mb=_bounded_int(config, "memory_mb", MEMORY_MB),
+                cpu_seconds=_bounded_int(config, "cpu_seconds", CPU_SECONDS),
+                # A little under the executor's own timeout of the attempt, so that the run is
+                # stopped here, with what it printed kept, rather than cancelled from outside.
+                wall_seconds=max(ctx.timeout_seconds * 0.9, ctx.timeout_seconds - 0.5),
+            )
+        except ConfigError as exc:
+            raise NodeFailure("validation", exc.message) from exc
+        await self._check_isolation()
+        try:
+            run = await self._pool.run(source, data, limits)
+        except CodeFailure as exc:
+            self._record(ctx, exc.run)
+            if exc.error_type == "timeout":
+                message = f"the code did not finish within the node's timeout of {ctx.timeout_seconds:g}s"
+                raise CodeFailure("timeout", message, exc.run) from exc
+            raise
+        self._record(ctx, run)
+        return run.result
+
+    async def close(self) -> None:
+        """Kill the pre-started sandboxes (call at shutdown, in the engine's event loop)."""
+        await self._pool.close()
+
+    async def _check_isolation(self) -> None:
+        level = await self._pool.level()
+        if not self._announced:
+            self._announced = True
+            if level == "bwrap":
+                log.info("code nodes run in bwrap sandboxes")
+            else:
+                log.warning("code nodes run with isolation level %r only (bwrap unavailable)", level)
+        if level not in LEVELS or LEVELS.index(level) < LEVELS.index(self.min_isolation):
+            raise NodeFailure(
+                "internal",
+                f"this worker's code sandbox gives isolation {level!r}; {self.min_isolation!r} is required",
+                retryable=False,
+            )
+
+    def _record(self, ctx: NodeContext, run: CodeRun) -> None:
+        if run.cpu_seconds is not None:
+            ctx.usage["cpu_us"] = ctx.usage.get("cpu_us", 0) + round(run.cpu_seconds * 1_000_000)
+        if run.max_rss_kb is not None:
+            ctx.usage["max_rss_kb"] = max(ctx.usage.get("max_rss_kb", 0), run.max_rss_kb)
+        key = ctx.idempotency_key
+        self.runs[key] = run
+        self.runs.move_to_end(key)
+        while len(self.runs) > self.keep_runs:
+            self.runs.popitem(last=False)
+        log.debug(
+            "code %s: %s isolation, %.1f ms, stdout %r, stderr %r",
+            key,
+            run.isolation,
+            run.duration * 1000,
+            run.stdout[:200],
+            run.stderr[:200],
+        )
+        if self.on_run is not None:
+            try:
+                self.on_run(ctx, run)
+            except Exception:
+                log.exception("code node: the on_run callback failed")

@@ -1,0 +1,870 @@
+"""Process isolation for untrusted Python: each run is a fresh interpreter in its own sandbox.
+
+``run_code(source, data, limits)`` starts ``python -I -S -B sandbox_runner.py`` (isolated mode, no
+``site``, no bytecode writes) with an explicit minimal environment (``PATH``, ``LANG``, ``TMPDIR``,
+``HOME``: nothing of the engine's, no ``LINKFLOW_*``), sends ``{source, data, limits}`` on its
+stdin and reads the result from a dedicated pipe, so that ``print`` output (stdout/stderr,
+captured up to ``Limits.output_bytes`` each) never mixes with it.
+
+What protects a run is its *isolation level*, the strongest that works on this machine
+(:func:`isolation_level`; every run reports the one it used in ``CodeRun.isolation``):
+
+``bwrap``
+    bubblewrap (Debian package ``bubblewrap``): new mount, PID, network (loopback only), IPC and
+    UTS namespaces (plus a user namespace when the engine is not root), a root file system made
+    of read-only binds of ``/usr``, ``/lib*``, a few ``/etc`` files and the Python install, a
+    fresh ``/proc`` and minimal ``/dev``, and a size-limited tmpfs at ``/tmp`` as the only
+    writable place (cwd, ``TMPDIR`` and ``HOME``; gone with the sandbox; a second one at
+    ``/dev/shm``; the root and ``/dev`` are remounted read-only). ``--die-with-parent``
+    and ``--new-session``; no capabilities are left once the runner has switched user.
+``netns``
+    no bwrap (absent, or namespaces refused), but util-linux ``unshare --net`` works (as root;
+    ``unshare --map-current-user --net`` otherwise): no network, but the file system is the
+    host's, and a private temp dir (mode 0700, removed afterwards) is the cwd, ``TMPDIR`` and
+    ``HOME``. (``os.unshare`` only exists from Python 3.12, and ``preexec_fn`` is unsafe in a
+    process with threads, hence the command.)
+``rlimits``
+    neither: only rlimits, the stripped environment and the private temp dir. The code can reach
+    the network. Do not run untrusted code this way.
+
+At every level: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (SIGXCPU, SIGKILL one second later),
+``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE`` (disk fill), no core dumps; a
+wall-clock limit enforced here by killing the whole sandbox (its PID namespace under bwrap; its
+process group, then every process left of the run, below it). Cancelling ``run_code`` kills the
+sandbox before ``CancelledError`` goes on.
+
+When the engine runs as root, every run also gets a random throwaway uid (``RUN_UIDS``): the
+process limit then counts that run alone (Linux never enforces it for uid 0), the code can only
+write world-writable places, and stray processes are found and killed by uid. Below bwrap the
+Python install must then be readable by other users (the probe says so in the log if not).
+When the engine is not root and bwrap does not work, the code runs as the engine's user: it can
+read what the engine can (its files, ``/proc/<engine>/environ``), and the process limit counts
+the engine's own threads. ``CodeNode(min_isolation="bwrap")`` refuses to run code then.
+
+Start-up (bwrap, interpreter) is most of a cold run; ``SandboxPool`` keeps sandboxes started
+ahead, each still used for one run only (figures: ``python -m bench.code_node``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from linkflow_stream.nodes.base import NodeFailure
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("rlimits", "netns", "bwrap")
+"""Isolation levels, weakest first."""
+
+RUNNER = Path(__file__).with_name("sandbox_runner.py")
+RUNNER_IN_SANDBOX = "/sandbox_runner.py"
+SANDBOX_TMP = "/tmp"  # noqa: S108 - inside the bwrap sandbox: a private tmpfs, not the host's /tmp
+RUN_UIDS = range(1_600_000_000, 1_600_000_000 + 2**24)
+"""Throwaway uids for runs when the engine is root: one picked at random per run."""
+
+PROBE_TIMEOUT = 20.0
+REAP_SECONDS = 5.0
+SWEEP_ROUNDS = 200
+OUTPUT_MARKER = "\n[... output truncated]"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use. ``wall_seconds`` is enforced by the parent, the rest by rlimits."""
+
+    memory_mb: int = 256
+    cpu_seconds: int = 5
+    wall_seconds: float = 30.0
+    processes: int = 32
+    """RLIMIT_NPROC: processes and threads of the run's uid (of the engine's uid when not root)."""
+    open_files: int = 64
+    file_mb: int = 16
+    """RLIMIT_FSIZE: the largest file the code may write."""
+    tmp_mb: int = 64
+    """Size of the private tmpfs under bwrap (when bwrap has ``--size``)."""
+    output_bytes: int = 64 * 1024
+    """Kept of stdout and of stderr each; the rest is read and dropped."""
+    result_bytes: int = 8 * 1024 * 1024
+    """The largest JSON result accepted; a larger one fails the run with ``resource_limit``."""
+
+
+@dataclass(frozen=True)
+class CodeRun:
+    """One run: main's return value (``None`` on failure) and what the run printed."""
+
+    result: Any
+    stdout: str
+    stderr: str
+    isolation: str
+    duration: float
+    """Wall-clock seconds from sending the code to the end of the run (start-up not counted)."""
+    cpu_seconds: float | None = None
+    """CPU time of the sandboxed interpreter (and its reaped children); None if it was killed."""
+    max_rss_kb: int | None = None
+    """Peak resident memory of the interpreter; None if it was killed."""
+
+
+class CodeFailure(NodeFailure):
+    """A failed run; ``run`` keeps what it printed and how it was isolated."""
+
+    def __init__(
+        self, error_class: str, message: str, run: CodeRun, *, retryable: bool | None = None
+    ) -> None:
+        super().__init__(error_class, message, retryable=retryable)
+        self.run = run
+
+
+@dataclass(frozen=True)
+class _Tools:
+    python: str
+    python_roots: tuple[str, ...]
+    bwrap: str | None
+    bwrap_size: bool
+    unshare: str | None
+    root: bool
+
+
+def default_interpreter() -> str:
+    """The engine's own Python (resolved out of a venv: runs use ``-I -S``, no site-packages)."""
+    return os.path.realpath(sys.executable)
+
+
+@functools.cache
+def _tools(python: str) -> _Tools:
+    roots = {str(Path(python).parent.parent)}
+    if python == default_interpreter():
+        roots.add(os.path.realpath(sys.base_prefix))
+    bwrap = shutil.which("bwrap")
+    size = False
+    if bwrap:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            size = (
+                "--size"
+                in subprocess.run(  # noqa: S603 - fixed argv
+                    [bwrap, "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
+                ).stdout
+            )
+    return _Tools(
+        python=python,
+        python_roots=tuple(sorted(r for r in roots if not _under(r, "/usr"))),
+        bwrap=bwrap,
+        bwrap_size=size,
+        unshare=shutil.which("unshare"),
+        root=os.geteuid() == 0,
+    )
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _bwrap_argv(tools: _Tools, limits: Limits, workdir: str | None) -> list[str]:
+    assert tools.bwrap is not None
+    argv = [tools.bwrap, "--die-with-parent", "--new-session"]
+    if tools.root:
+        # No user namespace: the runner switches to a throwaway uid of the host, so that
+        # RLIMIT_NPROC (never enforced for uid 0) counts this run's processes.
+        argv += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-all"]  # includes the user namespace an unprivileged bwrap needs
+    argv += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for name in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime"):
+        argv += ["--ro-bind-try", name, name]
+    made: set[str] = set()
+    for root in tools.python_roots:
+        for parent in reversed(Path(root).parents):
+            if str(parent) != "/" and str(parent) not in made:
+                made.add(str(parent))  # bwrap would copy the host's modes (/root is 0700)
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--ro-bind", root, root]
+    argv += ["--ro-bind", str(RUNNER), RUNNER_IN_SANDBOX, "--proc", "/proc", "--dev", "/dev"]
+    if workdir is None:
+        size = str(limits.tmp_mb * 2**20)
+        # /dev/shm for multiprocessing's semaphores, sized like /tmp; the rest of /dev is read-only.
+        argv += ["--size", size, "--perms", "1777", "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]  # noqa: S108
+        argv += ["--size", size, "--perms", "1777", "--tmpfs", SANDBOX_TMP]
+    else:
+        argv += ["--remount-ro", "/dev", "--bind", workdir, SANDBOX_TMP]
+    # The root is a tmpfs bwrap made, which a user namespace's owner could write to (unbounded).
+    argv += ["--remount-ro", "/", "--chdir", SANDBOX_TMP, "--"]
+    return argv
+
+
+def _command(
+    tools: _Tools, level: str, limits: Limits, workdir: str | None, result_fd: int, uid: int | None
+) -> list[str]:
+    runner = str(RUNNER)
+    prefix: list[str] = []
+    if level == "bwrap":
+        prefix, runner = _bwrap_argv(tools, limits, workdir), RUNNER_IN_SANDBOX
+    elif level == "netns":
+        assert tools.unshare is not None
+        prefix = [tools.unshare, "--net"] if tools.root else [tools.unshare, "--map-current-user", "--net"]
+        prefix.append("--")
+    argv = [*prefix, tools.python, "-I", "-S", "-B", runner, "--result-fd", str(result_fd)]
+    if uid is not None:
+        argv += ["--uid", str(uid)]
+    if level != "bwrap":
+        argv.append("--harden")
+    return argv
+
+
+def _env(home: str) -> dict[str, str]:
+    """The whole environment of a run: nothing is inherited from the engine."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TMPDIR": home, "HOME": home}
+
+
+def _payload(source: str, data: Any, limits: Limits) -> bytes:
+    wire_limits = {
+        "memory_bytes": limits.memory_mb * 2**20,
+        "cpu_seconds": limits.cpu_seconds,
+        "processes": limits.processes,
+        "open_files": limits.open_files,
+        "file_bytes": limits.file_mb * 2**20,
+    }
+    return json.dumps({"source": source, "data": data, "limits": wire_limits}, allow_nan=False).encode()
+
+
+def _setup(tools: _Tools, level: str) -> tuple[int | None, str | None, str]:
+    """The run's uid (root only), host work dir (None: a tmpfs inside bwrap) and in-sandbox home."""
+    uid = RUN_UIDS[secrets.randbelow(len(RUN_UIDS))] if tools.root else None
+    if level == "bwrap" and tools.bwrap_size:
+        return uid, None, SANDBOX_TMP
+    workdir = tempfile.mkdtemp(prefix="linkflow-code-")  # mode 0700
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    return uid, workdir, SANDBOX_TMP if level == "bwrap" else workdir
+
+
+PROBE_SOURCE = "def main(data):\n    import textwrap\n\n    return data\n"
+
+
+def _hidden_from_others(path: str) -> str | None:
+    """The first directory on the way to ``path`` that other users cannot enter, if any."""
+    for directory in [*reversed(Path(path).parents), Path(path)]:
+        try:
+            if not directory.stat().st_mode & 0o001:
+                return str(directory)
+        except OSError:
+            return str(directory)
+    return None
+
+
+@functools.cache
+def _works(level: str, python: str) -> bool:
+    """Whether a real run at ``level`` works here (probed once per process and interpreter)."""
+    tools = _tools(python)
+    if (level == "bwrap" and tools.bwrap is None) or (level == "netns" and tools.unshare is None):
+        return False
+    if level != "bwrap" and tools.root:
+        hidden = next(filter(None, map(_hidden_from_others, tools.python_roots)), None)
+        if hidden is not None:
+            log.warning(
+                "code sandbox: isolation level %s does not work here: runs switch to a throwaway "
+                "uid, which cannot enter %s to read the Python install",
+                level,
+                hidden,
+            )
+            return False
+    uid, workdir, home = _setup(tools, level)
+    result_r, result_w = os.pipe()
+    try:
+        proc = subprocess.run(  # noqa: S603 - our own argv
+            _command(tools, level, Limits(), workdir, result_w, uid),
+            input=_payload(PROBE_SOURCE, "probe", Limits()),
+            env=_env(home),
+            cwd=workdir or "/",
+            capture_output=True,
+            pass_fds=(result_w,),
+            timeout=PROBE_TIMEOUT,
+            check=False,
+            start_new_session=True,
+        )
+        os.close(result_w)
+        result_w = -1
+        with os.fdopen(result_r, "rb") as pipe:
+            result_r = -1
+            answer = pipe.read()
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("code sandbox: isolation level %s does not work here: %s", level, exc)
+        return False
+    finally:
+        for fd in (result_r, result_w):
+            if fd >= 0:
+                os.close(fd)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(ValueError):
+        document = json.loads(answer[1:]) if answer.startswith(b"R") else None
+        if isinstance(document, dict) and document.get("ok") is True and document.get("result") == "probe":
+            return True
+    log.warning(
+        "code sandbox: isolation level %s does not work here (exit %d): %s",
+        level,
+        proc.returncode,
+        (proc.stderr.decode(errors="replace").strip() or answer.decode(errors="replace"))[-1000:],
+    )
+    return False
+
+
+def available_levels(interpreter: str | None = None) -> tuple[str, ...]:
+    """Every isolation level that works on this machine, weakest first."""
+    python = interpreter or default_interpreter()
+    return tuple(level for level in LEVELS if _works(level, python))
+
+
+_levels: dict[str, str] = {}
+
+
+def isolation_level(interpreter: str | None = None) -> str:
+    """The level runs use here: ``bwrap``, ``netns`` or ``rlimits``; ``none`` if no sandbox works.
+
+    See the module docstring. Probed once per process, strongest level first, by a real run
+    (some tens of milliseconds the first time).
+    """
+    python = interpreter or default_interpreter()
+    if python not in _levels:
+        _levels[python] = next((level for level in reversed(LEVELS) if _works(level, python)), "none")
+    return _levels[python]
+
+
+async def _level_of(python: str) -> str:
+    """``isolation_level(python)`` without blocking the loop; a cancelled caller waits for the
+    probe to end, so that no probe process outlives it."""
+    if python in _levels:
+        return _levels[python]
+    probing = asyncio.ensure_future(asyncio.to_thread(isolation_level, python))
+    try:
+        return await asyncio.shield(probing)
+    except asyncio.CancelledError:
+        await asyncio.wait([probing])
+        raise
+
+
+# --- process bookkeeping ---------------------------------------------------------------------
+
+
+def _pids() -> Iterator[int]:
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            yield int(name)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for child in _pids():
+        try:
+            stat = Path(f"/proc/{child}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(child)
+    return found
+
+
+def _strays(uid: int | None, marker: bytes) -> list[int]:
+    """Live processes of a run: by real uid when the run has its own, else by an env marker."""
+    found = []
+    for pid in _pids():
+        try:
+            status = Path(f"/proc/{pid}/status").read_bytes()
+            state = status[status.index(b"\nState:") + 7 :].lstrip()[:1]
+            if state in (b"Z", b"X"):
+                continue  # dead, waiting for its parent (or init) to reap it
+            if uid is not None:
+                uids = status[status.index(b"\nUid:") + 5 :].split(maxsplit=1)
+                if int(uids[0]) == uid:
+                    found.append(pid)
+            elif marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@dataclass
+class _Capture:
+    """A stream read to its end, of which the first ``limit`` bytes are kept."""
+
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    total: int = 0
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the first byte arrives or the stream ends."""
+
+    async def drain(self, reader: asyncio.StreamReader) -> None:
+        try:
+            await self._drain(reader)
+        finally:
+            self.first.set()
+
+    async def _drain(self, reader: asyncio.StreamReader) -> None:
+        while chunk := await reader.read(65536):
+            self.first.set()
+            self.total += len(chunk)
+            room = self.limit - len(self.data)
+            if room > 0:
+                self.data += chunk[:room]
+
+    def text(self) -> str:
+        text = self.data.decode(errors="replace")
+        return text + OUTPUT_MARKER if self.total > self.limit else text
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Says when the process itself has exited: ``Process.wait()`` also waits for its pipes to
+    close, which processes the code forked (and that still hold them) can put off indefinitely.
+    """
+
+    def __init__(self, exited: asyncio.Event) -> None:
+        super().__init__(limit=2**16, loop=asyncio.get_running_loop())
+        self._exited_event = exited
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self._exited_event.set()
+
+
+class Sandbox:
+    """One sandboxed interpreter, started ahead and used for exactly one run.
+
+    ``start()`` brings the process up to the point where it waits for its payload on stdin;
+    ``run()`` sends the code and data and collects the outcome; ``close()`` kills whatever is
+    left and removes the temp dir (always call it; ``run_code`` does all three).
+    """
+
+    def __init__(
+        self, *, isolation: str, interpreter: str | None = None, tmp_mb: int = Limits.tmp_mb
+    ) -> None:
+        if isolation not in LEVELS:
+            raise ValueError(f"unknown isolation level {isolation!r}")
+        self.level = isolation
+        self.tools = _tools(interpreter or default_interpreter())
+        self.tmp_mb = tmp_mb
+        self.uid: int | None = None
+        self.workdir: str | None = None
+        self.home = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = time.monotonic()
+        self.stdout = _Capture(Limits.output_bytes)
+        self.stderr = _Capture(Limits.output_bytes)
+        self.result = _Capture(Limits.result_bytes + 1)
+        self._io: list[asyncio.Task[None]] = []
+        self._transport: asyncio.ReadTransport | None = None
+        self._used = False
+        self._exited = asyncio.Event()
+        self._swept = False
+
+    async def start(self) -> None:
+        """Start the process; returns once it runs (not necessarily ready: see ``ready()``).
+
+        Not interruptible: cancelled, it finishes starting first, so that ``close()`` ends the
+        sandbox in order. (asyncio's own clean-up of a cancelled spawn SIGKILLs bwrap at once,
+        which can orphan the sandbox before ``--die-with-parent`` is armed in it, and then
+        waits for pipes that orphan holds open: for ever.)
+        """
+        starting = asyncio.ensure_future(self._start())
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            await asyncio.wait([starting], timeout=REAP_SECONDS)
+            raise
+
+    async def _start(self) -> None:
+        self.uid, self.workdir, self.home = _setup(self.tools, self.level)
+        loop = asyncio.get_running_loop()
+        result_r, result_w = os.pipe()
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(self._exited),
+                *_command(
+                    self.tools, self.level, Limits(tmp_mb=self.tmp_mb), self.workdir, result_w, self.uid
+                ),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(result_w,),
+                env=_env(self.home),
+                cwd=self.workdir or "/",
+                start_new_session=True,
+            )
+            self.proc = asyncio.subprocess.Process(transport, protocol, loop)
+        except BaseException:
+            os.close(result_r)
+            raise
+        finally:
+            os.close(result_w)
+        proc = self.proc
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        reader = asyncio.StreamReader()
+        self._transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(result_r, "rb", buffering=0)
+        )
+        self._io = [
+            asyncio.create_task(self.stdout.drain(proc.stdout)),
+            asyncio.create_task(self.stderr.drain(proc.stderr)),
+            asyncio.create_task(self.result.drain(reader)),
+        ]
+
+    async def ready(self) -> None:
+        """Wait until the interpreter is up and waiting for its payload (or already dead)."""
+        await self.result.first.wait()
+
+    async def run(self, source: str, data: Any, limits: Limits = Limits()) -> CodeRun:
+        """Run ``main(data)``; raises ``CodeFailure`` (see :func:`run_code`). Once per sandbox."""
+        if self._used or self.proc is None:
+            raise RuntimeError("a sandbox runs code once, after start()")
+        self._used = True
+        try:
+            payload = _payload(source, data, limits)
+        except (TypeError, ValueError) as exc:
+            raise NodeFailure("validation", f"the node's data is not JSON: {exc}") from exc
+        proc = self.proc
+        assert proc.stdin is not None
+        self.started = time.monotonic()
+        self.stdout.limit = self.stderr.limit = limits.output_bytes
+        self.result.limit = limits.result_bytes + 1
+
+        async def feed(stdin: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                stdin.write(payload)
+                await stdin.drain()
+            stdin.close()
+
+        self._io.append(asyncio.create_task(feed(proc.stdin)))
+        timed_out = False
+        try:
+            async with asyncio.timeout(limits.wall_seconds):
+                await self._exited.wait()
+        except TimeoutError:
+            timed_out = True
+        await self._terminate()
+        await self.finish()
+        # Every holder of the pipes is dead now: what is left to read is buffered data.
+        _, pending = await asyncio.wait(self._io, timeout=REAP_SECONDS)
+        if pending:
+            log.error("code sandbox: output pipes still open after the sandbox ended")
+        if timed_out:
+            raise self.fail(
+                "timeout", f"the code did not finish within {limits.wall_seconds:g}s (wall clock)"
+            )
+        return self._outcome(limits, proc.returncode)
+
+    async def close(self) -> None:
+        """Kill and reap the sandbox, stop reading its pipes and remove its temp dir.
+
+        Safe against a second cancellation while it runs: the kill is sent first, and the wait
+        for the processes to be gone goes on behind a shield.
+        """
+        await self._terminate()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.shield(asyncio.wait_for(self.finish(), REAP_SECONDS))
+        for task in self._io:
+            task.cancel()
+        await asyncio.gather(*self._io, return_exceptions=True)
+        if self._transport is not None:
+            self._transport.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    async def _terminate(self) -> None:
+        proc = self.proc
+        try:
+            if self.level == "bwrap" and proc is not None and proc.returncode is None:
+                # Until the runner is up, bwrap's sandbox process may not have armed
+                # --die-with-parent yet: killed now, bwrap could leave it orphaned. Once the
+                # runner has said "R" (or the pipe has closed), the kill below is safe.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.result.first.wait()), REAP_SECONDS)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox; safe to call at any time, more than once. ``finish()`` then
+        kills what is left of it below bwrap, and reaps it.
+
+        Under bwrap, call it only once the runner is up (``ready()``); ``close()`` does.
+        """
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            # bwrap's child is the PID namespace's init: killing it makes the kernel kill every
+            # process of the sandbox, then bwrap reaps it and exits. Only if there is no such
+            # child yet is bwrap itself killed (--die-with-parent takes the sandbox with it).
+            children = _children(proc.pid) if self.level == "bwrap" else []
+            for child in children:
+                _kill(child)
+            if not children:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        # Below bwrap, what the code forked out of the process group is left to finish().
+
+    @property
+    def _marker(self) -> bytes:
+        return f"TMPDIR={self.home}".encode()
+
+    async def finish(self) -> None:
+        """Reap the sandbox and, outside a PID namespace, kill what the code left running."""
+        if self.proc is None:
+            return
+        await self._exited.wait()
+        if self.level != "bwrap" and not self._swept:
+            await self._sweep()
+            self._swept = True
+        await self.proc.wait()  # also waits for the pipes to close: nothing holds them any more
+
+    async def _sweep(self) -> None:
+        for _ in range(SWEEP_ROUNDS):
+            strays = _strays(self.uid, self._marker)
+            if not strays:
+                return
+            for pid in strays:
+                _kill(pid)
+            await asyncio.sleep(0.01)
+        log.error("code sandbox: processes of run uid %s survive SIGKILL: %s", self.uid, strays)
+
+    def record(self, result: Any = None, usage: Any = None) -> CodeRun:
+        cpu_us = usage.get("cpu_us") if isinstance(usage, dict) else None
+        rss = usage.get("max_rss_kb") if isinstance(usage, dict) else None
+        return CodeRun(
+            result=result,
+            stdout=self.stdout.text(),
+            stderr=self.stderr.text(),
+            isolation=self.level,
+            duration=time.monotonic() - self.started,
+            cpu_seconds=cpu_us / 1_000_000 if isinstance(cpu_us, int) else None,
+            max_rss_kb=rss if isinstance(rss, int) else None,
+        )
+
+    def fail(
+        self, error_class: str, message: str, *, retryable: bool | None = None, usage: Any = None
+    ) -> CodeFailure:
+        return CodeFailure(error_class, message, self.record(usage=usage), retryable=retryable)
+
+    def _outcome(self, limits: Limits, returncode: int | None) -> CodeRun:
+        raw = bytes(self.result.data)
+        if not raw.startswith(b"R"):
+            raise self.fail(
+                "internal",
+                f"the {self.level} sandbox did not start (exit {returncode}): "
+                + self.stderr.text().strip()[-1000:],
+                retryable=True,
+            )
+        if self.result.total > limits.result_bytes + 1:
+            raise self.fail(
+                "resource_limit", f"the result is larger than {limits.result_bytes} bytes of JSON"
+            )
+        if len(raw) > 1:
+            try:
+                document = json.loads(raw[1:])
+            except ValueError:
+                document = None  # cut short by a kill, or written to the pipe by the code itself
+            if isinstance(document, dict) and document.get("ok") is True and "result" in document:
+                return self.record(document["result"], document.get("usage"))
+            if isinstance(document, dict) and document.get("ok") is False:
+                error_class = str(document.get("error_class"))
+                if error_class not in ("code_error", "resource_limit", "internal"):
+                    error_class = "code_error"
+                raise self.fail(error_class, str(document.get("message")), usage=document.get("usage"))
+        signum = _signal_of(self.level, returncode)
+        if signum in (signal.SIGKILL, signal.SIGXCPU):
+            raise self.fail(
+                "resource_limit",
+                f"the code was killed by {signal.Signals(signum).name}: it went over its CPU time "
+                f"({limits.cpu_seconds}s) or memory ({limits.memory_mb} MB) limit",
+            )
+        if signum is not None:
+            name = signal.Signals(signum).name if signum in signal.valid_signals() else str(signum)
+            raise self.fail("code_error", f"the code crashed with {name}")
+        raise self.fail("code_error", f"the code ended its process (exit {returncode}) before main returned")
+
+
+def _signal_of(level: str, returncode: int | None) -> int | None:
+    """The signal that ended the sandboxed interpreter, if one did."""
+    if returncode is None:
+        return None
+    if returncode < 0:
+        return -returncode
+    if level == "bwrap" and returncode > 128:
+        return returncode - 128  # bwrap exits 128+N when its child dies of signal N
+    return None
+
+
+async def run_code(
+    source: str,
+    data: Any,
+    limits: Limits = Limits(),
+    *,
+    isolation: str | None = None,
+    interpreter: str | None = None,
+) -> CodeRun:
+    """Run ``main(data)`` of ``source`` in a fresh sandboxed process; returns its result and output.
+
+    Raises ``CodeFailure`` (a ``NodeFailure``): ``code_error`` for an exception in the code, a
+    non-JSON result or an early exit; ``resource_limit`` for memory, CPU or result size;
+    ``timeout`` for the wall clock (``limits.wall_seconds``); ``internal`` (retryable) when the
+    sandbox itself cannot start. Cancelling it kills the sandbox before ``CancelledError``
+    propagates. ``isolation`` forces a level (tests); by default the strongest that works
+    (:func:`isolation_level`). ``interpreter`` is the Python to run (default: the engine's).
+    """
+    python = interpreter or default_interpreter()
+    level = isolation or await _level_of(python)
+    if level not in LEVELS:
+        raise NodeFailure("internal", "no code sandbox works on this machine (see the engine log)")
+    sandbox = Sandbox(isolation=level, interpreter=python, tmp_mb=limits.tmp_mb)
+    try:
+        await sandbox.start()
+        return await sandbox.run(source, data, limits)
+    finally:
+        await sandbox.close()
+
+
+class SandboxPool:
+    """Sandboxes started ahead of need; each still runs code once and is then thrown away.
+
+    A cold run pays for namespaces and interpreter start-up (see ``bench/code_node.py``); a
+    pre-started sandbox already waits on stdin for its payload, so a run costs only the code.
+    ``size`` sandboxes are kept ready once the first run has happened (or after ``warm()``);
+    every run takes one and, once done, starts a replacement in the background; when none is
+    ready the run starts its own. ``size=0`` gives plain cold runs. A pool belongs to the event loop it was
+    first used in; ``close()`` it before that loop ends.
+    """
+
+    def __init__(
+        self,
+        size: int = 2,
+        *,
+        isolation: str | None = None,
+        interpreter: str | None = None,
+        tmp_mb: int = Limits.tmp_mb,
+    ) -> None:
+        self.size = size
+        self.interpreter = interpreter or default_interpreter()
+        self.isolation = isolation
+        self.tmp_mb = tmp_mb
+        self._idle: list[Sandbox] = []
+        self._starting: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def level(self) -> str:
+        """The isolation level of this pool's runs (probed on first use)."""
+        if self.isolation is not None:
+            return self.isolation
+        level = await _level_of(self.interpreter)
+        self.isolation = level
+        return level
+
+    async def warm(self) -> None:
+        """Start filling the pool now rather than at the first run."""
+        await self.level()
+        self._bind()
+        self._refill()
+
+    async def run(self, source: str, data: Any, limits: Limits = Limits()) -> CodeRun:
+        """Like :func:`run_code`, on a pre-started sandbox when one is ready."""
+        level = await self.level()
+        if level not in LEVELS:
+            raise NodeFailure("internal", "no code sandbox works on this machine (see the engine log)")
+        self._bind()
+        sandbox = self._take()
+        try:
+            if sandbox is None:
+                sandbox = Sandbox(isolation=level, interpreter=self.interpreter, tmp_mb=self.tmp_mb)
+                await sandbox.start()
+            return await sandbox.run(source, data, limits)
+        finally:
+            if sandbox is not None:
+                await sandbox.close()
+            self._refill()  # after the run, so that starting a replacement does not slow it down
+
+    async def close(self) -> None:
+        """Kill every pre-started sandbox; the pool starts no more."""
+        self._closed = True
+        await asyncio.gather(*self._starting, return_exceptions=True)  # they see _closed
+        idle, self._idle = self._idle, []
+        for sandbox in idle:
+            await sandbox.close()
+
+    def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                log.warning("code sandbox pool moved to another event loop; dropping its sandboxes")
+                for sandbox in self._idle:
+                    sandbox.kill()
+                self._idle, self._starting = [], set()
+            self._loop = loop
+
+    def _take(self) -> Sandbox | None:
+        while self._idle:
+            sandbox = self._idle.pop(0)
+            proc = sandbox.proc
+            if proc is not None and proc.returncode is None and sandbox.result.data == b"R":
+                return sandbox
+            self._spawn(sandbox.close())  # died while waiting: discard it
+        return None
+
+    def _refill(self) -> None:
+        if self._closed:
+            return
+        for _ in range(self.size - len(self._idle) - len(self._starting)):
+            self._spawn(self._start_one())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start_one(self) -> None:
+        assert self.isolation is not None
+        sandbox = Sandbox(isolation=self.isolation, interpreter=self.interpreter, tmp_mb=self.tmp_mb)
+        try:
+            await sandbox.start()
+            await sandbox.ready()
+        except Exception:
+            log.exception("code sandbox: could not pre-start a sandbox")
+            await sandbox.close()
+            return
+        except BaseException:
+            await sandbox.close()
+            raise
+        proc = sandbox.proc
+        if self._closed or proc is None or proc.returncode is not None or sandbox.result.data != b"R":
+            await sandbox.close()
+            return
+        self._idle.append(sandbox)
