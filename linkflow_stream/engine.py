@@ -36,7 +36,7 @@ from linkflow_stream.request_watchdog import RequestWatchdog
 from linkflow_stream.settings import Settings
 from linkflow_stream.state import ExecutionState
 from linkflow_stream.timers import TimerService
-from linkflow_stream.topics import execution_partitions
+from linkflow_stream.topics import execution_partitions, max_message_bytes
 from linkflow_stream.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
 from linkflow_stream.workflow import WorkflowDefinition
 from projections.log_reader import LogReader
@@ -63,7 +63,9 @@ class Engine:
         self.orchestrator = Orchestrator(self.registry, decider_config(self.registry, settings))
         self.publisher = Publisher(settings, self.codec)
         self.timers = TimerService(self.publisher)
-        self.executor = Executor(self.registry, self.publisher, settings.executor_slots)
+        self.executor = Executor(
+            self.registry, self.publisher, settings.executor_slots, settings.node_output_max_bytes
+        )
         self.status = StatusView()
         self.metrics = Metrics(active=self.status.active_count)
         self.workflows = WorkflowView()
@@ -124,6 +126,7 @@ class Engine:
             producer_acks=-1,
             producer_linger=0.001,
             stream_wait_empty=False,
+            producer_max_request_size=max_message_bytes(),
         )
         inputs = app.topic(
             *(s.topic(t) for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)), **RAW

@@ -9,12 +9,15 @@ activities). Cancellation arrives on the broadcast control topic.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from aiokafka.errors import MessageSizeTooLargeError
 
 from linkflow_stream import topic_names
 from linkflow_stream.clock import now
@@ -28,7 +31,14 @@ TaskKey = tuple[str, str, int]
 
 
 class Executor:
-    def __init__(self, registry: Mapping[str, NodeExecutor], publisher: Publisher, slots: int) -> None:
+    def __init__(
+        self,
+        registry: Mapping[str, NodeExecutor],
+        publisher: Publisher,
+        slots: int,
+        output_max_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.output_max_bytes = output_max_bytes
         self.registry = registry
         self.publisher = publisher
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
@@ -70,9 +80,17 @@ class Executor:
             raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
         try:
             async with asyncio.timeout(task.timeout_seconds):
-                return await executor.execute(ctx, task.config, task.input)
+                output = await executor.execute(ctx, task.config, task.input)
         except TimeoutError as exc:
             raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
+        size = len(json.dumps(output, separators=(",", ":"), default=str))
+        if size > self.output_max_bytes:
+            raise NodeFailure(
+                "resource_limit",
+                f"output of {size} bytes is over the {self.output_max_bytes}-byte "
+                "limit (LINKFLOW_NODE_OUTPUT_MAX_BYTES)",
+            )
+        return output
 
     async def _run(self, task: NodeTask) -> None:
         started = now()
@@ -106,21 +124,35 @@ class Executor:
             usage=ctx.usage or None,
         )
         try:
-            await self.publisher.send(
-                [
-                    Outgoing(
-                        topic_names.RESULTS,
-                        task.execution_id,
-                        result,
-                        "io.linkflow.node.result",
-                        ce_id=f"{task.execution_id}/{task.node_id}/{task.attempt}",
-                    )
-                ]
+            await self._publish(task, result)
+        except MessageSizeTooLargeError:
+            # An output Kafka cannot carry must fail the node visibly, not loop on leases.
+            too_big = NodeFailure(
+                "resource_limit",
+                "the node's output is larger than the broker accepts in one "
+                "record; reduce it with an output mapping or a smaller max_rows/size",
             )
-            self.completed += 1
+            await self._publish(
+                task, result.model_copy(update={"ok": False, "output": None, "error": too_big.to_error()})
+            )
         except Exception:
             log.exception(
                 "could not publish the result of %s/%s; the lease will retry it",
                 task.execution_id,
                 task.node_id,
             )
+        else:
+            self.completed += 1
+
+    async def _publish(self, task: NodeTask, result: NodeResult) -> None:
+        await self.publisher.send(
+            [
+                Outgoing(
+                    topic_names.RESULTS,
+                    task.execution_id,
+                    result,
+                    "io.linkflow.node.result",
+                    ce_id=f"{task.execution_id}/{task.node_id}/{task.attempt}",
+                )
+            ]
+        )

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from linkflow_stream.clock import to_millis
 from linkflow_stream.codec import Codec, cloudevent_headers
 from linkflow_stream.settings import Settings
+from linkflow_stream.topics import max_message_bytes
 
 SOURCE = "/linkflow/engine"
 
@@ -44,6 +45,7 @@ class Publisher:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
+            max_request_size=max_message_bytes(),
             enable_idempotence=True,
             linger_ms=1,
             client_id=f"{self.settings.app_id}-publisher",

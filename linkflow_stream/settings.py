@@ -82,8 +82,12 @@ class Settings(BaseSettings):
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""
 
-    http_max_response_bytes: int = 10 * 1024 * 1024
-    """Largest HTTP response body a node accepts. Default 10 MiB."""
+    node_output_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Largest node output (as JSON) a task may return; a larger one fails the node with
+    ``resource_limit``. Default 1 MiB."""
+
+    http_max_response_bytes: int = 1024 * 1024
+    """Largest HTTP response body a node accepts. Default 1 MiB (the node output cap)."""
 
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""

@@ -27,9 +27,12 @@ class TopicSpec:
     cleanup_policy: str = "delete"
     retention_ms: int | None = None
     co_partitioned: bool = False
+    max_message_bytes: int | None = None
 
     def configs(self) -> dict[str, str]:
         cfg = {"cleanup.policy": self.cleanup_policy}
+        if self.max_message_bytes is not None:
+            cfg["max.message.bytes"] = str(self.max_message_bytes)
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
         return cfg
@@ -39,6 +42,7 @@ def load_specs(path: Path = SPEC_FILE) -> list[TopicSpec]:
     """Parse the spec file; co-partitioned topics take the shared execution partition count."""
     data = tomllib.loads(path.read_text())
     shared = int(data["execution_partitions"])
+    large = int(data.get("max_message_bytes", 1048576))
     specs = []
     for t in data["topic"]:
         co = bool(t.get("co_partitioned", False))
@@ -51,9 +55,15 @@ def load_specs(path: Path = SPEC_FILE) -> list[TopicSpec]:
                 cleanup_policy=t.get("cleanup_policy", "delete"),
                 retention_ms=t.get("retention_ms"),
                 co_partitioned=co,
+                max_message_bytes=large if t.get("large_records") else None,
             )
         )
     return specs
+
+
+def max_message_bytes(path: Path = SPEC_FILE) -> int:
+    """The record size the producers must allow for records that carry node outputs."""
+    return int(tomllib.loads(path.read_text()).get("max_message_bytes", 1048576))
 
 
 def execution_partitions(path: Path = SPEC_FILE) -> int:

@@ -359,3 +359,38 @@ def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     )
     assert "linkflow_executions_active " in text
     assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text
+
+
+def test_an_output_too_large_for_a_record_fails_the_node_visibly(
+    engine: EngineProcess, target: TargetServer
+) -> None:
+    wf = {
+        "id": wid("too-big"),
+        "nodes": [
+            {"id": "h", "type": "http", "config": {"url": f"{target.url}/big?n={3 * 1024 * 1024}"}},
+        ],
+    }
+    engine.register(wf)
+    status, done = engine.start_execution(wf["id"], wait=30)
+    assert status == 200, done
+    assert done["status"] == "failed"
+    error = done["nodes"]["h"]["error"]
+    assert error["error_class"] == "resource_limit"
+    assert done["nodes"]["h"]["attempts"] == 1, "a size failure is not retried through leases"
+
+    wf = {
+        "id": wid("too-big-code"),
+        "nodes": [
+            {
+                "id": "c",
+                "type": "code",
+                "config": {"source": "def main(data):\n    return 'x' * 2_000_000\n"},
+            },
+        ],
+    }
+    engine.register(wf)
+    status, done = engine.start_execution(wf["id"], wait=30)
+    assert status == 200, done
+    error = done["nodes"]["c"]["error"]
+    assert (done["status"], error["error_class"]) == ("failed", "resource_limit")
+    assert "LINKFLOW_NODE_OUTPUT_MAX_BYTES" in error["message"]
