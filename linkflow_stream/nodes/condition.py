@@ -1,4 +1,6 @@
-"""``condition``: a JSONata boolean; dependants pick a branch with ``"c:true"`` or ``"c:false"``."""
+"""``condition``: a JSONata boolean; dependants pick a branch with ``"c:true"`` or ``"c:false"``.
+
+An expression that yields nothing counts as false; any other non-boolean result is an error."""
 
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ class ConditionNode:
 
     async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
         result = evaluate(config["expression"], data)
+        if result is None:
+            # Nothing (e.g. `nodes.a.n > 10` when n is missing) is false, as the reference JSONata
+            # defines comparisons with an undefined side; jsonata-python returns undefined there.
+            return False
         if not isinstance(result, bool):
             raise NodeFailure("expression_error", f"condition must be a boolean, got {type(result).__name__}")
         return result
