@@ -30,12 +30,7 @@ async def rebuild_status(settings: Settings, progress: Callable[[int], None] | N
         if progress is not None and (view.applied + view.duplicates) % 10_000 == 0:
             progress(view.applied + view.duplicates)
 
-    reader = LogReader(settings.bootstrap_servers, [settings.topic(topic_names.EVENTS)], handle)
-    await reader.start()
-    try:
-        await reader.caught_up.wait()
-    finally:
-        await reader.stop()
+    await _read_events(settings, handle)
     return view
 
 
@@ -91,10 +86,15 @@ async def history(settings: Settings, execution_id: str) -> list[ExecutionEvent]
         if record.key == key:
             events.append(codec.decode(record.value, ExecutionEvent))
 
+    await _read_events(settings, handle)
+    return events
+
+
+async def _read_events(settings: Settings, handle: Callable[[ConsumerRecord[bytes, bytes]], None]) -> None:
+    """Hand every record of ``linkflow.events`` to ``handle``, from offset 0 to the end as of now."""
     reader = LogReader(settings.bootstrap_servers, [settings.topic(topic_names.EVENTS)], handle)
     await reader.start()
     try:
         await reader.caught_up.wait()
     finally:
         await reader.stop()
-    return events

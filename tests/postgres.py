@@ -21,7 +21,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from linkflow_stream.broker import free_port
 
 REQUIRE_ENV = "LINKFLOW_REQUIRE_POSTGRES"
 SERVER_USER = "postgres"
@@ -58,12 +59,6 @@ def find_bin_dir() -> Path | None:
         if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
             return directory
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
