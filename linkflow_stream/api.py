@@ -124,6 +124,7 @@ class Api:
                 web.get("/api/executions", self.list_executions),
                 web.get("/api/executions/{id}", self.get_execution),
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
+                web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -227,6 +228,15 @@ class Api:
         body = await self._synced(lambda: self.d.status.get(request.match_info["id"]))
         if body is None:
             raise NotFoundError(f"execution {request.match_info['id']!r} does not exist")
+        return web.json_response(body)
+
+    async def execution_metrics(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["id"]
+        body = await self._synced(lambda: self.d.status.metrics(execution_id, now()))
+        if body is None:
+            if self.d.status.status(execution_id) is not None:
+                raise NotFoundError(f"execution {execution_id!r} has not started yet; no metrics")
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
         return web.json_response(body)
 
     async def cancel_execution(self, request: web.Request) -> web.Response:

@@ -58,6 +58,43 @@ def render(state: ExecutionState) -> dict[str, Any]:
     }
 
 
+def render_metrics(state: ExecutionState, now: datetime) -> dict[str, Any]:
+    """The ``GET /api/executions/{id}/metrics`` body: timings, attempts and resource use, from the
+    execution's state alone (a running execution's durations run up to ``now``)."""
+
+    def seconds(start: datetime | None, end: datetime | None) -> float | None:
+        return None if start is None else round(((end or now) - start).total_seconds(), 3)
+
+    usage: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    nodes = {}
+    for node_id, n in state.nodes.items():
+        by_status[n.status.value] = by_status.get(n.status.value, 0) + 1
+        for key, amount in (n.usage or {}).items():
+            usage[key] = usage.get(key, 0) + amount
+        nodes[node_id] = {
+            "status": n.status.value,
+            "attempts": n.attempts,
+            "duration_seconds": seconds(n.started_at, n.finished_at),
+            "usage": n.usage or {},
+        }
+    return {
+        "id": state.id,
+        "workflow_id": state.workflow.id,
+        "status": state.status.value,
+        "queue_seconds": seconds(
+            state.created_at, state.started_at or (None if state.status.terminal else now)
+        ),
+        "duration_seconds": seconds(state.started_at, state.finished_at),
+        "events": state.seq,
+        "attempts": sum(n.attempts for n in state.nodes.values()),
+        "retries": sum(max(0, n.attempts - 1) for n in state.nodes.values()),
+        "nodes_by_status": by_status,
+        "usage": usage,
+        "nodes": nodes,
+    }
+
+
 def render_accepted(request: StartExecution) -> dict[str, Any]:
     """What a read shows for an execution accepted here but not yet seen in the log."""
     at = _iso(request.requested_at)
@@ -128,6 +165,10 @@ class StatusView:
             return render(state)
         request = self.accepted.get(execution_id)
         return render_accepted(request) if request else None
+
+    def metrics(self, execution_id: str, now: datetime) -> dict[str, Any] | None:
+        state = self.executions.get(execution_id)
+        return render_metrics(state, now) if state is not None else None
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
         state = self.executions.get(execution_id)

@@ -394,3 +394,26 @@ def test_an_output_too_large_for_a_record_fails_the_node_visibly(
     error = done["nodes"]["c"]["error"]
     assert (done["status"], error["error_class"]) == ("failed", "resource_limit")
     assert "LINKFLOW_NODE_OUTPUT_MAX_BYTES" in error["message"]
+
+
+def test_execution_metrics_show_attempts_timings_and_usage(
+    engine: EngineProcess, target: TargetServer
+) -> None:
+    wf = {
+        "id": wid("metrics-one"),
+        "nodes": [
+            {"id": "h", "type": "http", "config": {"url": f"{target.url}/big?n=2048"}},
+            {"id": "t", "type": "transform", "depends_on": ["h"], "config": {"expression": "nodes.h.status"}},
+        ],
+    }
+    engine.register(wf)
+    status, done = engine.start_execution(wf["id"], wait=20)
+    assert status == 200 and done["status"] == "success"
+    status, metrics = call("GET", f"{engine.url}/api/executions/{done['id']}/metrics")
+    assert status == 200, metrics
+    assert (metrics["status"], metrics["attempts"], metrics["retries"]) == ("success", 2, 0)
+    assert metrics["usage"]["response_bytes"] == 2048
+    assert metrics["nodes"]["h"]["usage"]["duration_us"] > 0
+    assert metrics["duration_seconds"] >= metrics["nodes"]["h"]["duration_seconds"] >= 0
+    status, body = call("GET", f"{engine.url}/api/executions/exec_nope/metrics")
+    assert status == 404 and body["error"]["type"] == "not_found"
