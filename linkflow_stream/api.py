@@ -28,6 +28,7 @@ from projections.workflows import WorkflowView
 log = logging.getLogger(__name__)
 
 MAX_WAIT_SECONDS = 300.0
+MAX_TIMEOUT = 30 * 86_400.0
 SYNC_SECONDS = 2.0
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
@@ -125,6 +126,7 @@ class Api:
                 web.get("/api/executions/{id}", self.get_execution),
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
+                web.put("/api/executions/{id}/timeout", self.set_timeout),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -239,25 +241,47 @@ class Api:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         return web.json_response(body)
 
-    async def cancel_execution(self, request: web.Request) -> web.Response:
-        execution_id = request.match_info["id"]
+    async def _command(self, execution_id: str, command: ExecutionCommand, ce_type: str) -> None:
+        """Send a command to a run that exists and has not ended (404 / 409 otherwise)."""
         status = await self._synced(lambda: self.d.status.status(execution_id))
         if status is None:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
-        await self.d.publisher.send(
-            [
-                Outgoing(
-                    topic_names.COMMANDS,
-                    execution_id,
-                    ExecutionCommand(
-                        execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"
-                    ),
-                    "io.linkflow.command.cancel",
-                )
-            ]
+        await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
+
+    async def set_timeout(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["id"]
+        body = await _json_body(request)
+        seconds = body.get("timeout_seconds") if isinstance(body, dict) else None
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 0 < seconds <= MAX_TIMEOUT
+        ):
+            raise ValidationError(
+                f"timeout_seconds must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}"
+            )
+        if isinstance(body, dict) and set(body) - {"timeout_seconds"}:
+            raise ValidationError(f"unknown field(s): {', '.join(sorted(set(body) - {'timeout_seconds'}))}")
+        command = ExecutionCommand(
+            execution_id=execution_id,
+            kind=CommandKind.SET_TIMEOUT,
+            timeout_seconds=float(seconds),
+            reason="timeout set by request",
         )
+        await self._command(execution_id, command, "io.linkflow.command.set_timeout")
+        return web.json_response(
+            {"id": execution_id, "timeout_seconds": seconds, "counted_from": "the execution's start"},
+            status=202,
+        )
+
+    async def cancel_execution(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["id"]
+        command = ExecutionCommand(
+            execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"
+        )
+        await self._command(execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
 
     async def healthz(self, request: web.Request) -> web.Response:

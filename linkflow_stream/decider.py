@@ -83,9 +83,20 @@ def decide(
         _on_result(b, inp, cfg)
     elif inp.kind is CommandKind.CANCEL:
         _terminate(b, ExecutionStatus.CANCELLED, inp.reason or "cancelled by request")
+    elif inp.kind is CommandKind.SET_TIMEOUT and inp.timeout_seconds is not None:
+        _set_deadline(b, inp.timeout_seconds)
     elif inp.timer_id is not None:
         _on_timer(b, inp.timer_id, cfg)
     return b.events
+
+
+def _set_deadline(b: _Builder, timeout_seconds: float) -> None:
+    """The run's deadline becomes start + ``timeout_seconds``; one already past ends it now."""
+    start = b.s.started_at or b.s.created_at
+    deadline = start + timedelta(seconds=timeout_seconds)
+    b.emit(EventType.EXECUTION_DEADLINE_SET, due_at=deadline, reason=f"timeout set to {timeout_seconds:g}s")
+    if deadline <= b.now:
+        _terminate(b, ExecutionStatus.FAILED, f"execution timed out (timeout set to {timeout_seconds:g}s)")
 
 
 def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:

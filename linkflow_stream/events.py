@@ -24,6 +24,7 @@ class EventType(StrEnum):
     EXECUTION_SUCCEEDED = "execution_succeeded"
     EXECUTION_FAILED = "execution_failed"
     EXECUTION_CANCELLED = "execution_cancelled"
+    EXECUTION_DEADLINE_SET = "execution_deadline_set"
 
 
 class Dispatch(StrEnum):

@@ -21,6 +21,7 @@ class Priority(StrEnum):
 class CommandKind(StrEnum):
     CANCEL = "cancel"
     TIMER_FIRED = "timer_fired"
+    SET_TIMEOUT = "set_timeout"
 
 
 class NodeError(BaseModel):
@@ -50,6 +51,7 @@ class ExecutionCommand(BaseModel):
     kind: CommandKind
     reason: str | None = None
     timer_id: str | None = None
+    timeout_seconds: float | None = None
 
 
 class NodeTask(BaseModel):

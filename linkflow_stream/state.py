@@ -171,6 +171,15 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
                 event.due_at,
             ),
         )
+    if event.type is EventType.EXECUTION_DEADLINE_SET:
+        timer_id = Timer.make_id(TimerKind.EXECUTION_TIMEOUT)
+        timers = {k: t for k, t in state.timers.items() if k != timer_id}
+        return state.model_copy(
+            update={
+                "seq": event.seq,
+                "timers": _with_timer(timers, timer_id, TimerKind.EXECUTION_TIMEOUT, event.due_at),
+            }
+        )
     if event.type in _EXECUTION_END:
         return _transition(state, event, _EXECUTION_END[event.type], finished_at=event.at, timers={})
     return _evolve_node(state, event)

@@ -34,19 +34,23 @@ class TimerService:
     def __init__(self, publisher: Publisher, *, clock: Callable[[], int] = lambda: to_millis(now())) -> None:
         self.publisher = publisher
         self.clock = clock
-        self._heap: list[tuple[int, str, str, int]] = []
-        self._pending: dict[str, set[str]] = {}
+        # (when to look, execution, timer id, the timer's due time, times fired so far)
+        self._heap: list[tuple[int, str, str, int, int]] = []
+        # execution -> timer id -> due time: a timer is identified by both, since a deadline
+        # keeps its id when it moves
+        self._pending: dict[str, dict[str, int]] = {}
         self._wake = asyncio.Event()
         self.fired_total = 0
         self.refired_total = 0
 
     def track(self, state: ExecutionState) -> None:
         """Record the timers of ``state`` after it was stored."""
-        known = self._pending.get(state.id, set())
-        current = set(state.timers)
-        for timer_id in current - known:
-            heapq.heappush(self._heap, (to_millis(state.timers[timer_id].due_at), state.id, timer_id, 0))
-            self._wake.set()
+        known = self._pending.get(state.id, {})
+        current = {timer_id: to_millis(t.due_at) for timer_id, t in state.timers.items()}
+        for timer_id, due in current.items():
+            if known.get(timer_id) != due:
+                heapq.heappush(self._heap, (due, state.id, timer_id, due, 0))
+                self._wake.set()
         if current:
             self._pending[state.id] = current
         else:
@@ -62,9 +66,9 @@ class TimerService:
         out = []
         at = self.clock()
         while self._heap and self._heap[0][0] <= at:
-            _, execution_id, timer_id, fires = heapq.heappop(self._heap)
-            if timer_id not in self._pending.get(execution_id, ()):
-                continue
+            _, execution_id, timer_id, due, fires = heapq.heappop(self._heap)
+            if self._pending.get(execution_id, {}).get(timer_id) != due:
+                continue  # fired and gone, or moved to another time (a newer entry exists)
             if fires:
                 self.refired_total += 1
                 log.warning(
@@ -75,7 +79,7 @@ class TimerService:
                 )
             out.append((execution_id, timer_id))
             recheck = at + min(REFIRE_AFTER_MS << fires, MAX_REFIRE_MS)
-            heapq.heappush(self._heap, (recheck, execution_id, timer_id, fires + 1))
+            heapq.heappush(self._heap, (recheck, execution_id, timer_id, due, fires + 1))
         return out
 
     async def run(self) -> None:
@@ -99,7 +103,9 @@ class TimerService:
                 except Exception:
                     log.exception("could not send %d timer commands; retrying", len(fire))
                     for execution_id, timer_id in fire:
-                        heapq.heappush(self._heap, (self.clock() + 500, execution_id, timer_id, 0))
+                        due = self._pending.get(execution_id, {}).get(timer_id)
+                        if due is not None:
+                            heapq.heappush(self._heap, (self.clock() + 500, execution_id, timer_id, due, 0))
                     await asyncio.sleep(0.5)
                 continue
             delay = (self._heap[0][0] - self.clock()) / 1000 if self._heap else 1.0

@@ -34,6 +34,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
         "created_at": _iso(state.created_at),
         "started_at": _iso(state.started_at),
         "finished_at": _iso(state.finished_at),
+        "deadline_at": _iso(deadline.due_at) if (deadline := state.timers.get("execution_timeout")) else None,
         "nodes": {
             node_id: {
                 "status": n.status.value,
@@ -108,6 +109,7 @@ def render_accepted(request: StartExecution) -> dict[str, Any]:
         "created_at": at,
         "started_at": None,
         "finished_at": None,
+        "deadline_at": None,
         "nodes": {
             n.id: {
                 "status": "pending",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 import uuid
 from datetime import datetime
@@ -417,3 +418,30 @@ def test_execution_metrics_show_attempts_timings_and_usage(
     assert metrics["duration_seconds"] >= metrics["nodes"]["h"]["duration_seconds"] >= 0
     status, body = call("GET", f"{engine.url}/api/executions/exec_nope/metrics")
     assert status == 404 and body["error"]["type"] == "not_found"
+
+
+def test_setting_a_timeout_on_a_running_execution(engine: EngineProcess) -> None:
+    wf = {"id": wid("timeout"), "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 60}}]}
+    engine.register(wf)
+    _, body = engine.start_execution(wf["id"])
+    running = engine.wait_status(body["id"], ("running",))
+    assert running["deadline_at"] is None
+    url = f"{engine.url}/api/executions/{body['id']}/timeout"
+    status, reply = call("PUT", url, {"timeout_seconds": 300})
+    assert status == 202, reply
+    until = time.monotonic() + 10
+    while (deadline := engine.get(body["id"])["deadline_at"]) is None and time.monotonic() < until:
+        time.sleep(0.05)
+    assert deadline is not None
+    assert (ts(deadline) - ts(running["started_at"])).total_seconds() == 300
+    for bad in ({"timeout_seconds": 0}, {"timeout_seconds": "5"}, {"seconds": 5}, [5]):
+        status, reply = call("PUT", url, bad)
+        assert status == 400 and reply["error"]["type"] == "validation", bad
+    status, _ = call("PUT", url, {"timeout_seconds": 2})
+    assert status == 202
+    done = engine.wait_status(body["id"], timeout=10)
+    assert done["status"] == "failed"
+    assert "timed out" in done["history"][-1]["reason"]
+    assert done["nodes"]["w"]["status"] == "cancelled"
+    assert call("PUT", url, {"timeout_seconds": 10})[0] == 409
+    assert call("PUT", f"{engine.url}/api/executions/exec_nope/timeout", {"timeout_seconds": 10})[0] == 404

@@ -97,3 +97,14 @@ def test_rebuilding_after_recovery_does_not_double_fire() -> None:
     timers.rebuild([s, state("e2", ("wait:w:1", 10))])
     clock.ms += 10
     assert sorted(timers.due()) == [("e1", "wait:w:1"), ("e2", "wait:w:1")]
+
+
+def test_a_timer_that_moves_fires_at_its_new_time_only() -> None:
+    timers, clock = service()
+    timers.track(state("e1", ("execution_timeout", 300_000)))
+    timers.track(state("e1", ("execution_timeout", 2_000)))  # the deadline was shortened
+    clock.ms += 2_000
+    assert timers.due() == [("e1", "execution_timeout")]
+    timers.track(state("e1", ("execution_timeout", 600_000)))  # and then moved far out
+    clock.ms += 300_000
+    assert timers.due() == [], "the old entries no longer match the timer's due time"
