@@ -48,6 +48,7 @@ class ApiDeps:
     registry: Mapping[str, NodeExecutor]
     readiness: Callable[[], Mapping[str, bool]]
     sync: Callable[[float], Awaitable[bool]] | None = None
+    queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     metrics: Callable[[], bytes] | None = None
     on_started: Callable[[StartExecution], None] | None = None
 
@@ -127,6 +128,7 @@ class Api:
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
+                web.get("/api/admin/queue/status", self.get_queue_status),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -283,6 +285,11 @@ class Api:
         )
         await self._command(execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
+
+    async def get_queue_status(self, request: web.Request) -> web.Response:
+        if self.d.queue_status is None:
+            raise NotFoundError("queue status is not available on this instance")
+        return web.json_response(await self.d.queue_status())
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

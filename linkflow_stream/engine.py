@@ -31,6 +31,7 @@ from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.orchestrator import Orchestrator
 from linkflow_stream.partitioning import ExecutionTable
 from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.queue_status import queue_status
 from linkflow_stream.registry_api import RegistryApi
 from linkflow_stream.request_watchdog import RequestWatchdog
 from linkflow_stream.settings import Settings
@@ -77,28 +78,21 @@ class Engine:
         self.recovered = False
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = self._build_app()
-        self.readers = [
-            LogReader(
+
+        def view(topics: list[str], handle: Any) -> LogReader:
+            return LogReader(
                 settings.bootstrap_servers,
-                [settings.topic(topic_names.WORKFLOWS)],
-                self._on_workflow,
-                on_error=self._view_error,
-            ),
-            LogReader(
-                settings.bootstrap_servers,
-                [settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS)],
-                self._on_status_record,
-                on_error=self._view_error,
-            ),
-        ]
-        self.readers.append(
-            LogReader(
-                settings.bootstrap_servers,
-                [settings.topic(topic_names.WORKERS)],
-                self._on_worker,
+                [settings.topic(t) for t in topics],
+                handle,
                 on_error=self._view_error,
             )
-        )
+
+        self.status_reader = view([topic_names.EVENTS, *topic_names.REQUESTS], self._on_status_record)
+        self.readers = [
+            view([topic_names.WORKFLOWS], self._on_workflow),
+            self.status_reader,
+            view([topic_names.WORKERS], self._on_worker),
+        ]
         self.control = LogReader(
             settings.bootstrap_servers,
             [settings.topic(topic_names.CONTROL)],
@@ -375,6 +369,7 @@ class EngineServices(mode.Service):
             readiness=e.readiness,
             metrics=e.metrics.render,
             sync=e.sync_views,
+            queue_status=lambda: queue_status(e.settings, e.status, e.status_reader),
         )
         await self._serve(Api(deps).app(), e.settings.api_port, "execution API")
         await self._serve(

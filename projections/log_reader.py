@@ -95,6 +95,11 @@ class LogReader:
         if self._consumer is not None:
             await self._consumer.stop()
 
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        """The current end offset of every partition this reader follows."""
+        assert self._consumer is not None
+        return dict(await self._consumer.end_offsets(self._partitions))
+
     async def sync(self, within: float) -> bool:
         """Wait until every record written before this call has been handled; False on timeout.
 

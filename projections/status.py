@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from linkflow_stream.events import ExecutionEvent
-from linkflow_stream.messages import StartExecution
+from linkflow_stream.messages import Priority, StartExecution
 from linkflow_stream.state import ExecutionState, ExecutionStatus, apply
 
 
@@ -167,6 +167,16 @@ class StatusView:
             return render(state)
         request = self.accepted.get(execution_id)
         return render_accepted(request) if request else None
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Per priority: accepted but not started yet (queued), and started but not ended (running)."""
+        counts = {p.value: {"queued": 0, "running": 0} for p in Priority}
+        for request in self.accepted.values():
+            counts[request.priority.value]["queued"] += 1
+        for state in self.executions.values():
+            if not state.status.terminal:
+                counts[state.priority.value]["running"] += 1
+        return counts
 
     def metrics(self, execution_id: str, now: datetime) -> dict[str, Any] | None:
         state = self.executions.get(execution_id)

@@ -445,3 +445,21 @@ def test_setting_a_timeout_on_a_running_execution(engine: EngineProcess) -> None
     assert done["nodes"]["w"]["status"] == "cancelled"
     assert call("PUT", url, {"timeout_seconds": 10})[0] == 409
     assert call("PUT", f"{engine.url}/api/executions/exec_nope/timeout", {"timeout_seconds": 10})[0] == 404
+
+
+def test_queue_status_counts_by_priority(engine: EngineProcess) -> None:
+    wf = {"id": wid("queue"), "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 30}}]}
+    engine.register(wf)
+    _, before = call("GET", f"{engine.url}/api/admin/queue/status")
+    ids = [engine.start_execution(wf["id"], priority=p)[1]["id"] for p in ("high", "high", "low")]
+    for execution_id in ids:
+        engine.wait_status(execution_id, ("running",))
+    status, body = call("GET", f"{engine.url}/api/admin/queue/status")
+    assert status == 200, body
+    assert body["order"] == ["high", "normal", "low"]
+    assert body["queues"]["high"]["running"] - before["queues"]["high"]["running"] == 2
+    assert body["queues"]["low"]["running"] - before["queues"]["low"]["running"] == 1
+    assert body["queues"]["high"]["topic"].endswith("linkflow.requests.high")
+    assert all(q["consumer_lag"] >= 0 for q in body["queues"].values())
+    for execution_id in ids:
+        assert call("POST", f"{engine.url}/api/executions/{execution_id}/cancel")[0] == 202

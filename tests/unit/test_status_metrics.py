@@ -67,3 +67,25 @@ def test_metrics_sum_attempts_retries_and_usage() -> None:
     assert done["nodes"]["h"]["attempts"] == 2
     assert done["nodes_by_status"] == {"success": 1}
     assert done["events"] == state.seq
+
+
+def test_queue_counts_split_queued_and_running_by_priority() -> None:
+    from linkflow_stream.messages import Priority
+    from projections.status import StatusView
+
+    wf = WorkflowDefinition(id="wf", created_at=T0, nodes=(NodeDefinition(id="h", type="http"),))
+    view = StatusView()
+    for execution_id, priority in (("q1", Priority.HIGH), ("q2", Priority.LOW), ("r1", Priority.HIGH)):
+        view.accept(
+            StartExecution(
+                execution_id=execution_id, workflow=wf, input={}, priority=priority, requested_at=T0
+            )
+        )
+    start = StartExecution(execution_id="r1", workflow=wf, input={}, priority=Priority.HIGH, requested_at=T0)
+    for event in decide(None, start, T0, CFG):
+        view.apply(event)
+    assert view.queue_counts() == {
+        "high": {"queued": 1, "running": 1},
+        "normal": {"queued": 0, "running": 0},
+        "low": {"queued": 1, "running": 0},
+    }
