@@ -68,13 +68,12 @@ class Engine:
             self.registry, self.publisher, settings.executor_slots, settings.node_output_max_bytes
         )
         self.status = StatusView()
-        self.metrics = Metrics(active=self.status.active_count)
+        self.metrics = Metrics(active=self.status.active_count, counts=self._counts)
         self.workflows = WorkflowView()
         self.workers = WorkerView()
         self.watchdog = RequestWatchdog(
             self.status, self.publisher, ready=lambda: all(r.caught_up.is_set() for r in self.readers)
         )
-        self.inputs_processed = 0
         self.recovered = False
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.app = self._build_app()
@@ -195,7 +194,6 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a poison input goes to the DLQ; the agent goes on
                 await self._dead_letter(msg, f"{type(exc).__name__}: {exc}")
                 continue
-            self.inputs_processed += 1
             self.metrics.inputs.labels(type(inp).__name__).inc()
             self.metrics.input_lag.observe(max(0.0, time.time() - msg.timestamp))
             if log.isEnabledFor(logging.DEBUG):
@@ -328,6 +326,19 @@ class Engine:
 
     async def _view_error(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         log.error("view could not apply %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+
+    def _counts(self) -> dict[str, tuple[str, float]]:
+        return {
+            "linkflow_timers_fired": ("Timer commands sent", self.timers.fired_total),
+            "linkflow_timers_refired": (
+                "Timers fired again because they were still pending (ADR 0009)",
+                self.timers.refired_total,
+            ),
+            "linkflow_requests_resent": (
+                "Start requests published again by the watchdog (ADR 0009)",
+                self.watchdog.resent_total,
+            ),
+        }
 
     def readiness(self) -> Mapping[str, bool]:
         return {

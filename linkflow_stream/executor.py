@@ -44,7 +44,6 @@ class Executor:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self._slots = asyncio.Semaphore(slots)
         self.running: dict[TaskKey, asyncio.Task[None]] = {}
-        self.completed = 0
 
     async def submit(self, task: NodeTask) -> None:
         """Start ``task`` once a slot is free; a duplicate of a running attempt is ignored."""
@@ -141,8 +140,6 @@ class Executor:
                 task.execution_id,
                 task.node_id,
             )
-        else:
-            self.completed += 1
 
     async def _publish(self, task: NodeTask, result: NodeResult) -> None:
         await self.publisher.send(

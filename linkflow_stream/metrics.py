@@ -9,9 +9,11 @@ it is right after a restart too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from linkflow_stream.events import EventType, ExecutionEvent
 from linkflow_stream.state import ExecutionState
@@ -19,11 +21,24 @@ from linkflow_stream.state import ExecutionState
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
 
+class _Counts(Collector):
+    """Counters kept by other parts of the engine, read at scrape time."""
+
+    def __init__(self, read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, (documentation, value) in self.read().items():
+            yield CounterMetricFamily(name, documentation, value=value)
+
+
 class Metrics:
     def __init__(
-        self, active: Callable[[], int], queue_depth: Callable[[], dict[str, int]] | None = None
+        self, active: Callable[[], int], counts: Callable[[], Mapping[str, tuple[str, float]]] | None = None
     ) -> None:
         self.registry = CollectorRegistry()
+        if counts is not None:
+            self.registry.register(_Counts(counts))
         r = self.registry
         self.started = Counter(
             "linkflow_executions_started_total", "Executions started", ["workflow_id", "priority"], registry=r

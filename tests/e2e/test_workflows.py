@@ -360,6 +360,7 @@ def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     )
     assert "linkflow_executions_active " in text
     assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text
+    assert "linkflow_timers_refired_total " in text and "linkflow_requests_resent_total " in text
 
 
 def test_an_output_too_large_for_a_record_fails_the_node_visibly(
