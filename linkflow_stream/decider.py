@@ -106,11 +106,18 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     if any(t.kind is TimerKind.RETRY and t.node_id == r.node_id for t in b.s.timers.values()):
         return  # this attempt already failed and its retry is scheduled
     if r.ok:
-        b.emit(EventType.NODE_SUCCEEDED, node_id=r.node_id, attempt=r.attempt, output=r.output, usage=r.usage)
+        b.emit(
+            EventType.NODE_SUCCEEDED,
+            node_id=r.node_id,
+            attempt=r.attempt,
+            output=r.output,
+            usage=r.usage,
+            logs=r.logs,
+        )
         _advance(b, cfg)
     else:
         error = r.error or NodeError(error_class="unknown", message="node failed without an error")
-        _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg, r.usage)
+        _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg, r.usage, r.logs)
 
 
 def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
@@ -154,6 +161,7 @@ def _fail_node(
     error: NodeError,
     cfg: DeciderConfig,
     usage: dict[str, int] | None = None,
+    logs: dict[str, str] | None = None,
 ) -> None:
     policy = node.retry
     if error.retryable and policy is not None and attempt < policy.max_attempts:
@@ -164,9 +172,10 @@ def _fail_node(
             error=error,
             due_at=b.now + timedelta(seconds=policy.delay(attempt)),
             usage=usage,
+            logs=logs,
         )
         return
-    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error, usage=usage)
+    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error, usage=usage, logs=logs)
     _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
 
 

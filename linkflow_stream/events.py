@@ -55,3 +55,4 @@ class ExecutionEvent(BaseModel):
     due_at: datetime | None = None
     dispatch: Dispatch | None = None
     usage: dict[str, int] | None = None
+    logs: dict[str, str] | None = None

@@ -121,6 +121,7 @@ class Executor:
             finished_at=now(),
             worker_id=self.worker_id,
             usage=ctx.usage or None,
+            logs=ctx.logs or None,
         )
         try:
             await self._publish(task, result)

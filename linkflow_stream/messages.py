@@ -81,6 +81,7 @@ class NodeResult(BaseModel):
     finished_at: datetime
     worker_id: str | None = None
     usage: dict[str, int] | None = None
+    logs: dict[str, str] | None = None
 
 
 class ControlMessage(BaseModel):

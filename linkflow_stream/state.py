@@ -59,6 +59,7 @@ class NodeState(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     usage: dict[str, int] | None = None
+    logs: dict[str, str] | None = None
 
 
 class Timer(BaseModel):
@@ -239,6 +240,8 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         )
     else:  # pragma: no cover - every EventType is handled above
         raise EvolveError(f"{state.id}: unhandled event {event.type}")
+    if event.logs is not None:
+        new = new.model_copy(update={"logs": event.logs})
     if event.usage:
         summed = dict(new.usage or {})
         for key, amount in event.usage.items():

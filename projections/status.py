@@ -44,6 +44,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
                 "started_at": _iso(n.started_at),
                 "finished_at": _iso(n.finished_at),
                 "usage": n.usage,
+                "logs": n.logs,
             }
             for node_id, n in state.nodes.items()
         },
@@ -118,6 +119,8 @@ def render_accepted(request: StartExecution) -> dict[str, Any]:
                 "attempts": 0,
                 "started_at": None,
                 "finished_at": None,
+                "usage": None,
+                "logs": None,
             }
             for n in request.workflow.nodes
         },

@@ -60,6 +60,8 @@ class NodeContext:
     attempt: int
     timeout_seconds: float
     usage: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    """What the attempt printed (``stdout``, ``stderr``), for the execution's record."""
 
     @property
     def idempotency_key(self) -> str:

@@ -184,6 +184,9 @@ class CodeNode:
             )
 
     def _record(self, ctx: NodeContext, run: CodeRun) -> None:
+        ctx.logs.update(
+            {name: text for name, text in (("stdout", run.stdout), ("stderr", run.stderr)) if text}
+        )
         if run.cpu_seconds is not None:
             ctx.usage["cpu_us"] = ctx.usage.get("cpu_us", 0) + round(run.cpu_seconds * 1_000_000)
         if run.max_rss_kb is not None:

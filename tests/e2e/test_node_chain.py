@@ -86,6 +86,8 @@ def test_all_five_node_types_chain_with_mapping(
     assert nodes["t"]["output"] == {"total": 125.5, "orders": 2, "big": True}
     assert nodes["code"]["output"] == {"message": "user 7 spent 125.5 in 2 orders"}
     assert nodes["small"]["status"] == "skipped"
+    assert nodes["code"]["logs"] == {"stdout": "computing the message\n"}, "what the code printed is kept"
+    assert nodes["code"]["usage"]["cpu_us"] > 0
     assert nodes["h"]["usage"]["response_bytes"] > 0
 
     status, low = engine.start_execution(wf["id"], {"user": 8}, wait=60)
@@ -111,3 +113,23 @@ def test_bad_config_is_refused_naming_node_and_field(engine: EngineProcess) -> N
     assert "node 'q': config.connection" in message
     assert "node 'code': config.source" in message
     assert "node 'h': config.url" in message
+
+
+def test_a_failing_code_node_keeps_its_output_and_traceback(engine: EngineProcess) -> None:
+    wf = {
+        "id": f"code-fail-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {
+                "id": "c",
+                "type": "code",
+                "config": {"source": ("def main(data):\n    print('about to fail')\n    return 1 / 0\n")},
+            }
+        ],
+    }
+    engine.register(wf)
+    status, done = engine.start_execution(wf["id"], wait=30)
+    assert status == 200 and done["status"] == "failed", done
+    node = done["nodes"]["c"]
+    assert node["error"]["error_class"] == "code_error"
+    assert "ZeroDivisionError" in node["error"]["message"]
+    assert node["logs"]["stdout"] == "about to fail\n"
