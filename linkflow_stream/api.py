@@ -6,6 +6,7 @@ every instance keeps for the whole log, so any instance answers any read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -22,6 +23,7 @@ from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, St
 from linkflow_stream.nodes.base import NodeExecutor
 from linkflow_stream.publisher import Outgoing, Publisher
 from linkflow_stream.validation import parse_workflow
+from projections.logs import LEVELS, LogView
 from projections.status import StatusView
 from projections.workflows import WorkflowView
 
@@ -49,6 +51,7 @@ class ApiDeps:
     readiness: Callable[[], Mapping[str, bool]]
     sync: Callable[[float], Awaitable[bool]] | None = None
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    logs: LogView | None = None
     metrics: Callable[[], bytes] | None = None
     on_started: Callable[[StartExecution], None] | None = None
 
@@ -111,6 +114,24 @@ def _float_param(request: web.Request, name: str, *, low: float, high: float) ->
     return value
 
 
+async def _relay(queue: asyncio.Queue[dict[str, Any] | None], ws: web.WebSocketResponse) -> None:
+    """Send queued lines until the execution ends (``None``) or the client goes away."""
+    closed = asyncio.ensure_future(ws.receive())  # a client sends nothing; any message here is its close
+    try:
+        while True:
+            nxt = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({nxt, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if closed in done:
+                nxt.cancel()
+                return
+            item = nxt.result()
+            if item is None:
+                return
+            await ws.send_json(item)
+    finally:
+        closed.cancel()
+
+
 class Api:
     def __init__(self, deps: ApiDeps) -> None:
         self.d = deps
@@ -128,6 +149,8 @@ class Api:
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
+                web.get("/api/executions/{id}/logs", self.get_logs),
+                web.get("/api/executions/{id}/logs/stream", self.stream_logs),
                 web.get("/api/admin/queue/status", self.get_queue_status),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
@@ -285,6 +308,50 @@ class Api:
         )
         await self._command(execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
+
+    async def _log_view(self, execution_id: str) -> LogView:
+        if self.d.logs is None:
+            raise NotFoundError("execution logs are not available on this instance")
+        if await self._synced(lambda: self.d.status.status(execution_id)) is None:
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        return self.d.logs
+
+    async def get_logs(self, request: web.Request) -> web.Response:
+        """``?level=info|warning|error&node_id=&q=&limit=``: searchable lines, oldest first."""
+        execution_id = request.match_info["id"]
+        logs = await self._log_view(execution_id)
+        level = request.query.get("level", "debug")
+        if level not in LEVELS:
+            raise ValidationError(f"level must be one of {', '.join(LEVELS)}")
+        raw_limit = request.query.get("limit", "1000")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+            raise ValidationError("limit must be an integer between 1 and 10000")
+        rows = logs.query(
+            execution_id,
+            level=level,
+            node_id=request.query.get("node_id") or None,
+            text=request.query.get("q") or None,
+            limit=int(raw_limit),
+        )
+        return web.json_response({"id": execution_id, "logs": rows, "count": len(rows)})
+
+    async def stream_logs(self, request: web.Request) -> web.StreamResponse:
+        """WebSocket: every line so far, then each new one, until the execution ends."""
+        execution_id = request.match_info["id"]
+        logs = await self._log_view(execution_id)
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+        queue = logs.follow(execution_id)  # subscribe before reading the backlog: no line falls between
+        try:
+            for line in logs.query(execution_id):
+                await ws.send_json(line)
+            status = self.d.status.status(execution_id)
+            if status is not None and not status.terminal:
+                await _relay(queue, ws)
+        finally:
+            logs.unfollow(execution_id, queue)
+            await ws.close()
+        return ws
 
     async def get_queue_status(self, request: web.Request) -> web.Response:
         if self.d.queue_status is None:

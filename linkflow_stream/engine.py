@@ -41,6 +41,7 @@ from linkflow_stream.topics import execution_partitions, max_message_bytes
 from linkflow_stream.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
 from linkflow_stream.workflow import WorkflowDefinition
 from projections.log_reader import LogReader
+from projections.logs import LogView
 from projections.status import StatusView
 from projections.workflows import WorkflowView
 
@@ -71,6 +72,7 @@ class Engine:
         self.metrics = Metrics(active=self.status.active_count, counts=self._counts)
         self.workflows = WorkflowView()
         self.workers = WorkerView()
+        self.logs = LogView()
         self.watchdog = RequestWatchdog(
             self.status, self.publisher, ready=lambda: all(r.caught_up.is_set() for r in self.readers)
         )
@@ -312,7 +314,11 @@ class Engine:
     def _on_status_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Events fold into states; requests are known as accepted until their events arrive."""
         if record.topic == self.settings.topic(topic_names.EVENTS):
-            self.status.apply(self.codec.decode(record.value, ExecutionEvent))
+            event = self.codec.decode(record.value, ExecutionEvent)
+            before = self.status.executions.get(event.execution_id)
+            after = self.status.apply(event)
+            if after is not None and after is not before:
+                self.logs.record(event, before, after)
             self.metrics.view_lag.observe(max(0.0, time.time() - record.timestamp / 1000))
         else:
             self.status.accept(self.codec.decode(record.value, StartExecution))
@@ -381,6 +387,7 @@ class EngineServices(mode.Service):
             metrics=e.metrics.render,
             sync=e.sync_views,
             queue_status=lambda: queue_status(e.settings, e.status, e.status_reader),
+            logs=e.logs,
         )
         await self._serve(Api(deps).app(), e.settings.api_port, "execution API")
         await self._serve(

@@ -1,0 +1,154 @@
+"""Execution logs: readable lines folded from the event log, per execution, plus what nodes printed.
+
+``lines_for`` is pure: one event and the states around it give the lines it adds. ``LogView``
+keeps the latest lines of every execution (capped) and lets WebSocket readers follow new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from datetime import datetime
+from typing import Any
+
+from linkflow_stream.events import EventType, ExecutionEvent
+from linkflow_stream.state import ExecutionState
+
+MAX_LINES = 2000
+LEVELS = ("debug", "info", "warning", "error")
+
+Line = dict[str, Any]
+
+
+def _line(at: datetime, level: str, message: str, node_id: str | None = None, **data: Any) -> Line:
+    return {
+        "at": at.isoformat().replace("+00:00", "Z"),
+        "level": level,
+        "node_id": node_id,
+        "message": message,
+        "data": data or None,
+    }
+
+
+def _printed(e: ExecutionEvent) -> list[Line]:
+    out = []
+    for stream, level in (("stdout", "info"), ("stderr", "warning")):
+        for text in (e.logs or {}).get(stream, "").splitlines():
+            out.append(_line(e.at, level, text, e.node_id, stream=stream))
+    return out
+
+
+def lines_for(e: ExecutionEvent, before: ExecutionState | None, after: ExecutionState) -> list[Line]:
+    """The log lines that event ``e`` adds, given the execution's state before and after it."""
+    node = after.nodes.get(e.node_id) if e.node_id else None
+    kind = after.workflow.node(e.node_id).type if e.node_id else None
+    t = e.type
+    if t is EventType.EXECUTION_CREATED:
+        wf = after.workflow
+        return [
+            _line(
+                e.at, "info", f"execution created: workflow {wf.id} v{wf.version}, priority {after.priority}"
+            )
+        ]
+    if t is EventType.EXECUTION_STARTED:
+        return [_line(e.at, "info", "execution started")]
+    if t is EventType.EXECUTION_DEADLINE_SET:
+        return [
+            _line(
+                e.at, "info", f"deadline set: {e.reason}", due_at=e.due_at.isoformat() if e.due_at else None
+            )
+        ]
+    if t is EventType.NODE_STARTED:
+        how = {"inline": "in the orchestrator", "task": "on an executor", "timer": "as a timer"}[
+            e.dispatch or "task"
+        ]
+        note = f" ({e.reason})" if e.reason else ""
+        return [
+            _line(
+                e.at, "info", f"{kind} node {e.node_id} started, attempt {e.attempt}, {how}{note}", e.node_id
+            )
+        ]
+    if t is EventType.NODE_SUCCEEDED:
+        took = (e.at - node.started_at).total_seconds() if node and node.started_at else 0.0
+        return [
+            *_printed(e),
+            _line(e.at, "info", f"{kind} node {e.node_id} succeeded in {took:.3f}s", e.node_id),
+        ]
+    if t is EventType.NODE_RETRY_SCHEDULED and e.error:
+        return [
+            *_printed(e),
+            _line(
+                e.at,
+                "warning",
+                f"{kind} node {e.node_id} attempt {e.attempt} failed "
+                f"({e.error.error_class}: {e.error.message}); retry at {e.due_at}",
+                e.node_id,
+            ),
+        ]
+    if t is EventType.NODE_FAILED and e.error:
+        return [
+            *_printed(e),
+            _line(
+                e.at,
+                "error",
+                f"{kind} node {e.node_id} failed: {e.error.error_class}: {e.error.message}",
+                e.node_id,
+                error_class=e.error.error_class,
+            ),
+        ]
+    if t is EventType.NODE_SKIPPED:
+        return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
+    if t is EventType.NODE_CANCELLED:
+        return [_line(e.at, "warning", f"node {e.node_id} cancelled: {e.reason}", e.node_id)]
+    if t is EventType.EXECUTION_SUCCEEDED:
+        return [_line(e.at, "info", "execution succeeded")]
+    if t is EventType.EXECUTION_FAILED:
+        return [_line(e.at, "error", f"execution failed: {e.reason}")]
+    if t is EventType.EXECUTION_CANCELLED:
+        return [_line(e.at, "warning", f"execution cancelled: {e.reason}")]
+    return []
+
+
+class LogView:
+    def __init__(self) -> None:
+        self.lines: dict[str, deque[Line]] = {}
+        self._followers: defaultdict[str, set[asyncio.Queue[Line | None]]] = defaultdict(set)
+
+    def record(self, e: ExecutionEvent, before: ExecutionState | None, after: ExecutionState) -> None:
+        log = self.lines.setdefault(e.execution_id, deque(maxlen=MAX_LINES))
+        for line in lines_for(e, before, after):
+            log.append(line)
+            for queue in self._followers.get(e.execution_id, ()):
+                queue.put_nowait(line)
+        if after.status.terminal:
+            for queue in self._followers.pop(e.execution_id, set()):
+                queue.put_nowait(None)
+
+    def query(
+        self,
+        execution_id: str,
+        *,
+        level: str = "debug",
+        node_id: str | None = None,
+        text: str | None = None,
+        limit: int = 1000,
+    ) -> list[Line]:
+        """Lines at ``level`` or above, of one node, containing ``text``; the last ``limit``."""
+        floor = LEVELS.index(level)
+        rows = [
+            line
+            for line in self.lines.get(execution_id, ())
+            if LEVELS.index(line["level"]) >= floor
+            and (node_id is None or line["node_id"] == node_id)
+            and (text is None or text.lower() in line["message"].lower())
+        ]
+        return rows[-limit:]
+
+    def follow(self, execution_id: str) -> asyncio.Queue[Line | None]:
+        """A queue of the execution's new lines; ``None`` once it has ended."""
+        queue: asyncio.Queue[Line | None] = asyncio.Queue()
+        self._followers[execution_id].add(queue)
+        return queue
+
+    def unfollow(self, execution_id: str, queue: asyncio.Queue[Line | None]) -> None:
+        self._followers.get(execution_id, set()).discard(queue)
