@@ -23,6 +23,7 @@ from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, St
 from linkflow_stream.nodes.base import NodeExecutor
 from linkflow_stream.publisher import Outgoing, Publisher
 from linkflow_stream.validation import parse_workflow
+from projections.costs import PERIODS, cost_of, report
 from projections.logs import LEVELS, LogView
 from projections.status import StatusView
 from projections.workflows import WorkflowView
@@ -150,6 +151,8 @@ class Api:
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
                 web.get("/api/executions/{id}/logs", self.get_logs),
+                web.get("/api/executions/{id}/cost", self.execution_cost),
+                web.get("/api/costs/report", self.cost_report),
                 web.get("/api/executions/{id}/logs/stream", self.stream_logs),
                 web.get("/api/admin/queue/status", self.get_queue_status),
                 web.get("/healthz", self.healthz),
@@ -308,6 +311,22 @@ class Api:
         )
         await self._command(execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
+
+    async def execution_cost(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["id"]
+        state = await self._synced(lambda: self.d.status.executions.get(execution_id))
+        if state is None:
+            if self.d.status.status(execution_id) is not None:
+                raise NotFoundError(f"execution {execution_id!r} has not started yet; it has cost nothing")
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        return web.json_response(cost_of(state))
+
+    async def cost_report(self, request: web.Request) -> web.Response:
+        """``?period=day|week|month|all`` (default month): costs per workflow, with suggestions."""
+        period = request.query.get("period", "month")
+        if period not in PERIODS:
+            raise ValidationError(f"period must be one of {', '.join(PERIODS)}")
+        return web.json_response(report(list(self.d.status.executions.values()), period, now()))
 
     async def _log_view(self, execution_id: str) -> LogView:
         if self.d.logs is None:

@@ -464,3 +464,27 @@ def test_queue_status_counts_by_priority(engine: EngineProcess) -> None:
     assert all(q["consumer_lag"] >= 0 for q in body["queues"].values())
     for execution_id in ids:
         assert call("POST", f"{engine.url}/api/executions/{execution_id}/cancel")[0] == 202
+
+
+def test_cost_of_an_execution_and_the_monthly_report(engine: EngineProcess, target: TargetServer) -> None:
+    wf = {
+        "id": wid("costly"),
+        "nodes": [
+            {"id": "h", "type": "http", "config": {"url": f"{target.url}/big?n=50000"}},
+            {"id": "t", "type": "transform", "depends_on": ["h"], "config": {"expression": "nodes.h.status"}},
+        ],
+    }
+    engine.register(wf)
+    status, done = engine.start_execution(wf["id"], wait=20)
+    assert status == 200 and done["status"] == "success"
+    status, cost = call("GET", f"{engine.url}/api/executions/{done['id']}/cost")
+    assert status == 200, cost
+    assert cost["network_bytes"] >= 50000 and cost["attempts"] == 2
+    assert cost["total_cost"] == pytest.approx(sum(cost["breakdown"].values()), abs=1e-8)
+    assert cost["total_cost"] > 0 and cost["currency"] == "USD"
+    status, month = call("GET", f"{engine.url}/api/costs/report?period=month")
+    assert status == 200
+    row = next(w for w in month["workflows"] if w["workflow_id"] == wf["id"])
+    assert row["executions"] == 1 and row["total_cost"] == pytest.approx(cost["total_cost"])
+    assert call("GET", f"{engine.url}/api/costs/report?period=fortnight")[0] == 400
+    assert call("GET", f"{engine.url}/api/executions/exec_nope/cost")[0] == 404

@@ -1,0 +1,82 @@
+"""The cost model and the per-workflow report, as pure functions of execution states."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from linkflow_stream.clock import from_millis
+from linkflow_stream.messages import Priority
+from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
+from linkflow_stream.workflow import NodeDefinition, WorkflowDefinition
+from projections.costs import Rates, cost_of, report
+
+T0 = from_millis(1_800_000_000_000)
+RATES = Rates(
+    per_attempt=1.0, per_event=0.1, per_compute_second=10.0, per_cpu_second=100.0, per_gb_transferred=1e9
+)  # round numbers: 1 "dollar" per byte
+
+
+def run(
+    execution_id: str,
+    workflow: str = "wf",
+    *,
+    attempts: int = 1,
+    duration_us: int = 0,
+    cpu_us: int = 0,
+    network: int = 0,
+    days_ago: float = 0,
+    status: ExecutionStatus = ExecutionStatus.SUCCESS,
+) -> ExecutionState:
+    wf = WorkflowDefinition(
+        id=workflow,
+        created_at=T0,
+        nodes=(NodeDefinition(id="n", type="code"), NodeDefinition(id="w", type="wait")),
+    )
+    usage = {
+        "duration_us": duration_us,
+        "cpu_us": cpu_us,
+        "request_bytes": network // 2,
+        "response_bytes": network - network // 2,
+    }
+    return ExecutionState(
+        id=execution_id,
+        workflow=wf,
+        status=status,
+        priority=Priority.NORMAL,
+        input={},
+        created_at=T0 - timedelta(days=days_ago),
+        seq=10,
+        nodes={
+            "n": NodeState(status=NodeStatus.SUCCESS, attempts=attempts, usage=usage),
+            "w": NodeState(status=NodeStatus.SUCCESS, attempts=1),
+        },
+    )
+
+
+def test_cost_adds_attempts_events_compute_cpu_and_network() -> None:
+    cost = cost_of(run("e", attempts=2, duration_us=500_000, cpu_us=250_000, network=7), RATES)
+    assert cost["breakdown"] == {"attempts": 3.0, "events": 1.0, "compute": 5.0, "cpu": 25.0, "network": 7.0}
+    assert cost["total_cost"] == pytest.approx(41.0)
+    assert cost["nodes"]["w"]["cost"] == 1.0, "a wait costs its attempt only: it holds no worker"
+    assert (cost["compute_seconds"], cost["network_bytes"], cost["storage_events"]) == (0.5, 7, 10)
+
+
+def test_report_groups_by_workflow_within_the_period_and_suggests() -> None:
+    states = [
+        run("a1", "api-heavy", network=1000),
+        run("a2", "api-heavy", network=3000),
+        run("r1", "flaky", attempts=3, status=ExecutionStatus.FAILED),
+        run("old", "flaky", attempts=3, days_ago=40),
+    ]
+    month = report(states, "month", T0, RATES)
+    assert month["executions"] == 3, "the 40-day-old run is outside the month"
+    by_id = {w["workflow_id"]: w for w in month["workflows"]}
+    assert by_id["api-heavy"]["executions"] == 2
+    assert by_id["api-heavy"]["average_cost"] == pytest.approx(by_id["api-heavy"]["total_cost"] / 2)
+    assert month["workflows"][0]["workflow_id"] == "api-heavy", "most expensive first"
+    assert any("node n moves ~2000 bytes per run" in s for s in by_id["api-heavy"]["suggestions"])
+    assert any("were retries" in s for s in by_id["flaky"]["suggestions"])
+    assert any("runs failed" in s for s in by_id["flaky"]["suggestions"])
+    assert report(states, "all", T0, RATES)["executions"] == 4
