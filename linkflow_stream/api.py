@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -55,6 +56,10 @@ class ApiDeps:
     logs: LogView | None = None
     metrics: Callable[[], bytes] | None = None
     on_started: Callable[[StartExecution], None] | None = None
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
 
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
@@ -150,6 +155,8 @@ class Api:
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
+                web.post("/api/executions/{id}/recover", self.recover),
+                web.post("/api/executions/{id}/checkpoint", self.checkpoint),
                 web.get("/api/executions/{id}/logs", self.get_logs),
                 web.get("/api/executions/{id}/cost", self.execution_cost),
                 web.get("/api/costs/report", self.cost_report),
@@ -277,6 +284,43 @@ class Api:
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
         await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
+
+    async def recover(self, request: web.Request) -> web.Response:
+        execution_id = request.match_info["id"]
+        command = ExecutionCommand(
+            execution_id=execution_id, kind=CommandKind.RECOVER, reason="recover by request"
+        )
+        await self._command(execution_id, command, "io.linkflow.command.recover")
+        return web.json_response({"id": execution_id, "status": "recovering"}, status=202)
+
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        """Every transition is already durable as an event and the state is stored after every step;
+        this waits until this instance has read the log to its end and says how far that is."""
+        execution_id = request.match_info["id"]
+        if self.d.sync is not None:
+            await self.d.sync(SYNC_SECONDS)
+        state = self.d.status.executions.get(execution_id)
+        if state is None:
+            if self.d.status.status(execution_id) is not None:
+                raise ConflictError(f"execution {execution_id!r} has not started yet; nothing to checkpoint")
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        last = max(
+            [
+                state.created_at,
+                *(t.at for t in state.history),
+                *(n.finished_at or n.started_at for n in state.nodes.values() if n.started_at),
+            ]
+        )
+        return web.json_response(
+            {
+                "id": execution_id,
+                "status": state.status.value,
+                "seq": state.seq,
+                "durable_through": _iso(last),
+                "log": "linkflow.events",
+                "state": "linkflow.state.executions",
+            }
+        )
 
     async def set_timeout(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]

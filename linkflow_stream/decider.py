@@ -85,6 +85,8 @@ def decide(
         _terminate(b, ExecutionStatus.CANCELLED, inp.reason or "cancelled by request")
     elif inp.kind is CommandKind.SET_TIMEOUT and inp.timeout_seconds is not None:
         _set_deadline(b, inp.timeout_seconds)
+    elif inp.kind is CommandKind.RECOVER:
+        _recover(b, cfg)
     elif inp.timer_id is not None:
         _on_timer(b, inp.timer_id, cfg)
     return b.events
@@ -97,6 +99,17 @@ def _set_deadline(b: _Builder, timeout_seconds: float) -> None:
     b.emit(EventType.EXECUTION_DEADLINE_SET, due_at=deadline, reason=f"timeout set to {timeout_seconds:g}s")
     if deadline <= b.now:
         _terminate(b, ExecutionStatus.FAILED, f"execution timed out (timeout set to {timeout_seconds:g}s)")
+
+
+def _recover(b: _Builder, cfg: DeciderConfig) -> None:
+    """Do now what leases would do later: dispatch every task in flight again as a new attempt,
+    then start whatever is ready. For a run stuck on a lost task or result."""
+    for timer in list(b.s.timers.values()):
+        if timer.kind is TimerKind.LEASE and timer.node_id is not None and timer.attempt is not None:
+            _start_node(
+                b, b.s.workflow.node(timer.node_id), timer.attempt + 1, cfg, reason="recovered by request"
+            )
+    _advance(b, cfg)
 
 
 def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:

@@ -22,6 +22,7 @@ class CommandKind(StrEnum):
     CANCEL = "cancel"
     TIMER_FIRED = "timer_fired"
     SET_TIMEOUT = "set_timeout"
+    RECOVER = "recover"
 
 
 class NodeError(BaseModel):

@@ -488,3 +488,37 @@ def test_cost_of_an_execution_and_the_monthly_report(engine: EngineProcess, targ
     assert row["executions"] == 1 and row["total_cost"] == pytest.approx(cost["total_cost"])
     assert call("GET", f"{engine.url}/api/costs/report?period=fortnight")[0] == 400
     assert call("GET", f"{engine.url}/api/executions/exec_nope/cost")[0] == 404
+
+
+def test_recover_dispatches_a_stuck_task_again_and_checkpoint_reports(
+    engine: EngineProcess, target: TargetServer
+) -> None:
+    wf = {
+        "id": wid("recover"),
+        "nodes": [
+            {"id": "h", "type": "http", "timeout_seconds": 30, "config": {"url": f"{target.url}/slow?s=4"}},
+        ],
+    }
+    engine.register(wf)
+    _, body = engine.start_execution(wf["id"])
+    engine.wait_status(body["id"], ("running",))
+    status, point = call("POST", f"{engine.url}/api/executions/{body['id']}/checkpoint")
+    assert status == 200 and point["status"] == "running" and point["seq"] >= 3
+    status, reply = call("POST", f"{engine.url}/api/executions/{body['id']}/recover")
+    assert status == 202, reply
+    done = engine.wait_status(body["id"], timeout=30)
+    assert done["status"] == "success" and done["nodes"]["h"]["attempts"] == 2
+    keys = {
+        r["headers"]["Idempotency-Key"]
+        for r in target.hits("/slow")
+        if body["id"] in r["headers"]["Idempotency-Key"]
+    }
+    assert keys == {f"{body['id']}/h/1", f"{body['id']}/h/2"}
+    status, point = call("POST", f"{engine.url}/api/executions/{body['id']}/checkpoint")
+    assert (status, point["status"], point["seq"]) == (200, "success", done_seq(engine, body["id"]))
+    assert call("POST", f"{engine.url}/api/executions/{body['id']}/recover")[0] == 409
+
+
+def done_seq(engine: EngineProcess, execution_id: str) -> int:
+    _, metrics = call("GET", f"{engine.url}/api/executions/{execution_id}/metrics")
+    return int(metrics["events"])
