@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pydantic
 from aiohttp import web
 
 from linkflow_stream import topic_names
 from linkflow_stream.clock import now
 from linkflow_stream.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, StartExecution
-from linkflow_stream.nodes.base import NodeExecutor
+from linkflow_stream.nodes.base import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.publisher import Outgoing, Publisher
 from linkflow_stream.validation import parse_workflow
+from linkflow_stream.workflow import RetryPolicy
 from projections.costs import PERIODS, cost_of, report
 from projections.logs import LEVELS, LogView
 from projections.status import StatusView
@@ -97,6 +99,26 @@ async def _json_body(request: web.Request) -> Any:
         raise ValidationError(f"malformed JSON: {exc}") from exc
 
 
+def _retry_policy(body: Any) -> RetryPolicy:
+    if not isinstance(body, dict):
+        raise ValidationError(
+            'the body must be a JSON object like {"strategy": "exponential", "max_attempts": 3}'
+        )
+    strategy = body.get("strategy", "exponential")
+    if strategy not in ("exponential", "fixed", "none"):
+        raise ValidationError("strategy must be exponential, fixed or none")
+    fields = {k: v for k, v in body.items() if k != "strategy"}
+    if strategy == "fixed":
+        fields["multiplier"] = 1.0
+    if strategy == "none":
+        fields["max_attempts"] = 1
+    try:
+        return RetryPolicy.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ValidationError(f"invalid retry policy: {problems}") from exc
+
+
 def _priority(request: web.Request) -> Priority:
     raw = request.headers.get("X-Priority")
     if raw is None or raw.strip() == "":
@@ -149,6 +171,8 @@ class Api:
                 web.post("/api/workflows", self.register_workflow),
                 web.get("/api/workflows", self.list_workflows),
                 web.get("/api/workflows/{id}", self.get_workflow),
+                web.put("/api/workflows/{id}/retry", self.set_workflow_retry),
+                web.post("/api/executions/{id}/test-retry", self.test_retry),
                 web.post("/api/executions", self.start_execution),
                 web.get("/api/executions", self.list_executions),
                 web.get("/api/executions/{id}", self.get_execution),
@@ -208,6 +232,70 @@ class Api:
         if wf is None:
             raise NotFoundError(f"workflow {request.match_info['id']!r} does not exist")
         return web.json_response(json.loads(wf.model_dump_json()))
+
+    async def set_workflow_retry(self, request: web.Request) -> web.Response:
+        """``{"strategy": "exponential"|"fixed"|"none", "max_attempts", ...}``: a new version whose
+        nodes without their own policy retry retryable failures like this."""
+        workflow_id = request.match_info["id"]
+        current = await self._synced(lambda: self.d.workflows.get(workflow_id))
+        if current is None:
+            raise NotFoundError(f"workflow {workflow_id!r} does not exist")
+        policy = _retry_policy(await _json_body(request))
+        wf = current.model_copy(
+            update={
+                "version": self.d.workflows.next_version(workflow_id),
+                "retry": policy,
+                "created_at": now(),
+            }
+        )
+        await self.d.publisher.send(
+            [
+                Outgoing(
+                    topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered", time=wf.created_at
+                )
+            ]
+        )
+        self.d.workflows.apply(wf)
+        return web.json_response(
+            {
+                "id": wf.id,
+                "version": wf.version,
+                "retry": policy.model_dump(),
+                "schedule_seconds": policy.schedule(),
+            }
+        )
+
+    async def test_retry(self, request: web.Request) -> web.Response:
+        """A dry run: for each node, which policy governs it, its retry schedule, and whether its
+        latest error would be retried. Nothing is sent."""
+        execution_id = request.match_info["id"]
+        state = await self._synced(lambda: self.d.status.executions.get(execution_id))
+        if state is None:
+            raise NotFoundError(f"execution {execution_id!r} does not exist or has not started")
+        nodes = {}
+        for node in state.workflow.nodes:
+            ns = state.nodes[node.id]
+            policy = state.workflow.retry_policy(node)
+            error = ns.error
+            nodes[node.id] = {
+                "status": ns.status.value,
+                "attempts": ns.attempts,
+                "policy": policy.model_dump() if policy else None,
+                "policy_source": "node" if node.retry else ("workflow" if policy else None),
+                "schedule_seconds": policy.schedule() if policy else [],
+                "last_error": error.model_dump() if error else None,
+                "would_retry": bool(
+                    error and error.retryable and policy and ns.attempts < policy.max_attempts
+                ),
+            }
+        return web.json_response(
+            {
+                "id": execution_id,
+                "workflow_version": state.workflow.version,
+                "retryable_classes": sorted(k for k, v in RETRYABLE_CLASSES.items() if v),
+                "nodes": nodes,
+            }
+        )
 
     async def start_execution(self, request: web.Request) -> web.Response:
         priority = _priority(request)

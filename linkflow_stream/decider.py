@@ -153,9 +153,7 @@ def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
         _advance(b, cfg)
     elif timer.kind is TimerKind.RETRY:
         _start_node(b, node, timer.attempt + 1, cfg)
-    elif timer.attempt >= cfg.max_lease_attempts + (
-        node.retry.max_attempts - 1 if node.retry else 0
-    ):  # LEASE
+    elif timer.attempt >= cfg.max_lease_attempts + _extra_attempts(b, node):  # LEASE
         error = NodeError(
             error_class="lease_expired",
             retryable=False,
@@ -167,6 +165,11 @@ def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
         _start_node(b, node, timer.attempt + 1, cfg, reason="lease expired; dispatched again")
 
 
+def _extra_attempts(b: _Builder, node: NodeDefinition) -> int:
+    policy = b.s.workflow.retry_policy(node)
+    return policy.max_attempts - 1 if policy else 0
+
+
 def _fail_node(
     b: _Builder,
     node: NodeDefinition,
@@ -176,7 +179,7 @@ def _fail_node(
     usage: dict[str, int] | None = None,
     logs: dict[str, str] | None = None,
 ) -> None:
-    policy = node.retry
+    policy = b.s.workflow.retry_policy(node)
     if error.retryable and policy is not None and attempt < policy.max_attempts:
         b.emit(
             EventType.NODE_RETRY_SCHEDULED,

@@ -22,6 +22,10 @@ class RetryPolicy(BaseModel):
     multiplier: float = Field(default=2.0, ge=1, le=100)
     max_delay_seconds: float = Field(default=60.0, ge=0, le=86_400)
 
+    def schedule(self) -> list[float]:
+        """Seconds waited before each retry (attempt 2, 3, ...)."""
+        return [round(self.delay(attempt), 3) for attempt in range(1, self.max_attempts)]
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt + 1``, after attempt ``attempt`` failed."""
         return float(
@@ -58,6 +62,12 @@ class WorkflowDefinition(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86_400)
     nodes: tuple[NodeDefinition, ...]
     created_at: datetime
+    retry: RetryPolicy | None = None
+    """Default retry policy of nodes that set none."""
+
+    def retry_policy(self, node: NodeDefinition) -> RetryPolicy | None:
+        """The policy that governs ``node``: its own, else the workflow's."""
+        return node.retry or self.retry
 
     def node(self, node_id: str) -> NodeDefinition:
         """The node with this id (which validation guaranteed exists)."""

@@ -522,3 +522,30 @@ def test_recover_dispatches_a_stuck_task_again_and_checkpoint_reports(
 def done_seq(engine: EngineProcess, execution_id: str) -> int:
     _, metrics = call("GET", f"{engine.url}/api/executions/{execution_id}/metrics")
     return int(metrics["events"])
+
+
+def test_workflow_retry_policy_and_its_dry_run(engine: EngineProcess, target: TargetServer) -> None:
+    wf = {
+        "id": wid("retrying"),
+        "nodes": [{"id": "h", "type": "http", "config": {"url": f"{target.url}/status/503"}}],
+    }
+    engine.register(wf)
+    url = f"{engine.url}/api/workflows/{wf['id']}/retry"
+    status, body = call("PUT", url, {"strategy": "fixed", "max_attempts": 3, "initial_delay_seconds": 0.2})
+    assert status == 200, body
+    assert (body["version"], body["schedule_seconds"]) == (2, [0.2, 0.2])
+    status, done = engine.start_execution(wf["id"], wait=20)
+    assert status == 200 and done["status"] == "failed"
+    assert (done["workflow_version"], done["nodes"]["h"]["attempts"]) == (2, 3)
+    status, dry = call("POST", f"{engine.url}/api/executions/{done['id']}/test-retry")
+    assert status == 200, dry
+    node = dry["nodes"]["h"]
+    assert (node["policy_source"], node["last_error"]["error_class"], node["would_retry"]) == (
+        "workflow",
+        "http_5xx",
+        False,
+    )
+    assert "http_5xx" in dry["retryable_classes"] and "http_4xx" not in dry["retryable_classes"]
+    for bad in ({"strategy": "random"}, {"max_attempts": 0}, ["x"]):
+        assert call("PUT", url, bad)[0] == 400, bad
+    assert call("PUT", f"{engine.url}/api/workflows/none-such/retry", {"max_attempts": 2})[0] == 404

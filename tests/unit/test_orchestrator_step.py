@@ -168,12 +168,20 @@ def test_every_started_task_produces_exactly_one_task_record() -> None:
 
 
 def test_a_condition_on_a_missing_field_is_false_like_reference_jsonata() -> None:
-    _, step = start([
-        {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
-        {"id": "c", "type": "condition", "depends_on": ["a"], "config": {"expression": "nodes.a.n > 10"}},
-        {"id": "big", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
-        {"id": "small", "type": "transform", "depends_on": ["c:false"], "config": {"expression": "'small'"}},
-    ], {"key": "value"})
+    _, step = start(
+        [
+            {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
+            {"id": "c", "type": "condition", "depends_on": ["a"], "config": {"expression": "nodes.a.n > 10"}},
+            {"id": "big", "type": "transform", "depends_on": ["c:true"], "config": {"expression": "'big'"}},
+            {
+                "id": "small",
+                "type": "transform",
+                "depends_on": ["c:false"],
+                "config": {"expression": "'small'"},
+            },
+        ],
+        {"key": "value"},
+    )
     assert step.state is not None
     assert step.state.nodes["c"].output is False
     assert (step.state.status.value, step.state.nodes["small"].output) == ("success", "small")
