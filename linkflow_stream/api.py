@@ -56,6 +56,7 @@ class ApiDeps:
     sync: Callable[[float], Awaitable[bool]] | None = None
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     logs: LogView | None = None
+    on_cancel: Callable[[str], None] | None = None
     metrics: Callable[[], bytes] | None = None
     on_started: Callable[[StartExecution], None] | None = None
 
@@ -442,6 +443,8 @@ class Api:
             execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"
         )
         await self._command(execution_id, command, "io.linkflow.command.cancel")
+        if self.d.on_cancel is not None:
+            self.d.on_cancel(execution_id)
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
 
     async def execution_cost(self, request: web.Request) -> web.Response:

@@ -341,7 +341,7 @@ class Engine:
                 self.timers.refired_total,
             ),
             "linkflow_requests_resent": (
-                "Start requests published again by the watchdog (ADR 0009)",
+                "Start requests and cancels published again by the watchdog (ADR 0009)",
                 self.watchdog.resent_total,
             ),
         }
@@ -388,6 +388,7 @@ class EngineServices(mode.Service):
             sync=e.sync_views,
             queue_status=lambda: queue_status(e.settings, e.status, e.status_reader),
             logs=e.logs,
+            on_cancel=e.watchdog.watch_cancel,
         )
         await self._serve(Api(deps).app(), e.settings.api_port, "execution API")
         await self._serve(

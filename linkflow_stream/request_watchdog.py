@@ -1,5 +1,6 @@
-"""The backstop for start requests: an accepted request with no execution events after a while
-is published again, with the same execution id.
+"""The backstop for start requests and cancels. An accepted request with no execution events
+after a while is published again, with the same execution id; a run still going a while after
+a cancel this instance sent is cancelled again.
 
 A consumer can skip records around a rebalance (observed with Faust: three consecutive records of
 one partition never reached the agent after a takeover, see docs/decisions/0009). Timers are
@@ -17,12 +18,14 @@ from datetime import datetime, timedelta
 
 from linkflow_stream import topic_names
 from linkflow_stream.clock import now
+from linkflow_stream.messages import CommandKind, ExecutionCommand
 from linkflow_stream.publisher import Outgoing, Publisher
 from projections.status import StatusView
 
 log = logging.getLogger(__name__)
 
 RESEND_AFTER = timedelta(seconds=10)
+CANCEL_RESEND_AFTER = timedelta(seconds=5)
 MAX_RESENDS = 3
 
 
@@ -40,6 +43,24 @@ class RequestWatchdog:
         self.clock = clock
         self.resent: dict[str, int] = {}
         self.resent_total = 0
+        self.cancels: dict[str, tuple[datetime, int]] = {}
+        """Cancels sent from this instance: when, and how often sent again."""
+
+    def watch_cancel(self, execution_id: str) -> None:
+        """Remember a cancel this instance sent, to send it again if the run goes on."""
+        self.cancels.setdefault(execution_id, (self.clock(), 0))
+
+    def stale_cancels(self) -> list[str]:
+        """Cancels whose run is still going ``CANCEL_RESEND_AFTER`` (per try) after them."""
+        at = self.clock()
+        out = []
+        for execution_id, (sent_at, tries) in list(self.cancels.items()):
+            status = self.status.status(execution_id)
+            if status is None or status.terminal or tries >= MAX_RESENDS:
+                del self.cancels[execution_id]
+            elif at - sent_at >= CANCEL_RESEND_AFTER * (tries + 1):
+                out.append(execution_id)
+        return out
 
     def stale(self) -> list[str]:
         """Accepted requests older than ``RESEND_AFTER`` (per try) that still have no events."""
@@ -81,7 +102,29 @@ class RequestWatchdog:
             self.resent_total += len(stale)
         for execution_id in [e for e in self.resent if e in self.status.executions]:
             del self.resent[execution_id]
-        return len(stale)
+        cancels = self.stale_cancels()
+        for execution_id in cancels:
+            sent_at, tries = self.cancels[execution_id]
+            self.cancels[execution_id] = (sent_at, tries + 1)
+            log.warning(
+                "execution %s still runs %s after its cancel; cancelling again (try %d of %d)",
+                execution_id,
+                self.clock() - sent_at,
+                tries + 1,
+                MAX_RESENDS,
+            )
+        if cancels:
+            await self.publisher.send(
+                Outgoing(
+                    topic_names.COMMANDS,
+                    e,
+                    ExecutionCommand(execution_id=e, kind=CommandKind.CANCEL, reason="cancelled by request"),
+                    "io.linkflow.command.cancel",
+                )
+                for e in cancels
+            )
+            self.resent_total += len(cancels)
+        return len(stale) + len(cancels)
 
     async def run(self, every: float = 2.0) -> None:
         while True:

@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from linkflow_stream.clock import from_millis
+from linkflow_stream.decider import DeciderConfig, decide
 from linkflow_stream.events import EventType, ExecutionEvent
-from linkflow_stream.messages import Priority, StartExecution
+from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.publisher import Outgoing
-from linkflow_stream.request_watchdog import MAX_RESENDS, RESEND_AFTER, RequestWatchdog
+from linkflow_stream.request_watchdog import CANCEL_RESEND_AFTER, MAX_RESENDS, RESEND_AFTER, RequestWatchdog
 from linkflow_stream.workflow import NodeDefinition, WorkflowDefinition
 from projections.status import StatusView
 
@@ -82,3 +83,25 @@ def test_nothing_is_resent_before_the_views_have_caught_up() -> None:
     dog, publisher = watchdog(status, [T0 + RESEND_AFTER * 5], ready=False)
     assert asyncio.run(dog.check()) == 0
     assert publisher.sent == []
+
+
+def test_a_cancel_is_sent_again_while_the_run_goes_on_and_forgotten_once_it_ends() -> None:
+    status = StatusView()
+    status.accept(request("e1"))
+    for event in decide(None, request("e1"), T0, DeciderConfig()):
+        status.apply(event)
+    at = [T0]
+    dog, publisher = watchdog(status, at)
+    dog.watch_cancel("e1")
+    at[0] = T0 + CANCEL_RESEND_AFTER - timedelta(milliseconds=1)
+    assert asyncio.run(dog.check()) == 0
+    at[0] = T0 + CANCEL_RESEND_AFTER
+    assert asyncio.run(dog.check()) == 1
+    [sent] = publisher.sent
+    assert (sent.topic, sent.key, sent.record.kind.value) == ("linkflow.commands", "e1", "cancel")
+    cancel = ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL)
+    for event in decide(status.executions["e1"], cancel, at[0], DeciderConfig()):
+        status.apply(event)
+    at[0] = T0 + CANCEL_RESEND_AFTER * 10
+    assert asyncio.run(dog.check()) == 0, "the run ended: nothing more to send"
+    assert dog.cancels == {}
