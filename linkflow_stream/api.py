@@ -26,7 +26,7 @@ from linkflow_stream.nodes.base import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.publisher import Outgoing, Publisher
 from linkflow_stream.validation import parse_workflow
 from linkflow_stream.workflow import RetryPolicy
-from projections.costs import PERIODS, cost_of, report
+from projections.costs import GROUPS, PERIODS, cost_of, report
 from projections.logs import LEVELS, LogView
 from projections.status import StatusView
 from projections.workflows import WorkflowView
@@ -461,7 +461,11 @@ class Api:
         period = request.query.get("period", "month")
         if period not in PERIODS:
             raise ValidationError(f"period must be one of {', '.join(PERIODS)}")
-        return web.json_response(report(list(self.d.status.executions.values()), period, now()))
+        group_by = request.query.get("group_by", "workflow")
+        if group_by not in GROUPS:
+            raise ValidationError(f"group_by must be one of {', '.join(GROUPS)}")
+        states = list(self.d.status.executions.values())
+        return web.json_response(report(states, period, now(), group_by=group_by))
 
     async def _log_view(self, execution_id: str) -> LogView:
         if self.d.logs is None:

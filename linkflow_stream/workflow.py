@@ -64,6 +64,8 @@ class WorkflowDefinition(BaseModel):
     created_at: datetime
     retry: RetryPolicy | None = None
     """Default retry policy of nodes that set none."""
+    team: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The team that owns the workflow; cost reports aggregate by it."""
 
     def retry_policy(self, node: NodeDefinition) -> RetryPolicy | None:
         """The policy that governs ``node``: its own, else the workflow's."""

@@ -89,8 +89,14 @@ def cost_of(state: ExecutionState, rates: Rates = RATES) -> dict[str, Any]:
     }
 
 
-def report(states: list[ExecutionState], period: str, now: datetime, rates: Rates = RATES) -> dict[str, Any]:
-    """Costs per workflow for executions created in the last ``period``, with suggestions."""
+GROUPS = ("workflow", "team")
+
+
+def report(
+    states: list[ExecutionState], period: str, now: datetime, rates: Rates = RATES, group_by: str = "workflow"
+) -> dict[str, Any]:
+    """Costs per workflow (or per team) for executions created in the last ``period``, with
+    suggestions."""
     window = PERIODS[period]
     since = now - window if window is not None else None
     rows: dict[str, dict[str, Any]] = defaultdict(
@@ -109,7 +115,7 @@ def report(states: list[ExecutionState], period: str, now: datetime, rates: Rate
         if since is not None and state.created_at < since:
             continue
         cost = cost_of(state, rates)
-        row = rows[state.workflow.id]
+        row = rows[state.workflow.id if group_by == "workflow" else (state.workflow.team or "(no team)")]
         row["executions"] += 1
         row["total_cost"] += cost["total_cost"]
         row["attempts"] += cost["attempts"]
@@ -120,11 +126,12 @@ def report(states: list[ExecutionState], period: str, now: datetime, rates: Rate
             row["breakdown"][key] += value
         for node_id, n in cost["nodes"].items():
             row["node_network"][node_id] += n["network_bytes"]
-    workflows = []
-    for workflow_id, row in sorted(rows.items(), key=lambda kv: -kv[1]["total_cost"]):
-        workflows.append(
+    label = "workflow_id" if group_by == "workflow" else "team"
+    groups = []
+    for key, row in sorted(rows.items(), key=lambda kv: -kv[1]["total_cost"]):
+        groups.append(
             {
-                "workflow_id": workflow_id,
+                label: key,
                 "executions": row["executions"],
                 "total_cost": round(row["total_cost"], 9),
                 "average_cost": round(row["total_cost"] / row["executions"], 9),
@@ -135,10 +142,11 @@ def report(states: list[ExecutionState], period: str, now: datetime, rates: Rate
     return {
         "period": period,
         "since": since.isoformat().replace("+00:00", "Z") if since else None,
+        "group_by": group_by,
         "currency": "USD",
-        "total_cost": round(sum(w["total_cost"] for w in workflows), 9),
-        "executions": sum(w["executions"] for w in workflows),
-        "workflows": workflows,
+        "total_cost": round(sum(g["total_cost"] for g in groups), 9),
+        "executions": sum(g["executions"] for g in groups),
+        "workflows" if group_by == "workflow" else "teams": groups,
     }
 
 

@@ -487,6 +487,13 @@ def test_cost_of_an_execution_and_the_monthly_report(engine: EngineProcess, targ
     row = next(w for w in month["workflows"] if w["workflow_id"] == wf["id"])
     assert row["executions"] == 1 and row["total_cost"] == pytest.approx(cost["total_cost"])
     assert call("GET", f"{engine.url}/api/costs/report?period=fortnight")[0] == 400
+    assert call("GET", f"{engine.url}/api/costs/report?group_by=planet")[0] == 400
+    engine.register({**wf, "team": "growth"})
+    engine.start_execution(wf["id"], wait=20)
+    status, teams = call("GET", f"{engine.url}/api/costs/report?period=month&group_by=team")
+    assert status == 200
+    growth = next(t for t in teams["teams"] if t["team"] == "growth")
+    assert growth["executions"] == 1, "only the run of the version that names the team"
     assert call("GET", f"{engine.url}/api/executions/exec_nope/cost")[0] == 404
 
 

@@ -80,3 +80,15 @@ def test_report_groups_by_workflow_within_the_period_and_suggests() -> None:
     assert any("were retries" in s for s in by_id["flaky"]["suggestions"])
     assert any("runs failed" in s for s in by_id["flaky"]["suggestions"])
     assert report(states, "all", T0, RATES)["executions"] == 4
+
+
+def test_report_by_team_puts_workflows_without_a_team_together() -> None:
+    a = run("a", "wf-a")
+    b = run("b", "wf-b")
+    c = run("c", "wf-c")
+    a = a.model_copy(update={"workflow": a.workflow.model_copy(update={"team": "payments"})})
+    b = b.model_copy(update={"workflow": b.workflow.model_copy(update={"team": "payments"})})
+    teams = report([a, b, c], "all", T0, RATES, group_by="team")
+    by_team = {t["team"]: t for t in teams["teams"]}
+    assert by_team["payments"]["executions"] == 2 and by_team["(no team)"]["executions"] == 1
+    assert teams["group_by"] == "team" and teams["executions"] == 3
