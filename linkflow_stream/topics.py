@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from linkflow_stream.errors import LinkflowError
@@ -75,6 +76,36 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
     return {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
 
 
+async def _converge_configs(
+    admin: AIOKafkaAdminClient, settings: Settings, specs: list[TopicSpec]
+) -> list[str]:
+    """Set each topic's configs to its spec where they differ (e.g. a topic made by an older spec).
+
+    AlterConfigs replaces a topic's whole dynamic config with the given set, so the spec becomes
+    the topic's config, which is what a declarative spec means."""
+    if not specs:
+        return []
+    resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(s.name)) for s in specs]
+    current: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.resources:
+            name, entries = resource[3], resource[4]
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    drift = [
+        s
+        for s in specs
+        if any(current.get(settings.topic(s.name), {}).get(k) != v for k, v in s.configs().items())
+    ]
+    if drift:
+        await admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, settings.topic(s.name), configs=s.configs())
+                for s in drift
+            ]
+        )
+    return [f"updated the config of {settings.topic(s.name)} to {s.configs()}" for s in drift]
+
+
 async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create missing topics, then verify every partition count; returns what changed.
 
@@ -109,6 +140,9 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
             if len(current) == len(names):
                 break
             await asyncio.sleep(0.1)
+        changes += await _converge_configs(
+            admin, settings, [s for s in specs if settings.topic(s.name) in current]
+        )
     finally:
         await admin.close()
     problems = [f"{name} does not exist after apply" for name in names if name not in current]

@@ -64,3 +64,17 @@ async def test_apply_refuses_a_partition_mismatch(kafka: str) -> None:
         await admin.close()
     with pytest.raises(TopicSpecError, match=r"linkflow\.events has 2 partitions, spec says"):
         await apply_topics(settings, [TopicSpec("linkflow.events", 4, co_partitioned=True)])
+
+
+async def test_apply_brings_an_existing_topics_config_back_to_its_spec(kafka: str) -> None:
+    settings = fresh(kafka)
+    events = next(s for s in load_specs() if s.name == "linkflow.events")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:  # as an older spec made it: the default 1 MB record limit
+        await admin.create_topics([NewTopic(settings.topic("linkflow.events"), events.partitions, 1)])
+    finally:
+        await admin.close()
+    changes = await apply_topics(settings, [events])
+    assert changes == [f"updated the config of {settings.topic('linkflow.events')} to {events.configs()}"]
+    assert await apply_topics(settings, [events]) == [], "converged: a second apply changes nothing"
