@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -258,12 +257,7 @@ class Engine:
     async def _load_timers(self) -> None:
         states = [self.codec.decode(v, ExecutionState) for _, v in self.table.items() if v is not None]
         self.timers.rebuild(states)
-        log.info(
-            "timer service: loaded the timers of %d stored executions (thread %s, loop %x)",
-            len(states),
-            threading.current_thread().name,
-            id(asyncio.get_running_loop()),
-        )
+        log.info("timer service: loaded the timers of %d stored executions", len(states))
 
     async def _run_timers(self) -> None:
         """Started by Faust once the first recovery is done; fires timers when due."""
