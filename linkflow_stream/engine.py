@@ -68,7 +68,11 @@ class Engine:
             self.registry, self.publisher, settings.executor_slots, settings.node_output_max_bytes
         )
         self.status = StatusView()
-        self.metrics = Metrics(active=self.status.active_count, counts=self._counts)
+        self.metrics = Metrics(
+            active=self.status.active_count,
+            counts=self._counts,
+            queue_depth=lambda: {p: c["queued"] for p, c in self.status.queue_counts().items()},
+        )
         self.workflows = WorkflowView()
         self.workers = WorkerView()
         self.logs = LogView()

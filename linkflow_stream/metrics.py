@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from linkflow_stream.events import EventType, ExecutionEvent
@@ -32,13 +32,33 @@ class _Counts(Collector):
             yield CounterMetricFamily(name, documentation, value=value)
 
 
+class _QueueDepth(Collector):
+    """``linkflow_queue_depth{priority}``: accepted executions that have not started yet."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "linkflow_queue_depth", "Executions accepted and not yet started", labels=["priority"]
+        )
+        for priority, depth in self.read().items():
+            family.add_metric([priority], depth)
+        yield family
+
+
 class Metrics:
     def __init__(
-        self, active: Callable[[], int], counts: Callable[[], Mapping[str, tuple[str, float]]] | None = None
+        self,
+        active: Callable[[], int],
+        counts: Callable[[], Mapping[str, tuple[str, float]]] | None = None,
+        queue_depth: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         if counts is not None:
             self.registry.register(_Counts(counts))
+        if queue_depth is not None:
+            self.registry.register(_QueueDepth(queue_depth))
         r = self.registry
         self.started = Counter(
             "linkflow_executions_started_total", "Executions started", ["workflow_id", "priority"], registry=r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.request
 import uuid
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from linkflow_stream.testing import EngineProcess, TargetServer, call, read_events
+from linkflow_stream.testing import ROOT, EngineProcess, TargetServer, call, read_events
 
 pytestmark = pytest.mark.e2e
 
@@ -361,6 +362,7 @@ def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     assert "linkflow_executions_active " in text
     assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text
     assert "linkflow_timers_refired_total " in text and "linkflow_requests_resent_total " in text
+    assert 'linkflow_queue_depth{priority="high"}' in text
 
 
 def test_an_output_too_large_for_a_record_fails_the_node_visibly(
@@ -556,3 +558,16 @@ def test_workflow_retry_policy_and_its_dry_run(engine: EngineProcess, target: Ta
     for bad in ({"strategy": "random"}, {"max_attempts": 0}, ["x"]):
         assert call("PUT", url, bad)[0] == 400, bad
     assert call("PUT", f"{engine.url}/api/workflows/none-such/retry", {"max_attempts": 2})[0] == 404
+
+
+def test_every_metric_the_grafana_dashboard_charts_is_exported(engine: EngineProcess) -> None:
+    dashboard = (ROOT / "deploy" / "grafana" / "dashboards" / "linkflow.json").read_text()
+    charted = {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"linkflow_[a-z_]+", dashboard)}
+    with urllib.request.urlopen(f"{engine.url}/metrics", timeout=10) as resp:
+        exported = resp.read().decode()
+    missing = sorted(
+        name
+        for name in charted
+        if f"# TYPE {name} " not in exported and f"# TYPE {name.removesuffix('_total')} " not in exported
+    )
+    assert charted and not missing, f"charted but not exported: {missing}"
