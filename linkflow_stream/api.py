@@ -24,11 +24,12 @@ from linkflow_stream.errors import ConflictError, LinkflowError, NotFoundError, 
 from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.nodes.base import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.state import ExecutionState
 from linkflow_stream.validation import parse_workflow
-from linkflow_stream.workflow import RetryPolicy
+from linkflow_stream.workflow import RetryPolicy, WorkflowDefinition
 from projections.costs import GROUPS, PERIODS, cost_of, report
 from projections.logs import LEVELS, LogView
-from projections.status import StatusView
+from projections.status import StatusView, render_metrics
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,11 @@ class Api:
         workflow_id = body.get("id") if isinstance(body, dict) else None
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now())
+        await self._publish_workflow(wf)
+        return web.json_response({"id": wf.id, "version": wf.version}, status=201)
+
+    async def _publish_workflow(self, wf: WorkflowDefinition) -> None:
+        """Put a version on the log, then into this instance's view, so a read right after finds it."""
         await self.d.publisher.send(
             [
                 Outgoing(
@@ -207,7 +213,6 @@ class Api:
             ]
         )
         self.d.workflows.apply(wf)
-        return web.json_response({"id": wf.id, "version": wf.version}, status=201)
 
     async def list_workflows(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -218,6 +223,16 @@ class Api:
                 ]
             }
         )
+
+    async def _started(self, execution_id: str, not_started: LinkflowError) -> ExecutionState:
+        """The state of a run that has started; 404 if it does not exist, ``not_started`` if it was
+        accepted but has no events yet."""
+        state: ExecutionState | None = await self._synced(lambda: self.d.status.executions.get(execution_id))
+        if state is None:
+            if self.d.status.status(execution_id) is not None:
+                raise not_started
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        return state
 
     async def _synced(self, found: Callable[[], Any]) -> Any:
         """``found()``, and if it finds nothing, again once the views hold everything acknowledged
@@ -249,14 +264,7 @@ class Api:
                 "created_at": now(),
             }
         )
-        await self.d.publisher.send(
-            [
-                Outgoing(
-                    topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered", time=wf.created_at
-                )
-            ]
-        )
-        self.d.workflows.apply(wf)
+        await self._publish_workflow(wf)
         return web.json_response(
             {
                 "id": wf.id,
@@ -270,9 +278,9 @@ class Api:
         """A dry run: for each node, which policy governs it, its retry schedule, and whether its
         latest error would be retried. Nothing is sent."""
         execution_id = request.match_info["id"]
-        state = await self._synced(lambda: self.d.status.executions.get(execution_id))
-        if state is None:
-            raise NotFoundError(f"execution {execution_id!r} does not exist or has not started")
+        state = await self._started(
+            execution_id, NotFoundError(f"execution {execution_id!r} has not started yet")
+        )
         nodes = {}
         for node in state.workflow.nodes:
             ns = state.nodes[node.id]
@@ -358,12 +366,8 @@ class Api:
 
     async def execution_metrics(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
-        body = await self._synced(lambda: self.d.status.metrics(execution_id, now()))
-        if body is None:
-            if self.d.status.status(execution_id) is not None:
-                raise NotFoundError(f"execution {execution_id!r} has not started yet; no metrics")
-            raise NotFoundError(f"execution {execution_id!r} does not exist")
-        return web.json_response(body)
+        not_started = NotFoundError(f"execution {execution_id!r} has not started yet; no metrics")
+        return web.json_response(render_metrics(await self._started(execution_id, not_started), now()))
 
     async def _command(self, execution_id: str, command: ExecutionCommand, ce_type: str) -> None:
         """Send a command to a run that exists and has not ended (404 / 409 otherwise)."""
@@ -388,11 +392,8 @@ class Api:
         execution_id = request.match_info["id"]
         if self.d.sync is not None:
             await self.d.sync(SYNC_SECONDS)
-        state = self.d.status.executions.get(execution_id)
-        if state is None:
-            if self.d.status.status(execution_id) is not None:
-                raise ConflictError(f"execution {execution_id!r} has not started yet; nothing to checkpoint")
-            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        not_started = ConflictError(f"execution {execution_id!r} has not started yet; nothing to checkpoint")
+        state = await self._started(execution_id, not_started)
         last = max(
             [
                 state.created_at,
@@ -449,12 +450,8 @@ class Api:
 
     async def execution_cost(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
-        state = await self._synced(lambda: self.d.status.executions.get(execution_id))
-        if state is None:
-            if self.d.status.status(execution_id) is not None:
-                raise NotFoundError(f"execution {execution_id!r} has not started yet; it has cost nothing")
-            raise NotFoundError(f"execution {execution_id!r} does not exist")
-        return web.json_response(cost_of(state))
+        not_started = NotFoundError(f"execution {execution_id!r} has not started yet; it has cost nothing")
+        return web.json_response(cost_of(await self._started(execution_id, not_started)))
 
     async def cost_report(self, request: web.Request) -> web.Response:
         """``?period=day|week|month|all`` (default month): costs per workflow, with suggestions."""

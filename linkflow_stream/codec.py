@@ -55,13 +55,15 @@ class SchemaSet:
     def __init__(self, directory: Path) -> None:
         self.by_name: dict[str, Any] = {}
         self.by_fingerprint: dict[bytes, Any] = {}
+        self.fingerprints: dict[str, bytes] = {}
         for path in sorted(directory.glob("*.avsc")):
             loaded = load_schema(str(path), _write_hint=False)
             name = path.name.removesuffix(".avsc")
             # Parsed once here: fastavro re-parses an unparsed schema on every call (~30 us).
             parsed = parse_schema(loaded)
             self.by_name[name] = parsed
-            self.by_fingerprint[fingerprint(to_parsing_canonical_form(loaded))] = parsed
+            self.fingerprints[name] = fingerprint(to_parsing_canonical_form(loaded))
+            self.by_fingerprint[self.fingerprints[name]] = parsed
 
     def schema(self, name: str) -> Any:
         return self.by_name[name if "." in name else f"{NAMESPACE}.{name}"]
@@ -76,12 +78,7 @@ class Codec:
         for s in older:
             for fp, parsed in s.by_fingerprint.items():
                 self.writers.setdefault(fp, parsed)
-        self._fingerprints = {
-            name: fp
-            for fp, p in current.by_fingerprint.items()
-            for name, q in current.by_name.items()
-            if q is p
-        }
+        self._fingerprints = current.fingerprints
 
     def encode(self, record: BaseModel) -> bytes:
         name = f"{NAMESPACE}.{type(record).__name__}"

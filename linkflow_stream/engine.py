@@ -264,8 +264,8 @@ class Engine:
         log.info("timer service: loaded the timers of %d stored executions", len(states))
 
     async def _run_timers(self) -> None:
-        """Started by Faust once the first recovery is done; fires timers when due."""
-        await self._load_timers()
+        """Started by Faust once the first recovery is done (its ``on_recover`` has loaded the
+        timers by then); fires timers when due."""
         self.recovered = True
         await self.timers.run()
 
@@ -316,7 +316,7 @@ class Engine:
             before = self.status.executions.get(event.execution_id)
             after = self.status.apply(event)
             if after is not None and after is not before:
-                self.logs.record(event, before, after)
+                self.logs.record(event, after)
             self.metrics.view_lag.observe(max(0.0, time.time() - record.timestamp / 1000))
         else:
             self.status.accept(self.codec.decode(record.value, StartExecution))

@@ -29,7 +29,7 @@ from linkflow_stream.broker import free_port
 from linkflow_stream.codec import default_codec
 from linkflow_stream.events import ExecutionEvent
 from linkflow_stream.settings import Settings
-from linkflow_stream.topics import apply_topics
+from linkflow_stream.topics import apply_topics, execution_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -211,7 +211,7 @@ async def read_events(bootstrap: str, topic: str) -> list[ExecutionEvent]:
     await consumer.start()
     try:
         await consumer.topics()
-        parts = [TopicPartition(topic, p) for p in range(4)]
+        parts = [TopicPartition(topic, p) for p in range(execution_partitions())]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)

@@ -38,8 +38,8 @@ def _printed(e: ExecutionEvent) -> list[Line]:
     return out
 
 
-def lines_for(e: ExecutionEvent, before: ExecutionState | None, after: ExecutionState) -> list[Line]:
-    """The log lines that event ``e`` adds, given the execution's state before and after it."""
+def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
+    """The log lines that event ``e`` adds, given the execution's state after it."""
     node = after.nodes.get(e.node_id) if e.node_id else None
     kind = after.workflow.node(e.node_id).type if e.node_id else None
     t = e.type
@@ -114,9 +114,9 @@ class LogView:
         self.lines: dict[str, deque[Line]] = {}
         self._followers: defaultdict[str, set[asyncio.Queue[Line | None]]] = defaultdict(set)
 
-    def record(self, e: ExecutionEvent, before: ExecutionState | None, after: ExecutionState) -> None:
+    def record(self, e: ExecutionEvent, after: ExecutionState) -> None:
         log = self.lines.setdefault(e.execution_id, deque(maxlen=MAX_LINES))
-        for line in lines_for(e, before, after):
+        for line in lines_for(e, after):
             log.append(line)
             for queue in self._followers.get(e.execution_id, ()):
                 queue.put_nowait(line)

@@ -15,7 +15,7 @@ from typing import Any
 
 from linkflow_stream.events import ExecutionEvent
 from linkflow_stream.messages import Priority, StartExecution
-from linkflow_stream.state import ExecutionState, ExecutionStatus, apply
+from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -98,34 +98,28 @@ def render_metrics(state: ExecutionState, now: datetime) -> dict[str, Any]:
 
 
 def render_accepted(request: StartExecution) -> dict[str, Any]:
-    """What a read shows for an execution accepted here but not yet seen in the log."""
-    at = _iso(request.requested_at)
-    return {
-        "id": request.execution_id,
-        "workflow_id": request.workflow.id,
-        "workflow_version": request.workflow.version,
-        "status": ExecutionStatus.PENDING.value,
-        "priority": request.priority.value,
-        "input_data": request.input,
-        "created_at": at,
-        "started_at": None,
-        "finished_at": None,
-        "deadline_at": None,
-        "nodes": {
-            n.id: {
-                "status": "pending",
-                "output": None,
-                "error": None,
-                "attempts": 0,
-                "started_at": None,
-                "finished_at": None,
-                "usage": None,
-                "logs": None,
-            }
-            for n in request.workflow.nodes
-        },
-        "history": [{"from": None, "to": "pending", "at": at, "reason": "accepted"}],
-    }
+    """What a read shows for an execution accepted here but not yet seen in the log: the pending
+    state it will start from."""
+    return render(
+        ExecutionState(
+            id=request.execution_id,
+            workflow=request.workflow,
+            status=ExecutionStatus.PENDING,
+            priority=request.priority,
+            input=request.input,
+            created_at=request.requested_at,
+            seq=0,
+            nodes={n.id: NodeState() for n in request.workflow.nodes},
+            history=(
+                Transition(
+                    from_status=None,
+                    to_status=ExecutionStatus.PENDING,
+                    at=request.requested_at,
+                    reason="accepted",
+                ),
+            ),
+        )
+    )
 
 
 class StatusView:
@@ -180,10 +174,6 @@ class StatusView:
             if not state.status.terminal:
                 counts[state.priority.value]["running"] += 1
         return counts
-
-    def metrics(self, execution_id: str, now: datetime) -> dict[str, Any] | None:
-        state = self.executions.get(execution_id)
-        return render_metrics(state, now) if state is not None else None
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
         state = self.executions.get(execution_id)

@@ -20,8 +20,8 @@ def feed(
     view: LogView, state: ExecutionState | None, inp: StartExecution | NodeResult, at: float
 ) -> ExecutionState:
     for event in decide(state, inp, T0 + timedelta(seconds=at), CFG):
-        before, state = state, evolve(state, event)
-        view.record(event, before, state)
+        state = evolve(state, event)
+        view.record(event, state)
     assert state is not None
     return state
 
