@@ -19,7 +19,7 @@ import uuid
 import aiohttp
 
 from bench.harness import own_engine, percentile
-from linkflow_stream.testing import call
+from linkflow_stream.dev.testing import call
 
 DIAMOND = {
     "nodes": [

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from linkflow_stream.broker import Broker, free_port
-from linkflow_stream.testing import EngineProcess
+from linkflow_stream.dev.broker import Broker, free_port
+from linkflow_stream.dev.testing import EngineProcess
 
 
 @contextmanager

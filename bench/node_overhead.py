@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import own_engine, percentile
-from linkflow_stream.testing import TargetServer, call, serve
+from linkflow_stream.dev.testing import TargetServer, call, serve
 
 NODES: dict[str, dict[str, Any]] = {
     "transform": {"type": "transform", "config": {"expression": "input.n + 1"}},

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from linkflow_stream.broker import Broker, BrokerError
+from linkflow_stream.dev.broker import Broker, BrokerError
+from linkflow_stream.kafka.topics import TopicSpecError, apply_topics
 from linkflow_stream.settings import Settings
-from linkflow_stream.topics import TopicSpecError, apply_topics
 
 
 @click.group()

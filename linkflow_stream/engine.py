@@ -16,32 +16,39 @@ import mode
 from aiohttp import web
 from aiokafka import ConsumerRecord
 
-from linkflow_stream import gc_tuning, topic_names
-from linkflow_stream.api import Api, ApiDeps
-from linkflow_stream.clock import from_millis, now, seconds_to_millis
-from linkflow_stream.codec import Codec, DecodeError, default_codec
-from linkflow_stream.dead_letters import dead_letter
-from linkflow_stream.decider import Input
-from linkflow_stream.events import ExecutionEvent
-from linkflow_stream.executor import Executor
-from linkflow_stream.messages import ControlMessage, ExecutionCommand, NodeResult, NodeTask, StartExecution
-from linkflow_stream.metrics import Metrics
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import from_millis, now, seconds_to_millis
+from linkflow_stream.core.decider import Input
+from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.messages import (
+    ControlMessage,
+    ExecutionCommand,
+    NodeResult,
+    NodeTask,
+    StartExecution,
+)
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.http.api import Api, ApiDeps
+from linkflow_stream.http.queue_status import queue_status
+from linkflow_stream.http.registry import RegistryApi
+from linkflow_stream.kafka.codec import Codec, DecodeError, default_codec
+from linkflow_stream.kafka.dlq import dead_letter
+from linkflow_stream.kafka.log_reader import LogReader
+from linkflow_stream.kafka.partitioning import ExecutionTable
+from linkflow_stream.kafka.publisher import Outgoing, Publisher
+from linkflow_stream.kafka.topics import execution_partitions, max_message_bytes
 from linkflow_stream.nodes import build_registry, decider_config
-from linkflow_stream.orchestrator import Orchestrator
-from linkflow_stream.partitioning import ExecutionTable
-from linkflow_stream.publisher import Outgoing, Publisher
-from linkflow_stream.queue_status import queue_status
-from linkflow_stream.registry_api import RegistryApi
 from linkflow_stream.request_watchdog import RequestWatchdog
+from linkflow_stream.runtime import gc_tuning
+from linkflow_stream.runtime.executor import Executor
+from linkflow_stream.runtime.metrics import Metrics
+from linkflow_stream.runtime.step import Orchestrator
+from linkflow_stream.runtime.timers import TimerService
 from linkflow_stream.settings import Settings
-from linkflow_stream.state import ExecutionState
-from linkflow_stream.timers import TimerService
-from linkflow_stream.topics import execution_partitions, max_message_bytes
-from linkflow_stream.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
-from linkflow_stream.workflow import WorkflowDefinition
-from projections.log_reader import LogReader
 from projections.logs import LogView
 from projections.status import StatusView
+from projections.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 from aiokafka import ConsumerRecord
 
-from linkflow_stream import topic_names
-from linkflow_stream.codec import default_codec
-from linkflow_stream.events import ExecutionEvent
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.log_reader import LogReader
 from linkflow_stream.settings import Settings
-from projections.log_reader import LogReader
 from projections.status import StatusView, render
 
 

@@ -16,10 +16,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from linkflow_stream import topic_names
-from linkflow_stream.clock import now
-from linkflow_stream.messages import CommandKind, ExecutionCommand
-from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand
+from linkflow_stream.kafka.publisher import Outgoing, Publisher
 from projections.status import StatusView
 
 log = logging.getLogger(__name__)

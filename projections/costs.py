@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from linkflow_stream.state import ExecutionState
+from linkflow_stream.core.state import ExecutionState
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections import defaultdict, deque
 from datetime import datetime
 from typing import Any
 
-from linkflow_stream.events import EventType, ExecutionEvent
-from linkflow_stream.state import ExecutionState
+from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.state import ExecutionState
 
 MAX_LINES = 2000
 LEVELS = ("debug", "info", "warning", "error")

@@ -1,6 +1,6 @@
 """The status view: every execution's state, folded from ``linkflow.events``.
 
-The fold is ``linkflow_stream.state.apply``, the same one the orchestrator uses, so the view
+The fold is ``linkflow_stream.core.state.apply``, the same one the orchestrator uses, so the view
 can never disagree with the engine about what an event means. Duplicated events (a seq already
 seen) change nothing.
 """
@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from linkflow_stream.events import ExecutionEvent
-from linkflow_stream.messages import Priority, StartExecution
-from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
+from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.messages import Priority, StartExecution
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from linkflow_stream.workflow import WorkflowDefinition
+from linkflow_stream.core.workflow import WorkflowDefinition
 
 
 class WorkflowView:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from linkflow_stream.broker import Broker, BrokerError, free_port
-from linkflow_stream.testing import EngineProcess, TargetServer, serve
+from linkflow_stream.dev.broker import Broker, BrokerError, free_port
+from linkflow_stream.dev.testing import EngineProcess, TargetServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 

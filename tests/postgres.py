@@ -31,7 +31,7 @@ from typing import NoReturn
 
 import pytest
 
-from linkflow_stream.broker import free_port
+from linkflow_stream.dev.broker import free_port
 
 REQUIRE_ENV = "LINKFLOW_REQUIRE_POSTGRES"
 SERVER_USER = "postgres"

@@ -29,8 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from linkflow_stream.events import Dispatch
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.sandbox import (
     LEVELS,
     CodeFailure,

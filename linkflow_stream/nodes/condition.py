@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from linkflow_stream.events import Dispatch
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
-from linkflow_stream.nodes.expressions import evaluate, require_expression
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.expressions import evaluate, require_expression
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 
 
 class ConditionNode:

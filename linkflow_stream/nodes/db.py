@@ -43,8 +43,8 @@ from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID
 
-from linkflow_stream.events import Dispatch
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.db_connections import Databases, Dialect, PgRange, Query, QueryResult
 
 FIELDS = frozenset({"connection", "query", "params", "read_only", "max_rows"})

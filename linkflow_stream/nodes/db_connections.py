@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
 
-from linkflow_stream.nodes.base import NodeFailure
+from linkflow_stream.core.node_contract import NodeFailure
 
 Dialect = Literal["sqlite", "postgresql"]
 

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 import aiohttp
 from yarl import URL
 
-from linkflow_stream.events import Dispatch
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.network_guard import GuardedResolver, check_literal
 from linkflow_stream.nodes.secrets import Secrets, check_reference
 

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from linkflow_stream.nodes.base import NodeFailure
+from linkflow_stream.core.node_contract import NodeFailure
 
 # Cloud metadata endpoints stay refused even when private networks are allowed.
 ALWAYS_REFUSED = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from linkflow_stream.decider import DeciderConfig, NodeKind
-from linkflow_stream.nodes.base import NodeExecutor
+from linkflow_stream.core.decider import DeciderConfig, NodeKind
+from linkflow_stream.core.node_contract import NodeExecutor
 from linkflow_stream.nodes.code import CodeNode
 from linkflow_stream.nodes.condition import ConditionNode
 from linkflow_stream.nodes.db import DbNode

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from linkflow_stream.nodes.base import NodeFailure
+from linkflow_stream.core.node_contract import NodeFailure
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from linkflow_stream.nodes.base import ConfigError, NodeFailure
+from linkflow_stream.core.node_contract import ConfigError, NodeFailure
 
 NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 ENV_PREFIX = "LINKFLOW_SECRET_"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from linkflow_stream.events import Dispatch
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 
 MAX_WAIT_SECONDS = 30 * 86_400
 

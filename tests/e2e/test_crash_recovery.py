@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from linkflow_stream.events import EventType, ExecutionEvent
-from linkflow_stream.state import ExecutionState, ExecutionStatus, apply
-from linkflow_stream.testing import EngineProcess, TargetServer, read_events
+from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, apply
+from linkflow_stream.dev.testing import EngineProcess, TargetServer, read_events
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 import pytest
 
-from linkflow_stream.testing import EngineProcess, call
+from linkflow_stream.dev.testing import EngineProcess, call
 
 pytestmark = pytest.mark.e2e
 

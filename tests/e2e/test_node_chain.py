@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linkflow_stream.testing import EngineProcess, TargetServer, call
+from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
 
 pytestmark = pytest.mark.e2e
 

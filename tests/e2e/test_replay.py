@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from linkflow_stream.testing import ROOT, EngineProcess
+from linkflow_stream.dev.testing import ROOT, EngineProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from linkflow_stream.testing import ROOT, EngineProcess, TargetServer, call, read_events
+from linkflow_stream.dev.testing import ROOT, EngineProcess, TargetServer, call, read_events
 
 pytestmark = pytest.mark.e2e
 

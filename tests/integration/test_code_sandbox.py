@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.nodes.base import NodeContext, NodeFailure
+from linkflow_stream.core.node_contract import NodeContext, NodeFailure
 from linkflow_stream.nodes.code import CodeNode
 from linkflow_stream.nodes.sandbox import (
     LEVELS,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.nodes.base import NodeContext, NodeFailure
+from linkflow_stream.core.node_contract import NodeContext, NodeFailure
 from linkflow_stream.nodes.db import DbNode
 from tests.postgres import PostgresCluster, free_port, postgres_cluster
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from linkflow_stream.nodes.base import NodeContext, NodeFailure
+from linkflow_stream.core.node_contract import NodeContext, NodeFailure
+from linkflow_stream.dev.testing import TargetServer, serve
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.nodes.secrets import Secrets
-from linkflow_stream.testing import TargetServer, serve
 
 pytestmark = pytest.mark.integration
 

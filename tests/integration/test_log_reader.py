@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from projections.log_reader import LogReader
+from linkflow_stream.kafka.log_reader import LogReader
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from linkflow_stream.kafka.topics import TopicSpec, TopicSpecError, apply_topics, load_specs
 from linkflow_stream.settings import Settings
-from linkflow_stream.topics import TopicSpec, TopicSpecError, apply_topics, load_specs
 
 pytestmark = pytest.mark.integration
 

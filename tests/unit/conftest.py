@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.decider import DeciderConfig, Input, NodeKind, decide
-from linkflow_stream.events import Dispatch, ExecutionEvent
-from linkflow_stream.messages import (
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.decider import DeciderConfig, Input, NodeKind, decide
+from linkflow_stream.core.events import Dispatch, ExecutionEvent
+from linkflow_stream.core.messages import (
     CommandKind,
     ExecutionCommand,
     NodeError,
@@ -24,8 +24,8 @@ from linkflow_stream.messages import (
     Priority,
     StartExecution,
 )
-from linkflow_stream.state import ExecutionState, Timer, TimerKind, evolve
-from linkflow_stream.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.state import ExecutionState, Timer, TimerKind, evolve
+from linkflow_stream.core.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
 
 T0_MILLIS = 1_700_000_000_000
 """2023-11-14T22:13:20Z: every test clock starts here."""

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linkflow_stream import clock
+from linkflow_stream.core import clock
 
 
 def test_now_is_utc_and_whole_milliseconds() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.events import Dispatch
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeExecutor, NodeFailure
 from linkflow_stream.nodes.code import CodeNode, check_source
 from linkflow_stream.nodes.sandbox import (
     LEVELS,

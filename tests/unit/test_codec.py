@@ -18,10 +18,9 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.utils import generate_many
 from pydantic import BaseModel
 
-from linkflow_stream import codec
-from linkflow_stream.clock import from_millis
-from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.messages import (
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.messages import (
     CommandKind,
     ControlMessage,
     ExecutionCommand,
@@ -31,7 +30,7 @@ from linkflow_stream.messages import (
     Priority,
     StartExecution,
 )
-from linkflow_stream.state import (
+from linkflow_stream.core.state import (
     ExecutionState,
     ExecutionStatus,
     NodeState,
@@ -40,8 +39,9 @@ from linkflow_stream.state import (
     TimerKind,
     Transition,
 )
-from linkflow_stream.workers import WorkerRecord, WorkerState
-from linkflow_stream.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.kafka import codec
+from projections.workers import WorkerRecord, WorkerState
 
 SCHEMA_FILES = sorted(codec.SCHEMA_DIR.glob("*.avsc"))
 T = from_millis(1_700_000_000_123)

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.messages import Priority
-from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
-from linkflow_stream.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.messages import Priority
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from projections.costs import Rates, cost_of, report
 
 T0 = from_millis(1_800_000_000_000)

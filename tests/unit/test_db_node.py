@@ -10,7 +10,7 @@ from uuid import UUID
 
 import pytest
 
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.db import DbNode, ParamSyntaxError, param_names, to_json, to_postgres
 from linkflow_stream.nodes.db_connections import sqlite_uri
 

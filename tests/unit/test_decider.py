@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from linkflow_stream.decider import DeciderConfig, NodeKind, decide
-from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.messages import Priority
-from linkflow_stream.nodes import build_registry, decider_config
-from linkflow_stream.settings import Settings
-from linkflow_stream.state import (
+from linkflow_stream.core.decider import DeciderConfig, NodeKind, decide
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.messages import Priority
+from linkflow_stream.core.state import (
     EvolveError,
     ExecutionStatus,
     NodeStatus,
@@ -17,6 +15,8 @@ from linkflow_stream.state import (
     apply,
     evolve,
 )
+from linkflow_stream.nodes import build_registry, decider_config
+from linkflow_stream.settings import Settings
 
 E = EventType
 

@@ -16,13 +16,13 @@ import hypothesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from linkflow_stream import codec
-from linkflow_stream.clock import from_millis
-from linkflow_stream.decider import DeciderConfig, Input, decide
-from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.messages import CommandKind, NodeResult, StartExecution
-from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, apply, evolve
-from linkflow_stream.workflow import Dependency, NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.decider import DeciderConfig, Input, decide
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.messages import CommandKind, NodeResult, StartExecution
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, apply, evolve
+from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.kafka import codec
 
 NODE_TYPES = ("transform", "condition", "wait", "http")
 CONFIGS: dict[str, dict[str, Any]] = {

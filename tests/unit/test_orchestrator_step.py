@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.errors import ValidationError
-from linkflow_stream.events import EventType
-from linkflow_stream.messages import NodeResult, NodeTask, StartExecution
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.errors import ValidationError
+from linkflow_stream.core.events import EventType
+from linkflow_stream.core.messages import NodeResult, NodeTask, StartExecution
+from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.nodes import build_registry, decider_config
-from linkflow_stream.orchestrator import Orchestrator, Step
+from linkflow_stream.runtime.step import Orchestrator, Step
 from linkflow_stream.settings import Settings
-from linkflow_stream.validation import parse_workflow
 
 NOW = from_millis(1_800_000_000_000)
 

@@ -6,13 +6,13 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.decider import DeciderConfig, decide
-from linkflow_stream.events import EventType, ExecutionEvent
-from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, StartExecution
-from linkflow_stream.publisher import Outgoing
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.decider import DeciderConfig, decide
+from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.kafka.publisher import Outgoing
 from linkflow_stream.request_watchdog import CANCEL_RESEND_AFTER, MAX_RESENDS, RESEND_AFTER, RequestWatchdog
-from linkflow_stream.workflow import NodeDefinition, WorkflowDefinition
 from projections.status import StatusView
 
 T0 = from_millis(1_800_000_000_000)

@@ -23,7 +23,7 @@ from fastavro.repository.base import AbstractSchemaRepository, SchemaRepositoryE
 from fastavro.schema import load_schema
 from fastavro.utils import generate_many
 
-from linkflow_stream import codec
+from linkflow_stream.kafka import codec
 
 RELEASED = codec.SCHEMA_DIR / "released"
 RECORDS_PER_SCHEMA = 100

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.decider import DeciderConfig, NodeKind, decide
-from linkflow_stream.events import Dispatch
-from linkflow_stream.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
-from linkflow_stream.state import ExecutionState, evolve
-from linkflow_stream.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.decider import DeciderConfig, NodeKind, decide
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
+from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
 from projections.status import render_metrics
 
 T0 = from_millis(1_800_000_000_000)
@@ -70,7 +70,7 @@ def test_metrics_sum_attempts_retries_and_usage() -> None:
 
 
 def test_queue_counts_split_queued_and_running_by_priority() -> None:
-    from linkflow_stream.messages import Priority
+    from linkflow_stream.core.messages import Priority
     from projections.status import StatusView
 
     wf = WorkflowDefinition(id="wf", created_at=T0, nodes=(NodeDefinition(id="h", type="http"),))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.state import ExecutionState, ExecutionStatus, Timer, TimerKind
-from linkflow_stream.timers import REFIRE_AFTER_MS, TimerService
-from linkflow_stream.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, Timer, TimerKind
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.runtime.timers import REFIRE_AFTER_MS, TimerService
 
 T0 = 1_800_000_000_000
 

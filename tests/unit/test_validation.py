@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.errors import ValidationError
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.errors import ValidationError
+from linkflow_stream.core.node_contract import NodeExecutor
+from linkflow_stream.core.validation import check_workflow, parse_workflow
+from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.nodes import build_registry
-from linkflow_stream.nodes.base import NodeExecutor
 from linkflow_stream.settings import Settings
-from linkflow_stream.validation import check_workflow, parse_workflow
-from linkflow_stream.workflow import WorkflowDefinition
 
 CREATED = from_millis(1_700_000_000_000)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from linkflow_stream.clock import from_millis
-from linkflow_stream.decider import DeciderConfig, NodeKind, decide
-from linkflow_stream.events import Dispatch, EventType
-from linkflow_stream.messages import NodeError, NodeResult, StartExecution
-from linkflow_stream.state import ExecutionState, evolve
-from linkflow_stream.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.decider import DeciderConfig, NodeKind, decide
+from linkflow_stream.core.events import Dispatch, EventType
+from linkflow_stream.core.messages import NodeError, NodeResult, StartExecution
+from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
 
 T0 = from_millis(1_800_000_000_000)
 CFG = DeciderConfig(kinds={"http": NodeKind(Dispatch.TASK)})

@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonata
 
-from linkflow_stream.nodes.base import ConfigError, NodeFailure
+from linkflow_stream.core.node_contract import ConfigError, NodeFailure
 
 
 @lru_cache(maxsize=4096)

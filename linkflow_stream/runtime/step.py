@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from linkflow_stream import topic_names
-from linkflow_stream.decider import DeciderConfig, Input, decide
-from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.messages import ControlMessage, NodeResult, NodeTask
-from linkflow_stream.nodes.base import ConfigError, NodeContext, NodeExecutor, NodeFailure
-from linkflow_stream.nodes.mapping import map_output, resolve_config
-from linkflow_stream.publisher import Outgoing
-from linkflow_stream.state import ExecutionState, evolve
-from linkflow_stream.workflow import NodeDefinition
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.decider import DeciderConfig, Input, decide
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.mapping import map_output, resolve_config
+from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
+from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.workflow import NodeDefinition
+from linkflow_stream.kafka.publisher import Outgoing
 
 MAX_INLINE_STEPS = 10_000
 

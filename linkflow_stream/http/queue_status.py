@@ -12,10 +12,10 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from linkflow_stream import topic_names
-from linkflow_stream.messages import Priority
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import Priority
+from linkflow_stream.kafka.log_reader import LogReader
 from linkflow_stream.settings import Settings
-from projections.log_reader import LogReader
 from projections.status import StatusView
 
 

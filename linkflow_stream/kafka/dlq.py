@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from linkflow_stream import topic_names
-from linkflow_stream.publisher import Publisher
+from linkflow_stream.core import topic_names
+from linkflow_stream.kafka.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
-from linkflow_stream.errors import LinkflowError
+from linkflow_stream.core.errors import LinkflowError
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 NAMESPACE = "io.linkflow"
 MAGIC = b"\xc3\x01"
 CONTENT_TYPE = "application/avro"

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.messages import NodeError, Priority
-from linkflow_stream.workflow import WorkflowDefinition
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.messages import NodeError, Priority
+from linkflow_stream.core.workflow import WorkflowDefinition
 
 
 class ExecutionStatus(StrEnum):

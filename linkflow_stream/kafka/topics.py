@@ -11,10 +11,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from linkflow_stream.errors import LinkflowError
+from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.settings import Settings
 
-SPEC_FILE = Path(__file__).resolve().parent.parent / "topics" / "topics.toml"
+SPEC_FILE = Path(__file__).resolve().parents[2] / "topics" / "topics.toml"
 
 
 class TopicSpecError(LinkflowError):

@@ -14,11 +14,11 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable
 
-from linkflow_stream import topic_names
-from linkflow_stream.clock import now, to_millis
-from linkflow_stream.messages import CommandKind, ExecutionCommand
-from linkflow_stream.publisher import Outgoing, Publisher
-from linkflow_stream.state import ExecutionState
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now, to_millis
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.kafka.publisher import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
 

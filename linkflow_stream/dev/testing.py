@@ -25,13 +25,13 @@ from urllib.parse import parse_qs, urlparse
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from linkflow_stream.broker import free_port
-from linkflow_stream.codec import default_codec
-from linkflow_stream.events import ExecutionEvent
+from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.dev.broker import free_port
+from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.topics import apply_topics, execution_partitions
 from linkflow_stream.settings import Settings
-from linkflow_stream.topics import apply_topics, execution_partitions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def call(

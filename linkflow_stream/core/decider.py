@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from linkflow_stream.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
-from linkflow_stream.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
-from linkflow_stream.workflow import Dependency, NodeDefinition
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
+from linkflow_stream.core.workflow import Dependency, NodeDefinition
 
 Input = StartExecution | NodeResult | ExecutionCommand
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from linkflow_stream.errors import LinkflowError
-from linkflow_stream.events import Dispatch
-from linkflow_stream.messages import NodeError
+from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.messages import NodeError
 
 # Failure classes and whether trying again can help.
 RETRYABLE_CLASSES = {

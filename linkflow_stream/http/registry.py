@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from linkflow_stream import topic_names
-from linkflow_stream.api import errors_as_json
-from linkflow_stream.clock import now
-from linkflow_stream.errors import NotFoundError, ValidationError
-from linkflow_stream.publisher import Outgoing, Publisher
-from linkflow_stream.workers import WorkerRecord, WorkerState, WorkerView, parse_registration
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now
+from linkflow_stream.core.errors import NotFoundError, ValidationError
+from linkflow_stream.http.api import errors_as_json
+from linkflow_stream.kafka.publisher import Outgoing, Publisher
+from projections.workers import WorkerRecord, WorkerState, WorkerView, parse_registration
 
 
 class RegistryApi:

@@ -14,10 +14,10 @@ from datetime import datetime
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from linkflow_stream.clock import to_millis
-from linkflow_stream.codec import Codec, cloudevent_headers
+from linkflow_stream.core.clock import to_millis
+from linkflow_stream.kafka.codec import Codec, cloudevent_headers
+from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.settings import Settings
-from linkflow_stream.topics import max_message_bytes
 
 SOURCE = "/linkflow/engine"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from linkflow_stream.nodes.base import NodeFailure
-from linkflow_stream.nodes.expressions import compile_expression, evaluate
-from linkflow_stream.workflow import NodeDefinition
+from linkflow_stream.core.expressions import compile_expression, evaluate
+from linkflow_stream.core.node_contract import NodeFailure
+from linkflow_stream.core.workflow import NodeDefinition
 
 
 def mapping_problems(node: NodeDefinition) -> list[str]:

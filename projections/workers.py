@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from linkflow_stream.errors import ValidationError
+from linkflow_stream.core.errors import ValidationError
 
 WORKER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 TAG = re.compile(r"^[a-z0-9-]{1,32}$")

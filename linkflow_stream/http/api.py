@@ -18,15 +18,15 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from linkflow_stream import topic_names
-from linkflow_stream.clock import now
-from linkflow_stream.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
-from linkflow_stream.messages import CommandKind, ExecutionCommand, Priority, StartExecution
-from linkflow_stream.nodes.base import RETRYABLE_CLASSES, NodeExecutor
-from linkflow_stream.publisher import Outgoing, Publisher
-from linkflow_stream.state import ExecutionState
-from linkflow_stream.validation import parse_workflow
-from linkflow_stream.workflow import RetryPolicy, WorkflowDefinition
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now
+from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
+from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.validation import parse_workflow
+from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
+from linkflow_stream.kafka.publisher import Outgoing, Publisher
 from projections.costs import GROUPS, PERIODS, cost_of, report
 from projections.logs import LEVELS, LogView
 from projections.status import StatusView, render_metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from linkflow_stream.messages import Priority
+from linkflow_stream.core.messages import Priority
 
 WORKFLOWS = "linkflow.workflows"
 COMMANDS = "linkflow.commands"

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linkflow_stream.errors import LinkflowError
+from linkflow_stream.core.errors import LinkflowError
 
 POM = Path(__file__).resolve().parent / "broker_pom.xml"
 

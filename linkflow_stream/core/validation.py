@@ -9,10 +9,10 @@ from typing import Any
 
 import pydantic
 
-from linkflow_stream.errors import ValidationError
-from linkflow_stream.nodes.base import ConfigError, NodeExecutor
-from linkflow_stream.nodes.mapping import mapping_problems
-from linkflow_stream.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
+from linkflow_stream.core.errors import ValidationError
+from linkflow_stream.core.mapping import mapping_problems
+from linkflow_stream.core.node_contract import ConfigError, NodeExecutor
+from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
 
 
 def _pydantic_problems(exc: pydantic.ValidationError, body: Any) -> list[str]:

@@ -19,11 +19,11 @@ from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
 
-from linkflow_stream import topic_names
-from linkflow_stream.clock import now
-from linkflow_stream.messages import ControlMessage, NodeResult, NodeTask
-from linkflow_stream.nodes.base import NodeContext, NodeExecutor, NodeFailure
-from linkflow_stream.publisher import Outgoing, Publisher
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now
+from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
+from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.kafka.publisher import Outgoing, Publisher
 
 log = logging.getLogger(__name__)
 

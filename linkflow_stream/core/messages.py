@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from linkflow_stream.workflow import WorkflowDefinition
+from linkflow_stream.core.workflow import WorkflowDefinition
 
 
 class Priority(StrEnum):

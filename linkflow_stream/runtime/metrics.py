@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from linkflow_stream.events import EventType, ExecutionEvent
-from linkflow_stream.state import ExecutionState
+from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.state import ExecutionState
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 
