@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     """Prefix put before every topic name, so several engines can share a broker. Default empty."""
 
     app_id: str = "linkflow"
-    """Faust app id and consumer-group base name. Default ``linkflow``."""
+    """Consumer-group and transactional-id base name. Default ``linkflow``."""
 
     api_host: str = "0.0.0.0"  # noqa: S104 - a service is expected to listen on all interfaces
     """Interface of the HTTP API. Default ``0.0.0.0``."""
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     """Port of the worker registry API. Default ``8085``."""
 
     data_dir: Path = Path(".linkflow")
-    """Where local engine files (Faust table dirs) live. Default ``.linkflow``."""
+    """Where local engine files live. Default ``.linkflow``."""
 
     executor_slots: int = Field(default=64, ge=1)
     """Node tasks one process runs at once. Default ``64``."""
@@ -45,8 +45,8 @@ class Settings(BaseSettings):
     """Inputs the orchestrator decides before one shared wait for the broker's acks. Default ``256``."""
 
     orchestrator_batch_wait_seconds: float = Field(default=0.0005, gt=0)
-    """Longest wait to fill a batch; the latency each orchestrator hop may add. Default ``0.0005``
-    (measured: 2 ms made Faust's take() fall behind under load, see docs/decisions/0002)."""
+    """Longest wait of a fetch for more inputs; the latency each orchestrator hop may add.
+    Default ``0.0005`` (rounded up to the broker's 1 ms)."""
 
     lease_grace_seconds: float = 5.0
     """Time beyond a node's timeout before its task is presumed lost and dispatched again.
@@ -57,7 +57,12 @@ class Settings(BaseSettings):
     Default ``10.0``."""
 
     commit_interval_seconds: float = 0.5
-    """How often consumed offsets are committed. Default ``0.5``."""
+    """How often the executor commits the task offsets it consumed (the orchestrator commits
+    in its transactions). Default ``0.5``."""
+
+    finished_state_ttl_seconds: float = Field(default=300.0, ge=0)
+    """How long the orchestrator keeps a finished run's state (for late results and commands)
+    before it tombstones it from the changelog and forgets it. Default ``300``."""
 
     http_allow_private_networks: bool = False
     """Let HTTP nodes call loopback, private and link-local addresses. Default ``False``.

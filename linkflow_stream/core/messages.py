@@ -53,6 +53,10 @@ class ExecutionCommand(BaseModel):
     reason: str | None = None
     timer_id: str | None = None
     timeout_seconds: float | None = None
+    """set_timeout: the run's total time budget, counted from its start."""
+    due_at: datetime | None = None
+    """timer_fired: the due time of the timer this firing is for. A firing whose due time is not
+    the timer's (a deadline that moved since) is stale; ``None`` (older producers) skips that check."""
 
 
 class NodeTask(BaseModel):

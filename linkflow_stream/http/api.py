@@ -23,10 +23,11 @@ from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
+from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
-from linkflow_stream.kafka.publisher import Outgoing, Publisher
+from linkflow_stream.kafka.publisher import Publisher
 from projections.costs import GROUPS, PERIODS, cost_of, report
 from projections.logs import LEVELS, LogView
 from projections.status import StatusView, render_metrics
@@ -57,9 +58,7 @@ class ApiDeps:
     sync: Callable[[float], Awaitable[bool]] | None = None
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     logs: LogView | None = None
-    on_cancel: Callable[[str], None] | None = None
     metrics: Callable[[], bytes] | None = None
-    on_started: Callable[[StartExecution], None] | None = None
 
 
 def _iso(dt: datetime) -> str:
@@ -340,8 +339,6 @@ class Api:
                 )
             ]
         )
-        if self.d.on_started is not None:
-            self.d.on_started(request_record)
         if wait and await self.d.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(self.d.status.get(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
@@ -444,8 +441,6 @@ class Api:
             execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"
         )
         await self._command(execution_id, command, "io.linkflow.command.cancel")
-        if self.d.on_cancel is not None:
-            self.d.on_cancel(execution_id)
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
 
     async def execution_cost(self, request: web.Request) -> web.Response:

@@ -10,8 +10,9 @@ from aiohttp import web
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import NotFoundError, ValidationError
+from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.http.api import errors_as_json
-from linkflow_stream.kafka.publisher import Outgoing, Publisher
+from linkflow_stream.kafka.publisher import Publisher
 from projections.workers import WorkerRecord, WorkerState, WorkerView, parse_registration
 
 

@@ -60,6 +60,7 @@ class LogReader:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         await consumer.start()
         self._consumer = consumer

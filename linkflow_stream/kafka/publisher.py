@@ -1,38 +1,22 @@
-"""Producing records: Avro value, execution-id key, CloudEvents headers; acknowledged before return.
+"""Producing records outside the orchestrator's transactions: the API's requests and commands,
+the executor's results, worker heartbeats. Idempotent, ``acks=all``, acknowledged before return.
 
-Awaiting the acknowledgements is what lets the orchestrator write its state only after its
-events are durable, so its state is never ahead of the log.
+A caller that gets no exception knows its records are durable, so the API can answer 202 only
+once a start request is in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
-from pydantic import BaseModel
 
-from linkflow_stream.core.clock import to_millis
-from linkflow_stream.kafka.codec import Codec, cloudevent_headers
+from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.kafka.codec import Codec
+from linkflow_stream.kafka.records import encode
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.settings import Settings
-
-SOURCE = "/linkflow/engine"
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One record to produce. ``topic`` is the logical name; the settings add any prefix."""
-
-    topic: str
-    key: str
-    record: BaseModel
-    ce_type: str
-    ce_id: str | None = None
-    time: datetime | None = None
-    headers: tuple[tuple[str, bytes], ...] = field(default=())
 
 
 class Publisher:
@@ -56,24 +40,21 @@ class Publisher:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(self, items: Iterable[Outgoing]) -> None:
-        """Produce all items, then wait until the broker has acknowledged every one."""
-        producer = self._producer
-        if producer is None:
+    def _started(self) -> AIOKafkaProducer:
+        if self._producer is None:
             msg = "publisher not started"
             raise RuntimeError(msg)
+        return self._producer
+
+    async def send(self, items: Iterable[Outgoing]) -> None:
+        """Produce all items, then wait until the broker has acknowledged every one."""
+        producer = self._started()
         futures = []
         for o in items:
-            headers = cloudevent_headers(
-                o.ce_type, SOURCE, o.key, ce_id=o.ce_id, time=o.time, extra=o.headers
-            )
+            r = encode(self.codec, o, self.settings.topic(o.topic))
             futures.append(
                 await producer.send(
-                    self.settings.topic(o.topic),
-                    self.codec.encode(o.record),
-                    key=o.key.encode(),
-                    timestamp_ms=to_millis(o.time) if o.time else None,
-                    headers=headers,
+                    r.topic, r.value, key=r.key, timestamp_ms=r.timestamp_ms, headers=r.headers
                 )
             )
         if futures:
@@ -82,8 +63,5 @@ class Publisher:
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
-        """Produce bytes as they are: the dead-letter path for records that cannot be decoded."""
-        if self._producer is None:
-            msg = "publisher not started"
-            raise RuntimeError(msg)
-        await self._producer.send_and_wait(self.settings.topic(topic), value, key=key, headers=headers)
+        """Produce bytes as they are (logical ``topic``): the dead-letter path for undecodable records."""
+        await self._started().send_and_wait(self.settings.topic(topic), value, key=key, headers=headers)

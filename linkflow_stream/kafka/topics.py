@@ -56,15 +56,18 @@ def load_specs(path: Path = SPEC_FILE) -> list[TopicSpec]:
                 cleanup_policy=t.get("cleanup_policy", "delete"),
                 retention_ms=t.get("retention_ms"),
                 co_partitioned=co,
-                max_message_bytes=large if t.get("large_records") else None,
+                max_message_bytes=large if t.get("large_records") else t.get("max_message_bytes"),
             )
         )
     return specs
 
 
 def max_message_bytes(path: Path = SPEC_FILE) -> int:
-    """The record size the producers must allow for records that carry node outputs."""
-    return int(tomllib.loads(path.read_text()).get("max_message_bytes", 1048576))
+    """The record size producers and fetches must allow: the largest any topic takes."""
+    data = tomllib.loads(path.read_text())
+    sizes = [int(data.get("max_message_bytes", 1048576))]
+    sizes += [int(t["max_message_bytes"]) for t in data["topic"] if "max_message_bytes" in t]
+    return max(sizes)
 
 
 def execution_partitions(path: Path = SPEC_FILE) -> int:

@@ -23,7 +23,8 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure
-from linkflow_stream.kafka.publisher import Outgoing, Publisher
+from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.kafka.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -100,6 +100,33 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.offset_gaps = Counter(
+            "linkflow_input_offset_gaps_total",
+            "Input records the orchestrator never saw: offsets skipped that no transaction explains",
+            registry=r,
+        )
+        self.orphans = Counter(
+            "linkflow_orphan_inputs_total",
+            "Results and commands for executions the orchestrator does not hold (finished and forgotten)",
+            ["input"],
+            registry=r,
+        )
+        self.fenced = Counter(
+            "linkflow_orchestrator_fenced_total",
+            "Partitions this instance lost to another owner's transactional id",
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "linkflow_orchestrator_commit_failures_total",
+            "Orchestrator transactions that aborted and were tried again",
+            registry=r,
+        )
+        self.transaction_seconds = Histogram(
+            "linkflow_orchestrator_transaction_seconds",
+            "One partition's batch: decide, produce, commit",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.inputs = Counter(
             "linkflow_orchestrator_inputs_total", "Inputs the orchestrator processed", ["kind"], registry=r
         )

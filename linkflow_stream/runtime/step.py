@@ -3,12 +3,12 @@
 The decider decides; this step adds what the decider must not do itself: it evaluates inline
 nodes (transform, condition), feeding their results straight back into the decider, and turns
 started task nodes into ``NodeTask`` records and cancellations into control messages. No I/O
-happens here; the agent that calls it publishes the outputs, then stores the state.
+happens here; the orchestrator commits the outputs and the new state in one transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,9 +19,9 @@ from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.mapping import map_output, resolve_config
 from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.core.workflow import NodeDefinition
-from linkflow_stream.kafka.publisher import Outgoing
 
 MAX_INLINE_STEPS = 10_000
 
@@ -37,10 +37,19 @@ class Step:
         return bool(self.events)
 
 
-class Orchestrator:
-    def __init__(self, registry: Mapping[str, NodeExecutor], config: DeciderConfig) -> None:
+class Stepper:
+    """Runs the decider over one input, with inline nodes evaluated and tasks built."""
+
+    def __init__(
+        self,
+        registry: Mapping[str, NodeExecutor],
+        config: DeciderConfig,
+        pool_exists: Callable[[str], bool] = lambda _pool: True,
+    ) -> None:
         self.registry = registry
         self.config = config
+        self.pool_exists = pool_exists
+        """Whether a pool's task topic exists: a task for a pool without one fails its node."""
 
     async def step(self, state: ExecutionState | None, inp: Input, now: datetime) -> Step:
         step = Step(state)
@@ -106,6 +115,11 @@ class Orchestrator:
         assert event.due_at is not None
         node = state.workflow.node(event.node_id)
         data = state.node_inputs()
+        if not self.pool_exists(node.pool):
+            missing = NodeFailure(
+                "resource_limit", f"pool {node.pool!r} has no task topic {topic_names.tasks(node.pool)}"
+            )
+            return _result(state, event, now, error=missing)
         try:
             config = self._config(node, data)
         except NodeFailure as exc:

@@ -38,7 +38,7 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
                     "timeout_seconds": 3,
                     "config": {"method": "POST", "url": f"{target.url}/crash/{wf_id}", "json": {"i": 1}},
                 },
-                {"id": "side", "type": "wait", "depends_on": ["a"], "config": {"seconds": 3.0}},
+                {"id": "side", "type": "wait", "depends_on": ["a"], "config": {"seconds": 5.0}},
                 {
                     "id": "t",
                     "type": "transform",

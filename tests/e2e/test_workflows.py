@@ -361,7 +361,10 @@ def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     )
     assert "linkflow_executions_active " in text
     assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text
-    assert "linkflow_timers_refired_total " in text and "linkflow_requests_resent_total " in text
+    # the exactly-once runtime's own health: no input skipped, no partition lost, no abort here
+    assert "linkflow_input_offset_gaps_total 0.0" in text
+    assert "linkflow_orchestrator_fenced_total 0.0" in text
+    assert "linkflow_orchestrator_transaction_seconds_count" in text
     assert 'linkflow_queue_depth{priority="high"}' in text
 
 

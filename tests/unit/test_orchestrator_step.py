@@ -13,19 +13,19 @@ from linkflow_stream.core.events import EventType
 from linkflow_stream.core.messages import NodeResult, NodeTask, StartExecution
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.nodes import build_registry, decider_config
-from linkflow_stream.runtime.step import Orchestrator, Step
+from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.settings import Settings
 
 NOW = from_millis(1_800_000_000_000)
 
 
-def orchestrator() -> Orchestrator:
+def orchestrator() -> Stepper:
     settings = Settings()
     registry = build_registry(settings)
-    return Orchestrator(registry, decider_config(registry, settings))
+    return Stepper(registry, decider_config(registry, settings))
 
 
-def start(nodes: list[dict[str, Any]], input_data: Any = None) -> tuple[Orchestrator, Step]:
+def start(nodes: list[dict[str, Any]], input_data: Any = None) -> tuple[Stepper, Step]:
     orch = orchestrator()
     wf = parse_workflow({"id": "wf", "nodes": nodes}, orch.registry, version=1, created_at=NOW)
     request = StartExecution(execution_id="e1", workflow=wf, input=input_data or {}, requested_at=NOW)

@@ -1,0 +1,132 @@
+"""One Kafka transaction per orchestrator batch: records and input offsets commit together.
+
+Each input partition number has its own transactional id (``<app>.orchestrator.<p>``). Starting
+a producer with that id fences every earlier holder: the broker bumps the id's epoch and aborts
+the former owner's open transaction, so a paused or partitioned former owner (a zombie) can write
+nothing visible to ``read_committed`` readers after the takeover. A fenced producer is never
+started again by the instance that lost it; only an assignment from the group may start one, or
+a zombie would fence the rightful owner back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+)
+from aiokafka.structs import OffsetAndMetadata
+
+from linkflow_stream.kafka.records import ProducerRecord
+
+log = logging.getLogger(__name__)
+
+_LOST_OWNERSHIP = (
+    ProducerFenced,
+    InvalidProducerEpoch,
+    TransactionalIdAuthorizationFailed,
+    OutOfOrderSequenceNumber,
+)
+
+
+class Fenced(KafkaError):  # type: ignore[misc]
+    """Another instance holds this partition's transactional id now: stop writing for it."""
+
+    retriable = False
+
+
+class CommitFailed(KafkaError):  # type: ignore[misc]
+    """The transaction was aborted (broker away, timeout): nothing of it is visible; try again."""
+
+    retriable = True
+
+
+class TransactionalProducer(Protocol):
+    """What the orchestrator needs of a producer; a fake implements it in unit tests."""
+
+    async def start(self) -> None:
+        """Claim the transactional id, fencing any former holder."""
+
+    async def stop(self) -> None:
+        """Release the producer; an open transaction is aborted by the broker."""
+
+    async def commit(
+        self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
+        """Write ``records`` and move ``group_id``'s ``offsets`` in one transaction.
+
+        Raises ``Fenced`` when ownership is lost and ``CommitFailed`` when the transaction was
+        aborted and may be tried again."""
+
+
+class KafkaTransactionalProducer:
+    """``TransactionalProducer`` over aiokafka."""
+
+    def __init__(self, bootstrap_servers: str, transactional_id: str, max_request_size: int) -> None:
+        self.transactional_id = transactional_id
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers,
+            transactional_id=transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            max_request_size=max_request_size,
+            client_id=transactional_id,
+        )
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except _LOST_OWNERSHIP as exc:
+            await self._producer.stop()
+            raise Fenced(f"{self.transactional_id}: {exc}") from exc
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def commit(
+        self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
+        producer = self._producer
+        try:
+            await producer.begin_transaction()
+        except _LOST_OWNERSHIP as exc:
+            raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        try:
+            futures = [
+                await producer.send(
+                    r.topic,
+                    r.value,
+                    key=r.key,
+                    partition=r.partition,
+                    headers=r.headers,
+                    timestamp_ms=r.timestamp_ms,
+                )
+                for r in records
+            ]
+            if offsets:
+                await producer.send_offsets_to_transaction(
+                    {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}, group_id
+                )
+            for future in futures:
+                await future
+            await producer.commit_transaction()
+        except _LOST_OWNERSHIP as exc:
+            raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        except Exception as exc:
+            await self._abort(exc)
+            raise CommitFailed(f"{self.transactional_id}: transaction aborted: {exc!r}") from exc
+
+    async def _abort(self, cause: Exception) -> None:
+        log.warning("%s: aborting transaction after %r", self.transactional_id, cause)
+        try:
+            await self._producer.abort_transaction()
+        except _LOST_OWNERSHIP as exc:
+            raise Fenced(f"{self.transactional_id}: {exc}") from exc

@@ -1,0 +1,356 @@
+"""The orchestrator: a transactional consume-decide-produce loop over the input topics.
+
+For each owned partition number ``p`` a batch of inputs (start requests, commands, results), the
+timers due and the finished runs to forget are decided against ``p``'s states, and everything
+they produce (events, tasks, control messages, dead letters, state changelog records) commits
+with the input offsets in one Kafka transaction under ``p``'s transactional id. Readers use
+``read_committed``, so an input's effects become visible exactly once, together.
+
+Ownership follows the consumer group (range assignment, so an instance owns partition ``p`` of
+every co-partitioned input topic at once). On assignment the instance claims ``p``'s
+transactional id (fencing a former owner), then reads the committed changelog and positions, and
+only then decides inputs. On revoke it lets the batch in flight commit or abort, then forgets
+``p``'s states and timers. This module is the only place that knows about the group; the batch
+itself (``partition.py``) sees a producer interface and records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+from linkflow_stream.core import topic_names
+from linkflow_stream.kafka.codec import Codec
+from linkflow_stream.kafka.dlq import dead_letter_record
+from linkflow_stream.kafka.topics import max_message_bytes
+from linkflow_stream.kafka.transactions import (
+    CommitFailed,
+    Fenced,
+    KafkaTransactionalProducer,
+    TransactionalProducer,
+)
+from linkflow_stream.runtime.metrics import Metrics
+from linkflow_stream.runtime.partition import BatchReport, Partition
+from linkflow_stream.runtime.restore import committed_positions, read_changelog
+from linkflow_stream.runtime.step import Stepper
+from linkflow_stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INPUT_ORDER = (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)
+"""Within a batch, start requests (by priority) come before the commands and results that may
+name the runs they start."""
+MAX_WAIT_MS = 100
+"""Longest poll; timers and expiries are checked at least this often."""
+BATCH_RETRIES = 5
+"""A batch whose transaction aborted this often is decided again one input at a time."""
+RECORD_RETRIES = 3
+"""An input whose own transaction aborted this often goes to the DLQ instead."""
+MAX_BACKOFF_SECONDS = 5.0
+UNHEALTHY_AFTER_SECONDS = 2.0
+"""Failing to commit for this long turns the readiness probe to 503."""
+
+
+@dataclass
+class _Health:
+    failing_since: float | None = None
+    last_error: str | None = None
+
+
+class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The loop, its consumer and the partitions it owns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        codec: Codec,
+        stepper: Stepper,
+        metrics: Metrics,
+        *,
+        producer_factory: Callable[[int], TransactionalProducer] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.stepper = stepper
+        self.metrics = metrics
+        self.clock = clock
+        self.group_id = f"{settings.app_id}.orchestrator"
+        self.producer_factory = producer_factory or self._kafka_producer
+        self.partitions: dict[int, Partition] = {}
+        self.unclaimed: set[int] = set()
+        """Assigned partition numbers not (yet) claimed: their inputs wait, paused."""
+        self.health = _Health()
+        self.started = asyncio.Event()
+        """Set once the first assignment has been claimed."""
+        self._topics = [settings.topic(t) for t in INPUT_ORDER]
+        self._rank = {t: i for i, t in enumerate(self._topics)}
+        self._lock = asyncio.Lock()
+        self._revoking = False
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _kafka_producer(self, number: int) -> TransactionalProducer:
+        return KafkaTransactionalProducer(
+            self.settings.bootstrap_servers,
+            f"{self.settings.app_id}.orchestrator.{number}",
+            max_message_bytes(),
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=f"{s.app_id}-orchestrator",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=int(s.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
+            max_partition_fetch_bytes=max_message_bytes(),
+            fetch_max_wait_ms=int(s.orchestrator_batch_wait_seconds * 1000) or 1,
+        )
+        await consumer.start()
+        consumer.subscribe(self._topics, listener=self)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="orchestrator")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            async with self._lock:  # let the batch in flight commit or abort
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        for number in list(self.partitions):
+            await self._release(number)
+
+    def ready(self) -> bool:
+        """Every assigned partition claimed, and commits going through."""
+        failing = self.health.failing_since
+        committing = failing is None or self.clock() - failing < UNHEALTHY_AFTER_SECONDS
+        return self.started.is_set() and not self.unclaimed and committing
+
+    # -- rebalance ----------------------------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._revoking = True
+        try:
+            async with self._lock:
+                for number in sorted({tp.partition for tp in revoked}):
+                    await self._release(number)
+                    self.unclaimed.discard(number)
+        finally:
+            self._revoking = False
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        numbers = {tp.partition for tp in assigned}
+        async with self._lock:
+            await asyncio.gather(*(self._claim(n) for n in sorted(numbers - set(self.partitions))))
+        self.started.set()
+
+    def _input_partitions(self, number: int) -> list[TopicPartition]:
+        return [TopicPartition(t, number) for t in self._topics]
+
+    async def _claim(self, number: int) -> None:
+        """Fence any former owner of ``number``, then read what it committed, then resume."""
+        consumer = self._consumer
+        assert consumer is not None
+        tps = self._input_partitions(number)
+        consumer.pause(*tps)
+        self.unclaimed.add(number)
+        producer = self.producer_factory(number)
+        try:
+            await producer.start()
+            states = await read_changelog(
+                self.settings.bootstrap_servers, self.settings.topic(topic_names.STATE), number, self.codec
+            )
+            positions = await committed_positions(consumer, tps)
+        except Exception:
+            log.exception("could not claim partition %d; its inputs wait for the next try", number)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            return
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        partition = Partition(
+            number,
+            producer,
+            self.stepper,
+            self.codec,
+            topic=self.settings.topic,
+            group_id=self.group_id,
+            finished_ttl_seconds=self.settings.finished_state_ttl_seconds,
+            probe=self._probe_gap,
+        )
+        partition.load(states, positions)
+        self.partitions[number] = partition
+        self.unclaimed.discard(number)
+        consumer.resume(*tps)
+        log.info("claimed partition %d: %d executions, %d timers", number, len(states), len(partition.timers))
+
+    async def _release(self, number: int) -> None:
+        partition = self.partitions.pop(number, None)
+        if partition is None:
+            return
+        with contextlib.suppress(Exception):
+            await partition.producer.stop()
+        log.info("released partition %d (%d executions forgotten)", number, len(partition.states))
+
+    async def _lost(self, number: int, exc: Exception) -> None:
+        """Fenced: another instance owns ``number``. Forget it and rejoin the group, which
+        gives it back only if the group says so."""
+        log.warning("partition %d was taken over (%s); forgetting it and rejoining the group", number, exc)
+        self.metrics.fenced.inc()
+        await self._release(number)
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.pause(*self._input_partitions(number))
+        self.unclaimed.add(number)
+        consumer.unsubscribe()
+        consumer.subscribe(self._topics, listener=self)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        s = self.settings
+        while True:
+            batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=s.orchestrator_batch_max)
+            async with self._lock:
+                now_ms = int(self.clock() * 1000)
+                work: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
+                for tp in sorted(batches, key=lambda tp: self._rank.get(tp.topic, 99)):
+                    if tp.partition in self.partitions:
+                        work.setdefault(tp.partition, []).extend(batches[tp])
+                for number, partition in self.partitions.items():
+                    wake = partition.next_wakeup_ms()
+                    if wake is not None and wake <= now_ms:
+                        work.setdefault(number, [])
+                if work:
+                    await asyncio.gather(
+                        *(self._run_partition(n, records, now_ms) for n, records in work.items())
+                    )
+
+    def _wait_ms(self) -> int:
+        wakes = [w for p in self.partitions.values() if (w := p.next_wakeup_ms()) is not None]
+        if not wakes:
+            return MAX_WAIT_MS
+        return max(0, min(MAX_WAIT_MS, min(wakes) - int(self.clock() * 1000)))
+
+    async def _run_partition(
+        self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int
+    ) -> None:
+        """Commit one partition's batch, retrying aborted transactions with backoff. A batch
+        that keeps failing is split, and an input that fails alone is dead-lettered: nothing
+        retries forever, and no input is lost with its batch."""
+        if await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES) or len(records) <= 1:
+            return
+        log.warning(
+            "partition %d: batch of %d keeps failing; deciding its inputs one by one", number, len(records)
+        )
+        for record in records:
+            if number not in self.partitions:
+                return
+            if not await self._commit_with_retries(number, [record], now_ms, RECORD_RETRIES):
+                await self._dead_letter_alone(number, record)
+
+    async def _commit_with_retries(
+        self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int, tries: int
+    ) -> bool:
+        delay = 0.1
+        for attempt in range(1, tries + 1):
+            partition = self.partitions.get(number)
+            if partition is None or (self._revoking and attempt > 1):
+                return True  # not ours any more; the next owner decides these inputs
+            started = time.perf_counter()
+            try:
+                report = await partition.run_batch(records, now_ms)
+            except Fenced as exc:
+                await self._lost(number, exc)
+                return True
+            except CommitFailed as exc:
+                self._failed(exc)
+                log.warning("partition %d: try %d of %d failed: %s", number, attempt, tries, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                continue
+            self.health.failing_since = None
+            self._observe(report, time.perf_counter() - started)
+            return True
+        return False
+
+    def _failed(self, exc: Exception) -> None:
+        self.metrics.commit_failures.inc()
+        if self.health.failing_since is None:
+            self.health.failing_since = self.clock()
+        self.health.last_error = str(exc)
+
+    async def _dead_letter_alone(self, number: int, record: ConsumerRecord[bytes, bytes]) -> None:
+        """The last resort for an input whose transaction cannot commit: its dead letter and
+        its offset, in a transaction of their own."""
+        partition = self.partitions.get(number)
+        if partition is None:
+            return
+        tp = TopicPartition(record.topic, record.partition)
+        letter = dead_letter_record(
+            record, "its transaction failed repeatedly", self.settings.topic(topic_names.DLQ)
+        )
+        try:
+            await partition.producer.commit([letter], {tp: record.offset + 1}, self.group_id)
+        except Fenced as exc:
+            await self._lost(number, exc)
+            return
+        except CommitFailed as exc:
+            self._failed(exc)
+            return  # the broker is away: the input stays uncommitted and is fetched again
+        partition.positions[tp] = record.offset + 1
+        self.metrics.dlq.labels(record.topic.removeprefix(self.settings.topic_prefix)).inc()
+
+    def _observe(self, report: BatchReport, seconds: float) -> None:
+        m = self.metrics
+        m.transaction_seconds.observe(seconds)
+        for state, events in report.observed:
+            m.observe(state, events)
+        for topic in report.dead_lettered:
+            m.dlq.labels(topic).inc()
+        for kind in report.orphans:
+            m.orphans.labels(kind).inc()
+        if report.gaps:
+            m.offset_gaps.inc(report.gaps)
+        for lag in report.input_lags:
+            m.input_lag.observe(lag)
+
+    async def _probe_gap(self, tp: TopicPartition, expected: int, got: int) -> bool:
+        """Whether a committed record lies between ``expected`` and ``got``: read that range
+        as a ``read_committed`` reader would. Transactions leave control records (and aborted
+        records) that such a reader never sees, so a jump over them is no gap."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            consumer.seek(tp, expected)
+            deadline = asyncio.get_running_loop().time() + 10
+            while asyncio.get_running_loop().time() < deadline:
+                batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+                for record in batch.get(tp, []):
+                    return bool(record.offset >= got)
+                if await consumer.position(tp) >= got:
+                    return True
+            return False
+        finally:
+            await consumer.stop()

@@ -1,0 +1,72 @@
+"""Reading a partition's committed state back: the changelog, and the group's input positions.
+
+Both are read only after this instance has claimed the partition's transactional id, which
+aborts or completes any transaction a former owner had open; what is read then is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.kafka.codec import Codec
+
+log = logging.getLogger(__name__)
+
+
+class RestoreError(RuntimeError):
+    """The changelog could not be read to its end in time."""
+
+
+async def read_changelog(
+    bootstrap_servers: str, topic: str, partition: int, codec: Codec, *, within: float = 120.0
+) -> list[ExecutionState]:
+    """The latest committed state of every execution in one changelog partition (tombstones
+    remove)."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        latest: dict[bytes, bytes | None] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while await consumer.position(tp) < end:
+            if loop.time() > deadline:
+                raise RestoreError(f"{topic}[{partition}] not read to offset {end} within {within}s")
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
+            for record in batch.get(tp, []):
+                if record.key is not None:
+                    latest[record.key] = record.value
+        return [codec.decode(value, ExecutionState) for value in latest.values() if value is not None]
+    finally:
+        await consumer.stop()
+
+
+async def committed_positions(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Where the group resumes each partition: its committed offset, else the log's start."""
+    out: dict[TopicPartition, int] = {}
+    missing = []
+    for tp in partitions:
+        committed = await consumer.committed(tp)
+        if committed is None:
+            missing.append(tp)
+        else:
+            out[tp] = committed
+    if missing:
+        out.update(await consumer.beginning_offsets(missing))
+    return out

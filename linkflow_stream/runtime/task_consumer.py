@@ -1,0 +1,90 @@
+"""Feeds node tasks from ``linkflow.tasks.<pool>`` to the executor.
+
+A consumer group per engine (``<app>.executor``), so adding a process adds capacity and a dead
+one's partitions move to the others. Tasks are read ``read_committed``: a task from an aborted
+orchestrator transaction never runs. Offsets are committed automatically: a task skipped by a
+crash costs its lease, and one delivered twice is the same attempt, which the executor runs once
+per process and the decider accepts once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer
+
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import NodeTask
+from linkflow_stream.kafka.codec import Codec, DecodeError
+from linkflow_stream.kafka.dlq import dead_letter
+from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.kafka.topics import max_message_bytes
+from linkflow_stream.runtime.executor import Executor
+from linkflow_stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TaskConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: Codec,
+        executor: Executor,
+        publisher: Publisher,
+        on_dead_letter: Callable[[str], None] = lambda _topic: None,
+    ) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.executor = executor
+        self.publisher = publisher
+        self.on_dead_letter = on_dead_letter
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            *(s.topic(topic_names.tasks(pool)) for pool in s.executor_pools),
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=f"{s.app_id}.executor",
+            client_id=f"{s.app_id}-executor",
+            enable_auto_commit=True,
+            auto_commit_interval_ms=int(s.commit_interval_seconds * 1000),
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            session_timeout_ms=int(s.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
+            max_partition_fetch_bytes=max_message_bytes(),
+            fetch_max_wait_ms=5,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._run(), name="task-consumer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        task = self.codec.decode(record.value, NodeTask)
+                    except DecodeError as exc:
+                        try:
+                            await dead_letter(self.publisher, record, str(exc))
+                            self.on_dead_letter(record.topic.removeprefix(self.settings.topic_prefix))
+                        except Exception:
+                            log.exception("could not dead-letter a task record; its lease will tell")
+                        continue
+                    await self.executor.submit(task)

@@ -1,0 +1,339 @@
+"""The orchestrator's batch loop without Kafka: a fake transactional producer stands in for the
+broker, and records are built by hand. The same loop runs on the real broker in
+tests/integration/test_orchestrator_transactions.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.messages import ExecutionCommand, NodeResult, NodeTask, Priority, StartExecution
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus
+from linkflow_stream.core.validation import parse_workflow
+from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.records import ProducerRecord
+from linkflow_stream.kafka.transactions import CommitFailed, Fenced
+from linkflow_stream.nodes import build_registry, decider_config
+from linkflow_stream.runtime.metrics import Metrics
+from linkflow_stream.runtime.orchestrator import BATCH_RETRIES, RECORD_RETRIES, Orchestrator
+from linkflow_stream.runtime.partition import Partition
+from linkflow_stream.runtime.step import Stepper
+from linkflow_stream.settings import Settings
+
+T0 = 1_800_000_000_000
+CODEC = default_codec()
+REQUESTS = TopicPartition(topic_names.requests(Priority.NORMAL), 0)
+RESULTS = TopicPartition(topic_names.RESULTS, 0)
+COMMANDS = TopicPartition(topic_names.COMMANDS, 0)
+
+
+@dataclass
+class FakeProducer:
+    """Commits what it is given, unless told to fail the next ``fail`` commits."""
+
+    fail: int = 0
+    fenced: bool = False
+    committed: list[tuple[list[ProducerRecord], dict[TopicPartition, int]]] = field(default_factory=list)
+    attempts: int = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def commit(
+        self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
+        self.attempts += 1
+        if self.fenced:
+            raise Fenced("another owner")
+        if self.fail:
+            self.fail -= 1
+            raise CommitFailed("broker away")
+        self.committed.append((list(records), dict(offsets)))
+
+    def records(self, topic: str) -> list[ProducerRecord]:
+        return [r for records, _ in self.committed for r in records if r.topic == topic]
+
+    def events(self) -> list[ExecutionEvent]:
+        return [CODEC.decode(r.value, ExecutionEvent) for r in self.records(topic_names.EVENTS)]
+
+
+def stepper(**kwargs: Any) -> Stepper:
+    settings = Settings()
+    registry = build_registry(settings)
+    return Stepper(registry, decider_config(registry, settings), **kwargs)
+
+
+def partition(producer: FakeProducer, *, ttl: float = 300.0, probe: Any = None, **kwargs: Any) -> Partition:
+    p = Partition(
+        0,
+        producer,
+        kwargs.pop("stepper", None) or stepper(),
+        CODEC,
+        topic=lambda name: name,
+        group_id="g",
+        finished_ttl_seconds=ttl,
+        probe=probe,
+        **kwargs,
+    )
+    p.load([], {REQUESTS: 0, RESULTS: 0, COMMANDS: 0})
+    return p
+
+
+def record(tp: TopicPartition, offset: int, value: bytes | None, key: str = "e1", ms: int = T0) -> Any:
+    return ConsumerRecord(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=offset,
+        timestamp=ms,
+        timestamp_type=0,
+        key=key.encode(),
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value or b""),
+        headers=(),
+    )
+
+
+def workflow(nodes: list[dict[str, Any]]) -> Any:
+    return parse_workflow(
+        {"id": "wf", "nodes": nodes}, build_registry(Settings()), version=1, created_at=from_millis(T0)
+    )
+
+
+def start_record(offset: int, nodes: list[dict[str, Any]], execution_id: str = "e1") -> Any:
+    request = StartExecution(
+        execution_id=execution_id, workflow=workflow(nodes), input={"x": 1}, requested_at=from_millis(T0)
+    )
+    return record(REQUESTS, offset, CODEC.encode(request), key=execution_id)
+
+
+TRANSFORM = [{"id": "a", "type": "transform", "config": {"expression": "input.x + 1"}}]
+HTTP = [{"id": "h", "type": "http", "config": {"url": "https://example.com/x", "method": "GET"}}]
+WAIT = [{"id": "w", "type": "wait", "config": {"seconds": 2}}]
+
+
+async def test_a_batch_commits_events_state_and_offsets_together() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    report = await p.run_batch([start_record(0, TRANSFORM)], T0)
+    assert len(producer.committed) == 1
+    records, offsets = producer.committed[0]
+    assert offsets == {REQUESTS: 1}
+    assert [e.type for e in producer.events()][-1] is EventType.EXECUTION_SUCCEEDED
+    changelog = [r for r in records if r.topic == topic_names.STATE]
+    assert len(changelog) == 1 and changelog[0].partition == 0
+    assert CODEC.decode(changelog[0].value, ExecutionState).status is ExecutionStatus.SUCCESS
+    assert p.states["e1"].status is ExecutionStatus.SUCCESS
+    assert p.positions[REQUESTS] == 1
+    assert report.inputs == 1
+
+
+async def test_an_aborted_batch_changes_nothing_and_deciding_it_again_gives_the_same_records() -> None:
+    producer = FakeProducer(fail=1)
+    p = partition(producer)
+    batch = [start_record(0, HTTP)]
+    with pytest.raises(CommitFailed):
+        await p.run_batch(batch, T0)
+    assert p.states == {} and p.positions[REQUESTS] == 0 and len(p.timers) == 0
+    await p.run_batch(batch, T0)
+    again = FakeProducer()
+    await partition(again).run_batch(batch, T0)
+    assert [(r.topic, r.key, r.value) for r in producer.committed[0][0]] == [
+        (r.topic, r.key, r.value) for r in again.committed[0][0]
+    ]
+    assert "e1" in p.states and len(p.timers) == 1  # the task's lease
+
+
+async def test_a_fenced_batch_changes_nothing() -> None:
+    producer = FakeProducer(fenced=True)
+    p = partition(producer)
+    with pytest.raises(Fenced):
+        await p.run_batch([start_record(0, TRANSFORM)], T0)
+    assert p.states == {} and p.positions[REQUESTS] == 0
+
+
+async def test_a_poison_input_goes_to_the_dlq_in_the_same_transaction_and_the_batch_goes_on() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    report = await p.run_batch([record(REQUESTS, 0, b"not avro", key="bad"), start_record(1, TRANSFORM)], T0)
+    records, offsets = producer.committed[0]
+    dlq = [r for r in records if r.topic == topic_names.DLQ]
+    assert len(dlq) == 1 and dlq[0].value == b"not avro"
+    assert dict(dlq[0].headers)["dlq_offset"] == b"0"
+    assert offsets == {REQUESTS: 2}
+    assert p.states["e1"].status is ExecutionStatus.SUCCESS
+    assert report.dead_lettered == [topic_names.requests(p.states["e1"].priority)]
+
+
+async def test_a_result_for_an_execution_not_held_is_counted_and_dropped_never_a_new_run() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    late = NodeResult(
+        execution_id="gone",
+        node_id="h",
+        attempt=1,
+        ok=True,
+        started_at=from_millis(T0),
+        finished_at=from_millis(T0),
+    )
+    report = await p.run_batch([record(RESULTS, 0, CODEC.encode(late), key="gone")], T0)
+    assert report.orphans == ["NodeResult"]
+    records, offsets = producer.committed[0]
+    assert records == [] and offsets == {RESULTS: 1}
+    assert "gone" not in p.states
+
+
+async def test_a_due_timer_is_decided_inside_a_transaction_with_its_due_time() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([start_record(0, WAIT)], T0)
+    assert p.next_wakeup_ms() == T0 + 2000
+    assert (await p.run_batch([], T0 + 1999)).records == 0  # not due yet: nothing to commit
+    await p.run_batch([], T0 + 2000)
+    assert p.states["e1"].status is ExecutionStatus.SUCCESS
+    assert producer.committed[-1][1] == {}  # a timer firing commits no input offset
+
+
+async def test_a_firing_for_a_moved_deadline_is_ignored() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    nodes = [{"id": "w", "type": "wait", "config": {"seconds": 60}}]
+    request = StartExecution(
+        execution_id="e1",
+        workflow=workflow(nodes).model_copy(update={"timeout_seconds": 5.0}),
+        input={},
+        requested_at=from_millis(T0),
+    )
+    await p.run_batch([record(REQUESTS, 0, CODEC.encode(request))], T0)
+    extend = ExecutionCommand(execution_id="e1", kind="set_timeout", timeout_seconds=30)
+    await p.run_batch([record(COMMANDS, 0, CODEC.encode(extend), ms=T0 + 1000)], T0 + 1000)
+    stale = ExecutionCommand(
+        execution_id="e1", kind="timer_fired", timer_id="execution_timeout", due_at=from_millis(T0 + 5000)
+    )
+    await p.run_batch([record(COMMANDS, 1, CODEC.encode(stale), ms=T0 + 5000)], T0 + 5000)
+    assert p.states["e1"].status is ExecutionStatus.RUNNING
+    await p.run_batch([], T0 + 30_000)
+    assert p.states["e1"].status is ExecutionStatus.FAILED
+
+
+async def test_a_finished_run_is_tombstoned_after_its_time_to_live_and_forgotten() -> None:
+    producer = FakeProducer()
+    p = partition(producer, ttl=10)
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    assert p.next_wakeup_ms() == T0 + 10_000
+    await p.run_batch([], T0 + 10_000)
+    tombstones = [r for r in producer.committed[-1][0] if r.topic == topic_names.STATE]
+    assert [(t.key, t.value) for t in tombstones] == [(b"e1", None)]
+    assert p.states == {} and p.next_wakeup_ms() is None
+
+
+async def test_records_below_the_position_are_stale_and_a_jump_is_a_gap_unless_explained() -> None:
+    producer = FakeProducer()
+    explained: list[tuple[int, int]] = []
+
+    async def probe(tp: TopicPartition, expected: int, got: int) -> bool:
+        explained.append((expected, got))
+        return got == 3  # a commit marker sat at offset 2
+
+    p = partition(producer, probe=probe)
+    p.positions[REQUESTS] = 1
+    report = await p.run_batch(
+        [
+            start_record(0, TRANSFORM, "e0"),
+            start_record(1, TRANSFORM, "e1"),
+            start_record(3, TRANSFORM, "e3"),
+            start_record(6, TRANSFORM, "e6"),
+        ],
+        T0,
+    )
+    assert report.stale == 1 and "e0" not in p.states
+    assert explained == [(2, 3), (4, 6)]
+    assert report.gaps == 1
+    assert p.positions[REQUESTS] == 7
+
+
+async def test_a_task_for_a_pool_without_a_topic_fails_its_node_with_resource_limit() -> None:
+    producer = FakeProducer()
+    p = partition(producer, stepper=stepper(pool_exists=lambda pool: pool == "default"))
+    nodes = [{**HTTP[0], "pool": "nope"}]
+    await p.run_batch([start_record(0, nodes)], T0)
+    state = p.states["e1"]
+    assert state.status is ExecutionStatus.FAILED
+    error = state.nodes["h"].error
+    assert error is not None and error.error_class == "resource_limit" and "nope" in error.message
+    assert producer.records(topic_names.tasks("nope")) == []
+
+
+async def test_a_result_too_large_to_record_fails_its_node_instead_of_wedging_the_loop() -> None:
+    producer = FakeProducer()
+    limit = 64 * 1024
+    p = partition(producer, limit=lambda _topic: limit)
+    await p.run_batch([start_record(0, HTTP)], T0)
+    task = CODEC.decode(producer.records(topic_names.tasks("default"))[0].value, NodeTask)
+    huge = NodeResult(
+        execution_id="e1",
+        node_id="h",
+        attempt=task.attempt,
+        ok=True,
+        output="x" * limit,
+        started_at=from_millis(T0),
+        finished_at=from_millis(T0 + 5),
+    )
+    await p.run_batch([record(RESULTS, 0, CODEC.encode(huge), ms=T0 + 5)], T0 + 5)
+    state = p.states["e1"]
+    assert state.status is ExecutionStatus.FAILED
+    error = state.nodes["h"].error
+    assert error is not None and error.error_class == "resource_limit"
+    assert p.positions[RESULTS] == 1
+
+
+def orchestrator_with(producer: FakeProducer) -> Orchestrator:
+    settings = Settings()
+    metrics = Metrics(active=lambda: 0)
+    orch = Orchestrator(settings, CODEC, stepper(), metrics, producer_factory=lambda _n: producer)
+    orch.partitions[0] = partition(producer)
+    return orch
+
+
+async def test_the_loop_retries_an_aborted_batch_and_counts_the_failures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = FakeProducer(fail=2)
+    orch = orchestrator_with(producer)
+    await orch._run_partition(0, [start_record(0, TRANSFORM)], T0)
+    assert producer.attempts == 3
+    assert orch.partitions[0].states["e1"].status is ExecutionStatus.SUCCESS
+    assert orch.metrics.registry.get_sample_value("linkflow_orchestrator_commit_failures_total") == 2
+    assert orch.health.failing_since is None
+
+
+async def test_a_batch_that_keeps_failing_is_split_and_an_input_that_fails_alone_is_dead_lettered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES)
+    orch = orchestrator_with(producer)
+    await orch._run_partition(0, [start_record(0, TRANSFORM, "e1"), start_record(1, TRANSFORM, "e2")], T0)
+    # the whole batch failed BATCH_RETRIES times, then e1 alone RECORD_RETRIES times: e1 is
+    # dead-lettered with its offset, and e2 commits on its own
+    dlq = producer.records(topic_names.DLQ)
+    assert [r.key for r in dlq] == [b"e1"]
+    assert "e2" in orch.partitions[0].states and "e1" not in orch.partitions[0].states
+    assert orch.partitions[0].positions[REQUESTS] == 2
+    assert [offsets for _, offsets in producer.committed] == [{REQUESTS: 1}, {REQUESTS: 2}]
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
