@@ -5,6 +5,9 @@ a command) and returns the events that follow. Time is ``now``, the input record
 never the clock, so re-processing an input after a crash yields the same events with the same
 sequence numbers, and consumers drop them as duplicates. An input that was already applied, or
 that no longer matches the state (a result for an old attempt, a stale timer), yields nothing.
+A timer firing counts only at or after its timer's due time, and only for that due time when the
+firing names one: a deadline keeps its timer id when it moves, so the id alone cannot tell a
+firing for the old deadline from one for the new.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
@@ -87,8 +91,8 @@ def decide(
         _set_deadline(b, inp.timeout_seconds)
     elif inp.kind is CommandKind.RECOVER:
         _recover(b, cfg)
-    elif inp.timer_id is not None:
-        _on_timer(b, inp.timer_id, cfg)
+    elif inp.kind is CommandKind.TIMER_FIRED and inp.timer_id is not None:
+        _on_timer(b, inp, cfg)
     return b.events
 
 
@@ -133,10 +137,17 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
         _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg, r.usage, r.logs)
 
 
-def _on_timer(b: _Builder, timer_id: str, cfg: DeciderConfig) -> None:
-    timer = b.s.timers.get(timer_id)
+def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
+    timer = b.s.timers.get(fired.timer_id or "")
     if timer is None:
         return  # already fired, or its node moved on
+    # Compared in whole milliseconds, the precision of the wire: a due time computed in memory
+    # may carry microseconds that the timer service's copy (and the record's timestamp) lost.
+    due = to_millis(timer.due_at)
+    if fired.due_at is not None and to_millis(fired.due_at) != due:
+        return  # a firing for another due time of this id: the deadline moved since
+    if to_millis(b.now) < due:
+        return  # early (a clock ahead, or a firing for a deadline since extended); it fires again
     if timer.kind is TimerKind.EXECUTION_TIMEOUT:
         _terminate(b, ExecutionStatus.FAILED, "execution timed out")
         return

@@ -156,8 +156,11 @@ class Factories:
         )
 
     @staticmethod
-    def fire(timer_id: str, execution_id: str = "e1") -> ExecutionCommand:
-        return ExecutionCommand(execution_id=execution_id, kind=CommandKind.TIMER_FIRED, timer_id=timer_id)
+    def fire(timer_id: str, execution_id: str = "e1", due_at: datetime | None = None) -> ExecutionCommand:
+        """A timer firing; ``due_at`` names the due time it is for (``None``, as older producers send)."""
+        return ExecutionCommand(
+            execution_id=execution_id, kind=CommandKind.TIMER_FIRED, timer_id=timer_id, due_at=due_at
+        )
 
     @staticmethod
     def timer_id(kind: TimerKind, node_id: str | None = None, attempt: int | None = None) -> str:

@@ -113,6 +113,13 @@ def records() -> list[BaseModel]:
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL, reason="user"),
         ExecutionCommand(execution_id="e1", kind=CommandKind.TIMER_FIRED, timer_id="wait:w:1"),
+        ExecutionCommand(
+            execution_id="e1",
+            kind=CommandKind.TIMER_FIRED,
+            timer_id="execution_timeout",
+            due_at=T + timedelta(seconds=90),
+        ),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=120.5),
         NodeTask(
             execution_id="e1",
             workflow_id="wf1",
@@ -506,6 +513,19 @@ def test_older_writer_schema_is_resolved_against_the_current_one(tmp_path: Path)
     assert back == ControlMessage(execution_id="e", node_id="n", reason="cancelled")
 
 
+def test_a_released_timer_firing_decodes_without_a_due_time(c: codec.Codec) -> None:
+    """Release 0.1.0 wrote timer firings without ``due_at``: they read as ``None`` (judged by id)."""
+    released = codec.SchemaSet(codec.SCHEMA_DIR / "released" / "0.1.0")
+    old = codec.Codec(released)
+    data = old.encode_dict(
+        "io.linkflow.ExecutionCommand",
+        {"execution_id": "e1", "kind": "timer_fired", "timer_id": "wait:w:1"},
+    )
+    assert c.decode(data, ExecutionCommand) == ExecutionCommand(
+        execution_id="e1", kind=CommandKind.TIMER_FIRED, timer_id="wait:w:1", due_at=None
+    )
+
+
 def test_default_codec_knows_every_released_schema(c: codec.Codec) -> None:
     released = codec.SCHEMA_DIR / "released"
     assert released.is_dir(), "schemas/released/ is missing: snapshot the schemas of the last release"
@@ -612,9 +632,9 @@ def test_every_event_and_state_of_a_run_round_trips(c: codec.Codec, lf: Any) -> 
         (lf.start(definition, input_={"x": 11, "tags": ["a", None]}), lf.at(0)),
         (lf.ok("a", output=12), lf.at(1)),
         (lf.ok("c", output=True), lf.at(2)),
-        (lf.fire("wait:w:1"), lf.at(3.5)),
+        (lf.fire("wait:w:1", due_at=lf.at(1.5)), lf.at(3.5)),
         (lf.fail("h", 1, retryable=True), lf.at(4)),
-        (lf.fire("retry:h:1"), lf.at(6)),
+        (lf.fire("retry:h:1", due_at=lf.at(6)), lf.at(6)),
         (lf.ok("big", output={"size": "big"}), lf.at(7)),
         (lf.ok("h", 2, output={"status": 200, "body": None}), lf.at(8)),
     ]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.decider import DeciderConfig, Input, decide
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.messages import CommandKind, NodeResult, StartExecution
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeResult, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, apply, evolve
 from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy, WorkflowDefinition
 from linkflow_stream.kafka import codec
@@ -131,16 +131,27 @@ class Checked:
                 self.check_transition(state, after, ev)
             self.check_state(after)
             state = after
-        self.check_decision(before, inp, events)
+        self.check_decision(before, inp, now, events)
         self.state = state
         self.log.extend(events)
         self.inputs.append((inp, now))
-        # an input the state already reflects changes nothing, now or later
+        # an input the state already reflects changes nothing, now or later (but a timer that
+        # fired early was not applied: it counts once it is due)
         assert decide(state, inp, now, self.config) == [], f"re-applying {inp!r} emitted events"
-        assert decide(state, inp, now + timedelta(seconds=1), self.config) == []
+        if events or not self.fired_early(before, inp, now):
+            assert decide(state, inp, now + timedelta(seconds=1), self.config) == []
         return events
 
-    def check_decision(self, before: ExecutionState | None, inp: Input, events: list[ExecutionEvent]) -> None:
+    @staticmethod
+    def fired_early(state: ExecutionState | None, inp: Input, now: datetime) -> bool:
+        if not isinstance(inp, ExecutionCommand) or inp.kind is not CommandKind.TIMER_FIRED or state is None:
+            return False
+        timer = state.timers.get(inp.timer_id or "")
+        return timer is not None and now < timer.due_at
+
+    def check_decision(
+        self, before: ExecutionState | None, inp: Input, now: datetime, events: list[ExecutionEvent]
+    ) -> None:
         """What the input may cause, judged against an independent reading of the rules."""
         if before is None or before.status.terminal:
             return
@@ -176,6 +187,8 @@ class Checked:
             assert events[-1].type is EventType.EXECUTION_CANCELLED
         elif inp.timer_id not in before.timers:
             assert events == [], f"stale timer {inp.timer_id!r} emitted {events}"
+        elif now < before.timers[inp.timer_id].due_at:
+            assert events == [], f"timer {inp.timer_id!r} fired before it was due and emitted {events}"
         else:
             assert events, f"timer {inp.timer_id!r} fired and changed nothing"
         if self.state_after_is_quiet(events):
@@ -301,6 +314,7 @@ def drain(data: st.DataObject, run: Checked, lf: Any) -> None:
         timers = [t for t in s.timers.values() if t.node_id == node_id and t.kind is not TimerKind.LEASE]
         run.now += timedelta(seconds=1)
         if timers:
+            run.now = max(run.now, timers[0].due_at)  # a timer fires when it is due, not before
             run.feed(lf.fire(timers[0].id, execution_id="e"), run.now)
         else:
             is_condition = run.wf.node(node_id).type == "condition"
