@@ -26,6 +26,7 @@ from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.log_reader import Handler, LogReader
+from linkflow_stream.kafka.pools import TaskPools
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime import gc_tuning
@@ -56,12 +57,11 @@ class Engine:
             active=self.status.active_count,
             queue_depth=lambda: {p: c["queued"] for p, c in self.status.queue_counts().items()},
         )
-        self.orchestrator = Orchestrator(
-            settings,
-            self.codec,
-            Stepper(self.registry, decider_config(self.registry, settings)),
-            self.metrics,
+        self.pools = TaskPools(settings)
+        stepper = Stepper(
+            self.registry, decider_config(self.registry, settings), pool_exists=self.pools.exists
         )
+        self.orchestrator = Orchestrator(settings, self.codec, stepper, self.metrics)
         self.executor = Executor(
             self.registry, self.publisher, settings.executor_slots, settings.node_output_max_bytes
         )
@@ -192,6 +192,7 @@ class Engine:
             sync=self.sync_views,
             queue_status=lambda: queue_status(self.settings, self.status, self.status_reader),
             logs=self.logs,
+            pools=self.pools.names,
         )
         await self._serve(Api(deps).app(), self.settings.api_port, "execution API")
         await self._serve(

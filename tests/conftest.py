@@ -6,12 +6,16 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - imported before any test runs: see below
 import pytest
 
 from linkflow_stream.dev.broker import Broker, BrokerError, free_port
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
+# hypothesis's pytest plugin imports hypothesis lazily in the terminal summary; when no test
+# imported it (an integration-only run), CPython 3.11.7 then failed in pytest's assertion
+# rewriter with "SystemError: AST constructor recursion depth mismatch" after all tests passed.
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,14 @@ failure at run time. Every message names the node and the field."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
 import pydantic
 
 from linkflow_stream.core.errors import ValidationError
+from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.mapping import mapping_problems
 from linkflow_stream.core.node_contract import ConfigError, NodeExecutor
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
@@ -35,7 +36,12 @@ def _pydantic_problems(exc: pydantic.ValidationError, body: Any) -> list[str]:
 
 
 def parse_workflow(
-    body: Any, registry: Mapping[str, NodeExecutor], *, version: int, created_at: datetime
+    body: Any,
+    registry: Mapping[str, NodeExecutor],
+    *,
+    version: int,
+    created_at: datetime,
+    pools: Collection[str] | None = None,
 ) -> WorkflowDefinition:
     """The definition in ``body``, or ``ValidationError`` listing everything wrong with it."""
     if not isinstance(body, dict):
@@ -44,14 +50,17 @@ def parse_workflow(
         wf = WorkflowDefinition.model_validate({**body, "version": version, "created_at": created_at})
     except pydantic.ValidationError as exc:
         raise ValidationError("invalid workflow: " + "; ".join(_pydantic_problems(exc, body))) from exc
-    problems = check_workflow(wf, registry)
+    problems = check_workflow(wf, registry, pools)
     if problems:
         raise ValidationError("invalid workflow: " + "; ".join(problems))
     return wf
 
 
-def check_workflow(wf: WorkflowDefinition, registry: Mapping[str, NodeExecutor]) -> list[str]:
-    """Everything wrong with ``wf``: ids, types, dependencies, cycles and per-type config."""
+def check_workflow(
+    wf: WorkflowDefinition, registry: Mapping[str, NodeExecutor], pools: Collection[str] | None = None
+) -> list[str]:
+    """Everything wrong with ``wf``: ids, types, dependencies, cycles, per-type config, and (when
+    ``pools`` is given) task nodes naming a pool that has no task topic."""
     problems: list[str] = []
     if not NODE_ID.match(wf.id):
         problems.append(f"id: {wf.id!r} must match {NODE_ID.pattern}")
@@ -66,6 +75,16 @@ def check_workflow(wf: WorkflowDefinition, registry: Mapping[str, NodeExecutor])
         seen[node.id] = node
     for node in wf.nodes:
         problems.extend(_check_node(node, seen, registry))
+        executor = registry.get(node.type)
+        if (
+            pools is not None
+            and executor is not None
+            and executor.dispatch is Dispatch.TASK
+            and node.pool not in pools
+        ):
+            problems.append(
+                f"node {node.id!r}: pool: no pool {node.pool!r} (pools: {', '.join(sorted(pools)) or 'none'})"
+            )
     if not problems:
         cycle = _find_cycle(wf)
         if cycle:

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.dev.broker import free_port
 from linkflow_stream.kafka.codec import default_codec
-from linkflow_stream.kafka.topics import apply_topics, execution_partitions
+from linkflow_stream.kafka.topics import apply_topics, execution_partitions, max_message_bytes
 from linkflow_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,13 +144,26 @@ class EngineProcess:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
-    def stop(self) -> None:
+    def metric_total(self, name: str) -> float:
+        """The sum of every sample of metric ``name`` this engine exports now."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((f"{name} ", f"{name}{{"))
+        )
+
+    def stop(self, *, check_gaps: bool = True) -> None:
+        """SIGTERM, after checking that the orchestrator never skipped an input offset."""
         if self.proc is not None and self.proc.poll() is None:
+            gaps = self.metric_total("linkflow_input_offset_gaps_total") if check_gaps else 0.0
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+            assert gaps == 0, f"the orchestrator skipped {gaps} input offsets:\n{self.log_tail()}"
 
     def log_tail(self, lines: int = 80) -> str:
         if not self.log_path.exists():
@@ -202,11 +215,19 @@ class EngineProcess:
         raise AssertionError(f"{execution_id} not in {statuses} after {timeout}s: {body}\n{self.log_tail()}")
 
 
-async def read_events(bootstrap: str, topic: str) -> list[ExecutionEvent]:
-    """Every event on ``topic``, duplicates included, in partition order."""
+async def read_events(
+    bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
+) -> list[ExecutionEvent]:
+    """Every event on ``topic`` as a reader with ``isolation_level`` sees it, duplicates
+    included, in partition order."""
     codec = default_codec()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        max_partition_fetch_bytes=max_message_bytes(),
     )
     await consumer.start()
     try:
@@ -281,6 +302,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/slow":
             time.sleep(float(q.get("s", "1")))
             self._reply(200, {"slept": float(q.get("s", "1"))})
+        elif url.path.startswith("/flaky/"):
+            # 503 for the first ``fail`` calls of each execution (told by its Idempotency-Key)
+            execution = self.headers.get("Idempotency-Key", "").split("/")[0]
+            calls = self.server.count(f"{url.path}#{execution}")
+            if calls <= int(q.get("fail", "1")):
+                self._reply(503, {"call": calls})
+            else:
+                self._reply(200, {"call": calls, "echo": body})
         elif url.path == "/loop":
             self.send_response(302)
             self.send_header("Location", "/loop")
@@ -303,7 +332,14 @@ class TargetServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def count(self, key: str) -> int:
+        """How often ``key`` was counted, this call included."""
+        with self._lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return self.counts[key]
 
     def record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         with self._lock:

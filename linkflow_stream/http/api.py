@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,6 +59,8 @@ class ApiDeps:
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     logs: LogView | None = None
     metrics: Callable[[], bytes] | None = None
+    pools: Callable[[], Awaitable[Collection[str]]] | None = None
+    """The task pools that exist; registration refuses a task node naming another."""
 
 
 def _iso(dt: datetime) -> str:
@@ -198,7 +200,8 @@ class Api:
         body = await _json_body(request)
         workflow_id = body.get("id") if isinstance(body, dict) else None
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
-        wf = parse_workflow(body, self.d.registry, version=version, created_at=now())
+        pools = await self.d.pools() if self.d.pools is not None else None
+        wf = parse_workflow(body, self.d.registry, version=version, created_at=now(), pools=pools)
         await self._publish_workflow(wf)
         return web.json_response({"id": wf.id, "version": wf.version}, status=201)
 

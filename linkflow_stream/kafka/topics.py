@@ -15,6 +15,7 @@ from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.settings import Settings
 
 SPEC_FILE = Path(__file__).resolve().parents[2] / "topics" / "topics.toml"
+CONFIG_SETTLE_SECONDS = 10.0
 
 
 class TopicSpecError(LinkflowError):
@@ -88,17 +89,7 @@ async def _converge_configs(
     the topic's config, which is what a declarative spec means."""
     if not specs:
         return []
-    resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(s.name)) for s in specs]
-    current: dict[str, dict[str, str]] = {}
-    for response in await admin.describe_configs(resources):
-        for resource in response.resources:
-            name, entries = resource[3], resource[4]
-            current[name] = {entry[0]: entry[1] for entry in entries}
-    drift = [
-        s
-        for s in specs
-        if any(current.get(settings.topic(s.name), {}).get(k) != v for k, v in s.configs().items())
-    ]
+    drift = await _drifted(admin, settings, specs)
     if drift:
         await admin.alter_configs(
             [
@@ -106,7 +97,29 @@ async def _converge_configs(
                 for s in drift
             ]
         )
+        # The broker applies a config change asynchronously: wait until it reads back, so an
+        # engine started next (or a second apply) sees the spec.
+        deadline = asyncio.get_running_loop().time() + CONFIG_SETTLE_SECONDS
+        while await _drifted(admin, settings, drift):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopicSpecError(f"topic configs did not settle within {CONFIG_SETTLE_SECONDS}s")
+            await asyncio.sleep(0.05)
     return [f"updated the config of {settings.topic(s.name)} to {s.configs()}" for s in drift]
+
+
+async def _drifted(admin: AIOKafkaAdminClient, settings: Settings, specs: list[TopicSpec]) -> list[TopicSpec]:
+    """The specs whose topic's config differs from the spec."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(s.name)) for s in specs]
+    current: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for resource in response.resources:
+            name, entries = resource[3], resource[4]
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    return [
+        s
+        for s in specs
+        if any(current.get(settings.topic(s.name), {}).get(k) != v for k, v in s.configs().items())
+    ]
 
 
 async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:

@@ -10,9 +10,10 @@ a zombie would fence the rightful owner back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
@@ -99,18 +100,19 @@ class KafkaTransactionalProducer:
             await producer.begin_transaction()
         except _LOST_OWNERSHIP as exc:
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures = [
-                await producer.send(
-                    r.topic,
-                    r.value,
-                    key=r.key,
-                    partition=r.partition,
-                    headers=r.headers,
-                    timestamp_ms=r.timestamp_ms,
+            for r in records:
+                futures.append(
+                    await producer.send(
+                        r.topic,
+                        r.value,
+                        key=r.key,
+                        partition=r.partition,
+                        headers=r.headers,
+                        timestamp_ms=r.timestamp_ms,
+                    )
                 )
-                for r in records
-            ]
             if offsets:
                 await producer.send_offsets_to_transaction(
                     {tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}, group_id
@@ -119,14 +121,30 @@ class KafkaTransactionalProducer:
                 await future
             await producer.commit_transaction()
         except _LOST_OWNERSHIP as exc:
+            _settle(futures)
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
         except Exception as exc:
+            _settle(futures)
             await self._abort(exc)
             raise CommitFailed(f"{self.transactional_id}: transaction aborted: {exc!r}") from exc
 
     async def _abort(self, cause: Exception) -> None:
+        """Abort after ``cause``. A producer that cannot even abort (fenced, or in a fatal
+        state after a refused produce) is of no more use: that is reported as ``Fenced``, so the
+        partition is dropped and claimed afresh if the group gives it back."""
         log.warning("%s: aborting transaction after %r", self.transactional_id, cause)
         try:
             await self._producer.abort_transaction()
-        except _LOST_OWNERSHIP as exc:
-            raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        except Exception as exc:
+            raise Fenced(f"{self.transactional_id}: cannot abort ({exc!r}) after {cause!r}") from exc
+
+
+def _settle(futures: list[asyncio.Future[Any]]) -> None:
+    """Retrieve the outcome of every send of a failed transaction, now or when it ends, so none
+    is reported as an exception never retrieved; the transaction's failure says it all."""
+    for future in futures:
+        if future.done():
+            if not future.cancelled():
+                future.exception()
+        else:
+            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())

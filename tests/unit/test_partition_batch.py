@@ -22,7 +22,12 @@ from linkflow_stream.kafka.records import ProducerRecord
 from linkflow_stream.kafka.transactions import CommitFailed, Fenced
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime.metrics import Metrics
-from linkflow_stream.runtime.orchestrator import BATCH_RETRIES, RECORD_RETRIES, Orchestrator
+from linkflow_stream.runtime.orchestrator import (
+    BATCH_RETRIES,
+    RECORD_RETRIES,
+    UNHEALTHY_AFTER_SECONDS,
+    Orchestrator,
+)
 from linkflow_stream.runtime.partition import Partition
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
@@ -259,13 +264,17 @@ async def test_records_below_the_position_are_stale_and_a_jump_is_a_gap_unless_e
     )
     assert report.stale == 1 and "e0" not in p.states
     assert explained == [(2, 3), (4, 6)]
-    assert report.gaps == 1
+    assert report.gaps == [(REQUESTS.topic, 0)]
     assert p.positions[REQUESTS] == 7
 
 
 async def test_a_task_for_a_pool_without_a_topic_fails_its_node_with_resource_limit() -> None:
     producer = FakeProducer()
-    p = partition(producer, stepper=stepper(pool_exists=lambda pool: pool == "default"))
+
+    async def default_only(pool: str) -> bool:
+        return pool == "default"
+
+    p = partition(producer, stepper=stepper(pool_exists=default_only))
     nodes = [{**HTTP[0], "pool": "nope"}]
     await p.run_batch([start_record(0, nodes)], T0)
     state = p.states["e1"]
@@ -337,3 +346,22 @@ async def test_a_batch_that_keeps_failing_is_split_and_an_input_that_fails_alone
 
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+async def test_readiness_turns_503_while_the_orchestrator_cannot_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    clock = [1000.0]
+    producer = FakeProducer(fail=BATCH_RETRIES)
+    orch = orchestrator_with(producer)
+    orch.clock = lambda: clock[0]
+    orch.started.set()
+    assert orch.ready()
+    await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, BATCH_RETRIES)
+    assert orch.health.failing_since == 1000.0
+    assert orch.ready(), "a short failure is no reason to take the instance out"
+    clock[0] += UNHEALTHY_AFTER_SECONDS
+    assert not orch.ready()
+    assert await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, 1)
+    assert orch.ready()

@@ -1,0 +1,154 @@
+"""Takeovers on the real broker: a zombie former owner is fenced, and a new owner carries on with
+the waits, retries and extended deadlines the old one had pending. After each, every execution's
+committed log is exactly once (see exactly_once.py), and no input offset was skipped (checked
+when each engine stops)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
+from tests.e2e.exactly_once import assert_exactly_once
+
+pytestmark = pytest.mark.e2e
+
+SLOW = "$sum([1..20000].($ * 2))"
+"""About a third of a second of JSONata on this machine: the orchestrator is busy deciding."""
+
+
+def wid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def test_a_paused_owner_is_fenced_and_its_late_writes_are_never_visible(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    a = engine_factory()
+    wf: dict[str, Any] = {
+        "id": wid("zombie"),
+        "nodes": [
+            {"id": "slow", "type": "transform", "config": {"expression": SLOW}},
+            {"id": "w", "type": "wait", "depends_on": ["slow"], "config": {"seconds": 1}},
+            {"id": "out", "type": "transform", "depends_on": ["w"], "config": {"expression": "input.i * 3"}},
+        ],
+    }
+    a.register(wf)
+    ids = []
+    for i in range(16):
+        status, body = a.start_execution(wf["id"], {"i": i})
+        assert status == 202, body
+        ids.append(body["id"])
+    time.sleep(1.0)  # a is deciding the slow transforms, batch after batch
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    b = a.sibling()
+    try:
+        b.start()  # ready once a's session expired and b has claimed every partition (fencing a)
+        for i in range(16, 24):
+            status, body = b.start_execution(wf["id"], {"i": i})
+            assert status == 202, body
+            ids.append(body["id"])
+        for execution_id in ids:
+            assert b.wait_status(execution_id, timeout=90)["status"] == "success"
+        a.proc.send_signal(signal.SIGCONT)
+        # a wakes up inside the batch it was deciding (or with timers due) and tries to commit it
+        wait_until(
+            lambda: a.metric_total("linkflow_orchestrator_fenced_total") >= 1, 60, "a tried a late commit"
+        )
+        # a rejoins the group as an ordinary member and works again
+        for i in range(24, 30):
+            status, body = a.start_execution(wf["id"], {"i": i}, wait=60)
+            assert status == 200 and body["status"] == "success", body
+            ids.append(body["id"])
+        states = assert_exactly_once(b, ids)
+        for i, execution_id in enumerate(ids):
+            assert states[execution_id].nodes["out"].output == i * 3
+    finally:
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGCONT)
+        b.stop()
+
+
+def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
+    engine_factory: Callable[..., EngineProcess], target: TargetServer
+) -> None:
+    a = engine_factory()
+    b = a.sibling()
+    b.start()  # two owners: each holds some of the partitions
+    flaky = f"/flaky/{uuid.uuid4().hex}"
+    waits = {
+        "id": wid("waits"),
+        "nodes": [
+            {"id": "w", "type": "wait", "config": {"seconds": 8}},
+            {"id": "out", "type": "transform", "depends_on": ["w"], "config": {"expression": "input.i"}},
+        ],
+    }
+    retries = {
+        "id": wid("retries"),
+        "nodes": [
+            {
+                "id": "h",
+                "type": "http",
+                "timeout_seconds": 5,
+                "retry": {"max_attempts": 4, "initial_delay_seconds": 3, "multiplier": 1},
+                "config": {"method": "POST", "url": f"{target.url}{flaky}?fail=2"},
+            }
+        ],
+    }
+    deadline = {
+        "id": wid("deadline"),
+        "timeout_seconds": 4,
+        "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 8}}],
+    }
+    try:
+        for wf in (waits, retries, deadline):
+            a.register(wf)
+        started: dict[str, list[str]] = {"waits": [], "retries": [], "extended": [], "kept": []}
+        for i in range(4):
+            for name, wf in (
+                ("waits", waits),
+                ("retries", retries),
+                ("extended", deadline),
+                ("kept", deadline),
+            ):
+                status, body = a.start_execution(wf["id"], {"i": i})
+                assert status == 202, body
+                started[name].append(body["id"])
+        for execution_id in started["extended"]:
+            status, body = call(
+                "PUT", f"{a.url}/api/executions/{execution_id}/timeout", {"timeout_seconds": 30}
+            )
+            assert status == 202, body
+        # everything is pending at the kill: waits, retry backoffs, deadlines (old and extended)
+        for execution_id in [e for ids in started.values() for e in ids]:
+            assert a.get(execution_id)["status"] == "running", a.get(execution_id)
+        wait_until(lambda: len(target.hits(flaky)) >= 4, 10, "the first attempts of the retried calls")
+        a.kill()
+        done = {e: b.wait_status(e, timeout=90) for ids in started.values() for e in ids}
+        for i, execution_id in enumerate(started["waits"]):
+            assert done[execution_id]["status"] == "success"
+            assert done[execution_id]["nodes"]["out"]["output"] == i
+        for execution_id in started["retries"]:
+            assert done[execution_id]["status"] == "success", done[execution_id]
+            assert done[execution_id]["nodes"]["h"]["attempts"] >= 3  # two 503s, then 200
+        for execution_id in started["extended"]:
+            assert done[execution_id]["status"] == "success", "the extended deadline held across the takeover"
+        for execution_id in started["kept"]:
+            assert done[execution_id]["status"] == "failed"
+            assert "timed out" in done[execution_id]["history"][-1]["reason"]
+        assert_exactly_once(b, done)
+    finally:
+        b.stop()

@@ -1,0 +1,112 @@
+"""The orchestrator's transaction machinery on the real broker: a commit moves records and input
+offsets together, a second holder of a transactional id fences the first, and the gap probe
+tells transaction markers and aborted records from skipped ones."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from linkflow_stream.kafka.gap_probe import explained_jump
+from linkflow_stream.kafka.records import ProducerRecord
+from linkflow_stream.kafka.transactions import Fenced, KafkaTransactionalProducer
+
+pytestmark = pytest.mark.integration
+
+
+async def topics(kafka: str, *names: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def read_all(kafka: str, topic: str, isolation_level: str) -> list[tuple[int, bytes | None]]:
+    tp = TopicPartition(topic, 0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka, group_id=None, isolation_level=isolation_level, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[tuple[int, bytes | None]] = []
+        while await consumer.position(tp) < end:
+            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                out.append((record.offset, record.value))
+        return out
+    finally:
+        await consumer.stop()
+
+
+def record(topic: str, value: bytes) -> ProducerRecord:
+    return ProducerRecord(topic=topic, key=b"k", value=value, headers=[], partition=0)
+
+
+async def committed_offset(kafka: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+async def test_records_and_offsets_commit_together_and_a_new_holder_fences_the_old(kafka: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    out, source = f"i{run}.out", f"i{run}.in"
+    await topics(kafka, out, source)
+    input_tp = TopicPartition(source, 0)
+    group = f"g{run}"
+    first = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+    await first.start()
+    try:
+        await first.commit([record(out, b"one")], {input_tp: 1}, group)
+        assert await read_all(kafka, out, "read_committed") == [(0, b"one")]
+        assert await committed_offset(kafka, group, input_tp) == 1
+
+        second = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+        await second.start()  # the takeover: same transactional id, newer epoch
+        try:
+            with pytest.raises(Fenced):
+                await first.commit([record(out, b"zombie")], {input_tp: 2}, group)
+            await second.commit([record(out, b"two")], {input_tp: 2}, group)
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+    committed = [value for _, value in await read_all(kafka, out, "read_committed")]
+    assert committed == [b"one", b"two"], "the fenced holder's write is not visible to read_committed"
+    assert await committed_offset(kafka, group, input_tp) == 2
+
+
+async def test_the_gap_probe_explains_markers_and_aborted_records_but_not_skips(kafka: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    topic = f"i{run}.inputs"
+    await topics(kafka, topic)
+    tp = TopicPartition(topic, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=f"p{run}")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"a", partition=0)
+        await producer.begin_transaction()
+        await producer.send_and_wait(topic, b"aborted", partition=0)  # 2, marker at 3
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"b", partition=0)
+            await producer.send_and_wait(topic, b"c", partition=0)
+    finally:
+        await producer.stop()
+    visible = await read_all(kafka, topic, "read_committed")
+    assert [v for _, v in visible] == [b"a", b"b", b"c"]
+    (a, _), (b, _), (c, _) = visible
+    assert b > a + 1, "a marker and an aborted record lie between a and b"
+    assert await explained_jump(kafka, tp, a + 1, b), "a reader that saw a and then b skipped nothing"
+    assert not await explained_jump(kafka, tp, a + 1, c), "a reader that saw a and then c skipped b"

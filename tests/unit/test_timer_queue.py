@@ -1,0 +1,69 @@
+"""The timer queue of one partition: due in order, offered again until the state drops them,
+and a moved timer is due at its new time only."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.state import ExecutionState, Timer, TimerKind
+from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.runtime.timers import RETRY_MS, TimerQueue
+
+T0 = 1_800_000_000_000
+
+
+def state(execution_id: str, **due_ms: int) -> ExecutionState:
+    wf = WorkflowDefinition(id="wf", nodes=(), created_at=from_millis(T0))
+    timers = {
+        name: Timer(id=name, kind=TimerKind.EXECUTION_TIMEOUT, due_at=from_millis(ms))
+        for name, ms in due_ms.items()
+    }
+    return ExecutionState(
+        id=execution_id,
+        workflow=wf,
+        status="running",
+        input=None,
+        created_at=from_millis(T0),
+        seq=2,
+        nodes={},
+        timers=timers,
+    )
+
+
+def test_timers_come_due_in_order_with_their_due_time() -> None:
+    q = TimerQueue()
+    q.track(state("e1", a=T0 + 200))
+    q.track(state("e2", b=T0 + 100))
+    assert q.next_due_ms() == T0 + 100
+    assert q.due(T0 + 99) == []
+    due = q.due(T0 + 250)
+    assert [(d.execution_id, d.timer_id, d.due_at) for d in due] == [
+        ("e2", "b", from_millis(T0 + 100)),
+        ("e1", "a", from_millis(T0 + 200)),
+    ]
+
+
+def test_a_fired_timer_is_offered_again_until_a_committed_state_drops_it() -> None:
+    q = TimerQueue()
+    q.track(state("e1", a=T0))
+    assert len(q.due(T0)) == 1
+    assert q.due(T0 + RETRY_MS - 1) == []
+    assert len(q.due(T0 + RETRY_MS)) == 1  # the firing's transaction aborted: still pending
+    q.track(state("e1"))  # committed: the timer is gone
+    assert q.due(T0 + 10 * RETRY_MS) == [] and len(q) == 0
+
+
+def test_a_moved_timer_is_due_at_its_new_time_only() -> None:
+    q = TimerQueue()
+    q.track(state("e1", a=T0 + 100))
+    q.track(state("e1", a=T0 + 5000))
+    assert q.due(T0 + 1000) == []
+    assert [d.due_at for d in q.due(T0 + 5000)] == [from_millis(T0) + timedelta(milliseconds=5000)]
+
+
+def test_a_forgotten_execution_has_no_timers() -> None:
+    q = TimerQueue()
+    q.track(state("e1", a=T0))
+    q.forget("e1")
+    assert q.due(T0 + 1) == []
