@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     http_max_response_bytes: int = 1024 * 1024
     """Largest HTTP response body a node accepts. Default 1 MiB (the node output cap)."""
 
+    def group(self, role: str) -> str:
+        """The consumer group of a role (``orchestrator``, ``executor``); also the orchestrator's
+        transactional-id base."""
+        return f"{self.app_id}.{role}"
+
     def topic(self, name: str) -> str:
         """The real topic name for a logical one, with the configured prefix."""
         return f"{self.topic_prefix}{name}"

@@ -24,7 +24,9 @@ async def consumer_lag(settings: Settings, ends: dict[TopicPartition, int]) -> d
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=list(ends))
+        committed = await admin.list_consumer_group_offsets(
+            settings.group("orchestrator"), partitions=list(ends)
+        )
     finally:
         await admin.close()
     lag: dict[str, int] = {}

@@ -83,7 +83,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stepper = stepper
         self.metrics = metrics
         self.clock = clock
-        self.group_id = f"{settings.app_id}.orchestrator"
+        self.group_id = settings.group("orchestrator")
         self.producer_factory = producer_factory or self._kafka_producer
         self.partitions: dict[int, Partition] = {}
         self.unclaimed: set[int] = set()
@@ -102,7 +102,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
     def _kafka_producer(self, number: int) -> TransactionalProducer:
         return KafkaTransactionalProducer(
             self.settings.bootstrap_servers,
-            f"{self.settings.app_id}.orchestrator.{number}",
+            f"{self.group_id}.{number}",
             max_message_bytes(),
         )
 

@@ -49,7 +49,7 @@ class TaskConsumer:
         consumer = AIOKafkaConsumer(
             *(s.topic(topic_names.tasks(pool)) for pool in s.executor_pools),
             bootstrap_servers=s.bootstrap_servers,
-            group_id=f"{s.app_id}.executor",
+            group_id=s.group("executor"),
             client_id=f"{s.app_id}-executor",
             enable_auto_commit=True,
             auto_commit_interval_ms=int(s.commit_interval_seconds * 1000),
