@@ -55,6 +55,9 @@ BATCH_RETRIES = 5
 RECORD_RETRIES = 3
 """An input whose own transaction aborted this often goes to the DLQ instead."""
 MAX_BACKOFF_SECONDS = 5.0
+CLAIM_RETRY_SECONDS = 2.0
+"""A partition that could not be claimed (broker away, changelog unreadable) is tried again
+this often while the group keeps it assigned here."""
 UNHEALTHY_AFTER_SECONDS = 2.0
 """Failing to commit for this long turns the readiness probe to 503."""
 
@@ -96,6 +99,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lock = asyncio.Lock()
         self._revoking = False
         self._must_rejoin = False
+        self._claim_retry_at = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -180,7 +184,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             )
             positions = await committed_positions(consumer, tps)
         except Exception:
-            log.exception("could not claim partition %d; its inputs wait for the next try", number)
+            log.exception("could not claim partition %d; its inputs wait, paused, for the next try", number)
+            self._claim_retry_at = self.clock() + CLAIM_RETRY_SECONDS
             with contextlib.suppress(Exception):
                 await producer.stop()
             return
@@ -201,6 +206,18 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self.unclaimed.discard(number)
         consumer.resume(*tps)
         log.info("claimed partition %d: %d executions, %d timers", number, len(states), len(partition.timers))
+
+    async def _retry_claims(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        if not self.unclaimed or self.clock() < self._claim_retry_at:
+            return
+        assigned = consumer.assignment()
+        for number in sorted(self.unclaimed):
+            if all(tp in assigned for tp in self._input_partitions(number)):
+                await self._claim(number)
+            else:
+                self.unclaimed.discard(number)
 
     async def _release(self, number: int) -> None:
         partition = self.partitions.pop(number, None)
@@ -264,6 +281,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         while True:
             batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=s.orchestrator_batch_max)
             async with self._lock:
+                await self._retry_claims()
                 now_ms = int(self.clock() * 1000)
                 work: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
                 for tp in sorted(batches, key=lambda tp: self._rank.get(tp.topic, 99)):

@@ -365,3 +365,66 @@ async def test_readiness_turns_503_while_the_orchestrator_cannot_commit(
     assert not orch.ready()
     assert await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, 1)
     assert orch.ready()
+
+
+class FakeConsumer:
+    """The consumer calls a claim makes: pause, seek, resume; everything assigned."""
+
+    def __init__(self, tps: list[TopicPartition]) -> None:
+        self.tps = set(tps)
+        self.paused: set[TopicPartition] = set()
+        self.seeks: dict[TopicPartition, int] = {}
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.tps)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp] = offset
+
+
+class FlakyStartProducer(FakeProducer):
+    async def start(self) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise CommitFailed("broker away")
+
+
+async def test_a_partition_that_cannot_be_claimed_waits_paused_and_is_claimed_on_a_later_try(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_states(*_args: Any, **_kwargs: Any) -> list[ExecutionState]:
+        return []
+
+    async def positions(_consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 7)
+
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.read_changelog", no_states)
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.committed_positions", positions)
+    clock = [1000.0]
+    producer = FlakyStartProducer(fail=1)
+    orch = Orchestrator(
+        Settings(),
+        CODEC,
+        stepper(),
+        Metrics(active=lambda: 0),
+        producer_factory=lambda _n: producer,
+        clock=lambda: clock[0],
+    )
+    consumer = FakeConsumer(orch._input_partitions(0))
+    orch._consumer = consumer  # type: ignore[assignment]
+    await orch.on_partitions_assigned(consumer.tps)
+    assert 0 not in orch.partitions and orch.unclaimed == {0}
+    assert consumer.paused == consumer.tps, "its inputs wait while it is not claimed"
+    assert not orch.ready()
+    await orch._retry_claims()
+    assert 0 not in orch.partitions, "not before the retry delay"
+    clock[0] += 2.0
+    await orch._retry_claims()
+    assert 0 in orch.partitions and not orch.unclaimed and orch.ready()
+    assert consumer.paused == set() and set(consumer.seeks.values()) == {7}
