@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from linkflow_stream.core.errors import LinkflowError
@@ -62,6 +63,13 @@ class NodeContext:
     usage: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     """What the attempt printed (``stdout``, ``stderr``), for the execution's record."""
+    now: datetime | None = None
+    """The time of the input record the attempt runs for; JSONata's ``$now()`` and ``$millis()``
+    return it, so evaluating again gives the same result. Default ``None``: the clock when the
+    evaluation starts."""
+    seed: str | None = None
+    """Seed of JSONata's ``$random()``, e.g. the attempt's idempotency key, so evaluating again
+    draws the same numbers. Default ``None``: unseeded."""
 
     @property
     def idempotency_key(self) -> str:
