@@ -86,9 +86,17 @@ class Stepper:
     def _timeout(self, node: NodeDefinition) -> float:
         return node.timeout_seconds or self.config.kind(node.type).default_timeout_seconds
 
-    def _config(self, node: NodeDefinition, data: dict[str, Any]) -> dict[str, Any]:
-        """The config this attempt runs with: mapped keys computed, then checked like at registration."""
-        config = resolve_config(node, data)
+    def _config(
+        self,
+        node: NodeDefinition,
+        data: dict[str, Any],
+        *,
+        now: datetime | None = None,
+        seed: str | None = None,
+    ) -> dict[str, Any]:
+        """The config this attempt runs with: mapped keys computed, then checked like at registration.
+        ``now`` and ``seed`` make ``$now()``, ``$millis()`` and ``$random()`` in the mapping repeatable."""
+        config = resolve_config(node, data, now=now, seed=seed)
         if node.input:
             try:
                 self.registry[node.type].validate(config)
@@ -97,14 +105,23 @@ class Stepper:
         return config
 
     def _map_result(self, state: ExecutionState | None, inp: Input) -> Input:
-        """Apply the node's output mapping to a task's successful result."""
+        """Apply the node's output mapping to a task's successful result. Its ``$now()`` is the
+        result's ``finished_at`` (as for an inline node, whose result time is the step's time) and
+        its ``$random()`` is seeded by the attempt, so processing the result again agrees."""
         if state is None or not isinstance(inp, NodeResult) or not inp.ok or inp.node_id not in state.nodes:
             return inp
         node = state.workflow.node(inp.node_id)
         if node.output is None:
             return inp
         try:
-            return inp.model_copy(update={"output": map_output(node, inp.output, state.node_inputs())})
+            output = map_output(
+                node,
+                inp.output,
+                state.node_inputs(),
+                now=inp.finished_at,
+                seed=f"{inp.execution_id}/{inp.node_id}/{inp.attempt}",
+            )
+            return inp.model_copy(update={"output": output})
         except NodeFailure as exc:
             return inp.model_copy(update={"ok": False, "output": None, "error": exc.to_error()})
 
@@ -150,11 +167,16 @@ class Stepper:
         assert event.node_id is not None
         assert event.attempt is not None
         node = state.workflow.node(event.node_id)
-        ctx = NodeContext(state.id, state.workflow.id, node.id, event.attempt, self._timeout(node))
+        # The input record's time and the attempt make every evaluation repeatable (ADR 0015).
+        seed = f"{state.id}/{node.id}/{event.attempt}"
+        ctx = NodeContext(
+            state.id, state.workflow.id, node.id, event.attempt, self._timeout(node), now=now, seed=seed
+        )
         data = state.node_inputs()
         try:
-            output = await self.registry[node.type].execute(ctx, self._config(node, data), data)
-            return _result(state, event, now, output=map_output(node, output, data))
+            config = self._config(node, data, now=now, seed=seed)
+            output = await self.registry[node.type].execute(ctx, config, data)
+            return _result(state, event, now, output=map_output(node, output, data, now=now, seed=seed))
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
 
