@@ -140,7 +140,7 @@ class Stepper:
             )
             return _result(state, event, now, error=missing)
         try:
-            config = self._config(node, data)
+            config = self._config(node, data, now=now, seed=f"{state.id}/{node.id}/{event.attempt}")
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
         task = NodeTask(

@@ -24,7 +24,7 @@ from linkflow_stream.nodes import build_registry, decider_config, expression_wor
 from linkflow_stream.nodes.condition import ConditionNode
 from linkflow_stream.nodes.expression_worker import evaluate_bounded
 from linkflow_stream.nodes.transform import TransformNode
-from linkflow_stream.runtime.step import Orchestrator, Step
+from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.settings import Settings
 
 T = from_millis(1_700_000_000_123)
@@ -267,10 +267,10 @@ def test_the_input_mapping_keys_share_one_time_limit() -> None:
 # -- the orchestrator step --------------------------------------------------------------------
 
 
-def start(nodes: list[dict[str, Any]]) -> tuple[Orchestrator, Step]:
+def start(nodes: list[dict[str, Any]]) -> tuple[Stepper, Step]:
     settings = Settings()
     registry = build_registry(settings)
-    orch = Orchestrator(registry, decider_config(registry, settings))
+    orch = Stepper(registry, decider_config(registry, settings))
     wf = parse_workflow({"id": "wf", "nodes": nodes}, orch.registry, version=1, created_at=T)
     request = StartExecution(execution_id="e1", workflow=wf, input={}, requested_at=T)
     return orch, asyncio.run(orch.step(None, request, T))
