@@ -32,6 +32,7 @@ from linkflow_stream.kafka.topics import apply_topics, execution_partitions, max
 from linkflow_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+PORT_TRIES = 3
 
 
 def call(
@@ -113,7 +114,7 @@ class EngineProcess:
             starts=1,
         )
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 90, *, port_tries: int = PORT_TRIES) -> None:
         if self.starts == 0:
             asyncio.run(apply_topics(self.settings()))
         self.starts += 1
@@ -128,7 +129,14 @@ class EngineProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                if "address already in use" in tail and port_tries > 1:
+                    # free_port() only says a port was free a moment ago; another process (a
+                    # client's ephemeral port) can take it first. Pick new ports and start again.
+                    self.port, self.registry_port = free_port(), free_port()
+                    self.start(timeout, port_tries=port_tries - 1)
+                    return
+                raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{tail}")
             try:
                 status, _ = call("GET", f"{self.url}/readyz", timeout=2)
                 if status == 200:

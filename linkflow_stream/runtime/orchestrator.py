@@ -49,7 +49,9 @@ INPUT_ORDER = (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)
 """Within a batch, start requests (by priority) come before the commands and results that may
 name the runs they start."""
 MAX_WAIT_MS = 100
-"""Longest poll; timers and expiries are checked at least this often."""
+"""Longest poll of the fetch loop (and longest sleep of an idle worker)."""
+BACKLOG_BATCHES = 4
+"""A partition whose worker has more than this many batches waiting is paused in the consumer."""
 BATCH_RETRIES = 5
 """A batch whose transaction aborted this often is decided again one input at a time."""
 RECORD_RETRIES = 3
@@ -100,6 +102,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._revoking = False
         self._must_rejoin = False
         self._claim_retry_at = 0.0
+        self._workers: dict[int, _Worker] = {}
+        self._backlogged: set[int] = set()
+        """Partitions paused in the consumer because their worker has a backlog."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -203,6 +208,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         partition.load(states, positions)
         self.partitions[number] = partition
+        self._workers[number] = _Worker(self, number)
         self.unclaimed.discard(number)
         consumer.resume(*tps)
         log.info("claimed partition %d: %d executions, %d timers", number, len(states), len(partition.timers))
@@ -220,6 +226,11 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.unclaimed.discard(number)
 
     async def _release(self, number: int) -> None:
+        """Stop deciding ``number`` (its batch in flight commits or aborts first) and forget it."""
+        worker = self._workers.pop(number, None)
+        if worker is not None and worker.task is not asyncio.current_task():
+            await worker.stop()
+        self._backlogged.discard(number)
         partition = self.partitions.pop(number, None)
         if partition is None:
             return
@@ -259,52 +270,71 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 raise
             except Exception as exc:
                 log.exception("orchestrator loop failed; going on in %.1fs", delay)
-                self._failed(exc)
+                self.record_failure(exc)
                 await self._rewind()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     async def _rewind(self) -> None:
-        """Seek every owned partition back to its committed position."""
-        consumer = self._consumer
-        assert consumer is not None
+        """Seek every owned partition back to its committed position and drop what was fetched."""
         async with self._lock:
-            for partition in self.partitions.values():
-                for tp, offset in partition.positions.items():
-                    with contextlib.suppress(Exception):
-                        consumer.seek(tp, offset)
+            for number in self.partitions:
+                self.rewind_partition(number)
+
+    def rewind_partition(self, number: int) -> None:
+        consumer = self._consumer
+        partition = self.partitions.get(number)
+        worker = self._workers.get(number)
+        if consumer is None or partition is None:
+            return
+        if worker is not None:
+            worker.pending.clear()
+        for tp, offset in partition.positions.items():
+            with contextlib.suppress(Exception):
+                consumer.seek(tp, offset)
 
     async def _loop(self) -> None:
+        """Fetch, and hand each partition's records to its worker; a worker with a backlog has
+        its partitions paused until it catches up."""
         consumer = self._consumer
         assert consumer is not None
         s = self.settings
         while True:
-            batches = await consumer.getmany(timeout_ms=self._wait_ms(), max_records=s.orchestrator_batch_max)
+            batches = await consumer.getmany(timeout_ms=MAX_WAIT_MS, max_records=s.orchestrator_batch_max)
             async with self._lock:
                 await self._retry_claims()
-                now_ms = int(self.clock() * 1000)
-                work: dict[int, list[ConsumerRecord[bytes, bytes]]] = {}
                 for tp in sorted(batches, key=lambda tp: self._rank.get(tp.topic, 99)):
-                    if tp.partition in self.partitions:
-                        work.setdefault(tp.partition, []).extend(batches[tp])
-                for number, partition in self.partitions.items():
-                    wake = partition.next_wakeup_ms()
-                    if wake is not None and wake <= now_ms:
-                        work.setdefault(number, [])
-                if work:
-                    await asyncio.gather(
-                        *(self._run_partition(n, records, now_ms) for n, records in work.items())
-                    )
+                    worker = self._workers.get(tp.partition)
+                    if worker is None:
+                        continue  # not claimed (yet): fetched again from the committed position
+                    worker.offer(batches[tp])
+                    if len(worker.pending) > BACKLOG_BATCHES * s.orchestrator_batch_max:
+                        self._pause(tp.partition)
                 if self._must_rejoin:
                     await self._rejoin()
 
-    def _wait_ms(self) -> int:
-        wakes = [w for p in self.partitions.values() if (w := p.next_wakeup_ms()) is not None]
-        if not wakes:
-            return MAX_WAIT_MS
-        return max(0, min(MAX_WAIT_MS, min(wakes) - int(self.clock() * 1000)))
+    def _pause(self, number: int) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
+        consumer.pause(*(tp for tp in self._input_partitions(number) if tp in assigned))
+        self._backlogged.add(number)
 
-    async def _run_partition(
+    def caught_up(self, number: int) -> None:
+        """Called by a worker after each batch: resume its partition once its backlog is gone."""
+        worker = self._workers.get(number)
+        consumer = self._consumer
+        if number not in self._backlogged or worker is None or consumer is None:
+            return
+        if len(worker.pending) <= self.settings.orchestrator_batch_max:
+            assigned = consumer.assignment()
+            consumer.resume(*(tp for tp in self._input_partitions(number) if tp in assigned))
+            self._backlogged.discard(number)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def run_partition(
         self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int
     ) -> None:
         """Commit one partition's batch, retrying aborted transactions with backoff. A batch
@@ -338,7 +368,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             except Exception as exc:
                 if not isinstance(exc, CommitFailed):
                     log.exception("partition %d: deciding a batch failed", number)
-                self._failed(exc)
+                self.record_failure(exc)
                 log.warning("partition %d: try %d of %d failed: %s", number, attempt, tries, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
@@ -348,7 +378,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             return True
         return False
 
-    def _failed(self, exc: Exception) -> None:
+    def record_failure(self, exc: Exception) -> None:
         self.metrics.commit_failures.inc()
         if self.health.failing_since is None:
             self.health.failing_since = self.clock()
@@ -370,7 +400,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._lost(number, exc)
             return
         except CommitFailed as exc:
-            self._failed(exc)
+            self.record_failure(exc)
             return  # the broker is away: the input stays uncommitted and is fetched again
         partition.positions[tp] = record.offset + 1
         self.metrics.dlq.labels(record.topic.removeprefix(self.settings.topic_prefix)).inc()
@@ -394,3 +424,57 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def _probe_gap(self, tp: TopicPartition, expected: int, got: int) -> bool:
         return await explained_jump(self.settings.bootstrap_servers, tp, expected, got)
+
+
+class _Worker:
+    """Decides one partition's batches as they arrive, so a slow batch (a long inline
+    expression, a broker hiccup on one transaction) holds up only its own partition."""
+
+    def __init__(self, orchestrator: Orchestrator, number: int) -> None:
+        self.orchestrator = orchestrator
+        self.number = number
+        self.pending: list[ConsumerRecord[bytes, bytes]] = []
+        self.wake = asyncio.Event()
+        self.busy = asyncio.Lock()
+        """Held while a batch is decided and committed; ``stop`` waits for it."""
+        self.task = asyncio.create_task(self._run(), name=f"orchestrator-partition-{number}")
+
+    def offer(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        self.pending.extend(records)
+        self.wake.set()
+
+    async def stop(self) -> None:
+        async with self.busy:
+            self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _idle(self, wake_ms: int | None, now_ms: int) -> None:
+        wait = MAX_WAIT_MS if wake_ms is None else max(1, min(MAX_WAIT_MS, wake_ms - now_ms))
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), wait / 1000)
+
+    async def _run(self) -> None:
+        orch = self.orchestrator
+        batch_max = orch.settings.orchestrator_batch_max
+        delay = 0.1
+        while (partition := orch.partitions.get(self.number)) is not None:
+            now_ms = orch.now_ms()
+            wake_ms = partition.next_wakeup_ms()
+            if not self.pending and (wake_ms is None or wake_ms > now_ms):
+                await self._idle(wake_ms, now_ms)
+                continue
+            records, self.pending = self.pending[:batch_max], self.pending[batch_max:]
+            async with self.busy:
+                try:
+                    await orch.run_partition(self.number, records, orch.now_ms())
+                except Exception as exc:
+                    # Nothing of this batch committed: fetch it again from the committed position.
+                    log.exception("partition %d: batch failed; going on in %.1fs", self.number, delay)
+                    orch.record_failure(exc)
+                    orch.rewind_partition(self.number)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                    continue
+            delay = 0.1
+            orch.caught_up(self.number)

@@ -321,7 +321,7 @@ async def test_the_loop_retries_an_aborted_batch_and_counts_the_failures(
     monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
     producer = FakeProducer(fail=2)
     orch = orchestrator_with(producer)
-    await orch._run_partition(0, [start_record(0, TRANSFORM)], T0)
+    await orch.run_partition(0, [start_record(0, TRANSFORM)], T0)
     assert producer.attempts == 3
     assert orch.partitions[0].states["e1"].status is ExecutionStatus.SUCCESS
     assert orch.metrics.registry.get_sample_value("linkflow_orchestrator_commit_failures_total") == 2
@@ -334,7 +334,7 @@ async def test_a_batch_that_keeps_failing_is_split_and_an_input_that_fails_alone
     monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
     producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES)
     orch = orchestrator_with(producer)
-    await orch._run_partition(0, [start_record(0, TRANSFORM, "e1"), start_record(1, TRANSFORM, "e2")], T0)
+    await orch.run_partition(0, [start_record(0, TRANSFORM, "e1"), start_record(1, TRANSFORM, "e2")], T0)
     # the whole batch failed BATCH_RETRIES times, then e1 alone RECORD_RETRIES times: e1 is
     # dead-lettered with its offset, and e2 commits on its own
     dlq = producer.records(topic_names.DLQ)
