@@ -4,6 +4,7 @@ inline nodes, off the event loop (ADR 0015)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +196,7 @@ async def test_an_evaluation_the_timebox_cannot_stop_fails_at_the_timeout_plus_g
         time.sleep(1.5)  # one long step that never reaches a timebox check
 
     monkeypatch.setattr(expression_worker, "evaluate", stuck)
+    monkeypatch.setattr(expression_worker, "ON_LOOP_SECONDS", 0)  # straight to the worker thread
     started = time.monotonic()
     with pytest.raises(NodeFailure) as caught:
         await evaluate_bounded("1", {}, timeout_seconds=0.2)
@@ -202,6 +204,25 @@ async def test_an_evaluation_the_timebox_cannot_stop_fails_at_the_timeout_plus_g
     assert caught.value.error_type == "timeout"
     assert "did not finish within its time limit of 0.2 s" in caught.value.message
     assert took < 0.2 + expression_worker.GRACE_SECONDS + 0.5
+
+
+async def test_a_quick_expression_never_leaves_the_loop_and_a_slow_one_moves_to_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads: list[str] = []
+    real = expression_worker.evaluate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(expression_worker, "evaluate", spy)
+    assert await evaluate_bounded("1 + 1", {}, timeout_seconds=5) == 2
+    assert threads == [threading.main_thread().name]
+    threads.clear()
+    slow = "$sum([1..20000].($ * 2))"  # about 0.3 s here: past the on-loop bound, within the node's
+    assert await evaluate_bounded(slow, {}, timeout_seconds=5) == 20000 * 20001
+    assert threads[0] == threading.main_thread().name and threads[1].startswith("linkflow-jsonata")
 
 
 def ctx(timeout_seconds: float = BOUND) -> NodeContext:
