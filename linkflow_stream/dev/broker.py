@@ -2,11 +2,19 @@
 
 The broker's jars come from Maven Central through ``broker_pom.xml`` beside this module (cached
 in ``~/.m2``), so no Docker and no tarball download is needed. The same code serves ``linkflow kafka start``,
-the pytest session fixture and ``.ci/run``.
+``linkflow dev``, the pytest session fixture and ``.ci/run``.
+
+Invariants: the broker is ready only when it answers a metadata request that lists itself (never
+because of a line in its log, which outlives a restart); a data dir runs at most one broker, and a
+start reuses it while it runs; only a process that is this data dir's broker is ever signalled
+(a pid file can outlive its process, and the pid can be reused). ADR 0016 says why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
 import hashlib
 import os
 import shutil
@@ -15,16 +23,30 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from linkflow_stream.core.errors import LinkflowError
 
 POM = Path(__file__).resolve().parent / "broker_pom.xml"
+MAIN_CLASS = "kafka.Kafka"
+
+# How long the controller keeps a broker's registration alive without a heartbeat (Kafka's default
+# is 9 s). A restarted broker comes back with a new incarnation id, and the controller, which
+# restarts with it and hands every registration it replays a fresh session, refuses it with
+# DUPLICATE_BROKER_REGISTRATION until that session runs out: after a clean stop as after kill -9.
+# This single-node dev broker heartbeats to a controller in its own JVM, so a short session is safe.
+SESSION_TIMEOUT_MS = 3000
+# How often the broker heartbeats, and how soon it retries a refused registration (default 2 s).
+HEARTBEAT_INTERVAL_MS = 500
 
 _LOG4J2 = """\
 <?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
+<Configuration status="WARN" shutdownHook="disable">
   <Appenders>
     <File name="file" fileName="{log}">
       <PatternLayout pattern="[%d] %p %m (%c)%n"/>
@@ -75,15 +97,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class StartOutcome(enum.Enum):
+    """What ``Broker.start`` did."""
+
+    STARTED = "started"
+    """A new broker process was started (storage formatted first if the data dir was new)."""
+    REUSED = "reused"
+    """This data dir's broker was already running and answering on the port: it was kept."""
+
+
+def _quiet(_message: str) -> None:
+    """The default progress callback: say nothing."""
+
+
 @dataclass
 class Broker:
-    """One KRaft broker+controller process whose files all live under ``data_dir``."""
+    """One KRaft broker+controller process whose files all live under ``data_dir``.
+
+    A ``Broker`` made for a data dir whose broker runs already (say, by a second
+    ``linkflow kafka start``) finds it through the pid file: ``start`` reuses it and ``stop`` stops it.
+    """
 
     data_dir: Path
     port: int = 9092
     controller_port: int = 0
     partitions: int = 4
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Absolute, so the config path in the broker's command line identifies this data dir.
+        self.data_dir = self.data_dir.resolve()
 
     @property
     def bootstrap(self) -> str:
@@ -96,6 +139,10 @@ class Broker:
     @property
     def pid_file(self) -> Path:
         return self.data_dir / "broker.pid"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "server.properties"
 
     def _write_config(self) -> Path:
         if not self.controller_port:
@@ -125,63 +172,136 @@ class Broker:
             "log.flush.interval.messages": "9223372036854775807",
             "num.network.threads": "2",
             "num.io.threads": "4",
+            # Fast restarts (see SESSION_TIMEOUT_MS); SIGTERM runs a controlled shutdown (the default).
+            "broker.session.timeout.ms": str(SESSION_TIMEOUT_MS),
+            "broker.heartbeat.interval.ms": str(HEARTBEAT_INTERVAL_MS),
+            "controlled.shutdown.enable": "true",
         }
-        cfg = self.data_dir / "server.properties"
-        cfg.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.config_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.data_dir / "log4j2.xml").write_text(_LOG4J2.format(log=self.log_file))
-        return cfg
+        return self.config_file
 
     def _java(self, cp: str, main: str, *args: str, log: bool) -> list[str]:
         java = shutil.which("java") or "java"
         props = [f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}"] if log else []
         return [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", *props, "-cp", cp, main, *args]
 
-    def start(self, cache_dir: Path, timeout: float = 90.0) -> None:
-        """Format storage if new, start the broker and wait until it accepts clients."""
+    @property
+    def pid(self) -> int | None:
+        """The broker's pid: the process this object started, else the running one from the pid file."""
+        return self.process.pid if self.process is not None else self.running_pid()
+
+    def running_pid(self) -> int | None:
+        """The pid in the pid file if that process is alive and is this data dir's broker, else None."""
+        pid = _read_pid(self.pid_file)
+        if pid is None or not _is_broker_process(pid, self.config_file):
+            return None
+        return pid
+
+    def is_ready(self, timeout: float = 5.0) -> bool:
+        """True when a broker on this port answers a metadata request that lists it at this address.
+
+        A restarted broker refuses clients until the controller has accepted its registration, so
+        an answer also means that admin calls (``topics apply``) work."""
+        if not _accepts_connections(self.port):  # cheap and quiet: no client errors logged
+            return False
+        try:
+            return asyncio.run(asyncio.wait_for(_lists_itself(self.port, int(timeout * 1000)), timeout))
+        except (KafkaError, OSError, TimeoutError):
+            return False
+
+    def start(
+        self, cache_dir: Path, timeout: float = 90.0, progress: Callable[[str], None] = _quiet
+    ) -> StartOutcome:
+        """Reuse this data dir's running broker, or format storage if new, start one and wait until ready.
+
+        A pid file whose process is gone (or is not this broker) is removed. A port that something
+        else holds is a ``BrokerError``, as is a running broker of this data dir on another port."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        running = self.running_pid()
+        if running is not None:
+            if self._reuse(running, timeout, progress):
+                return StartOutcome.REUSED
+        elif self.pid_file.exists():
+            progress(f"removing a stale pid file (pid {_read_pid(self.pid_file)} is not a running broker)")
+            self.pid_file.unlink()
+        if not _port_is_free(self.port):
+            msg = (
+                f"port {self.port} is in use by another process (not the broker of {self.data_dir}); "
+                "stop it or choose another port"
+            )
+            raise BrokerError(msg)
         cp = classpath(cache_dir)
         cfg = self._write_config()
         if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
-            fmt = subprocess.run(  # noqa: S603 - fixed argv
-                self._java(
-                    cp,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--standalone",
-                    "-t",
-                    str(uuid.uuid4().hex[:22]),
-                    "-c",
-                    str(cfg),
-                    log=False,
-                ),
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if fmt.returncode != 0:
-                msg = f"Kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}"
-                raise BrokerError(msg)
+            self._format(cp, cfg)
         with (self.data_dir / "broker.stdout").open("ab") as out:  # the child keeps its own copy
             self.process = subprocess.Popen(  # noqa: S603 - fixed argv
-                self._java(cp, "kafka.Kafka", str(cfg), log=True),
+                self._java(cp, MAIN_CLASS, str(cfg), log=True),
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for the engine does not reach it, and a broker that
+                # outlives a kill -9 of `make run` is found through the pid file and reused.
                 start_new_session=True,
             )
         self.pid_file.write_text(str(self.process.pid))
         self._wait_ready(timeout)
+        return StartOutcome.STARTED
+
+    def _reuse(self, pid: int, timeout: float, progress: Callable[[str], None]) -> bool:
+        """Keep the running broker if it serves this port; False if it had to be stopped."""
+        port = _configured_port(self.config_file)
+        if port != self.port:
+            msg = (
+                f"the broker of {self.data_dir} is running on port {port} (pid {pid}), not {self.port}; "
+                f"stop it first (linkflow kafka stop --data-dir {self.data_dir}) or use port {port}"
+            )
+            raise BrokerError(msg)
+        progress(f"a broker from an earlier run is up (pid {pid}): waiting for it to answer ...")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _is_broker_process(pid, self.config_file):
+            if self.is_ready(timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
+                progress(f"reusing the broker already running at {self.bootstrap} (pid {pid})")
+                return True
+            time.sleep(0.25)
+        progress(f"the broker with pid {pid} did not answer within {timeout:.0f}s: stopping it")
+        self.stop()
+        return False
+
+    def _format(self, cp: str, cfg: Path) -> None:
+        fmt = subprocess.run(  # noqa: S603 - fixed argv
+            self._java(
+                cp,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                str(uuid.uuid4().hex[:22]),
+                "-c",
+                str(cfg),
+                log=False,
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            msg = f"Kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}"
+            raise BrokerError(msg)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
                 msg = f"Kafka broker exited with {self.process.returncode}\n{self.log_tail()}"
                 raise BrokerError(msg)
-            if self.log_file.exists() and "Kafka Server started" in self.log_file.read_text(errors="replace"):
+            if self.is_ready(timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
                 return
-            time.sleep(0.2)
+            time.sleep(0.25)
+        tail = self.log_tail()
         self.stop()
-        msg = f"Kafka broker not ready after {timeout}s\n{self.log_tail()}"
+        msg = f"Kafka broker not ready after {timeout}s\n{tail}"
         raise BrokerError(msg)
 
     def log_tail(self, lines: int = 60) -> str:
@@ -194,22 +314,37 @@ class Broker:
                 )
         return "\n".join(parts)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the broker gracefully, then by force."""
-        pid = self.process.pid if self.process else _read_pid(self.pid_file)
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop this data dir's broker gracefully (SIGTERM: a controlled shutdown), then by force.
+
+        Returns False when no broker of this data dir was running; a stale pid file is removed
+        either way, and a process that is not this broker is never signalled."""
+        if self.process is not None and self.process.poll() is not None:
+            self.process = None  # ours is gone (its pid may be reused): look at the pid file only
+        pid = self.pid
         if pid is None:
-            return
+            self.pid_file.unlink(missing_ok=True)
+            return False
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)  # its own session, so its process group is just the broker
         except ProcessLookupError:
             self.pid_file.unlink(missing_ok=True)
-            return
+            return False
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, self.process):
+        while time.monotonic() < deadline and self._alive(pid):
             time.sleep(0.1)
-        if _alive(pid, self.process):
-            os.killpg(pid, signal.SIGKILL)
+        if self._alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            if self.process is not None:
+                self.process.wait()
         self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def _alive(self, pid: int) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return _is_broker_process(pid, self.config_file)
 
 
 def _read_pid(path: Path) -> int | None:
@@ -219,11 +354,62 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
-    if proc is not None:
-        return proc.poll() is None
+def _command_line(pid: int) -> list[str]:
+    """A process's argv; empty when it is gone or a zombie."""
+    proc = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        try:
+            return [a for a in proc.read_bytes().decode(errors="replace").split("\0") if a]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return []
+    ps = subprocess.run(  # noqa: S603 - fixed argv; no /proc (macOS)
+        ["ps", "-ww", "-o", "command=", "-p", str(pid)],  # noqa: S607 - ps from PATH
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return ps.stdout.split()
+
+
+def _is_broker_process(pid: int, config_file: Path) -> bool:
+    """Whether ``pid`` is alive and is the broker started with ``config_file``."""
+    argv = _command_line(pid)
+    return MAIN_CLASS in argv and str(config_file) in argv
+
+
+def _configured_port(config_file: Path) -> int | None:
+    """The client port in a written ``server.properties``."""
+    for line in config_file.read_text().splitlines():
+        if line.startswith("listeners="):
+            for listener in line.removeprefix("listeners=").split(","):
+                if listener.startswith("PLAINTEXT://"):
+                    return int(listener.rsplit(":", 1)[1])
+    return None
+
+
+def _accepts_connections(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _port_is_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` (as Kafka does, with SO_REUSEADDR)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def _lists_itself(port: int, request_timeout_ms: int) -> bool:
+    """One metadata request: does the broker at 127.0.0.1:``port`` list itself?"""
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=request_timeout_ms)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        await admin.start()
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return any(b["host"] == "127.0.0.1" and b["port"] == port for b in cluster["brokers"])
