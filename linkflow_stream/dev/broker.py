@@ -257,15 +257,21 @@ class Broker:
                 f"stop it first (linkflow kafka stop --data-dir {self.data_dir}) or use port {port}"
             )
             raise BrokerError(msg)
-        progress(f"a broker from an earlier run is up (pid {pid}): waiting for it to answer ...")
         deadline = time.monotonic() + timeout
+        said = False
         while time.monotonic() < deadline and _is_broker_process(pid, self.config_file):
             if self.is_ready(timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
-                progress(f"reusing the broker already running at {self.bootstrap} (pid {pid})")
                 return True
+            if not said:
+                progress(f"a broker from an earlier run is up (pid {pid}) but not answering yet: waiting")
+                said = True
             time.sleep(0.25)
-        progress(f"the broker with pid {pid} did not answer within {timeout:.0f}s: stopping it")
-        self.stop()
+        if _is_broker_process(pid, self.config_file):
+            progress(f"the broker with pid {pid} did not answer within {timeout:.0f}s: stopping it")
+            self.stop()
+        else:
+            progress(f"the broker with pid {pid} exited: starting a new one")
+            self.pid_file.unlink(missing_ok=True)
         return False
 
     def _format(self, cp: str, cfg: Path) -> None:
