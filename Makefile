@@ -3,6 +3,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 LF      := $(VENV)/bin/linkflow
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The dev broker's client port (e.g. `KAFKA_PORT=29092 make run`); the engine's own ports come
+# from LINKFLOW_API_PORT and LINKFLOW_REGISTRY_PORT.
+KAFKA_PORT ?= 9092
 
 .PHONY: install run test test-unit lint bench kafka-start kafka-stop clean
 
@@ -15,11 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Broker (real Kafka from Maven Central, port 9092, data in .linkflow/) + topics + engine on 8084/8085.
-## Ctrl-C stops the engine and the broker.
+## Ctrl-C stops the engine and the broker. `linkflow dev` owns the broker's lifetime (exec: no shell
+## in between whose EXIT trap a Ctrl-C could skip); a broker left by a kill -9 is reused next time.
 run: install
-	$(LF) kafka start
-	$(LF) topics apply
-	trap '$(LF) kafka stop' EXIT; $(LF) run
+	exec $(LF) dev --kafka-port $(KAFKA_PORT)
 
 ## The whole suite: unit tests and integration tests against a real broker the suite starts itself.
 test: install
@@ -37,7 +39,7 @@ bench: install
 	$(PY) -m bench.diamond
 
 kafka-start: install
-	$(LF) kafka start
+	$(LF) kafka start --port $(KAFKA_PORT)
 
 kafka-stop: install
 	$(LF) kafka stop

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
+import time
 from pathlib import Path
+from types import FrameType
 
 import click
 
-from linkflow_stream.dev.broker import Broker, BrokerError
+from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
 from linkflow_stream.kafka.topics import TopicSpecError, apply_topics
 from linkflow_stream.settings import Settings
 
@@ -42,32 +46,102 @@ def _broker(data_dir: Path, port: int) -> Broker:
     return Broker(data_dir=data_dir.resolve(), port=port)
 
 
-@kafka.command("start")
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path(".linkflow/kafka"), show_default=True
+DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".linkflow/kafka"),
+    show_default=True,
+    help="the broker's files: config, storage, logs, pid file",
 )
-@click.option("--port", default=9092, show_default=True)
-def kafka_start(data_dir: Path, port: int) -> None:
-    """Fetch the broker jars with Maven (first time), format storage, start, wait until ready."""
-    broker = _broker(data_dir, port)
-    if broker.pid_file.exists():
-        broker.stop()
-    click.echo(f"starting Kafka on 127.0.0.1:{port} (data in {broker.data_dir}) ...")
+CACHE_DIR = Path(".linkflow")
+
+
+def _start_broker(broker: Broker) -> None:
+    """Start the broker, or reuse the one already running from its data dir; say which."""
+    click.echo(f"Kafka on {broker.bootstrap} (data in {broker.data_dir}) ...")
+    started_at = time.monotonic()
     try:
-        broker.start(cache_dir=Path(".linkflow").resolve())
+        outcome = broker.start(cache_dir=CACHE_DIR.resolve(), progress=lambda line: click.echo(f"  {line}"))
     except BrokerError as exc:
         raise click.ClickException(exc.message) from exc
-    click.echo(f"Kafka ready at {broker.bootstrap} (pid {broker.pid_file.read_text()})")
+    if outcome is StartOutcome.REUSED:
+        click.echo(f"Kafka already running at {broker.bootstrap} (pid {broker.pid}): reusing it")
+    else:
+        elapsed = time.monotonic() - started_at
+        click.echo(f"Kafka ready at {broker.bootstrap} (pid {broker.pid}) in {elapsed:.1f}s")
+
+
+@kafka.command("start")
+@DATA_DIR
+@click.option("--port", default=9092, show_default=True, help="the client port on 127.0.0.1")
+def kafka_start(data_dir: Path, port: int) -> None:
+    """Start the broker and wait until it answers; reuse it if it runs already.
+
+    Fetches the jars with Maven and formats storage the first time. A pid file left by a broker
+    that is gone (kill -9) is cleaned up."""
+    _start_broker(_broker(data_dir, port))
 
 
 @kafka.command("stop")
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path), default=Path(".linkflow/kafka"), show_default=True
-)
+@DATA_DIR
 def kafka_stop(data_dir: Path) -> None:
-    """Stop the broker started by ``linkflow kafka start``."""
-    _broker(data_dir, 0).stop()
-    click.echo("Kafka stopped")
+    """Stop the broker started by ``linkflow kafka start`` (a controlled shutdown)."""
+    if _broker(data_dir, 0).stop():
+        click.echo("Kafka stopped")
+    else:
+        click.echo(f"no Kafka broker running from {data_dir}")
+
+
+@main.command()
+@DATA_DIR
+@click.option("--kafka-port", default=9092, show_default=True, help="the broker's client port on 127.0.0.1")
+@click.option(
+    "--loglevel",
+    default="info",
+    show_default=True,
+    envvar="LINKFLOW_LOG_LEVEL",
+    help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL)",
+)
+def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
+    """Start (or reuse) the dev broker, apply the topics, run the engine; stop both on Ctrl-C.
+
+    What ``make run`` runs. The engine uses this broker whatever LINKFLOW_BOOTSTRAP_SERVERS says.
+    The broker is stopped on SIGINT, SIGTERM or SIGHUP at any point, also when it was reused from
+    an earlier run; after a kill -9 it keeps running, and the next ``linkflow dev`` reuses it."""
+    from linkflow_stream.engine import run as run_engine  # imported here: keeps --help fast
+
+    broker = _broker(data_dir, kafka_port)
+    owned = False  # a broker refused for reuse (another port) is not ours to stop
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C until the engine takes them over
+        signal.signal(sig, _interrupt)
+    try:
+        _start_broker(broker)
+        owned = True
+        settings = Settings(bootstrap_servers=broker.bootstrap)
+        for line in asyncio.run(apply_topics(settings)) or ["all topics already exist"]:
+            click.echo(line)
+        run_engine(settings, loglevel=loglevel)
+    except KeyboardInterrupt:
+        click.echo("interrupted")
+    except TopicSpecError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # nothing may cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        if (owned or broker.process is not None) and broker.pid is not None:
+            _say(f"stopping Kafka (pid {broker.pid}) ...")
+            broker.stop()
+            _say("Kafka stopped")
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _say(line: str) -> None:
+    """Echo while stopping: after a SIGHUP the terminal may be gone, and the stop must go on."""
+    with contextlib.suppress(OSError):
+        click.echo(line)
 
 
 @main.group()
