@@ -112,8 +112,12 @@ def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
 
     broker = _broker(data_dir, kafka_port)
     owned = False  # a broker refused for reuse (another port) is not ours to stop
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C until the engine takes them over
-        signal.signal(sig, _interrupt)
+    # Each stops everything, also while the broker starts (until the engine takes over SIGINT and
+    # SIGTERM). SIGINT is set even when inherited as ignored, as a job started with `&` by a script
+    # has it: the engine reacts to it anyway. An ignored SIGHUP (nohup) stays ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
     try:
         _start_broker(broker)
         owned = True
