@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 300.0
 MAX_TIMEOUT = 30 * 86_400.0
 SYNC_SECONDS = 2.0
+START_WAIT_SECONDS = 10.0
+"""Longest a command to a run accepted a moment ago waits for the run to start."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 _STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
@@ -376,7 +378,24 @@ class Api:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
+        if not await self._decided(execution_id):
+            raise ConflictError(
+                f"execution {execution_id} was accepted but has not started within {START_WAIT_SECONDS:g} s; "
+                "try again"
+            )
         await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
+
+    async def _decided(self, execution_id: str) -> bool:
+        """Whether the orchestrator has decided the run's start (its events are in the view),
+        waiting up to ``START_WAIT_SECONDS``. A command is sent only then: start requests and
+        commands travel on different topics, and a command decided before its run's start would
+        find no run and be dropped."""
+        deadline = asyncio.get_running_loop().time() + START_WAIT_SECONDS
+        while execution_id not in self.d.status.executions:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def recover(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]

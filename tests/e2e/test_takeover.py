@@ -127,6 +127,8 @@ def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
                 status, body = a.start_execution(wf["id"], {"i": i})
                 assert status == 202, body
                 started[name].append(body["id"])
+        for execution_id in [e for ids in started.values() for e in ids]:
+            a.wait_status(execution_id, ("running",), timeout=10)  # started, and not ended
         for execution_id in started["extended"]:
             status, body = call(
                 "PUT", f"{a.url}/api/executions/{execution_id}/timeout", {"timeout_seconds": 30}

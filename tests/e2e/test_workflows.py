@@ -187,6 +187,22 @@ def test_cancel_stops_waits_and_inflight_http(engine: EngineProcess, target: Tar
     assert status == 409 and reply["error"]["type"] == "conflict"
 
 
+def test_a_cancel_sent_right_after_the_start_is_never_lost(engine: EngineProcess) -> None:
+    """Starts and commands travel on different topics; a cancel decided before its run's start
+    would find no run. The API sends a command only once the run has started."""
+    wf = {"id": wid("cancel-now"), "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 30}}]}
+    engine.register(wf)
+    ids = []
+    for _ in range(10):
+        status, body = engine.start_execution(wf["id"])
+        assert status == 202, body
+        status, cancelled = call("POST", f"{engine.url}/api/executions/{body['id']}/cancel")
+        assert status == 202, cancelled
+        ids.append(body["id"])
+    for execution_id in ids:
+        assert engine.wait_status(execution_id, timeout=20)["status"] == "cancelled"
+
+
 def test_wait_query_returns_the_finished_execution(engine: EngineProcess) -> None:
     wf = {
         "id": wid("sync"),
