@@ -59,7 +59,10 @@ class Engine:
         )
         self.pools = TaskPools(settings)
         stepper = Stepper(
-            self.registry, decider_config(self.registry, settings), pool_exists=self.pools.exists
+            self.registry,
+            decider_config(self.registry, settings),
+            pool_exists=self.pools.exists,
+            output_max_bytes=settings.node_output_max_bytes,
         )
         self.orchestrator = Orchestrator(settings, self.codec, stepper, self.metrics)
         self.executor = Executor(

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.dev.broker import free_port
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.topics import apply_topics, execution_partitions, max_message_bytes
@@ -249,6 +250,34 @@ async def read_events(
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 events.extend(codec.decode(r.value, ExecutionEvent) for r in records)
         return events
+    finally:
+        await consumer.stop()
+
+
+async def read_changelog_tail(bootstrap: str, topic: str) -> dict[str, ExecutionState | None]:
+    """The last committed value per key of the orchestrator's state changelog (``None``: a
+    tombstone)."""
+    codec = default_codec()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=max_message_bytes(),
+    )
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(execution_partitions())]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        latest: dict[str, bytes | None] = {}
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    latest[(r.key or b"").decode()] = r.value
+        return {k: codec.decode(v, ExecutionState) if v is not None else None for k, v in latest.items()}
     finally:
         await consumer.stop()
 

@@ -29,16 +29,22 @@ from linkflow_stream.kafka.records import ProducerRecord
 
 log = logging.getLogger(__name__)
 
-_LOST_OWNERSHIP = (
-    ProducerFenced,
-    InvalidProducerEpoch,
-    TransactionalIdAuthorizationFailed,
-    OutOfOrderSequenceNumber,
-)
+_LOST_OWNERSHIP = (ProducerFenced, InvalidProducerEpoch, TransactionalIdAuthorizationFailed)
+COMMIT_TIMEOUT_SECONDS = 30.0
+"""aiokafka retries a transactional request or an idempotent batch for as long as the broker is
+away; a commit still pending after this long leaves the producer in an unknown state."""
 
 
 class Fenced(KafkaError):  # type: ignore[misc]
     """Another instance holds this partition's transactional id now: stop writing for it."""
+
+    retriable = False
+
+
+class ProducerBroken(KafkaError):  # type: ignore[misc]
+    """This producer can commit nothing more (a sequence gap after a refused record, an abort
+    that failed, a commit that never ended): the partition must be claimed afresh, with a new
+    producer and its state read back, before it is decided again."""
 
     retriable = False
 
@@ -63,8 +69,9 @@ class TransactionalProducer(Protocol):
     ) -> None:
         """Write ``records`` and move ``group_id``'s ``offsets`` in one transaction.
 
-        Raises ``Fenced`` when ownership is lost and ``CommitFailed`` when the transaction was
-        aborted and may be tried again."""
+        Raises ``Fenced`` when ownership is lost, ``ProducerBroken`` when this producer can
+        commit nothing more, and ``CommitFailed`` when the transaction was aborted and may be
+        tried again."""
 
 
 class KafkaTransactionalProducer:
@@ -95,11 +102,23 @@ class KafkaTransactionalProducer:
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
+        try:
+            await asyncio.wait_for(self._commit(records, offsets, group_id), COMMIT_TIMEOUT_SECONDS)
+        except TimeoutError as exc:
+            raise ProducerBroken(
+                f"{self.transactional_id}: commit still pending after {COMMIT_TIMEOUT_SECONDS:g} s"
+            ) from exc
+
+    async def _commit(
+        self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
         producer = self._producer
         try:
             await producer.begin_transaction()
         except _LOST_OWNERSHIP as exc:
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        except Exception as exc:
+            raise ProducerBroken(f"{self.transactional_id}: cannot begin a transaction: {exc!r}") from exc
         futures: list[asyncio.Future[Any]] = []
         try:
             for r in records:
@@ -123,20 +142,27 @@ class KafkaTransactionalProducer:
         except _LOST_OWNERSHIP as exc:
             _settle(futures)
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        except OutOfOrderSequenceNumber as exc:
+            _settle(futures)
+            raise ProducerBroken(f"{self.transactional_id}: {exc!r}") from exc
         except Exception as exc:
             _settle(futures)
             await self._abort(exc)
+            if isinstance(exc, KafkaError) and not exc.retriable:
+                # A record refused for good: the sequence numbers it took are not given back, so
+                # this producer's next transaction would fail with a sequence gap.
+                raise ProducerBroken(f"{self.transactional_id}: a record was refused: {exc!r}") from exc
             raise CommitFailed(f"{self.transactional_id}: transaction aborted: {exc!r}") from exc
 
     async def _abort(self, cause: Exception) -> None:
-        """Abort after ``cause``. A producer that cannot even abort (fenced, or in a fatal
-        state after a refused produce) is of no more use: that is reported as ``Fenced``, so the
-        partition is dropped and claimed afresh if the group gives it back."""
+        """Abort after ``cause``; a producer that cannot even abort is of no more use."""
         log.warning("%s: aborting transaction after %r", self.transactional_id, cause)
         try:
             await self._producer.abort_transaction()
+        except _LOST_OWNERSHIP as exc:
+            raise Fenced(f"{self.transactional_id}: {exc}") from exc
         except Exception as exc:
-            raise Fenced(f"{self.transactional_id}: cannot abort ({exc!r}) after {cause!r}") from exc
+            raise ProducerBroken(f"{self.transactional_id}: cannot abort ({exc!r}) after {cause!r}") from exc
 
 
 def _settle(futures: list[asyncio.Future[Any]]) -> None:

@@ -35,10 +35,11 @@ from linkflow_stream.kafka.transactions import (
     CommitFailed,
     Fenced,
     KafkaTransactionalProducer,
+    ProducerBroken,
     TransactionalProducer,
 )
 from linkflow_stream.runtime.metrics import Metrics
-from linkflow_stream.runtime.partition import BatchReport, Partition
+from linkflow_stream.runtime.partition import BatchReport, InputGap, Partition
 from linkflow_stream.runtime.restore import committed_positions, read_changelog
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
@@ -61,12 +62,29 @@ CLAIM_RETRY_SECONDS = 2.0
 """A partition that could not be claimed (broker away, changelog unreadable) is tried again
 this often while the group keeps it assigned here."""
 UNHEALTHY_AFTER_SECONDS = 2.0
-"""Failing to commit for this long turns the readiness probe to 503."""
+"""Failing to commit, or a commit pending, for this long turns the readiness probe to 503."""
+MAX_STRIKES = BATCH_RETRIES + RECORD_RETRIES
+"""Failed tries, across batches and re-claims, after which an input goes to the DLQ."""
+CLAIM_TIMEOUT_SECONDS = 60.0
+"""Longest a claim (fence, read the changelog, read the positions) may take before it is tried
+again; the client calls behind it retry for as long as the broker is away."""
+
+
+LOOP = -1
+"""The fetch loop's own key in the failure bookkeeping (partitions are 0..n-1)."""
+
+
+class Abandon(Exception):
+    """The batch was not committed and must not be followed by the next one: the partition is
+    read again from its committed position (or is no longer this instance's)."""
+
+
+def _key(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
+    return (record.topic, record.partition, record.offset)
 
 
 @dataclass
 class _Health:
-    failing_since: float | None = None
     last_error: str | None = None
 
 
@@ -105,6 +123,12 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._workers: dict[int, _Worker] = {}
         self._backlogged: set[int] = set()
         """Partitions paused in the consumer because their worker has a backlog."""
+        self._committing: dict[int, float] = {}
+        """When each partition's batch in flight began."""
+        self._failing: dict[int, float] = {}
+        """Since when each partition's batches have been failing."""
+        self._strikes: dict[tuple[str, int, int], int] = {}
+        """Failed tries per input (topic, partition, offset), until it commits or is dead-lettered."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -137,20 +161,24 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._task = asyncio.create_task(self._run(), name="orchestrator")
 
     async def stop(self) -> None:
+        """Finish the batches in flight, then leave the group (a sibling that took the
+        partitions over first would fence those batches)."""
         if self._task is not None:
-            async with self._lock:  # let the batch in flight commit or abort
+            async with self._lock:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        async with self._lock:
+            await asyncio.gather(*(self._release(n) for n in list(self.partitions)))
         if self._consumer is not None:
             await self._consumer.stop()
-        for number in list(self.partitions):
-            await self._release(number)
 
     def ready(self) -> bool:
-        """Every assigned partition claimed, and commits going through."""
-        failing = self.health.failing_since
-        committing = failing is None or self.clock() - failing < UNHEALTHY_AFTER_SECONDS
-        return self.started.is_set() and not self.unclaimed and committing
+        """Every assigned partition claimed, and no partition failing to commit or stuck in a
+        commit for ``UNHEALTHY_AFTER_SECONDS``."""
+        now = self.clock()
+        since = [*self._failing.values(), *self._committing.values()]
+        stuck = any(now - t >= UNHEALTHY_AFTER_SECONDS for t in since)
+        return self.started.is_set() and not self.unclaimed and not stuck
 
     # -- rebalance ----------------------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -179,15 +207,19 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self._consumer
         assert consumer is not None
         tps = self._input_partitions(number)
-        consumer.pause(*tps)
         self.unclaimed.add(number)
         producer = self.producer_factory(number)
         try:
-            await producer.start()
-            states = await read_changelog(
-                self.settings.bootstrap_servers, self.settings.topic(topic_names.STATE), number, self.codec
-            )
-            positions = await committed_positions(consumer, tps)
+            consumer.pause(*tps)
+            async with asyncio.timeout(CLAIM_TIMEOUT_SECONDS):
+                await producer.start()
+                states = await read_changelog(
+                    self.settings.bootstrap_servers,
+                    self.settings.topic(topic_names.STATE),
+                    number,
+                    self.codec,
+                )
+                positions = await committed_positions(consumer, tps)
         except Exception:
             log.exception("could not claim partition %d; its inputs wait, paused, for the next try", number)
             self._claim_retry_at = self.clock() + CLAIM_RETRY_SECONDS
@@ -246,6 +278,14 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._release(number)
         self._must_rejoin = True
 
+    async def _broken(self, number: int, exc: Exception) -> None:
+        """This partition's producer (or memory) can no longer be trusted: forget the partition
+        and claim it again, still ours, with a new producer and its state read back."""
+        log.warning("partition %d: %s; claiming it afresh", number, exc)
+        await self._release(number)
+        self.unclaimed.add(number)
+        self._claim_retry_at = 0.0
+
     async def _rejoin(self) -> None:
         """Forget every partition and join the group again: it hands out partitions afresh, and
         each one given back is claimed (fenced, restored) like any other."""
@@ -270,7 +310,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 raise
             except Exception as exc:
                 log.exception("orchestrator loop failed; going on in %.1fs", delay)
-                self.record_failure(exc)
+                self.record_failure(LOOP, exc)
                 await self._rewind()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
@@ -292,6 +332,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp, offset in partition.positions.items():
             with contextlib.suppress(Exception):
                 consumer.seek(tp, offset)
+        if number in self._backlogged:
+            assigned = consumer.assignment()
+            consumer.resume(*(tp for tp in self._input_partitions(number) if tp in assigned))
+            self._backlogged.discard(number)
 
     async def _loop(self) -> None:
         """Fetch, and hand each partition's records to its worker; a worker with a backlog has
@@ -301,6 +345,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         s = self.settings
         while True:
             batches = await consumer.getmany(timeout_ms=MAX_WAIT_MS, max_records=s.orchestrator_batch_max)
+            self._failing.pop(LOOP, None)
             async with self._lock:
                 await self._retry_claims()
                 for tp in sorted(batches, key=lambda tp: self._rank.get(tp.topic, 99)):
@@ -338,59 +383,89 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int
     ) -> None:
         """Commit one partition's batch, retrying aborted transactions with backoff. A batch
-        that keeps failing is split, and an input that fails alone is dead-lettered: nothing
-        retries forever, and no input is lost with its batch."""
-        if await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES) or len(records) <= 1:
-            return
-        log.warning(
-            "partition %d: batch of %d keeps failing; deciding its inputs one by one", number, len(records)
-        )
-        for record in records:
-            if number not in self.partitions:
+        that keeps failing is decided again one input at a time, and an input that keeps failing
+        alone is dead-lettered: nothing retries forever, and no input is lost with its batch.
+        Raises ``Abandon`` when the batch must be fetched again from the committed position."""
+        if not any(self._strikes.get(_key(r), 0) >= MAX_STRIKES for r in records):
+            if await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES):
                 return
-            if not await self._commit_with_retries(number, [record], now_ms, RECORD_RETRIES):
+            log.warning(
+                "partition %d: a batch of %d keeps failing; one input at a time", number, len(records)
+            )
+        for record in records:
+            if self._strikes.get(_key(record), 0) >= MAX_STRIKES or not await self._commit_with_retries(
+                number, [record], now_ms, RECORD_RETRIES
+            ):
                 await self._dead_letter_alone(number, record)
 
     async def _commit_with_retries(
         self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int, tries: int
     ) -> bool:
+        """True once committed; False after ``tries`` aborted transactions. Every other outcome
+        abandons the batch (``Abandon``): ownership lost or being revoked, a producer that must be
+        replaced, or an input gap."""
         delay = 0.1
         for attempt in range(1, tries + 1):
             partition = self.partitions.get(number)
             if partition is None or (self._revoking and attempt > 1):
-                return True  # not ours any more; the next owner decides these inputs
+                raise Abandon(f"partition {number} is being given up")
             started = time.perf_counter()
+            self._committing[number] = self.clock()
             try:
                 report = await partition.run_batch(records, now_ms)
             except Fenced as exc:
                 await self._lost(number, exc)
-                return True
+                raise Abandon(str(exc)) from exc
+            except ProducerBroken as exc:
+                self._strike(records)
+                await self._broken(number, exc)
+                raise Abandon(str(exc)) from exc
+            except InputGap as exc:
+                self.metrics.offset_gaps.labels(exc.topic, str(exc.partition)).inc()
+                log.exception("partition %d: reading it again from the committed position", number)
+                raise Abandon(str(exc)) from exc
             except Exception as exc:
                 if not isinstance(exc, CommitFailed):
                     log.exception("partition %d: deciding a batch failed", number)
-                self.record_failure(exc)
+                self._strike(records)
+                self.record_failure(number, exc)
                 log.warning("partition %d: try %d of %d failed: %s", number, attempt, tries, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
-            self.health.failing_since = None
+            finally:
+                self._committing.pop(number, None)
+            self._failing.pop(number, None)
+            for record in records:
+                self._strikes.pop(_key(record), None)
             self._observe(report, time.perf_counter() - started)
             return True
         return False
 
-    def record_failure(self, exc: Exception) -> None:
+    def _strike(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Count a failed try against each input; the count survives a re-claim, so an input
+        that breaks every transaction it is in ends in the DLQ, not in a loop."""
+        for record in records:
+            self._strikes[_key(record)] = self._strikes.get(_key(record), 0) + 1
+
+    def record_failure(self, number: int, exc: Exception) -> None:
         self.metrics.commit_failures.inc()
-        if self.health.failing_since is None:
-            self.health.failing_since = self.clock()
+        self._failing.setdefault(number, self.clock())
         self.health.last_error = str(exc)
 
     async def _dead_letter_alone(self, number: int, record: ConsumerRecord[bytes, bytes]) -> None:
         """The last resort for an input whose transaction cannot commit: its dead letter and
-        its offset, in a transaction of their own."""
+        its offset, in a transaction of their own. If even that fails, the batch is abandoned
+        and read again (the input keeps its strikes)."""
         partition = self.partitions.get(number)
         if partition is None:
-            return
+            raise Abandon(f"partition {number} is being given up")
         tp = TopicPartition(record.topic, record.partition)
+        expected = partition.positions.get(tp, record.offset)
+        if record.offset < expected:
+            return  # decided already
+        if record.offset > expected:
+            raise Abandon(f"{tp.topic}[{tp.partition}]: cannot dead-letter {record.offset} before {expected}")
         letter = dead_letter_record(
             record, "its transaction failed repeatedly", self.settings.topic(topic_names.DLQ)
         )
@@ -398,11 +473,15 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             await partition.producer.commit([letter], {tp: record.offset + 1}, self.group_id)
         except Fenced as exc:
             await self._lost(number, exc)
-            return
+            raise Abandon(str(exc)) from exc
+        except ProducerBroken as exc:
+            await self._broken(number, exc)
+            raise Abandon(str(exc)) from exc
         except CommitFailed as exc:
-            self.record_failure(exc)
-            return  # the broker is away: the input stays uncommitted and is fetched again
+            self.record_failure(number, exc)
+            raise Abandon(str(exc)) from exc
         partition.positions[tp] = record.offset + 1
+        self._strikes.pop(_key(record), None)
         self.metrics.dlq.labels(record.topic.removeprefix(self.settings.topic_prefix)).inc()
 
     def _observe(self, report: BatchReport, seconds: float) -> None:
@@ -417,8 +496,6 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             m.dlq.labels(topic).inc()
         for kind in report.orphans:
             m.orphans.labels(kind).inc()
-        for topic, partition in report.gaps:
-            m.offset_gaps.labels(topic, str(partition)).inc()
         for lag in report.input_lags:
             m.input_lag.observe(lag)
 
@@ -456,9 +533,10 @@ class _Worker:
 
     async def _run(self) -> None:
         orch = self.orchestrator
+        partition = orch.partitions.get(self.number)
         batch_max = orch.settings.orchestrator_batch_max
         delay = 0.1
-        while (partition := orch.partitions.get(self.number)) is not None:
+        while partition is not None and orch.partitions.get(self.number) is partition:
             now_ms = orch.now_ms()
             wake_ms = partition.next_wakeup_ms()
             if not self.pending and (wake_ms is None or wake_ms > now_ms):
@@ -468,10 +546,13 @@ class _Worker:
             async with self.busy:
                 try:
                     await orch.run_partition(self.number, records, orch.now_ms())
+                except Abandon:
+                    # Nothing of this batch committed: read it again from the committed position.
+                    orch.rewind_partition(self.number)
+                    continue
                 except Exception as exc:
-                    # Nothing of this batch committed: fetch it again from the committed position.
                     log.exception("partition %d: batch failed; going on in %.1fs", self.number, delay)
-                    orch.record_failure(exc)
+                    orch.record_failure(self.number, exc)
                     orch.rewind_partition(self.number)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF_SECONDS)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import from_millis, to_millis
@@ -36,11 +37,22 @@ from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
-from linkflow_stream.kafka.transactions import Fenced, TransactionalProducer
+from linkflow_stream.kafka.transactions import ProducerBroken, TransactionalProducer
 from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.runtime.timers import TimerQueue
 
 log = logging.getLogger(__name__)
+
+
+class InputGap(Exception):
+    """Offsets jumped over a committed record: deciding past it would lose it. The batch is
+    dropped and the partition read again from its committed position."""
+
+    def __init__(self, topic: str, partition: int, expected: int, got: int) -> None:
+        super().__init__(f"input gap on {topic}[{partition}]: expected offset {expected}, got {got}")
+        self.topic = topic
+        self.partition = partition
+
 
 GapProbe = Callable[[TopicPartition, int, int], Awaitable[bool]]
 """``probe(tp, expected, got)``: True when no committed record lies between the two offsets
@@ -58,8 +70,6 @@ class BatchReport:
     """Kinds of inputs for executions this partition does not hold (finished long ago, unknown)."""
     stale: int = 0
     """Records below the committed position (a fetch from before a seek); not inputs."""
-    gaps: list[tuple[str, int]] = field(default_factory=list)
-    """(logical topic, partition) of every unexplained jump in input offsets."""
     records: int = 0
     tombstones: int = 0
     input_lags: list[float] = field(default_factory=list)
@@ -75,6 +85,8 @@ class _Staged:
     changelog: dict[str, ProducerRecord] = field(default_factory=dict)
     """The encoded new state of each changed execution (encoded once, when checked)."""
     records: list[ProducerRecord] = field(default_factory=list)
+    expiring: list[tuple[int, str]] = field(default_factory=list)
+    """Expiry entries taken for this batch; put back if it does not commit."""
     report: BatchReport = field(default_factory=BatchReport)
 
 
@@ -139,8 +151,9 @@ class Partition:
     # -- a batch ----------------------------------------------------------------------------------
     async def run_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int) -> BatchReport:
         """Decide ``records`` (in offset order per topic-partition) plus the timers and expiries
-        due at ``now_ms``, and commit it all in one transaction. Raises what the producer raises
-        (``Fenced``, ``CommitFailed``); then nothing was applied."""
+        due at ``now_ms``, and commit it all in one transaction. Raises ``InputGap`` or what the
+        producer raises (``Fenced``, ``ProducerBroken``, ``CommitFailed``); then nothing was
+        applied."""
         staged = _Staged()
         offsets: dict[TopicPartition, int] = {}
         for record in records:
@@ -150,14 +163,7 @@ class Partition:
                 staged.report.stale += 1
                 continue
             if record.offset > expected and not await self._explained(tp, expected, record.offset):
-                staged.report.gaps.append((self._inputs.get(tp.topic, tp.topic), tp.partition))
-                log.error(
-                    "input gap on %s[%d]: expected offset %d, got %d",
-                    tp.topic,
-                    tp.partition,
-                    expected,
-                    record.offset,
-                )
+                raise InputGap(self._inputs.get(tp.topic, tp.topic), tp.partition, expected, record.offset)
             offsets[tp] = record.offset + 1
             await self._decide_record(staged, record)
         for timer in self.timers.due(now_ms):
@@ -177,7 +183,12 @@ class Partition:
         if not staged.records and not offsets:
             return staged.report
         started = time.perf_counter()
-        await self.producer.commit(staged.records, offsets, self.group_id)
+        try:
+            await self.producer.commit(staged.records, offsets, self.group_id)
+        except BaseException:
+            for entry in staged.expiring:  # not tombstoned after all: due again next time
+                heapq.heappush(self._expiry, entry)
+            raise
         staged.report.commit_seconds = time.perf_counter() - started
         try:
             self.positions.update(offsets)
@@ -190,7 +201,9 @@ class Partition:
                 self._drop(execution_id)
         except Exception as exc:
             # Memory no longer matches what committed: only a fresh claim can set it right.
-            raise Fenced(f"partition {self.number}: applying a committed batch failed: {exc!r}") from exc
+            raise ProducerBroken(
+                f"partition {self.number}: applying a committed batch failed: {exc!r}"
+            ) from exc
         return staged.report
 
     async def _explained(self, tp: TopicPartition, expected: int, got: int) -> bool:
@@ -201,10 +214,11 @@ class Partition:
         """Finished runs past their time to live, to tombstone in this batch."""
         out = []
         while self._expiry and self._expiry[0][0] <= now_ms:
-            _, execution_id = heapq.heappop(self._expiry)
-            state = self.states.get(execution_id)
-            if state is not None and state.status.terminal and execution_id not in staged.states:
-                out.append(execution_id)
+            entry = heapq.heappop(self._expiry)
+            staged.expiring.append(entry)
+            state = self.states.get(entry[1])
+            if state is not None and state.status.terminal and entry[1] not in staged.states:
+                out.append(entry[1])
         return out
 
     async def _decide_record(self, staged: _Staged, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -255,6 +269,8 @@ class Partition:
                 )
                 step = await self.stepper.step(state, failed, now)
                 encoded = self._encode_all(step)
+        except (KafkaError, OSError):
+            raise  # the broker or the network, not the input: the batch is tried again
         except Exception as exc:
             log.exception("input for %s could not be decided", execution_id)
             reason = f"{type(exc).__name__}: {exc}"

@@ -8,6 +8,7 @@ happens here; the orchestrator commits the outputs and the new state in one tran
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,11 +46,14 @@ class Stepper:
         registry: Mapping[str, NodeExecutor],
         config: DeciderConfig,
         pool_exists: Callable[[str], Awaitable[bool]] | None = None,
+        output_max_bytes: int = 1024 * 1024,
     ) -> None:
         self.registry = registry
         self.config = config
         self.pool_exists = pool_exists
         """Whether a pool's task topic exists: a task for a pool without one fails its node."""
+        self.output_max_bytes = output_max_bytes
+        """The cap on an inline node's output, as the executor caps a task's."""
 
     async def step(self, state: ExecutionState | None, inp: Input, now: datetime) -> Step:
         step = Step(state)
@@ -175,10 +179,23 @@ class Stepper:
         data = state.node_inputs()
         try:
             config = self._config(node, data, now=now, seed=seed)
-            output = await self.registry[node.type].execute(ctx, config, data)
-            return _result(state, event, now, output=map_output(node, output, data, now=now, seed=seed))
+            output = map_output(
+                node, await self.registry[node.type].execute(ctx, config, data), data, now=now, seed=seed
+            )
+            return _result(state, event, now, output=self._capped(output))
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
+
+    def _capped(self, output: Any) -> Any:
+        """``output``, or ``resource_limit`` when it is over the node output cap."""
+        size = len(json.dumps(output, separators=(",", ":"), default=str))
+        if size > self.output_max_bytes:
+            raise NodeFailure(
+                "resource_limit",
+                f"output of {size} bytes is over the {self.output_max_bytes}-byte limit "
+                "(LINKFLOW_NODE_OUTPUT_MAX_BYTES)",
+            )
+        return output
 
 
 def _result(

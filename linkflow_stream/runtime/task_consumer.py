@@ -72,6 +72,17 @@ class TaskConsumer:
             await self._consumer.stop()
 
     async def _run(self) -> None:
+        """Kept alive: an error is logged and the loop goes on (a task it skipped costs a lease)."""
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("task consumer failed; going on in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         while True:

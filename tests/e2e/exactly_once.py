@@ -2,7 +2,9 @@
 
 Read as a ``read_committed`` reader (every view, the executor and replay read so): no two
 records share (execution, seq); seqs run 1..n with no gap; there is exactly one terminal event
-and nothing after it; and folding the log gives the run the API reports.
+and nothing after it; folding the log gives the run the API reports; and the orchestrator's
+committed state changelog ends, for each execution, in that same state (or in a tombstone once
+the finished run was forgotten), so no stale state from a former owner survives.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable
 
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.state import ExecutionState, evolve
-from linkflow_stream.dev.testing import EngineProcess, read_events
+from linkflow_stream.dev.testing import EngineProcess, read_changelog_tail, read_events
 
 TERMINAL = {EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED}
 
@@ -46,4 +48,17 @@ def assert_exactly_once(engine: EngineProcess, ids: Iterable[str]) -> dict[str, 
             state = evolve(state, event)
         assert state is not None
         states[execution_id] = state
+    changelog = asyncio.run(
+        read_changelog_tail(engine.bootstrap, f"{engine.prefix}linkflow.state.executions")
+    )
+    for execution_id, state in states.items():
+        stored = changelog.get(execution_id, "missing")
+        if stored is None:
+            continue  # tombstoned: finished and forgotten
+        assert stored != "missing", f"{execution_id}: no state in the changelog"
+        assert isinstance(stored, ExecutionState)
+        assert (stored.seq, stored.status) == (state.seq, state.status), (
+            f"{execution_id}: the changelog ends at seq {stored.seq} ({stored.status}), the events at "
+            f"{state.seq} ({state.status})"
+        )
     return states

@@ -5,6 +5,7 @@ when each engine stops)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
+from linkflow_stream.kafka.partitioning import partition_for
+from linkflow_stream.kafka.topics import execution_partitions
 from tests.e2e.exactly_once import assert_exactly_once
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +27,20 @@ SLOW = "$sum([1..20000].($ * 2))"
 
 def wid(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+def partition_of(execution_id: str) -> int:
+    return partition_for(execution_id.encode(), execution_partitions())
+
+
+def owned_partitions(engine: EngineProcess) -> set[int]:
+    """The partitions ``engine`` holds now, from its log of claims and releases."""
+    owned: set[int] = set()
+    for line in engine.log_path.read_text(errors="replace").splitlines():
+        if match := re.search(r"(claimed|released) partition (\d+)", line):
+            number = int(match.group(2))
+            (owned.add if match.group(1) == "claimed" else owned.discard)(number)
+    return owned
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -138,6 +155,9 @@ def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
         for execution_id in [e for ids in started.values() for e in ids]:
             assert a.get(execution_id)["status"] == "running", a.get(execution_id)
         wait_until(lambda: len(target.hits(flaky)) >= 4, 10, "the first attempts of the retried calls")
+        owned_by_a = owned_partitions(a)
+        on_a = [e for ids in started.values() for e in ids if partition_of(e) in owned_by_a]
+        assert on_a, f"no run lives on a's partitions {owned_by_a}: the kill would prove nothing"
         a.kill()
         done = {e: b.wait_status(e, timeout=90) for ids in started.values() for e in ids}
         for i, execution_id in enumerate(started["waits"]):

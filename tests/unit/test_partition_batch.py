@@ -1,6 +1,7 @@
 """The orchestrator's batch loop without Kafka: a fake transactional producer stands in for the
-broker, and records are built by hand. The same loop runs on the real broker in
-tests/integration/test_orchestrator_transactions.py."""
+broker, and records are built by hand. The same loop runs on the real broker in the e2e tests
+(tests/e2e/test_takeover.py, test_crash_recovery.py) and its producer in
+tests/integration/test_transactions.py."""
 
 from __future__ import annotations
 
@@ -19,16 +20,18 @@ from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.records import ProducerRecord
-from linkflow_stream.kafka.transactions import CommitFailed, Fenced
+from linkflow_stream.kafka.transactions import CommitFailed, Fenced, ProducerBroken
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import (
     BATCH_RETRIES,
+    MAX_STRIKES,
     RECORD_RETRIES,
     UNHEALTHY_AFTER_SECONDS,
+    Abandon,
     Orchestrator,
 )
-from linkflow_stream.runtime.partition import Partition
+from linkflow_stream.runtime.partition import InputGap, Partition
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
 
@@ -258,14 +261,16 @@ async def test_records_below_the_position_are_stale_and_a_jump_is_a_gap_unless_e
             start_record(0, TRANSFORM, "e0"),
             start_record(1, TRANSFORM, "e1"),
             start_record(3, TRANSFORM, "e3"),
-            start_record(6, TRANSFORM, "e6"),
         ],
         T0,
     )
     assert report.stale == 1 and "e0" not in p.states
-    assert explained == [(2, 3), (4, 6)]
-    assert report.gaps == [(REQUESTS.topic, 0)]
-    assert p.positions[REQUESTS] == 7
+    assert explained == [(2, 3)]
+    assert p.positions[REQUESTS] == 4 and {"e1", "e3"} <= set(p.states)
+    with pytest.raises(InputGap):  # offsets 4 and 5 hold committed records: never decided past
+        await p.run_batch([start_record(6, TRANSFORM, "e6")], T0)
+    assert explained[-1] == (4, 6)
+    assert p.positions[REQUESTS] == 4 and "e6" not in p.states and len(producer.committed) == 1
 
 
 async def test_a_task_for_a_pool_without_a_topic_fails_its_node_with_resource_limit() -> None:
@@ -325,7 +330,8 @@ async def test_the_loop_retries_an_aborted_batch_and_counts_the_failures(
     assert producer.attempts == 3
     assert orch.partitions[0].states["e1"].status is ExecutionStatus.SUCCESS
     assert orch.metrics.registry.get_sample_value("linkflow_orchestrator_commit_failures_total") == 2
-    assert orch.health.failing_since is None
+    assert orch.ready() or not orch.started.is_set()
+    assert orch._failing == {} and orch._strikes == {}
 
 
 async def test_a_batch_that_keeps_failing_is_split_and_an_input_that_fails_alone_is_dead_lettered(
@@ -358,8 +364,8 @@ async def test_readiness_turns_503_while_the_orchestrator_cannot_commit(
     orch.clock = lambda: clock[0]
     orch.started.set()
     assert orch.ready()
-    await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, BATCH_RETRIES)
-    assert orch.health.failing_since == 1000.0
+    assert not await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, BATCH_RETRIES)
+    assert orch._failing == {0: 1000.0}
     assert orch.ready(), "a short failure is no reason to take the instance out"
     clock[0] += UNHEALTHY_AFTER_SECONDS
     assert not orch.ready()
@@ -428,3 +434,73 @@ async def test_a_partition_that_cannot_be_claimed_waits_paused_and_is_claimed_on
     await orch._retry_claims()
     assert 0 in orch.partitions and not orch.unclaimed and orch.ready()
     assert consumer.paused == set() and set(consumer.seeks.values()) == {7}
+
+
+async def test_a_single_input_that_keeps_failing_is_dead_lettered_not_skipped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES)
+    orch = orchestrator_with(producer)
+    await orch.run_partition(0, [start_record(0, TRANSFORM, "e1")], T0)
+    assert [r.key for r in producer.records(topic_names.DLQ)] == [b"e1"]
+    assert orch.partitions[0].positions[REQUESTS] == 1
+    await orch.run_partition(0, [start_record(1, TRANSFORM, "e2")], T0)
+    assert "e2" in orch.partitions[0].states
+    assert [offsets for _, offsets in producer.committed] == [{REQUESTS: 1}, {REQUESTS: 2}]
+
+
+async def test_a_batch_abandoned_while_revoking_is_not_followed_by_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = FakeProducer(fail=1)
+    orch = orchestrator_with(producer)
+    orch._revoking = True
+    with pytest.raises(Abandon):
+        await orch.run_partition(0, [start_record(0, TRANSFORM, "e1")], T0)
+    assert producer.committed == [] and orch.partitions[0].positions[REQUESTS] == 0
+
+
+class BrokenOnceProducer(FakeProducer):
+    """A producer whose first commit leaves it unusable (a refused record's sequence gap)."""
+
+    async def commit(
+        self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
+    ) -> None:
+        if self.fail:
+            self.fail -= 1
+            self.attempts += 1
+            raise ProducerBroken("sequence gap")
+        await super().commit(records, offsets, group_id)
+
+
+async def test_a_broken_producer_is_replaced_by_claiming_the_partition_again_and_strikes_survive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = BrokenOnceProducer(fail=MAX_STRIKES)
+    orch = orchestrator_with(producer)
+    batch = [start_record(0, TRANSFORM, "e1")]
+    for _ in range(MAX_STRIKES):
+        with pytest.raises(Abandon):
+            await orch.run_partition(0, batch, T0)
+        assert 0 not in orch.partitions and orch.unclaimed == {0}, "released, to be claimed afresh"
+        orch.partitions[0] = partition(producer)  # what the claim does, without Kafka
+        orch.unclaimed.clear()
+    # every try broke the producer: the input has its strikes and goes to the DLQ alone
+    await orch.run_partition(0, batch, T0)
+    assert [r.key for r in producer.records(topic_names.DLQ)] == [b"e1"]
+    assert orch._strikes == {}
+
+
+async def test_expiries_of_a_batch_that_did_not_commit_are_due_again() -> None:
+    producer = FakeProducer()
+    p = partition(producer, ttl=10)
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    producer.fail = 1
+    with pytest.raises(CommitFailed):
+        await p.run_batch([], T0 + 10_000)
+    assert p.next_wakeup_ms() == T0 + 10_000 and "e1" in p.states
+    await p.run_batch([], T0 + 10_000)
+    assert p.states == {}
