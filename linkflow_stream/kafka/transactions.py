@@ -44,9 +44,16 @@ class Fenced(KafkaError):  # type: ignore[misc]
 class ProducerBroken(KafkaError):  # type: ignore[misc]
     """This producer can commit nothing more (a sequence gap after a refused record, an abort
     that failed, a commit that never ended): the partition must be claimed afresh, with a new
-    producer and its state read back, before it is decided again."""
+    producer and its state read back, before it is decided again.
+
+    ``input_fault`` tells whether a record of the batch caused it (the broker refused it), as
+    opposed to the broker being away: only the former counts against the batch's inputs."""
 
     retriable = False
+
+    def __init__(self, message: str, *, input_fault: bool = False) -> None:
+        super().__init__(message)
+        self.input_fault = input_fault
 
 
 class CommitFailed(KafkaError):  # type: ignore[misc]
@@ -144,14 +151,16 @@ class KafkaTransactionalProducer:
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
         except OutOfOrderSequenceNumber as exc:
             _settle(futures)
-            raise ProducerBroken(f"{self.transactional_id}: {exc!r}") from exc
+            raise ProducerBroken(f"{self.transactional_id}: {exc!r}", input_fault=True) from exc
         except Exception as exc:
             _settle(futures)
             await self._abort(exc)
             if isinstance(exc, KafkaError) and not exc.retriable:
                 # A record refused for good: the sequence numbers it took are not given back, so
                 # this producer's next transaction would fail with a sequence gap.
-                raise ProducerBroken(f"{self.transactional_id}: a record was refused: {exc!r}") from exc
+                raise ProducerBroken(
+                    f"{self.transactional_id}: a record was refused: {exc!r}", input_fault=True
+                ) from exc
             raise CommitFailed(f"{self.transactional_id}: transaction aborted: {exc!r}") from exc
 
     async def _abort(self, cause: Exception) -> None:

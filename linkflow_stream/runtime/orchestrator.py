@@ -401,10 +401,14 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _commit_with_retries(
         self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int, tries: int
     ) -> bool:
-        """True once committed; False after ``tries`` aborted transactions. Every other outcome
-        abandons the batch (``Abandon``): ownership lost or being revoked, a producer that must be
-        replaced, or an input gap."""
+        """True once committed; False after ``tries`` failed transactions of which at least one
+        was the inputs' fault (a record refused, a bug in deciding): the caller narrows the batch
+        down. Failures that are the broker's (away, timing out) never count against the inputs:
+        after ``tries`` of those, and on every other outcome (ownership lost or being revoked, a
+        producer to replace, an input gap), the batch is abandoned (``Abandon``) and read again
+        from the committed position later."""
         delay = 0.1
+        faulted = False
         for attempt in range(1, tries + 1):
             partition = self.partitions.get(number)
             if partition is None or (self._revoking and attempt > 1):
@@ -417,7 +421,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._lost(number, exc)
                 raise Abandon(str(exc)) from exc
             except ProducerBroken as exc:
-                self._strike(records)
+                if exc.input_fault:
+                    self._strike(records)
+                self.record_failure(number, exc)
                 await self._broken(number, exc)
                 raise Abandon(str(exc)) from exc
             except InputGap as exc:
@@ -427,7 +433,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             except Exception as exc:
                 if not isinstance(exc, CommitFailed):
                     log.exception("partition %d: deciding a batch failed", number)
-                self._strike(records)
+                    self._strike(records)
+                    faulted = True
                 self.record_failure(number, exc)
                 log.warning("partition %d: try %d of %d failed: %s", number, attempt, tries, exc)
                 await asyncio.sleep(delay)
@@ -440,6 +447,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 self._strikes.pop(_key(record), None)
             self._observe(report, time.perf_counter() - started)
             return True
+        if not faulted:
+            raise Abandon(f"partition {number}: the broker keeps failing the transaction")
         return False
 
     def _strike(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:

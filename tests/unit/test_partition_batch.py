@@ -47,6 +47,8 @@ class FakeProducer:
     """Commits what it is given, unless told to fail the next ``fail`` commits."""
 
     fail: int = 0
+    """Fail this many commits, with ``failure()``: by default the broker's fault."""
+    failure: Any = lambda: CommitFailed("broker away")
     fenced: bool = False
     committed: list[tuple[list[ProducerRecord], dict[TopicPartition, int]]] = field(default_factory=list)
     attempts: int = 0
@@ -65,7 +67,7 @@ class FakeProducer:
             raise Fenced("another owner")
         if self.fail:
             self.fail -= 1
-            raise CommitFailed("broker away")
+            raise self.failure()
         self.committed.append((list(records), dict(offsets)))
 
     def records(self, topic: str) -> list[ProducerRecord]:
@@ -73,6 +75,11 @@ class FakeProducer:
 
     def events(self) -> list[ExecutionEvent]:
         return [CODEC.decode(r.value, ExecutionEvent) for r in self.records(topic_names.EVENTS)]
+
+
+def refused() -> Exception:
+    """A failure that is the batch's fault (a bug in deciding, a record the broker refuses)."""
+    return ValueError("a record of this batch is refused")
 
 
 def stepper(**kwargs: Any) -> Stepper:
@@ -338,7 +345,7 @@ async def test_a_batch_that_keeps_failing_is_split_and_an_input_that_fails_alone
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
-    producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES)
+    producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES, failure=refused)
     orch = orchestrator_with(producer)
     await orch.run_partition(0, [start_record(0, TRANSFORM, "e1"), start_record(1, TRANSFORM, "e2")], T0)
     # the whole batch failed BATCH_RETRIES times, then e1 alone RECORD_RETRIES times: e1 is
@@ -364,8 +371,9 @@ async def test_readiness_turns_503_while_the_orchestrator_cannot_commit(
     orch.clock = lambda: clock[0]
     orch.started.set()
     assert orch.ready()
-    assert not await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, BATCH_RETRIES)
-    assert orch._failing == {0: 1000.0}
+    with pytest.raises(Abandon):  # the broker's fault: read again later, never dead-lettered
+        await orch._commit_with_retries(0, [start_record(0, TRANSFORM)], T0, BATCH_RETRIES)
+    assert orch._failing == {0: 1000.0} and orch._strikes == {}
     assert orch.ready(), "a short failure is no reason to take the instance out"
     clock[0] += UNHEALTHY_AFTER_SECONDS
     assert not orch.ready()
@@ -440,7 +448,7 @@ async def test_a_single_input_that_keeps_failing_is_dead_lettered_not_skipped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
-    producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES)
+    producer = FakeProducer(fail=BATCH_RETRIES + RECORD_RETRIES, failure=refused)
     orch = orchestrator_with(producer)
     await orch.run_partition(0, [start_record(0, TRANSFORM, "e1")], T0)
     assert [r.key for r in producer.records(topic_names.DLQ)] == [b"e1"]
@@ -471,7 +479,7 @@ class BrokenOnceProducer(FakeProducer):
         if self.fail:
             self.fail -= 1
             self.attempts += 1
-            raise ProducerBroken("sequence gap")
+            raise ProducerBroken("sequence gap", input_fault=True)
         await super().commit(records, offsets, group_id)
 
 
@@ -504,3 +512,15 @@ async def test_expiries_of_a_batch_that_did_not_commit_are_due_again() -> None:
     assert p.next_wakeup_ms() == T0 + 10_000 and "e1" in p.states
     await p.run_batch([], T0 + 10_000)
     assert p.states == {}
+
+
+async def test_the_brokers_failures_never_dead_letter_an_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = FakeProducer(fail=10 * MAX_STRIKES)  # a long outage: CommitFailed all along
+    orch = orchestrator_with(producer)
+    batch = [start_record(0, TRANSFORM, "e1")]
+    while producer.fail:
+        with pytest.raises(Abandon):
+            await orch.run_partition(0, batch, T0)
+    await orch.run_partition(0, batch, T0)
+    assert producer.records(topic_names.DLQ) == [] and "e1" in orch.partitions[0].states
