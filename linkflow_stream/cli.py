@@ -28,7 +28,7 @@ def main() -> None:
     default="info",
     show_default=True,
     envvar="LINKFLOW_LOG_LEVEL",
-    help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL); Faust logs at info",
+    help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL); aiokafka and aiohttp log at warning",
 )
 def run(loglevel: str) -> None:
     """Run the engine (API, orchestrator, executor, views) in the foreground."""

@@ -165,7 +165,12 @@ def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
             assert done[execution_id]["nodes"]["out"]["output"] == i
         for execution_id in started["retries"]:
             assert done[execution_id]["status"] == "success", done[execution_id]
-            assert done[execution_id]["nodes"]["h"]["attempts"] >= 3  # two 503s, then 200
+            # two 503s, then 200; a call may repeat within one attempt when its task is delivered
+            # again after the kill (at-least-once), so count calls, not attempts
+            calls = [
+                r for r in target.hits(flaky) if r["headers"]["Idempotency-Key"].startswith(execution_id)
+            ]
+            assert len(calls) >= 3 and done[execution_id]["nodes"]["h"]["attempts"] >= 2
         for execution_id in started["extended"]:
             assert done[execution_id]["status"] == "success", "the extended deadline held across the takeover"
         for execution_id in started["kept"]:
