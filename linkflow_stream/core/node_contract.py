@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
@@ -91,3 +92,15 @@ class NodeExecutor(Protocol):
 
     async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
         """Run one attempt over ``data`` (``{"input", "nodes"}``); raise ``NodeFailure`` on failure."""
+
+
+def capped_output(output: Any, max_bytes: int) -> Any:
+    """``output``, or ``resource_limit`` when its JSON is over ``max_bytes``: one rule for task
+    outputs (the executor) and inline outputs (the orchestrator's step)."""
+    size = len(json.dumps(output, separators=(",", ":"), default=str))
+    if size > max_bytes:
+        raise NodeFailure(
+            "resource_limit",
+            f"output of {size} bytes is over the {max_bytes}-byte limit (LINKFLOW_NODE_OUTPUT_MAX_BYTES)",
+        )
+    return output

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
@@ -224,12 +224,11 @@ class EngineProcess:
         raise AssertionError(f"{execution_id} not in {statuses} after {timeout}s: {body}\n{self.log_tail()}")
 
 
-async def read_events(
+async def read_topic(
     bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
-) -> list[ExecutionEvent]:
-    """Every event on ``topic`` as a reader with ``isolation_level`` sees it, duplicates
-    included, in partition order."""
-    codec = default_codec()
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a co-partitioned ``topic`` as a reader with ``isolation_level`` sees
+    it, in partition order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -245,41 +244,31 @@ async def read_events(
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        events: list[ExecutionEvent] = []
+        out: list[ConsumerRecord[bytes, bytes]] = []
         while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                events.extend(codec.decode(r.value, ExecutionEvent) for r in records)
-        return events
+                out.extend(records)
+        return out
     finally:
         await consumer.stop()
+
+
+async def read_events(
+    bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
+) -> list[ExecutionEvent]:
+    """Every event on ``topic`` as a reader with ``isolation_level`` sees it, duplicates
+    included, in partition order."""
+    codec = default_codec()
+    records = await read_topic(bootstrap, topic, isolation_level=isolation_level)
+    return [codec.decode(r.value, ExecutionEvent) for r in records]
 
 
 async def read_changelog_tail(bootstrap: str, topic: str) -> dict[str, ExecutionState | None]:
     """The last committed value per key of the orchestrator's state changelog (``None``: a
     tombstone)."""
     codec = default_codec()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=max_message_bytes(),
-    )
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(execution_partitions())]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        latest: dict[str, bytes | None] = {}
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    latest[(r.key or b"").decode()] = r.value
-        return {k: codec.decode(v, ExecutionState) if v is not None else None for k, v in latest.items()}
-    finally:
-        await consumer.stop()
+    latest = {(r.key or b"").decode(): r.value for r in await read_topic(bootstrap, topic)}
+    return {k: codec.decode(v, ExecutionState) if v is not None else None for k, v in latest.items()}
 
 
 class _Handler(BaseHTTPRequestHandler):

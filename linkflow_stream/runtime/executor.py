@@ -9,7 +9,6 @@ activities). Cancellation arrives on the broadcast control topic.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
-from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure, capped_output
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.publisher import Publisher
 
@@ -83,14 +82,7 @@ class Executor:
                 output = await executor.execute(ctx, task.config, task.input)
         except TimeoutError as exc:
             raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
-        size = len(json.dumps(output, separators=(",", ":"), default=str))
-        if size > self.output_max_bytes:
-            raise NodeFailure(
-                "resource_limit",
-                f"output of {size} bytes is over the {self.output_max_bytes}-byte "
-                "limit (LINKFLOW_NODE_OUTPUT_MAX_BYTES)",
-            )
-        return output
+        return capped_output(output, self.output_max_bytes)
 
     async def _run(self, task: NodeTask) -> None:
         started = now()

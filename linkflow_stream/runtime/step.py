@@ -8,7 +8,6 @@ happens here; the orchestrator commits the outputs and the new state in one tran
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +18,13 @@ from linkflow_stream.core.decider import DeciderConfig, Input, decide
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.mapping import map_output, resolve_config
 from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
-from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeExecutor, NodeFailure
+from linkflow_stream.core.node_contract import (
+    ConfigError,
+    NodeContext,
+    NodeExecutor,
+    NodeFailure,
+    capped_output,
+)
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.core.workflow import NodeDefinition
@@ -182,20 +187,9 @@ class Stepper:
             output = map_output(
                 node, await self.registry[node.type].execute(ctx, config, data), data, now=now, seed=seed
             )
-            return _result(state, event, now, output=self._capped(output))
+            return _result(state, event, now, output=capped_output(output, self.output_max_bytes))
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
-
-    def _capped(self, output: Any) -> Any:
-        """``output``, or ``resource_limit`` when it is over the node output cap."""
-        size = len(json.dumps(output, separators=(",", ":"), default=str))
-        if size > self.output_max_bytes:
-            raise NodeFailure(
-                "resource_limit",
-                f"output of {size} bytes is over the {self.output_max_bytes}-byte limit "
-                "(LINKFLOW_NODE_OUTPUT_MAX_BYTES)",
-            )
-        return output
 
 
 def _result(
