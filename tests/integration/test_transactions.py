@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from linkflow_stream.kafka.gap_probe import explained_jump
 from linkflow_stream.kafka.records import ProducerRecord
-from linkflow_stream.kafka.transactions import Fenced, KafkaTransactionalProducer
+from linkflow_stream.kafka.transactions import Fenced, KafkaTransactionalProducer, ProducerBroken
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +110,30 @@ async def test_the_gap_probe_explains_markers_and_aborted_records_but_not_skips(
     assert b > a + 1, "a marker and an aborted record lie between a and b"
     assert await explained_jump(kafka, tp, a + 1, b), "a reader that saw a and then b skipped nothing"
     assert not await explained_jump(kafka, tp, a + 1, c), "a reader that saw a and then c skipped b"
+
+
+async def test_a_record_the_broker_refuses_breaks_the_producer_and_a_new_one_commits(kafka: str) -> None:
+    """A refused record takes idempotent sequence numbers that are never given back, so the same
+    producer's next transaction would fail: the error says the producer must be replaced, and
+    that it was the batch's fault."""
+    run = uuid.uuid4().hex[:8]
+    out, source = f"i{run}.small", f"i{run}.in"
+    await topics(kafka, out, source)  # the broker's default 1 MiB record limit
+    input_tp = TopicPartition(source, 0)
+    group = f"g{run}"
+    first = KafkaTransactionalProducer(kafka, f"t{run}", 4 * 1_048_576)
+    await first.start()
+    try:
+        with pytest.raises(ProducerBroken) as broken:
+            await first.commit([record(out, b"x" * 2_000_000)], {input_tp: 1}, group)
+        assert broken.value.input_fault
+    finally:
+        await first.stop()
+    second = KafkaTransactionalProducer(kafka, f"t{run}", 4 * 1_048_576)
+    await second.start()
+    try:
+        await second.commit([record(out, b"small")], {input_tp: 1}, group)
+    finally:
+        await second.stop()
+    assert [v for _, v in await read_all(kafka, out, "read_committed")] == [b"small"]
+    assert await committed_offset(kafka, group, input_tp) == 1

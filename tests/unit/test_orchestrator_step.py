@@ -185,3 +185,23 @@ def test_a_condition_on_a_missing_field_is_false_like_reference_jsonata() -> Non
     assert step.state is not None
     assert step.state.nodes["c"].output is False
     assert (step.state.status.value, step.state.nodes["small"].output) == ("success", "small")
+
+
+def test_an_inline_output_over_the_cap_fails_its_node_like_a_task_output() -> None:
+    settings = Settings()
+    registry = build_registry(settings)
+    stepper = Stepper(registry, decider_config(registry, settings), output_max_bytes=1024)
+    wf = parse_workflow(
+        {
+            "id": "wf",
+            "nodes": [{"id": "big", "type": "transform", "config": {"expression": "$pad('', 2000, 'x')"}}],
+        },
+        registry,
+        version=1,
+        created_at=NOW,
+    )
+    request = StartExecution(execution_id="e1", workflow=wf, input={}, requested_at=NOW)
+    step = asyncio.run(stepper.step(None, request, NOW))
+    assert step.state is not None and step.state.status.value == "failed"
+    error = step.state.nodes["big"].error
+    assert error is not None and error.error_class == "resource_limit" and "1024-byte limit" in error.message
