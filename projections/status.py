@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -122,6 +122,10 @@ def render_accepted(request: StartExecution) -> dict[str, Any]:
     )
 
 
+Reached = Callable[[ExecutionState], bool]
+_Waiter = tuple[Reached, "asyncio.Future[None]"]
+
+
 class StatusView:
     """Execution states by id, plus waiters for ``?wait=`` callers."""
 
@@ -130,7 +134,9 @@ class StatusView:
         self.accepted: dict[str, StartExecution] = {}
         self.applied = 0
         self.duplicates = 0
-        self._waiters: defaultdict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._waiters: defaultdict[
+            str, list[tuple[Callable[[ExecutionState], bool], asyncio.Future[None]]]
+        ] = defaultdict(list)
 
     def apply(self, event: ExecutionEvent) -> ExecutionState | None:
         before = self.executions.get(event.execution_id)
@@ -143,8 +149,10 @@ class StatusView:
         self.applied += 1
         self.executions[event.execution_id] = after
         self.accepted.pop(event.execution_id, None)
-        if after.status.terminal:
-            for fut in self._waiters.pop(event.execution_id, []):
+        waiters = self._waiters.get(event.execution_id)
+        if waiters:
+            for reached, fut in [w for w in waiters if w[0](after)]:
+                waiters.remove((reached, fut))
                 if not fut.done():
                     fut.set_result(None)
         return after
@@ -183,19 +191,32 @@ class StatusView:
 
     async def wait_terminal(self, execution_id: str, within: float) -> bool:
         """Wait until the execution ends; False if ``within`` seconds run out first."""
+        return await self._wait(execution_id, within, lambda s: s.status.terminal)
+
+    async def wait_started(self, execution_id: str, within: float) -> bool:
+        """Wait until the execution has events (its start was decided); False on timeout."""
+        return await self._wait(execution_id, within, lambda _s: True)
+
+    async def _wait(
+        self, execution_id: str, within: float, reached: Callable[[ExecutionState], bool]
+    ) -> bool:
         state = self.executions.get(execution_id)
-        if state is not None and state.status.terminal:
+        if state is not None and reached(state):
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[execution_id].append(fut)
+        waiter = (reached, fut)
+        self._waiters[execution_id].append(waiter)
         try:
             await asyncio.wait_for(fut, within)
         except TimeoutError:
             return False
         finally:
             waiters = self._waiters.get(execution_id)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
+            if waiters is not None:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[execution_id]
         return True
 
     def query(

@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.dev.broker import free_port
 from linkflow_stream.kafka.codec import default_codec
-from linkflow_stream.kafka.topics import apply_topics, execution_partitions, max_message_bytes
+from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.partitioning import partition_for
+from linkflow_stream.kafka.topics import apply_topics, execution_partitions
 from linkflow_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,19 +226,17 @@ class EngineProcess:
         raise AssertionError(f"{execution_id} not in {statuses} after {timeout}s: {body}\n{self.log_tail()}")
 
 
+def partition_of(execution_id: str) -> int:
+    """The partition number an execution lives on (requests, events, state and all)."""
+    return partition_for(execution_id.encode(), execution_partitions())
+
+
 async def read_topic(
     bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of a co-partitioned ``topic`` as a reader with ``isolation_level`` sees
     it, in partition order."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level=isolation_level,
-        max_partition_fetch_bytes=max_message_bytes(),
-    )
+    consumer = committed_reader(bootstrap, isolation_level=isolation_level)
     await consumer.start()
     try:
         await consumer.topics()

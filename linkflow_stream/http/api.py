@@ -39,7 +39,9 @@ MAX_WAIT_SECONDS = 300.0
 MAX_TIMEOUT = 30 * 86_400.0
 SYNC_SECONDS = 2.0
 START_WAIT_SECONDS = 10.0
-"""Longest a command to a run accepted a moment ago waits for the run to start."""
+"""Longest a command to a run accepted a moment ago waits for the run to start. A command is sent
+only once its run's start is decided: starts and commands travel on different topics, and a
+command decided before its run's start would find no run and be dropped."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 _STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
@@ -378,24 +380,12 @@ class Api:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
-        if not await self._decided(execution_id):
+        if not await self.d.status.wait_started(execution_id, START_WAIT_SECONDS):
             raise ConflictError(
                 f"execution {execution_id} was accepted but has not started within {START_WAIT_SECONDS:g} s; "
                 "try again"
             )
         await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
-
-    async def _decided(self, execution_id: str) -> bool:
-        """Whether the orchestrator has decided the run's start (its events are in the view),
-        waiting up to ``START_WAIT_SECONDS``. A command is sent only then: start requests and
-        commands travel on different topics, and a command decided before its run's start would
-        find no run and be dropped."""
-        deadline = asyncio.get_running_loop().time() + START_WAIT_SECONDS
-        while execution_id not in self.d.status.executions:
-            if asyncio.get_running_loop().time() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
 
     async def recover(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+
+from linkflow_stream.kafka.consumers import committed_reader
 
 
 async def explained_jump(bootstrap_servers: str, tp: TopicPartition, expected: int, got: int) -> bool:
     """True when no committed record has an offset in ``[expected, got)``."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
+    consumer = committed_reader(bootstrap_servers)
     await consumer.start()
     try:
         consumer.assign([tp])

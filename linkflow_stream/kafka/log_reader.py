@@ -12,22 +12,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.client import AIOKafkaClient
+
+from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.metadata import topic_partitions
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], None]
-
-
-async def topic_partitions(bootstrap_servers: str, topic: str) -> set[int]:
-    """The partition numbers of ``topic``, from a fresh metadata fetch (empty if it does not exist)."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
-    await client.bootstrap()
-    try:
-        metadata = await client.fetch_all_metadata()
-        return set(metadata.partitions_for_topic(topic) or ())
-    finally:
-        await client.close()
 
 
 class LogReader:
@@ -55,13 +46,7 @@ class LogReader:
         self._progress = asyncio.Event()
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-        )
+        consumer = committed_reader(self.bootstrap_servers)
         await consumer.start()
         self._consumer = consumer
         for topic in self.topics:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka.client import AIOKafkaClient
-
 from linkflow_stream.core import topic_names
+from linkflow_stream.kafka.metadata import cluster_metadata
 from linkflow_stream.settings import Settings
 
 FRESH_SECONDS = 10.0
@@ -45,12 +44,7 @@ class TaskPools:
 
     async def _refresh(self) -> None:
         async with self._lock:
-            client = AIOKafkaClient(bootstrap_servers=self.settings.bootstrap_servers)
-            await client.bootstrap()
-            try:
-                metadata = await client.fetch_all_metadata()
-            finally:
-                await client.close()
+            metadata = await cluster_metadata(self.settings.bootstrap_servers)
             self._known = frozenset(
                 t.removeprefix(self._prefix) for t in metadata.topics() if t.startswith(self._prefix)
             )

@@ -12,24 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
-
-
-class _Counts(Collector):
-    """Counters kept by other parts of the engine, read at scrape time."""
-
-    def __init__(self, read: Callable[[], Mapping[str, tuple[str, float]]]) -> None:
-        self.read = read
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        for name, (documentation, value) in self.read().items():
-            yield CounterMetricFamily(name, documentation, value=value)
 
 
 class _QueueDepth(Collector):
@@ -51,12 +40,9 @@ class Metrics:
     def __init__(
         self,
         active: Callable[[], int],
-        counts: Callable[[], Mapping[str, tuple[str, float]]] | None = None,
         queue_depth: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
-        if counts is not None:
-            self.registry.register(_Counts(counts))
         if queue_depth is not None:
             self.registry.register(_QueueDepth(queue_depth))
         r = self.registry

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -83,11 +83,6 @@ def _key(record: ConsumerRecord[bytes, bytes]) -> tuple[str, int, int]:
     return (record.topic, record.partition, record.offset)
 
 
-@dataclass
-class _Health:
-    last_error: str | None = None
-
-
 class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
     """The loop, its consumer and the partitions it owns."""
 
@@ -111,7 +106,6 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self.partitions: dict[int, Partition] = {}
         self.unclaimed: set[int] = set()
         """Assigned partition numbers not (yet) claimed: their inputs wait, paused."""
-        self.health = _Health()
         self.started = asyncio.Event()
         """Set once the first assignment has been claimed."""
         self._topics = [settings.topic(t) for t in INPUT_ORDER]
@@ -236,7 +230,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             topic=self.settings.topic,
             group_id=self.group_id,
             finished_ttl_seconds=self.settings.finished_state_ttl_seconds,
-            probe=self._probe_gap,
+            probe=functools.partial(explained_jump, self.settings.bootstrap_servers),
         )
         partition.load(states, positions)
         self.partitions[number] = partition
@@ -308,9 +302,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._loop()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception:
                 log.exception("orchestrator loop failed; going on in %.1fs", delay)
-                self.record_failure(LOOP, exc)
+                self.record_failure(LOOP)
                 await self._rewind()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
@@ -423,7 +417,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             except ProducerBroken as exc:
                 if exc.input_fault:
                     self._strike(records)
-                self.record_failure(number, exc)
+                self.record_failure(number)
                 await self._broken(number, exc)
                 raise Abandon(str(exc)) from exc
             except InputGap as exc:
@@ -435,7 +429,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     log.exception("partition %d: deciding a batch failed", number)
                     self._strike(records)
                     faulted = True
-                self.record_failure(number, exc)
+                self.record_failure(number)
                 log.warning("partition %d: try %d of %d failed: %s", number, attempt, tries, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
@@ -457,10 +451,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         for record in records:
             self._strikes[_key(record)] = self._strikes.get(_key(record), 0) + 1
 
-    def record_failure(self, number: int, exc: Exception) -> None:
+    def record_failure(self, number: int) -> None:
+        """Count a failed try; ``number`` (a partition, or ``LOOP``) is failing since its first."""
         self.metrics.commit_failures.inc()
         self._failing.setdefault(number, self.clock())
-        self.health.last_error = str(exc)
 
     async def _dead_letter_alone(self, number: int, record: ConsumerRecord[bytes, bytes]) -> None:
         """The last resort for an input whose transaction cannot commit: its dead letter and
@@ -487,7 +481,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._broken(number, exc)
             raise Abandon(str(exc)) from exc
         except CommitFailed as exc:
-            self.record_failure(number, exc)
+            self.record_failure(number)
             raise Abandon(str(exc)) from exc
         partition.positions[tp] = record.offset + 1
         self._strikes.pop(_key(record), None)
@@ -507,9 +501,6 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             m.orphans.labels(kind).inc()
         for lag in report.input_lags:
             m.input_lag.observe(lag)
-
-    async def _probe_gap(self, tp: TopicPartition, expected: int, got: int) -> bool:
-        return await explained_jump(self.settings.bootstrap_servers, tp, expected, got)
 
 
 class _Worker:
@@ -559,9 +550,9 @@ class _Worker:
                     # Nothing of this batch committed: read it again from the committed position.
                     orch.rewind_partition(self.number)
                     continue
-                except Exception as exc:
+                except Exception:
                     log.exception("partition %d: batch failed; going on in %.1fs", self.number, delay)
-                    orch.record_failure(self.number, exc)
+                    orch.record_failure(self.number)
                     orch.rewind_partition(self.number)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_BACKOFF_SECONDS)

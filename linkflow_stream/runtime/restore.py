@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec
+from linkflow_stream.kafka.consumers import committed_reader
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,7 @@ async def read_changelog(
     """The latest committed state of every execution in one changelog partition (tombstones
     remove)."""
     tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-    )
+    consumer = committed_reader(bootstrap_servers)
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -59,14 +54,10 @@ async def committed_positions(
     consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
 ) -> dict[TopicPartition, int]:
     """Where the group resumes each partition: its committed offset, else the log's start."""
-    out: dict[TopicPartition, int] = {}
-    missing = []
-    for tp in partitions:
-        committed = await consumer.committed(tp)
-        if committed is None:
-            missing.append(tp)
-        else:
-            out[tp] = committed
+    tps = list(partitions)
+    committed = await asyncio.gather(*(consumer.committed(tp) for tp in tps))  # one round trip each
+    out = {tp: offset for tp, offset in zip(tps, committed, strict=True) if offset is not None}
+    missing = [tp for tp in tps if tp not in out]
     if missing:
         out.update(await consumer.beginning_offsets(missing))
     return out

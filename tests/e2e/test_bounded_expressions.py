@@ -8,9 +8,7 @@ import uuid
 
 import pytest
 
-from linkflow_stream.dev.testing import EngineProcess, call
-from linkflow_stream.kafka.partitioning import partition_for
-from linkflow_stream.kafka.topics import execution_partitions
+from linkflow_stream.dev.testing import EngineProcess, call, partition_of
 
 pytestmark = pytest.mark.e2e
 
@@ -18,10 +16,6 @@ RUNAWAY = "$sum([1..8000000].($ * 2))"
 """Ran 64 s unbounded and froze the engine."""
 BOUND = 2.0
 FINAL = ("success", "failed", "cancelled")
-
-
-def partition_of(execution_id: str) -> int:
-    return partition_for(execution_id.encode(), execution_partitions())
 
 
 def wid(name: str) -> str:

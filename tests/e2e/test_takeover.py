@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
-from linkflow_stream.kafka.partitioning import partition_for
-from linkflow_stream.kafka.topics import execution_partitions
+from linkflow_stream.dev.testing import EngineProcess, TargetServer, call, partition_of
 from tests.e2e.exactly_once import assert_exactly_once
 
 pytestmark = pytest.mark.e2e
@@ -27,10 +25,6 @@ SLOW = "$sum([1..20000].($ * 2))"
 
 def wid(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:6]}"
-
-
-def partition_of(execution_id: str) -> int:
-    return partition_for(execution_id.encode(), execution_partitions())
 
 
 def owned_partitions(engine: EngineProcess) -> set[int]:
