@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -93,6 +94,15 @@ def test_a_paused_owner_is_fenced_and_its_late_writes_are_never_visible(
         b.stop()
 
 
+def _budget_seconds(status: dict[str, Any]) -> float:
+    """The run's time budget as its status shows it: the deadline, counted from its start."""
+    if not status.get("deadline_at") or not status.get("started_at"):
+        return 0.0
+    return (
+        datetime.fromisoformat(status["deadline_at"]) - datetime.fromisoformat(status["started_at"])
+    ).total_seconds()
+
+
 def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
     engine_factory: Callable[..., EngineProcess], target: TargetServer
 ) -> None:
@@ -121,8 +131,8 @@ def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
     }
     deadline = {
         "id": wid("deadline"),
-        "timeout_seconds": 4,
-        "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 8}}],
+        "timeout_seconds": 6,
+        "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 10}}],
     }
     try:
         for wf in (waits, retries, deadline):
@@ -138,13 +148,15 @@ def test_a_new_owner_carries_on_with_pending_waits_retries_and_deadlines(
                 status, body = a.start_execution(wf["id"], {"i": i})
                 assert status == 202, body
                 started[name].append(body["id"])
+                if name == "extended":  # at once, well before the 6 s deadline (a slow CI took >4 s)
+                    status, body = call(
+                        "PUT", f"{a.url}/api/executions/{body['id']}/timeout", {"timeout_seconds": 30}
+                    )
+                    assert status == 202, body
         for execution_id in [e for ids in started.values() for e in ids]:
             a.wait_status(execution_id, ("running",), timeout=10)  # started, and not ended
-        for execution_id in started["extended"]:
-            status, body = call(
-                "PUT", f"{a.url}/api/executions/{execution_id}/timeout", {"timeout_seconds": 30}
-            )
-            assert status == 202, body
+        for execution_id in started["extended"]:  # the new deadline is committed before the kill
+            wait_until(lambda e=execution_id: _budget_seconds(a.get(e)) >= 30, 10, "the extended deadline")
         # everything is pending at the kill: waits, retry backoffs, deadlines (old and extended)
         for execution_id in [e for ids in started.values() for e in ids]:
             assert a.get(execution_id)["status"] == "running", a.get(execution_id)
