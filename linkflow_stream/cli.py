@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import json
 import signal
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
 
 import click
 
+from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
 from linkflow_stream.kafka.topics import TopicSpecError, apply_topics
 from linkflow_stream.settings import Settings
@@ -155,31 +157,32 @@ def replay() -> None:
 
 @replay.command("status")
 @click.option(
-    "--url", default="http://127.0.0.1:8084", show_default=True, help="a live engine to compare with"
+    "--into",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="the fresh store to rebuild into (default: a temporary SQLite file, deleted after)",
 )
-@click.option("--no-compare", is_flag=True, help="only rebuild and summarise")
-def replay_status(url: str, no_compare: bool) -> None:
-    """Fold linkflow.events into a fresh status view and compare it with a live engine's view."""
-    from linkflow_stream.replay import compare_with_live, rebuild_status  # imported here: keeps --help fast
+def replay_status(into: Path | None) -> None:
+    """Rebuild the read model (status, logs, costs) from offset 0 into a fresh store and compare
+    it with the live one (LINKFLOW_VIEWS_URL, or the SQLite file under LINKFLOW_DATA_DIR)."""
+    from linkflow_stream.replay import replay_and_compare  # imported here: keeps --help fast
 
     settings = Settings()
-    view = asyncio.run(rebuild_status(settings, progress=lambda n: click.echo(f"  ... {n} events")))
-    by_status: dict[str, int] = {}
-    for state in view.executions.values():
-        by_status[state.status.value] = by_status.get(state.status.value, 0) + 1
+    with tempfile.TemporaryDirectory(prefix="linkflow-replay-") as scratch:
+        target = into or Path(scratch) / "replayed.sqlite3"
+        try:
+            read, result = asyncio.run(
+                replay_and_compare(settings, target, progress=lambda n: click.echo(f"  ... {n} records"))
+            )
+        except LinkflowError as exc:
+            raise click.ClickException(exc.message) from exc
     click.echo(
-        f"replayed {view.applied + view.duplicates} events ({view.duplicates} duplicates dropped) "
-        f"into {len(view.executions)} executions: {by_status}"
+        f"replayed {read} records; compared {result.compared} executions with the live read model: "
+        f"{result.equal} equal, {len(result.different)} different, {len(result.different_lines)} with "
+        f"different log lines, {len(result.missing_live)} missing ({result.moved_on} moved on since, "
+        f"{result.expired} past retention, not compared)"
     )
-    if no_compare:
-        return
-    result = asyncio.run(compare_with_live(view, url))
-    click.echo(
-        f"compared {result.equal + len(result.different) + len(result.missing_live)} finished executions "
-        f"with {url}: {result.equal} equal, {len(result.different)} different, "
-        f"{len(result.missing_live)} missing ({result.still_running} still running, not compared)"
-    )
-    for execution_id in (result.different + result.missing_live)[:10]:
+    for execution_id in (result.different + result.different_lines + result.missing_live)[:10]:
         click.echo(f"  mismatch: {execution_id}")
     if not result.ok:
         raise SystemExit(1)

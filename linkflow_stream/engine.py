@@ -10,22 +10,23 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from aiohttp import web
 from aiokafka import ConsumerRecord
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
-from linkflow_stream.core.events import ExecutionEvent
-from linkflow_stream.core.messages import ControlMessage, StartExecution
+from linkflow_stream.core.messages import ControlMessage
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.kafka.codec import Codec, default_codec
+from linkflow_stream.kafka.consumers import log_ends
 from linkflow_stream.kafka.log_reader import Handler, LogReader
+from linkflow_stream.kafka.metadata import cluster_id
 from linkflow_stream.kafka.pools import TaskPools
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.nodes import build_registry, decider_config
@@ -37,7 +38,10 @@ from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
 from linkflow_stream.settings import Settings
 from projections.logs import LogView
+from projections.read_model import ReadModel, Topics
 from projections.status import StatusView
+from projections.store import open_store
+from projections.store.sql import SCHEMA_VERSION
 from projections.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
 from projections.workflows import WorkflowView
 
@@ -52,7 +56,9 @@ class Engine:
         self.codec = codec or default_codec()
         self.registry = build_registry(settings)
         self.publisher = Publisher(settings, self.codec)
-        self.status = StatusView()
+        self.status = StatusView(finished_cache=settings.views_finished_cache)
+        self.logs = LogView()
+        self.store = open_store(settings.views_url, settings.data_dir, f"{settings.topic_prefix}views")
         self.metrics = Metrics(
             active=self.status.active_count,
             queue_depth=lambda: {p: c["queued"] for p, c in self.status.queue_counts().items()},
@@ -77,7 +83,18 @@ class Engine:
         )
         self.workflows = WorkflowView()
         self.workers = WorkerView()
-        self.logs = LogView()
+        self.views = ReadModel(
+            self.store,
+            self.codec,
+            Topics(
+                events=settings.topic(topic_names.EVENTS),
+                requests=frozenset(settings.topic(t) for t in topic_names.REQUESTS),
+            ),
+            status=self.status,
+            logs=self.logs,
+            on_event=self._on_event,
+            on_write_failure=self.metrics.view_store_failures.inc,
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
 
         def view(topics: list[str], handle: Handler) -> LogReader:
@@ -88,7 +105,8 @@ class Engine:
                 on_error=self._view_error,
             )
 
-        self.status_reader = view([topic_names.EVENTS, *topic_names.REQUESTS], self._on_status_record)
+        self._view = view
+        self.status_reader = self._status_reader({})
         self.readers = [
             view([topic_names.WORKFLOWS], self._on_workflow),
             self.status_reader,
@@ -110,17 +128,53 @@ class Engine:
     def _on_worker(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.workers.apply(self.codec.decode(record.value, WorkerRecord))
 
-    def _on_status_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Events fold into states; requests are known as accepted until their events arrive."""
-        if record.topic == self.settings.topic(topic_names.EVENTS):
-            event = self.codec.decode(record.value, ExecutionEvent)
-            before = self.status.executions.get(event.execution_id)
-            after = self.status.apply(event)
-            if after is not None and after is not before:
-                self.logs.record(event, after)
-            self.metrics.view_lag.observe(max(0.0, time.time() - record.timestamp / 1000))
-        else:
-            self.status.accept(self.codec.decode(record.value, StartExecution))
+    def _status_reader(self, positions: Mapping[tuple[str, int], int]) -> LogReader:
+        """Events and requests, batch by batch into the read model, from its stored positions."""
+        return LogReader(
+            self.settings.bootstrap_servers,
+            [self.settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS)],
+            handle_batch=self._fold,
+            positions=positions,
+        )
+
+    async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        await self.views.fold(records)
+        self.metrics.view_folded.inc(len(records))
+
+    def _on_event(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.metrics.view_lag.observe(max(0.0, time.time() - record.timestamp / 1000))
+
+    async def _open_read_model(self) -> None:
+        """Open the store, take the live runs into memory and read on from the stored positions.
+        A store folded from another cluster (the broker's data was formatted anew), or ahead of
+        the log's end (a topic recreated), is emptied and folded again from offset 0."""
+        fingerprint = f"schema {SCHEMA_VERSION}; cluster {await cluster_id(self.settings.bootstrap_servers)}"
+        if await self.store.open(fingerprint):
+            log.warning(
+                "read model %s was folded from another cluster: rebuilt from offset 0",
+                self.store.url_for_humans,
+            )
+        ends = await log_ends(self.settings.bootstrap_servers, self.status_reader.topics)
+        ahead = sorted(
+            tp for tp, offset in (await self.store.positions()).items() if offset > ends.get(tp, 0)
+        )
+        if ahead:
+            log.warning(
+                "read model %s is ahead of the log (%s): the topics were recreated; rebuilding from offset 0",
+                self.store.url_for_humans,
+                ", ".join(f"{t}[{p}]" for t, p in ahead),
+            )
+            await self.store.reset()
+        positions = await self.views.load()
+        replaced = self.status_reader
+        self.status_reader = self._status_reader(positions)
+        self.readers[self.readers.index(replaced)] = self.status_reader
+        log.info(
+            "read model %s: %d live runs in memory, reading on from %d stored positions",
+            self.store.url_for_humans,
+            len(self.status.executions) + len(self.status.accepted),
+            len(positions),
+        )
 
     def _on_control(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.executor.cancel(self.codec.decode(record.value, ControlMessage))
@@ -136,7 +190,28 @@ class Engine:
         return {
             "views_caught_up": all(r.caught_up.is_set() for r in self.readers),
             "orchestrator_ready": self.orchestrator.ready(),
+            "read_model_store": self.views.store_healthy,
         }
+
+    async def expire_finished(self) -> None:
+        """Every ``retention_check_seconds``, delete the runs that ended more than
+        ``retention_days`` ago from the read model (the log keeps them as long as its own
+        retention says; see topics/topics.toml)."""
+        keep = timedelta(days=self.settings.retention_days)
+        while True:
+            try:
+                deleted = await self.views.expire(now(), keep)
+            except Exception:
+                log.exception("read-model retention failed; trying again at the next check")
+            else:
+                if deleted:
+                    self.metrics.view_expired.inc(deleted)
+                    log.info(
+                        "read model: %d runs past their %g days deleted",
+                        deleted,
+                        self.settings.retention_days,
+                    )
+            await asyncio.sleep(self.settings.retention_check_seconds)
 
     # -- this process as a worker ---------------------------------------------------------------
     def self_record(self, registered_at: datetime) -> WorkerRecord:
@@ -183,18 +258,18 @@ class Engine:
     async def start(self) -> None:
         """Publisher and APIs first (so /healthz answers at once), then views, then the loops."""
         await self.publisher.start()
+        await self._open_read_model()
         for reader in (*self.readers, self.control):
             await reader.start()
         deps = ApiDeps(
             publisher=self.publisher,
-            status=self.status,
+            views=self.views,
             workflows=self.workflows,
             registry=self.registry,
             readiness=self.readiness,
             metrics=self.metrics.render,
             sync=self.sync_views,
             queue_status=lambda: queue_status(self.settings, self.status, self.status_reader),
-            logs=self.logs,
             pools=self.pools.names,
         )
         await self._serve(Api(deps).app(), self.settings.api_port, "execution API")
@@ -204,6 +279,7 @@ class Engine:
             "worker registry",
         )
         self._background.append(asyncio.create_task(self.heartbeat(), name="worker-heartbeat"))
+        self._background.append(asyncio.create_task(self.expire_finished(), name="read-model-retention"))
         await self.orchestrator.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
@@ -221,6 +297,7 @@ class Engine:
         await self.orchestrator.stop()
         for reader in (*self.readers, self.control):
             await reader.stop()
+        await self.store.close()
         await asyncio.gather(*self.executor.running.values(), return_exceptions=True)
         for node in self.registry.values():
             close = getattr(node, "close", None)

@@ -1,79 +1,165 @@
-"""Event-replay tooling: rebuild a view from offset 0 and compare it with a live engine, or
-print one execution's history as the log has it."""
+"""Event-replay tooling: rebuild the read model from offset 0 into a fresh store and compare it
+with the live one, or print one execution's history as the log has it.
+
+The rebuild reads exactly up to the positions the live store had folded when it began, so with a
+stopped engine the two must be equal row for row and line for line; with a running one, a row
+the live store has since moved on (a higher ``seq``) is counted, not compared.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import timedelta
+from pathlib import Path
 
-import aiohttp
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.events import ExecutionEvent
-from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.kafka.codec import Codec, default_codec
+from linkflow_stream.kafka.consumers import committed_reader, log_ends
 from linkflow_stream.kafka.log_reader import LogReader
 from linkflow_stream.settings import Settings
-from projections.status import StatusView, render
+from projections.read_model import ReadModel, Topics
+from projections.store import LineRow, Position, ReadStore, StoredState, open_store
 
 
-async def rebuild_status(settings: Settings, progress: Callable[[int], None] | None = None) -> StatusView:
-    """The status view as a fresh fold of ``linkflow.events`` from offset 0."""
-    view = StatusView()
+def view_topics(settings: Settings) -> Topics:
+    return Topics(
+        events=settings.topic(topic_names.EVENTS),
+        requests=frozenset(settings.topic(t) for t in topic_names.REQUESTS),
+    )
+
+
+def live_store(settings: Settings) -> ReadStore:
+    """The store a ``linkflow run`` with these settings writes."""
+    return open_store(settings.views_url, settings.data_dir, f"{settings.topic_prefix}views")
+
+
+async def rebuild(
+    settings: Settings,
+    into: ReadStore,
+    until: dict[Position, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Fold the view topics from offset 0 into the empty store ``into``, up to ``until`` (the
+    positions to stop before; default: the log's end now). How many records were read."""
+    topics = view_topics(settings)
+    names = [topics.events, *sorted(topics.requests)]
+    targets = until if until is not None else await log_ends(settings.bootstrap_servers, names)
     codec = default_codec()
-
-    def handle(record: ConsumerRecord[bytes, bytes]) -> None:
-        view.apply(codec.decode(record.value, ExecutionEvent))
-        if progress is not None and (view.applied + view.duplicates) % 10_000 == 0:
-            progress(view.applied + view.duplicates)
-
-    await _read_events(settings, handle)
-    return view
+    await into.open("replay")
+    await into.reset()
+    model = ReadModel(into, codec, topics)
+    consumer = committed_reader(settings.bootstrap_servers)
+    await consumer.start()
+    read = 0
+    try:
+        partitions = [TopicPartition(t, p) for (t, p), end in targets.items() if end > 0]
+        if not partitions:
+            return 0
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        pending = set(partitions)
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=5000)
+            records: list[ConsumerRecord[bytes, bytes]] = []
+            for tp, got in batches.items():
+                records += [r for r in got if r.offset < targets[(tp.topic, tp.partition)]]
+            if records:
+                await model.fold(records)
+                read += len(records)
+                if progress is not None and read // 50_000 != (read - len(records)) // 50_000:
+                    progress(read)  # every 50,000 records
+            for tp in list(pending):
+                if await consumer.position(tp) >= targets[(tp.topic, tp.partition)]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return read
 
 
 @dataclass
 class Comparison:
-    executions: int = 0
+    compared: int = 0
     equal: int = 0
+    moved_on: int = 0
+    """Rows the live store has folded further since the rebuild's positions (a running engine)."""
     missing_live: list[str] = field(default_factory=list)
     different: list[str] = field(default_factory=list)
-    still_running: int = 0
+    different_lines: list[str] = field(default_factory=list)
+    expired: int = 0
+    """Finished before the retention cutoff: the live store may already have deleted them."""
 
     @property
     def ok(self) -> bool:
-        return not self.missing_live and not self.different
+        return not (self.missing_live or self.different or self.different_lines)
 
 
-async def compare_with_live(view: StatusView, url: str, concurrency: int = 32) -> Comparison:
-    """Compare every finished execution of ``view`` with ``GET /api/executions/{id}`` on ``url``.
-
-    Running executions move on while we compare, so only finished ones must match exactly."""
-    result = Comparison(executions=len(view.executions))
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for execution_id, state in view.executions.items():
-        if state.status.terminal:
-            queue.put_nowait(execution_id)
+async def compare(fresh: ReadStore, live: ReadStore, codec: Codec, retention: timedelta) -> Comparison:
+    """Row by row and line by line: the rebuilt store against the live one."""
+    result = Comparison()
+    fresh_rows, fresh_lines = await fresh.dump()
+    live_rows, live_lines = await live.dump()
+    by_id = {row.id: row for row in live_rows}
+    lines_fresh = _lines_by_execution(fresh_lines)
+    lines_live = _lines_by_execution(live_lines)
+    cutoff = to_millis(now() - retention)
+    for row in fresh_rows:
+        mine = codec.decode(row.state, ExecutionState)
+        if mine.finished_at is not None and to_millis(mine.finished_at) < cutoff:
+            result.expired += 1
+            continue
+        theirs = by_id.get(row.id)
+        if theirs is None:
+            result.missing_live.append(row.id)
+            continue
+        if theirs.seq > row.seq:
+            result.moved_on += 1
+            continue
+        result.compared += 1
+        if not _same_state(row, theirs, codec):
+            result.different.append(row.id)
+        elif lines_fresh.get(row.id, []) != lines_live.get(row.id, []):
+            result.different_lines.append(row.id)
         else:
-            result.still_running += 1
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while not queue.empty():
-            execution_id = queue.get_nowait()
-            async with session.get(f"{url}/api/executions/{execution_id}") as resp:
-                live: Any = await resp.json() if resp.status == 200 else None
-            if live is None:
-                result.missing_live.append(execution_id)
-            elif live == json.loads(json.dumps(render(view.executions[execution_id]))):
-                result.equal += 1
-            else:
-                result.different.append(execution_id)
-
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+            result.equal += 1
     return result
+
+
+def _same_state(a: StoredState, b: StoredState, codec: Codec) -> bool:
+    return a.seq == b.seq and (
+        a.state == b.state or codec.decode(a.state, ExecutionState) == codec.decode(b.state, ExecutionState)
+    )
+
+
+def _lines_by_execution(lines: list[LineRow]) -> dict[str, list[LineRow]]:
+    out: dict[str, list[LineRow]] = {}
+    for line in lines:
+        out.setdefault(line.execution_id, []).append(line)
+    return out
+
+
+async def replay_and_compare(
+    settings: Settings, into: Path, progress: Callable[[int], None] | None = None
+) -> tuple[int, Comparison]:
+    """Rebuild into a fresh SQLite file at ``into`` up to the live store's positions, then compare."""
+    live = live_store(settings)
+    fresh = open_store(f"sqlite:///{into}", into.parent)
+    try:
+        await live.attach()
+        until = await live.positions()
+        read = await rebuild(settings, fresh, until, progress)
+        return read, await compare(fresh, live, default_codec(), timedelta(days=settings.retention_days))
+    finally:
+        with contextlib.suppress(Exception):
+            await fresh.close()
+        with contextlib.suppress(Exception):
+            await live.close()
 
 
 async def history(settings: Settings, execution_id: str) -> list[ExecutionEvent]:
@@ -86,15 +172,10 @@ async def history(settings: Settings, execution_id: str) -> list[ExecutionEvent]
         if record.key == key:
             events.append(codec.decode(record.value, ExecutionEvent))
 
-    await _read_events(settings, handle)
-    return events
-
-
-async def _read_events(settings: Settings, handle: Callable[[ConsumerRecord[bytes, bytes]], None]) -> None:
-    """Hand every record of ``linkflow.events`` to ``handle``, from offset 0 to the end as of now."""
     reader = LogReader(settings.bootstrap_servers, [settings.topic(topic_names.EVENTS)], handle)
     await reader.start()
     try:
         await reader.caught_up.wait()
     finally:
         await reader.stop()
+    return events

@@ -35,6 +35,21 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".linkflow")
     """Where local engine files live. Default ``.linkflow``."""
 
+    views_url: str | None = None
+    """Where the read model (status, logs, costs) is stored: ``postgresql://user:pass@host/db``
+    to share one between instances, or ``sqlite:///path``. Default: ``<data_dir>/views.sqlite3``."""
+
+    views_finished_cache: int = Field(default=1024, ge=0)
+    """Finished runs kept in memory after they end, for reads right after; older ones are read
+    from the store. Default ``1024``."""
+
+    retention_days: float = Field(default=30.0, gt=0)
+    """How long a finished run stays in the read model before a background job deletes it.
+    Default ``30``."""
+
+    retention_check_seconds: float = Field(default=300.0, gt=0)
+    """How often that job looks for runs past their retention. Default ``300``."""
+
     executor_slots: int = Field(default=64, ge=1)
     """Node tasks one process runs at once. Default ``64``."""
 

@@ -1,6 +1,7 @@
 """Execution costs: a price model over what each run used, and reports per workflow.
 
-Pure functions of execution states. The model charges what the engine really spends:
+``cost_of`` is a pure function of an execution's state; the read model stores its totals with
+each run, and a report is the database's sums of them. The model charges what the engine really spends:
 - every node attempt and every stored event (the log is the database);
 - executor run time (``duration_us``);
 - CPU seconds of code nodes;
@@ -11,12 +12,12 @@ set in one place so billing can replace them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from linkflow_stream.core.state import ExecutionState
+from projections.store.rows import CostGroup
 
 
 @dataclass(frozen=True)
@@ -92,50 +93,36 @@ def cost_of(state: ExecutionState, rates: Rates = RATES) -> dict[str, Any]:
 GROUPS = ("workflow", "team")
 
 
-def report(
-    states: list[ExecutionState], period: str, now: datetime, rates: Rates = RATES, group_by: str = "workflow"
-) -> dict[str, Any]:
-    """Costs per workflow (or per team) for executions created in the last ``period``, with
-    suggestions."""
+def since_of(period: str, now: datetime) -> datetime | None:
+    """Where a report's period starts (``None``: all time)."""
     window = PERIODS[period]
-    since = now - window if window is not None else None
-    rows: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {
-            "executions": 0,
-            "total_cost": 0.0,
-            "attempts": 0,
-            "retries": 0,
-            "network_bytes": 0,
-            "failed": 0,
-            "breakdown": defaultdict(float),
-            "node_network": defaultdict(int),
-        }
-    )
-    for state in states:
-        if since is not None and state.created_at < since:
-            continue
-        cost = cost_of(state, rates)
-        row = rows[state.workflow.id if group_by == "workflow" else (state.workflow.team or "(no team)")]
-        row["executions"] += 1
-        row["total_cost"] += cost["total_cost"]
-        row["attempts"] += cost["attempts"]
-        row["retries"] += sum(max(0, n["attempts"] - 1) for n in cost["nodes"].values())
-        row["network_bytes"] += cost["network_bytes"]
-        row["failed"] += state.status.value == "failed"
-        for key, value in cost["breakdown"].items():
-            row["breakdown"][key] += value
-        for node_id, n in cost["nodes"].items():
-            row["node_network"][node_id] += n["network_bytes"]
+    return now - window if window is not None else None
+
+
+def report(
+    groups: list[CostGroup], period: str, since: datetime | None, group_by: str = "workflow"
+) -> dict[str, Any]:
+    """Costs per workflow (or per team) for executions created since ``since``, with suggestions.
+    The sums come from the read-model store (``ReadStore.cost_groups``)."""
     label = "workflow_id" if group_by == "workflow" else "team"
-    groups = []
-    for key, row in sorted(rows.items(), key=lambda kv: -kv[1]["total_cost"]):
-        groups.append(
+    out: list[dict[str, Any]] = []
+    for group in sorted(groups, key=lambda g: (-g.total_cost, g.key)):
+        row = {
+            "executions": group.executions,
+            "total_cost": group.total_cost,
+            "attempts": group.attempts,
+            "retries": group.retries,
+            "failed": group.failed,
+            "breakdown": group.breakdown,
+            "top_network_node": group.top_network_node,
+        }
+        out.append(
             {
-                label: key,
-                "executions": row["executions"],
-                "total_cost": round(row["total_cost"], 9),
-                "average_cost": round(row["total_cost"] / row["executions"], 9),
-                "breakdown": {k: round(v, 9) for k, v in row["breakdown"].items()},
+                label: group.key if group_by == "workflow" or group.key else "(no team)",
+                "executions": group.executions,
+                "total_cost": round(group.total_cost, 9),
+                "average_cost": round(group.total_cost / max(1, group.executions), 9),
+                "breakdown": {k: round(v, 9) for k, v in group.breakdown.items()},
                 "suggestions": suggestions(row),
             }
         )
@@ -144,9 +131,9 @@ def report(
         "since": since.isoformat().replace("+00:00", "Z") if since else None,
         "group_by": group_by,
         "currency": "USD",
-        "total_cost": round(sum(g["total_cost"] for g in groups), 9),
-        "executions": sum(g["executions"] for g in groups),
-        "workflows" if group_by == "workflow" else "teams": groups,
+        "total_cost": round(sum(g["total_cost"] for g in out), 9),
+        "executions": sum(g["executions"] for g in out),
+        "workflows" if group_by == "workflow" else "teams": out,
     }
 
 
@@ -159,8 +146,8 @@ def suggestions(row: dict[str, Any]) -> list[str]:
             f"{row['retries']} of {row['attempts']} node attempts were retries: fix the failing "
             "dependency or lower max_attempts; every retry is billed"
         )
-    if row["breakdown"].get("network", 0) / total > 0.5 and row["node_network"]:
-        node_id, size = max(row["node_network"].items(), key=lambda kv: kv[1])
+    if row["breakdown"].get("network", 0) / total > 0.5 and row["top_network_node"]:
+        node_id, size = row["top_network_node"]
         per_run = size // max(1, row["executions"])
         out.append(
             f"network is most of the cost: node {node_id} moves ~{per_run} bytes per run; ask the API "

@@ -1,20 +1,20 @@
 """Execution logs: readable lines folded from the event log, per execution, plus what nodes printed.
 
-``lines_for`` is pure: one event and the states around it give the lines it adds. ``LogView``
-keeps the latest lines of every execution (capped) and lets WebSocket readers follow new ones.
+``lines_for`` is pure: one event and the states around it give the lines it adds. The lines are
+stored by the read model (``projections.read_model``), searchable there; ``LogView`` lets
+WebSocket readers follow new ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict, deque
+from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 
-MAX_LINES = 2000
 LEVELS = ("debug", "info", "warning", "error")
 
 Line = dict[str, Any]
@@ -109,46 +109,35 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     return []
 
 
-class LogView:
-    def __init__(self) -> None:
-        self.lines: dict[str, deque[Line]] = {}
-        self._followers: defaultdict[str, set[asyncio.Queue[Line | None]]] = defaultdict(set)
+Followed = tuple[int, int, Line]
+"""A line with where it comes from (event seq, place among its lines), so a reader that read the
+stored backlog can drop what it already has."""
 
-    def record(self, e: ExecutionEvent, after: ExecutionState) -> None:
-        log = self.lines.setdefault(e.execution_id, deque(maxlen=MAX_LINES))
-        for line in lines_for(e, after):
-            log.append(line)
-            for queue in self._followers.get(e.execution_id, ()):
+
+class LogView:
+    """The WebSocket followers of running executions; the lines themselves are in the store."""
+
+    def __init__(self) -> None:
+        self._followers: defaultdict[str, set[asyncio.Queue[Followed | None]]] = defaultdict(set)
+
+    def publish(self, execution_id: str, lines: list[Followed], ended: bool) -> None:
+        """Hand stored lines to the run's followers; an ended run's followers get ``None`` last."""
+        for queue in self._followers.get(execution_id, ()):
+            for line in lines:
                 queue.put_nowait(line)
-        if after.status.terminal:
-            for queue in self._followers.pop(e.execution_id, set()):
+        if ended:
+            for queue in self._followers.pop(execution_id, set()):
                 queue.put_nowait(None)
 
-    def query(
-        self,
-        execution_id: str,
-        *,
-        level: str = "debug",
-        node_id: str | None = None,
-        text: str | None = None,
-        limit: int = 1000,
-    ) -> list[Line]:
-        """Lines at ``level`` or above, of one node, containing ``text``; the last ``limit``."""
-        floor = LEVELS.index(level)
-        rows = [
-            line
-            for line in self.lines.get(execution_id, ())
-            if LEVELS.index(line["level"]) >= floor
-            and (node_id is None or line["node_id"] == node_id)
-            and (text is None or text.lower() in line["message"].lower())
-        ]
-        return rows[-limit:]
-
-    def follow(self, execution_id: str) -> asyncio.Queue[Line | None]:
+    def follow(self, execution_id: str) -> asyncio.Queue[Followed | None]:
         """A queue of the execution's new lines; ``None`` once it has ended."""
-        queue: asyncio.Queue[Line | None] = asyncio.Queue()
+        queue: asyncio.Queue[Followed | None] = asyncio.Queue()
         self._followers[execution_id].add(queue)
         return queue
 
-    def unfollow(self, execution_id: str, queue: asyncio.Queue[Line | None]) -> None:
-        self._followers.get(execution_id, set()).discard(queue)
+    def unfollow(self, execution_id: str, queue: asyncio.Queue[Followed | None]) -> None:
+        followers = self._followers.get(execution_id)
+        if followers is not None:
+            followers.discard(queue)
+            if not followers:
+                del self._followers[execution_id]

@@ -2,13 +2,14 @@
 
 The fold is ``linkflow_stream.core.state.apply``, the same one the orchestrator uses, so the view
 can never disagree with the engine about what an event means. Duplicated events (a seq already
-seen) change nothing.
+seen) change nothing. Memory holds what is live; the read-model store holds every run
+(``projections.read_model``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -97,28 +98,26 @@ def render_metrics(state: ExecutionState, now: datetime) -> dict[str, Any]:
     }
 
 
-def render_accepted(request: StartExecution) -> dict[str, Any]:
-    """What a read shows for an execution accepted here but not yet seen in the log: the pending
-    state it will start from."""
-    return render(
-        ExecutionState(
-            id=request.execution_id,
-            workflow=request.workflow,
-            status=ExecutionStatus.PENDING,
-            priority=request.priority,
-            input=request.input,
-            created_at=request.requested_at,
-            seq=0,
-            nodes={n.id: NodeState() for n in request.workflow.nodes},
-            history=(
-                Transition(
-                    from_status=None,
-                    to_status=ExecutionStatus.PENDING,
-                    at=request.requested_at,
-                    reason="accepted",
-                ),
+def accepted_state(request: StartExecution) -> ExecutionState:
+    """The pending state a run accepted but not yet started shows: what it will start from, at
+    seq 0 (no event folded yet)."""
+    return ExecutionState(
+        id=request.execution_id,
+        workflow=request.workflow,
+        status=ExecutionStatus.PENDING,
+        priority=request.priority,
+        input=request.input,
+        created_at=request.requested_at,
+        seq=0,
+        nodes={n.id: NodeState() for n in request.workflow.nodes},
+        history=(
+            Transition(
+                from_status=None,
+                to_status=ExecutionStatus.PENDING,
+                at=request.requested_at,
+                reason="accepted",
             ),
-        )
+        ),
     )
 
 
@@ -126,20 +125,37 @@ Reached = Callable[[ExecutionState], bool]
 _Waiter = tuple[Reached, "asyncio.Future[None]"]
 
 
-class StatusView:
-    """Execution states by id, plus waiters for ``?wait=`` callers."""
+FINISHED_CACHE = 1024
+"""Finished runs kept in memory after they end (for ``?wait=`` answers and reads right after);
+older ones are read from the store."""
 
-    def __init__(self) -> None:
+
+class StatusView:
+    """What is live, in memory: runs that have started and not ended, runs accepted but not
+    started (seq 0), the last finished ones, and the waiters of ``?wait=`` callers. Everything
+    else is in the read-model store (``projections.read_model``)."""
+
+    def __init__(self, finished_cache: int = FINISHED_CACHE) -> None:
         self.executions: dict[str, ExecutionState] = {}
-        self.accepted: dict[str, StartExecution] = {}
+        """Started and not ended."""
+        self.accepted: dict[str, ExecutionState] = {}
+        """Accepted, no event yet: the pending state each will start from."""
+        self.finished: OrderedDict[str, ExecutionState] = OrderedDict()
+        self.finished_cache = finished_cache
         self.applied = 0
         self.duplicates = 0
-        self._waiters: defaultdict[
-            str, list[tuple[Callable[[ExecutionState], bool], asyncio.Future[None]]]
-        ] = defaultdict(list)
+        self._waiters: defaultdict[str, list[_Waiter]] = defaultdict(list)
 
-    def apply(self, event: ExecutionEvent) -> ExecutionState | None:
-        before = self.executions.get(event.execution_id)
+    def known(self, execution_id: str) -> ExecutionState | None:
+        """The latest state in memory of a started run (live or recently finished)."""
+        return self.executions.get(execution_id) or self.finished.get(execution_id)
+
+    def apply(self, event: ExecutionEvent, before: ExecutionState | None = None) -> ExecutionState | None:
+        """Fold one event. ``before`` is the run's stored state when memory has none (a run that
+        ended long ago, or one another instance folded further). Waiters hear of it in
+        ``notify``, once the change is stored."""
+        if before is None:
+            before = self.known(event.execution_id)
         after = apply(before, event)
         if after is None:
             return None
@@ -147,44 +163,70 @@ class StatusView:
             self.duplicates += 1
             return after
         self.applied += 1
-        self.executions[event.execution_id] = after
         self.accepted.pop(event.execution_id, None)
-        waiters = self._waiters.get(event.execution_id)
-        if waiters:
-            for reached, fut in [w for w in waiters if w[0](after)]:
-                waiters.remove((reached, fut))
-                if not fut.done():
-                    fut.set_result(None)
+        if after.status.terminal:
+            self.executions.pop(event.execution_id, None)
+            self._remember_finished(after)
+        else:
+            self.executions[event.execution_id] = after
         return after
 
-    def active_count(self) -> int:
-        """Executions not yet ended, as this view knows them."""
-        return sum(1 for s in self.executions.values() if not s.status.terminal)
+    def _remember_finished(self, state: ExecutionState) -> None:
+        self.finished[state.id] = state
+        self.finished.move_to_end(state.id)
+        while len(self.finished) > self.finished_cache:
+            self.finished.popitem(last=False)
 
-    def accept(self, request: StartExecution) -> None:
-        """Remember a request this instance accepted, so reading it back at once finds it."""
-        if request.execution_id not in self.executions:
-            self.accepted[request.execution_id] = request
+    def forget_finished_before(self, cutoff: datetime) -> None:
+        """Drop cached finished runs that ended before ``cutoff`` (their retention is over)."""
+        expired = [i for i, st in self.finished.items() if (st.finished_at or st.created_at) < cutoff]
+        for execution_id in expired:
+            del self.finished[execution_id]
+
+    def load(self, state: ExecutionState) -> None:
+        """Take a live run from the store (at start-up)."""
+        if state.seq == 0:
+            self.accepted[state.id] = state
+        elif not state.status.terminal:
+            self.executions[state.id] = state
+
+    def notify(self, states: Iterable[ExecutionState]) -> None:
+        """Wake the waiters whose condition these (stored) states reach."""
+        for after in states:
+            waiters = self._waiters.get(after.id)
+            if waiters:
+                for reached, fut in [w for w in waiters if w[0](after)]:
+                    waiters.remove((reached, fut))
+                    if not fut.done():
+                        fut.set_result(None)
+
+    def active_count(self) -> int:
+        """Executions started and not yet ended, as this view knows them."""
+        return len(self.executions)
+
+    def accept(self, request: StartExecution) -> bool:
+        """Remember a request accepted here or read from a request topic, so a read finds it at
+        once; False if the run is already known to have started."""
+        if request.execution_id in self.executions or request.execution_id in self.finished:
+            return False
+        self.accepted.setdefault(request.execution_id, accepted_state(request))
+        return True
 
     def get(self, execution_id: str) -> dict[str, Any] | None:
-        state = self.executions.get(execution_id)
-        if state is not None:
-            return render(state)
-        request = self.accepted.get(execution_id)
-        return render_accepted(request) if request else None
+        state = self.known(execution_id) or self.accepted.get(execution_id)
+        return render(state) if state is not None else None
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """Per priority: accepted but not started yet (queued), and started but not ended (running)."""
         counts = {p.value: {"queued": 0, "running": 0} for p in Priority}
-        for request in self.accepted.values():
-            counts[request.priority.value]["queued"] += 1
+        for pending in self.accepted.values():
+            counts[pending.priority.value]["queued"] += 1
         for state in self.executions.values():
-            if not state.status.terminal:
-                counts[state.priority.value]["running"] += 1
+            counts[state.priority.value]["running"] += 1
         return counts
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
-        state = self.executions.get(execution_id)
+        state = self.known(execution_id)
         if state is not None:
             return state.status
         return ExecutionStatus.PENDING if execution_id in self.accepted else None
@@ -197,10 +239,8 @@ class StatusView:
         """Wait until the execution has events (its start was decided); False on timeout."""
         return await self._wait(execution_id, within, lambda _s: True)
 
-    async def _wait(
-        self, execution_id: str, within: float, reached: Callable[[ExecutionState], bool]
-    ) -> bool:
-        state = self.executions.get(execution_id)
+    async def _wait(self, execution_id: str, within: float, reached: Reached) -> bool:
+        state = self.known(execution_id)
         if state is not None and reached(state):
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -218,17 +258,3 @@ class StatusView:
                 if not waiters:
                     del self._waiters[execution_id]
         return True
-
-    def query(
-        self, *, status: str | None = None, workflow_id: str | None = None, limit: int = 50
-    ) -> list[dict[str, Any]]:
-        """Newest first, filtered."""
-        states: Iterable[ExecutionState] = self.executions.values()
-        rows = [
-            s
-            for s in states
-            if (status is None or s.status.value == status)
-            and (workflow_id is None or s.workflow.id == workflow_id)
-        ]
-        rows.sort(key=lambda s: s.created_at, reverse=True)
-        return [render(s) for s in rows[:limit]]

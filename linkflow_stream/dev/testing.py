@@ -72,6 +72,8 @@ class EngineProcess:
     registry_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    """This instance's own files (data dir, log) keep this name across restarts and port changes."""
 
     @property
     def url(self) -> str:
@@ -83,7 +85,11 @@ class EngineProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.workdir / f"engine-{self.prefix}{self.port}.log"
+        return self.workdir / f"engine-{self.prefix}{self.name}.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / f"{self.prefix}{self.name}"
 
     def settings(self) -> Settings:
         return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
@@ -98,7 +104,7 @@ class EngineProcess:
                 "LINKFLOW_API_PORT": str(self.port),
                 "LINKFLOW_API_HOST": "127.0.0.1",
                 "LINKFLOW_REGISTRY_PORT": str(self.registry_port),
-                "LINKFLOW_DATA_DIR": str(self.workdir / f"{self.prefix}{self.port}"),
+                "LINKFLOW_DATA_DIR": str(self.data_dir),
                 "LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
                 "LINKFLOW_SESSION_TIMEOUT_SECONDS": "6",
                 "LINKFLOW_LEASE_GRACE_SECONDS": "2",

@@ -1,25 +1,27 @@
 """The execution API on port 8084: the seed's HTTP contract over the engine's topics and views.
 
-Writes become Kafka records (acknowledged before the response); reads come from the views, which
-every instance keeps for the whole log, so any instance answers any read.
+Writes become Kafka records (acknowledged before the response); reads come from the read model
+(live runs in memory, every run in the store), which every instance folds from the whole log, so
+any instance answers any read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 from aiohttp import web
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.clock import now
+from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
@@ -28,9 +30,11 @@ from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
 from linkflow_stream.kafka.publisher import Publisher
-from projections.costs import GROUPS, PERIODS, cost_of, report
-from projections.logs import LEVELS, LogView
-from projections.status import StatusView, render_metrics
+from projections.costs import GROUPS, PERIODS, cost_of
+from projections.logs import LEVELS, Followed
+from projections.read_model import ReadModel
+from projections.status import render_metrics
+from projections.store import Cursor, ExecutionQuery
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,11 @@ command decided before its run's start would find no run and be dropped."""
 MAX_BODY_BYTES = 1024 * 1024
 _STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
 EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
+PRIORITIES = tuple(p.value for p in Priority)
+
+
+async def _value(found: Any) -> Any:
+    return await found if inspect.isawaitable(found) else found
 
 
 class UnavailableError(LinkflowError):
@@ -55,13 +64,12 @@ class UnavailableError(LinkflowError):
 @dataclass
 class ApiDeps:
     publisher: Publisher
-    status: StatusView
+    views: ReadModel
     workflows: WorkflowView
     registry: Mapping[str, NodeExecutor]
     readiness: Callable[[], Mapping[str, bool]]
     sync: Callable[[float], Awaitable[bool]] | None = None
     queue_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
-    logs: LogView | None = None
     metrics: Callable[[], bytes] | None = None
     pools: Callable[[], Awaitable[Collection[str]]] | None = None
     """The task pools that exist; registration refuses a task node naming another."""
@@ -149,8 +157,34 @@ def _float_param(request: web.Request, name: str, *, low: float, high: float) ->
     return value
 
 
-async def _relay(queue: asyncio.Queue[dict[str, Any] | None], ws: web.WebSocketResponse) -> None:
-    """Send queued lines until the execution ends (``None``) or the client goes away."""
+def _int_param(request: web.Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise ValidationError(f"{name} must be an integer between {low} and {high}")
+    return int(raw)
+
+
+def _time_param(request: web.Request, name: str) -> int | None:
+    """An ISO-8601 time (``Z`` or an offset; a time without one is UTC) as epoch ms."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"{name} must be an ISO-8601 time such as 2026-12-01T09:30:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return to_millis(when)
+
+
+async def _relay(
+    queue: asyncio.Queue[Followed | None], ws: web.WebSocketResponse, after: tuple[int, int]
+) -> None:
+    """Send queued lines (those after ``after``, the last one already sent) until the execution
+    ends (``None``) or the client goes away."""
     closed = asyncio.ensure_future(ws.receive())  # a client sends nothing; any message here is its close
     try:
         while True:
@@ -162,7 +196,9 @@ async def _relay(queue: asyncio.Queue[dict[str, Any] | None], ws: web.WebSocketR
             item = nxt.result()
             if item is None:
                 return
-            await ws.send_json(item)
+            seq, n, line = item
+            if (seq, n) > after:
+                await ws.send_json(line)
     finally:
         closed.cancel()
 
@@ -233,20 +269,20 @@ class Api:
     async def _started(self, execution_id: str, not_started: LinkflowError) -> ExecutionState:
         """The state of a run that has started; 404 if it does not exist, ``not_started`` if it was
         accepted but has no events yet."""
-        state: ExecutionState | None = await self._synced(lambda: self.d.status.executions.get(execution_id))
+        state: ExecutionState | None = await self._synced(lambda: self.d.views.state(execution_id))
         if state is None:
-            if self.d.status.status(execution_id) is not None:
+            if await self.d.views.status_of(execution_id) is not None:
                 raise not_started
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         return state
 
     async def _synced(self, found: Callable[[], Any]) -> Any:
-        """``found()``, and if it finds nothing, again once the views hold everything acknowledged
-        so far (another instance may have accepted it a moment ago)."""
-        value = found()
+        """``found()`` (a value or an awaitable), and if it finds nothing, again once the views
+        hold everything acknowledged so far (another instance may have accepted it a moment ago)."""
+        value = await _value(found())
         if value is None and self.d.sync is not None:
             await self.d.sync(SYNC_SECONDS)
-            value = found()
+            value = await _value(found())
         return value
 
     async def get_workflow(self, request: web.Request) -> web.Response:
@@ -334,7 +370,7 @@ class Api:
             priority=priority,
             requested_at=now(),
         )
-        self.d.status.accept(request_record)
+        self.d.views.status.accept(request_record)
         await self.d.publisher.send(
             [
                 Outgoing(
@@ -346,24 +382,33 @@ class Api:
                 )
             ]
         )
-        if wait and await self.d.status.wait_terminal(request_record.execution_id, wait):
-            return web.json_response(self.d.status.get(request_record.execution_id))
+        if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
+            return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
 
     async def list_executions(self, request: web.Request) -> web.Response:
         status = request.query.get("status") or None
         if status is not None and status not in EXECUTION_STATUSES:
             raise ValidationError(f"status must be one of {', '.join(EXECUTION_STATUSES)}")
-        raw_limit = request.query.get("limit", "50")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
-            raise ValidationError("limit must be an integer between 1 and 1000")
-        rows = self.d.status.query(
-            status=status, workflow_id=request.query.get("workflow_id") or None, limit=int(raw_limit)
+        priority = request.query.get("priority") or None
+        if priority is not None and priority not in PRIORITIES:
+            raise ValidationError(f"priority must be one of {', '.join(PRIORITIES)}")
+        cursor = request.query.get("cursor") or None
+        query = ExecutionQuery(
+            status=status,
+            workflow_id=request.query.get("workflow_id") or None,
+            team=request.query.get("team") or None,
+            priority=priority,
+            created_after_ms=_time_param(request, "created_after"),
+            created_before_ms=_time_param(request, "created_before"),
+            after=Cursor.decode(cursor) if cursor else None,
+            limit=_int_param(request, "limit", 50, low=1, high=1000),
         )
-        return web.json_response({"executions": rows, "count": len(rows)})
+        rows, next_cursor = await self.d.views.page(query)
+        return web.json_response({"executions": rows, "count": len(rows), "next_cursor": next_cursor})
 
     async def get_execution(self, request: web.Request) -> web.Response:
-        body = await self._synced(lambda: self.d.status.get(request.match_info["id"]))
+        body = await self._synced(lambda: self.d.views.body(request.match_info["id"]))
         if body is None:
             raise NotFoundError(f"execution {request.match_info['id']!r} does not exist")
         return web.json_response(body)
@@ -375,12 +420,12 @@ class Api:
 
     async def _command(self, execution_id: str, command: ExecutionCommand, ce_type: str) -> None:
         """Send a command to a run that exists and has not ended (404 / 409 otherwise)."""
-        status = await self._synced(lambda: self.d.status.status(execution_id))
+        status = await self._synced(lambda: self.d.views.status_of(execution_id))
         if status is None:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
-        if not await self.d.status.wait_started(execution_id, START_WAIT_SECONDS):
+        if not await self.d.views.status.wait_started(execution_id, START_WAIT_SECONDS):
             raise ConflictError(
                 f"execution {execution_id} was accepted but has not started within {START_WAIT_SECONDS:g} s; "
                 "try again"
@@ -468,50 +513,48 @@ class Api:
         group_by = request.query.get("group_by", "workflow")
         if group_by not in GROUPS:
             raise ValidationError(f"group_by must be one of {', '.join(GROUPS)}")
-        states = list(self.d.status.executions.values())
-        return web.json_response(report(states, period, now(), group_by=group_by))
+        return web.json_response(await self.d.views.cost_report(period, now(), group_by))
 
-    async def _log_view(self, execution_id: str) -> LogView:
-        if self.d.logs is None:
-            raise NotFoundError("execution logs are not available on this instance")
-        if await self._synced(lambda: self.d.status.status(execution_id)) is None:
+    async def _existing(self, execution_id: str) -> None:
+        if await self._synced(lambda: self.d.views.status_of(execution_id)) is None:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
-        return self.d.logs
 
     async def get_logs(self, request: web.Request) -> web.Response:
         """``?level=info|warning|error&node_id=&q=&limit=``: searchable lines, oldest first."""
         execution_id = request.match_info["id"]
-        logs = await self._log_view(execution_id)
         level = request.query.get("level", "debug")
         if level not in LEVELS:
             raise ValidationError(f"level must be one of {', '.join(LEVELS)}")
-        raw_limit = request.query.get("limit", "1000")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
-            raise ValidationError("limit must be an integer between 1 and 10000")
-        rows = logs.query(
+        limit = _int_param(request, "limit", 1000, low=1, high=10_000)
+        await self._existing(execution_id)
+        found = await self.d.views.lines(
             execution_id,
             level=level,
             node_id=request.query.get("node_id") or None,
             text=request.query.get("q") or None,
-            limit=int(raw_limit),
+            limit=limit,
         )
+        rows = [line for _seq, _n, line in found]
         return web.json_response({"id": execution_id, "logs": rows, "count": len(rows)})
 
     async def stream_logs(self, request: web.Request) -> web.StreamResponse:
         """WebSocket: every line so far, then each new one, until the execution ends."""
         execution_id = request.match_info["id"]
-        logs = await self._log_view(execution_id)
+        await self._existing(execution_id)
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
-        queue = logs.follow(execution_id)  # subscribe before reading the backlog: no line falls between
+        followers = self.d.views.logs
+        queue = followers.follow(execution_id)  # subscribe before reading the backlog: no line falls between
         try:
-            for line in logs.query(execution_id):
+            last = (0, -1)
+            for seq, n, line in await self.d.views.lines(execution_id):
                 await ws.send_json(line)
-            status = self.d.status.status(execution_id)
+                last = (seq, n)
+            status = await self.d.views.status_of(execution_id)
             if status is not None and not status.terminal:
-                await _relay(queue, ws)
+                await _relay(queue, ws, last)
         finally:
-            logs.unfollow(execution_id, queue)
+            followers.unfollow(execution_id, queue)
             await ws.close()
         return ws
 

@@ -4,10 +4,13 @@ orchestrator's changelog restore, the gap probe and the test helpers all read th
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from linkflow_stream.kafka.metadata import cluster_metadata
 from linkflow_stream.kafka.topics import max_message_bytes
 
 
@@ -24,3 +27,24 @@ def committed_reader(bootstrap_servers: str, **overrides: Any) -> AIOKafkaConsum
         **overrides,
     }
     return AIOKafkaConsumer(**settings)
+
+
+async def log_ends(bootstrap_servers: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The end offset (as ``read_committed`` readers see it) of every partition of ``topics``."""
+    metadata = await cluster_metadata(bootstrap_servers)
+    partitions = [
+        TopicPartition(t, p) for t in topics for p in sorted(metadata.partitions_for_topic(t) or ())
+    ]
+    if not partitions:
+        return {}
+    consumer = committed_reader(bootstrap_servers)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        # aiokafka 0.14: a group-less consumer's reset task, stopped before it ever ran, makes
+        # stop() re-raise its cancellation. One turn of the loop lets it start.
+        await asyncio.sleep(0)
+        await consumer.stop()
+    return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}

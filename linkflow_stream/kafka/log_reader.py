@@ -1,7 +1,9 @@
-"""Feeds a fold from every partition of a topic, from offset 0, in every instance.
+"""Feeds a fold from every partition of a topic, in every instance.
 
-Because each instance reads the whole log, any instance can answer any read, and dropping a
-view and reading again from offset 0 rebuilds it: replay is the normal start-up path.
+Each instance reads the whole log, so any instance can answer any read. A fold kept in memory
+(workflows, workers) reads from offset 0 at every start; a durable one (the read model) passes
+the positions it has stored and reads on from there, handed whole batches so it can store each
+with its positions in one transaction.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -19,20 +21,29 @@ from linkflow_stream.kafka.metadata import topic_partitions
 log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], None]
+BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 
 
 class LogReader:
-    """Reads ``topics`` from the beginning and hands each record to ``handle``, forever."""
+    """Reads ``topics`` and hands each record to ``handle`` (or each batch to ``handle_batch``),
+    forever: from the beginning, from ``positions`` where given, or from the end."""
 
     def __init__(
         self,
         bootstrap_servers: str,
         topics: Sequence[str],
-        handle: Handler,
+        handle: Handler | None = None,
         *,
+        handle_batch: BatchHandler | None = None,
+        positions: Mapping[tuple[str, int], int] | None = None,
         on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
         from_beginning: bool = True,
     ) -> None:
+        if (handle is None) == (handle_batch is None):
+            msg = "give a LogReader exactly one of handle and handle_batch"
+            raise ValueError(msg)
+        self.handle_batch = handle_batch
+        self.positions = dict(positions or {})
         self.from_beginning = from_beginning
         self.bootstrap_servers = bootstrap_servers
         self.topics = tuple(topics)
@@ -59,6 +70,11 @@ class LogReader:
         consumer.assign(self._partitions)
         if self.from_beginning:
             await consumer.seek_to_beginning(*self._partitions)
+            for tp in self._partitions:
+                stored = self.positions.get((tp.topic, tp.partition))
+                if stored is not None:
+                    consumer.seek(tp, stored)
+                    self._handled[tp] = stored
         else:
             await consumer.seek_to_end(*self._partitions)
             for tp in self._partitions:
@@ -109,9 +125,12 @@ class LogReader:
         assert consumer is not None
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, records in batches.items():
+            if self.handle_batch is not None:
+                await self._hand_over(batches)
+            for tp, records in batches.items() if self.handle_batch is None else ():
                 for record in records:
                     try:
+                        assert self.handle is not None
                         self.handle(record)
                     except Exception as exc:
                         log.exception("view of %s could not apply %s@%s", tp.topic, tp, record.offset)
@@ -121,3 +140,14 @@ class LogReader:
             for tp in self._partitions:  # an empty or compacted tail still counts as read
                 self._handled[tp] = max(self._handled.get(tp, 0), await consumer.position(tp))
             self._progress.set()
+
+    async def _hand_over(self, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """One batch to ``handle_batch``; it is handled (and counts for ``sync``) only once that
+        returns. A failure stops this reader: the records stay unread rather than skipped."""
+        assert self.handle_batch is not None
+        records = [record for records in batches.values() for record in records]
+        if records:
+            await self.handle_batch(records)
+        for tp, got in batches.items():
+            if got:
+                self._handled[tp] = got[-1].offset + 1

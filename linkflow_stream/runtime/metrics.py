@@ -86,6 +86,21 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.view_folded = Counter(
+            "linkflow_view_records_folded_total",
+            "Records the read model folded in this process (a restart resumes; it does not refold)",
+            registry=r,
+        )
+        self.view_store_failures = Counter(
+            "linkflow_view_store_failures_total",
+            "Read-model store writes that failed and were tried again",
+            registry=r,
+        )
+        self.view_expired = Counter(
+            "linkflow_view_expired_total",
+            "Finished runs deleted from the read model after LINKFLOW_RETENTION_DAYS",
+            registry=r,
+        )
         self.offset_gaps = Counter(
             "linkflow_input_offset_gaps_total",
             "Input records the orchestrator never saw: offsets skipped that no transaction explains",

@@ -1,8 +1,11 @@
-"""The cost model and the per-workflow report, as pure functions of execution states."""
+"""The cost model (a pure function of an execution's state) and the report, summed by the read
+model's store (a real SQLite file)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +13,10 @@ from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.messages import Priority
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
-from projections.costs import Rates, cost_of, report
+from linkflow_stream.kafka.codec import default_codec
+from projections.costs import Rates, cost_of, report, since_of
+from projections.read_model import execution_row, network_rows
+from projections.store import Changes, open_store
 
 T0 = from_millis(1_800_000_000_000)
 RATES = Rates(
@@ -63,14 +69,34 @@ def test_cost_adds_attempts_events_compute_cpu_and_network() -> None:
     assert (cost["compute_seconds"], cost["network_bytes"], cost["storage_events"]) == (0.5, 7, 10)
 
 
-def test_report_groups_by_workflow_within_the_period_and_suggests() -> None:
+async def stored_report(
+    tmp_path: Path, states: list[ExecutionState], period: str, group_by: str = "workflow"
+) -> dict[str, Any]:
+    """Store the runs as the read model does, then report from the database's sums."""
+    store = open_store(None, tmp_path)
+    await store.open("test")
+    try:
+        changes = Changes()
+        for state in states:
+            changes.executions[state.id] = execution_row(state, default_codec(), RATES)
+            changes.node_network += network_rows(state)
+        await store.write(changes)
+        since = since_of(period, T0)
+        column = "workflow_id" if group_by == "workflow" else "team"
+        groups = await store.cost_groups(column, None if since is None else int(since.timestamp() * 1000))
+        return report(groups, period, since, group_by)
+    finally:
+        await store.close()
+
+
+async def test_report_groups_by_workflow_within_the_period_and_suggests(tmp_path: Path) -> None:
     states = [
         run("a1", "api-heavy", network=1000),
         run("a2", "api-heavy", network=3000),
         run("r1", "flaky", attempts=3, status=ExecutionStatus.FAILED),
         run("old", "flaky", attempts=3, days_ago=40),
     ]
-    month = report(states, "month", T0, RATES)
+    month = await stored_report(tmp_path, states, "month")
     assert month["executions"] == 3, "the 40-day-old run is outside the month"
     by_id = {w["workflow_id"]: w for w in month["workflows"]}
     assert by_id["api-heavy"]["executions"] == 2
@@ -79,16 +105,16 @@ def test_report_groups_by_workflow_within_the_period_and_suggests() -> None:
     assert any("node n moves ~2000 bytes per run" in s for s in by_id["api-heavy"]["suggestions"])
     assert any("were retries" in s for s in by_id["flaky"]["suggestions"])
     assert any("runs failed" in s for s in by_id["flaky"]["suggestions"])
-    assert report(states, "all", T0, RATES)["executions"] == 4
+    assert (await stored_report(tmp_path, states, "all"))["executions"] == 4
 
 
-def test_report_by_team_puts_workflows_without_a_team_together() -> None:
+async def test_report_by_team_puts_workflows_without_a_team_together(tmp_path: Path) -> None:
     a = run("a", "wf-a")
     b = run("b", "wf-b")
     c = run("c", "wf-c")
     a = a.model_copy(update={"workflow": a.workflow.model_copy(update={"team": "payments"})})
     b = b.model_copy(update={"workflow": b.workflow.model_copy(update={"team": "payments"})})
-    teams = report([a, b, c], "all", T0, RATES, group_by="team")
+    teams = await stored_report(tmp_path, [a, b, c], "all", group_by="team")
     by_team = {t["team"]: t for t in teams["teams"]}
     assert by_team["payments"]["executions"] == 2 and by_team["(no team)"]["executions"] == 1
     assert teams["group_by"] == "team" and teams["executions"] == 3

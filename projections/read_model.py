@@ -1,0 +1,322 @@
+"""The durable read model: ``linkflow.events`` and the request topics folded into a store.
+
+Each batch the reader hands over is folded in memory (live runs stay there, so folding needs no
+database read for them), written to the store in one transaction together with the positions it
+brings the fold to, and only then announced: waiters, log followers and the reader's progress
+(which read-your-writes reads wait on). A crash at any point leaves the store at a batch
+boundary; the restart reads on from the stored positions, so nothing is applied twice or
+skipped, and the whole log is never read again.
+
+Memory keeps runs that have not ended, runs accepted but not started, and a bounded cache of
+recently finished ones; everything else is read from the store when asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiokafka import ConsumerRecord
+
+from linkflow_stream.core.clock import to_millis
+from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.messages import StartExecution
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus
+from linkflow_stream.kafka.codec import Codec
+from projections.costs import RATES, Rates, cost_of, report, since_of
+from projections.logs import LEVELS, Line, LogView, lines_for
+from projections.status import StatusView, render
+from projections.store import (
+    Changes,
+    ExecutionQuery,
+    ExecutionRow,
+    LineRow,
+    NodeNetworkRow,
+    Position,
+    ReadStore,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Backoff of a failed store write; the batch is written again (writes are idempotent) and the
+views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str
+    requests: frozenset[str]
+
+
+class ReadModel:
+    """The status, log and cost views over one store."""
+
+    def __init__(
+        self,
+        store: ReadStore,
+        codec: Codec,
+        topics: Topics,
+        *,
+        status: StatusView | None = None,
+        logs: LogView | None = None,
+        on_event: Callable[[ConsumerRecord[bytes, bytes]], None] | None = None,
+        on_write_failure: Callable[[], None] | None = None,
+        rates: Rates = RATES,
+    ) -> None:
+        self.rates = rates
+        self.store = store
+        self.codec = codec
+        self.topics = topics
+        self.status = status or StatusView()
+        self.logs = logs or LogView()
+        self.on_event = on_event
+        self.on_write_failure = on_write_failure
+        self.folded = 0
+        """Records folded by this process (a restart that resumes folds few)."""
+        self.store_healthy = True
+
+    # -- start-up ----------------------------------------------------------------------------
+    async def load(self) -> dict[Position, int]:
+        """Live runs into memory; the positions to read on from."""
+        positions = await self.store.positions()
+        for blob in await self.store.live_states():
+            self.status.load(self.codec.decode(blob, ExecutionState))
+        return positions
+
+    # -- the fold --------------------------------------------------------------------------------
+    async def fold(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Fold one batch, store it with its positions, then tell waiters and followers."""
+        decoded: list[ExecutionEvent | StartExecution] = []
+        positions: dict[Position, int] = {}
+        for record in records:
+            positions[(record.topic, record.partition)] = record.offset + 1
+            try:
+                if record.topic == self.topics.events:
+                    decoded.append(self.codec.decode(record.value, ExecutionEvent))
+                    if self.on_event is not None:
+                        self.on_event(record)
+                elif record.topic in self.topics.requests:
+                    decoded.append(self.codec.decode(record.value, StartExecution))
+            except Exception:
+                # Not foldable now or ever (the orchestrator dead-letters such a request); the
+                # position moves past it, and the log keeps it for a replay with a fixed codec.
+                log.exception("view cannot decode %s[%d]@%d", record.topic, record.partition, record.offset)
+        stored = await self._stored_states(decoded)
+        changes = Changes(positions=positions)
+        touched: dict[str, ExecutionState] = {}
+        new_lines: dict[str, list[tuple[int, int, Line]]] = {}
+        for item in decoded:
+            if isinstance(item, StartExecution):
+                if item.execution_id not in stored and self.status.accept(item):
+                    pending = self.status.accepted[item.execution_id]
+                    changes.executions.setdefault(pending.id, self._row(pending))
+                continue
+            before = None if self.status.known(item.execution_id) else stored.get(item.execution_id)
+            after = self.status.apply(item, before)
+            if after is None or after is before or after.seq != item.seq:
+                continue  # an event of a run whose head was lost to retention, or a duplicate
+            touched[after.id] = after
+            for n, line in enumerate(lines_for(item, after)):
+                changes.lines.append(_line_row(after.id, item.seq, n, line))
+                new_lines.setdefault(after.id, []).append((item.seq, n, line))
+        for state in touched.values():
+            changes.executions[state.id] = self._row(state)
+            changes.node_network += network_rows(state)
+        await self._write(changes)
+        self.folded += len(records)
+        self.status.notify(touched.values())
+        for execution_id, state in touched.items():
+            self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
+
+    async def _stored_states(
+        self, decoded: Sequence[ExecutionEvent | StartExecution]
+    ) -> dict[str, ExecutionState]:
+        """The stored states of the batch's runs that memory does not hold: runs finished and
+        evicted (a late duplicate), and runs another instance sharing the store folded."""
+        missing = sorted(
+            {
+                item.execution_id
+                for item in decoded
+                if not self.status.known(item.execution_id) and item.execution_id not in self.status.accepted
+            }
+        )
+        if not missing:
+            return {}
+        return {
+            row.id: self.codec.decode(row.state, ExecutionState)
+            for row in (await self.store.states(missing)).values()
+            if row.seq > 0
+        }
+
+    async def _write(self, changes: Changes) -> None:
+        """Store the batch; on failure, again with backoff until the store takes it. Writing is
+        idempotent, so a write that failed after its commit does no harm when repeated."""
+        for attempt in itertools.count():
+            try:
+                await self.store.write(changes)
+            except Exception:
+                self.store_healthy = False
+                if self.on_write_failure is not None:
+                    self.on_write_failure()
+                pause = WRITE_RETRY_SECONDS[min(attempt, len(WRITE_RETRY_SECONDS) - 1)]
+                log.exception(
+                    "read model: writing to %s failed (try %d); trying again in %gs",
+                    self.store.url_for_humans,
+                    attempt + 1,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+            else:
+                self.store_healthy = True
+                return
+
+    def _row(self, state: ExecutionState) -> ExecutionRow:
+        return execution_row(state, self.codec, self.rates)
+
+    # -- reads -------------------------------------------------------------------------------------
+    async def state(self, execution_id: str) -> ExecutionState | None:
+        """A started run's state: memory first, then the store; ``None`` if it has not started
+        (or does not exist)."""
+        known = self.status.known(execution_id)
+        if known is not None:
+            return known
+        row = (await self.store.states([execution_id])).get(execution_id)
+        if row is None or row.seq == 0:
+            return None
+        return self.codec.decode(row.state, ExecutionState)
+
+    async def status_of(self, execution_id: str) -> ExecutionStatus | None:
+        """A run's status, ``pending`` for one accepted but not started."""
+        known = self.status.status(execution_id)
+        if known is not None:
+            return known
+        row = (await self.store.states([execution_id])).get(execution_id)
+        return None if row is None else self.codec.decode(row.state, ExecutionState).status
+
+    async def body(self, execution_id: str) -> dict[str, Any] | None:
+        """The ``GET /api/executions/{id}`` body."""
+        body = self.status.get(execution_id)
+        if body is not None:
+            return body
+        row = (await self.store.states([execution_id])).get(execution_id)
+        return None if row is None else render(self.codec.decode(row.state, ExecutionState))
+
+    async def page(self, query: ExecutionQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs as stored, newest first, and the cursor of the next page."""
+        found = await self.store.page(query)
+        return [render(self.codec.decode(blob, ExecutionState)) for blob in found.states], found.next_cursor
+
+    async def lines(
+        self,
+        execution_id: str,
+        *,
+        level: str = "debug",
+        node_id: str | None = None,
+        text: str | None = None,
+        limit: int = 10_000,
+    ) -> list[tuple[int, int, Line]]:
+        """A run's stored lines at ``level`` or above (of one node, containing ``text``), the last
+        ``limit``, oldest first, each with its (seq, n)."""
+        rows = await self.store.lines(
+            execution_id, floor=LEVELS.index(level), node_id=node_id, text=text, limit=limit
+        )
+        return [(r.seq, r.n, _line_of(r)) for r in rows]
+
+    async def cost_report(self, period: str, now: datetime, group_by: str) -> dict[str, Any]:
+        since = since_of(period, now)
+        groups = await self.store.cost_groups(
+            "workflow_id" if group_by == "workflow" else "team", None if since is None else to_millis(since)
+        )
+        return report(groups, period, since, group_by)
+
+    # -- retention ------------------------------------------------------------------------------
+    async def expire(self, now: datetime, keep: timedelta, batch: int = 500, pause: float = 0.05) -> int:
+        """Delete runs that ended more than ``keep`` ago, ``batch`` at a time with a pause between,
+        so other writes never wait long. How many went."""
+        self.status.forget_finished_before(now - keep)
+        cutoff = to_millis(now - keep)
+        total = 0
+        while True:
+            deleted = await self.store.delete_finished_before(cutoff, batch)
+            total += deleted
+            if deleted < batch:
+                return total
+            await asyncio.sleep(pause)
+
+
+def _line_row(execution_id: str, seq: int, n: int, line: Line) -> LineRow:
+    return LineRow(
+        execution_id=execution_id,
+        seq=seq,
+        n=n,
+        at=line["at"],
+        level=LEVELS.index(line["level"]),
+        node_id=line["node_id"],
+        message=line["message"],
+        data=None if line["data"] is None else json.dumps(line["data"], separators=(",", ":")),
+    )
+
+
+def _line_of(row: LineRow) -> Line:
+    return {
+        "at": row.at,
+        "level": LEVELS[row.level],
+        "node_id": row.node_id,
+        "message": row.message,
+        "data": None if row.data is None else json.loads(row.data),
+    }
+
+
+def network_rows(state: ExecutionState) -> list[NodeNetworkRow]:
+    """One row per node that moved bytes: the cost report names the node that moved most."""
+    rows = []
+    for node_id, node in state.nodes.items():
+        usage = node.usage or {}
+        moved = usage.get("request_bytes", 0) + usage.get("response_bytes", 0)
+        if moved:
+            rows.append(
+                NodeNetworkRow(
+                    execution_id=state.id,
+                    node_id=node_id,
+                    workflow_id=state.workflow.id,
+                    team=state.workflow.team or "",
+                    created_ms=to_millis(state.created_at),
+                    seq=state.seq,
+                    network_bytes=moved,
+                )
+            )
+    return rows
+
+
+def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> ExecutionRow:
+    """The stored row of a run: its state, the columns queries filter on, and its costs."""
+    cost = cost_of(state, rates)
+    breakdown = cost["breakdown"]
+    return ExecutionRow(
+        id=state.id,
+        workflow_id=state.workflow.id,
+        workflow_version=state.workflow.version,
+        team=state.workflow.team or "",
+        status=state.status.value,
+        priority=state.priority.value,
+        created_ms=to_millis(state.created_at),
+        finished_ms=to_millis(state.finished_at or state.created_at) if state.status.terminal else None,
+        seq=state.seq,
+        state=codec.encode(state),
+        total_cost=cost["total_cost"],
+        attempts=cost["attempts"],
+        retries=sum(max(0, n["attempts"] - 1) for n in cost["nodes"].values()),
+        network_bytes=cost["network_bytes"],
+        cost_attempts=breakdown["attempts"],
+        cost_events=breakdown["events"],
+        cost_compute=breakdown["compute"],
+        cost_cpu=breakdown["cpu"],
+        cost_network=breakdown["network"],
+    )

@@ -1,0 +1,221 @@
+"""The read model in a SQLite file (the default: ``<data dir>/views.sqlite3``).
+
+One writer thread owns the writing connection, so transactions never interleave; reads run on
+their own threads with their own connections, which WAL mode lets proceed while a write
+commits. ``synchronous=NORMAL`` under WAL keeps every commit atomic across a process crash (a
+power cut may lose the last commits, rows and positions together, and the fold redoes them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from linkflow_stream.core.errors import LinkflowError
+from projections.store import sql
+from projections.store.base import Page, ReadStore, StoredState, cost_groups_from_rows, line_from_row
+from projections.store.rows import Changes, CostGroup, Cursor, ExecutionQuery, LineRow, Position
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+"""How long a statement waits for another process's write lock (two engines on one file)."""
+
+
+class SqliteStore(ReadStore):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url_for_humans = f"sqlite:///{path}"
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="views-write")
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="views-read")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = job(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn = self._connection()
+            conn.execute("BEGIN")  # one snapshot for every statement of the job
+            try:
+                return job(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def open(self, fingerprint: str) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def create(conn: sqlite3.Connection) -> bool:
+            for statement in sql.schema("sqlite"):
+                conn.execute(statement)
+            found = conn.execute(sql.SELECT_META, ("fingerprint",)).fetchone()
+            emptied = found is not None and found[0] != fingerprint
+            if emptied:
+                _drop_and_create(conn)
+            conn.execute(sql.UPSERT_META, ("fingerprint", fingerprint))
+            return emptied
+
+        return await self._write(create)
+
+    async def attach(self) -> None:
+        if not self.path.is_file():
+            msg = f"no read model at {self.path}: has an engine with these settings run here?"
+            raise LinkflowError(msg, error_type="not_found")
+
+    async def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    async def reset(self) -> None:
+        await self._write(_drop_and_create)
+
+    async def positions(self) -> dict[Position, int]:
+        rows = await self._read(lambda c: c.execute(sql.SELECT_POSITIONS).fetchall())
+        return {(topic, int(part)): int(offset) for topic, part, offset in rows}
+
+    async def live_states(self) -> list[bytes]:
+        rows = await self._read(lambda c: c.execute(sql.SELECT_LIVE).fetchall())
+        return [bytes(r[0]) for r in rows]
+
+    async def states(self, ids: Sequence[str]) -> dict[str, StoredState]:
+        if not ids:
+            return {}
+
+        def fetch(conn: sqlite3.Connection) -> list[tuple[str, int, bytes]]:
+            out: list[tuple[str, int, bytes]] = []
+            for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                chunk = ids[start : start + 500]
+                out += conn.execute(sql.select_states(len(chunk)), chunk).fetchall()
+            return out
+
+        return {r[0]: StoredState(r[0], int(r[1]), bytes(r[2])) for r in await self._read(fetch)}
+
+    async def write(self, changes: Changes) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            if changes.executions:
+                conn.executemany(
+                    sql.UPSERT_EXECUTION, [sql.execution_params(r) for r in changes.executions.values()]
+                )
+            if changes.lines:
+                conn.executemany(
+                    sql.INSERT_LINE,
+                    [sql.line_params(line) for line in changes.lines],
+                )
+            if changes.node_network:
+                conn.executemany(
+                    sql.UPSERT_NODE_NETWORK,
+                    [sql.network_params(r) for r in changes.node_network],
+                )
+            if changes.positions:
+                conn.executemany(sql.UPSERT_POSITION, [(t, p, o) for (t, p), o in changes.positions.items()])
+
+        await self._write(apply)
+
+    async def page(self, query: ExecutionQuery) -> Page:
+        statement, params = sql.select_page(query)
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        cursor = Cursor(int(rows[-1][1]), str(rows[-1][2])).encode() if more and rows else None
+        return Page([bytes(r[0]) for r in rows], cursor)
+
+    async def lines(
+        self, execution_id: str, *, floor: int, node_id: str | None, text: str | None, limit: int
+    ) -> list[LineRow]:
+        statement = sql.select_lines(node=node_id is not None, text=text is not None)
+        params: list[object] = [execution_id, floor]
+        if node_id is not None:
+            params.append(node_id)
+        if text is not None:
+            params.append(sql.like_pattern(text))
+        params.append(limit)
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        return [line_from_row(r, execution_id) for r in reversed(rows)]
+
+    async def cost_groups(self, group_column: str, since_ms: int | None) -> list[CostGroup]:
+        params = [] if since_ms is None else [since_ms]
+
+        def fetch(conn: sqlite3.Connection) -> list[CostGroup]:
+            groups = conn.execute(
+                sql.select_cost_groups(group_column, since_ms is not None), params
+            ).fetchall()
+            nodes = conn.execute(
+                sql.select_node_network(group_column, since_ms is not None), params
+            ).fetchall()
+            return cost_groups_from_rows(groups, nodes)
+
+        return await self._read(fetch)
+
+    async def delete_finished_before(self, cutoff_ms: int, limit: int) -> int:
+        def delete(conn: sqlite3.Connection) -> int:
+            ids = [r[0] for r in conn.execute(sql.SELECT_EXPIRED, (cutoff_ms, limit)).fetchall()]
+            if ids:
+                for table, column in (
+                    ("log_lines", "execution_id"),
+                    ("node_network", "execution_id"),
+                    ("executions", "id"),
+                ):
+                    conn.execute(sql.delete_by_ids(table, column, len(ids)), ids)
+            return len(ids)
+
+        return await self._write(delete)
+
+    async def count(self) -> int:
+        row = await self._read(lambda c: c.execute(sql.COUNT_EXECUTIONS).fetchone())
+        return int(row[0])
+
+    async def dump(self) -> tuple[list[StoredState], list[LineRow]]:
+        def fetch(conn: sqlite3.Connection) -> tuple[list[StoredState], list[LineRow]]:
+            rows = [StoredState(r[0], int(r[1]), bytes(r[2])) for r in conn.execute(sql.SELECT_ALL_ROWS)]
+            lines = [
+                line_from_row(r[3:], r[0], int(r[1]), int(r[2])) for r in conn.execute(sql.SELECT_ALL_LINES)
+            ]
+            return rows, lines
+
+        return await self._read(fetch)
+
+
+def _drop_and_create(conn: sqlite3.Connection) -> None:
+    for statement in sql.DROP:
+        conn.execute(statement)
+    for statement in sql.schema("sqlite"):
+        conn.execute(statement)

@@ -1,0 +1,251 @@
+"""The read model folds records into a real SQLite store: readable, levelled, searchable log lines,
+pages of runs, restarts that resume from the stored positions, and batches folded twice that
+change nothing. Records are built in memory (no broker): the fold is the unit under test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from linkflow_stream.core.clock import from_millis, to_millis
+from linkflow_stream.core.decider import DeciderConfig, NodeKind, decide
+from linkflow_stream.core.errors import ValidationError
+from linkflow_stream.core.events import Dispatch, ExecutionEvent
+from linkflow_stream.core.messages import NodeError, NodeResult, Priority, StartExecution
+from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.kafka.codec import default_codec
+from projections.read_model import ReadModel, Topics
+from projections.store import Cursor, ExecutionQuery, ReadStore, open_store
+
+T0 = from_millis(1_800_000_000_000)
+CFG = DeciderConfig(kinds={"code": NodeKind(Dispatch.TASK)})
+TOPICS = Topics(events="events", requests=frozenset({"requests.normal"}))
+CODEC = default_codec()
+
+
+class Log:
+    """Topics in memory: records with offsets, as a reader would hand them over."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def records(
+        self, topic: str, items: Iterable[ExecutionEvent | StartExecution], partition: int = 0
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        out = []
+        for item in items:
+            offset = self.offsets.get((topic, partition), 0)
+            self.offsets[(topic, partition)] = offset + 1
+            out.append(
+                ConsumerRecord(
+                    topic,
+                    partition,
+                    offset,
+                    to_millis(T0),
+                    0,
+                    item.execution_id.encode(),
+                    CODEC.encode(item),
+                    None,
+                    0,
+                    0,
+                    (),
+                )
+            )
+        return out
+
+
+def workflow(team: str | None = None) -> WorkflowDefinition:
+    return WorkflowDefinition(id="wf", created_at=T0, team=team, nodes=(NodeDefinition(id="c", type="code"),))
+
+
+def start(
+    execution_id: str, at: float = 0, priority: Priority = Priority.NORMAL, team: str | None = None
+) -> StartExecution:
+    return StartExecution(
+        execution_id=execution_id,
+        workflow=workflow(team),
+        input={},
+        priority=priority,
+        requested_at=T0 + timedelta(seconds=at),
+    )
+
+
+def decided(
+    state: ExecutionState | None, inp: StartExecution | NodeResult, at: float
+) -> tuple[ExecutionState, list[ExecutionEvent]]:
+    events = decide(state, inp, T0 + timedelta(seconds=at), CFG)
+    for event in events:
+        state = evolve(state, event)
+    assert state is not None
+    return state, events
+
+
+def result(execution_id: str, ok: bool) -> NodeResult:
+    return NodeResult(
+        execution_id=execution_id,
+        node_id="c",
+        attempt=1,
+        ok=ok,
+        output=1 if ok else None,
+        started_at=T0,
+        finished_at=T0,
+        error=None
+        if ok
+        else NodeError(error_class="code_error", message="ZeroDivisionError: division by zero"),
+        logs={"stdout": "step 1\nstep 2\n", "stderr": "careful\n"},
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ReadStore]:
+    store = open_store(None, tmp_path)
+    await store.open("test")
+    yield store
+    await store.close()
+
+
+async def test_a_failed_code_run_reads_as_a_story_and_its_lines_are_searchable(store: ReadStore) -> None:
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    state, events = decided(None, start("e"), 0)
+    await model.fold(log.records("events", events))
+    _, events = decided(state, result("e", ok=False), 1.5)
+    await model.fold(log.records("events", events))
+    lines = [line for _s, _n, line in await model.lines("e")]
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("info", "execution created: workflow wf v1, priority normal"),
+        ("info", "execution started"),
+        ("info", "code node c started, attempt 1, on an executor"),
+        ("info", "step 1"),
+        ("info", "step 2"),
+        ("warning", "careful"),
+        ("error", "code node c failed: code_error: ZeroDivisionError: division by zero"),
+        ("error", "execution failed: node c failed: ZeroDivisionError: division by zero"),
+    ]
+    assert [line["message"] for _s, _n, line in await model.lines("e", level="warning")][:1] == ["careful"]
+    assert len(await model.lines("e", level="error")) == 2
+    assert [line["message"] for _s, _n, line in await model.lines("e", text="STEP")] == ["step 1", "step 2"]
+    assert [line["message"] for _s, _n, line in await model.lines("e", text="50%_")] == []
+    last = await model.lines("e", node_id="c", limit=1)
+    assert last[0][2]["data"] == {"error_class": "code_error"}
+    assert await model.lines("unknown") == []
+
+
+async def test_followers_get_stored_lines_and_an_end_marker(store: ReadStore) -> None:
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    state, events = decided(None, start("e"), 0)
+    await model.fold(log.records("events", events))
+    queue = model.logs.follow("e")
+    _, events = decided(state, result("e", ok=True), 2)
+    await model.fold(log.records("events", events))
+    got = []
+    while not queue.empty():
+        got.append(queue.get_nowait())
+    assert [g[2]["message"] if g else None for g in got] == [
+        "step 1",
+        "step 2",
+        "careful",
+        "code node c succeeded in 2.000s",
+        "execution succeeded",
+        None,
+    ]
+    assert all(g is None or g[:2] > (2, 0) for g in got), "each line says where it came from"
+
+
+async def test_a_restart_resumes_from_the_stored_positions_with_live_runs_in_memory(tmp_path: Path) -> None:
+    log = Log()
+    first = open_store(None, tmp_path)
+    await first.open("test")
+    model = ReadModel(first, CODEC, TOPICS)
+    done, events_done = decided(None, start("done"), 0)
+    done, more = decided(done, result("done", ok=True), 1)
+    running, events_running = decided(None, start("running"), 2)
+    await model.fold(log.records("events", [*events_done, *more, *events_running]))
+    await model.fold(log.records("requests.normal", [start("queued", 3)]))
+    await first.close()
+
+    again = open_store(None, tmp_path)
+    await again.open("test")
+    restarted = ReadModel(again, CODEC, TOPICS)
+    positions = await restarted.load()
+    assert positions == {
+        ("events", 0): len(events_done) + len(more) + len(events_running),
+        ("requests.normal", 0): 1,
+    }
+    assert set(restarted.status.executions) == {"running"}, "only what is live comes back into memory"
+    assert set(restarted.status.accepted) == {"queued"}
+    assert restarted.status.queue_counts()["normal"] == {"queued": 1, "running": 1}
+    finished = await restarted.body("done")
+    assert finished is not None and finished["status"] == "success", "a finished run is read from the store"
+    _, ended = decided(running, result("running", ok=False), 4)
+    await restarted.fold(log.records("events", ended))
+    body = await restarted.body("running")
+    assert body is not None and body["status"] == "failed"
+    assert "running" not in restarted.status.executions
+    await again.close()
+
+
+async def test_a_batch_folded_twice_changes_nothing(store: ReadStore) -> None:
+    """A crash after the database commit and before the reader moved on, or two instances on one
+    PostgreSQL: the same records arrive again."""
+    log = Log()
+    state, events = decided(None, start("e"), 0)
+    _, more = decided(state, result("e", ok=True), 1)
+    batch = log.records("events", [*events, *more])
+    await ReadModel(store, CODEC, TOPICS).fold(batch)
+    before = await store.dump()
+    await ReadModel(store, CODEC, TOPICS).fold(batch[:3])  # a fresh process: nothing in memory
+    await ReadModel(store, CODEC, TOPICS).fold(batch)
+    assert await store.dump() == before
+
+
+async def test_pages_are_newest_first_filtered_and_cursored(store: ReadStore) -> None:
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    for i in range(7):
+        priority = Priority.HIGH if i % 2 else Priority.LOW
+        _, events = decided(None, start(f"e{i}", at=i, priority=priority, team="ops" if i < 3 else None), i)
+        await model.fold(log.records("events", events))
+    await model.fold(log.records("requests.normal", [start("pending", at=99)]))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        rows, next_cursor = await model.page(
+            ExecutionQuery(limit=3, after=Cursor.decode(cursor) if cursor else None)
+        )
+        seen += [r["id"] for r in rows]
+        if next_cursor is None:
+            break
+        cursor = next_cursor
+    assert seen == ["pending", "e6", "e5", "e4", "e3", "e2", "e1", "e0"]
+    high, _ = await model.page(ExecutionQuery(priority="high"))
+    assert [r["id"] for r in high] == ["e5", "e3", "e1"]
+    ops, _ = await model.page(ExecutionQuery(team="ops", status="running"))
+    assert [r["id"] for r in ops] == ["e2", "e1", "e0"]
+    window, _ = await model.page(
+        ExecutionQuery(
+            created_after_ms=to_millis(T0 + timedelta(seconds=2)),
+            created_before_ms=to_millis(T0 + timedelta(seconds=4)),
+        )
+    )
+    assert [r["id"] for r in window] == ["e3", "e2"]
+    with pytest.raises(ValidationError):
+        Cursor.decode("not-a-cursor")
+
+
+async def test_retention_deletes_finished_runs_in_batches_and_keeps_running_ones(store: ReadStore) -> None:
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    for i in range(5):
+        state, events = decided(None, start(f"old{i}"), 0)
+        _, more = decided(state, result(f"old{i}", ok=True), 1)
+        await model.fold(log.records("events", [*events, *more]))
+    _, events = decided(None, start("running"), 0)
+    await model.fold(log.records("events", events))
+    assert await model.expire(T0 + timedelta(days=1), keep=timedelta(days=2)) == 0
+    assert await model.expire(T0 + timedelta(days=3), keep=timedelta(days=2), batch=2, pause=0) == 5
+    assert await store.count() == 1
+    assert await model.lines("old0") == [], "their lines went with them"
+    assert (await model.body("running")) is not None
