@@ -14,16 +14,32 @@ from linkflow_stream.dev.testing import EngineProcess
 @contextmanager
 def own_engine(**env: str) -> Iterator[str]:
     """Start a real broker and ``linkflow run`` on free ports; yields the API URL."""
+    with own_engine_process(**env) as engine:
+        yield engine.url
+
+
+@contextmanager
+def own_engine_process(**env: str) -> Iterator[EngineProcess]:
+    """Start a real broker and ``linkflow run`` on free ports; yields the engine (to restart it,
+    read its RSS, ...)."""
     with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
         broker = Broker(data_dir=Path(tmp) / "kafka", port=free_port())
         broker.start(cache_dir=Path(".linkflow").resolve())
         engine = EngineProcess(bootstrap=broker.bootstrap, workdir=Path(tmp), extra_env=env)
         try:
             engine.start()
-            yield engine.url
+            yield engine
         finally:
             engine.stop()
             broker.stop()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -206,12 +206,12 @@ class ReadModel:
         if body is not None:
             return body
         row = (await self.store.states([execution_id])).get(execution_id)
-        return None if row is None else render(self.codec.decode(row.state, ExecutionState))
+        return None if row is None else dict(json.loads(row.body))
 
-    async def page(self, query: ExecutionQuery) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of runs as stored, newest first, and the cursor of the next page."""
+    async def page(self, query: ExecutionQuery) -> tuple[list[str], str | None]:
+        """A page of runs as stored (their JSON bodies), newest first, and the next page's cursor."""
         found = await self.store.page(query)
-        return [render(self.codec.decode(blob, ExecutionState)) for blob in found.states], found.next_cursor
+        return found.bodies, found.next_cursor
 
     async def lines(
         self,
@@ -310,6 +310,7 @@ def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> 
         finished_ms=to_millis(state.finished_at or state.created_at) if state.status.terminal else None,
         seq=state.seq,
         state=codec.encode(state),
+        body=json.dumps(render(state), separators=(",", ":")),
         total_cost=cost["total_cost"],
         attempts=cost["attempts"],
         retries=sum(max(0, n["attempts"] - 1) for n in cost["nodes"].values()),

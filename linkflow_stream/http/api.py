@@ -404,8 +404,13 @@ class Api:
             after=Cursor.decode(cursor) if cursor else None,
             limit=_int_param(request, "limit", 50, low=1, high=1000),
         )
-        rows, next_cursor = await self.d.views.page(query)
-        return web.json_response({"executions": rows, "count": len(rows), "next_cursor": next_cursor})
+        bodies, next_cursor = await self.d.views.page(query)
+        # the stored bodies are JSON already: joined, not decoded and encoded again
+        text = (
+            f'{{"executions":[{",".join(bodies)}],"count":{len(bodies)},'
+            f'"next_cursor":{json.dumps(next_cursor)}}}'
+        )
+        return web.Response(text=text, content_type="application/json")
 
     async def get_execution(self, request: web.Request) -> web.Response:
         body = await self._synced(lambda: self.d.views.body(request.match_info["id"]))

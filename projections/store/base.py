@@ -21,11 +21,14 @@ class StoredState:
     id: str
     seq: int
     state: bytes
+    body: str
+    """The rendered JSON body."""
 
 
 @dataclass(frozen=True)
 class Page:
-    states: list[bytes]
+    bodies: list[str]
+    """Rendered JSON bodies, newest first."""
     next_cursor: str | None
 
 

@@ -76,9 +76,9 @@ class PostgresStore(ReadStore):
         if not ids:
             return {}
         rows = await self.pool.fetch(
-            "SELECT id, seq, state FROM executions WHERE id = ANY($1::text[])", list(ids)
+            "SELECT id, seq, state, body FROM executions WHERE id = ANY($1::text[])", list(ids)
         )
-        return {r[0]: StoredState(r[0], int(r[1]), bytes(r[2])) for r in rows}
+        return {r[0]: StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3])) for r in rows}
 
     async def write(self, changes: Changes) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -107,7 +107,7 @@ class PostgresStore(ReadStore):
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         cursor = Cursor(int(rows[-1][1]), str(rows[-1][2])).encode() if more and rows else None
-        return Page([bytes(r[0]) for r in rows], cursor)
+        return Page([str(r[0]) for r in rows], cursor)
 
     async def lines(
         self, execution_id: str, *, floor: int, node_id: str | None, text: str | None, limit: int
@@ -146,7 +146,10 @@ class PostgresStore(ReadStore):
 
     async def dump(self) -> tuple[list[StoredState], list[LineRow]]:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = [StoredState(r[0], int(r[1]), bytes(r[2])) for r in await conn.fetch(sql.SELECT_ALL_ROWS)]
+            rows = [
+                StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3]))
+                for r in await conn.fetch(sql.SELECT_ALL_ROWS)
+            ]
             lines = [
                 line_from_row(tuple(r)[3:], r[0], int(r[1]), int(r[2]))
                 for r in await conn.fetch(sql.SELECT_ALL_LINES)

@@ -31,6 +31,9 @@ class ExecutionRow:
     """Events folded in; 0 for a run accepted but not started (no event yet)."""
     state: bytes
     """The execution's state, encoded by the codec (``io.linkflow.ExecutionState``)."""
+    body: str
+    """Its ``GET /api/executions/{id}`` body as JSON, rendered when stored, so a page of runs is
+    served without decoding a state (a decode costs about 1 ms)."""
     total_cost: float
     attempts: int
     retries: int

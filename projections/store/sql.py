@@ -18,7 +18,7 @@ from projections.store.rows import ExecutionQuery, ExecutionRow, LineRow, NodeNe
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped when a table changes shape; a store of another version is rebuilt from the log."""
 
 _TABLES = """
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS executions (
     finished_ms BIGINT,
     seq INTEGER NOT NULL,
     state {blob} NOT NULL,
+    body TEXT NOT NULL,
     total_cost DOUBLE PRECISION NOT NULL,
     attempts INTEGER NOT NULL,
     retries INTEGER NOT NULL,
@@ -100,19 +101,20 @@ def schema(dialect: Dialect) -> list[str]:
 
 
 EXECUTION_COLUMNS = (
-    "id, workflow_id, workflow_version, team, status, priority, created_ms, finished_ms, seq, state, "
+    "id, workflow_id, workflow_version, team, status, priority, created_ms, finished_ms, seq, state, body, "
     "total_cost, attempts, retries, network_bytes, cost_attempts, cost_events, cost_compute, cost_cpu, "
     "cost_network"
 )
 
 UPSERT_EXECUTION = f"""
 INSERT INTO executions ({EXECUTION_COLUMNS})
-VALUES ({", ".join("?" * 19)})
+VALUES ({", ".join("?" * 20)})
 ON CONFLICT (id) DO UPDATE SET
     workflow_id = excluded.workflow_id, workflow_version = excluded.workflow_version,
     team = excluded.team, status = excluded.status, priority = excluded.priority,
     created_ms = excluded.created_ms, finished_ms = excluded.finished_ms, seq = excluded.seq,
-    state = excluded.state, total_cost = excluded.total_cost, attempts = excluded.attempts,
+    state = excluded.state, body = excluded.body, total_cost = excluded.total_cost,
+    attempts = excluded.attempts,
     retries = excluded.retries, network_bytes = excluded.network_bytes,
     cost_attempts = excluded.cost_attempts, cost_events = excluded.cost_events,
     cost_compute = excluded.cost_compute, cost_cpu = excluded.cost_cpu,
@@ -126,7 +128,7 @@ def execution_params(r: ExecutionRow) -> tuple[object, ...]:
     """``UPSERT_EXECUTION``'s parameters, in ``EXECUTION_COLUMNS`` order."""
     return (
         r.id, r.workflow_id, r.workflow_version, r.team, r.status, r.priority, r.created_ms,
-        r.finished_ms, r.seq, r.state, r.total_cost, r.attempts, r.retries, r.network_bytes,
+        r.finished_ms, r.seq, r.state, r.body, r.total_cost, r.attempts, r.retries, r.network_bytes,
         r.cost_attempts, r.cost_events, r.cost_compute, r.cost_cpu, r.cost_network,
     )  # fmt: skip
 
@@ -171,7 +173,7 @@ COUNT_EXECUTIONS = "SELECT COUNT(*) FROM executions"
 
 
 def select_states(count: int) -> str:
-    return f"SELECT id, seq, state FROM executions WHERE id IN ({', '.join('?' * count)})"
+    return f"SELECT id, seq, state, body FROM executions WHERE id IN ({', '.join('?' * count)})"
 
 
 def select_page(q: ExecutionQuery) -> tuple[str, list[object]]:
@@ -198,7 +200,7 @@ def select_page(q: ExecutionQuery) -> tuple[str, list[object]]:
         where.append("(created_ms < ? OR (created_ms = ? AND id < ?))")
         params += [q.after.created_ms, q.after.created_ms, q.after.id]
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    sql = f"SELECT state, created_ms, id FROM executions {clause} ORDER BY created_ms DESC, id DESC LIMIT ?"
+    sql = f"SELECT body, created_ms, id FROM executions {clause} ORDER BY created_ms DESC, id DESC LIMIT ?"
     return sql, [*params, q.limit + 1]
 
 
@@ -250,7 +252,7 @@ def delete_by_ids(table: str, column: str, count: int) -> str:
     return f"DELETE FROM {table} WHERE {column} IN ({', '.join('?' * count)})"
 
 
-SELECT_ALL_ROWS = "SELECT id, seq, state FROM executions ORDER BY id"
+SELECT_ALL_ROWS = "SELECT id, seq, state, body FROM executions ORDER BY id"
 SELECT_ALL_LINES = (
     "SELECT execution_id, seq, n, at, level, node_id, message, data FROM log_lines "
     "ORDER BY execution_id, seq, n"

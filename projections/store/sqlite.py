@@ -120,14 +120,14 @@ class SqliteStore(ReadStore):
         if not ids:
             return {}
 
-        def fetch(conn: sqlite3.Connection) -> list[tuple[str, int, bytes]]:
-            out: list[tuple[str, int, bytes]] = []
+        def fetch(conn: sqlite3.Connection) -> list[tuple[str, int, bytes, str]]:
+            out: list[tuple[str, int, bytes, str]] = []
             for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
                 chunk = ids[start : start + 500]
                 out += conn.execute(sql.select_states(len(chunk)), chunk).fetchall()
             return out
 
-        return {r[0]: StoredState(r[0], int(r[1]), bytes(r[2])) for r in await self._read(fetch)}
+        return {r[0]: StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3])) for r in await self._read(fetch)}
 
     async def write(self, changes: Changes) -> None:
         def apply(conn: sqlite3.Connection) -> None:
@@ -156,7 +156,7 @@ class SqliteStore(ReadStore):
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         cursor = Cursor(int(rows[-1][1]), str(rows[-1][2])).encode() if more and rows else None
-        return Page([bytes(r[0]) for r in rows], cursor)
+        return Page([str(r[0]) for r in rows], cursor)
 
     async def lines(
         self, execution_id: str, *, floor: int, node_id: str | None, text: str | None, limit: int
@@ -205,7 +205,10 @@ class SqliteStore(ReadStore):
 
     async def dump(self) -> tuple[list[StoredState], list[LineRow]]:
         def fetch(conn: sqlite3.Connection) -> tuple[list[StoredState], list[LineRow]]:
-            rows = [StoredState(r[0], int(r[1]), bytes(r[2])) for r in conn.execute(sql.SELECT_ALL_ROWS)]
+            rows = [
+                StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3]))
+                for r in conn.execute(sql.SELECT_ALL_ROWS)
+            ]
             lines = [
                 line_from_row(r[3:], r[0], int(r[1]), int(r[2])) for r in conn.execute(sql.SELECT_ALL_LINES)
             ]

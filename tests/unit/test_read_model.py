@@ -4,6 +4,7 @@ change nothing. Records are built in memory (no broker): the fold is the unit un
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -216,22 +217,22 @@ async def test_pages_are_newest_first_filtered_and_cursored(store: ReadStore) ->
         rows, next_cursor = await model.page(
             ExecutionQuery(limit=3, after=Cursor.decode(cursor) if cursor else None)
         )
-        seen += [r["id"] for r in rows]
+        seen += [json.loads(r)["id"] for r in rows]
         if next_cursor is None:
             break
         cursor = next_cursor
     assert seen == ["pending", "e6", "e5", "e4", "e3", "e2", "e1", "e0"]
     high, _ = await model.page(ExecutionQuery(priority="high"))
-    assert [r["id"] for r in high] == ["e5", "e3", "e1"]
+    assert [json.loads(r)["id"] for r in high] == ["e5", "e3", "e1"]
     ops, _ = await model.page(ExecutionQuery(team="ops", status="running"))
-    assert [r["id"] for r in ops] == ["e2", "e1", "e0"]
+    assert [json.loads(r)["id"] for r in ops] == ["e2", "e1", "e0"]
     window, _ = await model.page(
         ExecutionQuery(
             created_after_ms=to_millis(T0 + timedelta(seconds=2)),
             created_before_ms=to_millis(T0 + timedelta(seconds=4)),
         )
     )
-    assert [r["id"] for r in window] == ["e3", "e2"]
+    assert [json.loads(r)["id"] for r in window] == ["e3", "e2"]
     with pytest.raises(ValidationError):
         Cursor.decode("not-a-cursor")
 
