@@ -119,7 +119,13 @@ class ReadModel:
                     changes.executions.setdefault(pending.id, self._row(pending))
                 continue
             before = None if self.status.known(item.execution_id) else stored.get(item.execution_id)
-            after = self.status.apply(item, before)
+            try:
+                after = self.status.apply(item, before)
+            except Exception:
+                # An event that cannot follow the state (never written by the single writer); one
+                # such record must not stop every view: it is logged and left out.
+                log.exception("view cannot apply event %d of %s", item.seq, item.execution_id)
+                continue
             if after is None or after is before or after.seq != item.seq:
                 continue  # an event of a run whose head was lost to retention, or a duplicate
             touched[after.id] = after

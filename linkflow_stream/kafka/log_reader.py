@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -143,11 +144,23 @@ class LogReader:
 
     async def _hand_over(self, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """One batch to ``handle_batch``; it is handled (and counts for ``sync``) only once that
-        returns. A failure stops this reader: the records stay unread rather than skipped."""
+        returns. A handler that fails has changed nothing (the read model reads before it folds and
+        retries its own writes), so the same batch is handed over again after a pause: the view
+        stands still rather than skipping records."""
         assert self.handle_batch is not None
         records = [record for records in batches.values() for record in records]
-        if records:
-            await self.handle_batch(records)
+        for attempt in itertools.count():
+            if not records:
+                break
+            try:
+                await self.handle_batch(records)
+                break
+            except Exception:
+                pause = min(5.0, 0.2 * 2**attempt)
+                log.exception(
+                    "view of %s could not fold a batch; again in %.1fs", ",".join(self.topics), pause
+                )
+                await asyncio.sleep(pause)
         for tp, got in batches.items():
             if got:
                 self._handled[tp] = got[-1].offset + 1

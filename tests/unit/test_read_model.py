@@ -5,6 +5,7 @@ change nothing. Records are built in memory (no broker): the fold is the unit un
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,8 @@ from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
 from projections.read_model import ReadModel, Topics
-from projections.store import Cursor, ExecutionQuery, ReadStore, open_store
+from projections.store import Changes, Cursor, ExecutionQuery, ReadStore, open_store
+from projections.store.sqlite import SqliteStore
 
 T0 = from_millis(1_800_000_000_000)
 CFG = DeciderConfig(kinds={"code": NodeKind(Dispatch.TASK)})
@@ -250,3 +252,26 @@ async def test_retention_deletes_finished_runs_in_batches_and_keeps_running_ones
     assert await store.count() == 1
     assert await model.lines("old0") == [], "their lines went with them"
     assert (await model.body("running")) is not None
+
+
+async def test_a_failing_store_write_is_retried_until_it_lands_and_readiness_shows_it(tmp_path: Path) -> None:
+    class Flaky(SqliteStore):
+        failures = 2
+
+        async def write(self, changes: Changes) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            await super().write(changes)
+
+    store = Flaky(tmp_path / "views.sqlite3")
+    await store.open("test")
+    health: list[bool] = []
+    model = ReadModel(store, CODEC, TOPICS, on_write_failure=lambda: health.append(model.store_healthy))
+    _, events = decided(None, start("e"), 0)
+    await model.fold(Log().records("events", events))
+    assert health == [False, False], "each failed write is counted while the store is unhealthy"
+    assert model.store_healthy
+    assert (await store.positions()) == {("events", 0): len(events)}
+    assert (await model.body("e")) is not None
+    await store.close()
