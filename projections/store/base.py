@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from projections.store.rows import Changes, CostGroup, ExecutionQuery, LineRow, Position
+from projections.store.rows import Changes, CostGroup, Cursor, ExecutionQuery, LineRow, Position
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,14 @@ class ReadStore(ABC):
     @abstractmethod
     async def dump(self) -> tuple[list[StoredState], list[LineRow]]:
         """Every row and line in key order, for comparing two stores (replay)."""
+
+
+def page_of(rows: Sequence[Sequence[Any]], limit: int) -> Page:
+    """A page from ``select_page``'s rows (body, created_ms, id), which fetch one more than the
+    page to know whether another follows."""
+    shown = rows[:limit]
+    cursor = Cursor(int(shown[-1][1]), str(shown[-1][2])).encode() if len(rows) > limit and shown else None
+    return Page([str(r[0]) for r in shown], cursor)
 
 
 def line_from_row(row: Sequence[Any], execution_id: str = "", seq: int = 0, n: int = 0) -> LineRow:

@@ -204,14 +204,20 @@ def select_page(q: ExecutionQuery) -> tuple[str, list[object]]:
     return sql, [*params, q.limit + 1]
 
 
-def select_lines(*, node: bool, text: bool) -> str:
-    """The last ``limit`` lines at a level or above (newest first; the caller reverses them)."""
+def select_lines(
+    execution_id: str, *, floor: int, node_id: str | None, text: str | None, limit: int
+) -> tuple[str, list[object]]:
+    """The last ``limit`` lines at a level or above, of one node, containing ``text`` (newest
+    first; the caller reverses them)."""
     sql = "SELECT at, level, node_id, message, data FROM log_lines WHERE execution_id = ? AND level >= ?"
-    if node:
+    params: list[object] = [execution_id, floor]
+    if node_id is not None:
         sql += " AND node_id = ?"
-    if text:
+        params.append(node_id)
+    if text is not None:
         sql += " AND LOWER(message) LIKE ? ESCAPE '\\'"
-    return sql + " ORDER BY seq DESC, n DESC LIMIT ?"
+        params.append(like_pattern(text))
+    return sql + " ORDER BY seq DESC, n DESC LIMIT ?", [*params, limit]
 
 
 def like_pattern(text: str) -> str:

@@ -18,8 +18,15 @@ from typing import TypeVar
 
 from linkflow_stream.core.errors import LinkflowError
 from projections.store import sql
-from projections.store.base import Page, ReadStore, StoredState, cost_groups_from_rows, line_from_row
-from projections.store.rows import Changes, CostGroup, Cursor, ExecutionQuery, LineRow, Position
+from projections.store.base import (
+    Page,
+    ReadStore,
+    StoredState,
+    cost_groups_from_rows,
+    line_from_row,
+    page_of,
+)
+from projections.store.rows import Changes, CostGroup, ExecutionQuery, LineRow, Position
 
 T = TypeVar("T")
 
@@ -152,24 +159,16 @@ class SqliteStore(ReadStore):
 
     async def page(self, query: ExecutionQuery) -> Page:
         statement, params = sql.select_page(query)
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
-        more = len(rows) > query.limit
-        rows = rows[: query.limit]
-        cursor = Cursor(int(rows[-1][1]), str(rows[-1][2])).encode() if more and rows else None
-        return Page([str(r[0]) for r in rows], cursor)
+        return page_of(await self._read(lambda c: c.execute(statement, params).fetchall()), query.limit)
 
     async def lines(
         self, execution_id: str, *, floor: int, node_id: str | None, text: str | None, limit: int
     ) -> list[LineRow]:
-        statement = sql.select_lines(node=node_id is not None, text=text is not None)
-        params: list[object] = [execution_id, floor]
-        if node_id is not None:
-            params.append(node_id)
-        if text is not None:
-            params.append(sql.like_pattern(text))
-        params.append(limit)
+        statement, params = sql.select_lines(
+            execution_id, floor=floor, node_id=node_id, text=text, limit=limit
+        )
         rows = await self._read(lambda c: c.execute(statement, params).fetchall())
-        return [line_from_row(r, execution_id) for r in reversed(rows)]
+        return [line_from_row(tuple(r), execution_id) for r in reversed(rows)]
 
     async def cost_groups(self, group_column: str, since_ms: int | None) -> list[CostGroup]:
         params = [] if since_ms is None else [since_ms]
