@@ -73,6 +73,14 @@ class FakeProducer:
     def records(self, topic: str) -> list[ProducerRecord]:
         return [r for records, _ in self.committed for r in records if r.topic == topic]
 
+    def committed_state(self, execution_id: str) -> ExecutionState:
+        """The execution's last state on the changelog (a partition holds a finished run slim)."""
+        changelog = [
+            r for records, _ in self.committed for r in records
+            if r.topic == topic_names.STATE and r.key == execution_id.encode() and r.value is not None
+        ]  # fmt: skip
+        return CODEC.decode(changelog[-1].value, ExecutionState)
+
     def events(self) -> list[ExecutionEvent]:
         return [CODEC.decode(r.value, ExecutionEvent) for r in self.records(topic_names.EVENTS)]
 
@@ -253,6 +261,28 @@ async def test_a_finished_run_is_tombstoned_after_its_time_to_live_and_forgotten
     assert p.states == {} and p.next_wakeup_ms() is None
 
 
+async def test_a_finished_run_is_held_slim_and_a_repeated_start_or_late_result_changes_nothing() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    held = p.states["e1"]
+    assert held.status is ExecutionStatus.SUCCESS and held.finished_at is not None
+    assert (held.nodes, held.history, held.input, held.workflow.nodes) == ({}, (), None, ())
+    full = next(r for r in producer.committed[0][0] if r.topic == topic_names.STATE)
+    assert CODEC.decode(full.value, ExecutionState).nodes["a"].output == 2, "the changelog keeps it all"
+    late = NodeResult(
+        execution_id="e1",
+        node_id="a",
+        attempt=1,
+        ok=True,
+        started_at=from_millis(T0),
+        finished_at=from_millis(T0),
+    )
+    await p.run_batch([start_record(1, TRANSFORM), record(RESULTS, 0, CODEC.encode(late))], T0 + 1)
+    records, offsets = producer.committed[-1]
+    assert records == [] and offsets == {REQUESTS: 2, RESULTS: 1}, "no second run, no event"
+
+
 async def test_records_below_the_position_are_stale_and_a_jump_is_a_gap_unless_explained() -> None:
     producer = FakeProducer()
     explained: list[tuple[int, int]] = []
@@ -289,7 +319,7 @@ async def test_a_task_for_a_pool_without_a_topic_fails_its_node_with_resource_li
     p = partition(producer, stepper=stepper(pool_exists=default_only))
     nodes = [{**HTTP[0], "pool": "nope"}]
     await p.run_batch([start_record(0, nodes)], T0)
-    state = p.states["e1"]
+    state = producer.committed_state("e1")
     assert state.status is ExecutionStatus.FAILED
     error = state.nodes["h"].error
     assert error is not None and error.error_class == "resource_limit" and "nope" in error.message
@@ -312,7 +342,7 @@ async def test_a_result_too_large_to_record_fails_its_node_instead_of_wedging_th
         finished_at=from_millis(T0 + 5),
     )
     await p.run_batch([record(RESULTS, 0, CODEC.encode(huge), ms=T0 + 5)], T0 + 5)
-    state = p.states["e1"]
+    state = producer.committed_state("e1")
     assert state.status is ExecutionStatus.FAILED
     error = state.nodes["h"].error
     assert error is not None and error.error_class == "resource_limit"
