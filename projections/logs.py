@@ -8,6 +8,7 @@ WebSocket readers follow new ones.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -114,28 +115,48 @@ Followed = tuple[int, int, Line]
 stored backlog can drop what it already has."""
 
 
+class TooSlow(enum.Enum):
+    """Put in a follower's queue instead of the line that would overflow it."""
+
+    TOO_SLOW = "too slow"
+
+
+FOLLOW_BACKLOG = 1000
+"""Lines a follower may have waiting when a new batch comes; more, and it is dropped (with
+``TooSlow``), so a reader that does not read cannot make the engine buffer a run's output without
+end. A batch is always handed whole to a reader that kept up, however many lines it has."""
+
+FollowQueue = asyncio.Queue[Followed | TooSlow | None]
+
+
 class LogView:
     """The WebSocket followers of running executions; the lines themselves are in the store."""
 
-    def __init__(self) -> None:
-        self._followers: defaultdict[str, set[asyncio.Queue[Followed | None]]] = defaultdict(set)
+    def __init__(self, backlog: int = FOLLOW_BACKLOG) -> None:
+        self.backlog = backlog
+        self._followers: defaultdict[str, set[FollowQueue]] = defaultdict(set)
 
     def publish(self, execution_id: str, lines: list[Followed], ended: bool) -> None:
-        """Hand stored lines to the run's followers; an ended run's followers get ``None`` last."""
-        for queue in self._followers.get(execution_id, ()):
+        """Hand stored lines to the run's followers; an ended run's followers get ``None`` last,
+        and one whose backlog is full gets ``TooSlow`` instead and is followed no more."""
+        for queue in list(self._followers.get(execution_id, ())):
+            if lines and queue.qsize() >= self.backlog:
+                self.unfollow(execution_id, queue)
+                queue.put_nowait(TooSlow.TOO_SLOW)
+                continue
             for line in lines:
                 queue.put_nowait(line)
         if ended:
             for queue in self._followers.pop(execution_id, set()):
                 queue.put_nowait(None)
 
-    def follow(self, execution_id: str) -> asyncio.Queue[Followed | None]:
+    def follow(self, execution_id: str) -> FollowQueue:
         """A queue of the execution's new lines; ``None`` once it has ended."""
-        queue: asyncio.Queue[Followed | None] = asyncio.Queue()
+        queue: FollowQueue = asyncio.Queue()
         self._followers[execution_id].add(queue)
         return queue
 
-    def unfollow(self, execution_id: str, queue: asyncio.Queue[Followed | None]) -> None:
+    def unfollow(self, execution_id: str, queue: FollowQueue) -> None:
         followers = self._followers.get(execution_id)
         if followers is not None:
             followers.discard(queue)

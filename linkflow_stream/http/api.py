@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now, to_millis
@@ -31,7 +31,7 @@ from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
 from linkflow_stream.kafka.publisher import Publisher
 from projections.costs import GROUPS, PERIODS, cost_of
-from projections.logs import LEVELS, Followed
+from projections.logs import LEVELS, FollowQueue, TooSlow
 from projections.read_model import ReadModel
 from projections.status import render_metrics
 from projections.store import Cursor, ExecutionQuery
@@ -48,6 +48,7 @@ only once its run's start is decided: starts and commands travel on different to
 command decided before its run's start would find no run and be dropped."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
+SLOW_READER_MESSAGE = b"too slow: lines were waiting unread; reconnect to read the backlog again"
 _STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
 EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
 PRIORITIES = tuple(p.value for p in Priority)
@@ -104,14 +105,40 @@ async def errors_as_json(
         return web.json_response(error_body("internal", "internal error; see the engine log"), status=500)
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
+reach code that recurses over them (the codec, JSONata, pydantic), where they would exhaust the
+stack and surface as a 500."""
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests deeper than ``MAX_JSON_DEPTH`` (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise ValidationError("the request body must be JSON; it was empty")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+    except RecursionError:
+        body = None
+        deep = True
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationError(f"malformed JSON: {exc}") from exc
+    else:  # counting brackets first spares the walk for every body that could not be too deep
+        deep = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(body)
+    if deep:
+        raise ValidationError(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    return body
 
 
 def _retry_policy(body: Any) -> RetryPolicy:
@@ -180,9 +207,7 @@ def _time_param(request: web.Request, name: str) -> int | None:
     return to_millis(when)
 
 
-async def _relay(
-    queue: asyncio.Queue[Followed | None], ws: web.WebSocketResponse, after: tuple[int, int]
-) -> None:
+async def _relay(queue: FollowQueue, ws: web.WebSocketResponse, after: tuple[int, int]) -> None:
     """Send queued lines (those after ``after``, the last one already sent) until the execution
     ends (``None``) or the client goes away."""
     closed = asyncio.ensure_future(ws.receive())  # a client sends nothing; any message here is its close
@@ -195,6 +220,9 @@ async def _relay(
                 return
             item = nxt.result()
             if item is None:
+                return
+            if item is TooSlow.TOO_SLOW:
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=SLOW_READER_MESSAGE)
                 return
             seq, n, line = item
             if (seq, n) > after:

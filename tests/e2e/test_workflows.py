@@ -264,6 +264,16 @@ def test_priority_versions_and_listing(engine: EngineProcess) -> None:
         ),
         ("GET", "/api/workflows/none-such", None, {}, 404, "not_found"),
         ("GET", "/no/such/path", None, {}, 404, "not_found"),
+        ("GET", "/api/executions?limit=%C2%B2", None, {}, 400, "validation"),  # "²" is a digit to isdigit()
+        ("POST", "/api/workflows", b"[" * 100_000, {}, 400, "validation"),  # the parser's own recursion
+        (
+            "POST",
+            "/api/executions",
+            b'{"workflow_id": "w", "input_data": ' + b"[" * 65 + b"]" * 65 + b"}",
+            {},
+            400,
+            "validation",
+        ),
     ],
 )
 def test_errors_are_json_4xx(

@@ -21,6 +21,7 @@ from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Start
 from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
+from projections.logs import LogView, TooSlow
 from projections.read_model import ReadModel, Topics
 from projections.store import Changes, Cursor, ExecutionQuery, ReadStore, open_store
 from projections.store.sqlite import SqliteStore
@@ -275,3 +276,20 @@ async def test_a_failing_store_write_is_retried_until_it_lands_and_readiness_sho
     assert (await store.positions()) == {("events", 0): len(events)}
     assert (await model.body("e")) is not None
     await store.close()
+
+
+async def test_a_follower_that_does_not_read_is_dropped_not_buffered_forever(store: ReadStore) -> None:
+    model, log = ReadModel(store, CODEC, TOPICS, logs=LogView(backlog=1)), Log()
+    state, events = decided(None, start("e"), 0)
+    await model.fold(log.records("events", events[:1]))
+    idle, reader = model.logs.follow("e"), model.logs.follow("e")
+    await model.fold(log.records("events", events[1:]))  # several lines in one batch: handed whole
+    while not reader.empty():
+        reader.get_nowait()
+    _, more = decided(state, result("e", ok=True), 1)
+    await model.fold(log.records("events", more))
+    got = [idle.get_nowait() for _ in range(idle.qsize())]
+    assert got[-1] is TooSlow.TOO_SLOW and len(got) == 3, "two lines waited unread: cut off, no more lines"
+    assert [r[2]["message"] for r in [reader.get_nowait() for _ in range(reader.qsize() - 1)]][-1] == (
+        "execution succeeded"
+    ), "the follower that kept up got every line"
