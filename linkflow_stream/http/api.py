@@ -23,6 +23,8 @@ from aiohttp import WSCloseCode, web
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
+from linkflow_stream.core.idempotency import WINDOW as IDEMPOTENCY_WINDOW
+from linkflow_stream.core.idempotency import check_key, execution_ids
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
@@ -52,10 +54,15 @@ SLOW_READER_MESSAGE = b"too slow: lines were waiting unread; reconnect to read t
 _STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
 EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
 PRIORITIES = tuple(p.value for p in Priority)
+TERMINAL_STATUSES = ("success", "failed", "cancelled")
 
 
 async def _value(found: Any) -> Any:
     return await found if inspect.isawaitable(found) else found
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class UnavailableError(LinkflowError):
@@ -391,28 +398,61 @@ class Api:
         wf = await self._synced(lambda: self.d.workflows.get(workflow_id))
         if wf is None:
             raise NotFoundError(f"workflow {workflow_id!r} does not exist")
+        requested_at = now()
+        execution_id = f"exec_{uuid.uuid4().hex}"
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
+            if first is not None:
+                return await self._replayed(execution_id, first, wait)
         request_record = StartExecution(
-            execution_id=f"exec_{uuid.uuid4().hex}",
+            execution_id=execution_id,
             workflow=wf,
             input=body.get("input_data", {}),
             priority=priority,
-            requested_at=now(),
+            requested_at=requested_at,
         )
         self.d.views.status.accept(request_record)
-        await self.d.publisher.send(
-            [
-                Outgoing(
-                    topic_names.requests(priority),
-                    request_record.execution_id,
-                    request_record,
-                    "io.linkflow.execution.requested",
-                    time=request_record.requested_at,
-                )
-            ]
-        )
+        try:
+            await self.d.publisher.send(
+                [
+                    Outgoing(
+                        topic_names.requests(priority),
+                        request_record.execution_id,
+                        request_record,
+                        "io.linkflow.execution.requested",
+                        time=request_record.requested_at,
+                    )
+                ]
+            )
+        except Exception as exc:
+            log.warning("start of %s not acknowledged by Kafka: %r", execution_id, exc)
+            raise UnavailableError(
+                f"the start of {execution_id} was not acknowledged by Kafka; it may or may not run. "
+                "Retry with the same Idempotency-Key to be sure it runs once",
+                retryable=True,
+            ) from exc
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+
+    async def _idempotent(self, team: str, key: str, at: datetime) -> tuple[str, dict[str, Any] | None]:
+        """The id a start with this key gets, and the run it already named within 24 hours, if any
+        (looked up after the views caught up, so a start acknowledged anywhere is found)."""
+        current, previous = execution_ids(team, key, at)
+        earlier = await self._synced(lambda: self.d.views.body(previous))
+        if earlier is not None and at - _parse_time(earlier["created_at"]) < IDEMPOTENCY_WINDOW:
+            return previous, earlier
+        return current, await self._synced(lambda: self.d.views.body(current))
+
+    async def _replayed(self, execution_id: str, first: dict[str, Any], wait: float | None) -> web.Response:
+        """The answer to a repeated start: the first run, never a second one."""
+        headers = {"Idempotent-Replayed": "true"}
+        if wait and first["status"] in TERMINAL_STATUSES:
+            return web.json_response(first, headers=headers)
+        if wait and await self.d.views.status.wait_terminal(execution_id, wait):
+            return web.json_response(await self.d.views.body(execution_id), headers=headers)
+        return web.json_response({"id": execution_id, "status": first["status"]}, headers=headers)
 
     async def list_executions(self, request: web.Request) -> web.Response:
         status = request.query.get("status") or None

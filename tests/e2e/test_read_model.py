@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.dev.testing import ROOT, EngineProcess, call
+from linkflow_stream.dev.testing import ROOT, EngineProcess, call, read_events
 from linkflow_stream.kafka.consumers import log_ends
 from tests.postgres import PostgresCluster, postgres_cluster
 
@@ -299,3 +299,33 @@ def test_two_instances_share_one_postgresql_read_model(
         assert "0 different, 0 with different log lines, 0 missing" in replay.stdout
     finally:
         b.stop()
+
+
+def test_a_start_repeated_with_its_idempotency_key_names_the_first_run(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    engine = engine_factory(LINKFLOW_VIEWS_FINISHED_CACHE="0")
+    ops, web = chain("idem-ops", team="ops"), chain("idem-web", team="web")
+    engine.register(ops)
+    engine.register(web)
+    key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+    start = f"{engine.url}/api/executions"
+    status, first = call("POST", start, {"workflow_id": ops["id"], "input_data": {"n": 1}}, headers=key)
+    assert status == 202, first
+    status, again = call("POST", start, {"workflow_id": ops["id"], "input_data": {"n": 1}}, headers=key)
+    assert status == 200 and again["id"] == first["id"], again
+    done = engine.wait_status(first["id"])
+    status, later = call(
+        "POST", f"{start}?wait=5", {"workflow_id": ops["id"], "input_data": {"n": 1}}, headers=key
+    )
+    assert status == 200 and later == done, "a repeat after the run ended answers with the run"
+    status, other_team = call("POST", start, {"workflow_id": web["id"], "input_data": {"n": 1}}, headers=key)
+    assert status == 202 and other_team["id"] != first["id"], "keys are per team"
+    created = [
+        e for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
+        if e.execution_id == first["id"] and e.type.value == "execution_created"
+    ]  # fmt: skip
+    assert len(created) == 1, "three starts with one key made one run"
+    for bad in ("", "x" * 256, "caf\u00e9"):
+        status, body = call("POST", start, {"workflow_id": ops["id"]}, headers={"Idempotency-Key": bad})
+        assert status == 400 and body["error"]["type"] == "validation", (bad, body)

@@ -1,0 +1,38 @@
+"""Idempotent starts: the execution id a start request with an ``Idempotency-Key`` gets.
+
+The id is derived from the team, the key and the 24-hour window the request falls in, so a
+retry (from any instance, whether or not the first answer reached the client) names the same
+run, and the orchestrator, which starts an execution id once, starts it once. A retry early in
+the next window also looks at the previous window's id: the key is honoured for 24 hours
+whichever side of a window boundary it lands. Ids never repeat across windows, so a key reused
+days later starts a new run under a new id (an id is never given to two different runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+
+from linkflow_stream.core.clock import to_millis
+from linkflow_stream.core.errors import ValidationError
+
+WINDOW = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+
+
+def check_key(key: str) -> str:
+    """The key as given, if it is 1 to 255 visible ASCII characters."""
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise ValidationError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters")
+    return key
+
+
+def execution_ids(team: str, key: str, at: datetime) -> tuple[str, str]:
+    """(the id for a new run now, the id the same key had in the previous window)."""
+    window = to_millis(at) // (int(WINDOW.total_seconds()) * 1000)
+    return _id(team, key, window), _id(team, key, window - 1)
+
+
+def _id(team: str, key: str, window: int) -> str:
+    digest = hashlib.sha256(f"{team}\x00{key}\x00{window}".encode()).hexdigest()
+    return f"exec_{digest[:32]}"
