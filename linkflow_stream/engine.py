@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -283,8 +282,7 @@ class Engine:
         await self.orchestrator.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
-        gc.freeze()  # the replayed views are long-lived: keep them out of the collector's scans
-        self._background.append(asyncio.create_task(gc_tuning.freeze_survivors(), name="gc-freeze"))
+        gc_tuning.freeze_start_up()
         log.info("engine started")
 
     async def stop(self) -> None:

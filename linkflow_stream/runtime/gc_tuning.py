@@ -1,28 +1,29 @@
-"""Garbage-collector settings for a process that keeps large, long-lived, acyclic state.
+"""Garbage-collector settings for a long-running event loop.
 
-The views and the orchestrator table hold every execution as pydantic models and dicts, freed by
-reference counting; the cyclic collector's full (gen2) passes over them found nothing to free
-and paused the event loop for 150-230 ms under load (measured with gc.callbacks). So collections
-run less often, and survivors are periodically moved to the permanent generation with
-``gc.freeze()``, which the cyclic collector does not scan (reference counting still frees them).
+Collections run less often than CPython's default (most garbage is freed by reference counting;
+the cyclic collector's passes paused the loop for up to 230 ms when the views held every run).
+What the engine holds at start-up is frozen once (``gc.freeze()``), so full passes do not rescan
+it.
+
+Survivors are no longer frozen periodically: objects frozen while in flight (a request, a batch)
+that later became cyclic garbage were never collected, because the collector does not look into
+the permanent generation. With the read model on disk the heap holds only live runs, so a full
+pass is cheap again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 
 THRESHOLDS = (50_000, 20, 100)
-FREEZE_EVERY_SECONDS = 30.0
 
 
 def tune() -> None:
     gc.set_threshold(*THRESHOLDS)
 
 
-async def freeze_survivors() -> None:
-    """Run forever: every so often, collect once, then freeze what survived."""
-    while True:
-        await asyncio.sleep(FREEZE_EVERY_SECONDS)
-        gc.collect(1)
-        gc.freeze()
+def freeze_start_up() -> None:
+    """Move what exists now (modules, settings, the live runs loaded at start) out of the
+    collector's scans; call once, when the engine has started."""
+    gc.collect()
+    gc.freeze()
