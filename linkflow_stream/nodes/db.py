@@ -24,7 +24,7 @@ NaN/Infinity the strings ``"NaN"``/``"Infinity"``/``"-Infinity"``, arrays lists,
 their JSON value, ranges ``{"lower", "upper", "lower_inc", "upper_inc", "empty"}``, anything else
 its ``str``. Parameters go the other way on PostgreSQL: an ISO string binds to a date/time type,
 a number or string to ``numeric`` (exactly), seconds to ``interval``, base64 to ``bytea``, any
-JSON value to ``json``/``jsonb`` (see ``db_connections._pg_param``).
+JSON value to ``json``/``jsonb`` (see ``db_postgres._pg_param``).
 
 Placeholders: ``:name`` outside string literals, quoted identifiers, comments and (PostgreSQL)
 dollar-quoted strings. ``::`` is PostgreSQL's cast (``:id::int`` is the parameter ``id`` cast
@@ -45,7 +45,9 @@ from uuid import UUID
 
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
-from linkflow_stream.nodes.db_connections import Databases, Dialect, PgRange, Query, QueryResult
+from linkflow_stream.nodes.db_connections import Databases
+from linkflow_stream.nodes.db_postgres import PgRange
+from linkflow_stream.nodes.db_query import Dialect, Query, QueryResult
 
 FIELDS = frozenset({"connection", "query", "params", "read_only", "max_rows"})
 DEFAULT_MAX_ROWS = 1000

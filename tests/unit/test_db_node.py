@@ -12,7 +12,7 @@ import pytest
 
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.db import DbNode, ParamSyntaxError, param_names, to_json, to_postgres
-from linkflow_stream.nodes.db_connections import sqlite_uri
+from linkflow_stream.nodes.db_sqlite import sqlite_uri
 
 DATABASES = {
     "main": "postgresql://app:s3cret@db.internal:5432/app",

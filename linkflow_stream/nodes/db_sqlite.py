@@ -1,0 +1,142 @@
+"""The SQLite backend of the ``db`` node: one ``sqlite3`` connection per file, on its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
+
+from linkflow_stream.core.node_contract import NodeFailure
+from linkflow_stream.nodes.db_query import Dialect, Query, QueryResult, check_columns
+
+
+def sqlite_uri(url: str) -> str:
+    """``sqlite:///a/b.db?x=y`` as the ``file:`` URI SQLite opens, with ``mode=rw`` unless set."""
+    rest = url[len("sqlite:///") :]
+    path, _, options = rest.partition("?")
+    uri = "file:" + quote(os.path.abspath(path), safe="/")
+    if not any(part.split("=", 1)[0] == "mode" for part in options.split("&") if part):
+        options = f"{options}&mode=rw" if options else "mode=rw"
+    return f"{uri}?{options}"
+
+
+_SQLITE_CONNECTION = {
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_PROTOCOL,
+    sqlite3.SQLITE_NOMEM,
+}
+_SQLITE_CONTENTION = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_SQLITE_BROKEN_FILE = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
+_SQLITE_LIMIT = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_TOOBIG}
+
+
+def sqlite_failure(name: str, exc: Exception) -> NodeFailure:
+    """The node failure for an error of SQLite or of binding a parameter.
+
+    ``SQLITE_INTERRUPT`` is the statement timeout (the progress handler stops the statement).
+    ``SQLITE_BUSY``/``SQLITE_LOCKED`` is lock contention that outlived the busy timeout: class
+    ``connection`` and retryable, like a PostgreSQL deadlock. A write under ``read_only`` is
+    ``SQLITE_READONLY``: class ``validation``, see ``DbNode``.
+    """
+    if not isinstance(exc, sqlite3.Error):  # OverflowError, ValueError: a parameter SQLite cannot bind
+        return NodeFailure("validation", f"database {name!r}: cannot bind a parameter: {exc}")
+    # Errors raised by the sqlite3 module itself (two statements, a missing binding) have no code.
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    errname = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    message = f"database {name!r}: {errname}: {exc}"
+    if code == sqlite3.SQLITE_INTERRUPT:
+        return NodeFailure("timeout", f"{message} (statement timeout)")
+    if code in _SQLITE_CONTENTION:
+        return NodeFailure("connection", message)
+    if code in _SQLITE_CONNECTION:
+        return NodeFailure("connection", message)
+    if code in _SQLITE_BROKEN_FILE:
+        return NodeFailure("connection", message, retryable=False)
+    if code in _SQLITE_LIMIT:
+        return NodeFailure("resource_limit", message)
+    if code == sqlite3.SQLITE_READONLY:
+        return NodeFailure("validation", f"{message} (the node is read_only, or the file is read-only)")
+    return NodeFailure("validation", message)
+
+
+class SqliteDatabase:
+    """One ``sqlite3`` connection, used only from its own thread.
+
+    A statement is one call on that thread: set the busy timeout and ``query_only``, ``BEGIN``,
+    execute, fetch at most ``max_rows + 1`` rows, ``COMMIT`` (``ROLLBACK`` on any error). A
+    progress handler stops the statement at its deadline or when the awaiting task is cancelled,
+    so an abandoned statement does not hold the connection.
+    """
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, name: str, uri: str) -> None:
+        self.name = name
+        self._uri = uri
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"linkflow-db-{name}")
+        self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+
+    async def run(self, query: Query) -> QueryResult:
+        stop = threading.Event()
+        job = asyncio.get_running_loop().run_in_executor(self._thread, self._run, query, stop)
+        try:
+            return await job
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        except (sqlite3.Error, OverflowError, ValueError) as exc:
+            raise sqlite_failure(self.name, exc) from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._uri, uri=True, isolation_level=None)
+        return self._conn
+
+    def _run(self, query: Query, stop: threading.Event) -> QueryResult:
+        conn = self._connection()
+        deadline = time.monotonic() + query.timeout_seconds
+        conn.execute(f"PRAGMA busy_timeout = {query.timeout_millis:d}")
+        conn.execute(f"PRAGMA query_only = {'ON' if query.read_only else 'OFF'}")
+        conn.execute("BEGIN")
+        try:
+            conn.set_progress_handler(lambda: stop.is_set() or time.monotonic() > deadline, 1000)
+            try:
+                cursor = conn.execute(query.sql, dict(query.params))
+                try:
+                    columns = [d[0] for d in cursor.description or ()]
+                    check_columns(self.name, columns)
+                    rows = cursor.fetchmany(query.max_rows + 1) if columns else []
+                finally:
+                    # Resets the statement: a half-read one (above all a write with RETURNING)
+                    # would otherwise stay "in progress" and block every later COMMIT.
+                    cursor.close()
+            finally:
+                conn.set_progress_handler(None, 0)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._abort(conn)
+            raise
+        return QueryResult(columns, rows[: query.max_rows], len(rows) > query.max_rows)
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        """Roll back; a connection that cannot is closed, so the next statement starts clean."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            conn.close()
+            self._conn = None
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=True)
