@@ -6,10 +6,12 @@ A connection is configured as a URL (``LINKFLOW_DATABASES``, a JSON object name 
   first use. Each statement runs in its own transaction (``READ ONLY`` when asked) with
   ``SET LOCAL statement_timeout``.
 * ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (the SQLAlchemy form; a
-  relative path is resolved against the working directory when the node is built): one
-  ``sqlite3`` connection on a dedicated thread, so statements on one file run one at a time.
-  The file is opened with ``mode=rw``: a missing file is a ``connection`` failure, not a new
-  empty database. URI parameters after ``?`` are passed to SQLite (``?mode=rwc`` creates the file).
+  relative path is resolved against the working directory when the node is built): two
+  ``sqlite3`` connections, one for writing runs and one opened read-only for ``read_only`` runs,
+  on a dedicated thread, so statements on one file run one at a time (see ``db_sqlite``). The
+  file is opened with ``mode=rw``: a missing file is a ``connection`` failure, not a new empty
+  database. URI parameters after ``?`` are passed to SQLite (``?mode=rwc`` creates the file);
+  ``mode=memory`` is refused, because each connection would see a database of its own.
 
 Every backend failure leaves here as a ``NodeFailure`` with the class the retry logic needs;
 URLs never appear in messages, because they can hold passwords.
@@ -34,6 +36,9 @@ def dialect_of(name: str, url: str) -> Dialect:
             raise ValueError(
                 f"database {name!r}: a SQLite URL is sqlite:///relative/path or sqlite:////absolute/path"
             )
+        options = url.partition("?")[2].split("&")
+        if any(part.lower() == "mode=memory" for part in options):
+            raise ValueError(f"database {name!r}: mode=memory is not supported; give a database file")
         return "sqlite"
     raise ValueError(f"database {name!r}: unsupported URL scheme {scheme!r}; use postgresql:// or sqlite:///")
 

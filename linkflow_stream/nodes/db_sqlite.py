@@ -1,4 +1,4 @@
-"""The SQLite backend of the ``db`` node: one ``sqlite3`` connection per file, on its own thread."""
+"""The SQLite backend of the ``db`` node: connections to one file, on a thread of their own."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from linkflow_stream.core.node_contract import NodeFailure
 from linkflow_stream.nodes.db_query import Dialect, Query, QueryResult, check_columns
+from linkflow_stream.nodes.db_sqlite_policy import StatementAuthorizer
 
 
 def sqlite_uri(url: str) -> str:
@@ -22,6 +23,13 @@ def sqlite_uri(url: str) -> str:
     if not any(part.split("=", 1)[0] == "mode" for part in options.split("&") if part):
         options = f"{options}&mode=rw" if options else "mode=rw"
     return f"{uri}?{options}"
+
+
+def read_only_uri(uri: str) -> str:
+    """The ``file:`` URI ``uri`` opened read-only: its ``mode`` option replaced by ``mode=ro``."""
+    base, _, options = uri.partition("?")
+    kept = [part for part in options.split("&") if part and part.split("=", 1)[0] != "mode"]
+    return f"{base}?{'&'.join([*kept, 'mode=ro'])}"
 
 
 _SQLITE_CONNECTION = {
@@ -65,10 +73,17 @@ def sqlite_failure(name: str, exc: Exception) -> NodeFailure:
 
 
 class SqliteDatabase:
-    """One ``sqlite3`` connection, used only from its own thread.
+    """Two ``sqlite3`` connections to one file, used only from their own thread.
 
-    A statement is one call on that thread: set the busy timeout and ``query_only``, ``BEGIN``,
-    execute, fetch at most ``max_rows + 1`` rows, ``COMMIT`` (``ROLLBACK`` on any error). A
+    Writing runs use the connection opened with the configured URI; ``read_only`` runs use one
+    opened with ``mode=ro`` and ``query_only``, so a read-only run cannot write the file even
+    through a gap in the authorizer, and runs of one kind see nothing the other kind left on its
+    connection (``changes()``, ``last_insert_rowid()``). Every statement runs under the
+    authorizer of ``db_sqlite_policy`` (no ``ATTACH``, no temporary objects, listed pragmas
+    only), so no run leaves anything on a connection for the runs after it.
+
+    A statement is one call on that thread: set the busy timeout, ``BEGIN``, execute under the
+    authorizer, fetch at most ``max_rows + 1`` rows, ``COMMIT`` (``ROLLBACK`` on any error). A
     progress handler stops the statement at its deadline or when the awaiting task is cancelled,
     so an abandoned statement does not hold the connection.
     """
@@ -77,9 +92,9 @@ class SqliteDatabase:
 
     def __init__(self, name: str, uri: str) -> None:
         self.name = name
-        self._uri = uri
+        self._uris = {False: uri, True: read_only_uri(uri)}
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"linkflow-db-{name}")
-        self._conn: sqlite3.Connection | None = None  # touched only on self._thread
+        self._conns: dict[bool, sqlite3.Connection] = {}  # by read_only; touched only on self._thread
 
     async def run(self, query: Query) -> QueryResult:
         stop = threading.Event()
@@ -92,21 +107,28 @@ class SqliteDatabase:
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             raise sqlite_failure(self.name, exc) from exc
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = sqlite3.connect(self._uri, uri=True, isolation_level=None)
-        return self._conn
+    def _connection(self, read_only: bool) -> sqlite3.Connection:
+        conn = self._conns.get(read_only)
+        if conn is None:
+            conn = sqlite3.connect(self._uris[read_only], uri=True, isolation_level=None)
+            if read_only:  # mode=ro guards the file; query_only guards the temp database too
+                conn.execute("PRAGMA query_only = ON")
+            self._conns[read_only] = conn
+        return conn
 
     def _run(self, query: Query, stop: threading.Event) -> QueryResult:
-        conn = self._connection()
+        conn = self._connection(query.read_only)
         deadline = time.monotonic() + query.timeout_seconds
         conn.execute(f"PRAGMA busy_timeout = {query.timeout_millis:d}")
-        conn.execute(f"PRAGMA query_only = {'ON' if query.read_only else 'OFF'}")
         conn.execute("BEGIN")
         try:
             conn.set_progress_handler(lambda: stop.is_set() or time.monotonic() > deadline, 1000)
+            authorizer = StatementAuthorizer(read_only=query.read_only)
+            # Setting an authorizer expires every prepared statement, so one that sqlite3 cached
+            # earlier (the same SQL in an earlier run) is compiled again under this one.
+            conn.set_authorizer(authorizer)
             try:
-                cursor = conn.execute(query.sql, dict(query.params))
+                cursor = self._execute(conn, query, authorizer)
                 try:
                     columns = [d[0] for d in cursor.description or ()]
                     check_columns(self.name, columns)
@@ -116,26 +138,41 @@ class SqliteDatabase:
                     # would otherwise stay "in progress" and block every later COMMIT.
                     cursor.close()
             finally:
+                conn.set_authorizer(None)  # our own statements (COMMIT, pragmas) are not a run's
                 conn.set_progress_handler(None, 0)
             conn.execute("COMMIT")
         except BaseException:
-            self._abort(conn)
+            self._abort(query.read_only)
             raise
         return QueryResult(columns, rows[: query.max_rows], len(rows) > query.max_rows)
 
-    def _abort(self, conn: sqlite3.Connection) -> None:
+    def _execute(
+        self, conn: sqlite3.Connection, query: Query, authorizer: StatementAuthorizer
+    ) -> sqlite3.Cursor:
+        """The executed statement; one the authorizer refused fails as ``validation`` with its reason."""
+        try:
+            return conn.execute(query.sql, dict(query.params))
+        except sqlite3.DatabaseError as exc:
+            if authorizer.refused is None:
+                raise
+            raise NodeFailure("validation", f"database {self.name!r}: {authorizer.refused}") from exc
+
+    def _abort(self, read_only: bool) -> None:
         """Roll back; a connection that cannot is closed, so the next statement starts clean."""
+        conn = self._conns.get(read_only)
+        if conn is None:
+            return
         try:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             conn.close()
-            self._conn = None
+            del self._conns[read_only]
 
     def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            conn.close()
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)

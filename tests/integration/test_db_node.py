@@ -294,6 +294,117 @@ async def test_sqlite_locked_database_is_retryable(tmp_path: Path) -> None:
 
 
 @pytest.fixture
+async def lite(tmp_path: Path) -> AsyncIterator[Db]:
+    """A SQLite file with the five people in it."""
+    path = tmp_path / "lite.db"
+    sqlite3.connect(path).close()
+    db = Db("sqlite", DbNode({"main": f"sqlite:///{path}"}))
+    await people(db)
+    try:
+        yield db
+    finally:
+        await db.node.close()
+
+
+async def attached(db: Db) -> list[str]:
+    """Names of the databases the writing connection has open beside ``main`` and ``temp``."""
+    out = await db.write("select name from pragma_database_list order by seq")
+    return [r["name"] for r in out["rows"] if r["name"] not in ("main", "temp")]
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+async def test_sqlite_attach_is_refused_and_creates_no_file(
+    lite: Db, tmp_path: Path, read_only: bool
+) -> None:
+    """``query_only`` does not stop ``ATTACH``: it used to create any file the worker could write,
+    and the attachment stayed on the shared connection for later (writing) runs. Refused for every
+    run: a workflow reaches only its configured database file."""
+    evil = tmp_path / "evil.db"
+    err = await lite.fail(f"attach 'file:{evil}?mode=rwc' as x", read_only=read_only)
+    assert (err.error_type, err.retryable) == ("validation", False)
+    assert "ATTACH is refused" in err.message
+    assert not evil.exists(), "the ATTACH created a file"
+    assert await attached(lite) == [], "a later writing run sees an attachment"
+    err = await lite.fail("detach main", read_only=read_only)
+    assert "DETACH is refused" in err.message
+
+
+@pytest.mark.parametrize(
+    "pragma",
+    [
+        "PRAGMA query_only = OFF",
+        "PRAGMA user_version = 7",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA journal_mode = OFF",
+        "PRAGMA writable_schema = ON",
+        "select * from pragma_query_only",
+    ],
+)
+async def test_sqlite_pragmas_that_change_anything_are_refused_under_read_only(lite: Db, pragma: str) -> None:
+    """A read_only run reads: no pragma of it may change the connection or the file."""
+    err = await lite.fail(pragma)
+    assert (err.error_type, err.retryable) == ("validation", False)
+    assert "is refused" in err.message and "PRAGMA" in err.message, err.message
+    assert (await lite.write("PRAGMA user_version"))["rows"] == [{"user_version": 0}]
+    assert "read" in (await lite.fail("delete from people")).message, "the run is still read-only"
+    assert (await lite.run("select count(*) as n from people"))["rows"] == [{"n": 5}]
+
+
+async def test_sqlite_pragmas_a_run_may_use(lite: Db) -> None:
+    """Reading pragmas work in any run; a writing run may set ``user_version`` (data in the file,
+    for migrations) but not a pragma that would stay on the shared connection."""
+    out = await lite.run("select name from pragma_table_info('people') order by cid")
+    assert [r["name"] for r in out["rows"]] == ["id", "name", "score"]
+    assert (await lite.run("PRAGMA table_info(people)"))["row_count"] == 3
+    await lite.write("PRAGMA user_version = 7")
+    assert (await lite.run("PRAGMA user_version"))["rows"] == [{"user_version": 7}]
+    err = await lite.fail("PRAGMA foreign_keys = ON", read_only=False)
+    assert (err.error_type, err.retryable) == ("validation", False)
+    assert (await lite.write("PRAGMA foreign_keys"))["rows"] == [{"foreign_keys": 0}]
+
+
+async def test_sqlite_a_statement_the_engine_ran_before_is_still_checked(lite: Db) -> None:
+    """sqlite3 caches statements by their text and the engine runs ``PRAGMA busy_timeout = <ms>``
+    itself before every run: the same text as a run's query must still meet the authorizer."""
+    err = await lite.fail("PRAGMA busy_timeout = 10000", read_only=False)
+    assert "PRAGMA busy_timeout = 10000 is refused" in err.message
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        "create temp view people as select 'shadow' as name",
+        "create view temp.people as select 'shadow' as name",
+        "create temp table people (name text)",
+        "create temp trigger spy after insert on main.people begin select 1; end",
+    ],
+)
+async def test_sqlite_temporary_objects_are_refused(lite: Db, create: str) -> None:
+    """A temporary object lives on the connection that later runs share: a temp view named like a
+    table would answer every later run's reads of that table."""
+    err = await lite.fail(create, read_only=False)
+    assert (err.error_type, err.retryable) == ("validation", False)
+    assert "temporary object" in err.message
+    out = await lite.write("select name from people where id = 1")
+    assert out["rows"] == [{"name": "ada"}]
+    assert (await lite.write("select count(*) as n from sqlite_temp_master"))["rows"] == [{"n": 0}]
+
+
+async def test_sqlite_read_only_runs_do_not_see_the_writing_connection(lite: Db) -> None:
+    """Read-only runs have a connection of their own: what a writing run leaves on its connection
+    (the last rowid) is not visible to them."""
+    await lite.write("insert into people (id, name) values (77, 'grace')")
+    assert (await lite.write("select last_insert_rowid() as r"))["rows"] == [{"r": 77}]
+    assert (await lite.run("select last_insert_rowid() as r"))["rows"] == [{"r": 0}]
+
+
+async def test_sqlite_memory_databases_are_refused() -> None:
+    """Read-only and writing runs use two connections, and each would see its own empty database."""
+    with pytest.raises(ValueError, match="'scratch': mode=memory is not supported"):
+        DbNode({"scratch": "sqlite:///scratch.db?mode=memory"})
+
+
+@pytest.fixture
 async def pg(postgres: PostgresCluster) -> AsyncIterator[Db]:
     node = DbNode({"main": postgres.fresh_url()})
     try:
