@@ -1,4 +1,5 @@
-"""The PostgreSQL backend of the ``db`` node: a lazily created asyncpg pool per connection."""
+"""The PostgreSQL backend of the ``db`` node: a lazily created asyncpg pool per connection, whose
+connections go back to it as fresh sessions (``_reset_connection``)."""
 
 from __future__ import annotations
 
@@ -123,6 +124,19 @@ async def _init_connection(conn: Any) -> None:
         await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset_connection(conn: Any) -> None:
+    """A connection goes back to the pool as a new session would start: ``DISCARD ALL``.
+
+    One pool serves every run on the worker, so whatever one run changes on its session would
+    steer the next run on that connection. asyncpg's own reset (``RESET ALL``, ``UNLISTEN``,
+    advisory locks) keeps ``SET ROLE``, ``SET SESSION AUTHORIZATION``, temporary tables and
+    ``PREPARE``d statements; ``DISCARD ALL`` drops those too. (asyncpg has rolled back any open
+    transaction before this runs.) A ``RESET`` in a run has nothing to undo: the session's
+    defaults are the server's and the URL's, which ``DISCARD ALL`` returns to.
+    """
+    await conn.execute("DISCARD ALL")
+
+
 class PostgresDatabase:
     """An asyncpg pool of at most ``max_size`` connections, none opened before the first statement."""
 
@@ -141,7 +155,15 @@ class PostgresDatabase:
         async with self._pool_lock:  # one pool, even when the first statements come together
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=0, max_size=self._max_size, init=_init_connection
+                    self._dsn,
+                    min_size=0,
+                    max_size=self._max_size,
+                    init=_init_connection,
+                    reset=_reset_connection,
+                    # DISCARD ALL deallocates prepared statements, which a statement cache would
+                    # then name again ("prepared statement does not exist"); a run prepares its
+                    # statement anyway.
+                    statement_cache_size=0,
                 )
             return self._pool
 

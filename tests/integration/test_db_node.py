@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -533,6 +534,43 @@ async def test_postgres_settings_do_not_leak_between_statements(pg: Db) -> None:
     await pg.write("set statement_timeout = 0")
     err = await pg.fail("select pg_sleep(5)", timeout_seconds=0.3)
     assert err.error_type == "timeout"
+
+
+SESSION_PROBE = """
+    select pg_backend_pid() as pid, current_user as role, session_user as session_role,
+           current_setting('work_mem') as work_mem, current_setting('search_path') as search_path,
+           coalesce(current_setting('linkflow.probe', true), '') as custom,
+           to_regclass('pg_temp.leak')::text as temp_table,
+           (select count(*) from pg_prepared_statements where name = 'leak') as prepared
+"""
+
+
+async def test_postgres_session_changes_do_not_reach_the_next_run(postgres: PostgresCluster) -> None:
+    """One pool serves every run on the worker: what a run changes on its session (a setting, the
+    role, a temporary table, a prepared statement) must be gone before the next run gets the
+    connection, or one workflow steers another's queries. The pool holds one connection, and the
+    probe's backend pid shows the next run really had the same one."""
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    db = Db("postgresql", DbNode({"main": postgres.fresh_url()}, pool_max_size=1))
+    postgres.psql(f"create role {role}")
+    try:
+        before = (await db.run(SESSION_PROBE))["rows"][0]
+        for change, read_only in [
+            ("set work_mem = '77MB'", True),
+            ("set session work_mem = '77MB'", True),
+            ("set search_path = public", True),
+            ("select set_config('linkflow.probe', 'leaked', false)", True),
+            ("reset search_path", True),
+            (f"set role {role}", True),
+            (f"set session authorization {role}", True),
+            ("prepare leak as select 1", True),
+            ("create temp table leak (x int)", False),
+        ]:
+            await db.run(change, read_only=read_only)
+            assert (await db.run(SESSION_PROBE))["rows"][0] == before, f"{change!r} reached the next run"
+    finally:
+        await db.node.close()
+        postgres.psql(f"drop role {role}")
 
 
 async def test_postgres_connection_refused() -> None:
