@@ -80,8 +80,9 @@ class Settings(BaseSettings):
     before it tombstones it from the changelog and forgets it. Default ``300``."""
 
     http_allow_private_networks: bool = False
-    """Let HTTP nodes call loopback, private and link-local addresses. Default ``False``.
-    The cloud metadata address stays refused either way."""
+    """Let HTTP nodes call addresses that are not globally routable (loopback, private,
+    link-local, carrier-grade NAT, ...). Default ``False``: only global addresses. The cloud
+    metadata and credentials addresses stay refused either way (see ``nodes/network_guard.py``)."""
 
     secrets: dict[str, SecretStr] = Field(default_factory=dict)
     """Named secrets for node configs (``{"secret": "NAME"}``), as JSON in ``LINKFLOW_SECRETS``.

@@ -3,8 +3,9 @@
 Config: ``method``, ``url``, ``query``, ``headers``, one body of ``json`` / ``form`` / ``text``,
 and ``auth`` (``{"type": "basic", "username", "password"}`` or ``{"type": "bearer", "token"}``).
 Header values, passwords and tokens may be ``{"secret": "NAME"}``. Redirects are followed (at
-most five), each hop through the SSRF guard. The output is ``{"status", "headers", "body"}``;
-JSON bodies are decoded, text stays text, anything else is base64 with ``"body_encoding"``.
+most five), each hop through the SSRF guard (``network_guard``). The output is
+``{"status", "headers", "body"}``; JSON bodies are decoded, text stays text, anything else is
+base64 with ``"body_encoding"``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from yarl import URL
 
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
-from linkflow_stream.nodes.network_guard import GuardedResolver, check_literal
+from linkflow_stream.nodes.network_guard import (
+    AddressRefused,
+    GuardedResolver,
+    GuardedSocketFactory,
+    check_literal,
+)
 from linkflow_stream.nodes.secrets import Secrets, check_reference
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -98,7 +104,9 @@ class HttpNode:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                resolver=GuardedResolver(allow_private=self.allow_private), limit=256
+                resolver=GuardedResolver(allow_private=self.allow_private),
+                socket_factory=GuardedSocketFactory(allow_private=self.allow_private),
+                limit=256,
             )
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
@@ -158,6 +166,12 @@ class HttpNode:
             raise NodeFailure("http_4xx", f"more than {MAX_REDIRECTS} redirects")
         except TimeoutError as exc:
             raise NodeFailure("timeout", f"no response within {ctx.timeout_seconds}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressRefused):
+                raise NodeFailure("validation", str(exc.os_error)) from exc
+            raise NodeFailure("connection", f"{type(exc).__name__}: {exc}") from exc
+        except aiohttp.InvalidURL as exc:  # e.g. an IPv4 literal in a legacy form such as 127.1
+            raise NodeFailure("validation", f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise NodeFailure("connection", f"{type(exc).__name__}: {exc}") from exc
 

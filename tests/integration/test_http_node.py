@@ -7,12 +7,15 @@ import base64
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.resolver import DefaultResolver
 from pydantic import SecretStr
 
 from linkflow_stream.core.node_contract import NodeContext, NodeFailure
 from linkflow_stream.dev.testing import TargetServer, serve
 from linkflow_stream.nodes.http import HttpNode
+from linkflow_stream.nodes.network_guard import AddressRefused, GuardedSocketFactory
 from linkflow_stream.nodes.secrets import Secrets
 
 pytestmark = pytest.mark.integration
@@ -137,6 +140,14 @@ async def test_a_redirect_to_the_metadata_address_is_refused(node: HttpNode, ser
         "http://[::1]:1/",
         "http://192.168.0.1/",
         "http://169.254.1.1/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0:1/",
+        "http://198.18.0.1/",
+        "http://224.0.0.1/",
+        "http://[::ffff:127.0.0.1]:1/",
+        "http://[64:ff9b::7f00:1]:1/",
+        "http://[2002:7f00:1::]:1/",
+        "http://0x7f.1:1/",
     ],
 )
 async def test_private_addresses_are_refused_by_default(url: str) -> None:
@@ -178,3 +189,37 @@ async def test_byte_counts_are_recorded(node: HttpNode, server: TargetServer) ->
 async def test_a_body_larger_than_one_read_arrives_whole(node: HttpNode, server: TargetServer) -> None:
     out = await call(node, {"url": f"{server.url}/big?n={60 * 1024}"})
     assert len(out["body"]) == 60 * 1024, "the body was cut at a socket read boundary"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.170.2/v2/credentials",
+        "http://[fd00:ec2::254]/latest/",
+        "http://[::ffff:169.254.169.254]/",
+    ],
+)
+async def test_metadata_addresses_are_refused_with_private_networks_allowed(
+    node: HttpNode, server: TargetServer, url: str
+) -> None:
+    """``node`` allows private networks; credentials endpoints stay refused, directly or by redirect."""
+    assert node.allow_private
+    for config in ({"url": url}, {"url": f"{server.url}/redirect?to={url}"}):
+        err = await failure(node, config)
+        assert (err.error_type, err.retryable) == ("validation", False)
+        assert "refused even with LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS=true" in err.message
+
+
+async def test_the_address_connected_to_is_checked_whatever_resolved_it(server: TargetServer) -> None:
+    """The guard's last word is the socket factory, on the address the connector is about to
+    connect to: even a connector whose resolver checks nothing does not reach 127.0.0.1, so a DNS
+    answer that changes between a check and the connect cannot slip through."""
+    connector = aiohttp.TCPConnector(
+        resolver=DefaultResolver(), socket_factory=GuardedSocketFactory(allow_private=False)
+    )
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for url in (f"{server.url}/unguarded", f"http://localhost:{server.server_address[1]}/unguarded"):
+            with pytest.raises(aiohttp.ClientConnectorError) as info:
+                await session.get(url)
+            assert isinstance(info.value.os_error, AddressRefused)
+    assert server.hits("/unguarded") == [], "a request reached the server"
