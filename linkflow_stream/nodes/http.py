@@ -3,9 +3,11 @@
 Config: ``method``, ``url``, ``query``, ``headers``, one body of ``json`` / ``form`` / ``text``,
 and ``auth`` (``{"type": "basic", "username", "password"}`` or ``{"type": "bearer", "token"}``).
 Header values, passwords and tokens may be ``{"secret": "NAME"}``. Redirects are followed (at
-most five), each hop through the SSRF guard (``network_guard``). The output is
-``{"status", "headers", "body"}``; JSON bodies are decoded, text stays text, anything else is
-base64 with ``"body_encoding"``.
+most five), each hop through the SSRF guard (``network_guard``). A redirect to another origin
+(scheme, host or port) drops ``Authorization``, ``Cookie``, ``Proxy-Authorization`` and every
+header whose value is a secret, for the rest of the chain; a same-origin redirect keeps them.
+The output is ``{"status", "headers", "body"}``; JSON bodies are decoded, text stays text,
+anything else is base64 with ``"body_encoding"``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ from linkflow_stream.nodes.network_guard import (
     GuardedSocketFactory,
     check_literal,
 )
-from linkflow_stream.nodes.secrets import Secrets, check_reference
+from linkflow_stream.nodes.secrets import Secrets, check_reference, is_reference
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 BODIES = ("json", "form", "text")
 FIELDS = frozenset({"method", "url", "query", "headers", "auth", *BODIES})
 MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+"""Dropped on a redirect to another origin, together with every header whose value is a secret."""
 TEXT_TYPES = ("text/", "application/xml", "application/javascript", "application/x-www-form-urlencoded")
 
 
@@ -44,6 +49,11 @@ def _check_url(url: Any) -> None:
         valid = False
     if not valid:
         raise ConfigError("url", f"{url!r} is not an absolute http(s) URL")
+
+
+def origin(url: URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default one when the URL names none): the origin of ``url``."""
+    return url.scheme.lower(), (url.host or "").lower(), url.port
 
 
 def _check_auth(auth: Any) -> None:
@@ -127,6 +137,25 @@ class HttpNode:
         return headers
 
     @staticmethod
+    def _credentials(config: dict[str, Any]) -> frozenset[str]:
+        """Lower-case names of the headers a redirect to another origin must not carry."""
+        secret = {name.lower() for name, value in config.get("headers", {}).items() if is_reference(value)}
+        return CREDENTIAL_HEADERS | secret
+
+    @staticmethod
+    def _redirect_target(resp: aiohttp.ClientResponse, url: URL, location: str) -> URL:
+        """Where a redirect points, resolved against ``url``; only http(s) URLs with a host."""
+        try:
+            target: URL | None = url.join(URL(location))
+        except ValueError:
+            target = None
+        if target is None or target.scheme not in ("http", "https") or not target.host:
+            raise NodeFailure(
+                "http_4xx", f"HTTP {resp.status} from {url} redirects to {location!r}, not an http(s) URL"
+            )
+        return target
+
+    @staticmethod
     def _body(config: dict[str, Any], headers: dict[str, str]) -> bytes | None:
         if "json" in config:
             headers.setdefault("Content-Type", "application/json")
@@ -144,6 +173,8 @@ class HttpNode:
         url = URL(config["url"]).update_query({k: str(v) for k, v in config.get("query", {}).items()})
         headers = self._headers(ctx, config)
         body = self._body(config, headers)
+        credentials = self._credentials(config)
+        came_from: URL | None = None
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 check_literal(url.host or "", allow_private=self.allow_private)
@@ -156,14 +187,22 @@ class HttpNode:
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=ctx.timeout_seconds),
                 ) as resp:
-                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                        url = url.join(URL(resp.headers["Location"]))
-                        if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
-                            method, body = "GET", None
-                            headers.pop("Content-Type", None)
-                        continue
-                    return await self._output(ctx, resp)
-            raise NodeFailure("http_4xx", f"more than {MAX_REDIRECTS} redirects")
+                    location = resp.headers.get("Location") if resp.status in REDIRECT_STATUSES else None
+                    if location is None:
+                        return await self._output(ctx, resp)
+                    came_from, url = url, self._redirect_target(resp, url, location)
+                    if origin(url) != origin(came_from):
+                        # Once dropped, dropped for the rest of the chain, back at the first origin too.
+                        headers = {k: v for k, v in headers.items() if k.lower() not in credentials}
+                    if resp.status == 303 or (resp.status in (301, 302) and method == "POST"):
+                        method, body = "GET", None
+                        headers.pop("Content-Type", None)
+        except NodeFailure as exc:
+            if came_from is None or exc.error_type != "validation":
+                raise
+            raise NodeFailure(
+                exc.error_type, f"{exc.message} (redirected there from {came_from})", retryable=exc.retryable
+            ) from exc
         except TimeoutError as exc:
             raise NodeFailure("timeout", f"no response within {ctx.timeout_seconds}s") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -174,6 +213,7 @@ class HttpNode:
             raise NodeFailure("validation", f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise NodeFailure("connection", f"{type(exc).__name__}: {exc}") from exc
+        raise NodeFailure("http_4xx", f"more than {MAX_REDIRECTS} redirects")
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """The whole body, or just past the cap (``read(n)`` returns *at most* n bytes per call)."""

@@ -6,6 +6,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -23,6 +24,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[TargetServer]:
+    yield from serve()
+
+
+@pytest.fixture(scope="module")
+def other() -> Iterator[TargetServer]:
+    """A second server: another origin (same host, another port) for redirects to go to."""
     yield from serve()
 
 
@@ -191,6 +198,62 @@ async def test_a_body_larger_than_one_read_arrives_whole(node: HttpNode, server:
     assert len(out["body"]) == 60 * 1024, "the body was cut at a socket read boundary"
 
 
+AUTH_CONFIG: dict[str, Any] = {
+    "auth": {"type": "bearer", "token": {"secret": "API_TOKEN"}},
+    "headers": {
+        "X-Key": {"secret": "API_TOKEN"},
+        "Cookie": "sid=from-config",
+        "Proxy-Authorization": "Basic cHJveHk6cHc=",
+        "X-Trace": "t1",
+    },
+}
+CREDENTIALS = ("Authorization", "X-Key", "Cookie", "Proxy-Authorization")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_a_redirect_to_another_origin_drops_the_credentials(
+    node: HttpNode, server: TargetServer, other: TargetServer, host: str
+) -> None:
+    """Origin A redirects to origin B (another port, or another host on A's port): B must not get
+    A's bearer token, a header that came from a secret, a cookie or proxy credentials. The other
+    headers still arrive, so the request did reach B."""
+    target_server = other if host == "127.0.0.1" else server
+    target = f"http://{host}:{target_server.server_address[1]}/b-{host}"
+    out = await call(node, {"url": f"{server.url}/redirect?to={target}", **AUTH_CONFIG})
+    assert out["body"]["path"] == f"/b-{host}"
+    sent = server.hits("/redirect")[-1]["headers"]
+    assert sent["Authorization"] == "Bearer t0ken" and sent["X-Key"] == "t0ken", "A got the credentials"
+    arrived = target_server.hits(f"/b-{host}")[-1]["headers"]
+    assert [h for h in CREDENTIALS if h in arrived] == []
+    assert arrived["X-Trace"] == "t1"
+    assert arrived["Idempotency-Key"] == "exec_1/h/2"
+
+
+async def test_a_same_origin_redirect_keeps_the_credentials(node: HttpNode, server: TargetServer) -> None:
+    await call(node, {"url": f"{server.url}/redirect?to=/same-origin", **AUTH_CONFIG})
+    arrived = server.hits("/same-origin")[-1]["headers"]
+    assert arrived["Authorization"] == "Bearer t0ken"
+    assert arrived["X-Key"] == "t0ken"
+    assert arrived["Cookie"] == "sid=from-config"
+    assert arrived["Proxy-Authorization"] == "Basic cHJveHk6cHc="
+
+
+async def test_credentials_dropped_once_stay_dropped(
+    node: HttpNode, server: TargetServer, other: TargetServer
+) -> None:
+    """A -> B -> A: B chose where the chain goes back to, so A does not get the credentials again."""
+    back = quote(f"{other.url}/redirect?to={server.url}/back-at-a", safe="")
+    await call(node, {"url": f"{server.url}/redirect?to={back}", **AUTH_CONFIG})
+    arrived = server.hits("/back-at-a")[-1]["headers"]
+    assert [h for h in CREDENTIALS if h in arrived] == []
+
+
+async def test_a_redirect_to_a_non_http_url_fails_as_http_4xx(node: HttpNode, server: TargetServer) -> None:
+    err = await failure(node, {"url": f"{server.url}/redirect?to=file:///etc/passwd"})
+    assert (err.error_type, err.retryable) == ("http_4xx", False)
+    assert "'file:///etc/passwd', not an http(s) URL" in err.message
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -208,6 +271,7 @@ async def test_metadata_addresses_are_refused_with_private_networks_allowed(
         err = await failure(node, config)
         assert (err.error_type, err.retryable) == ("validation", False)
         assert "refused even with LINKFLOW_HTTP_ALLOW_PRIVATE_NETWORKS=true" in err.message
+    assert "(redirected there from http://127.0.0.1:" in err.message
 
 
 async def test_the_address_connected_to_is_checked_whatever_resolved_it(server: TargetServer) -> None:

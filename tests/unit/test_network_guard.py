@@ -8,8 +8,10 @@ from __future__ import annotations
 import socket
 
 import pytest
+from yarl import URL
 
 from linkflow_stream.core.node_contract import NodeFailure
+from linkflow_stream.nodes.http import origin
 from linkflow_stream.nodes.network_guard import (
     AddressRefused,
     GuardedSocketFactory,
@@ -141,3 +143,19 @@ def test_the_socket_factory_makes_a_socket_for_an_allowed_address() -> None:
     factory = GuardedSocketFactory(allow_private=False)
     with factory((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("8.8.8.8", 443))) as sock:
         assert sock.family == socket.AF_INET
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("http://api.example.com/a", "http://API.example.com:80/b?x=1", True),
+        ("https://api.example.com/a", "https://api.example.com:443/b", True),
+        ("https://api.example.com/a", "http://api.example.com/a", False),
+        ("http://api.example.com/a", "http://api.example.com:8080/a", False),
+        ("http://api.example.com/a", "http://evil.example.com/a", False),
+        ("http://127.0.0.1:8000/", "http://localhost:8000/", False),
+    ],
+)
+def test_origin_is_scheme_host_and_port(a: str, b: str, same: bool) -> None:
+    """A redirect keeps the node's credentials only within one origin."""
+    assert (origin(URL(a)) == origin(URL(b))) is same
