@@ -6,8 +6,8 @@ Header values, passwords and tokens may be ``{"secret": "NAME"}``. Redirects are
 most five), each hop through the SSRF guard (``network_guard``). A redirect to another origin
 (scheme, host or port) drops ``Authorization``, ``Cookie``, ``Proxy-Authorization`` and every
 header whose value is a secret, for the rest of the chain; a same-origin redirect keeps them.
-The output is ``{"status", "headers", "body"}``; JSON bodies are decoded, text stays text,
-anything else is base64 with ``"body_encoding"``.
+The node keeps no cookies between requests. The output is ``{"status", "headers", "body"}``;
+JSON bodies are decoded, text stays text, anything else is base64 with ``"body_encoding"``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ class HttpNode:
                 socket_factory=GuardedSocketFactory(allow_private=self.allow_private),
                 limit=256,
             )
-            self._session = aiohttp.ClientSession(connector=connector)
+            # One session serves every execution on this worker: a cookie one response set must
+            # not be sent with another execution's requests.
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def close(self) -> None:

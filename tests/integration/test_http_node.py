@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
@@ -287,3 +289,37 @@ async def test_the_address_connected_to_is_checked_whatever_resolved_it(server: 
                 await session.get(url)
             assert isinstance(info.value.os_error, AddressRefused)
     assert server.hits("/unguarded") == [], "a request reached the server"
+
+
+class _CookieHandler(BaseHTTPRequestHandler):
+    """``/login`` sets a session cookie; every other path answers with the Cookie header it got."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = b"{}" if self.path == "/login" else repr(self.headers.get("Cookie")).encode()
+        self.send_response(200)
+        if self.path == "/login":
+            self.send_header("Set-Cookie", "session=s3cret; Path=/")
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+async def test_a_cookie_from_one_execution_is_not_sent_by_the_next(node: HttpNode) -> None:
+    """One session serves every execution on a worker: a session cookie a response set for one
+    run must not go out with another run's requests (a host name, since aiohttp's cookie jar
+    ignores cookies from IP addresses)."""
+    cookie_server = ThreadingHTTPServer(("127.0.0.1", 0), _CookieHandler)
+    thread = threading.Thread(target=cookie_server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://localhost:{cookie_server.server_address[1]}"
+        await call(node, {"url": f"{base}/login"})
+        out = await call(node, {"url": f"{base}/whoami"}, NodeContext("exec_2", "wf2", "h", 1, 5.0))
+        assert out["body"] == "None", f"the second execution sent the cookie {out['body']}"
+    finally:
+        cookie_server.shutdown()
+        cookie_server.server_close()
