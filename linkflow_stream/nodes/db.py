@@ -218,7 +218,10 @@ class DbNode:
     A write attempted under ``read_only`` is ``validation``, not ``code_error``: whether the
     statement writes is fixed by the node's config (its query and its ``read_only`` flag), not
     by the data it runs on, so it is the same kind of failure as a syntax error: the node is
-    configured wrong, no attempt can succeed, and retrying must not happen.
+    configured wrong, no attempt can succeed, and retrying must not happen. For the same reason a
+    statement SQLite's authorizer refuses (``ATTACH``, a temporary object, an unlisted pragma:
+    see ``db_sqlite_policy``) is ``validation``. Connections are shared by runs, so no run
+    leaves state on one: see ``db_sqlite.SqliteDatabase`` and ``db_postgres._reset_connection``.
     """
 
     type_name: ClassVar[str] = "db"
