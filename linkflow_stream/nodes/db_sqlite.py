@@ -41,6 +41,12 @@ _SQLITE_CONNECTION = {
 _SQLITE_CONTENTION = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _SQLITE_BROKEN_FILE = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
 _SQLITE_LIMIT = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_TOOBIG}
+_NEEDS_A_WRITER = {
+    sqlite3.SQLITE_READONLY_ROLLBACK,
+    sqlite3.SQLITE_READONLY_RECOVERY,
+    sqlite3.SQLITE_READONLY_CANTINIT,
+}
+"""What a ``mode=ro`` connection says about a file that a writable connection must repair first."""
 
 
 def sqlite_failure(name: str, exc: Exception) -> NodeFailure:
@@ -117,6 +123,17 @@ class SqliteDatabase:
         return conn
 
     def _run(self, query: Query, stop: threading.Event) -> QueryResult:
+        try:
+            return self._run_once(query, stop)
+        except sqlite3.OperationalError as exc:
+            if not query.read_only or exc.sqlite_errorcode not in _NEEDS_A_WRITER:
+                raise
+        # A writer that crashed mid-transaction left a hot journal (or a WAL to recover), which
+        # only a writable connection may roll back: it does so when it next reads.
+        self._connection(read_only=False).execute("select count(*) from sqlite_master")
+        return self._run_once(query, stop)
+
+    def _run_once(self, query: Query, stop: threading.Event) -> QueryResult:
         conn = self._connection(query.read_only)
         deadline = time.monotonic() + query.timeout_seconds
         conn.execute(f"PRAGMA busy_timeout = {query.timeout_millis:d}")

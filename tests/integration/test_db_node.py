@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -397,6 +399,47 @@ async def test_sqlite_read_only_runs_do_not_see_the_writing_connection(lite: Db)
     await lite.write("insert into people (id, name) values (77, 'grace')")
     assert (await lite.write("select last_insert_rowid() as r"))["rows"] == [{"r": 77}]
     assert (await lite.run("select last_insert_rowid() as r"))["rows"] == [{"r": 0}]
+
+
+CRASHING_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("pragma cache_size = 10")  # a small cache spills the change into the file early
+conn.execute("begin")
+conn.execute("update filler set x = -1")
+print("writing", flush=True)
+time.sleep(60)
+"""
+
+
+def crash_in_the_middle_of_a_write(path: Path) -> None:
+    """Fill ``path`` and let another process die while it rewrites every row."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("create table filler (x integer)")
+        conn.executemany("insert into filler values (?)", [(i,) for i in range(20_000)])
+    conn.close()
+    with subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(path)], stdout=subprocess.PIPE
+    ) as writer:
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == b"writing\n"
+        finally:
+            writer.kill()
+
+
+async def test_sqlite_a_read_only_run_after_a_writer_crashed(tmp_path: Path) -> None:
+    """A process killed in the middle of a write leaves a hot journal, which a ``mode=ro``
+    connection may not roll back (SQLITE_READONLY_ROLLBACK). The read-only run must still read
+    the committed data, not fail as a write under read_only."""
+    path = tmp_path / "crash.db"
+    crash_in_the_middle_of_a_write(path)
+    assert (tmp_path / "crash.db-journal").exists(), "no hot journal: the test proves nothing"
+    db = Db("sqlite", DbNode({"main": f"sqlite:///{path}"}))
+    try:
+        out = await db.run("select count(*) as n, sum(x) as total from filler")
+        assert out["rows"] == [{"n": 20_000, "total": sum(range(20_000))}]
+    finally:
+        await db.node.close()
 
 
 async def test_sqlite_memory_databases_are_refused() -> None:
