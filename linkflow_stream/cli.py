@@ -15,7 +15,7 @@ import click
 
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
-from linkflow_stream.kafka.topics import TopicSpecError, apply_topics
+from linkflow_stream.kafka.topics import TopicSpecError, apply_topics, load_specs, topic_environment
 from linkflow_stream.settings import Settings
 
 
@@ -213,10 +213,19 @@ def topics() -> None:
 
 @topics.command("apply")
 def topics_apply() -> None:
-    """Create every missing topic; safe to run again."""
+    """Create every missing topic and bring configs to the spec; safe to run again.
+
+    Every topic gets the replication factor and min.insync.replicas of the environment named by
+    LINKFLOW_TOPICS_ENV (`dev` or `cluster` in topics/topics.toml), or, unset, of the one the
+    cluster's broker count allows (one broker: dev; three or more: cluster)."""
     settings = Settings()
     try:
-        changes = asyncio.run(apply_topics(settings))
+        replication = asyncio.run(topic_environment(settings))
+        click.echo(
+            f"environment {replication.environment}: replication factor {replication.replication_factor}, "
+            f"min.insync.replicas {replication.min_insync_replicas}"
+        )
+        changes = asyncio.run(apply_topics(settings, load_specs(environment=replication.environment)))
     except TopicSpecError as exc:
         raise click.ClickException(exc.message) from exc
     for line in changes or ["all topics already exist"]:

@@ -20,6 +20,14 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     """Prefix put before every topic name, so several engines can share a broker. Default empty."""
 
+    topics_env: str | None = None
+    """The ``[environments.<name>]`` of ``topics/topics.toml`` whose replication factor and
+    ``min.insync.replicas`` ``linkflow topics apply`` gives the topics: ``dev`` (1 and 1) or
+    ``cluster`` (3 and 2). Default unset: derived from the brokers the cluster lists at apply time,
+    the environment with the largest replication factor that many brokers hold (one broker: ``dev``;
+    three or more: ``cluster``). Pin it in production, so that an apply during a broker outage
+    fails instead of creating under-replicated topics."""
+
     app_id: str = "linkflow"
     """Consumer-group and transactional-id base name. Default ``linkflow``."""
 

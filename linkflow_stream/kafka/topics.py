@@ -1,4 +1,9 @@
-"""Topic specs from ``topics/topics.toml`` and their idempotent application to the broker."""
+"""Topic specs from ``topics/topics.toml`` and their idempotent application to the broker.
+
+A spec carries its environment's replication: ``[environments.<name>]`` in the spec file gives
+every topic a replication factor and ``min.insync.replicas``; ``LINKFLOW_TOPICS_ENV`` picks the
+environment, or the broker count the cluster reports does (ADR 0017).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,22 @@ from linkflow_stream.settings import Settings
 
 SPEC_FILE = Path(__file__).resolve().parents[2] / "topics" / "topics.toml"
 CONFIG_SETTLE_SECONDS = 10.0
+DEV = "dev"
+"""The environment of a single broker: what ``load_specs`` gives unless told otherwise."""
 
 
 class TopicSpecError(LinkflowError):
     error_type = "topic_spec"
+
+
+@dataclass(frozen=True)
+class Replication:
+    """One ``[environments.<name>]``: how many copies of each partition a topic keeps, and how
+    many must have a write before it is acknowledged (every producer here uses ``acks=all``)."""
+
+    environment: str
+    replication_factor: int
+    min_insync_replicas: int
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,9 @@ class TopicSpec:
     retention_ms: int | None = None
     co_partitioned: bool = False
     max_message_bytes: int | None = None
+    replication_factor: int = 1
+    min_insync_replicas: int | None = None
+    """Set as the topic's config when given; else the broker's default applies."""
 
     def configs(self) -> dict[str, str]:
         cfg = {"cleanup.policy": self.cleanup_policy}
@@ -37,14 +57,44 @@ class TopicSpec:
             cfg["max.message.bytes"] = str(self.max_message_bytes)
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
+        if self.min_insync_replicas is not None:
+            cfg["min.insync.replicas"] = str(self.min_insync_replicas)
         return cfg
 
 
-def load_specs(path: Path = SPEC_FILE) -> list[TopicSpec]:
-    """Parse the spec file; co-partitioned topics take the shared execution partition count."""
+def load_environments(path: Path = SPEC_FILE) -> dict[str, Replication]:
+    """Every ``[environments.<name>]`` of the spec file, by name."""
+    data = tomllib.loads(path.read_text())
+    return {
+        name: Replication(name, int(env["replication_factor"]), int(env["min_insync_replicas"]))
+        for name, env in data.get("environments", {}).items()
+    }
+
+
+def choose_environment(
+    environments: dict[str, Replication], requested: str | None, brokers: int
+) -> Replication:
+    """The environment named by ``requested`` (``LINKFLOW_TOPICS_ENV``); unnamed, the one with the
+    largest replication factor that ``brokers`` brokers can hold."""
+    if requested is not None:
+        if requested not in environments:
+            raise TopicSpecError(
+                f"LINKFLOW_TOPICS_ENV={requested}: the spec file has the environments {sorted(environments)}"
+            )
+        return environments[requested]
+    fitting = [env for env in environments.values() if env.replication_factor <= brokers]
+    if not fitting:
+        raise TopicSpecError(f"no environment in the spec file fits a cluster of {brokers} brokers")
+    return max(fitting, key=lambda env: env.replication_factor)
+
+
+def load_specs(path: Path = SPEC_FILE, environment: str = DEV) -> list[TopicSpec]:
+    """Parse the spec file; co-partitioned topics take the shared execution partition count, and
+    every topic takes ``environment``'s replication."""
     data = tomllib.loads(path.read_text())
     shared = int(data["execution_partitions"])
     large = int(data.get("max_message_bytes", 1048576))
+    replication = choose_environment(load_environments(path), environment, brokers=0)
     specs = []
     for t in data["topic"]:
         co = bool(t.get("co_partitioned", False))
@@ -58,6 +108,8 @@ def load_specs(path: Path = SPEC_FILE) -> list[TopicSpec]:
                 retention_ms=t.get("retention_ms"),
                 co_partitioned=co,
                 max_message_bytes=large if t.get("large_records") else t.get("max_message_bytes"),
+                replication_factor=replication.replication_factor,
+                min_insync_replicas=replication.min_insync_replicas,
             )
         )
     return specs
@@ -75,9 +127,38 @@ def execution_partitions(path: Path = SPEC_FILE) -> int:
     return int(tomllib.loads(path.read_text())["execution_partitions"])
 
 
-async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+@dataclass(frozen=True)
+class _Layout:
+    """What the broker says of an existing topic."""
+
+    partitions: int
+    replication_factor: int
+
+
+async def _layouts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, _Layout]:
     described = await admin.describe_topics(names)
-    return {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code", 0) == 0}
+    return {
+        t["topic"]: _Layout(
+            len(t["partitions"]), max((len(p["replicas"]) for p in t["partitions"]), default=0)
+        )
+        for t in described
+        if t.get("error_code", 0) == 0
+    }
+
+
+async def topic_environment(settings: Settings) -> Replication:
+    """The environment ``apply_topics`` uses: ``LINKFLOW_TOPICS_ENV``, else derived from the
+    brokers the cluster lists now."""
+    environments = load_environments()
+    if settings.topics_env is not None:
+        return choose_environment(environments, settings.topics_env, brokers=0)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
+    return choose_environment(environments, None, brokers)
 
 
 async def _converge_configs(
@@ -107,14 +188,28 @@ async def _converge_configs(
     return [f"updated the config of {settings.topic(s.name)} to {s.configs()}" for s in drift]
 
 
+async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """Each topic's config. Asked again for a while when a broker answers with an error for a
+    topic: in a cluster, a node that has not caught up with a topic's creation yet does not know
+    it (each request may go to any node)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    deadline = asyncio.get_running_loop().time() + CONFIG_SETTLE_SECONDS
+    while True:
+        current: dict[str, dict[str, str]] = {}
+        unknown = False
+        for response in await admin.describe_configs(resources):
+            for resource in response.resources:
+                error_code, name, entries = resource[0], resource[3], resource[4]
+                unknown = unknown or error_code != 0
+                current[name] = {entry[0]: entry[1] for entry in entries}
+        if not unknown or asyncio.get_running_loop().time() > deadline:
+            return current
+        await asyncio.sleep(0.1)
+
+
 async def _drifted(admin: AIOKafkaAdminClient, settings: Settings, specs: list[TopicSpec]) -> list[TopicSpec]:
     """The specs whose topic's config differs from the spec."""
-    resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(s.name)) for s in specs]
-    current: dict[str, dict[str, str]] = {}
-    for response in await admin.describe_configs(resources):
-        for resource in response.resources:
-            name, entries = resource[3], resource[4]
-            current[name] = {entry[0]: entry[1] for entry in entries}
+    current = await _configs(admin, [settings.topic(s.name) for s in specs])
     return [
         s
         for s in specs
@@ -123,50 +218,72 @@ async def _drifted(admin: AIOKafkaAdminClient, settings: Settings, specs: list[T
 
 
 async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
-    """Create missing topics, then verify every partition count; returns what changed.
+    """Create missing topics, then verify every partition count and replication factor and
+    converge the configs; returns what changed. Without ``specs``, every topic of the spec file
+    in the environment ``topic_environment`` gives.
 
     Safe to run again. A topic whose partition count differs from its spec is an error:
     repartitioning a keyed topic moves executions between owners, so it is never done silently.
+    Nor is a replication factor changed (that moves replicas between brokers).
     """
-    specs = specs if specs is not None else load_specs()
+    if specs is None:
+        specs = load_specs(environment=(await topic_environment(settings)).environment)
     names = [settings.topic(s.name) for s in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     changes: list[str] = []
+    refused: list[str] = []
     try:
-        current = await _partition_counts(admin, names)
+        current = await _layouts(admin, names)
         missing = [s for s in specs if settings.topic(s.name) not in current]
         for spec in missing:
-            try:
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            name=settings.topic(spec.name),
-                            num_partitions=spec.partitions,
-                            replication_factor=1,
-                            topic_configs=spec.configs(),
-                        )
-                    ]
-                )
-                changes.append(f"created {settings.topic(spec.name)} ({spec.partitions} partitions)")
-            except TopicAlreadyExistsError:
-                pass  # created meanwhile, by another process or before metadata caught up: verified below
+            response = await admin.create_topics(
+                [
+                    NewTopic(
+                        name=settings.topic(spec.name),
+                        num_partitions=spec.partitions,
+                        replication_factor=spec.replication_factor,
+                        topic_configs=spec.configs(),
+                    )
+                ]
+            )
+            for error in response.to_object()["topic_errors"]:
+                if error["error_code"] == 0:
+                    changes.append(
+                        f"created {settings.topic(spec.name)} ({spec.partitions} partitions, "
+                        f"replication factor {spec.replication_factor})"
+                    )
+                elif error["error_code"] != TopicAlreadyExistsError.errno:
+                    # The answer says why (say, a replication factor the brokers cannot hold);
+                    # created meanwhile by another process is fine: verified below.
+                    refused.append(f"{error['topic']} was not created: {error['error_message']}")
+        if refused:
+            raise TopicSpecError("; ".join(refused))
         for _ in range(50):  # metadata of new topics reaches describe_topics after a short while
-            current = await _partition_counts(admin, names)
+            current = await _layouts(admin, names)
             if len(current) == len(names):
                 break
             await asyncio.sleep(0.1)
+        # Only topics that existed before: one created just now has the spec's configs, and a
+        # broker that has not caught up with its creation yet would report it as drifted.
         changes += await _converge_configs(
-            admin, settings, [s for s in specs if settings.topic(s.name) in current]
+            admin, settings, [s for s in specs if settings.topic(s.name) in current and s not in missing]
         )
     finally:
         await admin.close()
     problems = [f"{name} does not exist after apply" for name in names if name not in current]
-    problems += [
-        f"{settings.topic(s.name)} has {current[settings.topic(s.name)]} partitions, spec says {s.partitions}"
-        for s in specs
-        if current.get(settings.topic(s.name), s.partitions) != s.partitions
-    ]
+    for s in specs:
+        layout = current.get(settings.topic(s.name))
+        if layout is not None and layout.partitions != s.partitions:
+            problems.append(
+                f"{settings.topic(s.name)} has {layout.partitions} partitions, spec says {s.partitions}"
+            )
+        if layout is not None and layout.replication_factor != s.replication_factor:
+            problems.append(
+                f"{settings.topic(s.name)} has replication factor {layout.replication_factor}, spec says "
+                f"{s.replication_factor} (apply never moves replicas: reassign them, or choose the "
+                "environment with LINKFLOW_TOPICS_ENV)"
+            )
     if problems:
         raise TopicSpecError("; ".join(problems))
     return changes

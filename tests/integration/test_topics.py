@@ -7,7 +7,13 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from linkflow_stream.kafka.topics import TopicSpec, TopicSpecError, apply_topics, load_specs
+from linkflow_stream.kafka.topics import (
+    TopicSpec,
+    TopicSpecError,
+    apply_topics,
+    load_specs,
+    topic_environment,
+)
 from linkflow_stream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -78,3 +84,27 @@ async def test_apply_brings_an_existing_topics_config_back_to_its_spec(kafka: st
     changes = await apply_topics(settings, [events])
     assert changes == [f"updated the config of {settings.topic('linkflow.events')} to {events.configs()}"]
     assert await apply_topics(settings, [events]) == [], "converged: a second apply changes nothing"
+
+
+async def test_one_broker_gets_the_dev_environment_and_a_pinned_cluster_one_is_refused(kafka: str) -> None:
+    settings = fresh(kafka)
+    assert (await topic_environment(settings)).environment == "dev", "derived from a single broker"
+    created = await apply_topics(settings)
+    assert created and all("replication factor 1" in line for line in created), created
+
+    pinned = Settings(bootstrap_servers=kafka, topic_prefix=fresh(kafka).topic_prefix, topics_env="cluster")
+    with pytest.raises(TopicSpecError, match=r"was not created: .*replication factor of 3 cannot be reached"):
+        await apply_topics(pinned)
+
+
+async def test_apply_refuses_a_replication_factor_mismatch(kafka: str) -> None:
+    settings = fresh(kafka)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:  # as the dev environment made it
+        await admin.create_topics([NewTopic(settings.topic("linkflow.events"), 4, 1)])
+    finally:
+        await admin.close()
+    spec = TopicSpec("linkflow.events", 4, co_partitioned=True, replication_factor=3, min_insync_replicas=2)
+    with pytest.raises(TopicSpecError, match=r"linkflow\.events has replication factor 1, spec says 3"):
+        await apply_topics(settings, [spec])
