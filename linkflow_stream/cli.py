@@ -15,6 +15,7 @@ import click
 
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
+from linkflow_stream.dev.cluster import Cluster
 from linkflow_stream.kafka.topics import TopicSpecError, apply_topics, load_specs, topic_environment
 from linkflow_stream.settings import Settings
 
@@ -41,7 +42,7 @@ def run(loglevel: str) -> None:
 
 @main.group()
 def kafka() -> None:
-    """A real single-node Kafka (KRaft) broker from Maven Central, for development and tests."""
+    """A real Kafka (KRaft) broker, or a three-node cluster, from Maven Central, for development and tests."""
 
 
 def _broker(data_dir: Path, port: int) -> Broker:
@@ -58,37 +59,66 @@ DATA_DIR = click.option(
 CACHE_DIR = Path(".linkflow")
 
 
-def _start_broker(broker: Broker) -> None:
-    """Start the broker, or reuse the one already running from its data dir; say which."""
+def _start_broker(broker: Broker | Cluster) -> None:
+    """Start the broker (or cluster), or reuse the one already running from its data dir; say which."""
     click.echo(f"Kafka on {broker.bootstrap} (data in {broker.data_dir}) ...")
     started_at = time.monotonic()
     try:
         outcome = broker.start(cache_dir=CACHE_DIR.resolve(), progress=lambda line: click.echo(f"  {line}"))
     except BrokerError as exc:
         raise click.ClickException(exc.message) from exc
+    pids = ", ".join(str(pid) for pid in broker.pids) if isinstance(broker, Cluster) else str(broker.pid)
     if outcome is StartOutcome.REUSED:
-        click.echo(f"Kafka already running at {broker.bootstrap} (pid {broker.pid}): reusing it")
+        click.echo(f"Kafka already running at {broker.bootstrap} (pid {pids}): reusing it")
     else:
         elapsed = time.monotonic() - started_at
-        click.echo(f"Kafka ready at {broker.bootstrap} (pid {broker.pid}) in {elapsed:.1f}s")
+        click.echo(f"Kafka ready at {broker.bootstrap} (pid {pids}) in {elapsed:.1f}s")
 
 
 @kafka.command("start")
 @DATA_DIR
-@click.option("--port", default=9092, show_default=True, help="the client port on 127.0.0.1")
-def kafka_start(data_dir: Path, port: int) -> None:
-    """Start the broker and wait until it answers; reuse it if it runs already.
+@click.option(
+    "--port",
+    default=9092,
+    show_default=True,
+    help="the client port on 127.0.0.1; with --brokers 3, node 0's: nodes 1 and 2 take PORT+1 and "
+    "PORT+2, and the controllers PORT+3 to PORT+5",
+)
+@click.option(
+    "--brokers",
+    type=click.Choice(["1", "3"]),
+    default="1",
+    show_default=True,
+    help="1: a single broker+controller; 3: a cluster of three (replication 3 with min ISR 2 for "
+    "the internal topics; `topics apply` then uses the `cluster` environment), each node in "
+    "DATA_DIR/node-N",
+)
+def kafka_start(data_dir: Path, port: int, brokers: str) -> None:
+    """Start the broker (or cluster) and wait until it answers; reuse it if it runs already.
 
     Fetches the jars with Maven and formats storage the first time. A pid file left by a broker
-    that is gone (kill -9) is cleaned up."""
-    _start_broker(_broker(data_dir, port))
+    that is gone (kill -9) is cleaned up. A cluster is ready when every node answers a metadata
+    request that lists all three brokers."""
+    if brokers == "1":
+        cluster = Cluster.found_in(data_dir.resolve())
+        if cluster is not None and cluster.pids:
+            raise click.ClickException(
+                f"a {cluster.size}-broker cluster runs from {data_dir}: stop it first "
+                f"(linkflow kafka stop --data-dir {data_dir}) or start with --brokers {cluster.size}"
+            )
+        _start_broker(_broker(data_dir, port))
+    else:
+        _start_broker(Cluster(data_dir=data_dir.resolve(), port=port, size=int(brokers)))
 
 
 @kafka.command("stop")
 @DATA_DIR
 def kafka_stop(data_dir: Path) -> None:
-    """Stop the broker started by ``linkflow kafka start`` (a controlled shutdown)."""
-    if _broker(data_dir, 0).stop():
+    """Stop the broker, or every node of the cluster, started by ``linkflow kafka start`` (a
+    controlled shutdown each)."""
+    cluster = Cluster.found_in(data_dir.resolve())
+    stopped = cluster is not None and cluster.stop()
+    if _broker(data_dir, 0).stop() or stopped:
         click.echo("Kafka stopped")
     else:
         click.echo(f"no Kafka broker running from {data_dir}")

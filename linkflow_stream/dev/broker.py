@@ -1,4 +1,5 @@
-"""A real single-node Apache Kafka (KRaft) broker for development, tests and CI.
+"""A real Apache Kafka (KRaft) broker for development, tests and CI: a single node, or one node of
+the dev cluster (``cluster.py``, ADR 0017).
 
 The broker's jars come from Maven Central through ``broker_pom.xml`` beside this module (cached
 in ``~/.m2``), so no Docker and no tarball download is needed. The same code serves ``linkflow kafka start``,
@@ -17,6 +18,7 @@ import contextlib
 import enum
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,6 +43,9 @@ MAIN_CLASS = "kafka.Kafka"
 # DUPLICATE_BROKER_REGISTRATION until that session runs out: after a clean stop as after kill -9.
 # This single-node dev broker heartbeats to a controller in its own JVM, so a short session is safe.
 SESSION_TIMEOUT_MS = 3000
+# Where port blocks for a cluster are looked for: above the well-known dev ports (9092, the shared
+# test broker's 19092), below the kernel's ephemeral range.
+BLOCK_PORTS_FROM = 20000
 # How often the broker heartbeats, and how soon it retries a refused registration (default 2 s).
 HEARTBEAT_INTERVAL_MS = 500
 
@@ -97,6 +102,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(count: int, tries: int = 200) -> int:
+    """The first of ``count`` consecutive loopback ports, all free now and below the kernel's
+    ephemeral range (for a cluster).
+
+    Not from the ephemeral range, as ``free_port`` is: the nodes started first connect to each
+    other from ephemeral ports, and one of those could take a port of a node not yet listening."""
+    low, _ = _ephemeral_range()
+    first_choice, last_choice = BLOCK_PORTS_FROM, max(BLOCK_PORTS_FROM + count, low) - count
+    for _ in range(tries):
+        first = random.randint(first_choice, last_choice)  # noqa: S311 - a port, not a secret
+        if all(_port_is_free(first + i) for i in range(count)):
+            return first
+    msg = f"found no {count} consecutive free ports from {first_choice} in {tries} tries"
+    raise BrokerError(msg)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux; IANA's range elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+@dataclass(frozen=True)
+class Peers:
+    """The cluster a node belongs to: every node's client and controller port, by node id.
+
+    All nodes are combined broker+controller processes and voters of one static quorum (ADR 0017).
+    """
+
+    client_ports: tuple[int, ...]
+    controller_ports: tuple[int, ...]
+    cluster_id: str
+
+    @property
+    def voters(self) -> str:
+        """``controller.quorum.voters``: every node, as ``id@host:port``."""
+        return ",".join(f"{i}@127.0.0.1:{port}" for i, port in enumerate(self.controller_ports))
+
+    @property
+    def replication_factor(self) -> int:
+        """Copies of each internal topic's partitions (offsets, transaction state): three, or
+        fewer in a smaller cluster."""
+        return min(3, len(self.client_ports))
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """Copies a write needs before it is acknowledged (``acks=all``): a majority of the
+        replicas, so one broker may be lost without losing a write or stopping them."""
+        return self.replication_factor // 2 + 1
+
+
 class StartOutcome(enum.Enum):
     """What ``Broker.start`` did."""
 
@@ -116,12 +175,18 @@ class Broker:
 
     A ``Broker`` made for a data dir whose broker runs already (say, by a second
     ``linkflow kafka start``) finds it through the pid file: ``start`` reuses it and ``stop`` stops it.
+    With ``peers`` it is node ``node_id`` of a cluster (``cluster.py`` starts and waits for all
+    nodes together); without, a single node that is its own quorum.
     """
 
     data_dir: Path
     port: int = 9092
     controller_port: int = 0
     partitions: int = 4
+    node_id: int = 1
+    peers: Peers | None = None
+    heap_mb: int = 1024
+    """The JVM's largest heap; a cluster's three nodes on a small machine take less each."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,14 +209,30 @@ class Broker:
     def config_file(self) -> Path:
         return self.data_dir / "server.properties"
 
+    @property
+    def name(self) -> str:
+        """How messages name this broker: by node id when it is one of a cluster."""
+        return "Kafka broker" if self.peers is None else f"Kafka broker {self.node_id}"
+
+    @property
+    def cluster_ports(self) -> tuple[int, ...]:
+        """The client ports of every broker that must answer for this one to be ready."""
+        return self.peers.client_ports if self.peers is not None else (self.port,)
+
     def _write_config(self) -> Path:
-        if not self.controller_port:
+        if self.peers is not None:
+            self.controller_port = self.peers.controller_ports[self.node_id]
+        elif not self.controller_port:
             self.controller_port = free_port()
         logs = self.data_dir / "kraft-logs"
+        voters = self.peers.voters if self.peers else f"{self.node_id}@127.0.0.1:{self.controller_port}"
+        replicas, min_isr = (
+            (self.peers.replication_factor, self.peers.min_insync_replicas) if self.peers else (1, 1)
+        )
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -161,13 +242,17 @@ class Broker:
             "num.partitions": str(self.partitions),
             # Topics come from topics/ only: a typo must not silently create a topic.
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
+            # The internal topics (group offsets, transaction state) are created on first use with
+            # these: in a cluster they must survive a broker's loss as the engine's topics do.
+            "default.replication.factor": str(replicas),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(replicas),
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
             "group.initial.rebalance.delay.ms": "0",
             "log.flush.interval.messages": "9223372036854775807",
             "num.network.threads": "2",
@@ -184,7 +269,8 @@ class Broker:
     def _java(self, cp: str, main: str, *args: str, log: bool) -> list[str]:
         java = shutil.which("java") or "java"
         props = [f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}"] if log else []
-        return [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", *props, "-cp", cp, main, *args]
+        heap = [f"-Xms{min(256, self.heap_mb)}m", f"-Xmx{self.heap_mb}m"]
+        return [java, *heap, "-XX:+UseG1GC", *props, "-cp", cp, main, *args]
 
     @property
     def pid(self) -> int | None:
@@ -199,14 +285,17 @@ class Broker:
         return pid
 
     def is_ready(self, timeout: float = 5.0) -> bool:
-        """True when a broker on this port answers a metadata request that lists it at this address.
+        """True when a broker on this port answers a metadata request that lists it at this address
+        (and, in a cluster, every other node at its address).
 
         A restarted broker refuses clients until the controller has accepted its registration, so
         an answer also means that admin calls (``topics apply``) work."""
         if not _accepts_connections(self.port):  # cheap and quiet: no client errors logged
             return False
         try:
-            return asyncio.run(asyncio.wait_for(_lists_itself(self.port, int(timeout * 1000)), timeout))
+            return asyncio.run(
+                asyncio.wait_for(_lists(self.port, self.cluster_ports, int(timeout * 1000)), timeout)
+            )
         except (KafkaError, OSError, TimeoutError):
             return False
 
@@ -222,18 +311,44 @@ class Broker:
         if running is not None:
             if self._reuse(running, timeout, progress):
                 return StartOutcome.REUSED
-        elif self.pid_file.exists():
+        else:
+            self.forget_stale_pid(progress)
+        self.check_port()  # before Maven: a port held by another process is the clearer error
+        self.launch(classpath(cache_dir))
+        self._wait_ready(timeout)
+        return StartOutcome.STARTED
+
+    def forget_stale_pid(self, progress: Callable[[str], None] = _quiet) -> None:
+        """Remove a pid file whose process is gone or is not this data dir's broker."""
+        if self.pid_file.exists() and self.running_pid() is None:
             progress(f"removing a stale pid file (pid {_read_pid(self.pid_file)} is not a running broker)")
             self.pid_file.unlink()
-        if not _port_is_free(self.port):
-            msg = (
-                f"port {self.port} is in use by another process (not the broker of {self.data_dir}); "
-                "stop it or choose another port"
-            )
-            raise BrokerError(msg)
-        cp = classpath(cache_dir)
+
+    def check_port(self) -> None:
+        """Fail clearly, before Java starts, when something else holds the client port (or, in a
+        cluster, this node's controller port, which is fixed there)."""
+        ports = [self.port] if self.peers is None else [self.port, self.peers.controller_ports[self.node_id]]
+        for port in ports:
+            if not _port_is_free(port):
+                msg = (
+                    f"port {port} is in use by another process (not the broker of {self.data_dir}); "
+                    "stop it or choose another port"
+                )
+                raise BrokerError(msg)
+
+    @property
+    def formatted(self) -> bool:
+        """Whether this data dir's storage was formatted already (a restart keeps it)."""
+        return (self.data_dir / "kraft-logs" / "meta.properties").exists()
+
+    def launch(self, cp: str) -> None:
+        """Write the config, format storage if new, and start the process; do not wait for it.
+
+        A cluster launches every node before it waits: a node cannot answer before a majority of
+        the controllers runs."""
+        self.check_port()
         cfg = self._write_config()
-        if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
+        if not self.formatted:
             self._format(cp, cfg)
         with (self.data_dir / "broker.stdout").open("ab") as out:  # the child keeps its own copy
             self.process = subprocess.Popen(  # noqa: S603 - fixed argv
@@ -245,12 +360,14 @@ class Broker:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(self.process.pid))
-        self._wait_ready(timeout)
-        return StartOutcome.STARTED
+
+    def configured_port(self) -> int | None:
+        """The client port the written config gives (that of a running broker, say)."""
+        return _configured_port(self.config_file) if self.config_file.exists() else None
 
     def _reuse(self, pid: int, timeout: float, progress: Callable[[str], None]) -> bool:
         """Keep the running broker if it serves this port; False if it had to be stopped."""
-        port = _configured_port(self.config_file)
+        port = self.configured_port()
         if port != self.port:
             msg = (
                 f"the broker of {self.data_dir} is running on port {port} (pid {pid}), not {self.port}; "
@@ -275,18 +392,13 @@ class Broker:
         return False
 
     def _format(self, cp: str, cfg: Path) -> None:
+        # A single node is its own quorum (--standalone); a cluster's nodes share one cluster id
+        # and the static voter set of their configs.
+        quorum = (
+            ["-t", self.peers.cluster_id] if self.peers else ["--standalone", "-t", uuid.uuid4().hex[:22]]
+        )
         fmt = subprocess.run(  # noqa: S603 - fixed argv
-            self._java(
-                cp,
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                str(uuid.uuid4().hex[:22]),
-                "-c",
-                str(cfg),
-                log=False,
-            ),
+            self._java(cp, "kafka.tools.StorageTool", "format", *quorum, "-c", str(cfg), log=False),
             capture_output=True,
             text=True,
             check=False,
@@ -295,13 +407,17 @@ class Broker:
             msg = f"Kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}"
             raise BrokerError(msg)
 
+    def check_alive(self) -> None:
+        """Raise, with the log tail, if the process this object started has exited."""
+        if self.process is not None and self.process.poll() is not None:
+            self.pid_file.unlink(missing_ok=True)
+            msg = f"{self.name} exited with {self.process.returncode}\n{self.log_tail()}"
+            raise BrokerError(msg)
+
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                msg = f"Kafka broker exited with {self.process.returncode}\n{self.log_tail()}"
-                raise BrokerError(msg)
+            self.check_alive()
             if self.is_ready(timeout=min(5.0, max(0.5, deadline - time.monotonic()))):
                 return
             time.sleep(0.25)
@@ -410,12 +526,14 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-async def _lists_itself(port: int, request_timeout_ms: int) -> bool:
-    """One metadata request: does the broker at 127.0.0.1:``port`` list itself?"""
+async def _lists(port: int, expected: tuple[int, ...], request_timeout_ms: int) -> bool:
+    """One metadata request: does the broker at 127.0.0.1:``port`` list a broker at every
+    ``expected`` port (itself, and in a cluster the others)?"""
     admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=request_timeout_ms)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
     finally:
         await admin.close()
-    return any(b["host"] == "127.0.0.1" and b["port"] == port for b in cluster["brokers"])
+    listed = {b["port"] for b in cluster["brokers"] if b["host"] == "127.0.0.1"}
+    return set(expected) <= listed

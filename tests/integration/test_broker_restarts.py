@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from linkflow_stream.dev.broker import MAIN_CLASS, Broker, BrokerError, StartOutcome, free_port
+from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome, free_port
 from linkflow_stream.kafka.topics import TopicSpec, apply_topics
 from linkflow_stream.settings import Settings
+from tests.integration.brokers import broker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -42,20 +43,6 @@ def apply_a_topic(broker: Broker) -> list[str]:
     """What ``topics apply`` does (describe, create, check configs), for one fresh topic."""
     settings = Settings(bootstrap_servers=broker.bootstrap, topic_prefix=f"r{uuid.uuid4().hex[:8]}.")
     return asyncio.run(apply_topics(settings, specs=[TopicSpec(name="restart.check", partitions=2)]))
-
-
-def broker_pids(broker: Broker) -> list[int]:
-    """Every live process that is the broker of this data dir."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if MAIN_CLASS.encode() in argv and str(broker.config_file).encode() in argv:
-                found.append(int(entry.name))
-    return found
 
 
 def start(broker: Broker) -> tuple[StartOutcome, float]:
