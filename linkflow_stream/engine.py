@@ -22,6 +22,7 @@ from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
+from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.consumers import log_ends
 from linkflow_stream.kafka.log_reader import Handler, LogReader
@@ -279,6 +280,8 @@ class Engine:
         )
         self._background.append(asyncio.create_task(self.heartbeat(), name="worker-heartbeat"))
         self._background.append(asyncio.create_task(self.expire_finished(), name="read-model-retention"))
+        watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
+        self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         await self.orchestrator.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))

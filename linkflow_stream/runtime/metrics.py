@@ -144,6 +144,12 @@ class Metrics:
         self.inputs = Counter(
             "linkflow_orchestrator_inputs_total", "Inputs the orchestrator processed", ["kind"], registry=r
         )
+        self.brokers = Gauge(
+            "linkflow_kafka_brokers",
+            "Kafka brokers the cluster lists as available (registered and not fenced), counted every "
+            "2 s; falls when a broker is lost, 0 when none answers",
+            registry=r,
+        )
 
     def observe(self, state: ExecutionState, events: Iterable[ExecutionEvent]) -> None:
         """Count the transitions of one orchestrator step."""

@@ -20,8 +20,9 @@ from aiokafka.structs import OffsetAndMetadata
 from click.testing import CliRunner
 
 from linkflow_stream.cli import main
-from linkflow_stream.dev.broker import StartOutcome
+from linkflow_stream.dev.broker import StartOutcome, free_port
 from linkflow_stream.dev.cluster import Cluster
+from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.topics import (
     TopicSpec,
     TopicSpecError,
@@ -108,6 +109,12 @@ def test_every_node_lists_all_three_brokers(cluster: Cluster) -> None:
         assert asyncio.run(_listed_by(node.port)) == dict(enumerate(ports)), f"as node {node.node_id} sees it"
         assert node.pid is not None and broker_pids(node) == [node.pid], "one JVM per node, its own"
         assert node.data_dir == cluster.data_dir / f"node-{node.node_id}"
+    assert asyncio.run(BrokerWatch(cluster.bootstrap, lambda _: None).count()) == 3
+
+
+def test_the_broker_watch_counts_one_broker_and_none_where_nothing_answers(kafka: str) -> None:
+    assert asyncio.run(BrokerWatch(kafka, lambda _: None).count()) == 1
+    assert asyncio.run(BrokerWatch(f"127.0.0.1:{free_port()}", lambda _: None).count()) == 0
 
 
 def test_topics_apply_gives_every_topic_replication_3_and_min_isr_2(cluster: Cluster) -> None:
