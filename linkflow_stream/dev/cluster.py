@@ -131,15 +131,15 @@ class Cluster:
         if 0 < len(missing) < self.size:
             running = [n.node_id for n in self.nodes if n not in missing]
             progress(f"nodes {running} from an earlier run are up: keeping them")
-        if missing:
-            for node in missing:  # every port checked before any node starts
-                node.check_port()
-            cp = classpath(cache_dir)
-            for node in missing:
-                node.launch(cp)
+        for node in missing:  # every port checked before any node starts
+            node.check_port()
         try:
+            if missing:
+                cp = classpath(cache_dir)
+                for node in missing:
+                    node.launch(cp)
             self._wait_ready(timeout)
-        except BrokerError:
+        except BrokerError:  # none of the nodes started here is left running
             self._stop_nodes(missing, timeout=10.0)
             raise
         return StartOutcome.STARTED if missing else StartOutcome.REUSED

@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from aiokafka.structs import OffsetAndMetadata
 from click.testing import CliRunner
 
 from linkflow_stream.cli import main
-from linkflow_stream.dev.broker import StartOutcome, free_port
+from linkflow_stream.dev.broker import BrokerError, StartOutcome, free_port, free_port_block
 from linkflow_stream.dev.cluster import Cluster
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.topics import (
@@ -110,6 +111,17 @@ def test_every_node_lists_all_three_brokers(cluster: Cluster) -> None:
         assert node.pid is not None and broker_pids(node) == [node.pid], "one JVM per node, its own"
         assert node.data_dir == cluster.data_dir / f"node-{node.node_id}"
     assert asyncio.run(BrokerWatch(cluster.bootstrap, lambda _: None).count()) == 3
+
+
+def test_a_node_that_cannot_start_leaves_no_node_running(tmp_path: Path) -> None:
+    broken = Cluster(data_dir=tmp_path / "kafka", port=free_port_block(6))
+    logs = broken.node(2).data_dir / "kraft-logs"
+    logs.parent.mkdir(parents=True)
+    logs.write_text("a file where node 2's storage should be")  # nodes 0 and 1 launch, node 2 cannot
+    with pytest.raises(BrokerError, match="format failed"):
+        broken.start(cache_dir=CACHE)
+    for node in broken.nodes:
+        assert broker_pids(node) == [], f"node {node.node_id} was left running"
 
 
 def test_the_broker_watch_counts_one_broker_and_none_where_nothing_answers(kafka: str) -> None:
