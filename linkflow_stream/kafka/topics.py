@@ -50,9 +50,11 @@ class TopicSpec:
     replication_factor: int = 1
     min_insync_replicas: int | None = None
     """Set as the topic's config when given; else the broker's default applies."""
+    extra: tuple[tuple[str, str], ...] = ()
+    """Further topic configs as the spec file's ``[topic.configs]`` gives them."""
 
     def configs(self) -> dict[str, str]:
-        cfg = {"cleanup.policy": self.cleanup_policy}
+        cfg = {"cleanup.policy": self.cleanup_policy, **dict(self.extra)}
         if self.max_message_bytes is not None:
             cfg["max.message.bytes"] = str(self.max_message_bytes)
         if self.retention_ms is not None:
@@ -110,6 +112,7 @@ def load_specs(path: Path = SPEC_FILE, environment: str = DEV) -> list[TopicSpec
                 max_message_bytes=large if t.get("large_records") else t.get("max_message_bytes"),
                 replication_factor=replication.replication_factor,
                 min_insync_replicas=replication.min_insync_replicas,
+                extra=tuple(sorted((str(k), str(v)) for k, v in t.get("configs", {}).items())),
             )
         )
     return specs

@@ -46,6 +46,9 @@ def test_specs_co_partition_every_execution_keyed_topic() -> None:
     assert len({s.partitions for s in keyed}) == 1
     assert specs["linkflow.workflows"].cleanup_policy == "compact"
     assert specs["linkflow.state.executions"].cleanup_policy == "compact"
+    state = specs["linkflow.state.executions"].configs()
+    assert state["segment.ms"] == "60000", "the changelog compacts within minutes, so claims read little"
+    assert int(state["delete.retention.ms"]) <= 3_600_000
 
 
 async def test_apply_is_idempotent(kafka: str) -> None:
