@@ -203,6 +203,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         tps = self._input_partitions(number)
         self.unclaimed.add(number)
         producer = self.producer_factory(number)
+        began = time.perf_counter()
         try:
             consumer.pause(*tps)
             async with asyncio.timeout(CLAIM_TIMEOUT_SECONDS):
@@ -237,7 +238,13 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._workers[number] = _Worker(self, number)
         self.unclaimed.discard(number)
         consumer.resume(*tps)
-        log.info("claimed partition %d: %d executions, %d timers", number, len(states), len(partition.timers))
+        log.info(
+            "claimed partition %d in %.2f s: %d executions, %d timers",
+            number,
+            time.perf_counter() - began,
+            len(states),
+            len(partition.timers),
+        )
 
     async def _retry_claims(self) -> None:
         consumer = self._consumer

@@ -18,7 +18,7 @@ from projections.store.rows import ExecutionQuery, ExecutionRow, LineRow, NodeNe
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped when a table changes shape; a store of another version is rebuilt from the log."""
 
 _TABLES = """
@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS executions_by_team ON executions (team, created_ms, i
 CREATE INDEX IF NOT EXISTS executions_by_priority ON executions (priority, created_ms, id);
 CREATE INDEX IF NOT EXISTS executions_by_finished ON executions (finished_ms)
     WHERE finished_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_live ON executions (id) WHERE finished_ms IS NULL;
 CREATE TABLE IF NOT EXISTS log_lines (
     execution_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
