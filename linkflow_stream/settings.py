@@ -83,9 +83,12 @@ class Settings(BaseSettings):
     """How often the executor commits the task offsets it consumed (the orchestrator commits
     in its transactions). Default ``0.5``."""
 
-    finished_state_ttl_seconds: float = Field(default=300.0, ge=0)
+    finished_state_ttl_seconds: float = Field(default=60.0, ge=0)
     """How long the orchestrator keeps a finished run's state (for late results and commands)
-    before it tombstones it from the changelog and forgets it. Default ``300``."""
+    before it tombstones it from the changelog and forgets it. Every claim reads these states
+    back, so a long time to live makes takeovers and restarts under load slow (300 s at 83 runs/s
+    held 25,000 states: about 3 s per claim); a later input for a forgotten run is counted as an
+    orphan and dropped, never a new run. Default ``60``."""
 
     http_allow_private_networks: bool = False
     """Let HTTP nodes call addresses that are not globally routable (loopback, private,
