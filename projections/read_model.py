@@ -204,7 +204,7 @@ class ReadModel:
         if known is not None:
             return known
         row = (await self.store.states([execution_id])).get(execution_id)
-        return None if row is None else self.codec.decode(row.state, ExecutionState).status
+        return None if row is None else ExecutionStatus(json.loads(row.body)["status"])
 
     async def body(self, execution_id: str) -> dict[str, Any] | None:
         """The ``GET /api/executions/{id}`` body."""

@@ -10,16 +10,13 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-import pydantic
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus
-from linkflow_stream.kafka.codec import NAMESPACE, Codec, DecodeError
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.consumers import committed_reader
 
 log = logging.getLogger(__name__)
-
-STATE_SCHEMA = f"{NAMESPACE}.ExecutionState"
 
 
 class RestoreError(RuntimeError):
@@ -48,33 +45,9 @@ async def read_changelog(
             for record in batch.get(tp, []):
                 if record.key is not None:
                     latest[record.key] = record.value
-        return [_restored(codec, value) for value in latest.values() if value is not None]
+        return [codec.decode(value, ExecutionState) for value in latest.values() if value is not None]
     finally:
         await consumer.stop()
-
-
-_FINISHED = frozenset(s.value for s in ExecutionStatus if s.terminal)
-
-
-def _restored(codec: Codec, value: bytes) -> ExecutionState:
-    """A changelog record as the partition will hold it. A finished run is held slim
-    (``partition.finished_marker``), so its nodes, history and input are dropped before the model
-    is built: most of a claim's records are finished runs within their time to live, and
-    validating their full states made a claim after a busy minute take seconds."""
-    raw = codec.decode_dict(value, STATE_SCHEMA)
-    if raw.get("status") in _FINISHED:
-        raw = {
-            **raw,
-            "workflow": {**raw["workflow"], "nodes": [], "retry": None},
-            "nodes": {},
-            "history": [],
-            "input": None,
-            "timers": {},
-        }
-    try:
-        return ExecutionState.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise DecodeError(f"{STATE_SCHEMA} does not fit its model: {exc}") from exc
 
 
 async def committed_positions(
