@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import tempfile
 import time
@@ -13,6 +14,7 @@ from types import FrameType
 
 import click
 
+from linkflow_stream.core.auth import TEAM, Role
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
 from linkflow_stream.dev.cluster import Cluster
@@ -234,6 +236,59 @@ def replay_execution(execution_id: str) -> None:
             if k not in ("execution_id", "seq", "type", "at", "workflow")
         }
         click.echo(f"{e.seq:>4}  {e.at.isoformat()}  {e.type.value:<22} {json.dumps(detail)}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (LINKFLOW_AUTH=required): each belongs to one team and has one role."""
+
+
+@keys.command("create")
+@click.option("--team", required=True, help="the team the key acts for (letters, digits, _ . -)")
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    required=True,
+    help="viewer: read; operator: also start, cancel, retry, register workflows; admin: also "
+    "manage keys and workers, see every team",
+)
+@click.option("--name", default="", help="a label to recognise the key by in `keys list`")
+def keys_create(team: str, role: str, name: str) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from linkflow_stream.keys import create_key  # imported here: keeps --help fast
+
+    if not re.match(TEAM, team):
+        raise click.BadParameter("1 to 64 letters, digits, '_', '.' or '-'", param_hint="--team")
+    key, record = asyncio.run(create_key(Settings(), team, Role(role), name))
+    click.echo(f"created key {record.id} (team {record.team}, role {record.role.value})")
+    click.echo("the key (shown only now; send it as `Authorization: Bearer <key>`):")
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, team, role, name, created, revoked (never the key itself)."""
+    from linkflow_stream.keys import load_keys  # imported here: keeps --help fast
+
+    found = asyncio.run(load_keys(Settings())).listed()
+    if not found:
+        click.echo("no keys")
+    for k in found:
+        state = f"revoked {k.revoked_at.isoformat()}" if k.revoked_at else "active"
+        click.echo(f"{k.id}  {k.team:<16} {k.role.value:<8} {state:<10} {k.created_at.isoformat()}  {k.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (as `keys list` shows it); every instance refuses it from then on."""
+    from linkflow_stream.keys import revoke_key  # imported here: keeps --help fast
+
+    try:
+        record = asyncio.run(revoke_key(Settings(), key_id))
+    except LinkflowError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"revoked key {record.id} (team {record.team}, role {record.role.value})")
 
 
 @main.group()

@@ -15,11 +15,14 @@ from aiohttp import web
 from aiokafka import ConsumerRecord
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.auth import ApiKey, auth_required, is_loopback
 from linkflow_stream.core.clock import now
+from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.messages import ControlMessage
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
+from linkflow_stream.http.auth import authentication
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.kafka.broker_watch import BrokerWatch
@@ -37,6 +40,7 @@ from linkflow_stream.runtime.orchestrator import Orchestrator
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
 from linkflow_stream.settings import Settings
+from projections.keys import KeyView
 from projections.logs import LogView
 from projections.read_model import ReadModel, Topics
 from projections.status import StatusView
@@ -46,6 +50,12 @@ from projections.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
+
+
+class StartRefusedError(LinkflowError):
+    """A configuration the engine will not serve (auth required and no key exists)."""
+
+    error_type = "configuration"
 
 
 class Engine:
@@ -83,6 +93,8 @@ class Engine:
         )
         self.workflows = WorkflowView()
         self.workers = WorkerView()
+        self.keys = KeyView()
+        self.auth_required = auth_required(settings.auth, settings.api_host)
         self.views = ReadModel(
             self.store,
             self.codec,
@@ -107,10 +119,12 @@ class Engine:
 
         self._view = view
         self.status_reader = self._status_reader({})
+        self.key_reader = view([topic_names.KEYS], self._on_key)
         self.readers = [
             view([topic_names.WORKFLOWS], self._on_workflow),
             self.status_reader,
             view([topic_names.WORKERS], self._on_worker),
+            self.key_reader,
         ]
         self.control = LogReader(
             settings.bootstrap_servers,
@@ -127,6 +141,34 @@ class Engine:
 
     def _on_worker(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.workers.apply(self.codec.decode(record.value, WorkerRecord))
+
+    def _on_key(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.keys.apply(self.codec.decode(record.value, ApiKey))
+
+    async def _check_auth(self) -> None:
+        """Refuse to serve beyond this machine without keys; warn when told to anyway."""
+        host = self.settings.api_host
+        if not self.auth_required:
+            if not is_loopback(host):
+                log.warning(
+                    "LINKFLOW_AUTH=disabled while the API listens on %s: anyone who reaches ports "
+                    "%d and %d can run code, read every run and cancel it",
+                    host,
+                    self.settings.api_port,
+                    self.settings.registry_port,
+                )
+            return
+        await self.key_reader.start()
+        await self.key_reader.caught_up.wait()
+        if not self.keys.any_active():
+            await self.key_reader.stop()
+            raise StartRefusedError(
+                f"API keys are required (the API listens on {host}"
+                + (", LINKFLOW_AUTH=required" if self.settings.auth == "required" else "")
+                + ") but none exists: create one with `linkflow keys create --team <team> --role admin`, "
+                "or listen on 127.0.0.1 only (LINKFLOW_API_HOST), or set LINKFLOW_AUTH=disabled on purpose"
+            )
+        log.info("API keys required: %d active keys", sum(k.active for k in self.keys.keys.values()))
 
     def _status_reader(self, positions: Mapping[tuple[str, int], int]) -> LogReader:
         """Events and requests, batch by batch into the read model, from its stored positions."""
@@ -257,10 +299,13 @@ class Engine:
 
     async def start(self) -> None:
         """Publisher and APIs first (so /healthz answers at once), then views, then the loops."""
+        await self._check_auth()
         await self.publisher.start()
         await self._open_read_model()
         for reader in (*self.readers, self.control):
-            await reader.start()
+            if not (reader is self.key_reader and self.auth_required):  # started by the check
+                await reader.start()
+        keys = self.keys if self.auth_required else None
         deps = ApiDeps(
             publisher=self.publisher,
             views=self.views,
@@ -271,10 +316,13 @@ class Engine:
             sync=self.sync_views,
             queue_status=lambda: queue_status(self.settings, self.status, self.status_reader),
             pools=self.pools.names,
+            keys=self.keys,
+            auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
         )
         await self._serve(Api(deps).app(), self.settings.api_port, "execution API")
+        registry_auth = authentication(keys, self.key_reader.sync, RegistryApi.ADMIN_ROUTES)
         await self._serve(
-            RegistryApi(self.publisher, self.workers, self.sync_views).app(),
+            RegistryApi(self.publisher, self.workers, self.sync_views, registry_auth).app(),
             self.settings.registry_port,
             "worker registry",
         )
@@ -308,8 +356,8 @@ class Engine:
         log.info("engine stopped")
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then stop in order."""
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT or SIGTERM, then stop in order; the process's exit code (2: refused)."""
     engine = Engine(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -319,7 +367,11 @@ async def serve(settings: Settings) -> None:
     stopping = asyncio.create_task(stop.wait(), name="engine-stop-signal")
     done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:
-        starting.result()  # a failed start ends the process with its error
+        try:
+            starting.result()  # a failed start ends the process with its error
+        except StartRefusedError as exc:
+            log.error("not starting: %s", exc.message)  # noqa: TRY400 - the message says it all
+            return 2
         await stopping
     else:
         starting.cancel()
@@ -327,6 +379,7 @@ async def serve(settings: Settings) -> None:
             await starting
     log.info("stopping")
     await engine.stop()
+    return 0
 
 
 def run(settings: Settings, loglevel: str = "info") -> None:
@@ -337,4 +390,6 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     for noisy in ("aiokafka", "aiohttp"):  # only our own logs follow --loglevel
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     gc_tuning.tune()
-    asyncio.run(serve(settings))
+    code = asyncio.run(serve(settings))
+    if code:
+        raise SystemExit(code)

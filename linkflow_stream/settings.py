@@ -31,8 +31,17 @@ class Settings(BaseSettings):
     app_id: str = "linkflow"
     """Consumer-group and transactional-id base name. Default ``linkflow``."""
 
-    api_host: str = "0.0.0.0"  # noqa: S104 - a service is expected to listen on all interfaces
-    """Interface of the HTTP API. Default ``0.0.0.0``."""
+    api_host: str = "127.0.0.1"
+    """Interface the execution API and the worker registry listen on. Default ``127.0.0.1``: only
+    this machine can reach them. Set ``0.0.0.0`` (or an address) to serve others; the engine then
+    requires API keys (see ``auth``)."""
+
+    auth: Literal["required", "disabled"] | None = None
+    """``required``: every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs
+    ``Authorization: Bearer <key>`` (``linkflow keys create``), and the engine refuses to start
+    while no key exists. ``disabled``: no keys, every caller is an admin of every team; allowed on
+    any interface, with a warning at every start when not on loopback. Default unset: disabled
+    while ``api_host`` is a loopback address, required otherwise."""
 
     api_port: int = 8084
     """Port of the execution API. Default ``8084``."""

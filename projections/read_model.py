@@ -235,10 +235,15 @@ class ReadModel:
         )
         return [(r.seq, r.n, _line_of(r)) for r in rows]
 
-    async def cost_report(self, period: str, now: datetime, group_by: str) -> dict[str, Any]:
+    async def cost_report(
+        self, period: str, now: datetime, group_by: str, team: str | None = None
+    ) -> dict[str, Any]:
+        """Costs per workflow or team since the period's start, of ``team``'s runs only if given."""
         since = since_of(period, now)
         groups = await self.store.cost_groups(
-            "workflow_id" if group_by == "workflow" else "team", None if since is None else to_millis(since)
+            "workflow_id" if group_by == "workflow" else "team",
+            None if since is None else to_millis(since),
+            team,
         )
         return report(groups, period, since, group_by)
 

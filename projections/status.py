@@ -29,6 +29,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
         "id": state.id,
         "workflow_id": state.workflow.id,
         "workflow_version": state.workflow.version,
+        "team": state.workflow.team,
         "status": state.status.value,
         "priority": state.priority.value,
         "input_data": state.input,

@@ -11,6 +11,7 @@ EVENTS = "linkflow.events"
 STATE = "linkflow.state.executions"
 CONTROL = "linkflow.control"
 WORKERS = "linkflow.workers"
+KEYS = "linkflow.keys"
 DLQ = "linkflow.dlq"
 
 

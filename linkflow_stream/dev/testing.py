@@ -74,6 +74,8 @@ class EngineProcess:
     starts: int = 0
     name: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     """This instance's own files (data dir, log) keep this name across restarts and port changes."""
+    api_key: str | None = None
+    """Sent as ``Authorization: Bearer`` by the API helpers below (an engine with auth on)."""
 
     @property
     def url(self) -> str:
@@ -121,6 +123,7 @@ class EngineProcess:
             prefix=self.prefix,
             extra_env=dict(self.extra_env),
             starts=1,
+            api_key=self.api_key,
         )
 
     def start(self, timeout: float = 90, *, port_tries: int = PORT_TRIES) -> None:
@@ -188,8 +191,29 @@ class EngineProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     # -- API helpers ------------------------------------------------------------------------
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def keys_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``linkflow keys ARGS`` against this engine's topics."""
+        return subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "linkflow_stream.cli", "keys", *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def create_key(self, team: str, role: str) -> str:
+        """A new key made with the CLI (the topics must exist: after a first ``start``)."""
+        done = self.keys_cli("create", "--team", team, "--role", role)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
     def register(self, workflow: dict[str, Any]) -> dict[str, Any]:
-        status, body = call("POST", f"{self.url}/api/workflows", workflow)
+        status, body = call("POST", f"{self.url}/api/workflows", workflow, self.auth())
         assert status == 201, body
         return dict(body)
 
@@ -201,7 +225,7 @@ class EngineProcess:
         priority: str | None = None,
         wait: float | None = None,
     ) -> tuple[int, Any]:
-        headers = {"X-Priority": priority} if priority else {}
+        headers = {"X-Priority": priority, **self.auth()} if priority else self.auth()
         query = f"?wait={wait}" if wait is not None else ""
         return call(
             "POST",
@@ -212,7 +236,7 @@ class EngineProcess:
         )
 
     def get(self, execution_id: str) -> dict[str, Any]:
-        status, body = call("GET", f"{self.url}/api/executions/{execution_id}")
+        status, body = call("GET", f"{self.url}/api/executions/{execution_id}", headers=self.auth())
         assert status == 200, body
         return dict(body)
 
@@ -225,7 +249,7 @@ class EngineProcess:
         deadline = time.monotonic() + timeout
         body: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            status, body = call("GET", f"{self.url}/api/executions/{execution_id}")
+            status, body = call("GET", f"{self.url}/api/executions/{execution_id}", headers=self.auth())
             if status == 200 and body["status"] in statuses:
                 return dict(body)
             time.sleep(0.1)

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from typing import Any
 
 import pydantic
 from aiohttp import WSCloseCode, web
+from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.auth import TEAM, Principal, Role, new_key
 from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.idempotency import WINDOW as IDEMPOTENCY_WINDOW
@@ -28,11 +31,15 @@ from linkflow_stream.core.idempotency import check_key, execution_ids
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
-from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
+from linkflow_stream.http.auth import authentication, principal_of
+from linkflow_stream.http.errors import UnavailableError, errors_as_json
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from projections.costs import GROUPS, PERIODS, cost_of
+from projections.keys import KeyView
 from projections.logs import LEVELS, FollowQueue, TooSlow
 from projections.read_model import ReadModel
 from projections.status import render_metrics
@@ -51,7 +58,6 @@ command decided before its run's start would find no run and be dropped."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 SLOW_READER_MESSAGE = b"too slow: lines were waiting unread; reconnect to read the backlog again"
-_STATUS = {"validation": 400, "not_found": 404, "conflict": 409, "unavailable": 503}
 EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
 PRIORITIES = tuple(p.value for p in Priority)
 TERMINAL_STATUSES = ("success", "failed", "cancelled")
@@ -63,10 +69,6 @@ async def _value(found: Any) -> Any:
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-class UnavailableError(LinkflowError):
-    error_type = "unavailable"
 
 
 @dataclass
@@ -81,35 +83,14 @@ class ApiDeps:
     metrics: Callable[[], bytes] | None = None
     pools: Callable[[], Awaitable[Collection[str]]] | None = None
     """The task pools that exist; registration refuses a task node naming another."""
+    keys: KeyView | None = None
+    """Every API key (for ``/api/keys``); ``None`` where keys are not managed here."""
+    auth: Middleware | None = None
+    """The authentication middleware (``http.auth.authentication``); default: auth disabled."""
 
 
 def _iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
-
-
-def error_body(error_type: str, message: str) -> dict[str, Any]:
-    return {"error": {"type": error_type, "message": message}}
-
-
-@web.middleware
-async def errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Every error leaves as ``{"error": {"type", "message"}}`` with a 4xx status."""
-    try:
-        return await handler(request)
-    except LinkflowError as exc:
-        return web.json_response(
-            error_body(exc.error_type, exc.message), status=_STATUS.get(exc.error_type, 400)
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http")
-        return web.json_response(error_body(kind, exc.reason), status=exc.status)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.json_response(error_body("internal", "internal error; see the engine log"), status=500)
 
 
 MAX_JSON_DEPTH = 64
@@ -146,6 +127,19 @@ async def _json_body(request: web.Request) -> Any:
     if deep:
         raise ValidationError(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def _owned_by(principal: Principal, body: Any) -> Any:
+    """A workflow body with the team of the caller's key (with auth on, the key decides; a body
+    naming another team is refused rather than quietly moved)."""
+    if principal.team is None or not isinstance(body, dict):
+        return body
+    given = body.get("team")
+    if given is not None and given != principal.team:
+        raise ValidationError(
+            f"team comes from your API key ({principal.team}); leave it out or give {principal.team!r}"
+        )
+    return {**body, "team": principal.team}
 
 
 def _retry_policy(body: Any) -> RetryPolicy:
@@ -242,8 +236,18 @@ class Api:
     def __init__(self, deps: ApiDeps) -> None:
         self.d = deps
 
+    ADMIN_ROUTES = (
+        ("GET", "/api/admin/queue/status"),
+        ("GET", "/api/keys"),
+        ("POST", "/api/keys"),
+        ("POST", "/api/keys/{id}/revoke"),
+    )
+    """Routes only an admin may call; other reads need a viewer, other writes an operator."""
+
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_json], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(
+            middlewares=[errors_as_json, self.d.auth or authentication(None)], client_max_size=MAX_BODY_BYTES
+        )
         app.add_routes(
             [
                 web.post("/api/workflows", self.register_workflow),
@@ -264,6 +268,9 @@ class Api:
                 web.get("/api/costs/report", self.cost_report),
                 web.get("/api/executions/{id}/logs/stream", self.stream_logs),
                 web.get("/api/admin/queue/status", self.get_queue_status),
+                web.get("/api/keys", self.list_keys),
+                web.post("/api/keys", self.create_key),
+                web.post("/api/keys/{id}/revoke", self.revoke_key),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -272,8 +279,11 @@ class Api:
         return app
 
     async def register_workflow(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
+        """A new workflow, or a new version of one of the caller's team; its team is the key's."""
+        body = _owned_by(principal_of(request), await _json_body(request))
         workflow_id = body.get("id") if isinstance(body, dict) else None
+        if isinstance(workflow_id, str):
+            await self._claimable(principal_of(request), workflow_id)
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         pools = await self.d.pools() if self.d.pools is not None else None
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now(), pools=pools)
@@ -291,25 +301,51 @@ class Api:
         )
         self.d.workflows.apply(wf)
 
+    async def _claimable(self, principal: Principal, workflow_id: str) -> None:
+        """A workflow id of another team is not the caller's to version (409, not 404: the id is
+        taken either way, and saying so names no team and shows nothing of it)."""
+        existing = await self._synced(lambda: self.d.workflows.get(workflow_id))
+        if existing is not None and principal.team is not None and existing.team != principal.team:
+            raise ConflictError(f"workflow id {workflow_id!r} is in use by another team; choose another id")
+
     async def list_workflows(self, request: web.Request) -> web.Response:
+        principal = principal_of(request)
         return web.json_response(
             {
                 "workflows": [
-                    {"id": wf.id, "version": wf.version, "name": wf.name}
+                    {"id": wf.id, "version": wf.version, "name": wf.name, "team": wf.team}
                     for wf in self.d.workflows.latest.values()
+                    if principal.sees(wf.team)
                 ]
             }
         )
 
-    async def _started(self, execution_id: str, not_started: LinkflowError) -> ExecutionState:
-        """The state of a run that has started; 404 if it does not exist, ``not_started`` if it was
-        accepted but has no events yet."""
+    async def _workflow(self, request: web.Request, workflow_id: str) -> WorkflowDefinition:
+        """The latest version of a workflow the caller's team owns (404 otherwise)."""
+        wf: WorkflowDefinition | None = await self._synced(lambda: self.d.workflows.get(workflow_id))
+        if wf is None or not principal_of(request).sees(wf.team):
+            raise NotFoundError(f"workflow {workflow_id!r} does not exist")
+        return wf
+
+    async def _started(
+        self, request: web.Request, execution_id: str, not_started: LinkflowError
+    ) -> ExecutionState:
+        """The state of a run of the caller's team that has started; 404 if it does not exist
+        (or is another team's), ``not_started`` if it was accepted but has no events yet."""
         state: ExecutionState | None = await self._synced(lambda: self.d.views.state(execution_id))
         if state is None:
-            if await self.d.views.status_of(execution_id) is not None:
-                raise not_started
+            await self._visible(request, execution_id)
+            raise not_started
+        if not principal_of(request).sees(state.workflow.team):
             raise NotFoundError(f"execution {execution_id!r} does not exist")
         return state
+
+    async def _visible(self, request: web.Request, execution_id: str) -> dict[str, Any]:
+        """The body of a run of the caller's team (404 if there is none)."""
+        body: dict[str, Any] | None = await self._synced(lambda: self.d.views.body(execution_id))
+        if body is None or not principal_of(request).sees(body.get("team")):
+            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        return body
 
     async def _synced(self, found: Callable[[], Any]) -> Any:
         """``found()`` (a value or an awaitable), and if it finds nothing, again once the views
@@ -321,18 +357,14 @@ class Api:
         return value
 
     async def get_workflow(self, request: web.Request) -> web.Response:
-        wf = await self._synced(lambda: self.d.workflows.get(request.match_info["id"]))
-        if wf is None:
-            raise NotFoundError(f"workflow {request.match_info['id']!r} does not exist")
+        wf = await self._workflow(request, request.match_info["id"])
         return web.json_response(json.loads(wf.model_dump_json()))
 
     async def set_workflow_retry(self, request: web.Request) -> web.Response:
         """``{"strategy": "exponential"|"fixed"|"none", "max_attempts", ...}``: a new version whose
         nodes without their own policy retry retryable failures like this."""
         workflow_id = request.match_info["id"]
-        current = await self._synced(lambda: self.d.workflows.get(workflow_id))
-        if current is None:
-            raise NotFoundError(f"workflow {workflow_id!r} does not exist")
+        current = await self._workflow(request, workflow_id)
         policy = _retry_policy(await _json_body(request))
         wf = current.model_copy(
             update={
@@ -356,7 +388,7 @@ class Api:
         latest error would be retried. Nothing is sent."""
         execution_id = request.match_info["id"]
         state = await self._started(
-            execution_id, NotFoundError(f"execution {execution_id!r} has not started yet")
+            request, execution_id, NotFoundError(f"execution {execution_id!r} has not started yet")
         )
         nodes = {}
         for node in state.workflow.nodes:
@@ -395,9 +427,7 @@ class Api:
         unknown = set(body) - {"workflow_id", "input_data"}
         if unknown:
             raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        wf = await self._synced(lambda: self.d.workflows.get(workflow_id))
-        if wf is None:
-            raise NotFoundError(f"workflow {workflow_id!r} does not exist")
+        wf = await self._workflow(request, workflow_id)
         requested_at = now()
         execution_id = f"exec_{uuid.uuid4().hex}"
         key = request.headers.get("Idempotency-Key")
@@ -462,10 +492,15 @@ class Api:
         if priority is not None and priority not in PRIORITIES:
             raise ValidationError(f"priority must be one of {', '.join(PRIORITIES)}")
         cursor = request.query.get("cursor") or None
+        team = request.query.get("team") or None
+        scope = principal_of(request).team_scope
+        if scope is not None and team not in (None, scope):
+            empty = {"executions": [], "count": 0, "next_cursor": None}
+            return web.json_response(empty)  # another team's runs: as if there were none
         query = ExecutionQuery(
             status=status,
             workflow_id=request.query.get("workflow_id") or None,
-            team=request.query.get("team") or None,
+            team=scope or team,
             priority=priority,
             created_after_ms=_time_param(request, "created_after"),
             created_before_ms=_time_param(request, "created_before"),
@@ -481,21 +516,19 @@ class Api:
         return web.Response(text=text, content_type="application/json")
 
     async def get_execution(self, request: web.Request) -> web.Response:
-        body = await self._synced(lambda: self.d.views.body(request.match_info["id"]))
-        if body is None:
-            raise NotFoundError(f"execution {request.match_info['id']!r} does not exist")
-        return web.json_response(body)
+        return web.json_response(await self._visible(request, request.match_info["id"]))
 
     async def execution_metrics(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
         not_started = NotFoundError(f"execution {execution_id!r} has not started yet; no metrics")
-        return web.json_response(render_metrics(await self._started(execution_id, not_started), now()))
+        state = await self._started(request, execution_id, not_started)
+        return web.json_response(render_metrics(state, now()))
 
-    async def _command(self, execution_id: str, command: ExecutionCommand, ce_type: str) -> None:
-        """Send a command to a run that exists and has not ended (404 / 409 otherwise)."""
-        status = await self._synced(lambda: self.d.views.status_of(execution_id))
-        if status is None:
-            raise NotFoundError(f"execution {execution_id!r} does not exist")
+    async def _command(
+        self, request: web.Request, execution_id: str, command: ExecutionCommand, ce_type: str
+    ) -> None:
+        """Send a command to a run of the caller's team that has not ended (404 / 409 otherwise)."""
+        status = ExecutionStatus((await self._visible(request, execution_id))["status"])
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
         if not await self.d.views.status.wait_started(execution_id, START_WAIT_SECONDS):
@@ -510,7 +543,7 @@ class Api:
         command = ExecutionCommand(
             execution_id=execution_id, kind=CommandKind.RECOVER, reason="recover by request"
         )
-        await self._command(execution_id, command, "io.linkflow.command.recover")
+        await self._command(request, execution_id, command, "io.linkflow.command.recover")
         return web.json_response({"id": execution_id, "status": "recovering"}, status=202)
 
     async def checkpoint(self, request: web.Request) -> web.Response:
@@ -520,7 +553,7 @@ class Api:
         if self.d.sync is not None:
             await self.d.sync(SYNC_SECONDS)
         not_started = ConflictError(f"execution {execution_id!r} has not started yet; nothing to checkpoint")
-        state = await self._started(execution_id, not_started)
+        state = await self._started(request, execution_id, not_started)
         last = max(
             [
                 state.created_at,
@@ -559,7 +592,7 @@ class Api:
             timeout_seconds=float(seconds),
             reason="timeout set by request",
         )
-        await self._command(execution_id, command, "io.linkflow.command.set_timeout")
+        await self._command(request, execution_id, command, "io.linkflow.command.set_timeout")
         return web.json_response(
             {"id": execution_id, "timeout_seconds": seconds, "counted_from": "the execution's start"},
             status=202,
@@ -570,13 +603,13 @@ class Api:
         command = ExecutionCommand(
             execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled by request"
         )
-        await self._command(execution_id, command, "io.linkflow.command.cancel")
+        await self._command(request, execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
 
     async def execution_cost(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
         not_started = NotFoundError(f"execution {execution_id!r} has not started yet; it has cost nothing")
-        return web.json_response(cost_of(await self._started(execution_id, not_started)))
+        return web.json_response(cost_of(await self._started(request, execution_id, not_started)))
 
     async def cost_report(self, request: web.Request) -> web.Response:
         """``?period=day|week|month|all`` (default month): costs per workflow, with suggestions."""
@@ -586,11 +619,8 @@ class Api:
         group_by = request.query.get("group_by", "workflow")
         if group_by not in GROUPS:
             raise ValidationError(f"group_by must be one of {', '.join(GROUPS)}")
-        return web.json_response(await self.d.views.cost_report(period, now(), group_by))
-
-    async def _existing(self, execution_id: str) -> None:
-        if await self._synced(lambda: self.d.views.status_of(execution_id)) is None:
-            raise NotFoundError(f"execution {execution_id!r} does not exist")
+        team = principal_of(request).team_scope
+        return web.json_response(await self.d.views.cost_report(period, now(), group_by, team=team))
 
     async def get_logs(self, request: web.Request) -> web.Response:
         """``?level=info|warning|error&node_id=&q=&limit=``: searchable lines, oldest first."""
@@ -599,7 +629,7 @@ class Api:
         if level not in LEVELS:
             raise ValidationError(f"level must be one of {', '.join(LEVELS)}")
         limit = _int_param(request, "limit", 1000, low=1, high=10_000)
-        await self._existing(execution_id)
+        await self._visible(request, execution_id)
         found = await self.d.views.lines(
             execution_id,
             level=level,
@@ -613,7 +643,7 @@ class Api:
     async def stream_logs(self, request: web.Request) -> web.StreamResponse:
         """WebSocket: every line so far, then each new one, until the execution ends."""
         execution_id = request.match_info["id"]
-        await self._existing(execution_id)
+        await self._visible(request, execution_id)
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
         followers = self.d.views.logs
@@ -635,6 +665,49 @@ class Api:
         if self.d.queue_status is None:
             raise NotFoundError("queue status is not available on this instance")
         return web.json_response(await self.d.queue_status())
+
+    # -- keys (admin) ------------------------------------------------------------------------------
+    def _keys(self) -> KeyView:
+        if self.d.keys is None:
+            raise NotFoundError("API keys are not managed on this instance")
+        return self.d.keys
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        """Every key, without its secret or hash."""
+        found = [k.public() for k in self._keys().listed()]
+        return web.json_response({"keys": found, "count": len(found)})
+
+    async def create_key(self, request: web.Request) -> web.Response:
+        """``{"team", "role", "name"?}``: a new key, shown in this answer only."""
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) - {"team", "role", "name"}:
+            raise ValidationError('the body must be {"team": ..., "role": "viewer|operator|admin", "name"?}')
+        team, role, name = body.get("team"), body.get("role"), body.get("name", "")
+        if not isinstance(team, str) or not re.match(TEAM, team):
+            raise ValidationError("team must be 1 to 64 letters, digits, '_', '.' or '-'")
+        if role not in tuple(Role):
+            raise ValidationError(f"role must be one of {', '.join(Role)}")
+        if not isinstance(name, str) or len(name) > 200:
+            raise ValidationError("name must be a string of at most 200 characters")
+        key, record = new_key(team, Role(role), name, now())
+        await self.d.publisher.send([key_record(record, KEY_CREATED)])
+        self._keys().apply(record)
+        return web.json_response({**record.public(), "key": key}, status=201)
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        keys = self._keys()
+        key_id = request.match_info["id"]
+        record = keys.keys.get(key_id)
+        if record is None and self.d.sync is not None:
+            await self.d.sync(SYNC_SECONDS)
+            record = keys.keys.get(key_id)
+        if record is None:
+            raise NotFoundError(f"no key with id {key_id!r}")
+        if record.revoked_at is None:
+            record = record.model_copy(update={"revoked_at": now()})
+            await self.d.publisher.send([key_record(record, KEY_REVOKED)])
+            keys.apply(record)
+        return web.json_response(record.public())
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -6,26 +6,42 @@ import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import NotFoundError, ValidationError
 from linkflow_stream.core.outgoing import Outgoing
-from linkflow_stream.http.api import errors_as_json
+from linkflow_stream.http.auth import authentication
+from linkflow_stream.http.errors import errors_as_json
 from linkflow_stream.kafka.publisher import Publisher
 from projections.workers import WorkerRecord, WorkerState, WorkerView, parse_registration
 
 
 class RegistryApi:
+    ADMIN_ROUTES = (
+        ("POST", "/api/workers/register"),
+        ("POST", "/api/workers/{id}/heartbeat"),
+        ("POST", "/api/workers/{id}/deregister"),
+    )
+    """Managing workers is an admin's; any key may read their status."""
+
     def __init__(
-        self, publisher: Publisher, view: WorkerView, sync: Callable[[float], Awaitable[bool]]
+        self,
+        publisher: Publisher,
+        view: WorkerView,
+        sync: Callable[[float], Awaitable[bool]],
+        auth: Middleware | None = None,
     ) -> None:
         self.publisher = publisher
         self.view = view
         self.sync = sync
+        self.auth = auth
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_as_json], client_max_size=64 * 1024)
+        app = web.Application(
+            middlewares=[errors_as_json, self.auth or authentication(None)], client_max_size=64 * 1024
+        )
         app.add_routes(
             [
                 web.post("/api/workers/register", self.register),

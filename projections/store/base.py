@@ -83,8 +83,11 @@ class ReadStore(ABC):
         """The last ``limit`` lines of a run at level ``floor`` or above, oldest first."""
 
     @abstractmethod
-    async def cost_groups(self, group_column: str, since_ms: int | None) -> list[CostGroup]:
-        """Cost sums per workflow or team, each with the node that moved the most bytes."""
+    async def cost_groups(
+        self, group_column: str, since_ms: int | None, team: str | None = None
+    ) -> list[CostGroup]:
+        """Cost sums per workflow or team (of runs created since ``since_ms``, of ``team`` only
+        when given), each with the node that moved the most bytes."""
 
     @abstractmethod
     async def delete_finished_before(self, cutoff_ms: int, limit: int) -> int:

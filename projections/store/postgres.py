@@ -121,11 +121,14 @@ class PostgresStore(ReadStore):
         rows = await self.pool.fetch(_q(statement), *params)
         return [line_from_row(tuple(r), execution_id) for r in reversed(rows)]
 
-    async def cost_groups(self, group_column: str, since_ms: int | None) -> list[CostGroup]:
-        params = [] if since_ms is None else [since_ms]
+    async def cost_groups(
+        self, group_column: str, since_ms: int | None, team: str | None = None
+    ) -> list[CostGroup]:
+        params = [p for p in (since_ms, team) if p is not None]
+        since, one_team = since_ms is not None, team is not None
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            groups = await conn.fetch(_q(sql.select_cost_groups(group_column, since_ms is not None)), *params)
-            nodes = await conn.fetch(_q(sql.select_node_network(group_column, since_ms is not None)), *params)
+            groups = await conn.fetch(_q(sql.select_cost_groups(group_column, since, one_team)), *params)
+            nodes = await conn.fetch(_q(sql.select_node_network(group_column, since, one_team)), *params)
         return cost_groups_from_rows([tuple(r) for r in groups], [tuple(r) for r in nodes])
 
     async def delete_finished_before(self, cutoff_ms: int, limit: int) -> int:

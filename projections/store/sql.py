@@ -18,7 +18,7 @@ from projections.store.rows import ExecutionQuery, ExecutionRow, LineRow, NodeNe
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped when a table changes shape; a store of another version is rebuilt from the log."""
 
 _TABLES = """
@@ -227,10 +227,16 @@ def like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def select_cost_groups(group_column: str, since: bool) -> str:
-    """Sums per workflow or team, over runs created since a time (or all)."""
+def _cost_filter(since: bool, team: bool) -> str:
+    """The WHERE of a cost query; its parameters are (since, team), those that apply, in order."""
+    conditions = [c for c, on in (("created_ms >= ?", since), ("team = ?", team)) if on]
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def select_cost_groups(group_column: str, since: bool, team: bool = False) -> str:
+    """Sums per workflow or team, over runs created since a time (or all), of one team (or all)."""
     assert group_column in ("workflow_id", "team")
-    where = "WHERE created_ms >= ?" if since else ""
+    where = _cost_filter(since, team)
     return f"""
 SELECT {group_column}, COUNT(*), SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END),
     SUM(total_cost), SUM(attempts), SUM(retries), SUM(network_bytes), SUM(cost_attempts),
@@ -239,10 +245,10 @@ FROM executions {where} GROUP BY {group_column}
 """
 
 
-def select_node_network(group_column: str, since: bool) -> str:
+def select_node_network(group_column: str, since: bool, team: bool = False) -> str:
     """Bytes per (group, node), for the "this node moves most of the bytes" suggestion."""
     assert group_column in ("workflow_id", "team")
-    where = "WHERE created_ms >= ?" if since else ""
+    where = _cost_filter(since, team)
     return (
         f"SELECT {group_column}, node_id, SUM(network_bytes) FROM node_network {where} "
         f"GROUP BY {group_column}, node_id"

@@ -170,16 +170,15 @@ class SqliteStore(ReadStore):
         rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [line_from_row(tuple(r), execution_id) for r in reversed(rows)]
 
-    async def cost_groups(self, group_column: str, since_ms: int | None) -> list[CostGroup]:
-        params = [] if since_ms is None else [since_ms]
+    async def cost_groups(
+        self, group_column: str, since_ms: int | None, team: str | None = None
+    ) -> list[CostGroup]:
+        params = [p for p in (since_ms, team) if p is not None]
+        since, one_team = since_ms is not None, team is not None
 
         def fetch(conn: sqlite3.Connection) -> list[CostGroup]:
-            groups = conn.execute(
-                sql.select_cost_groups(group_column, since_ms is not None), params
-            ).fetchall()
-            nodes = conn.execute(
-                sql.select_node_network(group_column, since_ms is not None), params
-            ).fetchall()
+            groups = conn.execute(sql.select_cost_groups(group_column, since, one_team), params).fetchall()
+            nodes = conn.execute(sql.select_node_network(group_column, since, one_team), params).fetchall()
             return cost_groups_from_rows(groups, nodes)
 
         return await self._read(fetch)

@@ -1,0 +1,140 @@
+"""API keys, roles and teams: who may do what to which runs.
+
+A key is ``lfk_<id>_<secret>``: the id names the key (it is what ``linkflow keys list`` shows and
+``revoke`` takes), the secret is 256 random bits. Only ``sha256(secret)`` is stored, on the
+compacted ``linkflow.keys`` topic, so every instance can check a key and none can give one back.
+A plain hash is enough here: the secret is random, not a password a person chose, so there is
+nothing to guess from the hash (a slow password hash would only slow every request).
+
+A key belongs to one team and has one role. Roles are ordered: a ``viewer`` reads, an
+``operator`` also starts, cancels and retries runs and registers workflows, an ``admin`` also
+manages keys and workers and sees every team. Anything of another team is answered as if it did
+not exist (404), so ids do not leak across teams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PREFIX = "lfk"
+KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+TEAM = r"^[A-Za-z0-9_.-]{1,64}$"
+"""The same pattern as ``WorkflowDefinition.team``."""
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        """Whether this role includes ``needed`` (admin > operator > viewer)."""
+        return _RANK[self] >= _RANK[needed]
+
+
+_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+class ApiKey(BaseModel):
+    """One key as stored: value of ``linkflow.keys`` (compacted, key = the key id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(pattern=KEY_ID.pattern)
+    team: str = Field(pattern=TEAM)
+    role: Role
+    name: str = ""
+    hash: str
+    """``sha256:<hex>`` of the secret part."""
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def public(self) -> dict[str, object]:
+        """What may be shown about the key: everything but its hash."""
+        return {
+            "id": self.id,
+            "team": self.team,
+            "role": self.role.value,
+            "name": self.name,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "revoked_at": self.revoked_at.isoformat().replace("+00:00", "Z") if self.revoked_at else None,
+        }
+
+
+def new_key(team: str, role: Role, name: str, at: datetime) -> tuple[str, ApiKey]:
+    """A fresh key: (the key to hand out once, the record to store)."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    record = ApiKey(id=key_id, team=team, role=role, name=name, hash=hash_secret(secret), created_at=at)
+    return f"{PREFIX}_{key_id}_{secret}", record
+
+
+def hash_secret(secret: str) -> str:
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(text: str) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key, else ``None``."""
+    prefix, _, rest = text.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != PREFIX or not KEY_ID.match(key_id) or not secret:
+        return None
+    return key_id, secret
+
+
+def matches(record: ApiKey, secret: str) -> bool:
+    """Whether ``secret`` is this key's (in constant time)."""
+    return hmac.compare_digest(record.hash, hash_secret(secret))
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: a key's team and role, or everyone when auth is disabled."""
+
+    role: Role
+    team: str | None
+    """``None`` only when auth is disabled."""
+    key_id: str | None = None
+
+    def sees(self, team: str | None) -> bool:
+        """Whether this principal may see and act on things of ``team``."""
+        return self.role is Role.ADMIN or self.team == team
+
+    @property
+    def team_scope(self) -> str | None:
+        """The one team this principal's lists are limited to; ``None`` for all."""
+        return None if self.role is Role.ADMIN else self.team
+
+
+ANONYMOUS = Principal(role=Role.ADMIN, team=None)
+"""Every request when auth is disabled (loopback only, or on purpose)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the API to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_required(setting: str | None, host: str) -> bool:
+    """``LINKFLOW_AUTH`` as set, or by default: required unless the API listens on loopback only."""
+    if setting is not None:
+        return setting == "required"
+    return not is_loopback(host)

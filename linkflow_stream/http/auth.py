@@ -1,0 +1,87 @@
+"""Authentication and roles for both HTTP APIs: who a request acts as, and whether it may.
+
+With auth on, every route but the probes (``/healthz``, ``/readyz``, ``/metrics``) needs
+``Authorization: Bearer <key>``; the key gives the request its ``Principal`` (team and role).
+Reads need ``viewer``, writes ``operator``, and the routes an app marks ``admin`` (keys, workers,
+the cross-team queue status) need ``admin``. Team scoping (404 for another team's things) is the
+handlers' part, through :func:`principal_of`. With auth off, every request is ``ANONYMOUS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from linkflow_stream.core.auth import ANONYMOUS, Principal, Role, split_key
+from linkflow_stream.http.errors import ForbiddenError, UnauthorizedError
+from projections.keys import KeyView
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PRINCIPAL = "linkflow.principal"
+SYNC_SECONDS = 2.0
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who this request acts as (set by the middleware; a route outside it is a bug, not anonymous)."""
+    found = request.get(PRINCIPAL)
+    if not isinstance(found, Principal):
+        msg = f"no principal on {request.method} {request.path}: the auth middleware did not run"
+        raise TypeError(msg)
+    return found
+
+
+def authentication(
+    keys: KeyView | None,
+    sync: Callable[[float], Awaitable[bool]] | None = None,
+    admin_routes: Collection[tuple[str, str]] = (),
+) -> Middleware:
+    """The middleware: ``keys`` ``None`` means auth is disabled. ``admin_routes`` holds the
+    (method, route pattern) pairs that need ``admin``; ``sync`` catches the key view up before a
+    key it has never seen is refused (one created a moment ago elsewhere)."""
+    admin = frozenset(admin_routes)
+
+    def needed(request: web.Request) -> Role:
+        pattern = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
+        if (request.method, pattern) in admin:
+            return Role.ADMIN
+        return Role.VIEWER if request.method in READ_METHODS else Role.OPERATOR
+
+    async def check(text: str) -> Principal:
+        if keys is None:
+            return ANONYMOUS
+        scheme, _, key = text.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise UnauthorizedError(
+                "this API needs a key: send `Authorization: Bearer <key>` (an admin creates keys with "
+                "`linkflow keys create --team T --role viewer|operator|admin`)"
+            )
+        record = keys.check(key)
+        parts = split_key(key)
+        if record is None and sync is not None and parts is not None and not keys.knows(parts[0]):
+            await sync(SYNC_SECONDS)
+            record = keys.check(key)
+        if record is None:
+            raise UnauthorizedError("unknown or revoked API key")
+        return Principal(role=record.role, team=record.team, key_id=record.id)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        principal = await check(request.headers.get("Authorization", ""))
+        role = needed(request)
+        if not principal.role.allows(role):
+            raise ForbiddenError(
+                f"this key's role, {principal.role.value}, cannot {request.method} {request.path}: "
+                f"it needs {role.value}"
+            )
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware

@@ -1,0 +1,69 @@
+"""How every HTTP error leaves both APIs: ``{"error": {"type", "message"}}`` with its status.
+
+The error classes of the core carry a ``error_type``; this is the one place that maps it to an
+HTTP status, so a handler raises what went wrong and never builds an error response itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from linkflow_stream.core.errors import LinkflowError
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    "validation": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "unavailable": 503,
+}
+
+
+class UnavailableError(LinkflowError):
+    """The engine cannot do it now (Kafka did not acknowledge); the same request may work later."""
+
+    error_type = "unavailable"
+
+
+class UnauthorizedError(LinkflowError):
+    """No API key, or one that is unknown or revoked (HTTP 401)."""
+
+    error_type = "unauthorized"
+
+
+class ForbiddenError(LinkflowError):
+    """A valid key whose role does not allow the request (HTTP 403)."""
+
+    error_type = "forbidden"
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message}}
+
+
+@web.middleware
+async def errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error leaves as ``{"error": {"type", "message"}}`` with a 4xx status."""
+    try:
+        return await handler(request)
+    except LinkflowError as exc:
+        status = STATUS.get(exc.error_type, 400)
+        headers = {"WWW-Authenticate": 'Bearer realm="linkflow"'} if status == 401 else None
+        return web.json_response(error_body(exc.error_type, exc.message), status=status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http")
+        return web.json_response(error_body(kind, exc.reason), status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(error_body("internal", "internal error; see the engine log"), status=500)

@@ -1,0 +1,37 @@
+"""The API-key view: the latest record of every key, folded from ``linkflow.keys``.
+
+Every instance folds the whole (compacted, small) topic, so a key created or revoked anywhere,
+by the CLI or the API, is known everywhere within a fetch.
+"""
+
+from __future__ import annotations
+
+from linkflow_stream.core.auth import ApiKey, matches, split_key
+
+
+class KeyView:
+    def __init__(self) -> None:
+        self.keys: dict[str, ApiKey] = {}
+
+    def apply(self, record: ApiKey) -> None:
+        self.keys[record.id] = record
+
+    def knows(self, key_id: str) -> bool:
+        return key_id in self.keys
+
+    def check(self, key: str) -> ApiKey | None:
+        """The active key this text is, else ``None`` (malformed, unknown, wrong secret, revoked)."""
+        parts = split_key(key)
+        if parts is None:
+            return None
+        record = self.keys.get(parts[0])
+        if record is None or not record.active or not matches(record, parts[1]):
+            return None
+        return record
+
+    def any_active(self) -> bool:
+        return any(k.active for k in self.keys.values())
+
+    def listed(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        return sorted(self.keys.values(), key=lambda k: (k.created_at, k.id))
