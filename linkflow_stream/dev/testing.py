@@ -196,7 +196,7 @@ class EngineProcess:
 
     def keys_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``linkflow keys ARGS`` against this engine's topics."""
-        return subprocess.run(  # noqa: S603 - our own CLI
+        return subprocess.run(
             [sys.executable, "-m", "linkflow_stream.cli", "keys", *args],
             cwd=ROOT,
             env=self.env(),

@@ -26,7 +26,9 @@ TEAMS_AND_ROLES = {
 
 
 @pytest.fixture(scope="module")
-def secured(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EngineProcess, dict[str, str]]]:
+def secured(
+    kafka: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EngineProcess, dict[str, str]]]:
     engine = EngineProcess(
         bootstrap=kafka, workdir=tmp_path_factory.mktemp("auth"), extra_env={"LINKFLOW_AUTH": "required"}
     )
@@ -97,9 +99,13 @@ def test_roles_decide_what_a_key_may_do(secured: tuple[EngineProcess, dict[str, 
         "POST", f"{engine.registry_url}/api/workers/register", worker, as_key(keys["alpha_operator"])
     )
     assert status == 403, body
-    status, body = call("POST", f"{engine.registry_url}/api/workers/register", worker, as_key(keys["alpha_admin"]))
+    status, body = call(
+        "POST", f"{engine.registry_url}/api/workers/register", worker, as_key(keys["alpha_admin"])
+    )
     assert status == 201, body
-    status, body = call("GET", f"{engine.registry_url}/api/workers/status", headers=as_key(keys["alpha_viewer"]))
+    status, body = call(
+        "GET", f"{engine.registry_url}/api/workers/status", headers=as_key(keys["alpha_viewer"])
+    )
     assert status == 200, body
 
 
@@ -107,7 +113,11 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
     secured: tuple[EngineProcess, dict[str, str]],
 ) -> None:
     engine, keys = secured
-    alpha, beta, admin = as_key(keys["alpha_operator"]), as_key(keys["beta_operator"]), as_key(keys["alpha_admin"])
+    alpha, beta, admin = (
+        as_key(keys["alpha_operator"]),
+        as_key(keys["beta_operator"]),
+        as_key(keys["alpha_admin"]),
+    )
     wf = transform_workflow()
     status, body = call("POST", f"{engine.url}/api/workflows", {**wf, "team": "beta"}, alpha)
     assert status == 400, body  # the key decides the team; a body naming another is refused
@@ -116,9 +126,17 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
     assert (status, shown["team"]) == (200, "alpha")
 
     status, run = call(
-        "POST", f"{engine.url}/api/executions?wait=30", {"workflow_id": wf["id"], "input_data": {"n": 21}}, alpha
+        "POST",
+        f"{engine.url}/api/executions?wait=30",
+        {"workflow_id": wf["id"], "input_data": {"n": 21}},
+        alpha,
     )
-    assert (status, run["status"], run["nodes"]["double"]["output"], run["team"]) == (200, "success", 42, "alpha")
+    assert (status, run["status"], run["nodes"]["double"]["output"], run["team"]) == (
+        200,
+        "success",
+        42,
+        "alpha",
+    )
     run_id = run["id"]
 
     # beta: every route answers as if alpha's workflow and run did not exist
@@ -142,7 +160,9 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
     assert status == 404, body
     status, body = call("POST", f"{engine.url}/api/workflows", wf, beta)
     assert (status, body["error"]["type"]) == (409, "conflict")  # the id is alpha's: no new version for beta
-    assert wf["id"] not in {w["id"] for w in call("GET", f"{engine.url}/api/workflows", headers=beta)[1]["workflows"]}
+    assert wf["id"] not in {
+        w["id"] for w in call("GET", f"{engine.url}/api/workflows", headers=beta)[1]["workflows"]
+    }
     for query in ("", "?team=alpha", f"?workflow_id={wf['id']}"):
         status, page = call("GET", f"{engine.url}/api/executions{query}", headers=beta)
         assert status == 200
@@ -153,7 +173,9 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
     assert {t["team"] for t in report["teams"]} <= {"beta"}
 
     # alpha's own keys, and an admin of any team, see it
-    assert call("GET", f"{engine.url}/api/executions/{run_id}", headers=as_key(keys["alpha_viewer"]))[0] == 200
+    assert (
+        call("GET", f"{engine.url}/api/executions/{run_id}", headers=as_key(keys["alpha_viewer"]))[0] == 200
+    )
     status, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf['id']}", headers=alpha)
     assert [e["id"] for e in page["executions"]] == [run_id]
     status, report = call("GET", f"{engine.url}/api/costs/report?period=all", headers=alpha)
@@ -195,14 +217,20 @@ def test_keys_made_and_revoked_by_cli_and_api_take_effect_at_once(
     admin = as_key(keys["alpha_admin"])
 
     # over HTTP: the answer carries the key once; the list never does
-    status, made = call("POST", f"{engine.url}/api/keys", {"team": "gamma", "role": "viewer", "name": "ui"}, admin)
+    status, made = call(
+        "POST", f"{engine.url}/api/keys", {"team": "gamma", "role": "viewer", "name": "ui"}, admin
+    )
     assert status == 201, made
     assert made["key"].startswith(f"lfk_{made['id']}_")
     assert call("GET", f"{engine.url}/api/executions", headers=as_key(made["key"]))[0] == 200
     status, listed = call("GET", f"{engine.url}/api/keys", headers=admin)
     assert made["id"] in {k["id"] for k in listed["keys"]}
     assert made["key"] not in str(listed) and "hash" not in str(listed)
-    for bad in ({"team": "gamma", "role": "root"}, {"team": "no spaces", "role": "viewer"}, {"role": "viewer"}):
+    for bad in (
+        {"team": "gamma", "role": "root"},
+        {"team": "no spaces", "role": "viewer"},
+        {"role": "viewer"},
+    ):
         status, body = call("POST", f"{engine.url}/api/keys", bad, admin)
         assert (status, body["error"]["type"]) == (400, "validation"), bad
     status, revoked = call("POST", f"{engine.url}/api/keys/{made['id']}/revoke", None, admin)
