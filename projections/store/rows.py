@@ -112,7 +112,7 @@ class Cursor:
             created_ms = int(created)
         except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise refused from exc
-        if not execution_id:
+        if not execution_id or not 0 <= created_ms < 2**63:  # beyond a 64-bit column: not ours
             raise refused
         return cls(created_ms, execution_id)
 
