@@ -126,7 +126,25 @@ async def _json_body(request: web.Request) -> Any:
         deep = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(body)
     if deep:
         raise ValidationError(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    if SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(body):
+        raise ValidationError(
+            "the JSON body holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff): not text"
+        )
     return body
+
+
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""JSON may escape half of a surrogate pair alone; Python decodes it to a string no UTF-8 encoder
+accepts, which would fail later (Avro, the store) as a 500. Only bodies with such an escape are
+walked."""
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _owned_by(principal: Principal, body: Any) -> Any:

@@ -95,6 +95,9 @@ def _bodies(known: dict[str, str]) -> st.SearchStrategy[bytes | None]:
         near_valid.map(lambda d: json.dumps(d).encode()),
         json_values.map(lambda v: json.dumps(v).encode()),
         st.binary(max_size=200),
+        st.sampled_from(
+            [b'{"workflow_id": "w", "input_data": "\\ud800"}', b'{"id": "\\udc00x", "nodes": []}']
+        ),
     )
 
 

@@ -266,6 +266,9 @@ def test_priority_versions_and_listing(engine: EngineProcess) -> None:
         ("GET", "/no/such/path", None, {}, 404, "not_found"),
         ("GET", "/api/executions?limit=%C2%B2", None, {}, 400, "validation"),  # "²" is a digit to isdigit()
         ("POST", "/api/workflows", b"[" * 100_000, {}, 400, "validation"),  # the parser's own recursion
+        # half a surrogate pair: JSON allows the escape, UTF-8 (Avro, the store) does not
+        ("POST", "/api/executions", b'{"workflow_id": "w", "input_data": "\\ud800"}', {}, 400, "validation"),
+        ("POST", "/api/workflows", b'{"id": "w\\udfff", "nodes": []}', {}, 400, "validation"),
         (
             "POST",
             "/api/executions",
