@@ -7,6 +7,7 @@ One engine with ``LINKFLOW_AUTH=required`` serves every test here; keys are made
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -73,8 +74,10 @@ def test_without_a_valid_key_only_the_probes_answer(secured: tuple[EngineProcess
     assert status == 401, body  # not 404: an unauthenticated caller learns nothing of the routes
     status, body = call("GET", f"{engine.registry_url}/api/workers/status")
     assert status == 401, body
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         assert call("GET", f"{engine.url}{path}")[0] == 200
+    with urllib.request.urlopen(f"{engine.url}/metrics", timeout=10) as resp:  # Prometheus text, no key
+        assert resp.status == 200 and b"linkflow_executions_active" in resp.read()
     assert call("GET", f"{engine.registry_url}/healthz")[0] == 200
     status, body = call("GET", f"{engine.url}/api/executions", headers=as_key(keys["alpha_viewer"]))
     assert status == 200, body

@@ -18,6 +18,7 @@ from fastavro.schema import to_parsing_canonical_form
 from fastavro.utils import generate_many
 from pydantic import BaseModel
 
+from linkflow_stream.core.auth import ApiKey, Role
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import (
@@ -146,6 +147,15 @@ def records() -> list[BaseModel]:
         ),
         ControlMessage(execution_id="e1"),
         ControlMessage(execution_id="e1", node_id="h", reason="execution cancelled"),
+        ApiKey(
+            id="0123456789ab",
+            team="alpha",
+            role=Role.OPERATOR,
+            name="ci",
+            hash="sha256:" + "0" * 64,
+            created_at=T,
+            revoked_at=T,
+        ),
         WorkerRecord(
             id="w1",
             capacity=10,
@@ -277,6 +287,7 @@ def test_every_record_type_on_a_topic_is_covered() -> None:
         "ExecutionState",
         "WorkflowDefinition",
         "WorkerRecord",
+        "ApiKey",
     } <= covered
     # every record schema has a model exercised above
     record_schemas = {
