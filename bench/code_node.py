@@ -1,6 +1,6 @@
 """Benchmark: cold start of the ``code`` node's sandbox against pre-started ("warm") ones.
 
-    python -m bench.code_node [--n 200] [--isolation bwrap|netns|rlimits] [--interpreter PATH]
+    python -m bench.code_node [--n 200] [--bwrap PATH] [--interpreter PATH]
 
 Every figure is the latency of one run of a trivial ``main`` (``return data["input"]["n"] + 1``),
 one run at a time, on an otherwise idle machine:
@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 
 from linkflow_stream.nodes.sandbox import (
+    BWRAP,
+    UNAVAILABLE,
     Limits,
     Sandbox,
     SandboxPool,
     default_interpreter,
-    isolation_level,
+    probe,
     run_code,
 )
 
@@ -48,20 +51,20 @@ def data(i: int) -> dict[str, object]:
     return {"input": {"n": i}, "nodes": {}}
 
 
-async def cold(n: int, level: str, python: str) -> list[float]:
+async def cold(n: int, bwrap: str, python: str) -> list[float]:
     times = []
     for i in range(n):
         t0 = time.perf_counter()
-        run = await run_code(SOURCE, data(i), isolation=level, interpreter=python)
+        run = await run_code(SOURCE, data(i), interpreter=python, bwrap=bwrap)
         times.append(time.perf_counter() - t0)
         assert run.result == i + 1, run
     return times
 
 
-async def warm(n: int, level: str, python: str) -> list[float]:
+async def warm(n: int, bwrap: str, python: str) -> list[float]:
     times = []
     for i in range(n):
-        sandbox = Sandbox(isolation=level, interpreter=python)
+        sandbox = Sandbox(interpreter=python, bwrap=bwrap)
         try:
             await sandbox.start()
             await sandbox.ready()
@@ -74,8 +77,8 @@ async def warm(n: int, level: str, python: str) -> list[float]:
     return times
 
 
-async def pooled(n: int, level: str, python: str, gap: float) -> list[float]:
-    pool = SandboxPool(2, isolation=level, interpreter=python)
+async def pooled(n: int, bwrap: str, python: str, gap: float) -> list[float]:
+    pool = SandboxPool(2, interpreter=python, bwrap=bwrap)
     await pool.warm()
     await asyncio.sleep(0.5)
     times = []
@@ -104,17 +107,19 @@ async def bare(n: int, python: str) -> list[float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--isolation", default=None, help="default: the strongest level that works here")
+    parser.add_argument("--bwrap", default=BWRAP, help="the bubblewrap executable (default: bwrap on PATH)")
     parser.add_argument("--interpreter", default=None, help="default: the engine's Python")
     args = parser.parse_args()
     python = args.interpreter or default_interpreter()
-    level = args.isolation or isolation_level(python)
-    print(f"isolation {level}, interpreter {python}, {args.n} runs per phase, one at a time")
-    await cold(5, level, python)  # page cache
-    report("cold (run_code)", await cold(args.n, level, python))
-    report("warm (pre-started)", await warm(args.n, level, python))
-    report("pool back-to-back", await pooled(args.n, level, python, 0.0))
-    report("pool, 50 ms apart", await pooled(args.n, level, python, 0.05))
+    checked = probe(python, args.bwrap)
+    if not checked.works:
+        sys.exit(f"{UNAVAILABLE}\n(the sandbox probe said: {checked.problem})")
+    print(f"bwrap {args.bwrap}, interpreter {python}, {args.n} runs per phase, one at a time")
+    await cold(5, args.bwrap, python)  # page cache
+    report("cold (run_code)", await cold(args.n, args.bwrap, python))
+    report("warm (pre-started)", await warm(args.n, args.bwrap, python))
+    report("pool back-to-back", await pooled(args.n, args.bwrap, python, 0.0))
+    report("pool, 50 ms apart", await pooled(args.n, args.bwrap, python, 0.05))
     report("bare interpreter", await bare(args.n, python))
 
 

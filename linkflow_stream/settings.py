@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -116,9 +115,11 @@ class Settings(BaseSettings):
     code_warm_sandboxes: int = Field(default=2, ge=0, le=64)
     """Pre-started sandboxes for ``code`` nodes (each is used once). Default ``2``."""
 
-    code_min_isolation: Literal["rlimits", "netns", "bwrap"] = "rlimits"
-    """Weakest isolation a ``code`` node may run under; set ``bwrap`` in production to refuse
-    running user code when bubblewrap cannot create its namespaces. Default ``rlimits``."""
+    code_bwrap: str = "bwrap"
+    """The bubblewrap executable ``code`` nodes run user code in: a name looked up on ``PATH``,
+    or a path. Code runs only inside it (ADR 0020): where it is missing or may not create
+    namespaces, code nodes fail with ``code_error`` and the engine logs the fix at start.
+    Default ``bwrap``."""
 
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""

@@ -8,7 +8,7 @@ stopped a little before it (10 %, at most 0.5 s) so that the attempt's output is
 
 Output and logs: the node's output is exactly ``main``'s return value, so downstream nodes see
 what the user returned and no wrapper. What the code printed is not output: each attempt's
-``CodeRun`` (stdout and stderr, capped at 64 KiB each, the isolation level and the duration) is
+``CodeRun`` (stdout and stderr, capped at 64 KiB each, and the duration) is
 kept in ``CodeNode.runs`` under ``ctx.idempotency_key`` (the last ``keep_runs`` attempts), passed
 to the ``on_run`` callback, and logged at DEBUG; a failure's ``CodeFailure.run`` has the same.
 The sandbox's CPU time and peak memory go to ``ctx.usage`` (``cpu_us``, ``max_rss_kb``).
@@ -17,8 +17,12 @@ Failures: ``code_error`` (an exception in the code, with its type, message and t
 numbers of ``config.source``; a result that is not JSON; sys.exit), ``resource_limit`` (memory,
 CPU time, result size; a fork bomb ends as ``code_error`` when fork() fails, or as
 ``resource_limit``), ``timeout`` (wall clock), and on cancellation the sandbox is killed before
-``CancelledError`` goes on. How a run is isolated is described in ``linkflow_stream.nodes.sandbox``;
-``isolation_level()`` says which level this machine gives.
+``CancelledError`` goes on. How a run is isolated is described in ``linkflow_stream.nodes.sandbox``.
+
+User code runs only inside bubblewrap (ADR 0020). Where bwrap is missing or may not create
+namespaces, every attempt fails with ``code_error`` (not retryable) and a message that names the
+fix (``sandbox.UNAVAILABLE``); the engine calls ``self_check()`` at start so that the same
+message, with the probe's diagnostic, is logged once as a WARNING before any workflow needs it.
 """
 
 from __future__ import annotations
@@ -32,16 +36,28 @@ from typing import Any, ClassVar
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.sandbox import (
-    LEVELS,
+    BWRAP,
+    UNAVAILABLE,
     CodeFailure,
     CodeRun,
     Limits,
     SandboxPool,
-    isolation_level,
+    SandboxProbe,
+    SandboxUnavailableError,
+    probe,
     run_code,
 )
 
-__all__ = ["CodeFailure", "CodeNode", "CodeRun", "Limits", "isolation_level", "run_code"]
+__all__ = [
+    "CodeFailure",
+    "CodeNode",
+    "CodeRun",
+    "Limits",
+    "SandboxProbe",
+    "SandboxUnavailableError",
+    "probe",
+    "run_code",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +117,22 @@ class CodeNode:
         *,
         default_timeout_seconds: float = 30.0,
         warm_sandboxes: int = 2,
-        isolation: str | None = None,
-        min_isolation: str = "rlimits",
+        bwrap: str = BWRAP,
         interpreter: str | None = None,
         keep_runs: int = 256,
         on_run: Callable[[NodeContext, CodeRun], None] | None = None,
     ) -> None:
         """``warm_sandboxes``: pre-started sandboxes kept ready (0: every run starts cold).
-        ``isolation``: force a level instead of the strongest that works (tests).
-        ``min_isolation``: refuse to run code below this level (``"bwrap"`` in production).
+        ``bwrap``: the bubblewrap executable, a name on ``PATH`` or a path.
         ``interpreter``: the Python for runs (default: the engine's own, without site-packages).
         ``keep_runs``: how many attempts' ``CodeRun`` records ``runs`` keeps.
         ``on_run``: called with every attempt's record (success or failure), e.g. to store logs.
         """
-        if min_isolation not in LEVELS or (isolation is not None and isolation not in LEVELS):
-            raise ValueError(f"isolation levels are {', '.join(LEVELS)}")
         self.default_timeout_seconds = default_timeout_seconds
-        self.min_isolation = min_isolation
         self.keep_runs = keep_runs
         self.on_run = on_run
         self.runs: OrderedDict[str, CodeRun] = OrderedDict()
-        self._pool = SandboxPool(warm_sandboxes, isolation=isolation, interpreter=interpreter)
+        self._pool = SandboxPool(warm_sandboxes, interpreter=interpreter, bwrap=bwrap)
         self._announced = False
 
     def validate(self, config: dict[str, Any]) -> None:
@@ -132,9 +143,18 @@ class CodeNode:
         if unknown:
             raise ConfigError(sorted(unknown)[0], "unknown field")
 
-    async def isolation(self) -> str:
-        """The isolation level this node's runs get on this machine."""
-        return await self._pool.level()
+    async def self_check(self) -> SandboxProbe:
+        """Probe the sandbox; if code cannot run here, log why and how to fix it (once a process).
+
+        The engine calls it at start, in the background, so that an operator reads the fix
+        in the start-up log rather than on a failed node; a run calls it too, so the message
+        is logged once whichever comes first. Nothing is logged when the sandbox works.
+        """
+        checked = await self._pool.probe()
+        if not checked.works and not self._announced:
+            self._announced = True
+            log.warning("%s (the sandbox probe said: %s)", UNAVAILABLE, checked.problem)
+        return checked
 
     async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
         source = config.get("source")
@@ -152,7 +172,9 @@ class CodeNode:
             )
         except ConfigError as exc:
             raise NodeFailure("validation", exc.message) from exc
-        await self._check_isolation()
+        checked = await self.self_check()
+        if not checked.works:
+            raise SandboxUnavailableError(checked.problem)
         try:
             run = await self._pool.run(source, data, limits)
         except CodeFailure as exc:
@@ -168,21 +190,6 @@ class CodeNode:
         """Kill the pre-started sandboxes (call at shutdown, in the engine's event loop)."""
         await self._pool.close()
 
-    async def _check_isolation(self) -> None:
-        level = await self._pool.level()
-        if not self._announced:
-            self._announced = True
-            if level == "bwrap":
-                log.info("code nodes run in bwrap sandboxes")
-            else:
-                log.warning("code nodes run with isolation level %r only (bwrap unavailable)", level)
-        if level not in LEVELS or LEVELS.index(level) < LEVELS.index(self.min_isolation):
-            raise NodeFailure(
-                "internal",
-                f"this worker's code sandbox gives isolation {level!r}; {self.min_isolation!r} is required",
-                retryable=False,
-            )
-
     def _record(self, ctx: NodeContext, run: CodeRun) -> None:
         ctx.logs.update(
             {name: text for name, text in (("stdout", run.stdout), ("stderr", run.stderr)) if text}
@@ -197,9 +204,8 @@ class CodeNode:
         while len(self.runs) > self.keep_runs:
             self.runs.popitem(last=False)
         log.debug(
-            "code %s: %s isolation, %.1f ms, stdout %r, stderr %r",
+            "code %s: %.1f ms, stdout %r, stderr %r",
             key,
-            run.isolation,
             run.duration * 1000,
             run.stdout[:200],
             run.stderr[:200],

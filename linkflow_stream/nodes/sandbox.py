@@ -1,45 +1,35 @@
-"""Process isolation for untrusted Python: each run is a fresh interpreter in its own sandbox.
+"""Process isolation for untrusted Python: each run is a fresh interpreter in a bubblewrap sandbox.
 
 ``run_code(source, data, limits)`` starts ``python -I -S -B sandbox_runner.py`` (isolated mode, no
-``site``, no bytecode writes) with an explicit minimal environment (``PATH``, ``LANG``, ``TMPDIR``,
-``HOME``: nothing of the engine's, no ``LINKFLOW_*``), sends ``{source, data, limits}`` on its
-stdin and reads the result from a dedicated pipe, so that ``print`` output (stdout/stderr,
-captured up to ``Limits.output_bytes`` each) never mixes with it.
+``site``, no bytecode writes) inside bubblewrap (Debian package ``bubblewrap``) with an explicit
+minimal environment (``PATH``, ``LANG``, ``TMPDIR``, ``HOME``: nothing of the engine's, no
+``LINKFLOW_*``), sends ``{source, data, limits}`` on its stdin and reads the result from a
+dedicated pipe, so that ``print`` output (stdout/stderr, captured up to ``Limits.output_bytes``
+each) never mixes with it.
 
-What protects a run is its *isolation level*, the strongest that works on this machine
-(:func:`isolation_level`; every run reports the one it used in ``CodeRun.isolation``):
+What the sandbox guarantees, and why it is the only one (ADR 0020): user code cannot read the
+engine's environment, secrets or files, and cannot open a socket. bwrap gives each run new mount,
+PID, network (loopback only, nothing listening), IPC and UTS namespaces (plus a user namespace
+when the engine is not root); a root file system made of read-only binds of ``/usr``, ``/lib*``, a
+few ``/etc`` files and the Python install; a fresh ``/proc`` that shows the sandbox's processes
+only; a minimal ``/dev``; and a size-limited tmpfs at ``/tmp`` as the only writable place (cwd,
+``TMPDIR`` and ``HOME``; gone with the sandbox; a second one at ``/dev/shm``; the root and ``/dev``
+are remounted read-only). ``--die-with-parent`` and ``--new-session``; no capabilities are left
+once the runner has switched user. Weaker isolation (rlimits alone, or a network namespace over
+the host's file system) would let the code read ``/proc/<engine>/environ`` or reach the network
+and the broker, so there is none: where bwrap is missing or may not create namespaces (Docker's
+default seccomp profile, AppArmor's user-namespace restriction), :func:`probe` says why and every
+run fails with :class:`SandboxUnavailableError`, whose message names the fix.
 
-``bwrap``
-    bubblewrap (Debian package ``bubblewrap``): new mount, PID, network (loopback only), IPC and
-    UTS namespaces (plus a user namespace when the engine is not root), a root file system made
-    of read-only binds of ``/usr``, ``/lib*``, a few ``/etc`` files and the Python install, a
-    fresh ``/proc`` and minimal ``/dev``, and a size-limited tmpfs at ``/tmp`` as the only
-    writable place (cwd, ``TMPDIR`` and ``HOME``; gone with the sandbox; a second one at
-    ``/dev/shm``; the root and ``/dev`` are remounted read-only). ``--die-with-parent``
-    and ``--new-session``; no capabilities are left once the runner has switched user.
-``netns``
-    no bwrap (absent, or namespaces refused), but util-linux ``unshare --net`` works (as root;
-    ``unshare --map-current-user --net`` otherwise): no network, but the file system is the
-    host's, and a private temp dir (mode 0700, removed afterwards) is the cwd, ``TMPDIR`` and
-    ``HOME``. (``os.unshare`` only exists from Python 3.12, and ``preexec_fn`` is unsafe in a
-    process with threads, hence the command.)
-``rlimits``
-    neither: only rlimits, the stripped environment and the private temp dir. The code can reach
-    the network. Do not run untrusted code this way.
-
-At every level: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (SIGXCPU, SIGKILL one second later),
+Limits of every run: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (SIGXCPU, SIGKILL one second later),
 ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE`` (disk fill), no core dumps; a
-wall-clock limit enforced here by killing the whole sandbox (its PID namespace under bwrap; its
-process group, then every process left of the run, below it). Cancelling ``run_code`` kills the
-sandbox before ``CancelledError`` goes on.
+wall-clock limit enforced here by killing the sandbox's PID namespace. Cancelling ``run_code``
+kills the sandbox before ``CancelledError`` goes on.
 
-When the engine runs as root, every run also gets a random throwaway uid (``RUN_UIDS``): the
-process limit then counts that run alone (Linux never enforces it for uid 0), the code can only
-write world-writable places, and stray processes are found and killed by uid. Below bwrap the
-Python install must then be readable by other users (the probe says so in the log if not).
-When the engine is not root and bwrap does not work, the code runs as the engine's user: it can
-read what the engine can (its files, ``/proc/<engine>/environ``), and the process limit counts
-the engine's own threads. ``CodeNode(min_isolation="bwrap")`` refuses to run code then.
+When the engine runs as root, bwrap makes no user namespace and every run gets a random
+throwaway uid (``RUN_UIDS``) instead: the process limit then counts that run alone (Linux never
+enforces it for uid 0). When the engine is not root, the user namespace maps the engine's uid
+and the process limit counts the engine's own threads too.
 
 Start-up (bwrap, interpreter) is most of a cold run; ``SandboxPool`` keeps sandboxes started
 ahead, each still used for one run only (figures: ``python -m bench.code_node``).
@@ -59,8 +49,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,8 +60,8 @@ from linkflow_stream.core.node_contract import NodeFailure
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("rlimits", "netns", "bwrap")
-"""Isolation levels, weakest first."""
+BWRAP = "bwrap"
+"""The bubblewrap executable by default: looked up on ``PATH``."""
 
 RUNNER = Path(__file__).with_name("sandbox_runner.py")
 RUNNER_IN_SANDBOX = "/sandbox_runner.py"
@@ -80,8 +71,17 @@ RUN_UIDS = range(1_600_000_000, 1_600_000_000 + 2**24)
 
 PROBE_TIMEOUT = 20.0
 REAP_SECONDS = 5.0
-SWEEP_ROUNDS = 200
 OUTPUT_MARKER = "\n[... output truncated]"
+
+UNAVAILABLE = (
+    "code nodes cannot run on this worker: user code runs only inside a bubblewrap sandbox, and "
+    "bubblewrap is not installed here or may not create namespaces. To fix it, install bubblewrap "
+    "(Debian/Ubuntu: apt-get install bubblewrap); in a container, allow it user namespaces and a "
+    "fresh /proc (Docker: --security-opt seccomp=unconfined --security-opt apparmor=unconfined "
+    "--security-opt systempaths=unconfined); on an Ubuntu 23.10 or later host, allow unprivileged "
+    "user namespaces (sysctl kernel.apparmor_restrict_unprivileged_userns=0). Then restart the engine."
+)
+"""What a code node fails with, and what the engine logs once at start, when bwrap does not work."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Limits:
     file_mb: int = 16
     """RLIMIT_FSIZE: the largest file the code may write."""
     tmp_mb: int = 64
-    """Size of the private tmpfs under bwrap (when bwrap has ``--size``)."""
+    """Size of the private tmpfs (when bwrap has ``--size``)."""
     output_bytes: int = 64 * 1024
     """Kept of stdout and of stderr each; the rest is read and dropped."""
     result_bytes: int = 8 * 1024 * 1024
@@ -111,7 +111,6 @@ class CodeRun:
     result: Any
     stdout: str
     stderr: str
-    isolation: str
     duration: float
     """Wall-clock seconds from sending the code to the end of the run (start-up not counted)."""
     cpu_seconds: float | None = None
@@ -121,7 +120,7 @@ class CodeRun:
 
 
 class CodeFailure(NodeFailure):
-    """A failed run; ``run`` keeps what it printed and how it was isolated."""
+    """A failed run; ``run`` keeps what it printed."""
 
     def __init__(
         self, error_class: str, message: str, run: CodeRun, *, retryable: bool | None = None
@@ -130,13 +129,35 @@ class CodeFailure(NodeFailure):
         self.run = run
 
 
+class SandboxUnavailableError(NodeFailure):
+    """No code can run on this worker: bwrap is missing or may not create namespaces.
+
+    ``code_error``, not ``internal``: what the workflow's author sees on the node must say what
+    to do, and trying again on the same worker cannot help (not retryable). ``problem`` is the
+    probe's own diagnostic, for the log.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("code_error", UNAVAILABLE, retryable=False)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class SandboxProbe:
+    """Whether a real run in a bwrap sandbox works here."""
+
+    works: bool
+    problem: str = ""
+    """Why not, in the probe's words: bwrap's own error message, or where bwrap was looked for."""
+
+
 @dataclass(frozen=True)
 class _Tools:
     python: str
     python_roots: tuple[str, ...]
     bwrap: str | None
+    """The resolved bwrap executable; None when there is none."""
     bwrap_size: bool
-    unshare: str | None
     root: bool
 
 
@@ -146,26 +167,25 @@ def default_interpreter() -> str:
 
 
 @functools.cache
-def _tools(python: str) -> _Tools:
+def _tools(python: str, bwrap: str) -> _Tools:
     roots = {str(Path(python).parent.parent)}
     if python == default_interpreter():
         roots.add(os.path.realpath(sys.base_prefix))
-    bwrap = shutil.which("bwrap")
+    found = shutil.which(bwrap)
     size = False
-    if bwrap:
+    if found:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             size = (
                 "--size"
                 in subprocess.run(  # noqa: S603 - fixed argv
-                    [bwrap, "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
+                    [found, "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
                 ).stdout
             )
     return _Tools(
         python=python,
         python_roots=tuple(sorted(r for r in roots if not _under(r, "/usr"))),
-        bwrap=bwrap,
+        bwrap=found,
         bwrap_size=size,
-        unshare=shutil.which("unshare"),
         root=os.geteuid() == 0,
     )
 
@@ -213,27 +233,23 @@ def _bwrap_argv(tools: _Tools, limits: Limits, workdir: str | None) -> list[str]
 
 
 def _command(
-    tools: _Tools, level: str, limits: Limits, workdir: str | None, result_fd: int, uid: int | None
+    tools: _Tools, limits: Limits, workdir: str | None, result_fd: int, uid: int | None
 ) -> list[str]:
-    runner = str(RUNNER)
-    prefix: list[str] = []
-    if level == "bwrap":
-        prefix, runner = _bwrap_argv(tools, limits, workdir), RUNNER_IN_SANDBOX
-    elif level == "netns":
-        assert tools.unshare is not None
-        prefix = [tools.unshare, "--net"] if tools.root else [tools.unshare, "--map-current-user", "--net"]
-        prefix.append("--")
-    argv = [*prefix, tools.python, "-I", "-S", "-B", runner, "--result-fd", str(result_fd)]
+    argv = [*_bwrap_argv(tools, limits, workdir), tools.python, "-I", "-S", "-B", RUNNER_IN_SANDBOX]
+    argv += ["--result-fd", str(result_fd)]
     if uid is not None:
         argv += ["--uid", str(uid)]
-    if level != "bwrap":
-        argv.append("--harden")
     return argv
 
 
-def _env(home: str) -> dict[str, str]:
+def _env() -> dict[str, str]:
     """The whole environment of a run: nothing is inherited from the engine."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TMPDIR": home, "HOME": home}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "TMPDIR": SANDBOX_TMP,
+        "HOME": SANDBOX_TMP,
+    }
 
 
 def _payload(source: str, data: Any, limits: Limits) -> bytes:
@@ -247,55 +263,68 @@ def _payload(source: str, data: Any, limits: Limits) -> bytes:
     return json.dumps({"source": source, "data": data, "limits": wire_limits}, allow_nan=False).encode()
 
 
-def _setup(tools: _Tools, level: str) -> tuple[int | None, str | None, str]:
-    """The run's uid (root only), host work dir (None: a tmpfs inside bwrap) and in-sandbox home."""
+def _setup(tools: _Tools) -> tuple[int | None, str | None]:
+    """The run's uid (root only) and the host dir bound at ``/tmp`` (None: a tmpfs of bwrap's).
+
+    A bwrap without ``--size`` would give the run an unbounded tmpfs, so it gets a private host
+    dir (mode 0700, the run's uid's) instead, bounded by ``RLIMIT_FSIZE`` per file only.
+    """
     uid = RUN_UIDS[secrets.randbelow(len(RUN_UIDS))] if tools.root else None
-    if level == "bwrap" and tools.bwrap_size:
-        return uid, None, SANDBOX_TMP
+    if tools.bwrap_size:
+        return uid, None
     workdir = tempfile.mkdtemp(prefix="linkflow-code-")  # mode 0700
     if uid is not None:
         os.chown(workdir, uid, uid)
-    return uid, workdir, SANDBOX_TMP if level == "bwrap" else workdir
+    return uid, workdir
 
+
+# --- does it work here? ----------------------------------------------------------------------
 
 PROBE_SOURCE = "def main(data):\n    import textwrap\n\n    return data\n"
+"""Imports after the runner has switched user: the Python install must be readable by then."""
+
+_probes: dict[tuple[str, str], SandboxProbe] = {}
+_probing = threading.Lock()
 
 
-def _hidden_from_others(path: str) -> str | None:
-    """The first directory on the way to ``path`` that other users cannot enter, if any."""
-    for directory in [*reversed(Path(path).parents), Path(path)]:
-        try:
-            if not directory.stat().st_mode & 0o001:
-                return str(directory)
-        except OSError:
-            return str(directory)
-    return None
+def probe(interpreter: str | None = None, bwrap: str = BWRAP) -> SandboxProbe:
+    """Whether code can run here: a real run in a bwrap sandbox, once per process, interpreter and
+    bwrap (some tens of milliseconds the first time). Callers at the same time share one probe."""
+    key = (interpreter or default_interpreter(), bwrap)
+    with _probing:
+        if key not in _probes:
+            _probes[key] = _probe(*key)
+        return _probes[key]
 
 
-@functools.cache
-def _works(level: str, python: str) -> bool:
-    """Whether a real run at ``level`` works here (probed once per process and interpreter)."""
-    tools = _tools(python)
-    if (level == "bwrap" and tools.bwrap is None) or (level == "netns" and tools.unshare is None):
-        return False
-    if level != "bwrap" and tools.root:
-        hidden = next(filter(None, map(_hidden_from_others, tools.python_roots)), None)
-        if hidden is not None:
-            log.warning(
-                "code sandbox: isolation level %s does not work here: runs switch to a throwaway "
-                "uid, which cannot enter %s to read the Python install",
-                level,
-                hidden,
-            )
-            return False
-    uid, workdir, home = _setup(tools, level)
+async def probe_async(interpreter: str | None = None, bwrap: str = BWRAP) -> SandboxProbe:
+    """:func:`probe` without blocking the loop; a cancelled caller waits for the probe to end,
+    so that no probe process outlives it."""
+    key = (interpreter or default_interpreter(), bwrap)
+    if key in _probes:
+        return _probes[key]
+    probing = asyncio.ensure_future(asyncio.to_thread(probe, *key))
+    try:
+        return await asyncio.shield(probing)
+    except asyncio.CancelledError:
+        await asyncio.wait([probing])
+        raise
+
+
+def _probe(python: str, bwrap: str) -> SandboxProbe:
+    tools = _tools(python, bwrap)
+    if tools.bwrap is None:
+        path = os.environ.get("PATH", "")
+        where = "is not an executable file" if "/" in bwrap else f"is not on PATH ({path})"
+        return SandboxProbe(False, f"no bubblewrap: {bwrap!r} {where}")
+    uid, workdir = _setup(tools)
     result_r, result_w = os.pipe()
     try:
         proc = subprocess.run(  # noqa: S603 - our own argv
-            _command(tools, level, Limits(), workdir, result_w, uid),
+            _command(tools, Limits(), workdir, result_w, uid),
             input=_payload(PROBE_SOURCE, "probe", Limits()),
-            env=_env(home),
-            cwd=workdir or "/",
+            env=_env(),
+            cwd="/",
             capture_output=True,
             pass_fds=(result_w,),
             timeout=PROBE_TIMEOUT,
@@ -308,8 +337,7 @@ def _works(level: str, python: str) -> bool:
             result_r = -1
             answer = pipe.read()
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("code sandbox: isolation level %s does not work here: %s", level, exc)
-        return False
+        return SandboxProbe(False, f"{tools.bwrap}: {exc}")
     finally:
         for fd in (result_r, result_w):
             if fd >= 0:
@@ -319,89 +347,26 @@ def _works(level: str, python: str) -> bool:
     with contextlib.suppress(ValueError):
         document = json.loads(answer[1:]) if answer.startswith(b"R") else None
         if isinstance(document, dict) and document.get("ok") is True and document.get("result") == "probe":
-            return True
-    log.warning(
-        "code sandbox: isolation level %s does not work here (exit %d): %s",
-        level,
-        proc.returncode,
-        (proc.stderr.decode(errors="replace").strip() or answer.decode(errors="replace"))[-1000:],
-    )
-    return False
-
-
-def available_levels(interpreter: str | None = None) -> tuple[str, ...]:
-    """Every isolation level that works on this machine, weakest first."""
-    python = interpreter or default_interpreter()
-    return tuple(level for level in LEVELS if _works(level, python))
-
-
-_levels: dict[str, str] = {}
-
-
-def isolation_level(interpreter: str | None = None) -> str:
-    """The level runs use here: ``bwrap``, ``netns`` or ``rlimits``; ``none`` if no sandbox works.
-
-    See the module docstring. Probed once per process, strongest level first, by a real run
-    (some tens of milliseconds the first time).
-    """
-    python = interpreter or default_interpreter()
-    if python not in _levels:
-        _levels[python] = next((level for level in reversed(LEVELS) if _works(level, python)), "none")
-    return _levels[python]
-
-
-async def _level_of(python: str) -> str:
-    """``isolation_level(python)`` without blocking the loop; a cancelled caller waits for the
-    probe to end, so that no probe process outlives it."""
-    if python in _levels:
-        return _levels[python]
-    probing = asyncio.ensure_future(asyncio.to_thread(isolation_level, python))
-    try:
-        return await asyncio.shield(probing)
-    except asyncio.CancelledError:
-        await asyncio.wait([probing])
-        raise
+            return SandboxProbe(True)
+    said = proc.stderr.decode(errors="replace").strip() or answer.decode(errors="replace")
+    return SandboxProbe(False, f"{tools.bwrap} (exit {proc.returncode}): {said[-1000:]}")
 
 
 # --- process bookkeeping ---------------------------------------------------------------------
 
 
-def _pids() -> Iterator[int]:
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            yield int(name)
-
-
 def _children(pid: int) -> list[int]:
     found = []
-    for child in _pids():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            stat = Path(f"/proc/{child}/stat").read_bytes()
+            stat = Path(f"/proc/{name}/stat").read_bytes()
         except OSError:
             continue
         fields = stat[stat.rindex(b")") + 2 :].split()
         if int(fields[1]) == pid:
-            found.append(child)
-    return found
-
-
-def _strays(uid: int | None, marker: bytes) -> list[int]:
-    """Live processes of a run: by real uid when the run has its own, else by an env marker."""
-    found = []
-    for pid in _pids():
-        try:
-            status = Path(f"/proc/{pid}/status").read_bytes()
-            state = status[status.index(b"\nState:") + 7 :].lstrip()[:1]
-            if state in (b"Z", b"X"):
-                continue  # dead, waiting for its parent (or init) to reap it
-            if uid is not None:
-                uids = status[status.index(b"\nUid:") + 5 :].split(maxsplit=1)
-                if int(uids[0]) == uid:
-                    found.append(pid)
-            elif marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(pid)
-        except (OSError, ValueError, IndexError):
-            continue
+            found.append(int(name))
     return found
 
 
@@ -465,16 +430,16 @@ class Sandbox:
     """
 
     def __init__(
-        self, *, isolation: str, interpreter: str | None = None, tmp_mb: int = Limits.tmp_mb
+        self, *, interpreter: str | None = None, bwrap: str = BWRAP, tmp_mb: int = Limits.tmp_mb
     ) -> None:
-        if isolation not in LEVELS:
-            raise ValueError(f"unknown isolation level {isolation!r}")
-        self.level = isolation
-        self.tools = _tools(interpreter or default_interpreter())
+        """Raises ``SandboxUnavailableError`` when there is no ``bwrap`` executable; whether it
+        works here is :func:`probe`'s question (``run_code`` and ``SandboxPool`` ask it first)."""
+        self.tools = _tools(interpreter or default_interpreter(), bwrap)
+        if self.tools.bwrap is None:
+            raise SandboxUnavailableError(f"no bubblewrap: {bwrap!r} not found")
         self.tmp_mb = tmp_mb
         self.uid: int | None = None
         self.workdir: str | None = None
-        self.home = ""
         self.proc: asyncio.subprocess.Process | None = None
         self.started = time.monotonic()
         self.stdout = _Capture(Limits.output_bytes)
@@ -484,7 +449,6 @@ class Sandbox:
         self._transport: asyncio.ReadTransport | None = None
         self._used = False
         self._exited = asyncio.Event()
-        self._swept = False
 
     async def start(self) -> None:
         """Start the process; returns once it runs (not necessarily ready: see ``ready()``).
@@ -502,21 +466,19 @@ class Sandbox:
             raise
 
     async def _start(self) -> None:
-        self.uid, self.workdir, self.home = _setup(self.tools, self.level)
+        self.uid, self.workdir = _setup(self.tools)
         loop = asyncio.get_running_loop()
         result_r, result_w = os.pipe()
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _Protocol(self._exited),
-                *_command(
-                    self.tools, self.level, Limits(tmp_mb=self.tmp_mb), self.workdir, result_w, self.uid
-                ),
+                *_command(self.tools, Limits(tmp_mb=self.tmp_mb), self.workdir, result_w, self.uid),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(result_w,),
-                env=_env(self.home),
-                cwd=self.workdir or "/",
+                env=_env(),
+                cwd="/",
                 start_new_session=True,
             )
             self.proc = asyncio.subprocess.Process(transport, protocol, loop)
@@ -603,7 +565,7 @@ class Sandbox:
     async def _terminate(self) -> None:
         proc = self.proc
         try:
-            if self.level == "bwrap" and proc is not None and proc.returncode is None:
+            if proc is not None and proc.returncode is None:
                 # Until the runner is up, bwrap's sandbox process may not have armed
                 # --die-with-parent yet: killed now, bwrap could leave it orphaned. Once the
                 # runner has said "R" (or the pipe has closed), the kill below is safe.
@@ -613,10 +575,9 @@ class Sandbox:
             self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the sandbox; safe to call at any time, more than once. ``finish()`` then
-        kills what is left of it below bwrap, and reaps it.
+        """SIGKILL the sandbox; safe to call at any time, more than once; ``finish()`` reaps it.
 
-        Under bwrap, call it only once the runner is up (``ready()``); ``close()`` does.
+        Call it only once the runner is up (``ready()``); ``close()`` does.
         """
         proc = self.proc
         if proc is None:
@@ -625,37 +586,19 @@ class Sandbox:
             # bwrap's child is the PID namespace's init: killing it makes the kernel kill every
             # process of the sandbox, then bwrap reaps it and exits. Only if there is no such
             # child yet is bwrap itself killed (--die-with-parent takes the sandbox with it).
-            children = _children(proc.pid) if self.level == "bwrap" else []
+            children = _children(proc.pid)
             for child in children:
                 _kill(child)
             if not children:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
-        # Below bwrap, what the code forked out of the process group is left to finish().
-
-    @property
-    def _marker(self) -> bytes:
-        return f"TMPDIR={self.home}".encode()
 
     async def finish(self) -> None:
-        """Reap the sandbox and, outside a PID namespace, kill what the code left running."""
+        """Reap the sandbox (its PID namespace takes every process the code started with it)."""
         if self.proc is None:
             return
         await self._exited.wait()
-        if self.level != "bwrap" and not self._swept:
-            await self._sweep()
-            self._swept = True
         await self.proc.wait()  # also waits for the pipes to close: nothing holds them any more
-
-    async def _sweep(self) -> None:
-        for _ in range(SWEEP_ROUNDS):
-            strays = _strays(self.uid, self._marker)
-            if not strays:
-                return
-            for pid in strays:
-                _kill(pid)
-            await asyncio.sleep(0.01)
-        log.error("code sandbox: processes of run uid %s survive SIGKILL: %s", self.uid, strays)
 
     def record(self, result: Any = None, usage: Any = None) -> CodeRun:
         cpu_us = usage.get("cpu_us") if isinstance(usage, dict) else None
@@ -664,7 +607,6 @@ class Sandbox:
             result=result,
             stdout=self.stdout.text(),
             stderr=self.stderr.text(),
-            isolation=self.level,
             duration=time.monotonic() - self.started,
             cpu_seconds=cpu_us / 1_000_000 if isinstance(cpu_us, int) else None,
             max_rss_kb=rss if isinstance(rss, int) else None,
@@ -680,8 +622,7 @@ class Sandbox:
         if not raw.startswith(b"R"):
             raise self.fail(
                 "internal",
-                f"the {self.level} sandbox did not start (exit {returncode}): "
-                + self.stderr.text().strip()[-1000:],
+                f"the sandbox did not start (exit {returncode}): " + self.stderr.text().strip()[-1000:],
                 retryable=True,
             )
         if self.result.total > limits.result_bytes + 1:
@@ -700,7 +641,7 @@ class Sandbox:
                 if error_class not in ("code_error", "resource_limit", "internal"):
                     error_class = "code_error"
                 raise self.fail(error_class, str(document.get("message")), usage=document.get("usage"))
-        signum = _signal_of(self.level, returncode)
+        signum = _signal_of(returncode)
         if signum in (signal.SIGKILL, signal.SIGXCPU):
             raise self.fail(
                 "resource_limit",
@@ -713,13 +654,14 @@ class Sandbox:
         raise self.fail("code_error", f"the code ended its process (exit {returncode}) before main returned")
 
 
-def _signal_of(level: str, returncode: int | None) -> int | None:
-    """The signal that ended the sandboxed interpreter, if one did."""
+def _signal_of(returncode: int | None) -> int | None:
+    """The signal that ended the sandboxed interpreter, if one did (negative: bwrap itself,
+    killed before it had a child)."""
     if returncode is None:
         return None
     if returncode < 0:
         return -returncode
-    if level == "bwrap" and returncode > 128:
+    if returncode > 128:
         return returncode - 128  # bwrap exits 128+N when its child dies of signal N
     return None
 
@@ -729,23 +671,24 @@ async def run_code(
     data: Any,
     limits: Limits = Limits(),
     *,
-    isolation: str | None = None,
     interpreter: str | None = None,
+    bwrap: str = BWRAP,
 ) -> CodeRun:
     """Run ``main(data)`` of ``source`` in a fresh sandboxed process; returns its result and output.
 
     Raises ``CodeFailure`` (a ``NodeFailure``): ``code_error`` for an exception in the code, a
     non-JSON result or an early exit; ``resource_limit`` for memory, CPU or result size;
-    ``timeout`` for the wall clock (``limits.wall_seconds``); ``internal`` (retryable) when the
-    sandbox itself cannot start. Cancelling it kills the sandbox before ``CancelledError``
-    propagates. ``isolation`` forces a level (tests); by default the strongest that works
-    (:func:`isolation_level`). ``interpreter`` is the Python to run (default: the engine's).
+    ``timeout`` for the wall clock (``limits.wall_seconds``); ``internal`` (retryable) when a
+    sandbox that worked before cannot start. ``SandboxUnavailableError`` (``code_error``, not
+    retryable) when bwrap does not work here at all (:func:`probe`). Cancelling it kills the
+    sandbox before ``CancelledError`` propagates. ``interpreter`` is the Python to run (default:
+    the engine's); ``bwrap`` the bubblewrap executable (a name on ``PATH`` or a path).
     """
     python = interpreter or default_interpreter()
-    level = isolation or await _level_of(python)
-    if level not in LEVELS:
-        raise NodeFailure("internal", "no code sandbox works on this machine (see the engine log)")
-    sandbox = Sandbox(isolation=level, interpreter=python, tmp_mb=limits.tmp_mb)
+    checked = await probe_async(python, bwrap)
+    if not checked.works:
+        raise SandboxUnavailableError(checked.problem)
+    sandbox = Sandbox(interpreter=python, bwrap=bwrap, tmp_mb=limits.tmp_mb)
     try:
         await sandbox.start()
         return await sandbox.run(source, data, limits)
@@ -768,43 +711,39 @@ class SandboxPool:
         self,
         size: int = 2,
         *,
-        isolation: str | None = None,
         interpreter: str | None = None,
+        bwrap: str = BWRAP,
         tmp_mb: int = Limits.tmp_mb,
     ) -> None:
         self.size = size
         self.interpreter = interpreter or default_interpreter()
-        self.isolation = isolation
+        self.bwrap = bwrap
         self.tmp_mb = tmp_mb
         self._idle: list[Sandbox] = []
         self._starting: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def level(self) -> str:
-        """The isolation level of this pool's runs (probed on first use)."""
-        if self.isolation is not None:
-            return self.isolation
-        level = await _level_of(self.interpreter)
-        self.isolation = level
-        return level
+    async def probe(self) -> SandboxProbe:
+        """Whether this pool's sandboxes work here (:func:`probe`, once per process)."""
+        return await probe_async(self.interpreter, self.bwrap)
 
     async def warm(self) -> None:
-        """Start filling the pool now rather than at the first run."""
-        await self.level()
-        self._bind()
-        self._refill()
+        """Start filling the pool now rather than at the first run (if sandboxes work here)."""
+        if (await self.probe()).works:
+            self._bind()
+            self._refill()
 
     async def run(self, source: str, data: Any, limits: Limits = Limits()) -> CodeRun:
         """Like :func:`run_code`, on a pre-started sandbox when one is ready."""
-        level = await self.level()
-        if level not in LEVELS:
-            raise NodeFailure("internal", "no code sandbox works on this machine (see the engine log)")
+        checked = await self.probe()
+        if not checked.works:
+            raise SandboxUnavailableError(checked.problem)
         self._bind()
         sandbox = self._take()
         try:
             if sandbox is None:
-                sandbox = Sandbox(isolation=level, interpreter=self.interpreter, tmp_mb=self.tmp_mb)
+                sandbox = self._new()
                 await sandbox.start()
             return await sandbox.run(source, data, limits)
         finally:
@@ -850,9 +789,11 @@ class SandboxPool:
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 
+    def _new(self) -> Sandbox:
+        return Sandbox(interpreter=self.interpreter, bwrap=self.bwrap, tmp_mb=self.tmp_mb)
+
     async def _start_one(self) -> None:
-        assert self.isolation is not None
-        sandbox = Sandbox(isolation=self.isolation, interpreter=self.interpreter, tmp_mb=self.tmp_mb)
+        sandbox = self._new()
         try:
             await sandbox.start()
             await sandbox.ready()

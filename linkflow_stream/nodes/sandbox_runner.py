@@ -1,8 +1,8 @@
 """The program a code sandbox runs: one user ``main(data)`` call in a fresh interpreter.
 
-Started by :mod:`linkflow_stream.nodes.sandbox` as ``python -I -S -B sandbox_runner.py --result-fd N
-[--uid U] [--harden]``; it imports nothing but the standard library (``-I`` keeps the engine's
-packages off ``sys.path``). Protocol:
+Started by :mod:`linkflow_stream.nodes.sandbox` inside bubblewrap as ``python -I -S -B
+sandbox_runner.py --result-fd N [--uid U]``; it imports nothing but the standard library (``-I``
+keeps the engine's packages off ``sys.path``). Protocol:
 
 * stdin: one JSON document ``{"source", "data", "limits"}``; stdin is ``/dev/null`` afterwards;
 * the result fd: the byte ``R`` as soon as the interpreter is up (so the parent can tell "the
@@ -11,9 +11,9 @@ packages off ``sys.path``). Protocol:
   (``usage``: ``cpu_us`` and ``max_rss_kb``);
 * stdout and stderr belong to the user's code (``print`` goes there).
 
-Before any user code runs it lowers its own rlimits (memory, CPU, processes, files, core dumps),
-drops to ``--uid`` when it starts as root, and with ``--harden`` (no bwrap around it) sets
-no_new_privs and a parent-death signal itself.
+Before any user code runs it lowers its own rlimits (memory, CPU, processes, files, core dumps)
+and drops to ``--uid`` when it starts as root. No_new_privs and death with the engine come from
+bwrap, as do the namespaces.
 
 Start-up time is most of a run's cost, so the happy path imports only C modules that an
 interpreter has anyway or loads fast (``_json``, ``_signal``, ``resource``): ``json``, ``signal``
@@ -147,41 +147,18 @@ def _set_limits(limits: dict[str, int]) -> None:
         resource.setrlimit(which, (soft, hard))
 
 
-def _harden(ctypes: Any) -> None:
-    """no_new_privs and death with the parent, for runs that have no bwrap to do it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig, pr_set_no_new_privs = 1, 38
-    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    if libc.prctl(pr_set_pdeathsig, int(_signal.SIGKILL), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-
-
 def _options(argv: list[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    i = 0
-    while i < len(argv):
-        name = argv[i].removeprefix("--")
-        if name == "harden":
-            options[name] = "1"
-            i += 1
-        else:
-            options[name] = argv[i + 1]
-            i += 2
-    return options
+    """``--name value`` pairs."""
+    return {argv[i].removeprefix("--"): argv[i + 1] for i in range(0, len(argv) - 1, 2)}
 
 
-def _confine(options: dict[str, str], limits: dict[str, int], parent: int, ctypes: Any) -> None:
+def _confine(options: dict[str, str], limits: dict[str, int]) -> None:
     _set_limits(limits)
     if "uid" in options and os.geteuid() == 0:
         uid = int(options["uid"])
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)  # leaves no capabilities: the rlimits above cannot be raised again
-    if ctypes is not None:
-        _harden(ctypes)  # after setuid, which clears the parent-death signal
-        if os.getppid() != parent:  # the engine died before the death signal was armed
-            os._exit(1)
 
 
 def _read_payload() -> dict[str, Any]:
@@ -200,10 +177,6 @@ def main() -> NoReturn:
     _pid = os.getpid()
     os.set_inheritable(_result_fd, False)
     _write_all(_result_fd, b"R")
-    parent = os.getppid()
-    # Imported before switching user (the Python install may be readable by root alone) and
-    # before waiting for the payload (a pre-started sandbox has it loaded already).
-    ctypes = __import__("ctypes") if "harden" in options else None
 
     payload = _read_payload()  # waits here when pre-started; nothing of the run is known before
     limits: dict[str, int] = payload["limits"]
@@ -211,7 +184,7 @@ def main() -> NoReturn:
     data = payload["data"]
 
     try:
-        _confine(options, limits, parent, ctypes)
+        _confine(options, limits)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, no user code has run
         _fail("internal", f"the sandbox could not apply its limits: {type(exc).__name__}: {exc}")
     _signal.signal(_signal.SIGXCPU, _on_xcpu)

@@ -1,22 +1,23 @@
-"""The ``code`` node's sandbox with real processes: happy paths, and escapes that must be stopped.
+"""The ``code`` node's sandbox with real processes: happy paths, escapes that must be stopped,
+and what happens where bubblewrap does not work.
 
-Every escape test runs at each isolation level that works on this machine (``bwrap``, ``netns``,
-``rlimits``; a level that does not work here is skipped and says so) unless the level does not
-claim to stop that escape (``rlimits`` has no network isolation; only ``bwrap`` has a private
-file system). After each attempt the test process must still be healthy: it can still run code,
-open sockets and files, its own rlimits are untouched, and no sandbox process is left.
-
-Levels below ``bwrap`` switch to a throwaway uid when the tests run as root; if the engine's
-Python is then unreadable (e.g. under /root), the tests use the system's ``python3`` for them.
+Code runs only in bubblewrap (ADR 0020): the tests that run code need a working ``bwrap`` and are
+skipped, with the probe's reason, where there is none. After each escape attempt the test
+process must still be healthy: it can still run code, open sockets and files, its own rlimits
+are untouched, and no sandbox process is left. The engine as a whole process (its real
+environment, data dir and ports) is tried in ``tests/e2e/test_code_isolation.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,16 +32,16 @@ import pytest
 from linkflow_stream.core.node_contract import NodeContext, NodeFailure
 from linkflow_stream.nodes.code import CodeNode
 from linkflow_stream.nodes.sandbox import (
-    LEVELS,
+    UNAVAILABLE,
     CodeFailure,
     CodeRun,
     Limits,
     SandboxPool,
-    available_levels,
-    default_interpreter,
-    isolation_level,
+    SandboxUnavailableError,
+    probe,
     run_code,
 )
+from linkflow_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
@@ -49,17 +50,10 @@ DATA = {"input": {"a": 2}, "nodes": {"x": {"b": 3}}}
 
 @dataclass(frozen=True)
 class Setup:
-    level: str
-    interpreter: str
+    """Runs code as the code node does: the engine's Python, in bwrap."""
 
     async def run(self, source: str, data: Any = None, **limits: Any) -> CodeRun:
-        return await run_code(
-            source,
-            DATA if data is None else data,
-            Limits(**limits),
-            isolation=self.level,
-            interpreter=self.interpreter,
-        )
+        return await run_code(source, DATA if data is None else data, Limits(**limits))
 
     async def fail(self, source: str, data: Any = None, **limits: Any) -> CodeFailure:
         with pytest.raises(CodeFailure) as info:
@@ -67,18 +61,12 @@ class Setup:
         return info.value
 
 
-def _setups() -> list[Any]:
-    candidates = [default_interpreter()]
-    candidates += [p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)]
-    params = []
-    for level in LEVELS:
-        python = next((p for p in candidates if level in available_levels(p)), None)
-        marks = [] if python else [pytest.mark.skip(reason=f"isolation level {level} does not work here")]
-        params.append(pytest.param(Setup(level, python or ""), id=level, marks=marks))
-    return params
-
-
-SETUPS = _setups()
+def require_bwrap() -> Setup:
+    """Skip, saying why, where bwrap does not work (code runs nowhere else)."""
+    checked = probe()
+    if not checked.works:
+        pytest.skip(f"bubblewrap does not work here: {checked.problem}")
+    return Setup()
 
 
 def sandbox_processes() -> list[str]:
@@ -106,11 +94,11 @@ def wait_no_sandbox_processes(seconds: float = 3.0) -> None:
 LIMITS_TO_KEEP = (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_NPROC, resource.RLIMIT_NOFILE)
 
 
-@pytest.fixture(params=SETUPS)
-def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
-    """A level that works here; afterwards, the test process must be healthy."""
+@pytest.fixture
+def setup() -> Iterator[Setup]:
+    """A working sandbox; afterwards, the test process must be healthy."""
     before = {which: resource.getrlimit(which) for which in LIMITS_TO_KEEP}
-    yield request.param
+    yield require_bwrap()
     wait_no_sandbox_processes()
     assert {which: resource.getrlimit(which) for which in LIMITS_TO_KEEP} == before
     with socket.socket() as s:
@@ -137,17 +125,9 @@ async def assert_healthy(setup: Setup) -> None:
     assert run.result == {"still": "working"}
 
 
-def default_setup() -> Setup:
-    """The engine's Python at the level it gets here (what CodeNode uses)."""
-    level = isolation_level()
-    if level == "none":
-        pytest.skip("no isolation level works for the engine's Python here (see the log)")
-    return Setup(level, default_interpreter())
-
-
 @pytest.fixture
 async def node() -> AsyncIterator[CodeNode]:
-    default_setup()
+    require_bwrap()
     n = CodeNode(warm_sandboxes=2)
     yield n
     await n.close()
@@ -161,11 +141,12 @@ def ctx(timeout: float = 10.0) -> NodeContext:
 # --- happy paths ---------------------------------------------------------------------------
 
 
-async def test_this_machine_reports_its_isolation_level() -> None:
-    level = isolation_level()
-    assert level in (*LEVELS, "none")
-    if level != "bwrap":
-        pytest.skip(f"only {level!r} here; install bubblewrap (and allow user namespaces) for bwrap")
+async def test_this_machine_runs_code_in_bwrap() -> None:
+    checked = probe()
+    assert checked == probe()  # probed once per process
+    if not checked.works:
+        pytest.skip(f"{UNAVAILABLE} ({checked.problem})")
+    assert checked.problem == ""
 
 
 async def test_node_output_is_mains_return_value(node: CodeNode) -> None:
@@ -178,7 +159,6 @@ async def test_node_output_is_mains_return_value(node: CodeNode) -> None:
     c = ctx()
     assert await node.execute(c, config, DATA) == {"sum": 5, "list": [1, "é", None, 2.5]}
     run = node.runs[c.idempotency_key]
-    assert run.isolation == isolation_level()
     assert run.duration > 0
     assert run.cpu_seconds is not None
     assert 0 < run.cpu_seconds < 5
@@ -245,13 +225,13 @@ async def test_an_exception_is_a_code_error_with_lines_of_the_users_source(node:
     ],
 )
 async def test_results_that_are_not_json_and_early_exits_are_code_errors(body: str, words: str) -> None:
-    failure = await default_setup().fail(f"def main(data):\n    {body}\n")
+    failure = await require_bwrap().fail(f"def main(data):\n    {body}\n")
     assert failure.error_type == "code_error"
     assert words in failure.message
 
 
 async def test_a_result_over_the_size_limit_is_a_resource_limit() -> None:
-    setup = default_setup()
+    setup = require_bwrap()
     failure = await setup.fail("def main(data):\n    return 'x' * 5000\n", result_bytes=1000)
     assert failure.error_type == "resource_limit"
     assert "1000 bytes" in failure.message
@@ -280,7 +260,7 @@ async def test_concurrent_runs_beyond_the_pool_start_their_own_sandboxes(node: C
 
 
 async def test_a_closed_pool_leaves_no_process() -> None:
-    default_setup()
+    require_bwrap()
     pool = SandboxPool(3)
     await pool.warm()
     await until(lambda: len(pool._idle) == 3)
@@ -294,8 +274,6 @@ async def test_a_closed_pool_leaves_no_process() -> None:
 
 
 async def test_network_is_unreachable_even_on_loopback(setup: Setup) -> None:
-    if setup.level == "rlimits":
-        pytest.skip("rlimits has no network isolation")
     with socket.socket() as listener:
         listener.bind(("0.0.0.0", 0))  # noqa: S104 - the test listens everywhere so nothing is missed
         listener.listen(8)
@@ -338,12 +316,31 @@ def _host_addresses() -> list[str]:
     return []
 
 
+async def test_abstract_unix_sockets_of_the_host_are_unreachable(setup: Setup) -> None:
+    # Abstract Unix sockets have no file: they belong to the network namespace, so a service of
+    # the host listening on one is only out of reach because the sandbox has a namespace of its own.
+    name = f"\0linkflow-escape-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(name)
+        listener.listen(8)
+        listener.setblocking(False)
+        source = (
+            "import socket\n"
+            "def main(data):\n"
+            "    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:\n"
+            "        s.connect(data['name'])\n"
+            "    return 'connected'\n"
+        )
+        failure = await setup.fail(source, {"name": name})
+        assert failure.error_type == "code_error"
+        assert "ConnectionRefusedError" in failure.message, failure.message
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    await assert_healthy(setup)
+
+
 @pytest.mark.parametrize("where", ["project", "root", "usr", "etc", "engine_home"])
 async def test_writing_outside_the_temp_dir_fails(setup: Setup, where: str) -> None:
-    if setup.level != "bwrap" and not IS_ROOT:
-        pytest.skip("below bwrap, code runs as the engine's user and can write what it can")
-    if setup.level != "bwrap" and where == "engine_home":
-        pytest.skip("below bwrap, the engine's home is only protected by its permissions")
     if where == "engine_home" and Path.home().is_relative_to(tempfile.gettempdir()):
         pytest.skip("the engine's home is under /tmp, which is private in the sandbox")
     name = f"escape-{uuid.uuid4().hex}"
@@ -368,9 +365,60 @@ async def test_writing_outside_the_temp_dir_fails(setup: Setup, where: str) -> N
     await assert_healthy(setup)
 
 
+READ_EACH = (
+    "def main(data):\n"
+    "    outcomes = {}\n"
+    "    for path in data['paths']:\n"
+    "        try:\n"
+    "            with open(path, 'rb') as f:\n"
+    "                outcomes[path] = f.read().decode(errors='replace')\n"
+    "        except OSError as exc:\n"
+    "            outcomes[path] = type(exc).__name__\n"
+    "    return outcomes\n"
+)
+"""Reads each of ``data['paths']``: its text, or the name of the error."""
+
+
+@pytest.mark.parametrize("where", ["cwd", "project", "data_dir", "tmp", "engine_home"])
+async def test_the_engines_files_are_not_there_to_read(setup: Setup, where: str) -> None:
+    # Not a question of permissions (the file is 0644, and the run may have the engine's uid):
+    # the sandbox's file system does not have it, neither directly nor through the engine's
+    # /proc/<pid>/root, cwd and fd links.
+    directory = {
+        "cwd": Path.cwd(),
+        "project": ROOT / "linkflow_stream",
+        "data_dir": Settings().data_dir.resolve(),
+        "tmp": Path(tempfile.gettempdir()),
+        "engine_home": Path.home(),
+    }[where]
+    made = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    target = directory / f"escape-{uuid.uuid4().hex}"
+    target.write_text(secret)
+    target.chmod(0o644)
+    engine = os.getpid()
+    with target.open() as held:  # an open fd of the engine's on the file, as in /proc/<pid>/fd
+        paths = [
+            str(target),
+            f"/proc/{engine}/root{target}",
+            f"/proc/{engine}/cwd/{target.name}",
+            f"/proc/{engine}/fd/{held.fileno()}",
+            f"/proc/1/root{target}",
+            f"/proc/self/root{target}",
+        ]
+        try:
+            run = await setup.run(READ_EACH, {"paths": paths})
+        finally:
+            target.unlink()
+            if made:
+                shutil.rmtree(directory, ignore_errors=True)
+    assert secret not in repr(run.result)
+    assert set(run.result.values()) <= {"FileNotFoundError", "PermissionError"}, run.result
+    await assert_healthy(setup)
+
+
 async def test_the_temp_dir_is_private_and_removed(setup: Setup) -> None:
-    if setup.level != "bwrap":
-        pytest.skip("only bwrap has a private /tmp; below it /tmp is the host's")
     name = f"/tmp/escape-{uuid.uuid4().hex}"  # noqa: S108 - the point is to try the host's /tmp
     source = (
         "import os, tempfile\n"
@@ -378,30 +426,17 @@ async def test_the_temp_dir_is_private_and_removed(setup: Setup) -> None:
         "    open(data['path'], 'w').write('escaped')\n"
         "    with open(os.path.join(tempfile.gettempdir(), 'scratch'), 'w') as f:\n"
         "        f.write('ok')\n"
-        "    return {'cwd': os.getcwd(), 'home': os.environ['HOME'], 'listing': sorted(os.listdir('/tmp'))}\n"
+        "    open('in-cwd', 'w').write('ok')\n"
+        "    return {'cwd': os.getcwd(), 'home': os.environ['HOME'], 'tmp': os.environ['TMPDIR'],\n"
+        "            'listing': sorted(os.listdir('/tmp'))}\n"
     )
     try:
         run = await setup.run(source, {"path": name})
-        listing = sorted([Path(name).name, "scratch"])
-        assert run.result == {"cwd": "/tmp", "home": "/tmp", "listing": listing}  # noqa: S108
+        listing = sorted([Path(name).name, "in-cwd", "scratch"])
+        assert run.result == {"cwd": "/tmp", "home": "/tmp", "tmp": "/tmp", "listing": listing}  # noqa: S108
         assert not on_host(name)  # it went to the sandbox's own /tmp, gone with it
     finally:
         remove(name)
-    await assert_healthy(setup)
-
-
-async def test_the_temp_dir_is_the_working_dir_and_is_removed_afterwards(setup: Setup) -> None:
-    source = (
-        "import os\n"
-        "def main(data):\n"
-        "    open('file', 'w').write('x')\n"
-        "    return {'cwd': os.getcwd(), 'home': os.environ['HOME'], 'tmp': os.environ['TMPDIR']}\n"
-    )
-    run = await setup.run(source)
-    assert run.result["cwd"] == run.result["home"] == run.result["tmp"]
-    if setup.level != "bwrap":
-        assert run.result["cwd"].startswith(os.path.join(tempfile.gettempdir(), "linkflow-code-"))
-        assert not on_host(run.result["cwd"])
     await assert_healthy(setup)
 
 
@@ -418,28 +453,57 @@ async def test_the_engines_environment_does_not_reach_the_code(
     await assert_healthy(setup)
 
 
-async def test_other_processes_environments_are_unreadable(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def secret_holder() -> Iterator[tuple[int, str]]:
+    """A process started with secrets in its environment, as the engine is: its pid and the secret.
+
+    /proc/<pid>/environ shows the environment a process was started with (what ``putenv``
+    adds later is not there), so the secret must be there from the start to be worth hiding.
+    """
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LINKFLOW_SECRETS": f'{{"api": "{secret}"}}',
+        "LINKFLOW_DATABASES": f'{{"main": "postgresql://app:{secret}@db/app"}}',
+    }
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+    try:
+        environ = Path(f"/proc/{proc.pid}/environ")
+        deadline = time.monotonic() + 10
+        while secret.encode() not in environ.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the exec: the host can read the secret there
+        assert secret.encode() in environ.read_bytes()
+        yield proc.pid, secret
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_no_process_environment_can_be_read_for_secrets(
+    setup: Setup, secret_holder: tuple[int, str]
 ) -> None:
-    if setup.level != "bwrap" and not IS_ROOT:
-        pytest.skip("below bwrap, code runs as the engine's user and can read /proc/<engine>/environ")
-    monkeypatch.setenv("LINKFLOW_SECRET_TEST", "s3cr3t")
+    holder, secret = secret_holder
+    engine = os.getpid()
     source = (
         "import os\n"
         "def main(data):\n"
-        "    found = []\n"
-        "    for pid in os.listdir('/proc'):\n"
+        "    pids = [*data['pids'], 1, 'self', *(p for p in os.listdir('/proc') if p.isdigit())]\n"
+        "    seen = {}\n"
+        "    for pid in pids:\n"
         "        try:\n"
-        "            if b's3cr3t' in open(f'/proc/{pid}/environ', 'rb').read():\n"
-        "                found.append(pid)\n"
-        "        except OSError:\n"
-        "            pass\n"
-        "    return {'found': found, 'engine': os.path.exists(f\"/proc/{data['engine']}\")}\n"
+        "            with open(f'/proc/{pid}/environ', 'rb') as f:\n"
+        "                seen[str(pid)] = f.read().decode(errors='replace')\n"
+        "        except OSError as exc:\n"
+        "            seen[str(pid)] = type(exc).__name__\n"
+        "    return {'seen': seen, 'visible': [os.path.exists(f'/proc/{p}') for p in data['pids']]}\n"
     )
-    run = await setup.run(source, {"engine": os.getpid()})
-    assert run.result["found"] == []
-    if setup.level == "bwrap" and os.getpid() > 100:
-        assert run.result["engine"] is False  # a PID namespace of its own: the engine is not there
+    run = await setup.run(source, {"pids": [engine, holder]})
+    assert secret not in repr(run.result)
+    assert "LINKFLOW_" not in repr(run.result), run.result["seen"]
+    if min(engine, holder) > 100:
+        # A PID namespace of its own: the engine and its neighbours are not even there.
+        assert run.result["visible"] == [False, False]
+        assert run.result["seen"][str(engine)] == run.result["seen"][str(holder)] == "FileNotFoundError"
     await assert_healthy(setup)
 
 
@@ -466,7 +530,7 @@ async def test_processes_that_leave_the_session_are_killed_too(setup: Setup) -> 
         "            os._exit(0)\n"
         "    return 'detached'\n"
     )
-    # Enough processes even when the count is the engine's user's (below bwrap, not root).
+    # Enough processes even when the count is the engine's user's (when the engine is not root).
     run = await setup.run(source, processes=100_000)
     assert run.result == "detached"
     wait_no_sandbox_processes()
@@ -552,7 +616,7 @@ async def test_cancelling_at_any_moment_of_start_up_leaves_no_process(setup: Set
 
 
 async def test_closing_a_pool_while_it_fills_leaves_no_process() -> None:
-    default_setup()
+    require_bwrap()
     for delay in (0, 0.005, 0.02):
         pool = SandboxPool(3)
         await pool.warm()
@@ -563,7 +627,7 @@ async def test_closing_a_pool_while_it_fills_leaves_no_process() -> None:
 
 
 async def test_cancelling_execute_like_the_executor_leaves_no_process() -> None:
-    default_setup()
+    require_bwrap()
     node = CodeNode(warm_sandboxes=0)
     source = "import time\ndef main(data):\n    time.sleep(60)\n"
     task = asyncio.create_task(node.execute(ctx(), {"source": source}, DATA))
@@ -595,18 +659,79 @@ async def test_a_node_timeout_is_the_wall_clock_and_keeps_the_output(node: CodeN
     assert time.monotonic() - started < 1.0
 
 
-async def test_min_isolation_refuses_to_run_below_it() -> None:
-    node = CodeNode(isolation="rlimits", min_isolation="bwrap", warm_sandboxes=0)
-    with pytest.raises(NodeFailure) as info:
-        await node.execute(ctx(), {"source": "def main(data):\n    return 1\n"}, DATA)
-    assert info.value.error_type == "internal"
-    assert "'bwrap' is required" in info.value.message
-    assert not sandbox_processes()
-    await node.close()
-
-
 def test_the_runner_stays_standard_library_only() -> None:
     # -I keeps the project off sys.path in the sandbox: the runner must not import it.
     text = (ROOT / "linkflow_stream" / "nodes" / "sandbox_runner.py").read_text()
     assert "linkflow_stream" not in text.split('"""', 2)[2]
     assert sys.version_info >= (3, 11)
+
+
+# --- where bubblewrap does not work ----------------------------------------------------------
+
+FIXES = (
+    "apt-get install bubblewrap",
+    "--security-opt seccomp=unconfined",
+    "--security-opt apparmor=unconfined",
+    "--security-opt systempaths=unconfined",
+    "sysctl kernel.apparmor_restrict_unprivileged_userns=0",
+)
+
+
+def assert_names_the_fix(failure: NodeFailure) -> None:
+    assert isinstance(failure, SandboxUnavailableError)
+    assert (failure.error_type, failure.retryable) == ("code_error", False)
+    assert failure.message == UNAVAILABLE
+    for fix in FIXES:
+        assert fix in failure.message
+
+
+async def warnings_of_a_node_without_a_sandbox(bwrap: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Run a code node whose bubblewrap is ``bwrap`` three times; the warnings it logged."""
+    node = CodeNode(bwrap=bwrap, warm_sandboxes=2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="linkflow_stream.nodes.code"):
+            checked = await node.self_check()  # what the engine does at start
+            assert not checked.works
+            for _ in range(2):
+                with pytest.raises(NodeFailure) as info:
+                    await node.execute(ctx(), {"source": "def main(data):\n    return 1\n"}, DATA)
+                assert_names_the_fix(info.value)
+        assert node.runs == {}
+        assert not sandbox_processes()
+    finally:
+        await node.close()
+    return [r.getMessage() for r in caplog.records if r.name == "linkflow_stream.nodes.code"]
+
+
+async def test_without_bwrap_code_fails_with_a_code_error_that_names_the_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = str(tmp_path / "no-such-bwrap")
+    warnings = await warnings_of_a_node_without_a_sandbox(missing, caplog)
+    assert len(warnings) == 1, warnings  # once a process, not once a run
+    assert warnings[0].startswith(UNAVAILABLE)
+    assert f"{missing!r} is not an executable file" in warnings[0]  # the probe's diagnostic
+    with pytest.raises(NodeFailure) as info:
+        await run_code("def main(data):\n    return 1\n", DATA, bwrap=missing)
+    assert_names_the_fix(info.value)
+    pool = SandboxPool(2, bwrap=missing)
+    await pool.warm()  # starts nothing
+    assert not pool._idle and not pool._starting
+    await pool.close()
+
+
+async def test_a_bwrap_that_may_not_create_namespaces_fails_the_same_way(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The real bwrap, refused namespaces: as root without capabilities, as in a container whose
+    # seccomp profile refuses them to bwrap.
+    bwrap, setpriv = shutil.which("bwrap"), shutil.which("setpriv")
+    if not IS_ROOT or bwrap is None or setpriv is None:
+        pytest.skip("needs root, bwrap and setpriv to take the capabilities away from bwrap")
+    wrapper = tmp_path / "bwrap-without-capabilities"
+    wrapper.write_text(f'#!/bin/sh\nexec {setpriv} --inh-caps=-all --bounding-set=-all -- {bwrap} "$@"\n')
+    wrapper.chmod(0o755)
+    warnings = await warnings_of_a_node_without_a_sandbox(str(wrapper), caplog)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(UNAVAILABLE)
+    assert "bwrap: " in warnings[0]  # bwrap's own words: what it could not do
