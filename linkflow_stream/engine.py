@@ -289,6 +289,20 @@ class Engine:
                 log.exception("worker heartbeat failed; the next one will tell")
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
+    async def self_checks(self) -> None:
+        """Let node types that need something of the machine check it once and log what is
+        missing and how to fix it (the code node: its bubblewrap sandbox), so that an operator
+        reads it at start rather than on a failed run. Runs in the background: readiness does
+        not wait for it, and a node that runs meanwhile waits for the same probe."""
+        for node in self.registry.values():
+            check = getattr(node, "self_check", None)
+            if check is None:
+                continue
+            try:
+                await check()
+            except Exception:
+                log.exception("start-up check of %s nodes failed", node.type_name)
+
     # -- lifecycle ------------------------------------------------------------------------------
     async def _serve(self, app: web.Application, port: int, name: str) -> None:
         runner = web.AppRunner(app, access_log=None)
@@ -300,6 +314,7 @@ class Engine:
     async def start(self) -> None:
         """Publisher and APIs first (so /healthz answers at once), then views, then the loops."""
         await self._check_auth()
+        self._background.append(asyncio.create_task(self.self_checks(), name="node-self-checks"))
         await self.publisher.start()
         await self._open_read_model()
         for reader in (*self.readers, self.control):
