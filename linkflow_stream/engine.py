@@ -15,7 +15,7 @@ from aiohttp import web
 from aiokafka import ConsumerRecord
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.auth import ApiKey, auth_required, is_loopback
+from linkflow_stream.core.auth import ApiKey, auth_required, open_beyond_loopback
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.messages import ControlMessage
@@ -149,14 +149,9 @@ class Engine:
         """Refuse to serve beyond this machine without keys; warn when told to anyway."""
         host = self.settings.api_host
         if not self.auth_required:
-            if not is_loopback(host):
-                log.warning(
-                    "LINKFLOW_AUTH=disabled while the API listens on %s: anyone who reaches ports "
-                    "%d and %d can run code, read every run and cancel it",
-                    host,
-                    self.settings.api_port,
-                    self.settings.registry_port,
-                )
+            warning = open_beyond_loopback(self.settings.auth, host)
+            if warning is not None:
+                log.warning("%s", warning)
             return
         await self.key_reader.start()
         await self.key_reader.caught_up.wait()

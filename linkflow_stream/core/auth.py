@@ -133,6 +133,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def open_beyond_loopback(setting: str | None, host: str) -> str | None:
+    """The warning every start logs when keys are off on purpose on a non-loopback address."""
+    if auth_required(setting, host) or is_loopback(host):
+        return None
+    return (
+        f"LINKFLOW_AUTH=disabled while the API listens on {host}: anyone who reaches its ports can "
+        "run code, read every run and cancel it"
+    )
+
+
 def auth_required(setting: str | None, host: str) -> bool:
     """``LINKFLOW_AUTH`` as set, or by default: required unless the API listens on loopback only."""
     if setting is not None:

@@ -14,6 +14,7 @@ from linkflow_stream.core.auth import (
     auth_required,
     is_loopback,
     new_key,
+    open_beyond_loopback,
     split_key,
 )
 from linkflow_stream.kafka.codec import default_codec
@@ -98,3 +99,12 @@ def test_auth_is_required_unless_on_loopback_or_disabled_on_purpose(
 ) -> None:
     assert auth_required(setting, host) is required
     assert is_loopback(host) is (host in ("127.0.0.1", "::1", "localhost"))
+    warned = open_beyond_loopback(setting, host)
+    assert (warned is not None) is (not required and not is_loopback(host))  # disabled on purpose
+    assert warned is None or host in warned
+
+
+def test_keys_off_on_purpose_beyond_loopback_is_warned_about() -> None:
+    assert "LINKFLOW_AUTH=disabled" in (open_beyond_loopback("disabled", "10.0.0.5") or "")
+    assert open_beyond_loopback("disabled", "127.0.0.1") is None
+    assert open_beyond_loopback(None, "10.0.0.5") is None  # keys are required there: nothing to warn
