@@ -119,6 +119,7 @@ def accepted_state(request: StartExecution) -> ExecutionState:
                 reason="accepted",
             ),
         ),
+        traceparent=request.traceparent,
     )
 
 

@@ -76,7 +76,13 @@ def decide(
     if isinstance(inp, StartExecution):
         if state is not None:
             return []
-        b.emit(EventType.EXECUTION_CREATED, workflow=inp.workflow, input=inp.input, priority=inp.priority)
+        b.emit(
+            EventType.EXECUTION_CREATED,
+            workflow=inp.workflow,
+            input=inp.input,
+            priority=inp.priority,
+            traceparent=inp.traceparent,
+        )
         timeout = inp.workflow.timeout_seconds
         b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)
         _advance(b, cfg)

@@ -56,3 +56,5 @@ class ExecutionEvent(BaseModel):
     dispatch: Dispatch | None = None
     usage: dict[str, int] | None = None
     logs: dict[str, str] | None = None
+    traceparent: str | None = None
+    """``execution_created`` only: the caller's W3C ``traceparent`` (see ``StartExecution``)."""

@@ -43,6 +43,9 @@ class StartExecution(BaseModel):
     input: Any
     priority: Priority = Priority.NORMAL
     requested_at: datetime
+    traceparent: str | None = None
+    """W3C ``traceparent`` of the caller whose trace the run continues: the API's send span, or
+    the ``traceparent`` header of a producer's record. Default ``None``: the run starts a trace."""
 
 
 class ExecutionCommand(BaseModel):

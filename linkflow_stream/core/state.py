@@ -57,9 +57,13 @@ class NodeState(BaseModel):
     output: Any = None
     error: NodeError | None = None
     started_at: datetime | None = None
+    """When the first attempt started."""
     finished_at: datetime | None = None
     usage: dict[str, int] | None = None
     logs: dict[str, str] | None = None
+    attempt_started_at: datetime | None = None
+    """When the current (latest) attempt started: where its span begins. ``None`` in states
+    written before it was kept."""
 
 
 class Timer(BaseModel):
@@ -102,6 +106,9 @@ class ExecutionState(BaseModel):
     nodes: dict[str, NodeState]
     timers: dict[str, Timer] = {}
     history: tuple[Transition, ...] = ()
+    traceparent: str | None = None
+    """The W3C ``traceparent`` of the caller whose trace this run continues; ``None``: the run
+    starts its own. The run's own span ids derive from its id (``core/trace_context.py``)."""
 
     def node_inputs(self) -> dict[str, Any]:
         """What expressions and executors see: the run's input and every finished node's output."""
@@ -152,6 +159,7 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             seq=event.seq,
             nodes={n.id: NodeState() for n in event.workflow.nodes},
             history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=event.at),),
+            traceparent=event.traceparent,
         )
     if state is None:
         raise EvolveError(f"{event.execution_id}: {event.type} before execution_created")
@@ -203,6 +211,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
                 "attempts": attempt,
                 "output": None,
                 "started_at": node.started_at or event.at,
+                "attempt_started_at": event.at,
                 "finished_at": None,
             }
         )
