@@ -40,6 +40,7 @@ from linkflow_stream.runtime.orchestrator import Orchestrator
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
 from linkflow_stream.settings import Settings
+from linkflow_stream.tracing import ExecutionSpans, TaskSpans, Tracing, TracingConfigError
 from projections.keys import KeyView
 from projections.logs import LogView
 from projections.read_model import ReadModel, Topics
@@ -74,15 +75,28 @@ class Engine:
             queue_depth=lambda: {p: c["queued"] for p, c in self.status.queue_counts().items()},
         )
         self.pools = TaskPools(settings)
+        self.tracing = Tracing.from_env()
+        """Traces, when the ``OTEL_*`` variables turn them on (``tracing/provider.py``); else ``None``."""
         stepper = Stepper(
             self.registry,
             decider_config(self.registry, settings),
             pool_exists=self.pools.exists,
             output_max_bytes=settings.node_output_max_bytes,
+            task_traceparent=self.tracing.task_traceparent if self.tracing else None,
         )
-        self.orchestrator = Orchestrator(settings, self.codec, stepper, self.metrics)
+        self.orchestrator = Orchestrator(
+            settings,
+            self.codec,
+            stepper,
+            self.metrics,
+            spans=ExecutionSpans(self.tracing) if self.tracing else None,
+        )
         self.executor = Executor(
-            self.registry, self.publisher, settings.executor_slots, settings.node_output_max_bytes
+            self.registry,
+            self.publisher,
+            settings.executor_slots,
+            settings.node_output_max_bytes,
+            spans=TaskSpans(self.tracing) if self.tracing else None,
         )
         self.tasks = TaskConsumer(
             settings,
@@ -328,6 +342,7 @@ class Engine:
             pools=self.pools.names,
             keys=self.keys,
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
+            tracing=self.tracing,
         )
         await self._serve(Api(deps).app(), self.settings.api_port, "execution API")
         registry_auth = authentication(keys, self.key_reader.sync, RegistryApi.ADMIN_ROUTES)
@@ -363,12 +378,20 @@ class Engine:
             if close is not None:
                 await close()
         await self.publisher.stop()
+        if self.tracing is not None:
+            # Exports what is buffered: blocking (the exporter's own timeout bounds it), and the
+            # last thing this process does.
+            self.tracing.shutdown()
         log.info("engine stopped")
 
 
 async def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM, then stop in order; the process's exit code (2: refused)."""
-    engine = Engine(settings)
+    try:
+        engine = Engine(settings)
+    except TracingConfigError as exc:
+        log.error("not starting: %s", exc.message)  # noqa: TRY400 - the message says it all
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,12 +8,13 @@ any instance answers any read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,12 +33,14 @@ from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priorit
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
+from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
 from linkflow_stream.http.auth import authentication, principal_of
 from linkflow_stream.http.errors import UnavailableError, errors_as_json
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
+from linkflow_stream.tracing import Tracing, sending, traceparent_of
 from projections.costs import GROUPS, PERIODS, cost_of
 from projections.keys import KeyView
 from projections.logs import LEVELS, FollowQueue, TooSlow
@@ -87,6 +90,8 @@ class ApiDeps:
     """Every API key (for ``/api/keys``); ``None`` where keys are not managed here."""
     auth: Middleware | None = None
     """The authentication middleware (``http.auth.authentication``); default: auth disabled."""
+    tracing: Tracing | None = None
+    """Makes the send span of each start request; ``None``: tracing is off."""
 
 
 def _iso(dt: datetime) -> str:
@@ -453,36 +458,53 @@ class Api:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
                 return await self._replayed(execution_id, first, wait)
-        request_record = StartExecution(
-            execution_id=execution_id,
-            workflow=wf,
-            input=body.get("input_data", {}),
-            priority=priority,
-            requested_at=requested_at,
-        )
-        self.d.views.status.accept(request_record)
-        try:
-            await self.d.publisher.send(
-                [
-                    Outgoing(
-                        topic_names.requests(priority),
-                        request_record.execution_id,
-                        request_record,
-                        "io.linkflow.execution.requested",
-                        time=request_record.requested_at,
-                    )
-                ]
+        topic = topic_names.requests(priority)
+        caller = TraceParent.parse(request.headers.get(TRACEPARENT))
+        with self._sending(topic, execution_id, caller) as parent:
+            request_record = StartExecution(
+                execution_id=execution_id,
+                workflow=wf,
+                input=body.get("input_data", {}),
+                priority=priority,
+                requested_at=requested_at,
+                traceparent=parent,
             )
-        except Exception as exc:
-            log.warning("start of %s not acknowledged by Kafka: %r", execution_id, exc)
-            raise UnavailableError(
-                f"the start of {execution_id} was not acknowledged by Kafka; it may or may not run. "
-                "Retry with the same Idempotency-Key to be sure it runs once",
-                retryable=True,
-            ) from exc
+            self.d.views.status.accept(request_record)
+            try:
+                await self.d.publisher.send(
+                    [
+                        Outgoing(
+                            topic,
+                            request_record.execution_id,
+                            request_record,
+                            "io.linkflow.execution.requested",
+                            time=request_record.requested_at,
+                            headers=((TRACEPARENT, parent.encode()),) if parent else (),
+                        )
+                    ]
+                )
+            except Exception as exc:
+                log.warning("start of %s not acknowledged by Kafka: %r", execution_id, exc)
+                raise UnavailableError(
+                    f"the start of {execution_id} was not acknowledged by Kafka; it may or may not run. "
+                    "Retry with the same Idempotency-Key to be sure it runs once",
+                    retryable=True,
+                ) from exc
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+
+    @contextlib.contextmanager
+    def _sending(self, topic: str, execution_id: str, caller: TraceParent | None) -> Iterator[str | None]:
+        """The ``traceparent`` a start request carries: its send span's when tracing is on (a child
+        of the caller's ``traceparent`` header, if valid), else the caller's header as it came (so
+        the run still joins the caller's trace), else none."""
+        tracing = self.d.tracing
+        if tracing is None:
+            yield caller.header if caller else None
+            return
+        with sending(tracing, self.d.publisher.settings.topic(topic), execution_id, caller) as span:
+            yield traceparent_of(span)
 
     async def _idempotent(self, team: str, key: str, at: datetime) -> tuple[str, dict[str, Any] | None]:
         """The id a start with this key gets, and the run it already named within 24 hours, if any

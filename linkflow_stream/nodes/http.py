@@ -17,10 +17,12 @@ import json
 from typing import Any, ClassVar
 
 import aiohttp
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.trace_context import TRACEPARENT
 from linkflow_stream.nodes.network_guard import (
     AddressRefused,
     GuardedResolver,
@@ -36,6 +38,7 @@ MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 """Dropped on a redirect to another origin, together with every header whose value is a secret."""
+_PROPAGATOR = TraceContextTextMapPropagator()
 TEXT_TYPES = ("text/", "application/xml", "application/javascript", "application/x-www-form-urlencoded")
 
 
@@ -136,6 +139,11 @@ class HttpNode:
             pair = f"{self.secrets.resolve(auth['username'])}:{self.secrets.resolve(auth['password'])}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         headers["Idempotency-Key"] = ctx.idempotency_key
+        if not any(name.lower() == TRACEPARENT for name in headers):
+            # The current span (the executor's process span of this attempt, when tracing is on)
+            # as W3C ``traceparent``: the called service joins the run's trace. Nothing is added
+            # when there is no current span. A traceparent the node's config sets is kept.
+            _PROPAGATOR.inject(headers)
         return headers
 
     @staticmethod

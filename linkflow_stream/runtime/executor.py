@@ -9,6 +9,7 @@ activities). Cancellation arrives on the broadcast control topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -20,10 +21,11 @@ from aiokafka.errors import MessageSizeTooLargeError
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
-from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
+from linkflow_stream.core.messages import ControlMessage, NodeError, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure, capped_output
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.tracing.messaging import Delivery, TaskSpans, record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +39,26 @@ class Executor:
         publisher: Publisher,
         slots: int,
         output_max_bytes: int = 1024 * 1024,
+        spans: TaskSpans | None = None,
     ) -> None:
         self.output_max_bytes = output_max_bytes
+        self.spans = spans
+        """Makes each attempt's process span; ``None``: tracing is off."""
         self.registry = registry
         self.publisher = publisher
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self._slots = asyncio.Semaphore(slots)
         self.running: dict[TaskKey, asyncio.Task[None]] = {}
 
-    async def submit(self, task: NodeTask) -> None:
-        """Start ``task`` once a slot is free; a duplicate of a running attempt is ignored."""
+    async def submit(self, task: NodeTask, delivery: Delivery | None = None) -> None:
+        """Start ``task`` once a slot is free; a duplicate of a running attempt is ignored.
+        ``delivery`` (where the task record came from) is there when tracing is on."""
         key = (task.execution_id, task.node_id, task.attempt)
         if key in self.running:
             return
         await self._slots.acquire()
         job = asyncio.create_task(
-            self._run(task), name=f"node:{task.execution_id}/{task.node_id}/{task.attempt}"
+            self._run(task, delivery), name=f"node:{task.execution_id}/{task.node_id}/{task.attempt}"
         )
         self.running[key] = job
         job.add_done_callback(lambda _: self._finished(key))
@@ -84,24 +90,27 @@ class Executor:
             raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
         return capped_output(output, self.output_max_bytes)
 
-    async def _run(self, task: NodeTask) -> None:
+    async def _run(self, task: NodeTask, delivery: Delivery | None = None) -> None:
         started = now()
         ok, output, error = True, None, None
         ctx = NodeContext(
             task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds
         )
         clock = time.perf_counter()
-        try:
-            output = await self._attempt(task, ctx)
-        except NodeFailure as exc:
-            ok, error = False, exc.to_error()
-        except asyncio.CancelledError:
-            log.info("cancelled %s/%s attempt %d", task.execution_id, task.node_id, task.attempt)
-            return  # the orchestrator already ended this node; there is no result to report
-        except Exception as exc:
-            log.exception("node %s/%s crashed", task.execution_id, task.node_id)
-            error = NodeFailure("internal", f"{type(exc).__name__}: {exc}", retryable=False).to_error()
-            ok = False
+        with self.spans.processing(task, delivery) if self.spans else contextlib.nullcontext() as span:
+            try:
+                output = await self._attempt(task, ctx)
+            except NodeFailure as exc:
+                ok, error = False, exc.to_error()
+            except asyncio.CancelledError:
+                log.info("cancelled %s/%s attempt %d", task.execution_id, task.node_id, task.attempt)
+                record_outcome(span, NodeError(error_class="cancelled", message="cancelled"))
+                return  # the orchestrator already ended this node; there is no result to report
+            except Exception as exc:
+                log.exception("node %s/%s crashed", task.execution_id, task.node_id)
+                error = NodeFailure("internal", f"{type(exc).__name__}: {exc}", retryable=False).to_error()
+                ok = False
+            record_outcome(span, error)
         ctx.usage["duration_us"] = round((time.perf_counter() - clock) * 1_000_000)
         result = NodeResult(
             execution_id=task.execution_id,

@@ -43,6 +43,7 @@ from linkflow_stream.runtime.partition import BatchReport, InputGap, Partition
 from linkflow_stream.runtime.restore import committed_positions, read_changelog
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
+from linkflow_stream.tracing.execution_spans import ExecutionSpans
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,11 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         *,
         producer_factory: Callable[[int], TransactionalProducer] | None = None,
         clock: Callable[[], float] = time.time,
+        spans: ExecutionSpans | None = None,
     ) -> None:
         self.settings = settings
+        self.spans = spans
+        """Makes the spans of committed steps; ``None``: tracing is off."""
         self.codec = codec
         self.stepper = stepper
         self.metrics = metrics
@@ -500,8 +504,14 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         if report.records:
             m.commit_seconds.observe(report.commit_seconds)
             m.batch_records.observe(report.records)
-        for state, events in report.observed:
-            m.observe(state, events)
+        for step in report.observed:
+            m.observe(step.after, step.events)
+        if self.spans is not None:
+            for step in report.observed:
+                try:
+                    self.spans.record(step.before, step.input, step.events)
+                except Exception:
+                    log.exception("spans of %s could not be made; the run goes on", step.after.id)
         for topic in report.dead_lettered:
             m.dlq.labels(topic).inc()
         for kind in report.orphans:

@@ -34,6 +34,7 @@ from linkflow_stream.core.messages import (
 )
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
@@ -59,12 +60,23 @@ GapProbe = Callable[[TopicPartition, int, int], Awaitable[bool]]
 (only control records or aborted ones), so the jump is no gap."""
 
 
+@dataclass(frozen=True)
+class DecidedStep:
+    """One input's step as committed: the state before it, the input, the state after it and the
+    events between, for metrics and traces."""
+
+    before: ExecutionState | None
+    input: Input
+    after: ExecutionState
+    events: list[ExecutionEvent]
+
+
 @dataclass
 class BatchReport:
     """What a committed batch did, for metrics and logs."""
 
     inputs: int = 0
-    observed: list[tuple[ExecutionState, list[ExecutionEvent]]] = field(default_factory=list)
+    observed: list[DecidedStep] = field(default_factory=list)
     dead_lettered: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     """Kinds of inputs for executions this partition does not hold (finished long ago, unknown)."""
@@ -250,7 +262,9 @@ class Partition:
         await self._decide(staged, inp, from_millis(record.timestamp), origin=record)
 
     def _decode(self, record: ConsumerRecord[bytes, bytes]) -> Input:
-        """The input in a record, which must be keyed by its execution id (its partition's owner)."""
+        """The input in a record, which must be keyed by its execution id (its partition's owner).
+        A start request without a ``traceparent`` of its own takes its record's header (a
+        producer writing to the request topic directly), so the run continues that trace."""
         logical = self._inputs.get(record.topic)
         model: type[Input]
         if logical in topic_names.REQUESTS:
@@ -262,6 +276,11 @@ class Partition:
         inp = self.codec.decode(record.value, model)
         if record.key != inp.execution_id.encode():
             raise DecodeError(f"record key {record.key!r} is not its execution id {inp.execution_id!r}")
+        if isinstance(inp, StartExecution) and inp.traceparent is None:
+            header = next((v for k, v in record.headers if k == TRACEPARENT), None)
+            parent = TraceParent.parse(header)
+            if parent is not None:
+                inp = inp.model_copy(update={"traceparent": parent.header})
         return inp
 
     async def _decide(
@@ -306,7 +325,7 @@ class Partition:
         staged.states[execution_id] = step.state
         staged.changelog[execution_id] = encoded.pop()
         staged.records.extend(encoded)
-        staged.report.observed.append((step.state, step.events))
+        staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
 
     def _encode_all(self, step: Step) -> list[ProducerRecord] | str:
         """The step's records with the new state's changelog record last, or why the broker

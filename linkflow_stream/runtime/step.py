@@ -27,6 +27,7 @@ from linkflow_stream.core.node_contract import (
 )
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.trace_context import TRACEPARENT
 from linkflow_stream.core.workflow import NodeDefinition
 
 MAX_INLINE_STEPS = 10_000
@@ -52,8 +53,13 @@ class Stepper:
         config: DeciderConfig,
         pool_exists: Callable[[str], Awaitable[bool]] | None = None,
         output_max_bytes: int = 1024 * 1024,
+        task_traceparent: Callable[[ExecutionState, str, int], str] | None = None,
     ) -> None:
         self.registry = registry
+        self.task_traceparent = task_traceparent
+        """The ``traceparent`` a task carries in its headers, from (state, node id, attempt): the
+        context of the attempt's span, derived, so deciding again writes the same header.
+        ``None``: tracing is off and tasks carry none."""
         self.config = config
         self.pool_exists = pool_exists
         """Whether a pool's task topic exists: a task for a pool without one fails its node."""
@@ -163,6 +169,9 @@ class Stepper:
             timeout_seconds=self._timeout(node),
             lease_until=event.due_at,
         )
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if self.task_traceparent is not None:
+            headers = ((TRACEPARENT, self.task_traceparent(state, node.id, event.attempt).encode()),)
         return Outgoing(
             topic_names.tasks(node.pool),
             state.id,
@@ -170,6 +179,7 @@ class Stepper:
             "io.linkflow.node.task",
             ce_id=f"{state.id}/{node.id}/{event.attempt}",
             time=event.at,
+            headers=headers,
         )
 
     async def _run_inline(self, state: ExecutionState, event: ExecutionEvent, now: datetime) -> NodeResult:

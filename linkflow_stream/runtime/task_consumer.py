@@ -13,16 +13,18 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import NodeTask
+from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.settings import Settings
+from linkflow_stream.tracing.messaging import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,22 @@ class TaskConsumer:
                 log.exception("task consumer failed; going on in 1 s")
                 await asyncio.sleep(1.0)
 
+    def _delivery(self, record: ConsumerRecord[bytes, bytes]) -> Delivery | None:
+        """Where the task came from and the trace context it carries, for its process span;
+        ``None`` (nothing read) while tracing is off."""
+        if self.executor.spans is None:
+            return None
+        headers = dict(record.headers)
+        message_id = headers.get("ce_id")
+        return Delivery(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self.settings.group("executor"),
+            traceparent=TraceParent.parse(headers.get(TRACEPARENT)),
+            message_id=message_id.decode(errors="replace") if message_id else None,
+        )
+
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
@@ -98,4 +116,4 @@ class TaskConsumer:
                         except Exception:
                             log.exception("could not dead-letter a task record; its lease will tell")
                         continue
-                    await self.executor.submit(task)
+                    await self.executor.submit(task, self._delivery(record))

@@ -11,12 +11,15 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.messages import ExecutionCommand, NodeResult, NodeTask, Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
+from linkflow_stream.core.trace_context import TRACEPARENT, RunTrace
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.records import ProducerRecord
@@ -34,6 +37,7 @@ from linkflow_stream.runtime.orchestrator import (
 from linkflow_stream.runtime.partition import InputGap, Partition
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
+from linkflow_stream.tracing import ExecutionSpans, Tracing
 
 T0 = 1_800_000_000_000
 CODEC = default_codec()
@@ -112,7 +116,14 @@ def partition(producer: FakeProducer, *, ttl: float = 300.0, probe: Any = None, 
     return p
 
 
-def record(tp: TopicPartition, offset: int, value: bytes | None, key: str = "e1", ms: int = T0) -> Any:
+def record(
+    tp: TopicPartition,
+    offset: int,
+    value: bytes | None,
+    key: str = "e1",
+    ms: int = T0,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> Any:
     return ConsumerRecord(
         topic=tp.topic,
         partition=tp.partition,
@@ -124,7 +135,7 @@ def record(tp: TopicPartition, offset: int, value: bytes | None, key: str = "e1"
         checksum=None,
         serialized_key_size=len(key),
         serialized_value_size=len(value or b""),
-        headers=(),
+        headers=headers,
     )
 
 
@@ -134,11 +145,22 @@ def workflow(nodes: list[dict[str, Any]]) -> Any:
     )
 
 
-def start_record(offset: int, nodes: list[dict[str, Any]], execution_id: str = "e1") -> Any:
+def start_record(
+    offset: int,
+    nodes: list[dict[str, Any]],
+    execution_id: str = "e1",
+    *,
+    traceparent: str | None = None,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> Any:
     request = StartExecution(
-        execution_id=execution_id, workflow=workflow(nodes), input={"x": 1}, requested_at=from_millis(T0)
+        execution_id=execution_id,
+        workflow=workflow(nodes),
+        input={"x": 1},
+        requested_at=from_millis(T0),
+        traceparent=traceparent,
     )
-    return record(REQUESTS, offset, CODEC.encode(request), key=execution_id)
+    return record(REQUESTS, offset, CODEC.encode(request), key=execution_id, headers=headers)
 
 
 TRANSFORM = [{"id": "a", "type": "transform", "config": {"expression": "input.x + 1"}}]
@@ -554,3 +576,71 @@ async def test_the_brokers_failures_never_dead_letter_an_input(monkeypatch: pyte
             await orch.run_partition(0, batch, T0)
     await orch.run_partition(0, batch, T0)
     assert producer.records(topic_names.DLQ) == [] and "e1" in orch.partitions[0].states
+
+
+# -------------------------------------------------------------------------------------- traces
+CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+OTHER = "00-11111111111111111111111111111111-2222222222222222-01"
+
+
+async def test_a_start_request_without_a_traceparent_of_its_own_takes_its_records_header() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    header = ((TRACEPARENT, CALLER.encode()),)
+    await p.run_batch(
+        [
+            start_record(0, HTTP, "from-header", headers=header),
+            start_record(1, HTTP, "own-field", traceparent=OTHER, headers=header),
+            start_record(2, HTTP, "bad-header", headers=((TRACEPARENT, b"00-nonsense"),)),
+        ],
+        T0,
+    )
+    assert producer.committed_state("from-header").traceparent == CALLER
+    assert producer.committed_state("own-field").traceparent == OTHER
+    assert producer.committed_state("bad-header").traceparent is None
+    created = [e for e in producer.events() if e.type is EventType.EXECUTION_CREATED]
+    assert {e.execution_id: e.traceparent for e in created} == {
+        "from-header": CALLER,
+        "own-field": OTHER,
+        "bad-header": None,
+    }
+
+
+async def test_tasks_carry_their_attempts_traceparent_only_while_tracing_is_on() -> None:
+    off = FakeProducer()
+    await partition(off).run_batch([start_record(0, HTTP, traceparent=CALLER)], T0)
+    (task,) = off.records(topic_names.tasks("default"))
+    assert TRACEPARENT not in dict(task.headers)
+
+    tracing = Tracing([SimpleSpanProcessor(InMemorySpanExporter())])
+    on = FakeProducer()
+    traced = stepper(task_traceparent=tracing.task_traceparent)
+    await partition(on, stepper=traced).run_batch([start_record(0, HTTP, traceparent=CALLER)], T0)
+    (task,) = on.records(topic_names.tasks("default"))
+    expected = RunTrace.of("e1", CALLER)
+    assert dict(task.headers)[TRACEPARENT].decode() == (
+        f"00-{expected.trace_id}-{expected.attempt_span_id('h', 1)}-01"
+    )
+
+
+async def test_spans_are_exported_once_after_the_commit_not_for_aborted_tries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    exporter = InMemorySpanExporter()
+    tracing = Tracing([SimpleSpanProcessor(exporter)])
+    producer = FakeProducer(fail=2)
+    orch = Orchestrator(
+        Settings(),
+        CODEC,
+        stepper(),
+        Metrics(active=lambda: 0),
+        producer_factory=lambda _n: producer,
+        spans=ExecutionSpans(tracing),
+    )
+    orch.partitions[0] = partition(producer)
+    await orch.run_partition(0, [start_record(0, TRANSFORM, traceparent=CALLER)], T0)
+    assert producer.attempts == 3
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == ["execution wf", "node a"]
+    assert {s.context.trace_id for s in spans if s.context} == {int(CALLER.split("-")[1], 16)}
