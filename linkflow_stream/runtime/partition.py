@@ -60,7 +60,7 @@ GapProbe = Callable[[TopicPartition, int, int], Awaitable[bool]]
 (only control records or aborted ones), so the jump is no gap."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecidedStep:
     """One input's step as committed: the state before it, the input, the state after it and the
     events between, for metrics and traces."""

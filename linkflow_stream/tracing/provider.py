@@ -133,6 +133,19 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     )
 
 
+def _resource() -> Resource:
+    """The resource the ``OTEL_*`` variables describe, with this engine's defaults for what they
+    leave out: ``service.name`` and ``service.instance.id`` (the executor's worker id, which names
+    this process in the worker registry too)."""
+    detected = Resource.create()
+    defaults: dict[str, str] = {}
+    if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
+        defaults["service.name"] = DEFAULT_SERVICE_NAME
+    if "service.instance.id" not in detected.attributes:
+        defaults["service.instance.id"] = f"{socket.gethostname()}-{os.getpid()}"
+    return detected.merge(Resource(defaults))
+
+
 class Tracing:
     """The tracer of one process, and the contexts of runs' spans as the sampler sees them."""
 
@@ -153,13 +166,7 @@ class Tracing:
         if not found:
             return None
         processors: list[SpanProcessor] = [BatchSpanProcessor(exporter) for exporter in found]
-        # The executor's worker id names the same process in the worker registry.
-        attributes = {
-            "service.name": DEFAULT_SERVICE_NAME,
-            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
-        }
-        # Resource.create lets OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME override these.
-        return cls(processors, Resource.create(attributes))
+        return cls(processors, _resource())
 
     def run_sampled(self, run: RunTrace) -> bool:
         """Whether the run's spans are recorded: the caller's decision when there is a caller,

@@ -13,9 +13,11 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp.resolver import DefaultResolver
+from opentelemetry.sdk.trace import TracerProvider
 from pydantic import SecretStr
 
 from linkflow_stream.core.node_contract import NodeContext, NodeFailure
+from linkflow_stream.core.trace_context import TraceParent
 from linkflow_stream.dev.testing import TargetServer, serve
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.nodes.network_guard import AddressRefused, GuardedSocketFactory
@@ -323,3 +325,26 @@ async def test_a_cookie_from_one_execution_is_not_sent_by_the_next(node: HttpNod
     finally:
         cookie_server.shutdown()
         cookie_server.server_close()
+
+
+async def test_the_current_span_goes_out_as_traceparent_and_a_configured_one_is_kept(
+    node: HttpNode, server: TargetServer
+) -> None:
+    await call(node, {"url": f"{server.url}/untraced"})
+    (untraced,) = server.hits("/untraced")
+    assert not any(k.lower() == "traceparent" for k in untraced["headers"]), "no span, no header"
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("process") as span:
+        await call(node, {"url": f"{server.url}/traced"})
+        await call(node, {"url": f"{server.url}/own", "headers": {"Traceparent": CONFIGURED}})
+    context = span.get_span_context()
+    (traced,) = server.hits("/traced")
+    sent_with = TraceParent.parse(traced["headers"]["traceparent"])
+    assert sent_with == TraceParent(f"{context.trace_id:032x}", f"{context.span_id:016x}", sampled=True)
+    (own,) = server.hits("/own")
+    sent = [v for k, v in own["headers"].items() if k.lower() == "traceparent"]
+    assert sent == [CONFIGURED]
+
+
+CONFIGURED = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
