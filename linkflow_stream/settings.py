@@ -10,7 +10,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Engine settings. Every field can be set as ``LINKFLOW_<FIELD>``."""
+    """Engine settings. Every field can be set as ``LINKFLOW_<FIELD>``.
+
+    Traces are configured by OpenTelemetry's own ``OTEL_*`` variables, not here (off unless they
+    name an exporter or an OTLP endpoint): see ``linkflow_stream/tracing/provider.py``."""
 
     model_config = SettingsConfigDict(env_prefix="LINKFLOW_", frozen=True, extra="ignore")
 
