@@ -1,9 +1,10 @@
-"""A minimal OTLP/HTTP trace receiver for tests: engines in other processes export to it with
-the official exporter (``OTEL_EXPORTER_OTLP_ENDPOINT=collector.url``), and it keeps every span it
-is sent, decoded from the protobuf, so a test checks what a real collector would get.
+"""A minimal OTLP trace receiver for tests: engines in other processes export to it with the
+official exporters (``OTEL_EXPORTER_OTLP_ENDPOINT=collector.url``, over HTTP; plus
+``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` and ``collector.grpc_url`` over gRPC), and it keeps every
+span it is sent, decoded from the protobuf, so a test checks what a real collector would get.
 
-Only ``POST /v1/traces`` with ``application/x-protobuf`` (optionally gzip) is served; anything
-else is answered 404 or 400 so a misconfigured exporter shows in the engine's log.
+Over HTTP only ``POST /v1/traces`` with ``application/x-protobuf`` (optionally gzip) is served;
+anything else is answered 404 or 400 so a misconfigured exporter shows in the engine's log.
 """
 
 from __future__ import annotations
@@ -12,13 +13,19 @@ import gzip
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import (
+    TraceServiceServicer,
+    add_TraceServiceServicer_to_server,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -59,6 +66,8 @@ class CollectedSpan:
     status: str
     status_message: str
     resource: dict[str, Any] = field(default_factory=dict)
+    transport: str = "http"
+    """How it came: ``http`` or ``grpc``."""
 
 
 class TraceCollector(ThreadingHTTPServer):
@@ -70,12 +79,21 @@ class TraceCollector(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.spans: list[CollectedSpan] = []
         self._lock = threading.Lock()
+        self.grpc = grpc.server(ThreadPoolExecutor(max_workers=4))
+        add_TraceServiceServicer_to_server(_GrpcService(self), self.grpc)  # type: ignore[no-untyped-call]
+        self.grpc_port = self.grpc.add_insecure_port("127.0.0.1:0")
 
     @property
     def url(self) -> str:
+        """Where OTLP over HTTP goes (the exporter adds ``/v1/traces``)."""
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def take(self, request: ExportTraceServiceRequest) -> None:
+    @property
+    def grpc_url(self) -> str:
+        """Where OTLP over gRPC goes (plain text: the ``http`` scheme)."""
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def take(self, request: ExportTraceServiceRequest, transport: str = "http") -> None:
         found = []
         for resource_spans in request.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
@@ -95,6 +113,7 @@ class TraceCollector(ThreadingHTTPServer):
                             status=STATUS_CODES.get(s.status.code, str(s.status.code)),
                             status_message=s.status.message,
                             resource=resource,
+                            transport=transport,
                         )
                     )
         with self._lock:
@@ -117,6 +136,17 @@ class TraceCollector(ThreadingHTTPServer):
                 names = sorted({(s.name, s.attributes.get("linkflow.execution.id")) for s in spans}, key=str)
                 raise AssertionError(f"spans not there after {timeout}s; got {len(spans)}: {names}")
             time.sleep(0.1)
+
+
+class _GrpcService(TraceServiceServicer):
+    """``TraceService/Export`` over gRPC, into the same collector."""
+
+    def __init__(self, collector: TraceCollector) -> None:
+        self.collector = collector
+
+    def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+        self.collector.take(request, "grpc")
+        return ExportTraceServiceResponse()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -155,8 +185,10 @@ def collect() -> Iterator[TraceCollector]:
     server = TraceCollector()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    server.grpc.start()
     try:
         yield server
     finally:
+        server.grpc.stop(grace=None)
         server.shutdown()
         server.server_close()

@@ -126,6 +126,7 @@ def test_a_run_is_one_trace_from_the_caller_through_kafka_to_the_service_a_node_
     assert run.attributes["linkflow.workflow.version"] == 1
     assert run.attributes["linkflow.execution.status"] == "success"
     assert run.resource["service.name"] == "linkflow-e2e"
+    assert {s.transport for s in mine} == {"http"}, "OTLP over HTTP, the default protocol"
 
     nodes = {
         (s.attributes["linkflow.node.id"], s.attributes["linkflow.node.attempt"]): s
@@ -208,6 +209,26 @@ def test_a_producers_record_header_starts_the_run_in_its_trace(
     assert run.trace_id == parent.trace_id and run.parent_span_id == parent.span_id
     (node,) = [s for s in of_run(spans, execution_id) if s.name == "node a"]
     assert node.trace_id == parent.trace_id and node.parent_span_id == run.span_id
+
+
+def test_spans_go_over_grpc_when_the_protocol_says_so(
+    engine_factory: Callable[..., EngineProcess], collector: TraceCollector
+) -> None:
+    engine = engine_factory(
+        OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_url,
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    wf_id = f"grpc-{uuid.uuid4().hex[:6]}"
+    engine.register({"id": wf_id, "nodes": [{"id": "a", "type": "transform", "config": {"expression": "3"}}]})
+    status, body = engine.start_execution(wf_id, wait=30)
+    assert status == 200 and body["status"] == "success", body
+    execution_id = body["id"]
+    spans = collector.wait_for(lambda found: run_span(found, execution_id) is not None)
+    run = run_span(spans, execution_id)
+    assert run is not None and run.transport == "grpc"
+    (node,) = [s for s in of_run(spans, execution_id) if s.name == "node a"]
+    assert node.transport == "grpc" and node.parent_span_id == run.span_id
 
 
 def test_parentage_holds_across_a_restart_of_the_engine(
