@@ -3,7 +3,7 @@ official exporter to a collector in this process (``linkflow_stream.dev.trace_co
 the checks are on what a real collector gets: one trace per execution, continued from the
 caller's ``traceparent``; the run span parent of every node attempt; the Kafka send and process
 spans; retry and timer span events; the ``traceparent`` an HTTP node sends; parentage intact
-across a restart of the engine; and nothing at all while tracing is off."""
+across a crash and restart of the engine; and nothing at all while tracing is off."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def test_spans_go_over_grpc_when_the_protocol_says_so(
     assert node.transport == "grpc" and node.parent_span_id == run.span_id
 
 
-def test_parentage_holds_across_a_restart_of_the_engine(
+def test_parentage_holds_across_a_crash_and_restart_of_the_engine(
     engine_factory: Callable[..., EngineProcess], collector: TraceCollector
 ) -> None:
     engine = engine_factory(**traced_env(collector))
@@ -253,7 +253,7 @@ def test_parentage_holds_across_a_restart_of_the_engine(
     (first,) = [s for s in of_run(before, execution_id) if s.name == "node a"]
     assert run_span(before, execution_id) is None, "the run is still waiting"
 
-    engine.stop()  # the wait node's timer is durable state; the next process fires it
+    engine.kill()  # no flush, no goodbye: the wait node's timer is durable state; the next process fires it
     engine.start()
     assert engine.wait_status(execution_id, timeout=90)["status"] == "success"
     spans = collector.wait_for(lambda found: run_span(found, execution_id) is not None)
