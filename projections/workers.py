@@ -9,17 +9,12 @@ registers itself and heartbeats; other workers register over HTTP. Records live 
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from linkflow_stream.core.errors import ValidationError
-
-WORKER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-TAG = re.compile(r"^[a-z0-9-]{1,32}$")
 HEARTBEAT_SECONDS = 5.0
 ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
 
@@ -40,25 +35,6 @@ class WorkerRecord(BaseModel):
     registered_at: datetime
     heartbeat_at: datetime
     engine: bool = False
-
-
-def parse_registration(body: Any, at: datetime) -> WorkerRecord:
-    """A registration request, or ``ValidationError`` saying what is wrong with it."""
-    if not isinstance(body, dict):
-        raise ValidationError('the body must be a JSON object: {"id", "capacity", "tags"}')
-    unknown = set(body) - {"id", "capacity", "tags"}
-    if unknown:
-        raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
-    worker_id, capacity, tags = body.get("id"), body.get("capacity"), body.get("tags", [])
-    if not isinstance(worker_id, str) or not WORKER_ID.match(worker_id):
-        raise ValidationError(f"id must match {WORKER_ID.pattern}")
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 100_000:
-        raise ValidationError("capacity must be an integer from 1 to 100000")
-    if not isinstance(tags, list) or not all(isinstance(t, str) and TAG.match(t) for t in tags):
-        raise ValidationError(f"tags must be a list of strings matching {TAG.pattern}")
-    return WorkerRecord(
-        id=worker_id, capacity=capacity, tags=tuple(dict.fromkeys(tags)), registered_at=at, heartbeat_at=at
-    )
 
 
 class WorkerView:

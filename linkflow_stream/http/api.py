@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pydantic
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.auth import TEAM, Principal, Role, new_key
+from linkflow_stream.core.auth import Principal, Role, new_key
 from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.idempotency import WINDOW as IDEMPOTENCY_WINDOW
@@ -35,9 +34,20 @@ from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
-from linkflow_stream.core.workflow import RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.auth import authentication, principal_of
+from linkflow_stream.http.bodies import (
+    LIST_LIMIT,
+    LOGS_LIMIT,
+    MAX_WAIT_SECONDS,
+    KeyCreateBody,
+    RetryPolicyBody,
+    StartExecutionBody,
+    TimeoutBody,
+    validated,
+)
 from linkflow_stream.http.errors import UnavailableError, errors_as_json
+from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.tracing import Tracing, sending, traceparent_of
@@ -51,8 +61,6 @@ from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_SECONDS = 300.0
-MAX_TIMEOUT = 30 * 86_400.0
 SYNC_SECONDS = 2.0
 START_WAIT_SECONDS = 10.0
 """Longest a command to a run accepted a moment ago waits for the run to start. A command is sent
@@ -163,26 +171,6 @@ def _owned_by(principal: Principal, body: Any) -> Any:
             f"team comes from your API key ({principal.team}); leave it out or give {principal.team!r}"
         )
     return {**body, "team": principal.team}
-
-
-def _retry_policy(body: Any) -> RetryPolicy:
-    if not isinstance(body, dict):
-        raise ValidationError(
-            'the body must be a JSON object like {"strategy": "exponential", "max_attempts": 3}'
-        )
-    strategy = body.get("strategy", "exponential")
-    if strategy not in ("exponential", "fixed", "none"):
-        raise ValidationError("strategy must be exponential, fixed or none")
-    fields = {k: v for k, v in body.items() if k != "strategy"}
-    if strategy == "fixed":
-        fields["multiplier"] = 1.0
-    if strategy == "none":
-        fields["max_attempts"] = 1
-    try:
-        return RetryPolicy.model_validate(fields)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValidationError(f"invalid retry policy: {problems}") from exc
 
 
 def _priority(request: web.Request) -> Priority:
@@ -297,6 +285,7 @@ class Api:
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
+                *document_routes(api_document(self.ADMIN_ROUTES)),
             ]
         )
         return app
@@ -388,7 +377,7 @@ class Api:
         nodes without their own policy retry retryable failures like this."""
         workflow_id = request.match_info["id"]
         current = await self._workflow(request, workflow_id)
-        policy = _retry_policy(await _json_body(request))
+        policy = validated(RetryPolicyBody, await _json_body(request)).policy()
         wf = current.model_copy(
             update={
                 "version": self.d.workflows.next_version(workflow_id),
@@ -441,16 +430,8 @@ class Api:
     async def start_execution(self, request: web.Request) -> web.Response:
         priority = _priority(request)
         wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
-        body = await _json_body(request)
-        if not isinstance(body, dict):
-            raise ValidationError("the body must be a JSON object with workflow_id and input_data")
-        workflow_id = body.get("workflow_id")
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise ValidationError("workflow_id (a string) is required")
-        unknown = set(body) - {"workflow_id", "input_data"}
-        if unknown:
-            raise ValidationError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        wf = await self._workflow(request, workflow_id)
+        body = validated(StartExecutionBody, await _json_body(request))
+        wf = await self._workflow(request, body.workflow_id)
         requested_at = now()
         execution_id = f"exec_{uuid.uuid4().hex}"
         key = request.headers.get("Idempotency-Key")
@@ -464,7 +445,7 @@ class Api:
             request_record = StartExecution(
                 execution_id=execution_id,
                 workflow=wf,
-                input=body.get("input_data", {}),
+                input=body.input_data,
                 priority=priority,
                 requested_at=requested_at,
                 traceparent=parent,
@@ -545,7 +526,7 @@ class Api:
             created_after_ms=_time_param(request, "created_after"),
             created_before_ms=_time_param(request, "created_before"),
             after=Cursor.decode(cursor) if cursor else None,
-            limit=_int_param(request, "limit", 50, low=1, high=1000),
+            limit=_int_param(request, "limit", 50, low=1, high=LIST_LIMIT),
         )
         bodies, next_cursor = await self.d.views.page(query)
         # the stored bodies are JSON already: joined, not decoded and encoded again
@@ -615,26 +596,20 @@ class Api:
     async def set_timeout(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
         body = await _json_body(request)
-        seconds = body.get("timeout_seconds") if isinstance(body, dict) else None
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not 0 < seconds <= MAX_TIMEOUT
-        ):
-            raise ValidationError(
-                f"timeout_seconds must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}"
-            )
-        if isinstance(body, dict) and set(body) - {"timeout_seconds"}:
-            raise ValidationError(f"unknown field(s): {', '.join(sorted(set(body) - {'timeout_seconds'}))}")
+        seconds = validated(TimeoutBody, body).timeout_seconds
         command = ExecutionCommand(
             execution_id=execution_id,
             kind=CommandKind.SET_TIMEOUT,
-            timeout_seconds=float(seconds),
+            timeout_seconds=seconds,
             reason="timeout set by request",
         )
         await self._command(request, execution_id, command, "io.linkflow.command.set_timeout")
         return web.json_response(
-            {"id": execution_id, "timeout_seconds": seconds, "counted_from": "the execution's start"},
+            {
+                "id": execution_id,
+                "timeout_seconds": body["timeout_seconds"],
+                "counted_from": "the execution's start",
+            },
             status=202,
         )
 
@@ -668,7 +643,7 @@ class Api:
         level = request.query.get("level", "debug")
         if level not in LEVELS:
             raise ValidationError(f"level must be one of {', '.join(LEVELS)}")
-        limit = _int_param(request, "limit", 1000, low=1, high=10_000)
+        limit = _int_param(request, "limit", 1000, low=1, high=LOGS_LIMIT)
         await self._visible(request, execution_id)
         found = await self.d.views.lines(
             execution_id,
@@ -719,17 +694,8 @@ class Api:
 
     async def create_key(self, request: web.Request) -> web.Response:
         """``{"team", "role", "name"?}``: a new key, shown in this answer only."""
-        body = await _json_body(request)
-        if not isinstance(body, dict) or set(body) - {"team", "role", "name"}:
-            raise ValidationError('the body must be {"team": ..., "role": "viewer|operator|admin", "name"?}')
-        team, role, name = body.get("team"), body.get("role"), body.get("name", "")
-        if not isinstance(team, str) or not re.match(TEAM, team):
-            raise ValidationError("team must be 1 to 64 letters, digits, '_', '.' or '-'")
-        if role not in tuple(Role):
-            raise ValidationError(f"role must be one of {', '.join(Role)}")
-        if not isinstance(name, str) or len(name) > 200:
-            raise ValidationError("name must be a string of at most 200 characters")
-        key, record = new_key(team, Role(role), name, now())
+        body = validated(KeyCreateBody, await _json_body(request))
+        key, record = new_key(body.team, Role(body.role), body.name, now())
         await self.d.publisher.send([key_record(record, KEY_CREATED)])
         self._keys().apply(record)
         return web.json_response({**record.public(), "key": key}, status=201)

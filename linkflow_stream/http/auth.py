@@ -1,6 +1,7 @@
 """Authentication and roles for both HTTP APIs: who a request acts as, and whether it may.
 
-With auth on, every route but the probes (``/healthz``, ``/readyz``, ``/metrics``) needs
+With auth on, every route but the probes (``/healthz``, ``/readyz``, ``/metrics``) and the API's
+description (``/openapi.json``, ``/docs``) needs
 ``Authorization: Bearer <key>``; the key gives the request its ``Principal`` (team and role).
 Reads need ``viewer``, writes ``operator``, and the routes an app marks ``admin`` (keys, workers,
 the cross-team queue status) need ``admin``. Team scoping (404 for another team's things) is the
@@ -18,7 +19,8 @@ from linkflow_stream.core.auth import ANONYMOUS, Principal, Role, split_key
 from linkflow_stream.http.errors import ForbiddenError, UnauthorizedError
 from projections.keys import KeyView
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+"""Served without a key: the probes, and the API's description (the same for every caller; ADR 0024)."""
 PRINCIPAL = "linkflow.principal"
 SYNC_SECONDS = 2.0
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -13,9 +13,11 @@ from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import NotFoundError, ValidationError
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.http.auth import authentication
+from linkflow_stream.http.bodies import WorkerRegistration, validated
 from linkflow_stream.http.errors import errors_as_json
+from linkflow_stream.http.openapi import document_routes, registry_document
 from linkflow_stream.kafka.publisher import Publisher
-from projections.workers import WorkerRecord, WorkerState, WorkerView, parse_registration
+from projections.workers import WorkerRecord, WorkerState, WorkerView
 
 
 class RegistryApi:
@@ -49,6 +51,7 @@ class RegistryApi:
                 web.post("/api/workers/{id}/deregister", self.deregister),
                 web.get("/api/workers/status", self.status),
                 web.get("/healthz", self.healthz),
+                *document_routes(registry_document(self.ADMIN_ROUTES)),
             ]
         )
         return app
@@ -73,7 +76,15 @@ class RegistryApi:
             body = json.loads(await request.read() or b"null")
         except ValueError as exc:
             raise ValidationError(f"malformed JSON: {exc}") from exc
-        record = parse_registration(body, now())
+        registration = validated(WorkerRegistration, body)
+        at = now()
+        record = WorkerRecord(
+            id=registration.id,
+            capacity=registration.capacity,
+            tags=tuple(dict.fromkeys(registration.tags)),
+            registered_at=at,
+            heartbeat_at=at,
+        )
         await self._publish(record, "io.linkflow.worker.registered")
         return web.json_response({"id": record.id, "status": "registered"}, status=201)
 

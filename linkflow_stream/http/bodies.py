@@ -1,0 +1,152 @@
+"""The request bodies both HTTP APIs accept, as pydantic models: one definition validates a request
+and describes it in ``GET /openapi.json`` (``http.openapi``), so the document cannot drift from
+what the handlers accept.
+
+Every model forbids unknown fields and is strict (``"10"`` is not a number, ``true`` is not 1), as
+the hand-written checks before them were. :func:`validated` turns pydantic's errors into one
+``ValidationError`` whose message names every field that is wrong, in the project's wording
+(``capacity must be greater than or equal to 1``, ``zone is an unknown field``).
+
+A workflow body is validated by ``core.validation.parse_workflow`` (the model is
+``WorkflowDefinition``, plus checks no schema can state: dependencies, cycles, per-type config).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from linkflow_stream.core.auth import TEAM
+from linkflow_stream.core.errors import ValidationError
+from linkflow_stream.core.workflow import RetryPolicy
+
+MAX_TIMEOUT_SECONDS = 30 * 86_400.0
+"""Longest deadline ``PUT /api/executions/{id}/timeout`` sets (30 days), as for a workflow."""
+MAX_WAIT_SECONDS = 300.0
+"""Longest ``?wait=`` of ``POST /api/executions``."""
+LIST_LIMIT = 1000
+"""Largest ``?limit=`` of ``GET /api/executions`` (default 50)."""
+LOGS_LIMIT = 10_000
+"""Largest ``?limit=`` of ``GET /api/executions/{id}/logs`` (default 1000)."""
+WORKER_ID = r"^[A-Za-z0-9_.-]{1,128}$"
+TAG = r"^[a-z0-9-]{1,32}$"
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class StartExecutionBody(BaseModel):
+    """``POST /api/executions``: which workflow to run, with what input. The priority travels in the
+    ``X-Priority`` header and the idempotency key in ``Idempotency-Key`` (the seed's contract)."""
+
+    model_config = _STRICT
+
+    workflow_id: str = Field(min_length=1, description="The workflow to run (its latest version).")
+    input_data: Any = Field(
+        default_factory=dict, description="Any JSON value; nodes read it as `input`. Default `{}`."
+    )
+
+
+class RetryPolicyBody(RetryPolicy):
+    """``PUT /api/workflows/{id}/retry``: the workflow's default retry policy. ``fixed`` waits
+    ``initial_delay_seconds`` between attempts (the multiplier is 1); ``none`` makes one attempt."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    strategy: Literal["exponential", "fixed", "none"] = Field(
+        default="exponential", description="How the delay grows between attempts. Default `exponential`."
+    )
+
+    def policy(self) -> RetryPolicy:
+        """The ``RetryPolicy`` this body asks for, with the strategy applied."""
+        fields = self.model_dump(exclude={"strategy"}, exclude_unset=True)
+        if self.strategy == "fixed":
+            fields["multiplier"] = 1.0
+        if self.strategy == "none":
+            fields["max_attempts"] = 1
+        return RetryPolicy.model_validate(fields)
+
+
+class TimeoutBody(BaseModel):
+    """``PUT /api/executions/{id}/timeout``: the run's deadline, counted from its start."""
+
+    model_config = _STRICT
+
+    timeout_seconds: float = Field(
+        gt=0, le=MAX_TIMEOUT_SECONDS, description="Seconds from the run's start; a past deadline ends it now."
+    )
+
+
+class KeyCreateBody(BaseModel):
+    """``POST /api/keys`` (admin): a new API key for a team."""
+
+    model_config = _STRICT
+
+    team: str = Field(pattern=TEAM, description="The team the key acts for.")
+    role: Literal["viewer", "operator", "admin"] = Field(
+        description="viewer reads; operator also writes; admin also manages keys and workers."
+    )
+    name: str = Field(default="", max_length=200, description="A label shown in key lists.")
+
+
+class WorkerRegistration(BaseModel):
+    """``POST /api/workers/register`` (port 8085): a worker and what it can take."""
+
+    model_config = _STRICT
+
+    id: str = Field(pattern=WORKER_ID, description="The worker's id.")
+    capacity: int = Field(ge=1, le=100_000, description="How many node tasks it runs at once.")
+    tags: list[Annotated[str, StringConstraints(pattern=TAG)]] = Field(
+        default_factory=list, description="Pools it serves, e.g. `gpu`."
+    )
+
+
+REQUEST_BODIES: tuple[type[BaseModel], ...] = (
+    StartExecutionBody,
+    RetryPolicyBody,
+    TimeoutBody,
+    KeyCreateBody,
+    WorkerRegistration,
+)
+"""Every request-body model (the workflow's is ``WorkflowDefinition``); ``http.openapi`` lists them."""
+
+Model = TypeVar("Model", bound=BaseModel)
+
+_PHRASES = (
+    (re.compile(r"^Field required$"), "is required"),
+    (re.compile(r"^Extra inputs are not permitted$"), "is an unknown field"),
+    (re.compile(r"^String should match pattern '(.*)'$"), r"must match \1"),
+    (re.compile(r"^(?:Input|String|Value|List|Dictionary|Decimal) should "), "must "),
+)
+
+
+def _phrase(message: str) -> str:
+    for pattern, replacement in _PHRASES:
+        if pattern.search(message):
+            return pattern.sub(replacement, message, count=1)
+    return message
+
+
+def problems(exc: pydantic.ValidationError) -> list[str]:
+    """Each error as ``<field> <what is wrong>``, the field a dotted path (``tags.0``)."""
+    found = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if not where:
+            found.append("the body must be a JSON object")
+        else:
+            found.append(f"{where} {_phrase(err['msg'])}")
+    return found
+
+
+def validated(model: type[Model], body: Any) -> Model:
+    """``body`` (decoded JSON) as ``model``, or ``ValidationError`` naming every wrong field."""
+    if not isinstance(body, dict):
+        fields = ", ".join(model.model_fields)
+        raise ValidationError(f"the body must be a JSON object with the fields {fields}")
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as exc:
+        raise ValidationError("invalid request body: " + "; ".join(problems(exc))) from exc

@@ -1,0 +1,127 @@
+"""The shapes of the JSON bodies the APIs answer with, as ``TypedDict`` s.
+
+They are types only (no validation runs on the way out): ``http.openapi`` turns them into the
+response schemas of ``GET /openapi.json``, and ``linkflow_stream.client`` returns them, so the
+document and the typed client say the same. The builders of these bodies (``projections.status``
+``render``, the handlers in ``http.api``) are what they describe; a test compares a real answer
+against the schema.
+
+``typing_extensions.TypedDict`` rather than ``typing``'s: pydantic needs it on Python 3.11 to read
+the fields' types for the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from typing_extensions import TypedDict
+
+ExecutionStatus = Literal["pending", "running", "success", "failed", "cancelled"]
+Priority = Literal["high", "normal", "low"]
+
+
+class ErrorDetail(TypedDict):
+    type: str
+    """``validation``, ``unauthorized``, ``forbidden``, ``not_found``, ``conflict``,
+    ``unavailable``, ``method_not_allowed``, ``too_large``."""
+    message: str
+
+
+class ErrorBody(TypedDict):
+    """Every 4xx (and the 503 of an unacknowledged start) carries this body."""
+
+    error: ErrorDetail
+
+
+class WorkflowRegistered(TypedDict):
+    id: str
+    version: int
+
+
+class WorkflowSummary(TypedDict):
+    id: str
+    version: int
+    name: str
+    team: str | None
+
+
+class WorkflowList(TypedDict):
+    workflows: list[WorkflowSummary]
+
+
+class Accepted(TypedDict):
+    """A start without ``wait`` (``pending``), a cancel (``cancelling``), a recover (``recovering``)."""
+
+    id: str
+    status: str
+
+
+class NodeError(TypedDict):
+    error_class: str
+    message: str
+    retryable: bool
+
+
+class NodeStatus(TypedDict):
+    status: str
+    output: Any
+    error: NodeError | None
+    attempts: int
+    started_at: str | None
+    finished_at: str | None
+    usage: dict[str, int] | None
+    logs: dict[str, str] | None
+    """What a code node printed: ``stdout`` and ``stderr``."""
+
+
+class Execution(TypedDict):
+    """``GET /api/executions/{id}``; also a finished start with ``wait``, and each list entry."""
+
+    id: str
+    workflow_id: str
+    workflow_version: int
+    team: str | None
+    status: ExecutionStatus
+    priority: Priority
+    input_data: Any
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    deadline_at: str | None
+    nodes: dict[str, NodeStatus]
+    history: list[dict[str, Any]]
+    """Transitions: ``{"from", "to", "at", "reason"}``."""
+
+
+class ExecutionPage(TypedDict):
+    executions: list[Execution]
+    count: int
+    next_cursor: str | None
+    """Pass it back as ``cursor`` for the next page; ``null`` on the last."""
+
+
+class LogLine(TypedDict):
+    at: str
+    level: Literal["debug", "info", "warning", "error"]
+    node_id: str | None
+    message: str
+    data: Any
+
+
+class LogPage(TypedDict):
+    id: str
+    logs: list[LogLine]
+    count: int
+
+
+class Health(TypedDict):
+    status: str
+
+
+class Readiness(TypedDict):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, bool]
+
+
+Document = dict[str, Any]
+"""A body this module does not spell out field by field (cost reports, metrics, queue status)."""
