@@ -1,0 +1,74 @@
+"""A typed Python client for LinkFlow Stream's execution API: ``Client`` (blocking, urllib) and
+``AsyncClient`` (asyncio, aiohttp), with the same methods.
+
+    from linkflow_stream.client import Client
+
+    with Client() as lf:  # LINKFLOW_URL, LINKFLOW_API_KEY; default http://127.0.0.1:8084
+        lf.register_workflow({"id": "wf_1", "nodes": [...]})
+        run = lf.start_execution("wf_1", {"n": 30}, wait=10, priority="high")
+        print(run.status, run.execution["nodes"] if run.execution else None)
+
+Answers are typed (``Execution``, ``ExecutionPage``, ``LogLine`` ...: the ``TypedDict`` s the
+engine's OpenAPI document is built from). Every error the engine answers becomes one class
+(``ValidationFailed`` 400, ``Unauthorized`` 401, ``Forbidden`` 403, ``NotFound`` 404,
+``Conflict`` 409, ``Unavailable`` 503), no answer at all ``ConnectionFailed``; all are
+``LinkflowError`` s with ``error_type`` and ``retryable``.
+
+Starting a run through Kafka (the ``io.linkflow.StartRequest`` contract on ``linkflow.start``)
+is not in this client yet: that contract is being defined beside it (ADR 0024).
+"""
+
+from linkflow_stream.client._async import AsyncClient
+from linkflow_stream.client._calls import TERMINAL, Started
+from linkflow_stream.client._config import DEFAULT_URL
+from linkflow_stream.client._errors import (
+    ApiError,
+    ClientError,
+    Conflict,
+    ConnectionFailed,
+    Forbidden,
+    NotFound,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+    WaitTimedOut,
+)
+from linkflow_stream.client._sync import Client
+from linkflow_stream.http.responses import (
+    Accepted,
+    ErrorBody,
+    Execution,
+    ExecutionPage,
+    LogLine,
+    NodeStatus,
+    WorkflowRegistered,
+    WorkflowSummary,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "TERMINAL",
+    "Accepted",
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "ConnectionFailed",
+    "ErrorBody",
+    "Execution",
+    "ExecutionPage",
+    "Forbidden",
+    "LogLine",
+    "NodeStatus",
+    "NotFound",
+    "ServerError",
+    "Started",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationFailed",
+    "WaitTimedOut",
+    "WorkflowRegistered",
+    "WorkflowSummary",
+]
