@@ -1,4 +1,5 @@
-"""The ``linkflow`` command: run the engine, manage the dev broker and the topics."""
+"""The ``linkflow`` command: run the engine, manage the dev broker and the topics, and drive a
+running engine through its API (``workflows``, ``executions``, over ``linkflow_stream.client``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import re
 import signal
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
@@ -20,6 +23,9 @@ from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
 from linkflow_stream.dev.cluster import Cluster
 from linkflow_stream.kafka.topics import TopicSpecError, apply_topics, load_specs, topic_environment
 from linkflow_stream.settings import Settings
+
+if TYPE_CHECKING:
+    from linkflow_stream.client import Client
 
 
 @click.group()
@@ -289,6 +295,275 @@ def keys_revoke(key_id: str) -> None:
     except LinkflowError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"revoked key {record.id} (team {record.team}, role {record.role.value})")
+
+
+EXIT_CODES = """\b
+Exit codes:
+  0  done (with --wait: the run succeeded)
+  1  with --wait: the run ended failed or cancelled
+  2  bad usage, or a request the engine refused (400, 401, 403, 409)
+  3  not found (404): no such workflow or execution (or another team's)
+  4  no answer from the engine, or it is unavailable (503, 5xx)
+  5  with --wait: the run had not ended when the wait was over"""
+EXIT_RUN_FAILED, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_STILL_RUNNING = 1, 2, 3, 4, 5
+
+
+def _engine_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--url and --key, on every command that calls the engine's API."""
+    command = click.option(
+        "--key",
+        envvar="LINKFLOW_API_KEY",
+        default=None,
+        help="API key, sent as `Authorization: Bearer` (env LINKFLOW_API_KEY); not needed on "
+        "loopback without keys",
+    )(command)
+    return click.option(
+        "--url",
+        envvar="LINKFLOW_URL",
+        default="http://127.0.0.1:8084",
+        show_default=True,
+        help="the execution API (env LINKFLOW_URL)",
+    )(command)
+
+
+@contextlib.contextmanager
+def _api_errors() -> Iterator[None]:
+    """Client errors as a line on stderr and the exit code scripts read (see EXIT_CODES)."""
+    from linkflow_stream.client import (
+        ClientError,
+        ConnectionFailed,
+        NotFound,
+        ServerError,
+        Unavailable,
+        WaitTimedOut,
+    )
+
+    try:
+        yield
+    except WaitTimedOut as exc:
+        _exit(EXIT_STILL_RUNNING, exc)
+    except NotFound as exc:
+        _exit(EXIT_NOT_FOUND, exc)
+    except (ConnectionFailed, Unavailable, ServerError) as exc:
+        _exit(EXIT_UNAVAILABLE, exc)
+    except ClientError as exc:
+        _exit(EXIT_REFUSED, exc)
+
+
+def _exit(code: int, exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(code)
+
+
+def _print(value: object) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def _client(url: str, key: str | None) -> Client:
+    from linkflow_stream.client import Client  # imported here: keeps --help fast
+
+    return Client(url, key or None)
+
+
+def _json_option(text: str, what: str) -> object:
+    """JSON given inline, or ``@path`` for a file's (``@-``: standard input)."""
+    if text.startswith("@"):
+        name = text[1:]
+        try:
+            text = click.get_text_stream("stdin").read() if name == "-" else Path(name).read_text()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {name}: {exc.strerror}", param_hint=what) from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=what) from exc
+
+
+def _ended(execution: Mapping[str, Any]) -> None:
+    """Exit as a waited-for run ended: 0 success, 1 failed or cancelled, 5 not ended yet."""
+    status = execution["status"]
+    if status in ("failed", "cancelled"):
+        raise SystemExit(EXIT_RUN_FAILED)
+    if status != "success":
+        raise SystemExit(EXIT_STILL_RUNNING)
+
+
+@main.group(epilog=EXIT_CODES)
+def workflows() -> None:
+    """Workflow definitions on a running engine (its API, --url)."""
+
+
+@workflows.command("apply", epilog=EXIT_CODES)
+@click.argument("file", type=click.File("r"))
+@_engine_options
+def workflows_apply(file: TextIO, url: str, key: str | None) -> None:
+    """Register the workflow in FILE (JSON; `-` reads standard input): a new version if its id
+    exists. Prints {"id", "version"}."""
+    try:
+        definition = json.load(file)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="FILE") from exc
+    if not isinstance(definition, dict):
+        raise click.BadParameter("the workflow must be a JSON object", param_hint="FILE")
+    with _api_errors():
+        _print(_client(url, key).register_workflow(definition))
+
+
+@workflows.command("get", epilog=EXIT_CODES)
+@click.argument("workflow_id")
+@_engine_options
+def workflows_get(workflow_id: str, url: str, key: str | None) -> None:
+    """Print the latest version of a workflow."""
+    with _api_errors():
+        _print(_client(url, key).get_workflow(workflow_id))
+
+
+@workflows.command("list", epilog=EXIT_CODES)
+@_engine_options
+def workflows_list(url: str, key: str | None) -> None:
+    """Print every workflow's latest version (id, version, name, team)."""
+    with _api_errors():
+        _print(_client(url, key).list_workflows())
+
+
+@main.group(epilog=EXIT_CODES)
+def executions() -> None:
+    """Runs on a running engine (its API, --url): start, get, list, cancel, logs."""
+
+
+@executions.command("start", epilog=EXIT_CODES)
+@click.argument("workflow_id")
+@click.option(
+    "--input", "input_text", default="{}", show_default=True, help="the run's input: JSON, or @FILE"
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 300),
+    default=None,
+    help="seconds to wait for the run to end; then prints the whole run and exits 0, 1 or 5",
+)
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None, help="default normal")
+@click.option(
+    "--idempotency-key", default=None, help="starts with the same key within 24 hours start one run"
+)
+@_engine_options
+def executions_start(
+    workflow_id: str,
+    input_text: str,
+    wait: float | None,
+    priority: str | None,
+    idempotency_key: str | None,
+    url: str,
+    key: str | None,
+) -> None:
+    """Start a run of WORKFLOW_ID. Prints {"id", "status"}, or with --wait the run once it ended."""
+    input_data = _json_option(input_text, "--input")
+    with _api_errors():
+        started = _client(url, key).start_execution(
+            workflow_id,
+            input_data,
+            wait=wait,
+            priority=cast(Any, priority),
+            idempotency_key=idempotency_key,
+        )
+    if started.execution is not None:
+        _print(started.execution)
+    else:
+        _print({"id": started.id, "status": started.status})
+    if wait is not None:
+        _ended({"status": started.status})
+
+
+@executions.command("get", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, None),
+    default=None,
+    help="seconds to wait for the run to end (polling); exits 0, 1 or 5 as it ended",
+)
+@_engine_options
+def executions_get(execution_id: str, wait: float | None, url: str, key: str | None) -> None:
+    """Print a run: status, nodes (output, error, attempts), history."""
+    with _api_errors():
+        client = _client(url, key)
+        if wait is None:
+            _print(client.get_execution(execution_id))
+            return
+        from linkflow_stream.client import WaitTimedOut
+
+        try:
+            execution = client.wait_for(execution_id, wait)
+        except WaitTimedOut:
+            execution = client.get_execution(execution_id)
+    _print(execution)
+    _ended(execution)
+
+
+@executions.command("list", epilog=EXIT_CODES)
+@click.option("--status", type=click.Choice(["pending", "running", "success", "failed", "cancelled"]))
+@click.option("--workflow-id", default=None)
+@click.option("--team", default=None)
+@click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None)
+@click.option("--created-after", default=None, help="ISO-8601, e.g. 2026-12-01T09:30:00Z")
+@click.option("--created-before", default=None, help="ISO-8601")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="runs per page")
+@click.option("--cursor", default=None, help="next_cursor of the page before")
+@click.option("--all", "every", is_flag=True, help="follow next_cursor to the last page")
+@_engine_options
+def executions_list(
+    status: str | None,
+    workflow_id: str | None,
+    team: str | None,
+    priority: str | None,
+    created_after: str | None,
+    created_before: str | None,
+    limit: int,
+    cursor: str | None,
+    every: bool,
+    url: str,
+    key: str | None,
+) -> None:
+    """Print runs, newest first, as {"executions", "count", "next_cursor"}."""
+    filters: dict[str, Any] = {
+        "status": status,
+        "workflow_id": workflow_id,
+        "team": team,
+        "priority": priority,
+        "created_after": created_after,
+        "created_before": created_before,
+    }
+    with _api_errors():
+        client = _client(url, key)
+        if every:
+            found = list(client.iter_executions(**filters, page_size=limit))
+            _print({"executions": found, "count": len(found), "next_cursor": None})
+        else:
+            _print(client.list_executions(**filters, limit=limit, cursor=cursor))
+
+
+@executions.command("cancel", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@_engine_options
+def executions_cancel(execution_id: str, url: str, key: str | None) -> None:
+    """Cancel a run (exit 2 with a conflict once it has ended)."""
+    with _api_errors():
+        _print(_client(url, key).cancel_execution(execution_id))
+
+
+@executions.command("logs", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@click.option("--level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option("--node-id", default=None)
+@_engine_options
+def executions_logs(
+    execution_id: str, level: str | None, node_id: str | None, url: str, key: str | None
+) -> None:
+    """Print a run's log lines, oldest first: time, level, node, message."""
+    with _api_errors():
+        lines = _client(url, key).logs(execution_id, level=cast(Any, level), node_id=node_id)
+    for line in lines:
+        click.echo(f"{line['at']}  {line['level']:<7} {line['node_id'] or '-':<12} {line['message']}")
 
 
 @main.group()

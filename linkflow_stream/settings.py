@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     requires API keys (see ``auth``)."""
 
     auth: Literal["required", "disabled"] | None = None
-    """``required``: every route but ``/healthz``, ``/readyz`` and ``/metrics`` needs
-    ``Authorization: Bearer <key>`` (``linkflow keys create``), and the engine refuses to start
+    """``required``: every route but ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and
+    ``/docs`` needs ``Authorization: Bearer <key>`` (``linkflow keys create``), and the engine refuses to start
     while no key exists. ``disabled``: no keys, every caller is an admin of every team; allowed on
     any interface, with a warning at every start when not on loopback. Default unset: disabled
     while ``api_host`` is a loopback address, required otherwise."""

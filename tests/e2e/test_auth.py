@@ -6,6 +6,10 @@ One engine with ``LINKFLOW_AUTH=required`` serves every test here; keys are made
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -14,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from linkflow_stream.dev.testing import EngineProcess, call
+from linkflow_stream.client import Client, Forbidden, NotFound, Unauthorized
+from linkflow_stream.dev.testing import ROOT, EngineProcess, call
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +84,12 @@ def test_without_a_valid_key_only_the_probes_answer(secured: tuple[EngineProcess
     with urllib.request.urlopen(f"{engine.url}/metrics", timeout=10) as resp:  # Prometheus text, no key
         assert resp.status == 200 and b"linkflow_executions_active" in resp.read()
     assert call("GET", f"{engine.registry_url}/healthz")[0] == 200
+    # the API's description is open too (ADR 0024): the same for everyone, no data in it
+    for base in (engine.url, engine.registry_url):
+        status, doc = call("GET", f"{base}/openapi.json")
+        assert status == 200 and doc["openapi"] == "3.1.0"
+        with urllib.request.urlopen(f"{base}/docs", timeout=10) as resp:
+            assert resp.status == 200
     status, body = call("GET", f"{engine.url}/api/executions", headers=as_key(keys["alpha_viewer"]))
     assert status == 200, body
 
@@ -250,3 +261,39 @@ def test_keys_made_and_revoked_by_cli_and_api_take_effect_at_once(
     assert done.returncode == 0, done.stderr
     assert _until(lambda: call("GET", f"{engine.url}/api/executions", headers=as_key(cli_key))[0] == 401)
     assert engine.keys_cli("revoke", "0123456789ab").returncode != 0  # unknown id: an error, not silence
+
+
+def test_the_client_and_the_cli_send_the_key_and_map_refusals(
+    secured: tuple[EngineProcess, dict[str, str]],
+) -> None:
+    engine, keys = secured
+    with pytest.raises(Unauthorized) as missing:
+        Client(engine.url, api_key="").list_executions()
+    assert missing.value.status == 401
+    wf = transform_workflow()
+    with pytest.raises(Forbidden):
+        Client(engine.url, api_key=keys["alpha_viewer"]).register_workflow(wf)
+    operator = Client(engine.url, api_key=keys["alpha_operator"])
+    assert operator.register_workflow(wf)["version"] == 1
+    run = operator.start_execution(wf["id"], {"n": 4}, wait=30)
+    assert run.execution is not None and run.execution["team"] == "alpha"
+    with pytest.raises(NotFound):  # another team's run is answered as missing
+        Client(engine.url, api_key=keys["beta_operator"]).get_execution(run.id)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKFLOW_")}
+    command = [sys.executable, "-m", "linkflow_stream.cli", "executions", "get", run.id, "--url", engine.url]
+    refused = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode == 2 and "401 unauthorized" in refused.stderr
+    shown = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**env, "LINKFLOW_API_KEY": keys["alpha_viewer"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == run.id
