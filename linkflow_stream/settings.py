@@ -41,10 +41,10 @@ class Settings(BaseSettings):
 
     auth: Literal["required", "disabled"] | None = None
     """``required``: every route but ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and
-    ``/docs`` needs ``Authorization: Bearer <key>`` (``linkflow keys create``), and the engine refuses to start
-    while no key exists. ``disabled``: no keys, every caller is an admin of every team; allowed on
-    any interface, with a warning at every start when not on loopback. Default unset: disabled
-    while ``api_host`` is a loopback address, required otherwise."""
+    ``/docs`` needs ``Authorization: Bearer <key>`` (``linkflow keys create``), and the engine
+    refuses to start while no key exists. ``disabled``: no keys, every caller is an admin of every
+    team; allowed on any interface, with a warning at every start when not on loopback. Default
+    unset: disabled while ``api_host`` is a loopback address, required otherwise."""
 
     api_port: int = 8084
     """Port of the execution API. Default ``8084``."""
