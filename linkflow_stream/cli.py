@@ -263,7 +263,7 @@ def keys_create(team: str, role: str, name: str) -> None:
     """Create a key and print it once: only its hash is stored."""
     from linkflow_stream.keys import create_key  # imported here: keeps --help fast
 
-    if not re.match(TEAM, team):
+    if not re.fullmatch(TEAM, team):
         raise click.BadParameter("1 to 64 letters, digits, '_', '.' or '-'", param_hint="--team")
     key, record = asyncio.run(create_key(Settings(), team, Role(role), name))
     click.echo(f"created key {record.id} (team {record.team}, role {record.role.value})")

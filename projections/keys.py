@@ -14,6 +14,11 @@ class KeyView:
         self.keys: dict[str, ApiKey] = {}
 
     def apply(self, record: ApiKey) -> None:
+        """Take a key's latest record; a revoked key stays revoked (the reader may replay its
+        creation after this instance applied the revocation itself)."""
+        known = self.keys.get(record.id)
+        if known is not None and known.revoked_at is not None and record.revoked_at is None:
+            return
         self.keys[record.id] = record
 
     def knows(self, key_id: str) -> bool:

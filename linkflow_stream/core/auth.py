@@ -26,7 +26,9 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 PREFIX = "lfk"
-KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+KEY_ID = re.compile(r"[0-9a-f]{12}")
+SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What ``token_urlsafe`` makes; anything else (a header's stray bytes) is no key, not an error."""
 TEAM = r"^[A-Za-z0-9_.-]{1,64}$"
 """The same pattern as ``WorkflowDefinition.team``."""
 
@@ -49,7 +51,7 @@ class ApiKey(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str = Field(pattern=KEY_ID.pattern)
+    id: str = Field(pattern=f"^{KEY_ID.pattern}$")
     team: str = Field(pattern=TEAM)
     role: Role
     name: str = ""
@@ -90,7 +92,7 @@ def split_key(text: str) -> tuple[str, str] | None:
     """(key id, secret) of a well-formed key, else ``None``."""
     prefix, _, rest = text.partition("_")
     key_id, _, secret = rest.partition("_")
-    if prefix != PREFIX or not KEY_ID.match(key_id) or not secret:
+    if prefix != PREFIX or not KEY_ID.fullmatch(key_id) or not SECRET.fullmatch(secret):
         return None
     return key_id, secret
 

@@ -304,14 +304,21 @@ class Api:
 
     async def _publish_workflow(self, wf: WorkflowDefinition) -> None:
         """Put a version on the log, then into this instance's view, so a read right after finds it."""
-        await self.d.publisher.send(
-            [
-                Outgoing(
-                    topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered", time=wf.created_at
-                )
-            ]
+        await self._acknowledged(
+            Outgoing(topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered", time=wf.created_at),
+            f"workflow {wf.id} version {wf.version}",
         )
         self.d.workflows.apply(wf)
+
+    async def _acknowledged(self, item: Outgoing, what: str) -> None:
+        """Send one record; a broker that does not acknowledge it is a 503 the client may retry."""
+        try:
+            await self.d.publisher.send([item])
+        except Exception as exc:
+            log.warning("%s not acknowledged by Kafka: %r", what, exc)
+            raise UnavailableError(
+                f"{what} was not acknowledged by Kafka; try again", retryable=True
+            ) from exc
 
     async def _claimable(self, principal: Principal, workflow_id: str) -> None:
         """A workflow id of another team is not the caller's to version (409, not 404: the id is
@@ -334,30 +341,49 @@ class Api:
 
     async def _workflow(self, request: web.Request, workflow_id: str) -> WorkflowDefinition:
         """The latest version of a workflow the caller's team owns (404 otherwise)."""
-        wf: WorkflowDefinition | None = await self._synced(lambda: self.d.workflows.get(workflow_id))
-        if wf is None or not principal_of(request).sees(wf.team):
+        principal = principal_of(request)
+
+        def owned() -> WorkflowDefinition | None:
+            wf = self.d.workflows.get(workflow_id)
+            return wf if wf is not None and principal.sees(wf.team) else None
+
+        # another team's workflow takes the same path as a missing one (a sync, then 404): no
+        # quicker answer tells that the id exists
+        found: WorkflowDefinition | None = await self._synced(owned)
+        if found is None:
             raise NotFoundError(f"workflow {workflow_id!r} does not exist")
-        return wf
+        return found
 
     async def _started(
         self, request: web.Request, execution_id: str, not_started: LinkflowError
     ) -> ExecutionState:
         """The state of a run of the caller's team that has started; 404 if it does not exist
         (or is another team's), ``not_started`` if it was accepted but has no events yet."""
-        state: ExecutionState | None = await self._synced(lambda: self.d.views.state(execution_id))
+        principal = principal_of(request)
+
+        async def owned() -> ExecutionState | None:
+            state = await self.d.views.state(execution_id)
+            return state if state is not None and principal.sees(state.workflow.team) else None
+
+        state: ExecutionState | None = await self._synced(owned)
         if state is None:
             await self._visible(request, execution_id)
             raise not_started
-        if not principal_of(request).sees(state.workflow.team):
-            raise NotFoundError(f"execution {execution_id!r} does not exist")
         return state
 
     async def _visible(self, request: web.Request, execution_id: str) -> dict[str, Any]:
         """The body of a run of the caller's team (404 if there is none)."""
-        body: dict[str, Any] | None = await self._synced(lambda: self.d.views.body(execution_id))
-        if body is None or not principal_of(request).sees(body.get("team")):
+        principal = principal_of(request)
+
+        async def owned() -> dict[str, Any] | None:
+            body = await self.d.views.body(execution_id)
+            return body if body is not None and principal.sees(body.get("team")) else None
+
+        # another team's run takes the same path as a missing one (a sync, then 404)
+        found: dict[str, Any] | None = await self._synced(owned)
+        if found is None:
             raise NotFoundError(f"execution {execution_id!r} does not exist")
-        return body
+        return found
 
     async def _synced(self, found: Callable[[], Any]) -> Any:
         """``found()`` (a value or an awaitable), and if it finds nothing, again once the views
@@ -696,7 +722,7 @@ class Api:
         """``{"team", "role", "name"?}``: a new key, shown in this answer only."""
         body = validated(KeyCreateBody, await _json_body(request))
         key, record = new_key(body.team, Role(body.role), body.name, now())
-        await self.d.publisher.send([key_record(record, KEY_CREATED)])
+        await self._acknowledged(key_record(record, KEY_CREATED), f"key {record.id}")
         self._keys().apply(record)
         return web.json_response({**record.public(), "key": key}, status=201)
 
@@ -711,7 +737,7 @@ class Api:
             raise NotFoundError(f"no key with id {key_id!r}")
         if record.revoked_at is None:
             record = record.model_copy(update={"revoked_at": now()})
-            await self.d.publisher.send([key_record(record, KEY_REVOKED)])
+            await self._acknowledged(key_record(record, KEY_REVOKED), f"revocation of key {record.id}")
             keys.apply(record)
         return web.json_response(record.public())
 

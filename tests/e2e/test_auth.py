@@ -107,6 +107,8 @@ def test_roles_decide_what_a_key_may_do(secured: tuple[EngineProcess, dict[str, 
     for path in ("/api/keys", "/api/admin/queue/status"):
         status, body = call("GET", f"{engine.url}{path}", headers=as_key(keys["alpha_operator"]))
         assert status == 403, (path, body)
+        status, _ = call("HEAD", f"{engine.url}{path}", headers=as_key(keys["alpha_viewer"]))
+        assert status == 403, path  # HEAD runs the GET handler: it needs what GET needs
         assert call("GET", f"{engine.url}{path}", headers=as_key(keys["alpha_admin"]))[0] == 200
     worker = {"id": f"w-{uuid.uuid4().hex[:6]}", "capacity": 2}
     status, body = call(

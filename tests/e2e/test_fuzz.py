@@ -32,7 +32,7 @@ def _routes(app: Any) -> list[tuple[str, str]]:
         {
             (route.method, route.resource.canonical)
             for route in app.router.routes()
-            if route.method not in ("HEAD", "*") and route.resource is not None
+            if route.method != "*" and route.resource is not None
         }
     )
 
@@ -153,7 +153,7 @@ def test_no_input_gives_a_server_error(engine: EngineProcess, known: dict[str, s
         status, raw = _send(method, url, req["body"], req["headers"])
         seen.add(status)
         assert status < 500, (method, url, req["headers"], req["body"], raw)
-        if status >= 400:
+        if status >= 400 and method != "HEAD":  # a HEAD answer has no body
             body = json.loads(raw)
             assert isinstance(body, dict) and body["error"]["type"] and body["error"]["message"], body
 

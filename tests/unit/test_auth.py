@@ -52,13 +52,34 @@ def test_a_revoked_key_is_refused_but_still_listed() -> None:
     assert [k.id for k in view.listed()] == [record.id]
 
 
+def test_a_replayed_creation_does_not_bring_a_revoked_key_back() -> None:
+    key, record = new_key("alpha", Role.VIEWER, "", T0)
+    view = KeyView()
+    view.apply(record.model_copy(update={"revoked_at": T0}))  # this instance revoked it
+    view.apply(record)  # then its reader reaches the creation record
+    assert view.check(key) is None
+
+
 def test_two_keys_never_share_an_id_or_secret() -> None:
     keys = {new_key("t", Role.VIEWER, "", T0)[0] for _ in range(200)}
     assert len(keys) == 200
     assert len({split_key(k)[0] for k in keys if split_key(k)}) == 200  # type: ignore[index]
 
 
-@pytest.mark.parametrize("text", ["", "lfk", "lfk_", "lfk_abc_x", "xyz_0123456789ab_s", "lfk_0123456789ab_"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "lfk",
+        "lfk_",
+        "lfk_abc_x",
+        "xyz_0123456789ab_s",
+        "lfk_0123456789ab_",
+        "lfk_0123456789ab_\udcff\udcfe",  # a header's stray bytes, as aiohttp hands them over
+        "lfk_0123456789ab_sécret",
+        "lfk_0123456789AB_s",
+    ],
+)
 def test_malformed_keys_do_not_split(text: str) -> None:
     assert split_key(text) is None
 
