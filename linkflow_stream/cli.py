@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import click
 
+from linkflow_stream.core import topic_names
 from linkflow_stream.core.auth import TEAM, Role
 from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.dev.broker import Broker, BrokerError, StartOutcome
 from linkflow_stream.dev.cluster import Cluster
 from linkflow_stream.kafka.topics import TopicSpecError, apply_topics, load_specs, topic_environment
@@ -242,6 +245,51 @@ def replay_execution(execution_id: str) -> None:
             if k not in ("execution_id", "seq", "type", "at", "workflow")
         }
         click.echo(f"{e.seq:>4}  {e.at.isoformat()}  {e.type.value:<22} {json.dumps(detail)}")
+
+
+@main.group()
+def events() -> None:
+    """Read the event log (linkflow.events), decoded."""
+
+
+@events.command("tail")
+@click.option("--execution", "execution_id", default=None, help="only this execution's events")
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    type=click.Choice([t.value for t in EventType]),
+    help="only events of this type (repeat for several)",
+)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events until interrupted")
+def events_tail(execution_id: str | None, types: tuple[str, ...], follow: bool) -> None:
+    """Print events as JSON lines, oldest first: every partition (or the one --execution lives
+    on) from its start to its end, and on with --follow. Records that do not decode are
+    reported on stderr and skipped."""
+    from linkflow_stream.kafka.codec import default_codec
+    from linkflow_stream.kafka.execution_log import tail  # imported here: keeps --help fast
+
+    settings = Settings()
+    codec = default_codec()
+
+    async def show() -> None:
+        topic = settings.topic(topic_names.EVENTS)
+        async for record in tail(settings.bootstrap_servers, topic, execution_id=execution_id, follow=follow):
+            try:
+                event = codec.decode(record.value, ExecutionEvent)
+            except LinkflowError as exc:
+                click.echo(f"{record.topic}[{record.partition}]@{record.offset}: {exc.message}", err=True)
+                continue
+            if not types or event.type.value in types:
+                click.echo(event.model_dump_json(exclude_none=True))
+                sys.stdout.flush()  # a pipe reader (another program, a test) sees each line at once
+
+    try:
+        asyncio.run(show())
+    except KeyboardInterrupt:
+        pass
+    except LinkflowError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 @main.group()

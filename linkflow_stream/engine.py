@@ -28,6 +28,7 @@ from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.consumers import log_ends
+from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.kafka.log_reader import Handler, LogReader
 from linkflow_stream.kafka.metadata import cluster_id
 from linkflow_stream.kafka.pools import TaskPools
@@ -37,6 +38,7 @@ from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
+from linkflow_stream.runtime.start_intake import StartIntake
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
 from linkflow_stream.settings import Settings
@@ -132,6 +134,9 @@ class Engine:
             )
 
         self._view = view
+        self.intake = StartIntake(
+            settings, self.codec, self.workflows, self.views.body, self.sync_views, self.metrics
+        )
         self.status_reader = self._status_reader({})
         self.key_reader = view([topic_names.KEYS], self._on_key)
         self.readers = [
@@ -343,6 +348,13 @@ class Engine:
             keys=self.keys,
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
             tracing=self.tracing,
+            events=lambda execution_id, created_at: execution_events(
+                self.settings.bootstrap_servers,
+                self.settings.topic(topic_names.EVENTS),
+                execution_id,
+                self.codec,
+                created_at=created_at,
+            ),
         )
         await self._serve(Api(deps).app(), self.settings.api_port, "execution API")
         registry_auth = authentication(keys, self.key_reader.sync, RegistryApi.ADMIN_ROUTES)
@@ -356,6 +368,7 @@ class Engine:
         watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         await self.orchestrator.start()
+        await self.intake.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
         gc_tuning.freeze_start_up()
@@ -368,6 +381,7 @@ class Engine:
         for runner in self._runners:
             await runner.cleanup()
         await self.tasks.stop()
+        await self.intake.stop()
         await self.orchestrator.stop()
         for reader in (*self.readers, self.control):
             await reader.stop()

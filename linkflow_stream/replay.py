@@ -22,7 +22,7 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.consumers import committed_reader, log_ends
-from linkflow_stream.kafka.log_reader import LogReader
+from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.settings import Settings
 from projections.read_model import ReadModel, Topics
 from projections.store import LineRow, Position, ReadStore, StoredState, open_store
@@ -164,18 +164,6 @@ async def replay_and_compare(
 
 async def history(settings: Settings, execution_id: str) -> list[ExecutionEvent]:
     """Every event of one execution in log order, duplicates included."""
-    events: list[ExecutionEvent] = []
-    codec = default_codec()
-    key = execution_id.encode()
-
-    def handle(record: ConsumerRecord[bytes, bytes]) -> None:
-        if record.key == key:
-            events.append(codec.decode(record.value, ExecutionEvent))
-
-    reader = LogReader(settings.bootstrap_servers, [settings.topic(topic_names.EVENTS)], handle)
-    await reader.start()
-    try:
-        await reader.caught_up.wait()
-    finally:
-        await reader.stop()
-    return events
+    return await execution_events(
+        settings.bootstrap_servers, settings.topic(topic_names.EVENTS), execution_id, default_codec()
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from linkflow_stream.core.messages import Priority
 
 WORKFLOWS = "linkflow.workflows"
+START = "linkflow.start"
+"""Start requests from any producer (``io.linkflow.StartRequest``), turned into ``requests(...)``."""
 COMMANDS = "linkflow.commands"
 RESULTS = "linkflow.results"
 EVENTS = "linkflow.events"

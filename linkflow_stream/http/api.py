@@ -26,12 +26,13 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.auth import Principal, Role, new_key
 from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
+from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import WINDOW as IDEMPOTENCY_WINDOW
 from linkflow_stream.core.idempotency import check_key, execution_ids
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus
+from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import WorkflowDefinition
@@ -55,7 +56,7 @@ from projections.costs import GROUPS, PERIODS, cost_of
 from projections.keys import KeyView
 from projections.logs import LEVELS, FollowQueue, TooSlow
 from projections.read_model import ReadModel
-from projections.status import render_metrics
+from projections.status import render, render_metrics
 from projections.store import Cursor, ExecutionQuery
 from projections.workflows import WorkflowView
 
@@ -100,6 +101,9 @@ class ApiDeps:
     """The authentication middleware (``http.auth.authentication``); default: auth disabled."""
     tracing: Tracing | None = None
     """Makes the send span of each start request; ``None``: tracing is off."""
+    events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
+    """One run's events from ``linkflow.events`` in log order, given its id and when it was
+    created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
 
 
 def _iso(dt: datetime) -> str:
@@ -205,6 +209,19 @@ def _int_param(request: web.Request, name: str, default: int, *, low: int, high:
     return int(raw)
 
 
+EVENT_TYPES = tuple(t.value for t in EventType)
+
+
+def _as_of_seq(request: web.Request) -> int | None:
+    """``?as_of_seq=N``: an event number, 1 or more (``None`` when not asked)."""
+    raw = request.query.get("as_of_seq")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
+        raise ValidationError(f"as_of_seq must be an event number (an integer, 1 or more), not {raw[:40]!r}")
+    return int(raw)
+
+
 def _time_param(request: web.Request, name: str) -> int | None:
     """An ISO-8601 time (``Z`` or an offset; a time without one is UTC) as epoch ms."""
     raw = request.query.get(name)
@@ -269,6 +286,7 @@ class Api:
                 web.post("/api/executions", self.start_execution),
                 web.get("/api/executions", self.list_executions),
                 web.get("/api/executions/{id}", self.get_execution),
+                web.get("/api/executions/{id}/events", self.execution_events),
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
@@ -563,7 +581,12 @@ class Api:
         return web.Response(text=text, content_type="application/json")
 
     async def get_execution(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._visible(request, request.match_info["id"]))
+        """The run's state now, or with ``?as_of_seq=N`` as it was after its event N."""
+        as_of = _as_of_seq(request)
+        body = await self._visible(request, request.match_info["id"])
+        if as_of is not None:
+            return await self._as_of(request.match_info["id"], body, as_of)
+        return web.json_response(body)
 
     async def execution_metrics(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
@@ -701,6 +724,51 @@ class Api:
             followers.unfollow(execution_id, queue)
             await ws.close()
         return ws
+
+    # -- the event log of a run (read from linkflow.events) --------------------------------------
+    async def _events(self, execution_id: str, body: dict[str, Any]) -> list[ExecutionEvent]:
+        """The run's events in log order, each seq once (a repeated seq is a duplicate)."""
+        if self.d.events is None:
+            raise NotFoundError("the event log is not readable on this instance")
+        created = body.get("created_at")
+        found = await self.d.events(execution_id, _parse_time(created) if isinstance(created, str) else None)
+        distinct: dict[int, ExecutionEvent] = {}
+        for event in found:
+            distinct.setdefault(event.seq, event)
+        return list(distinct.values())
+
+    async def execution_events(self, request: web.Request) -> web.Response:
+        """``?type=``: the events of a run of the caller's team, oldest first."""
+        execution_id = request.match_info["id"]
+        wanted = request.query.get("type") or None
+        if wanted is not None and wanted not in EVENT_TYPES:
+            raise ValidationError(f"type must be one of {', '.join(EVENT_TYPES)}")
+        body = await self._visible(request, execution_id)
+        rows = [
+            e.model_dump(mode="json", exclude_none=True)
+            for e in await self._events(execution_id, body)
+            if wanted is None or e.type.value == wanted
+        ]
+        return web.json_response({"id": execution_id, "events": rows, "count": len(rows)})
+
+    async def _as_of(self, execution_id: str, body: dict[str, Any], as_of: int) -> web.Response:
+        """The run's state folded from its events up to seq ``as_of`` (404 past its last event)."""
+        events = await self._events(execution_id, body)
+        last = max((e.seq for e in events), default=0)
+        if as_of > last:
+            raise NotFoundError(
+                f"execution {execution_id!r} has events up to seq {last}; there is no event {as_of}"
+            )
+        state: ExecutionState | None = None
+        try:
+            for event in events:
+                if event.seq <= as_of:
+                    state = apply(state, event)
+        except EvolveError as exc:
+            raise ConflictError(f"the event log of {execution_id} cannot be folded: {exc}") from exc
+        if state is None:
+            raise NotFoundError(f"the first events of {execution_id} are no longer in the log")
+        return web.json_response({**render(state), "as_of_seq": state.seq})
 
     async def get_queue_status(self, request: web.Request) -> web.Response:
         if self.d.queue_status is None:

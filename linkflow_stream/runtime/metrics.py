@@ -74,6 +74,13 @@ class Metrics:
         self.dlq = Counter(
             "linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"], registry=r
         )
+        self.start_requests = Counter(
+            "linkflow_start_requests_total",
+            "Records read from linkflow.start, by outcome: started, duplicate (the run exists), "
+            "dead_lettered",
+            ["outcome"],
+            registry=r,
+        )
         self.input_lag = Histogram(
             "linkflow_orchestrator_input_lag_seconds",
             "From an input record's timestamp to the orchestrator deciding on it",
