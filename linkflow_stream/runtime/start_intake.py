@@ -117,7 +117,7 @@ def decode_request(codec: Codec, value: bytes | None) -> StartRequest:
 
 
 @dataclass
-class _Batch:
+class Batch:
     """One partition's records being turned into one transaction."""
 
     synced: bool = False
@@ -315,10 +315,10 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("start intake: %s[%d] jumped from %d; reading again", tp.topic, number, expected)
             consumer.seek(tp, expected)
             return
-        batch = _Batch()
+        batch = Batch()
         try:
             for record in records:
-                await self._translate(record, batch)
+                await self.translate(record, batch)
         except ViewsBehind as exc:
             log.warning("start intake: %s; reading %s[%d] again", exc.message, tp.topic, number)
             consumer.seek(tp, expected)
@@ -350,7 +350,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.metrics.dlq.labels(topic_names.START).inc()
 
     # -- one record ---------------------------------------------------------------------------------
-    async def _translate(self, record: ConsumerRecord[bytes, bytes], batch: _Batch) -> None:
+    async def translate(self, record: ConsumerRecord[bytes, bytes], batch: Batch) -> None:
         """Add what ``record`` becomes to ``batch``. Raises ``ViewsBehind`` only: every other
         failure is the record's, and sends it to the DLQ with the reason."""
         try:
@@ -373,7 +373,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         batch.records.append(dead_letter_record(record, reason, self.settings.topic(topic_names.DLQ)))
         batch.outcomes.append(Outcome.DEAD_LETTERED)
 
-    async def _start_of(self, record: ConsumerRecord[bytes, bytes], batch: _Batch) -> ProducerRecord | None:
+    async def _start_of(self, record: ConsumerRecord[bytes, bytes], batch: Batch) -> ProducerRecord | None:
         """The ``StartExecution`` record a start request asks for, or ``None`` when its run exists."""
         request = decode_request(self.codec, record.value)
         workflow = await self._workflow(request, batch)
@@ -403,7 +403,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             )
         return encoded
 
-    async def _synced(self, batch: _Batch) -> None:
+    async def _synced(self, batch: Batch) -> None:
         """Once per batch: the views hold everything the log held when the batch began."""
         if batch.synced:
             return
@@ -415,7 +415,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             raise ViewsBehind(f"the views did not catch up with the log within {SYNC_SECONDS:g} s")
         batch.synced = True
 
-    async def _workflow(self, request: StartRequest, batch: _Batch) -> WorkflowDefinition:
+    async def _workflow(self, request: StartRequest, batch: Batch) -> WorkflowDefinition:
         def choose() -> WorkflowDefinition:
             return choose_workflow(
                 request,
@@ -431,7 +431,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._synced(batch)  # registered a moment ago, perhaps on another instance
         return choose()
 
-    async def _exists(self, ids: Sequence[str], at: datetime, batch: _Batch) -> bool:
+    async def _exists(self, ids: Sequence[str], at: datetime, batch: Batch) -> bool:
         """Whether the run these ids name was started already: in this batch, or in the log.
         With an idempotency key, the previous window's id counts only for a run that began less
         than 24 hours before ``at``."""
