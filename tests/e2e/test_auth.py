@@ -161,6 +161,8 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
         ("PUT", f"/api/workflows/{wf['id']}/retry"),
         ("GET", f"/api/executions/{run_id}"),
         ("GET", f"/api/executions/{run_id}/logs"),
+        ("GET", f"/api/executions/{run_id}/events"),
+        ("GET", f"/api/executions/{run_id}?as_of_seq=1"),
         ("GET", f"/api/executions/{run_id}/cost"),
         ("GET", f"/api/executions/{run_id}/metrics"),
         ("POST", f"/api/executions/{run_id}/cancel"),
@@ -194,6 +196,8 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
     )
     status, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf['id']}", headers=alpha)
     assert [e["id"] for e in page["executions"]] == [run_id]
+    status, events = call("GET", f"{engine.url}/api/executions/{run_id}/events", headers=alpha)
+    assert (status, events["events"][0]["type"]) == (200, "execution_created"), events
     status, report = call("GET", f"{engine.url}/api/costs/report?period=all", headers=alpha)
     assert wf["id"] in {w["workflow_id"] for w in report["workflows"]}
     status, page = call("GET", f"{engine.url}/api/executions?limit=1000", headers=admin)

@@ -1,0 +1,391 @@
+"""Kafka producers as clients, and events read back, on a real engine and broker.
+
+A plain aiokafka producer writes ``StartRequest`` records (Avro and JSON) to ``linkflow.start``
+and ``ExecutionCommand`` records to ``linkflow.commands``; each run starts once (a record sent
+twice, with an idempotency key or an explicit id, starts nothing more), bad records land in
+``linkflow.dlq`` with the reason in a header, and a cancel by producing cancels. A run's events
+come back over HTTP (``/events``, ``?as_of_seq=``) and from ``linkflow events tail``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
+
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import from_millis, now
+from linkflow_stream.core.events import EventType
+from linkflow_stream.core.idempotency import execution_ids
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand
+from linkflow_stream.core.start_request import Origin, StartRequest, position_id
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.dev.testing import ROOT, EngineProcess, call, read_events
+from linkflow_stream.kafka.codec import cloudevent_headers, default_codec
+from linkflow_stream.kafka.consumers import committed_reader
+
+pytestmark = pytest.mark.e2e
+
+CODEC = default_codec()
+
+
+def doubling(workflow_id: str, factor: int = 2) -> dict[str, Any]:
+    return {
+        "id": workflow_id,
+        "nodes": [
+            {"id": "double", "type": "transform", "config": {"expression": f"input.n * {factor}"}},
+            {
+                "id": "plus",
+                "type": "transform",
+                "depends_on": ["double"],
+                "config": {"expression": "nodes.double + 1"},
+            },
+        ],
+    }
+
+
+async def produce(
+    engine: EngineProcess, topic: str, records: list[tuple[bytes, bytes | None]]
+) -> list[RecordMetadata]:
+    """Send ``(key, value)`` records to the logical ``topic`` one by one, as any client would."""
+    producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        return [
+            await producer.send_and_wait(
+                engine.settings().topic(topic), value, key=key, timestamp_ms=int(time.time() * 1000)
+            )
+            for key, value in records
+        ]
+    finally:
+        await producer.stop()
+
+
+def json_request(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def metric(engine: EngineProcess, sample: str) -> float:
+    with urllib.request.urlopen(f"{engine.url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(f"{sample} "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def dead_letters(
+    engine: EngineProcess, keys: set[bytes], within: float = 60
+) -> dict[bytes, dict[str, str]]:
+    """The headers of the dead letters whose key is in ``keys``, once all are there."""
+    tp = TopicPartition(engine.settings().topic(topic_names.DLQ), 0)
+    consumer = committed_reader(engine.bootstrap)
+    await consumer.start()
+    found: dict[bytes, dict[str, str]] = {}
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + within
+        while set(found) != keys and time.monotonic() < deadline:
+            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                if record.key in keys:
+                    found[record.key] = {k: v.decode() for k, v in record.headers}
+    finally:
+        await consumer.stop()
+    assert set(found) == keys, f"dead letters missing for {keys - set(found)}"
+    return found
+
+
+async def test_start_requests_from_a_producer_run_once_each(engine: EngineProcess) -> None:
+    wf_id = f"kstart-{uuid.uuid4().hex[:6]}"
+    engine.register(doubling(wf_id))
+    key, given = f"order-{uuid.uuid4().hex[:6]}", f"run-{uuid.uuid4().hex[:8]}"
+    duplicates_before = metric(engine, 'linkflow_start_requests_total{outcome="duplicate"}')
+    avro = CODEC.encode(StartRequest(workflow_id=wf_id, input={"n": 1}))
+    keyed = json_request(workflow_id=wf_id, input={"n": 2}, idempotency_key=key)
+    explicit = json_request(workflow_id=wf_id, input={"n": 3}, execution_id=given, priority="high")
+    # one Kafka key for all: one partition, read in this order
+    sent = await produce(
+        engine,
+        topic_names.START,
+        [(b"k", avro), (b"k", keyed), (b"k", keyed), (b"k", explicit), (b"k", explicit)],
+    )
+    plain_id = position_id(Origin(sent[0].topic, sent[0].partition, sent[0].offset, sent[0].timestamp))
+    keyed_id = execution_ids("", key, from_millis(sent[1].timestamp))[0]  # the workflow has no team
+    for execution_id, n in ((plain_id, 1), (keyed_id, 2), (given, 3)):
+        done = engine.wait_status(execution_id)
+        assert done["status"] == "success", done
+        assert (done["nodes"]["double"]["output"], done["nodes"]["plus"]["output"]) == (2 * n, 2 * n + 1)
+        assert done["input_data"] == {"n": n} and done["workflow_id"] == wf_id
+    assert engine.get(given)["priority"] == "high"
+
+    # the same records once more, after their runs ended: still nothing new starts
+    await produce(engine, topic_names.START, [(b"k", keyed), (b"k", explicit)])
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    await produce(
+        engine,
+        topic_names.START,
+        [(b"k", json_request(workflow_id=wf_id, input={"n": 0}, execution_id=marker))],
+    )
+    engine.wait_status(marker)  # read after the repeats, from the same partition
+
+    status, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf_id}&limit=100")
+    assert status == 200
+    assert sorted(e["id"] for e in page["executions"]) == sorted([plain_id, keyed_id, given, marker])
+    events = await read_events(engine.bootstrap, engine.settings().topic(topic_names.EVENTS))
+    created = Counter(e.execution_id for e in events if e.type is EventType.EXECUTION_CREATED)
+    assert [created[i] for i in (plain_id, keyed_id, given, marker)] == [1, 1, 1, 1]
+    assert metric(engine, 'linkflow_start_requests_total{outcome="duplicate"}') - duplicates_before == 4
+
+
+async def test_the_same_idempotency_key_over_http_and_kafka_names_one_run(engine: EngineProcess) -> None:
+    wf_id = f"kstart-http-{uuid.uuid4().hex[:6]}"
+    engine.register(doubling(wf_id))
+    key = f"both-{uuid.uuid4().hex[:6]}"
+    status, first = call(
+        "POST",
+        f"{engine.url}/api/executions?wait=30",
+        {"workflow_id": wf_id, "input_data": {"n": 5}},
+        {"Idempotency-Key": key},
+    )
+    assert status == 200 and first["status"] == "success", first
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    await produce(
+        engine,
+        topic_names.START,
+        [
+            (b"h", json_request(workflow_id=wf_id, input={"n": 6}, idempotency_key=key)),
+            (b"h", json_request(workflow_id=wf_id, input={"n": 0}, execution_id=marker)),
+        ],
+    )
+    engine.wait_status(marker)
+    _, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf_id}&limit=100")
+    assert sorted(e["id"] for e in page["executions"]) == sorted([first["id"], marker])
+
+
+async def test_bad_start_requests_go_to_the_dlq_with_the_reason(engine: EngineProcess) -> None:
+    wf_id = f"kstart-bad-{uuid.uuid4().hex[:6]}"
+    engine.register(doubling(wf_id))
+    tag = uuid.uuid4().hex[:6]
+    bad = {
+        f"garbage-{tag}".encode(): (b"\x00\x01 not a start request", "decode: not an Avro single-object"),
+        f"unknown-{tag}".encode(): (
+            json_request(workflow_id=f"nope-{tag}", input={}),
+            f"unknown_workflow: workflow 'nope-{tag}' is not registered",
+        ),
+        f"version-{tag}".encode(): (
+            json_request(workflow_id=wf_id, workflow_version=9),
+            f"unknown_workflow: workflow '{wf_id}' has no version 9",
+        ),
+        f"badid-{tag}".encode(): (
+            json_request(workflow_id=wf_id, execution_id="no/slashes"),
+            "validation: execution_id 'no/slashes'",
+        ),
+        f"field-{tag}".encode(): (
+            json_request(workflow_id=wf_id, input_data={}),
+            "decode: not a start request: input_data: Extra inputs are not permitted",
+        ),
+    }
+    sent = await produce(engine, topic_names.START, [(k, v) for k, (v, _) in bad.items()])
+    letters = await dead_letters(engine, set(bad))
+    for (k, (_, reason)), meta in zip(bad.items(), sent, strict=True):
+        headers = letters[k]
+        assert headers["dlq_reason"].startswith(reason), headers
+        assert (headers["dlq_topic"], headers["dlq_partition"], headers["dlq_offset"]) == (
+            meta.topic,
+            str(meta.partition),
+            str(meta.offset),
+        )
+    _, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf_id}")
+    assert page["executions"] == []
+
+
+async def test_a_workflow_registered_a_moment_before_the_request_is_found(engine: EngineProcess) -> None:
+    """Written straight to linkflow.workflows (as another instance would), so this engine's view
+    has not read it when the request arrives: the intake syncs before it refuses."""
+    wf_id = f"kstart-race-{uuid.uuid4().hex[:6]}"
+    definitions = [
+        WorkflowDefinition(
+            id=wf_id,
+            version=version,
+            nodes=(
+                NodeDefinition(id="double", type="transform", config={"expression": f"input.n * {factor}"}),
+            ),
+            created_at=now(),
+        )
+        for version, factor in ((1, 2), (2, 10))
+    ]
+    execution_id = f"race-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for wf in definitions:
+            await producer.send_and_wait(
+                engine.settings().topic(topic_names.WORKFLOWS),
+                CODEC.encode(wf),
+                key=wf_id.encode(),
+                headers=cloudevent_headers("io.linkflow.workflow.registered", "/test", wf_id),
+            )
+        request = StartRequest(
+            workflow_id=wf_id, workflow_version=1, input={"n": 4}, execution_id=execution_id
+        )
+        await producer.send_and_wait(engine.settings().topic(topic_names.START), CODEC.encode(request))
+    finally:
+        await producer.stop()
+    done = engine.wait_status(execution_id)
+    assert (done["status"], done["workflow_version"], done["nodes"]["double"]["output"]) == ("success", 1, 8)
+
+
+async def test_a_cancel_produced_to_the_commands_topic_cancels_the_run(engine: EngineProcess) -> None:
+    wf_id = f"kstart-cancel-{uuid.uuid4().hex[:6]}"
+    engine.register(
+        {
+            "id": wf_id,
+            "nodes": [
+                {"id": "w", "type": "wait", "config": {"seconds": 120}},
+                {"id": "t", "type": "transform", "depends_on": ["w"], "config": {"expression": "1"}},
+            ],
+        }
+    )
+    execution_id = f"cancel-{uuid.uuid4().hex[:8]}"
+    await produce(
+        engine, topic_names.START, [(b"c", json_request(workflow_id=wf_id, execution_id=execution_id))]
+    )
+    running = engine.wait_status(execution_id, ("running",))
+    assert running["nodes"]["w"]["status"] == "running"
+    command = ExecutionCommand(
+        execution_id=execution_id, kind=CommandKind.CANCEL, reason="cancelled from Kafka"
+    )
+    await produce(engine, topic_names.COMMANDS, [(execution_id.encode(), CODEC.encode(command))])
+    done = engine.wait_status(execution_id, timeout=30)
+    assert done["status"] == "cancelled", done
+    assert done["history"][-1]["reason"] == "cancelled from Kafka"
+    assert done["nodes"]["w"]["status"] == "cancelled" and done["nodes"]["t"]["status"] != "success"
+
+
+def test_a_runs_events_and_its_state_as_of_any_event(engine: EngineProcess) -> None:
+    wf_id = f"events-{uuid.uuid4().hex[:6]}"
+    engine.register(doubling(wf_id))
+    status, done = engine.start_execution(wf_id, {"n": 4}, wait=30)
+    assert status == 200 and done["status"] == "success", done
+    url = f"{engine.url}/api/executions/{done['id']}"
+
+    status, body = call("GET", f"{url}/events")
+    assert status == 200, body
+    events = body["events"]
+    assert body["count"] == len(events) and [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["type"] == "execution_created" and events[0]["workflow"]["id"] == wf_id
+    assert events[0]["input"] == {"n": 4}
+    assert events[-1]["type"] == "execution_succeeded"
+    assert all(e["execution_id"] == done["id"] for e in events)
+    _, succeeded = call("GET", f"{url}/events?type=node_succeeded")
+    assert [(e["node_id"], e["output"]) for e in succeeded["events"]] == [("double", 8), ("plus", 9)]
+
+    _, first = call("GET", f"{url}?as_of_seq=1")
+    assert (first["status"], first["as_of_seq"], first["started_at"]) == ("pending", 1, None)
+    assert {n["status"] for n in first["nodes"].values()} == {"pending"}
+    after_double = next(e["seq"] for e in events if e["type"] == "node_succeeded")
+    _, middle = call("GET", f"{url}?as_of_seq={after_double}")
+    assert middle["status"] == "running"
+    assert (middle["nodes"]["double"]["output"], middle["nodes"]["plus"]["status"]) != (None, "success")
+    assert middle["nodes"]["double"]["status"] == "success"
+    _, last = call("GET", f"{url}?as_of_seq={len(events)}")
+    assert {k: v for k, v in last.items() if k != "as_of_seq"} == done
+
+    for bad in ("0", "-1", "1.5", "abc", "", "9" * 40):
+        status, body = call("GET", f"{url}?as_of_seq={bad}")
+        assert (status, body["error"]["type"]) == (400, "validation"), (bad, body)
+    status, body = call("GET", f"{url}?as_of_seq={len(events) + 1}")
+    assert (status, body["error"]["type"]) == (404, "not_found"), body
+    assert call("GET", f"{url}/events?type=nope")[0] == 400
+    assert call("GET", f"{engine.url}/api/executions/exec_nope/events")[0] == 404
+    assert call("GET", f"{engine.url}/api/executions/exec_nope?as_of_seq=1")[0] == 404
+
+
+def tail_cli(engine: EngineProcess, *args: str, timeout: float = 60) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "linkflow_stream.cli", "events", "tail", *args],
+        cwd=ROOT,
+        env=engine.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_events_tail_prints_decoded_events_as_json_lines(engine: EngineProcess) -> None:
+    wf_id = f"tail-{uuid.uuid4().hex[:6]}"
+    engine.register(doubling(wf_id))
+    _, done = engine.start_execution(wf_id, {"n": 1}, wait=30)
+    assert done["status"] == "success", done
+    run = tail_cli(engine, "--execution", done["id"])
+    assert run[0]["type"] == "execution_created" and run[-1]["type"] == "execution_succeeded"
+    assert [e["seq"] for e in run] == list(range(1, len(run) + 1))
+    assert {e["execution_id"] for e in run} == {done["id"]}
+    nodes = tail_cli(engine, "--execution", done["id"], "--type", "node_succeeded", "--type", "node_started")
+    assert Counter(e["type"] for e in nodes) == {"node_started": 2, "node_succeeded": 2}
+    everything = tail_cli(engine, "--type", "execution_succeeded")
+    assert done["id"] in {e["execution_id"] for e in everything}
+
+
+def test_events_tail_follow_prints_new_events_until_interrupted(engine: EngineProcess) -> None:
+    wf_id = f"follow-{uuid.uuid4().hex[:6]}"
+    engine.register(doubling(wf_id))
+    _, before = engine.start_execution(wf_id, {"n": 1}, wait=30)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "linkflow_stream.cli",
+            "events",
+            "tail",
+            "--follow",
+            "--type",
+            "execution_succeeded",
+        ],
+        cwd=ROOT,
+        env=engine.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+
+    def wait_for(execution_id: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(json.loads(line)["execution_id"] == execution_id for line in list(seen)):
+                return
+            time.sleep(0.1)
+        proc.kill()
+        raise AssertionError(f"{execution_id} not followed; got {seen}; stderr: {proc.communicate()[1]}")
+
+    try:
+        wait_for(before["id"])  # what was there already
+        _, after = engine.start_execution(wf_id, {"n": 2}, wait=30)
+        wait_for(after["id"])  # and what came after
+        assert proc.poll() is None, "--follow keeps reading"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert all(json.loads(line)["type"] == "execution_succeeded" for line in seen)
