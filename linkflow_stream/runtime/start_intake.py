@@ -34,7 +34,7 @@ import pydantic
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.clock import from_millis, now
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.idempotency import WINDOW
 from linkflow_stream.core.outgoing import Outgoing
@@ -140,8 +140,10 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         metrics: Metrics,
         *,
         producer_factory: Callable[[int], TransactionalProducer] | None = None,
+        clock: Callable[[], datetime] = now,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.codec = codec
         self.workflows = workflows
         self.find_run = find_run
@@ -384,14 +386,17 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         if fixed_by_producer and await self._exists(ids, at, batch):
             log.info("start request %s[%d]@%d: its run exists", record.topic, record.partition, record.offset)
             return None
-        start = start_execution(request, workflow, ids[0], at)
+        # Accepted now, as an HTTP start is accepted when the API answers: the run's timeout and
+        # queue time count from here, not from a record that may have waited out an outage.
+        # (An aborted batch's start is never seen, so this needs no determinism; the id does.)
+        start = start_execution(request, workflow, ids[0], self.clock())
         topic = topic_names.requests(start.priority)
         outgoing = Outgoing(
             topic,
             start.execution_id,
             start,
             "io.linkflow.execution.requested",
-            time=at,
+            time=start.requested_at,
             headers=((ORIGIN_HEADER, f"{record.topic}/{record.partition}/{record.offset}".encode()),),
         )
         encoded = encode(self.codec, outgoing, self.settings.topic(topic))

@@ -174,7 +174,9 @@ class FakeViews:
 def intake(views: FakeViews) -> StartIntake:
     settings = Settings(topic_prefix=PREFIX)
     metrics = Metrics(active=lambda: 0)
-    return StartIntake(settings, default_codec(), views.workflows, views.find_run, views.sync, metrics)
+    return StartIntake(
+        settings, default_codec(), views.workflows, views.find_run, views.sync, metrics, clock=lambda: at(30)
+    )
 
 
 def record(value: bytes | None, offset: int = 41, timestamp: int = T0_MILLIS) -> ConsumerRecord[bytes, bytes]:
@@ -211,7 +213,7 @@ async def test_a_request_becomes_a_start_execution_on_its_priority_topic() -> No
     start = default_codec().decode(out.value, StartExecution)
     assert out.key == start.execution_id.encode() == position_id(ORIGIN).encode()
     assert (start.input, start.priority, start.workflow.version) == ({"n": 3}, Priority.HIGH, 1)
-    assert start.requested_at == at(), "the record's timestamp, so a redelivery asks the same"
+    assert start.requested_at == at(30), "accepted when read (the id, not the time, comes from the record)"
     assert headers(out)[ORIGIN_HEADER] == f"{START_TOPIC}/2/41"
     assert views.syncs == 0, "a known workflow and a position id need no look-up"
 
