@@ -296,9 +296,9 @@ def test_a_runs_events_and_its_state_as_of_any_event(engine: EngineProcess) -> N
     assert {n["status"] for n in first["nodes"].values()} == {"pending"}
     after_double = next(e["seq"] for e in events if e["type"] == "node_succeeded")
     _, middle = call("GET", f"{url}?as_of_seq={after_double}")
-    assert middle["status"] == "running"
-    assert (middle["nodes"]["double"]["output"], middle["nodes"]["plus"]["status"]) != (None, "success")
-    assert middle["nodes"]["double"]["status"] == "success"
+    assert middle["status"] == "running" and middle["as_of_seq"] == after_double
+    assert (middle["nodes"]["double"]["status"], middle["nodes"]["double"]["output"]) == ("success", 8)
+    assert middle["nodes"]["plus"]["status"] == "pending"
     _, last = call("GET", f"{url}?as_of_seq={len(events)}")
     assert {k: v for k, v in last.items() if k != "as_of_seq"} == done
 
