@@ -31,6 +31,7 @@ from linkflow_stream.core.messages import (
     Priority,
     StartExecution,
 )
+from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import (
     ExecutionState,
     ExecutionStatus,
@@ -111,6 +112,15 @@ def records() -> list[BaseModel]:
         wf(),
         StartExecution(
             execution_id="e1", workflow=wf(), input={"x": 1}, priority=Priority.HIGH, requested_at=T
+        ),
+        StartRequest(workflow_id="wf", input={"x": 1}),
+        StartRequest(
+            workflow_id="wf",
+            workflow_version=3,
+            input=[None, "a"],
+            priority=Priority.LOW,
+            idempotency_key="order-7",
+            execution_id="run-7",
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL, reason="user"),
         ExecutionCommand(execution_id="e1", kind=CommandKind.TIMER_FIRED, timer_id="wait:w:1"),
@@ -279,6 +289,7 @@ def test_every_record_type_on_a_topic_is_covered() -> None:
     covered = {type(r).__name__ for r in records()}
     assert {
         "StartExecution",
+        "StartRequest",
         "ExecutionCommand",
         "NodeTask",
         "NodeResult",
