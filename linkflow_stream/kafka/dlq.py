@@ -23,7 +23,8 @@ MAX_REASON_BYTES = 4000
 
 def dlq_headers(topic: str, partition: int, offset: int, reason: str) -> list[tuple[str, bytes]]:
     return [
-        ("dlq_reason", reason.encode()[:MAX_REASON_BYTES]),
+        # backslashreplace: a reason quoting a lone surrogate from a JSON record still encodes
+        ("dlq_reason", reason.encode(errors="backslashreplace")[:MAX_REASON_BYTES]),
         ("dlq_topic", topic.encode()),
         ("dlq_partition", str(partition).encode()),
         ("dlq_offset", str(offset).encode()),

@@ -313,3 +313,11 @@ async def test_bad_records_are_dead_lettered_with_their_reason() -> None:
     assert reasons[1].startswith("validation: execution_id 'a/b'")
     assert reasons[2].startswith("unknown_workflow: workflow 'wf' has no version 7")
     assert [o.value for o in batch.outcomes] == ["dead_lettered"] * 3
+
+
+async def test_a_json_record_with_a_lone_surrogate_is_dead_lettered_not_looped_on() -> None:
+    views = FakeViews()
+    batch = Batch()
+    await intake(views).translate(record(b'{"workflow_id": "wf\\ud800"}'), batch)
+    (letter,) = batch.records
+    assert headers(letter)["dlq_reason"].startswith("unknown_workflow: workflow 'wf\\ud800'")
