@@ -315,9 +315,13 @@ async def test_bad_records_are_dead_lettered_with_their_reason() -> None:
     assert [o.value for o in batch.outcomes] == ["dead_lettered"] * 3
 
 
-async def test_a_json_record_with_a_lone_surrogate_is_dead_lettered_not_looped_on() -> None:
+async def test_json_records_with_a_lone_surrogate_neither_stall_nor_break_the_encoding() -> None:
     views = FakeViews()
+    views.workflows.apply(workflow())
     batch = Batch()
-    await intake(views).translate(record(b'{"workflow_id": "wf\\ud800"}'), batch)
-    (letter,) = batch.records
-    assert headers(letter)["dlq_reason"].startswith("unknown_workflow: workflow 'wf\\ud800'")
+    the_intake = intake(views)
+    await the_intake.translate(record(b'{"workflow_id": "wf\\ud800"}'), batch)
+    await the_intake.translate(record(b'{"workflow_id": "wf", "input": {"s": "\\ud800"}}', offset=42), batch)
+    letter, start = batch.records
+    assert headers(letter)["dlq_reason"].startswith("decode: not a start request: workflow_id:")
+    assert default_codec().decode(start.value, StartExecution).input == {"s": "\ud800"}
