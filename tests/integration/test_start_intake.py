@@ -18,6 +18,7 @@ from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.start_request import Origin, StartRequest, position_id
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.metadata import topic_partitions
 from linkflow_stream.kafka.records import ProducerRecord
 from linkflow_stream.kafka.topics import apply_topics, max_message_bytes
 from linkflow_stream.kafka.transactions import CommitFailed, KafkaTransactionalProducer
@@ -65,8 +66,11 @@ async def read(settings: Settings, logical: str, isolation_level: str) -> list[A
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        partitions = [
+            TopicPartition(topic, p)
+            for p in sorted(await topic_partitions(settings.bootstrap_servers, topic))
+        ]
+        assert partitions, f"{topic} has no partitions"
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
