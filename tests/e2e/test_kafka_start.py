@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -341,51 +342,58 @@ def test_events_tail_prints_decoded_events_as_json_lines(engine: EngineProcess) 
     assert done["id"] in {e["execution_id"] for e in everything}
 
 
-def test_events_tail_follow_prints_new_events_until_interrupted(engine: EngineProcess) -> None:
+def test_events_tail_follow_prints_new_events_until_interrupted(
+    engine: EngineProcess, tmp_path: Path
+) -> None:
     wf_id = f"follow-{uuid.uuid4().hex[:6]}"
     engine.register(doubling(wf_id))
     _, before = engine.start_execution(wf_id, {"n": 1}, wait=30)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "linkflow_stream.cli",
-            "events",
-            "tail",
-            "--follow",
-            "--type",
-            "execution_succeeded",
-        ],
-        cwd=ROOT,
-        env=engine.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = [
+        sys.executable,
+        "-m",
+        "linkflow_stream.cli",
+        "events",
+        "tail",
+        "--follow",
+        "--type",
+        "execution_succeeded",
+    ]
     seen: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    errors = tmp_path / "tail.stderr"
+    with (
+        errors.open("w") as stderr,
+        subprocess.Popen(
+            argv, cwd=ROOT, env=engine.env(), stdout=subprocess.PIPE, stderr=stderr, text=True
+        ) as proc,
+    ):
+        stdout = proc.stdout
+        assert stdout is not None
 
-    def wait_for(execution_id: str) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if any(json.loads(line)["execution_id"] == execution_id for line in list(seen)):
-                return
-            time.sleep(0.1)
-        proc.kill()
-        raise AssertionError(f"{execution_id} not followed; got {seen}; stderr: {proc.communicate()[1]}")
+        def read_lines() -> None:
+            for line in stdout:
+                seen.append(line)
 
-    try:
-        wait_for(before["id"])  # what was there already
-        _, after = engine.start_execution(wf_id, {"n": 2}, wait=30)
-        wait_for(after["id"])  # and what came after
-        assert proc.poll() is None, "--follow keeps reading"
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(5)
+        reader = threading.Thread(target=read_lines, daemon=True)
+        reader.start()
+
+        def wait_for(execution_id: str) -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if any(json.loads(line)["execution_id"] == execution_id for line in list(seen)):
+                    return
+                time.sleep(0.1)
+            raise AssertionError(f"{execution_id} not followed; got {seen}; stderr: {errors.read_text()}")
+
+        try:
+            wait_for(before["id"])  # what was there already
+            _, after = engine.start_execution(wf_id, {"n": 2}, wait=30)
+            wait_for(after["id"])  # and what came after
+            assert proc.poll() is None, "--follow keeps reading"
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(20) == 0, errors.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(5)
     assert all(json.loads(line)["type"] == "execution_succeeded" for line in seen)
