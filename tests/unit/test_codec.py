@@ -113,15 +113,6 @@ def records() -> list[BaseModel]:
         StartExecution(
             execution_id="e1", workflow=wf(), input={"x": 1}, priority=Priority.HIGH, requested_at=T
         ),
-        ApiKey(
-            id="0123456789ab",
-            team="ops",
-            role=Role.OPERATOR,
-            name="ci",
-            hash="sha256:" + "0" * 64,
-            created_at=T,
-            revoked_at=T,
-        ),
         StartRequest(workflow_id="wf", input={"x": 1}),
         StartRequest(
             workflow_id="wf",
