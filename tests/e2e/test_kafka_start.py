@@ -9,6 +9,7 @@ come back over HTTP (``/events``, ``?as_of_seq=``) and from ``linkflow events ta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ def doubling(workflow_id: str, factor: int = 2) -> dict[str, Any]:
 
 
 async def produce(
-    engine: EngineProcess, topic: str, records: list[tuple[bytes, bytes | None]]
+    engine: EngineProcess, topic: str, records: Sequence[tuple[bytes, bytes | None]]
 ) -> list[RecordMetadata]:
     """Send ``(key, value)`` records to the logical ``topic`` one by one, as any client would."""
     producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap, acks="all", enable_idempotence=True)
@@ -397,3 +399,31 @@ def test_events_tail_follow_prints_new_events_until_interrupted(
                 proc.wait()
             reader.join(5)
     assert all(json.loads(line)["type"] == "execution_succeeded" for line in seen)
+
+
+def test_an_intake_killed_mid_stream_loses_and_repeats_no_start(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """Two engines share linkflow.start; one is killed (-9) while records keep coming. The other
+    takes its partitions over from their committed positions: every record becomes one run."""
+    a = engine_factory()
+    b = a.sibling()
+    b.start()
+    try:
+        wf_id = f"kstart-kill-{uuid.uuid4().hex[:6]}"
+        a.register(doubling(wf_id))
+        records = [(f"k{i}".encode(), json_request(workflow_id=wf_id, input={"n": i})) for i in range(80)]
+        sent = asyncio.run(produce(a, topic_names.START, records[:40]))
+        b.kill()
+        sent += asyncio.run(produce(a, topic_names.START, records[40:]))
+        ids = [position_id(Origin(m.topic, m.partition, m.offset, m.timestamp)) for m in sent]
+        for n, execution_id in enumerate(ids):
+            done = a.wait_status(execution_id, timeout=90)
+            assert (done["status"], done["nodes"]["double"]["output"]) == ("success", 2 * n), done
+        events = asyncio.run(read_events(a.bootstrap, a.settings().topic(topic_names.EVENTS)))
+        created = Counter(e.execution_id for e in events if e.type is EventType.EXECUTION_CREATED)
+        assert {created[i] for i in ids} == {1}
+        _, page = call("GET", f"{a.url}/api/executions?workflow_id={wf_id}&limit=1000")
+        assert page["count"] == len(ids) == 80
+    finally:
+        a.stop()
