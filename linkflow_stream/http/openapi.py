@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from linkflow_stream.core.events import EventType
 from linkflow_stream.core.idempotency import MAX_KEY_LENGTH
 from linkflow_stream.core.messages import Priority
 from linkflow_stream.core.state import ExecutionStatus
@@ -210,10 +211,33 @@ API_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
         "/api/executions/{id}",
-        "A run: status, nodes, history",
+        "A run: status, nodes, history (with as_of_seq, as it was after that event)",
         "executions",
         ok_body=responses.Execution,
-        params=(ID,),
+        params=(
+            ID,
+            Param(
+                "as_of_seq",
+                "query",
+                {"type": "integer", "minimum": 1},
+                "Fold the run's events only up to this one (404 past its last event).",
+            ),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/api/executions/{id}/events",
+        "A run's events from linkflow.events, oldest first",
+        "executions",
+        params=(
+            ID,
+            Param(
+                "type",
+                "query",
+                {"type": "string", "enum": [t.value for t in EventType]},
+                "Only events of this type.",
+            ),
+        ),
     ),
     Operation(
         "POST",
