@@ -494,6 +494,15 @@ def executions() -> None:
 @click.option(
     "--idempotency-key", default=None, help="starts with the same key within 24 hours start one run"
 )
+@click.option(
+    "--via",
+    type=click.Choice(["http", "kafka"]),
+    default="http",
+    show_default=True,
+    help="kafka: produce a StartRequest to linkflow.start (LINKFLOW_BOOTSTRAP_SERVERS, "
+    "LINKFLOW_TOPIC_PREFIX) instead of calling the API; --wait then polls the API",
+)
+@click.option("--execution-id", default=None, help="with --via kafka: the run's id, your choice")
 @_engine_options
 def executions_start(
     workflow_id: str,
@@ -501,11 +510,18 @@ def executions_start(
     wait: float | None,
     priority: str | None,
     idempotency_key: str | None,
+    via: str,
+    execution_id: str | None,
     url: str,
     key: str | None,
 ) -> None:
     """Start a run of WORKFLOW_ID. Prints {"id", "status"}, or with --wait the run once it ended."""
     input_data = _json_option(input_text, "--input")
+    if via == "kafka":
+        _start_via_kafka(workflow_id, input_data, wait, priority, idempotency_key, execution_id, url, key)
+        return
+    if execution_id is not None:
+        raise click.UsageError("--execution-id needs --via kafka (the API picks the id)")
     with _api_errors():
         started = _client(url, key).start_execution(
             workflow_id,
@@ -520,6 +536,61 @@ def executions_start(
         _print({"id": started.id, "status": started.status})
     if wait is not None:
         _ended({"status": started.status})
+
+
+def _start_via_kafka(
+    workflow_id: str,
+    input_data: Any,
+    wait: float | None,
+    priority: str | None,
+    idempotency_key: str | None,
+    execution_id: str | None,
+    url: str,
+    key: str | None,
+) -> None:
+    """``executions start --via kafka``: produce, print the id, and with --wait follow it over HTTP."""
+    from linkflow_stream.client import NotFound, WaitTimedOut, start_via_kafka
+
+    settings = Settings()
+    try:
+        run_id = asyncio.run(
+            start_via_kafka(
+                settings.bootstrap_servers,
+                workflow_id,
+                input_data,
+                priority=priority or "normal",
+                idempotency_key=idempotency_key,
+                execution_id=execution_id,
+                topic_prefix=settings.topic_prefix,
+            )
+        )
+    except LinkflowError as exc:
+        raise click.UsageError(exc.message) from exc
+    except Exception as exc:
+        click.echo(f"error: the start request was not acknowledged by Kafka: {exc!r}", err=True)
+        raise SystemExit(EXIT_UNAVAILABLE) from exc
+    if run_id is None:  # a keyed start: the API names its run
+        _print({"sent": True, "idempotency_key": idempotency_key, "status": "requested"})
+        return
+    if wait is None:
+        _print({"id": run_id, "status": "requested"})
+        return
+    deadline = time.monotonic() + wait
+    with _api_errors():
+        client = _client(url, key)
+        while True:  # the intake may not have made the run yet: not found is "not yet" until the deadline
+            try:
+                execution = client.wait_for(run_id, max(0.0, deadline - time.monotonic()))
+                break
+            except WaitTimedOut:
+                execution = client.get_execution(run_id)
+                break
+            except NotFound:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+    _print(execution)
+    _ended(execution)
 
 
 @executions.command("get", epilog=EXIT_CODES)

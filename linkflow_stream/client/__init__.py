@@ -14,8 +14,8 @@ engine's OpenAPI document is built from). Every error the engine answers becomes
 ``Conflict`` 409, ``Unavailable`` 503), no answer at all ``ConnectionFailed``; all are
 ``LinkflowError`` s with ``error_type`` and ``retryable``.
 
-Starting a run through Kafka (the ``io.linkflow.StartRequest`` contract on ``linkflow.start``)
-is not in this client yet: that contract is being defined beside it (ADR 0024).
+Starting a run by producing (the ``io.linkflow.StartRequest`` contract on ``linkflow.start``,
+ADR 0023) is ``start_via_kafka``: it returns the run's id, then any client reads the run.
 """
 
 from linkflow_stream.client._async import AsyncClient
@@ -34,6 +34,7 @@ from linkflow_stream.client._errors import (
     ValidationFailed,
     WaitTimedOut,
 )
+from linkflow_stream.client._kafka import start_via_kafka
 from linkflow_stream.client._sync import Client
 from linkflow_stream.http.responses import (
     Accepted,
@@ -71,4 +72,5 @@ __all__ = [
     "WaitTimedOut",
     "WorkflowRegistered",
     "WorkflowSummary",
+    "start_via_kafka",
 ]

@@ -427,3 +427,84 @@ def test_an_intake_killed_mid_stream_loses_and_repeats_no_start(
         assert page["count"] == len(ids) == 80
     finally:
         a.stop()
+
+
+async def test_the_clients_kafka_start_names_the_run_it_starts(engine: EngineProcess) -> None:
+    """``start_via_kafka`` returns the id the engine gives the run: the chosen one, or the one its
+    record's place in the log fixes; a keyed start returns none (its team decides the id)."""
+    from linkflow_stream.client import Client, start_via_kafka
+
+    wf_id = f"kclient-{uuid.uuid4().hex[:8]}"
+    engine.register(doubling(wf_id))
+    chosen = f"order-{uuid.uuid4().hex[:8]}"
+    by_position = await start_via_kafka(engine.bootstrap, wf_id, {"n": 4}, topic_prefix=engine.prefix)
+    named = await start_via_kafka(
+        engine.bootstrap, wf_id, {"n": 5}, execution_id=chosen, priority="high", topic_prefix=engine.prefix
+    )
+    keyed = await start_via_kafka(
+        engine.bootstrap, wf_id, {"n": 6}, idempotency_key="k-1", topic_prefix=engine.prefix
+    )
+    assert named == chosen and keyed is None and by_position is not None
+    client = Client(engine.url)
+    for run_id, n in ((by_position, 4), (named, 5)):
+        run = engine.wait_status(run_id)
+        assert (run["status"], run["nodes"]["plus"]["output"]) == ("success", 2 * n + 1), run
+    assert client.get_execution(chosen)["priority"] == "high"
+
+
+def test_the_cli_starts_a_run_via_kafka_and_follows_it_over_http(engine: EngineProcess) -> None:
+    wf_id = f"kcli-{uuid.uuid4().hex[:8]}"
+    engine.register(doubling(wf_id))
+    chosen = f"cli-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linkflow_stream.cli",
+            "executions",
+            "start",
+            wf_id,
+            "--input",
+            '{"n": 20}',
+            "--via",
+            "kafka",
+            "--execution-id",
+            chosen,
+            "--wait",
+            "30",
+            "--url",
+            engine.url,
+        ],
+        cwd=ROOT,
+        env=engine.env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert (run["id"], run["status"], run["nodes"]["plus"]["output"]) == (chosen, "success", 41)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linkflow_stream.cli",
+            "executions",
+            "start",
+            wf_id,
+            "--via",
+            "kafka",
+            "--execution-id",
+            "no spaces allowed",
+            "--url",
+            engine.url,
+        ],
+        cwd=ROOT,
+        env=engine.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "execution" in bad.stderr, (bad.returncode, bad.stderr)
