@@ -135,6 +135,55 @@ def kafka_stop(data_dir: Path) -> None:
         click.echo(f"no Kafka broker running from {data_dir}")
 
 
+@main.group("schema-registry")
+def schema_registry() -> None:
+    """A real schema registry (Apicurio Registry from Maven Central, schemas in memory) for
+    development and tests: point LINKFLOW_SCHEMA_REGISTRY_URL at the URL `start` prints."""
+
+
+REGISTRY_DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".linkflow/schema-registry"),
+    show_default=True,
+    help="the registry's files: pid file, log",
+)
+
+
+@schema_registry.command("start")
+@REGISTRY_DATA_DIR
+@click.option("--port", default=8081, show_default=True, help="the HTTP port on 127.0.0.1")
+def schema_registry_start(data_dir: Path, port: int) -> None:
+    """Start the registry and wait until its API answers; reuse it if it runs already.
+
+    Fetches the application with Maven the first time. It keeps schemas in memory: a restart
+    forgets every id, so records written through it before cannot be read after."""
+    from linkflow_stream.dev.registry import RegistryError, SchemaRegistryServer, StartOutcome
+
+    server = SchemaRegistryServer(data_dir=data_dir, port=port)
+    started_at = time.monotonic()
+    try:
+        outcome = server.start(cache_dir=CACHE_DIR.resolve(), progress=lambda line: click.echo(f"  {line}"))
+    except RegistryError as exc:
+        raise click.ClickException(exc.message) from exc
+    verb = "already running" if outcome is StartOutcome.REUSED else "ready"
+    elapsed = time.monotonic() - started_at
+    click.echo(f"schema registry {verb} (pid {server.pid}, {elapsed:.1f}s); set")
+    click.echo(f"  LINKFLOW_SCHEMA_REGISTRY_URL={server.url}")
+
+
+@schema_registry.command("stop")
+@REGISTRY_DATA_DIR
+def schema_registry_stop(data_dir: Path) -> None:
+    """Stop the registry started by `linkflow schema-registry start`."""
+    from linkflow_stream.dev.registry import SchemaRegistryServer
+
+    if SchemaRegistryServer(data_dir=data_dir).stop():
+        click.echo("schema registry stopped")
+    else:
+        click.echo(f"no schema registry running from {data_dir}")
+
+
 @main.command()
 @DATA_DIR
 @click.option("--kafka-port", default=9092, show_default=True, help="the broker's client port on 127.0.0.1")
@@ -266,16 +315,17 @@ def events_tail(execution_id: str | None, types: tuple[str, ...], follow: bool) 
     """Print events as JSON lines, oldest first: every partition (or the one --execution lives
     on) from its start to its end, and on with --follow. Records that do not decode are
     reported on stderr and skipped."""
-    from linkflow_stream.kafka.codec import default_codec
+    from linkflow_stream.kafka.codecs import codec_for
     from linkflow_stream.kafka.execution_log import tail  # imported here: keeps --help fast
 
     settings = Settings()
-    codec = default_codec()
+    codec = codec_for(settings)
 
     async def show() -> None:
         topic = settings.topic(topic_names.EVENTS)
         async for record in tail(settings.bootstrap_servers, topic, execution_id=execution_id, follow=follow):
             try:
+                await codec.learn([record.value])  # with a registry: ids this process has not met
                 event = codec.decode(record.value, ExecutionEvent)
             except LinkflowError as exc:
                 click.echo(f"{record.topic}[{record.partition}]@{record.offset}: {exc.message}", err=True)
@@ -692,7 +742,8 @@ def topics() -> None:
 
 @topics.command("apply")
 def topics_apply() -> None:
-    """Create every missing topic and bring configs to the spec; safe to run again.
+    """Create every missing topic and bring configs to the spec; safe to run again. With
+    LINKFLOW_SCHEMA_REGISTRY_URL, also register every topic's value schema (subject <topic>-value).
 
     Every topic gets the replication factor and min.insync.replicas of the environment named by
     LINKFLOW_TOPICS_ENV (`dev` or `cluster` in topics/topics.toml), or, unset, of the one the
@@ -709,6 +760,29 @@ def topics_apply() -> None:
         raise click.ClickException(exc.message) from exc
     for line in changes or ["all topics already exist"]:
         click.echo(line)
+    if settings.schema_registry_url:
+        _register_schemas(settings)
+
+
+def _register_schemas(settings: Settings) -> None:
+    """Register every topic's value schema with LINKFLOW_SCHEMA_REGISTRY_URL; say the ids."""
+    from linkflow_stream.kafka.codecs import codec_for, register_schemas  # keeps --help fast
+    from linkflow_stream.kafka.pools import TaskPools
+
+    async def register() -> dict[str, int]:
+        codec = codec_for(settings)
+        try:
+            return await register_schemas(codec, settings, await TaskPools(settings).names())
+        finally:
+            await codec.close()
+
+    try:
+        ids = asyncio.run(register())
+    except LinkflowError as exc:
+        raise click.ClickException(f"schema registry {settings.schema_registry_url}: {exc.message}") from exc
+    click.echo(f"schema registry {settings.schema_registry_url}: {len(ids)} subjects registered")
+    for subject, schema_id in ids.items():
+        click.echo(f"  {subject}: id {schema_id}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from linkflow_stream.http.auth import authentication
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.kafka.broker_watch import BrokerWatch
-from linkflow_stream.kafka.codec import Codec, default_codec
+from linkflow_stream.kafka.codec import Codec
+from linkflow_stream.kafka.codecs import codec_for, register_schemas
 from linkflow_stream.kafka.consumers import log_ends
 from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.kafka.log_reader import Handler, LogReader
@@ -66,7 +67,7 @@ class Engine:
 
     def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
         self.settings = settings
-        self.codec = codec or default_codec()
+        self.codec = codec or codec_for(settings)
         self.registry = build_registry(settings)
         self.publisher = Publisher(settings, self.codec)
         self.status = StatusView(finished_cache=settings.views_finished_cache)
@@ -131,6 +132,7 @@ class Engine:
                 [settings.topic(t) for t in topics],
                 handle,
                 on_error=self._view_error,
+                prepare=self.codec.learn,
             )
 
         self._view = view
@@ -150,6 +152,7 @@ class Engine:
             [settings.topic(topic_names.CONTROL)],
             self._on_control,
             from_beginning=False,
+            prepare=self.codec.learn,
         )
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
@@ -163,6 +166,20 @@ class Engine:
 
     def _on_key(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.keys.apply(self.codec.decode(record.value, ApiKey))
+
+    async def _register_schemas(self) -> None:
+        """With a schema registry: every topic's value schema registered, and the ids every
+        subject holds known, before anything is written or read (ADR 0025)."""
+        if self.codec.ids is None:
+            return
+        ids = await register_schemas(self.codec, self.settings, await self.pools.names())
+        log.info(
+            "schema registry %s: %d subjects registered, %d schema ids known; values are written "
+            "in the Confluent wire format",
+            self.settings.schema_registry_url,
+            len(ids),
+            len(self.codec.ids.writers),
+        )
 
     async def _check_auth(self) -> None:
         """Refuse to serve beyond this machine without keys; warn when told to anyway."""
@@ -191,6 +208,7 @@ class Engine:
             [self.settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS)],
             handle_batch=self._fold,
             positions=positions,
+            prepare=self.codec.learn,
         )
 
     async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
@@ -327,6 +345,7 @@ class Engine:
 
     async def start(self) -> None:
         """Publisher and APIs first (so /healthz answers at once), then views, then the loops."""
+        await self._register_schemas()
         await self._check_auth()
         self._background.append(asyncio.create_task(self.self_checks(), name="node-self-checks"))
         await self.publisher.start()
@@ -396,6 +415,7 @@ class Engine:
             # Exports what is buffered: blocking (the exporter's own timeout bounds it), and the
             # last thing this process does.
             self.tracing.shutdown()
+        await self.codec.close()
         log.info("engine stopped")
 
 

@@ -12,7 +12,7 @@ from linkflow_stream.core.auth import ApiKey, Role, new_key
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import NotFoundError
 from linkflow_stream.core.outgoing import Outgoing
-from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.codecs import codec_for, registered_codec
 from linkflow_stream.kafka.log_reader import LogReader
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.settings import Settings
@@ -29,11 +29,12 @@ def key_record(record: ApiKey, ce_type: str) -> Outgoing:
 async def load_keys(settings: Settings) -> KeyView:
     """Every key's latest record, read to the topic's end."""
     view = KeyView()
-    codec = default_codec()
+    codec = codec_for(settings)
     reader = LogReader(
         settings.bootstrap_servers,
         [settings.topic(topic_names.KEYS)],
         lambda record: view.apply(codec.decode(record.value, ApiKey)),
+        prepare=codec.learn,
     )
     await reader.start()
     try:
@@ -44,12 +45,14 @@ async def load_keys(settings: Settings) -> KeyView:
 
 
 async def _publish(settings: Settings, item: Outgoing) -> None:
-    publisher = Publisher(settings, default_codec())
+    codec = await registered_codec(settings)
+    publisher = Publisher(settings, codec)
     await publisher.start()
     try:
         await publisher.send([item])
     finally:
         await publisher.stop()
+        await codec.close()
 
 
 async def create_key(settings: Settings, team: str, role: Role, name: str = "") -> tuple[str, ApiKey]:

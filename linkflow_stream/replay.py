@@ -21,6 +21,7 @@ from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec, default_codec
+from linkflow_stream.kafka.codecs import codec_for
 from linkflow_stream.kafka.consumers import committed_reader, log_ends
 from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.settings import Settings
@@ -51,7 +52,7 @@ async def rebuild(
     topics = view_topics(settings)
     names = [topics.events, *sorted(topics.requests)]
     targets = until if until is not None else await log_ends(settings.bootstrap_servers, names)
-    codec = default_codec()
+    codec = codec_for(settings)
     await into.open("replay")
     await into.reset()
     model = ReadModel(into, codec, topics)
@@ -71,6 +72,7 @@ async def rebuild(
             for tp, got in batches.items():
                 records += [r for r in got if r.offset < targets[(tp.topic, tp.partition)]]
             if records:
+                await codec.learn([r.value for r in records])
                 await model.fold(records)
                 read += len(records)
                 if progress is not None and read // 50_000 != (read - len(records)) // 50_000:
@@ -80,6 +82,7 @@ async def rebuild(
                     pending.discard(tp)
     finally:
         await consumer.stop()
+        await codec.close()
     return read
 
 
@@ -164,6 +167,10 @@ async def replay_and_compare(
 
 async def history(settings: Settings, execution_id: str) -> list[ExecutionEvent]:
     """Every event of one execution in log order, duplicates included."""
-    return await execution_events(
-        settings.bootstrap_servers, settings.topic(topic_names.EVENTS), execution_id, default_codec()
-    )
+    codec = codec_for(settings)
+    try:
+        return await execution_events(
+            settings.bootstrap_servers, settings.topic(topic_names.EVENTS), execution_id, codec
+        )
+    finally:
+        await codec.close()

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
     three or more: ``cluster``). Pin it in production, so that an apply during a broker outage
     fails instead of creating under-replicated topics."""
 
+    schema_registry_url: str | None = None
+    """Base URL of a schema registry's Confluent-compatible API: Confluent Schema Registry's root,
+    or Apicurio Registry's ``/apis/ccompat/v7`` (``linkflow registry start`` runs one). Set, the
+    engine (and ``linkflow topics apply``) registers every topic's value schema under
+    ``<topic>-value`` and writes values in the Confluent wire format (magic ``0`` + schema id), so
+    tools such as Kafka UI decode them; it reads both that and the single-object encoding. Set the
+    same in every process of a deployment: a process without it cannot read the registry's ids.
+    Default unset: values are Avro single-object encoded (ADR 0025)."""
+
     app_id: str = "linkflow"
     """Consumer-group and transactional-id base name. Default ``linkflow``."""
 

@@ -10,6 +10,7 @@ import hypothesis  # noqa: F401 - imported before any test runs: see below
 import pytest
 
 from linkflow_stream.dev.broker import Broker, BrokerError, free_port
+from linkflow_stream.dev.registry import RegistryError, SchemaRegistryServer, application
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,31 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.fail(f"Kafka broker did not start:\n{exc.message}\n{broker.log_tail()}")
     yield broker.bootstrap
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real schema registry's Confluent-compatible API: ``LINKFLOW_TEST_SCHEMA_REGISTRY``
+    if set, else Apicurio Registry started here from Maven Central. Skipped only when the
+    application cannot be fetched, and never under ``LINKFLOW_REQUIRE_SCHEMA_REGISTRY=1`` (CI)."""
+    external = os.environ.get("LINKFLOW_TEST_SCHEMA_REGISTRY")
+    if external:
+        yield external
+        return
+    cache = ROOT / ".linkflow"
+    try:
+        application(cache)
+    except RegistryError as exc:
+        if os.environ.get("LINKFLOW_REQUIRE_SCHEMA_REGISTRY") == "1":
+            pytest.fail(f"the schema registry could not be fetched:\n{exc.message}")
+        pytest.skip(f"Apicurio Registry could not be fetched from Maven Central: {exc.message}")
+    server = SchemaRegistryServer(data_dir=tmp_path_factory.mktemp("schema-registry"), port=free_port())
+    try:
+        server.start(cache_dir=cache)
+    except RegistryError as exc:
+        pytest.fail(f"the schema registry did not start:\n{exc.message}")
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.dev.broker import free_port
-from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.consumers import committed_reader
 from linkflow_stream.kafka.partitioning import partition_for
 from linkflow_stream.kafka.topics import apply_topics, execution_partitions
@@ -284,20 +284,24 @@ async def read_topic(
 
 
 async def read_events(
-    bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
+    bootstrap: str, topic: str, *, isolation_level: str = "read_committed", codec: Codec | None = None
 ) -> list[ExecutionEvent]:
     """Every event on ``topic`` as a reader with ``isolation_level`` sees it, duplicates
-    included, in partition order."""
-    codec = default_codec()
+    included, in partition order. ``codec``: one with the schema registry the engine wrote through."""
+    codec = codec or default_codec()
     records = await read_topic(bootstrap, topic, isolation_level=isolation_level)
+    await codec.learn([r.value for r in records])
     return [codec.decode(r.value, ExecutionEvent) for r in records]
 
 
-async def read_changelog_tail(bootstrap: str, topic: str) -> dict[str, ExecutionState | None]:
+async def read_changelog_tail(
+    bootstrap: str, topic: str, codec: Codec | None = None
+) -> dict[str, ExecutionState | None]:
     """The last committed value per key of the orchestrator's state changelog (``None``: a
     tombstone)."""
-    codec = default_codec()
+    codec = codec or default_codec()
     latest = {(r.key or b"").decode(): r.value for r in await read_topic(bootstrap, topic)}
+    await codec.learn(latest.values())
     return {k: codec.decode(v, ExecutionState) if v is not None else None for k, v in latest.items()}
 
 

@@ -1,9 +1,15 @@
-"""Avro codec for every record on every topic: single-object encoding plus CloudEvents headers.
+"""Avro codec for every record on every topic: two framings of one Avro body, plus CloudEvents
+headers.
 
-``schemas/*.avsc`` is the contract. A value is ``C3 01`` + the writer schema's 8-byte
-CRC-64-AVRO fingerprint (little-endian) + the Avro body, so any reader can tell which schema
-wrote it and resolve it against its own. Fields typed ``{"type": "string", "logicalType":
-"json"}`` carry arbitrary JSON (node configs, inputs, outputs) as text.
+``schemas/*.avsc`` is the contract. By default a value is Avro single-object encoded: ``C3 01``
++ the writer schema's 8-byte CRC-64-AVRO fingerprint (little-endian) + the Avro body, so any
+reader can tell which schema wrote it, without asking anyone, and resolve it against its own.
+With a schema registry (``LINKFLOW_SCHEMA_REGISTRY_URL``), values written to Kafka use the
+Confluent wire format instead, ``00`` + the registry's 4-byte big-endian schema id + the same
+body, which tools such as Kafka UI decode (ADR 0025); the ids come from ``SchemaIds``, filled
+before any record is encoded or decoded. A codec with a registry reads both framings.
+Fields typed ``{"type": "string", "logicalType": "json"}`` carry arbitrary JSON (node configs,
+inputs, outputs) as text.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -26,6 +32,13 @@ from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
 from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.kafka.schema_ids import (
+    CONFLUENT_HEADER_BYTES,
+    CONFLUENT_MAGIC,
+    SchemaIds,
+    confluent_header,
+)
+from linkflow_stream.kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 NAMESPACE = "io.linkflow"
@@ -56,9 +69,12 @@ class SchemaSet:
         self.by_name: dict[str, Any] = {}
         self.by_fingerprint: dict[bytes, Any] = {}
         self.fingerprints: dict[str, bytes] = {}
+        self.texts: dict[str, str] = {}
+        """Each schema as self-contained JSON (named types it uses inlined): what a registry gets."""
         for path in sorted(directory.glob("*.avsc")):
             loaded = load_schema(str(path), _write_hint=False)
             name = path.name.removesuffix(".avsc")
+            self.texts[name] = json.dumps(loaded, separators=(",", ":"))
             # Parsed once here: fastavro re-parses an unparsed schema on every call (~30 us).
             parsed = parse_schema(loaded)
             self.by_name[name] = parsed
@@ -70,24 +86,70 @@ class SchemaSet:
 
 
 class Codec:
-    """Encodes pydantic records with the current schemas; decodes any known writer schema."""
+    """Encodes pydantic records with the current schemas; decodes any known writer schema.
 
-    def __init__(self, current: SchemaSet, older: Iterable[SchemaSet] = ()) -> None:
+    With ``registry``, ``encode`` with a topic writes the Confluent wire format and ``decode``
+    reads it too; ``learn`` must have seen a batch's values before they are decoded."""
+
+    def __init__(
+        self,
+        current: SchemaSet,
+        older: Iterable[SchemaSet] = (),
+        registry: SchemaRegistryClient | None = None,
+    ) -> None:
         self.current = current
+        self.older = tuple(older)
         self.writers = dict(current.by_fingerprint)
-        for s in older:
+        for s in self.older:
             for fp, parsed in s.by_fingerprint.items():
                 self.writers.setdefault(fp, parsed)
         self._fingerprints = current.fingerprints
+        self.ids = SchemaIds(registry, self.parse_writer) if registry is not None else None
+        """``None``: single-object encoding only, and a Confluent-framed value is a DecodeError."""
 
-    def encode(self, record: BaseModel) -> bytes:
+    def with_registry(self, registry: SchemaRegistryClient) -> Codec:
+        """The same schemas, writing and reading the Confluent wire format through ``registry``."""
+        return Codec(self.current, self.older, registry)
+
+    def parse_writer(self, text: str) -> Any:
+        """A registry's schema text as a writer schema: the parsed schema this codec has for the
+        same fingerprint (so the current schema reads without resolution), else a new parse."""
+        loaded = json.loads(text)
+        known = self.writers.get(fingerprint(to_parsing_canonical_form(loaded)))
+        return known if known is not None else parse_schema(loaded)
+
+    async def register(self, topics: Mapping[str, str]) -> None:
+        """Register the value schema of every topic (real name -> schema full name) with the
+        registry and take the ids (``SchemaIds.register``). A codec without a registry refuses."""
+        if self.ids is None:
+            raise SchemaRegistryError("this codec has no schema registry (LINKFLOW_SCHEMA_REGISTRY_URL)")
+        await self.ids.register(topics, self.current.texts)
+
+    async def close(self) -> None:
+        """Close the registry client's connections, if any."""
+        if self.ids is not None and self.ids.client is not None:
+            await self.ids.client.close()
+
+    async def learn(self, values: Iterable[bytes | None]) -> None:
+        """Make every Confluent schema id in ``values`` known before they are decoded (see
+        ``SchemaIds.learn``). Without a registry: nothing to do, nothing awaited."""
+        if self.ids is not None:
+            await self.ids.learn(values)
+
+    def encode(self, record: BaseModel, topic: str | None = None) -> bytes:
+        """``record``'s bytes; for Kafka ``topic`` (the real name) in the Confluent wire format when
+        a registry gave an id for it, else (and always without a topic) single-object encoded."""
         name = f"{NAMESPACE}.{type(record).__name__}"
-        return self.encode_dict(name, record.model_dump())
+        return self.encode_dict(name, record.model_dump(), topic)
 
-    def encode_dict(self, name: str, data: dict[str, Any]) -> bytes:
+    def encode_dict(self, name: str, data: dict[str, Any], topic: str | None = None) -> bytes:
         buf = io.BytesIO()
-        buf.write(MAGIC)
-        buf.write(self._fingerprints[name])
+        schema_id = self.ids.id_for(topic, name) if self.ids is not None and topic is not None else None
+        if schema_id is not None:
+            buf.write(confluent_header(schema_id))
+        else:
+            buf.write(MAGIC)
+            buf.write(self._fingerprints[name])
         fastavro.schemaless_writer(buf, self.current.by_name[name], data)
         return buf.getvalue()
 
@@ -100,21 +162,36 @@ class Codec:
             raise DecodeError(f"{name} does not fit its model: {exc}") from exc
 
     def decode_dict(self, data: bytes | None, name: str) -> dict[str, Any]:
-        if data is None or len(data) < 10 or data[:2] != MAGIC:
+        if data is not None and len(data) >= CONFLUENT_HEADER_BYTES and data[0] == CONFLUENT_MAGIC:
+            writer, body = self._registered_writer(data, name), data[CONFLUENT_HEADER_BYTES:]
+        elif data is None or len(data) < 10 or data[:2] != MAGIC:
             raise DecodeError(f"not an Avro single-object encoded {name}")
-        writer = self.writers.get(data[2:10])
-        if writer is None:
-            raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()} for {name}")
+        else:
+            writer, body = self.writers.get(data[2:10]), data[10:]
+            if writer is None:
+                raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()} for {name}")
         reader = self.current.by_name[name]
         try:
-            value = fastavro.schemaless_reader(
-                io.BytesIO(data[10:]), writer, None if writer is reader else reader
-            )
+            value = fastavro.schemaless_reader(io.BytesIO(body), writer, None if writer is reader else reader)
         except Exception as exc:
             raise DecodeError(f"cannot decode {name}: {exc}") from exc
         if not isinstance(value, dict):
             raise DecodeError(f"{name} did not decode to a record")
         return value
+
+    def _registered_writer(self, data: bytes, name: str) -> Any:
+        """The writer schema of a Confluent-framed value, from what the registry said before."""
+        schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_BYTES], "big")
+        if self.ids is None:
+            raise DecodeError(
+                f"{name} is in the Confluent wire format (schema id {schema_id}) but no schema "
+                "registry is configured (LINKFLOW_SCHEMA_REGISTRY_URL)"
+            )
+        writer = self.ids.writers.get(schema_id)
+        if writer is None:
+            known = "is not known to" if schema_id in self.ids.absent else "was not fetched from"
+            raise DecodeError(f"schema id {schema_id} of {name} {known} the schema registry")
+        return writer
 
 
 @cache

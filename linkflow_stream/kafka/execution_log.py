@@ -85,7 +85,9 @@ async def execution_events(
             if loop.time() > deadline:
                 raise EventLogUnavailable(f"the events of {execution_id} were not read within {within:g} s")
             batch = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
-            events += [codec.decode(r.value, ExecutionEvent) for r in batch.get(tp, []) if r.key == key]
+            mine = [r for r in batch.get(tp, []) if r.key == key]
+            await codec.learn(r.value for r in mine)  # schema ids new to this process (a registry)
+            events += [codec.decode(r.value, ExecutionEvent) for r in mine]
     finally:
         await _stop(consumer)
     return events

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], None]
 BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
+Prepare = Callable[[list[bytes | None]], Awaitable[None]]
+"""Awaited with a fetched batch's values before any is handled (``Codec.learn``)."""
+PREPARE_MAX_PAUSE_SECONDS = 5.0
 
 
 class LogReader:
@@ -39,6 +42,7 @@ class LogReader:
         positions: Mapping[tuple[str, int], int] | None = None,
         on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
         from_beginning: bool = True,
+        prepare: Prepare | None = None,
     ) -> None:
         if (handle is None) == (handle_batch is None):
             msg = "give a LogReader exactly one of handle and handle_batch"
@@ -50,6 +54,7 @@ class LogReader:
         self.topics = tuple(topics)
         self.handle = handle
         self.on_error = on_error
+        self.prepare = prepare
         self.caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -126,6 +131,7 @@ class LogReader:
         assert consumer is not None
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            await self._prepare(batches)
             if self.handle_batch is not None:
                 await self._hand_over(batches)
             for tp, records in batches.items() if self.handle_batch is None else ():
@@ -141,6 +147,24 @@ class LogReader:
             for tp in self._partitions:  # an empty or compacted tail still counts as read
                 self._handled[tp] = max(self._handled.get(tp, 0), await consumer.position(tp))
             self._progress.set()
+
+    async def _prepare(self, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Await ``prepare`` with the batch's values until it succeeds: the batch waits (and the
+        view stands still) while, say, the schema registry is away, rather than being skipped."""
+        if self.prepare is None or not batches:
+            return
+        values = [record.value for records in batches.values() for record in records]
+        for attempt in itertools.count():
+            try:
+                await self.prepare(values)
+            except Exception:
+                pause = min(PREPARE_MAX_PAUSE_SECONDS, 0.2 * 2**attempt)
+                log.exception(
+                    "view of %s: preparing a batch failed; again in %.1fs", ",".join(self.topics), pause
+                )
+                await asyncio.sleep(pause)
+            else:
+                return
 
     async def _hand_over(self, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """One batch to ``handle_batch``; it is handled (and counts for ``sync``) only once that

@@ -71,7 +71,7 @@ def encode(codec: Codec, outgoing: Outgoing, topic: str) -> ProducerRecord:
     return ProducerRecord(
         topic=topic,
         key=outgoing.key.encode(),
-        value=codec.encode(outgoing.record),
+        value=codec.encode(outgoing.record, topic),
         headers=headers,
         timestamp_ms=to_millis(outgoing.time) if outgoing.time else None,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from linkflow_stream.core import topic_names
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.settings import Settings
 
+SCHEMA_NAMESPACE = "io.linkflow."
+"""A spec's ``value`` in this namespace names a schema of ``schemas/``; any other is prose."""
 SPEC_FILE = Path(__file__).resolve().parents[2] / "topics" / "topics.toml"
 CONFIG_SETTLE_SECONDS = 10.0
 DEV = "dev"
@@ -52,6 +56,9 @@ class TopicSpec:
     """Set as the topic's config when given; else the broker's default applies."""
     extra: tuple[tuple[str, str], ...] = ()
     """Further topic configs as the spec file's ``[topic.configs]`` gives them."""
+    value_schema: str | None = None
+    """The full name of the Avro record the topic's values are (``value`` in the spec file), or
+    ``None`` for a topic whose values are not one of ``schemas/`` (the DLQ keeps bytes as they came)."""
 
     def configs(self) -> dict[str, str]:
         cfg = {"cleanup.policy": self.cleanup_policy, **dict(self.extra)}
@@ -113,9 +120,21 @@ def load_specs(path: Path = SPEC_FILE, environment: str = DEV) -> list[TopicSpec
                 replication_factor=replication.replication_factor,
                 min_insync_replicas=replication.min_insync_replicas,
                 extra=tuple(sorted((str(k), str(v)) for k, v in t.get("configs", {}).items())),
+                value_schema=t["value"] if str(t.get("value", "")).startswith(SCHEMA_NAMESPACE) else None,
             )
         )
     return specs
+
+
+def value_schemas(settings: Settings, pools: Iterable[str] = (), path: Path = SPEC_FILE) -> dict[str, str]:
+    """Every topic whose values are a schema of ``schemas/``, by real (prefixed) name, with that
+    schema's full name: what is registered with a schema registry. ``pools`` adds the task pools'
+    topics (``linkflow.tasks.<pool>``, created outside the spec file) with the default pool's schema."""
+    specs = {s.name: s.value_schema for s in load_specs(path) if s.value_schema is not None}
+    task_schema = specs.get(topic_names.tasks("default"))
+    if task_schema is not None:
+        specs.update({topic_names.tasks(pool): task_schema for pool in pools})
+    return {settings.topic(name): schema for name, schema in sorted(specs.items())}
 
 
 def max_message_bytes(path: Path = SPEC_FILE) -> int:

@@ -560,6 +560,17 @@ class _Worker:
                 await self._idle(wake_ms, now_ms)
                 continue
             records, self.pending = self.pending[:batch_max], self.pending[batch_max:]
+            try:
+                await orch.codec.learn([record.value for record in records])
+            except Exception:
+                # A schema id nobody here knows, and the registry cannot say: hold the batch and
+                # ask again; its inputs are valid and must be neither skipped nor dead-lettered.
+                log.exception("partition %d: schema ids not resolved; again in %.1fs", self.number, delay)
+                orch.record_failure(self.number)
+                self.pending = records + self.pending
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                continue
             async with self.busy:
                 try:
                     await orch.run_partition(self.number, records, orch.now_ms())

@@ -355,10 +355,11 @@ class Partition:
 
     def _changelog(self, execution_id: str, state: ExecutionState | None) -> ProducerRecord:
         """The state's changelog record; ``None`` is a tombstone that compaction removes."""
+        topic = self.topic(topic_names.STATE)
         return ProducerRecord(
-            topic=self.topic(topic_names.STATE),
+            topic=topic,
             key=execution_id.encode(),
-            value=self.codec.encode(state) if state is not None else None,
+            value=self.codec.encode(state, topic) if state is not None else None,
             headers=[],
             partition=self.number,
         )

@@ -45,6 +45,7 @@ async def read_changelog(
             for record in batch.get(tp, []):
                 if record.key is not None:
                     latest[record.key] = record.value
+        await codec.learn(latest.values())
         return [codec.decode(value, ExecutionState) for value in latest.values() if value is not None]
     finally:
         await consumer.stop()

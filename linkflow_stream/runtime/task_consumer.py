@@ -100,11 +100,26 @@ class TaskConsumer:
             message_id=message_id.decode(errors="replace") if message_id else None,
         )
 
+    async def _learn(self, values: list[bytes | None]) -> None:
+        """Resolve the batch's schema ids before decoding, asking again until the registry answers:
+        a task is never dead-lettered because the registry was away."""
+        delay = 0.1
+        while True:
+            try:
+                await self.codec.learn(values)
+            except Exception:
+                log.exception("task schema ids not resolved; again in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
+
     async def _consume(self) -> None:
         consumer = self._consumer
         assert consumer is not None
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            await self._learn([record.value for records in batches.values() for record in records])
             for records in batches.values():
                 for record in records:
                     try:

@@ -417,7 +417,12 @@ def valid_result_bytes(c: codec.Codec) -> bytes:
         ("garbage", lambda b: b"hello, this is not avro at all", "not an Avro single-object"),
         ("wrong magic byte 0", lambda b: b"\xc4" + b[1:], "not an Avro single-object"),
         ("wrong magic byte 1", lambda b: b[:1] + b"\x02" + b[2:], "not an Avro single-object"),
-        ("confluent wire format", lambda b: b"\x00\x00\x00\x00\x07" + b[10:], "not an Avro single-object"),
+        (
+            "confluent wire format without a registry",
+            lambda b: b"\x00\x00\x00\x00\x07" + b[10:],
+            r"Confluent wire format \(schema id 7\) but no schema registry is configured",
+        ),
+        ("truncated confluent header", lambda b: b"\x00\x00\x07", "not an Avro single-object"),
         (
             "unknown fingerprint",
             lambda b: b[:2] + b"\xde\xad\xbe\xef\x00\x11\x22\x33" + b[10:],
