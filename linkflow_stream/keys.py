@@ -41,6 +41,7 @@ async def load_keys(settings: Settings) -> KeyView:
         await reader.caught_up.wait()
     finally:
         await reader.stop()
+        await codec.close()
     return view
 
 
