@@ -1,11 +1,12 @@
 """A real schema registry for development, tests and CI: Apicurio Registry, run from its
 application on Maven Central, as the dev broker is run from Kafka's jars (ADR 0025).
 
-``registry_pom.xml`` beside this module names the artifact (the application's Quarkus fast-jar
-layout, zipped); Maven fetches it into ``~/.m2`` once and it is unpacked into the cache dir, so
-no Docker is needed. The registry keeps its schemas in memory (its default, an in-memory H2
-database) and listens on 127.0.0.1 only; it serves the Confluent-compatible API that
-``LINKFLOW_SCHEMA_REGISTRY_URL`` points at, under ``/apis/ccompat/v7``.
+``registry_pom.xml`` beside this module names the artifact (the application's Quarkus build as a
+tar.gz); Maven fetches it into ``~/.m2`` once and it is unpacked into the cache dir, so no Docker
+is needed. The version pinned there runs on Java 17 (ADR 0025 says which versions were tried).
+The registry keeps its schemas in memory (its default, an in-memory H2 database) and listens on
+127.0.0.1 only; it serves the Confluent-compatible API that ``LINKFLOW_SCHEMA_REGISTRY_URL``
+points at, under ``/apis/ccompat/v7``.
 
 Invariants, as for the broker: ready only when the API answers (never because of a log line);
 a data dir runs at most one registry, and a start reuses it while it runs; only a process that is
@@ -23,10 +24,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ from pathlib import Path
 from linkflow_stream.core.errors import LinkflowError
 
 POM = Path(__file__).resolve().parent / "registry_pom.xml"
-RUN_JAR = "quarkus-run.jar"
+RUN_JARS = ("quarkus-run.jar", "*-runner.jar")
+"""The jar to run at the archive's top: Quarkus' fast-jar layout (Apicurio 3) or its legacy-jar one
+(Apicurio 2, whose release archive holds ``<artifact>-runner.jar`` beside ``lib/``)."""
 CCOMPAT_PATH = "/apis/ccompat/v7"
 """Where Apicurio serves the Confluent-compatible API (what LINKFLOW_SCHEMA_REGISTRY_URL names)."""
 MARKER = "-Dlinkflow.registry.data-dir="
@@ -56,12 +59,21 @@ def _quiet(_message: str) -> None:
     """The default progress callback: say nothing."""
 
 
+def run_jar(app: Path) -> Path | None:
+    """The jar that starts the unpacked application ``app``, if it has one."""
+    for pattern in RUN_JARS:
+        found = sorted(app.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
 def application(cache_dir: Path, progress: Callable[[str], None] = _quiet) -> Path:
-    """The unpacked application (the directory holding ``quarkus-run.jar``): fetched with Maven
-    and unpacked once per pom content, then reused."""
+    """The unpacked application (the directory holding the jar to run): fetched with Maven and
+    unpacked once per pom content, then reused."""
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
     app = cache_dir.resolve() / f"apicurio-registry-{digest}"
-    if (app / RUN_JAR).exists():
+    if run_jar(app) is not None:
         return app
     mvn = shutil.which("mvn")
     if mvn is None:
@@ -84,16 +96,17 @@ def application(cache_dir: Path, progress: Callable[[str], None] = _quiet) -> Pa
         text=True,
         check=False,
     )
-    zips = sorted(download.glob("*.zip")) if download.exists() else []
-    if proc.returncode != 0 or len(zips) != 1:
+    archives = sorted(download.glob("*.tar.gz")) if download.exists() else []
+    if proc.returncode != 0 or len(archives) != 1:
         msg = f"mvn could not fetch the schema registry:\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}"
         raise RegistryError(msg)
+    progress(f"unpacking {archives[0].name} ...")
     staging = app.with_name(app.name + ".unpacking")
     shutil.rmtree(staging, ignore_errors=True)
-    with zipfile.ZipFile(zips[0]) as archive:
-        archive.extractall(staging)  # Apicurio's own release archive, from Maven Central
-    if not (staging / RUN_JAR).exists():
-        msg = f"{zips[0].name} has no {RUN_JAR} at its top"
+    with tarfile.open(archives[0]) as archive:
+        archive.extractall(staging, filter="data")  # no links or paths out of staging
+    if run_jar(staging) is None:
+        msg = f"{archives[0].name} has no {' or '.join(RUN_JARS)} at its top"
         raise RegistryError(msg)
     staging.rename(app)
     shutil.rmtree(download, ignore_errors=True)
@@ -106,7 +119,7 @@ class SchemaRegistryServer:
 
     data_dir: Path
     port: int = 8081
-    heap_mb: int = 384
+    heap_mb: int = 512
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +195,10 @@ class SchemaRegistryServer:
         return StartOutcome.STARTED
 
     def launch(self, app: Path) -> None:
+        jar = run_jar(app)
+        if jar is None:
+            msg = f"{app} holds no jar to run"
+            raise RegistryError(msg)
         java = shutil.which("java") or "java"
         argv = [
             java,
@@ -193,11 +210,13 @@ class SchemaRegistryServer:
             "-Dquarkus.http.host=127.0.0.1",
             "-Dquarkus.log.console.json=false",
             "-jar",
-            str(app / RUN_JAR),
+            str(jar),
         ]
+        # Apicurio 2 reads its port from HTTP_PORT in the prod profile; 3 from quarkus.http.port.
+        env = {**os.environ, "HTTP_PORT": str(self.port), "QUARKUS_HTTP_HOST": "127.0.0.1"}
         with self.log_file.open("ab") as out:
             self.process = subprocess.Popen(  # noqa: S603 - fixed argv
-                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir
+                argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir, env=env
             )
         self.pid_file.write_text(str(self.process.pid))
         self.port_file.write_text(str(self.port))

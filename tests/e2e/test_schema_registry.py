@@ -50,7 +50,9 @@ def test_an_engine_with_a_registry_writes_confluent_records_that_the_registry_de
     assert body["status"] == "success", body
     assert body["nodes"]["t"]["output"] == {"path": "/users/7"}
 
-    settings = Settings(bootstrap_servers=engine.bootstrap, topic_prefix=engine.prefix)
+    settings = Settings(
+        bootstrap_servers=engine.bootstrap, topic_prefix=engine.prefix, schema_registry_url=schema_registry
+    )
     subjects = set(get_json(f"{schema_registry}/subjects"))
     registry_schemas: dict[int, Any] = {}
 
