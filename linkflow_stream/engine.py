@@ -132,7 +132,7 @@ class Engine:
                 [settings.topic(t) for t in topics],
                 handle,
                 on_error=self._view_error,
-                prepare=self.codec.learn,
+                prepare=self.codec.learner,
             )
 
         self._view = view
@@ -152,7 +152,7 @@ class Engine:
             [settings.topic(topic_names.CONTROL)],
             self._on_control,
             from_beginning=False,
-            prepare=self.codec.learn,
+            prepare=self.codec.learner,
         )
         self._runners: list[web.AppRunner] = []
         self._background: list[asyncio.Task[None]] = []
@@ -208,7 +208,7 @@ class Engine:
             [self.settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS)],
             handle_batch=self._fold,
             positions=positions,
-            prepare=self.codec.learn,
+            prepare=self.codec.learner,
         )
 
     async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:

@@ -34,7 +34,7 @@ async def load_keys(settings: Settings) -> KeyView:
         settings.bootstrap_servers,
         [settings.topic(topic_names.KEYS)],
         lambda record: view.apply(codec.decode(record.value, ApiKey)),
-        prepare=codec.learn,
+        prepare=codec.learner,
     )
     await reader.start()
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -129,6 +129,12 @@ class Codec:
         """Close the registry client's connections, if any."""
         if self.ids is not None and self.ids.client is not None:
             await self.ids.client.close()
+
+    @property
+    def learner(self) -> Callable[[Iterable[bytes | None]], Awaitable[None]] | None:
+        """``learn`` when there is anything to learn (a registry), else ``None``: a consumer loop
+        given ``None`` skips the call and the list of values it would build for it."""
+        return self.learn if self.ids is not None else None
 
     async def learn(self, values: Iterable[bytes | None]) -> None:
         """Make every Confluent schema id in ``values`` known before they are decoded (see

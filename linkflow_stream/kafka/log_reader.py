@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], None]
 BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
-Prepare = Callable[[list[bytes | None]], Awaitable[None]]
+Prepare = Callable[[Iterable[bytes | None]], Awaitable[None]]
 """Awaited with a fetched batch's values before any is handled (``Codec.learn``)."""
 PREPARE_MAX_PAUSE_SECONDS = 5.0
 

@@ -561,7 +561,8 @@ class _Worker:
                 continue
             records, self.pending = self.pending[:batch_max], self.pending[batch_max:]
             try:
-                await orch.codec.learn([record.value for record in records])
+                if orch.codec.ids is not None:  # a schema registry: ids to know before decoding
+                    await orch.codec.learn(record.value for record in records)
             except Exception:
                 # A schema id nobody here knows, and the registry cannot say: hold the batch and
                 # ask again; its inputs are valid and must be neither skipped nor dead-lettered.

@@ -119,7 +119,8 @@ class TaskConsumer:
         assert consumer is not None
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            await self._learn([record.value for records in batches.values() for record in records])
+            if self.codec.ids is not None:  # a schema registry: ids to know before decoding
+                await self._learn([record.value for records in batches.values() for record in records])
             for records in batches.values():
                 for record in records:
                     try:

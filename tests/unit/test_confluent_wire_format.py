@@ -170,6 +170,8 @@ async def test_learn_raises_a_retryable_error_while_the_registry_is_away_and_for
 
 async def test_a_codec_without_a_registry_learns_nothing_and_awaits_nothing() -> None:
     await default_codec().learn([b"\x00\x00\x00\x00\x01"])  # decoding says why, later
+    assert default_codec().learner is None  # consumer loops skip the call altogether
+    assert registered().learner is not None
 
 
 @pytest.mark.parametrize(
