@@ -1,9 +1,12 @@
-"""docker-compose.yml read as data: where no Docker engine runs (`docker compose config` then
-cannot), this checks what that command would not anyway: that services name each other, ports
-and URLs line up, the engine's variables are settings it has, and mounted files exist."""
+"""docker-compose.yml: `docker compose config` (or Debian's `docker-compose`, which validates
+without a Docker engine) where one is installed, and the file read as data everywhere, for what
+that command does not check: ports and URLs line up, the engine's variables are settings it has,
+mounted files exist, the README says what each service is for."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -46,6 +49,27 @@ def env(service: dict[str, Any]) -> dict[str, str]:
 
 def container_ports(service: dict[str, Any]) -> set[int]:
     return {int(str(p).rsplit(":", 1)[-1]) for p in service.get("ports", [])}
+
+
+def compose_command() -> list[str] | None:
+    """``docker compose`` if the plugin is there, else ``docker-compose``, else ``None``."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        plugin = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+        if plugin.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy is not None else None
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed: the tests below stand in")
+    done = subprocess.run(
+        [*command, "config", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_service_has_an_image_and_depends_only_on_services_that_exist(services: dict[str, Any]) -> None:
