@@ -257,3 +257,31 @@ def test_a_new_schema_id_while_the_registry_is_away_waits_and_runs_when_it_is_ba
         assert letters and b"is not known to the schema registry" in letters[0]["dlq_reason"]
     finally:
         outage.down()
+
+
+def test_a_restarted_engine_restores_its_confluent_framed_state_and_finishes_the_run(
+    engine_factory: Callable[..., EngineProcess], schema_registry: str
+) -> None:
+    engine = engine_factory(LINKFLOW_SCHEMA_REGISTRY_URL=schema_registry)
+    wf = {
+        "id": f"restart-{uuid.uuid4().hex[:6]}",
+        "nodes": [
+            {"id": "a", "type": "transform", "config": {"expression": "input.n + 1"}},
+            {"id": "w", "type": "wait", "depends_on": ["a"], "config": {"seconds": 3.0}},
+            {"id": "b", "type": "transform", "depends_on": ["w"], "config": {"expression": "nodes.a * 10"}},
+        ],
+    }
+    engine.register(wf)
+    status, body = engine.start_execution(wf["id"], {"n": 4})
+    assert status == 202, body
+    engine.wait_status(body["id"], ("running",))
+    engine.stop()  # the run's state is on linkflow.state.executions, in the Confluent wire format
+    engine.start()
+    done = engine.wait_status(body["id"], timeout=60)
+    assert done["status"] == "success", done
+    assert done["nodes"]["b"]["output"] == 50
+
+    settings = Settings(bootstrap_servers=engine.bootstrap, topic_prefix=engine.prefix)
+    states = asyncio.run(read_topic(engine.bootstrap, settings.topic("linkflow.state.executions")))
+    framed = [r.value for r in states if r.value is not None and r.key == body["id"].encode()]
+    assert framed and all(v[0] == 0 for v in framed)
