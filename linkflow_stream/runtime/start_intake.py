@@ -317,6 +317,16 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             log.warning("start intake: %s[%d] jumped from %d; reading again", tp.topic, number, expected)
             consumer.seek(tp, expected)
             return
+        if self.codec.ids is not None:  # a schema registry: ids to know before decoding
+            try:
+                await self.codec.learn(record.value for record in records)
+            except Exception:  # the registry cannot say now: read again, never a dead letter
+                log.exception(
+                    "start intake: schema ids of %s[%d] not resolved; reading again", tp.topic, number
+                )
+                consumer.seek(tp, expected)
+                await asyncio.sleep(1.0)
+                return
         batch = Batch()
         try:
             for record in records:
