@@ -20,7 +20,7 @@ def test_the_public_names_are_pinned() -> None:
             "DEFAULT_URL", "TERMINAL", "Accepted", "ApiError", "AsyncClient", "Client", "ClientError",
             "Conflict", "ConnectionFailed", "ErrorBody", "Execution", "ExecutionPage", "Forbidden",
             "LogLine", "NodeStatus", "NotFound", "ServerError", "Started", "Unauthorized", "Unavailable",
-            "ValidationFailed", "WaitTimedOut", "WorkflowRegistered", "WorkflowSummary",
+            "ValidationFailed", "WaitTimedOut", "WorkflowRegistered", "WorkflowSummary", "start_via_kafka",
         ]
     )  # fmt: skip
     for name in client_package.__all__:
