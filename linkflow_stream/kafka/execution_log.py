@@ -10,6 +10,7 @@ minutes before (``offsets_for_times``) instead of at the partition's start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
@@ -37,11 +38,18 @@ class EventLogUnavailable(LinkflowError):
     retryable = True
 
 
+STOP_SECONDS = 5.0
+"""Longest a reader waits for its consumer to close: these readers commit nothing, so one that
+does not close in time (a busy machine, a broker away) is left behind rather than holding up a
+Ctrl-C of ``events tail --follow``."""
+
+
 async def _stop(consumer: AIOKafkaConsumer) -> None:
     # aiokafka 0.14: a group-less consumer stopped before its reset task ran re-raises its
     # cancellation; one turn of the loop lets it start (see kafka/consumers.py).
     await asyncio.sleep(0)
-    await consumer.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(consumer.stop(), STOP_SECONDS)
 
 
 async def _partitions(bootstrap_servers: str, topic: str) -> list[int]:

@@ -181,7 +181,8 @@ async def test_bad_start_requests_go_to_the_dlq_with_the_reason(engine: EnginePr
     engine.register(doubling(wf_id))
     tag = uuid.uuid4().hex[:6]
     bad = {
-        f"garbage-{tag}".encode(): (b"\x00\x01 not a start request", "decode: not an Avro single-object"),
+        # a leading 0x00 reads as Confluent framing (ADR 0025): still no record, and it says why
+        f"garbage-{tag}".encode(): (b"\x00\x01 not a start request", "decode: "),
         f"unknown-{tag}".encode(): (
             json_request(workflow_id=f"nope-{tag}", input={}),
             f"unknown_workflow: workflow 'nope-{tag}' is not registered",
@@ -392,7 +393,7 @@ def test_events_tail_follow_prints_new_events_until_interrupted(
             wait_for(after["id"])  # and what came after
             assert proc.poll() is None, "--follow keeps reading"
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(20) == 0, errors.read_text()
+            assert proc.wait(60) == 0, errors.read_text()  # CI once took over 20 s under load
         finally:
             if proc.poll() is None:
                 proc.kill()
