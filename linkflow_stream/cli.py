@@ -334,6 +334,8 @@ def events_tail(execution_id: str | None, types: tuple[str, ...], follow: bool) 
                 click.echo(event.model_dump_json(exclude_none=True))
                 sys.stdout.flush()  # a pipe reader (another program, a test) sees each line at once
 
+    # A job started with `&` by a script inherits SIGINT ignored; a SIGINT must still stop --follow.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(show())
     except KeyboardInterrupt:
