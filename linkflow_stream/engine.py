@@ -184,12 +184,12 @@ class Engine:
     async def _check_auth(self) -> None:
         """Refuse to serve beyond this machine without keys; warn when told to anyway."""
         host = self.settings.api_host
+        await self.key_reader.start()  # first of the readers either way: small, and needed now if keys are
         if not self.auth_required:
             warning = open_beyond_loopback(self.settings.auth, host)
             if warning is not None:
                 log.warning("%s", warning)
             return
-        await self.key_reader.start()
         await self.key_reader.caught_up.wait()
         if not self.keys.any_active():
             await self.key_reader.stop()
@@ -351,7 +351,7 @@ class Engine:
         await self.publisher.start()
         await self._open_read_model()
         for reader in (*self.readers, self.control):
-            if not (reader is self.key_reader and self.auth_required):  # started by the check
+            if reader is not self.key_reader:  # started by _check_auth
                 await reader.start()
         keys = self.keys if self.auth_required else None
         deps = ApiDeps(

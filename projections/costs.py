@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from linkflow_stream.core.clock import iso
 from linkflow_stream.core.state import ExecutionState
 from projections.store.rows import CostGroup
 
@@ -128,7 +129,7 @@ def report(
         )
     return {
         "period": period,
-        "since": since.isoformat().replace("+00:00", "Z") if since else None,
+        "since": iso(since) if since else None,
         "group_by": group_by,
         "currency": "USD",
         "total_cost": round(sum(g["total_cost"] for g in out), 9),

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from linkflow_stream.core.clock import iso
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
 
 def _iso(dt: datetime | None) -> str | None:
-    return dt.isoformat().replace("+00:00", "Z") if dt else None
+    return iso(dt) if dt else None
 
 
 def render(state: ExecutionState) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from linkflow_stream.core.clock import iso
+
 HEARTBEAT_SECONDS = 5.0
 ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
 
@@ -66,8 +68,8 @@ class WorkerView:
                     "running": w.running,
                     "alive": alive,
                     "engine": w.engine,
-                    "registered_at": w.registered_at.isoformat().replace("+00:00", "Z"),
-                    "last_heartbeat": w.heartbeat_at.isoformat().replace("+00:00", "Z"),
+                    "registered_at": iso(w.registered_at),
+                    "last_heartbeat": iso(w.heartbeat_at),
                 }
             )
         alive_rows = [r for r in rows if r["alive"]]

@@ -25,6 +25,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from linkflow_stream.core.clock import iso
+
 PREFIX = "lfk"
 KEY_ID = re.compile(r"[0-9a-f]{12}")
 SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -71,8 +73,8 @@ class ApiKey(BaseModel):
             "team": self.team,
             "role": self.role.value,
             "name": self.name,
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "revoked_at": self.revoked_at.isoformat().replace("+00:00", "Z") if self.revoked_at else None,
+            "created_at": iso(self.created_at),
+            "revoked_at": iso(self.revoked_at) if self.revoked_at else None,
         }
 
 

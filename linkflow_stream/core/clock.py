@@ -22,6 +22,11 @@ def to_millis(dt: datetime) -> int:
     return (dt - EPOCH) // MILLISECOND
 
 
+def iso(dt: datetime) -> str:
+    """An aware time as ISO-8601 with ``Z`` for UTC: how every answer and span shows a time."""
+    return dt.isoformat().replace("+00:00", "Z")
+
+
 def seconds_to_millis(seconds: float) -> int:
     """A Kafka client's float-seconds timestamp as the integer milliseconds it came from."""
     return round(seconds * 1000)

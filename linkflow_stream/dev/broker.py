@@ -112,7 +112,7 @@ def free_port_block(count: int, tries: int = 200) -> int:
     first_choice, last_choice = BLOCK_PORTS_FROM, max(BLOCK_PORTS_FROM + count, low) - count
     for _ in range(tries):
         first = random.randint(first_choice, last_choice)  # noqa: S311 - a port, not a secret
-        if all(_port_is_free(first + i) for i in range(count)):
+        if all(port_is_free(first + i) for i in range(count)):
             return first
     msg = f"found no {count} consecutive free ports from {first_choice} in {tries} tries"
     raise BrokerError(msg)
@@ -279,7 +279,7 @@ class Broker:
 
     def running_pid(self) -> int | None:
         """The pid in the pid file if that process is alive and is this data dir's broker, else None."""
-        pid = _read_pid(self.pid_file)
+        pid = read_pid(self.pid_file)
         if pid is None or not _is_broker_process(pid, self.config_file):
             return None
         return pid
@@ -321,7 +321,7 @@ class Broker:
     def forget_stale_pid(self, progress: Callable[[str], None] = _quiet) -> None:
         """Remove a pid file whose process is gone or is not this data dir's broker."""
         if self.pid_file.exists() and self.running_pid() is None:
-            progress(f"removing a stale pid file (pid {_read_pid(self.pid_file)} is not a running broker)")
+            progress(f"removing a stale pid file (pid {read_pid(self.pid_file)} is not a running broker)")
             self.pid_file.unlink()
 
     def check_port(self) -> None:
@@ -329,7 +329,7 @@ class Broker:
         cluster, this node's controller port, which is fixed there)."""
         ports = [self.port] if self.peers is None else [self.port, self.peers.controller_ports[self.node_id]]
         for port in ports:
-            if not _port_is_free(port):
+            if not port_is_free(port):
                 msg = (
                     f"port {port} is in use by another process (not the broker of {self.data_dir}); "
                     "stop it or choose another port"
@@ -469,14 +469,14 @@ class Broker:
         return _is_broker_process(pid, self.config_file)
 
 
-def _read_pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def _command_line(pid: int) -> list[str]:
+def command_line(pid: int) -> list[str]:
     """A process's argv; empty when it is gone or a zombie."""
     proc = Path(f"/proc/{pid}/cmdline")
     if Path("/proc/self").exists():
@@ -495,7 +495,7 @@ def _command_line(pid: int) -> list[str]:
 
 def _is_broker_process(pid: int, config_file: Path) -> bool:
     """Whether ``pid`` is alive and is the broker started with ``config_file``."""
-    argv = _command_line(pid)
+    argv = command_line(pid)
     return MAIN_CLASS in argv and str(config_file) in argv
 
 
@@ -515,7 +515,7 @@ def _accepts_connections(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     """Whether a server could listen on 127.0.0.1:``port`` (as Kafka does, with SO_REUSEADDR)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -22,7 +22,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.dev.broker import command_line, port_is_free, read_pid
 
 POM = Path(__file__).resolve().parent / "registry_pom.xml"
 RUN_JARS = ("quarkus-run.jar", "*-runner.jar")
@@ -148,18 +148,11 @@ class SchemaRegistryServer:
 
     def running_pid(self) -> int | None:
         """The pid in the pid file if that process is alive and is this data dir's registry."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if self._is_ours(pid) else None
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and self._is_ours(pid) else None
 
     def _is_ours(self, pid: int) -> bool:
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            return False
-        return f"{MARKER}{self.data_dir}" in argv
+        return f"{MARKER}{self.data_dir}" in command_line(pid)
 
     def is_ready(self, timeout: float = 2.0) -> bool:
         """True when the Confluent-compatible API answers a list of subjects."""
@@ -186,7 +179,7 @@ class SchemaRegistryServer:
             self._wait_ready(timeout)
             return StartOutcome.REUSED
         self.pid_file.unlink(missing_ok=True)
-        if not _port_is_free(self.port):
+        if not port_is_free(self.port):
             msg = f"port {self.port} is in use by another process; stop it or choose another port"
             raise RegistryError(msg)
         app = application(cache_dir, progress)
@@ -267,13 +260,3 @@ class SchemaRegistryServer:
         if self.process is not None:
             return self.process.poll() is None
         return self._is_ours(pid)
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True

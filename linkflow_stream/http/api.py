@@ -24,7 +24,7 @@ from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.auth import Principal, Role, new_key
-from linkflow_stream.core.clock import now, to_millis
+from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import WINDOW as IDEMPOTENCY_WINDOW
@@ -104,10 +104,6 @@ class ApiDeps:
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
 
 
 MAX_JSON_DEPTH = 64
@@ -636,7 +632,7 @@ class Api:
                 "id": execution_id,
                 "status": state.status.value,
                 "seq": state.seq,
-                "durable_through": _iso(last),
+                "durable_through": iso(last),
                 "log": "linkflow.events",
                 "state": "linkflow.state.executions",
             }

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +23,7 @@ from linkflow_stream.core.messages import ControlMessage, NodeError, NodeResult,
 from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure, capped_output
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.runtime.identity import instance_id
 from linkflow_stream.tracing.messaging import Delivery, TaskSpans, record_outcome
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class Executor:
         """Makes each attempt's process span; ``None``: tracing is off."""
         self.registry = registry
         self.publisher = publisher
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = instance_id()
         self._slots = asyncio.Semaphore(slots)
         self.running: dict[TaskKey, asyncio.Task[None]] = {}
 

@@ -33,6 +33,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from linkflow_stream.core.clock import iso
 from linkflow_stream.core.decider import Input
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError
@@ -64,10 +65,6 @@ _RUN_END = frozenset(
 SpanEvent = tuple[str, datetime, dict[str, AttributeValue]]
 
 
-def _iso(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
-
-
 def _fired(before: ExecutionState | None, cause: Input) -> Timer | None:
     """The durable timer whose firing ``cause`` is, if it is one."""
     if before is None or not isinstance(cause, ExecutionCommand) or cause.kind is not CommandKind.TIMER_FIRED:
@@ -76,7 +73,7 @@ def _fired(before: ExecutionState | None, cause: Input) -> Timer | None:
 
 
 def _timer_event(timer: Timer, at: datetime) -> SpanEvent:
-    return (TIMER_FIRED, at, {TIMER_KIND: timer.kind.value, TIMER_DUE_AT: _iso(timer.due_at)})
+    return (TIMER_FIRED, at, {TIMER_KIND: timer.kind.value, TIMER_DUE_AT: iso(timer.due_at)})
 
 
 def _open_attempt(state: ExecutionState, node_id: str) -> bool:
@@ -126,7 +123,7 @@ class ExecutionSpans:
                     event.at,
                     {
                         NODE_ATTEMPT: prior.nodes[node_id].attempts + 1,
-                        RETRY_DUE_AT: _iso(event.due_at),
+                        RETRY_DUE_AT: iso(event.due_at),
                         RETRY_DELAY_SECONDS: (event.due_at - event.at).total_seconds(),
                         ERROR_TYPE: error_class,
                     },

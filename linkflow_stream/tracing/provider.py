@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -37,6 +36,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.trace_context import RunTrace
+from linkflow_stream.runtime.identity import instance_id
 
 SCOPE = "linkflow_stream"
 """The instrumentation scope every span of the engine is made under."""
@@ -142,7 +142,7 @@ def _resource() -> Resource:
     if str(detected.attributes.get("service.name", "")).startswith("unknown_service"):
         defaults["service.name"] = DEFAULT_SERVICE_NAME
     if "service.instance.id" not in detected.attributes:
-        defaults["service.instance.id"] = f"{socket.gethostname()}-{os.getpid()}"
+        defaults["service.instance.id"] = instance_id()
     return detected.merge(Resource(defaults))
 
 
