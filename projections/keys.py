@@ -27,10 +27,12 @@ class KeyView:
     def check(self, key: str) -> ApiKey | None:
         """The active key this text is, else ``None`` (malformed, unknown, wrong secret, revoked)."""
         parts = split_key(key)
-        if parts is None:
-            return None
-        record = self.keys.get(parts[0])
-        if record is None or not record.active or not matches(record, parts[1]):
+        return None if parts is None else self.check_parts(*parts)
+
+    def check_parts(self, key_id: str, secret: str) -> ApiKey | None:
+        """``check`` of a key already split (``core.auth.split_key``)."""
+        record = self.keys.get(key_id)
+        if record is None or not record.active or not matches(record, secret):
             return None
         return record
 

@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.auth import Principal, Role, new_key
+from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
@@ -324,15 +324,13 @@ class Api:
         )
         self.d.workflows.apply(wf)
 
-    async def _acknowledged(self, item: Outgoing, what: str) -> None:
+    async def _acknowledged(self, item: Outgoing, what: str, hint: str = "try again") -> None:
         """Send one record; a broker that does not acknowledge it is a 503 the client may retry."""
         try:
             await self.d.publisher.send([item])
         except Exception as exc:
             log.warning("%s not acknowledged by Kafka: %r", what, exc)
-            raise UnavailableError(
-                f"{what} was not acknowledged by Kafka; try again", retryable=True
-            ) from exc
+            raise UnavailableError(f"{what} was not acknowledged by Kafka; {hint}", retryable=True) from exc
 
     async def _claimable(self, principal: Principal, workflow_id: str) -> None:
         """A workflow id of another team is not the caller's to version (409, not 404: the id is
@@ -491,26 +489,18 @@ class Api:
                 traceparent=parent,
             )
             self.d.views.status.accept(request_record)
-            try:
-                await self.d.publisher.send(
-                    [
-                        Outgoing(
-                            topic,
-                            request_record.execution_id,
-                            request_record,
-                            "io.linkflow.execution.requested",
-                            time=request_record.requested_at,
-                            headers=((TRACEPARENT, parent.encode()),) if parent else (),
-                        )
-                    ]
-                )
-            except Exception as exc:
-                log.warning("start of %s not acknowledged by Kafka: %r", execution_id, exc)
-                raise UnavailableError(
-                    f"the start of {execution_id} was not acknowledged by Kafka; it may or may not run. "
-                    "Retry with the same Idempotency-Key to be sure it runs once",
-                    retryable=True,
-                ) from exc
+            await self._acknowledged(
+                Outgoing(
+                    topic,
+                    request_record.execution_id,
+                    request_record,
+                    "io.linkflow.execution.requested",
+                    time=request_record.requested_at,
+                    headers=((TRACEPARENT, parent.encode()),) if parent else (),
+                ),
+                f"the start of {execution_id}",
+                "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
+            )
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
@@ -784,19 +774,17 @@ class Api:
 
     async def create_key(self, request: web.Request) -> web.Response:
         """``{"team", "role", "name"?}``: a new key, shown in this answer only."""
+        keys = self._keys()
         body = validated(KeyCreateBody, await _json_body(request))
         key, record = new_key(body.team, Role(body.role), body.name, now())
         await self._acknowledged(key_record(record, KEY_CREATED), f"key {record.id}")
-        self._keys().apply(record)
+        keys.apply(record)
         return web.json_response({**record.public(), "key": key}, status=201)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         keys = self._keys()
         key_id = request.match_info["id"]
-        record = keys.keys.get(key_id)
-        if record is None and self.d.sync is not None:
-            await self.d.sync(SYNC_SECONDS)
-            record = keys.keys.get(key_id)
+        record: ApiKey | None = await self._synced(lambda: keys.keys.get(key_id))
         if record is None:
             raise NotFoundError(f"no key with id {key_id!r}")
         if record.revoked_at is None:

@@ -37,6 +37,16 @@ def principal_of(request: web.Request) -> Principal:
     return found
 
 
+def role_for(method: str, pattern: str, admin_routes: Collection[tuple[str, str]]) -> Role:
+    """The role a request to this route needs: ``admin`` for the app's admin routes, else
+    ``viewer`` to read and ``operator`` to write. HEAD needs what GET needs (aiohttp serves it
+    with the GET handler). The OpenAPI document states the same, from this."""
+    method = "GET" if method == "HEAD" else method
+    if (method, pattern) in admin_routes:
+        return Role.ADMIN
+    return Role.VIEWER if method in READ_METHODS else Role.OPERATOR
+
+
 def authentication(
     keys: KeyView | None,
     sync: Callable[[float], Awaitable[bool]] | None = None,
@@ -49,12 +59,7 @@ def authentication(
 
     def needed(request: web.Request) -> Role:
         pattern = request.match_info.route.resource.canonical if request.match_info.route.resource else ""
-        method = (
-            "GET" if request.method == "HEAD" else request.method
-        )  # aiohttp serves HEAD by the GET handler
-        if (method, pattern) in admin:
-            return Role.ADMIN
-        return Role.VIEWER if method in READ_METHODS else Role.OPERATOR
+        return role_for(request.method, pattern, admin)
 
     async def check(text: str) -> Principal:
         if keys is None:
@@ -66,11 +71,13 @@ def authentication(
                 "this API needs a key: send `Authorization: Bearer <key>` (an admin creates keys with "
                 "`linkflow keys create --team T --role viewer|operator|admin`)"
             )
-        record = keys.check(key)
         parts = split_key(key)
-        if record is None and sync is not None and parts is not None and not keys.knows(parts[0]):
+        if parts is None:
+            raise UnauthorizedError("unknown or revoked API key")
+        record = keys.check_parts(*parts)
+        if record is None and sync is not None and not keys.knows(parts[0]):
             await sync(SYNC_SECONDS)
-            record = keys.check(key)
+            record = keys.check_parts(*parts)
         if record is None:
             raise UnauthorizedError("unknown or revoked API key")
         return Principal(role=record.role, team=record.team, key_id=record.id)

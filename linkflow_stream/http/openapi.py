@@ -32,7 +32,7 @@ from linkflow_stream.core.messages import Priority
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http import responses
-from linkflow_stream.http.auth import OPEN_PATHS
+from linkflow_stream.http.auth import OPEN_PATHS, role_for
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
     LOGS_LIMIT,
@@ -453,12 +453,8 @@ def _operation_id(op: Operation) -> str:
 
 
 def role_needed(method: str, path: str, admin_routes: Collection[tuple[str, str]]) -> str | None:
-    """The role ``http.auth`` asks of a request to this route (``None``: open), by the same rule."""
-    if path in OPEN_PATHS:
-        return None
-    if (method, path) in admin_routes:
-        return "admin"
-    return "viewer" if method in ("GET", "HEAD", "OPTIONS") else "operator"
+    """The role ``http.auth`` asks of a request to this route (``None``: open)."""
+    return None if path in OPEN_PATHS else role_for(method, path, admin_routes).value
 
 
 def document(
