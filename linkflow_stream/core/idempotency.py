@@ -11,7 +11,9 @@ days later starts a new run under a new id (an id is never given to two differen
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.errors import ValidationError
@@ -31,6 +33,15 @@ def execution_ids(team: str, key: str, at: datetime) -> tuple[str, str]:
     """(the id for a new run now, the id the same key had in the previous window)."""
     window = to_millis(at) // (int(WINDOW.total_seconds()) * 1000)
     return _id(team, key, window), _id(team, key, window - 1)
+
+
+def still_named(body: Mapping[str, Any] | None, at: datetime) -> bool:
+    """Whether a run (its API body) that the previous window's id names began less than 24 hours
+    before ``at``, so that the key still names it."""
+    if body is None:
+        return False
+    created = datetime.fromisoformat(str(body["created_at"]).replace("Z", "+00:00"))
+    return at - created < WINDOW
 
 
 def _id(team: str, key: str, window: int) -> str:

@@ -27,8 +27,7 @@ from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
-from linkflow_stream.core.idempotency import WINDOW as IDEMPOTENCY_WINDOW
-from linkflow_stream.core.idempotency import check_key, execution_ids
+from linkflow_stream.core.idempotency import check_key, execution_ids, still_named
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
@@ -522,7 +521,7 @@ class Api:
         (looked up after the views caught up, so a start acknowledged anywhere is found)."""
         current, previous = execution_ids(team, key, at)
         earlier = await self._synced(lambda: self.d.views.body(previous))
-        if earlier is not None and at - _parse_time(earlier["created_at"]) < IDEMPOTENCY_WINDOW:
+        if earlier is not None and still_named(earlier, at):
             return previous, earlier
         return current, await self._synced(lambda: self.d.views.body(current))
 

@@ -34,9 +34,9 @@ from pydantic import BaseModel
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.kafka.schema_ids import (
     CONFLUENT_HEADER_BYTES,
-    CONFLUENT_MAGIC,
     SchemaIds,
     confluent_header,
+    confluent_id,
 )
 from linkflow_stream.kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
 
@@ -168,8 +168,8 @@ class Codec:
             raise DecodeError(f"{name} does not fit its model: {exc}") from exc
 
     def decode_dict(self, data: bytes | None, name: str) -> dict[str, Any]:
-        if data is not None and len(data) >= CONFLUENT_HEADER_BYTES and data[0] == CONFLUENT_MAGIC:
-            writer, body = self._registered_writer(data, name), data[CONFLUENT_HEADER_BYTES:]
+        if data is not None and (schema_id := confluent_id(data)) is not None:
+            writer, body = self._registered_writer(schema_id, name), data[CONFLUENT_HEADER_BYTES:]
         elif data is None or len(data) < 10 or data[:2] != MAGIC:
             raise DecodeError(f"not an Avro single-object encoded {name}")
         else:
@@ -185,9 +185,8 @@ class Codec:
             raise DecodeError(f"{name} did not decode to a record")
         return value
 
-    def _registered_writer(self, data: bytes, name: str) -> Any:
+    def _registered_writer(self, schema_id: int, name: str) -> Any:
         """The writer schema of a Confluent-framed value, from what the registry said before."""
-        schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_BYTES], "big")
         if self.ids is None:
             raise DecodeError(
                 f"{name} is in the Confluent wire format (schema id {schema_id}) but no schema "

@@ -8,6 +8,7 @@ environment, or the broker count the cluster reports does (ADR 0017).
 from __future__ import annotations
 
 import asyncio
+import functools
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -137,8 +138,10 @@ def value_schemas(settings: Settings, pools: Iterable[str] = (), path: Path = SP
     return {settings.topic(name): schema for name, schema in sorted(specs.items())}
 
 
+@functools.cache
 def max_message_bytes(path: Path = SPEC_FILE) -> int:
-    """The record size producers and fetches must allow: the largest any topic takes."""
+    """The record size producers and fetches must allow: the largest any topic takes (read once
+    per process: every consumer and producer asks)."""
     data = tomllib.loads(path.read_text())
     sizes = [int(data.get("max_message_bytes", 1048576))]
     sizes += [int(t["max_message_bytes"]) for t in data["topic"] if "max_message_bytes" in t]

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import from_millis, now
 from linkflow_stream.core.errors import LinkflowError
-from linkflow_stream.core.idempotency import WINDOW
+from linkflow_stream.core.idempotency import still_named
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.start_request import (
     Origin,
@@ -459,8 +459,4 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             earlier = [await self.find_run(i) for i in ids[1:]]
         except Exception as exc:
             raise ViewsBehind(f"the read model could not be read: {exc!r}") from exc
-        return any(body is not None and at - _created(body) < WINDOW for body in earlier)
-
-
-def _created(body: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(str(body["created_at"]).replace("Z", "+00:00"))
+        return any(still_named(body, at) for body in earlier)
