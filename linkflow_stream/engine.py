@@ -199,7 +199,7 @@ class Engine:
                 + ") but none exists: create one with `linkflow keys create --team <team> --role admin`, "
                 "or listen on 127.0.0.1 only (LINKFLOW_API_HOST), or set LINKFLOW_AUTH=disabled on purpose"
             )
-        log.info("API keys required: %d active keys", sum(k.active for k in self.keys.keys.values()))
+        log.info("API keys required: %d active keys", sum(k.active for k in self.keys.listed()))
 
     def _status_reader(self, positions: Mapping[tuple[str, int], int]) -> LogReader:
         """Events and requests, batch by batch into the read model, from its stored positions."""

@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key
+from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key, new_webhook_token
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
@@ -46,7 +46,7 @@ from linkflow_stream.http.bodies import (
     TimeoutBody,
     validated,
 )
-from linkflow_stream.http.errors import UnavailableError, errors_as_json
+from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
 from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
@@ -104,6 +104,8 @@ class ApiDeps:
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
 
+
+WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
@@ -277,6 +279,8 @@ class Api:
                 web.get("/api/workflows", self.list_workflows),
                 web.get("/api/workflows/{id}", self.get_workflow),
                 web.put("/api/workflows/{id}/retry", self.set_workflow_retry),
+                web.post("/api/workflows/{id}/webhook-token", self.rotate_webhook_token),
+                web.post("/webhook/{workflow_id}", self.webhook),
                 web.post("/api/executions/{id}/test-retry", self.test_retry),
                 web.post("/api/executions", self.start_execution),
                 web.get("/api/executions", self.list_executions),
@@ -312,8 +316,53 @@ class Api:
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         pools = await self.d.pools() if self.d.pools is not None else None
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now(), pools=pools)
+        token = await self._new_webhook_token(wf) if wf.version == 1 else None
         await self._publish_workflow(wf)
-        return web.json_response({"id": wf.id, "version": wf.version}, status=201)
+        answer: dict[str, Any] = {"id": wf.id, "version": wf.version}
+        if token is not None:
+            answer["webhook_token"] = token
+        return web.json_response(answer, status=201)
+
+    async def _new_webhook_token(self, wf: WorkflowDefinition) -> str:
+        """A new webhook token of ``wf``, stored (as a hash) before it is handed out, the earlier
+        ones revoked: only the newest token of a workflow starts it."""
+        keys = self._keys()
+        # without keys a workflow has no team; the token's record needs one, and nothing reads it
+        # (a run's team is its workflow's)
+        token, record = new_webhook_token(wf.id, wf.team or "default", now())
+        await self._acknowledged(key_record(record, KEY_CREATED), f"the webhook token of {wf.id}")
+        keys.apply(record)
+        for old in keys.webhook_tokens(wf.id):
+            if old.id != record.id:
+                revoked = old.model_copy(update={"revoked_at": record.created_at})
+                await self._acknowledged(key_record(revoked, KEY_REVOKED), f"revocation of token {old.id}")
+                keys.apply(revoked)
+        return token
+
+    async def rotate_webhook_token(self, request: web.Request) -> web.Response:
+        """A new webhook token for a workflow of the caller's team; the old one stops working."""
+        wf = await self._workflow(request, request.match_info["id"])
+        return web.json_response(
+            {"id": wf.id, "webhook_token": await self._new_webhook_token(wf)}, status=201
+        )
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """``POST /webhook/{workflow_id}``: start a run with the JSON body as its input, authorised
+        by the workflow's token in ``X-LinkFlow-Token`` instead of an API key. An unknown workflow
+        gets the same 401 as a wrong token, so the route tells nothing about which ids exist."""
+        workflow_id = request.match_info["workflow_id"]
+        token = request.headers.get(WEBHOOK_TOKEN_HEADER, "")
+        keys = self._keys()
+        if not token or await self._synced(lambda: keys.check_webhook(workflow_id, token)) is None:
+            raise UnauthorizedError(
+                f"a webhook needs the workflow's token in {WEBHOOK_TOKEN_HEADER} (returned once as "
+                "`webhook_token` when the workflow was registered; a new one from "
+                "POST /api/workflows/{id}/webhook-token)"
+            )
+        wf = await self._synced(lambda: self.d.workflows.get(workflow_id))
+        if wf is None:
+            raise UnauthorizedError(f"no workflow {workflow_id!r} with that webhook token")
+        return await self._start(request, wf, await _json_body(request))
 
     async def _publish_workflow(self, wf: WorkflowDefinition) -> None:
         """Put a version on the log, then into this instance's view, so a read right after finds it."""
@@ -465,10 +514,15 @@ class Api:
         )
 
     async def start_execution(self, request: web.Request) -> web.Response:
-        priority = _priority(request)
-        wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
         body = validated(StartExecutionBody, await _json_body(request))
         wf = await self._workflow(request, body.workflow_id)
+        return await self._start(request, wf, body.input_data)
+
+    async def _start(self, request: web.Request, wf: WorkflowDefinition, input_data: Any) -> web.Response:
+        """Start a run of ``wf`` with ``input_data``, honouring the request's ``X-Priority``,
+        ``Idempotency-Key``, ``traceparent`` and ``?wait``."""
+        priority = _priority(request)
+        wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
         requested_at = now()
         execution_id = f"exec_{uuid.uuid4().hex}"
         key = request.headers.get("Idempotency-Key")
@@ -482,7 +536,7 @@ class Api:
             request_record = StartExecution(
                 execution_id=execution_id,
                 workflow=wf,
-                input=body.input_data,
+                input=input_data,
                 priority=priority,
                 requested_at=requested_at,
                 traceparent=parent,
@@ -784,7 +838,7 @@ class Api:
         keys = self._keys()
         key_id = request.match_info["id"]
         record: ApiKey | None = await self._synced(lambda: keys.keys.get(key_id))
-        if record is None:
+        if record is None or record.is_webhook_token:
             raise NotFoundError(f"no key with id {key_id!r}")
         if record.revoked_at is None:
             record = record.model_copy(update={"revoked_at": now()})

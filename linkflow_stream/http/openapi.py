@@ -32,7 +32,7 @@ from linkflow_stream.core.messages import Priority
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http import responses
-from linkflow_stream.http.auth import OPEN_PATHS, role_for
+from linkflow_stream.http.auth import is_open, role_for
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
     LOGS_LIMIT,
@@ -178,6 +178,42 @@ API_OPERATIONS: tuple[Operation, ...] = (
         "workflows",
         body=RetryPolicyBody,
         params=(ID,),
+    ),
+    Operation(
+        "POST",
+        "/api/workflows/{id}/webhook-token",
+        "A new webhook token for the workflow (shown in this answer only); the old one stops working",
+        "workflows",
+        ok=201,
+        ok_body=responses.WebhookToken,
+        params=(ID,),
+    ),
+    Operation(
+        "POST",
+        "/webhook/{workflow_id}",
+        "Start a run of the workflow with the JSON body as its input (webhook trigger)",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        params=(
+            Param("workflow_id", "path", {"type": "string"}, "The workflow to run (its latest version)."),
+            Param(
+                "X-LinkFlow-Token",
+                "header",
+                {"type": "string"},
+                "The workflow's webhook token (`webhook_token` of its registration).",
+                required=True,
+            ),
+            WAIT,
+            PRIORITY,
+            IDEMPOTENCY,
+        ),
+        also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
+        errors={
+            401: "Missing or wrong token, or no such workflow.",
+            503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
+        },
+        description="Needs no API key: the token authorises it. Any JSON body is the run's input.",
     ),
     Operation(
         "POST",
@@ -454,7 +490,7 @@ def _operation_id(op: Operation) -> str:
 
 def role_needed(method: str, path: str, admin_routes: Collection[tuple[str, str]]) -> str | None:
     """The role ``http.auth`` asks of a request to this route (``None``: open)."""
-    return None if path in OPEN_PATHS else role_for(method, path, admin_routes).value
+    return None if is_open(path) else role_for(method, path, admin_routes).value
 
 
 def document(

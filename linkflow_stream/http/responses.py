@@ -12,7 +12,7 @@ the fields' types for the schema.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
@@ -36,6 +36,13 @@ class ErrorBody(TypedDict):
 class WorkflowRegistered(TypedDict):
     id: str
     version: int
+    webhook_token: NotRequired[str]
+    """On a workflow's first version only: its webhook token, shown this once."""
+
+
+class WebhookToken(TypedDict):
+    id: str
+    webhook_token: str
 
 
 class WorkflowSummary(TypedDict):
