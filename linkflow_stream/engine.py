@@ -20,6 +20,7 @@ from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.messages import ControlMessage
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.schedule import Schedule, ScheduleProgress
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
 from linkflow_stream.http.auth import authentication
@@ -39,6 +40,7 @@ from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
+from linkflow_stream.runtime.scheduler import Scheduler
 from linkflow_stream.runtime.start_intake import StartIntake
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
@@ -47,6 +49,7 @@ from linkflow_stream.tracing import ExecutionSpans, TaskSpans, Tracing, TracingC
 from projections.keys import KeyView
 from projections.logs import LogView
 from projections.read_model import ReadModel, Topics
+from projections.schedules import ScheduleView
 from projections.status import StatusView
 from projections.store import open_store
 from projections.store.sql import SCHEMA_VERSION
@@ -139,6 +142,16 @@ class Engine:
         self.intake = StartIntake(
             settings, self.codec, self.workflows, self.views.body, self.sync_views, self.metrics
         )
+        self.schedules = ScheduleView()
+        self.schedule_reader = view([topic_names.SCHEDULES, topic_names.SCHEDULE_PROGRESS], self._on_schedule)
+        self.scheduler = Scheduler(
+            settings,
+            self.codec,
+            self.schedules,
+            self.views.body,
+            self.metrics,
+            ready=self.schedule_reader.caught_up.is_set,
+        )
         self.status_reader = self._status_reader({})
         self.key_reader = view([topic_names.KEYS], self._on_key)
         self.readers = [
@@ -146,6 +159,7 @@ class Engine:
             self.status_reader,
             view([topic_names.WORKERS], self._on_worker),
             self.key_reader,
+            self.schedule_reader,
         ]
         self.control = LogReader(
             settings.bootstrap_servers,
@@ -166,6 +180,15 @@ class Engine:
 
     def _on_key(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.keys.apply(self.codec.decode(record.value, ApiKey))
+
+    def _on_schedule(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        schedule_id = (record.key or b"").decode()
+        if record.topic == self.settings.topic(topic_names.SCHEDULES):
+            found = None if record.value is None else self.codec.decode(record.value, Schedule)
+            self.schedules.apply(schedule_id, found)
+        else:
+            progress = None if record.value is None else self.codec.decode(record.value, ScheduleProgress)
+            self.schedules.apply_progress(schedule_id, progress)
 
     async def _register_schemas(self) -> None:
         """With a schema registry: every topic's value schema registered, and the ids every
@@ -365,6 +388,7 @@ class Engine:
             queue_status=lambda: queue_status(self.settings, self.status, self.status_reader),
             pools=self.pools.names,
             keys=self.keys,
+            schedules=self.schedules,
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
             tracing=self.tracing,
             events=lambda execution_id, created_at: execution_events(
@@ -388,6 +412,7 @@ class Engine:
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         await self.orchestrator.start()
         await self.intake.start()
+        await self.scheduler.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
         gc_tuning.freeze_start_up()
@@ -400,6 +425,7 @@ class Engine:
         for runner in self._runners:
             await runner.cleanup()
         await self.tasks.stop()
+        await self.scheduler.stop()
         await self.intake.stop()
         await self.orchestrator.stop()
         for reader in (*self.readers, self.control):

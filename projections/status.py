@@ -19,6 +19,9 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
+LINKS = ("schedule_id",)
+"""The links every body shows (``None`` when the run has none): what started it."""
+
 
 def _iso(dt: datetime | None) -> str | None:
     return iso(dt) if dt else None
@@ -38,6 +41,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
         "started_at": _iso(state.started_at),
         "finished_at": _iso(state.finished_at),
         "deadline_at": _iso(deadline.due_at) if (deadline := state.timers.get("execution_timeout")) else None,
+        **{name: state.links.get(name) for name in LINKS},
         "nodes": {
             node_id: {
                 "status": n.status.value,
@@ -121,6 +125,7 @@ def accepted_state(request: StartExecution) -> ExecutionState:
             ),
         ),
         traceparent=request.traceparent,
+        links=request.links,
     )
 
 

@@ -82,6 +82,7 @@ def decide(
             input=inp.input,
             priority=inp.priority,
             traceparent=inp.traceparent,
+            links=inp.links or None,
         )
         timeout = inp.workflow.timeout_seconds
         b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)

@@ -58,3 +58,5 @@ class ExecutionEvent(BaseModel):
     logs: dict[str, str] | None = None
     traceparent: str | None = None
     """``execution_created`` only: the caller's W3C ``traceparent`` (see ``StartExecution``)."""
+    links: dict[str, str] | None = None
+    """``execution_created`` only: what started the run (see ``StartExecution.links``)."""

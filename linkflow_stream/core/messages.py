@@ -46,6 +46,8 @@ class StartExecution(BaseModel):
     traceparent: str | None = None
     """W3C ``traceparent`` of the caller whose trace the run continues: the API's send span, or
     the ``traceparent`` header of a producer's record. Default ``None``: the run starts a trace."""
+    links: dict[str, str] = {}
+    """What started the run, by name (``schedule_id``, ...); empty for a plain start."""
 
 
 class ExecutionCommand(BaseModel):

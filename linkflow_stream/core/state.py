@@ -109,6 +109,8 @@ class ExecutionState(BaseModel):
     traceparent: str | None = None
     """The W3C ``traceparent`` of the caller whose trace this run continues; ``None``: the run
     starts its own. The run's own span ids derive from its id (``core/trace_context.py``)."""
+    links: dict[str, str] = {}
+    """What started the run, by name (``schedule_id``, ...)."""
 
     def node_inputs(self) -> dict[str, Any]:
         """What expressions and executors see: the run's input and every finished node's output."""
@@ -160,6 +162,7 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             nodes={n.id: NodeState() for n in event.workflow.nodes},
             history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=event.at),),
             traceparent=event.traceparent,
+            links=event.links or {},
         )
     if state is None:
         raise EvolveError(f"{event.execution_id}: {event.type} before execution_created")

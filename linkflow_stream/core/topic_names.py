@@ -15,6 +15,8 @@ CONTROL = "linkflow.control"
 WORKERS = "linkflow.workers"
 KEYS = "linkflow.keys"
 DLQ = "linkflow.dlq"
+SCHEDULES = "linkflow.schedules"
+SCHEDULE_PROGRESS = "linkflow.schedules.progress"
 
 
 def requests(priority: Priority) -> str:

@@ -31,6 +31,7 @@ from linkflow_stream.core.idempotency import check_key, execution_ids, still_nam
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.schedule import Schedule
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
@@ -42,6 +43,8 @@ from linkflow_stream.http.bodies import (
     MAX_WAIT_SECONDS,
     KeyCreateBody,
     RetryPolicyBody,
+    ScheduleBody,
+    ScheduleChange,
     StartExecutionBody,
     TimeoutBody,
     validated,
@@ -55,6 +58,7 @@ from projections.costs import GROUPS, PERIODS, cost_of
 from projections.keys import KeyView
 from projections.logs import LEVELS, FollowQueue, TooSlow
 from projections.read_model import ReadModel
+from projections.schedules import ScheduleView
 from projections.status import render, render_metrics
 from projections.store import Cursor, ExecutionQuery
 from projections.workflows import WorkflowView
@@ -100,6 +104,8 @@ class ApiDeps:
     """The authentication middleware (``http.auth.authentication``); default: auth disabled."""
     tracing: Tracing | None = None
     """Makes the send span of each start request; ``None``: tracing is off."""
+    schedules: ScheduleView | None = None
+    """Every schedule (``/api/schedules``); ``None`` where schedules are not kept."""
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
@@ -299,6 +305,11 @@ class Api:
                 web.get("/api/keys", self.list_keys),
                 web.post("/api/keys", self.create_key),
                 web.post("/api/keys/{id}/revoke", self.revoke_key),
+                web.post("/api/schedules", self.create_schedule),
+                web.get("/api/schedules", self.list_schedules),
+                web.get("/api/schedules/{id}", self.get_schedule),
+                web.patch("/api/schedules/{id}", self.change_schedule),
+                web.delete("/api/schedules/{id}", self.delete_schedule),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -845,6 +856,91 @@ class Api:
             await self._acknowledged(key_record(record, KEY_REVOKED), f"revocation of key {record.id}")
             keys.apply(record)
         return web.json_response(record.public())
+
+    # -- schedules ---------------------------------------------------------------------------------
+    def _schedule_view(self) -> ScheduleView:
+        if self.d.schedules is None:
+            raise NotFoundError("schedules are not kept on this instance")
+        return self.d.schedules
+
+    async def _schedule(self, request: web.Request, schedule_id: str) -> Schedule:
+        """A schedule of the caller's team (404 otherwise, as for a missing one)."""
+        principal = principal_of(request)
+        view = self._schedule_view()
+
+        def owned() -> Schedule | None:
+            found = view.get(schedule_id)
+            return found if found is not None and principal.sees(found.team) else None
+
+        schedule: Schedule | None = await self._synced(owned)
+        if schedule is None:
+            raise NotFoundError(f"schedule {schedule_id!r} does not exist")
+        return schedule
+
+    async def _publish_schedule(self, schedule: Schedule) -> web.Response:
+        view = self._schedule_view()
+        await self._acknowledged(
+            Outgoing(
+                topic_names.SCHEDULES, schedule.id, schedule, "io.linkflow.schedule.changed", time=now()
+            ),
+            f"schedule {schedule.id}",
+        )
+        view.apply(schedule.id, schedule)
+        return web.json_response(view.body(schedule, now()))
+
+    async def create_schedule(self, request: web.Request) -> web.Response:
+        """A new schedule of a workflow of the caller's team; its slots count from now."""
+        body = validated(ScheduleBody, await _json_body(request))
+        at = now().replace(microsecond=0)
+        schedule = validated(Schedule, {**body.model_dump(), "created_at": at, "effective_from": at})
+        wf = await self._workflow(request, body.workflow_id)
+        schedule = schedule.model_copy(update={"team": wf.team})
+        view = self._schedule_view()
+        if await self._synced(lambda: view.get(body.id)) is not None:
+            raise ConflictError(f"schedule {body.id!r} exists; change it with PATCH or delete it first")
+        answer = await self._publish_schedule(schedule)
+        answer.set_status(201)
+        return answer
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        view = self._schedule_view()
+        found = [view.body(s, now()) for s in view.listed(principal_of(request).team_scope)]
+        return web.json_response({"schedules": found, "count": len(found)})
+
+    async def get_schedule(self, request: web.Request) -> web.Response:
+        schedule = await self._schedule(request, request.match_info["id"])
+        return web.json_response(self._schedule_view().body(schedule, now()))
+
+    async def change_schedule(self, request: web.Request) -> web.Response:
+        """Pause, resume or change a schedule. Slots of the old timing, or of the pause, are not
+        owed: a new timing or a resume counts from now."""
+        current = await self._schedule(request, request.match_info["id"])
+        change = validated(ScheduleChange, await _json_body(request)).model_dump(exclude_unset=True)
+        if "cron" in change and "every_seconds" in change:
+            raise ValidationError("give cron or every_seconds, not both")
+        if "cron" in change:
+            change["every_seconds"] = None
+        if "every_seconds" in change:
+            change["cron"] = None
+        if "workflow_id" in change:
+            await self._workflow(request, change["workflow_id"])
+        resumed = current.paused and change.get("paused") is False
+        if resumed or any(k in change for k in ("cron", "every_seconds", "timezone")):
+            change["effective_from"] = now().replace(microsecond=0)
+        schedule = validated(Schedule, {**current.model_dump(), **change})
+        return await self._publish_schedule(schedule)
+
+    async def delete_schedule(self, request: web.Request) -> web.Response:
+        schedule = await self._schedule(request, request.match_info["id"])
+        try:
+            await self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, [])
+        except Exception as exc:
+            log.warning("deleting schedule %s not acknowledged by Kafka: %r", schedule.id, exc)
+            raise UnavailableError(
+                f"deleting schedule {schedule.id} was not acknowledged by Kafka; try again"
+            ) from exc
+        self._schedule_view().apply(schedule.id, None)
+        return web.json_response({"id": schedule.id, "deleted": True})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -39,6 +39,8 @@ from linkflow_stream.http.bodies import (
     MAX_WAIT_SECONDS,
     KeyCreateBody,
     RetryPolicyBody,
+    ScheduleBody,
+    ScheduleChange,
     StartExecutionBody,
     TimeoutBody,
     WorkerRegistration,
@@ -92,7 +94,7 @@ class Operation:
     content_type: str = JSON
 
 
-ID = Param("id", "path", {"type": "string"}, "The execution's, workflow's, key's or worker's id.")
+ID = Param("id", "path", {"type": "string"}, "The execution's, workflow's, schedule's, key's or worker's id.")
 WAIT = Param(
     "wait",
     "query",
@@ -357,6 +359,37 @@ API_OPERATIONS: tuple[Operation, ...] = (
         body=KeyCreateBody,
     ),
     Operation("POST", "/api/keys/{id}/revoke", "Revoke an API key", "admin", params=(ID,)),
+    Operation(
+        "POST",
+        "/api/schedules",
+        "Create a schedule: a workflow that runs by itself on a cron or every N seconds",
+        "schedules",
+        ok=201,
+        body=ScheduleBody,
+        errors={409: "A schedule with this id exists."},
+        description="Each slot fires once across restarts and takeovers; its run's id is "
+        "`sched-<schedule id>-<slot, UTC>Z` and its body has `schedule_id`. The answer adds "
+        "`next_slot`, `last_slot`, `last_execution_id`, `fired` and `skipped`.",
+    ),
+    Operation("GET", "/api/schedules", "List schedules (a key sees its team's)", "schedules"),
+    Operation(
+        "GET",
+        "/api/schedules/{id}",
+        "A schedule, with its next slot and what it fired",
+        "schedules",
+        params=(ID,),
+    ),
+    Operation(
+        "PATCH",
+        "/api/schedules/{id}",
+        "Pause, resume or change a schedule",
+        "schedules",
+        body=ScheduleChange,
+        params=(ID,),
+    ),
+    Operation(
+        "DELETE", "/api/schedules/{id}", "Delete a schedule (its runs stay)", "schedules", params=(ID,)
+    ),
     Operation("GET", "/healthz", "The process is up", "probes", ok_body=responses.Health),
     Operation(
         "GET",

@@ -95,6 +95,8 @@ class Execution(TypedDict):
     started_at: str | None
     finished_at: str | None
     deadline_at: str | None
+    schedule_id: str | None
+    """The schedule whose slot started the run; ``null`` for other runs."""
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]
     """Transitions: ``{"from", "to", "at", "reason"}``."""

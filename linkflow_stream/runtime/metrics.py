@@ -81,6 +81,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.schedule_fires = Counter(
+            "linkflow_schedule_runs_total",
+            "Runs fired by schedules (each slot once; see linkflow_start_requests_total for their starts)",
+            registry=r,
+        )
         self.input_lag = Histogram(
             "linkflow_orchestrator_input_lag_seconds",
             "From an input record's timestamp to the orchestrator deciding on it",

@@ -31,6 +31,7 @@ from linkflow_stream.core.messages import (
     Priority,
     StartExecution,
 )
+from linkflow_stream.core.schedule import Catchup, Overlap, Schedule, ScheduleProgress
 from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import (
     ExecutionState,
@@ -121,6 +122,31 @@ def records() -> list[BaseModel]:
             priority=Priority.LOW,
             idempotency_key="order-7",
             execution_id="run-7",
+        ),
+        StartRequest(workflow_id="wf", execution_id="sched-s-20261201T100000Z", links={"schedule_id": "s"}),
+        Schedule(id="s", workflow_id="wf", cron="*/5 * * * *", created_at=T, effective_from=T),
+        Schedule(
+            id="t",
+            workflow_id="wf",
+            every_seconds=30,
+            timezone="Europe/Berlin",
+            input_data=[1, {"a": None}],
+            overlap=Overlap.BUFFER_ONE,
+            catchup=Catchup.ALL,
+            paused=True,
+            team="alpha",
+            created_at=T,
+            effective_from=T + timedelta(seconds=3),
+        ),
+        ScheduleProgress(schedule_id="s", last_slot=T),
+        ScheduleProgress(
+            schedule_id="t",
+            last_slot=T,
+            last_execution_id="sched-t-20261201T100000Z",
+            last_fired_slot=T,
+            buffered_slot=T + timedelta(seconds=30),
+            fired=3,
+            skipped=2,
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL, reason="user"),
         ExecutionCommand(execution_id="e1", kind=CommandKind.TIMER_FIRED, timer_id="wait:w:1"),
@@ -299,6 +325,8 @@ def test_every_record_type_on_a_topic_is_covered() -> None:
         "WorkflowDefinition",
         "WorkerRecord",
         "ApiKey",
+        "Schedule",
+        "ScheduleProgress",
     } <= covered
     # every record schema has a model exercised above
     record_schemas = {
