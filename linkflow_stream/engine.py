@@ -16,6 +16,7 @@ from aiokafka import ConsumerRecord
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.auth import ApiKey, auth_required, open_beyond_loopback
+from linkflow_stream.core.circuit import CircuitObservation
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.messages import ControlMessage
@@ -37,6 +38,7 @@ from linkflow_stream.kafka.pools import TaskPools
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime import gc_tuning
+from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
@@ -97,12 +99,15 @@ class Engine:
             self.metrics,
             spans=ExecutionSpans(self.tracing) if self.tracing else None,
         )
+        self.breakers = Breakers(self._publish_circuit)
+        export_metrics(self.breakers, self.metrics.registry)
         self.executor = Executor(
             self.registry,
             self.publisher,
             settings.executor_slots,
             settings.node_output_max_bytes,
             spans=TaskSpans(self.tracing) if self.tracing else None,
+            breakers=self.breakers,
         )
         self.tasks = TaskConsumer(
             settings,
@@ -160,6 +165,7 @@ class Engine:
             view([topic_names.WORKERS], self._on_worker),
             self.key_reader,
             self.schedule_reader,
+            view([topic_names.CIRCUITS], self._on_circuit),
         ]
         self.control = LogReader(
             settings.bootstrap_servers,
@@ -189,6 +195,22 @@ class Engine:
         else:
             progress = None if record.value is None else self.codec.decode(record.value, ScheduleProgress)
             self.schedules.apply_progress(schedule_id, progress)
+
+    def _on_circuit(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.breakers.apply(self.codec.decode(record.value, CircuitObservation))
+
+    async def _publish_circuit(self, obs: CircuitObservation) -> None:
+        await self.publisher.send(
+            [
+                Outgoing(
+                    topic_names.CIRCUITS,
+                    f"{obs.kind}:{obs.key}",
+                    obs,
+                    "io.linkflow.circuit.observed",
+                    time=obs.at,
+                )
+            ]
+        )
 
     async def _register_schemas(self) -> None:
         """With a schema registry: every topic's value schema registered, and the ids every
@@ -389,6 +411,7 @@ class Engine:
             pools=self.pools.names,
             keys=self.keys,
             schedules=self.schedules,
+            circuits=self.breakers.listing,
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
             tracing=self.tracing,
             events=lambda execution_id, created_at: execution_events(

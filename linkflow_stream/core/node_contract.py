@@ -18,6 +18,7 @@ RETRYABLE_CLASSES = {
     "http_429": True,
     "http_5xx": True,
     "lease_expired": True,
+    "circuit_open": True,
     "http_4xx": False,
     "validation": False,
     "expression_error": False,

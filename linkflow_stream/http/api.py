@@ -106,6 +106,8 @@ class ApiDeps:
     """Makes the send span of each start request; ``None``: tracing is off."""
     schedules: ScheduleView | None = None
     """Every schedule (``/api/schedules``); ``None`` where schedules are not kept."""
+    circuits: Callable[[], list[dict[str, Any]]] | None = None
+    """Every circuit breaker this instance knows (``runtime.breakers.Breakers.listing``)."""
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
@@ -269,6 +271,7 @@ class Api:
 
     ADMIN_ROUTES = (
         ("GET", "/api/admin/queue/status"),
+        ("GET", "/api/admin/circuits"),
         ("GET", "/api/keys"),
         ("POST", "/api/keys"),
         ("POST", "/api/keys/{id}/revoke"),
@@ -302,6 +305,7 @@ class Api:
                 web.get("/api/costs/report", self.cost_report),
                 web.get("/api/executions/{id}/logs/stream", self.stream_logs),
                 web.get("/api/admin/queue/status", self.get_queue_status),
+                web.get("/api/admin/circuits", self.get_circuits),
                 web.get("/api/keys", self.list_keys),
                 web.post("/api/keys", self.create_key),
                 web.post("/api/keys/{id}/revoke", self.revoke_key),
@@ -824,6 +828,13 @@ class Api:
         if self.d.queue_status is None:
             raise NotFoundError("queue status is not available on this instance")
         return web.json_response(await self.d.queue_status())
+
+    async def get_circuits(self, request: web.Request) -> web.Response:
+        """Every circuit breaker open or with failures in its window, as every instance folds them."""
+        if self.d.circuits is None:
+            raise NotFoundError("circuit breakers are not kept on this instance")
+        circuits = self.d.circuits()
+        return web.json_response({"circuits": circuits, "count": len(circuits)})
 
     # -- keys (admin) ------------------------------------------------------------------------------
     def _keys(self) -> KeyView:

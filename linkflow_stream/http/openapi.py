@@ -349,6 +349,13 @@ API_OPERATIONS: tuple[Operation, ...] = (
         content_type="",
     ),
     Operation("GET", "/api/admin/queue/status", "Queued and running runs per priority, and the lag", "admin"),
+    Operation(
+        "GET",
+        "/api/admin/circuits",
+        "Circuit breakers per HTTP origin and database connection: state, failures, when opened",
+        "admin",
+        ok_body=responses.CircuitList,
+    ),
     Operation("GET", "/api/keys", "List API keys (never their secrets)", "admin"),
     Operation(
         "POST",

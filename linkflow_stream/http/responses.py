@@ -134,3 +134,28 @@ class Readiness(TypedDict):
 
 Document = dict[str, Any]
 """A body this module does not spell out field by field (cost reports, metrics, queue status)."""
+
+
+class Circuit(TypedDict):
+    """One circuit breaker (``core.circuit.render``)."""
+
+    kind: Literal["http", "db"]
+    key: str
+    """The HTTP origin (``scheme://host:port``) or the database connection's name."""
+    state: Literal["closed", "open", "half_open"]
+    failures: int
+    """Counted failures within the window (all since it opened, while open)."""
+    threshold: int
+    window_seconds: float
+    open_seconds: float
+    opened_at: str | None
+    half_open_at: str | None
+    """When an open circuit lets its probe through."""
+    opened_total: int
+    last_error: str | None
+    changed_at: str | None
+
+
+class CircuitList(TypedDict):
+    circuits: list[Circuit]
+    count: int

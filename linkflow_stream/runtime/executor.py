@@ -23,6 +23,7 @@ from linkflow_stream.core.messages import ControlMessage, NodeError, NodeResult,
 from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure, capped_output
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.runtime.breakers import Breakers
 from linkflow_stream.runtime.identity import instance_id
 from linkflow_stream.tracing.messaging import Delivery, TaskSpans, record_outcome
 
@@ -39,7 +40,10 @@ class Executor:
         slots: int,
         output_max_bytes: int = 1024 * 1024,
         spans: TaskSpans | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
+        self.breakers = breakers
+        """Circuit breakers around http and db attempts (``runtime/breakers.py``); ``None``: none."""
         self.output_max_bytes = output_max_bytes
         self.spans = spans
         """Makes each attempt's process span; ``None``: tracing is off."""
@@ -82,11 +86,15 @@ class Executor:
         executor = self.registry.get(task.node_type)
         if executor is None:
             raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
-        try:
-            async with asyncio.timeout(task.timeout_seconds):
-                output = await executor.execute(ctx, task.config, task.input)
-        except TimeoutError as exc:
-            raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
+        guard = (
+            self.breakers.guard(task.node_type, task.config) if self.breakers else contextlib.nullcontext()
+        )
+        async with guard:  # outside the timeout, so that a timeout counts against the circuit
+            try:
+                async with asyncio.timeout(task.timeout_seconds):
+                    output = await executor.execute(ctx, task.config, task.input)
+            except TimeoutError as exc:
+                raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
         return capped_output(output, self.output_max_bytes)
 
     async def _run(self, task: NodeTask, delivery: Delivery | None = None) -> None:

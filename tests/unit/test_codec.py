@@ -19,6 +19,7 @@ from fastavro.utils import generate_many
 from pydantic import BaseModel
 
 from linkflow_stream.core.auth import ApiKey, Role
+from linkflow_stream.core.circuit import CircuitObservation
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import (
@@ -183,6 +184,19 @@ def records() -> list[BaseModel]:
         ),
         ControlMessage(execution_id="e1"),
         ControlMessage(execution_id="e1", node_id="h", reason="execution cancelled"),
+        CircuitObservation(
+            kind="http",
+            key="https://api.example.com:443",
+            at=T,
+            ok=False,
+            probe=True,
+            error_class="http_5xx",
+            message="HTTP 503",
+            failures=5,
+            window_seconds=30.0,
+            open_seconds=12.5,
+            source="abc",
+        ),
         ApiKey(
             id="0123456789ab",
             team="alpha",
@@ -327,6 +341,7 @@ def test_every_record_type_on_a_topic_is_covered() -> None:
         "ApiKey",
         "Schedule",
         "ScheduleProgress",
+        "CircuitObservation",
     } <= covered
     # every record schema has a model exercised above
     record_schemas = {
