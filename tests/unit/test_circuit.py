@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from linkflow_stream.core.auth import Role
 from linkflow_stream.core.circuit import (
     BreakerPolicy,
     BreakerPolicyError,
@@ -21,6 +22,8 @@ from linkflow_stream.core.circuit import (
     render,
 )
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, ConfigError, NodeFailure
+from linkflow_stream.http.api import Api
+from linkflow_stream.http.auth import role_for
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.runtime.breakers import Breakers, circuit_of
 
@@ -192,8 +195,9 @@ def test_bad_policy_shapes_are_refused(bad: Any) -> None:
     assert err.value.field == "circuit_breaker"
 
 
-def test_circuit_open_is_retryable() -> None:
+def test_circuit_open_is_retryable_and_the_listing_is_for_admins() -> None:
     assert RETRYABLE_CLASSES["circuit_open"] is True
+    assert role_for("GET", "/api/admin/circuits", Api.ADMIN_ROUTES) is Role.ADMIN
 
 
 def test_circuits_are_per_origin_and_per_connection() -> None:
