@@ -131,8 +131,8 @@ class Breakers:
         the half-open probe through, and records what the attempt told of its target."""
         target = circuit_of(node_type, config)
         try:
-            policy = BreakerPolicy.parse(config.get("circuit_breaker"))
-        except BreakerPolicyError as exc:
+            policy = BreakerPolicy.parse(config.get("circuit_breaker")) if target is not None else None
+        except BreakerPolicyError as exc:  # computed by an input mapping: registration did not see it
             raise NodeFailure("validation", f"config.circuit_breaker: {exc}") from exc
         if target is None or policy is None:
             yield
@@ -192,6 +192,7 @@ class Breakers:
         before = self.circuits.get(f"{obs.kind}:{obs.key}")
         opened_before = before.opened_total if before is not None else 0
         after = self._fold(obs)
+        self._forget(obs.at)
         if after.opened_total > opened_before:
             log.warning("circuit %s opened for %gs (%s)", after.name, after.open_seconds, after.last_error)
             if self.on_open is not None:

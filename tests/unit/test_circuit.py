@@ -307,3 +307,29 @@ async def test_off_means_no_circuit() -> None:
     for _ in range(10):
         assert await attempt(breakers, "http_5xx", config) == "http_5xx"
     assert breakers.listing() == []
+
+
+async def test_a_db_connection_has_its_own_circuit_and_other_node_types_none() -> None:
+    clock = Clock()
+    breakers = Breakers(clock=clock)
+    main = {"connection": "main", "circuit_breaker": {"failures": 1}}
+    with pytest.raises(NodeFailure):
+        async with breakers.guard("db", main):
+            raise NodeFailure("connection", "refused")
+    with pytest.raises(NodeFailure) as fast:
+        async with breakers.guard("db", main):
+            pytest.fail("the open circuit let the attempt through")
+    assert fast.value.error_type == "circuit_open" and fast.value.retryable
+    async with breakers.guard("db", {"connection": "other"}):
+        pass  # another connection: closed
+    async with breakers.guard("code", {"circuit_breaker": "not looked at"}):
+        pass
+    assert [(c["kind"], c["key"], c["state"]) for c in breakers.listing()] == [("db", "main", "open")]
+
+
+async def test_a_bad_shape_computed_at_run_time_fails_the_attempt_as_validation() -> None:
+    breakers = Breakers(clock=Clock())
+    with pytest.raises(NodeFailure) as err:
+        async with breakers.guard("http", {"url": "http://t/", "circuit_breaker": {"failures": 0}}):
+            pytest.fail("not attempted")
+    assert err.value.error_type == "validation" and "config.circuit_breaker" in err.value.message
