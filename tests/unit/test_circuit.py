@@ -3,6 +3,7 @@ guard an executor puts around an attempt (with a clock the test moves)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -333,3 +334,27 @@ async def test_a_bad_shape_computed_at_run_time_fails_the_attempt_as_validation(
         async with breakers.guard("http", {"url": "http://t/", "circuit_breaker": {"failures": 0}}):
             pytest.fail("not attempted")
     assert err.value.error_type == "validation" and "config.circuit_breaker" in err.value.message
+
+
+async def test_while_this_instances_probe_runs_its_other_attempts_fail_fast() -> None:
+    clock = Clock()
+    breakers = Breakers(clock=clock)
+    config = {"url": "http://t/x", "circuit_breaker": {"failures": 1, "open_seconds": 5}}
+    assert await attempt(breakers, "timeout", config) == "timeout"
+    clock.t = 6
+    release = asyncio.Event()
+    probing = asyncio.Event()
+
+    async def probe() -> None:
+        async with breakers.guard("http", config):
+            probing.set()
+            await release.wait()
+
+    running = asyncio.create_task(probe())
+    await probing.wait()
+    assert breakers.listing()[0]["state"] == "half_open"
+    assert await attempt(breakers, None, config) == "fast:circuit_open", "one probe at a time"
+    release.set()
+    await running
+    assert breakers.listing()[0]["state"] == "closed"
+    assert await attempt(breakers, None, config) == "ok"
