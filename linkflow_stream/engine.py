@@ -27,6 +27,7 @@ from linkflow_stream.http.api import Api, ApiDeps
 from linkflow_stream.http.auth import authentication
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
+from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.codecs import codec_for, register_schemas
@@ -46,6 +47,7 @@ from linkflow_stream.runtime.scheduler import Scheduler
 from linkflow_stream.runtime.start_intake import StartIntake
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
+from linkflow_stream.runtime.throttle import NodeThrottle
 from linkflow_stream.settings import Settings
 from linkflow_stream.tracing import ExecutionSpans, TaskSpans, Tracing, TracingConfigError
 from projections.keys import KeyView
@@ -55,7 +57,7 @@ from projections.schedules import ScheduleView
 from projections.status import StatusView
 from projections.store import open_store
 from projections.store.sql import SCHEMA_VERSION
-from projections.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
+from projections.workers import ALIVE_SECONDS, HEARTBEAT_SECONDS, WorkerRecord, WorkerState, WorkerView
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ class Engine:
             settings.node_output_max_bytes,
             spans=TaskSpans(self.tracing) if self.tracing else None,
             breakers=self.breakers,
+            throttle=NodeThrottle(self.live_executors),
         )
         self.tasks = TaskConsumer(
             settings,
@@ -332,6 +335,28 @@ class Engine:
                     )
             await asyncio.sleep(self.settings.retention_check_seconds)
 
+    def _start_limit(self) -> TeamStartLimiter | None:
+        """Each team's start rate limit, when ``LINKFLOW_TEAM_STARTS_PER_SECOND`` sets one."""
+        s = self.settings
+        if s.team_starts_per_second is None:
+            return None
+        return TeamStartLimiter(
+            s.team_starts_per_second, s.team_starts_burst, on_refused=self.metrics.team_starts_throttled.inc
+        )
+
+    def live_executors(self) -> int:
+        """Engine instances alive in the worker registry (at least this one): the executors that
+        share each node rate limit (ADR 0031)."""
+        at = now()
+        alive = [
+            w
+            for w in self.workers.workers.values()
+            if w.engine
+            and w.state is WorkerState.ACTIVE
+            and at - w.heartbeat_at <= timedelta(seconds=ALIVE_SECONDS)
+        ]
+        return max(1, len(alive))
+
     # -- this process as a worker ---------------------------------------------------------------
     def self_record(self, registered_at: datetime) -> WorkerRecord:
         """This process as a worker: its executor slots, its pools, what it runs now."""
@@ -414,6 +439,7 @@ class Engine:
             circuits=self.breakers.listing,
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
             tracing=self.tracing,
+            start_limit=self._start_limit(),
             events=lambda execution_id, created_at: execution_events(
                 self.settings.bootstrap_servers,
                 self.settings.topic(topic_names.EVENTS),

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
     http_max_response_bytes: int = 1024 * 1024
     """Largest HTTP response body a node accepts. Default 1 MiB (the node output cap)."""
 
+    team_starts_per_second: float | None = Field(default=None, gt=0)
+    """Runs a team may start per second through ``POST /api/executions`` on this API instance
+    (a token bucket per team; over it: 429 with ``Retry-After``). Default ``None``: no limit."""
+
+    team_starts_burst: int | None = Field(default=None, ge=1)
+    """Starts a team may make at once above its rate (the bucket's size). Default ``None``: the
+    rate rounded up, at least 1. Used only with ``team_starts_per_second``."""
+
     def group(self, role: str) -> str:
         """The consumer group of a role (``orchestrator``, ``executor``); also the orchestrator's
         transactional-id base."""

@@ -97,6 +97,17 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
                 error_class=e.error.error_class,
             ),
         ]
+    if t is EventType.NODE_THROTTLED:
+        return [
+            _line(
+                e.at,
+                "info",
+                f"{kind} node {e.node_id} attempt {e.attempt} waits for its rate limit "
+                f"({e.reason}); dispatched again at {e.due_at}",
+                e.node_id,
+                due_at=e.due_at.isoformat() if e.due_at else None,
+            )
+        ]
     if t is EventType.NODE_SKIPPED:
         return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
     if t is EventType.NODE_CANCELLED:

@@ -127,8 +127,11 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     node = b.s.nodes.get(r.node_id)
     if node is None or node.status is not NodeStatus.RUNNING or node.attempts != r.attempt:
         return  # an old attempt, a duplicate, or a node that was cancelled meanwhile
-    if any(t.kind is TimerKind.RETRY and t.node_id == r.node_id for t in b.s.timers.values()):
-        return  # this attempt already failed and its retry is scheduled
+    if any(t.kind in _PARKED and t.node_id == r.node_id for t in b.s.timers.values()):
+        return  # this attempt already failed (its retry is scheduled) or waits for a token
+    if r.throttled_until is not None and not r.ok:
+        _throttle(b, r)
+        return
     if r.ok:
         b.emit(
             EventType.NODE_SUCCEEDED,
@@ -142,6 +145,24 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     else:
         error = r.error or NodeError(error_class="unknown", message="node failed without an error")
         _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg, r.usage, r.logs)
+
+
+_PARKED = frozenset({TimerKind.RETRY, TimerKind.THROTTLE})
+"""Timers of a node whose attempt is not out on an executor: a result for it is a late copy."""
+
+
+def _throttle(b: _Builder, r: NodeResult) -> None:
+    """The attempt did not run for want of a token: wait (a durable timer) and dispatch the same
+    attempt again then. Not a failure, so the retry policy's attempts are untouched."""
+    assert r.throttled_until is not None
+    due = max(r.throttled_until, b.now)
+    b.emit(
+        EventType.NODE_THROTTLED,
+        node_id=r.node_id,
+        attempt=r.attempt,
+        due_at=due,
+        reason=r.error.message if r.error else "rate limit: no token",
+    )
 
 
 def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
@@ -171,6 +192,8 @@ def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
         _advance(b, cfg)
     elif timer.kind is TimerKind.RETRY:
         _start_node(b, node, timer.attempt + 1, cfg)
+    elif timer.kind is TimerKind.THROTTLE:
+        _start_node(b, node, timer.attempt, cfg, reason="rate limit wait over; dispatched again")
     elif timer.attempt >= cfg.max_lease_attempts + _extra_attempts(b, node):  # LEASE
         error = NodeError(
             error_class="lease_expired",

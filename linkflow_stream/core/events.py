@@ -25,6 +25,7 @@ class EventType(StrEnum):
     EXECUTION_FAILED = "execution_failed"
     EXECUTION_CANCELLED = "execution_cancelled"
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
+    NODE_THROTTLED = "node_throttled"
 
 
 class Dispatch(StrEnum):

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from linkflow_stream.core.rate_limit import RateLimitBucket
 from linkflow_stream.core.workflow import WorkflowDefinition
 
 
@@ -76,6 +77,8 @@ class NodeTask(BaseModel):
     input: dict[str, Any]
     timeout_seconds: float
     lease_until: datetime
+    rate_limit: RateLimitBucket | None = None
+    """The bucket the attempt takes a token from before it calls out. Default ``None``: no limit."""
 
 
 class NodeResult(BaseModel):
@@ -92,6 +95,9 @@ class NodeResult(BaseModel):
     worker_id: str | None = None
     usage: dict[str, int] | None = None
     logs: dict[str, str] | None = None
+    throttled_until: datetime | None = None
+    """Set when the attempt did not run because its rate limit had no token: dispatch it again
+    at this time. Not a failure and not an attempt of the retry policy. Default ``None``."""
 
 
 class ControlMessage(BaseModel):

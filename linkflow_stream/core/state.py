@@ -47,6 +47,7 @@ class TimerKind(StrEnum):
     LEASE = "lease"
     RETRY = "retry"
     EXECUTION_TIMEOUT = "execution_timeout"
+    THROTTLE = "throttle"
 
 
 class NodeState(BaseModel):
@@ -229,6 +230,20 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             timers,
             Timer.make_id(TimerKind.RETRY, node_id, node.attempts),
             TimerKind.RETRY,
+            event.due_at,
+            node_id,
+            node.attempts,
+        )
+    elif event.type is EventType.NODE_THROTTLED:
+        # The attempt did not run (its rate limit had no token): its lease gives way to a
+        # throttle timer that dispatches the same attempt again.
+        if node.status is not NodeStatus.RUNNING:
+            raise EvolveError(f"{state.id}: node {node_id} throttled from {node.status}")
+        new = node
+        timers = _with_timer(
+            timers,
+            Timer.make_id(TimerKind.THROTTLE, node_id, node.attempts),
+            TimerKind.THROTTLE,
             event.due_at,
             node_id,
             node.attempts,

@@ -11,6 +11,7 @@ import pydantic
 
 from linkflow_stream.core.errors import ValidationError
 from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.expressions import compile_expression
 from linkflow_stream.core.mapping import mapping_problems
 from linkflow_stream.core.node_contract import ConfigError, NodeExecutor
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
@@ -92,10 +93,30 @@ def check_workflow(
     return problems
 
 
+RATE_LIMITED_TYPES = ("http", "db")
+"""Node types whose outgoing calls a ``rate_limit`` may bound."""
+
+
+def _rate_limit_problems(node: NodeDefinition) -> list[str]:
+    if node.rate_limit is None:
+        return []
+    if node.type not in RATE_LIMITED_TYPES:
+        return [
+            f"node {node.id!r}: rate_limit: only {' and '.join(RATE_LIMITED_TYPES)} nodes call out; "
+            f"a {node.type} node takes none"
+        ]
+    if node.rate_limit.key is not None:
+        try:
+            compile_expression(node.rate_limit.key)
+        except ValueError as exc:
+            return [f"node {node.id!r}: rate_limit.key: JSONata syntax error: {exc}"]
+    return []
+
+
 def _check_node(
     node: NodeDefinition, nodes: Mapping[str, NodeDefinition], registry: Mapping[str, NodeExecutor]
 ) -> list[str]:
-    problems = mapping_problems(node)
+    problems = mapping_problems(node) + _rate_limit_problems(node)
     executor = registry.get(node.type)
     if executor is None:
         problems.append(

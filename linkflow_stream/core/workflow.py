@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from linkflow_stream.core.rate_limit import RateLimit
+
 NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -49,6 +51,9 @@ class NodeDefinition(BaseModel):
     """Config keys computed at dispatch: key -> JSONata over ``{input, nodes}``."""
     output: str | None = None
     """JSONata over ``{output, input, nodes}``; its result becomes the node's output."""
+    rate_limit: RateLimit | None = None
+    """http and db nodes: a token bucket on the node's outgoing calls; a call over it waits (a
+    durable timer, no worker slot) and never fails for it. Default ``None``: no limit."""
 
 
 class WorkflowDefinition(BaseModel):

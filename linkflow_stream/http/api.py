@@ -51,6 +51,7 @@ from linkflow_stream.http.bodies import (
 )
 from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
 from linkflow_stream.http.openapi import api_document, document_routes
+from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.tracing import Tracing, sending, traceparent_of
@@ -108,6 +109,8 @@ class ApiDeps:
     """Every schedule (``/api/schedules``); ``None`` where schedules are not kept."""
     circuits: Callable[[], list[dict[str, Any]]] | None = None
     """Every circuit breaker this instance knows (``runtime.breakers.Breakers.listing``)."""
+    start_limit: TeamStartLimiter | None = None
+    """Each team's start rate limit (``LINKFLOW_TEAM_STARTS_PER_SECOND``); ``None``: no limit."""
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
@@ -545,6 +548,8 @@ class Api:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
                 return await self._replayed(execution_id, first, wait)
+        if self.d.start_limit is not None:
+            self.d.start_limit.admit(wf.team)  # after a replay, which starts nothing
         topic = topic_names.requests(priority)
         caller = TraceParent.parse(request.headers.get(TRACEPARENT))
         with self._sending(topic, execution_id, caller) as parent:

@@ -71,6 +71,17 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.node_throttled = Counter(
+            "linkflow_node_throttled_total",
+            "Node attempts parked on a timer because their rate limit had no token",
+            ["node_type"],
+            registry=r,
+        )
+        self.team_starts_throttled = Counter(
+            "linkflow_team_starts_throttled_total",
+            "POST /api/executions refused with 429 by the team's start rate limit (this instance)",
+            registry=r,
+        )
         self.dlq = Counter(
             "linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"], registry=r
         )
@@ -179,6 +190,9 @@ class Metrics:
                     self.duration.labels(wf, state.status.value).observe(
                         (e.at - state.started_at).total_seconds()
                     )
+            elif e.type is EventType.NODE_THROTTLED:
+                assert e.node_id is not None
+                self.node_throttled.labels(state.workflow.node(e.node_id).type).inc()
             elif e.type in (EventType.NODE_SUCCEEDED, EventType.NODE_FAILED, EventType.NODE_RETRY_SCHEDULED):
                 assert e.node_id is not None
                 node = state.nodes[e.node_id]

@@ -16,7 +16,7 @@ from typing import Any
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.decider import DeciderConfig, Input, decide
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.mapping import map_output, resolve_config
+from linkflow_stream.core.mapping import map_output, rate_limit_bucket, resolve_config
 from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import (
     ConfigError,
@@ -156,6 +156,9 @@ class Stepper:
             return _result(state, event, now, error=missing)
         try:
             config = self._config(node, data, now=now, seed=f"{state.id}/{node.id}/{event.attempt}")
+            bucket = rate_limit_bucket(
+                state.workflow.id, node, data, now=now, seed=f"{state.id}/{node.id}/{event.attempt}"
+            )
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
         task = NodeTask(
@@ -168,6 +171,7 @@ class Stepper:
             input=data,
             timeout_seconds=self._timeout(node),
             lease_until=event.due_at,
+            rate_limit=bucket,
         )
         headers: tuple[tuple[str, bytes], ...] = ()
         if self.task_traceparent is not None:
