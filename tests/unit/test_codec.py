@@ -32,6 +32,7 @@ from linkflow_stream.core.messages import (
     Priority,
     StartExecution,
 )
+from linkflow_stream.core.rate_limit import RateLimit, RateLimitBucket
 from linkflow_stream.core.schedule import Catchup, Overlap, Schedule, ScheduleProgress
 from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import (
@@ -169,6 +170,18 @@ def records() -> list[BaseModel]:
             timeout_seconds=12.5,
             lease_until=T + timedelta(seconds=17),
         ),
+        NodeTask(
+            execution_id="e1",
+            workflow_id="wf1",
+            node_id="h",
+            attempt=1,
+            node_type="http",
+            config={},
+            input={},
+            timeout_seconds=1.0,
+            lease_until=T,
+            rate_limit=RateLimitBucket(key="wf1/h/", per_second=0.25, burst=2),
+        ),
         NodeResult(
             execution_id="e1",
             node_id="h",
@@ -294,6 +307,31 @@ def records() -> list[BaseModel]:
         ),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),
+        NodeDefinition(
+            id="h", type="http", config={}, rate_limit=RateLimit(per_second=2.5, burst=3, key="$.input.k")
+        ),
+        RateLimit(per_second=0.5),
+        RateLimitBucket(key="wf/h/acme", per_second=2.0, burst=1),
+        NodeResult(
+            execution_id="e1",
+            node_id="h",
+            attempt=1,
+            ok=False,
+            started_at=T,
+            finished_at=T,
+            throttled_until=T + timedelta(milliseconds=1500),
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=9,
+            type=EventType.NODE_THROTTLED,
+            at=T,
+            node_id="h",
+            attempt=1,
+            due_at=T + timedelta(milliseconds=1500),
+            reason="no token",
+        ),
+        Timer(id="throttle:h:1", kind=TimerKind.THROTTLE, due_at=T, node_id="h", attempt=1),
         NodeError(error_class="timeout", message="slow"),
         RetryPolicy(),
         NodeState(),
