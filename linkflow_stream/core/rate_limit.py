@@ -5,8 +5,9 @@ Invariants:
   the takes it grants in any interval of ``t`` seconds number at most ``burst + per_second * t``;
 - a refused take consumes nothing; it says when a token will be there (``TokenBucket.wait``);
 - ``Buckets`` hands each refused caller a distinct later time (``hint``), one token interval
-  after the previous one, so callers that wait do not all come back at once. A hint is advice:
-  the caller that comes back takes a token like any other, and is refused again if none is there.
+  (plus ``QUEUE_MARGIN_SECONDS``) after the previous one, so callers that wait do not all come
+  back at once. A hint is advice: the caller that comes back takes a token like any other, and
+  is refused again if none is there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_PER_SECOND = 1_000_000.0
 MAX_BURST = 1_000_000
+QUEUE_MARGIN_SECONDS = 0.05
+"""Added to the interval between two queued callers' hints (at most a quarter of the interval).
+A caller comes back a little late (a timer, a dispatch); the bucket's next token counts from
+when the one before actually took its token, so without a margin a caller whose predecessor was
+later than itself finds no token and goes to the back of the queue. The queue then runs a little
+below the rate, never above it."""
 
 
 class RateLimit(BaseModel):
@@ -120,7 +127,9 @@ class Buckets:
         if not queue:
             return Verdict(False, bucket.wait(now))
         # Queue the refused caller behind those refused before it, one token interval apart.
-        at = max(now + bucket.wait(now), self._next_hint.get(name, -math.inf) + 1.0 / per_second)
+        interval = 1.0 / per_second
+        behind = self._next_hint.get(name, -math.inf) + interval + min(QUEUE_MARGIN_SECONDS, interval / 4)
+        at = max(now + bucket.wait(now), behind)
         self._next_hint[name] = at
         return Verdict(False, at - now)
 
