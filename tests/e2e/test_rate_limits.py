@@ -4,17 +4,22 @@ timers; a team's start bucket answers 429 with ``Retry-After``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import NodeResult
+from linkflow_stream.dev.testing import EngineProcess, TargetServer, call, read_topic
+from linkflow_stream.kafka.codec import default_codec
 
 pytestmark = pytest.mark.e2e
 
@@ -170,3 +175,56 @@ def test_a_team_over_its_start_rate_gets_429_with_retry_after(engine: EngineProc
     assert replay[0] == 200 and replay[2]["id"] == first[2]["id"], replay
     # another team has its own bucket
     assert start(engine, other)[0] == 202
+
+
+def test_two_instances_share_a_node_rate_limit(
+    engine_factory: Callable[..., EngineProcess], target: TargetServer
+) -> None:
+    """Two engines in one group, both executing: each applies half the rate, so together they
+    keep per_second * t + max(burst, n) (ADR 0031), with n = 2 live instances."""
+    a = engine_factory()
+    b = a.sibling()
+    b.start()
+    try:
+        for engine in (a, b):  # each counts both before any run starts
+            deadline = time.monotonic() + 30
+            while call("GET", f"{engine.registry_url}/api/workers/status")[1].get("alive") != 2:
+                assert time.monotonic() < deadline, "the instances never saw each other alive"
+                time.sleep(0.2)
+        path = f"/shared/{uuid.uuid4().hex[:8]}"
+        wf = {
+            "id": f"rl2-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {
+                    "id": "h",
+                    "type": "http",
+                    "config": {"url": f"{target.url}{path}", "method": "GET"},
+                    "rate_limit": {"per_second": PER_SECOND, "burst": BURST},
+                }
+            ],
+        }
+        a.register(wf)
+        deadline = time.monotonic() + 10
+        while call("GET", f"{b.url}/api/workflows/{wf['id']}")[0] != 200:
+            assert time.monotonic() < deadline, "instance b never saw the workflow"
+            time.sleep(0.1)
+        ids = []
+        for i in range(12):
+            status, body = (a, b)[i % 2].start_execution(wf["id"], {"i": i})
+            assert status == 202, body
+            ids.append(body["id"])
+        assert [a.wait_status(run_id, timeout=120)["status"] for run_id in ids] == ["success"] * 12
+
+        results = asyncio.run(read_topic(a.bootstrap, a.settings().topic(topic_names.RESULTS)))
+        codec = default_codec()
+        ran = [codec.decode(r.value, NodeResult) for r in results]
+        workers = {r.worker_id for r in ran if r.ok and r.execution_id in ids}
+        assert len(workers) == 2, f"both instances must have called out to test the split: {workers}"
+
+        times = sorted(h["at"] for h in target.hits(path))
+        assert len(times) == 12
+        print("two instances, call times:", [round(t - times[0], 3) for t in times])
+        problems = window_excess(times, PER_SECOND, max(BURST, 2), JITTER_SECONDS)
+        assert not problems, problems
+    finally:
+        b.stop()
