@@ -238,7 +238,9 @@ def test_the_bucket_key_is_evaluated_over_the_node_input() -> None:
         key="wf/h/", per_second=2, burst=1
     )
     numbered = NodeDefinition(id="h", type="http", rate_limit=RateLimit(per_second=2, key="input.n"))
-    assert rate_limit_bucket("wf", numbered, {"input": {"n": [1, 2]}, "nodes": {}}).key == "wf/h/[1, 2]"  # type: ignore[union-attr]
+    listed = rate_limit_bucket("wf", numbered, {"input": {"n": [1, 2]}, "nodes": {}})
+    assert listed is not None
+    assert listed.key == "wf/h/[1, 2]"  # not a string: its JSON
     assert rate_limit_bucket("wf", NodeDefinition(id="h", type="http"), {}) is None
 
 
