@@ -110,6 +110,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
         ]
     if t is EventType.NODE_SKIPPED:
         return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
+    if t is EventType.NODE_REUSED:
+        return [_line(e.at, "info", f"node {e.node_id} not run: {e.reason}", e.node_id)]
     if t is EventType.NODE_CANCELLED:
         return [_line(e.at, "warning", f"node {e.node_id} cancelled: {e.reason}", e.node_id)]
     if t is EventType.EXECUTION_SUCCEEDED:

@@ -86,6 +86,7 @@ def decide(
         )
         timeout = inp.workflow.timeout_seconds
         b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)
+        _reuse(b, inp)
         _advance(b, cfg)
         return b.events
     if state is None or state.status.terminal:
@@ -101,6 +102,18 @@ def decide(
     elif inp.kind is CommandKind.TIMER_FIRED and inp.timer_id is not None:
         _on_timer(b, inp, cfg)
     return b.events
+
+
+def _reuse(b: _Builder, start: StartExecution) -> None:
+    """A rerun: the nodes it takes from the run it reruns succeed at once with their outputs
+    there, before anything is dispatched, so they never run here."""
+    reused = start.reused or {}
+    source = start.links.get("rerun_of", "the run this one reruns")
+    for node in b.s.workflow.nodes:
+        if node.id in reused:
+            b.emit(
+                EventType.NODE_REUSED, node_id=node.id, output=reused[node.id], reason=f"reused from {source}"
+            )
 
 
 def _set_deadline(b: _Builder, timeout_seconds: float) -> None:

@@ -31,6 +31,7 @@ from linkflow_stream.core.idempotency import check_key, execution_ids, still_nam
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.rerun import reusable_outputs
 from linkflow_stream.core.schedule import Schedule
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
@@ -42,6 +43,7 @@ from linkflow_stream.http.bodies import (
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
     KeyCreateBody,
+    RerunBody,
     RetryPolicyBody,
     ScheduleBody,
     ScheduleChange,
@@ -299,6 +301,7 @@ class Api:
                 web.get("/api/executions/{id}", self.get_execution),
                 web.get("/api/executions/{id}/events", self.execution_events),
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
+                web.post("/api/executions/{id}/rerun", self.rerun),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
                 web.post("/api/executions/{id}/recover", self.recover),
@@ -536,9 +539,18 @@ class Api:
         wf = await self._workflow(request, body.workflow_id)
         return await self._start(request, wf, body.input_data)
 
-    async def _start(self, request: web.Request, wf: WorkflowDefinition, input_data: Any) -> web.Response:
+    async def _start(
+        self,
+        request: web.Request,
+        wf: WorkflowDefinition,
+        input_data: Any,
+        *,
+        links: dict[str, str] | None = None,
+        reused: dict[str, Any] | None = None,
+    ) -> web.Response:
         """Start a run of ``wf`` with ``input_data``, honouring the request's ``X-Priority``,
-        ``Idempotency-Key``, ``traceparent`` and ``?wait``."""
+        ``Idempotency-Key``, ``traceparent`` and ``?wait``; ``links`` and ``reused`` as on
+        ``StartExecution``."""
         priority = _priority(request)
         wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
         requested_at = now()
@@ -560,6 +572,8 @@ class Api:
                 priority=priority,
                 requested_at=requested_at,
                 traceparent=parent,
+                links=links or {},
+                reused=reused,
             )
             self.d.views.status.accept(request_record)
             await self._acknowledged(
@@ -645,7 +659,32 @@ class Api:
         body = await self._visible(request, request.match_info["id"])
         if as_of is not None:
             return await self._as_of(request.match_info["id"], body, as_of)
-        return web.json_response(body)
+        return web.json_response({**body, **await self.d.views.linked(body["id"])})
+
+    async def rerun(self, request: web.Request) -> web.Response:
+        """A new run of an ended one, linked both ways (``rerun_of`` / ``reruns``): from ``failed``
+        it takes the outputs of the nodes that are still good (``core/rerun.py``) and runs the rest."""
+        execution_id = request.match_info["id"]
+        body = validated(RerunBody, await _json_body(request))
+        not_started = ConflictError(f"execution {execution_id} has not started yet; nothing to rerun")
+        original = await self._started(request, execution_id, not_started)
+        if not original.status.terminal:
+            raise ConflictError(
+                f"execution {execution_id} is still {original.status.value}; rerun it once it has ended "
+                "(or cancel it first)"
+            )
+        if body.from_ == "failed" and original.status is ExecutionStatus.SUCCESS:
+            raise ConflictError(
+                f'execution {execution_id} succeeded: nothing failed to rerun; use "from": "start"'
+            )
+        wf = original.workflow
+        if body.workflow_version == "latest":
+            wf = await self._workflow(request, original.workflow.id)
+        reused = reusable_outputs(original, wf) if body.from_ == "failed" else {}
+        input_data = original.input if body.input_data is None else body.input_data
+        return await self._start(
+            request, wf, input_data, links={"rerun_of": execution_id}, reused=reused or None
+        )
 
     async def execution_metrics(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]

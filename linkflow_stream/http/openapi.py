@@ -38,6 +38,7 @@ from linkflow_stream.http.bodies import (
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
     KeyCreateBody,
+    RerunBody,
     RetryPolicyBody,
     ScheduleBody,
     ScheduleChange,
@@ -290,6 +291,20 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok_body=responses.Accepted,
         params=(ID,),
         errors=COMMAND_CONFLICT,
+    ),
+    Operation(
+        "POST",
+        "/api/executions/{id}/rerun",
+        "Run an ended run again, from its failed nodes (reusing what still holds) or from the start",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        body=RerunBody,
+        params=(ID, WAIT, PRIORITY, IDEMPOTENCY),
+        also={200: ("The rerun ended within `wait`.", responses.Execution)},
+        errors={409: "The run has not ended (or succeeded, with `from: failed`)."},
+        description="The new run has `rerun_of`; the original lists it in `reruns`. Reused nodes "
+        "succeed at once with the original's outputs and show `reused: true`.",
     ),
     Operation(
         "GET",
