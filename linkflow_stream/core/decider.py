@@ -21,7 +21,7 @@ from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
-from linkflow_stream.core.workflow import Dependency, NodeDefinition
+from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy
 
 Input = StartExecution | NodeResult | ExecutionCommand
 
@@ -234,19 +234,39 @@ def _fail_node(
     logs: dict[str, str] | None = None,
 ) -> None:
     policy = b.s.workflow.retry_policy(node)
-    if error.retryable and policy is not None and attempt < policy.max_attempts:
+    if policy is not None and policy.would_retry(error.error_class, error.retryable, attempt):
+        delay = policy.retry_delay(attempt, b.execution_id, node.id)
         b.emit(
             EventType.NODE_RETRY_SCHEDULED,
             node_id=node.id,
             attempt=attempt,
             error=error,
-            due_at=b.now + timedelta(seconds=policy.delay(attempt)),
+            due_at=b.now + timedelta(seconds=delay),
             usage=usage,
             logs=logs,
+            reason=_retry_reason(policy, attempt, delay),
         )
         return
-    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error, usage=usage, logs=logs)
+    reason = None
+    if policy is not None and error.retryable and attempt < policy.max_attempts:
+        reason = f"not retried: {error.error_class} is not in retry_on ({', '.join(policy.retry_on or ())})"
+    b.emit(
+        EventType.NODE_FAILED,
+        node_id=node.id,
+        attempt=attempt,
+        error=error,
+        usage=usage,
+        logs=logs,
+        reason=reason,
+    )
     _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
+
+
+def _retry_reason(policy: RetryPolicy, attempt: int, delay: float) -> str:
+    """What a ``node_retry_scheduled`` event says of its delay: the backoff and the jitter taken off."""
+    backoff = policy.delay(attempt)
+    jitter = f", jitter -{backoff - delay:.3f}s" if policy.jitter else ""
+    return f"retry in {delay:.3f}s (backoff {backoff:.3f}s{jitter})"
 
 
 def _terminate(b: _Builder, status: ExecutionStatus, reason: str) -> None:

@@ -29,7 +29,7 @@ from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundEr
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import check_key, execution_ids, still_named
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
-from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
+from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.rerun import reusable_outputs
 from linkflow_stream.core.schedule import Schedule
@@ -485,6 +485,9 @@ class Api:
         workflow_id = request.match_info["id"]
         current = await self._workflow(request, workflow_id)
         policy = validated(RetryPolicyBody, await _json_body(request)).policy()
+        wrong = retry_on_problems(policy.retry_on)
+        if wrong:
+            raise ValidationError("invalid request body: " + "; ".join(wrong))
         wf = current.model_copy(
             update={
                 "version": self.d.workflows.next_version(workflow_id),
@@ -522,7 +525,7 @@ class Api:
                 "schedule_seconds": policy.schedule() if policy else [],
                 "last_error": error.model_dump() if error else None,
                 "would_retry": bool(
-                    error and error.retryable and policy and ns.attempts < policy.max_attempts
+                    error and policy and policy.would_retry(error.error_class, error.retryable, ns.attempts)
                 ),
             }
         return web.json_response(

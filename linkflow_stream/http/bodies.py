@@ -127,7 +127,7 @@ _PHRASES = (
     (re.compile(r"^Field required$"), "is required"),
     (re.compile(r"^Extra inputs are not permitted$"), "is an unknown field"),
     (re.compile(r"^String should match pattern '(.*)'$"), r"must match \1"),
-    (re.compile(r"^(?:Input|String|Value|List|Dictionary|Decimal) should "), "must "),
+    (re.compile(r"^(?:Input|String|Value|List|Tuple|Dictionary|Decimal) should "), "must "),
 )
 
 
