@@ -237,6 +237,15 @@ class StatusView:
             counts[state.priority.value]["running"] += 1
         return counts
 
+    def queued_of_team(self, team: str | None) -> int:
+        """Runs of ``team``'s workflows that are queued: accepted and not started, or started and
+        waiting (status ``queued``). What admission control counts (``runtime.admission``)."""
+        accepted = sum(1 for s in self.accepted.values() if s.workflow.team == team)
+        waiting = sum(
+            1 for s in self.executions.values() if s.workflow.team == team and s.status.value == "queued"
+        )
+        return accepted + waiting
+
     def status(self, execution_id: str) -> ExecutionStatus | None:
         state = self.known(execution_id)
         if state is not None:

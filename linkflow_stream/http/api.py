@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.admission import Admission, TooManyRequestsError
 from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key, new_webhook_token
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
@@ -116,6 +117,10 @@ class ApiDeps:
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
+    admission: Admission | None = None
+    """Admission control of starts (``LINKFLOW_MAX_QUEUED_PER_TEAM``); ``None``: no limit."""
+    on_admission_rejected: Callable[[str], None] | None = None
+    """Called with the team label of each start refused with 429 (the metric)."""
 
 
 WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
@@ -563,6 +568,7 @@ class Api:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
                 return await self._replayed(execution_id, first, wait)
+        self._admit(wf.team)
         if self.d.start_limit is not None:
             self.d.start_limit.admit(wf.team)  # after a replay, which starts nothing
         topic = topic_names.requests(priority)
@@ -594,6 +600,19 @@ class Api:
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+
+    def _admit(self, team: str | None) -> None:
+        """Refuse the start with 429 when its team has too many runs queued. Nothing awaits
+        between this and the start's ``accept`` into the status view, so starts here never
+        overshoot the limit together."""
+        if self.d.admission is None:
+            return
+        try:
+            self.d.admission.check(team)
+        except TooManyRequestsError as exc:
+            if self.d.on_admission_rejected is not None:
+                self.d.on_admission_rejected(exc.team_label)
+            raise
 
     @contextlib.contextmanager
     def _sending(self, topic: str, execution_id: str, caller: TraceParent | None) -> Iterator[str | None]:

@@ -236,8 +236,8 @@ API_OPERATIONS: tuple[Operation, ...] = (
         params=(WAIT, PRIORITY, IDEMPOTENCY),
         also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
         errors={
-            429: "The team is over its start rate (LINKFLOW_TEAM_STARTS_PER_SECOND); "
-            "retry after `Retry-After` seconds.",
+            429: "The team is over its start rate (LINKFLOW_TEAM_STARTS_PER_SECOND) or has "
+            "LINKFLOW_MAX_QUEUED_PER_TEAM runs queued; retry after `Retry-After` seconds.",
             503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
         },
         description="202 `{id, status: pending}`; with `wait`, 200 and the finished execution "
