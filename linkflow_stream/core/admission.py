@@ -60,9 +60,9 @@ class Admission:
             return
         queued = self.queued(team) + also_queued
         if queued >= self.max_queued_per_team:
-            who = f"team {team!r}" if team else "workflows without a team"
+            who = f"team {team!r} has" if team else "workflows without a team have"
             raise TooManyRequestsError(
-                f"{who} has {queued} runs queued, the most allowed (LINKFLOW_MAX_QUEUED_PER_TEAM="
+                f"{who} {queued} runs queued, the most allowed (LINKFLOW_MAX_QUEUED_PER_TEAM="
                 f"{self.max_queued_per_team}); try again in {self.retry_after_seconds}s",
                 team=team,
                 retry_after_seconds=self.retry_after_seconds,
