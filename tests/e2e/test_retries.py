@@ -125,3 +125,33 @@ def test_a_code_node_that_ignores_sigterm_is_killed_and_the_history_says_so(engi
     status, logs = call("GET", f"{engine.url}/api/executions/{run['id']}/logs?level=error")
     assert status == 200, logs
     assert any("killed (SIGKILL)" in line["message"] for line in logs["logs"]), logs
+
+
+def test_a_retry_policy_of_unknown_shape_is_a_400(engine: EngineProcess) -> None:
+    tag = uuid.uuid4().hex[:6]
+    node = {"id": "h", "type": "http", "config": {"url": "https://example.org/"}}
+    for retry, words in (
+        ({"max_attempts": 2, "retry_on": "timeout"}, "retry.retry_on: Input should be a valid tuple"),
+        ({"max_attempts": 2, "retry_on": ["http_4xx"]}, "retry.retry_on: 'http_4xx' is never retried"),
+        ({"max_attempts": 2, "retry_on": ["nope"]}, "retry.retry_on: 'nope' is not a failure class"),
+        ({"max_attempts": 2, "jitter": 2}, "retry.jitter: Input should be less than or equal to 1"),
+    ):
+        status, body = call(
+            "POST", f"{engine.url}/api/workflows", {"id": f"bad-{tag}", "nodes": [{**node, "retry": retry}]}
+        )
+        assert status == 400, body
+        assert body["error"]["type"] == "validation"
+        assert words in body["error"]["message"]
+    engine.register({"id": f"ok-{tag}", "nodes": [node]})
+    status, body = call(
+        "PUT", f"{engine.url}/api/workflows/ok-{tag}/retry", {"retry_on": ["lease_expired", "bogus"]}
+    )
+    assert status == 400, body
+    assert "retry_on: 'bogus' is not a failure class" in body["error"]["message"]
+    status, body = call(
+        "PUT",
+        f"{engine.url}/api/workflows/ok-{tag}/retry",
+        {"max_attempts": 3, "jitter": 0.5, "retry_on": ["timeout"]},
+    )
+    assert status == 200, body
+    assert (body["retry"]["jitter"], body["retry"]["retry_on"]) == (0.5, ["timeout"])
