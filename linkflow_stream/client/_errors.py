@@ -65,8 +65,9 @@ class Conflict(ApiError):
 
 
 class TooManyRequests(ApiError):
-    """429: the engine refused the start because the workflow's team has too many runs queued
-    (``LINKFLOW_MAX_QUEUED_PER_TEAM``); retryable after ``retry_after_seconds`` (the answer's
+    """429: the engine refused the start for now: the workflow's team is over its start rate
+    (``error_type`` ``rate_limited``) or has too many runs queued (``too_many_requests``,
+    ``LINKFLOW_MAX_QUEUED_PER_TEAM``); retryable after ``retry_after_seconds`` (the answer's
     ``Retry-After``, ``None`` if it had none)."""
 
     retryable = True
