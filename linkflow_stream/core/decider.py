@@ -20,7 +20,7 @@ from typing import Any
 from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, Timer, TimerKind, evolve
 from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy
 
 Input = StartExecution | NodeResult | ExecutionCommand
@@ -143,7 +143,8 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     if any(t.kind in _PARKED and t.node_id == r.node_id for t in b.s.timers.values()):
         return  # this attempt already failed (its retry is scheduled) or waits for a token
     if r.throttled_until is not None and not r.ok:
-        _throttle(b, r)
+        if _answers_current_dispatch(b, r):
+            _throttle(b, r)
         return
     if r.ok:
         b.emit(
@@ -162,6 +163,17 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
 
 _PARKED = frozenset({TimerKind.RETRY, TimerKind.THROTTLE})
 """Timers of a node whose attempt is not out on an executor: a result for it is a late copy."""
+
+
+def _answers_current_dispatch(b: _Builder, r: NodeResult) -> bool:
+    """Whether a throttled result answers the dispatch now out, not an earlier one of the same
+    attempt number (a throttled attempt goes out again under its number; a redelivered copy of the
+    earlier task may come back throttled after that). Told by the task's lease: each dispatch has
+    its own. A result that does not say (older executors) is taken as current."""
+    if r.lease_until is None:
+        return True
+    lease = b.s.timers.get(Timer.make_id(TimerKind.LEASE, r.node_id, r.attempt))
+    return lease is not None and to_millis(lease.due_at) == to_millis(r.lease_until)
 
 
 def _throttle(b: _Builder, r: NodeResult) -> None:

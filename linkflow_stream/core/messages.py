@@ -101,6 +101,9 @@ class NodeResult(BaseModel):
     throttled_until: datetime | None = None
     """Set when the attempt did not run because its rate limit had no token: dispatch it again
     at this time. Not a failure and not an attempt of the retry policy. Default ``None``."""
+    lease_until: datetime | None = None
+    """The ``lease_until`` of the task this result answers: which dispatch of the attempt it is
+    (a throttled attempt is dispatched again under the same number). Default ``None``: unknown."""
 
 
 class ControlMessage(BaseModel):

@@ -585,18 +585,24 @@ class Api:
                 reused=reused,
             )
             self.d.views.status.accept(request_record)
-            await self._acknowledged(
-                Outgoing(
-                    topic,
-                    request_record.execution_id,
-                    request_record,
-                    "io.linkflow.execution.requested",
-                    time=request_record.requested_at,
-                    headers=((TRACEPARENT, parent.encode()),) if parent else (),
-                ),
-                f"the start of {execution_id}",
-                "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
-            )
+            try:
+                await self._acknowledged(
+                    Outgoing(
+                        topic,
+                        request_record.execution_id,
+                        request_record,
+                        "io.linkflow.execution.requested",
+                        time=request_record.requested_at,
+                        headers=((TRACEPARENT, parent.encode()),) if parent else (),
+                    ),
+                    f"the start of {execution_id}",
+                    "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
+                )
+            except UnavailableError:
+                # not known to be on the log: no longer shown or counted as queued here (if it did
+                # reach the log, the view reads it from the request topic and accepts it again)
+                self.d.views.status.withdraw(request_record.execution_id)
+                raise
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
@@ -1000,7 +1006,9 @@ class Api:
         if "every_seconds" in change:
             change["cron"] = None
         if "workflow_id" in change:
-            await self._workflow(request, change["workflow_id"])
+            if change["workflow_id"] is None:
+                raise ValidationError("workflow_id cannot be null; name the workflow to run")
+            change["team"] = (await self._workflow(request, change["workflow_id"])).team
         resumed = current.paused and change.get("paused") is False
         if resumed or any(k in change for k in ("cron", "every_seconds", "timezone")):
             change["effective_from"] = now().replace(microsecond=0)
