@@ -140,6 +140,24 @@ def test_a_paused_run_finishes_in_flight_work_and_starts_the_rest_on_resume(
     assert resume_seq < seq_of(events, "node_started", "after_h")
     assert resume_seq < seq_of(events, "node_started", "after_w")
 
+    logs = wait_for(
+        lambda: (
+            (
+                lines := [
+                    line["message"]
+                    for line in call(
+                        "GET", f"{engine.url}/api/executions/{run_id}/logs", headers=engine.auth()
+                    )[1]["logs"]
+                ]
+            )
+            and any(m.startswith("execution resumed") for m in lines)
+            and lines
+        ),
+        30,
+        "pause and resume in the logs",
+    )
+    assert "execution paused: paused by request" in logs
+
     status, body = post(engine, f"/api/executions/{run_id}/resume")
     assert (status, body["error"]["type"]) == (409, "conflict"), body
     assert "already ended" in body["error"]["message"]
