@@ -62,6 +62,8 @@ class Accepted(TypedDict):
 
     id: str
     status: str
+    deadline: NotRequired[str]
+    """A pause only: ``keep`` or ``suspend``, what the run's deadline does while paused."""
 
 
 class NodeError(TypedDict):

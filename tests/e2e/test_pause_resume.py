@@ -69,9 +69,9 @@ def test_a_paused_run_finishes_in_flight_work_and_starts_the_rest_on_resume(
                     "id": "h",
                     "type": "http",
                     "timeout_seconds": 30,
-                    "config": {"method": "POST", "url": f"{target.url}/slow?s=4", "json": {"wf": wf_id}},
+                    "config": {"method": "POST", "url": f"{target.url}/slow?s=6", "json": {"wf": wf_id}},
                 },
-                {"id": "w", "type": "wait", "config": {"seconds": 5}},
+                {"id": "w", "type": "wait", "config": {"seconds": 7}},
                 {"id": "after_h", "type": "transform", "depends_on": ["h"], "config": {"expression": "1"}},
                 {"id": "after_w", "type": "transform", "depends_on": ["w"], "config": {"expression": "2"}},
             ],
@@ -271,6 +271,8 @@ def test_kill_9_while_paused_then_resume_completes_exactly_once(
     for run_id in ids:
         body = engine.wait_status(run_id, ("paused",), timeout=60)
         assert (body["nodes"]["w"]["status"], body["nodes"]["h"]["status"]) == ("running", "pending")
+        wait_started = next(e for e in events_of(engine, run_id) if e["type"] == "node_started")
+        assert _past(wait_started["due_at"], 0.5), "the wait is not due yet: the check proves nothing"
     assert target.hits(f"/pause-crash/{wf_id}") == []
 
     for run_id in ids:
