@@ -26,6 +26,7 @@ class EventType(StrEnum):
     EXECUTION_CANCELLED = "execution_cancelled"
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
     NODE_THROTTLED = "node_throttled"
+    NODE_REUSED = "node_reused"
     EXECUTION_PAUSED = "execution_paused"
     """``due_at``: the run's deadline, suspended by this pause; ``None`` if it still applies."""
     EXECUTION_RESUMED = "execution_resumed"
