@@ -24,6 +24,8 @@ class CommandKind(StrEnum):
     TIMER_FIRED = "timer_fired"
     SET_TIMEOUT = "set_timeout"
     RECOVER = "recover"
+    PAUSE = "pause"
+    RESUME = "resume"
 
 
 class NodeError(BaseModel):
@@ -66,6 +68,9 @@ class ExecutionCommand(BaseModel):
     due_at: datetime | None = None
     """timer_fired: the due time of the timer this firing is for. A firing whose due time is not
     the timer's (a deadline that moved since) is stale; ``None`` (older producers) skips that check."""
+    suspend_deadline: bool = False
+    """pause: stop the run's deadline while it is paused (it moves on by the paused time at
+    resume). Default ``False``: the deadline still applies while paused."""
 
 
 class NodeTask(BaseModel):
