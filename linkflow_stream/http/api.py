@@ -57,6 +57,7 @@ from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, err
 from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.tracing import Tracing, sending, traceparent_of
 from projections.costs import GROUPS, PERIODS, cost_of
@@ -713,6 +714,13 @@ class Api:
             wf = await self._workflow(request, original.workflow.id)
         reused = reusable_outputs(original, wf) if body.from_ == "failed" else {}
         input_data = original.input if body.input_data is None else body.input_data
+        carried = len(json.dumps([reused, input_data, wf.model_dump(mode="json")], separators=(",", ":")))
+        limit = limit_of(topic_names.requests(_priority(request)))
+        if carried > limit:
+            raise ValidationError(
+                f"this rerun would carry {carried} bytes (the reused outputs, the input and the "
+                f"workflow), over the {limit}-byte limit of a start request; rerun from \"start\""
+            )
         return await self._start(
             request, wf, input_data, links={"rerun_of": execution_id}, reused=reused or None
         )
