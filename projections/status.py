@@ -19,7 +19,7 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
-LINKS = ("schedule_id",)
+LINKS = ("schedule_id", "error_of")
 """The links every body shows (``None`` when the run has none): what started it."""
 
 

@@ -26,6 +26,7 @@ from linkflow_stream.core.node_contract import (
     capped_output,
 )
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.run_links import error_workflow_request
 from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.core.trace_context import TRACEPARENT
 from linkflow_stream.core.workflow import NodeDefinition
@@ -86,6 +87,7 @@ class Stepper:
                     else:
                         step.outputs.append(task_or_failure)
                 cancelled = cancelled or event.type is EventType.NODE_CANCELLED
+                step.outputs.extend(_linked_runs(step.state, event))
         if cancelled and step.state is not None:
             reason = step.state.history[-1].reason or "cancelled"
             step.outputs.append(
@@ -226,6 +228,32 @@ def _result(
         started_at=now,
         finished_at=now,
     )
+
+
+ERROR_WORKFLOW_STARTED = "io.linkflow.execution.error_workflow_requested"
+
+
+def _linked_runs(state: ExecutionState | None, event: ExecutionEvent) -> list[Outgoing]:
+    """Records for other runs that ``event`` calls for (ADR 0036): the start of the error
+    workflow of a run that failed. Derived from the state alone, so deciding again writes the
+    same records, and the fixed execution ids make the intake start each run once."""
+    if state is None:
+        return []
+    outputs: list[Outgoing] = []
+    if event.type is EventType.EXECUTION_FAILED:
+        request = error_workflow_request(state)
+        if request is not None and request.execution_id is not None:
+            outputs.append(
+                Outgoing(
+                    topic_names.START,
+                    request.execution_id,
+                    request,
+                    ERROR_WORKFLOW_STARTED,
+                    ce_id=request.execution_id,
+                    time=event.at,
+                )
+            )
+    return outputs
 
 
 def _event_record(e: ExecutionEvent) -> Outgoing:
