@@ -17,9 +17,10 @@ from typing import Any
 from linkflow_stream.core.clock import iso
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
+from linkflow_stream.core.run_links import children
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
-LINKS = ("schedule_id", "error_of")
+LINKS = ("schedule_id", "error_of", "parent")
 """The links every body shows (``None`` when the run has none): what started it."""
 
 
@@ -42,6 +43,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
         "finished_at": _iso(state.finished_at),
         "deadline_at": _iso(deadline.due_at) if (deadline := state.timers.get("execution_timeout")) else None,
         **{name: state.links.get(name) for name in LINKS},
+        "children": children(state),
         "nodes": {
             node_id: {
                 "status": n.status.value,

@@ -24,6 +24,7 @@ from linkflow_stream.core.workflow import WorkflowDefinition
 ERROR_OF = "error_of"
 PARENT = "parent"
 PARENT_NODE = "parent_node"
+PARENT_ATTEMPT = "parent_attempt"
 
 
 def derived_id(readable: str, *parts: str) -> str:
@@ -112,7 +113,7 @@ def parent_result(state: ExecutionState, at: datetime) -> NodeResult | None:
     parent, node_id = state.links.get(PARENT), state.links.get(PARENT_NODE)
     if parent is None or node_id is None or not state.status.terminal:
         return None
-    attempt = int(state.links.get("parent_attempt", "1"))
+    attempt = int(state.links.get(PARENT_ATTEMPT, "1"))
     ok = state.status is ExecutionStatus.SUCCESS
     error = None
     if not ok:
@@ -150,3 +151,12 @@ def referenced_workflows(wf: WorkflowDefinition) -> list[tuple[str, str, int | N
             version = None
         found.append((f"node {node.id!r}: config.workflow_id", target, version))
     return found
+
+
+def self_call_problems(wf: WorkflowDefinition) -> list[str]:
+    """A ``workflow`` node that calls its own workflow would start runs without end."""
+    return [
+        f"node {node.id!r}: config.workflow_id: a workflow cannot call itself ({wf.id!r})"
+        for node in wf.nodes
+        if node.type == "workflow" and node.config.get("workflow_id") == wf.id
+    ]

@@ -97,6 +97,12 @@ class Execution(TypedDict):
     deadline_at: str | None
     schedule_id: str | None
     """The schedule whose slot started the run; ``null`` for other runs."""
+    error_of: str | None
+    """An error-workflow run: the failed run that started it (ADR 0036); ``null`` otherwise."""
+    parent: str | None
+    """A child run: the run whose ``workflow`` node started it (ADR 0036); ``null`` otherwise."""
+    children: list[str]
+    """The child runs this run's ``workflow`` nodes started, one per attempt (ADR 0036)."""
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]
     """Transitions: ``{"from", "to", "at", "reason"}``."""
