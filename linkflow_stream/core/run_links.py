@@ -25,6 +25,9 @@ ERROR_OF = "error_of"
 PARENT = "parent"
 PARENT_NODE = "parent_node"
 PARENT_ATTEMPT = "parent_attempt"
+DEPTH = "depth"
+"""A child run's nesting depth (a top-level run is 0): bounds calls that loop through others."""
+MAX_DEPTH = 16
 
 
 def derived_id(readable: str, *parts: str) -> str:
@@ -85,6 +88,14 @@ def error_workflow_request(state: ExecutionState) -> StartRequest | None:
 def child_run_id(parent_id: str, node_id: str, attempt: int) -> str:
     """The id of the child run that attempt ``attempt`` of a ``workflow`` node starts."""
     return derived_id(f"{parent_id}.{node_id}.{attempt}", "child", parent_id, node_id, str(attempt))
+
+
+def child_depth(state: ExecutionState) -> int:
+    """The depth a child of ``state`` runs at; past ``MAX_DEPTH`` its node fails instead."""
+    try:
+        return int(state.links.get(DEPTH, "0")) + 1
+    except ValueError:
+        return 1
 
 
 def children(state: ExecutionState) -> list[str]:

@@ -27,9 +27,12 @@ from linkflow_stream.core.node_contract import (
 )
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.run_links import (
+    DEPTH,
+    MAX_DEPTH,
     PARENT,
     PARENT_ATTEMPT,
     PARENT_NODE,
+    child_depth,
     child_run_id,
     error_workflow_request,
     parent_result,
@@ -216,6 +219,13 @@ class Stepper:
         node = state.workflow.node(event.node_id)
         data = state.node_inputs()
         seed = f"{state.id}/{node.id}/{event.attempt}"
+        depth = child_depth(state)
+        if depth > MAX_DEPTH:
+            too_deep = NodeFailure(
+                "validation",
+                f"sub-workflows nest deeper than {MAX_DEPTH}: a loop of workflows calling each other?",
+            )
+            return _result(state, event, now, error=too_deep)
         try:
             config = self._config(node, data, now=now, seed=seed)
             expression = config.get("input")
@@ -233,7 +243,12 @@ class Stepper:
             input=child_input,
             priority=state.priority,
             execution_id=child_id,
-            links={PARENT: state.id, PARENT_NODE: node.id, PARENT_ATTEMPT: str(event.attempt)},
+            links={
+                PARENT: state.id,
+                PARENT_NODE: node.id,
+                PARENT_ATTEMPT: str(event.attempt),
+                DEPTH: str(depth),
+            },
         )
         return Outgoing(topic_names.START, child_id, request, CHILD_REQUESTED, ce_id=child_id, time=event.at)
 

@@ -16,7 +16,7 @@ from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.errors import ValidationError
 from linkflow_stream.core.events import Dispatch, EventType
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
-from linkflow_stream.core.run_links import child_output, child_run_id, parent_result
+from linkflow_stream.core.run_links import MAX_DEPTH, child_output, child_run_id, parent_result
 from linkflow_stream.core.start_request import EXECUTION_ID, StartRequest
 from linkflow_stream.core.state import ExecutionState, NodeStatus, TimerKind
 from linkflow_stream.core.validation import parse_workflow
@@ -85,7 +85,7 @@ def test_a_workflow_node_starts_its_child_and_waits_holding_no_slot() -> None:
         workflow_id="child",
         input={"n": 42},
         execution_id="p1.call.1",
-        links={"parent": "p1", "parent_node": "call", "parent_attempt": "1"},
+        links={"parent": "p1", "parent_node": "call", "parent_attempt": "1", "depth": "1"},
     )
     [out] = [o for o in step.outputs if isinstance(o.record, StartRequest)]
     assert (out.topic, out.key) == (topic_names.START, "p1.call.1")
@@ -216,6 +216,18 @@ def test_a_child_input_that_cannot_be_computed_fails_the_node_and_cancels_nothin
     assert step.state.nodes["call"].status is NodeStatus.FAILED
     assert records(step, StartRequest) == []
     assert records(step, ExecutionCommand) == []
+
+
+def test_children_nest_one_level_deeper_up_to_a_bound() -> None:
+    links = {"parent": "p0", "parent_node": "call", "parent_attempt": "1", "depth": "3"}
+    [request] = records(started(stepper(), [CALL], links=links), StartRequest)
+    assert request.links["depth"] == "4"
+    step = started(stepper(), [CALL], links={**links, "depth": str(MAX_DEPTH)})
+    assert records(step, StartRequest) == []
+    assert step.state is not None
+    error = step.state.nodes["call"].error
+    assert error is not None
+    assert "nest deeper" in error.message
 
 
 def test_several_sinks_report_an_object_of_their_outputs() -> None:
