@@ -17,11 +17,13 @@ from typing import Any
 from linkflow_stream.core.clock import iso
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
-from linkflow_stream.core.run_links import children
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
-LINKS = ("schedule_id", "error_of", "parent")
+LINKS = ("schedule_id", "rerun_of", "error_of", "parent")
 """The links every body shows (``None`` when the run has none): what started it."""
+REVERSE_LINKS = {"rerun_of": "reruns", "parent": "children"}
+"""Link -> the field of the linked run's ``GET /api/executions/{id}`` body that lists the runs
+linking to it (a rerun's original lists it under ``reruns``)."""
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -43,7 +45,6 @@ def render(state: ExecutionState) -> dict[str, Any]:
         "finished_at": _iso(state.finished_at),
         "deadline_at": _iso(deadline.due_at) if (deadline := state.timers.get("execution_timeout")) else None,
         **{name: state.links.get(name) for name in LINKS},
-        "children": children(state),
         "nodes": {
             node_id: {
                 "status": n.status.value,
@@ -54,6 +55,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
                 "finished_at": _iso(n.finished_at),
                 "usage": n.usage,
                 "logs": n.logs,
+                "reused": n.reused,
             }
             for node_id, n in state.nodes.items()
         },
@@ -234,6 +236,15 @@ class StatusView:
         for state in self.executions.values():
             counts[state.priority.value]["running"] += 1
         return counts
+
+    def queued_of_team(self, team: str | None) -> int:
+        """Runs of ``team``'s workflows that are queued: accepted and not started, or started and
+        waiting (status ``queued``). What admission control counts (``runtime.admission``)."""
+        accepted = sum(1 for s in self.accepted.values() if s.workflow.team == team)
+        waiting = sum(
+            1 for s in self.executions.values() if s.workflow.team == team and s.status.value == "queued"
+        )
+        return accepted + waiting
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
         state = self.known(execution_id)

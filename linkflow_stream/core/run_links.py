@@ -98,16 +98,6 @@ def child_depth(state: ExecutionState) -> int:
         return 1
 
 
-def children(state: ExecutionState) -> list[str]:
-    """The child runs a run started: one per attempt of each of its ``workflow`` nodes."""
-    return [
-        child_run_id(state.id, node.id, attempt)
-        for node in state.workflow.nodes
-        if node.type == "workflow"
-        for attempt in range(1, state.nodes[node.id].attempts + 1)
-    ]
-
-
 def child_output(state: ExecutionState) -> Any:
     """A finished child's output for its parent's node: the output of its sink node (one no
     other node depends on) when it has one sink, else ``{sink id: output}`` over every sink

@@ -79,6 +79,8 @@ class NodeStatus(TypedDict):
     usage: dict[str, int] | None
     logs: dict[str, str] | None
     """What a code node printed: ``stdout`` and ``stderr``."""
+    reused: bool
+    """A rerun's node that took its output from the run it reruns instead of running."""
 
 
 class Execution(TypedDict):
@@ -97,12 +99,16 @@ class Execution(TypedDict):
     deadline_at: str | None
     schedule_id: str | None
     """The schedule whose slot started the run; ``null`` for other runs."""
+    rerun_of: str | None
+    """The run this one reruns (``POST /api/executions/{id}/rerun``)."""
+    reruns: NotRequired[list[str]]
+    """``GET /api/executions/{id}`` only: the runs that rerun this one, oldest first."""
     error_of: str | None
     """An error-workflow run: the failed run that started it (ADR 0036); ``null`` otherwise."""
     parent: str | None
     """A child run: the run whose ``workflow`` node started it (ADR 0036); ``null`` otherwise."""
-    children: list[str]
-    """The child runs this run's ``workflow`` nodes started, one per attempt (ADR 0036)."""
+    children: NotRequired[list[str]]
+    """``GET /api/executions/{id}`` only: the child runs of this run's ``workflow`` nodes (ADR 0036)."""
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]
     """Transitions: ``{"from", "to", "at", "reason"}``."""

@@ -95,7 +95,6 @@ def test_a_workflow_node_starts_its_child_and_waits_holding_no_slot() -> None:
     assert timer.kind is TimerKind.CHILD
     assert timer.due_at == NOW + timedelta(seconds=60)
     assert not [o for o in step.outputs if o.topic.startswith("linkflow.tasks.")]
-    assert render(step.state)["children"] == ["p1.call.1"]
 
 
 def test_the_childs_output_becomes_the_nodes_output() -> None:
@@ -164,8 +163,6 @@ def test_a_node_timeout_fails_the_node_and_cancels_the_child_and_a_retry_starts_
     # the first child's late result changes nothing
     late = asyncio.run(orch.step(again.state, child_result(True, output=1), retry_due))
     assert late.events == []
-    assert again.state is not None
-    assert render(again.state)["children"] == ["p1.call.1", "p1.call.2"]
 
 
 def test_a_finished_child_reports_to_its_parents_partition() -> None:
