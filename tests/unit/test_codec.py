@@ -168,6 +168,8 @@ def records() -> list[BaseModel]:
             due_at=T + timedelta(seconds=90),
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=120.5),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.PAUSE, suspend_deadline=True),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.RESUME, reason="resumed by request"),
         NodeTask(
             execution_id="e1",
             workflow_id="wf1",
@@ -313,6 +315,20 @@ def records() -> list[BaseModel]:
             created_at=T,
             seq=1,
             nodes={n.id: NodeState() for n in wf().nodes},
+        ),
+        ExecutionState(
+            id="e3",
+            workflow=wf(),
+            status=ExecutionStatus.PAUSED,
+            input=None,
+            created_at=T,
+            seq=3,
+            nodes={n.id: NodeState() for n in wf().nodes},
+            paused_at=T + timedelta(seconds=2),
+            suspended_deadline=T + timedelta(seconds=60),
+        ),
+        ExecutionEvent(
+            execution_id="e3", seq=3, type=EventType.EXECUTION_PAUSED, at=T, due_at=T + timedelta(seconds=60)
         ),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),
