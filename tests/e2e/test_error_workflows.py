@@ -112,3 +112,25 @@ def test_on_failure_must_name_a_registered_workflow(engine: EngineProcess) -> No
     body["on_failure"] = {"workflow_id": "not valid!"}
     status, answer = call("POST", f"{engine.url}/api/workflows", body, engine.auth())
     assert status == 400, answer
+
+
+def test_a_run_that_times_out_starts_its_error_workflow(engine: EngineProcess) -> None:
+    alert = uid("alert")
+    engine.register(
+        {"id": alert, "nodes": [{"id": "got", "type": "transform", "config": {"expression": "input"}}]}
+    )
+    slow = uid("slow")
+    engine.register(
+        {
+            "id": slow,
+            "timeout_seconds": 2,
+            "on_failure": {"workflow_id": alert},
+            "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 300}}],
+        }
+    )
+    status, body = engine.start_execution(slow, {})
+    assert status == 202, body
+    assert engine.wait_status(body["id"])["status"] == "failed"
+    got = wait_found(engine, f"onfail-{body['id']}")["nodes"]["got"]["output"]
+    assert got["failed_node"] is None
+    assert got["error"]["error_class"] == "timeout"

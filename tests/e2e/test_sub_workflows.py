@@ -156,3 +156,25 @@ def test_kill_9_while_the_child_runs(engine_factory: Callable[..., EngineProcess
     status, page = call("GET", f"{engine.url}/api/executions?workflow_id={child}", headers=engine.auth())
     assert status == 200, page
     assert [r["id"] for r in page["executions"]] == [child_id]
+
+
+def test_a_node_timeout_cancels_the_child_and_fails_the_node(engine: EngineProcess) -> None:
+    child = uid("child")
+    engine.register({"id": child, "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 300}}]})
+    parent = uid("parent")
+    engine.register(
+        {
+            "id": parent,
+            "nodes": [
+                {"id": "call", "type": "workflow", "timeout_seconds": 3, "config": {"workflow_id": child}}
+            ],
+        }
+    )
+    status, body = engine.start_execution(parent, {})
+    assert status == 202, body
+    run = body["id"]
+    finished = engine.wait_status(run)
+    assert finished["status"] == "failed"
+    assert finished["nodes"]["call"]["error"]["error_class"] == "timeout"
+    child_body = engine.wait_status(f"{run}.call.1")
+    assert child_body["status"] == "cancelled"
