@@ -150,6 +150,7 @@ def test_kill_9_while_the_child_runs(engine_factory: Callable[..., EngineProcess
     # exactly once: each log has every seq once and one terminal event; one child run, started once
     states = assert_exactly_once(engine, [run, child_id])
     assert states[run].nodes["call"].attempts == 1
+    assert states[child_id].nodes["w"].attempts == 1
     logs = committed_logs(engine, [run, child_id])
     assert [e.type for e in logs[child_id]].count(EventType.EXECUTION_CREATED) == 1
     assert [e.type for e in logs[run]].count(EventType.EXECUTION_SUCCEEDED) == 1
