@@ -60,9 +60,12 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             )
         ]
     if t is EventType.NODE_STARTED:
-        how = {"inline": "in the orchestrator", "task": "on an executor", "timer": "as a timer"}[
-            e.dispatch or "task"
-        ]
+        how = {
+            "inline": "in the orchestrator",
+            "task": "on an executor",
+            "timer": "as a timer",
+            "child": "as a child run",
+        }.get(e.dispatch or "task", f"as {e.dispatch}")
         note = f" ({e.reason})" if e.reason else ""
         return [
             _line(

@@ -39,6 +39,8 @@ class Dispatch(StrEnum):
     TASK = "task"
     INLINE = "inline"
     TIMER = "timer"
+    CHILD = "child"
+    """A ``workflow`` node: a child run, waited for by a timer (ADR 0036); no worker slot."""
 
 
 class ExecutionEvent(BaseModel):

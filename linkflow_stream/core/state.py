@@ -50,6 +50,8 @@ class TimerKind(StrEnum):
     RETRY = "retry"
     EXECUTION_TIMEOUT = "execution_timeout"
     THROTTLE = "throttle"
+    CHILD = "child"
+    """A ``workflow`` node's timeout while its child run runs (ADR 0036)."""
 
 
 class NodeState(BaseModel):
@@ -257,6 +259,8 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             raise EvolveError(f"{state.id}: node {node_id} cannot start from {node.status}")
         attempt = event.attempt or 1
         kind = TimerKind.WAIT if event.dispatch is Dispatch.TIMER else TimerKind.LEASE
+        if event.dispatch is Dispatch.CHILD:
+            kind = TimerKind.CHILD
         new = node.model_copy(
             update={
                 "status": NodeStatus.RUNNING,
