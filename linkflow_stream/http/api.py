@@ -735,7 +735,7 @@ class Api:
         if carried > limit:
             raise ValidationError(
                 f"this rerun would carry {carried} bytes (the reused outputs, the input and the "
-                f"workflow), over the {limit}-byte limit of a start request; rerun from \"start\""
+                f'workflow), over the {limit}-byte limit of a start request; rerun from "start"'
             )
         return await self._start(
             request, wf, input_data, links={"rerun_of": execution_id}, reused=reused or None
