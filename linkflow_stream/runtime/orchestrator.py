@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import Priority
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
@@ -40,6 +41,7 @@ from linkflow_stream.kafka.transactions import (
 )
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.partition import BatchReport, InputGap, Partition
+from linkflow_stream.runtime.priority import PRECEDENCE, turns
 from linkflow_stream.runtime.restore import committed_positions, read_changelog
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
@@ -53,7 +55,11 @@ name the runs they start."""
 MAX_WAIT_MS = 100
 """Longest poll of the fetch loop (and longest sleep of an idle worker)."""
 BACKLOG_BATCHES = 4
-"""A partition whose worker has more than this many batches waiting is paused in the consumer."""
+"""An input topic-partition whose worker queue holds more than this many batches is paused in the
+consumer (until the queue is down to one batch)."""
+ACTIVE_SECONDS = 1.0
+"""A priority stays active in the weighted turns (ADR 0029) this long after an input of one of its
+runs was last taken: runs waiting for a task's result keep their share of the next batches."""
 BATCH_RETRIES = 5
 """A batch whose transaction aborted this often is decided again one input at a time."""
 RECORD_RETRIES = 3
@@ -119,8 +125,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._must_rejoin = False
         self._claim_retry_at = 0.0
         self._workers: dict[int, _Worker] = {}
-        self._backlogged: set[int] = set()
-        """Partitions paused in the consumer because their worker has a backlog."""
+        self._lanes = {settings.topic(topic_names.requests(p)): p for p in Priority}
+        self._backlogged: set[TopicPartition] = set()
+        """Input topic-partitions paused in the consumer because their worker queue is long."""
         self._committing: dict[int, float] = {}
         """When each partition's batch in flight began."""
         self._failing: dict[int, float] = {}
@@ -267,7 +274,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         worker = self._workers.pop(number, None)
         if worker is not None and worker.task is not asyncio.current_task():
             await worker.stop()
-        self._backlogged.discard(number)
+        self._backlogged.difference_update(self._input_partitions(number))
         partition = self.partitions.pop(number, None)
         if partition is None:
             return
@@ -333,14 +340,15 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         if consumer is None or partition is None:
             return
         if worker is not None:
-            worker.pending.clear()
+            worker.clear()
         for tp, offset in partition.positions.items():
             with contextlib.suppress(Exception):
                 consumer.seek(tp, offset)
-        if number in self._backlogged:
+        paused = [tp for tp in self._input_partitions(number) if tp in self._backlogged]
+        if paused:
             assigned = consumer.assignment()
-            consumer.resume(*(tp for tp in self._input_partitions(number) if tp in assigned))
-            self._backlogged.discard(number)
+            consumer.resume(*(tp for tp in paused if tp in assigned))
+            self._backlogged.difference_update(paused)
 
     async def _loop(self) -> None:
         """Fetch, and hand each partition's records to its worker; a worker with a backlog has
@@ -357,29 +365,45 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     worker = self._workers.get(tp.partition)
                     if worker is None:
                         continue  # not claimed (yet): fetched again from the committed position
-                    worker.offer(batches[tp])
-                    if len(worker.pending) > BACKLOG_BATCHES * s.orchestrator_batch_max:
-                        self._pause(tp.partition)
+                    lane = worker.offer(batches[tp])
+                    if len(worker.queues[lane]) > BACKLOG_BATCHES * s.orchestrator_batch_max:
+                        self._pause(tp.partition, lane)
                 if self._must_rejoin:
                     await self._rejoin()
 
-    def _pause(self, number: int) -> None:
+    def lane_of(self, topic: str) -> Priority | None:
+        """The worker queue a topic's records wait in: a request topic's priority, or ``None``
+        for commands and results (decided in offset order, whatever their run's priority)."""
+        return self._lanes.get(topic)
+
+    def _lane_partitions(self, number: int, lane: Priority | None) -> list[TopicPartition]:
+        return [tp for tp in self._input_partitions(number) if self.lane_of(tp.topic) == lane]
+
+    def _pause(self, number: int, lane: Priority | None) -> None:
+        """Stop fetching one queue's topics of ``number``: a low-priority backlog then neither
+        grows in memory nor stands in front of high-priority records in the consumer's buffer."""
         consumer = self._consumer
         assert consumer is not None
         assigned = consumer.assignment()
-        consumer.pause(*(tp for tp in self._input_partitions(number) if tp in assigned))
-        self._backlogged.add(number)
+        tps = [tp for tp in self._lane_partitions(number, lane) if tp in assigned]
+        consumer.pause(*tps)
+        self._backlogged.update(tps)
 
     def caught_up(self, number: int) -> None:
-        """Called by a worker after each batch: resume its partition once its backlog is gone."""
+        """Called by a worker after each batch: resume each of its paused topics once that
+        topic's queue is down to one batch."""
         worker = self._workers.get(number)
         consumer = self._consumer
-        if number not in self._backlogged or worker is None or consumer is None:
+        if worker is None or consumer is None:
             return
-        if len(worker.pending) <= self.settings.orchestrator_batch_max:
-            assigned = consumer.assignment()
-            consumer.resume(*(tp for tp in self._input_partitions(number) if tp in assigned))
-            self._backlogged.discard(number)
+        for lane, queue in worker.queues.items():
+            if len(queue) > self.settings.orchestrator_batch_max:
+                continue
+            tps = [tp for tp in self._lane_partitions(number, lane) if tp in self._backlogged]
+            if tps:
+                assigned = consumer.assignment()
+                consumer.resume(*(tp for tp in tps if tp in assigned))
+                self._backlogged.difference_update(tps)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -522,20 +546,71 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class _Worker:
     """Decides one partition's batches as they arrive, so a slow batch (a long inline
-    expression, a broker hiccup on one transaction) holds up only its own partition."""
+    expression, a broker hiccup on one transaction) holds up only its own partition.
+
+    Records wait in one queue per priority for start requests and one for commands and results.
+    Each batch takes the commands and results in offset order, then start requests by weighted
+    turns between the priorities (``runtime/priority.py``, ADR 0029)."""
 
     def __init__(self, orchestrator: Orchestrator, number: int) -> None:
         self.orchestrator = orchestrator
         self.number = number
-        self.pending: list[ConsumerRecord[bytes, bytes]] = []
+        self.queues: dict[Priority | None, list[ConsumerRecord[bytes, bytes]]] = {
+            **{p: [] for p in PRECEDENCE},
+            None: [],
+        }
+        """Start requests per priority, and (``None``) commands and results."""
+        self.seen: dict[Priority, float] = {}
+        """When an input of a run of each priority was last taken into a batch (monotonic)."""
         self.wake = asyncio.Event()
         self.busy = asyncio.Lock()
         """Held while a batch is decided and committed; ``stop`` waits for it."""
         self.task = asyncio.create_task(self._run(), name=f"orchestrator-partition-{number}")
 
-    def offer(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        self.pending.extend(records)
+    @property
+    def pending(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def offer(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Priority | None:
+        """Queue one topic-partition's fetched records; returns the queue they went to."""
+        lane = self.orchestrator.lane_of(records[0].topic) if records else None
+        self.queues[lane].extend(records)
         self.wake.set()
+        return lane
+
+    def clear(self) -> None:
+        for queue in self.queues.values():
+            queue.clear()
+
+    def _put_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Return a batch's records to the front of their queues, in their order."""
+        for lane, queue in self.queues.items():
+            queue[:0] = [r for r in records if self.orchestrator.lane_of(r.topic) == lane]
+
+    def _take(self, partition: Partition) -> list[ConsumerRecord[bytes, bytes]]:
+        """The next batch: commands and results first (in offset order; they may be any run's),
+        then start requests by weighted turns, highest priority first. A priority is active
+        while it has requests waiting or took an input in the last ``ACTIVE_SECONDS``."""
+        settings = self.orchestrator.settings
+        batch_max = settings.orchestrator_batch_max
+        weights = settings.priority_weights
+        now = time.monotonic()
+        rest = self.queues[None][:batch_max]
+        del self.queues[None][:batch_max]
+        for record in rest:
+            state = partition.states.get((record.key or b"").decode(errors="replace"))
+            if state is not None:
+                self.seen[state.priority] = now
+        active = [now - self.seen.get(p, -ACTIVE_SECONDS) < ACTIVE_SECONDS for p in PRECEDENCE]
+        room = max(batch_max - len(rest), sum(weights))
+        counts = turns([len(self.queues[p]) for p in PRECEDENCE], active, room, weights)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        for p, n in zip(PRECEDENCE, counts, strict=True):
+            if n:
+                records.extend(self.queues[p][:n])
+                del self.queues[p][:n]
+                self.seen[p] = now
+        return records + rest
 
     async def stop(self) -> None:
         async with self.busy:
@@ -551,7 +626,6 @@ class _Worker:
     async def _run(self) -> None:
         orch = self.orchestrator
         partition = orch.partitions.get(self.number)
-        batch_max = orch.settings.orchestrator_batch_max
         delay = 0.1
         while partition is not None and orch.partitions.get(self.number) is partition:
             now_ms = orch.now_ms()
@@ -559,7 +633,7 @@ class _Worker:
             if not self.pending and (wake_ms is None or wake_ms > now_ms):
                 await self._idle(wake_ms, now_ms)
                 continue
-            records, self.pending = self.pending[:batch_max], self.pending[batch_max:]
+            records = self._take(partition)
             try:
                 if orch.codec.ids is not None:  # a schema registry: ids to know before decoding
                     await orch.codec.learn(record.value for record in records)
@@ -568,7 +642,7 @@ class _Worker:
                 # ask again; its inputs are valid and must be neither skipped nor dead-lettered.
                 log.exception("partition %d: schema ids not resolved; again in %.1fs", self.number, delay)
                 orch.record_failure(self.number)
-                self.pending = records + self.pending
+                self._put_back(records)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue

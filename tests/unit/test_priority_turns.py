@@ -1,0 +1,176 @@
+"""Weighted turns between priorities (ADR 0029): the pure share of a batch, and the orchestrator
+worker that takes its batches by it and pauses a long queue's topic alone. Without Kafka; the
+same loop runs on the real broker in tests/e2e/test_priority.py."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import from_millis
+from linkflow_stream.core.messages import Priority, StartExecution
+from linkflow_stream.runtime.metrics import Metrics
+from linkflow_stream.runtime.orchestrator import BACKLOG_BATCHES, Orchestrator, _Worker
+from linkflow_stream.runtime.priority import turns
+from linkflow_stream.settings import Settings
+from tests.unit.test_partition_batch import (
+    CODEC,
+    COMMANDS,
+    RESULTS,
+    T0,
+    TRANSFORM,
+    FakeConsumer,
+    FakeProducer,
+    partition,
+    record,
+    stepper,
+    workflow,
+)
+
+W = (8, 3, 1)
+HIGH, NORMAL, LOW = (TopicPartition(topic_names.requests(p), 0) for p in Priority)
+
+
+# -- the pure share ------------------------------------------------------------------------------
+def test_alone_a_class_takes_the_whole_room_whatever_its_weight() -> None:
+    assert turns([0, 0, 1000], [False, False, False], 256, W) == [0, 0, 256]
+    assert turns([1000, 0, 0], [False, False, False], 256, W) == [256, 0, 0]
+    assert turns([0, 10, 0], [False, False, False], 256, W) == [0, 10, 0]
+
+
+def test_with_high_about_low_gets_its_weighted_share_and_no_more() -> None:
+    # 5 high waiting: high takes all 5; low only its 1/9 of the room, not the 251 left over
+    assert turns([5, 0, 1000], [True, False, True], 256, W) == [5, 0, 256 // 9]
+    # high active (a run of it took an input a moment ago) but nothing waiting: low still capped
+    assert turns([0, 0, 1000], [True, False, False], 256, W) == [0, 0, 256 // 9]
+    # all three flooded: 8:3:1, the rounding left over goes to high
+    assert turns([1000, 1000, 1000], [True, True, True], 240, W) == [160, 60, 20]
+    assert turns([1000, 1000, 1000], [True, True, True], 241, W) == [161, 60, 20]
+
+
+def test_a_class_with_any_waiting_gets_at_least_one_so_none_starves() -> None:
+    assert turns([1000, 1000, 1000], [True, True, True], 12, (100, 10, 1)) == [10, 1, 1]
+    assert turns([0, 0, 3], [True, True, False], 0, W) == [0, 0, 1]
+
+
+def test_nothing_waiting_takes_nothing_and_bad_weights_are_refused() -> None:
+    assert turns([0, 0, 0], [True, True, True], 256, W) == [0, 0, 0]
+    with pytest.raises(ValueError, match="at least 1"):
+        turns([1, 1, 1], [True, True, True], 10, (8, 0, 1))
+    with pytest.raises(ValueError, match="same classes"):
+        turns([1, 1], [True, True, True], 10, W)
+
+
+counts = st.lists(st.integers(0, 2000), min_size=3, max_size=3)
+flags = st.lists(st.booleans(), min_size=3, max_size=3)
+weights = st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 20))
+
+
+@given(counts, flags, st.integers(0, 600), weights)
+def test_turns_properties(waiting: list[int], active: list[bool], room: int, w: tuple[int, int, int]) -> None:
+    take = turns(waiting, active, room, w)
+    on = [a or n > 0 for a, n in zip(active, waiting, strict=True)]
+    # never more than waiting, never a class that is not there
+    assert all(0 <= t <= n for t, n in zip(take, waiting, strict=True))
+    # no starvation: every class with work gets a turn
+    assert all(t >= 1 for t, n in zip(take, waiting, strict=True) if n > 0)
+    # the room is kept, up to the one request each class is always given
+    assert sum(take) <= max(room, sum(1 for n in waiting if n > 0))
+    # below a higher active class, a class never takes more than its weighted share (or one)
+    total = sum(x for x, a in zip(w, on, strict=True) if a)
+    for i in range(1, 3):
+        if any(on[:i]):
+            assert take[i] <= max(1, room * w[i] // total)
+    # work-conserving for the highest class about: it fills what the others leave
+    if any(on):
+        first = on.index(True)
+        assert take[first] == waiting[first] or sum(take) >= room
+
+
+# -- the worker ----------------------------------------------------------------------------------
+def start_at(tp: TopicPartition, offset: int, execution_id: str) -> Any:
+    request = StartExecution(
+        execution_id=execution_id,
+        workflow=workflow(TRANSFORM),
+        input={"x": 1},
+        priority=Priority(tp.topic.rsplit(".", 1)[1]),
+        requested_at=from_millis(T0),
+    )
+    return record(tp, offset, CODEC.encode(request), key=execution_id)
+
+
+async def idle_worker(batch_max: int = 64) -> tuple[Orchestrator, _Worker]:
+    """An orchestrator owning partition 0 through a fake producer and consumer, and its worker
+    stopped, so a test drives ``_take`` itself."""
+    producer = FakeProducer()
+    settings = Settings(orchestrator_batch_max=batch_max)
+    orch = Orchestrator(
+        settings, CODEC, stepper(), Metrics(active=lambda: 0), producer_factory=lambda _n: producer
+    )
+    p = partition(producer)
+    p.load([], {HIGH: 0, NORMAL: 0, LOW: 0, RESULTS: 0, COMMANDS: 0})
+    orch.partitions[0] = p
+    orch._consumer = FakeConsumer(orch._input_partitions(0))  # type: ignore[assignment]
+    worker = _Worker(orch, 0)
+    worker.task.cancel()
+    await asyncio.gather(worker.task, return_exceptions=True)
+    orch._workers[0] = worker
+    return orch, worker
+
+
+async def test_a_batch_takes_waiting_high_requests_first_and_only_lows_share_beside_them() -> None:
+    orch, worker = await idle_worker(batch_max=64)
+    worker.offer([start_at(LOW, i, f"low{i}") for i in range(500)])
+    worker.offer([start_at(HIGH, i, f"high{i}") for i in range(3)])
+    batch = worker._take(orch.partitions[0])
+    topics = [r.topic for r in batch]
+    assert topics[:3] == [HIGH.topic] * 3, "high requests come first"
+    assert topics.count(LOW.topic) == 64 // 9, "low gets its 1/9 share while high is about"
+    assert [r.offset for r in batch if r.topic == LOW.topic] == list(range(64 // 9)), "in offset order"
+    # high stays active for a moment after its last input: low is still held to its share
+    batch = worker._take(orch.partitions[0])
+    assert [r.topic for r in batch] == [LOW.topic] * (64 // 9)
+    # once high has not been seen for a while, low takes whole batches
+    worker.seen.clear()
+    batch = worker._take(orch.partitions[0])
+    assert [r.offset for r in batch] == list(range(2 * (64 // 9), 2 * (64 // 9) + 64))
+
+
+async def test_results_of_a_high_run_keep_high_active_and_come_in_offset_order() -> None:
+    orch, worker = await idle_worker(batch_max=64)
+    p = orch.partitions[0]
+    await p.run_batch([start_at(HIGH, 0, "h0")], T0)  # a started high run, now held in p.states
+    worker.seen.clear()
+    results = [record(RESULTS, i, b"x", key="h0") for i in range(3)]
+    worker.offer(results)
+    worker.offer([start_at(LOW, i, f"low{i}") for i in range(500)])
+    batch = worker._take(p)
+    assert batch[-3:] == results
+    assert [r.topic for r in batch[:-3]] == [LOW.topic] * (61 // 9)
+
+
+async def test_a_long_low_queue_pauses_only_the_low_request_topic_until_it_is_down_to_one_batch() -> None:
+    orch, worker = await idle_worker(batch_max=16)
+    consumer = orch._consumer
+    assert isinstance(consumer, FakeConsumer)
+    lane = worker.offer([start_at(LOW, i, f"low{i}") for i in range(BACKLOG_BATCHES * 16 + 1)])
+    assert lane is Priority.LOW
+    orch._pause(0, lane)
+    assert consumer.paused == {TopicPartition(orch.settings.topic(LOW.topic), 0)}
+    orch.caught_up(0)
+    assert consumer.paused, "still more than a batch waiting"
+    while len(worker.queues[Priority.LOW]) > 16:
+        worker._take(orch.partitions[0])
+    orch.caught_up(0)
+    assert consumer.paused == set()
+    # a rewind resumes whatever was paused and drops the queues (they are fetched again)
+    orch._pause(0, None)
+    assert consumer.paused == {RESULTS, COMMANDS}
+    orch.rewind_partition(0)
+    assert consumer.paused == set() and worker.pending == 0
