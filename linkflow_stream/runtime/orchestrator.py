@@ -126,6 +126,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._claim_retry_at = 0.0
         self._workers: dict[int, _Worker] = {}
         self._lanes = {settings.topic(topic_names.requests(p)): p for p in Priority}
+        self.seen: dict[Priority, float] = {}
+        """When an input of a run of each priority was last taken into a batch (monotonic)."""
         self._backlogged: set[TopicPartition] = set()
         """Input topic-partitions paused in the consumer because their worker queue is long."""
         self._committing: dict[int, float] = {}
@@ -371,6 +373,15 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 if self._must_rejoin:
                     await self._rejoin()
 
+    def active(self, priority: Priority, now: float) -> bool:
+        """A priority counts in the weighted turns of every partition here while any partition
+        has its requests waiting or took an input of one of its runs in the last
+        ``ACTIVE_SECONDS`` (``now``: monotonic): the partitions share one event loop, so a
+        partition's big low batch delays every other partition's high one."""
+        if priority in self.seen and now - self.seen[priority] < ACTIVE_SECONDS:
+            return True
+        return any(w.queues[priority] for w in self._workers.values())
+
     def lane_of(self, topic: str) -> Priority | None:
         """The worker queue a topic's records wait in: a request topic's priority, or ``None``
         for commands and results (decided in offset order, whatever their run's priority)."""
@@ -560,8 +571,6 @@ class _Worker:
             None: [],
         }
         """Start requests per priority, and (``None``) commands and results."""
-        self.seen: dict[Priority, float] = {}
-        """When an input of a run of each priority was last taken into a batch (monotonic)."""
         self.wake = asyncio.Event()
         self.busy = asyncio.Lock()
         """Held while a batch is decided and committed; ``stop`` waits for it."""
@@ -588,20 +597,20 @@ class _Worker:
             queue[:0] = [r for r in records if self.orchestrator.lane_of(r.topic) == lane]
 
     def _take(self, partition: Partition) -> list[ConsumerRecord[bytes, bytes]]:
-        """The next batch: commands and results first (in offset order; they may be any run's),
-        then start requests by weighted turns, highest priority first. A priority is active
-        while it has requests waiting or took an input in the last ``ACTIVE_SECONDS``."""
+        """The next batch: start requests by weighted turns, highest priority first, then
+        commands and results (in offset order; they may be any run's)."""
         settings = self.orchestrator.settings
         batch_max = settings.orchestrator_batch_max
         weights = settings.priority_weights
         now = time.monotonic()
         rest = self.queues[None][:batch_max]
         del self.queues[None][:batch_max]
+        orch = self.orchestrator
         for record in rest:
             state = partition.states.get((record.key or b"").decode(errors="replace"))
             if state is not None:
-                self.seen[state.priority] = now
-        active = [now - self.seen.get(p, -ACTIVE_SECONDS) < ACTIVE_SECONDS for p in PRECEDENCE]
+                orch.seen[state.priority] = now
+        active = [orch.active(p, now) for p in PRECEDENCE]
         room = max(batch_max - len(rest), sum(weights))
         counts = turns([len(self.queues[p]) for p in PRECEDENCE], active, room, weights)
         records: list[ConsumerRecord[bytes, bytes]] = []
@@ -609,7 +618,7 @@ class _Worker:
             if n:
                 records.extend(self.queues[p][:n])
                 del self.queues[p][:n]
-                self.seen[p] = now
+                orch.seen[p] = now
         return records + rest
 
     async def stop(self) -> None:

@@ -2,16 +2,19 @@
 orchestrator batch takes (ADR 0029).
 
 Start requests wait in one queue per priority (they come from one topic per priority), so the
-orchestrator can choose which to start. Each batch is a turn: every *active* class (requests
-waiting, or inputs of its runs seen a moment ago) gets a share of the batch's room in proportion
-to its weight (``LINKFLOW_PRIORITY_WEIGHTS``, 8:3:1 by default), and at least one request, so no
-class starves. Room a class leaves unused goes to the highest active class only: while high runs
-are about, low requests never fill a batch, so the batches stay short and the next high input is
-decided soon. With only low requests about, low takes the whole batch (nothing is held back for
-a class that is not there).
+orchestrator chooses which to start; a batch, once being decided, cannot be interrupted, so what
+a high request waits for is the lower-priority work already taken into batches. Two rules bound it:
 
-Pure: no clock, no I/O; the worker in ``orchestrator.py`` supplies the queue lengths and which
-classes are active.
+- A class below high never takes more than its weighted share of a batch's room
+  (``room * weight // sum(weights)``: 21 low or 64 normal of 256 at 8:3:1), so a high request
+  arriving finds little ahead of it. High alone may fill the batch.
+- While a higher class is *active* (requests waiting, or an input of one of its runs taken a
+  moment ago), a lower class takes in proportion to what the highest active class has waiting:
+  ``weight`` requests per ``weight of that class`` of its waiting ones, and at least one, so no
+  class starves and a trickle of high runs keeps lower batches tiny.
+
+High takes what the others leave of the room (at least one). Pure: no clock, no I/O; the worker
+in ``orchestrator.py`` supplies the queue lengths and which classes are active.
 """
 
 from __future__ import annotations
@@ -25,27 +28,30 @@ PRECEDENCE = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
 
 
 def turns(waiting: Sequence[int], active: Sequence[bool], room: int, weights: Sequence[int]) -> list[int]:
-    """How many requests of each class (in ``PRECEDENCE`` order) to take into a batch with
-    ``room`` places for requests.
+    """How many requests of each class (in ``PRECEDENCE`` order, high first) to take into a batch
+    with ``room`` places for requests.
 
-    ``waiting[i]``: requests of class ``i`` waiting; ``active[i]``: class ``i`` counts in the
-    sharing (a class with requests waiting is always active). Each active class gets
-    ``max(1, room * weight // sum of the active classes' weights)``, up to what it has waiting;
-    what is left goes to the highest active class, up to what it has waiting."""
+    ``waiting[i]``: requests of class ``i`` waiting; ``active[i]``: class ``i`` counts as present
+    (a class with requests waiting always does)."""
     if not len(waiting) == len(active) == len(weights):
         raise ValueError("waiting, active and weights must name the same classes")
     if any(w < 1 for w in weights):
         raise ValueError("every weight must be at least 1")
     on = [a or n > 0 for a, n in zip(active, waiting, strict=True)]
-    total = sum(w for w, a in zip(weights, on, strict=True) if a)
-    if total == 0:
-        return [0] * len(waiting)
+    take = [0] * len(waiting)
+    if not any(on):
+        return take
     room = max(0, room)
-    take = [
-        min(n, max(1, room * w // total)) if a else 0 for n, a, w in zip(waiting, on, weights, strict=True)
-    ]
-    first = on.index(True)
-    left = room - sum(take)
-    if left > 0:
-        take[first] += min(left, waiting[first] - take[first])
+    total = sum(weights)
+    top = on.index(True)
+    units = -(-waiting[top] // weights[top])
+    """The highest active class's demand, in weight units (rounded up)."""
+    for i in range(1, len(waiting)):
+        if on[i]:
+            cap = room * weights[i] // total
+            if i > top:
+                cap = min(cap, units * weights[i])
+            take[i] = min(waiting[i], max(1, cap))
+    if on[0]:
+        take[0] = min(waiting[0], max(1, room - sum(take)))
     return take

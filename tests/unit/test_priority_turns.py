@@ -38,20 +38,27 @@ HIGH, NORMAL, LOW = (TopicPartition(topic_names.requests(p), 0) for p in Priorit
 
 
 # -- the pure share ------------------------------------------------------------------------------
-def test_alone_a_class_takes_the_whole_room_whatever_its_weight() -> None:
-    assert turns([0, 0, 1000], [False, False, False], 256, W) == [0, 0, 256]
+def test_high_alone_fills_the_room_and_a_lower_class_alone_its_weighted_share() -> None:
     assert turns([1000, 0, 0], [False, False, False], 256, W) == [256, 0, 0]
+    assert turns([0, 1000, 0], [False, False, False], 256, W) == [0, 64, 0]
+    assert turns([0, 0, 1000], [False, False, False], 256, W) == [0, 0, 21]
     assert turns([0, 10, 0], [False, False, False], 256, W) == [0, 10, 0]
 
 
-def test_with_high_about_low_gets_its_weighted_share_and_no_more() -> None:
-    # 5 high waiting: high takes all 5; low only its 1/9 of the room, not the 251 left over
-    assert turns([5, 0, 1000], [True, False, True], 256, W) == [5, 0, 256 // 9]
-    # high active (a run of it took an input a moment ago) but nothing waiting: low still capped
-    assert turns([0, 0, 1000], [True, False, False], 256, W) == [0, 0, 256 // 9]
-    # all three flooded: 8:3:1, the rounding left over goes to high
+def test_all_flooded_the_batch_is_shared_8_3_1() -> None:
     assert turns([1000, 1000, 1000], [True, True, True], 240, W) == [160, 60, 20]
-    assert turns([1000, 1000, 1000], [True, True, True], 241, W) == [161, 60, 20]
+    assert turns([0, 1000, 1000], [False, True, True], 240, W) == [0, 60, 20]
+
+
+def test_a_trickle_of_high_keeps_lower_batches_in_proportion_to_it() -> None:
+    # 5 high waiting: one weight unit of high, so one low and three normal beside them
+    assert turns([5, 1000, 1000], [True, True, True], 256, W) == [5, 3, 1]
+    # 80 high waiting: ten units, ten low
+    assert turns([80, 0, 1000], [True, False, True], 256, W) == [80, 0, 10]
+    # high active (a run of it took an input a moment ago) but none waiting: one low a batch
+    assert turns([0, 0, 1000], [True, False, False], 256, W) == [0, 0, 1]
+    # normal is the highest about: low follows normal's demand
+    assert turns([0, 6, 1000], [False, True, True], 256, W) == [0, 6, 2]
 
 
 def test_a_class_with_any_waiting_gets_at_least_one_so_none_starves() -> None:
@@ -76,21 +83,21 @@ weights = st.tuples(st.integers(1, 20), st.integers(1, 20), st.integers(1, 20))
 def test_turns_properties(waiting: list[int], active: list[bool], room: int, w: tuple[int, int, int]) -> None:
     take = turns(waiting, active, room, w)
     on = [a or n > 0 for a, n in zip(active, waiting, strict=True)]
-    # never more than waiting, never a class that is not there
+    # never more than waiting
     assert all(0 <= t <= n for t, n in zip(take, waiting, strict=True))
     # no starvation: every class with work gets a turn
     assert all(t >= 1 for t, n in zip(take, waiting, strict=True) if n > 0)
     # the room is kept, up to the one request each class is always given
     assert sum(take) <= max(room, sum(1 for n in waiting if n > 0))
-    # below a higher active class, a class never takes more than its weighted share (or one)
-    total = sum(x for x, a in zip(w, on, strict=True) if a)
-    for i in range(1, 3):
+    for i in (1, 2):
+        # a class below high never takes more than its weighted share of the room (or one)
+        assert take[i] <= max(1, room * w[i] // sum(w))
+        # below a higher class about, it follows that class's demand in weight units
         if any(on[:i]):
-            assert take[i] <= max(1, room * w[i] // total)
-    # work-conserving for the highest class about: it fills what the others leave
-    if any(on):
-        first = on.index(True)
-        assert take[first] == waiting[first] or sum(take) >= room
+            top = on.index(True)
+            assert take[i] <= max(1, -(-waiting[top] // w[top]) * w[i])
+    # high is work-conserving: it takes what it has waiting or what the others left
+    assert take[0] == waiting[0] or sum(take) >= room
 
 
 # -- the worker ----------------------------------------------------------------------------------
@@ -130,29 +137,38 @@ async def test_a_batch_takes_waiting_high_requests_first_and_only_lows_share_bes
     worker.offer([start_at(HIGH, i, f"high{i}") for i in range(3)])
     batch = worker._take(orch.partitions[0])
     topics = [r.topic for r in batch]
-    assert topics[:3] == [HIGH.topic] * 3, "high requests come first"
-    assert topics.count(LOW.topic) == 64 // 9, "low gets its 1/9 share while high is about"
-    assert [r.offset for r in batch if r.topic == LOW.topic] == list(range(64 // 9)), "in offset order"
-    # high stays active for a moment after its last input: low is still held to its share
+    assert topics == [HIGH.topic] * 3 + [LOW.topic], "high first, one low beside a trickle of high"
+    # high stays active for a moment after its last input: low is still held to one a batch
     batch = worker._take(orch.partitions[0])
-    assert [r.topic for r in batch] == [LOW.topic] * (64 // 9)
-    # once high has not been seen for a while, low takes whole batches
-    worker.seen.clear()
+    assert [(r.topic, r.offset) for r in batch] == [(LOW.topic, 1)]
+    # once high has not been seen for a while, low takes its share of a batch: 64 // 12
+    orch.seen.clear()
     batch = worker._take(orch.partitions[0])
-    assert [r.offset for r in batch] == list(range(2 * (64 // 9), 2 * (64 // 9) + 64))
+    assert [r.offset for r in batch] == list(range(2, 2 + 64 // 12)), "in offset order"
+
+
+async def test_a_high_request_waiting_on_another_partition_holds_low_back_here_too() -> None:
+    orch, worker = await idle_worker(batch_max=64)
+    other = _Worker(orch, 1)
+    other.task.cancel()
+    await asyncio.gather(other.task, return_exceptions=True)
+    orch._workers[1] = other
+    other.offer([start_at(TopicPartition(HIGH.topic, 1), 0, "high-elsewhere")])
+    worker.offer([start_at(LOW, i, f"low{i}") for i in range(500)])
+    assert len(worker._take(orch.partitions[0])) == 1
 
 
 async def test_results_of_a_high_run_keep_high_active_and_come_in_offset_order() -> None:
     orch, worker = await idle_worker(batch_max=64)
     p = orch.partitions[0]
     await p.run_batch([start_at(HIGH, 0, "h0")], T0)  # a started high run, now held in p.states
-    worker.seen.clear()
+    orch.seen.clear()
     results = [record(RESULTS, i, b"x", key="h0") for i in range(3)]
     worker.offer(results)
     worker.offer([start_at(LOW, i, f"low{i}") for i in range(500)])
     batch = worker._take(p)
-    assert batch[-3:] == results
-    assert [r.topic for r in batch[:-3]] == [LOW.topic] * (61 // 9)
+    assert batch[-3:] == results, "commands and results after the requests, in offset order"
+    assert [r.topic for r in batch[:-3]] == [LOW.topic], "a high run's result makes high active"
 
 
 async def test_a_long_low_queue_pauses_only_the_low_request_topic_until_it_is_down_to_one_batch() -> None:
