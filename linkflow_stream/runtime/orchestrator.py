@@ -611,7 +611,7 @@ class _Worker:
             if state is not None:
                 orch.seen[state.priority] = now
         active = [orch.active(p, now) for p in PRECEDENCE]
-        room = max(batch_max - len(rest), sum(weights))
+        room = batch_max - len(rest)  # each priority with requests waiting still gets one
         counts = turns([len(self.queues[p]) for p in PRECEDENCE], active, room, weights)
         records: list[ConsumerRecord[bytes, bytes]] = []
         for p, n in zip(PRECEDENCE, counts, strict=True):
