@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from bench.diamond import DIAMOND
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.events import EventType, ExecutionEvent
@@ -35,6 +34,19 @@ pytestmark = pytest.mark.e2e
 LOW = 2000
 """Low runs in the flood: several seconds of work for the engine, far more than one batch."""
 HIGH = 8
+DIAMOND = {
+    "nodes": [
+        {"id": "a", "type": "transform", "config": {"expression": "{'n': input.n}"}},
+        {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n * 2"}},
+        {"id": "c", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a.n + 1"}},
+        {
+            "id": "e",
+            "type": "transform",
+            "depends_on": ["b", "c"],
+            "config": {"expression": "nodes.b + nodes.c"},
+        },
+    ],
+}
 TERMINAL = {EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED}
 
 
