@@ -571,6 +571,11 @@ class _Worker:
             None: [],
         }
         """Start requests per priority, and (``None``) commands and results."""
+        self.held_until = 0.0
+        """Until then (monotonic), requests below the highest active priority wait (``_pace``)."""
+        self._paced: tuple[Priority, Priority] | None = None
+        """(highest active, lowest taken) when the batch being decided took only requests below
+        the highest active priority."""
         self.wake = asyncio.Event()
         self.busy = asyncio.Lock()
         """Held while a batch is decided and committed; ``stop`` waits for it."""
@@ -612,14 +617,48 @@ class _Worker:
                 orch.seen[state.priority] = now
         active = [orch.active(p, now) for p in PRECEDENCE]
         room = batch_max - len(rest)  # each priority with requests waiting still gets one
-        counts = turns([len(self.queues[p]) for p in PRECEDENCE], active, room, weights)
+        held = self._held(active, now)
+        waiting = [0 if p in held else len(self.queues[p]) for p in PRECEDENCE]
+        counts = turns(waiting, active, room, weights)
         records: list[ConsumerRecord[bytes, bytes]] = []
         for p, n in zip(PRECEDENCE, counts, strict=True):
             if n:
                 records.extend(self.queues[p][:n])
                 del self.queues[p][:n]
                 orch.seen[p] = now
+        self._paced = None
+        if records and not rest and any(active):
+            top = PRECEDENCE[active.index(True)]
+            taken = [p for p, n in zip(PRECEDENCE, counts, strict=True) if n]
+            if top not in taken:
+                self._paced = (top, taken[-1])
         return records + rest
+
+    def _held(self, active: Sequence[bool], now: float) -> set[Priority]:
+        """The priorities whose requests wait for ``held_until``: those below the highest
+        active one, while it lasts."""
+        if now >= self.held_until or not any(active):
+            return set()
+        return set(PRECEDENCE[active.index(True) + 1 :])
+
+    def _takeable(self, now: float) -> bool:
+        """Whether ``_take`` would take anything now."""
+        if self.queues[None]:
+            return True
+        active = [self.orchestrator.active(p, now) for p in PRECEDENCE]
+        held = self._held(active, now)
+        return any(self.queues[p] for p in PRECEDENCE if p not in held)
+
+    def _pace(self, seconds: float) -> None:
+        """After a batch of only lower-priority requests that took ``seconds`` while a higher
+        priority was active, hold the lower ones back for ``seconds * (w_top / w_lower - 1)``:
+        they then use about ``w_lower / w_top`` of this partition's time, and the rest of the
+        process's time (one event loop for every partition) is left to the higher runs."""
+        if self._paced is None:
+            return
+        weights = dict(zip(PRECEDENCE, self.orchestrator.settings.priority_weights, strict=True))
+        top, lower = self._paced
+        self.held_until = time.monotonic() + seconds * max(0.0, weights[top] / weights[lower] - 1)
 
     async def stop(self) -> None:
         async with self.busy:
@@ -639,10 +678,15 @@ class _Worker:
         while partition is not None and orch.partitions.get(self.number) is partition:
             now_ms = orch.now_ms()
             wake_ms = partition.next_wakeup_ms()
-            if not self.pending and (wake_ms is None or wake_ms > now_ms):
+            mono = time.monotonic()
+            if not self._takeable(mono) and (wake_ms is None or wake_ms > now_ms):
+                if self.pending and self.held_until > mono:  # held back: look again when it ends
+                    held_ms = now_ms + int((self.held_until - mono) * 1000) + 1
+                    wake_ms = held_ms if wake_ms is None else min(wake_ms, held_ms)
                 await self._idle(wake_ms, now_ms)
                 continue
             records = self._take(partition)
+            began = time.monotonic()
             try:
                 if orch.codec.ids is not None:  # a schema registry: ids to know before decoding
                     await orch.codec.learn(record.value for record in records)
@@ -670,4 +714,5 @@ class _Worker:
                     delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                     continue
             delay = 0.1
+            self._pace(time.monotonic() - began)
             orch.caught_up(self.number)
