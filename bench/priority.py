@@ -57,6 +57,8 @@ class Phase:
     """Client side: the POST until the finished run came back."""
     created: dict[str, float] = field(default_factory=dict)
     """Each run's ``created_at`` (epoch seconds): when its request was accepted."""
+    sent: list[float] = field(default_factory=list)
+    """When each latency's run was sent, in seconds from ``began``."""
     failures: int = 0
     began: float = 0.0
     ended: float = 0.0
@@ -80,6 +82,7 @@ async def run_high(
             ) as resp:
                 body = await resp.json()
             phase.latencies.append(time.perf_counter() - t0)
+            phase.sent.append(time.time() - (time.perf_counter() - t0) - phase.began)
             if resp.status != 200 or body.get("status") != "success":
                 phase.failures += 1
                 continue
@@ -177,6 +180,11 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
     decided = await decided_at(engine) if engine is not None else None
     print(line("high, idle", idle, decided))
     print(line("high, low flood", loaded, decided))
+    slowest = sorted(zip(loaded.latencies, loaded.sent, strict=True), reverse=True)[:4]
+    print(
+        "slowest high runs under the flood: "
+        + ", ".join(f"{x * 1000:.0f} ms (sent at +{t:.1f} s)" for x, t in slowest)
+    )
     window = loaded.ended - loaded.began
     print(
         f"low flood: {len(low_ids)} accepted in {sent:.1f} s; not yet ended when high began: "

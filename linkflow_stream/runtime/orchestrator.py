@@ -40,7 +40,7 @@ from linkflow_stream.kafka.transactions import (
     TransactionalProducer,
 )
 from linkflow_stream.runtime.metrics import Metrics
-from linkflow_stream.runtime.partition import BatchReport, InputGap, Partition
+from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition
 from linkflow_stream.runtime.priority import PRECEDENCE, turns
 from linkflow_stream.runtime.restore import committed_positions, read_changelog
 from linkflow_stream.runtime.step import Stepper
@@ -380,6 +380,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         partition's big low batch delays every other partition's high one."""
         if priority in self.seen and now - self.seen[priority] < ACTIVE_SECONDS:
             return True
+        return self.waiting(priority)
+
+    def waiting(self, priority: Priority) -> bool:
+        """Whether start requests of ``priority`` wait in any partition worker here."""
         return any(w.queues[priority] for w in self._workers.values())
 
     def lane_of(self, topic: str) -> Priority | None:
@@ -420,28 +424,41 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         return int(self.clock() * 1000)
 
     async def run_partition(
-        self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int
-    ) -> None:
+        self,
+        number: int,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        now_ms: int,
+        cut: Cut | None = None,
+    ) -> int:
         """Commit one partition's batch, retrying aborted transactions with backoff. A batch
         that keeps failing is decided again one input at a time, and an input that keeps failing
         alone is dead-lettered: nothing retries forever, and no input is lost with its batch.
-        Raises ``Abandon`` when the batch must be fetched again from the committed position."""
+        Raises ``Abandon`` when the batch must be fetched again from the committed position.
+        Returns how many records at the end ``cut`` left undecided (uncommitted)."""
         if not any(self._strikes.get(_key(r), 0) >= MAX_STRIKES for r in records):
-            if await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES):
-                return
+            report = await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES, cut)
+            if report is not None:
+                return report.left
             log.warning(
                 "partition %d: a batch of %d keeps failing; one input at a time", number, len(records)
             )
         for record in records:
-            if self._strikes.get(_key(record), 0) >= MAX_STRIKES or not await self._commit_with_retries(
-                number, [record], now_ms, RECORD_RETRIES
+            if (
+                self._strikes.get(_key(record), 0) >= MAX_STRIKES
+                or await self._commit_with_retries(number, [record], now_ms, RECORD_RETRIES) is None
             ):
                 await self._dead_letter_alone(number, record)
+        return 0
 
     async def _commit_with_retries(
-        self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int, tries: int
-    ) -> bool:
-        """True once committed; False after ``tries`` failed transactions of which at least one
+        self,
+        number: int,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        now_ms: int,
+        tries: int,
+        cut: Cut | None = None,
+    ) -> BatchReport | None:
+        """The report once committed; None after ``tries`` failed transactions of which at least one
         was the inputs' fault (a record refused, a bug in deciding): the caller narrows the batch
         down. Failures that are the broker's (away, timing out) never count against the inputs:
         after ``tries`` of those, and on every other outcome (ownership lost or being revoked, a
@@ -456,7 +473,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             started = time.perf_counter()
             self._committing[number] = self.clock()
             try:
-                report = await partition.run_batch(records, now_ms)
+                report = await partition.run_batch(records, now_ms, cut)
             except Fenced as exc:
                 await self._lost(number, exc)
                 raise Abandon(str(exc)) from exc
@@ -483,13 +500,13 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             finally:
                 self._committing.pop(number, None)
             self._failing.pop(number, None)
-            for record in records:
+            for record in records[: len(records) - report.left]:
                 self._strikes.pop(_key(record), None)
             self._observe(report, time.perf_counter() - started)
-            return True
+            return report
         if not faulted:
             raise Abandon(f"partition {number}: the broker keeps failing the transaction")
-        return False
+        return None
 
     def _strike(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Count a failed try against each input; the count survives a re-claim, so an input
@@ -573,6 +590,8 @@ class _Worker:
         """Start requests per priority, and (``None``) commands and results."""
         self.held_until = 0.0
         """Until then (monotonic), requests below the highest active priority wait (``_pace``)."""
+        self._first: set[int] = set()
+        """Ids of the first request of each priority in the batch being decided (never cut)."""
         self._paced: tuple[Priority, Priority] | None = None
         """(highest active, lowest taken) when the batch being decided took only requests below
         the highest active priority."""
@@ -602,8 +621,9 @@ class _Worker:
             queue[:0] = [r for r in records if self.orchestrator.lane_of(r.topic) == lane]
 
     def _take(self, partition: Partition) -> list[ConsumerRecord[bytes, bytes]]:
-        """The next batch: start requests by weighted turns, highest priority first, then
-        commands and results (in offset order; they may be any run's)."""
+        """The next batch: high requests, then commands and results (in offset order; they may
+        be any run's), then normal and low requests, taken by weighted turns. A normal or low
+        request may be cut off the end of the batch while it is decided (``_cut``)."""
         settings = self.orchestrator.settings
         batch_max = settings.orchestrator_batch_max
         weights = settings.priority_weights
@@ -621,8 +641,10 @@ class _Worker:
         waiting = [0 if p in held else len(self.queues[p]) for p in PRECEDENCE]
         counts = turns(waiting, active, room, weights)
         records: list[ConsumerRecord[bytes, bytes]] = []
+        self._first = set()
         for p, n in zip(PRECEDENCE, counts, strict=True):
             if n:
+                self._first.add(id(self.queues[p][0]))
                 records.extend(self.queues[p][:n])
                 del self.queues[p][:n]
                 orch.seen[p] = now
@@ -632,7 +654,18 @@ class _Worker:
             taken = [p for p, n in zip(PRECEDENCE, counts, strict=True) if n]
             if top not in taken:
                 self._paced = (top, taken[-1])
-        return records + rest
+        high = counts[0]
+        return records[:high] + rest + records[high:]
+
+    def _cut(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """End the batch before ``record``, a normal or low request, when requests of a higher
+        priority wait in any partition here; never before the first request of its priority in
+        the batch, so each priority still moves one request a batch."""
+        lane = self.orchestrator.lane_of(record.topic)
+        if lane is None or lane is PRECEDENCE[0] or id(record) in self._first:
+            return False
+        higher = PRECEDENCE[: PRECEDENCE.index(lane)]
+        return any(self.orchestrator.waiting(p) for p in higher)
 
     def _held(self, active: Sequence[bool], now: float) -> set[Priority]:
         """The priorities whose requests wait for ``held_until``: those below the highest
@@ -701,7 +734,7 @@ class _Worker:
                 continue
             async with self.busy:
                 try:
-                    await orch.run_partition(self.number, records, orch.now_ms())
+                    left = await orch.run_partition(self.number, records, orch.now_ms(), self._cut)
                 except Abandon:
                     # Nothing of this batch committed: read it again from the committed position.
                     orch.rewind_partition(self.number)
@@ -714,5 +747,8 @@ class _Worker:
                     delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                     continue
             delay = 0.1
+            if left:
+                self._put_back(records[len(records) - left :])
+                self._paced = None
             self._pace(time.monotonic() - began)
             orch.caught_up(self.number)

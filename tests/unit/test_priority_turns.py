@@ -5,6 +5,7 @@ same loop runs on the real broker in tests/e2e/test_priority.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -167,8 +168,51 @@ async def test_results_of_a_high_run_keep_high_active_and_come_in_offset_order()
     worker.offer(results)
     worker.offer([start_at(LOW, i, f"low{i}") for i in range(500)])
     batch = worker._take(p)
-    assert batch[-3:] == results, "commands and results after the requests, in offset order"
-    assert [r.topic for r in batch[:-3]] == [LOW.topic], "a high run's result makes high active"
+    assert batch[:3] == results, "commands and results before lower requests, in offset order"
+    assert [r.topic for r in batch[3:]] == [LOW.topic], "a high run's result makes high active"
+
+
+async def test_a_batch_of_low_requests_is_cut_short_when_a_high_one_arrives_and_the_rest_waits() -> None:
+    orch, worker = await idle_worker(batch_max=64)
+    p = orch.partitions[0]
+    lows = [start_at(LOW, i, f"low{i}") for i in range(5)]
+    worker.offer(lows)
+    batch = worker._take(p)
+    assert batch == lows
+    high = start_at(HIGH, 0, "high0")
+
+    def cut(record: Any) -> bool:
+        if record is lows[2]:  # a high request arrives while the second low one is decided
+            worker.offer([high])
+        return worker._cut(record)
+
+    left = await orch.run_partition(0, batch, T0, cut)
+    assert left == 3
+    assert set(p.states) == {"low0", "low1"}
+    assert p.positions[LOW] == 2, "only the decided prefix's offsets committed"
+    worker._put_back(batch[-left:])
+    batch = worker._take(p)
+    assert [r.key for r in batch] == [b"high0", b"low2"], "high first, and low still moves one"
+    # the first request of its priority in a batch is never cut, whatever waits
+    worker.offer([start_at(HIGH, 1, "high1")])
+    assert not worker._cut(batch[1])
+
+
+async def test_after_a_batch_of_only_low_while_high_is_active_low_waits_its_weighted_time() -> None:
+    orch, worker = await idle_worker(batch_max=64)
+    p = orch.partitions[0]
+    worker.offer([start_at(LOW, i, f"low{i}") for i in range(10)])
+    orch.seen[Priority.HIGH] = time.monotonic()  # a high run took an input a moment ago
+    batch = worker._take(p)
+    assert len(batch) == 1
+    worker._pace(0.05)  # that batch took 50 ms: low waits 7 x 50 ms (8:1)
+    assert worker.held_until - time.monotonic() == pytest.approx(0.35, abs=0.05)
+    assert not worker._takeable(time.monotonic()) and worker._take(p) == []
+    worker.offer([start_at(HIGH, 0, "high0")])
+    assert worker._takeable(time.monotonic()), "a high request is never held"
+    assert [r.key for r in worker._take(p)] == [b"high0"]
+    worker.held_until = 0.0
+    assert len(worker._take(p)) == 1
 
 
 async def test_a_long_low_queue_pauses_only_the_low_request_topic_until_it_is_down_to_one_batch() -> None:
