@@ -576,9 +576,9 @@ class _Worker:
     """Decides one partition's batches as they arrive, so a slow batch (a long inline
     expression, a broker hiccup on one transaction) holds up only its own partition.
 
-    Records wait in one queue per priority for start requests and one for commands and results.
-    Each batch takes the commands and results in offset order, then start requests by weighted
-    turns between the priorities (``runtime/priority.py``, ADR 0029)."""
+    Records wait in one queue per priority for start requests and one for commands and results;
+    batches take them by weighted turns between the priorities, may be cut short for a higher
+    request, and lower requests are paced while a higher priority is active (ADR 0029)."""
 
     def __init__(self, orchestrator: Orchestrator, number: int) -> None:
         self.orchestrator = orchestrator
