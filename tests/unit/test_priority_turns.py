@@ -234,3 +234,18 @@ async def test_a_long_low_queue_pauses_only_the_low_request_topic_until_it_is_do
     assert consumer.paused == {RESULTS, COMMANDS}
     orch.rewind_partition(0)
     assert consumer.paused == set() and worker.pending == 0
+
+
+# -- the setting ---------------------------------------------------------------------------------
+def test_priority_weights_read_from_the_environment_as_three_integers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().priority_weights == (8, 3, 1)
+    monkeypatch.setenv("LINKFLOW_PRIORITY_WEIGHTS", " 4, 2,1")
+    assert Settings().priority_weights == (4, 2, 1)
+    monkeypatch.setenv("LINKFLOW_PRIORITY_WEIGHTS", "[5,3,1]")
+    assert Settings().priority_weights == (5, 3, 1)
+    for bad, why in (("8,0,1", "at least 1"), ("8,x,1", "three integers"), ("8,3", "priority_weights")):
+        monkeypatch.setenv("LINKFLOW_PRIORITY_WEIGHTS", bad)
+        with pytest.raises(ValueError, match=why):
+            Settings()
