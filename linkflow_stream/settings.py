@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -87,6 +87,31 @@ class Settings(BaseSettings):
 
     orchestrator_batch_max: int = Field(default=256, ge=1)
     """Inputs the orchestrator decides before one shared wait for the broker's acks. Default ``256``."""
+
+    priority_weights: Annotated[tuple[int, int, int], NoDecode] = (8, 3, 1)
+    """Weights of the high, normal and low priorities, as ``"8,3,1"`` (three integers of at least
+    1). When the engine is saturated, each orchestrator batch gives every priority with work about
+    a share of its start requests in these proportions (at least one), and the executor takes
+    tasks in weighted turns the same way: high runs go first, and low ones never starve. Default
+    ``8,3,1`` (ADR 0029)."""
+
+    @field_validator("priority_weights", mode="before")
+    @classmethod
+    def _priority_weights(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.strip().strip("[]()").split(",")]
+            try:
+                value = tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"three integers like 8,3,1 expected, not {value!r}") from None
+        return value
+
+    @field_validator("priority_weights")
+    @classmethod
+    def _positive_weights(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(w < 1 for w in value):
+            raise ValueError("every priority weight must be at least 1 (a weight of 0 would starve)")
+        return value
 
     orchestrator_batch_wait_seconds: float = Field(default=0.0005, gt=0)
     """Longest wait of a fetch for more inputs; the latency each orchestrator hop may add.
