@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from linkflow_stream.core.messages import NodeError, Priority
+from linkflow_stream.core.messages import NodeError, Priority, Signal
 from linkflow_stream.core.workflow import WorkflowDefinition
 
 
@@ -26,6 +26,7 @@ class EventType(StrEnum):
     EXECUTION_CANCELLED = "execution_cancelled"
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
     NODE_THROTTLED = "node_throttled"
+    SIGNAL_RECEIVED = "signal_received"
 
 
 class Dispatch(StrEnum):
@@ -34,6 +35,8 @@ class Dispatch(StrEnum):
     TASK = "task"
     INLINE = "inline"
     TIMER = "timer"
+    SIGNAL = "signal"
+    """Waits in the orchestrator's state for a signal (``wait_event``), with a timeout timer."""
 
 
 class ExecutionEvent(BaseModel):
@@ -61,3 +64,8 @@ class ExecutionEvent(BaseModel):
     """``execution_created`` only: the caller's W3C ``traceparent`` (see ``StartExecution``)."""
     links: dict[str, str] | None = None
     """``execution_created`` only: what started the run (see ``StartExecution.links``)."""
+    signal: Signal | None = None
+    """``signal_received``: the signal the run now keeps; ``node_succeeded`` of a ``wait_event``
+    node: the kept signal it consumed (``name`` and ``id``; its payload is the output)."""
+    correlation_key: str | None = None
+    """``node_started`` of a ``wait_event`` node: its evaluated ``correlation_key``, if any."""

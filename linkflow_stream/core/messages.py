@@ -24,6 +24,24 @@ class CommandKind(StrEnum):
     TIMER_FIRED = "timer_fired"
     SET_TIMEOUT = "set_timeout"
     RECOVER = "recover"
+    SIGNAL = "signal"
+
+
+class Signal(BaseModel):
+    """An outside event for a run's ``wait_event`` node: the value of ``linkflow.signals``, the
+    ``signal`` of a ``signal`` command, and each signal a run keeps until a node consumes it.
+
+    Addressed to one run by ``execution_id``, or to every run waiting on ``name`` with
+    ``correlation_key``. ``id`` names it: a run takes a signal id once, so a duplicate (a client
+    retry, a record read again) changes nothing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    id: str | None = None
+    payload: Any = None
+    execution_id: str | None = None
+    correlation_key: str | None = None
 
 
 class NodeError(BaseModel):
@@ -63,6 +81,8 @@ class ExecutionCommand(BaseModel):
     due_at: datetime | None = None
     """timer_fired: the due time of the timer this firing is for. A firing whose due time is not
     the timer's (a deadline that moved since) is stale; ``None`` (older producers) skips that check."""
+    signal: Signal | None = None
+    """signal: the signal delivered to the run (its ``id`` is set)."""
 
 
 class NodeTask(BaseModel):
