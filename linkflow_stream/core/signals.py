@@ -21,7 +21,7 @@ MAX_KEY_CHARS = 256
 
 def key_text(value: Any) -> str | None:
     """A correlation key as text: a string as is, a number or boolean as JSON; ``None`` for none.
-    Raises ``ValueError`` for anything else (an object or a list names no single key)."""
+    Raises ``TypeError`` for anything else (an object or a list names no single key)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -29,7 +29,7 @@ def key_text(value: Any) -> str | None:
     elif isinstance(value, bool | int | float):
         text = json.dumps(value)
     else:
-        raise ValueError(f"a correlation key is a string or a number, not {type(value).__name__}")
+        raise TypeError(f"a correlation key is a string or a number, not {type(value).__name__}")
     if len(text) > MAX_KEY_CHARS:
         raise ValueError(f"a correlation key has at most {MAX_KEY_CHARS} characters")
     return text
@@ -43,5 +43,5 @@ def correlation_key(source: str | None, data: dict[str, Any], *, now: datetime, 
     value = evaluate(source, data, timeout_seconds=KEY_TIMEOUT_SECONDS, now=now, seed=seed)
     try:
         return key_text(value)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise NodeFailure("expression_error", f"correlation_key: {exc}") from exc

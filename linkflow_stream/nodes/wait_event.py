@@ -48,4 +48,6 @@ class WaitEventNode:
             raise ConfigError(sorted(unknown)[0], "unknown field")
 
     async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
-        raise NodeFailure("validation", "wait_event nodes wait for signals; the orchestrator never executes them")
+        raise NodeFailure(
+            "validation", "wait_event nodes wait for signals; the orchestrator never executes them"
+        )

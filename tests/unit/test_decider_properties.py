@@ -368,7 +368,9 @@ class Checked:
         if in_flight:
             hypothesis.event("recover dispatched tasks again")
 
-    def check_signal(self, before: ExecutionState, inp: ExecutionCommand, events: list[ExecutionEvent]) -> None:
+    def check_signal(
+        self, before: ExecutionState, inp: ExecutionCommand, events: list[ExecutionEvent]
+    ) -> None:
         """A signal id counts once; a new one is kept, and taken at once by a node waiting on it."""
         assert inp.signal is not None
         if inp.signal.id in before.signal_ids:
@@ -486,7 +488,11 @@ class Checked:
         assert len(consumed) == len(set(consumed)), f"a signal was consumed twice: {consumed}"
         for e in self.log:
             if e.type is EventType.NODE_SUCCEEDED and e.signal is not None:
-                first = next(x for x in self.log if x.type is EventType.SIGNAL_RECEIVED and x.signal and x.signal.id == e.signal.id)
+                first = next(
+                    x
+                    for x in self.log
+                    if x.type is EventType.SIGNAL_RECEIVED and x.signal and x.signal.id == e.signal.id
+                )
                 assert first.seq < e.seq
                 assert self.wf.node(e.node_id or "").config["name"] == e.signal.name
 
