@@ -60,9 +60,12 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             )
         ]
     if t is EventType.NODE_STARTED:
-        how = {"inline": "in the orchestrator", "task": "on an executor", "timer": "as a timer"}[
-            e.dispatch or "task"
-        ]
+        how = {
+            "inline": "in the orchestrator",
+            "task": "on an executor",
+            "timer": "as a timer",
+            "signal": "waiting for a signal",
+        }[e.dispatch or "task"]
         note = f" ({e.reason})" if e.reason else ""
         return [
             _line(
@@ -108,6 +111,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
                 due_at=e.due_at.isoformat() if e.due_at else None,
             )
         ]
+    if t is EventType.SIGNAL_RECEIVED and e.signal is not None:
+        return [_line(e.at, "info", f"signal {e.signal.name} received (id {e.signal.id})")]
     if t is EventType.NODE_SKIPPED:
         return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
     if t is EventType.NODE_CANCELLED:
