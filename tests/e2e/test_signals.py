@@ -17,7 +17,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import Signal
 from linkflow_stream.dev.testing import EngineProcess, call
+from linkflow_stream.kafka.codec import default_codec
 
 pytestmark = pytest.mark.e2e
 
@@ -204,8 +206,10 @@ def test_signals_from_the_kafka_topic_by_run_and_by_key(engine: EngineProcess) -
     name = f"shipped-{uuid.uuid4().hex[:6]}"
     wf_id = waiting_workflow(engine, name=name)
     by_id, by_key = start(engine, wf_id, {"order": "x"}), start(engine, wf_id, {"order": 7})
-    for run in (by_id, by_key):
+    by_avro = start(engine, wf_id, {"order": "avro"})
+    for run in (by_id, by_key, by_avro):
         waiting(engine, run)
+    avro = default_codec().encode(Signal(name=name, execution_id=by_avro, payload={"via": "avro"}, id="av-1"))
     records = [
         (
             by_id.encode(),
@@ -213,10 +217,12 @@ def test_signals_from_the_kafka_topic_by_run_and_by_key(engine: EngineProcess) -
         ),
         (b"any", json.dumps({"name": name, "correlation_key": 7, "payload": [7]}).encode()),
         (b"bad", b'{"name": "no correlation key or run"}'),
+        (by_avro.encode(), avro),
     ]
     asyncio.run(produce(engine, records))
     assert engine.wait_status(by_id)["nodes"]["w"]["output"] == {"via": "kafka"}
     assert engine.wait_status(by_key)["nodes"]["w"]["output"] == [7]
+    assert engine.wait_status(by_avro)["nodes"]["w"]["output"] == {"via": "avro"}
     ids = [e["signal"]["id"] for e in events(engine, by_key) if e["type"] == "signal_received"]
     assert len(ids) == 1 and ids[0].startswith("kafka-")
 
