@@ -403,7 +403,7 @@ Exit codes:
   1  with --wait: the run ended failed or cancelled
   2  bad usage, or a request the engine refused (400, 401, 403, 409)
   3  not found (404): no such workflow or execution (or another team's)
-  4  no answer from the engine, or it is unavailable (503, 5xx)
+  4  no answer from the engine, it is unavailable (503, 5xx), or too busy for the team (429)
   5  with --wait: the run had not ended when the wait was over"""
 EXIT_RUN_FAILED, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_STILL_RUNNING = 1, 2, 3, 4, 5
 
@@ -434,6 +434,7 @@ def _api_errors() -> Iterator[None]:
         ConnectionFailed,
         NotFound,
         ServerError,
+        TooManyRequests,
         Unavailable,
         WaitTimedOut,
     )
@@ -444,7 +445,7 @@ def _api_errors() -> Iterator[None]:
         _exit(EXIT_STILL_RUNNING, exc)
     except NotFound as exc:
         _exit(EXIT_NOT_FOUND, exc)
-    except (ConnectionFailed, Unavailable, ServerError) as exc:
+    except (ConnectionFailed, Unavailable, ServerError, TooManyRequests) as exc:
         _exit(EXIT_UNAVAILABLE, exc)
     except ClientError as exc:
         _exit(EXIT_REFUSED, exc)

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiokafka import ConsumerRecord
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.admission import Admission
 from linkflow_stream.core.auth import ApiKey, auth_required, open_beyond_loopback
 from linkflow_stream.core.circuit import CircuitObservation
 from linkflow_stream.core.clock import now
@@ -148,8 +149,17 @@ class Engine:
             )
 
         self._view = view
+        self.admission = Admission(
+            settings.max_queued_per_team, settings.admission_retry_after_seconds, self.status.queued_of_team
+        )
         self.intake = StartIntake(
-            settings, self.codec, self.workflows, self.views.body, self.sync_views, self.metrics
+            settings,
+            self.codec,
+            self.workflows,
+            self.views.body,
+            self.sync_views,
+            self.metrics,
+            admission=self.admission,
         )
         self.signal_intake = SignalIntake(
             settings, self.codec, self.publisher, self.status, self.views.body, self.sync_views
@@ -444,6 +454,8 @@ class Engine:
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
             tracing=self.tracing,
             start_limit=self._start_limit(),
+            admission=self.admission,
+            on_admission_rejected=lambda team: self.metrics.admission_rejected.labels("http", team).inc(),
             events=lambda execution_id, created_at: execution_events(
                 self.settings.bootstrap_servers,
                 self.settings.topic(topic_names.EVENTS),

@@ -134,6 +134,22 @@ class Settings(BaseSettings):
     namespaces, code nodes fail with ``code_error`` and the engine logs the fix at start.
     Default ``bwrap``."""
 
+    code_kill_grace_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long a ``code`` node that ran out of time has between SIGTERM and SIGKILL, unless its
+    config sets ``kill_grace_seconds``. Both fall inside the node's timeout: SIGTERM comes that
+    long before the end (at most half the wall clock), so the attempt still ends within
+    ``timeout_seconds``. 0: SIGKILL at once. Default ``2.0``."""
+
+    max_queued_per_team: int = Field(default=0, ge=0)
+    """Admission control: the most runs a team may have queued (accepted, not yet running; counted
+    in this instance's status view). A start beyond it is refused: ``POST /api/executions``
+    answers 429 with ``Retry-After``, a ``linkflow.start`` record goes to the DLQ with the reason
+    ``too_many_requests``. Runs of workflows without a team count as one team. Default ``0``: no
+    limit."""
+
+    admission_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """The ``Retry-After`` (seconds) of a start refused by ``max_queued_per_team``. Default ``5``."""
+
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""
 

@@ -85,7 +85,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
                 e.at,
                 "warning",
                 f"{kind} node {e.node_id} attempt {e.attempt} failed "
-                f"({e.error.error_class}: {e.error.message}); retry at {e.due_at}",
+                f"({e.error.error_class}: {e.error.message}); retry at {e.due_at}"
+                + (f" ({e.reason})" if e.reason else ""),
                 e.node_id,
             ),
         ]
@@ -95,7 +96,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             _line(
                 e.at,
                 "error",
-                f"{kind} node {e.node_id} failed: {e.error.error_class}: {e.error.message}",
+                f"{kind} node {e.node_id} failed: {e.error.error_class}: {e.error.message}"
+                + (f" ({e.reason})" if e.reason else ""),
                 e.node_id,
                 error_class=e.error.error_class,
             ),
@@ -115,6 +117,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
         return [_line(e.at, "info", f"signal {e.signal.name} received (id {e.signal.id})")]
     if t is EventType.NODE_SKIPPED:
         return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
+    if t is EventType.NODE_REUSED:
+        return [_line(e.at, "info", f"node {e.node_id} not run: {e.reason}", e.node_id)]
     if t is EventType.NODE_CANCELLED:
         return [_line(e.at, "warning", f"node {e.node_id} cancelled: {e.reason}", e.node_id)]
     if t is EventType.EXECUTION_SUCCEEDED:

@@ -27,8 +27,11 @@ from linkflow_stream.core.state import (
     apply,
 )
 
-LINKS = ("schedule_id",)
+LINKS = ("schedule_id", "rerun_of")
 """The links every body shows (``None`` when the run has none): what started it."""
+REVERSE_LINKS = {"rerun_of": "reruns"}
+"""Link -> the field of the linked run's ``GET /api/executions/{id}`` body that lists the runs
+linking to it (a rerun's original lists it under ``reruns``)."""
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -60,6 +63,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
                 "finished_at": _iso(n.finished_at),
                 "usage": n.usage,
                 "logs": n.logs,
+                "reused": n.reused,
             }
             for node_id, n in state.nodes.items()
         },
@@ -256,6 +260,15 @@ class StatusView:
         for state in self.executions.values():
             counts[state.priority.value]["running"] += 1
         return counts
+
+    def queued_of_team(self, team: str | None) -> int:
+        """Runs of ``team``'s workflows that are queued: accepted and not started, or started and
+        waiting (status ``queued``). What admission control counts (``runtime.admission``)."""
+        accepted = sum(1 for s in self.accepted.values() if s.workflow.team == team)
+        waiting = sum(
+            1 for s in self.executions.values() if s.workflow.team == team and s.status.value == "queued"
+        )
+        return accepted + waiting
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
         state = self.known(execution_id)

@@ -88,7 +88,7 @@ def _ok(answer: Answer, *expected: int) -> Any:
     """The decoded body of an expected status, else the mapped error."""
     body = answer.json()
     if answer.status not in expected:
-        raise error_for(answer.status, body, answer.text)
+        raise error_for(answer.status, body, answer.text, answer.headers)
     return body
 
 

@@ -30,7 +30,7 @@ from linkflow_stream.core.messages import (
 from linkflow_stream.core.node_contract import NodeFailure
 from linkflow_stream.core.signals import correlation_key
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, Timer, TimerKind, evolve
-from linkflow_stream.core.workflow import Dependency, NodeDefinition
+from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy
 
 Input = StartExecution | NodeResult | ExecutionCommand
 
@@ -95,6 +95,7 @@ def decide(
         )
         timeout = inp.workflow.timeout_seconds
         b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)
+        _reuse(b, inp)
         _advance(b, cfg)
         return b.events
     if state is None or state.status.terminal:
@@ -113,6 +114,18 @@ def decide(
         _on_signal(b, inp.signal)
     _deliver_signals(b, cfg)
     return b.events
+
+
+def _reuse(b: _Builder, start: StartExecution) -> None:
+    """A rerun: the nodes it takes from the run it reruns succeed at once with their outputs
+    there, before anything is dispatched, so they never run here."""
+    reused = start.reused or {}
+    source = start.links.get("rerun_of", "the run this one reruns")
+    for node in b.s.workflow.nodes:
+        if node.id in reused:
+            b.emit(
+                EventType.NODE_REUSED, node_id=node.id, output=reused[node.id], reason=f"reused from {source}"
+            )
 
 
 def _on_signal(b: _Builder, signal: Signal) -> None:
@@ -283,19 +296,39 @@ def _fail_node(
     logs: dict[str, str] | None = None,
 ) -> None:
     policy = b.s.workflow.retry_policy(node)
-    if error.retryable and policy is not None and attempt < policy.max_attempts:
+    if policy is not None and policy.would_retry(error.error_class, error.retryable, attempt):
+        delay = policy.retry_delay(attempt, b.execution_id, node.id)
         b.emit(
             EventType.NODE_RETRY_SCHEDULED,
             node_id=node.id,
             attempt=attempt,
             error=error,
-            due_at=b.now + timedelta(seconds=policy.delay(attempt)),
+            due_at=b.now + timedelta(seconds=delay),
             usage=usage,
             logs=logs,
+            reason=_retry_reason(policy, attempt, delay),
         )
         return
-    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error, usage=usage, logs=logs)
+    reason = None
+    if policy is not None and error.retryable and attempt < policy.max_attempts:
+        reason = f"not retried: {error.error_class} is not in retry_on ({', '.join(policy.retry_on or ())})"
+    b.emit(
+        EventType.NODE_FAILED,
+        node_id=node.id,
+        attempt=attempt,
+        error=error,
+        usage=usage,
+        logs=logs,
+        reason=reason,
+    )
     _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
+
+
+def _retry_reason(policy: RetryPolicy, attempt: int, delay: float) -> str:
+    """What a ``node_retry_scheduled`` event says of its delay: the backoff and the jitter taken off."""
+    backoff = policy.delay(attempt)
+    jitter = f", jitter -{backoff - delay:.3f}s" if policy.jitter else ""
+    return f"retry in {delay:.3f}s (backoff {backoff:.3f}s{jitter})"
 
 
 def _terminate(b: _Builder, status: ExecutionStatus, reason: str) -> None:

@@ -26,6 +26,7 @@ class EventType(StrEnum):
     EXECUTION_CANCELLED = "execution_cancelled"
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
     NODE_THROTTLED = "node_throttled"
+    NODE_REUSED = "node_reused"
     SIGNAL_RECEIVED = "signal_received"
 
 

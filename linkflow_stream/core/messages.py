@@ -67,6 +67,9 @@ class StartExecution(BaseModel):
     the ``traceparent`` header of a producer's record. Default ``None``: the run starts a trace."""
     links: dict[str, str] = {}
     """What started the run, by name (``schedule_id``, ...); empty for a plain start."""
+    reused: dict[str, Any] | None = None
+    """A rerun: node id -> the output it takes from the run it reruns (``links["rerun_of"]``)
+    instead of running the node (``core/rerun.py`` chooses them)."""
 
 
 class ExecutionCommand(BaseModel):

@@ -64,6 +64,8 @@ class NodeState(BaseModel):
     finished_at: datetime | None = None
     usage: dict[str, int] | None = None
     logs: dict[str, str] | None = None
+    reused: bool = False
+    """Its output was taken from the run this one reruns; it did not run here."""
     attempt_started_at: datetime | None = None
     """When the current (latest) attempt started: where its span begins. ``None`` in states
     written before it was kept."""
@@ -267,6 +269,17 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             event.due_at,
             node_id,
             node.attempts,
+        )
+    elif event.type is EventType.NODE_REUSED:
+        if node.status is not NodeStatus.PENDING:
+            raise EvolveError(f"{state.id}: node {node_id} reused from {node.status}")
+        new = node.model_copy(
+            update={
+                "status": NodeStatus.SUCCESS,
+                "output": event.output,
+                "reused": True,
+                "finished_at": event.at,
+            }
         )
     elif event.type is EventType.NODE_THROTTLED:
         # The attempt did not run (its rate limit had no token): its lease gives way to a

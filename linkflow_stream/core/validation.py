@@ -13,7 +13,7 @@ from linkflow_stream.core.errors import ValidationError
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.expressions import compile_expression
 from linkflow_stream.core.mapping import mapping_problems
-from linkflow_stream.core.node_contract import ConfigError, NodeExecutor
+from linkflow_stream.core.node_contract import ConfigError, NodeExecutor, retry_on_problems
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
 
 
@@ -67,6 +67,8 @@ def check_workflow(
         problems.append(f"id: {wf.id!r} must match {NODE_ID.pattern}")
     if not wf.nodes:
         problems.append("nodes: a workflow needs at least one node")
+    if wf.retry is not None:
+        problems.extend(f"retry.{p}" for p in retry_on_problems(wf.retry.retry_on))
     seen: dict[str, NodeDefinition] = {}
     for node in wf.nodes:
         if not NODE_ID.match(node.id):
@@ -117,6 +119,8 @@ def _check_node(
     node: NodeDefinition, nodes: Mapping[str, NodeDefinition], registry: Mapping[str, NodeExecutor]
 ) -> list[str]:
     problems = mapping_problems(node) + _rate_limit_problems(node)
+    if node.retry is not None:
+        problems.extend(f"node {node.id!r}: retry.{p}" for p in retry_on_problems(node.retry.retry_on))
     executor = registry.get(node.type)
     if executor is None:
         problems.append(

@@ -23,14 +23,16 @@ from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.admission import Admission, TooManyRequestsError
 from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key, new_webhook_token
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import check_key, execution_ids, still_named
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, Signal, StartExecution
-from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
+from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.rerun import reusable_outputs
 from linkflow_stream.core.schedule import Schedule
 from linkflow_stream.core.signals import key_text
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
@@ -45,6 +47,7 @@ from linkflow_stream.http.bodies import (
     SIGNAL_ID,
     BroadcastSignalBody,
     KeyCreateBody,
+    RerunBody,
     RetryPolicyBody,
     ScheduleBody,
     ScheduleChange,
@@ -119,6 +122,10 @@ class ApiDeps:
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
+    admission: Admission | None = None
+    """Admission control of starts (``LINKFLOW_MAX_QUEUED_PER_TEAM``); ``None``: no limit."""
+    on_admission_rejected: Callable[[str], None] | None = None
+    """Called with the team label of each start refused with 429 (the metric)."""
 
 
 WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
@@ -311,6 +318,7 @@ class Api:
                 web.get("/api/executions/{id}", self.get_execution),
                 web.get("/api/executions/{id}/events", self.execution_events),
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
+                web.post("/api/executions/{id}/rerun", self.rerun),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
                 web.post("/api/executions/{id}/recover", self.recover),
@@ -496,6 +504,9 @@ class Api:
         workflow_id = request.match_info["id"]
         current = await self._workflow(request, workflow_id)
         policy = validated(RetryPolicyBody, await _json_body(request)).policy()
+        wrong = retry_on_problems(policy.retry_on)
+        if wrong:
+            raise ValidationError("invalid request body: " + "; ".join(wrong))
         wf = current.model_copy(
             update={
                 "version": self.d.workflows.next_version(workflow_id),
@@ -533,7 +544,7 @@ class Api:
                 "schedule_seconds": policy.schedule() if policy else [],
                 "last_error": error.model_dump() if error else None,
                 "would_retry": bool(
-                    error and error.retryable and policy and ns.attempts < policy.max_attempts
+                    error and policy and policy.would_retry(error.error_class, error.retryable, ns.attempts)
                 ),
             }
         return web.json_response(
@@ -550,9 +561,18 @@ class Api:
         wf = await self._workflow(request, body.workflow_id)
         return await self._start(request, wf, body.input_data)
 
-    async def _start(self, request: web.Request, wf: WorkflowDefinition, input_data: Any) -> web.Response:
+    async def _start(
+        self,
+        request: web.Request,
+        wf: WorkflowDefinition,
+        input_data: Any,
+        *,
+        links: dict[str, str] | None = None,
+        reused: dict[str, Any] | None = None,
+    ) -> web.Response:
         """Start a run of ``wf`` with ``input_data``, honouring the request's ``X-Priority``,
-        ``Idempotency-Key``, ``traceparent`` and ``?wait``."""
+        ``Idempotency-Key``, ``traceparent`` and ``?wait``; ``links`` and ``reused`` as on
+        ``StartExecution``."""
         priority = _priority(request)
         wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
         requested_at = now()
@@ -562,6 +582,7 @@ class Api:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
                 return await self._replayed(execution_id, first, wait)
+        self._admit(wf.team)
         if self.d.start_limit is not None:
             self.d.start_limit.admit(wf.team)  # after a replay, which starts nothing
         topic = topic_names.requests(priority)
@@ -574,6 +595,8 @@ class Api:
                 priority=priority,
                 requested_at=requested_at,
                 traceparent=parent,
+                links=links or {},
+                reused=reused,
             )
             self.d.views.status.accept(request_record)
             await self._acknowledged(
@@ -591,6 +614,19 @@ class Api:
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+
+    def _admit(self, team: str | None) -> None:
+        """Refuse the start with 429 when its team has too many runs queued. Nothing awaits
+        between this and the start's ``accept`` into the status view, so starts here never
+        overshoot the limit together."""
+        if self.d.admission is None:
+            return
+        try:
+            self.d.admission.check(team)
+        except TooManyRequestsError as exc:
+            if self.d.on_admission_rejected is not None:
+                self.d.on_admission_rejected(exc.team_label)
+            raise
 
     @contextlib.contextmanager
     def _sending(self, topic: str, execution_id: str, caller: TraceParent | None) -> Iterator[str | None]:
@@ -659,7 +695,32 @@ class Api:
         body = await self._visible(request, request.match_info["id"])
         if as_of is not None:
             return await self._as_of(request.match_info["id"], body, as_of)
-        return web.json_response(body)
+        return web.json_response({**body, **await self.d.views.linked(body["id"])})
+
+    async def rerun(self, request: web.Request) -> web.Response:
+        """A new run of an ended one, linked both ways (``rerun_of`` / ``reruns``): from ``failed``
+        it takes the outputs of the nodes that are still good (``core/rerun.py``) and runs the rest."""
+        execution_id = request.match_info["id"]
+        body = validated(RerunBody, await _json_body(request))
+        not_started = ConflictError(f"execution {execution_id} has not started yet; nothing to rerun")
+        original = await self._started(request, execution_id, not_started)
+        if not original.status.terminal:
+            raise ConflictError(
+                f"execution {execution_id} is still {original.status.value}; rerun it once it has ended "
+                "(or cancel it first)"
+            )
+        if body.from_ == "failed" and original.status is ExecutionStatus.SUCCESS:
+            raise ConflictError(
+                f'execution {execution_id} succeeded: nothing failed to rerun; use "from": "start"'
+            )
+        wf = original.workflow
+        if body.workflow_version == "latest":
+            wf = await self._workflow(request, original.workflow.id)
+        reused = reusable_outputs(original, wf) if body.from_ == "failed" else {}
+        input_data = original.input if body.input_data is None else body.input_data
+        return await self._start(
+            request, wf, input_data, links={"rerun_of": execution_id}, reused=reused or None
+        )
 
     async def execution_metrics(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]

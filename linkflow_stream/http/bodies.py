@@ -49,6 +49,24 @@ class StartExecutionBody(BaseModel):
     )
 
 
+class RerunBody(BaseModel):
+    """``POST /api/executions/{id}/rerun``: a new run of an ended one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    from_: Literal["failed", "start"] = Field(
+        default="failed",
+        alias="from",
+        description="`failed` (default): nodes that succeeded and are not downstream of a failed, "
+        "cancelled or timed-out node keep their outputs (`reused`); the rest runs again. `start`: "
+        "everything runs again.",
+    )
+    workflow_version: Literal["same", "latest"] = Field(
+        default="same", description="The original run's version (default) or the workflow's latest."
+    )
+    input_data: Any = Field(default=None, description="The new run's input; default the original's.")
+
+
 class RetryPolicyBody(RetryPolicy):
     """``PUT /api/workflows/{id}/retry``: the workflow's default retry policy. ``fixed`` waits
     ``initial_delay_seconds`` between attempts (the multiplier is 1); ``none`` makes one attempt."""
@@ -128,7 +146,7 @@ _PHRASES = (
     (re.compile(r"^Field required$"), "is required"),
     (re.compile(r"^Extra inputs are not permitted$"), "is an unknown field"),
     (re.compile(r"^String should match pattern '(.*)'$"), r"must match \1"),
-    (re.compile(r"^(?:Input|String|Value|List|Dictionary|Decimal) should "), "must "),
+    (re.compile(r"^(?:Input|String|Value|List|Tuple|Dictionary|Decimal) should "), "must "),
 )
 
 
@@ -203,6 +221,7 @@ REQUEST_BODIES: tuple[type[BaseModel], ...] = (
     WorkerRegistration,
     ScheduleBody,
     ScheduleChange,
+    RerunBody,
 )
 """Every request-body model (the workflow's is ``WorkflowDefinition``); ``http.openapi`` lists them."""
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from linkflow_stream.core.admission import TooManyRequestsError
 from linkflow_stream.core.errors import LinkflowError
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ STATUS = {
     "not_found": 404,
     "conflict": 409,
     "rate_limited": 429,
+    "too_many_requests": 429,
     "unavailable": 503,
 }
 
@@ -71,7 +73,7 @@ async def errors_as_json(
     except LinkflowError as exc:
         status = STATUS.get(exc.error_type, 400)
         headers = {"WWW-Authenticate": 'Bearer realm="linkflow"'} if status == 401 else None
-        if isinstance(exc, RateLimitedError):
+        if isinstance(exc, RateLimitedError | TooManyRequestsError):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
         return web.json_response(error_body(exc.error_type, exc.message), status=status, headers=headers)
     except web.HTTPException as exc:

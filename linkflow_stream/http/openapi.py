@@ -40,6 +40,7 @@ from linkflow_stream.http.bodies import (
     SIGNAL_ID,
     BroadcastSignalBody,
     KeyCreateBody,
+    RerunBody,
     RetryPolicyBody,
     ScheduleBody,
     ScheduleChange,
@@ -153,6 +154,10 @@ REPORT_PARAMS = (
     Param("period", "query", {"type": "string", "enum": list(PERIODS), "default": "month"}, "How far back."),
     Param("group_by", "query", {"type": "string", "enum": list(GROUPS), "default": "workflow"}, "Per what."),
 )
+TOO_MANY_QUEUED = (
+    "The team is over its start rate (LINKFLOW_TEAM_STARTS_PER_SECOND) or has LINKFLOW_MAX_QUEUED_PER_TEAM "
+    "runs queued; retry after `Retry-After` seconds."
+)
 SIGNAL_NAME_PARAM = Param(
     "name", "path", {"type": "string", "pattern": SIGNAL_NAME.pattern}, "The signal's name."
 )
@@ -225,6 +230,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
         also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
         errors={
             401: "Missing or wrong token, or no such workflow.",
+            429: TOO_MANY_QUEUED,
             503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
         },
         description="Needs no API key: the token authorises it. Any JSON body is the run's input.",
@@ -247,8 +253,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
         params=(WAIT, PRIORITY, IDEMPOTENCY),
         also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
         errors={
-            429: "The team is over its start rate (LINKFLOW_TEAM_STARTS_PER_SECOND); "
-            "retry after `Retry-After` seconds.",
+            429: TOO_MANY_QUEUED,
             503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
         },
         description="202 `{id, status: pending}`; with `wait`, 200 and the finished execution "
@@ -302,6 +307,20 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok_body=responses.Accepted,
         params=(ID,),
         errors=COMMAND_CONFLICT,
+    ),
+    Operation(
+        "POST",
+        "/api/executions/{id}/rerun",
+        "Run an ended run again, from its failed nodes (reusing what still holds) or from the start",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        body=RerunBody,
+        params=(ID, WAIT, PRIORITY, IDEMPOTENCY),
+        also={200: ("The rerun ended within `wait`.", responses.Execution)},
+        errors={409: "The run has not ended (or succeeded, with `from: failed`)."},
+        description="The new run has `rerun_of`; the original lists it in `reruns`. Reused nodes "
+        "succeed at once with the original's outputs and show `reused: true`.",
     ),
     Operation(
         "GET",

@@ -79,6 +79,8 @@ class NodeStatus(TypedDict):
     usage: dict[str, int] | None
     logs: dict[str, str] | None
     """What a code node printed: ``stdout`` and ``stderr``."""
+    reused: bool
+    """A rerun's node that took its output from the run it reruns instead of running."""
 
 
 class Execution(TypedDict):
@@ -96,6 +98,10 @@ class Execution(TypedDict):
     finished_at: str | None
     deadline_at: str | None
     schedule_id: str | None
+    rerun_of: str | None
+    """The run this one reruns (``POST /api/executions/{id}/rerun``)."""
+    reruns: NotRequired[list[str]]
+    """``GET /api/executions/{id}`` only: the runs that rerun this one, oldest first."""
     """The schedule whose slot started the run; ``null`` for other runs."""
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]

@@ -30,7 +30,11 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             secrets=Secrets(settings.secrets),
         ),
         DbNode({name: url.get_secret_value() for name, url in settings.databases.items()}),
-        CodeNode(warm_sandboxes=settings.code_warm_sandboxes, bwrap=settings.code_bwrap),
+        CodeNode(
+            warm_sandboxes=settings.code_warm_sandboxes,
+            bwrap=settings.code_bwrap,
+            kill_grace_seconds=settings.code_kill_grace_seconds,
+        ),
     ]
     return {e.type_name: e for e in executors}
 

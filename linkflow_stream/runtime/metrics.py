@@ -85,6 +85,13 @@ class Metrics:
         self.dlq = Counter(
             "linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"], registry=r
         )
+        self.admission_rejected = Counter(
+            "linkflow_admission_rejected_total",
+            "Starts refused because their team had LINKFLOW_MAX_QUEUED_PER_TEAM runs queued, by path "
+            "(http: 429; kafka: dead-lettered) and team",
+            ["path", "team"],
+            registry=r,
+        )
         self.start_requests = Counter(
             "linkflow_start_requests_total",
             "Records read from linkflow.start, by outcome: started, duplicate (the run exists), "

@@ -19,7 +19,8 @@ def test_the_public_names_are_pinned() -> None:
         [
             "DEFAULT_URL", "TERMINAL", "Accepted", "ApiError", "AsyncClient", "Client", "ClientError",
             "Conflict", "ConnectionFailed", "ErrorBody", "Execution", "ExecutionPage", "Forbidden",
-            "LogLine", "NodeStatus", "NotFound", "ServerError", "Started", "Unauthorized", "Unavailable",
+            "LogLine", "NodeStatus", "NotFound", "ServerError", "Started", "TooManyRequests", "Unauthorized",
+            "Unavailable",
             "ValidationFailed", "WaitTimedOut", "WorkflowRegistered", "WorkflowSummary", "start_via_kafka",
         ]
     )  # fmt: skip

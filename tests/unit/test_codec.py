@@ -117,6 +117,14 @@ def records() -> list[BaseModel]:
         StartExecution(
             execution_id="e1", workflow=wf(), input={"x": 1}, priority=Priority.HIGH, requested_at=T
         ),
+        StartExecution(
+            execution_id="e2",
+            workflow=wf(),
+            input=None,
+            requested_at=T,
+            links={"rerun_of": "e1"},
+            reused={"h": {"status": 200}, "t": None},
+        ),
         StartRequest(workflow_id="wf", input={"x": 1}),
         StartRequest(
             workflow_id="wf",

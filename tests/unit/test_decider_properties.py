@@ -20,6 +20,9 @@ The invariants, checked on every decision:
 - a terminal run holds no timers and no open node;
 - node states move only along legal transitions; a node starts only when its dependencies allow;
 - a result for an attempt that is not current (or whose retry is scheduled) changes nothing;
+- a failure is retried only when retryable, under its policy's attempts and ``retry_on``, after
+  the policy's backoff less its jitter (within bounds, the same for the same execution, node and
+  attempt);
 - a timer firing counts only for a timer the state holds, once it is due, and, when the firing
   names a due time, only for that due time; what it does then depends on the timer's kind;
 - the deadline timer is where the start and the last ``set_timeout`` put it;
@@ -91,6 +94,8 @@ _policies = st.builds(
     initial_delay_seconds=st.sampled_from([0.0, 1.0, 2.5]),
     multiplier=st.sampled_from([1.0, 2.0]),
     max_delay_seconds=st.sampled_from([1.0, 60.0]),
+    jitter=st.sampled_from([0.0, 0.0, 0.3, 1.0]),
+    retry_on=st.sampled_from([None, None, ("timeout",), ("http_5xx", "timeout")]),
 )
 retry_policies = st.one_of(st.none(), _policies, _policies)  # two in three nodes retry
 workflow_retry_policies = st.none() | _policies  # the default of nodes that set none
@@ -321,12 +326,19 @@ class Checked:
             and inp.error.retryable
             and policy is not None
             and inp.attempt < policy.max_attempts
+            and (policy.retry_on is None or inp.error.error_class in policy.retry_on)
         )
         assert first.type is (EventType.NODE_RETRY_SCHEDULED if retry else EventType.NODE_FAILED)
         if retry:
             assert policy is not None
             assert len(events) == 1
-            assert first.due_at == events[0].at + timedelta(seconds=policy.delay(inp.attempt))
+            # jitter: derived from execution, node and attempt; it only takes off, at most jitter x delay
+            delay = policy.retry_delay(inp.attempt, inp.execution_id, inp.node_id)
+            assert first.due_at == events[0].at + timedelta(seconds=delay)
+            backoff = policy.delay(inp.attempt)
+            assert backoff * (1 - policy.jitter) - 1e-9 <= delay <= backoff
+            if policy.jitter:
+                hypothesis.event("a jittered retry")
         else:
             assert events[-1].type is EventType.EXECUTION_FAILED
             assert {e.type for e in events[1:-1]} <= SETTLING
