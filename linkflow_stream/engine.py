@@ -162,7 +162,13 @@ class Engine:
             admission=self.admission,
         )
         self.signal_intake = SignalIntake(
-            settings, self.codec, self.publisher, self.status, self.views.body, self.sync_views
+            settings,
+            self.codec,
+            self.publisher,
+            self.status,
+            self.views.body,
+            self.sync_views,
+            on_dead_letter=lambda topic: self.metrics.dlq.labels(topic).inc(),
         )
         self.schedules = ScheduleView()
         self.schedule_reader = view([topic_names.SCHEDULES, topic_names.SCHEDULE_PROGRESS], self._on_schedule)

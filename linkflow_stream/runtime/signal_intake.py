@@ -83,6 +83,7 @@ class SignalIntake:
         status: StatusView,
         find: Callable[[str], Awaitable[dict[str, Any] | None]],
         sync: Callable[[float], Awaitable[bool]],
+        on_dead_letter: Callable[[str], None] = lambda _topic: None,
     ) -> None:
         self.settings = settings
         self.codec = codec
@@ -91,6 +92,7 @@ class SignalIntake:
         self.find = find
         """A run's body from the views (memory, then the read-model store)."""
         self.sync = sync
+        self.on_dead_letter = on_dead_letter
         self.delivered = 0
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -157,14 +159,14 @@ class SignalIntake:
         try:
             signal = decode_signal(self.codec, record.value)
         except DecodeError as exc:
-            await dead_letter(self.publisher, record, str(exc))
+            await self._dead_letter(record, str(exc))
             return
         if signal.id is None:
             signal = signal.model_copy(update={"id": f"kafka-{record.partition}-{record.offset}"})
         if signal.execution_id is not None:
             status = await self._status_of(signal.execution_id)
             if status is None:
-                await dead_letter(self.publisher, record, f"no run {signal.execution_id!r} to signal")
+                await self._dead_letter(record, f"no run {signal.execution_id!r} to signal")
                 return
             if status.terminal:
                 log.info("signal %s for %s dropped: the run ended", signal.name, signal.execution_id)
@@ -183,6 +185,10 @@ class SignalIntake:
             record.offset,
             len(targets),
         )
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        await dead_letter(self.publisher, record, reason)
+        self.on_dead_letter(topic_names.SIGNALS)
 
     async def _status_of(self, execution_id: str) -> ExecutionStatus | None:
         """The run's status, ``None`` if the views, synced, know no such run. An accepted run is

@@ -225,6 +225,10 @@ def test_signals_from_the_kafka_topic_by_run_and_by_key(engine: EngineProcess) -
     assert engine.wait_status(by_avro)["nodes"]["w"]["output"] == {"via": "avro"}
     ids = [e["signal"]["id"] for e in events(engine, by_key) if e["type"] == "signal_received"]
     assert len(ids) == 1 and ids[0].startswith("kafka-")
+    # the record that is no signal went to the dead-letter topic
+    wait_for(
+        lambda: engine.metric_total("linkflow_dlq_messages_total") >= 1, 30, "the bad record dead-lettered"
+    )
 
 
 def test_a_wait_with_no_signal_fails_with_class_timeout_after_its_retries(engine: EngineProcess) -> None:
