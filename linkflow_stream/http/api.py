@@ -818,7 +818,7 @@ class Api:
         ``wait_event`` node on that name takes it, so it may come before the node waits."""
         execution_id = request.match_info["id"]
         name = _signal_name(request)
-        payload = await _json_body(request)
+        payload = await _json_body(request) if await request.read() else None  # no body: no payload
         signal = Signal(name=name, id=self._signal_id(request), payload=payload)
         item = signal_command(execution_id, signal)
         assert isinstance(item.record, ExecutionCommand)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from linkflow_stream.client import Client, NotFound
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Signal
 from linkflow_stream.dev.testing import EngineProcess, call
@@ -197,8 +198,8 @@ def test_a_broadcast_reaches_every_run_waiting_with_its_key_and_no_other(engine:
     # no run waits with key C: the broadcast reaches nobody and is not kept
     status, answer = broadcast(engine, name, {"correlation_key": "C", "payload": 1})
     assert (status, answer["matched"], answer["execution_ids"]) == (202, 0, [])
-    status, answer = broadcast(engine, name, {"correlation_key": "B", "payload": "b"})
-    assert (status, answer["execution_ids"]) == (202, [b])
+    with Client(engine.url) as lf:  # the client's call, with the key as a string
+        assert lf.broadcast_signal(name, "B", "b")["execution_ids"] == [b]
     assert engine.wait_status(b)["nodes"]["w"]["output"] == "b"
 
 
@@ -262,6 +263,8 @@ def test_bad_signals_and_wait_event_configs_are_4xx(engine: EngineProcess) -> No
         assert status == 400, (config, answer)
         assert field in answer["error"]["message"], (config, answer)
     assert signal(engine, "no-such-run", "approved", {})[0] == 404
+    with Client(engine.url) as lf, pytest.raises(NotFound):
+        lf.signal_execution("no-such-run", "approved")
     execution_id = start(engine, waiting_workflow(engine))
     waiting(engine, execution_id)
     status, answer = signal(engine, execution_id, "bad%20name!", {})

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from linkflow_stream.client import _calls as calls
 from linkflow_stream.core.decider import decide
 from linkflow_stream.core.messages import Signal
 from linkflow_stream.core.validation import check_workflow
@@ -83,3 +84,16 @@ def test_a_wait_event_node_takes_no_input_mapping() -> None:
     bad = WorkflowDefinition(id="wf", nodes=(node,), created_at=at())
     assert any("no input mapping" in p for p in check_workflow(bad, REGISTRY))
     assert check_workflow(wf(), REGISTRY) == []
+
+
+def test_the_client_calls_for_signals() -> None:
+    one = calls.signal_execution("run/1", "approved", {"ok": True}, signal_id="s-1")
+    assert (one.method, one.url("http://h:1")) == (
+        "POST",
+        "http://h:1/api/executions/run%2F1/events/approved",
+    )
+    assert (one.headers, one.data()) == ({"Idempotency-Key": "s-1"}, b'{"ok": true}')
+    assert calls.signal_execution("r", "a").data() is None  # no body: a signal without payload
+    many = calls.broadcast_signal("paid", 7, [1])
+    assert (many.url(""), many.body) == ("/api/events/paid", {"correlation_key": 7, "payload": [1]})
+    assert calls.broadcast_signal("paid", "k", signal_id="b-1").body["id"] == "b-1"
