@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import click
 
@@ -673,7 +673,9 @@ def executions_get(execution_id: str, wait: float | None, url: str, key: str | N
 
 
 @executions.command("list", epilog=EXIT_CODES)
-@click.option("--status", type=click.Choice(["pending", "running", "success", "failed", "cancelled"]))
+@click.option(
+    "--status", type=click.Choice(["pending", "running", "success", "failed", "cancelled", "paused"])
+)
 @click.option("--workflow-id", default=None)
 @click.option("--team", default=None)
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None)
@@ -721,6 +723,34 @@ def executions_cancel(execution_id: str, url: str, key: str | None) -> None:
     """Cancel a run (exit 2 with a conflict once it has ended)."""
     with _api_errors():
         _print(_client(url, key).cancel_execution(execution_id))
+
+
+@executions.command("pause", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@click.option(
+    "--deadline",
+    type=click.Choice(["keep", "suspend"]),
+    default="keep",
+    show_default=True,
+    help="keep: the run's deadline still applies while paused; suspend: it stops until resume.",
+)
+@_engine_options
+def executions_pause(
+    execution_id: str, deadline: Literal["keep", "suspend"], url: str, key: str | None
+) -> None:
+    """Pause a run: nothing new starts until it is resumed (exit 2 with a conflict once it has
+    ended or if it is already paused)."""
+    with _api_errors():
+        _print(_client(url, key).pause_execution(execution_id, deadline))
+
+
+@executions.command("resume", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@_engine_options
+def executions_resume(execution_id: str, url: str, key: str | None) -> None:
+    """Resume a paused run (exit 2 with a conflict unless it is paused)."""
+    with _api_errors():
+        _print(_client(url, key).resume_execution(execution_id))
 
 
 @executions.command("logs", epilog=EXIT_CODES)

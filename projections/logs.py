@@ -127,6 +127,12 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
         return [_line(e.at, "error", f"execution failed: {e.reason}")]
     if t is EventType.EXECUTION_CANCELLED:
         return [_line(e.at, "warning", f"execution cancelled: {e.reason}")]
+    if t is EventType.EXECUTION_PAUSED:
+        held = f"; deadline {e.due_at.isoformat()} suspended" if e.due_at else ""
+        return [_line(e.at, "info", f"execution paused: {e.reason}{held}")]
+    if t is EventType.EXECUTION_RESUMED:
+        moved = f"; deadline now {e.due_at.isoformat()}" if e.due_at else ""
+        return [_line(e.at, "info", f"execution resumed: {e.reason}{moved}")]
     return []
 
 

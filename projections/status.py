@@ -248,6 +248,12 @@ class StatusView:
         self.accepted.setdefault(request.execution_id, accepted_state(request))
         return True
 
+    def withdraw(self, execution_id: str) -> None:
+        """Forget a run accepted here whose request Kafka did not acknowledge, so it neither shows
+        as pending nor counts as queued for ever; one that did reach the log is accepted again
+        when the request is read."""
+        self.accepted.pop(execution_id, None)
+
     def get(self, execution_id: str) -> dict[str, Any] | None:
         state = self.known(execution_id) or self.accepted.get(execution_id)
         return render(state) if state is not None else None

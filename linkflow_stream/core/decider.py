@@ -8,6 +8,12 @@ that no longer matches the state (a result for an old attempt, a stale timer), y
 A timer firing counts only at or after its timer's due time, and only for that due time when the
 firing names one: a deadline keeps its timer id when it moves, so the id alone cannot tell a
 firing for the old deadline from one for the new.
+
+A paused run (ADR 0034) starts nothing: no node, no re-dispatch for a lease, no retry. Results
+of nodes in flight are still recorded (and a failure that cannot be retried still fails the
+run), and its timers stay in the state with their due times: one that fires while paused is
+kept, and resuming handles every timer due by then, in due order, before the run advances. A
+run whose last node finishes while paused stays paused and ends when resumed.
 """
 
 from __future__ import annotations
@@ -106,6 +112,12 @@ def decide(
         _terminate(b, ExecutionStatus.CANCELLED, inp.reason or "cancelled by request")
     elif inp.kind is CommandKind.SET_TIMEOUT and inp.timeout_seconds is not None:
         _set_deadline(b, inp.timeout_seconds)
+    elif inp.kind is CommandKind.PAUSE:
+        _pause(b, inp)
+    elif inp.kind is CommandKind.RESUME:
+        _resume(b, cfg)
+    elif state.status is ExecutionStatus.PAUSED and not _fires_while_paused(state, inp):
+        pass  # a re-dispatch, or a timer kept for resume
     elif inp.kind is CommandKind.RECOVER:
         _recover(b, cfg)
     elif inp.kind is CommandKind.TIMER_FIRED and inp.timer_id is not None:
@@ -175,8 +187,56 @@ def _set_deadline(b: _Builder, timeout_seconds: float) -> None:
     start = b.s.started_at or b.s.created_at
     deadline = start + timedelta(seconds=timeout_seconds)
     b.emit(EventType.EXECUTION_DEADLINE_SET, due_at=deadline, reason=f"timeout set to {timeout_seconds:g}s")
-    if deadline <= b.now:
+    if deadline <= b.now and b.s.suspended_deadline is None:
         _terminate(b, ExecutionStatus.FAILED, f"execution timed out (timeout set to {timeout_seconds:g}s)")
+
+
+def _pause(b: _Builder, cmd: ExecutionCommand) -> None:
+    """A running run stops dispatching; with ``suspend_deadline`` its deadline stops too."""
+    if b.s.status is not ExecutionStatus.RUNNING:
+        return  # already paused (a repeated command): nothing to do
+    deadline = b.s.timers.get(Timer.make_id(TimerKind.EXECUTION_TIMEOUT))
+    suspended = deadline.due_at if cmd.suspend_deadline and deadline is not None else None
+    b.emit(EventType.EXECUTION_PAUSED, due_at=suspended, reason=cmd.reason or "paused by request")
+
+
+def _fires_while_paused(state: ExecutionState, inp: ExecutionCommand) -> bool:
+    """Of the commands that may start nodes, only the deadline acts on a paused run."""
+    if inp.kind is CommandKind.RECOVER:
+        return False
+    if inp.kind is CommandKind.TIMER_FIRED:
+        timer = state.timers.get(inp.timer_id or "")
+        return timer is not None and timer.kind is TimerKind.EXECUTION_TIMEOUT
+    return True
+
+
+def _resume(b: _Builder, cfg: DeciderConfig) -> None:
+    """Dispatch again: set a suspended deadline again (moved on by the paused time), handle every
+    timer that came due while paused as if it fired then, in due order, then advance."""
+    if b.s.status is not ExecutionStatus.PAUSED:
+        return  # not paused (a repeated command): nothing to do
+    paused_at = b.s.paused_at or b.now
+    suspended = b.s.suspended_deadline
+    deadline = suspended + (b.now - paused_at) if suspended is not None else None
+    b.emit(EventType.EXECUTION_RESUMED, due_at=deadline, reason="resumed by request")
+    now_ms = to_millis(b.now)
+    due = sorted(
+        (t for t in b.s.timers.values() if to_millis(t.due_at) <= now_ms),
+        key=lambda t: (to_millis(t.due_at), t.id),
+    )
+    for timer in due:
+        if b.s.status.terminal:
+            return
+        if b.s.timers.get(timer.id) == timer:  # not moved on by an earlier one
+            fired = ExecutionCommand(
+                execution_id=b.execution_id,
+                kind=CommandKind.TIMER_FIRED,
+                timer_id=timer.id,
+                due_at=timer.due_at,
+            )
+            _on_timer(b, fired, cfg)
+    if not b.s.status.terminal:
+        _advance(b, cfg)
 
 
 def _recover(b: _Builder, cfg: DeciderConfig) -> None:
@@ -197,7 +257,8 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     if any(t.kind in _PARKED and t.node_id == r.node_id for t in b.s.timers.values()):
         return  # this attempt already failed (its retry is scheduled) or waits for a token
     if r.throttled_until is not None and not r.ok:
-        _throttle(b, r)
+        if _answers_current_dispatch(b, r):
+            _throttle(b, r)
         return
     if r.ok:
         b.emit(
@@ -216,6 +277,17 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
 
 _PARKED = frozenset({TimerKind.RETRY, TimerKind.THROTTLE})
 """Timers of a node whose attempt is not out on an executor: a result for it is a late copy."""
+
+
+def _answers_current_dispatch(b: _Builder, r: NodeResult) -> bool:
+    """Whether a throttled result answers the dispatch now out, not an earlier one of the same
+    attempt number (a throttled attempt goes out again under its number; a redelivered copy of the
+    earlier task may come back throttled after that). Told by the task's lease: each dispatch has
+    its own. A result that does not say (older executors) is taken as current."""
+    if r.lease_until is None:
+        return True
+    lease = b.s.timers.get(Timer.make_id(TimerKind.LEASE, r.node_id, r.attempt))
+    return lease is not None and to_millis(lease.due_at) == to_millis(r.lease_until)
 
 
 def _throttle(b: _Builder, r: NodeResult) -> None:
@@ -362,7 +434,10 @@ def _readiness(b: _Builder, node: NodeDefinition) -> NodeStatus | None:
 
 
 def _advance(b: _Builder, cfg: DeciderConfig) -> None:
-    """Start every ready node and skip every excluded one, until nothing changes; then finish."""
+    """Start every ready node and skip every excluded one, until nothing changes; then finish.
+    A paused run does neither: resuming advances it."""
+    if b.s.status is ExecutionStatus.PAUSED:
+        return
     progressed = True
     while progressed:
         progressed = False

@@ -27,6 +27,10 @@ class EventType(StrEnum):
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
     NODE_THROTTLED = "node_throttled"
     NODE_REUSED = "node_reused"
+    EXECUTION_PAUSED = "execution_paused"
+    """``due_at``: the run's deadline, suspended by this pause; ``None`` if it still applies."""
+    EXECUTION_RESUMED = "execution_resumed"
+    """``due_at``: the suspended deadline moved on by the paused time; ``None`` if none was."""
     SIGNAL_RECEIVED = "signal_received"
 
 

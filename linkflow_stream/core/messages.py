@@ -24,6 +24,8 @@ class CommandKind(StrEnum):
     TIMER_FIRED = "timer_fired"
     SET_TIMEOUT = "set_timeout"
     RECOVER = "recover"
+    PAUSE = "pause"
+    RESUME = "resume"
     SIGNAL = "signal"
 
 
@@ -84,6 +86,9 @@ class ExecutionCommand(BaseModel):
     due_at: datetime | None = None
     """timer_fired: the due time of the timer this firing is for. A firing whose due time is not
     the timer's (a deadline that moved since) is stale; ``None`` (older producers) skips that check."""
+    suspend_deadline: bool = False
+    """pause: stop the run's deadline while it is paused (it moves on by the paused time at
+    resume). Default ``False``: the deadline still applies while paused."""
     signal: Signal | None = None
     """signal: the signal delivered to the run (its ``id`` is set)."""
 
@@ -121,6 +126,9 @@ class NodeResult(BaseModel):
     throttled_until: datetime | None = None
     """Set when the attempt did not run because its rate limit had no token: dispatch it again
     at this time. Not a failure and not an attempt of the retry policy. Default ``None``."""
+    lease_until: datetime | None = None
+    """The ``lease_until`` of the task this result answers: which dispatch of the attempt it is
+    (a throttled attempt is dispatched again under the same number). Default ``None``: unknown."""
 
 
 class ControlMessage(BaseModel):

@@ -134,11 +134,12 @@ class Buckets:
         return Verdict(False, at - now)
 
     def _forget_full(self, now: float) -> None:
+        """Make room: forget full buckets, with their hints (a bucket that refilled has no one
+        queued whom a hint must keep apart; a hint kept would outlive its bucket for ever). A
+        bucket not yet full is kept: forgetting it would hand out a fresh burst."""
         for name in [n for n, b in self._buckets.items() if b.idle_full(now)]:
             del self._buckets[name]
-            hint = self._next_hint.get(name)
-            if hint is not None and hint <= now:
-                del self._next_hint[name]
+            self._next_hint.pop(name, None)
 
 
 def instance_share(per_second: float, burst: int, instances: int) -> tuple[float, float]:

@@ -24,6 +24,8 @@ class ExecutionStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
+    """Started and not ended, but dispatching nothing new until resumed (ADR 0034)."""
 
     @property
     def terminal(self) -> bool:
@@ -118,6 +120,11 @@ class ExecutionState(BaseModel):
     starts its own. The run's own span ids derive from its id (``core/trace_context.py``)."""
     links: dict[str, str] = {}
     """What started the run, by name (``schedule_id``, ...)."""
+    paused_at: datetime | None = None
+    """When the run was paused; ``None`` unless its status is ``paused``."""
+    suspended_deadline: datetime | None = None
+    """The deadline a pause with ``suspend_deadline`` took off the timers; ``None`` when none is
+    suspended. Resuming sets it again, moved on by the time the run was paused."""
     signals: tuple[Signal, ...] = ()
     """Signals received and not consumed yet, oldest first: one that came before its node waits
     is kept here until the node starts waiting."""
@@ -195,6 +202,11 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
                 event.due_at,
             ),
         )
+    if event.type is EventType.EXECUTION_DEADLINE_SET and state.suspended_deadline is not None:
+        # the deadline is suspended by a pause: the new one stays suspended until resume
+        return state.model_copy(update={"seq": event.seq, "suspended_deadline": event.due_at})
+    if event.type in (EventType.EXECUTION_PAUSED, EventType.EXECUTION_RESUMED):
+        return _pause_or_resume(state, event)
     if event.type is EventType.EXECUTION_DEADLINE_SET:
         timer_id = Timer.make_id(TimerKind.EXECUTION_TIMEOUT)
         timers = {k: t for k, t in state.timers.items() if k != timer_id}
@@ -205,7 +217,15 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             }
         )
     if event.type in _EXECUTION_END:
-        return _transition(state, event, _EXECUTION_END[event.type], finished_at=event.at, timers={})
+        return _transition(
+            state,
+            event,
+            _EXECUTION_END[event.type],
+            finished_at=event.at,
+            timers={},
+            paused_at=None,
+            suspended_deadline=None,
+        )
     if event.type is EventType.SIGNAL_RECEIVED:
         return _received(state, event)
     after = _evolve_node(state, event)
@@ -231,6 +251,32 @@ def _received(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
 
 _TIMER_OF = {Dispatch.TIMER: TimerKind.WAIT, Dispatch.SIGNAL: TimerKind.SIGNAL_TIMEOUT}
 """The timer a started node holds, by dispatch; a task's is its lease."""
+
+
+def _pause_or_resume(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+    """``execution_paused`` (from running) and ``execution_resumed`` (from paused). Their
+    ``due_at`` is the deadline taken off the timers at pause and the one set again at resume."""
+    deadline_id = Timer.make_id(TimerKind.EXECUTION_TIMEOUT)
+    others = {k: t for k, t in state.timers.items() if k != deadline_id}
+    if event.type is EventType.EXECUTION_PAUSED:
+        if state.status is not ExecutionStatus.RUNNING:
+            raise EvolveError(f"{state.id}: cannot pause from {state.status}")
+        return _transition(
+            state,
+            event,
+            ExecutionStatus.PAUSED,
+            paused_at=event.at,
+            suspended_deadline=event.due_at,
+            timers=state.timers if event.due_at is None else others,
+        )
+    if state.status is not ExecutionStatus.PAUSED:
+        raise EvolveError(f"{state.id}: cannot resume from {state.status}")
+    timers = state.timers
+    if event.due_at is not None:
+        timers = _with_timer(others, deadline_id, TimerKind.EXECUTION_TIMEOUT, event.due_at)
+    return _transition(
+        state, event, ExecutionStatus.RUNNING, paused_at=None, suspended_deadline=None, timers=timers
+    )
 
 
 def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:

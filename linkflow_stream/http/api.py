@@ -47,6 +47,7 @@ from linkflow_stream.http.bodies import (
     SIGNAL_ID,
     BroadcastSignalBody,
     KeyCreateBody,
+    PauseBody,
     RerunBody,
     RetryPolicyBody,
     ScheduleBody,
@@ -59,6 +60,7 @@ from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, err
 from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.nodes.wait_event import SIGNAL_NAME
 from linkflow_stream.runtime.signals import broadcast_targets, signal_command
@@ -82,7 +84,7 @@ command decided before its run's start would find no run and be dropped."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 SLOW_READER_MESSAGE = b"too slow: lines were waiting unread; reconnect to read the backlog again"
-EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled")
+EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled", "paused")
 PRIORITIES = tuple(p.value for p in Priority)
 TERMINAL_STATUSES = ("success", "failed", "cancelled")
 
@@ -322,6 +324,8 @@ class Api:
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
                 web.post("/api/executions/{id}/recover", self.recover),
+                web.post("/api/executions/{id}/pause", self.pause_execution),
+                web.post("/api/executions/{id}/resume", self.resume_execution),
                 web.post("/api/executions/{id}/checkpoint", self.checkpoint),
                 web.get("/api/executions/{id}/logs", self.get_logs),
                 web.get("/api/executions/{id}/cost", self.execution_cost),
@@ -599,18 +603,24 @@ class Api:
                 reused=reused,
             )
             self.d.views.status.accept(request_record)
-            await self._acknowledged(
-                Outgoing(
-                    topic,
-                    request_record.execution_id,
-                    request_record,
-                    "io.linkflow.execution.requested",
-                    time=request_record.requested_at,
-                    headers=((TRACEPARENT, parent.encode()),) if parent else (),
-                ),
-                f"the start of {execution_id}",
-                "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
-            )
+            try:
+                await self._acknowledged(
+                    Outgoing(
+                        topic,
+                        request_record.execution_id,
+                        request_record,
+                        "io.linkflow.execution.requested",
+                        time=request_record.requested_at,
+                        headers=((TRACEPARENT, parent.encode()),) if parent else (),
+                    ),
+                    f"the start of {execution_id}",
+                    "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
+                )
+            except UnavailableError:
+                # not known to be on the log: no longer shown or counted as queued here (if it did
+                # reach the log, the view reads it from the request topic and accepts it again)
+                self.d.views.status.withdraw(request_record.execution_id)
+                raise
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
@@ -718,6 +728,13 @@ class Api:
             wf = await self._workflow(request, original.workflow.id)
         reused = reusable_outputs(original, wf) if body.from_ == "failed" else {}
         input_data = original.input if body.input_data is None else body.input_data
+        carried = len(json.dumps([reused, input_data, wf.model_dump(mode="json")], separators=(",", ":")))
+        limit = limit_of(topic_names.requests(_priority(request)))
+        if carried > limit:
+            raise ValidationError(
+                f"this rerun would carry {carried} bytes (the reused outputs, the input and the "
+                f'workflow), over the {limit}-byte limit of a start request; rerun from "start"'
+            )
         return await self._start(
             request, wf, input_data, links={"rerun_of": execution_id}, reused=reused or None
         )
@@ -803,6 +820,44 @@ class Api:
         )
         await self._command(request, execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
+
+    async def pause_execution(self, request: web.Request) -> web.Response:
+        """Stop dispatching (ADR 0034); 409 when the run ended or is already paused."""
+        execution_id = request.match_info["id"]
+        raw = await request.read()
+        body = validated(PauseBody, await _json_body(request)) if raw else PauseBody()
+        await self._check_paused(request, execution_id, want_paused=False)
+        command = ExecutionCommand(
+            execution_id=execution_id,
+            kind=CommandKind.PAUSE,
+            reason="paused by request",
+            suspend_deadline=body.deadline == "suspend",
+        )
+        await self._command(request, execution_id, command, "io.linkflow.command.pause")
+        return web.json_response(
+            {"id": execution_id, "status": "pausing", "deadline": body.deadline}, status=202
+        )
+
+    async def resume_execution(self, request: web.Request) -> web.Response:
+        """Dispatch again, handling the timers that came due while paused; 409 unless paused."""
+        execution_id = request.match_info["id"]
+        await self._check_paused(request, execution_id, want_paused=True)
+        command = ExecutionCommand(
+            execution_id=execution_id, kind=CommandKind.RESUME, reason="resumed by request"
+        )
+        await self._command(request, execution_id, command, "io.linkflow.command.resume")
+        return web.json_response({"id": execution_id, "status": "resuming"}, status=202)
+
+    async def _check_paused(self, request: web.Request, execution_id: str, *, want_paused: bool) -> None:
+        """409 when a run that has not ended is (pause) or is not (resume) paused, as the views
+        know it; 404 and the ended run's 409 come from ``_command``."""
+        status = ExecutionStatus((await self._visible(request, execution_id))["status"])
+        if status.terminal:
+            return
+        if want_paused and status is not ExecutionStatus.PAUSED:
+            raise ConflictError(f"execution {execution_id} is not paused ({status.value}); nothing to resume")
+        if not want_paused and status is ExecutionStatus.PAUSED:
+            raise ConflictError(f"execution {execution_id} is already paused; resume it first")
 
     def _signal_id(self, request: web.Request, given: str | None = None) -> str:
         """The signal's id: the body's, else the ``Idempotency-Key`` header, else a new one."""
@@ -1066,7 +1121,9 @@ class Api:
         if "every_seconds" in change:
             change["cron"] = None
         if "workflow_id" in change:
-            await self._workflow(request, change["workflow_id"])
+            if change["workflow_id"] is None:
+                raise ValidationError("workflow_id cannot be null; name the workflow to run")
+            change["team"] = (await self._workflow(request, change["workflow_id"])).team
         resumed = current.paused and change.get("paused") is False
         if resumed or any(k in change for k in ("cron", "every_seconds", "timezone")):
             change["effective_from"] = now().replace(microsecond=0)

@@ -213,6 +213,18 @@ class ScheduleBody(ScheduleChange):
     paused: bool = Field(default=False, description="Create it paused. Default false.")
 
 
+class PauseBody(BaseModel):
+    """``POST /api/executions/{id}/pause`` (the body is optional): what the run's deadline does."""
+
+    model_config = _STRICT
+
+    deadline: Literal["keep", "suspend"] = Field(
+        default="keep",
+        description="`keep`: the deadline still applies while paused. `suspend`: it stops while "
+        "paused and moves on by the paused time at resume. Default `keep`.",
+    )
+
+
 REQUEST_BODIES: tuple[type[BaseModel], ...] = (
     StartExecutionBody,
     RetryPolicyBody,
@@ -222,6 +234,7 @@ REQUEST_BODIES: tuple[type[BaseModel], ...] = (
     ScheduleBody,
     ScheduleChange,
     RerunBody,
+    PauseBody,
 )
 """Every request-body model (the workflow's is ``WorkflowDefinition``); ``http.openapi`` lists them."""
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-ExecutionStatus = Literal["pending", "running", "success", "failed", "cancelled"]
+ExecutionStatus = Literal["pending", "running", "success", "failed", "cancelled", "paused"]
 Priority = Literal["high", "normal", "low"]
 
 
@@ -57,10 +57,13 @@ class WorkflowList(TypedDict):
 
 
 class Accepted(TypedDict):
-    """A start without ``wait`` (``pending``), a cancel (``cancelling``), a recover (``recovering``)."""
+    """A start without ``wait`` (``pending``), a cancel (``cancelling``), a recover (``recovering``),
+    a pause (``pausing``, with ``deadline``), a resume (``resuming``)."""
 
     id: str
     status: str
+    deadline: NotRequired[str]
+    """A pause only: ``keep`` or ``suspend``, what the run's deadline does while paused."""
 
 
 class NodeError(TypedDict):

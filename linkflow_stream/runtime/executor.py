@@ -181,6 +181,7 @@ class Executor:
             finished_at=at,
             worker_id=self.worker_id,
             throttled_until=until,
+            lease_until=task.lease_until,
         )
         try:
             await self._publish(task, result)

@@ -89,6 +89,8 @@ class Scheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         self.producer: TransactionalProducer | None = None
         self.progress: dict[str, ScheduleProgress] = {}
         """The committed progress of every schedule, as of the last commit (owner only)."""
+        self.fired_at: dict[str, datetime] = {}
+        """When this owner last fired each schedule (a catch-up fires slots long past)."""
         self._assigned = False
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -169,6 +171,7 @@ class Scheduler(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _release(self) -> None:
         producer, self.producer = self.producer, None
         self.progress = {}
+        self.fired_at = {}
         if producer is not None:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -199,14 +202,19 @@ class Scheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         at = self.clock()
         records: list[ProducerRecord] = []
         changed: dict[str, ScheduleProgress | None] = {}
+        fired_now: set[str] = set()
         fired = 0
         for schedule in list(self.schedules.schedules.values()):
             progress = self._progress_of(schedule)
-            decided = plan(schedule, progress, at, await self._running(progress, at))
+            if not _anything_due(schedule, progress, at):
+                continue  # the common case: no look-up of its last run
+            decided = plan(schedule, progress, at, await self._running(schedule.id, progress, at))
             if decided.progress == progress:
                 continue
             for slot in decided.fire:
                 records.append(self._start_request(schedule, slot, at))
+            if decided.fire:
+                fired_now.add(schedule.id)
             fired += len(decided.fire)
             changed[schedule.id] = decided.progress
             records.append(self._progress_record(schedule.id, decided.progress))
@@ -231,8 +239,10 @@ class Scheduler(ConsumerRebalanceListener):  # type: ignore[misc]
         for schedule_id, progress in changed.items():
             if progress is None:
                 self.progress.pop(schedule_id, None)
+                self.fired_at.pop(schedule_id, None)
             else:
                 self.progress[schedule_id] = progress
+        self.fired_at.update(dict.fromkeys(fired_now, at))
         if fired:
             self.metrics.schedule_fires.inc(fired)
         return fired
@@ -245,15 +255,16 @@ class Scheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             return None
         return progress
 
-    async def _running(self, progress: ScheduleProgress | None, at: datetime) -> bool:
+    async def _running(self, schedule_id: str, progress: ScheduleProgress | None, at: datetime) -> bool:
         """Whether the schedule's last run is still going, by the views. One they have not seen
-        yet counts as running for ``NOT_SEEN_FOR`` after its slot (the intake has not started it
-        yet), then as not running (its start was dead-lettered)."""
+        yet counts as running for ``NOT_SEEN_FOR`` after it was fired (the intake has not started
+        it yet), then as not running (its start was dead-lettered). Fired by a former owner: from
+        its slot, the best this one knows."""
         if progress is None or progress.last_execution_id is None:
             return False
         body = await self.find_run(progress.last_execution_id)
         if body is None:
-            fired = progress.last_fired_slot
+            fired = self.fired_at.get(schedule_id, progress.last_fired_slot)
             return fired is not None and at - fired < NOT_SEEN_FOR
         return body.get("status") not in TERMINAL
 
@@ -276,3 +287,12 @@ class Scheduler(ConsumerRebalanceListener):  # type: ignore[misc]
             topic_names.SCHEDULE_PROGRESS, schedule_id, progress, PROGRESSED, time=progress.last_slot
         )
         return encode(self.codec, outgoing, topic)
+
+
+def _anything_due(schedule: Schedule, progress: ScheduleProgress | None, at: datetime) -> bool:
+    """Whether a look at ``at`` may change the schedule: a slot is due or one is buffered."""
+    if progress is not None and progress.buffered_slot is not None:
+        return True
+    last = max(schedule.effective_from, progress.last_slot if progress else schedule.effective_from)
+    upcoming = schedule.next_slot(last)
+    return upcoming is not None and upcoming <= at

@@ -167,6 +167,8 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
         ("GET", f"/api/executions/{run_id}/metrics"),
         ("POST", f"/api/executions/{run_id}/cancel"),
         ("POST", f"/api/executions/{run_id}/recover"),
+        ("POST", f"/api/executions/{run_id}/pause"),
+        ("POST", f"/api/executions/{run_id}/resume"),
         ("POST", f"/api/executions/{run_id}/test-retry"),
     ):
         body_in = {"strategy": "fixed"} if method == "PUT" else None

@@ -40,8 +40,20 @@ def test_queued_counts_accepted_runs_per_team_and_not_running_ones() -> None:
     assert [view.queued_of_team(t) for t in ("alpha", "beta", None, "gamma")] == [2, 1, 1, 0]
 
 
+def test_a_start_kafka_did_not_acknowledge_is_withdrawn_and_no_longer_counts() -> None:
+    view = StatusView()
+    view.accept(request("a1", "alpha"))
+    view.accept(request("a2", "alpha"))
+    view.withdraw("a2")  # the API's publish failed (503): it must not count as queued for ever
+    assert view.queued_of_team("alpha") == 1
+    assert view.get("a2") is None
+    assert view.accept(request("a2", "alpha"))  # it did reach the log after all: read back, counted
+    assert view.queued_of_team("alpha") == 2
+
+
 def test_no_limit_admits_everything() -> None:
     Admission(0, 5, lambda _team: 10**6).check("alpha")
+    assert not Admission(0, 5, lambda _team: 10**6).limited
 
 
 def test_the_limit_refuses_the_start_that_would_exceed_it() -> None:

@@ -168,6 +168,8 @@ def records() -> list[BaseModel]:
             due_at=T + timedelta(seconds=90),
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=120.5),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.PAUSE, suspend_deadline=True),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.RESUME, reason="resumed by request"),
         ExecutionCommand(
             execution_id="e1",
             kind=CommandKind.SIGNAL,
@@ -352,6 +354,20 @@ def records() -> list[BaseModel]:
         ExecutionState(
             id="e3",
             workflow=wf(),
+            status=ExecutionStatus.PAUSED,
+            input=None,
+            created_at=T,
+            seq=3,
+            nodes={n.id: NodeState() for n in wf().nodes},
+            paused_at=T + timedelta(seconds=2),
+            suspended_deadline=T + timedelta(seconds=60),
+        ),
+        ExecutionEvent(
+            execution_id="e3", seq=3, type=EventType.EXECUTION_PAUSED, at=T, due_at=T + timedelta(seconds=60)
+        ),
+        ExecutionState(
+            id="e4",
+            workflow=wf(),
             status=ExecutionStatus.RUNNING,
             input=None,
             created_at=T,
@@ -366,7 +382,7 @@ def records() -> list[BaseModel]:
                     id="signal_timeout:a:1", kind=TimerKind.SIGNAL_TIMEOUT, due_at=T, node_id="a", attempt=1
                 )
             },
-            signals=(Signal(name="other", id="o-1", payload=None, execution_id="e3"),),
+            signals=(Signal(name="other", id="o-1", payload=None, execution_id="e4"),),
             signal_ids=("o-1", "p-0"),
         ),
         # the nested records have schemas of their own too

@@ -282,3 +282,16 @@ def test_each_signal_is_taken_at_most_once_and_the_timeout_only_without_one(
         assert taken == []
     if first_go is not None and run.s.nodes["d"].status is NodeStatus.SUCCESS and not timed_out:
         assert node.status is NodeStatus.SUCCESS, "a go signal was kept but not taken"
+
+
+def test_a_signal_while_paused_completes_the_waiting_node_and_what_follows_waits_for_resume(
+    lf: Factories,
+) -> None:
+    run = started(lf, waiter(lf), lf.node("h", "http", ["w"]))
+    run.feed(ExecutionCommand(execution_id="e1", kind=CommandKind.PAUSE), at(1))
+    assert run.s.status is ExecutionStatus.PAUSED
+    events = run.feed(sig("approved", "s1", "while paused"), at(2))
+    assert [(e.type, e.node_id) for e in events] == [(E.SIGNAL_RECEIVED, None), (E.NODE_SUCCEEDED, "w")]
+    assert run.s.nodes["h"].status is NodeStatus.PENDING  # a paused run starts nothing
+    resumed = run.feed(ExecutionCommand(execution_id="e1", kind=CommandKind.RESUME), at(3))
+    assert [(e.type, e.node_id) for e in resumed] == [(E.EXECUTION_RESUMED, None), (E.NODE_STARTED, "h")]

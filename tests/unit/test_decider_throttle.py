@@ -164,3 +164,19 @@ def test_a_throttled_node_never_fails_for_it_nor_exceeds_its_attempts(
         assert s.status is not ExecutionStatus.FAILED
     if throttles:
         assert any(e.type is E.NODE_THROTTLED for e in run.log)
+
+
+def test_a_throttled_copy_of_an_earlier_dispatch_does_not_park_the_one_now_out(lf: Factories) -> None:
+    """The first dispatch came back throttled, the same attempt went out again; then a redelivered
+    copy of the first task comes back throttled too. It names the first dispatch's lease, so the
+    second dispatch stays out and its result counts (no third dispatch, no second call)."""
+    run = started(lf)
+    first_lease = run.s.timers[lf.timer_id(TimerKind.LEASE, "h", 1)].due_at
+    run.feed(throttled("h", 1, at(2.5)).model_copy(update={"lease_until": first_lease}), at(1))
+    run.feed(lf.fire(lf.timer_id(TimerKind.THROTTLE, "h", 1), due_at=at(2.5)), at(2.5))
+    second_lease = run.s.timers[lf.timer_id(TimerKind.LEASE, "h", 1)].due_at
+    assert second_lease != first_lease
+    stale = throttled("h", 1, at(4)).model_copy(update={"lease_until": first_lease})
+    assert run.feed(stale, at(3)) == []
+    current = throttled("h", 1, at(5)).model_copy(update={"lease_until": second_lease})
+    assert [e.type for e in run.feed(current, at(3.5))] == [E.NODE_THROTTLED]

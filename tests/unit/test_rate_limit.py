@@ -96,6 +96,16 @@ def test_full_idle_buckets_are_forgotten_when_the_table_is_full() -> None:
     assert len(buckets) == 1
 
 
+def test_forgotten_buckets_take_their_queue_hints_with_them() -> None:
+    buckets = Buckets(max_idle=2)
+    for n in range(50):  # each key's callers queued 5 s ahead, then the key is left alone
+        name = f"k{n}"
+        for _ in range(6):
+            buckets.take(name, 1.0, 1, float(n * 2))
+    assert len(buckets) <= 2
+    assert len(buckets._next_hint) <= 2  # the leak this guards against is internal
+
+
 def test_an_instance_share_divides_the_rate_and_keeps_at_least_one_token() -> None:
     assert instance_share(10.0, 20, 4) == (2.5, 5.0)
     assert instance_share(2.0, 1, 2) == (1.0, 1.0)
