@@ -64,8 +64,9 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             "inline": "in the orchestrator",
             "task": "on an executor",
             "timer": "as a timer",
+            "child": "as a child run",
             "signal": "waiting for a signal",
-        }[e.dispatch or "task"]
+        }.get(e.dispatch or "task", f"as {e.dispatch}")
         note = f" ({e.reason})" if e.reason else ""
         return [
             _line(

@@ -27,9 +27,9 @@ from linkflow_stream.core.state import (
     apply,
 )
 
-LINKS = ("schedule_id", "rerun_of")
+LINKS = ("schedule_id", "rerun_of", "error_of", "parent")
 """The links every body shows (``None`` when the run has none): what started it."""
-REVERSE_LINKS = {"rerun_of": "reruns"}
+REVERSE_LINKS = {"rerun_of": "reruns", "parent": "children"}
 """Link -> the field of the linked run's ``GET /api/executions/{id}`` body that lists the runs
 linking to it (a rerun's original lists it under ``reruns``)."""
 

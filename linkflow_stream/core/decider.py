@@ -333,6 +333,8 @@ def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
         _start_node(b, node, timer.attempt + 1, cfg)
     elif timer.kind is TimerKind.THROTTLE:
         _start_node(b, node, timer.attempt, cfg, reason="rate limit wait over; dispatched again")
+    elif timer.kind is TimerKind.CHILD:
+        _child_timed_out(b, node, timer.attempt, cfg)
     elif timer.kind is TimerKind.SIGNAL_TIMEOUT:
         seconds = _signal_timeout(node, cfg)
         error = NodeError(
@@ -351,6 +353,16 @@ def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
         _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
     else:
         _start_node(b, node, timer.attempt + 1, cfg, reason="lease expired; dispatched again")
+
+
+def _child_timed_out(b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderConfig) -> None:
+    """A ``workflow`` node whose child run did not end within the node's timeout fails with
+    class ``timeout`` (retried as its policy says, by a new child); the step cancels the child."""
+    timeout = node.timeout_seconds or cfg.kind(node.type).default_timeout_seconds
+    error = NodeError(
+        error_class="timeout", retryable=True, message=f"child run did not finish within {timeout:g}s"
+    )
+    _fail_node(b, node, attempt, error, cfg)
 
 
 def _extra_attempts(b: _Builder, node: NodeDefinition) -> int:
@@ -478,6 +490,8 @@ def _start_node(
     elif kind.dispatch is Dispatch.TASK:
         timeout = node.timeout_seconds or kind.default_timeout_seconds
         due = b.now + timedelta(seconds=timeout + cfg.lease_grace_seconds)
+    elif kind.dispatch is Dispatch.CHILD:
+        due = b.now + timedelta(seconds=node.timeout_seconds or kind.default_timeout_seconds)
     else:
         due = None
     b.emit(

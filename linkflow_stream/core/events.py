@@ -40,6 +40,8 @@ class Dispatch(StrEnum):
     TASK = "task"
     INLINE = "inline"
     TIMER = "timer"
+    CHILD = "child"
+    """A ``workflow`` node: a child run, waited for by a timer (ADR 0036); no worker slot."""
     SIGNAL = "signal"
     """Waits in the orchestrator's state for a signal (``wait_event``), with a timeout timer."""
 

@@ -50,6 +50,8 @@ class TimerKind(StrEnum):
     RETRY = "retry"
     EXECUTION_TIMEOUT = "execution_timeout"
     THROTTLE = "throttle"
+    CHILD = "child"
+    """A ``workflow`` node's timeout while its child run runs (ADR 0036)."""
     SIGNAL_TIMEOUT = "signal_timeout"
     """A ``wait_event`` node's limit: fired before a signal came, the node fails (``timeout``)."""
 
@@ -249,7 +251,11 @@ def _received(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
     )
 
 
-_TIMER_OF = {Dispatch.TIMER: TimerKind.WAIT, Dispatch.SIGNAL: TimerKind.SIGNAL_TIMEOUT}
+_TIMER_OF = {
+    Dispatch.TIMER: TimerKind.WAIT,
+    Dispatch.CHILD: TimerKind.CHILD,
+    Dispatch.SIGNAL: TimerKind.SIGNAL_TIMEOUT,
+}
 """The timer a started node holds, by dispatch; a task's is its lease."""
 
 

@@ -14,6 +14,7 @@ from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.expressions import compile_expression
 from linkflow_stream.core.mapping import mapping_problems
 from linkflow_stream.core.node_contract import ConfigError, NodeExecutor, retry_on_problems
+from linkflow_stream.core.run_links import self_call_problems
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
 
 
@@ -88,6 +89,7 @@ def check_workflow(
             problems.append(
                 f"node {node.id!r}: pool: no pool {node.pool!r} (pools: {', '.join(sorted(pools)) or 'none'})"
             )
+    problems.extend(self_call_problems(wf))
     if not problems:
         cycle = _find_cycle(wf)
         if cycle:

@@ -91,6 +91,14 @@ class NodeDefinition(BaseModel):
     durable timer, no worker slot) and never fails for it. Default ``None``: no limit."""
 
 
+class OnFailure(BaseModel):
+    """The error workflow of a workflow (ADR 0036)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workflow_id: str = Field(pattern=NODE_ID.pattern)
+
+
 class WorkflowDefinition(BaseModel):
     """One version of a workflow, as stored on ``linkflow.workflows``."""
 
@@ -106,6 +114,8 @@ class WorkflowDefinition(BaseModel):
     """Default retry policy of nodes that set none."""
     team: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """The team that owns the workflow; cost reports aggregate by it."""
+    on_failure: OnFailure | None = None
+    """The workflow that starts, once, when a run of this one fails or times out (ADR 0036)."""
 
     def retry_policy(self, node: NodeDefinition) -> RetryPolicy | None:
         """The policy that governs ``node``: its own, else the workflow's."""

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -33,6 +34,7 @@ from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priorit
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.rerun import reusable_outputs
+from linkflow_stream.core.run_links import referenced_workflows
 from linkflow_stream.core.schedule import Schedule
 from linkflow_stream.core.signals import key_text
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
@@ -360,12 +362,26 @@ class Api:
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         pools = await self.d.pools() if self.d.pools is not None else None
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now(), pools=pools)
+        await self._check_referenced(principal_of(request), wf)
         token = await self._new_webhook_token(wf) if wf.version == 1 else None
         await self._publish_workflow(wf)
         answer: dict[str, Any] = {"id": wf.id, "version": wf.version}
         if token is not None:
             answer["webhook_token"] = token
         return web.json_response(answer, status=201)
+
+    async def _check_referenced(self, principal: Principal, wf: WorkflowDefinition) -> None:
+        """400 unless every workflow ``wf`` starts (its error workflow, its children) is
+        registered, in the version named, and owned by the caller's team (ADR 0036)."""
+        problems = []
+        for where, workflow_id, version in referenced_workflows(wf):
+            found: WorkflowDefinition | None = await self._synced(partial(self.d.workflows.get, workflow_id))
+            if found is None or not principal.sees(found.team):
+                problems.append(f"{where}: no workflow {workflow_id!r} is registered")
+            elif version is not None and version > found.version:
+                problems.append(f"{where}: workflow {workflow_id!r} has no version {version}")
+        if problems:
+            raise ValidationError("invalid workflow: " + "; ".join(problems))
 
     async def _new_webhook_token(self, wf: WorkflowDefinition) -> str:
         """A new webhook token of ``wf``, stored (as a hash) before it is handed out, the earlier

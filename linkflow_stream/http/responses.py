@@ -101,11 +101,17 @@ class Execution(TypedDict):
     finished_at: str | None
     deadline_at: str | None
     schedule_id: str | None
+    """The schedule whose slot started the run; ``null`` for other runs."""
     rerun_of: str | None
     """The run this one reruns (``POST /api/executions/{id}/rerun``)."""
     reruns: NotRequired[list[str]]
     """``GET /api/executions/{id}`` only: the runs that rerun this one, oldest first."""
-    """The schedule whose slot started the run; ``null`` for other runs."""
+    error_of: str | None
+    """An error-workflow run: the failed run that started it (ADR 0036); ``null`` otherwise."""
+    parent: str | None
+    """A child run: the run whose ``workflow`` node started it (ADR 0036); ``null`` otherwise."""
+    children: NotRequired[list[str]]
+    """``GET /api/executions/{id}`` only: the child runs of this run's ``workflow`` nodes (ADR 0036)."""
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]
     """Transitions: ``{"from", "to", "at", "reason"}``."""

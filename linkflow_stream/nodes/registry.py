@@ -11,6 +11,7 @@ from linkflow_stream.nodes.condition import ConditionNode
 from linkflow_stream.nodes.db import DbNode
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.nodes.secrets import Secrets
+from linkflow_stream.nodes.subworkflow import WorkflowNode
 from linkflow_stream.nodes.transform import TransformNode
 from linkflow_stream.nodes.wait import WaitNode
 from linkflow_stream.nodes.wait_event import WaitEventNode
@@ -35,6 +36,7 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             bwrap=settings.code_bwrap,
             kill_grace_seconds=settings.code_kill_grace_seconds,
         ),
+        WorkflowNode(),
     ]
     return {e.type_name: e for e in executors}
 

@@ -45,7 +45,7 @@ from linkflow_stream.core.state import (
     TimerKind,
     Transition,
 )
-from linkflow_stream.core.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.workflow import NodeDefinition, OnFailure, RetryPolicy, WorkflowDefinition
 from linkflow_stream.kafka import codec
 from projections.workers import WorkerRecord, WorkerState
 
@@ -79,6 +79,7 @@ def wf() -> WorkflowDefinition:
         version=3,
         name="example",
         timeout_seconds=90.5,
+        on_failure=OnFailure(workflow_id="alert"),
         created_at=T,
         nodes=(
             NodeDefinition(id="a", type="transform", config={"expression": "input.x + 1"}),
@@ -414,6 +415,7 @@ def records() -> list[BaseModel]:
         Timer(id="throttle:h:1", kind=TimerKind.THROTTLE, due_at=T, node_id="h", attempt=1),
         NodeError(error_class="timeout", message="slow"),
         RetryPolicy(),
+        OnFailure(workflow_id="alert"),
         NodeState(),
         Timer(id="retry:h:1", kind=TimerKind.RETRY, due_at=T, node_id="h", attempt=1),
         Transition(

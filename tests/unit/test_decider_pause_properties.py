@@ -66,6 +66,11 @@ def handles(timer: Timer, event: ExecutionEvent) -> bool:
         return (event.type, event.attempt) == (EventType.NODE_STARTED, timer.attempt)
     if timer.kind is TimerKind.RETRY:
         return (event.type, event.attempt) == (EventType.NODE_STARTED, timer.attempt + 1)
+    if timer.kind is TimerKind.CHILD:  # a workflow node's timeout: it fails (or retries) the node
+        return event.attempt == timer.attempt and event.type in (
+            EventType.NODE_FAILED,
+            EventType.NODE_RETRY_SCHEDULED,
+        )
     if timer.kind is TimerKind.SIGNAL_TIMEOUT:  # a wait_event node's: it fails (or its retry waits)
         return (event.type, event.attempt) in (
             (EventType.NODE_RETRY_SCHEDULED, timer.attempt),

@@ -63,13 +63,14 @@ _SETTINGS = Settings()
 REGISTRY_CONFIG = decider_config(build_registry(_SETTINGS), _SETTINGS)
 """What the engine gives the decider: every registered node type with its dispatch and timeout."""
 
-NODE_TYPES = ("transform", "condition", "wait", "http", "db", "code", "wait_event")
+NODE_TYPES = ("transform", "condition", "wait", "http", "db", "code", "workflow", "wait_event")
 CONFIGS: dict[str, dict[str, Any]] = {
     "transform": {"expression": "1"},
     "condition": {"expression": "true"},
     "http": {"url": "https://example.com/"},
     "db": {"connection": "main", "query": "select 1"},
     "code": {"source": "result = 1"},
+    "workflow": {"workflow_id": "child"},
     "wait_event": {"name": "go", "timeout_seconds": 5},
 }
 SIGNAL_NAMES = ["go", "go", "other"]
@@ -125,7 +126,7 @@ def workflows(draw: st.DrawFn) -> WorkflowDefinition:
                 choices += [f"{parent.id}:true", f"{parent.id}:false"]
             depends_on.append(draw(st.sampled_from(choices)))
         config = {"seconds": draw(st.sampled_from(WAIT_SECONDS))} if type_ == "wait" else CONFIGS[type_]
-        is_task = REGISTRY_CONFIG.kind(type_).dispatch is Dispatch.TASK
+        is_task = REGISTRY_CONFIG.kind(type_).dispatch in (Dispatch.TASK, Dispatch.CHILD)
         nodes.append(
             NodeDefinition(
                 id=f"n{i}",
@@ -424,6 +425,18 @@ class Checked:
             assert first.error is not None
             assert first.error.error_class == "timeout"
             return
+        if timer.kind is TimerKind.CHILD:
+            # a child run that outlived its node's timeout: the node fails with class timeout
+            # (retryable: a new attempt starts a new child); never a re-dispatch of the same one
+            definition = before.workflow.node(timer.node_id)
+            policy = definition.retry or before.workflow.retry
+            retry = policy is not None and timer.attempt < policy.max_attempts
+            assert first.error is not None
+            assert first.error.error_class == "timeout"
+            assert first.type is (EventType.NODE_RETRY_SCHEDULED if retry else EventType.NODE_FAILED)
+            if not retry:
+                assert events[-1].type is EventType.EXECUTION_FAILED
+            return
         definition = before.workflow.node(timer.node_id)
         policy = definition.retry or before.workflow.retry
         budget = self.config.max_lease_attempts + (policy.max_attempts - 1 if policy else 0)
@@ -484,6 +497,7 @@ class Checked:
                 expected = {
                     Dispatch.TIMER: TimerKind.WAIT,
                     Dispatch.TASK: TimerKind.LEASE,
+                    Dispatch.CHILD: TimerKind.CHILD,
                     Dispatch.SIGNAL: TimerKind.SIGNAL_TIMEOUT,
                 }.get(kind.dispatch)
                 assert timers[0].kind in (expected, TimerKind.RETRY), f"{node_id}: {timers[0]}"
@@ -550,7 +564,7 @@ def pick_input(data: st.DataObject, run: Checked, lf: Any) -> Input:
         timer_id, due = data.draw(st.sampled_from(list(run.seen_timers)), label="seen timer")
         return fire(data, run, lf, timer_id, due, wrong=False)
     if action in ("timer", "stale_timer"):
-        kind = data.draw(st.sampled_from(["wait", "lease", "retry"]))
+        kind = data.draw(st.sampled_from(["wait", "lease", "retry", "child"]))
         node_id = data.draw(st.sampled_from(node_ids))
         timer_id = data.draw(
             st.sampled_from([f"{kind}:{node_id}:{data.draw(st.integers(0, 4))}", DEADLINE, "bogus", ""])
@@ -622,7 +636,11 @@ def drain(data: st.DataObject, run: Checked, lf: Any) -> None:
         statuses = {k: v.status for k, v in s.nodes.items()}
         assert running, f"stuck: {s.status} with no running node: {statuses}"
         node_id = running[0]
-        timers = [t for t in s.timers.values() if t.node_id == node_id and t.kind is not TimerKind.LEASE]
+        timers = [
+            t
+            for t in s.timers.values()
+            if t.node_id == node_id and t.kind not in (TimerKind.LEASE, TimerKind.CHILD)
+        ]
         run.now += timedelta(seconds=1)
         if any(t.kind is TimerKind.SIGNAL_TIMEOUT for t in timers):
             name = run.wf.node(node_id).config["name"]
