@@ -45,6 +45,7 @@ from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
 from linkflow_stream.runtime.scheduler import Scheduler
+from linkflow_stream.runtime.signal_intake import SignalIntake
 from linkflow_stream.runtime.start_intake import StartIntake
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
@@ -159,6 +160,15 @@ class Engine:
             self.sync_views,
             self.metrics,
             admission=self.admission,
+        )
+        self.signal_intake = SignalIntake(
+            settings,
+            self.codec,
+            self.publisher,
+            self.status,
+            self.views.body,
+            self.sync_views,
+            on_dead_letter=lambda topic: self.metrics.dlq.labels(topic).inc(),
         )
         self.schedules = ScheduleView()
         self.schedule_reader = view([topic_names.SCHEDULES, topic_names.SCHEDULE_PROGRESS], self._on_schedule)
@@ -473,6 +483,7 @@ class Engine:
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         await self.orchestrator.start()
         await self.intake.start()
+        await self.signal_intake.start()
         await self.scheduler.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
@@ -487,6 +498,7 @@ class Engine:
             await runner.cleanup()
         await self.tasks.stop()
         await self.scheduler.stop()
+        await self.signal_intake.stop()
         await self.intake.stop()
         await self.orchestrator.stop()
         for reader in (*self.readers, self.control):

@@ -65,6 +65,7 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             "task": "on an executor",
             "timer": "as a timer",
             "child": "as a child run",
+            "signal": "waiting for a signal",
         }.get(e.dispatch or "task", f"as {e.dispatch}")
         note = f" ({e.reason})" if e.reason else ""
         return [
@@ -113,6 +114,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
                 due_at=e.due_at.isoformat() if e.due_at else None,
             )
         ]
+    if t is EventType.SIGNAL_RECEIVED and e.signal is not None:
+        return [_line(e.at, "info", f"signal {e.signal.name} received (id {e.signal.id})")]
     if t is EventType.NODE_SKIPPED:
         return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
     if t is EventType.NODE_REUSED:

@@ -17,7 +17,15 @@ from typing import Any
 from linkflow_stream.core.clock import iso
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
+from linkflow_stream.core.signals import WAIT_EVENT
+from linkflow_stream.core.state import (
+    ExecutionState,
+    ExecutionStatus,
+    NodeState,
+    NodeStatus,
+    Transition,
+    apply,
+)
 
 LINKS = ("schedule_id", "rerun_of", "error_of", "parent")
 """The links every body shows (``None`` when the run has none): what started it."""
@@ -133,6 +141,17 @@ def accepted_state(request: StartExecution) -> ExecutionState:
     )
 
 
+def waits_on(state: ExecutionState, name: str, key: str) -> bool:
+    """Whether a running ``wait_event`` node of ``state`` waits on signal ``name`` with ``key``."""
+    return any(
+        node.status is NodeStatus.RUNNING
+        and node.correlation_key == key
+        and (definition := state.workflow.node(node_id)).type == WAIT_EVENT
+        and definition.config.get("name") == name
+        for node_id, node in state.nodes.items()
+    )
+
+
 Reached = Callable[[ExecutionState], bool]
 _Waiter = tuple[Reached, "asyncio.Future[None]"]
 
@@ -211,6 +230,11 @@ class StatusView:
                     waiters.remove((reached, fut))
                     if not fut.done():
                         fut.set_result(None)
+
+    def waiting_on(self, name: str, key: str) -> list[ExecutionState]:
+        """Live runs with a ``wait_event`` node on signal ``name`` whose correlation key is ``key``
+        (waiting now, or parked for a retry of its wait): where a broadcast signal goes."""
+        return [state for state in self.executions.values() if waits_on(state, name, key)]
 
     def active_count(self) -> int:
         """Executions started and not yet ended, as this view knows them."""

@@ -197,6 +197,18 @@ class AsyncClient:
     async def set_timeout(self, execution_id: str, timeout_seconds: float) -> dict[str, Any]:
         return await self.send(calls.set_timeout(execution_id, timeout_seconds))
 
+    async def signal_execution(
+        self, execution_id: str, name: str, payload: Any = None, signal_id: str | None = None
+    ) -> dict[str, Any]:
+        """Signal one run (202); ``NotFound`` for no such run, ``Conflict`` once it has ended."""
+        return await self.send(calls.signal_execution(execution_id, name, payload, signal_id))
+
+    async def broadcast_signal(
+        self, name: str, correlation_key: str | int, payload: Any = None, signal_id: str | None = None
+    ) -> dict[str, Any]:
+        """Signal every run waiting on ``name`` with ``correlation_key``; ``matched`` says how many."""
+        return await self.send(calls.broadcast_signal(name, correlation_key, payload, signal_id))
+
     async def execution_metrics(self, execution_id: str) -> dict[str, Any]:
         return await self.send(calls.execution_metrics(execution_id))
 

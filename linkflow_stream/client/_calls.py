@@ -215,6 +215,25 @@ def set_timeout(execution_id: str, timeout_seconds: float) -> Call[dict[str, Any
     return Call("PUT", f"/api/executions/{_id(execution_id)}/timeout", _expect(202), body=body)
 
 
+def signal_execution(
+    execution_id: str, name: str, payload: Any = None, signal_id: str | None = None
+) -> Call[dict[str, Any]]:
+    """Deliver signal ``name`` to one run (kept until its ``wait_event`` node takes it)."""
+    headers = {"Idempotency-Key": signal_id} if signal_id else {}
+    path = f"/api/executions/{_id(execution_id)}/events/{_id(name)}"
+    return Call("POST", path, _expect(202), body=payload, headers=headers)
+
+
+def broadcast_signal(
+    name: str, correlation_key: str | int, payload: Any = None, signal_id: str | None = None
+) -> Call[dict[str, Any]]:
+    """Deliver signal ``name`` to every run waiting on it with ``correlation_key``."""
+    body: dict[str, Any] = {"correlation_key": correlation_key, "payload": payload}
+    if signal_id:
+        body["id"] = signal_id
+    return Call("POST", f"/api/events/{_id(name)}", _expect(202), body=body)
+
+
 def execution_metrics(execution_id: str) -> Call[dict[str, Any]]:
     return Call("GET", f"/api/executions/{_id(execution_id)}/metrics", _expect(200))
 

@@ -25,7 +25,16 @@ from typing import Any
 
 from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
+from linkflow_stream.core.messages import (
+    CommandKind,
+    ExecutionCommand,
+    NodeError,
+    NodeResult,
+    Signal,
+    StartExecution,
+)
+from linkflow_stream.core.node_contract import NodeFailure
+from linkflow_stream.core.signals import correlation_key
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, Timer, TimerKind, evolve
 from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy
 
@@ -113,6 +122,9 @@ def decide(
         _recover(b, cfg)
     elif inp.kind is CommandKind.TIMER_FIRED and inp.timer_id is not None:
         _on_timer(b, inp, cfg)
+    elif inp.kind is CommandKind.SIGNAL and inp.signal is not None and inp.signal.id is not None:
+        _on_signal(b, inp.signal)
+    _deliver_signals(b, cfg)
     return b.events
 
 
@@ -126,6 +138,48 @@ def _reuse(b: _Builder, start: StartExecution) -> None:
             b.emit(
                 EventType.NODE_REUSED, node_id=node.id, output=reused[node.id], reason=f"reused from {source}"
             )
+
+
+def _on_signal(b: _Builder, signal: Signal) -> None:
+    """Keep a signal the run has not seen (by id); ``_deliver_signals`` hands it to a waiting node."""
+    if signal.id in b.s.signal_ids:
+        return  # a duplicate: a client's retry, or a record read again
+    b.emit(EventType.SIGNAL_RECEIVED, signal=signal.model_copy(update={"execution_id": b.execution_id}))
+
+
+def _deliver_signals(b: _Builder, cfg: DeciderConfig) -> None:
+    """Each waiting ``wait_event`` node takes the oldest kept signal of its name (nodes in
+    workflow order), succeeds with its payload, and what follows starts; until none matches."""
+    while b.state is not None and not b.s.status.terminal:
+        match = _next_delivery(b, cfg)
+        if match is None:
+            return
+        node, signal = match
+        b.emit(
+            EventType.NODE_SUCCEEDED,
+            node_id=node.id,
+            attempt=b.s.nodes[node.id].attempts,
+            output=signal.payload,
+            signal=Signal(name=signal.name, id=signal.id),
+        )
+        _advance(b, cfg)
+
+
+def _next_delivery(b: _Builder, cfg: DeciderConfig) -> tuple[NodeDefinition, Signal] | None:
+    if not b.s.signals:
+        return None
+    for node in b.s.workflow.nodes:
+        if cfg.kind(node.type).dispatch is not Dispatch.SIGNAL:
+            continue
+        ns = b.s.nodes[node.id]
+        waiting = Timer.make_id(TimerKind.SIGNAL_TIMEOUT, node.id, ns.attempts) in b.s.timers
+        if ns.status is not NodeStatus.RUNNING or not waiting:
+            continue  # not started, done, or parked for its retry (it takes the signal then)
+        name = node.config.get("name")
+        for signal in b.s.signals:
+            if signal.name == name:
+                return node, signal
+    return None
 
 
 def _set_deadline(b: _Builder, timeout_seconds: float) -> None:
@@ -281,6 +335,14 @@ def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
         _start_node(b, node, timer.attempt, cfg, reason="rate limit wait over; dispatched again")
     elif timer.kind is TimerKind.CHILD:
         _child_timed_out(b, node, timer.attempt, cfg)
+    elif timer.kind is TimerKind.SIGNAL_TIMEOUT:
+        seconds = _signal_timeout(node, cfg)
+        error = NodeError(
+            error_class="timeout",
+            retryable=True,
+            message=f"no signal {node.config.get('name')!r} within {seconds:g}s",
+        )
+        _fail_node(b, node, timer.attempt, error, cfg)
     elif timer.attempt >= cfg.max_lease_attempts + _extra_attempts(b, node):  # LEASE
         error = NodeError(
             error_class="lease_expired",
@@ -400,7 +462,9 @@ def _advance(b: _Builder, cfg: DeciderConfig) -> None:
                 progressed = True
             elif verdict is NodeStatus.RUNNING:
                 _start_node(b, node, 1, cfg)
-    if all(n.status not in (NodeStatus.PENDING, NodeStatus.RUNNING) for n in b.s.nodes.values()):
+    if not b.s.status.terminal and all(
+        n.status not in (NodeStatus.PENDING, NodeStatus.RUNNING) for n in b.s.nodes.values()
+    ):  # a wait_event node whose key cannot be computed fails (and may end the run) as it starts
         b.emit(EventType.EXECUTION_SUCCEEDED)
 
 
@@ -408,8 +472,21 @@ def _start_node(
     b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderConfig, reason: str | None = None
 ) -> None:
     kind = cfg.kind(node.type)
+    key: str | None = None
+    failure: NodeFailure | None = None
     if kind.dispatch is Dispatch.TIMER:
         due = b.now + timedelta(seconds=float(node.config.get("seconds", 0)))
+    elif kind.dispatch is Dispatch.SIGNAL:
+        due = b.now + timedelta(seconds=_signal_timeout(node, cfg))
+        try:
+            key = correlation_key(
+                node.config.get("correlation_key"),
+                b.s.node_inputs(),
+                now=b.now,
+                seed=f"{b.execution_id}/{node.id}/{attempt}",
+            )
+        except NodeFailure as exc:
+            failure = exc
     elif kind.dispatch is Dispatch.TASK:
         timeout = node.timeout_seconds or kind.default_timeout_seconds
         due = b.now + timedelta(seconds=timeout + cfg.lease_grace_seconds)
@@ -424,4 +501,15 @@ def _start_node(
         dispatch=kind.dispatch,
         due_at=due,
         reason=reason,
+        correlation_key=key,
     )
+    if failure is not None:
+        _fail_node(b, node, attempt, failure.to_error(), cfg)
+
+
+def _signal_timeout(node: NodeDefinition, cfg: DeciderConfig) -> float:
+    """How long a ``wait_event`` node waits: its ``timeout_seconds``, else its type's default."""
+    seconds = node.config.get("timeout_seconds")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        return float(seconds)
+    return cfg.kind(node.type).default_timeout_seconds

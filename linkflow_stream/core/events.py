@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from linkflow_stream.core.messages import NodeError, Priority
+from linkflow_stream.core.messages import NodeError, Priority, Signal
 from linkflow_stream.core.workflow import WorkflowDefinition
 
 
@@ -31,6 +31,7 @@ class EventType(StrEnum):
     """``due_at``: the run's deadline, suspended by this pause; ``None`` if it still applies."""
     EXECUTION_RESUMED = "execution_resumed"
     """``due_at``: the suspended deadline moved on by the paused time; ``None`` if none was."""
+    SIGNAL_RECEIVED = "signal_received"
 
 
 class Dispatch(StrEnum):
@@ -41,6 +42,8 @@ class Dispatch(StrEnum):
     TIMER = "timer"
     CHILD = "child"
     """A ``workflow`` node: a child run, waited for by a timer (ADR 0036); no worker slot."""
+    SIGNAL = "signal"
+    """Waits in the orchestrator's state for a signal (``wait_event``), with a timeout timer."""
 
 
 class ExecutionEvent(BaseModel):
@@ -68,3 +71,8 @@ class ExecutionEvent(BaseModel):
     """``execution_created`` only: the caller's W3C ``traceparent`` (see ``StartExecution``)."""
     links: dict[str, str] | None = None
     """``execution_created`` only: what started the run (see ``StartExecution.links``)."""
+    signal: Signal | None = None
+    """``signal_received``: the signal the run now keeps; ``node_succeeded`` of a ``wait_event``
+    node: the kept signal it consumed (``name`` and ``id``; its payload is the output)."""
+    correlation_key: str | None = None
+    """``node_started`` of a ``wait_event`` node: its evaluated ``correlation_key``, if any."""

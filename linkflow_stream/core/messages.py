@@ -26,6 +26,24 @@ class CommandKind(StrEnum):
     RECOVER = "recover"
     PAUSE = "pause"
     RESUME = "resume"
+    SIGNAL = "signal"
+
+
+class Signal(BaseModel):
+    """An outside event for a run's ``wait_event`` node: the value of ``linkflow.signals``, the
+    ``signal`` of a ``signal`` command, and each signal a run keeps until a node consumes it.
+
+    Addressed to one run by ``execution_id``, or to every run waiting on ``name`` with
+    ``correlation_key``. ``id`` names it: a run takes a signal id once, so a duplicate (a client
+    retry, a record read again) changes nothing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    id: str | None = None
+    payload: Any = None
+    execution_id: str | None = None
+    correlation_key: str | None = None
 
 
 class NodeError(BaseModel):
@@ -71,6 +89,8 @@ class ExecutionCommand(BaseModel):
     suspend_deadline: bool = False
     """pause: stop the run's deadline while it is paused (it moves on by the paused time at
     resume). Default ``False``: the deadline still applies while paused."""
+    signal: Signal | None = None
+    """signal: the signal delivered to the run (its ``id`` is set)."""
 
 
 class NodeTask(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.messages import NodeError, Priority
+from linkflow_stream.core.messages import NodeError, Priority, Signal
 from linkflow_stream.core.workflow import WorkflowDefinition
 
 
@@ -52,6 +52,8 @@ class TimerKind(StrEnum):
     THROTTLE = "throttle"
     CHILD = "child"
     """A ``workflow`` node's timeout while its child run runs (ADR 0036)."""
+    SIGNAL_TIMEOUT = "signal_timeout"
+    """A ``wait_event`` node's limit: fired before a signal came, the node fails (``timeout``)."""
 
 
 class NodeState(BaseModel):
@@ -71,6 +73,8 @@ class NodeState(BaseModel):
     attempt_started_at: datetime | None = None
     """When the current (latest) attempt started: where its span begins. ``None`` in states
     written before it was kept."""
+    correlation_key: str | None = None
+    """A ``wait_event`` node's evaluated ``correlation_key`` (set when it starts waiting)."""
 
 
 class Timer(BaseModel):
@@ -123,6 +127,11 @@ class ExecutionState(BaseModel):
     suspended_deadline: datetime | None = None
     """The deadline a pause with ``suspend_deadline`` took off the timers; ``None`` when none is
     suspended. Resuming sets it again, moved on by the time the run was paused."""
+    signals: tuple[Signal, ...] = ()
+    """Signals received and not consumed yet, oldest first: one that came before its node waits
+    is kept here until the node starts waiting."""
+    signal_ids: tuple[str, ...] = ()
+    """Every signal id the run received: a signal whose id is here is a duplicate."""
 
     def node_inputs(self) -> dict[str, Any]:
         """What expressions and executors see: the run's input and every finished node's output."""
@@ -219,7 +228,35 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             paused_at=None,
             suspended_deadline=None,
         )
-    return _evolve_node(state, event)
+    if event.type is EventType.SIGNAL_RECEIVED:
+        return _received(state, event)
+    after = _evolve_node(state, event)
+    if event.type is EventType.NODE_SUCCEEDED and event.signal is not None:
+        consumed = event.signal.id
+        after = after.model_copy(update={"signals": tuple(s for s in after.signals if s.id != consumed)})
+    return after
+
+
+def _received(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+    """A signal the run keeps until a ``wait_event`` node consumes it."""
+    signal = event.signal
+    if signal is None or signal.id is None:
+        raise EvolveError(f"{state.id}: signal_received without a signal id")
+    return state.model_copy(
+        update={
+            "seq": event.seq,
+            "signals": (*state.signals, signal),
+            "signal_ids": (*state.signal_ids, signal.id),
+        }
+    )
+
+
+_TIMER_OF = {
+    Dispatch.TIMER: TimerKind.WAIT,
+    Dispatch.CHILD: TimerKind.CHILD,
+    Dispatch.SIGNAL: TimerKind.SIGNAL_TIMEOUT,
+}
+"""The timer a started node holds, by dispatch; a task's is its lease."""
 
 
 def _pause_or_resume(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
@@ -258,9 +295,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         if node.status not in (NodeStatus.PENDING, NodeStatus.RUNNING):
             raise EvolveError(f"{state.id}: node {node_id} cannot start from {node.status}")
         attempt = event.attempt or 1
-        kind = TimerKind.WAIT if event.dispatch is Dispatch.TIMER else TimerKind.LEASE
-        if event.dispatch is Dispatch.CHILD:
-            kind = TimerKind.CHILD
+        kind = _TIMER_OF.get(event.dispatch or Dispatch.TASK, TimerKind.LEASE)
         new = node.model_copy(
             update={
                 "status": NodeStatus.RUNNING,
@@ -269,6 +304,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
                 "started_at": node.started_at or event.at,
                 "attempt_started_at": event.at,
                 "finished_at": None,
+                "correlation_key": event.correlation_key,
             }
         )
         timers = _with_timer(

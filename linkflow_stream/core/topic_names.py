@@ -19,6 +19,8 @@ CIRCUITS = "linkflow.circuits"
 DLQ = "linkflow.dlq"
 SCHEDULES = "linkflow.schedules"
 SCHEDULE_PROGRESS = "linkflow.schedules.progress"
+SIGNALS = "linkflow.signals"
+"""Signals from any producer (``io.linkflow.Signal``), turned into ``signal`` commands."""
 
 
 def requests(priority: Priority) -> str:

@@ -135,6 +135,11 @@ def _check_node(
             # A field the input mapping computes is checked again, with its value, at dispatch.
             if exc.field not in (node.input or {}):
                 problems.append(f"node {node.id!r}: {exc.message}")
+        if executor.dispatch is Dispatch.SIGNAL and node.input:
+            problems.append(
+                f"node {node.id!r}: input: a {node.type} node's config is used as written (its "
+                "correlation_key expression reads input and nodes); it takes no input mapping"
+            )
     for text in node.depends_on:
         try:
             dep = Dependency.parse(text)

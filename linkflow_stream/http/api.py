@@ -30,12 +30,13 @@ from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import check_key, execution_ids, still_named
-from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, Signal, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.rerun import reusable_outputs
 from linkflow_stream.core.run_links import referenced_workflows
 from linkflow_stream.core.schedule import Schedule
+from linkflow_stream.core.signals import key_text
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
@@ -45,6 +46,8 @@ from linkflow_stream.http.bodies import (
     LIST_LIMIT,
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
+    SIGNAL_ID,
+    BroadcastSignalBody,
     KeyCreateBody,
     PauseBody,
     RerunBody,
@@ -61,6 +64,8 @@ from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
+from linkflow_stream.nodes.wait_event import SIGNAL_NAME
+from linkflow_stream.runtime.signals import broadcast_targets, signal_command
 from linkflow_stream.tracing import Tracing, sending, traceparent_of
 from projections.costs import GROUPS, PERIODS, cost_of
 from projections.keys import KeyView
@@ -145,6 +150,13 @@ def _too_deep(value: Any) -> bool:
                 return True
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return False
+
+
+def _signal_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not SIGNAL_NAME.match(name):
+        raise ValidationError(f"signal name {name!r} must match {SIGNAL_NAME.pattern}")
+    return name
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -331,6 +343,8 @@ class Api:
                 web.get("/api/schedules/{id}", self.get_schedule),
                 web.patch("/api/schedules/{id}", self.change_schedule),
                 web.delete("/api/schedules/{id}", self.delete_schedule),
+                web.post("/api/executions/{id}/events/{name}", self.signal_execution),
+                web.post("/api/events/{name}", self.broadcast_signal),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -860,6 +874,58 @@ class Api:
             raise ConflictError(f"execution {execution_id} is not paused ({status.value}); nothing to resume")
         if not want_paused and status is ExecutionStatus.PAUSED:
             raise ConflictError(f"execution {execution_id} is already paused; resume it first")
+
+    def _signal_id(self, request: web.Request, given: str | None = None) -> str:
+        """The signal's id: the body's, else the ``Idempotency-Key`` header, else a new one."""
+        key = given or request.headers.get("Idempotency-Key")
+        if key is None:
+            return uuid.uuid4().hex
+        if not re.match(SIGNAL_ID, key):
+            raise ValidationError(f"Idempotency-Key must match {SIGNAL_ID}")
+        return key
+
+    async def signal_execution(self, request: web.Request) -> web.Response:
+        """Deliver a signal (the JSON body is its payload) to one run; the run keeps it until a
+        ``wait_event`` node on that name takes it, so it may come before the node waits."""
+        execution_id = request.match_info["id"]
+        name = _signal_name(request)
+        payload = await _json_body(request) if await request.read() else None  # no body: no payload
+        signal = Signal(name=name, id=self._signal_id(request), payload=payload)
+        item = signal_command(execution_id, signal)
+        assert isinstance(item.record, ExecutionCommand)
+        await self._command(request, execution_id, item.record, item.ce_type)
+        return web.json_response(
+            {"execution_id": execution_id, "name": name, "signal_id": signal.id, "status": "accepted"},
+            status=202,
+        )
+
+    async def broadcast_signal(self, request: web.Request) -> web.Response:
+        """Deliver a signal to every run of the caller's team waiting on ``name`` with the key, as
+        the views show them once synced with the log; none waiting: nobody gets it (not kept)."""
+        name = _signal_name(request)
+        body = validated(BroadcastSignalBody, await _json_body(request))
+        signal = Signal(
+            name=name,
+            id=self._signal_id(request, body.id),
+            payload=body.payload,
+            correlation_key=key_text(body.correlation_key),
+        )
+        if self.d.sync is not None:
+            await self.d.sync(SYNC_SECONDS)
+        principal = principal_of(request)
+        targets = broadcast_targets(self.d.views.status, signal, lambda s: principal.sees(s.workflow.team))
+        if targets:
+            await self.d.publisher.send([signal_command(t, signal) for t in targets])
+        return web.json_response(
+            {
+                "name": name,
+                "correlation_key": signal.correlation_key,
+                "signal_id": signal.id,
+                "matched": len(targets),
+                "execution_ids": targets,
+            },
+            status=202,
+        )
 
     async def execution_cost(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]

@@ -97,6 +97,25 @@ class TimeoutBody(BaseModel):
     )
 
 
+SIGNAL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"
+
+
+class BroadcastSignalBody(BaseModel):
+    """``POST /api/events/{name}``: a signal for every run waiting on ``name`` with this key."""
+
+    model_config = _STRICT
+
+    correlation_key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | int = Field(
+        description="Equals the key a waiting wait_event node computed (a number as its JSON text)."
+    )
+    payload: Any = Field(default=None, description="Any JSON value: the output of each node it reaches.")
+    id: Annotated[str, StringConstraints(pattern=SIGNAL_ID)] | None = Field(
+        default=None,
+        description="Names the signal (a run takes an id once). Default: the Idempotency-Key header, "
+        "else a new id.",
+    )
+
+
 class KeyCreateBody(BaseModel):
     """``POST /api/keys`` (admin): a new API key for a team."""
 

@@ -37,6 +37,8 @@ from linkflow_stream.http.bodies import (
     LIST_LIMIT,
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
+    SIGNAL_ID,
+    BroadcastSignalBody,
     KeyCreateBody,
     PauseBody,
     RerunBody,
@@ -47,6 +49,7 @@ from linkflow_stream.http.bodies import (
     TimeoutBody,
     WorkerRegistration,
 )
+from linkflow_stream.nodes.wait_event import SIGNAL_NAME
 from projections.costs import GROUPS, PERIODS
 from projections.logs import LEVELS
 
@@ -155,6 +158,15 @@ REPORT_PARAMS = (
 TOO_MANY_QUEUED = (
     "The team is over its start rate (LINKFLOW_TEAM_STARTS_PER_SECOND) or has LINKFLOW_MAX_QUEUED_PER_TEAM "
     "runs queued; retry after `Retry-After` seconds."
+)
+SIGNAL_NAME_PARAM = Param(
+    "name", "path", {"type": "string", "pattern": SIGNAL_NAME.pattern}, "The signal's name."
+)
+SIGNAL_IDEMPOTENCY = Param(
+    "Idempotency-Key",
+    "header",
+    {"type": "string", "pattern": SIGNAL_ID},
+    "The signal's id: the same id reaches a run once. Default: a new id.",
 )
 COMMAND_CONFLICT = {409: "The run already ended, or was accepted but has not started within 10 s."}
 
@@ -358,6 +370,30 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok_body=responses.Accepted,
         params=(ID,),
         errors={409: "The run already ended or is not paused."},
+    ),
+    Operation(
+        "POST",
+        "/api/executions/{id}/events/{name}",
+        "Deliver a signal to a run (the JSON body is its payload)",
+        "signals",
+        ok=202,
+        params=(ID, SIGNAL_NAME_PARAM, SIGNAL_IDEMPOTENCY),
+        errors=COMMAND_CONFLICT,
+        description="The run keeps the signal until a `wait_event` node on `name` takes it (it may "
+        "come before the node waits); the payload becomes that node's output. A repeated "
+        "Idempotency-Key is the same signal: the run takes it once.",
+    ),
+    Operation(
+        "POST",
+        "/api/events/{name}",
+        "Deliver a signal to every run waiting on name with a correlation key",
+        "signals",
+        ok=202,
+        body=BroadcastSignalBody,
+        params=(SIGNAL_NAME_PARAM, SIGNAL_IDEMPOTENCY),
+        description="202 `{matched, execution_ids, signal_id}`: the runs of the caller's team whose "
+        "`wait_event` node on `name` waits with this `correlation_key` now. A broadcast no run waits "
+        "for reaches nobody and is not kept (`matched: 0`).",
     ),
     Operation(
         "POST",

@@ -14,6 +14,7 @@ from linkflow_stream.nodes.secrets import Secrets
 from linkflow_stream.nodes.subworkflow import WorkflowNode
 from linkflow_stream.nodes.transform import TransformNode
 from linkflow_stream.nodes.wait import WaitNode
+from linkflow_stream.nodes.wait_event import WaitEventNode
 from linkflow_stream.settings import Settings
 
 
@@ -22,6 +23,7 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
         TransformNode(),
         ConditionNode(),
         WaitNode(),
+        WaitEventNode(),
         HttpNode(
             allow_private=settings.http_allow_private_networks,
             max_response_bytes=settings.http_max_response_bytes,

@@ -30,6 +30,7 @@ from linkflow_stream.core.messages import (
     NodeResult,
     NodeTask,
     Priority,
+    Signal,
     StartExecution,
 )
 from linkflow_stream.core.rate_limit import RateLimit, RateLimitBucket
@@ -170,6 +171,41 @@ def records() -> list[BaseModel]:
         ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=120.5),
         ExecutionCommand(execution_id="e1", kind=CommandKind.PAUSE, suspend_deadline=True),
         ExecutionCommand(execution_id="e1", kind=CommandKind.RESUME, reason="resumed by request"),
+        ExecutionCommand(
+            execution_id="e1",
+            kind=CommandKind.SIGNAL,
+            signal=Signal(name="approved", id="sig-1", payload={"by": ["ann", None]}, execution_id="e1"),
+        ),
+        Signal(name="approved"),
+        Signal(name="paid", id="p-7", payload=[1, 2.5], correlation_key="order-7"),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=3,
+            type=EventType.SIGNAL_RECEIVED,
+            at=T,
+            signal=Signal(name="paid", id="p-7", payload={"amount": 3}, execution_id="e1"),
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=4,
+            type=EventType.NODE_STARTED,
+            at=T,
+            node_id="w",
+            attempt=1,
+            dispatch=Dispatch.SIGNAL,
+            due_at=T + timedelta(seconds=60),
+            correlation_key="order-7",
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=5,
+            type=EventType.NODE_SUCCEEDED,
+            at=T,
+            node_id="w",
+            attempt=1,
+            output={"amount": 3},
+            signal=Signal(name="paid", id="p-7"),
+        ),
         NodeTask(
             execution_id="e1",
             workflow_id="wf1",
@@ -329,6 +365,26 @@ def records() -> list[BaseModel]:
         ),
         ExecutionEvent(
             execution_id="e3", seq=3, type=EventType.EXECUTION_PAUSED, at=T, due_at=T + timedelta(seconds=60)
+        ),
+        ExecutionState(
+            id="e4",
+            workflow=wf(),
+            status=ExecutionStatus.RUNNING,
+            input=None,
+            created_at=T,
+            seq=4,
+            nodes={
+                "a": NodeState(status=NodeStatus.RUNNING, attempts=1, correlation_key="order-7"),
+                "h": NodeState(),
+                "c": NodeState(),
+            },
+            timers={
+                "signal_timeout:a:1": Timer(
+                    id="signal_timeout:a:1", kind=TimerKind.SIGNAL_TIMEOUT, due_at=T, node_id="a", attempt=1
+                )
+            },
+            signals=(Signal(name="other", id="o-1", payload=None, execution_id="e4"),),
+            signal_ids=("o-1", "p-0"),
         ),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),

@@ -121,6 +121,7 @@ def test_registry_config_matches_the_dispatch_the_unit_tests_assume() -> None:
         "db": Dispatch.TASK,
         "code": Dispatch.TASK,
         "workflow": Dispatch.CHILD,
+        "wait_event": Dispatch.SIGNAL,
     }
     assert cfg.lease_grace_seconds == settings.lease_grace_seconds
 

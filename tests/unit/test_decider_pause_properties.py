@@ -71,6 +71,11 @@ def handles(timer: Timer, event: ExecutionEvent) -> bool:
             EventType.NODE_FAILED,
             EventType.NODE_RETRY_SCHEDULED,
         )
+    if timer.kind is TimerKind.SIGNAL_TIMEOUT:  # a wait_event node's: it fails (or its retry waits)
+        return (event.type, event.attempt) in (
+            (EventType.NODE_RETRY_SCHEDULED, timer.attempt),
+            (EventType.NODE_FAILED, timer.attempt),
+        )
     return (event.type, event.attempt) in (
         (EventType.NODE_STARTED, timer.attempt + 1),
         (EventType.NODE_FAILED, timer.attempt),

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 from linkflow_stream.core.clock import from_millis, to_millis
 from linkflow_stream.core.decider import DeciderConfig, Input, decide
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeResult, StartExecution
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeResult, Signal, StartExecution
 from linkflow_stream.core.state import (
     ExecutionState,
     ExecutionStatus,
@@ -63,7 +63,7 @@ _SETTINGS = Settings()
 REGISTRY_CONFIG = decider_config(build_registry(_SETTINGS), _SETTINGS)
 """What the engine gives the decider: every registered node type with its dispatch and timeout."""
 
-NODE_TYPES = ("transform", "condition", "wait", "http", "db", "code", "workflow")
+NODE_TYPES = ("transform", "condition", "wait", "http", "db", "code", "workflow", "wait_event")
 CONFIGS: dict[str, dict[str, Any]] = {
     "transform": {"expression": "1"},
     "condition": {"expression": "true"},
@@ -71,7 +71,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "db": {"connection": "main", "query": "select 1"},
     "code": {"source": "result = 1"},
     "workflow": {"workflow_id": "child"},
+    "wait_event": {"name": "go", "timeout_seconds": 5},
 }
+SIGNAL_NAMES = ["go", "go", "other"]
+SIGNAL_IDS = ["s1", "s2", "s3"]
 WAIT_SECONDS = [0, 1, 2.5, 1.2345]  # 1.2345 s: a due time finer than the wire's milliseconds
 LEGAL = {
     NodeStatus.PENDING: {NodeStatus.RUNNING, NodeStatus.SKIPPED, NodeStatus.CANCELLED},
@@ -281,6 +284,8 @@ class Checked:
             self.check_set_timeout(before, inp, now, events)
         elif inp.kind is CommandKind.RECOVER:
             self.check_recover(before, events)
+        elif inp.kind is CommandKind.SIGNAL:
+            self.check_signal(before, inp, events)
         elif not timer_applies(before, inp, now):
             assert events == [], f"firing {inp.timer_id!r} (due {inp.due_at}) at {now} emitted {events}"
             timer = before.timers.get(inp.timer_id or "")
@@ -376,6 +381,21 @@ class Checked:
         if in_flight:
             hypothesis.event("recover dispatched tasks again")
 
+    def check_signal(
+        self, before: ExecutionState, inp: ExecutionCommand, events: list[ExecutionEvent]
+    ) -> None:
+        """A signal id counts once; a new one is kept, and taken at once by a node waiting on it."""
+        assert inp.signal is not None
+        if inp.signal.id in before.signal_ids:
+            assert events == [], f"a duplicate signal emitted {events}"
+            hypothesis.event("ignored a duplicate signal")
+            return
+        assert events[0].type is EventType.SIGNAL_RECEIVED
+        assert events[0].signal is not None
+        assert events[0].signal.id == inp.signal.id
+        if any(e.signal is not None for e in events[1:]):
+            hypothesis.event("a signal reached a waiting node")
+
     def check_timer(self, before: ExecutionState, timer: Timer, events: list[ExecutionEvent]) -> None:
         """A due firing of a current timer always does what its kind says."""
         assert events, f"timer {timer.id!r} fired when due and changed nothing"
@@ -394,7 +414,16 @@ class Checked:
             return
         if timer.kind is TimerKind.RETRY:
             assert (first.type, first.attempt) == (EventType.NODE_STARTED, timer.attempt + 1)
-            assert len(events) == 1
+            if before.workflow.node(timer.node_id).type != "wait_event":
+                assert len(events) == 1  # a wait_event node may take a kept signal at once
+            return
+        if timer.kind is TimerKind.SIGNAL_TIMEOUT:
+            # the timeout fires only for a node that no kept signal could satisfy
+            name = before.workflow.node(timer.node_id).config["name"]
+            assert not any(s.name == name for s in before.signals), "a kept signal was not delivered"
+            assert first.type in (EventType.NODE_RETRY_SCHEDULED, EventType.NODE_FAILED)
+            assert first.error is not None
+            assert first.error.error_class == "timeout"
             return
         if timer.kind is TimerKind.CHILD:
             # a child run that outlived its node's timeout: the node fails with class timeout
@@ -469,6 +498,7 @@ class Checked:
                     Dispatch.TIMER: TimerKind.WAIT,
                     Dispatch.TASK: TimerKind.LEASE,
                     Dispatch.CHILD: TimerKind.CHILD,
+                    Dispatch.SIGNAL: TimerKind.SIGNAL_TIMEOUT,
                 }.get(kind.dispatch)
                 assert timers[0].kind in (expected, TimerKind.RETRY), f"{node_id}: {timers[0]}"
 
@@ -477,6 +507,20 @@ class Checked:
         assert [e.seq for e in self.log] == list(range(1, len(self.log) + 1))
         ends = [i for i, e in enumerate(self.log) if e.type in EXECUTION_END]
         assert ends in ([], [len(self.log) - 1]), f"terminal events at {ends} of {len(self.log)}"
+        # every signal is received once and consumed at most once, after it was received
+        received = [e.signal.id for e in self.log if e.type is EventType.SIGNAL_RECEIVED and e.signal]
+        consumed = [e.signal.id for e in self.log if e.type is EventType.NODE_SUCCEEDED and e.signal]
+        assert len(received) == len(set(received)), f"a signal id was received twice: {received}"
+        assert len(consumed) == len(set(consumed)), f"a signal was consumed twice: {consumed}"
+        for e in self.log:
+            if e.type is EventType.NODE_SUCCEEDED and e.signal is not None:
+                first = next(
+                    x
+                    for x in self.log
+                    if x.type is EventType.SIGNAL_RECEIVED and x.signal and x.signal.id == e.signal.id
+                )
+                assert first.seq < e.seq
+                assert self.wf.node(e.node_id or "").config["name"] == e.signal.name
 
 
 ACTIONS = (
@@ -484,6 +528,7 @@ ACTIONS = (
     + ["timer"] * 3
     + ["stale_timer"] * 2
     + ["set_timeout", "recover", "redeliver", "redeliver", "cancel"]
+    + ["signal"] * 3
 )
 
 
@@ -531,9 +576,18 @@ def pick_input(data: st.DataObject, run: Checked, lf: Any) -> Input:
         )
     if action == "recover":
         return ExecutionCommand(execution_id="e", kind=CommandKind.RECOVER)
+    if action == "signal":
+        return signal(data.draw(st.sampled_from(SIGNAL_NAMES)), data.draw(st.sampled_from(SIGNAL_IDS)), data)
     if action == "redeliver":
         return data.draw(st.sampled_from([inp for inp, _ in run.inputs]))
     return lf.cancel(data.draw(st.none() | st.just("stop")), execution_id="e")
+
+
+def signal(name: str, signal_id: str, data: st.DataObject) -> ExecutionCommand:
+    payload = data.draw(st.sampled_from([None, 1, {"k": [1]}]), label="payload")
+    return ExecutionCommand(
+        execution_id="e", kind=CommandKind.SIGNAL, signal=Signal(name=name, id=signal_id, payload=payload)
+    )
 
 
 def fire(data: st.DataObject, run: Checked, lf: Any, timer_id: str, due: datetime, *, wrong: bool) -> Input:
@@ -588,7 +642,11 @@ def drain(data: st.DataObject, run: Checked, lf: Any) -> None:
             if t.node_id == node_id and t.kind not in (TimerKind.LEASE, TimerKind.CHILD)
         ]
         run.now += timedelta(seconds=1)
-        if timers:
+        if any(t.kind is TimerKind.SIGNAL_TIMEOUT for t in timers):
+            name = run.wf.node(node_id).config["name"]
+            events = run.feed(signal(name, f"drain-{s.seq}", data), run.now)
+            assert events[-1].type is not EventType.SIGNAL_RECEIVED, "a waiting node did not take its signal"
+        elif timers:
             due = on_wire(timers[0].due_at)  # what the timer service names
             run.now = max(run.now, due)  # a timer fires when it is due
             events = run.feed(lf.fire(timers[0].id, execution_id="e", due_at=due), run.now)

@@ -158,7 +158,7 @@ REJECTIONS: list[tuple[str, Any, list[str]]] = [
         with_node(EXAMPLE, "big", type="python"),
         [
             "node 'big': type: unknown type 'python'",
-            "known: code, condition, db, http, transform, wait, workflow",
+            "known: code, condition, db, http, transform, wait, wait_event, workflow",
         ],
     ),
     (
