@@ -218,6 +218,12 @@ def _priority(request: web.Request) -> Priority:
         raise ValidationError(f"X-Priority must be high, normal or low, not {raw!r}") from None
 
 
+def _start_params(request: web.Request) -> tuple[Priority, float | None]:
+    """A start's ``X-Priority`` and ``?wait``; every start route reads them before any look-up,
+    so a bad one is a 400 whether or not the workflow or run exists."""
+    return _priority(request), _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
+
+
 def _float_param(request: web.Request, name: str, *, low: float, high: float) -> float | None:
     raw = request.query.get(name)
     if raw is None:
@@ -577,6 +583,7 @@ class Api:
         )
 
     async def start_execution(self, request: web.Request) -> web.Response:
+        _start_params(request)
         body = validated(StartExecutionBody, await _json_body(request))
         wf = await self._workflow(request, body.workflow_id)
         return await self._start(request, wf, body.input_data)
@@ -593,8 +600,7 @@ class Api:
         """Start a run of ``wf`` with ``input_data``, honouring the request's ``X-Priority``,
         ``Idempotency-Key``, ``traceparent`` and ``?wait``; ``links`` and ``reused`` as on
         ``StartExecution``."""
-        priority = _priority(request)
-        wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
+        priority, wait = _start_params(request)
         requested_at = now()
         execution_id = f"exec_{uuid.uuid4().hex}"
         key = request.headers.get("Idempotency-Key")
@@ -726,6 +732,7 @@ class Api:
     async def rerun(self, request: web.Request) -> web.Response:
         """A new run of an ended one, linked both ways (``rerun_of`` / ``reruns``): from ``failed``
         it takes the outputs of the nodes that are still good (``core/rerun.py``) and runs the rest."""
+        _start_params(request)
         execution_id = request.match_info["id"]
         body = validated(RerunBody, await _json_body(request))
         not_started = ConflictError(f"execution {execution_id} has not started yet; nothing to rerun")

@@ -223,7 +223,8 @@ def test_priority_versions_and_listing(engine: EngineProcess) -> None:
         "id": wid("versions"),
         "nodes": [{"id": "a", "type": "transform", "config": {"expression": "'v1'"}}],
     }
-    assert engine.register(wf) == {"id": wf["id"], "version": 1}
+    first_version = engine.register(wf)
+    assert first_version == {"id": wf["id"], "version": 1, "webhook_token": first_version["webhook_token"]}
     _, first = engine.start_execution(wf["id"], priority="high", wait=10)
     wf["nodes"][0]["config"]["expression"] = "'v2'"
     assert engine.register(wf) == {"id": wf["id"], "version": 2}
