@@ -151,7 +151,10 @@ class TaskConsumer:
                 if self.executor.free(pool) <= 0:
                     consumer.pause(*consumer.assignment())
                     paused = True
-                    await consumer.getmany(timeout_ms=0)  # a poll: nothing comes, the group sees us
+                    # A poll, so the group sees us. Nothing comes from paused partitions; should a
+                    # partition assigned meanwhile give something, it is read again later.
+                    for tp, records in (await consumer.getmany(timeout_ms=0)).items():
+                        consumer.seek(tp, records[0].offset)
         finally:
             if paused:
                 consumer.resume(*consumer.assignment())
