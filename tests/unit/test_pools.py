@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from pydantic import ValidationError
 
+from linkflow_stream.cli import main
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
 from linkflow_stream.engine import placement_problem
@@ -172,3 +174,17 @@ def test_pool_capacity_counts_alive_workers_only() -> None:
     assert (pools["gpu"].workers, pools["gpu"].slots, pools["gpu"].in_use) == (2, 4, 3)
     assert sorted(pools["gpu"].task_seconds) == [2.0, 4.0]
     assert (pools["default"].workers, pools["default"].in_use, pools["default"].task_seconds) == (1, 0, [])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--roles", "api,bogus"], "--roles: bogus: the roles are api, orchestrator, executor, views"),
+        (["--pools", "default,tpu"], "--pools: tpu: topics/topics.toml declares the pools default, gpu"),
+        (["--roles", "api"], "--roles: the api role answers from the views"),
+    ],
+)
+def test_linkflow_run_refuses_bad_roles_and_pools_with_exit_2(args: list[str], message: str) -> None:
+    done = CliRunner().invoke(main, ["run", *args])
+    assert done.exit_code == 2, done.output
+    assert message in done.output
