@@ -395,15 +395,17 @@ class Engine:
             s.team_starts_per_second, s.team_starts_burst, on_refused=self.metrics.team_starts_throttled.inc
         )
 
-    def live_executors(self) -> int:
-        """Engine instances alive in the worker registry (at least this one): the executors that
-        share each node rate limit (ADR 0031)."""
+    def live_executors(self, pool: str) -> int:
+        """Engine processes with the executor role serving ``pool`` alive in the worker registry
+        (at least this one): the executors that share a node rate limit of that pool (ADR 0031,
+        0028). Every executor process folds ``linkflow.workers`` for it, views or not."""
         at = now()
         alive = [
             w
             for w in self.workers.workers.values()
             if w.engine
-            and (not w.roles or "executor" in w.roles)  # ADR 0028: only processes that execute
+            and (not w.roles or "executor" in w.roles)  # ADR 0028: the processes that execute
+            and pool in (w.pool_slots or w.tags)  # ... the node's pool
             and w.state is WorkerState.ACTIVE
             and w.alive(at)
         ]

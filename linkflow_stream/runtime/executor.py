@@ -135,7 +135,8 @@ class Executor:
     async def _run(self, task: NodeTask, delivery: Delivery | None = None) -> None:
         started = now()
         if self.throttle is not None and task.rate_limit is not None:
-            until = self.throttle.check(task.rate_limit, started)
+            pool = self.pool_of.get((task.execution_id, task.node_id, task.attempt), topic_names.DEFAULT_POOL)
+            until = self.throttle.check(task.rate_limit, started, pool)
             if until is not None:
                 await self._throttled(task, started, until)
                 return
