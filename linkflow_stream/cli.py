@@ -44,11 +44,33 @@ def main() -> None:
     envvar="LINKFLOW_LOG_LEVEL",
     help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL); aiokafka and aiohttp log at warning",
 )
-def run(loglevel: str) -> None:
-    """Run the engine (API, orchestrator, executor, views) in the foreground."""
+@click.option(
+    "--roles",
+    default=None,
+    help="what this process does, comma-separated, of api,orchestrator,executor,views "
+    "(env LINKFLOW_ROLES; default all four; api needs views)",
+)
+@click.option(
+    "--pools",
+    default=None,
+    help="the worker pools (declared in topics/topics.toml) whose tasks this process runs, "
+    "comma-separated, e.g. default,gpu (env LINKFLOW_EXECUTOR_POOLS; default default)",
+)
+def run(loglevel: str, roles: str | None, pools: str | None) -> None:
+    """Run the engine (API, orchestrator, executor, views, or the --roles given) in the foreground."""
+    from linkflow_stream.engine import placement_problem
     from linkflow_stream.engine import run as run_engine
 
-    run_engine(Settings(), loglevel=loglevel)
+    chosen: dict[str, Any] = {}
+    if roles is not None:
+        chosen["roles"] = roles
+    if pools is not None:
+        chosen["executor_pools"] = pools
+    settings = Settings(**chosen)
+    problem = placement_problem(settings)
+    if problem is not None:
+        raise click.UsageError(problem)
+    run_engine(settings, loglevel=loglevel)
 
 
 @main.group()

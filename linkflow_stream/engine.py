@@ -26,6 +26,7 @@ from linkflow_stream.core.schedule import Schedule, ScheduleProgress
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
 from linkflow_stream.http.auth import authentication
+from linkflow_stream.http.ops import ops_app
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.http.start_limit import TeamStartLimiter
@@ -38,19 +39,21 @@ from linkflow_stream.kafka.log_reader import Handler, LogReader
 from linkflow_stream.kafka.metadata import cluster_id
 from linkflow_stream.kafka.pools import TaskPools
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.kafka.topics import load_pools
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
+from linkflow_stream.runtime.pool_metrics import PoolFigures, PoolWatch, pool_slots
 from linkflow_stream.runtime.scheduler import Scheduler
 from linkflow_stream.runtime.signal_intake import SignalIntake
 from linkflow_stream.runtime.start_intake import StartIntake
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
 from linkflow_stream.runtime.throttle import NodeThrottle
-from linkflow_stream.settings import Settings
+from linkflow_stream.settings import ROLES, Settings
 from linkflow_stream.tracing import ExecutionSpans, TaskSpans, Tracing, TracingConfigError
 from projections.keys import KeyView
 from projections.logs import LogView
@@ -59,7 +62,7 @@ from projections.schedules import ScheduleView
 from projections.status import StatusView
 from projections.store import open_store
 from projections.store.sql import SCHEMA_VERSION
-from projections.workers import ALIVE_SECONDS, HEARTBEAT_SECONDS, WorkerRecord, WorkerState, WorkerView
+from projections.workers import WorkerRecord, WorkerState, WorkerView
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -71,11 +74,29 @@ class StartRefusedError(LinkflowError):
     error_type = "configuration"
 
 
+def placement_problem(settings: Settings) -> str | None:
+    """Why this process's roles and pools cannot run (``None``: they can)."""
+    unknown = [r for r in settings.roles if r not in ROLES]
+    if unknown or not settings.roles:
+        return f"--roles: {', '.join(unknown) or 'none given'}: the roles are {', '.join(ROLES)}"
+    if "api" in settings.roles and "views" not in settings.roles:
+        return "--roles: the api role answers from the views: add views (api,views)"
+    declared = load_pools()
+    undeclared = [p for p in settings.executor_pools if p not in declared]
+    if undeclared or not settings.executor_pools:
+        return (
+            f"--pools: {', '.join(undeclared) or 'none given'}: topics/topics.toml declares the pools "
+            f"{', '.join(sorted(declared))} (add a [[pool]] there and run `linkflow topics apply`)"
+        )
+    return None
+
+
 class Engine:
-    """Everything one ``linkflow run`` process holds."""
+    """Everything one ``linkflow run`` process holds: the parts its roles name (ADR 0028)."""
 
     def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
         self.settings = settings
+        self.roles = frozenset(settings.roles)
         self.codec = codec or codec_for(settings)
         self.registry = build_registry(settings)
         self.publisher = Publisher(settings, self.codec)
@@ -108,7 +129,7 @@ class Engine:
         self.executor = Executor(
             self.registry,
             self.publisher,
-            settings.executor_slots,
+            {pool: pool_slots(settings, pool) for pool in settings.executor_pools},
             settings.node_output_max_bytes,
             spans=TaskSpans(self.tracing) if self.tracing else None,
             breakers=self.breakers,
@@ -123,6 +144,7 @@ class Engine:
         )
         self.workflows = WorkflowView()
         self.workers = WorkerView()
+        self.pool_watch = PoolWatch(settings, self.workers, self._pool_figures)
         self.keys = KeyView()
         self.auth_required = auth_required(settings.auth, settings.api_host)
         self.views = ReadModel(
@@ -182,13 +204,15 @@ class Engine:
         )
         self.status_reader = self._status_reader({})
         self.key_reader = view([topic_names.KEYS], self._on_key)
+        self.workers_reader = view([topic_names.WORKERS], self._on_worker)
+        self.circuits_reader = view([topic_names.CIRCUITS], self._on_circuit)
         self.readers = [
             view([topic_names.WORKFLOWS], self._on_workflow),
             self.status_reader,
-            view([topic_names.WORKERS], self._on_worker),
+            self.workers_reader,
             self.key_reader,
             self.schedule_reader,
-            view([topic_names.CIRCUITS], self._on_circuit),
+            self.circuits_reader,
         ]
         self.control = LogReader(
             settings.bootstrap_servers,
@@ -198,6 +222,7 @@ class Engine:
             prepare=self.codec.learner,
         )
         self._runners: list[web.AppRunner] = []
+        self._executor_started = False
         self._background: list[asyncio.Task[None]] = []
 
     # -- views --------------------------------------------------------------------------------
@@ -324,16 +349,32 @@ class Engine:
     async def _view_error(self, record: ConsumerRecord[bytes, bytes], exc: Exception) -> None:
         log.error("view could not apply %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
 
+    def active_readers(self) -> list[LogReader]:
+        """The views this process's roles read: all with ``views``; an executor alone reads the
+        workers (how many share a rate limit) and the circuits (shared breakers)."""
+        readers = list(self.readers) if "views" in self.roles else []
+        if "executor" in self.roles:
+            readers += [r for r in (self.workers_reader, self.circuits_reader) if r not in readers]
+        return readers
+
     async def sync_views(self, within: float) -> bool:
         """Catch every view up with what the log held when this was called (read-your-writes)."""
-        return all(await asyncio.gather(*(r.sync(within) for r in self.readers)))
+        return all(await asyncio.gather(*(r.sync(within) for r in self.active_readers())))
 
     def readiness(self) -> Mapping[str, bool]:
-        return {
-            "views_caught_up": all(r.caught_up.is_set() for r in self.readers),
-            "orchestrator_ready": self.orchestrator.ready(),
-            "read_model_store": self.views.store_healthy,
-        }
+        checks = {"views_caught_up": all(r.caught_up.is_set() for r in self.active_readers())}
+        if "views" in self.roles:
+            checks["read_model_store"] = self.views.store_healthy
+        if "orchestrator" in self.roles:
+            checks["orchestrator_ready"] = self.orchestrator.ready()
+        if "executor" in self.roles:
+            checks["executor_started"] = self._executor_started
+        return checks
+
+    def _pool_figures(self, figures: Mapping[str, PoolFigures]) -> None:
+        for pool, f in figures.items():
+            self.metrics.pool_backlog.labels(pool).set(f.backlog)
+            self.metrics.pool_desired_workers.labels(pool).set(f.desired_workers)
 
     async def expire_finished(self) -> None:
         """Every ``retention_check_seconds``, delete the runs that ended more than
@@ -364,30 +405,40 @@ class Engine:
             s.team_starts_per_second, s.team_starts_burst, on_refused=self.metrics.team_starts_throttled.inc
         )
 
-    def live_executors(self) -> int:
-        """Engine instances alive in the worker registry (at least this one): the executors that
-        share each node rate limit (ADR 0031)."""
+    def live_executors(self, pool: str) -> int:
+        """Engine processes with the executor role serving ``pool`` alive in the worker registry
+        (at least this one): the executors that share a node rate limit of that pool (ADR 0031,
+        0028). Every executor process folds ``linkflow.workers`` for it, views or not."""
         at = now()
         alive = [
             w
             for w in self.workers.workers.values()
             if w.engine
+            and (not w.roles or "executor" in w.roles)  # ADR 0028: the processes that execute
+            and pool in (w.pool_slots or w.tags)  # ... the node's pool
             and w.state is WorkerState.ACTIVE
-            and at - w.heartbeat_at <= timedelta(seconds=ALIVE_SECONDS)
+            and w.alive(at)
         ]
         return max(1, len(alive))
 
     # -- this process as a worker ---------------------------------------------------------------
     def self_record(self, registered_at: datetime) -> WorkerRecord:
-        """This process as a worker: its executor slots, its pools, what it runs now."""
+        """This process as a worker: its roles, its pools and their slots, what it runs now."""
+        executes = "executor" in self.roles
+        slots = self.executor.slots if executes else {}
         return WorkerRecord(
             id=self.executor.worker_id,
-            capacity=self.settings.executor_slots,
-            tags=self.settings.executor_pools,
+            capacity=sum(slots.values()),
+            tags=tuple(slots),
             running=len(self.executor.running),
             registered_at=registered_at,
             heartbeat_at=now(),
             engine=True,
+            roles=tuple(r for r in ROLES if r in self.roles),
+            heartbeat_seconds=self.settings.heartbeat_seconds,
+            pool_slots=slots,
+            pool_running=dict(self.executor.in_use) if executes else {},
+            pool_task_seconds=dict(self.executor.task_seconds) if executes else {},
         )
 
     async def heartbeat(self) -> None:
@@ -409,7 +460,7 @@ class Engine:
                 )
             except Exception:
                 log.exception("worker heartbeat failed; the next one will tell")
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
 
     async def self_checks(self) -> None:
         """Let node types that need something of the machine check it once and log what is
@@ -434,15 +485,51 @@ class Engine:
         log.info("%s listening on %s:%d", name, self.settings.api_host, port)
 
     async def start(self) -> None:
-        """Publisher and APIs first (so /healthz answers at once), then views, then the loops."""
+        """Publisher and APIs first (so /healthz answers at once), then views, then the loops; each
+        part only where this process's roles name it (``linkflow run --roles``, ADR 0028)."""
+        roles = self.roles
         await self._register_schemas()
-        await self._check_auth()
-        self._background.append(asyncio.create_task(self.self_checks(), name="node-self-checks"))
+        if "api" in roles:
+            await self._check_auth()
+        if "executor" in roles:
+            self._background.append(asyncio.create_task(self.self_checks(), name="node-self-checks"))
         await self.publisher.start()
-        await self._open_read_model()
-        for reader in (*self.readers, self.control):
-            if reader is not self.key_reader:  # started by _check_auth
+        if "views" in roles:
+            await self._open_read_model()
+        for reader in self.active_readers():
+            if reader is not self.key_reader or "api" not in roles:  # else started by _check_auth
                 await reader.start()
+        if "executor" in roles:
+            await self.control.start()
+        if "api" in roles:
+            await self._serve_apis()
+        else:
+            await self._serve(ops_app(self.readiness, self.metrics.render), self.settings.api_port, "ops")
+        self._background.append(asyncio.create_task(self.heartbeat(), name="worker-heartbeat"))
+        if "views" in roles:
+            self._background.append(asyncio.create_task(self.expire_finished(), name="read-model-retention"))
+            self._background.append(asyncio.create_task(self.pool_watch.run(), name="pool-watch"))
+        watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
+        self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
+        if "orchestrator" in roles:
+            await self.orchestrator.start()
+        if "api" in roles:
+            await self.intake.start()
+            await self.signal_intake.start()
+            await self.scheduler.start()
+        if "executor" in roles:
+            await self.tasks.start()
+            self._executor_started = True
+        await asyncio.gather(*(r.caught_up.wait() for r in self.active_readers()))
+        gc_tuning.freeze_start_up()
+        log.info(
+            "engine started: roles %s, pools %s",
+            ",".join(r for r in ROLES if r in roles),
+            ",".join(self.settings.executor_pools),
+        )
+
+    async def _serve_apis(self) -> None:
+        """The execution API and the worker registry (the ``api`` role)."""
         keys = self.keys if self.auth_required else None
         deps = ApiDeps(
             publisher=self.publisher,
@@ -477,18 +564,6 @@ class Engine:
             self.settings.registry_port,
             "worker registry",
         )
-        self._background.append(asyncio.create_task(self.heartbeat(), name="worker-heartbeat"))
-        self._background.append(asyncio.create_task(self.expire_finished(), name="read-model-retention"))
-        watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
-        self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
-        await self.orchestrator.start()
-        await self.intake.start()
-        await self.signal_intake.start()
-        await self.scheduler.start()
-        await self.tasks.start()
-        await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
-        gc_tuning.freeze_start_up()
-        log.info("engine started")
 
     async def stop(self) -> None:
         """The reverse: stop taking work, let what runs finish its batch, then close."""
@@ -496,14 +571,19 @@ class Engine:
             task.cancel()
         for runner in self._runners:
             await runner.cleanup()
-        await self.tasks.stop()
-        await self.scheduler.stop()
-        await self.signal_intake.stop()
-        await self.intake.stop()
-        await self.orchestrator.stop()
-        for reader in (*self.readers, self.control):
+        roles = self.roles
+        if "executor" in roles:
+            await self.tasks.stop()
+        if "api" in roles:
+            await self.scheduler.stop()
+            await self.signal_intake.stop()
+            await self.intake.stop()
+        if "orchestrator" in roles:
+            await self.orchestrator.stop()
+        for reader in [*self.active_readers(), *((self.control,) if "executor" in roles else ())]:
             await reader.stop()
-        await self.store.close()
+        if "views" in roles:
+            await self.store.close()
         await asyncio.gather(*self.executor.running.values(), return_exceptions=True)
         for node in self.registry.values():
             close = getattr(node, "close", None)
@@ -520,6 +600,10 @@ class Engine:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGINT or SIGTERM, then stop in order; the process's exit code (2: refused)."""
+    problem = placement_problem(settings)
+    if problem is not None:
+        log.error("not starting: %s", problem)
+        return 2
     try:
         engine = Engine(settings)
     except TracingConfigError as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROLES = ("api", "orchestrator", "executor", "views")
+"""The roles of ``linkflow run --roles``; a process has all four unless told otherwise."""
 
 
 class Settings(BaseSettings):
@@ -79,11 +83,39 @@ class Settings(BaseSettings):
     retention_check_seconds: float = Field(default=300.0, gt=0)
     """How often that job looks for runs past their retention. Default ``300``."""
 
-    executor_slots: int = Field(default=64, ge=1)
-    """Node tasks one process runs at once. Default ``64``."""
+    executor_slots: int | None = Field(default=None, ge=1)
+    """Node tasks of each pool one process runs at once. Default unset: the pool's ``slots`` in
+    ``topics/topics.toml`` (``default``: 64, ``gpu``: 2)."""
 
-    executor_pools: tuple[str, ...] = ("default",)
-    """Task pools (``linkflow.tasks.<pool>``) this process consumes. Default ``("default",)``."""
+    executor_pools: Annotated[tuple[str, ...], NoDecode] = ("default",)
+    """Worker pools (``[[pool]]`` of ``topics/topics.toml``) whose task topics
+    ``linkflow.tasks.<pool>.<priority>`` this process consumes, comma-separated
+    (``default,gpu``); ``linkflow run --pools`` sets it. Default ``default``."""
+
+    roles: Annotated[tuple[str, ...], NoDecode] = ROLES
+    """What this process does, comma-separated, of ``api`` (the execution API, the worker
+    registry and the ``linkflow.start`` intake; needs ``views``), ``orchestrator``, ``executor``
+    and ``views`` (the read model); ``linkflow run --roles`` sets it. Default all four."""
+
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    """How often a process heartbeats to the worker registry; a worker silent for three of its
+    heartbeats shows ``down``. Default ``5``."""
+
+    pool_drain_seconds: float = Field(default=30.0, gt=0)
+    """The time ``linkflow_pool_desired_workers`` sizes a pool to finish its backlog and running
+    tasks in (ADR 0028). Default ``30``."""
+
+    @field_validator("executor_pools", "roles", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        """``a,b`` (the environment, the CLI), a JSON list, or a sequence."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            value = json.loads(value)
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(dict.fromkeys(value))  # each once, in the order given
+        return value
 
     orchestrator_batch_max: int = Field(default=256, ge=1)
     """Inputs the orchestrator decides before one shared wait for the broker's acks. Default ``256``."""

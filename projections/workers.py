@@ -1,24 +1,28 @@
 """Worker registration and health (EXEC-004's registry on port 8085).
 
 Kafka's consumer group is what distributes node tasks: a worker takes work by consuming
-``linkflow.tasks.<pool>``, and a dead one's partitions move to the others. The registry records
-who is there, with what capacity and tags, and whether it is alive: every engine process
-registers itself and heartbeats; other workers register over HTTP. Records live on the compacted
-``linkflow.workers`` topic, so any instance answers from its view.
+``linkflow.tasks.<pool>.<priority>``, and a dead one's partitions move to the others of its pool.
+The registry records who is there, with what roles, pools and slots, and whether it is alive:
+every engine process registers itself and heartbeats; other workers register over HTTP. Records
+live on the compacted ``linkflow.workers`` topic, so any instance answers from its view.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from linkflow_stream.core.clock import iso
 
 HEARTBEAT_SECONDS = 5.0
-ALIVE_SECONDS = 3 * HEARTBEAT_SECONDS
+"""A worker's heartbeat interval unless it says another (``LINKFLOW_HEARTBEAT_SECONDS``)."""
+MISSED_HEARTBEATS = 3
+"""Heartbeats a worker may miss before the registry shows it down."""
+ALIVE_SECONDS = MISSED_HEARTBEATS * HEARTBEAT_SECONDS
 
 
 class WorkerState(StrEnum):
@@ -37,6 +41,25 @@ class WorkerRecord(BaseModel):
     registered_at: datetime
     heartbeat_at: datetime
     engine: bool = False
+    roles: tuple[str, ...] = ()
+    heartbeat_seconds: float = HEARTBEAT_SECONDS
+    pool_slots: dict[str, int] = Field(default_factory=dict)
+    pool_running: dict[str, int] = Field(default_factory=dict)
+    pool_task_seconds: dict[str, float] = Field(default_factory=dict)
+
+    def alive(self, now: datetime) -> bool:
+        """Heard from within three of its own heartbeats: else it shows ``down``."""
+        return now - self.heartbeat_at <= timedelta(seconds=MISSED_HEARTBEATS * self.heartbeat_seconds)
+
+
+@dataclass
+class PoolCapacity:
+    """What the alive workers of one pool hold (``WorkerView.pool_capacity``)."""
+
+    workers: int = 0
+    slots: int = 0
+    in_use: int = 0
+    task_seconds: list[float] = field(default_factory=list)
 
 
 class WorkerView:
@@ -53,13 +76,28 @@ class WorkerView:
     def get(self, worker_id: str) -> WorkerRecord | None:
         return self.workers.get(worker_id)
 
+    def pool_capacity(self, now: datetime) -> dict[str, PoolCapacity]:
+        """Per pool: the alive workers serving it, their slots, slots in use and recent task time."""
+        pools: dict[str, PoolCapacity] = {}
+        for w in self.workers.values():
+            if w.state is WorkerState.DEREGISTERED or not w.alive(now):
+                continue
+            for pool, slots in w.pool_slots.items():
+                p = pools.setdefault(pool, PoolCapacity())
+                p.workers += 1
+                p.slots += slots
+                p.in_use += w.pool_running.get(pool, 0)
+                if pool in w.pool_task_seconds:
+                    p.task_seconds.append(w.pool_task_seconds[pool])
+        return pools
+
     def status(self, now: datetime) -> dict[str, Any]:
         """The ``GET /api/workers/status`` body."""
         rows = []
         for w in sorted(self.workers.values(), key=lambda w: w.id):
             if w.state is WorkerState.DEREGISTERED:
                 continue
-            alive = now - w.heartbeat_at <= timedelta(seconds=ALIVE_SECONDS)
+            alive = w.alive(now)
             rows.append(
                 {
                     "id": w.id,
@@ -67,7 +105,15 @@ class WorkerView:
                     "tags": list(w.tags),
                     "running": w.running,
                     "alive": alive,
+                    "health": "up" if alive else "down",
+                    "slots": w.capacity,
+                    "slots_in_use": w.running,
                     "engine": w.engine,
+                    "roles": list(w.roles),
+                    "pools": {
+                        pool: {"slots": slots, "slots_in_use": w.pool_running.get(pool, 0)}
+                        for pool, slots in sorted(w.pool_slots.items())
+                    },
                     "registered_at": iso(w.registered_at),
                     "last_heartbeat": iso(w.heartbeat_at),
                 }

@@ -27,8 +27,21 @@ def requests(priority: Priority) -> str:
     return f"linkflow.requests.{priority.value}"
 
 
-def tasks(pool: str) -> str:
-    return f"linkflow.tasks.{pool}"
+DEFAULT_POOL = "default"
+"""The pool of a task node that names none."""
+TASKS_PREFIX = "linkflow.tasks."
+"""Every task topic's name starts so: ``linkflow.tasks.<pool>.<priority>``."""
+
+
+def tasks(pool: str, priority: Priority = Priority.NORMAL) -> str:
+    """The task topic of ``pool`` at ``priority``: one per pool and priority, so an executor can
+    take high before normal before low (weighted turns, ``runtime/task_consumer.py``)."""
+    return f"{TASKS_PREFIX}{pool}.{priority.value}"
+
+
+def pool_tasks(pool: str) -> tuple[str, ...]:
+    """The three task topics of ``pool``, high first."""
+    return tuple(tasks(pool, p) for p in Priority)
 
 
 REQUESTS = tuple(requests(p) for p in Priority)

@@ -76,6 +76,8 @@ class EngineProcess:
     """This instance's own files (data dir, log) keep this name across restarts and port changes."""
     api_key: str | None = None
     """Sent as ``Authorization: Bearer`` by the API helpers below (an engine with auth on)."""
+    args: tuple[str, ...] = ()
+    """More arguments of ``linkflow run``, e.g. ``("--roles", "executor", "--pools", "gpu")``."""
 
     @property
     def url(self) -> str:
@@ -124,6 +126,7 @@ class EngineProcess:
             extra_env=dict(self.extra_env),
             starts=1,
             api_key=self.api_key,
+            args=self.args,
         )
 
     def start(self, timeout: float = 90, *, port_tries: int = PORT_TRIES) -> None:
@@ -132,7 +135,7 @@ class EngineProcess:
         self.starts += 1
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "linkflow_stream.cli", "run"],
+                [sys.executable, "-m", "linkflow_stream.cli", "run", *self.args],
                 cwd=ROOT,
                 env=self.env(),
                 stdout=log,
@@ -362,6 +365,16 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/slow":
             time.sleep(float(q.get("s", "1")))
             self._reply(200, {"slept": float(q.get("s", "1"))})
+        elif url.path == "/concurrent":
+            # Counts the calls of key ``k`` in flight at once (``TargetServer.peak``) while each
+            # sleeps ``s`` seconds: what a bound on concurrent calls is checked against.
+            key = q.get("k", "")
+            self.server.enter(key)
+            try:
+                time.sleep(float(q.get("s", "1")))
+            finally:
+                self.server.leave(key)
+            self._reply(200, {"key": key, "echo": body})
         elif url.path.startswith("/flaky/"):
             # 503 for the first ``fail`` calls of each execution (told by its Idempotency-Key)
             execution = self.headers.get("Idempotency-Key", "").split("/")[0]
@@ -393,7 +406,19 @@ class TargetServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        """Per key of ``/concurrent?k=``, the most calls that were in flight at once."""
         self._lock = threading.Lock()
+
+    def enter(self, key: str) -> None:
+        with self._lock:
+            self.in_flight[key] = self.in_flight.get(key, 0) + 1
+            self.peak[key] = max(self.peak.get(key, 0), self.in_flight[key])
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            self.in_flight[key] -= 1
 
     def count(self, key: str) -> int:
         """How often ``key`` was counted, this call included."""

@@ -517,7 +517,9 @@ REGISTRY_OPERATIONS: tuple[Operation, ...] = (
         ok_body=responses.Accepted,
         params=(ID,),
     ),
-    Operation("GET", "/api/workers/status", "Every worker: capacity, running, alive", "workers"),
+    Operation(
+        "GET", "/api/workers/status", "Every worker: roles, pools, slots, slots in use, health", "workers"
+    ),
     Operation("GET", "/healthz", "The process is up", "probes", ok_body=responses.Health),
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.codec import Codec, cloudevent_headers
@@ -49,12 +50,13 @@ def topic_limits() -> dict[str, int]:
 
 
 def limit_of(logical_topic: str) -> int:
-    """The largest record ``logical_topic`` takes; task pools share ``linkflow.tasks.default``'s."""
+    """The largest record ``logical_topic`` takes; a task topic outside the spec file takes the
+    default pool's."""
     limits = topic_limits()
     if logical_topic in limits:
         return limits[logical_topic]
-    if logical_topic.startswith("linkflow.tasks."):
-        return limits.get("linkflow.tasks.default", BROKER_DEFAULT_MAX_BYTES)
+    if logical_topic.startswith(topic_names.TASKS_PREFIX):
+        return limits.get(topic_names.tasks(topic_names.DEFAULT_POOL), BROKER_DEFAULT_MAX_BYTES)
     return BROKER_DEFAULT_MAX_BYTES
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -98,15 +100,56 @@ def choose_environment(
     return max(fitting, key=lambda env: env.replication_factor)
 
 
+@dataclass(frozen=True)
+class PoolSpec:
+    """One ``[[pool]]`` of the spec file: a worker pool, its task topics made from ``[task_topics]``."""
+
+    name: str
+    slots: int
+    """Tasks of this pool one executor process runs at once (``LINKFLOW_EXECUTOR_SLOTS`` overrides)."""
+
+
+POOL_NAME = re.compile(r"^[a-z0-9-]{1,32}$")
+"""What a pool may be called: the same rule as a node's ``pool``."""
+
+
+@functools.cache
+def load_pools(path: Path = SPEC_FILE) -> dict[str, PoolSpec]:
+    """Every ``[[pool]]`` of the spec file, by name (read once per process)."""
+    data = tomllib.loads(path.read_text())
+    pools: dict[str, PoolSpec] = {}
+    for p in data.get("pool", []):
+        name, slots = str(p["name"]), int(p.get("slots", 1))
+        if not POOL_NAME.match(name) or slots < 1 or name in pools:
+            raise TopicSpecError(
+                f"[[pool]] {name!r}: a pool needs a unique name matching {POOL_NAME.pattern} and slots >= 1"
+            )
+        pools[name] = PoolSpec(name, slots)
+    return pools
+
+
+def _topic_tables(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``[[topic]]`` tables, plus three per ``[[pool]]`` (one per priority) from ``[task_topics]``."""
+    tables: list[dict[str, Any]] = list(data["topic"])
+    template = data.get("task_topics")
+    for p in data.get("pool", []):
+        if template is None:
+            raise TopicSpecError(
+                "the spec file declares pools but no [task_topics] to make their topics from"
+            )
+        tables += [{**template, "name": name} for name in topic_names.pool_tasks(str(p["name"]))]
+    return tables
+
+
 def load_specs(path: Path = SPEC_FILE, environment: str = DEV) -> list[TopicSpec]:
     """Parse the spec file; co-partitioned topics take the shared execution partition count, and
-    every topic takes ``environment``'s replication."""
+    every topic takes ``environment``'s replication. Each ``[[pool]]`` adds its three task topics."""
     data = tomllib.loads(path.read_text())
     shared = int(data["execution_partitions"])
     large = int(data.get("max_message_bytes", 1048576))
     replication = choose_environment(load_environments(path), environment, brokers=0)
     specs = []
-    for t in data["topic"]:
+    for t in _topic_tables(data):
         co = bool(t.get("co_partitioned", False))
         if co and "partitions" in t:
             raise TopicSpecError(f"{t['name']}: a co-partitioned topic takes execution_partitions")
@@ -129,12 +172,12 @@ def load_specs(path: Path = SPEC_FILE, environment: str = DEV) -> list[TopicSpec
 
 def value_schemas(settings: Settings, pools: Iterable[str] = (), path: Path = SPEC_FILE) -> dict[str, str]:
     """Every topic whose values are a schema of ``schemas/``, by real (prefixed) name, with that
-    schema's full name: what is registered with a schema registry. ``pools`` adds the task pools'
-    topics (``linkflow.tasks.<pool>``, created outside the spec file) with the default pool's schema."""
+    schema's full name: what is registered with a schema registry. ``pools`` adds task pools'
+    topics (``linkflow.tasks.<pool>.<priority>``) beyond the spec file's with the default pool's schema."""
     specs = {s.name: s.value_schema for s in load_specs(path) if s.value_schema is not None}
     task_schema = specs.get(topic_names.tasks("default"))
     if task_schema is not None:
-        specs.update({topic_names.tasks(pool): task_schema for pool in pools})
+        specs.update({name: task_schema for pool in pools for name in topic_names.pool_tasks(pool)})
     return {settings.topic(name): schema for name, schema in sorted(specs.items())}
 
 

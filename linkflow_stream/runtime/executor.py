@@ -1,9 +1,10 @@
-"""The executor: runs node tasks from ``linkflow.tasks.<pool>`` and publishes their results.
+"""The executor: runs node tasks from ``linkflow.tasks.<pool>.<priority>``, publishes their results.
 
-A task runs as its own asyncio task, bounded by ``executor_slots``, so the consuming agent never
-waits on a slow node. Its offset may be committed before it finishes; if this process dies, the
-orchestrator's lease runs out and the node is dispatched again (at-least-once, like Temporal
-activities). Cancellation arrives on the broadcast control topic.
+A task runs as its own asyncio task, at most ``slots[pool]`` of a pool at once (the task consumer
+takes a task only when its pool has a free slot), so the consuming agent never waits on a slow
+node. Its offset may be committed before it finishes; if this process dies, the orchestrator's
+lease runs out and the node is dispatched again (at-least-once, like Temporal activities).
+Cancellation arrives on the broadcast control topic.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from linkflow_stream.tracing.messaging import Delivery, TaskSpans, record_outcom
 log = logging.getLogger(__name__)
 
 TaskKey = tuple[str, str, int]
+EWMA_WEIGHT = 0.2
+"""How much the latest task's duration moves a pool's average (about the last 10 tasks count)."""
 
 
 class Executor:
@@ -39,7 +42,7 @@ class Executor:
         self,
         registry: Mapping[str, NodeExecutor],
         publisher: Publisher,
-        slots: int,
+        slots: int | Mapping[str, int],
         output_max_bytes: int = 1024 * 1024,
         spans: TaskSpans | None = None,
         breakers: Breakers | None = None,
@@ -55,16 +58,37 @@ class Executor:
         self.registry = registry
         self.publisher = publisher
         self.worker_id = instance_id()
-        self._slots = asyncio.Semaphore(slots)
+        self.slots: dict[str, int] = (
+            dict(slots) if isinstance(slots, Mapping) else {topic_names.DEFAULT_POOL: slots}
+        )
+        """Tasks of each pool this process runs at once."""
+        self._slots = {pool: asyncio.Semaphore(n) for pool, n in self.slots.items()}
         self.running: dict[TaskKey, asyncio.Task[None]] = {}
+        self.pool_of: dict[TaskKey, str] = {}
+        self.in_use: dict[str, int] = dict.fromkeys(self.slots, 0)
+        """Slots in use per pool: tasks taken and not yet finished."""
+        self.task_seconds: dict[str, float] = {}
+        """Per pool, a moving average of how long its recent tasks took (for the autoscaler)."""
+        self.freed = {pool: asyncio.Event() for pool in self.slots}
+        """Per pool, set whenever one of its tasks finishes: a slot is free again."""
+        self._clock: dict[TaskKey, float] = {}
 
-    async def submit(self, task: NodeTask, delivery: Delivery | None = None) -> None:
-        """Start ``task`` once a slot is free; a duplicate of a running attempt is ignored.
-        ``delivery`` (where the task record came from) is there when tracing is on."""
+    def free(self, pool: str) -> int:
+        """Slots of ``pool`` free now."""
+        return self.slots.get(pool, 0) - self.in_use.get(pool, 0)
+
+    async def submit(
+        self, task: NodeTask, delivery: Delivery | None = None, pool: str = topic_names.DEFAULT_POOL
+    ) -> None:
+        """Start ``task`` once a slot of ``pool`` is free; a duplicate of a running attempt is
+        ignored. ``delivery`` (where the task record came from) is there when tracing is on."""
         key = (task.execution_id, task.node_id, task.attempt)
         if key in self.running:
             return
-        await self._slots.acquire()
+        await self._slots[pool].acquire()
+        self.in_use[pool] += 1
+        self.pool_of[key] = pool
+        self._clock[key] = time.monotonic()
         job = asyncio.create_task(
             self._run(task, delivery), name=f"node:{task.execution_id}/{task.node_id}/{task.attempt}"
         )
@@ -73,7 +97,13 @@ class Executor:
 
     def _finished(self, key: TaskKey) -> None:
         self.running.pop(key, None)
-        self._slots.release()
+        pool = self.pool_of.pop(key)
+        took = time.monotonic() - self._clock.pop(key)
+        previous = self.task_seconds.get(pool)
+        self.task_seconds[pool] = took if previous is None else previous + EWMA_WEIGHT * (took - previous)
+        self.in_use[pool] -= 1
+        self._slots[pool].release()
+        self.freed[pool].set()
 
     def cancel(self, control: ControlMessage) -> int:
         """Stop the named running attempts; returns how many were stopped."""
@@ -105,7 +135,8 @@ class Executor:
     async def _run(self, task: NodeTask, delivery: Delivery | None = None) -> None:
         started = now()
         if self.throttle is not None and task.rate_limit is not None:
-            until = self.throttle.check(task.rate_limit, started)
+            pool = self.pool_of.get((task.execution_id, task.node_id, task.attempt), topic_names.DEFAULT_POOL)
+            until = self.throttle.check(task.rate_limit, started, pool)
             if until is not None:
                 await self._throttled(task, started, until)
                 return

@@ -174,6 +174,20 @@ class Metrics:
         self.inputs = Counter(
             "linkflow_orchestrator_inputs_total", "Inputs the orchestrator processed", ["kind"], registry=r
         )
+        self.pool_backlog = Gauge(
+            "linkflow_pool_backlog",
+            "Tasks on a worker pool's topics (linkflow.tasks.<pool>.*) its executors have not taken "
+            "yet: the lag of its consumer group",
+            ["pool"],
+            registry=r,
+        )
+        self.pool_desired_workers = Gauge(
+            "linkflow_pool_desired_workers",
+            "Executor processes a pool wants to finish its backlog and running tasks within "
+            "LINKFLOW_POOL_DRAIN_SECONDS (formula: ADR 0028), for an autoscaler",
+            ["pool"],
+            registry=r,
+        )
         self.brokers = Gauge(
             "linkflow_kafka_brokers",
             "Kafka brokers the cluster lists as available (registered and not fenced), counted every "

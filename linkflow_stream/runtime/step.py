@@ -173,7 +173,9 @@ class Stepper:
         data = state.node_inputs()
         if self.pool_exists is not None and not await self.pool_exists(node.pool):
             missing = NodeFailure(
-                "resource_limit", f"pool {node.pool!r} has no task topic {topic_names.tasks(node.pool)}"
+                "resource_limit",
+                f"pool {node.pool!r} is not declared or has no task topic "
+                f"{topic_names.tasks(node.pool, state.priority)}",
             )
             return _result(state, event, now, error=missing)
         try:
@@ -199,7 +201,7 @@ class Stepper:
         if self.task_traceparent is not None:
             headers = ((TRACEPARENT, self.task_traceparent(state, node.id, event.attempt).encode()),)
         return Outgoing(
-            topic_names.tasks(node.pool),
+            topic_names.tasks(node.pool, state.priority),  # the run's priority orders it at the executor
             state.id,
             task,
             "io.linkflow.node.task",

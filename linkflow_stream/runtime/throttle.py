@@ -5,8 +5,9 @@ A task whose bucket has a token runs; one without gets back "throttled, come bac
 dispatches the same attempt again at T. The wait holds no worker slot and is no failure.
 
 The buckets live in this process. A node's limit is shared by the live executors of the pool:
-each takes ``per_second / n`` and ``max(1, burst / n)``, where ``n`` is the number of live engine
-instances in the worker registry (``live_instances``). ADR 0031 gives the bound this keeps.
+each takes ``per_second / n`` and ``max(1, burst / n)``, where ``n`` is the number of live
+processes with the executor role serving the node's pool in the worker registry
+(``live_instances(pool)``, ADR 0028). ADR 0031 gives the bound this keeps.
 """
 
 from __future__ import annotations
@@ -17,22 +18,26 @@ from datetime import datetime, timedelta
 
 from linkflow_stream.core.clock import now as wall_now
 from linkflow_stream.core.rate_limit import Buckets, RateLimitBucket, instance_share
+from linkflow_stream.core.topic_names import DEFAULT_POOL
 
 
 class NodeThrottle:
     def __init__(
         self,
-        live_instances: Callable[[], int] = lambda: 1,
+        live_instances: Callable[[str], int] = lambda _pool: 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.live_instances = live_instances
-        """How many executors share each limit (at least 1: this one)."""
+        """How many executors of a pool share each limit of its nodes (at least 1: this one)."""
         self.clock = clock
         self.buckets = Buckets()
 
-    def check(self, limit: RateLimitBucket, at: datetime | None = None) -> datetime | None:
-        """``None``: a token was taken, call now. Otherwise the time to come back."""
-        per_second, burst = instance_share(limit.per_second, limit.burst, self.live_instances())
+    def check(
+        self, limit: RateLimitBucket, at: datetime | None = None, pool: str = DEFAULT_POOL
+    ) -> datetime | None:
+        """``None``: a token was taken, call now. Otherwise the time to come back. ``pool``: the
+        pool the node runs in."""
+        per_second, burst = instance_share(limit.per_second, limit.burst, self.live_instances(pool))
         verdict = self.buckets.take(limit.key, per_second, burst, self.clock())
         if verdict.granted:
             return None

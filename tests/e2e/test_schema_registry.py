@@ -71,7 +71,12 @@ def test_an_engine_with_a_registry_writes_confluent_records_that_the_registry_de
         return registry_schemas[schema_id]
 
     decoded: dict[str, list[dict[str, Any]]] = {}
-    for name in ("linkflow.events", "linkflow.requests.normal", "linkflow.tasks.default", "linkflow.results"):
+    for name in (
+        "linkflow.events",
+        "linkflow.requests.normal",
+        "linkflow.tasks.default.normal",
+        "linkflow.results",
+    ):
         topic = settings.topic(name)
         assert f"{topic}-value" in subjects
         latest = get_json(f"{schema_registry}/subjects/{topic}-value/versions/latest")
@@ -91,7 +96,7 @@ def test_an_engine_with_a_registry_writes_confluent_records_that_the_registry_de
     types = [e["type"] for e in events]
     assert (types[0], types[-1]) == ("execution_created", "execution_succeeded")
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
-    tasks = decoded["linkflow.tasks.default"]
+    tasks = decoded["linkflow.tasks.default.normal"]
     assert any(r["execution_id"] == execution_id and r["node_id"] == "h" for r in tasks)
     assert any(r["execution_id"] == execution_id for r in decoded["linkflow.results"])
 

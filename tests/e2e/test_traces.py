@@ -155,7 +155,7 @@ def test_a_run_is_one_trace_from_the_caller_through_kafka_to_the_service_a_node_
         assert span.attributes["messaging.system"] == "kafka"
         assert span.attributes["messaging.operation.type"] == "process"
         assert span.attributes["messaging.destination.name"] == tasks_topic
-        assert span.attributes["messaging.consumer.group.name"].endswith(".executor")
+        assert span.attributes["messaging.consumer.group.name"].endswith(".executor.default")
         assert span.attributes["messaging.message.id"] == f"{execution_id}/h/{attempt}"
         assert isinstance(span.attributes["messaging.kafka.offset"], int)
     assert processes[1].status == "error" and processes[1].attributes["error.type"] == "http_5xx"

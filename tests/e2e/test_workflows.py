@@ -314,7 +314,7 @@ def test_workflow_validation_names_node_and_field(engine: EngineProcess) -> None
 
 
 def test_a_task_node_naming_a_pool_without_a_topic_is_refused(engine: EngineProcess) -> None:
-    """A pool is a task topic; one that does not exist would leave the node's task nowhere."""
+    """A pool is declared in topics/topics.toml; another would leave the node's task nowhere."""
     status, body = call(
         "POST",
         f"{engine.url}/api/workflows",
@@ -333,7 +333,7 @@ def test_a_task_node_naming_a_pool_without_a_topic_is_refused(engine: EngineProc
     )
     assert status == 400, body
     message = body["error"]["message"]
-    assert "node 'h': pool: no pool 'nope' (pools: default)" in message
+    assert "node 'h': pool: no pool 'nope' (pools: default, gpu)" in message
     assert "node 't'" not in message, "an inline node runs in the orchestrator; its pool is not used"
 
 

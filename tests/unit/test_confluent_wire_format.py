@@ -197,11 +197,13 @@ def test_every_schema_text_is_self_contained_and_has_the_files_fingerprint() -> 
 
 
 def test_value_schemas_names_every_record_topic_with_its_prefix_and_the_pools() -> None:
-    topics = value_schemas(Settings(topic_prefix="p."), pools=["gpu"])
+    topics = value_schemas(Settings(topic_prefix="p."), pools=["tpu"])
     assert topics["p.linkflow.events"] == "io.linkflow.ExecutionEvent"
     assert topics["p.linkflow.state.executions"] == "io.linkflow.ExecutionState"
     assert topics["p.linkflow.requests.high"] == "io.linkflow.StartExecution"
-    assert topics["p.linkflow.tasks.gpu"] == TASK
+    for pool in ("default", "gpu", "tpu"):  # the declared pools' and the ones named
+        for priority in ("high", "normal", "low"):
+            assert topics[f"p.linkflow.tasks.{pool}.{priority}"] == TASK
     assert "p.linkflow.dlq" not in topics  # its values are other records' bytes, as they came
     assert all(name in default_codec().current.by_name for name in topics.values())
     assert value_subject("p.linkflow.events") == "p.linkflow.events-value"

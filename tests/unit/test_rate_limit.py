@@ -136,7 +136,7 @@ def test_grants_in_any_window_stay_within_burst_plus_rate_times_length(
 
 def test_the_node_throttle_splits_a_limit_among_live_executors() -> None:
     clock, live = Clock(), [1]
-    throttle = NodeThrottle(lambda: live[0], clock)
+    throttle = NodeThrottle(lambda _pool: live[0], clock)
     limit = RateLimitBucket(key="wf/h/", per_second=4.0, burst=2)
     at = from_millis(1_700_000_000_000)
     assert throttle.check(limit, at) is None
