@@ -37,6 +37,7 @@ from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.executor import Executor
+from linkflow_stream.runtime.gate import Gate
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
 from linkflow_stream.runtime.start_intake import StartIntake
@@ -94,6 +95,8 @@ class Engine:
             self.metrics,
             spans=ExecutionSpans(self.tracing) if self.tracing else None,
         )
+        self.gate = Gate(settings, self.codec, self.metrics)
+        """The concurrency gate (ADR 0030); decides only in the instance that owns it."""
         self.executor = Executor(
             self.registry,
             self.publisher,
@@ -387,6 +390,7 @@ class Engine:
         watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         await self.orchestrator.start()
+        await self.gate.start()
         await self.intake.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
@@ -401,6 +405,7 @@ class Engine:
             await runner.cleanup()
         await self.tasks.stop()
         await self.intake.stop()
+        await self.gate.stop()
         await self.orchestrator.stop()
         for reader in (*self.readers, self.control):
             await reader.stop()

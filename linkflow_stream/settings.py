@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     http_max_response_bytes: int = 1024 * 1024
     """Largest HTTP response body a node accepts. Default 1 MiB (the node output cap)."""
 
+    team_max_running: int | None = Field(default=None, ge=1)
+    """Most runs of one team running at once; the rest wait ``queued`` and teams with queued runs
+    are admitted in turn (ADR 0030). Set it on every orchestrator of a deployment alike: with it,
+    every run passes the concurrency gate. Default unset: no team cap (only workflows with a
+    ``concurrency`` limit are gated)."""
+
     def group(self, role: str) -> str:
         """The consumer group of a role (``orchestrator``, ``executor``); also the orchestrator's
         transactional-id base."""

@@ -41,6 +41,13 @@ class DeciderConfig:
     max_lease_attempts: int = 5
     """Dispatches without an answer after which a node fails with ``lease_expired``; a node's
     retry policy adds its own attempts on top."""
+    gate_all: bool = False
+    """Every run waits for the gate's admission, not only runs of workflows with a concurrency
+    limit: set when a per-team cap on running runs is configured (ADR 0030)."""
+
+    def gated(self, inp: StartExecution) -> bool:
+        """Whether a new run waits ``queued`` for the gate's ``admit`` before it starts."""
+        return self.gate_all or inp.workflow.concurrency is not None
 
     def kind(self, node_type: str) -> NodeKind:
         return self.kinds.get(node_type, NodeKind(Dispatch.TASK))
@@ -83,12 +90,19 @@ def decide(
             priority=inp.priority,
             traceparent=inp.traceparent,
         )
-        timeout = inp.workflow.timeout_seconds
-        b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)
-        _advance(b, cfg)
+        if cfg.gated(inp):
+            b.emit(EventType.EXECUTION_QUEUED, reason="waiting for a concurrency slot")
+            return b.events
+        _start(b, cfg)
         return b.events
     if state is None or state.status.terminal:
         return []
+    if state.status is ExecutionStatus.QUEUED and not isinstance(inp, NodeResult):
+        if inp.kind is CommandKind.ADMIT:
+            _start(b, cfg)
+            return b.events
+        if inp.kind is CommandKind.RECOVER:
+            return []  # nothing in flight to dispatch again; the gate admits it in its turn
     if isinstance(inp, NodeResult):
         _on_result(b, inp, cfg)
     elif inp.kind is CommandKind.CANCEL:
@@ -100,6 +114,13 @@ def decide(
     elif inp.kind is CommandKind.TIMER_FIRED and inp.timer_id is not None:
         _on_timer(b, inp, cfg)
     return b.events
+
+
+def _start(b: _Builder, cfg: DeciderConfig) -> None:
+    """The run starts: its deadline counts from now (for a queued run, its admission)."""
+    timeout = b.s.workflow.timeout_seconds
+    b.emit(EventType.EXECUTION_STARTED, due_at=b.now + timedelta(seconds=timeout) if timeout else None)
+    _advance(b, cfg)
 
 
 def _set_deadline(b: _Builder, timeout_seconds: float) -> None:

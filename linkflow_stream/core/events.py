@@ -25,6 +25,8 @@ class EventType(StrEnum):
     EXECUTION_FAILED = "execution_failed"
     EXECUTION_CANCELLED = "execution_cancelled"
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
+    EXECUTION_QUEUED = "execution_queued"
+    """The run waits for a concurrency slot (ADR 0030); ``execution_started`` follows on admission."""
 
 
 class Dispatch(StrEnum):

@@ -23,6 +23,8 @@ class CommandKind(StrEnum):
     TIMER_FIRED = "timer_fired"
     SET_TIMEOUT = "set_timeout"
     RECOVER = "recover"
+    ADMIT = "admit"
+    """From the gate (ADR 0030): a queued run may start now."""
 
 
 class NodeError(BaseModel):

@@ -24,6 +24,8 @@ class ExecutionStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    QUEUED = "queued"
+    """Created, waiting for a concurrency slot (ADR 0030)."""
 
     @property
     def terminal(self) -> bool:
@@ -110,6 +112,11 @@ class ExecutionState(BaseModel):
     """The W3C ``traceparent`` of the caller whose trace this run continues; ``None``: the run
     starts its own. The run's own span ids derive from its id (``core/trace_context.py``)."""
 
+    @property
+    def gated(self) -> bool:
+        """Whether the run went through the gate (was queued): its end releases a slot there."""
+        return any(t.to_status is ExecutionStatus.QUEUED for t in self.history)
+
     def node_inputs(self) -> dict[str, Any]:
         """What expressions and executors see: the run's input and every finished node's output."""
         return {
@@ -180,6 +187,10 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
                 event.due_at,
             ),
         )
+    if event.type is EventType.EXECUTION_QUEUED:
+        if state.status is not ExecutionStatus.PENDING:
+            raise EvolveError(f"{state.id}: queued from {state.status}")
+        return _transition(state, event, ExecutionStatus.QUEUED)
     if event.type is EventType.EXECUTION_DEADLINE_SET:
         timer_id = Timer.make_id(TimerKind.EXECUTION_TIMEOUT)
         timers = {k: t for k, t in state.timers.items() if k != timer_id}

@@ -15,6 +15,10 @@ CONTROL = "linkflow.control"
 WORKERS = "linkflow.workers"
 KEYS = "linkflow.keys"
 DLQ = "linkflow.dlq"
+GATE = "linkflow.gate"
+"""Requests to the concurrency gate (ADR 0030): one partition, so one owner counts every slot."""
+GATE_STATE = "linkflow.state.gate"
+"""The gate's changelog: every queued and admitted run it holds, and its counters."""
 
 
 def requests(priority: Priority) -> str:

@@ -11,6 +11,7 @@ import pydantic
 
 from linkflow_stream.core.errors import ValidationError
 from linkflow_stream.core.events import Dispatch
+from linkflow_stream.core.expressions import compile_expression
 from linkflow_stream.core.mapping import mapping_problems
 from linkflow_stream.core.node_contract import ConfigError, NodeExecutor
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
@@ -85,6 +86,11 @@ def check_workflow(
             problems.append(
                 f"node {node.id!r}: pool: no pool {node.pool!r} (pools: {', '.join(sorted(pools)) or 'none'})"
             )
+    if wf.concurrency is not None and wf.concurrency.key is not None:
+        try:
+            compile_expression(wf.concurrency.key)
+        except ValueError as exc:
+            problems.append(f"concurrency.key: JSONata syntax error: {exc}")
     if not problems:
         cycle = _find_cycle(wf)
         if cycle:

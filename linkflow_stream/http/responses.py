@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from typing_extensions import TypedDict
 
-ExecutionStatus = Literal["pending", "running", "success", "failed", "cancelled"]
+ExecutionStatus = Literal["pending", "queued", "running", "success", "failed", "cancelled"]
 Priority = Literal["high", "normal", "low"]
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from linkflow_stream.core.auth import ApiKey, Role
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.gate import GateEntry, GateMeta, GateRecord, GateRequest, GateRequestKind
 from linkflow_stream.core.messages import (
     CommandKind,
     ControlMessage,
@@ -41,7 +42,7 @@ from linkflow_stream.core.state import (
     TimerKind,
     Transition,
 )
-from linkflow_stream.core.workflow import NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.workflow import Concurrency, NodeDefinition, RetryPolicy, WorkflowDefinition
 from linkflow_stream.kafka import codec
 from projections.workers import WorkerRecord, WorkerState
 
@@ -252,6 +253,15 @@ def records() -> list[BaseModel]:
             seq=1,
             nodes={n.id: NodeState() for n in wf().nodes},
         ),
+        # the concurrency gate's records (ADR 0030)
+        GateRequest(
+            kind=GateRequestKind.ENQUEUE, execution_id="e1", team="t", slot="wf/1", max=2, requested_at=T
+        ),
+        GateRecord(entry=GateEntry(execution_id="e1", team="t", slot="wf/1", max=2, seq=7, running=True)),
+        GateRecord(meta=GateMeta(next_seq=8, last_team="t")),
+        GateEntry(execution_id="e2", seq=1),
+        GateMeta(),
+        Concurrency(max=2, key="customer"),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),
         NodeError(error_class="timeout", message="slow"),
