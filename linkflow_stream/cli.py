@@ -672,7 +672,9 @@ def executions_get(execution_id: str, wait: float | None, url: str, key: str | N
 
 
 @executions.command("list", epilog=EXIT_CODES)
-@click.option("--status", type=click.Choice(["pending", "queued", "running", "success", "failed", "cancelled"]))
+@click.option(
+    "--status", type=click.Choice(["pending", "queued", "running", "success", "failed", "cancelled"])
+)
 @click.option("--workflow-id", default=None)
 @click.option("--team", default=None)
 @click.option("--priority", type=click.Choice(["high", "normal", "low"]), default=None)

@@ -264,7 +264,9 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
             except DecodeError as exc:
                 out.append(dead_letter_record(record, str(exc), dlq))
         new, admitted = step(state, requests, self.settings.team_max_running)
-        now = from_millis(max(r.timestamp for r in records) if records else int(time.time() * 1000))
+        # The admission's time (the run's start, its deadline's origin) is the gate's clock: the
+        # inputs' own times come from many partitions and need not grow with the gate's order.
+        now = from_millis(int(time.time() * 1000))
         for execution_id in admitted:
             command = ExecutionCommand(
                 execution_id=execution_id, kind=CommandKind.ADMIT, reason="a concurrency slot is free"
