@@ -24,6 +24,7 @@ from linkflow_stream.core.workflow import Concurrency, WorkflowDefinition
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
+from projections.status import StatusView, render
 
 E = EventType
 
@@ -246,3 +247,14 @@ def test_with_a_team_cap_every_run_is_gated_without_a_slot() -> None:
 def test_bad_concurrency_shapes_are_refused(concurrency: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message.replace("+", r"\+")):
         workflow({"concurrency": concurrency})
+
+
+def test_the_queue_status_counts_a_run_behind_a_limit_as_queued(lf: Any) -> None:
+    view = StatusView()
+    for event in decide(None, lf.start(limited(lf), execution_id="q"), lf.at(), lf.config):
+        view.apply(event)
+    run = lf.run(lf.workflow(lf.node("a", "http")))
+    for event in run.log:
+        view.apply(event)
+    assert view.queue_counts()["normal"] == {"queued": 1, "running": 1}
+    assert render(view.executions["q"])["status"] == "queued"
