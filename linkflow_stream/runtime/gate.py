@@ -204,6 +204,7 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
         if producer is not None:
             with contextlib.suppress(Exception):
                 await producer.stop()
+            log.info("released the gate")
 
     async def _rejoin(self) -> None:
         consumer = self._consumer

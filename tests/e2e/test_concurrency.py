@@ -313,3 +313,40 @@ def test_kill_9_while_runs_wait_loses_none_starts_none_twice_and_keeps_the_limit
             break
         time.sleep(0.5)
     assert not left, f"the gate still holds ended runs: {left}"
+
+
+def owns_gate(engine: EngineProcess) -> bool:
+    """Whether ``engine`` holds the gate now, from its log of claims and releases."""
+    owned = False
+    for line in engine.log_path.read_text(errors="replace").splitlines():
+        if "claimed the gate" in line:
+            owned = True
+        elif "released the gate" in line:
+            owned = False
+    return owned
+
+
+def test_a_takeover_of_the_gate_while_runs_wait_keeps_every_promise(
+    engine_factory: Callable[..., EngineProcess], counting: Counting
+) -> None:
+    a = engine_factory()
+    b = a.sibling()
+    b.start()
+    wf_id = f"takeover-{uuid.uuid4().hex[:8]}"
+    url = f"{counting.url}/slow?total={wf_id}&reach=2&s=1.5"
+    a.register(workflow(wf_id, url, concurrency={"max": 2}, timeout=5))
+    ids = start_in_order(a, wf_id, [{"i": i} for i in range(8)])
+    owners = [e for e in (a, b) if owns_gate(e)]
+    assert len(owners) == 1, "exactly one instance holds the gate"
+    owner, survivor = owners[0], (b if owners[0] is a else a)
+    held = [r for r in gate_log(a).values() if r is not None and r.entry is not None]
+    assert sum(not r.entry.running for r in held if r.entry is not None) >= 2, "too few runs waited"
+
+    owner.kill()
+    finished = [survivor.wait_status(i, timeout=180) for i in ids]
+    assert [f["status"] for f in finished] == ["success"] * 8
+    assert owns_gate(survivor)
+    assert counting.peak[wf_id] <= 2, f"{counting.peak[wf_id]} runs at once under a limit of 2"
+    assert_admitted_in_order(survivor, ids)
+    assert admits(survivor) == Counter({i: 1 for i in ids}), "an admission was lost or sent twice"
+    assert_exactly_once(survivor, ids)
