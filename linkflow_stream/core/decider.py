@@ -20,7 +20,7 @@ from typing import Any
 from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, TimerKind, evolve
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, Timer, TimerKind, evolve
 from linkflow_stream.core.workflow import Dependency, NodeDefinition
 
 Input = StartExecution | NodeResult | ExecutionCommand
@@ -117,8 +117,11 @@ def decide(
 
 
 def _start(b: _Builder, cfg: DeciderConfig) -> None:
-    """The run starts: its deadline counts from now (for a queued run, its admission)."""
+    """The run starts: its deadline counts from now (for a queued run, its admission), unless one
+    was set while it was queued (``set_timeout``), which stays."""
     timeout = b.s.workflow.timeout_seconds
+    if Timer.make_id(TimerKind.EXECUTION_TIMEOUT) in b.s.timers:
+        timeout = None
     b.emit(EventType.EXECUTION_STARTED, due_at=b.now + timedelta(seconds=timeout) if timeout else None)
     _advance(b, cfg)
 

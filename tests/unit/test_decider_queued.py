@@ -100,6 +100,15 @@ def test_a_deadline_set_while_queued_counts_from_creation_and_can_end_it(lf: Any
     assert run.s.status is ExecutionStatus.FAILED
 
 
+def test_a_deadline_set_while_queued_stays_at_admission(lf: Any) -> None:
+    run = lf.run(limited(lf, timeout_seconds=600))
+    set_timeout = ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=100)
+    run.feed(set_timeout, lf.at(1))
+    run.feed(admit(), lf.at(50))
+    assert run.s.status is ExecutionStatus.RUNNING
+    assert run.s.timers["execution_timeout"].due_at == lf.at(100)
+
+
 def test_a_team_cap_gates_every_run(lf: Any) -> None:
     config = dataclasses.replace(lf.config, gate_all=True)
     run = lf.run(lf.workflow(lf.node("a")), config=config)
