@@ -24,6 +24,7 @@ from linkflow_stream.core.workflow import Concurrency, WorkflowDefinition
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
+from projections.logs import lines_for
 from projections.status import StatusView, render
 
 E = EventType
@@ -267,3 +268,14 @@ def test_the_queue_status_counts_a_run_behind_a_limit_as_queued(lf: Any) -> None
         view.apply(event)
     assert view.queue_counts()["normal"] == {"queued": 1, "running": 1}
     assert render(view.executions["q"])["status"] == "queued"
+
+
+def test_the_run_log_says_it_waited(lf: Any) -> None:
+    run = lf.run(limited(lf))
+    run.feed(admit(), lf.at(3))
+    state = None
+    texts = []
+    for event in run.log:
+        state = evolve(state, event)
+        texts += [line["message"] for line in lines_for(event, state)]
+    assert texts[1:3] == ["execution queued: waiting for a concurrency slot", "execution started"]
