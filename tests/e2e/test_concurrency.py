@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import threading
 import time
 import uuid
@@ -315,6 +316,22 @@ def test_kill_9_while_runs_wait_loses_none_starts_none_twice_and_keeps_the_limit
     assert not left, f"the gate still holds ended runs: {left}"
 
 
+@pytest.fixture
+def pair(engine_factory: Callable[..., EngineProcess]) -> Iterator[tuple[EngineProcess, EngineProcess]]:
+    """Two instances of one engine; the second is stopped here (the factory stops the first)."""
+    a = engine_factory()
+    b = a.sibling()
+    try:
+        b.start()
+        yield a, b
+    finally:
+        if b.proc is not None and b.proc.poll() is None:
+            b.proc.send_signal(signal.SIGCONT)
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGCONT)
+        b.stop()
+
+
 def owns_gate(engine: EngineProcess) -> bool:
     """Whether ``engine`` holds the gate now, from its log of claims and releases."""
     owned = False
@@ -327,11 +344,9 @@ def owns_gate(engine: EngineProcess) -> bool:
 
 
 def test_a_takeover_of_the_gate_while_runs_wait_keeps_every_promise(
-    engine_factory: Callable[..., EngineProcess], counting: Counting
+    pair: tuple[EngineProcess, EngineProcess], counting: Counting
 ) -> None:
-    a = engine_factory()
-    b = a.sibling()
-    b.start()
+    a, b = pair
     wf_id = f"takeover-{uuid.uuid4().hex[:8]}"
     url = f"{counting.url}/slow?total={wf_id}&reach=2&s=1.5"
     a.register(workflow(wf_id, url, concurrency={"max": 2}, timeout=5))
@@ -346,6 +361,41 @@ def test_a_takeover_of_the_gate_while_runs_wait_keeps_every_promise(
     finished = [survivor.wait_status(i, timeout=180) for i in ids]
     assert [f["status"] for f in finished] == ["success"] * 8
     assert owns_gate(survivor)
+    assert counting.peak[wf_id] <= 2, f"{counting.peak[wf_id]} runs at once under a limit of 2"
+    assert_admitted_in_order(survivor, ids)
+    assert admits(survivor) == Counter({i: 1 for i in ids}), "an admission was lost or sent twice"
+    assert_exactly_once(survivor, ids)
+
+
+def test_a_paused_gate_owner_loses_the_gate_and_admits_nothing_twice(
+    pair: tuple[EngineProcess, EngineProcess], counting: Counting
+) -> None:
+    a, b = pair
+    wf_id = f"zombie-{uuid.uuid4().hex[:8]}"
+    url = f"{counting.url}/slow?total={wf_id}&reach=2&s=1.5"
+    a.register(workflow(wf_id, url, concurrency={"max": 2}, timeout=5))
+    ids = start_in_order(a, wf_id, [{"i": i} for i in range(8)])
+    owners = [e for e in (a, b) if owns_gate(e)]
+    assert len(owners) == 1, "exactly one instance holds the gate"
+    owner, survivor = owners[0], (b if owners[0] is a else a)
+    held = [r for r in gate_log(a).values() if r is not None and r.entry is not None]
+    assert sum(not r.entry.running for r in held if r.entry is not None) >= 2, "too few runs waited"
+
+    assert owner.proc is not None
+    owner.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 60
+        while not owns_gate(survivor):
+            assert time.monotonic() < deadline, f"the gate was not taken over:\n{survivor.log_tail()}"
+            time.sleep(0.2)
+    finally:
+        owner.proc.send_signal(signal.SIGCONT)  # the former owner goes on, a zombie until fenced
+    finished = [survivor.wait_status(i, timeout=180) for i in ids]
+    deadline = time.monotonic() + 60
+    while owns_gate(owner):  # woken, it finds the gate gone (revoked, or fenced at its commit)
+        assert time.monotonic() < deadline, f"the former owner still holds the gate:\n{owner.log_tail()}"
+        time.sleep(0.2)
+    assert [f["status"] for f in finished] == ["success"] * 8
     assert counting.peak[wf_id] <= 2, f"{counting.peak[wf_id]} runs at once under a limit of 2"
     assert_admitted_in_order(survivor, ids)
     assert admits(survivor) == Counter({i: 1 for i in ids}), "an admission was lost or sent twice"
