@@ -82,13 +82,77 @@ class GateRecord(BaseModel):
     meta: GateMeta | None = None
 
 
+def _line(entry: GateEntry) -> str:
+    """The FIFO line a queued run waits in: its slot's (per team), or its team's when unlimited."""
+    return f"slot:{entry.team}:{entry.slot}" if entry.max is not None else f"team:{entry.team}"
+
+
 @dataclass
 class GateState:
+    """Every run the gate holds, with indexes kept up to date by ``apply`` and ``admit`` so that a
+    step costs what it changes, not what is queued."""
+
     entries: dict[str, GateEntry] = field(default_factory=dict)
     meta: GateMeta = field(default_factory=GateMeta)
+    lines: dict[str, dict[str, None]] = field(default_factory=dict)
+    """Queued run ids per line, in arrival order (a dict as an ordered set)."""
+    team_lines: dict[str, set[str]] = field(default_factory=dict)
+    """The lines of each team that hold queued runs."""
+    slot_running: Counter[str] = field(default_factory=Counter)
+    team_running: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, entries: Iterable[GateEntry], meta: GateMeta) -> GateState:
+        """The state holding ``entries`` (as read back from the changelog)."""
+        state = cls(meta=meta)
+        for entry in sorted(entries, key=lambda e: e.seq):
+            state.hold(entry)
+        return state
+
+    def hold(self, entry: GateEntry) -> None:
+        """Take ``entry`` in (after any earlier entry of its line); indexes follow."""
+        self.entries[entry.execution_id] = entry
+        if entry.running:
+            self.team_running[entry.team] += 1
+            if entry.max is not None:
+                self.slot_running[entry.slot] += 1
+        else:
+            line = _line(entry)
+            self.lines.setdefault(line, {})[entry.execution_id] = None
+            self.team_lines.setdefault(entry.team, set()).add(line)
+
+    def unqueue(self, entry: GateEntry) -> None:
+        line = _line(entry)
+        queue = self.lines[line]
+        del queue[entry.execution_id]
+        if not queue:
+            del self.lines[line]
+            self.team_lines[entry.team].discard(line)
+            if not self.team_lines[entry.team]:
+                del self.team_lines[entry.team]
+
+    def forget(self, entry: GateEntry) -> None:
+        """Let ``entry`` go, queued or admitted; indexes follow."""
+        del self.entries[entry.execution_id]
+        if entry.running:
+            self.team_running[entry.team] -= 1
+            if entry.max is not None:
+                self.slot_running[entry.slot] -= 1
+        else:
+            self.unqueue(entry)
 
     def copy(self) -> GateState:
-        return GateState(dict(self.entries), self.meta)
+        return GateState(
+            dict(self.entries),
+            self.meta,
+            {k: dict(v) for k, v in self.lines.items()},
+            {k: set(v) for k, v in self.team_lines.items()},
+            Counter(self.slot_running),
+            Counter(self.team_running),
+        )
+
+    def running_count(self) -> int:
+        return sum(self.team_running.values())
 
     def running(self) -> list[GateEntry]:
         return [e for e in self.entries.values() if e.running]
@@ -100,67 +164,79 @@ class GateState:
 def apply(state: GateState, request: GateRequest) -> None:
     """Fold one request into ``state`` (in place). A repeated enqueue and the release of a run the
     gate does not hold change nothing."""
+    held = state.entries.get(request.execution_id)
     if request.kind is GateRequestKind.ENQUEUE:
-        if request.execution_id in state.entries:
+        if held is not None:
             return
-        state.entries[request.execution_id] = GateEntry(
+        entry = GateEntry(
             execution_id=request.execution_id,
             team=request.team,
             slot=request.slot,
             max=request.max,
             seq=state.meta.next_seq,
         )
+        state.hold(entry)
         state.meta = state.meta.model_copy(update={"next_seq": state.meta.next_seq + 1})
-    else:
-        state.entries.pop(request.execution_id, None)
+    elif held is not None:
+        state.forget(held)
+
+
+def _candidate(state: GateState, team: str) -> GateEntry | None:
+    """The team's earliest queued run that may start now: only the head of each of its lines can."""
+    best: GateEntry | None = None
+    for line in state.team_lines.get(team, ()):
+        head = state.entries[next(iter(state.lines[line]))]
+        if head.max is not None and state.slot_running[head.slot] >= head.max:
+            continue
+        if best is None or head.seq < best.seq:
+            best = head
+    return best
 
 
 def admit(state: GateState, team_cap: int | None) -> list[str]:
     """Admit (in place) every run that may start now; their ids in admission order."""
-    slot_running: Counter[str] = Counter()
-    team_running: Counter[str] = Counter()
-    for e in state.running():
-        team_running[e.team] += 1
-        if e.max is not None:
-            slot_running[e.slot] += 1
-    queues: dict[str, list[GateEntry]] = {}
-    slot_queues: dict[str, list[GateEntry]] = {}
-    for e in state.queued():
-        queues.setdefault(e.team, []).append(e)
-        if e.max is not None:
-            slot_queues.setdefault(e.slot, []).append(e)
-
-    def admissible(e: GateEntry) -> bool:
-        if team_cap is not None and team_running[e.team] >= team_cap:
-            return False
-        if e.max is None:
-            return True
-        return slot_queues[e.slot][0] is e and slot_running[e.slot] < e.max
-
     admitted: list[str] = []
     progressed = True
     while progressed:
         progressed = False
-        teams = sorted(t for t, q in queues.items() if q)
+        teams = sorted(state.team_lines)
         last = state.meta.last_team
         after = [t for t in teams if last is None or t > last]
-        turn = after + [t for t in teams if t not in after]
-        for team in turn:
-            if team_cap is not None and team_running[team] >= team_cap:
+        for team in after + [t for t in teams if t not in after]:
+            if team_cap is not None and state.team_running[team] >= team_cap:
                 continue
-            entry = next((e for e in queues[team] if admissible(e)), None)
+            entry = _candidate(state, team)
             if entry is None:
                 continue
-            queues[team].remove(entry)
-            if entry.max is not None:
-                slot_queues[entry.slot].pop(0)
-                slot_running[entry.slot] += 1
-            team_running[team] += 1
-            state.entries[entry.execution_id] = entry.model_copy(update={"running": True})
+            state.forget(entry)
+            state.hold(entry.model_copy(update={"running": True}))
             state.meta = state.meta.model_copy(update={"last_team": team})
             admitted.append(entry.execution_id)
             progressed = True
     return admitted
+
+
+def advance(state: GateState, requests: Iterable[GateRequest], team_cap: int | None) -> Advance:
+    """Fold ``requests`` into ``state`` in place and admit what may start: the admitted ids, and the
+    ids whose entries changed (what the changelog must get). Costs what it changes, whatever is
+    queued; ``step`` is the same on a copy."""
+    requests = list(requests)
+    before = {r.execution_id: state.entries.get(r.execution_id) for r in requests}
+    meta = state.meta
+    for request in requests:
+        apply(state, request)
+    admitted = admit(state, team_cap)
+    changed = {i for i, old in before.items() if old is not state.entries.get(i)} | set(admitted)
+    return Advance(admitted, sorted(changed), meta != state.meta)
+
+
+@dataclass(frozen=True)
+class Advance:
+    admitted: list[str]
+    """In the order their ``admit`` commands go out."""
+    changed: list[str]
+    """Execution ids whose entry was added, changed or removed."""
+    meta_changed: bool
 
 
 def step(
@@ -168,14 +244,4 @@ def step(
 ) -> tuple[GateState, list[str]]:
     """The state after ``requests`` and the admissions they allow; ``state`` is left as it was."""
     new = state.copy()
-    for request in requests:
-        apply(new, request)
-    return new, admit(new, team_cap)
-
-
-def changed_keys(before: GateState, after: GateState) -> tuple[list[str], bool]:
-    """The execution ids whose entries differ (added, changed or removed), and whether the
-    counters changed: what a step must write to the gate's changelog."""
-    keys = before.entries.keys() | after.entries.keys()
-    ids = [k for k in keys if before.entries.get(k) is not after.entries.get(k)]
-    return sorted(ids), before.meta != after.meta
+    return new, advance(new, requests, team_cap).admitted

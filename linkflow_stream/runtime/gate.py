@@ -29,8 +29,7 @@ from linkflow_stream.core.gate import (
     GateRecord,
     GateRequest,
     GateState,
-    changed_keys,
-    step,
+    advance,
 )
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand
 from linkflow_stream.core.outgoing import Outgoing
@@ -79,16 +78,16 @@ async def read_gate_state(
                 if record.key is not None:
                     latest[record.key] = record.value
         await codec.learn(latest.values())
-        state = GateState()
+        meta, entries = GateMeta(), []
         for key, value in latest.items():
             if value is None:
                 continue
             record = codec.decode(value, GateRecord)
             if key == META_KEY and record.meta is not None:
-                state.meta = record.meta
+                meta = record.meta
             elif record.entry is not None:
-                state.entries[record.entry.execution_id] = record.entry
-        return state
+                entries.append(record.entry)
+        return GateState.of(entries, meta)
     finally:
         await consumer.stop()
 
@@ -116,6 +115,8 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
         self.producer: TransactionalProducer | None = None
         self._fresh = False
         """Just claimed: run one admission pass even without input (the team cap may differ)."""
+        self._dirty = False
+        """A batch changed the state in memory and has not committed: it must be read back."""
         self._lock = asyncio.Lock()
         self._must_rejoin = False
         self._consumer: AIOKafkaConsumer | None = None
@@ -193,11 +194,8 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
         self.producer, self.state, self.position, self._fresh = producer, state, position, True
         self._gauges(state)
         consumer.resume(self.tp)
-        log.info(
-            "claimed the gate: %d queued, %d admitted",
-            len(state.entries) - len(state.running()),
-            len(state.running()),
-        )
+        running = state.running_count()
+        log.info("claimed the gate: %d queued, %d admitted", len(state.entries) - running, running)
 
     async def _release(self) -> None:
         producer, self.producer, self.state = self.producer, None, None
@@ -226,6 +224,9 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
                     if self._must_rejoin:
                         await self._rejoin()
                         continue
+                    if self._dirty:  # a batch failed after changing memory: what committed, again
+                        await self._restore()
+                        continue
                     records = [r for r in batches.get(self.tp, []) if r.offset >= self.position]
                     if self.state is None or (not records and not self._fresh):
                         continue
@@ -237,20 +238,32 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
                 log.warning("the gate was taken over (%s); rejoining", exc)
                 self._must_rejoin = True
             except CommitFailed as exc:
-                log.warning("gate transaction aborted (%s); again in %.1fs", exc, delay)
-                self._rewind()
+                log.warning("gate transaction aborted (%s); reading its state back in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                async with self._lock:
+                    await self._restore()
             except Exception:
                 log.exception("gate batch failed; claiming the gate afresh in %.1fs", delay)
                 self._must_rejoin = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
-    def _rewind(self) -> None:
-        if self._consumer is not None and self.state is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.seek(self.tp, self.position)
+    async def _restore(self) -> None:
+        """After an aborted transaction: the committed state and position again, same producer."""
+        consumer = self._consumer
+        if consumer is None or self.state is None:
+            return
+        try:
+            self.state = await read_gate_state(
+                self.settings.bootstrap_servers, self.settings.topic(topic_names.GATE_STATE), self.codec
+            )
+            self.position = (await committed_positions(consumer, [self.tp]))[self.tp]
+            consumer.seek(self.tp, self.position)
+            self._dirty, self._fresh = False, True
+        except Exception:
+            log.exception("could not read the gate's state back; claiming it afresh")
+            self._must_rejoin = True
 
     async def _decide(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         state, producer = self.state, self.producer
@@ -264,7 +277,11 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
                 requests.append(self.codec.decode(record.value, GateRequest))
             except DecodeError as exc:
                 out.append(dead_letter_record(record, str(exc), dlq))
-        new, admitted = step(state, requests, self.settings.team_max_running)
+        # In place: a batch that then fails to commit leaves memory ahead of the log, so every
+        # failure below reads the committed state back (``_restore`` or a new claim).
+        self._dirty = True
+        change = advance(state, requests, self.settings.team_max_running)
+        admitted = change.admitted
         # The admission's time (the run's start, its deadline's origin) is the gate's clock: the
         # inputs' own times come from many partitions and need not grow with the gate's order.
         now = from_millis(int(time.time() * 1000))
@@ -281,18 +298,17 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
                 time=now,
             )
             out.append(encode(self.codec, outgoing, self.settings.topic(topic_names.COMMANDS)))
-        ids, meta_changed = changed_keys(state, new)
-        out.extend(self._changelog(ENTRY_PREFIX + i.encode(), new.entries.get(i)) for i in ids)
-        if meta_changed:
-            out.append(self._changelog(META_KEY, new.meta))
+        out.extend(self._changelog(ENTRY_PREFIX + i.encode(), state.entries.get(i)) for i in change.changed)
+        if change.meta_changed:
+            out.append(self._changelog(META_KEY, state.meta))
         offsets = {self.tp: records[-1].offset + 1} if records else {}
         if out or offsets:
             await producer.commit(out, offsets, self.group_id)
-        self.state, self._fresh = new, False
+        self._dirty, self._fresh = False, False
         if records:
             self.position = records[-1].offset + 1
         self.admitted.inc(len(admitted))
-        self._gauges(new)
+        self._gauges(state)
 
     def _changelog(self, key: bytes, value: GateEntry | GateMeta | None) -> ProducerRecord:
         topic = self.settings.topic(topic_names.GATE_STATE)
@@ -305,6 +321,6 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
         return ProducerRecord(topic=topic, key=key, value=body, headers=[], partition=0)
 
     def _gauges(self, state: GateState) -> None:
-        running = len(state.running())
+        running = state.running_count()
         self.running_gauge.set(running)
         self.queued_gauge.set(len(state.entries) - running)

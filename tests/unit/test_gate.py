@@ -8,8 +8,8 @@ Properties, checked after every step:
 - the gate is work-conserving: after a step no queued run could be admitted;
 - teams take turns: while a team still gets admissions in a step, no other team is more than one
   admission ahead of it in that step (round robin);
-- the changelog a step writes (its changed keys) folds back into exactly the state (what a new
-  owner reads after a kill -9);
+- the changelog a step writes (its changed keys) folds back into exactly the state, indexes and
+  all (what a new owner reads after a kill -9);
 - releasing the admitted runs again and again admits every queued run exactly once.
 """
 
@@ -27,7 +27,7 @@ from linkflow_stream.core.gate import (
     GateRequest,
     GateRequestKind,
     GateState,
-    changed_keys,
+    advance,
     step,
 )
 
@@ -150,13 +150,9 @@ def admissible(state: GateState, cap: int | None) -> list[str]:
 
 
 def fold(log: dict[str, GateEntry | GateMeta | None]) -> GateState:
-    state = GateState()
-    for key, value in log.items():
-        if isinstance(value, GateMeta):
-            state.meta = value
-        elif isinstance(value, GateEntry):
-            state.entries[key] = value
-    return state
+    """The state a new owner builds from the changelog."""
+    meta = next((v for v in log.values() if isinstance(v, GateMeta)), GateMeta())
+    return GateState.of([v for v in log.values() if isinstance(v, GateEntry)], meta)
 
 
 class Model:
@@ -171,16 +167,22 @@ class Model:
         self.slot_order: dict[str, list[int]] = {}
 
     def run(self, requests: list[GateRequest]) -> list[str]:
-        before = self.state
-        after, admitted = step(before, requests, self.cap)
-        ids, meta_changed = changed_keys(before, after)
-        for i in ids:
+        before = self.state.copy()
+        after = self.state  # advanced in place, as the gate's processor does
+        change = advance(after, requests, self.cap)
+        every = {
+            k
+            for k in before.entries.keys() | after.entries.keys()
+            if before.entries.get(k) != after.entries.get(k)
+        }
+        assert every <= set(change.changed), "a changed entry would be missing from the changelog"
+        for i in change.changed:
             self.log[i] = after.entries.get(i)
-        if meta_changed:
+        if change.meta_changed:
             self.log["meta"] = after.meta
-        self.state = after
-        self.check(admitted)
-        return admitted
+        assert change.meta_changed == (before.meta != after.meta)
+        self.check(change.admitted)
+        return change.admitted
 
     def check(self, admitted: list[str]) -> None:
         state = self.state
@@ -207,8 +209,14 @@ class Model:
             for i in range(last + 1):
                 ahead = Counter(teams[:i])
                 assert all(n <= ahead[x] + 1 for n in ahead.values()), f"team {x} skipped its turn: {teams}"
-        assert fold(self.log).entries == state.entries
-        assert fold(self.log).meta == state.meta
+        restored = fold(self.log)
+        assert restored.entries == state.entries
+        assert restored.meta == state.meta
+        # the indexes a restored state builds agree with those kept step by step
+        assert {k: list(v) for k, v in restored.lines.items()} == {k: list(v) for k, v in state.lines.items()}
+        assert {t: ls for t, ls in restored.team_lines.items() if ls} == state.team_lines
+        assert +restored.slot_running == +state.slot_running
+        assert +restored.team_running == +state.team_running
 
 
 @settings(max_examples=300, deadline=None)
