@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import click
 
@@ -403,7 +403,7 @@ Exit codes:
   1  with --wait: the run ended failed or cancelled
   2  bad usage, or a request the engine refused (400, 401, 403, 409)
   3  not found (404): no such workflow or execution (or another team's)
-  4  no answer from the engine, or it is unavailable (503, 5xx)
+  4  no answer from the engine, it is unavailable (503, 5xx), or too busy for the team (429)
   5  with --wait: the run had not ended when the wait was over"""
 EXIT_RUN_FAILED, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_STILL_RUNNING = 1, 2, 3, 4, 5
 
@@ -434,6 +434,7 @@ def _api_errors() -> Iterator[None]:
         ConnectionFailed,
         NotFound,
         ServerError,
+        TooManyRequests,
         Unavailable,
         WaitTimedOut,
     )
@@ -444,7 +445,7 @@ def _api_errors() -> Iterator[None]:
         _exit(EXIT_STILL_RUNNING, exc)
     except NotFound as exc:
         _exit(EXIT_NOT_FOUND, exc)
-    except (ConnectionFailed, Unavailable, ServerError) as exc:
+    except (ConnectionFailed, Unavailable, ServerError, TooManyRequests) as exc:
         _exit(EXIT_UNAVAILABLE, exc)
     except ClientError as exc:
         _exit(EXIT_REFUSED, exc)
@@ -673,7 +674,8 @@ def executions_get(execution_id: str, wait: float | None, url: str, key: str | N
 
 @executions.command("list", epilog=EXIT_CODES)
 @click.option(
-    "--status", type=click.Choice(["pending", "queued", "running", "success", "failed", "cancelled"])
+    "--status",
+    type=click.Choice(["pending", "queued", "running", "success", "failed", "cancelled", "paused"]),
 )
 @click.option("--workflow-id", default=None)
 @click.option("--team", default=None)
@@ -722,6 +724,34 @@ def executions_cancel(execution_id: str, url: str, key: str | None) -> None:
     """Cancel a run (exit 2 with a conflict once it has ended)."""
     with _api_errors():
         _print(_client(url, key).cancel_execution(execution_id))
+
+
+@executions.command("pause", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@click.option(
+    "--deadline",
+    type=click.Choice(["keep", "suspend"]),
+    default="keep",
+    show_default=True,
+    help="keep: the run's deadline still applies while paused; suspend: it stops until resume.",
+)
+@_engine_options
+def executions_pause(
+    execution_id: str, deadline: Literal["keep", "suspend"], url: str, key: str | None
+) -> None:
+    """Pause a run: nothing new starts until it is resumed (exit 2 with a conflict once it has
+    ended or if it is already paused)."""
+    with _api_errors():
+        _print(_client(url, key).pause_execution(execution_id, deadline))
+
+
+@executions.command("resume", epilog=EXIT_CODES)
+@click.argument("execution_id")
+@_engine_options
+def executions_resume(execution_id: str, url: str, key: str | None) -> None:
+    """Resume a paused run (exit 2 with a conflict unless it is paused)."""
+    with _api_errors():
+        _print(_client(url, key).resume_execution(execution_id))
 
 
 @executions.command("logs", epilog=EXIT_CODES)

@@ -15,16 +15,20 @@ from aiohttp import web
 from aiokafka import ConsumerRecord
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.admission import Admission
 from linkflow_stream.core.auth import ApiKey, auth_required, open_beyond_loopback
+from linkflow_stream.core.circuit import CircuitObservation
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.messages import ControlMessage
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.schedule import Schedule, ScheduleProgress
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
 from linkflow_stream.http.auth import authentication
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
+from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.codecs import codec_for, register_schemas
@@ -36,22 +40,26 @@ from linkflow_stream.kafka.pools import TaskPools
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime import gc_tuning
+from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.gate import Gate
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
+from linkflow_stream.runtime.scheduler import Scheduler
 from linkflow_stream.runtime.start_intake import StartIntake
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.runtime.task_consumer import TaskConsumer
+from linkflow_stream.runtime.throttle import NodeThrottle
 from linkflow_stream.settings import Settings
 from linkflow_stream.tracing import ExecutionSpans, TaskSpans, Tracing, TracingConfigError
 from projections.keys import KeyView
 from projections.logs import LogView
 from projections.read_model import ReadModel, Topics
+from projections.schedules import ScheduleView
 from projections.status import StatusView
 from projections.store import open_store
 from projections.store.sql import SCHEMA_VERSION
-from projections.workers import HEARTBEAT_SECONDS, WorkerRecord, WorkerView
+from projections.workers import ALIVE_SECONDS, HEARTBEAT_SECONDS, WorkerRecord, WorkerState, WorkerView
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,8 @@ class Engine:
             self.metrics,
             spans=ExecutionSpans(self.tracing) if self.tracing else None,
         )
+        self.breakers = Breakers(self._publish_circuit)
+        export_metrics(self.breakers, self.metrics.registry)
         self.gate = Gate(settings, self.codec, self.metrics)
         """The concurrency gate (ADR 0030); decides only in the instance that owns it."""
         self.executor = Executor(
@@ -103,6 +113,8 @@ class Engine:
             settings.executor_slots,
             settings.node_output_max_bytes,
             spans=TaskSpans(self.tracing) if self.tracing else None,
+            breakers=self.breakers,
+            throttle=NodeThrottle(self.live_executors),
         )
         self.tasks = TaskConsumer(
             settings,
@@ -139,8 +151,27 @@ class Engine:
             )
 
         self._view = view
+        self.admission = Admission(
+            settings.max_queued_per_team, settings.admission_retry_after_seconds, self.status.queued_of_team
+        )
         self.intake = StartIntake(
-            settings, self.codec, self.workflows, self.views.body, self.sync_views, self.metrics
+            settings,
+            self.codec,
+            self.workflows,
+            self.views.body,
+            self.sync_views,
+            self.metrics,
+            admission=self.admission,
+        )
+        self.schedules = ScheduleView()
+        self.schedule_reader = view([topic_names.SCHEDULES, topic_names.SCHEDULE_PROGRESS], self._on_schedule)
+        self.scheduler = Scheduler(
+            settings,
+            self.codec,
+            self.schedules,
+            self.views.body,
+            self.metrics,
+            ready=self.schedule_reader.caught_up.is_set,
         )
         self.status_reader = self._status_reader({})
         self.key_reader = view([topic_names.KEYS], self._on_key)
@@ -149,6 +180,8 @@ class Engine:
             self.status_reader,
             view([topic_names.WORKERS], self._on_worker),
             self.key_reader,
+            self.schedule_reader,
+            view([topic_names.CIRCUITS], self._on_circuit),
         ]
         self.control = LogReader(
             settings.bootstrap_servers,
@@ -169,6 +202,31 @@ class Engine:
 
     def _on_key(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.keys.apply(self.codec.decode(record.value, ApiKey))
+
+    def _on_schedule(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        schedule_id = (record.key or b"").decode()
+        if record.topic == self.settings.topic(topic_names.SCHEDULES):
+            found = None if record.value is None else self.codec.decode(record.value, Schedule)
+            self.schedules.apply(schedule_id, found)
+        else:
+            progress = None if record.value is None else self.codec.decode(record.value, ScheduleProgress)
+            self.schedules.apply_progress(schedule_id, progress)
+
+    def _on_circuit(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.breakers.apply(self.codec.decode(record.value, CircuitObservation))
+
+    async def _publish_circuit(self, obs: CircuitObservation) -> None:
+        await self.publisher.send(
+            [
+                Outgoing(
+                    topic_names.CIRCUITS,
+                    f"{obs.kind}:{obs.key}",
+                    obs,
+                    "io.linkflow.circuit.observed",
+                    time=obs.at,
+                )
+            ]
+        )
 
     async def _register_schemas(self) -> None:
         """With a schema registry: every topic's value schema registered, and the ids every
@@ -202,7 +260,7 @@ class Engine:
                 + ") but none exists: create one with `linkflow keys create --team <team> --role admin`, "
                 "or listen on 127.0.0.1 only (LINKFLOW_API_HOST), or set LINKFLOW_AUTH=disabled on purpose"
             )
-        log.info("API keys required: %d active keys", sum(k.active for k in self.keys.keys.values()))
+        log.info("API keys required: %d active keys", sum(k.active for k in self.keys.listed()))
 
     def _status_reader(self, positions: Mapping[tuple[str, int], int]) -> LogReader:
         """Events and requests, batch by batch into the read model, from its stored positions."""
@@ -290,6 +348,28 @@ class Engine:
                     )
             await asyncio.sleep(self.settings.retention_check_seconds)
 
+    def _start_limit(self) -> TeamStartLimiter | None:
+        """Each team's start rate limit, when ``LINKFLOW_TEAM_STARTS_PER_SECOND`` sets one."""
+        s = self.settings
+        if s.team_starts_per_second is None:
+            return None
+        return TeamStartLimiter(
+            s.team_starts_per_second, s.team_starts_burst, on_refused=self.metrics.team_starts_throttled.inc
+        )
+
+    def live_executors(self) -> int:
+        """Engine instances alive in the worker registry (at least this one): the executors that
+        share each node rate limit (ADR 0031)."""
+        at = now()
+        alive = [
+            w
+            for w in self.workers.workers.values()
+            if w.engine
+            and w.state is WorkerState.ACTIVE
+            and at - w.heartbeat_at <= timedelta(seconds=ALIVE_SECONDS)
+        ]
+        return max(1, len(alive))
+
     # -- this process as a worker ---------------------------------------------------------------
     def self_record(self, registered_at: datetime) -> WorkerRecord:
         """This process as a worker: its executor slots, its pools, what it runs now."""
@@ -368,8 +448,13 @@ class Engine:
             queue_status=lambda: queue_status(self.settings, self.status, self.status_reader),
             pools=self.pools.names,
             keys=self.keys,
+            schedules=self.schedules,
+            circuits=self.breakers.listing,
             auth=authentication(keys, self.key_reader.sync, Api.ADMIN_ROUTES),
             tracing=self.tracing,
+            start_limit=self._start_limit(),
+            admission=self.admission,
+            on_admission_rejected=lambda team: self.metrics.admission_rejected.labels("http", team).inc(),
             events=lambda execution_id, created_at: execution_events(
                 self.settings.bootstrap_servers,
                 self.settings.topic(topic_names.EVENTS),
@@ -392,6 +477,7 @@ class Engine:
         await self.orchestrator.start()
         await self.gate.start()
         await self.intake.start()
+        await self.scheduler.start()
         await self.tasks.start()
         await asyncio.gather(*(r.caught_up.wait() for r in self.readers))
         gc_tuning.freeze_start_up()
@@ -404,6 +490,7 @@ class Engine:
         for runner in self._runners:
             await runner.cleanup()
         await self.tasks.stop()
+        await self.scheduler.stop()
         await self.intake.stop()
         await self.gate.stop()
         await self.orchestrator.stop()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -88,6 +88,31 @@ class Settings(BaseSettings):
     orchestrator_batch_max: int = Field(default=256, ge=1)
     """Inputs the orchestrator decides before one shared wait for the broker's acks. Default ``256``."""
 
+    priority_weights: Annotated[tuple[int, int, int], NoDecode] = (8, 3, 1)
+    """Weights of the high, normal and low priorities, as ``"8,3,1"`` (three integers of at least
+    1). When the engine is saturated, each orchestrator batch gives every priority with work about
+    a share of its start requests in these proportions (at least one), and the executor takes
+    tasks in weighted turns the same way: high runs go first, and low ones never starve. Default
+    ``8,3,1`` (ADR 0029)."""
+
+    @field_validator("priority_weights", mode="before")
+    @classmethod
+    def _priority_weights(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.strip().strip("[]()").split(",")]
+            try:
+                value = tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"three integers like 8,3,1 expected, not {value!r}") from None
+        return value
+
+    @field_validator("priority_weights")
+    @classmethod
+    def _positive_weights(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(w < 1 for w in value):
+            raise ValueError("every priority weight must be at least 1 (a weight of 0 would starve)")
+        return value
+
     orchestrator_batch_wait_seconds: float = Field(default=0.0005, gt=0)
     """Longest wait of a fetch for more inputs; the latency each orchestrator hop may add.
     Default ``0.0005`` (rounded up to the broker's 1 ms)."""
@@ -134,6 +159,22 @@ class Settings(BaseSettings):
     namespaces, code nodes fail with ``code_error`` and the engine logs the fix at start.
     Default ``bwrap``."""
 
+    code_kill_grace_seconds: float = Field(default=2.0, ge=0, le=60)
+    """How long a ``code`` node that ran out of time has between SIGTERM and SIGKILL, unless its
+    config sets ``kill_grace_seconds``. Both fall inside the node's timeout: SIGTERM comes that
+    long before the end (at most half the wall clock), so the attempt still ends within
+    ``timeout_seconds``. 0: SIGKILL at once. Default ``2.0``."""
+
+    max_queued_per_team: int = Field(default=0, ge=0)
+    """Admission control: the most runs a team may have queued (accepted, not yet running; counted
+    in this instance's status view). A start beyond it is refused: ``POST /api/executions``
+    answers 429 with ``Retry-After``, a ``linkflow.start`` record goes to the DLQ with the reason
+    ``too_many_requests``. Runs of workflows without a team count as one team. Default ``0``: no
+    limit."""
+
+    admission_retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    """The ``Retry-After`` (seconds) of a start refused by ``max_queued_per_team``. Default ``5``."""
+
     http_timeout_seconds: float = 30.0
     """Default timeout of an HTTP node. Default ``30.0``."""
 
@@ -143,6 +184,14 @@ class Settings(BaseSettings):
 
     http_max_response_bytes: int = 1024 * 1024
     """Largest HTTP response body a node accepts. Default 1 MiB (the node output cap)."""
+
+    team_starts_per_second: float | None = Field(default=None, gt=0)
+    """Runs a team may start per second through ``POST /api/executions`` on this API instance
+    (a token bucket per team; over it: 429 with ``Retry-After``). Default ``None``: no limit."""
+
+    team_starts_burst: int | None = Field(default=None, ge=1)
+    """Starts a team may make at once above its rate (the bucket's size). Default ``None``: the
+    rate rounded up, at least 1. Used only with ``team_starts_per_second``."""
 
     team_max_running: int | None = Field(default=None, ge=1)
     """Most runs of one team running at once; the rest wait ``queued`` and teams with queued runs

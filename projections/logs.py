@@ -62,9 +62,12 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             )
         ]
     if t is EventType.NODE_STARTED:
-        how = {"inline": "in the orchestrator", "task": "on an executor", "timer": "as a timer"}[
-            e.dispatch or "task"
-        ]
+        how = {
+            "inline": "in the orchestrator",
+            "task": "on an executor",
+            "timer": "as a timer",
+            "child": "as a child run",
+        }.get(e.dispatch or "task", f"as {e.dispatch}")
         note = f" ({e.reason})" if e.reason else ""
         return [
             _line(
@@ -84,7 +87,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
                 e.at,
                 "warning",
                 f"{kind} node {e.node_id} attempt {e.attempt} failed "
-                f"({e.error.error_class}: {e.error.message}); retry at {e.due_at}",
+                f"({e.error.error_class}: {e.error.message}); retry at {e.due_at}"
+                + (f" ({e.reason})" if e.reason else ""),
                 e.node_id,
             ),
         ]
@@ -94,13 +98,27 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             _line(
                 e.at,
                 "error",
-                f"{kind} node {e.node_id} failed: {e.error.error_class}: {e.error.message}",
+                f"{kind} node {e.node_id} failed: {e.error.error_class}: {e.error.message}"
+                + (f" ({e.reason})" if e.reason else ""),
                 e.node_id,
                 error_class=e.error.error_class,
             ),
         ]
+    if t is EventType.NODE_THROTTLED:
+        return [
+            _line(
+                e.at,
+                "info",
+                f"{kind} node {e.node_id} attempt {e.attempt} waits for its rate limit "
+                f"({e.reason}); dispatched again at {e.due_at}",
+                e.node_id,
+                due_at=e.due_at.isoformat() if e.due_at else None,
+            )
+        ]
     if t is EventType.NODE_SKIPPED:
         return [_line(e.at, "info", f"node {e.node_id} skipped: {e.reason}", e.node_id)]
+    if t is EventType.NODE_REUSED:
+        return [_line(e.at, "info", f"node {e.node_id} not run: {e.reason}", e.node_id)]
     if t is EventType.NODE_CANCELLED:
         return [_line(e.at, "warning", f"node {e.node_id} cancelled: {e.reason}", e.node_id)]
     if t is EventType.EXECUTION_SUCCEEDED:
@@ -109,6 +127,12 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
         return [_line(e.at, "error", f"execution failed: {e.reason}")]
     if t is EventType.EXECUTION_CANCELLED:
         return [_line(e.at, "warning", f"execution cancelled: {e.reason}")]
+    if t is EventType.EXECUTION_PAUSED:
+        held = f"; deadline {e.due_at.isoformat()} suspended" if e.due_at else ""
+        return [_line(e.at, "info", f"execution paused: {e.reason}{held}")]
+    if t is EventType.EXECUTION_RESUMED:
+        moved = f"; deadline now {e.due_at.isoformat()}" if e.due_at else ""
+        return [_line(e.at, "info", f"execution resumed: {e.reason}{moved}")]
     return []
 
 

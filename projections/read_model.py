@@ -31,7 +31,7 @@ from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.kafka.codec import Codec
 from projections.costs import RATES, Rates, cost_of, report, since_of
 from projections.logs import LEVELS, Line, LogView, lines_for
-from projections.status import StatusView, render
+from projections.status import REVERSE_LINKS, StatusView, render
 from projections.store import (
     Changes,
     ExecutionQuery,
@@ -214,6 +214,14 @@ class ReadModel:
         row = (await self.store.states([execution_id])).get(execution_id)
         return None if row is None else dict(json.loads(row.body))
 
+    async def linked(self, execution_id: str) -> dict[str, list[str]]:
+        """The runs that link to this one, by the body field that lists them (``reruns``, ...)."""
+        found: dict[str, list[str]] = {field: [] for field in REVERSE_LINKS.values()}
+        for kind, run in await self.store.linked(execution_id):
+            if kind in REVERSE_LINKS:
+                found[REVERSE_LINKS[kind]].append(run)
+        return found
+
     async def page(self, query: ExecutionQuery) -> tuple[list[str], str | None]:
         """A page of runs as stored (their JSON bodies), newest first, and the next page's cursor."""
         found = await self.store.page(query)
@@ -331,4 +339,14 @@ def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> 
         cost_compute=breakdown["compute"],
         cost_cpu=breakdown["cpu"],
         cost_network=breakdown["network"],
+        **_forward_link(state),
     )
+
+
+def _forward_link(state: ExecutionState) -> dict[str, str]:
+    """The one run this run links to, and how, as the row's link columns (none: no columns)."""
+    for kind in REVERSE_LINKS:
+        target = state.links.get(kind)
+        if target:
+            return {"linked_to": target, "link_kind": kind}
+    return {}

@@ -19,6 +19,12 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, Transition, apply
 
+LINKS = ("schedule_id", "rerun_of", "error_of", "parent")
+"""The links every body shows (``None`` when the run has none): what started it."""
+REVERSE_LINKS = {"rerun_of": "reruns", "parent": "children"}
+"""Link -> the field of the linked run's ``GET /api/executions/{id}`` body that lists the runs
+linking to it (a rerun's original lists it under ``reruns``)."""
+
 
 def _iso(dt: datetime | None) -> str | None:
     return iso(dt) if dt else None
@@ -38,6 +44,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
         "started_at": _iso(state.started_at),
         "finished_at": _iso(state.finished_at),
         "deadline_at": _iso(deadline.due_at) if (deadline := state.timers.get("execution_timeout")) else None,
+        **{name: state.links.get(name) for name in LINKS},
         "nodes": {
             node_id: {
                 "status": n.status.value,
@@ -48,6 +55,7 @@ def render(state: ExecutionState) -> dict[str, Any]:
                 "finished_at": _iso(n.finished_at),
                 "usage": n.usage,
                 "logs": n.logs,
+                "reused": n.reused,
             }
             for node_id, n in state.nodes.items()
         },
@@ -121,6 +129,7 @@ def accepted_state(request: StartExecution) -> ExecutionState:
             ),
         ),
         traceparent=request.traceparent,
+        links=request.links,
     )
 
 
@@ -215,6 +224,12 @@ class StatusView:
         self.accepted.setdefault(request.execution_id, accepted_state(request))
         return True
 
+    def withdraw(self, execution_id: str) -> None:
+        """Forget a run accepted here whose request Kafka did not acknowledge, so it neither shows
+        as pending nor counts as queued for ever; one that did reach the log is accepted again
+        when the request is read."""
+        self.accepted.pop(execution_id, None)
+
     def get(self, execution_id: str) -> dict[str, Any] | None:
         state = self.known(execution_id) or self.accepted.get(execution_id)
         return render(state) if state is not None else None
@@ -229,6 +244,15 @@ class StatusView:
             waiting = state.status is ExecutionStatus.QUEUED  # behind a concurrency limit (ADR 0030)
             counts[state.priority.value]["queued" if waiting else "running"] += 1
         return counts
+
+    def queued_of_team(self, team: str | None) -> int:
+        """Runs of ``team``'s workflows that are queued: accepted and not started, or started and
+        waiting (status ``queued``). What admission control counts (``runtime.admission``)."""
+        accepted = sum(1 for s in self.accepted.values() if s.workflow.team == team)
+        waiting = sum(
+            1 for s in self.executions.values() if s.workflow.team == team and s.status.value == "queued"
+        )
+        return accepted + waiting
 
     def status(self, execution_id: str) -> ExecutionStatus | None:
         state = self.known(execution_id)

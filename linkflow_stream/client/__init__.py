@@ -11,7 +11,8 @@
 Answers are typed (``Execution``, ``ExecutionPage``, ``LogLine`` ...: the ``TypedDict`` s the
 engine's OpenAPI document is built from). Every error the engine answers becomes one class
 (``ValidationFailed`` 400, ``Unauthorized`` 401, ``Forbidden`` 403, ``NotFound`` 404,
-``Conflict`` 409, ``Unavailable`` 503), no answer at all ``ConnectionFailed``; all are
+``Conflict`` 409, ``TooManyRequests`` 429 with ``retry_after_seconds``, ``Unavailable`` 503), no
+answer at all ``ConnectionFailed``; all are
 ``LinkflowError`` s with ``error_type`` and ``retryable``.
 
 Starting a run by producing (the ``io.linkflow.StartRequest`` contract on ``linkflow.start``,
@@ -29,6 +30,7 @@ from linkflow_stream.client._errors import (
     Forbidden,
     NotFound,
     ServerError,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     ValidationFailed,
@@ -66,6 +68,7 @@ __all__ = [
     "NotFound",
     "ServerError",
     "Started",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "ValidationFailed",

@@ -180,6 +180,17 @@ class AsyncClient:
         """Ask a run to stop (202 ``cancelling``); ``Conflict`` once it has ended."""
         return await self.send(calls.cancel_execution(execution_id))
 
+    async def pause_execution(
+        self, execution_id: str, deadline: Literal["keep", "suspend"] = "keep"
+    ) -> Accepted:
+        """Stop dispatching (202 ``pausing``); ``Conflict`` once it has ended or if already paused.
+        ``deadline="suspend"`` stops the run's deadline while paused."""
+        return await self.send(calls.pause_execution(execution_id, deadline))
+
+    async def resume_execution(self, execution_id: str) -> Accepted:
+        """Dispatch again (202 ``resuming``); ``Conflict`` unless the run is paused."""
+        return await self.send(calls.resume_execution(execution_id))
+
     async def recover_execution(self, execution_id: str) -> Accepted:
         return await self.send(calls.recover_execution(execution_id))
 

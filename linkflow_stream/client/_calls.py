@@ -30,7 +30,7 @@ from linkflow_stream.http.responses import (
 T = TypeVar("T")
 
 Priority = Literal["high", "normal", "low"]
-Status = Literal["pending", "queued", "running", "success", "failed", "cancelled"]
+Status = Literal["pending", "queued", "running", "success", "failed", "cancelled", "paused"]
 TERMINAL: frozenset[str] = frozenset({"success", "failed", "cancelled"})
 
 
@@ -88,7 +88,7 @@ def _ok(answer: Answer, *expected: int) -> Any:
     """The decoded body of an expected status, else the mapped error."""
     body = answer.json()
     if answer.status not in expected:
-        raise error_for(answer.status, body, answer.text)
+        raise error_for(answer.status, body, answer.text, answer.headers)
     return body
 
 
@@ -194,6 +194,16 @@ def list_executions(
 
 def cancel_execution(execution_id: str) -> Call[Accepted]:
     return Call("POST", f"/api/executions/{_id(execution_id)}/cancel", _expect(202))
+
+
+def pause_execution(execution_id: str, deadline: Literal["keep", "suspend"] = "keep") -> Call[Accepted]:
+    return Call(
+        "POST", f"/api/executions/{_id(execution_id)}/pause", _expect(202), body={"deadline": deadline}
+    )
+
+
+def resume_execution(execution_id: str) -> Call[Accepted]:
+    return Call("POST", f"/api/executions/{_id(execution_id)}/resume", _expect(202))
 
 
 def recover_execution(execution_id: str) -> Call[Accepted]:

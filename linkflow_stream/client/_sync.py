@@ -182,6 +182,15 @@ class Client:
         """Ask a run to stop (202 ``cancelling``); ``Conflict`` once it has ended."""
         return self.send(calls.cancel_execution(execution_id))
 
+    def pause_execution(self, execution_id: str, deadline: Literal["keep", "suspend"] = "keep") -> Accepted:
+        """Stop dispatching (202 ``pausing``); ``Conflict`` once it has ended or if already paused.
+        ``deadline="suspend"`` stops the run's deadline while paused."""
+        return self.send(calls.pause_execution(execution_id, deadline))
+
+    def resume_execution(self, execution_id: str) -> Accepted:
+        """Dispatch again (202 ``resuming``); ``Conflict`` unless the run is paused."""
+        return self.send(calls.resume_execution(execution_id))
+
     def recover_execution(self, execution_id: str) -> Accepted:
         return self.send(calls.recover_execution(execution_id))
 

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from linkflow_stream.core.clock import iso
 
 PREFIX = "lfk"
+WEBHOOK_PREFIX = "lfw"
+"""A workflow's webhook token is ``lfw_<id>_<secret>``: stored like a key, never accepted as one."""
 KEY_ID = re.compile(r"[0-9a-f]{12}")
 SECRET = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What ``token_urlsafe`` makes; anything else (a header's stray bytes) is no key, not an error."""
@@ -61,10 +63,17 @@ class ApiKey(BaseModel):
     """``sha256:<hex>`` of the secret part."""
     created_at: datetime
     revoked_at: datetime | None = None
+    workflow_id: str | None = None
+    """Set on a webhook token: it starts runs of this workflow through ``POST /webhook/{id}`` and
+    is no API key (the middleware refuses it as one)."""
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def is_webhook_token(self) -> bool:
+        return self.workflow_id is not None
 
     def public(self) -> dict[str, object]:
         """What may be shown about the key: everything but its hash."""
@@ -86,15 +95,34 @@ def new_key(team: str, role: Role, name: str, at: datetime) -> tuple[str, ApiKey
     return f"{PREFIX}_{key_id}_{secret}", record
 
 
+def new_webhook_token(workflow_id: str, team: str, at: datetime) -> tuple[str, ApiKey]:
+    """A fresh webhook token of ``workflow_id``: (the token to hand out once, the record to store).
+    It is kept as an operator-role record of the workflow's team, which is what a run it starts
+    belongs to."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    record = ApiKey(
+        id=key_id,
+        team=team,
+        role=Role.OPERATOR,
+        name=f"webhook of {workflow_id}",
+        hash=hash_secret(secret),
+        created_at=at,
+        workflow_id=workflow_id,
+    )
+    return f"{WEBHOOK_PREFIX}_{key_id}_{secret}", record
+
+
 def hash_secret(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
 
 
-def split_key(text: str) -> tuple[str, str] | None:
-    """(key id, secret) of a well-formed key, else ``None``."""
+def split_key(text: str, kind: str = PREFIX) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key (``kind`` ``WEBHOOK_PREFIX``: a webhook token), else
+    ``None``."""
     prefix, _, rest = text.partition("_")
     key_id, _, secret = rest.partition("_")
-    if prefix != PREFIX or not KEY_ID.fullmatch(key_id) or not SECRET.fullmatch(secret):
+    if prefix != kind or not KEY_ID.fullmatch(key_id) or not SECRET.fullmatch(secret):
         return None
     return key_id, secret
 

@@ -8,6 +8,12 @@ that no longer matches the state (a result for an old attempt, a stale timer), y
 A timer firing counts only at or after its timer's due time, and only for that due time when the
 firing names one: a deadline keeps its timer id when it moves, so the id alone cannot tell a
 firing for the old deadline from one for the new.
+
+A paused run (ADR 0034) starts nothing: no node, no re-dispatch for a lease, no retry. Results
+of nodes in flight are still recorded (and a failure that cannot be retried still fails the
+run), and its timers stay in the state with their due times: one that fires while paused is
+kept, and resuming handles every timer due by then, in due order, before the run advances. A
+run whose last node finishes while paused stays paused and ends when resumed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError, NodeResult, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeStatus, Timer, TimerKind, evolve
-from linkflow_stream.core.workflow import Dependency, NodeDefinition
+from linkflow_stream.core.workflow import Dependency, NodeDefinition, RetryPolicy
 
 Input = StartExecution | NodeResult | ExecutionCommand
 
@@ -89,11 +95,13 @@ def decide(
             input=inp.input,
             priority=inp.priority,
             traceparent=inp.traceparent,
+            links=inp.links or None,
         )
         if cfg.gated(inp):
             b.emit(EventType.EXECUTION_QUEUED, reason="waiting for a concurrency slot")
+            _reuse(b, inp)  # a rerun's reused nodes succeed now; nothing is dispatched until admitted
             return b.events
-        _start(b, cfg)
+        _start(b, cfg, inp)
         return b.events
     if state is None or state.status.terminal:
         return []
@@ -101,14 +109,20 @@ def decide(
         if inp.kind is CommandKind.ADMIT:
             _start(b, cfg)
             return b.events
-        if inp.kind is CommandKind.RECOVER:
-            return []  # nothing in flight to dispatch again; the gate admits it in its turn
+        if inp.kind in (CommandKind.RECOVER, CommandKind.PAUSE, CommandKind.RESUME):
+            return []  # nothing in flight to dispatch again or hold; the gate admits it in its turn
     if isinstance(inp, NodeResult):
         _on_result(b, inp, cfg)
     elif inp.kind is CommandKind.CANCEL:
         _terminate(b, ExecutionStatus.CANCELLED, inp.reason or "cancelled by request")
     elif inp.kind is CommandKind.SET_TIMEOUT and inp.timeout_seconds is not None:
         _set_deadline(b, inp.timeout_seconds)
+    elif inp.kind is CommandKind.PAUSE:
+        _pause(b, inp)
+    elif inp.kind is CommandKind.RESUME:
+        _resume(b, cfg)
+    elif state.status is ExecutionStatus.PAUSED and not _fires_while_paused(state, inp):
+        pass  # a re-dispatch, or a timer kept for resume
     elif inp.kind is CommandKind.RECOVER:
         _recover(b, cfg)
     elif inp.kind is CommandKind.TIMER_FIRED and inp.timer_id is not None:
@@ -116,14 +130,29 @@ def decide(
     return b.events
 
 
-def _start(b: _Builder, cfg: DeciderConfig) -> None:
+def _start(b: _Builder, cfg: DeciderConfig, start: StartExecution | None = None) -> None:
     """The run starts: its deadline counts from now (for a queued run, its admission), unless one
-    was set while it was queued (``set_timeout``), which stays."""
+    was set while it was queued (``set_timeout``), which stays. ``start``: a run started at once,
+    whose rerun reuses nodes now (a queued run reused them when it was created)."""
     timeout = b.s.workflow.timeout_seconds
     if Timer.make_id(TimerKind.EXECUTION_TIMEOUT) in b.s.timers:
         timeout = None
     b.emit(EventType.EXECUTION_STARTED, due_at=b.now + timedelta(seconds=timeout) if timeout else None)
+    if start is not None:
+        _reuse(b, start)
     _advance(b, cfg)
+
+
+def _reuse(b: _Builder, start: StartExecution) -> None:
+    """A rerun: the nodes it takes from the run it reruns succeed at once with their outputs
+    there, before anything is dispatched, so they never run here."""
+    reused = start.reused or {}
+    source = start.links.get("rerun_of", "the run this one reruns")
+    for node in b.s.workflow.nodes:
+        if node.id in reused:
+            b.emit(
+                EventType.NODE_REUSED, node_id=node.id, output=reused[node.id], reason=f"reused from {source}"
+            )
 
 
 def _set_deadline(b: _Builder, timeout_seconds: float) -> None:
@@ -131,8 +160,56 @@ def _set_deadline(b: _Builder, timeout_seconds: float) -> None:
     start = b.s.started_at or b.s.created_at
     deadline = start + timedelta(seconds=timeout_seconds)
     b.emit(EventType.EXECUTION_DEADLINE_SET, due_at=deadline, reason=f"timeout set to {timeout_seconds:g}s")
-    if deadline <= b.now:
+    if deadline <= b.now and b.s.suspended_deadline is None:
         _terminate(b, ExecutionStatus.FAILED, f"execution timed out (timeout set to {timeout_seconds:g}s)")
+
+
+def _pause(b: _Builder, cmd: ExecutionCommand) -> None:
+    """A running run stops dispatching; with ``suspend_deadline`` its deadline stops too."""
+    if b.s.status is not ExecutionStatus.RUNNING:
+        return  # already paused (a repeated command): nothing to do
+    deadline = b.s.timers.get(Timer.make_id(TimerKind.EXECUTION_TIMEOUT))
+    suspended = deadline.due_at if cmd.suspend_deadline and deadline is not None else None
+    b.emit(EventType.EXECUTION_PAUSED, due_at=suspended, reason=cmd.reason or "paused by request")
+
+
+def _fires_while_paused(state: ExecutionState, inp: ExecutionCommand) -> bool:
+    """Of the commands that may start nodes, only the deadline acts on a paused run."""
+    if inp.kind is CommandKind.RECOVER:
+        return False
+    if inp.kind is CommandKind.TIMER_FIRED:
+        timer = state.timers.get(inp.timer_id or "")
+        return timer is not None and timer.kind is TimerKind.EXECUTION_TIMEOUT
+    return True
+
+
+def _resume(b: _Builder, cfg: DeciderConfig) -> None:
+    """Dispatch again: set a suspended deadline again (moved on by the paused time), handle every
+    timer that came due while paused as if it fired then, in due order, then advance."""
+    if b.s.status is not ExecutionStatus.PAUSED:
+        return  # not paused (a repeated command): nothing to do
+    paused_at = b.s.paused_at or b.now
+    suspended = b.s.suspended_deadline
+    deadline = suspended + (b.now - paused_at) if suspended is not None else None
+    b.emit(EventType.EXECUTION_RESUMED, due_at=deadline, reason="resumed by request")
+    now_ms = to_millis(b.now)
+    due = sorted(
+        (t for t in b.s.timers.values() if to_millis(t.due_at) <= now_ms),
+        key=lambda t: (to_millis(t.due_at), t.id),
+    )
+    for timer in due:
+        if b.s.status.terminal:
+            return
+        if b.s.timers.get(timer.id) == timer:  # not moved on by an earlier one
+            fired = ExecutionCommand(
+                execution_id=b.execution_id,
+                kind=CommandKind.TIMER_FIRED,
+                timer_id=timer.id,
+                due_at=timer.due_at,
+            )
+            _on_timer(b, fired, cfg)
+    if not b.s.status.terminal:
+        _advance(b, cfg)
 
 
 def _recover(b: _Builder, cfg: DeciderConfig) -> None:
@@ -150,8 +227,12 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     node = b.s.nodes.get(r.node_id)
     if node is None or node.status is not NodeStatus.RUNNING or node.attempts != r.attempt:
         return  # an old attempt, a duplicate, or a node that was cancelled meanwhile
-    if any(t.kind is TimerKind.RETRY and t.node_id == r.node_id for t in b.s.timers.values()):
-        return  # this attempt already failed and its retry is scheduled
+    if any(t.kind in _PARKED and t.node_id == r.node_id for t in b.s.timers.values()):
+        return  # this attempt already failed (its retry is scheduled) or waits for a token
+    if r.throttled_until is not None and not r.ok:
+        if _answers_current_dispatch(b, r):
+            _throttle(b, r)
+        return
     if r.ok:
         b.emit(
             EventType.NODE_SUCCEEDED,
@@ -165,6 +246,35 @@ def _on_result(b: _Builder, r: NodeResult, cfg: DeciderConfig) -> None:
     else:
         error = r.error or NodeError(error_class="unknown", message="node failed without an error")
         _fail_node(b, b.s.workflow.node(r.node_id), r.attempt, error, cfg, r.usage, r.logs)
+
+
+_PARKED = frozenset({TimerKind.RETRY, TimerKind.THROTTLE})
+"""Timers of a node whose attempt is not out on an executor: a result for it is a late copy."""
+
+
+def _answers_current_dispatch(b: _Builder, r: NodeResult) -> bool:
+    """Whether a throttled result answers the dispatch now out, not an earlier one of the same
+    attempt number (a throttled attempt goes out again under its number; a redelivered copy of the
+    earlier task may come back throttled after that). Told by the task's lease: each dispatch has
+    its own. A result that does not say (older executors) is taken as current."""
+    if r.lease_until is None:
+        return True
+    lease = b.s.timers.get(Timer.make_id(TimerKind.LEASE, r.node_id, r.attempt))
+    return lease is not None and to_millis(lease.due_at) == to_millis(r.lease_until)
+
+
+def _throttle(b: _Builder, r: NodeResult) -> None:
+    """The attempt did not run for want of a token: wait (a durable timer) and dispatch the same
+    attempt again then. Not a failure, so the retry policy's attempts are untouched."""
+    assert r.throttled_until is not None
+    due = max(r.throttled_until, b.now)
+    b.emit(
+        EventType.NODE_THROTTLED,
+        node_id=r.node_id,
+        attempt=r.attempt,
+        due_at=due,
+        reason=r.error.message if r.error else "rate limit: no token",
+    )
 
 
 def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
@@ -194,6 +304,10 @@ def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
         _advance(b, cfg)
     elif timer.kind is TimerKind.RETRY:
         _start_node(b, node, timer.attempt + 1, cfg)
+    elif timer.kind is TimerKind.THROTTLE:
+        _start_node(b, node, timer.attempt, cfg, reason="rate limit wait over; dispatched again")
+    elif timer.kind is TimerKind.CHILD:
+        _child_timed_out(b, node, timer.attempt, cfg)
     elif timer.attempt >= cfg.max_lease_attempts + _extra_attempts(b, node):  # LEASE
         error = NodeError(
             error_class="lease_expired",
@@ -204,6 +318,16 @@ def _on_timer(b: _Builder, fired: ExecutionCommand, cfg: DeciderConfig) -> None:
         _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
     else:
         _start_node(b, node, timer.attempt + 1, cfg, reason="lease expired; dispatched again")
+
+
+def _child_timed_out(b: _Builder, node: NodeDefinition, attempt: int, cfg: DeciderConfig) -> None:
+    """A ``workflow`` node whose child run did not end within the node's timeout fails with
+    class ``timeout`` (retried as its policy says, by a new child); the step cancels the child."""
+    timeout = node.timeout_seconds or cfg.kind(node.type).default_timeout_seconds
+    error = NodeError(
+        error_class="timeout", retryable=True, message=f"child run did not finish within {timeout:g}s"
+    )
+    _fail_node(b, node, attempt, error, cfg)
 
 
 def _extra_attempts(b: _Builder, node: NodeDefinition) -> int:
@@ -221,19 +345,39 @@ def _fail_node(
     logs: dict[str, str] | None = None,
 ) -> None:
     policy = b.s.workflow.retry_policy(node)
-    if error.retryable and policy is not None and attempt < policy.max_attempts:
+    if policy is not None and policy.would_retry(error.error_class, error.retryable, attempt):
+        delay = policy.retry_delay(attempt, b.execution_id, node.id)
         b.emit(
             EventType.NODE_RETRY_SCHEDULED,
             node_id=node.id,
             attempt=attempt,
             error=error,
-            due_at=b.now + timedelta(seconds=policy.delay(attempt)),
+            due_at=b.now + timedelta(seconds=delay),
             usage=usage,
             logs=logs,
+            reason=_retry_reason(policy, attempt, delay),
         )
         return
-    b.emit(EventType.NODE_FAILED, node_id=node.id, attempt=attempt, error=error, usage=usage, logs=logs)
+    reason = None
+    if policy is not None and error.retryable and attempt < policy.max_attempts:
+        reason = f"not retried: {error.error_class} is not in retry_on ({', '.join(policy.retry_on or ())})"
+    b.emit(
+        EventType.NODE_FAILED,
+        node_id=node.id,
+        attempt=attempt,
+        error=error,
+        usage=usage,
+        logs=logs,
+        reason=reason,
+    )
     _terminate(b, ExecutionStatus.FAILED, f"node {node.id} failed: {error.message}")
+
+
+def _retry_reason(policy: RetryPolicy, attempt: int, delay: float) -> str:
+    """What a ``node_retry_scheduled`` event says of its delay: the backoff and the jitter taken off."""
+    backoff = policy.delay(attempt)
+    jitter = f", jitter -{backoff - delay:.3f}s" if policy.jitter else ""
+    return f"retry in {delay:.3f}s (backoff {backoff:.3f}s{jitter})"
 
 
 def _terminate(b: _Builder, status: ExecutionStatus, reason: str) -> None:
@@ -267,7 +411,10 @@ def _readiness(b: _Builder, node: NodeDefinition) -> NodeStatus | None:
 
 
 def _advance(b: _Builder, cfg: DeciderConfig) -> None:
-    """Start every ready node and skip every excluded one, until nothing changes; then finish."""
+    """Start every ready node and skip every excluded one, until nothing changes; then finish.
+    A paused run does neither: resuming advances it."""
+    if b.s.status is ExecutionStatus.PAUSED:
+        return
     progressed = True
     while progressed:
         progressed = False
@@ -293,6 +440,8 @@ def _start_node(
     elif kind.dispatch is Dispatch.TASK:
         timeout = node.timeout_seconds or kind.default_timeout_seconds
         due = b.now + timedelta(seconds=timeout + cfg.lease_grace_seconds)
+    elif kind.dispatch is Dispatch.CHILD:
+        due = b.now + timedelta(seconds=node.timeout_seconds or kind.default_timeout_seconds)
     else:
         due = None
     b.emit(

@@ -25,6 +25,12 @@ class EventType(StrEnum):
     EXECUTION_FAILED = "execution_failed"
     EXECUTION_CANCELLED = "execution_cancelled"
     EXECUTION_DEADLINE_SET = "execution_deadline_set"
+    NODE_THROTTLED = "node_throttled"
+    NODE_REUSED = "node_reused"
+    EXECUTION_PAUSED = "execution_paused"
+    """``due_at``: the run's deadline, suspended by this pause; ``None`` if it still applies."""
+    EXECUTION_RESUMED = "execution_resumed"
+    """``due_at``: the suspended deadline moved on by the paused time; ``None`` if none was."""
     EXECUTION_QUEUED = "execution_queued"
     """The run waits for a concurrency slot (ADR 0030); ``execution_started`` follows on admission."""
 
@@ -35,6 +41,8 @@ class Dispatch(StrEnum):
     TASK = "task"
     INLINE = "inline"
     TIMER = "timer"
+    CHILD = "child"
+    """A ``workflow`` node: a child run, waited for by a timer (ADR 0036); no worker slot."""
 
 
 class ExecutionEvent(BaseModel):
@@ -60,3 +68,5 @@ class ExecutionEvent(BaseModel):
     logs: dict[str, str] | None = None
     traceparent: str | None = None
     """``execution_created`` only: the caller's W3C ``traceparent`` (see ``StartExecution``)."""
+    links: dict[str, str] | None = None
+    """``execution_created`` only: what started the run (see ``StartExecution.links``)."""

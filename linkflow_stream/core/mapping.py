@@ -13,12 +13,14 @@ deterministic like an inline node (ADR 0015).
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Any
 
 from linkflow_stream.core.expressions import compile_expression, evaluate
 from linkflow_stream.core.node_contract import NodeFailure
+from linkflow_stream.core.rate_limit import RateLimitBucket
 from linkflow_stream.core.workflow import NodeDefinition
 
 MAPPING_TIMEOUT_SECONDS = 1.0
@@ -114,4 +116,34 @@ def _mapping_failure(where: str, what: str, exc: NodeFailure, timeout_seconds: f
 def _timed_out(where: str, what: str, timeout_seconds: float) -> NodeFailure:
     return NodeFailure(
         "timeout", f"{where}: the {what} ran past its time limit of {timeout_seconds:g} s", retryable=False
+    )
+
+
+def rate_limit_bucket(
+    workflow_id: str,
+    node: NodeDefinition,
+    data: dict[str, Any],
+    *,
+    now: datetime | None = None,
+    seed: str | None = None,
+    timeout_seconds: float = MAPPING_TIMEOUT_SECONDS,
+) -> RateLimitBucket | None:
+    """The bucket an attempt of ``node`` draws from, its ``rate_limit.key`` evaluated over ``data``
+    (a string as it is, anything else as its JSON, nothing as the empty string); ``None`` for a
+    node without a limit. A key that fails to evaluate fails the node like a mapping."""
+    limit = node.rate_limit
+    if limit is None:
+        return None
+    value = ""
+    if limit.key is not None:
+        try:
+            found = evaluate(
+                limit.key, data, timeout_seconds=timeout_seconds, now=now, seed=_part(seed, "key")
+            )
+        except NodeFailure as exc:
+            raise _mapping_failure("rate_limit.key", "rate limit key", exc, timeout_seconds) from exc
+        if found is not None:
+            value = found if isinstance(found, str) else json.dumps(found, sort_keys=True, default=str)
+    return RateLimitBucket(
+        key=f"{workflow_id}/{node.id}/{value}", per_second=limit.per_second, burst=limit.burst
     )

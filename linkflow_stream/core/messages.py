@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from linkflow_stream.core.rate_limit import RateLimitBucket
 from linkflow_stream.core.workflow import WorkflowDefinition
 
 
@@ -23,6 +24,8 @@ class CommandKind(StrEnum):
     TIMER_FIRED = "timer_fired"
     SET_TIMEOUT = "set_timeout"
     RECOVER = "recover"
+    PAUSE = "pause"
+    RESUME = "resume"
     ADMIT = "admit"
     """From the gate (ADR 0030): a queued run may start now."""
 
@@ -48,6 +51,11 @@ class StartExecution(BaseModel):
     traceparent: str | None = None
     """W3C ``traceparent`` of the caller whose trace the run continues: the API's send span, or
     the ``traceparent`` header of a producer's record. Default ``None``: the run starts a trace."""
+    links: dict[str, str] = {}
+    """What started the run, by name (``schedule_id``, ...); empty for a plain start."""
+    reused: dict[str, Any] | None = None
+    """A rerun: node id -> the output it takes from the run it reruns (``links["rerun_of"]``)
+    instead of running the node (``core/rerun.py`` chooses them)."""
 
 
 class ExecutionCommand(BaseModel):
@@ -62,6 +70,9 @@ class ExecutionCommand(BaseModel):
     due_at: datetime | None = None
     """timer_fired: the due time of the timer this firing is for. A firing whose due time is not
     the timer's (a deadline that moved since) is stale; ``None`` (older producers) skips that check."""
+    suspend_deadline: bool = False
+    """pause: stop the run's deadline while it is paused (it moves on by the paused time at
+    resume). Default ``False``: the deadline still applies while paused."""
 
 
 class NodeTask(BaseModel):
@@ -76,6 +87,8 @@ class NodeTask(BaseModel):
     input: dict[str, Any]
     timeout_seconds: float
     lease_until: datetime
+    rate_limit: RateLimitBucket | None = None
+    """The bucket the attempt takes a token from before it calls out. Default ``None``: no limit."""
 
 
 class NodeResult(BaseModel):
@@ -92,6 +105,12 @@ class NodeResult(BaseModel):
     worker_id: str | None = None
     usage: dict[str, int] | None = None
     logs: dict[str, str] | None = None
+    throttled_until: datetime | None = None
+    """Set when the attempt did not run because its rate limit had no token: dispatch it again
+    at this time. Not a failure and not an attempt of the retry policy. Default ``None``."""
+    lease_until: datetime | None = None
+    """The ``lease_until`` of the task this result answers: which dispatch of the attempt it is
+    (a throttled attempt is dispatched again under the same number). Default ``None``: unknown."""
 
 
 class ControlMessage(BaseModel):

@@ -18,6 +18,7 @@ RETRYABLE_CLASSES = {
     "http_429": True,
     "http_5xx": True,
     "lease_expired": True,
+    "circuit_open": True,
     "http_4xx": False,
     "validation": False,
     "expression_error": False,
@@ -25,6 +26,20 @@ RETRYABLE_CLASSES = {
     "resource_limit": False,
     "cancelled": False,
 }
+
+
+def retry_on_problems(retry_on: tuple[str, ...] | None) -> list[str]:
+    """What is wrong with a retry policy's ``retry_on``: a class no node fails with, or one that is
+    never retried (``retry_on`` picks among the retryable classes; it cannot make others retry)."""
+    problems = []
+    for error_class in retry_on or ():
+        if error_class not in RETRYABLE_CLASSES:
+            known = ", ".join(sorted(RETRYABLE_CLASSES))
+            problems.append(f"retry_on: {error_class!r} is not a failure class (one of: {known})")
+        elif not RETRYABLE_CLASSES[error_class]:
+            retryable = ", ".join(sorted(k for k, v in RETRYABLE_CLASSES.items() if v))
+            problems.append(f"retry_on: {error_class!r} is never retried (retryable classes: {retryable})")
+    return problems
 
 
 class NodeFailure(LinkflowError):

@@ -45,6 +45,8 @@ class StartRequest(BaseModel):
     priority: Priority = Priority.NORMAL
     idempotency_key: str | None = None
     execution_id: str | None = None
+    links: dict[str, str] = {}
+    """What asks for the run, by name (the scheduler sets ``schedule_id``); copied onto the run."""
 
 
 @dataclass(frozen=True)
@@ -118,4 +120,5 @@ def start_execution(
         input=request.input,
         priority=request.priority,
         requested_at=at,
+        links=request.links,
     )

@@ -24,6 +24,8 @@ class ExecutionStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
+    """Started and not ended, but dispatching nothing new until resumed (ADR 0034)."""
     QUEUED = "queued"
     """Created, waiting for a concurrency slot (ADR 0030)."""
 
@@ -49,6 +51,9 @@ class TimerKind(StrEnum):
     LEASE = "lease"
     RETRY = "retry"
     EXECUTION_TIMEOUT = "execution_timeout"
+    THROTTLE = "throttle"
+    CHILD = "child"
+    """A ``workflow`` node's timeout while its child run runs (ADR 0036)."""
 
 
 class NodeState(BaseModel):
@@ -63,6 +68,8 @@ class NodeState(BaseModel):
     finished_at: datetime | None = None
     usage: dict[str, int] | None = None
     logs: dict[str, str] | None = None
+    reused: bool = False
+    """Its output was taken from the run this one reruns; it did not run here."""
     attempt_started_at: datetime | None = None
     """When the current (latest) attempt started: where its span begins. ``None`` in states
     written before it was kept."""
@@ -111,6 +118,13 @@ class ExecutionState(BaseModel):
     traceparent: str | None = None
     """The W3C ``traceparent`` of the caller whose trace this run continues; ``None``: the run
     starts its own. The run's own span ids derive from its id (``core/trace_context.py``)."""
+    links: dict[str, str] = {}
+    """What started the run, by name (``schedule_id``, ...)."""
+    paused_at: datetime | None = None
+    """When the run was paused; ``None`` unless its status is ``paused``."""
+    suspended_deadline: datetime | None = None
+    """The deadline a pause with ``suspend_deadline`` took off the timers; ``None`` when none is
+    suspended. Resuming sets it again, moved on by the time the run was paused."""
 
     @property
     def gated(self) -> bool:
@@ -167,6 +181,7 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             nodes={n.id: NodeState() for n in event.workflow.nodes},
             history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=event.at),),
             traceparent=event.traceparent,
+            links=event.links or {},
         )
     if state is None:
         raise EvolveError(f"{event.execution_id}: {event.type} before execution_created")
@@ -191,6 +206,11 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
         if state.status is not ExecutionStatus.PENDING:
             raise EvolveError(f"{state.id}: queued from {state.status}")
         return _transition(state, event, ExecutionStatus.QUEUED)
+    if event.type is EventType.EXECUTION_DEADLINE_SET and state.suspended_deadline is not None:
+        # the deadline is suspended by a pause: the new one stays suspended until resume
+        return state.model_copy(update={"seq": event.seq, "suspended_deadline": event.due_at})
+    if event.type in (EventType.EXECUTION_PAUSED, EventType.EXECUTION_RESUMED):
+        return _pause_or_resume(state, event)
     if event.type is EventType.EXECUTION_DEADLINE_SET:
         timer_id = Timer.make_id(TimerKind.EXECUTION_TIMEOUT)
         timers = {k: t for k, t in state.timers.items() if k != timer_id}
@@ -201,8 +221,42 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             }
         )
     if event.type in _EXECUTION_END:
-        return _transition(state, event, _EXECUTION_END[event.type], finished_at=event.at, timers={})
+        return _transition(
+            state,
+            event,
+            _EXECUTION_END[event.type],
+            finished_at=event.at,
+            timers={},
+            paused_at=None,
+            suspended_deadline=None,
+        )
     return _evolve_node(state, event)
+
+
+def _pause_or_resume(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
+    """``execution_paused`` (from running) and ``execution_resumed`` (from paused). Their
+    ``due_at`` is the deadline taken off the timers at pause and the one set again at resume."""
+    deadline_id = Timer.make_id(TimerKind.EXECUTION_TIMEOUT)
+    others = {k: t for k, t in state.timers.items() if k != deadline_id}
+    if event.type is EventType.EXECUTION_PAUSED:
+        if state.status is not ExecutionStatus.RUNNING:
+            raise EvolveError(f"{state.id}: cannot pause from {state.status}")
+        return _transition(
+            state,
+            event,
+            ExecutionStatus.PAUSED,
+            paused_at=event.at,
+            suspended_deadline=event.due_at,
+            timers=state.timers if event.due_at is None else others,
+        )
+    if state.status is not ExecutionStatus.PAUSED:
+        raise EvolveError(f"{state.id}: cannot resume from {state.status}")
+    timers = state.timers
+    if event.due_at is not None:
+        timers = _with_timer(others, deadline_id, TimerKind.EXECUTION_TIMEOUT, event.due_at)
+    return _transition(
+        state, event, ExecutionStatus.RUNNING, paused_at=None, suspended_deadline=None, timers=timers
+    )
 
 
 def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState:
@@ -216,6 +270,8 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             raise EvolveError(f"{state.id}: node {node_id} cannot start from {node.status}")
         attempt = event.attempt or 1
         kind = TimerKind.WAIT if event.dispatch is Dispatch.TIMER else TimerKind.LEASE
+        if event.dispatch is Dispatch.CHILD:
+            kind = TimerKind.CHILD
         new = node.model_copy(
             update={
                 "status": NodeStatus.RUNNING,
@@ -237,6 +293,31 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             timers,
             Timer.make_id(TimerKind.RETRY, node_id, node.attempts),
             TimerKind.RETRY,
+            event.due_at,
+            node_id,
+            node.attempts,
+        )
+    elif event.type is EventType.NODE_REUSED:
+        if node.status is not NodeStatus.PENDING:
+            raise EvolveError(f"{state.id}: node {node_id} reused from {node.status}")
+        new = node.model_copy(
+            update={
+                "status": NodeStatus.SUCCESS,
+                "output": event.output,
+                "reused": True,
+                "finished_at": event.at,
+            }
+        )
+    elif event.type is EventType.NODE_THROTTLED:
+        # The attempt did not run (its rate limit had no token): its lease gives way to a
+        # throttle timer that dispatches the same attempt again.
+        if node.status is not NodeStatus.RUNNING:
+            raise EvolveError(f"{state.id}: node {node_id} throttled from {node.status}")
+        new = node
+        timers = _with_timer(
+            timers,
+            Timer.make_id(TimerKind.THROTTLE, node_id, node.attempts),
+            TimerKind.THROTTLE,
             event.due_at,
             node_id,
             node.attempts,

@@ -13,7 +13,8 @@ from linkflow_stream.core.errors import ValidationError
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.expressions import compile_expression
 from linkflow_stream.core.mapping import mapping_problems
-from linkflow_stream.core.node_contract import ConfigError, NodeExecutor
+from linkflow_stream.core.node_contract import ConfigError, NodeExecutor, retry_on_problems
+from linkflow_stream.core.run_links import self_call_problems
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
 
 
@@ -67,6 +68,8 @@ def check_workflow(
         problems.append(f"id: {wf.id!r} must match {NODE_ID.pattern}")
     if not wf.nodes:
         problems.append("nodes: a workflow needs at least one node")
+    if wf.retry is not None:
+        problems.extend(f"retry.{p}" for p in retry_on_problems(wf.retry.retry_on))
     seen: dict[str, NodeDefinition] = {}
     for node in wf.nodes:
         if not NODE_ID.match(node.id):
@@ -86,6 +89,7 @@ def check_workflow(
             problems.append(
                 f"node {node.id!r}: pool: no pool {node.pool!r} (pools: {', '.join(sorted(pools)) or 'none'})"
             )
+    problems.extend(self_call_problems(wf))
     if wf.concurrency is not None and wf.concurrency.key is not None:
         try:
             compile_expression(wf.concurrency.key)
@@ -98,10 +102,32 @@ def check_workflow(
     return problems
 
 
+RATE_LIMITED_TYPES = ("http", "db")
+"""Node types whose outgoing calls a ``rate_limit`` may bound."""
+
+
+def _rate_limit_problems(node: NodeDefinition) -> list[str]:
+    if node.rate_limit is None:
+        return []
+    if node.type not in RATE_LIMITED_TYPES:
+        return [
+            f"node {node.id!r}: rate_limit: only {' and '.join(RATE_LIMITED_TYPES)} nodes call out; "
+            f"a {node.type} node takes none"
+        ]
+    if node.rate_limit.key is not None:
+        try:
+            compile_expression(node.rate_limit.key)
+        except ValueError as exc:
+            return [f"node {node.id!r}: rate_limit.key: JSONata syntax error: {exc}"]
+    return []
+
+
 def _check_node(
     node: NodeDefinition, nodes: Mapping[str, NodeDefinition], registry: Mapping[str, NodeExecutor]
 ) -> list[str]:
-    problems = mapping_problems(node)
+    problems = mapping_problems(node) + _rate_limit_problems(node)
+    if node.retry is not None:
+        problems.extend(f"node {node.id!r}: retry.{p}" for p in retry_on_problems(node.retry.retry_on))
     executor = registry.get(node.type)
     if executor is None:
         problems.append(

@@ -403,7 +403,9 @@ class TargetServer(ThreadingHTTPServer):
 
     def record(self, method: str, path: str, headers: dict[str, str], body: Any) -> None:
         with self._lock:
-            self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
+            self.requests.append(
+                {"method": method, "path": path, "headers": headers, "body": body, "at": time.monotonic()}
+            )
 
     @property
     def url(self) -> str:

@@ -17,20 +17,25 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key
+from linkflow_stream.core.admission import Admission, TooManyRequestsError
+from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key, new_webhook_token
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import check_key, execution_ids, still_named
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, StartExecution
-from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor
+from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.rerun import reusable_outputs
+from linkflow_stream.core.run_links import referenced_workflows
+from linkflow_stream.core.schedule import Schedule
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
@@ -41,20 +46,27 @@ from linkflow_stream.http.bodies import (
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
     KeyCreateBody,
+    PauseBody,
+    RerunBody,
     RetryPolicyBody,
+    ScheduleBody,
+    ScheduleChange,
     StartExecutionBody,
     TimeoutBody,
     validated,
 )
-from linkflow_stream.http.errors import UnavailableError, errors_as_json
+from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
 from linkflow_stream.http.openapi import api_document, document_routes
+from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.tracing import Tracing, sending, traceparent_of
 from projections.costs import GROUPS, PERIODS, cost_of
 from projections.keys import KeyView
 from projections.logs import LEVELS, FollowQueue, TooSlow
 from projections.read_model import ReadModel
+from projections.schedules import ScheduleView
 from projections.status import render, render_metrics
 from projections.store import Cursor, ExecutionQuery
 from projections.workflows import WorkflowView
@@ -69,7 +81,7 @@ command decided before its run's start would find no run and be dropped."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 SLOW_READER_MESSAGE = b"too slow: lines were waiting unread; reconnect to read the backlog again"
-EXECUTION_STATUSES = ("pending", "queued", "running", "success", "failed", "cancelled")
+EXECUTION_STATUSES = ("pending", "queued", "running", "success", "failed", "cancelled", "paused")
 PRIORITIES = tuple(p.value for p in Priority)
 TERMINAL_STATUSES = ("success", "failed", "cancelled")
 
@@ -100,10 +112,22 @@ class ApiDeps:
     """The authentication middleware (``http.auth.authentication``); default: auth disabled."""
     tracing: Tracing | None = None
     """Makes the send span of each start request; ``None``: tracing is off."""
+    schedules: ScheduleView | None = None
+    """Every schedule (``/api/schedules``); ``None`` where schedules are not kept."""
+    circuits: Callable[[], list[dict[str, Any]]] | None = None
+    """Every circuit breaker this instance knows (``runtime.breakers.Breakers.listing``)."""
+    start_limit: TeamStartLimiter | None = None
+    """Each team's start rate limit (``LINKFLOW_TEAM_STARTS_PER_SECOND``); ``None``: no limit."""
     events: Callable[[str, datetime | None], Awaitable[list[ExecutionEvent]]] | None = None
     """One run's events from ``linkflow.events`` in log order, given its id and when it was
     created (``kafka.execution_log.execution_events``); ``None`` where the log is not read."""
+    admission: Admission | None = None
+    """Admission control of starts (``LINKFLOW_MAX_QUEUED_PER_TEAM``); ``None``: no limit."""
+    on_admission_rejected: Callable[[str], None] | None = None
+    """Called with the team label of each start refused with 429 (the metric)."""
 
+
+WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
@@ -261,6 +285,7 @@ class Api:
 
     ADMIN_ROUTES = (
         ("GET", "/api/admin/queue/status"),
+        ("GET", "/api/admin/circuits"),
         ("GET", "/api/keys"),
         ("POST", "/api/keys"),
         ("POST", "/api/keys/{id}/revoke"),
@@ -277,24 +302,35 @@ class Api:
                 web.get("/api/workflows", self.list_workflows),
                 web.get("/api/workflows/{id}", self.get_workflow),
                 web.put("/api/workflows/{id}/retry", self.set_workflow_retry),
+                web.post("/api/workflows/{id}/webhook-token", self.rotate_webhook_token),
+                web.post("/webhook/{workflow_id}", self.webhook),
                 web.post("/api/executions/{id}/test-retry", self.test_retry),
                 web.post("/api/executions", self.start_execution),
                 web.get("/api/executions", self.list_executions),
                 web.get("/api/executions/{id}", self.get_execution),
                 web.get("/api/executions/{id}/events", self.execution_events),
                 web.post("/api/executions/{id}/cancel", self.cancel_execution),
+                web.post("/api/executions/{id}/rerun", self.rerun),
                 web.get("/api/executions/{id}/metrics", self.execution_metrics),
                 web.put("/api/executions/{id}/timeout", self.set_timeout),
                 web.post("/api/executions/{id}/recover", self.recover),
+                web.post("/api/executions/{id}/pause", self.pause_execution),
+                web.post("/api/executions/{id}/resume", self.resume_execution),
                 web.post("/api/executions/{id}/checkpoint", self.checkpoint),
                 web.get("/api/executions/{id}/logs", self.get_logs),
                 web.get("/api/executions/{id}/cost", self.execution_cost),
                 web.get("/api/costs/report", self.cost_report),
                 web.get("/api/executions/{id}/logs/stream", self.stream_logs),
                 web.get("/api/admin/queue/status", self.get_queue_status),
+                web.get("/api/admin/circuits", self.get_circuits),
                 web.get("/api/keys", self.list_keys),
                 web.post("/api/keys", self.create_key),
                 web.post("/api/keys/{id}/revoke", self.revoke_key),
+                web.post("/api/schedules", self.create_schedule),
+                web.get("/api/schedules", self.list_schedules),
+                web.get("/api/schedules/{id}", self.get_schedule),
+                web.patch("/api/schedules/{id}", self.change_schedule),
+                web.delete("/api/schedules/{id}", self.delete_schedule),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -312,8 +348,67 @@ class Api:
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         pools = await self.d.pools() if self.d.pools is not None else None
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now(), pools=pools)
+        await self._check_referenced(principal_of(request), wf)
+        token = await self._new_webhook_token(wf) if wf.version == 1 else None
         await self._publish_workflow(wf)
-        return web.json_response({"id": wf.id, "version": wf.version}, status=201)
+        answer: dict[str, Any] = {"id": wf.id, "version": wf.version}
+        if token is not None:
+            answer["webhook_token"] = token
+        return web.json_response(answer, status=201)
+
+    async def _check_referenced(self, principal: Principal, wf: WorkflowDefinition) -> None:
+        """400 unless every workflow ``wf`` starts (its error workflow, its children) is
+        registered, in the version named, and owned by the caller's team (ADR 0036)."""
+        problems = []
+        for where, workflow_id, version in referenced_workflows(wf):
+            found: WorkflowDefinition | None = await self._synced(partial(self.d.workflows.get, workflow_id))
+            if found is None or not principal.sees(found.team):
+                problems.append(f"{where}: no workflow {workflow_id!r} is registered")
+            elif version is not None and version > found.version:
+                problems.append(f"{where}: workflow {workflow_id!r} has no version {version}")
+        if problems:
+            raise ValidationError("invalid workflow: " + "; ".join(problems))
+
+    async def _new_webhook_token(self, wf: WorkflowDefinition) -> str:
+        """A new webhook token of ``wf``, stored (as a hash) before it is handed out, the earlier
+        ones revoked: only the newest token of a workflow starts it."""
+        keys = self._keys()
+        # without keys a workflow has no team; the token's record needs one, and nothing reads it
+        # (a run's team is its workflow's)
+        token, record = new_webhook_token(wf.id, wf.team or "default", now())
+        await self._acknowledged(key_record(record, KEY_CREATED), f"the webhook token of {wf.id}")
+        keys.apply(record)
+        for old in keys.webhook_tokens(wf.id):
+            if old.id != record.id:
+                revoked = old.model_copy(update={"revoked_at": record.created_at})
+                await self._acknowledged(key_record(revoked, KEY_REVOKED), f"revocation of token {old.id}")
+                keys.apply(revoked)
+        return token
+
+    async def rotate_webhook_token(self, request: web.Request) -> web.Response:
+        """A new webhook token for a workflow of the caller's team; the old one stops working."""
+        wf = await self._workflow(request, request.match_info["id"])
+        return web.json_response(
+            {"id": wf.id, "webhook_token": await self._new_webhook_token(wf)}, status=201
+        )
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        """``POST /webhook/{workflow_id}``: start a run with the JSON body as its input, authorised
+        by the workflow's token in ``X-LinkFlow-Token`` instead of an API key. An unknown workflow
+        gets the same 401 as a wrong token, so the route tells nothing about which ids exist."""
+        workflow_id = request.match_info["workflow_id"]
+        token = request.headers.get(WEBHOOK_TOKEN_HEADER, "")
+        keys = self._keys()
+        if not token or await self._synced(lambda: keys.check_webhook(workflow_id, token)) is None:
+            raise UnauthorizedError(
+                f"a webhook needs the workflow's token in {WEBHOOK_TOKEN_HEADER} (returned once as "
+                "`webhook_token` when the workflow was registered; a new one from "
+                "POST /api/workflows/{id}/webhook-token)"
+            )
+        wf = await self._synced(lambda: self.d.workflows.get(workflow_id))
+        if wf is None:
+            raise UnauthorizedError(f"no workflow {workflow_id!r} with that webhook token")
+        return await self._start(request, wf, await _json_body(request))
 
     async def _publish_workflow(self, wf: WorkflowDefinition) -> None:
         """Put a version on the log, then into this instance's view, so a read right after finds it."""
@@ -415,6 +510,9 @@ class Api:
         workflow_id = request.match_info["id"]
         current = await self._workflow(request, workflow_id)
         policy = validated(RetryPolicyBody, await _json_body(request)).policy()
+        wrong = retry_on_problems(policy.retry_on)
+        if wrong:
+            raise ValidationError("invalid request body: " + "; ".join(wrong))
         wf = current.model_copy(
             update={
                 "version": self.d.workflows.next_version(workflow_id),
@@ -452,7 +550,7 @@ class Api:
                 "schedule_seconds": policy.schedule() if policy else [],
                 "last_error": error.model_dump() if error else None,
                 "would_retry": bool(
-                    error and error.retryable and policy and ns.attempts < policy.max_attempts
+                    error and policy and policy.would_retry(error.error_class, error.retryable, ns.attempts)
                 ),
             }
         return web.json_response(
@@ -465,10 +563,24 @@ class Api:
         )
 
     async def start_execution(self, request: web.Request) -> web.Response:
-        priority = _priority(request)
-        wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
         body = validated(StartExecutionBody, await _json_body(request))
         wf = await self._workflow(request, body.workflow_id)
+        return await self._start(request, wf, body.input_data)
+
+    async def _start(
+        self,
+        request: web.Request,
+        wf: WorkflowDefinition,
+        input_data: Any,
+        *,
+        links: dict[str, str] | None = None,
+        reused: dict[str, Any] | None = None,
+    ) -> web.Response:
+        """Start a run of ``wf`` with ``input_data``, honouring the request's ``X-Priority``,
+        ``Idempotency-Key``, ``traceparent`` and ``?wait``; ``links`` and ``reused`` as on
+        ``StartExecution``."""
+        priority = _priority(request)
+        wait = _float_param(request, "wait", low=0, high=MAX_WAIT_SECONDS)
         requested_at = now()
         execution_id = f"exec_{uuid.uuid4().hex}"
         key = request.headers.get("Idempotency-Key")
@@ -476,33 +588,57 @@ class Api:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
                 return await self._replayed(execution_id, first, wait)
+        self._admit(wf.team)
+        if self.d.start_limit is not None:
+            self.d.start_limit.admit(wf.team)  # after a replay, which starts nothing
         topic = topic_names.requests(priority)
         caller = TraceParent.parse(request.headers.get(TRACEPARENT))
         with self._sending(topic, execution_id, caller) as parent:
             request_record = StartExecution(
                 execution_id=execution_id,
                 workflow=wf,
-                input=body.input_data,
+                input=input_data,
                 priority=priority,
                 requested_at=requested_at,
                 traceparent=parent,
+                links=links or {},
+                reused=reused,
             )
             self.d.views.status.accept(request_record)
-            await self._acknowledged(
-                Outgoing(
-                    topic,
-                    request_record.execution_id,
-                    request_record,
-                    "io.linkflow.execution.requested",
-                    time=request_record.requested_at,
-                    headers=((TRACEPARENT, parent.encode()),) if parent else (),
-                ),
-                f"the start of {execution_id}",
-                "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
-            )
+            try:
+                await self._acknowledged(
+                    Outgoing(
+                        topic,
+                        request_record.execution_id,
+                        request_record,
+                        "io.linkflow.execution.requested",
+                        time=request_record.requested_at,
+                        headers=((TRACEPARENT, parent.encode()),) if parent else (),
+                    ),
+                    f"the start of {execution_id}",
+                    "it may or may not run. Retry with the same Idempotency-Key to be sure it runs once",
+                )
+            except UnavailableError:
+                # not known to be on the log: no longer shown or counted as queued here (if it did
+                # reach the log, the view reads it from the request topic and accepts it again)
+                self.d.views.status.withdraw(request_record.execution_id)
+                raise
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
             return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+
+    def _admit(self, team: str | None) -> None:
+        """Refuse the start with 429 when its team has too many runs queued. Nothing awaits
+        between this and the start's ``accept`` into the status view, so starts here never
+        overshoot the limit together."""
+        if self.d.admission is None:
+            return
+        try:
+            self.d.admission.check(team)
+        except TooManyRequestsError as exc:
+            if self.d.on_admission_rejected is not None:
+                self.d.on_admission_rejected(exc.team_label)
+            raise
 
     @contextlib.contextmanager
     def _sending(self, topic: str, execution_id: str, caller: TraceParent | None) -> Iterator[str | None]:
@@ -571,7 +707,39 @@ class Api:
         body = await self._visible(request, request.match_info["id"])
         if as_of is not None:
             return await self._as_of(request.match_info["id"], body, as_of)
-        return web.json_response(body)
+        return web.json_response({**body, **await self.d.views.linked(body["id"])})
+
+    async def rerun(self, request: web.Request) -> web.Response:
+        """A new run of an ended one, linked both ways (``rerun_of`` / ``reruns``): from ``failed``
+        it takes the outputs of the nodes that are still good (``core/rerun.py``) and runs the rest."""
+        execution_id = request.match_info["id"]
+        body = validated(RerunBody, await _json_body(request))
+        not_started = ConflictError(f"execution {execution_id} has not started yet; nothing to rerun")
+        original = await self._started(request, execution_id, not_started)
+        if not original.status.terminal:
+            raise ConflictError(
+                f"execution {execution_id} is still {original.status.value}; rerun it once it has ended "
+                "(or cancel it first)"
+            )
+        if body.from_ == "failed" and original.status is ExecutionStatus.SUCCESS:
+            raise ConflictError(
+                f'execution {execution_id} succeeded: nothing failed to rerun; use "from": "start"'
+            )
+        wf = original.workflow
+        if body.workflow_version == "latest":
+            wf = await self._workflow(request, original.workflow.id)
+        reused = reusable_outputs(original, wf) if body.from_ == "failed" else {}
+        input_data = original.input if body.input_data is None else body.input_data
+        carried = len(json.dumps([reused, input_data, wf.model_dump(mode="json")], separators=(",", ":")))
+        limit = limit_of(topic_names.requests(_priority(request)))
+        if carried > limit:
+            raise ValidationError(
+                f"this rerun would carry {carried} bytes (the reused outputs, the input and the "
+                f'workflow), over the {limit}-byte limit of a start request; rerun from "start"'
+            )
+        return await self._start(
+            request, wf, input_data, links={"rerun_of": execution_id}, reused=reused or None
+        )
 
     async def execution_metrics(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
@@ -654,6 +822,44 @@ class Api:
         )
         await self._command(request, execution_id, command, "io.linkflow.command.cancel")
         return web.json_response({"id": execution_id, "status": "cancelling"}, status=202)
+
+    async def pause_execution(self, request: web.Request) -> web.Response:
+        """Stop dispatching (ADR 0034); 409 when the run ended or is already paused."""
+        execution_id = request.match_info["id"]
+        raw = await request.read()
+        body = validated(PauseBody, await _json_body(request)) if raw else PauseBody()
+        await self._check_paused(request, execution_id, want_paused=False)
+        command = ExecutionCommand(
+            execution_id=execution_id,
+            kind=CommandKind.PAUSE,
+            reason="paused by request",
+            suspend_deadline=body.deadline == "suspend",
+        )
+        await self._command(request, execution_id, command, "io.linkflow.command.pause")
+        return web.json_response(
+            {"id": execution_id, "status": "pausing", "deadline": body.deadline}, status=202
+        )
+
+    async def resume_execution(self, request: web.Request) -> web.Response:
+        """Dispatch again, handling the timers that came due while paused; 409 unless paused."""
+        execution_id = request.match_info["id"]
+        await self._check_paused(request, execution_id, want_paused=True)
+        command = ExecutionCommand(
+            execution_id=execution_id, kind=CommandKind.RESUME, reason="resumed by request"
+        )
+        await self._command(request, execution_id, command, "io.linkflow.command.resume")
+        return web.json_response({"id": execution_id, "status": "resuming"}, status=202)
+
+    async def _check_paused(self, request: web.Request, execution_id: str, *, want_paused: bool) -> None:
+        """409 when a run that has not ended is (pause) or is not (resume) paused, as the views
+        know it; 404 and the ended run's 409 come from ``_command``."""
+        status = ExecutionStatus((await self._visible(request, execution_id))["status"])
+        if status.terminal:
+            return
+        if want_paused and status is not ExecutionStatus.PAUSED:
+            raise ConflictError(f"execution {execution_id} is not paused ({status.value}); nothing to resume")
+        if not want_paused and status is ExecutionStatus.PAUSED:
+            raise ConflictError(f"execution {execution_id} is already paused; resume it first")
 
     async def execution_cost(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
@@ -760,6 +966,13 @@ class Api:
             raise NotFoundError("queue status is not available on this instance")
         return web.json_response(await self.d.queue_status())
 
+    async def get_circuits(self, request: web.Request) -> web.Response:
+        """Every circuit breaker open or with failures in its window, as every instance folds them."""
+        if self.d.circuits is None:
+            raise NotFoundError("circuit breakers are not kept on this instance")
+        circuits = self.d.circuits()
+        return web.json_response({"circuits": circuits, "count": len(circuits)})
+
     # -- keys (admin) ------------------------------------------------------------------------------
     def _keys(self) -> KeyView:
         if self.d.keys is None:
@@ -784,13 +997,100 @@ class Api:
         keys = self._keys()
         key_id = request.match_info["id"]
         record: ApiKey | None = await self._synced(lambda: keys.keys.get(key_id))
-        if record is None:
+        if record is None or record.is_webhook_token:
             raise NotFoundError(f"no key with id {key_id!r}")
         if record.revoked_at is None:
             record = record.model_copy(update={"revoked_at": now()})
             await self._acknowledged(key_record(record, KEY_REVOKED), f"revocation of key {record.id}")
             keys.apply(record)
         return web.json_response(record.public())
+
+    # -- schedules ---------------------------------------------------------------------------------
+    def _schedule_view(self) -> ScheduleView:
+        if self.d.schedules is None:
+            raise NotFoundError("schedules are not kept on this instance")
+        return self.d.schedules
+
+    async def _schedule(self, request: web.Request, schedule_id: str) -> Schedule:
+        """A schedule of the caller's team (404 otherwise, as for a missing one)."""
+        principal = principal_of(request)
+        view = self._schedule_view()
+
+        def owned() -> Schedule | None:
+            found = view.get(schedule_id)
+            return found if found is not None and principal.sees(found.team) else None
+
+        schedule: Schedule | None = await self._synced(owned)
+        if schedule is None:
+            raise NotFoundError(f"schedule {schedule_id!r} does not exist")
+        return schedule
+
+    async def _publish_schedule(self, schedule: Schedule) -> web.Response:
+        view = self._schedule_view()
+        await self._acknowledged(
+            Outgoing(
+                topic_names.SCHEDULES, schedule.id, schedule, "io.linkflow.schedule.changed", time=now()
+            ),
+            f"schedule {schedule.id}",
+        )
+        view.apply(schedule.id, schedule)
+        return web.json_response(view.body(schedule, now()))
+
+    async def create_schedule(self, request: web.Request) -> web.Response:
+        """A new schedule of a workflow of the caller's team; its slots count from now."""
+        body = validated(ScheduleBody, await _json_body(request))
+        at = now().replace(microsecond=0)
+        schedule = validated(Schedule, {**body.model_dump(), "created_at": at, "effective_from": at})
+        wf = await self._workflow(request, body.workflow_id)
+        schedule = schedule.model_copy(update={"team": wf.team})
+        view = self._schedule_view()
+        if await self._synced(lambda: view.get(body.id)) is not None:
+            raise ConflictError(f"schedule {body.id!r} exists; change it with PATCH or delete it first")
+        answer = await self._publish_schedule(schedule)
+        answer.set_status(201)
+        return answer
+
+    async def list_schedules(self, request: web.Request) -> web.Response:
+        view = self._schedule_view()
+        found = [view.body(s, now()) for s in view.listed(principal_of(request).team_scope)]
+        return web.json_response({"schedules": found, "count": len(found)})
+
+    async def get_schedule(self, request: web.Request) -> web.Response:
+        schedule = await self._schedule(request, request.match_info["id"])
+        return web.json_response(self._schedule_view().body(schedule, now()))
+
+    async def change_schedule(self, request: web.Request) -> web.Response:
+        """Pause, resume or change a schedule. Slots of the old timing, or of the pause, are not
+        owed: a new timing or a resume counts from now."""
+        current = await self._schedule(request, request.match_info["id"])
+        change = validated(ScheduleChange, await _json_body(request)).model_dump(exclude_unset=True)
+        if "cron" in change and "every_seconds" in change:
+            raise ValidationError("give cron or every_seconds, not both")
+        if "cron" in change:
+            change["every_seconds"] = None
+        if "every_seconds" in change:
+            change["cron"] = None
+        if "workflow_id" in change:
+            if change["workflow_id"] is None:
+                raise ValidationError("workflow_id cannot be null; name the workflow to run")
+            change["team"] = (await self._workflow(request, change["workflow_id"])).team
+        resumed = current.paused and change.get("paused") is False
+        if resumed or any(k in change for k in ("cron", "every_seconds", "timezone")):
+            change["effective_from"] = now().replace(microsecond=0)
+        schedule = validated(Schedule, {**current.model_dump(), **change})
+        return await self._publish_schedule(schedule)
+
+    async def delete_schedule(self, request: web.Request) -> web.Response:
+        schedule = await self._schedule(request, request.match_info["id"])
+        try:
+            await self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, [])
+        except Exception as exc:
+            log.warning("deleting schedule %s not acknowledged by Kafka: %r", schedule.id, exc)
+            raise UnavailableError(
+                f"deleting schedule {schedule.id} was not acknowledged by Kafka; try again"
+            ) from exc
+        self._schedule_view().apply(schedule.id, None)
+        return web.json_response({"id": schedule.id, "deleted": True})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -21,11 +21,18 @@ from projections.keys import KeyView
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 """Served without a key: the probes, and the API's description (the same for every caller; ADR 0024)."""
+WEBHOOK_PREFIX = "/webhook/"
+"""Webhook triggers take no API key: each checks its workflow's own token (``X-LinkFlow-Token``)."""
 PRINCIPAL = "linkflow.principal"
 SYNC_SECONDS = 2.0
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_open(path: str) -> bool:
+    """Whether a request to ``path`` (or a route pattern) is served without an API key."""
+    return path in OPEN_PATHS or path.startswith(WEBHOOK_PREFIX)
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -84,7 +91,7 @@ def authentication(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        if is_open(request.path):
             return await handler(request)
         principal = await check(request.headers.get("Authorization", ""))
         role = needed(request)

@@ -49,6 +49,24 @@ class StartExecutionBody(BaseModel):
     )
 
 
+class RerunBody(BaseModel):
+    """``POST /api/executions/{id}/rerun``: a new run of an ended one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    from_: Literal["failed", "start"] = Field(
+        default="failed",
+        alias="from",
+        description="`failed` (default): nodes that succeeded and are not downstream of a failed, "
+        "cancelled or timed-out node keep their outputs (`reused`); the rest runs again. `start`: "
+        "everything runs again.",
+    )
+    workflow_version: Literal["same", "latest"] = Field(
+        default="same", description="The original run's version (default) or the workflow's latest."
+    )
+    input_data: Any = Field(default=None, description="The new run's input; default the original's.")
+
+
 class RetryPolicyBody(RetryPolicy):
     """``PUT /api/workflows/{id}/retry``: the workflow's default retry policy. ``fixed`` waits
     ``initial_delay_seconds`` between attempts (the multiplier is 1); ``none`` makes one attempt."""
@@ -103,22 +121,13 @@ class WorkerRegistration(BaseModel):
     )
 
 
-REQUEST_BODIES: tuple[type[BaseModel], ...] = (
-    StartExecutionBody,
-    RetryPolicyBody,
-    TimeoutBody,
-    KeyCreateBody,
-    WorkerRegistration,
-)
-"""Every request-body model (the workflow's is ``WorkflowDefinition``); ``http.openapi`` lists them."""
-
 Model = TypeVar("Model", bound=BaseModel)
 
 _PHRASES = (
     (re.compile(r"^Field required$"), "is required"),
     (re.compile(r"^Extra inputs are not permitted$"), "is an unknown field"),
     (re.compile(r"^String should match pattern '(.*)'$"), r"must match \1"),
-    (re.compile(r"^(?:Input|String|Value|List|Dictionary|Decimal) should "), "must "),
+    (re.compile(r"^(?:Input|String|Value|List|Tuple|Dictionary|Decimal) should "), "must "),
 )
 
 
@@ -134,11 +143,81 @@ def problems(exc: pydantic.ValidationError) -> list[str]:
     found = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        if not where:
+        if not where and err["type"] == "value_error":  # a check of the whole body (a model validator)
+            found.append(err["msg"].removeprefix("Value error, "))
+        elif not where:
             found.append("the body must be a JSON object")
         else:
             found.append(f"{where} {_phrase(err['msg'])}")
     return found
+
+
+class ScheduleChange(BaseModel):
+    """``PATCH /api/schedules/{id}``: any of the fields below; the rest stay. ``paused`` pauses or
+    resumes (a resumed schedule owes nothing for the pause); a new timing counts from now."""
+
+    model_config = _STRICT
+
+    workflow_id: str | None = Field(default=None, min_length=1, description="Another workflow to run.")
+    cron: str | None = Field(
+        default=None,
+        description="5 fields: minute hour day-of-month month day-of-week (replaces every_seconds).",
+    )
+    every_seconds: int | None = Field(
+        default=None, ge=1, le=366 * 86_400, description="A fixed period in seconds (replaces cron)."
+    )
+    timezone: str | None = Field(
+        default=None, description="IANA zone the cron is read in, e.g. `Europe/Berlin`."
+    )
+    input_data: Any = Field(default=None, description="The input of every run it starts.")
+    overlap: Literal["skip", "allow", "buffer_one"] | None = Field(
+        default=None,
+        description="A slot while the last run still runs: skip it, run it too, or keep one for later.",
+    )
+    catchup: Literal["none", "all", "latest"] | None = Field(
+        default=None, description="Slots missed while the engine was down: none, all of them, or the latest."
+    )
+    paused: bool | None = Field(default=None, description="true pauses, false resumes.")
+
+
+class ScheduleBody(ScheduleChange):
+    """``POST /api/schedules``: a workflow that runs by itself, on a cron or every N seconds."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The schedule's id, your choice.")
+    workflow_id: str = Field(
+        min_length=1, description="The workflow to run (its latest version at each slot)."
+    )
+    timezone: str = Field(default="UTC", description="IANA zone the cron is read in. Default `UTC`.")
+    input_data: Any = Field(default_factory=dict, description="The input of every run. Default `{}`.")
+    overlap: Literal["skip", "allow", "buffer_one"] = Field(default="skip", description="Default `skip`.")
+    catchup: Literal["none", "all", "latest"] = Field(default="none", description="Default `none`.")
+    paused: bool = Field(default=False, description="Create it paused. Default false.")
+
+
+class PauseBody(BaseModel):
+    """``POST /api/executions/{id}/pause`` (the body is optional): what the run's deadline does."""
+
+    model_config = _STRICT
+
+    deadline: Literal["keep", "suspend"] = Field(
+        default="keep",
+        description="`keep`: the deadline still applies while paused. `suspend`: it stops while "
+        "paused and moves on by the paused time at resume. Default `keep`.",
+    )
+
+
+REQUEST_BODIES: tuple[type[BaseModel], ...] = (
+    StartExecutionBody,
+    RetryPolicyBody,
+    TimeoutBody,
+    KeyCreateBody,
+    WorkerRegistration,
+    ScheduleBody,
+    ScheduleChange,
+    RerunBody,
+    PauseBody,
+)
+"""Every request-body model (the workflow's is ``WorkflowDefinition``); ``http.openapi`` lists them."""
 
 
 def validated(model: type[Model], body: Any) -> Model:

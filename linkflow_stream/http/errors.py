@@ -7,11 +7,13 @@ HTTP status, so a handler raises what went wrong and never builds an error respo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from linkflow_stream.core.admission import TooManyRequestsError
 from linkflow_stream.core.errors import LinkflowError
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,8 @@ STATUS = {
     "forbidden": 403,
     "not_found": 404,
     "conflict": 409,
+    "rate_limited": 429,
+    "too_many_requests": 429,
     "unavailable": 503,
 }
 
@@ -44,6 +48,17 @@ class ForbiddenError(LinkflowError):
     error_type = "forbidden"
 
 
+class RateLimitedError(LinkflowError):
+    """Over a rate limit (HTTP 429); ``Retry-After`` says in how many seconds to come back."""
+
+    error_type = "rate_limited"
+    retryable = True
+
+    def __init__(self, message: str, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"error": {"type": error_type, "message": message}}
 
@@ -58,6 +73,8 @@ async def errors_as_json(
     except LinkflowError as exc:
         status = STATUS.get(exc.error_type, 400)
         headers = {"WWW-Authenticate": 'Bearer realm="linkflow"'} if status == 401 else None
+        if isinstance(exc, RateLimitedError | TooManyRequestsError):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))}
         return web.json_response(error_body(exc.error_type, exc.message), status=status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:

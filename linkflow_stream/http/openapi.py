@@ -32,13 +32,17 @@ from linkflow_stream.core.messages import Priority
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http import responses
-from linkflow_stream.http.auth import OPEN_PATHS, role_for
+from linkflow_stream.http.auth import is_open, role_for
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
     KeyCreateBody,
+    PauseBody,
+    RerunBody,
     RetryPolicyBody,
+    ScheduleBody,
+    ScheduleChange,
     StartExecutionBody,
     TimeoutBody,
     WorkerRegistration,
@@ -92,7 +96,7 @@ class Operation:
     content_type: str = JSON
 
 
-ID = Param("id", "path", {"type": "string"}, "The execution's, workflow's, key's or worker's id.")
+ID = Param("id", "path", {"type": "string"}, "The execution's, workflow's, schedule's, key's or worker's id.")
 WAIT = Param(
     "wait",
     "query",
@@ -148,6 +152,10 @@ REPORT_PARAMS = (
     Param("period", "query", {"type": "string", "enum": list(PERIODS), "default": "month"}, "How far back."),
     Param("group_by", "query", {"type": "string", "enum": list(GROUPS), "default": "workflow"}, "Per what."),
 )
+TOO_MANY_QUEUED = (
+    "The team is over its start rate (LINKFLOW_TEAM_STARTS_PER_SECOND) or has LINKFLOW_MAX_QUEUED_PER_TEAM "
+    "runs queued; retry after `Retry-After` seconds."
+)
 COMMAND_CONFLICT = {409: "The run already ended, or was accepted but has not started within 10 s."}
 
 API_OPERATIONS: tuple[Operation, ...] = (
@@ -181,6 +189,43 @@ API_OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "POST",
+        "/api/workflows/{id}/webhook-token",
+        "A new webhook token for the workflow (shown in this answer only); the old one stops working",
+        "workflows",
+        ok=201,
+        ok_body=responses.WebhookToken,
+        params=(ID,),
+    ),
+    Operation(
+        "POST",
+        "/webhook/{workflow_id}",
+        "Start a run of the workflow with the JSON body as its input (webhook trigger)",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        params=(
+            Param("workflow_id", "path", {"type": "string"}, "The workflow to run (its latest version)."),
+            Param(
+                "X-LinkFlow-Token",
+                "header",
+                {"type": "string"},
+                "The workflow's webhook token (`webhook_token` of its registration).",
+                required=True,
+            ),
+            WAIT,
+            PRIORITY,
+            IDEMPOTENCY,
+        ),
+        also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
+        errors={
+            401: "Missing or wrong token, or no such workflow.",
+            429: TOO_MANY_QUEUED,
+            503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
+        },
+        description="Needs no API key: the token authorises it. Any JSON body is the run's input.",
+    ),
+    Operation(
+        "POST",
         "/api/executions/{id}/test-retry",
         "Dry run: per node, the governing policy, its schedule, whether its last error would be retried",
         "executions",
@@ -196,7 +241,10 @@ API_OPERATIONS: tuple[Operation, ...] = (
         body=StartExecutionBody,
         params=(WAIT, PRIORITY, IDEMPOTENCY),
         also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
-        errors={503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key."},
+        errors={
+            429: TOO_MANY_QUEUED,
+            503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
+        },
         description="202 `{id, status: pending}`; with `wait`, 200 and the finished execution "
         "(`Execution`) if it ends within that many seconds. A repeated Idempotency-Key answers 200.",
     ),
@@ -250,6 +298,20 @@ API_OPERATIONS: tuple[Operation, ...] = (
         errors=COMMAND_CONFLICT,
     ),
     Operation(
+        "POST",
+        "/api/executions/{id}/rerun",
+        "Run an ended run again, from its failed nodes (reusing what still holds) or from the start",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        body=RerunBody,
+        params=(ID, WAIT, PRIORITY, IDEMPOTENCY),
+        also={200: ("The rerun ended within `wait`.", responses.Execution)},
+        errors={409: "The run has not ended (or succeeded, with `from: failed`)."},
+        description="The new run has `rerun_of`; the original lists it in `reruns`. Reused nodes "
+        "succeed at once with the original's outputs and show `reused: true`.",
+    ),
+    Operation(
         "GET",
         "/api/executions/{id}/metrics",
         "Timings, attempts and resource use",
@@ -275,6 +337,27 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok_body=responses.Accepted,
         params=(ID,),
         errors=COMMAND_CONFLICT,
+    ),
+    Operation(
+        "POST",
+        "/api/executions/{id}/pause",
+        "Pause a run: nothing new is dispatched until it is resumed",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        body=PauseBody,
+        params=(ID,),
+        errors={409: "The run ended or is already paused, or was accepted but has not started within 10 s."},
+    ),
+    Operation(
+        "POST",
+        "/api/executions/{id}/resume",
+        "Resume a paused run; timers that came due while paused fire now",
+        "executions",
+        ok=202,
+        ok_body=responses.Accepted,
+        params=(ID,),
+        errors={409: "The run already ended or is not paused."},
     ),
     Operation(
         "POST",
@@ -311,6 +394,13 @@ API_OPERATIONS: tuple[Operation, ...] = (
         content_type="",
     ),
     Operation("GET", "/api/admin/queue/status", "Queued and running runs per priority, and the lag", "admin"),
+    Operation(
+        "GET",
+        "/api/admin/circuits",
+        "Circuit breakers per HTTP origin and database connection: state, failures, when opened",
+        "admin",
+        ok_body=responses.CircuitList,
+    ),
     Operation("GET", "/api/keys", "List API keys (never their secrets)", "admin"),
     Operation(
         "POST",
@@ -321,6 +411,37 @@ API_OPERATIONS: tuple[Operation, ...] = (
         body=KeyCreateBody,
     ),
     Operation("POST", "/api/keys/{id}/revoke", "Revoke an API key", "admin", params=(ID,)),
+    Operation(
+        "POST",
+        "/api/schedules",
+        "Create a schedule: a workflow that runs by itself on a cron or every N seconds",
+        "schedules",
+        ok=201,
+        body=ScheduleBody,
+        errors={409: "A schedule with this id exists."},
+        description="Each slot fires once across restarts and takeovers; its run's id is "
+        "`sched-<schedule id>-<slot, UTC>Z` and its body has `schedule_id`. The answer adds "
+        "`next_slot`, `last_slot`, `last_execution_id`, `fired` and `skipped`.",
+    ),
+    Operation("GET", "/api/schedules", "List schedules (a key sees its team's)", "schedules"),
+    Operation(
+        "GET",
+        "/api/schedules/{id}",
+        "A schedule, with its next slot and what it fired",
+        "schedules",
+        params=(ID,),
+    ),
+    Operation(
+        "PATCH",
+        "/api/schedules/{id}",
+        "Pause, resume or change a schedule",
+        "schedules",
+        body=ScheduleChange,
+        params=(ID,),
+    ),
+    Operation(
+        "DELETE", "/api/schedules/{id}", "Delete a schedule (its runs stay)", "schedules", params=(ID,)
+    ),
     Operation("GET", "/healthz", "The process is up", "probes", ok_body=responses.Health),
     Operation(
         "GET",
@@ -454,7 +575,7 @@ def _operation_id(op: Operation) -> str:
 
 def role_needed(method: str, path: str, admin_routes: Collection[tuple[str, str]]) -> str | None:
     """The role ``http.auth`` asks of a request to this route (``None``: open)."""
-    return None if path in OPEN_PATHS else role_for(method, path, admin_routes).value
+    return None if is_open(path) else role_for(method, path, admin_routes).value
 
 
 def document(

@@ -12,11 +12,11 @@ the fields' types for the schema.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-ExecutionStatus = Literal["pending", "queued", "running", "success", "failed", "cancelled"]
+ExecutionStatus = Literal["pending", "queued", "running", "success", "failed", "cancelled", "paused"]
 Priority = Literal["high", "normal", "low"]
 
 
@@ -36,6 +36,13 @@ class ErrorBody(TypedDict):
 class WorkflowRegistered(TypedDict):
     id: str
     version: int
+    webhook_token: NotRequired[str]
+    """On a workflow's first version only: its webhook token, shown this once."""
+
+
+class WebhookToken(TypedDict):
+    id: str
+    webhook_token: str
 
 
 class WorkflowSummary(TypedDict):
@@ -50,10 +57,13 @@ class WorkflowList(TypedDict):
 
 
 class Accepted(TypedDict):
-    """A start without ``wait`` (``pending``), a cancel (``cancelling``), a recover (``recovering``)."""
+    """A start without ``wait`` (``pending``), a cancel (``cancelling``), a recover (``recovering``),
+    a pause (``pausing``, with ``deadline``), a resume (``resuming``)."""
 
     id: str
     status: str
+    deadline: NotRequired[str]
+    """A pause only: ``keep`` or ``suspend``, what the run's deadline does while paused."""
 
 
 class NodeError(TypedDict):
@@ -72,6 +82,8 @@ class NodeStatus(TypedDict):
     usage: dict[str, int] | None
     logs: dict[str, str] | None
     """What a code node printed: ``stdout`` and ``stderr``."""
+    reused: bool
+    """A rerun's node that took its output from the run it reruns instead of running."""
 
 
 class Execution(TypedDict):
@@ -88,6 +100,18 @@ class Execution(TypedDict):
     started_at: str | None
     finished_at: str | None
     deadline_at: str | None
+    schedule_id: str | None
+    """The schedule whose slot started the run; ``null`` for other runs."""
+    rerun_of: str | None
+    """The run this one reruns (``POST /api/executions/{id}/rerun``)."""
+    reruns: NotRequired[list[str]]
+    """``GET /api/executions/{id}`` only: the runs that rerun this one, oldest first."""
+    error_of: str | None
+    """An error-workflow run: the failed run that started it (ADR 0036); ``null`` otherwise."""
+    parent: str | None
+    """A child run: the run whose ``workflow`` node started it (ADR 0036); ``null`` otherwise."""
+    children: NotRequired[list[str]]
+    """``GET /api/executions/{id}`` only: the child runs of this run's ``workflow`` nodes (ADR 0036)."""
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]
     """Transitions: ``{"from", "to", "at", "reason"}``."""
@@ -125,3 +149,28 @@ class Readiness(TypedDict):
 
 Document = dict[str, Any]
 """A body this module does not spell out field by field (cost reports, metrics, queue status)."""
+
+
+class Circuit(TypedDict):
+    """One circuit breaker (``core.circuit.render``)."""
+
+    kind: Literal["http", "db"]
+    key: str
+    """The HTTP origin (``scheme://host:port``) or the database connection's name."""
+    state: Literal["closed", "open", "half_open"]
+    failures: int
+    """Counted failures within the window (all since it opened, while open)."""
+    threshold: int
+    window_seconds: float
+    open_seconds: float
+    opened_at: str | None
+    half_open_at: str | None
+    """When an open circuit lets its probe through."""
+    opened_total: int
+    last_error: str | None
+    changed_at: str | None
+
+
+class CircuitList(TypedDict):
+    circuits: list[Circuit]
+    count: int

@@ -1,10 +1,16 @@
 """``code``: a user's Python ``main(data)``, run in a sandboxed process; its return value is the output.
 
-Config: ``{"source": "def main(data):\\n    return ...", "memory_mb": 256, "cpu_seconds": 5}``.
+Config: ``{"source": "def main(data):\\n    return ...", "memory_mb": 256, "cpu_seconds": 5,
+"kill_grace_seconds": 2}``.
 ``main`` receives ``{"input", "nodes"}`` and must return JSON (dicts, lists, strings, numbers,
 booleans, ``None``; tuples become lists, non-string keys strings). The wall clock is the node's
 timeout (``timeout_seconds`` of the node, else ``default_timeout_seconds``): the sandbox is
 stopped a little before it (10 %, at most 0.5 s) so that the attempt's output is still recorded.
+Stopping escalates: SIGTERM to the code's processes ``kill_grace_seconds`` (config, else
+``LINKFLOW_CODE_KILL_GRACE_SECONDS``, default 2; at most half the wall clock) before that point,
+so that ``main`` may clean up in a SIGTERM handler, then SIGKILL at it. The ``timeout`` failure
+says which ended the run: ``...; terminated (SIGTERM)`` or ``...; killed (SIGKILL): it was still
+running 2s after SIGTERM``.
 
 Output and logs: the node's output is exactly ``main``'s return value, so downstream nodes see
 what the user returned and no wrapper. What the code printed is not output: each attempt's
@@ -61,11 +67,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FIELDS = frozenset({"source", "memory_mb", "cpu_seconds"})
+FIELDS = frozenset({"source", "memory_mb", "cpu_seconds", "kill_grace_seconds"})
 MEMORY_MB = (32, 256, 1024)
 """Smallest, default and largest ``memory_mb``."""
 CPU_SECONDS = (1, 5, 60)
 """Smallest, default and largest ``cpu_seconds``."""
+MAX_KILL_GRACE_SECONDS = 60.0
+"""Largest ``kill_grace_seconds``."""
+
+
+def _kill_grace(config: dict[str, Any], default: float) -> float:
+    value = config.get("kill_grace_seconds", default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_KILL_GRACE_SECONDS
+    ):
+        raise ConfigError(
+            "kill_grace_seconds", f"must be a number of seconds from 0 to {MAX_KILL_GRACE_SECONDS:g}"
+        )
+    return float(value)
 
 
 def _bounded_int(config: dict[str, Any], name: str, bounds: tuple[int, int, int]) -> int:
@@ -121,14 +142,18 @@ class CodeNode:
         interpreter: str | None = None,
         keep_runs: int = 256,
         on_run: Callable[[NodeContext, CodeRun], None] | None = None,
+        kill_grace_seconds: float = 2.0,
     ) -> None:
         """``warm_sandboxes``: pre-started sandboxes kept ready (0: every run starts cold).
         ``bwrap``: the bubblewrap executable, a name on ``PATH`` or a path.
         ``interpreter``: the Python for runs (default: the engine's own, without site-packages).
         ``keep_runs``: how many attempts' ``CodeRun`` records ``runs`` keeps.
         ``on_run``: called with every attempt's record (success or failure), e.g. to store logs.
+        ``kill_grace_seconds``: SIGTERM comes this long before the end of the node's time, SIGKILL
+        at its end (``LINKFLOW_CODE_KILL_GRACE_SECONDS``; a node's config may set its own).
         """
         self.default_timeout_seconds = default_timeout_seconds
+        self.kill_grace_seconds = kill_grace_seconds
         self.keep_runs = keep_runs
         self.on_run = on_run
         self.runs: OrderedDict[str, CodeRun] = OrderedDict()
@@ -139,6 +164,7 @@ class CodeNode:
         check_source(config.get("source"))
         _bounded_int(config, "memory_mb", MEMORY_MB)
         _bounded_int(config, "cpu_seconds", CPU_SECONDS)
+        _kill_grace(config, self.kill_grace_seconds)
         unknown = set(config) - FIELDS
         if unknown:
             raise ConfigError(sorted(unknown)[0], "unknown field")
@@ -169,6 +195,7 @@ class CodeNode:
                 # A little under the executor's own timeout of the attempt, so that the run is
                 # stopped here, with what it printed kept, rather than cancelled from outside.
                 wall_seconds=max(ctx.timeout_seconds * 0.9, ctx.timeout_seconds - 0.5),
+                kill_grace_seconds=_kill_grace(config, self.kill_grace_seconds),
             )
         except ConfigError as exc:
             raise NodeFailure("validation", exc.message) from exc
@@ -179,7 +206,9 @@ class CodeNode:
             self._record(ctx, exc.run)
             if exc.error_type == "timeout":
                 message = f"the code did not finish within the node's timeout of {ctx.timeout_seconds:g}s"
-                raise CodeFailure("timeout", message, exc.run) from exc
+                if exc.stopped:
+                    message += f"; {exc.stopped}"
+                raise CodeFailure("timeout", message, exc.run, stopped=exc.stopped) from exc
             raise
         self._record(ctx, run)
         return run.result

@@ -43,13 +43,14 @@ from decimal import Decimal
 from typing import Any, ClassVar
 from uuid import UUID
 
+from linkflow_stream.core import circuit
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.nodes.db_connections import Databases
 from linkflow_stream.nodes.db_postgres import PgRange
 from linkflow_stream.nodes.db_query import Dialect, Query, QueryResult
 
-FIELDS = frozenset({"connection", "query", "params", "read_only", "max_rows"})
+FIELDS = frozenset({"connection", "query", "params", "read_only", "max_rows", "circuit_breaker"})
 DEFAULT_MAX_ROWS = 1000
 MAX_ROWS_LIMIT = 100_000
 SQLITE_INT = range(-(2**63), 2**63)
@@ -274,6 +275,7 @@ class DbNode:
         max_rows = config.get("max_rows", DEFAULT_MAX_ROWS)
         if not isinstance(max_rows, int) or isinstance(max_rows, bool) or not 1 <= max_rows <= MAX_ROWS_LIMIT:
             raise ConfigError("max_rows", f"must be an integer from 1 to {MAX_ROWS_LIMIT}")
+        circuit.check_config(config)  # the executor's breaker reads it (runtime/breakers.py)
         missing = [name for name in names if name not in params]
         if missing:
             raise ConfigError("params", f"the query uses :{missing[0]} but params has no {missing[0]!r}")

@@ -20,6 +20,7 @@ import aiohttp
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from yarl import URL
 
+from linkflow_stream.core import circuit
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
 from linkflow_stream.core.trace_context import TRACEPARENT
@@ -33,7 +34,7 @@ from linkflow_stream.nodes.secrets import Secrets, check_reference, is_reference
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 BODIES = ("json", "form", "text")
-FIELDS = frozenset({"method", "url", "query", "headers", "auth", *BODIES})
+FIELDS = frozenset({"method", "url", "query", "headers", "auth", "circuit_breaker", *BODIES})
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -113,6 +114,7 @@ class HttpNode:
         if "text" in config and not isinstance(config["text"], str):
             raise ConfigError("text", "must be a string")
         _check_auth(config.get("auth"))
+        circuit.check_config(config)  # the executor's breaker reads it (runtime/breakers.py)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -11,6 +11,7 @@ from linkflow_stream.nodes.condition import ConditionNode
 from linkflow_stream.nodes.db import DbNode
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.nodes.secrets import Secrets
+from linkflow_stream.nodes.subworkflow import WorkflowNode
 from linkflow_stream.nodes.transform import TransformNode
 from linkflow_stream.nodes.wait import WaitNode
 from linkflow_stream.settings import Settings
@@ -28,7 +29,12 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             secrets=Secrets(settings.secrets),
         ),
         DbNode({name: url.get_secret_value() for name, url in settings.databases.items()}),
-        CodeNode(warm_sandboxes=settings.code_warm_sandboxes, bwrap=settings.code_bwrap),
+        CodeNode(
+            warm_sandboxes=settings.code_warm_sandboxes,
+            bwrap=settings.code_bwrap,
+            kill_grace_seconds=settings.code_kill_grace_seconds,
+        ),
+        WorkflowNode(),
     ]
     return {e.type_name: e for e in executors}
 

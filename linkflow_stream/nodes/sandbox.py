@@ -23,7 +23,8 @@ run fails with :class:`SandboxUnavailableError`, whose message names the fix.
 
 Limits of every run: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU`` (SIGXCPU, SIGKILL one second later),
 ``RLIMIT_NPROC`` (fork bombs), ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE`` (disk fill), no core dumps; a
-wall-clock limit enforced here by killing the sandbox's PID namespace. Cancelling ``run_code``
+wall-clock limit enforced here: SIGTERM to the code's processes ``Limits.kill_grace_seconds``
+before it, then SIGKILL of the sandbox's PID namespace at it. Cancelling ``run_code``
 kills the sandbox before ``CancelledError`` goes on.
 
 When the engine runs as root, bwrap makes no user namespace and every run gets a random
@@ -102,6 +103,14 @@ class Limits:
     """Kept of stdout and of stderr each; the rest is read and dropped."""
     result_bytes: int = 8 * 1024 * 1024
     """The largest JSON result accepted; a larger one fails the run with ``resource_limit``."""
+    kill_grace_seconds: float = 0.0
+    """Timeout escalation: SIGTERM this long before ``wall_seconds`` (at most half of it), SIGKILL
+    at ``wall_seconds`` if the code is still running. 0: SIGKILL at ``wall_seconds``."""
+
+    @property
+    def term_seconds(self) -> float:
+        """When the code gets SIGTERM: the wall clock less the grace (half of it at most)."""
+        return self.wall_seconds - min(self.kill_grace_seconds, self.wall_seconds / 2)
 
 
 @dataclass(frozen=True)
@@ -120,13 +129,21 @@ class CodeRun:
 
 
 class CodeFailure(NodeFailure):
-    """A failed run; ``run`` keeps what it printed."""
+    """A failed run; ``run`` keeps what it printed; ``stopped`` says how a run that ran out of
+    time was stopped (``terminated (SIGTERM)`` or ``killed (SIGKILL) ...``), else ``None``."""
 
     def __init__(
-        self, error_class: str, message: str, run: CodeRun, *, retryable: bool | None = None
+        self,
+        error_class: str,
+        message: str,
+        run: CodeRun,
+        *,
+        retryable: bool | None = None,
+        stopped: str | None = None,
     ) -> None:
         super().__init__(error_class, message, retryable=retryable)
         self.run = run
+        self.stopped = stopped
 
 
 class SandboxUnavailableError(NodeFailure):
@@ -526,23 +543,55 @@ class Sandbox:
             stdin.close()
 
         self._io.append(asyncio.create_task(feed(proc.stdin)))
-        timed_out = False
-        try:
-            async with asyncio.timeout(limits.wall_seconds):
-                await self._exited.wait()
-        except TimeoutError:
-            timed_out = True
+        stopped = await self._run_until(limits)
         await self._terminate()
         await self.finish()
         # Every holder of the pipes is dead now: what is left to read is buffered data.
         _, pending = await asyncio.wait(self._io, timeout=REAP_SECONDS)
         if pending:
             log.error("code sandbox: output pipes still open after the sandbox ended")
-        if timed_out:
-            raise self.fail(
-                "timeout", f"the code did not finish within {limits.wall_seconds:g}s (wall clock)"
+        if stopped is not None:
+            failure = self.fail(
+                "timeout", f"the code did not finish within {limits.wall_seconds:g}s (wall clock); {stopped}"
             )
+            failure.stopped = stopped
+            raise failure
         return self._outcome(limits, proc.returncode)
+
+    async def _run_until(self, limits: Limits) -> str | None:
+        """Wait for the run to end; past ``limits.term_seconds``, SIGTERM every process of the code,
+        and past ``limits.wall_seconds`` leave it to the SIGKILL of ``_terminate``. ``None`` if it
+        ended in time, else how it was stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limits.term_seconds):
+                await self._exited.wait()
+            return None
+        grace = limits.wall_seconds - limits.term_seconds
+        if grace <= 0 or not self.signal_code(signal.SIGTERM):
+            return "killed (SIGKILL)"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._exited.wait()
+            return "terminated (SIGTERM)"
+        return f"killed (SIGKILL): it was still running {grace:g}s after SIGTERM"
+
+    def signal_code(self, signum: int) -> bool:
+        """Send ``signum`` to every process of the code (the interpreter and what it started: all
+        below the PID namespace's init, which bwrap runs and which forwards nothing); False if
+        there was none."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return False
+        sent = False
+        for init in _children(proc.pid):
+            stack = _children(init)
+            while stack:
+                pid = stack.pop()
+                stack.extend(_children(pid))
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+                    sent = True
+        return sent
 
     async def close(self) -> None:
         """Kill and reap the sandbox, stop reading its pipes and remove its temp dir.

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from aiokafka.errors import MessageSizeTooLargeError
@@ -23,7 +24,9 @@ from linkflow_stream.core.messages import ControlMessage, NodeError, NodeResult,
 from linkflow_stream.core.node_contract import NodeContext, NodeExecutor, NodeFailure, capped_output
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.runtime.breakers import Breakers
 from linkflow_stream.runtime.identity import instance_id
+from linkflow_stream.runtime.throttle import NodeThrottle
 from linkflow_stream.tracing.messaging import Delivery, TaskSpans, record_outcome
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,13 @@ class Executor:
         slots: int,
         output_max_bytes: int = 1024 * 1024,
         spans: TaskSpans | None = None,
+        breakers: Breakers | None = None,
+        throttle: NodeThrottle | None = None,
     ) -> None:
+        self.breakers = breakers
+        """Circuit breakers around http and db attempts (``runtime/breakers.py``); ``None``: none."""
+        self.throttle = throttle
+        """Rate limits of outgoing calls (``runtime/throttle.py``); ``None``: limits are not applied."""
         self.output_max_bytes = output_max_bytes
         self.spans = spans
         """Makes each attempt's process span; ``None``: tracing is off."""
@@ -82,15 +91,24 @@ class Executor:
         executor = self.registry.get(task.node_type)
         if executor is None:
             raise NodeFailure("validation", f"this worker has no executor for node type {task.node_type!r}")
-        try:
-            async with asyncio.timeout(task.timeout_seconds):
-                output = await executor.execute(ctx, task.config, task.input)
-        except TimeoutError as exc:
-            raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
+        guard = (
+            self.breakers.guard(task.node_type, task.config) if self.breakers else contextlib.nullcontext()
+        )
+        async with guard:  # outside the timeout, so that a timeout counts against the circuit
+            try:
+                async with asyncio.timeout(task.timeout_seconds):
+                    output = await executor.execute(ctx, task.config, task.input)
+            except TimeoutError as exc:
+                raise NodeFailure("timeout", f"node did not finish within {task.timeout_seconds}s") from exc
         return capped_output(output, self.output_max_bytes)
 
     async def _run(self, task: NodeTask, delivery: Delivery | None = None) -> None:
         started = now()
+        if self.throttle is not None and task.rate_limit is not None:
+            until = self.throttle.check(task.rate_limit, started)
+            if until is not None:
+                await self._throttled(task, started, until)
+                return
         ok, output, error = True, None, None
         ctx = NodeContext(
             task.execution_id, task.workflow_id, task.node_id, task.attempt, task.timeout_seconds
@@ -141,6 +159,35 @@ class Executor:
                 "could not publish the result of %s/%s; the lease will retry it",
                 task.execution_id,
                 task.node_id,
+            )
+
+    async def _throttled(self, task: NodeTask, at: datetime, until: datetime) -> None:
+        """Report that the attempt did not run for want of a token; the orchestrator dispatches it
+        again at ``until``. ``ok`` is false with class ``throttled`` (retryable), so an orchestrator
+        that does not know ``throttled_until`` retries it as a failure rather than taking it as done."""
+        assert task.rate_limit is not None
+        error = NodeError(
+            error_class="throttled",
+            message=f"rate limit {task.rate_limit.per_second:g}/s, burst {task.rate_limit.burst}: no token",
+            retryable=True,
+        )
+        result = NodeResult(
+            execution_id=task.execution_id,
+            node_id=task.node_id,
+            attempt=task.attempt,
+            ok=False,
+            error=error,
+            started_at=at,
+            finished_at=at,
+            worker_id=self.worker_id,
+            throttled_until=until,
+            lease_until=task.lease_until,
+        )
+        try:
+            await self._publish(task, result)
+        except Exception:
+            log.exception(
+                "could not publish %s/%s throttled; the lease will retry it", task.execution_id, task.node_id
             )
 
     async def _publish(self, task: NodeTask, result: NodeResult) -> None:

@@ -71,14 +71,37 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.node_throttled = Counter(
+            "linkflow_node_throttled_total",
+            "Node attempts parked on a timer because their rate limit had no token",
+            ["node_type"],
+            registry=r,
+        )
+        self.team_starts_throttled = Counter(
+            "linkflow_team_starts_throttled_total",
+            "POST /api/executions refused with 429 by the team's start rate limit (this instance)",
+            registry=r,
+        )
         self.dlq = Counter(
             "linkflow_dlq_messages_total", "Records sent to the dead-letter topic", ["topic"], registry=r
+        )
+        self.admission_rejected = Counter(
+            "linkflow_admission_rejected_total",
+            "Starts refused because their team had LINKFLOW_MAX_QUEUED_PER_TEAM runs queued, by path "
+            "(http: 429; kafka: dead-lettered) and team",
+            ["path", "team"],
+            registry=r,
         )
         self.start_requests = Counter(
             "linkflow_start_requests_total",
             "Records read from linkflow.start, by outcome: started, duplicate (the run exists), "
             "dead_lettered",
             ["outcome"],
+            registry=r,
+        )
+        self.schedule_fires = Counter(
+            "linkflow_schedule_runs_total",
+            "Runs fired by schedules (each slot once; see linkflow_start_requests_total for their starts)",
             registry=r,
         )
         self.input_lag = Histogram(
@@ -174,6 +197,9 @@ class Metrics:
                     self.duration.labels(wf, state.status.value).observe(
                         (e.at - state.started_at).total_seconds()
                     )
+            elif e.type is EventType.NODE_THROTTLED:
+                assert e.node_id is not None
+                self.node_throttled.labels(state.workflow.node(e.node_id).type).inc()
             elif e.type in (EventType.NODE_SUCCEEDED, EventType.NODE_FAILED, EventType.NODE_RETRY_SCHEDULED):
                 assert e.node_id is not None
                 node = state.nodes[e.node_id]

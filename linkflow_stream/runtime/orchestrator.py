@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import Priority
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
@@ -39,7 +40,8 @@ from linkflow_stream.kafka.transactions import (
     TransactionalProducer,
 )
 from linkflow_stream.runtime.metrics import Metrics
-from linkflow_stream.runtime.partition import BatchReport, InputGap, Partition
+from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition
+from linkflow_stream.runtime.priority import PRECEDENCE, turns
 from linkflow_stream.runtime.restore import committed_positions, read_changelog
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
@@ -53,7 +55,11 @@ name the runs they start."""
 MAX_WAIT_MS = 100
 """Longest poll of the fetch loop (and longest sleep of an idle worker)."""
 BACKLOG_BATCHES = 4
-"""A partition whose worker has more than this many batches waiting is paused in the consumer."""
+"""An input topic-partition whose worker queue holds more than this many batches is paused in the
+consumer (until the queue is down to one batch)."""
+ACTIVE_SECONDS = 1.0
+"""A priority stays active in the weighted turns (ADR 0029) this long after an input of one of its
+runs was last taken: runs waiting for a task's result keep their share of the next batches."""
 BATCH_RETRIES = 5
 """A batch whose transaction aborted this often is decided again one input at a time."""
 RECORD_RETRIES = 3
@@ -119,8 +125,11 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._must_rejoin = False
         self._claim_retry_at = 0.0
         self._workers: dict[int, _Worker] = {}
-        self._backlogged: set[int] = set()
-        """Partitions paused in the consumer because their worker has a backlog."""
+        self._lanes = {settings.topic(topic_names.requests(p)): p for p in Priority}
+        self.seen: dict[Priority, float] = {}
+        """When an input of a run of each priority was last taken into a batch (monotonic)."""
+        self._backlogged: set[TopicPartition] = set()
+        """Input topic-partitions paused in the consumer because their worker queue is long."""
         self._committing: dict[int, float] = {}
         """When each partition's batch in flight began."""
         self._failing: dict[int, float] = {}
@@ -267,7 +276,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         worker = self._workers.pop(number, None)
         if worker is not None and worker.task is not asyncio.current_task():
             await worker.stop()
-        self._backlogged.discard(number)
+        self._backlogged.difference_update(self._input_partitions(number))
         partition = self.partitions.pop(number, None)
         if partition is None:
             return
@@ -333,14 +342,15 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         if consumer is None or partition is None:
             return
         if worker is not None:
-            worker.pending.clear()
+            worker.clear()
         for tp, offset in partition.positions.items():
             with contextlib.suppress(Exception):
                 consumer.seek(tp, offset)
-        if number in self._backlogged:
+        paused = [tp for tp in self._input_partitions(number) if tp in self._backlogged]
+        if paused:
             assigned = consumer.assignment()
-            consumer.resume(*(tp for tp in self._input_partitions(number) if tp in assigned))
-            self._backlogged.discard(number)
+            consumer.resume(*(tp for tp in paused if tp in assigned))
+            self._backlogged.difference_update(paused)
 
     async def _loop(self) -> None:
         """Fetch, and hand each partition's records to its worker; a worker with a backlog has
@@ -357,56 +367,98 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     worker = self._workers.get(tp.partition)
                     if worker is None:
                         continue  # not claimed (yet): fetched again from the committed position
-                    worker.offer(batches[tp])
-                    if len(worker.pending) > BACKLOG_BATCHES * s.orchestrator_batch_max:
-                        self._pause(tp.partition)
+                    lane = worker.offer(batches[tp])
+                    if len(worker.queues[lane]) > BACKLOG_BATCHES * s.orchestrator_batch_max:
+                        self._pause(tp.partition, lane)
                 if self._must_rejoin:
                     await self._rejoin()
 
-    def _pause(self, number: int) -> None:
+    def active(self, priority: Priority, now: float) -> bool:
+        """A priority counts in the weighted turns of every partition here while any partition
+        has its requests waiting or took an input of one of its runs in the last
+        ``ACTIVE_SECONDS`` (``now``: monotonic): the partitions share one event loop, so a
+        partition's big low batch delays every other partition's high one."""
+        if priority in self.seen and now - self.seen[priority] < ACTIVE_SECONDS:
+            return True
+        return self.waiting(priority)
+
+    def waiting(self, priority: Priority) -> bool:
+        """Whether start requests of ``priority`` wait in any partition worker here."""
+        return any(w.queues[priority] for w in self._workers.values())
+
+    def lane_of(self, topic: str) -> Priority | None:
+        """The worker queue a topic's records wait in: a request topic's priority, or ``None``
+        for commands and results (decided in offset order, whatever their run's priority)."""
+        return self._lanes.get(topic)
+
+    def _lane_partitions(self, number: int, lane: Priority | None) -> list[TopicPartition]:
+        return [tp for tp in self._input_partitions(number) if self.lane_of(tp.topic) == lane]
+
+    def _pause(self, number: int, lane: Priority | None) -> None:
+        """Stop fetching one queue's topics of ``number``: a low-priority backlog then neither
+        grows in memory nor stands in front of high-priority records in the consumer's buffer."""
         consumer = self._consumer
         assert consumer is not None
         assigned = consumer.assignment()
-        consumer.pause(*(tp for tp in self._input_partitions(number) if tp in assigned))
-        self._backlogged.add(number)
+        tps = [tp for tp in self._lane_partitions(number, lane) if tp in assigned]
+        consumer.pause(*tps)
+        self._backlogged.update(tps)
 
     def caught_up(self, number: int) -> None:
-        """Called by a worker after each batch: resume its partition once its backlog is gone."""
+        """Called by a worker after each batch: resume each of its paused topics once that
+        topic's queue is down to one batch."""
         worker = self._workers.get(number)
         consumer = self._consumer
-        if number not in self._backlogged or worker is None or consumer is None:
+        if worker is None or consumer is None:
             return
-        if len(worker.pending) <= self.settings.orchestrator_batch_max:
-            assigned = consumer.assignment()
-            consumer.resume(*(tp for tp in self._input_partitions(number) if tp in assigned))
-            self._backlogged.discard(number)
+        for lane, queue in worker.queues.items():
+            if len(queue) > self.settings.orchestrator_batch_max:
+                continue
+            tps = [tp for tp in self._lane_partitions(number, lane) if tp in self._backlogged]
+            if tps:
+                assigned = consumer.assignment()
+                consumer.resume(*(tp for tp in tps if tp in assigned))
+                self._backlogged.difference_update(tps)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
 
     async def run_partition(
-        self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int
-    ) -> None:
+        self,
+        number: int,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        now_ms: int,
+        cut: Cut | None = None,
+    ) -> int:
         """Commit one partition's batch, retrying aborted transactions with backoff. A batch
         that keeps failing is decided again one input at a time, and an input that keeps failing
         alone is dead-lettered: nothing retries forever, and no input is lost with its batch.
-        Raises ``Abandon`` when the batch must be fetched again from the committed position."""
+        Raises ``Abandon`` when the batch must be fetched again from the committed position.
+        Returns how many records at the end ``cut`` left undecided (uncommitted)."""
         if not any(self._strikes.get(_key(r), 0) >= MAX_STRIKES for r in records):
-            if await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES):
-                return
+            report = await self._commit_with_retries(number, records, now_ms, BATCH_RETRIES, cut)
+            if report is not None:
+                return report.left
             log.warning(
                 "partition %d: a batch of %d keeps failing; one input at a time", number, len(records)
             )
         for record in records:
-            if self._strikes.get(_key(record), 0) >= MAX_STRIKES or not await self._commit_with_retries(
-                number, [record], now_ms, RECORD_RETRIES
+            if (
+                self._strikes.get(_key(record), 0) >= MAX_STRIKES
+                or await self._commit_with_retries(number, [record], now_ms, RECORD_RETRIES) is None
             ):
                 await self._dead_letter_alone(number, record)
+        return 0
 
     async def _commit_with_retries(
-        self, number: int, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int, tries: int
-    ) -> bool:
-        """True once committed; False after ``tries`` failed transactions of which at least one
+        self,
+        number: int,
+        records: Sequence[ConsumerRecord[bytes, bytes]],
+        now_ms: int,
+        tries: int,
+        cut: Cut | None = None,
+    ) -> BatchReport | None:
+        """The report once committed; None after ``tries`` failed transactions of which at least one
         was the inputs' fault (a record refused, a bug in deciding): the caller narrows the batch
         down. Failures that are the broker's (away, timing out) never count against the inputs:
         after ``tries`` of those, and on every other outcome (ownership lost or being revoked, a
@@ -421,7 +473,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             started = time.perf_counter()
             self._committing[number] = self.clock()
             try:
-                report = await partition.run_batch(records, now_ms)
+                report = await partition.run_batch(records, now_ms, cut)
             except Fenced as exc:
                 await self._lost(number, exc)
                 raise Abandon(str(exc)) from exc
@@ -448,13 +500,13 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             finally:
                 self._committing.pop(number, None)
             self._failing.pop(number, None)
-            for record in records:
+            for record in records[: len(records) - report.left]:
                 self._strikes.pop(_key(record), None)
             self._observe(report, time.perf_counter() - started)
-            return True
+            return report
         if not faulted:
             raise Abandon(f"partition {number}: the broker keeps failing the transaction")
-        return False
+        return None
 
     def _strike(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Count a failed try against each input; the count survives a re-claim, so an input
@@ -522,20 +574,124 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class _Worker:
     """Decides one partition's batches as they arrive, so a slow batch (a long inline
-    expression, a broker hiccup on one transaction) holds up only its own partition."""
+    expression, a broker hiccup on one transaction) holds up only its own partition.
+
+    Records wait in one queue per priority for start requests and one for commands and results;
+    batches take them by weighted turns between the priorities, may be cut short for a higher
+    request, and lower requests are paced while a higher priority is active (ADR 0029)."""
 
     def __init__(self, orchestrator: Orchestrator, number: int) -> None:
         self.orchestrator = orchestrator
         self.number = number
-        self.pending: list[ConsumerRecord[bytes, bytes]] = []
+        self.queues: dict[Priority | None, list[ConsumerRecord[bytes, bytes]]] = {
+            **{p: [] for p in PRECEDENCE},
+            None: [],
+        }
+        """Start requests per priority, and (``None``) commands and results."""
+        self.held_until = 0.0
+        """Until then (monotonic), requests below the highest active priority wait (``_pace``)."""
+        self._first: set[int] = set()
+        """Ids of the first request of each priority in the batch being decided (never cut)."""
+        self._paced: tuple[Priority, Priority] | None = None
+        """(highest active, lowest taken) when the batch being decided took only requests below
+        the highest active priority."""
         self.wake = asyncio.Event()
         self.busy = asyncio.Lock()
         """Held while a batch is decided and committed; ``stop`` waits for it."""
         self.task = asyncio.create_task(self._run(), name=f"orchestrator-partition-{number}")
 
-    def offer(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        self.pending.extend(records)
+    @property
+    def pending(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def offer(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> Priority | None:
+        """Queue one topic-partition's fetched records; returns the queue they went to."""
+        lane = self.orchestrator.lane_of(records[0].topic) if records else None
+        self.queues[lane].extend(records)
         self.wake.set()
+        return lane
+
+    def clear(self) -> None:
+        for queue in self.queues.values():
+            queue.clear()
+
+    def _put_back(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Return a batch's records to the front of their queues, in their order."""
+        for lane, queue in self.queues.items():
+            queue[:0] = [r for r in records if self.orchestrator.lane_of(r.topic) == lane]
+
+    def _take(self, partition: Partition) -> list[ConsumerRecord[bytes, bytes]]:
+        """The next batch: high requests, then commands and results (in offset order; they may
+        be any run's), then normal and low requests, taken by weighted turns. A normal or low
+        request may be cut off the end of the batch while it is decided (``_cut``)."""
+        settings = self.orchestrator.settings
+        batch_max = settings.orchestrator_batch_max
+        weights = settings.priority_weights
+        now = time.monotonic()
+        rest = self.queues[None][:batch_max]
+        del self.queues[None][:batch_max]
+        orch = self.orchestrator
+        for record in rest:
+            state = partition.states.get((record.key or b"").decode(errors="replace"))
+            if state is not None:
+                orch.seen[state.priority] = now
+        active = [orch.active(p, now) for p in PRECEDENCE]
+        room = batch_max - len(rest)  # each priority with requests waiting still gets one
+        held = self._held(active, now)
+        waiting = [0 if p in held else len(self.queues[p]) for p in PRECEDENCE]
+        counts = turns(waiting, active, room, weights)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        self._first = set()
+        for p, n in zip(PRECEDENCE, counts, strict=True):
+            if n:
+                self._first.add(id(self.queues[p][0]))
+                records.extend(self.queues[p][:n])
+                del self.queues[p][:n]
+                orch.seen[p] = now
+        self._paced = None
+        if records and not rest and any(active):
+            top = PRECEDENCE[active.index(True)]
+            taken = [p for p, n in zip(PRECEDENCE, counts, strict=True) if n]
+            if top not in taken:
+                self._paced = (top, taken[-1])
+        high = counts[0]
+        return records[:high] + rest + records[high:]
+
+    def _cut(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """End the batch before ``record``, a normal or low request, when requests of a higher
+        priority wait in any partition here; never before the first request of its priority in
+        the batch, so each priority still moves one request a batch."""
+        lane = self.orchestrator.lane_of(record.topic)
+        if lane is None or lane is PRECEDENCE[0] or id(record) in self._first:
+            return False
+        higher = PRECEDENCE[: PRECEDENCE.index(lane)]
+        return any(self.orchestrator.waiting(p) for p in higher)
+
+    def _held(self, active: Sequence[bool], now: float) -> set[Priority]:
+        """The priorities whose requests wait for ``held_until``: those below the highest
+        active one, while it lasts."""
+        if now >= self.held_until or not any(active):
+            return set()
+        return set(PRECEDENCE[active.index(True) + 1 :])
+
+    def _takeable(self, now: float) -> bool:
+        """Whether ``_take`` would take anything now."""
+        if self.queues[None]:
+            return True
+        active = [self.orchestrator.active(p, now) for p in PRECEDENCE]
+        held = self._held(active, now)
+        return any(self.queues[p] for p in PRECEDENCE if p not in held)
+
+    def _pace(self, seconds: float) -> None:
+        """After a batch of only lower-priority requests that took ``seconds`` while a higher
+        priority was active, hold the lower ones back for ``seconds * (w_top / w_lower - 1)``:
+        they then use about ``w_lower / w_top`` of this partition's time, and the rest of the
+        process's time (one event loop for every partition) is left to the higher runs."""
+        if self._paced is None:
+            return
+        weights = dict(zip(PRECEDENCE, self.orchestrator.settings.priority_weights, strict=True))
+        top, lower = self._paced
+        self.held_until = time.monotonic() + seconds * max(0.0, weights[top] / weights[lower] - 1)
 
     async def stop(self) -> None:
         async with self.busy:
@@ -551,15 +707,19 @@ class _Worker:
     async def _run(self) -> None:
         orch = self.orchestrator
         partition = orch.partitions.get(self.number)
-        batch_max = orch.settings.orchestrator_batch_max
         delay = 0.1
         while partition is not None and orch.partitions.get(self.number) is partition:
             now_ms = orch.now_ms()
             wake_ms = partition.next_wakeup_ms()
-            if not self.pending and (wake_ms is None or wake_ms > now_ms):
+            mono = time.monotonic()
+            if not self._takeable(mono) and (wake_ms is None or wake_ms > now_ms):
+                if self.pending and self.held_until > mono:  # held back: look again when it ends
+                    held_ms = now_ms + int((self.held_until - mono) * 1000) + 1
+                    wake_ms = held_ms if wake_ms is None else min(wake_ms, held_ms)
                 await self._idle(wake_ms, now_ms)
                 continue
-            records, self.pending = self.pending[:batch_max], self.pending[batch_max:]
+            records = self._take(partition)
+            began = time.monotonic()
             try:
                 if orch.codec.ids is not None:  # a schema registry: ids to know before decoding
                     await orch.codec.learn(record.value for record in records)
@@ -568,13 +728,13 @@ class _Worker:
                 # ask again; its inputs are valid and must be neither skipped nor dead-lettered.
                 log.exception("partition %d: schema ids not resolved; again in %.1fs", self.number, delay)
                 orch.record_failure(self.number)
-                self.pending = records + self.pending
+                self._put_back(records)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue
             async with self.busy:
                 try:
-                    await orch.run_partition(self.number, records, orch.now_ms())
+                    left = await orch.run_partition(self.number, records, orch.now_ms(), self._cut)
                 except Abandon:
                     # Nothing of this batch committed: read it again from the committed position.
                     orch.rewind_partition(self.number)
@@ -587,4 +747,8 @@ class _Worker:
                     delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                     continue
             delay = 0.1
+            if left:
+                self._put_back(records[len(records) - left :])
+                self._paced = None
+            self._pace(time.monotonic() - began)
             orch.caught_up(self.number)

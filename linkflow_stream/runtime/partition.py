@@ -11,6 +11,7 @@ this partition now: the caller drops this object.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 import time
@@ -55,6 +56,10 @@ class InputGap(Exception):
         self.partition = partition
 
 
+Cut = Callable[[ConsumerRecord[bytes, bytes]], bool]
+"""``cut(record)``: True to end a batch before ``record`` (a higher-priority input is waiting,
+ADR 0029); it and the records after it stay undecided, their offsets uncommitted."""
+
 GapProbe = Callable[[TopicPartition, int, int], Awaitable[bool]]
 """``probe(tp, expected, got)``: True when no committed record lies between the two offsets
 (only control records or aborted ones), so the jump is no gap."""
@@ -87,6 +92,8 @@ class BatchReport:
     input_lags: list[float] = field(default_factory=list)
     commit_seconds: float = 0.0
     """The transaction alone: begin, produce, offsets, commit."""
+    left: int = 0
+    """Records at the end of the batch left undecided by a ``Cut``."""
 
 
 @dataclass
@@ -180,14 +187,22 @@ class Partition:
         return min(times) if times else None
 
     # -- a batch ----------------------------------------------------------------------------------
-    async def run_batch(self, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int) -> BatchReport:
+    async def run_batch(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], now_ms: int, cut: Cut | None = None
+    ) -> BatchReport:
         """Decide ``records`` (in offset order per topic-partition) plus the timers and expiries
         due at ``now_ms``, and commit it all in one transaction. Raises ``InputGap`` or what the
         producer raises (``Fenced``, ``ProducerBroken``, ``CommitFailed``); then nothing was
-        applied."""
+        applied. With ``cut``, the loop yields between records and ends the batch early where
+        ``cut`` says so; what was decided commits as usual (``report.left``: the rest)."""
         staged = _Staged()
         offsets: dict[TopicPartition, int] = {}
-        for record in records:
+        for index, record in enumerate(records):
+            if cut is not None and index:
+                await asyncio.sleep(0)  # let the fetch loop hand over what arrived meanwhile
+                if cut(record):
+                    staged.report.left = len(records) - index
+                    break
             tp = TopicPartition(record.topic, record.partition)
             expected = offsets.get(tp, self.positions.get(tp, record.offset))
             if record.offset < expected:

@@ -28,6 +28,16 @@ async def read_changelog(
 ) -> list[ExecutionState]:
     """The latest committed state of every execution in one changelog partition (tombstones
     remove)."""
+    latest = await read_latest(bootstrap_servers, topic, partition, within=within)
+    await codec.learn(latest.values())
+    return [codec.decode(value, ExecutionState) for value in latest.values() if value is not None]
+
+
+async def read_latest(
+    bootstrap_servers: str, topic: str, partition: int, *, within: float = 120.0
+) -> dict[bytes, bytes]:
+    """The latest committed value of every key of one partition of a compacted topic, read to its
+    end (a key whose latest record is a tombstone is left out)."""
     tp = TopicPartition(topic, partition)
     consumer = committed_reader(bootstrap_servers)
     await consumer.start()
@@ -45,8 +55,7 @@ async def read_changelog(
             for record in batch.get(tp, []):
                 if record.key is not None:
                     latest[record.key] = record.value
-        await codec.learn(latest.values())
-        return [codec.decode(value, ExecutionState) for value in latest.values() if value is not None]
+        return {key: value for key, value in latest.items() if value is not None}
     finally:
         await consumer.stop()
 

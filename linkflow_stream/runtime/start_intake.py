@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,7 @@ import pydantic
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from linkflow_stream.core import topic_names
+from linkflow_stream.core.admission import Admission, TooManyRequestsError
 from linkflow_stream.core.clock import from_millis, now
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.idempotency import still_named
@@ -125,6 +127,10 @@ class Batch:
     """Ids started in this batch (the views cannot know them before the commit)."""
     records: list[ProducerRecord] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    queued: Counter[str | None] = field(default_factory=Counter)
+    """Runs started in this batch per team: queued, and not in the views before the commit."""
+    refused: list[str] = field(default_factory=list)
+    """The team label of each record refused by admission control."""
 
 
 class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -141,8 +147,12 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         *,
         producer_factory: Callable[[int], TransactionalProducer] | None = None,
         clock: Callable[[], datetime] = now,
+        admission: Admission | None = None,
     ) -> None:
+        """``admission``: the per-team limit of queued runs; a record beyond it is dead-lettered
+        with the reason ``too_many_requests`` (``None``: no limit)."""
         self.settings = settings
+        self.admission = admission
         self.clock = clock
         self.codec = codec
         self.workflows = workflows
@@ -356,6 +366,8 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.sleep(0.5)
             return
         self.positions[number] = records[-1].offset + 1
+        for team in batch.refused:
+            self.metrics.admission_rejected.labels("kafka", team).inc()
         for outcome in batch.outcomes:
             self.metrics.start_requests.labels(outcome.value).inc()
             if outcome is Outcome.DEAD_LETTERED:
@@ -369,6 +381,9 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             encoded = await self._start_of(record, batch)
         except ViewsBehind:
             raise
+        except TooManyRequestsError as exc:
+            reason = f"{exc.error_type}: {exc.message}"
+            batch.refused.append(exc.team_label)
         except LinkflowError as exc:
             reason = f"{exc.error_type}: {exc.message}"
         except Exception as exc:  # a record no rule foresaw still ends in the DLQ, with why
@@ -396,6 +411,9 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         if fixed_by_producer and await self._exists(ids, at, batch):
             log.info("start request %s[%d]@%d: its run exists", record.topic, record.partition, record.offset)
             return None
+        if self.admission is not None and self.admission.limited:
+            await self._synced(batch)  # count every run the log held when the batch began
+            self.admission.check(workflow.team, also_queued=batch.queued[workflow.team])
         # Accepted now, as an HTTP start is accepted when the API answers: the run's timeout and
         # queue time count from here, not from a record that may have waited out an outage.
         # (An aborted batch's start is never seen, so this needs no determinism; the id does.)
@@ -416,6 +434,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
                 f"over {topic}'s {limit_of(topic)}-byte limit",
                 error_type="too_large",
             )
+        batch.queued[workflow.team] += 1
         return encoded
 
     async def _synced(self, batch: Batch) -> None:

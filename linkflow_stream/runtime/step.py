@@ -19,8 +19,8 @@ from linkflow_stream.core.decider import DeciderConfig, Input, decide
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.expressions import evaluate
 from linkflow_stream.core.gate import GateRequest, GateRequestKind
-from linkflow_stream.core.mapping import map_output, resolve_config
-from linkflow_stream.core.messages import ControlMessage, NodeResult, NodeTask
+from linkflow_stream.core.mapping import map_output, rate_limit_bucket, resolve_config
+from linkflow_stream.core.messages import CommandKind, ControlMessage, ExecutionCommand, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import (
     ConfigError,
     NodeContext,
@@ -29,9 +29,22 @@ from linkflow_stream.core.node_contract import (
     capped_output,
 )
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.run_links import (
+    DEPTH,
+    MAX_DEPTH,
+    PARENT,
+    PARENT_ATTEMPT,
+    PARENT_NODE,
+    child_depth,
+    child_run_id,
+    error_workflow_request,
+    parent_result,
+)
+from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.core.trace_context import TRACEPARENT
 from linkflow_stream.core.workflow import NodeDefinition
+from linkflow_stream.nodes.expression_worker import evaluate_bounded
 
 MAX_INLINE_STEPS = 10_000
 
@@ -76,12 +89,19 @@ class Stepper:
         while queue:
             if len(step.events) > MAX_INLINE_STEPS:  # pragma: no cover - a DAG cannot loop; belt and braces
                 break
-            for event in decide(step.state, queue.pop(0), now, self.config):
+            current = queue.pop(0)
+            for event in decide(step.state, current, now, self.config):
                 step.state = evolve(step.state, event)
                 step.events.append(event)
                 step.outputs.append(_event_record(event))
                 if event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.INLINE:
                     queue.append(await self._run_inline(step.state, event, now))
+                elif event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.CHILD:
+                    child_or_failure = await self._child(step.state, event, now)
+                    if isinstance(child_or_failure, NodeResult):
+                        queue.append(child_or_failure)
+                    else:
+                        step.outputs.append(child_or_failure)
                 elif event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.TASK:
                     task_or_failure = await self._task(step.state, event, now)
                     if isinstance(task_or_failure, NodeResult):
@@ -89,6 +109,8 @@ class Stepper:
                     else:
                         step.outputs.append(task_or_failure)
                 cancelled = cancelled or event.type is EventType.NODE_CANCELLED
+                step.outputs.extend(_linked_runs(step.state, event))
+                step.outputs.extend(self._child_cancels(step.state, event, current))
                 gate = _gate_request(step.state, event)
                 if gate is not None:
                     step.outputs.append(gate)
@@ -162,6 +184,9 @@ class Stepper:
             return _result(state, event, now, error=missing)
         try:
             config = self._config(node, data, now=now, seed=f"{state.id}/{node.id}/{event.attempt}")
+            bucket = rate_limit_bucket(
+                state.workflow.id, node, data, now=now, seed=f"{state.id}/{node.id}/{event.attempt}"
+            )
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
         task = NodeTask(
@@ -174,6 +199,7 @@ class Stepper:
             input=data,
             timeout_seconds=self._timeout(node),
             lease_until=event.due_at,
+            rate_limit=bucket,
         )
         headers: tuple[tuple[str, bytes], ...] = ()
         if self.task_traceparent is not None:
@@ -187,6 +213,81 @@ class Stepper:
             time=event.at,
             headers=headers,
         )
+
+    async def _child(
+        self, state: ExecutionState, event: ExecutionEvent, now: datetime
+    ) -> Outgoing | NodeResult:
+        """The start of a ``workflow`` node's child run (ADR 0036), or the failure to feed back
+        when its config or input cannot be computed. The child's id is fixed by (run, node,
+        attempt), so deciding again writes the same request and the intake starts it once."""
+        assert event.node_id is not None
+        assert event.attempt is not None
+        node = state.workflow.node(event.node_id)
+        data = state.node_inputs()
+        seed = f"{state.id}/{node.id}/{event.attempt}"
+        depth = child_depth(state)
+        if depth > MAX_DEPTH:
+            too_deep = NodeFailure(
+                "validation",
+                f"sub-workflows nest deeper than {MAX_DEPTH}: a loop of workflows calling each other?",
+            )
+            return _result(state, event, now, error=too_deep)
+        try:
+            config = self._config(node, data, now=now, seed=seed)
+            expression = config.get("input")
+            child_input = (
+                await evaluate_bounded(expression, data, timeout_seconds=INPUT_SECONDS, now=now, seed=seed)
+                if isinstance(expression, str)
+                else {}
+            )
+        except NodeFailure as exc:
+            return _result(state, event, now, error=exc)
+        child_id = child_run_id(state.id, node.id, event.attempt)
+        request = StartRequest(
+            workflow_id=config["workflow_id"],
+            workflow_version=config.get("version"),
+            input=child_input,
+            priority=state.priority,
+            execution_id=child_id,
+            links={
+                PARENT: state.id,
+                PARENT_NODE: node.id,
+                PARENT_ATTEMPT: str(event.attempt),
+                DEPTH: str(depth),
+            },
+        )
+        return Outgoing(topic_names.START, child_id, request, CHILD_REQUESTED, ce_id=child_id, time=event.at)
+
+    def _child_cancels(
+        self, state: ExecutionState | None, event: ExecutionEvent, inp: Input
+    ) -> list[Outgoing]:
+        """A CANCEL for the child run of a ``workflow`` node that stops waiting for it (the
+        parent cancelled or failed elsewhere, the node timed out). Not when the child's own
+        result ended the node: the child has ended already."""
+        if state is None or event.node_id is None or event.type not in _NODE_LEFT:
+            return []
+        node = state.workflow.node(event.node_id)
+        if self.config.kind(node.type).dispatch is not Dispatch.CHILD:
+            return []
+        attempt = event.attempt or state.nodes[node.id].attempts
+        if attempt < 1 or (isinstance(inp, NodeResult) and inp.node_id == node.id and inp.attempt == attempt):
+            return []
+        child_id = child_run_id(state.id, node.id, attempt)
+        command = ExecutionCommand(
+            execution_id=child_id,
+            kind=CommandKind.CANCEL,
+            reason=f"parent {state.id} node {node.id}: {event.reason or event.type.value}",
+        )
+        return [
+            Outgoing(
+                topic_names.COMMANDS,
+                child_id,
+                command,
+                CHILD_CANCEL,
+                ce_id=f"{state.id}/{event.seq}/cancel-child",
+                time=event.at,
+            )
+        ]
 
     async def _run_inline(self, state: ExecutionState, event: ExecutionEvent, now: datetime) -> NodeResult:
         assert event.node_id is not None
@@ -228,6 +329,60 @@ def _result(
         started_at=now,
         finished_at=now,
     )
+
+
+ERROR_WORKFLOW_STARTED = "io.linkflow.execution.error_workflow_requested"
+
+
+CHILD_REQUESTED = "io.linkflow.execution.child_requested"
+CHILD_CANCEL = "io.linkflow.command.cancel"
+CHILD_RESULT = "io.linkflow.node.result"
+INPUT_SECONDS = 5.0
+"""The bound on evaluating a child's ``input`` expression, as a transform's default timeout."""
+_NODE_LEFT = frozenset({EventType.NODE_FAILED, EventType.NODE_CANCELLED, EventType.NODE_RETRY_SCHEDULED})
+"""Events by which a running node stops waiting for its current attempt."""
+
+
+def _linked_runs(state: ExecutionState | None, event: ExecutionEvent) -> list[Outgoing]:
+    """Records for other runs that ``event`` calls for (ADR 0036): the start of the error
+    workflow of a run that failed, and a finished child's result for its parent. Derived from
+    the state alone, so deciding again writes the same records, and the fixed execution ids
+    make the intake start each run once."""
+    if state is None:
+        return []
+    outputs: list[Outgoing] = []
+    if event.type is EventType.EXECUTION_FAILED:
+        request = error_workflow_request(state)
+        if request is not None and request.execution_id is not None:
+            outputs.append(
+                Outgoing(
+                    topic_names.START,
+                    request.execution_id,
+                    request,
+                    ERROR_WORKFLOW_STARTED,
+                    ce_id=request.execution_id,
+                    time=event.at,
+                )
+            )
+    if event.type in _RUN_END:
+        result = parent_result(state, event.at)
+        if result is not None:
+            outputs.append(
+                Outgoing(
+                    topic_names.RESULTS,
+                    result.execution_id,
+                    result,
+                    CHILD_RESULT,
+                    ce_id=f"{result.execution_id}/{result.node_id}/{result.attempt}/child",
+                    time=event.at,
+                )
+            )
+    return outputs
+
+
+_RUN_END = frozenset(
+    {EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED}
+)
 
 
 _ENDS = frozenset({EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED})

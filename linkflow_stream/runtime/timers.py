@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from linkflow_stream.core.clock import to_millis
-from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, Timer, TimerKind
 
 RETRY_MS = 1_000
 """A timer still pending this long after it was fired (its transaction aborted, or the decider
@@ -26,6 +26,12 @@ class DueTimer:
     execution_id: str
     timer_id: str
     due_at: datetime
+
+
+def _offered(state: ExecutionState, timer: Timer) -> bool:
+    """A paused run's timers wait for its resume, which handles those due by then (ADR 0034):
+    only its deadline fires while it is paused."""
+    return state.status is not ExecutionStatus.PAUSED or timer.kind is TimerKind.EXECUTION_TIMEOUT
 
 
 class TimerQueue:
@@ -43,7 +49,7 @@ class TimerQueue:
     def track(self, state: ExecutionState) -> None:
         """Know the timers of ``state`` as committed."""
         known = self._pending.get(state.id, {})
-        current = {timer_id: t.due_at for timer_id, t in state.timers.items()}
+        current = {timer_id: t.due_at for timer_id, t in state.timers.items() if _offered(state, t)}
         for timer_id, due in current.items():
             if known.get(timer_id) != due:
                 due_ms = to_millis(due)

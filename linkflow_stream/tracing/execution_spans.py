@@ -77,9 +77,13 @@ def _timer_event(timer: Timer, at: datetime) -> SpanEvent:
 
 
 def _open_attempt(state: ExecutionState, node_id: str) -> bool:
-    """Whether the node's latest attempt is still going (not ended into a scheduled retry)."""
+    """Whether the node's latest attempt is still going (not ended into a scheduled retry, nor
+    parked waiting for a rate limit's token)."""
     node = state.nodes[node_id]
-    retrying = any(t.kind is TimerKind.RETRY and t.node_id == node_id for t in state.timers.values())
+    retrying = any(
+        t.kind in (TimerKind.RETRY, TimerKind.THROTTLE) and t.node_id == node_id
+        for t in state.timers.values()
+    )
     return node.status is NodeStatus.RUNNING and node.attempts > 0 and not retrying
 
 

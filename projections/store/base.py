@@ -94,6 +94,10 @@ class ReadStore(ABC):
         """Delete up to ``limit`` runs that ended before ``cutoff_ms``, with their lines; how many."""
 
     @abstractmethod
+    async def linked(self, execution_id: str) -> list[tuple[str, str]]:
+        """(link kind, run id) of every run that links to this one, oldest first."""
+
+    @abstractmethod
     async def count(self) -> int: ...
 
     @abstractmethod

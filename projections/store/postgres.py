@@ -143,6 +143,10 @@ class PostgresStore(ReadStore):
                     await conn.execute(f"DELETE FROM {table} WHERE {column} = ANY($1::text[])", ids)  # noqa: S608 - fixed names
         return len(ids)
 
+    async def linked(self, execution_id: str) -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(_q(sql.SELECT_LINKED), execution_id)
+        return [(str(r[0]), str(r[1])) for r in rows]
+
     async def count(self) -> int:
         return int(await self.pool.fetchval(sql.COUNT_EXECUTIONS))
 

@@ -43,6 +43,11 @@ class ExecutionRow:
     cost_compute: float
     cost_cpu: float
     cost_network: float
+    linked_to: str | None = None
+    """The run this one links to (``projections.status.REVERSE_LINKS``): what it reruns, its
+    parent, ...; indexed so the linked run's body can list it."""
+    link_kind: str | None = None
+    """Which link ``linked_to`` is (``rerun_of``, ``parent``, ...)."""
 
 
 @dataclass(frozen=True)

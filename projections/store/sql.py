@@ -18,7 +18,7 @@ from projections.store.rows import ExecutionQuery, ExecutionRow, LineRow, NodeNe
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped when a table changes shape; a store of another version is rebuilt from the log."""
 
 _TABLES = """
@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS executions (
     cost_events DOUBLE PRECISION NOT NULL,
     cost_compute DOUBLE PRECISION NOT NULL,
     cost_cpu DOUBLE PRECISION NOT NULL,
-    cost_network DOUBLE PRECISION NOT NULL
+    cost_network DOUBLE PRECISION NOT NULL,
+    linked_to TEXT,
+    link_kind TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_created ON executions (created_ms, id);
 CREATE INDEX IF NOT EXISTS executions_by_status ON executions (status, created_ms, id);
@@ -62,6 +64,8 @@ CREATE INDEX IF NOT EXISTS executions_by_priority ON executions (priority, creat
 CREATE INDEX IF NOT EXISTS executions_by_finished ON executions (finished_ms)
     WHERE finished_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS executions_live ON executions (id) WHERE finished_ms IS NULL;
+CREATE INDEX IF NOT EXISTS executions_by_link ON executions (linked_to, created_ms, id)
+    WHERE linked_to IS NOT NULL;
 CREATE TABLE IF NOT EXISTS log_lines (
     execution_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -104,12 +108,12 @@ def schema(dialect: Dialect) -> list[str]:
 EXECUTION_COLUMNS = (
     "id, workflow_id, workflow_version, team, status, priority, created_ms, finished_ms, seq, state, body, "
     "total_cost, attempts, retries, network_bytes, cost_attempts, cost_events, cost_compute, cost_cpu, "
-    "cost_network"
+    "cost_network, linked_to, link_kind"
 )
 
 UPSERT_EXECUTION = f"""
 INSERT INTO executions ({EXECUTION_COLUMNS})
-VALUES ({", ".join("?" * 20)})
+VALUES ({", ".join("?" * 22)})
 ON CONFLICT (id) DO UPDATE SET
     workflow_id = excluded.workflow_id, workflow_version = excluded.workflow_version,
     team = excluded.team, status = excluded.status, priority = excluded.priority,
@@ -119,7 +123,8 @@ ON CONFLICT (id) DO UPDATE SET
     retries = excluded.retries, network_bytes = excluded.network_bytes,
     cost_attempts = excluded.cost_attempts, cost_events = excluded.cost_events,
     cost_compute = excluded.cost_compute, cost_cpu = excluded.cost_cpu,
-    cost_network = excluded.cost_network
+    cost_network = excluded.cost_network, linked_to = excluded.linked_to,
+    link_kind = excluded.link_kind
 WHERE executions.seq < excluded.seq
 """
 """A row is only ever replaced by a later one, so replaying a batch cannot move a run back."""
@@ -130,7 +135,8 @@ def execution_params(r: ExecutionRow) -> tuple[object, ...]:
     return (
         r.id, r.workflow_id, r.workflow_version, r.team, r.status, r.priority, r.created_ms,
         r.finished_ms, r.seq, r.state, r.body, r.total_cost, r.attempts, r.retries, r.network_bytes,
-        r.cost_attempts, r.cost_events, r.cost_compute, r.cost_cpu, r.cost_network,
+        r.cost_attempts, r.cost_events, r.cost_compute, r.cost_cpu, r.cost_network, r.linked_to,
+        r.link_kind,
     )  # fmt: skip
 
 
@@ -171,6 +177,8 @@ SELECT_META = "SELECT value FROM view_meta WHERE key = ?"
 SELECT_POSITIONS = "SELECT topic, part, next_offset FROM view_offsets"
 SELECT_LIVE = "SELECT state FROM executions WHERE finished_ms IS NULL"
 COUNT_EXECUTIONS = "SELECT COUNT(*) FROM executions"
+SELECT_LINKED = "SELECT link_kind, id FROM executions WHERE linked_to = ? ORDER BY created_ms, id"
+"""The runs that link to one run (its reruns, children, ...), oldest first."""
 
 
 def select_states(count: int) -> str:

@@ -197,6 +197,10 @@ class SqliteStore(ReadStore):
 
         return await self._write(delete)
 
+    async def linked(self, execution_id: str) -> list[tuple[str, str]]:
+        rows = await self._read(lambda c: c.execute(sql.SELECT_LINKED, (execution_id,)).fetchall())
+        return [(str(kind), str(run)) for kind, run in rows]
+
     async def count(self) -> int:
         row = await self._read(lambda c: c.execute(sql.COUNT_EXECUTIONS).fetchone())
         return int(row[0])

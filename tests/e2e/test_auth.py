@@ -167,6 +167,8 @@ def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(
         ("GET", f"/api/executions/{run_id}/metrics"),
         ("POST", f"/api/executions/{run_id}/cancel"),
         ("POST", f"/api/executions/{run_id}/recover"),
+        ("POST", f"/api/executions/{run_id}/pause"),
+        ("POST", f"/api/executions/{run_id}/resume"),
         ("POST", f"/api/executions/{run_id}/test-retry"),
     ):
         body_in = {"strategy": "fixed"} if method == "PUT" else None
@@ -303,3 +305,23 @@ def test_the_client_and_the_cli_send_the_key_and_map_refusals(
     )
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == run.id
+
+
+def test_a_webhook_needs_its_token_not_a_key_and_its_token_is_no_key(
+    secured: tuple[EngineProcess, dict[str, str]],
+) -> None:
+    engine, keys = secured
+    wf = transform_workflow()
+    status, registered = call("POST", f"{engine.url}/api/workflows", wf, as_key(keys["alpha_operator"]))
+    assert status == 201, registered
+    token = registered["webhook_token"]
+    status, body = call(
+        "POST", f"{engine.url}/webhook/{wf['id']}?wait=30", {"n": 4}, {"X-LinkFlow-Token": token}
+    )
+    assert status == 200, body
+    assert body["team"] == "alpha"
+    assert body["nodes"]["double"]["output"] == 8
+    status, body = call("GET", f"{engine.url}/api/executions", headers=as_key(token))
+    assert status == 401, body
+    status, body = call("POST", f"{engine.url}/webhook/{wf['id']}", {"n": 4}, as_key(keys["alpha_admin"]))
+    assert status == 401, body  # an API key is not the workflow's token

@@ -68,7 +68,9 @@ def schema_validator(name: str) -> Draft202012Validator:
 def test_sync_client_registers_starts_waits_reads_and_lists(engine: EngineProcess) -> None:
     with Client(engine.url) as lf:
         workflow_id = wid("sync")
-        assert lf.register_workflow(doubling(workflow_id)) == {"id": workflow_id, "version": 1}
+        registered = lf.register_workflow(doubling(workflow_id))
+        assert registered["webhook_token"].startswith("lfw_")  # shown once, with the first version
+        assert registered == {"id": workflow_id, "version": 1, "webhook_token": registered["webhook_token"]}
         assert lf.get_workflow(workflow_id)["nodes"][0]["id"] == "double"
         assert workflow_id in {w["id"] for w in lf.list_workflows()}
 
@@ -245,7 +247,9 @@ def test_cli_apply_start_get_list_cancel_with_exit_codes(
     file.write_text(json.dumps(doubling(workflow_id)))
     done = cli("workflows", "apply", str(file), url=engine.url)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"id": workflow_id, "version": 1}
+    applied = json.loads(done.stdout)
+    assert {k: applied[k] for k in ("id", "version")} == {"id": workflow_id, "version": 1}
+    assert applied["webhook_token"].startswith("lfw_")  # the CLI shows the one-time token too
 
     done = cli("executions", "start", workflow_id, "--input", '{"n": 4}', "--wait", "30", url=engine.url)
     assert done.returncode == 0, done.stderr

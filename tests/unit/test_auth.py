@@ -14,6 +14,7 @@ from linkflow_stream.core.auth import (
     auth_required,
     is_loopback,
     new_key,
+    new_webhook_token,
     open_beyond_loopback,
     split_key,
 )
@@ -129,3 +130,30 @@ def test_keys_off_on_purpose_beyond_loopback_is_warned_about() -> None:
     assert "LINKFLOW_AUTH=disabled" in (open_beyond_loopback("disabled", "10.0.0.5") or "")
     assert open_beyond_loopback("disabled", "127.0.0.1") is None
     assert open_beyond_loopback(None, "10.0.0.5") is None  # keys are required there: nothing to warn
+
+
+def test_a_webhook_token_opens_its_workflow_only_and_is_no_api_key() -> None:
+    token, record = new_webhook_token("wf-a", "alpha", T0)
+    assert token.startswith(f"lfw_{record.id}_")
+    assert token.split("_", 2)[2] not in record.model_dump_json()
+    view = KeyView()
+    view.apply(record)
+    assert view.check_webhook("wf-a", token) == record
+    assert view.check_webhook("wf-b", token) is None  # another workflow's
+    assert view.check_webhook("wf-a", token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert view.check(token) is None  # not an API key ...
+    assert view.check("lfk_" + token.removeprefix("lfw_")) is None  # ... not even renamed as one
+    assert not view.any_active()  # an engine requiring keys does not count it
+    assert view.listed() == []
+    assert view.webhook_tokens("wf-a") == [record]
+    view.apply(record.model_copy(update={"revoked_at": T0}))
+    assert view.check_webhook("wf-a", token) is None
+    assert view.webhook_tokens("wf-a") == []
+
+
+def test_a_key_record_without_a_workflow_reads_as_an_api_key() -> None:
+    codec = default_codec()
+    _, record = new_webhook_token("wf-a", "alpha", T0)
+    assert codec.decode(codec.encode(record), ApiKey) == record
+    _, plain = new_key("alpha", Role.VIEWER, "", T0)
+    assert codec.decode(codec.encode(plain), ApiKey).workflow_id is None

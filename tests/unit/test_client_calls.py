@@ -19,7 +19,8 @@ def test_the_public_names_are_pinned() -> None:
         [
             "DEFAULT_URL", "TERMINAL", "Accepted", "ApiError", "AsyncClient", "Client", "ClientError",
             "Conflict", "ConnectionFailed", "ErrorBody", "Execution", "ExecutionPage", "Forbidden",
-            "LogLine", "NodeStatus", "NotFound", "ServerError", "Started", "Unauthorized", "Unavailable",
+            "LogLine", "NodeStatus", "NotFound", "ServerError", "Started", "TooManyRequests", "Unauthorized",
+            "Unavailable",
             "ValidationFailed", "WaitTimedOut", "WorkflowRegistered", "WorkflowSummary", "start_via_kafka",
         ]
     )  # fmt: skip
@@ -51,6 +52,9 @@ def test_a_start_reads_both_answers() -> None:
 def test_ids_are_quoted_into_one_path_segment() -> None:
     assert calls.get_execution("a/b?c").path == "/api/executions/a%2Fb%3Fc"
     assert calls.cancel_execution("x y").path == "/api/executions/x%20y/cancel"
+    assert calls.pause_execution("x y").path == "/api/executions/x%20y/pause"
+    assert calls.pause_execution("e", "suspend").body == {"deadline": "suspend"}
+    assert calls.resume_execution("e").path == "/api/executions/e/resume"
 
 
 def test_list_filters_become_the_query_and_times_iso_8601() -> None:

@@ -115,11 +115,26 @@ def test_sources_without_a_callable_main_are_refused(source: Any, words: str) ->
         ("cpu_seconds", 61),
         ("cpu_seconds", 1.5),
         ("cpu_seconds", None),
+        ("kill_grace_seconds", -1),
+        ("kill_grace_seconds", 61),
+        ("kill_grace_seconds", "2"),
+        ("kill_grace_seconds", True),
+        ("kill_grace_seconds", None),
     ],
 )
 def test_limits_out_of_range_are_refused(field: str, value: Any) -> None:
     error = config_error({"source": OK_SOURCE, field: value})
     assert error.field == field
+
+
+@pytest.mark.parametrize("grace", [0, 2, 2.5, 60])
+def test_kill_grace_seconds_takes_seconds_from_0_to_60(grace: float) -> None:
+    CodeNode(warm_sandboxes=0).validate({"source": OK_SOURCE, "kill_grace_seconds": grace})
+
+
+def test_a_wrong_kill_grace_says_what_it_takes() -> None:
+    error = config_error({"source": OK_SOURCE, "kill_grace_seconds": 90})
+    assert error.message == "config.kill_grace_seconds: must be a number of seconds from 0 to 60"
 
 
 def test_an_unknown_field_is_refused_by_name() -> None:

@@ -19,6 +19,7 @@ from fastavro.utils import generate_many
 from pydantic import BaseModel
 
 from linkflow_stream.core.auth import ApiKey, Role
+from linkflow_stream.core.circuit import CircuitObservation
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.gate import GateEntry, GateMeta, GateRecord, GateRequest, GateRequestKind
@@ -32,6 +33,8 @@ from linkflow_stream.core.messages import (
     Priority,
     StartExecution,
 )
+from linkflow_stream.core.rate_limit import RateLimit, RateLimitBucket
+from linkflow_stream.core.schedule import Catchup, Overlap, Schedule, ScheduleProgress
 from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import (
     ExecutionState,
@@ -42,7 +45,13 @@ from linkflow_stream.core.state import (
     TimerKind,
     Transition,
 )
-from linkflow_stream.core.workflow import Concurrency, NodeDefinition, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.workflow import (
+    Concurrency,
+    NodeDefinition,
+    OnFailure,
+    RetryPolicy,
+    WorkflowDefinition,
+)
 from linkflow_stream.kafka import codec
 from projections.workers import WorkerRecord, WorkerState
 
@@ -76,6 +85,7 @@ def wf() -> WorkflowDefinition:
         version=3,
         name="example",
         timeout_seconds=90.5,
+        on_failure=OnFailure(workflow_id="alert"),
         created_at=T,
         nodes=(
             NodeDefinition(id="a", type="transform", config={"expression": "input.x + 1"}),
@@ -114,6 +124,14 @@ def records() -> list[BaseModel]:
         StartExecution(
             execution_id="e1", workflow=wf(), input={"x": 1}, priority=Priority.HIGH, requested_at=T
         ),
+        StartExecution(
+            execution_id="e2",
+            workflow=wf(),
+            input=None,
+            requested_at=T,
+            links={"rerun_of": "e1"},
+            reused={"h": {"status": 200}, "t": None},
+        ),
         StartRequest(workflow_id="wf", input={"x": 1}),
         StartRequest(
             workflow_id="wf",
@@ -122,6 +140,31 @@ def records() -> list[BaseModel]:
             priority=Priority.LOW,
             idempotency_key="order-7",
             execution_id="run-7",
+        ),
+        StartRequest(workflow_id="wf", execution_id="sched-s-20261201T100000Z", links={"schedule_id": "s"}),
+        Schedule(id="s", workflow_id="wf", cron="*/5 * * * *", created_at=T, effective_from=T),
+        Schedule(
+            id="t",
+            workflow_id="wf",
+            every_seconds=30,
+            timezone="Europe/Berlin",
+            input_data=[1, {"a": None}],
+            overlap=Overlap.BUFFER_ONE,
+            catchup=Catchup.ALL,
+            paused=True,
+            team="alpha",
+            created_at=T,
+            effective_from=T + timedelta(seconds=3),
+        ),
+        ScheduleProgress(schedule_id="s", last_slot=T),
+        ScheduleProgress(
+            schedule_id="t",
+            last_slot=T,
+            last_execution_id="sched-t-20261201T100000Z",
+            last_fired_slot=T,
+            buffered_slot=T + timedelta(seconds=30),
+            fired=3,
+            skipped=2,
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL, reason="user"),
         ExecutionCommand(execution_id="e1", kind=CommandKind.TIMER_FIRED, timer_id="wait:w:1"),
@@ -132,6 +175,8 @@ def records() -> list[BaseModel]:
             due_at=T + timedelta(seconds=90),
         ),
         ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=120.5),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.PAUSE, suspend_deadline=True),
+        ExecutionCommand(execution_id="e1", kind=CommandKind.RESUME, reason="resumed by request"),
         NodeTask(
             execution_id="e1",
             workflow_id="wf1",
@@ -142,6 +187,18 @@ def records() -> list[BaseModel]:
             input={"input": {"x": 1}, "nodes": {"a": 2}},
             timeout_seconds=12.5,
             lease_until=T + timedelta(seconds=17),
+        ),
+        NodeTask(
+            execution_id="e1",
+            workflow_id="wf1",
+            node_id="h",
+            attempt=1,
+            node_type="http",
+            config={},
+            input={},
+            timeout_seconds=1.0,
+            lease_until=T,
+            rate_limit=RateLimitBucket(key="wf1/h/", per_second=0.25, burst=2),
         ),
         NodeResult(
             execution_id="e1",
@@ -158,6 +215,19 @@ def records() -> list[BaseModel]:
         ),
         ControlMessage(execution_id="e1"),
         ControlMessage(execution_id="e1", node_id="h", reason="execution cancelled"),
+        CircuitObservation(
+            kind="http",
+            key="https://api.example.com:443",
+            at=T,
+            ok=False,
+            probe=True,
+            error_class="http_5xx",
+            message="HTTP 503",
+            failures=5,
+            window_seconds=30.0,
+            open_seconds=12.5,
+            source="abc",
+        ),
         ApiKey(
             id="0123456789ab",
             team="alpha",
@@ -253,6 +323,20 @@ def records() -> list[BaseModel]:
             seq=1,
             nodes={n.id: NodeState() for n in wf().nodes},
         ),
+        ExecutionState(
+            id="e3",
+            workflow=wf(),
+            status=ExecutionStatus.PAUSED,
+            input=None,
+            created_at=T,
+            seq=3,
+            nodes={n.id: NodeState() for n in wf().nodes},
+            paused_at=T + timedelta(seconds=2),
+            suspended_deadline=T + timedelta(seconds=60),
+        ),
+        ExecutionEvent(
+            execution_id="e3", seq=3, type=EventType.EXECUTION_PAUSED, at=T, due_at=T + timedelta(seconds=60)
+        ),
         # the concurrency gate's records (ADR 0030)
         GateRequest(
             kind=GateRequestKind.ENQUEUE, execution_id="e1", team="t", slot="wf/1", max=2, requested_at=T
@@ -264,8 +348,34 @@ def records() -> list[BaseModel]:
         Concurrency(max=2, key="customer"),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),
+        NodeDefinition(
+            id="h", type="http", config={}, rate_limit=RateLimit(per_second=2.5, burst=3, key="$.input.k")
+        ),
+        RateLimit(per_second=0.5),
+        RateLimitBucket(key="wf/h/acme", per_second=2.0, burst=1),
+        NodeResult(
+            execution_id="e1",
+            node_id="h",
+            attempt=1,
+            ok=False,
+            started_at=T,
+            finished_at=T,
+            throttled_until=T + timedelta(milliseconds=1500),
+        ),
+        ExecutionEvent(
+            execution_id="e1",
+            seq=9,
+            type=EventType.NODE_THROTTLED,
+            at=T,
+            node_id="h",
+            attempt=1,
+            due_at=T + timedelta(milliseconds=1500),
+            reason="no token",
+        ),
+        Timer(id="throttle:h:1", kind=TimerKind.THROTTLE, due_at=T, node_id="h", attempt=1),
         NodeError(error_class="timeout", message="slow"),
         RetryPolicy(),
+        OnFailure(workflow_id="alert"),
         NodeState(),
         Timer(id="retry:h:1", kind=TimerKind.RETRY, due_at=T, node_id="h", attempt=1),
         Transition(
@@ -309,6 +419,9 @@ def test_every_record_type_on_a_topic_is_covered() -> None:
         "WorkflowDefinition",
         "WorkerRecord",
         "ApiKey",
+        "Schedule",
+        "ScheduleProgress",
+        "CircuitObservation",
     } <= covered
     # every record schema has a model exercised above
     record_schemas = {

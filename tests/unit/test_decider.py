@@ -120,6 +120,7 @@ def test_registry_config_matches_the_dispatch_the_unit_tests_assume() -> None:
         "http": Dispatch.TASK,
         "db": Dispatch.TASK,
         "code": Dispatch.TASK,
+        "workflow": Dispatch.CHILD,
     }
     assert cfg.lease_grace_seconds == settings.lease_grace_seconds
 

@@ -20,6 +20,9 @@ The invariants, checked on every decision:
 - a terminal run holds no timers and no open node;
 - node states move only along legal transitions; a node starts only when its dependencies allow;
 - a result for an attempt that is not current (or whose retry is scheduled) changes nothing;
+- a failure is retried only when retryable, under its policy's attempts and ``retry_on``, after
+  the policy's backoff less its jitter (within bounds, the same for the same execution, node and
+  attempt);
 - a timer firing counts only for a timer the state holds, once it is due, and, when the firing
   names a due time, only for that due time; what it does then depends on the timer's kind;
 - the deadline timer is where the start and the last ``set_timeout`` put it;
@@ -60,13 +63,14 @@ _SETTINGS = Settings()
 REGISTRY_CONFIG = decider_config(build_registry(_SETTINGS), _SETTINGS)
 """What the engine gives the decider: every registered node type with its dispatch and timeout."""
 
-NODE_TYPES = ("transform", "condition", "wait", "http", "db", "code")
+NODE_TYPES = ("transform", "condition", "wait", "http", "db", "code", "workflow")
 CONFIGS: dict[str, dict[str, Any]] = {
     "transform": {"expression": "1"},
     "condition": {"expression": "true"},
     "http": {"url": "https://example.com/"},
     "db": {"connection": "main", "query": "select 1"},
     "code": {"source": "result = 1"},
+    "workflow": {"workflow_id": "child"},
 }
 WAIT_SECONDS = [0, 1, 2.5, 1.2345]  # 1.2345 s: a due time finer than the wire's milliseconds
 LEGAL = {
@@ -88,6 +92,8 @@ _policies = st.builds(
     initial_delay_seconds=st.sampled_from([0.0, 1.0, 2.5]),
     multiplier=st.sampled_from([1.0, 2.0]),
     max_delay_seconds=st.sampled_from([1.0, 60.0]),
+    jitter=st.sampled_from([0.0, 0.0, 0.3, 1.0]),
+    retry_on=st.sampled_from([None, None, ("timeout",), ("http_5xx", "timeout")]),
 )
 retry_policies = st.one_of(st.none(), _policies, _policies)  # two in three nodes retry
 workflow_retry_policies = st.none() | _policies  # the default of nodes that set none
@@ -117,7 +123,7 @@ def workflows(draw: st.DrawFn) -> WorkflowDefinition:
                 choices += [f"{parent.id}:true", f"{parent.id}:false"]
             depends_on.append(draw(st.sampled_from(choices)))
         config = {"seconds": draw(st.sampled_from(WAIT_SECONDS))} if type_ == "wait" else CONFIGS[type_]
-        is_task = REGISTRY_CONFIG.kind(type_).dispatch is Dispatch.TASK
+        is_task = REGISTRY_CONFIG.kind(type_).dispatch in (Dispatch.TASK, Dispatch.CHILD)
         nodes.append(
             NodeDefinition(
                 id=f"n{i}",
@@ -316,12 +322,19 @@ class Checked:
             and inp.error.retryable
             and policy is not None
             and inp.attempt < policy.max_attempts
+            and (policy.retry_on is None or inp.error.error_class in policy.retry_on)
         )
         assert first.type is (EventType.NODE_RETRY_SCHEDULED if retry else EventType.NODE_FAILED)
         if retry:
             assert policy is not None
             assert len(events) == 1
-            assert first.due_at == events[0].at + timedelta(seconds=policy.delay(inp.attempt))
+            # jitter: derived from execution, node and attempt; it only takes off, at most jitter x delay
+            delay = policy.retry_delay(inp.attempt, inp.execution_id, inp.node_id)
+            assert first.due_at == events[0].at + timedelta(seconds=delay)
+            backoff = policy.delay(inp.attempt)
+            assert backoff * (1 - policy.jitter) - 1e-9 <= delay <= backoff
+            if policy.jitter:
+                hypothesis.event("a jittered retry")
         else:
             assert events[-1].type is EventType.EXECUTION_FAILED
             assert {e.type for e in events[1:-1]} <= SETTLING
@@ -383,6 +396,18 @@ class Checked:
             assert (first.type, first.attempt) == (EventType.NODE_STARTED, timer.attempt + 1)
             assert len(events) == 1
             return
+        if timer.kind is TimerKind.CHILD:
+            # a child run that outlived its node's timeout: the node fails with class timeout
+            # (retryable: a new attempt starts a new child); never a re-dispatch of the same one
+            definition = before.workflow.node(timer.node_id)
+            policy = definition.retry or before.workflow.retry
+            retry = policy is not None and timer.attempt < policy.max_attempts
+            assert first.error is not None
+            assert first.error.error_class == "timeout"
+            assert first.type is (EventType.NODE_RETRY_SCHEDULED if retry else EventType.NODE_FAILED)
+            if not retry:
+                assert events[-1].type is EventType.EXECUTION_FAILED
+            return
         definition = before.workflow.node(timer.node_id)
         policy = definition.retry or before.workflow.retry
         budget = self.config.max_lease_attempts + (policy.max_attempts - 1 if policy else 0)
@@ -440,7 +465,11 @@ class Checked:
                 assert timers, f"running {kind.dispatch} node {node_id} has no timer: it could hang"
             if timers:
                 assert timers[0].attempt == node.attempts
-                expected = {Dispatch.TIMER: TimerKind.WAIT, Dispatch.TASK: TimerKind.LEASE}.get(kind.dispatch)
+                expected = {
+                    Dispatch.TIMER: TimerKind.WAIT,
+                    Dispatch.TASK: TimerKind.LEASE,
+                    Dispatch.CHILD: TimerKind.CHILD,
+                }.get(kind.dispatch)
                 assert timers[0].kind in (expected, TimerKind.RETRY), f"{node_id}: {timers[0]}"
 
     def check_log(self) -> None:
@@ -490,7 +519,7 @@ def pick_input(data: st.DataObject, run: Checked, lf: Any) -> Input:
         timer_id, due = data.draw(st.sampled_from(list(run.seen_timers)), label="seen timer")
         return fire(data, run, lf, timer_id, due, wrong=False)
     if action in ("timer", "stale_timer"):
-        kind = data.draw(st.sampled_from(["wait", "lease", "retry"]))
+        kind = data.draw(st.sampled_from(["wait", "lease", "retry", "child"]))
         node_id = data.draw(st.sampled_from(node_ids))
         timer_id = data.draw(
             st.sampled_from([f"{kind}:{node_id}:{data.draw(st.integers(0, 4))}", DEADLINE, "bogus", ""])
@@ -553,7 +582,11 @@ def drain(data: st.DataObject, run: Checked, lf: Any) -> None:
         statuses = {k: v.status for k, v in s.nodes.items()}
         assert running, f"stuck: {s.status} with no running node: {statuses}"
         node_id = running[0]
-        timers = [t for t in s.timers.values() if t.node_id == node_id and t.kind is not TimerKind.LEASE]
+        timers = [
+            t
+            for t in s.timers.values()
+            if t.node_id == node_id and t.kind not in (TimerKind.LEASE, TimerKind.CHILD)
+        ]
         run.now += timedelta(seconds=1)
         if timers:
             due = on_wire(timers[0].due_at)  # what the timer service names

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.http.api import Api, ApiDeps
-from linkflow_stream.http.auth import OPEN_PATHS
+from linkflow_stream.http.auth import OPEN_PATHS, is_open
 from linkflow_stream.http.bodies import REQUEST_BODIES
 from linkflow_stream.http.openapi import REF, api_document, docs_page, registry_document
 from linkflow_stream.http.registry import RegistryApi
@@ -110,6 +110,9 @@ def test_security_bearer_everywhere_but_the_open_paths(name: str) -> None:
             if path in OPEN_PATHS:
                 assert op["security"] == [], (method, path)
                 assert "401" not in op["responses"]
+            elif is_open(path):  # a webhook: no key, its workflow's token instead
+                assert op["security"] == [], (method, path)
+                assert "token" in op["responses"]["401"]["description"]
             else:
                 assert "security" not in op, (method, path)  # the document's default: the bearer key
                 assert op["responses"]["401"]["content"]["application/json"]["schema"] == {

@@ -14,6 +14,7 @@ from linkflow_stream.client import (
     Forbidden,
     NotFound,
     ServerError,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     ValidationFailed,
@@ -99,6 +100,7 @@ def test_valid_bodies() -> None:
         (404, NotFound, False),
         (409, Conflict, False),
         (413, ApiError, False),
+        (429, TooManyRequests, True),
         (503, Unavailable, True),
         (500, ServerError, True),
     ],
@@ -114,6 +116,17 @@ def test_error_answers_map_to_one_class_each(status: int, kind: type[ApiError], 
         retryable,
     )
     assert str(error) == f"{status} some_type: what went wrong"
+
+
+def test_a_429_carries_its_retry_after() -> None:
+    body = {"error": {"type": "too_many_requests", "message": "team 'a' has 3 runs queued"}}
+    error = error_for(429, body, "", {"retry-after": "7"})
+    assert isinstance(error, TooManyRequests)
+    assert (error.retryable, error.retry_after_seconds, error.error_type) == (True, 7.0, "too_many_requests")
+    assert error_for(429, body).retry_after_seconds is None
+    assert (
+        error_for(429, body, "", {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}).retry_after_seconds is None
+    )
 
 
 def test_an_error_answer_without_the_json_body_keeps_its_text() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from linkflow_stream.core.clock import from_millis
-from linkflow_stream.core.state import ExecutionState, Timer, TimerKind
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, Timer, TimerKind
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.runtime.timers import RETRY_MS, TimerQueue
 
@@ -67,3 +67,24 @@ def test_a_forgotten_execution_has_no_timers() -> None:
     q.track(state("e1", a=T0))
     q.forget("e1")
     assert q.due(T0 + 1) == []
+
+
+def test_a_paused_runs_timers_wait_for_its_resume_but_its_deadline_does_not() -> None:
+    """ADR 0034: resuming handles the timers due by then; only the deadline fires while paused."""
+    running = state("e1", execution_timeout=T0 + 100).model_copy(
+        update={
+            "timers": {
+                "execution_timeout": Timer(
+                    id="execution_timeout", kind=TimerKind.EXECUTION_TIMEOUT, due_at=from_millis(T0 + 100)
+                ),
+                "wait:w:1": Timer(
+                    id="wait:w:1", kind=TimerKind.WAIT, due_at=from_millis(T0 + 50), node_id="w", attempt=1
+                ),
+            }
+        }
+    )
+    q = TimerQueue()
+    q.track(running.model_copy(update={"status": ExecutionStatus.PAUSED}))
+    assert [d.timer_id for d in q.due(T0 + 200)] == ["execution_timeout"]
+    q.track(running)  # resumed with the wait still held (say, a state before the resume's decision)
+    assert "wait:w:1" in [d.timer_id for d in q.due(T0 + 200 + RETRY_MS)]

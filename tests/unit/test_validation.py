@@ -156,7 +156,10 @@ REJECTIONS: list[tuple[str, Any, list[str]]] = [
     (
         "unknown type",
         with_node(EXAMPLE, "big", type="python"),
-        ["node 'big': type: unknown type 'python'", "known: code, condition, db, http, transform, wait"],
+        [
+            "node 'big': type: unknown type 'python'",
+            "known: code, condition, db, http, transform, wait, workflow",
+        ],
     ),
     (
         "depends_on to nowhere",
