@@ -696,7 +696,8 @@ def executions_get(execution_id: str, wait: float | None, url: str, key: str | N
 
 @executions.command("list", epilog=EXIT_CODES)
 @click.option(
-    "--status", type=click.Choice(["pending", "running", "success", "failed", "cancelled", "paused"])
+    "--status",
+    type=click.Choice(["pending", "queued", "running", "success", "failed", "cancelled", "paused"]),
 )
 @click.option("--workflow-id", default=None)
 @click.option("--team", default=None)

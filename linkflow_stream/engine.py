@@ -44,6 +44,7 @@ from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
+from linkflow_stream.runtime.gate import Gate
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
 from linkflow_stream.runtime.pool_metrics import PoolFigures, PoolWatch, pool_slots
@@ -126,6 +127,8 @@ class Engine:
         )
         self.breakers = Breakers(self._publish_circuit)
         export_metrics(self.breakers, self.metrics.registry)
+        self.gate = Gate(settings, self.codec, self.metrics)
+        """The concurrency gate (ADR 0030); decides only in the instance that owns it."""
         self.executor = Executor(
             self.registry,
             self.publisher,
@@ -513,6 +516,7 @@ class Engine:
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         if "orchestrator" in roles:
             await self.orchestrator.start()
+            await self.gate.start()
         if "api" in roles:
             await self.intake.start()
             await self.signal_intake.start()
@@ -579,6 +583,7 @@ class Engine:
             await self.signal_intake.stop()
             await self.intake.stop()
         if "orchestrator" in roles:
+            await self.gate.stop()
             await self.orchestrator.stop()
         for reader in [*self.active_readers(), *((self.control,) if "executor" in roles else ())]:
             await reader.stop()

@@ -225,6 +225,12 @@ class Settings(BaseSettings):
     """Starts a team may make at once above its rate (the bucket's size). Default ``None``: the
     rate rounded up, at least 1. Used only with ``team_starts_per_second``."""
 
+    team_max_running: int | None = Field(default=None, ge=1)
+    """Most runs of one team running at once; the rest wait ``queued`` and teams with queued runs
+    are admitted in turn (ADR 0030). Set it on every orchestrator of a deployment alike: with it,
+    every run passes the concurrency gate. Default unset: no team cap (only workflows with a
+    ``concurrency`` limit are gated)."""
+
     def group(self, role: str) -> str:
         """The consumer group of a role (``orchestrator``, ``executor``); also the orchestrator's
         transactional-id base."""

@@ -51,6 +51,8 @@ def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
                 e.at, "info", f"execution created: workflow {wf.id} v{wf.version}, priority {after.priority}"
             )
         ]
+    if t is EventType.EXECUTION_QUEUED:
+        return [_line(e.at, "info", f"execution queued: {e.reason or 'waiting for a concurrency slot'}")]
     if t is EventType.EXECUTION_STARTED:
         return [_line(e.at, "info", "execution started")]
     if t is EventType.EXECUTION_DEADLINE_SET:

@@ -259,12 +259,14 @@ class StatusView:
         return render(state) if state is not None else None
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
-        """Per priority: accepted but not started yet (queued), and started but not ended (running)."""
+        """Per priority: accepted but not started yet, or waiting for a concurrency slot (queued), and
+        started but not ended (running)."""
         counts = {p.value: {"queued": 0, "running": 0} for p in Priority}
         for pending in self.accepted.values():
             counts[pending.priority.value]["queued"] += 1
         for state in self.executions.values():
-            counts[state.priority.value]["running"] += 1
+            waiting = state.status is ExecutionStatus.QUEUED  # behind a concurrency limit (ADR 0030)
+            counts[state.priority.value]["queued" if waiting else "running"] += 1
         return counts
 
     def queued_of_team(self, team: str | None) -> int:

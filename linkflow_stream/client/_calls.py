@@ -30,7 +30,7 @@ from linkflow_stream.http.responses import (
 T = TypeVar("T")
 
 Priority = Literal["high", "normal", "low"]
-Status = Literal["pending", "running", "success", "failed", "cancelled", "paused"]
+Status = Literal["pending", "queued", "running", "success", "failed", "cancelled", "paused"]
 TERMINAL: frozenset[str] = frozenset({"success", "failed", "cancelled"})
 
 

@@ -56,6 +56,13 @@ class DeciderConfig:
     max_lease_attempts: int = 5
     """Dispatches without an answer after which a node fails with ``lease_expired``; a node's
     retry policy adds its own attempts on top."""
+    gate_all: bool = False
+    """Every run waits for the gate's admission, not only runs of workflows with a concurrency
+    limit: set when a per-team cap on running runs is configured (ADR 0030)."""
+
+    def gated(self, inp: StartExecution) -> bool:
+        """Whether a new run waits ``queued`` for the gate's ``admit`` before it starts."""
+        return self.gate_all or inp.workflow.concurrency is not None
 
     def kind(self, node_type: str) -> NodeKind:
         return self.kinds.get(node_type, NodeKind(Dispatch.TASK))
@@ -99,13 +106,20 @@ def decide(
             traceparent=inp.traceparent,
             links=inp.links or None,
         )
-        timeout = inp.workflow.timeout_seconds
-        b.emit(EventType.EXECUTION_STARTED, due_at=now + timedelta(seconds=timeout) if timeout else None)
-        _reuse(b, inp)
-        _advance(b, cfg)
+        if cfg.gated(inp):
+            b.emit(EventType.EXECUTION_QUEUED, reason="waiting for a concurrency slot")
+            _reuse(b, inp)  # a rerun's reused nodes succeed now; nothing is dispatched until admitted
+            return b.events
+        _start(b, cfg, inp)
         return b.events
     if state is None or state.status.terminal:
         return []
+    if state.status is ExecutionStatus.QUEUED and not isinstance(inp, NodeResult):
+        if inp.kind is CommandKind.ADMIT:
+            _start(b, cfg)
+            return b.events
+        if inp.kind in (CommandKind.RECOVER, CommandKind.PAUSE, CommandKind.RESUME):
+            return []  # nothing in flight to dispatch again or hold; the gate admits it in its turn
     if isinstance(inp, NodeResult):
         _on_result(b, inp, cfg)
     elif inp.kind is CommandKind.CANCEL:
@@ -126,6 +140,19 @@ def decide(
         _on_signal(b, inp.signal)
     _deliver_signals(b, cfg)
     return b.events
+
+
+def _start(b: _Builder, cfg: DeciderConfig, start: StartExecution | None = None) -> None:
+    """The run starts: its deadline counts from now (for a queued run, its admission), unless one
+    was set while it was queued (``set_timeout``), which stays. ``start``: a run started at once,
+    whose rerun reuses nodes now (a queued run reused them when it was created)."""
+    timeout = b.s.workflow.timeout_seconds
+    if Timer.make_id(TimerKind.EXECUTION_TIMEOUT) in b.s.timers:
+        timeout = None
+    b.emit(EventType.EXECUTION_STARTED, due_at=b.now + timedelta(seconds=timeout) if timeout else None)
+    if start is not None:
+        _reuse(b, start)
+    _advance(b, cfg)
 
 
 def _reuse(b: _Builder, start: StartExecution) -> None:

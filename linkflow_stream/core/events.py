@@ -32,6 +32,8 @@ class EventType(StrEnum):
     EXECUTION_RESUMED = "execution_resumed"
     """``due_at``: the suspended deadline moved on by the paused time; ``None`` if none was."""
     SIGNAL_RECEIVED = "signal_received"
+    EXECUTION_QUEUED = "execution_queued"
+    """The run waits for a concurrency slot (ADR 0030); ``execution_started`` follows on admission."""
 
 
 class Dispatch(StrEnum):

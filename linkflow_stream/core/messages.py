@@ -27,6 +27,8 @@ class CommandKind(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     SIGNAL = "signal"
+    ADMIT = "admit"
+    """From the gate (ADR 0030): a queued run may start now."""
 
 
 class Signal(BaseModel):

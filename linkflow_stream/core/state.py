@@ -26,6 +26,8 @@ class ExecutionStatus(StrEnum):
     CANCELLED = "cancelled"
     PAUSED = "paused"
     """Started and not ended, but dispatching nothing new until resumed (ADR 0034)."""
+    QUEUED = "queued"
+    """Created, waiting for a concurrency slot (ADR 0030)."""
 
     @property
     def terminal(self) -> bool:
@@ -133,6 +135,11 @@ class ExecutionState(BaseModel):
     signal_ids: tuple[str, ...] = ()
     """Every signal id the run received: a signal whose id is here is a duplicate."""
 
+    @property
+    def gated(self) -> bool:
+        """Whether the run went through the gate (was queued): its end releases a slot there."""
+        return any(t.to_status is ExecutionStatus.QUEUED for t in self.history)
+
     def node_inputs(self) -> dict[str, Any]:
         """What expressions and executors see: the run's input and every finished node's output."""
         return {
@@ -204,6 +211,10 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
                 event.due_at,
             ),
         )
+    if event.type is EventType.EXECUTION_QUEUED:
+        if state.status is not ExecutionStatus.PENDING:
+            raise EvolveError(f"{state.id}: queued from {state.status}")
+        return _transition(state, event, ExecutionStatus.QUEUED)
     if event.type is EventType.EXECUTION_DEADLINE_SET and state.suspended_deadline is not None:
         # the deadline is suspended by a pause: the new one stays suspended until resume
         return state.model_copy(update={"seq": event.seq, "suspended_deadline": event.due_at})

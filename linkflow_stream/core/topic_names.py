@@ -21,6 +21,10 @@ SCHEDULES = "linkflow.schedules"
 SCHEDULE_PROGRESS = "linkflow.schedules.progress"
 SIGNALS = "linkflow.signals"
 """Signals from any producer (``io.linkflow.Signal``), turned into ``signal`` commands."""
+GATE = "linkflow.gate"
+"""Requests to the concurrency gate (ADR 0030): one partition, so one owner counts every slot."""
+GATE_STATE = "linkflow.state.gate"
+"""The gate's changelog: every queued and admitted run it holds, and its counters."""
 
 
 def requests(priority: Priority) -> str:

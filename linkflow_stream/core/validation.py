@@ -90,6 +90,11 @@ def check_workflow(
                 f"node {node.id!r}: pool: no pool {node.pool!r} (pools: {', '.join(sorted(pools)) or 'none'})"
             )
     problems.extend(self_call_problems(wf))
+    if wf.concurrency is not None and wf.concurrency.key is not None:
+        try:
+            compile_expression(wf.concurrency.key)
+        except ValueError as exc:
+            problems.append(f"concurrency.key: JSONata syntax error: {exc}")
     if not problems:
         cycle = _find_cycle(wf)
         if cycle:

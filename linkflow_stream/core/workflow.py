@@ -99,6 +99,17 @@ class OnFailure(BaseModel):
     workflow_id: str = Field(pattern=NODE_ID.pattern)
 
 
+class Concurrency(BaseModel):
+    """At most ``max`` runs of the workflow running at once, per value of ``key`` (ADR 0030)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max: int = Field(ge=1, le=100_000)
+    key: str | None = Field(default=None, min_length=1, max_length=1000)
+    """JSONata over the run's input; runs whose key has the same value share the ``max`` slots.
+    ``None``: all runs of the workflow share them."""
+
+
 class WorkflowDefinition(BaseModel):
     """One version of a workflow, as stored on ``linkflow.workflows``."""
 
@@ -116,6 +127,8 @@ class WorkflowDefinition(BaseModel):
     """The team that owns the workflow; cost reports aggregate by it."""
     on_failure: OnFailure | None = None
     """The workflow that starts, once, when a run of this one fails or times out (ADR 0036)."""
+    concurrency: Concurrency | None = None
+    """A limit on the workflow's runs running at once; the rest wait ``queued`` (ADR 0030)."""
 
     def retry_policy(self, node: NodeDefinition) -> RetryPolicy | None:
         """The policy that governs ``node``: its own, else the workflow's."""

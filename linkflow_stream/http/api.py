@@ -86,7 +86,7 @@ command decided before its run's start would find no run and be dropped."""
 """Longest a read waits for the views to catch up before it answers 404."""
 MAX_BODY_BYTES = 1024 * 1024
 SLOW_READER_MESSAGE = b"too slow: lines were waiting unread; reconnect to read the backlog again"
-EXECUTION_STATUSES = ("pending", "running", "success", "failed", "cancelled", "paused")
+EXECUTION_STATUSES = ("pending", "queued", "running", "success", "failed", "cancelled", "paused")
 PRIORITIES = tuple(p.value for p in Priority)
 TERMINAL_STATUSES = ("success", "failed", "cancelled")
 

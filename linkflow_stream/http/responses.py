@@ -16,7 +16,7 @@ from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-ExecutionStatus = Literal["pending", "running", "success", "failed", "cancelled", "paused"]
+ExecutionStatus = Literal["pending", "queued", "running", "success", "failed", "cancelled", "paused"]
 Priority = Literal["high", "normal", "low"]
 
 

@@ -44,4 +44,8 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
 def decider_config(registry: Mapping[str, NodeExecutor], settings: Settings) -> DeciderConfig:
     """What the pure decider needs to know of the node types, as plain data."""
     kinds = {name: NodeKind(e.dispatch, e.default_timeout_seconds) for name, e in registry.items()}
-    return DeciderConfig(kinds=kinds, lease_grace_seconds=settings.lease_grace_seconds)
+    return DeciderConfig(
+        kinds=kinds,
+        lease_grace_seconds=settings.lease_grace_seconds,
+        gate_all=settings.team_max_running is not None,
+    )

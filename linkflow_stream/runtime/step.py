@@ -8,6 +8,7 @@ happens here; the orchestrator commits the outputs and the new state in one tran
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,8 @@ from typing import Any
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.decider import DeciderConfig, Input, decide
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.expressions import evaluate
+from linkflow_stream.core.gate import GateRequest, GateRequestKind
 from linkflow_stream.core.mapping import map_output, rate_limit_bucket, resolve_config
 from linkflow_stream.core.messages import CommandKind, ControlMessage, ExecutionCommand, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import (
@@ -108,6 +111,9 @@ class Stepper:
                 cancelled = cancelled or event.type is EventType.NODE_CANCELLED
                 step.outputs.extend(_linked_runs(step.state, event))
                 step.outputs.extend(self._child_cancels(step.state, event, current))
+                gate = _gate_request(step.state, event)
+                if gate is not None:
+                    step.outputs.append(gate)
         if cancelled and step.state is not None:
             reason = step.state.history[-1].reason or "cancelled"
             step.outputs.append(
@@ -379,6 +385,52 @@ def _linked_runs(state: ExecutionState | None, event: ExecutionEvent) -> list[Ou
 _RUN_END = frozenset(
     {EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED}
 )
+
+
+_ENDS = frozenset({EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED})
+
+
+def _gate_request(state: ExecutionState, event: ExecutionEvent) -> Outgoing | None:
+    """A queued run's request to the gate, and a gated run's release when it ends (ADR 0030)."""
+    team = state.workflow.team or ""
+    if event.type is EventType.EXECUTION_QUEUED:
+        limit = state.workflow.concurrency
+        request = GateRequest(
+            kind=GateRequestKind.ENQUEUE,
+            execution_id=state.id,
+            team=team,
+            slot=_slot(state, event.at) if limit is not None else "",
+            max=limit.max if limit is not None else None,
+            requested_at=event.at,
+        )
+    elif event.type in _ENDS and state.gated:
+        request = GateRequest(
+            kind=GateRequestKind.RELEASE, execution_id=state.id, team=team, requested_at=event.at
+        )
+    else:
+        return None
+    return Outgoing(
+        topic_names.GATE,
+        team,
+        request,
+        f"io.linkflow.gate.{request.kind.value}",
+        ce_id=f"{state.id}/{event.seq}",
+        time=event.at,
+    )
+
+
+def _slot(state: ExecutionState, now: datetime) -> str:
+    """The workflow id and the value of its concurrency key over the run's input. A key that
+    cannot be evaluated counts as undefined: such runs share one slot (ADR 0030)."""
+    limit = state.workflow.concurrency
+    assert limit is not None
+    if limit.key is None:
+        return state.workflow.id
+    try:
+        value = evaluate(limit.key, state.input, now=now, seed=state.id)
+    except NodeFailure:
+        value = None
+    return f"{state.workflow.id}/{json.dumps(value, sort_keys=True, separators=(',', ':'))}"
 
 
 def _event_record(e: ExecutionEvent) -> Outgoing:

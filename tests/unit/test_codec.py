@@ -22,6 +22,7 @@ from linkflow_stream.core.auth import ApiKey, Role
 from linkflow_stream.core.circuit import CircuitObservation
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.gate import GateEntry, GateMeta, GateRecord, GateRequest, GateRequestKind
 from linkflow_stream.core.messages import (
     CommandKind,
     ControlMessage,
@@ -45,7 +46,13 @@ from linkflow_stream.core.state import (
     TimerKind,
     Transition,
 )
-from linkflow_stream.core.workflow import NodeDefinition, OnFailure, RetryPolicy, WorkflowDefinition
+from linkflow_stream.core.workflow import (
+    Concurrency,
+    NodeDefinition,
+    OnFailure,
+    RetryPolicy,
+    WorkflowDefinition,
+)
 from linkflow_stream.kafka import codec
 from projections.workers import WorkerRecord, WorkerState
 
@@ -386,6 +393,15 @@ def records() -> list[BaseModel]:
             signals=(Signal(name="other", id="o-1", payload=None, execution_id="e4"),),
             signal_ids=("o-1", "p-0"),
         ),
+        # the concurrency gate's records (ADR 0030)
+        GateRequest(
+            kind=GateRequestKind.ENQUEUE, execution_id="e1", team="t", slot="wf/1", max=2, requested_at=T
+        ),
+        GateRecord(entry=GateEntry(execution_id="e1", team="t", slot="wf/1", max=2, seq=7, running=True)),
+        GateRecord(meta=GateMeta(next_seq=8, last_team="t")),
+        GateEntry(execution_id="e2", seq=1),
+        GateMeta(),
+        Concurrency(max=2, key="customer"),
         # the nested records have schemas of their own too
         NodeDefinition(id="x", type="transform", config={}),
         NodeDefinition(
