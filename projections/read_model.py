@@ -44,6 +44,10 @@ from projections.store import (
 
 log = logging.getLogger(__name__)
 
+YIELD_EVERY = 100
+"""Records, events or rows the fold handles before it lets the event loop run other work: a
+batch of 2000 events is hundreds of milliseconds of CPU, which the orchestrator, the executor and
+the API (a high-priority ``?wait`` among them) share with it."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -95,7 +99,9 @@ class ReadModel:
         """Fold one batch, store it with its positions, then tell waiters and followers."""
         decoded: list[ExecutionEvent | StartExecution] = []
         positions: dict[Position, int] = {}
-        for record in records:
+        for count, record in enumerate(records, 1):
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             positions[(record.topic, record.partition)] = record.offset + 1
             try:
                 if record.topic == self.topics.events:
@@ -112,7 +118,9 @@ class ReadModel:
         changes = Changes(positions=positions)
         touched: dict[str, ExecutionState] = {}
         new_lines: dict[str, list[tuple[int, int, Line]]] = {}
-        for item in decoded:
+        for count, item in enumerate(decoded, 1):
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             if isinstance(item, StartExecution):
                 if item.execution_id not in stored and self.status.accept(item):
                     pending = self.status.accepted[item.execution_id]
@@ -132,7 +140,9 @@ class ReadModel:
             for n, line in enumerate(lines_for(item, after)):
                 changes.lines.append(_line_row(after.id, item.seq, n, line))
                 new_lines.setdefault(after.id, []).append((item.seq, n, line))
-        for state in touched.values():
+        for count, state in enumerate(touched.values(), 1):
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             changes.executions[state.id] = self._row(state)
             changes.node_network += network_rows(state)
         await self._write(changes)
