@@ -54,4 +54,13 @@ def turns(waiting: Sequence[int], active: Sequence[bool], room: int, weights: Se
             take[i] = min(waiting[i], max(1, cap))
     if on[0]:
         take[0] = min(waiting[0], max(1, room - sum(take)))
+    # The "at least one" of each class may overfill a small room; give it back from the lowest
+    # classes first, never below their one.
+    excess = sum(take) - max(room, sum(1 for t in take if t > 0))
+    for i in reversed(range(1, len(take))):
+        if excess <= 0:
+            break
+        back = min(excess, take[i] - 1)
+        take[i] -= back
+        excess -= back
     return take

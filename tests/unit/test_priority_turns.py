@@ -62,6 +62,11 @@ def test_a_trickle_of_high_keeps_lower_batches_in_proportion_to_it() -> None:
     assert turns([0, 6, 1000], [False, True, True], 256, W) == [0, 6, 2]
 
 
+def test_a_small_room_is_not_overfilled_by_the_lower_classes_weights() -> None:
+    # hypothesis found it: low's weighted share (2 of 3) plus one each for high and normal made 4
+    assert turns([1, 1, 2], [False, False, False], 3, (1, 1, 4)) == [1, 1, 1]
+
+
 def test_a_class_with_any_waiting_gets_at_least_one_so_none_starves() -> None:
     assert turns([1000, 1000, 1000], [True, True, True], 12, (100, 10, 1)) == [10, 1, 1]
     assert turns([0, 0, 3], [True, True, False], 0, W) == [0, 0, 1]
