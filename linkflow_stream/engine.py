@@ -124,7 +124,6 @@ class Engine:
             stepper,
             self.metrics,
             spans=ExecutionSpans(self.tracing) if self.tracing else None,
-            on_ended=self.status.settle,
         )
         self.breakers = Breakers(self._publish_circuit)
         export_metrics(self.breakers, self.metrics.registry)

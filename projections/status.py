@@ -176,9 +176,6 @@ class StatusView:
         self.applied = 0
         self.duplicates = 0
         self._waiters: defaultdict[str, list[_Waiter]] = defaultdict(list)
-        self.settled: OrderedDict[str, ExecutionState] = OrderedDict()
-        """Ended runs this process's orchestrator committed that the fold of the log has not
-        reached yet (``settle``): what reads show until it does. Bounded like ``finished``."""
 
     def known(self, execution_id: str) -> ExecutionState | None:
         """The latest state in memory of a started run (live or recently finished)."""
@@ -198,9 +195,6 @@ class StatusView:
             return after
         self.applied += 1
         self.accepted.pop(event.execution_id, None)
-        settled = self.settled.get(event.execution_id)
-        if settled is not None and after.seq >= settled.seq:
-            del self.settled[event.execution_id]  # the fold has caught up with it
         if after.status.terminal:
             self.executions.pop(event.execution_id, None)
             self._remember_finished(after)
@@ -260,25 +254,8 @@ class StatusView:
         when the request is read."""
         self.accepted.pop(execution_id, None)
 
-    def settle(self, state: ExecutionState) -> None:
-        """An ended run's state as this process's orchestrator just committed it: ``?wait``
-        callers and reads here need not wait for the fold of the log, which may be seconds behind
-        under load (that fold still stores it, and then takes over)."""
-        known = self.known(state.id)
-        if not state.status.terminal or (known is not None and known.seq >= state.seq):
-            return
-        self.settled[state.id] = state
-        self.settled.move_to_end(state.id)
-        while len(self.settled) > self.finished_cache:
-            self.settled.popitem(last=False)
-        self.notify([state])
-
-    def _latest(self, execution_id: str) -> ExecutionState | None:
-        """What reads show: the fold's state, or a settled one it has not reached yet."""
-        return self.settled.get(execution_id) or self.known(execution_id)
-
     def get(self, execution_id: str) -> dict[str, Any] | None:
-        state = self._latest(execution_id) or self.accepted.get(execution_id)
+        state = self.known(execution_id) or self.accepted.get(execution_id)
         return render(state) if state is not None else None
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
@@ -316,7 +293,7 @@ class StatusView:
         return await self._wait(execution_id, within, lambda _s: True)
 
     async def _wait(self, execution_id: str, within: float, reached: Reached) -> bool:
-        state = self._latest(execution_id)
+        state = self.known(execution_id)
         if state is not None and reached(state):
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

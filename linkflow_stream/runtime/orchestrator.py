@@ -28,7 +28,6 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
-from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
@@ -104,13 +103,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         producer_factory: Callable[[int], TransactionalProducer] | None = None,
         clock: Callable[[], float] = time.time,
         spans: ExecutionSpans | None = None,
-        on_ended: Callable[[ExecutionState], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spans = spans
-        self.on_ended = on_ended
-        """Told each run that a committed batch ended (the status view of this process, so that
-        ``?wait`` answers without waiting for the views to fold the log)."""
         """Makes the spans of committed steps; ``None``: tracing is off."""
         self.codec = codec
         self.stepper = stepper
@@ -563,8 +558,6 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             m.batch_records.observe(report.records)
         for step in report.observed:
             m.observe(step.after, step.events)
-            if self.on_ended is not None and step.after.status.terminal:
-                self.on_ended(step.after)
         if self.spans is not None:
             for step in report.observed:
                 try:
