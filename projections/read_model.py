@@ -45,7 +45,7 @@ from projections.store import (
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 100
-"""Records, events or rows the fold handles before it lets the event loop run other work: a
+"""Records or rows the fold decodes or renders before it lets the event loop run other work: a
 batch of 2000 events is hundreds of milliseconds of CPU, which the orchestrator, the executor and
 the API (a high-priority ``?wait`` among them) share with it."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -118,9 +118,8 @@ class ReadModel:
         changes = Changes(positions=positions)
         touched: dict[str, ExecutionState] = {}
         new_lines: dict[str, list[tuple[int, int, Line]]] = {}
-        for count, item in enumerate(decoded, 1):
-            if count % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        for item in decoded:  # no yield here: a read between a run's request and its events
+            # of the same batch would show a finished run as pending
             if isinstance(item, StartExecution):
                 if item.execution_id not in stored and self.status.accept(item):
                     pending = self.status.accepted[item.execution_id]
