@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from linkflow_stream.kafka.metadata import cluster_metadata
 from linkflow_stream.kafka.topics import max_message_bytes
+from linkflow_stream.settings import Settings
 
 
 def committed_reader(bootstrap_servers: str, **overrides: Any) -> AIOKafkaConsumer:
@@ -27,6 +28,20 @@ def committed_reader(bootstrap_servers: str, **overrides: Any) -> AIOKafkaConsum
         **overrides,
     }
     return AIOKafkaConsumer(**settings)
+
+
+def group_reader(settings: Settings, group_id: str, client: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A not yet started ``read_committed`` consumer in ``group_id`` that commits only on purpose
+    (in a transaction or after its work is acknowledged), with the session settings every group of
+    the engine shares; ``overrides`` change any setting."""
+    return committed_reader(
+        settings.bootstrap_servers,
+        group_id=group_id,
+        client_id=f"{settings.app_id}-{client}",
+        session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+        heartbeat_interval_ms=int(min(3.0, settings.session_timeout_seconds / 3) * 1000),
+        **overrides,
+    )
 
 
 async def log_ends(bootstrap_servers: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:

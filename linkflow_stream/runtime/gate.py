@@ -34,7 +34,7 @@ from linkflow_stream.core.gate import (
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.codec import Codec, DecodeError
-from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.consumers import group_reader
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode
 from linkflow_stream.kafka.topics import max_message_bytes
@@ -45,7 +45,7 @@ from linkflow_stream.kafka.transactions import (
     TransactionalProducer,
 )
 from linkflow_stream.runtime.metrics import Metrics
-from linkflow_stream.runtime.restore import RestoreError, committed_positions
+from linkflow_stream.runtime.restore import committed_positions, read_latest
 from linkflow_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,36 +60,16 @@ async def read_gate_state(
     bootstrap_servers: str, topic: str, codec: Codec, *, within: float = 120.0
 ) -> GateState:
     """The committed gate state: the latest record of every key of its changelog."""
-    tp = TopicPartition(topic, 0)
-    consumer = committed_reader(bootstrap_servers)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        latest: dict[bytes, bytes | None] = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while await consumer.position(tp) < end:
-            if loop.time() > deadline:
-                raise RestoreError(f"{topic}[0] not read to offset {end} within {within}s")
-            batch = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
-            for record in batch.get(tp, []):
-                if record.key is not None:
-                    latest[record.key] = record.value
-        await codec.learn(latest.values())
-        meta, entries = GateMeta(), []
-        for key, value in latest.items():
-            if value is None:
-                continue
-            record = codec.decode(value, GateRecord)
-            if key == META_KEY and record.meta is not None:
-                meta = record.meta
-            elif record.entry is not None:
-                entries.append(record.entry)
-        return GateState.of(entries, meta)
-    finally:
-        await consumer.stop()
+    latest = await read_latest(bootstrap_servers, topic, 0, within=within)
+    await codec.learn(latest.values())
+    meta, entries = GateMeta(), []
+    for key, value in latest.items():
+        record = codec.decode(value, GateRecord)
+        if key == META_KEY and record.meta is not None:
+            meta = record.meta
+        elif record.entry is not None:
+            entries.append(record.entry)
+    return GateState.of(entries, meta)
 
 
 class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -137,17 +117,7 @@ class Gate(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def start(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=self.group_id,
-            client_id=f"{s.app_id}-gate",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=int(s.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
-            max_partition_fetch_bytes=max_message_bytes(),
-        )
+        consumer = group_reader(s, self.group_id, "gate")
         await consumer.start()
         consumer.subscribe([self.topic], listener=self)
         self._consumer = consumer

@@ -26,9 +26,9 @@ from linkflow_stream.core.messages import Signal
 from linkflow_stream.core.signals import key_text
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.kafka.codec import Codec, DecodeError
+from linkflow_stream.kafka.consumers import group_reader
 from linkflow_stream.kafka.dlq import dead_letter
 from linkflow_stream.kafka.publisher import Publisher
-from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.nodes.wait_event import SIGNAL_NAME
 from linkflow_stream.runtime.signals import broadcast_targets, signal_command
 from linkflow_stream.settings import Settings
@@ -99,18 +99,8 @@ class SignalIntake:
 
     async def start(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            s.topic(topic_names.SIGNALS),
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=s.group("signals"),
-            client_id=f"{s.app_id}-signals",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=int(s.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
-            max_partition_fetch_bytes=max_message_bytes(),
-        )
+        consumer = group_reader(s, s.group("signals"), "signals")
+        consumer.subscribe([s.topic(topic_names.SIGNALS)])
         await consumer.start()
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="signal-intake")

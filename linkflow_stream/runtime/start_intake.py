@@ -50,6 +50,7 @@ from linkflow_stream.core.start_request import (
 )
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka.codec import Codec, DecodeError
+from linkflow_stream.kafka.consumers import group_reader
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
@@ -180,17 +181,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=self.group_id,
-            client_id=f"{s.app_id}-intake",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=int(s.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
-            max_partition_fetch_bytes=max_message_bytes(),
-        )
+        consumer = group_reader(s, self.group_id, "intake")
         await consumer.start()
         consumer.subscribe([self.topic], listener=self)
         self._consumer = consumer
