@@ -41,6 +41,7 @@ from linkflow_stream.kafka.pools import TaskPools
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.topics import load_pools
 from linkflow_stream.nodes import build_registry, decider_config
+from linkflow_stream.replay import view_topics
 from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
@@ -58,7 +59,7 @@ from linkflow_stream.settings import ROLES, Settings
 from linkflow_stream.tracing import ExecutionSpans, TaskSpans, Tracing, TracingConfigError
 from projections.keys import KeyView
 from projections.logs import LogView
-from projections.read_model import ReadModel, Topics
+from projections.read_model import ReadModel
 from projections.schedules import ScheduleView
 from projections.status import StatusView
 from projections.store import open_store
@@ -153,10 +154,7 @@ class Engine:
         self.views = ReadModel(
             self.store,
             self.codec,
-            Topics(
-                events=settings.topic(topic_names.EVENTS),
-                requests=frozenset(settings.topic(t) for t in topic_names.REQUESTS),
-            ),
+            view_topics(settings),
             status=self.status,
             logs=self.logs,
             on_event=self._on_event,
@@ -305,6 +303,8 @@ class Engine:
             handle_batch=self._fold,
             positions=positions,
             prepare=self.codec.learner,
+            urgent=self.views.urgent,
+            handle_urgent=self.views.fold_ahead,
         )
 
     async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:

@@ -19,6 +19,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now, to_millis
 from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.messages import Priority
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.codecs import codec_for
@@ -30,9 +31,11 @@ from projections.store import LineRow, Position, ReadStore, StoredState, open_st
 
 
 def view_topics(settings: Settings) -> Topics:
+    """The topics the read model folds, the engine's as a rebuild's."""
     return Topics(
         events=settings.topic(topic_names.EVENTS),
         requests=frozenset(settings.topic(t) for t in topic_names.REQUESTS),
+        urgent_requests=settings.topic(topic_names.requests(Priority.HIGH)),
     )
 
 

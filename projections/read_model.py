@@ -26,7 +26,7 @@ from aiokafka import ConsumerRecord
 
 from linkflow_stream.core.clock import to_millis
 from linkflow_stream.core.events import ExecutionEvent
-from linkflow_stream.core.messages import StartExecution
+from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.kafka.codec import Codec
 from projections.costs import RATES, Rates, cost_of, report, since_of
@@ -57,6 +57,8 @@ views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`
 class Topics:
     events: str
     requests: frozenset[str]
+    urgent_requests: str | None = None
+    """The high-priority request topic: its runs' records are folded ahead (``ReadModel.urgent``)."""
 
 
 class ReadModel:
@@ -85,46 +87,112 @@ class ReadModel:
         self.folded = 0
         """Records folded by this process (a restart that resumes folds few)."""
         self.store_healthy = True
+        self._ahead: set[tuple[str, int, int]] = set()
+        """Records folded ahead of their batch (topic, partition, offset): skipped when it comes."""
+        self._urgent_runs: set[str] = set()
+        """Runs whose records go ahead, until they end."""
 
     # -- start-up ----------------------------------------------------------------------------
     async def load(self) -> dict[Position, int]:
         """Live runs into memory; the positions to read on from."""
         positions = await self.store.positions()
+        self._ahead.clear()  # the reader starts again from the stored positions
+        self._urgent_runs.clear()
         for blob in await self.store.live_states():
             self.status.load(self.codec.decode(blob, ExecutionState))
         return positions
 
     # -- the fold --------------------------------------------------------------------------------
     async def fold(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        """Fold one batch, store it with its positions, then tell waiters and followers."""
-        decoded: list[ExecutionEvent | StartExecution] = []
+        """Fold one batch, store it with its positions, then tell waiters and followers. Records
+        folded ahead of the batch (``fold_ahead``) are not folded again; their positions still
+        move with the batch, so a crash re-reads them and the duplicates change nothing. A fold
+        ahead may run while this one awaits: a record it takes from this batch is then a
+        duplicate here (never applied twice: ``apply`` skips a seq already folded)."""
         positions: dict[Position, int] = {}
+        behind: list[ConsumerRecord[bytes, bytes]] = []
+        for record in records:
+            positions[(record.topic, record.partition)] = record.offset + 1
+            if (record.topic, record.partition, record.offset) not in self._ahead:
+                behind.append(record)
+        await self._fold(behind, positions, ahead=False)
+        for record in records:
+            self._ahead.discard((record.topic, record.partition, record.offset))
+        self.folded += len(records)
+
+    def urgent(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Whether ``record`` belongs to a high-priority run, so the reader hands it to
+        ``fold_ahead`` before the backlog in front of it (ADR 0029): a high ``?wait`` caller then
+        waits for its own run's events, not for a low flood's. Known from the request topic the
+        record came on, or from the run's state in memory; cheap (no decoding)."""
+        if record.key is None:
+            return False
+        execution_id = record.key.decode(errors="replace")
+        if record.topic == self.topics.urgent_requests:
+            self._urgent_runs.add(execution_id)
+            return True
+        if record.topic != self.topics.events:
+            return False
+        if execution_id in self._urgent_runs:
+            return True
+        state = self.status.known(execution_id) or self.status.accepted.get(execution_id)
+        if state is not None and state.priority is Priority.HIGH and not state.status.terminal:
+            self._urgent_runs.add(execution_id)
+            return True
+        return False
+
+    async def fold_ahead(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Fold the records of urgent runs before the batches in front of them, without moving
+        the stored positions. Only an event that follows the run's state in memory directly is
+        applied (one with a gap before it, or of a run memory does not hold, waits for its batch),
+        so folding ahead never reorders a run's events; what it applied is stored, then
+        announced, and skipped when its batch comes."""
+        await self._fold(records, {}, ahead=True)
+
+    async def _fold(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], positions: dict[Position, int], *, ahead: bool
+    ) -> None:
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], ExecutionEvent | StartExecution]] = []
         for count, record in enumerate(records, 1):
             if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            positions[(record.topic, record.partition)] = record.offset + 1
             try:
                 if record.topic == self.topics.events:
-                    decoded.append(self.codec.decode(record.value, ExecutionEvent))
-                    if self.on_event is not None:
+                    decoded.append((record, self.codec.decode(record.value, ExecutionEvent)))
+                    if self.on_event is not None and not ahead:
                         self.on_event(record)
                 elif record.topic in self.topics.requests:
-                    decoded.append(self.codec.decode(record.value, StartExecution))
+                    decoded.append((record, self.codec.decode(record.value, StartExecution)))
             except Exception:
                 # Not foldable now or ever (the orchestrator dead-letters such a request); the
                 # position moves past it, and the log keeps it for a replay with a fixed codec.
                 log.exception("view cannot decode %s[%d]@%d", record.topic, record.partition, record.offset)
-        stored = await self._stored_states(decoded)
+        stored = await self._stored_states([item for _r, item in decoded])
         changes = Changes(positions=positions)
         touched: dict[str, ExecutionState] = {}
         new_lines: dict[str, list[tuple[int, int, Line]]] = {}
-        for item in decoded:  # no yield here: a read between a run's request and its events
-            # of the same batch would show a finished run as pending
+        gapped: set[str] = set()
+        for record, item in decoded:  # no yield here: a read between a run's request and its
+            # events of the same batch would show a finished run as pending
             if isinstance(item, StartExecution):
+                if ahead:
+                    self._ahead.add((record.topic, record.partition, record.offset))
                 if item.execution_id not in stored and self.status.accept(item):
                     pending = self.status.accepted[item.execution_id]
                     changes.executions.setdefault(pending.id, self._row(pending))
                 continue
+            if ahead:
+                known = self.status.known(item.execution_id)
+                if known is None:  # a new run; one the store holds (replayed) waits for its batch
+                    follows = item.seq == 1 and item.execution_id not in stored
+                else:
+                    follows = item.seq == known.seq + 1
+                if item.execution_id in gapped or not follows:
+                    gapped.add(item.execution_id)  # its batch folds it, in order
+                    continue
+                self._ahead.add((record.topic, record.partition, record.offset))
+                if self.on_event is not None:
+                    self.on_event(record)
             before = None if self.status.known(item.execution_id) else stored.get(item.execution_id)
             try:
                 after = self.status.apply(item, before)
@@ -136,6 +204,8 @@ class ReadModel:
             if after is None or after is before or after.seq != item.seq:
                 continue  # an event of a run whose head was lost to retention, or a duplicate
             touched[after.id] = after
+            if after.status.terminal:
+                self._urgent_runs.discard(after.id)
             for n, line in enumerate(lines_for(item, after)):
                 changes.lines.append(_line_row(after.id, item.seq, n, line))
                 new_lines.setdefault(after.id, []).append((item.seq, n, line))
@@ -144,8 +214,9 @@ class ReadModel:
                 await asyncio.sleep(0)
             changes.executions[state.id] = self._row(state)
             changes.node_network += network_rows(state)
+        if ahead and not changes.executions:
+            return
         await self._write(changes)
-        self.folded += len(records)
         self.status.notify(touched.values())
         for execution_id, state in touched.items():
             self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)

@@ -9,6 +9,7 @@ with its positions in one transaction.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -26,6 +27,11 @@ BatchHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 Prepare = Callable[[Iterable[bytes | None]], Awaitable[None]]
 """Awaited with a fetched batch's values before any is handled (``Codec.learn``)."""
 PREPARE_MAX_PAUSE_SECONDS = 5.0
+BATCH_RECORDS = 2000
+"""Records handed over in one batch at most."""
+READ_AHEAD_RECORDS = 20_000
+"""Records a reader with an urgent lane fetches ahead of its fold, so an urgent record sitting
+behind a backlog is seen (and folded first) without waiting for the backlog's batches."""
 
 
 class LogReader:
@@ -43,10 +49,19 @@ class LogReader:
         on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
         from_beginning: bool = True,
         prepare: Prepare | None = None,
+        urgent: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,
+        handle_urgent: BatchHandler | None = None,
+        read_ahead: int = READ_AHEAD_RECORDS,
     ) -> None:
         if (handle is None) == (handle_batch is None):
             msg = "give a LogReader exactly one of handle and handle_batch"
             raise ValueError(msg)
+        if (urgent is None) != (handle_urgent is None) or (urgent is not None and handle_batch is None):
+            msg = "an urgent lane needs urgent, handle_urgent and handle_batch"
+            raise ValueError(msg)
+        self.urgent = urgent
+        self.handle_urgent = handle_urgent
+        self.read_ahead = max(read_ahead, BATCH_RECORDS)
         self.handle_batch = handle_batch
         self.positions = dict(positions or {})
         self.from_beginning = from_beginning
@@ -63,7 +78,10 @@ class LogReader:
         self._progress = asyncio.Event()
 
     async def start(self) -> None:
-        consumer = committed_reader(self.bootstrap_servers)
+        # An urgent lane is there for latency: a fetch waits at most 20 ms for more bytes, not 500.
+        consumer = committed_reader(
+            self.bootstrap_servers, **({} if self.urgent is None else {"fetch_max_wait_ms": 20})
+        )
         await consumer.start()
         self._consumer = consumer
         for topic in self.topics:
@@ -127,10 +145,13 @@ class LogReader:
         return True
 
     async def _run(self) -> None:
+        if self.urgent is not None:
+            await self._run_with_lane()
+            return
         consumer = self._consumer
         assert consumer is not None
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=2000)
+            batches = await consumer.getmany(timeout_ms=200, max_records=BATCH_RECORDS)
             await self._prepare(batches)
             if self.handle_batch is not None:
                 await self._hand_over(batches)
@@ -188,3 +209,88 @@ class LogReader:
         for tp, got in batches.items():
             if got:
                 self._handled[tp] = got[-1].offset + 1
+
+    async def _run_with_lane(self) -> None:
+        """Batches in log order as usual, fed by a fetcher that reads up to ``read_ahead`` records
+        ahead and hands the urgent ones among them to ``handle_urgent`` at once, while the batch
+        in front is still being handled: an urgent record waits neither for the backlog in front
+        of it nor for the batch being folded. Only the in-order batches count as handled (``sync``),
+        so read-your-writes still means "everything before this point is folded"; the handler of
+        urgent records must not move stored positions, and the batch handler must tolerate
+        records it already folded ahead."""
+        lane = _Lane()
+        name = f"log-reader-ahead:{','.join(self.topics)}"
+        fetcher = asyncio.create_task(self._fetch_ahead(lane), name=name)
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while True:
+                if not lane.buffered:
+                    lane.ready.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lane.ready.wait(), 0.2)
+                batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+                for _ in range(min(BATCH_RECORDS, len(lane.buffered))):
+                    tp, record = lane.buffered.popleft()
+                    batch.setdefault(tp, []).append(record)
+                lane.room.set()
+                await self._hand_over(batch)
+                for tp, records in batch.items():
+                    lane.waiting[tp] -= len(records)
+                for tp in self._partitions:  # an empty or compacted tail counts as read once nothing waits
+                    if lane.waiting[tp] <= 0:
+                        position = await consumer.position(tp)
+                        if lane.waiting[tp] <= 0:  # nothing fetched meanwhile
+                            self._handled[tp] = max(self._handled.get(tp, 0), position)
+                self._progress.set()
+                if fetcher.done():
+                    await fetcher  # its failure is this reader's
+        finally:
+            fetcher.cancel()
+            await asyncio.gather(fetcher, return_exceptions=True)
+
+    async def _fetch_ahead(self, lane: _Lane) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        assert self.urgent is not None
+        assert self.handle_urgent is not None
+        while True:
+            if len(lane.buffered) >= self.read_ahead:
+                lane.room.clear()
+                await lane.room.wait()
+                continue
+            fetched = await consumer.getmany(
+                timeout_ms=200, max_records=min(BATCH_RECORDS, self.read_ahead - len(lane.buffered))
+            )
+            for tp, records in fetched.items():  # counted at once: the tail is not read yet
+                lane.waiting[tp] += len(records)
+            if not fetched:
+                lane.ready.set()
+                continue
+            await self._prepare(fetched)
+            urgent: list[ConsumerRecord[bytes, bytes]] = []
+            for tp, records in fetched.items():
+                for record in records:
+                    lane.buffered.append((tp, record))
+                    if self.urgent(record):
+                        urgent.append(record)
+            lane.ready.set()
+            if urgent:
+                try:
+                    await self.handle_urgent(urgent)
+                except Exception:  # their batch folds them in order anyway
+                    log.exception("view of %s could not fold urgent records ahead", ",".join(self.topics))
+
+
+class _Lane:
+    """What a reader with an urgent lane has fetched and not yet handed over in order."""
+
+    def __init__(self) -> None:
+        self.buffered: collections.deque[tuple[TopicPartition, ConsumerRecord[bytes, bytes]]]
+        self.buffered = collections.deque()
+        self.waiting: collections.Counter[TopicPartition] = collections.Counter()
+        """Records fetched and not yet handled in order, per partition."""
+        self.ready = asyncio.Event()
+        """Set when records were buffered (or a fetch came back empty)."""
+        self.room = asyncio.Event()
+        """Set when the in-order side took records out of a full buffer."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -39,6 +40,57 @@ async def test_replays_then_syncs_to_what_was_written_before_the_call(kafka: str
             await producer.send_and_wait(topic, f"new-{i}".encode(), key=str(i).encode())
         assert await reader.sync(within=5)
         assert {f"new-{i}".encode() for i in range(5)} <= set(seen), "sync returned before the new records"
+    finally:
+        await reader.stop()
+        await producer.stop()
+
+
+async def test_an_urgent_lane_sees_records_behind_a_backlog_first_and_loses_none(kafka: str) -> None:
+    """ADR 0029: records the ``urgent`` test picks are handed to ``handle_urgent`` before the
+    in-order batch that holds them, however much backlog is in front of them; every record still
+    comes through the in-order batches exactly once and in log order, and ``sync`` waits for those."""
+    topic = f"i{uuid.uuid4().hex[:8]}.linkflow.events"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
+    await producer.start()
+    order: list[tuple[str, list[bytes]]] = []
+
+    async def batch(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        order.append(("batch", [r.value for r in records]))
+        await asyncio.sleep(0.3)  # a slow fold: the backlog stays behind it
+
+    async def urgent(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        order.append(("urgent", [r.value for r in records]))
+
+    reader = LogReader(
+        kafka, [topic], handle_batch=batch, urgent=lambda r: r.key == b"hi", handle_urgent=urgent
+    )
+    try:
+        sent = [f"low-{i}".encode() for i in range(6000)]
+        for value in sent:
+            await producer.send(topic, value, key=b"lo")
+        for i in range(3):
+            await producer.send(topic, f"hi-{i}".encode(), key=b"hi")
+        await producer.flush()
+        await reader.start()
+        await reader.caught_up.wait()
+        in_order = [v for kind, values in order if kind == "batch" for v in values]
+        assert in_order == [*sent, *(f"hi-{i}".encode() for i in range(3))], "every record once, in order"
+        first_urgent = next(n for n, (kind, _v) in enumerate(order) if kind == "urgent")
+        holding = next(n for n, (kind, values) in enumerate(order) if kind == "batch" and b"hi-0" in values)
+        kinds = [k for k, _ in order]
+        assert first_urgent < holding - 1, f"the urgent records waited for the backlog: {kinds}"
+        assert [v for kind, values in order if kind == "urgent" for v in values] == [
+            f"hi-{i}".encode() for i in range(3)
+        ]
+        await producer.send_and_wait(topic, b"last", key=b"lo")
+        assert await reader.sync(within=10)
+        assert order[-1] == ("batch", [b"last"])
     finally:
         await reader.stop()
         await producer.stop()

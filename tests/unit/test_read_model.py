@@ -4,6 +4,7 @@ change nothing. Records are built in memory (no broker): the fold is the unit un
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -295,3 +296,75 @@ async def test_a_follower_that_does_not_read_is_dropped_not_buffered_forever(sto
     assert [r[2]["message"] for r in [reader.get_nowait() for _ in range(reader.qsize() - 1)]][-1] == (
         "execution succeeded"
     ), "the follower that kept up got every line"
+
+
+LANES = Topics(
+    events="events",
+    requests=frozenset({"requests.normal", "requests.high"}),
+    urgent_requests="requests.high",
+)
+
+
+async def test_a_high_run_folded_ahead_of_its_batch_is_read_and_announced_without_moving_positions(
+    store: ReadStore,
+) -> None:
+    """ADR 0029: a high run's records are folded before the low backlog in front of them; the
+    stored positions move only with the in-order batch, which skips what was folded ahead."""
+    model, log = ReadModel(store, CODEC, LANES), Log()
+    backlog = [r for i in range(50) for r in log.records("events", decided(None, start(f"low{i}"), 0)[1])]
+    request = log.records("requests.high", [start("hi", priority=Priority.HIGH)])
+    hi, created = decided(None, start("hi", priority=Priority.HIGH), 0)
+    _, ended = decided(hi, result("hi", ok=True), 1)
+    hi_events = log.records("events", [*created, *ended])
+    batch = [*backlog, *request, *hi_events]
+    assert [r for r in batch if model.urgent(r)] == [*request, *hi_events], "only the high run goes ahead"
+
+    waiting = asyncio.ensure_future(model.status.wait_terminal("hi", 5))
+    await model.fold_ahead([*request, *hi_events])
+    assert await waiting, "the high ?wait caller is answered by the fold ahead"
+    body = await model.body("hi")
+    assert body is not None and body["status"] == "success"
+    assert await store.positions() == {}, "folding ahead stores no position"
+    assert await model.body("low0") is None, "the backlog is not folded yet"
+
+    await model.fold(batch)
+    assert await store.positions() == {("events", 0): len(backlog) + len(hi_events), ("requests.high", 0): 1}
+    low = await model.body("low49")
+    assert low is not None and low["status"] == "running"
+    messages = [line["message"] for _s, _n, line in await model.lines("hi")]
+    assert messages.count("execution succeeded") == 1, "folded once, not again with its batch"
+    assert model.status.duplicates == 0
+
+
+async def test_folding_ahead_never_reorders_a_run_and_a_replay_after_a_crash_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """An event with a gap before it (its run's earlier events are still in the backlog) waits for
+    its batch; after a crash between the fold ahead and the batch, the records come again and
+    neither the fold ahead nor the batch moves the stored run back."""
+    log = Log()
+    first = open_store(None, tmp_path)
+    await first.open("test")
+    model = ReadModel(first, CODEC, LANES)
+    hi, created = decided(None, start("hi", priority=Priority.HIGH), 0)
+    _, ended = decided(hi, result("hi", ok=True), 1)
+    records = log.records("events", [*created, *ended])
+    await model.fold_ahead(records[len(created) :])
+    assert await model.body("hi") is None, "no event of a run memory does not hold, except its first"
+    await model.fold_ahead(records)
+    done = await model.body("hi")
+    assert done is not None and done["status"] == "success"
+    await first.close()  # the crash: the batch with the positions was never stored
+
+    again = open_store(None, tmp_path)
+    await again.open("test")
+    restarted = ReadModel(again, CODEC, LANES)
+    assert await restarted.load() == {}
+    assert [r for r in records if restarted.urgent(r)] == [], "a finished run is not in memory"
+    await restarted.fold_ahead(records)  # as if it had come in on the high topic
+    await restarted.fold(records)
+    body = await restarted.body("hi")
+    assert body is not None and body["status"] == "success"
+    assert [line["message"] for _s, _n, line in await restarted.lines("hi")].count("execution succeeded") == 1
+    assert await again.positions() == {("events", 0): len(records)}
+    await again.close()
