@@ -128,6 +128,35 @@ async def low_done(session: aiohttp.ClientSession, url: str, sent: int) -> int:
     return sent - int(low["queued"]) - int(low["running"])
 
 
+async def loop_lag(session: aiohttp.ClientSession, url: str) -> dict[float, float]:
+    """The engine's ``linkflow_event_loop_lag_seconds`` buckets so far: upper bound -> count."""
+    async with session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    out: dict[float, float] = {}
+    for row in text.splitlines():
+        if row.startswith("linkflow_event_loop_lag_seconds_bucket{"):
+            bound = row.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(row.rsplit(" ", 1)[1])
+    return out
+
+
+def lag_line(name: str, before: dict[float, float], after: dict[float, float]) -> str:
+    """The loop lag of one phase (the buckets' difference): its p99 and worst, as bucket bounds."""
+    counts = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return f"{name:<18} event loop lag: not exported by this engine"
+
+    def bound(q: float) -> str:
+        b = next(b for b, n in counts.items() if n >= q * total)
+        return "> 2.5 s" if b == float("inf") else f"<= {b * 1000:g} ms"
+
+    worst = next(b for b, n in counts.items() if n >= total)
+    worst_text = "> 2.5 s" if worst == float("inf") else f"<= {worst * 1000:g} ms"
+    ticks = f"{total:.0f} ticks"
+    return f"{name:<18} event loop lag (10 ms timer, {ticks}): p99 {bound(0.99)}, worst {worst_text}"
+
+
 async def decided_at(engine: EngineProcess) -> dict[str, float]:
     """When the orchestrator committed each run's last state (its changelog record's timestamp,
     epoch seconds; events carry their run's time instead), before the views and the API saw it."""
@@ -164,12 +193,16 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
         raise SystemExit(f"could not register the workflow: {status} {answer}")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
         await run_high(session, url, workflow_id, 50, args.high_concurrency)  # warm-up
+        lag_idle = await loop_lag(session, url)
         idle = await run_high(session, url, workflow_id, args.high, args.high_concurrency)
+        lag_flood = await loop_lag(session, url)
         t0 = time.time()
         low_ids = await flood_low(session, url, workflow_id, args.low)
         sent = time.time() - t0
         done_before = await low_done(session, url, len(low_ids))
+        lag_high = await loop_lag(session, url)
         loaded = await run_high(session, url, workflow_id, args.high, args.high_concurrency)
+        lag_end = await loop_lag(session, url)
         done_after = await low_done(session, url, len(low_ids))
         deadline = time.monotonic() + args.timeout
         all_done = done_after
@@ -180,6 +213,8 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
     decided = await decided_at(engine) if engine is not None else None
     print(line("high, idle", idle, decided))
     print(line("high, low flood", loaded, decided))
+    print(lag_line("high, idle", lag_idle, lag_flood))
+    print(lag_line("high, low flood", lag_high, lag_end))
     slowest = sorted(zip(loaded.latencies, loaded.sent, strict=True), reverse=True)[:4]
     print(
         "slowest high runs under the flood: "

@@ -46,6 +46,7 @@ from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.gate import Gate
+from linkflow_stream.runtime.loop_lag import watch_loop
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator
 from linkflow_stream.runtime.pool_metrics import PoolFigures, PoolWatch, pool_slots
@@ -512,6 +513,8 @@ class Engine:
         if "views" in roles:
             self._background.append(asyncio.create_task(self.expire_finished(), name="read-model-retention"))
             self._background.append(asyncio.create_task(self.pool_watch.run(), name="pool-watch"))
+        lag = watch_loop(self.metrics.loop_lag.observe)
+        self._background.append(asyncio.create_task(lag, name="loop-lag"))
         watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         if "orchestrator" in roles:

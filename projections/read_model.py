@@ -44,10 +44,13 @@ from projections.store import (
 
 log = logging.getLogger(__name__)
 
-YIELD_EVERY = 100
-"""Records or rows the fold decodes or renders before it lets the event loop run other work: a
-batch of 2000 events is hundreds of milliseconds of CPU, which the orchestrator, the executor and
-the API (a high-priority ``?wait`` among them) share with it."""
+YIELD_EVERY = 20
+"""Records the fold decodes before it lets the event loop run other work: a batch of 2000 events
+is hundreds of milliseconds of CPU, which the orchestrator, the executor and the API (a
+high-priority ``?wait`` among them) share with it; every step of a high run (its fetch, its
+decision, each round trip of its transaction, its fold ahead) waits for the chunk running."""
+YIELD_EVERY_ROW = 5
+"""Runs the fold renders (state encoded, body, costs: about a millisecond each) between yields."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -210,7 +213,7 @@ class ReadModel:
                 changes.lines.append(_line_row(after.id, item.seq, n, line))
                 new_lines.setdefault(after.id, []).append((item.seq, n, line))
         for count, state in enumerate(touched.values(), 1):
-            if count % YIELD_EVERY == 0:
+            if count % YIELD_EVERY_ROW == 0:
                 await asyncio.sleep(0)
             changes.executions[state.id] = self._row(state)
             changes.node_network += network_rows(state)

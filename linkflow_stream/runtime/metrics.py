@@ -19,6 +19,7 @@ from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.state import ExecutionState
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class _QueueDepth(Collector):
@@ -108,6 +109,13 @@ class Metrics:
             "linkflow_orchestrator_input_lag_seconds",
             "From an input record's timestamp to the orchestrator deciding on it",
             buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "linkflow_event_loop_lag_seconds",
+            "How late the event loop woke a 10 ms timer: the longest stretch one task held the loop,"
+            " which every other step (a high run's decision, its commit, its ?wait answer) waited for",
+            buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
         self.view_lag = Histogram(
