@@ -125,6 +125,23 @@ class Breakers:
                 del self.circuits[name]
 
     # -- the guard --------------------------------------------------------------------------------
+    def rejects(self, node_type: str, config: dict[str, Any]) -> bool:
+        """Whether ``guard`` would fail this attempt fast now (its circuit open, no probe due),
+        without taking a probe: the executor asks before it spends a rate-limit token on an
+        attempt that will not call out."""
+        target = circuit_of(node_type, config)
+        if target is None:
+            return False
+        try:
+            policy = BreakerPolicy.parse(config.get("circuit_breaker"))
+        except BreakerPolicyError:
+            return False  # the guard fails it as validation
+        name = f"{target[0]}:{target[1]}"
+        probing = name in self._probing
+        return (
+            policy is not None and admit(self.circuits.get(name), self.clock(), probing=probing) == "reject"
+        )
+
     @contextlib.asynccontextmanager
     async def guard(self, node_type: str, config: dict[str, Any]) -> AsyncIterator[None]:
         """Around one attempt: fails fast with ``circuit_open`` while the circuit is open, lets

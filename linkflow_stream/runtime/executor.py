@@ -134,7 +134,8 @@ class Executor:
 
     async def _run(self, task: NodeTask, delivery: Delivery | None = None) -> None:
         started = now()
-        if self.throttle is not None and task.rate_limit is not None:
+        fails_fast = self.breakers is not None and self.breakers.rejects(task.node_type, task.config)
+        if self.throttle is not None and task.rate_limit is not None and not fails_fast:
             pool = self.pool_of.get((task.execution_id, task.node_id, task.attempt), topic_names.DEFAULT_POOL)
             until = self.throttle.check(task.rate_limit, started, pool)
             if until is not None:

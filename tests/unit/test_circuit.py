@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -22,11 +22,23 @@ from linkflow_stream.core.circuit import (
     observe,
     render,
 )
-from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, ConfigError, NodeFailure
+from linkflow_stream.core.messages import NodeResult, NodeTask
+from linkflow_stream.core.node_contract import (
+    RETRYABLE_CLASSES,
+    ConfigError,
+    NodeContext,
+    NodeExecutor,
+    NodeFailure,
+)
+from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.rate_limit import RateLimitBucket
 from linkflow_stream.http.api import Api
 from linkflow_stream.http.auth import role_for
+from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.nodes.http import HttpNode
 from linkflow_stream.runtime.breakers import Breakers, circuit_of
+from linkflow_stream.runtime.executor import Executor
+from linkflow_stream.runtime.throttle import NodeThrottle
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -358,3 +370,68 @@ async def test_while_this_instances_probe_runs_its_other_attempts_fail_fast() ->
     await running
     assert breakers.listing()[0]["state"] == "closed"
     assert await attempt(breakers, None, config) == "ok"
+
+
+class _Results:
+    """Stands in for the publisher: keeps the results the executor sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[NodeResult] = []
+
+    async def send(self, outgoing: list[Outgoing]) -> None:
+        self.sent += [o.record for o in outgoing if isinstance(o.record, NodeResult)]
+
+
+class _Failing:
+    """An http node whose target answers 503."""
+
+    calls = 0
+
+    def validate(self, config: dict[str, Any]) -> None:
+        return None
+
+    async def execute(self, ctx: NodeContext, config: dict[str, Any], data: dict[str, Any]) -> Any:
+        _Failing.calls += 1
+        raise NodeFailure("http_5xx", "HTTP 503")
+
+
+async def test_an_attempt_on_an_open_circuit_fails_fast_without_spending_a_rate_limit_token() -> None:
+    """Issue 11: an attempt that will not call out must not take the token a later call needs."""
+    clock, results = Clock(), _Results()
+    breakers = Breakers(clock=clock)
+    throttle = NodeThrottle(lambda _pool: 1, lambda: 0.0)  # no refill: tokens only go
+    executor = Executor(
+        {"http": cast(NodeExecutor, _Failing())},
+        cast(Publisher, results),
+        1,
+        breakers=breakers,
+        throttle=throttle,
+    )
+    limit = RateLimitBucket(key="wf/call/", per_second=0.001, burst=3)
+    config = {"url": "http://t/x", "circuit_breaker": {"failures": 2, "open_seconds": 10}}
+
+    async def run(attempt_no: int) -> NodeResult:
+        task = NodeTask(
+            execution_id="e",
+            workflow_id="wf",
+            node_id="call",
+            attempt=attempt_no,
+            node_type="http",
+            config=config,
+            input={},
+            timeout_seconds=5,
+            lease_until=at(60),
+            rate_limit=limit,
+        )
+        await executor.submit(task)
+        await asyncio.gather(*executor.running.values())
+        return results.sent[-1]
+
+    assert [(await run(n)).error for n in (1, 2)] != [None, None]
+    assert _Failing.calls == 2, "two calls out, two tokens spent: the circuit is open now"
+    fast = await run(3)
+    assert fast.error is not None and fast.error.error_class == "circuit_open"
+    assert fast.throttled_until is None
+    assert _Failing.calls == 2
+    assert breakers.rejects("http", config)
+    assert throttle.check(limit, at(0)) is None, "the third token is still there for a real call"
