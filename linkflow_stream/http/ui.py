@@ -45,7 +45,7 @@ UI_POLICY = (
 """Scripts and styles from this server only (no inline script), API calls and WebSockets to it only."""
 
 
-def _assets() -> Traversable:
+def assets_dir() -> Traversable:
     return resources.files("linkflow_stream.http").joinpath("assets/ui")
 
 
@@ -55,7 +55,7 @@ def asset(name: str) -> tuple[bytes, str]:
     suffix = name[name.rfind(".") :] if "." in name else ""
     if not ASSET_NAME.fullmatch(name) or ".." in name or suffix not in CONTENT_TYPES:
         raise NotFoundError(f"the UI has no asset {name!r}")
-    found = _assets().joinpath(name)
+    found = assets_dir().joinpath(name)
     if not found.is_file():
         hint = " (the DAG layout library is built by `make ui`)" if name == LAYOUT_LIBRARY else ""
         raise NotFoundError(f"the UI has no asset {name!r}{hint}")

@@ -20,6 +20,12 @@ export function h(tag, attrs = {}, ...children) {
   return fill(document.createElement(tag), attrs, children);
 }
 
+/** Replace `el`'s children; like `h`, arrays are flattened and null/false left out. */
+export function put(el, ...children) {
+  el.replaceChildren();
+  return fill(el, {}, children);
+}
+
 export function svg(tag, attrs = {}, ...children) {
   return fill(document.createElementNS(SVG_NS, tag), attrs, children);
 }

@@ -79,7 +79,8 @@ export function drawGantt(host, events, runEnded) {
     const t = start + (span * i) / 4;
     const gx = x(t);
     root.append(svg("line", { x1: gx, x2: gx, y1: 0, y2: height - 18, class: "grid" }));
-    root.append(svg("text", { x: gx, y: height - 4, class: "tick" }, `+${((t - start) / 1000).toFixed(1)}s`));
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    root.append(svg("text", { x: gx, y: height - 4, class: "tick", "text-anchor": anchor }, `+${((t - start) / 1000).toFixed(1)}s`));
   }
   rows.forEach((r, i) => {
     const y = i * ROW + 4;

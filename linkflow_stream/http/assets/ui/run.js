@@ -4,7 +4,7 @@
 // A failed run opens on its failed node, so its error is one click from the runs list.
 
 import { api, follow } from "./api.js";
-import { badge, confirmAction, h, pretty, seconds, when } from "./dom.js";
+import { badge, confirmAction, h, pretty, put, seconds, when } from "./dom.js";
 import { drawDag } from "./dag.js";
 import { drawGantt } from "./gantt.js";
 import { navigate } from "./app.js";
@@ -28,9 +28,18 @@ export function runPage(app, id) {
     h("div", { class: "toolbar" }, actions, live),
     message,
     facts,
-    h("section", { class: "split" }, h("div", { class: "panel" }, h("h2", {}, "DAG"), dagHost), detail),
-    h("section", { class: "panel" }, h("h2", {}, "Timeline"), gantt),
-    h("section", { class: "panel" }, h("h2", {}, "History"), history),
+    h(
+      "section",
+      { class: "split" },
+      h(
+        "div",
+        {},
+        h("div", { class: "panel" }, h("h2", {}, "DAG"), dagHost),
+        h("div", { class: "panel" }, h("h2", {}, "Timeline"), gantt),
+        h("div", { class: "panel" }, h("h2", {}, "History"), history),
+      ),
+      detail,
+    ),
   );
 
   let stopped = false;
@@ -111,7 +120,8 @@ export function runPage(app, id) {
     const def = view.workflow ? view.workflow.nodes.find((x) => x.id === nodeId) : null;
     const deps = def ? def.depends_on || [] : [];
     const input = { input: run.input_data, nodes: Object.fromEntries(deps.map((d) => [d, run.nodes[d] ? run.nodes[d].output : null])) };
-    detail.replaceChildren(
+    put(
+      detail,
       h("h2", {}, "Node ", h("span", { class: "mono", id: "detail-node" }, nodeId), " ", badge(n.status)),
       def ? h("p", { class: "muted" }, `${def.type} node · pool ${def.pool || "default"}`) : null,
       n.error
