@@ -7,6 +7,7 @@ start a run from a workflow's page, read the operations page, and give a key whe
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
+from tests.browser.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
 
@@ -162,8 +164,10 @@ def test_a_run_is_followed_from_the_list_to_its_failing_node_in_two_clicks(
     browser.set_window_size(1440, 1180)  # room for the timeline and the history below the DAG
     browser.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.3)  # the resize's layout and paint
-    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(README_SCREENSHOT))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / README_SCREENSHOT.name))
+    if os.environ.get("LINKFLOW_README_SCREENSHOT") == "1":  # opt in: the committed file stays put
+        browser.save_screenshot(str(README_SCREENSHOT))
 
     browser.get(f"{engine.url}/ui/executions?workflow_id={wf['id']}")
     until(browser, lambda: row_status(browser, run_id) == "failed", "the list shows the failure")

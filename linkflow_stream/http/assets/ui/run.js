@@ -230,7 +230,7 @@ export function runPage(app, id) {
       await onBody(await api(`/api/executions/${encodeURIComponent(id)}`));
     } catch (err) {
       message.textContent = String(err.message || err);
-      dagHost.replaceChildren();
+      app.replaceChildren(title, message); // no run to show: no empty panels either
       return;
     }
     if (stopped || TERMINAL.has(view.run.status)) {
