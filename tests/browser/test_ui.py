@@ -212,6 +212,50 @@ def test_a_run_is_cancelled_from_its_page(engine: EngineProcess, browser: WebDri
     assert not browser.find_elements(By.ID, "action-cancel"), "an ended run offers no cancel"
 
 
+def test_a_run_is_paused_and_resumed_from_its_page(engine: EngineProcess, browser: WebDriver) -> None:
+    wf = engine.register(
+        {
+            "id": f"ui-pause-{uuid.uuid4().hex[:6]}",
+            "nodes": [
+                {"id": "w", "type": "wait", "config": {"seconds": 3}},
+                {"id": "t", "type": "transform", "depends_on": ["w"], "config": {"expression": "'after'"}},
+            ],
+        }
+    )
+    _, started = engine.start_execution(wf["id"])
+    browser.get(f"{engine.url}/ui/executions/{started['id']}")
+    until(browser, lambda: node_status(browser, "w") == "running", "the wait running")
+    browser.find_element(By.ID, "action-pause").click()
+    confirm(browser)
+    until(browser, lambda: run_status(browser) == "paused", "paused on the page")
+    time.sleep(3.5)  # past the wait's due time: a timer that comes due while paused waits for resume
+    assert node_status(browser, "w") == "running" and node_status(browser, "t") == "pending"
+    assert run_status(browser) == "paused"
+    until(browser, lambda: browser.find_element(By.ID, "action-resume"), "a resume button").click()
+    confirm(browser)
+    until(browser, lambda: run_status(browser) == "success", "the run went on and ended")
+    assert node_status(browser, "t") == "success"
+
+
+def test_a_failed_run_is_rerun_from_its_failed_nodes(
+    engine: EngineProcess, target: TargetServer, browser: WebDriver
+) -> None:
+    wf = engine.register(failing_workflow(target, hold_seconds=0.1))
+    _, first = engine.start_execution(wf["id"], {"total": 500}, wait=30)
+    assert first["status"] == "failed"
+    browser.get(f"{engine.url}/ui/executions/{first['id']}")
+    until(browser, lambda: run_status(browser) == "failed", "the failed run")
+    browser.find_element(By.ID, "action-rerun-failed").click()
+    confirm(browser)
+    until(browser, lambda: first["id"] not in browser.current_url, "the rerun's page")
+    rerun_id = browser.current_url.rsplit("/", 1)[1]
+    until(browser, lambda: run_status(browser) == "failed", "the rerun fails again (the target still does)")
+    assert first["id"] in browser.find_element(By.ID, "run-facts").text, "the rerun links to its original"
+    rerun = engine.get(rerun_id)
+    assert rerun["rerun_of"] == first["id"]
+    assert rerun["nodes"]["hold"]["reused"] is True, "the nodes that succeeded were not run again"
+
+
 def test_backing_out_of_the_confirmation_does_nothing(engine: EngineProcess, browser: WebDriver) -> None:
     wf = engine.register(
         {
@@ -263,8 +307,18 @@ def test_the_list_pages_through_runs_newest_first(engine: EngineProcess, browser
     browser.find_element(By.ID, "newer").click()
     until(browser, lambda: rows() == seen[1], "back one page")
 
-    browser.get(f"{engine.url}/ui/executions?workflow_id={wf['id']}&status=failed")
+    # the filter form: what it applies goes into the URL, and the list follows it
+    status = browser.find_element(By.CSS_SELECTOR, "#f-status option[value='failed']")
+    status.click()
+    browser.find_element(By.CSS_SELECTOR, "#filters button[type='submit']").click()
+    until(browser, lambda: "status=failed" in browser.current_url, "the filter in the URL")
     until(browser, lambda: "No runs match." in browser.find_element(By.ID, "runs-body").text, "filtered out")
+    browser.get(f"{engine.url}/ui/executions?workflow_id={wf['id']}&created_after=2999-01-01T00:00:00Z")
+    until(
+        browser, lambda: "No runs match." in browser.find_element(By.ID, "runs-body").text, "none that late"
+    )
+    browser.get(f"{engine.url}/ui/executions?workflow_id={wf['id']}&created_before=2999-01-01T00:00:00Z")
+    until(browser, lambda: len(rows()) == 5, "all five before then")
 
 
 def test_a_run_is_started_from_its_workflow_page(engine: EngineProcess, browser: WebDriver) -> None:
