@@ -59,11 +59,15 @@ def browser(chromium: tuple[str, str], request: pytest.FixtureRequest) -> Iterat
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(chromium[1]))
+    entries: list[dict[str, object]] = []
     try:
         yield driver
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / f"{request.node.name}.png"))
-        console = "\n".join(str(entry) for entry in driver.get_log("browser"))
-        (ARTIFACTS / f"{request.node.name}.console.txt").write_text(console)
+        entries = driver.get_log("browser")
+        (ARTIFACTS / f"{request.node.name}.console.txt").write_text("\n".join(map(str, entries)))
         driver.quit()
+    # an uncaught error in the page's scripts fails the test, whatever it asserted
+    thrown = [e["message"] for e in entries if e.get("level") == "SEVERE" and e.get("source") == "javascript"]
+    assert not thrown, f"the page's scripts threw: {thrown}"

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -108,3 +110,16 @@ def test_a_websocket_key_comes_as_a_subprotocol_and_a_header_wins() -> None:
     assert (
         presented_key(make_mocked_request("GET", "/x", headers={"Sec-WebSocket-Protocol": "linkflow"})) == ""
     )
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None, reason="Node.js is not installed (it builds the UI: make ui)"
+)
+def test_every_module_of_the_ui_parses(tmp_path: Path) -> None:
+    """A syntax error in a module would blank the page: ``node --check`` finds it without a browser."""
+    for entry in assets_dir().iterdir():
+        if entry.name.endswith(".js"):
+            copy = tmp_path / (entry.name.removesuffix(".js") + ".mjs")  # .mjs: parsed as an ES module
+            copy.write_text(entry.read_text())
+            done = subprocess.run(["node", "--check", str(copy)], capture_output=True, text=True, check=False)
+            assert done.returncode == 0, f"{entry.name}: {done.stderr}"

@@ -219,10 +219,16 @@ export function runPage(app, id) {
     view.run = run;
     if (first) await loadWorkflow(run);
     draw();
-    if (first && view.picked) loadLogs();
-    else if (view.picked && view.pickedByUser) loadLogs();
+    if (view.picked) loadLogs(); // the picked node's lines (or the failed node's, picked for the user)
     eventsSoon();
   };
+
+  // the running bars of the timeline grow with the clock between events
+  const ticking = setInterval(() => {
+    if (view.run && !TERMINAL.has(view.run.status) && view.events.length && !document.hidden) {
+      drawGantt(gantt, view.events, false);
+    }
+  }, 1000);
 
   let unfollow = () => {};
   (async () => {
@@ -246,6 +252,7 @@ export function runPage(app, id) {
   return () => {
     stopped = true;
     clearTimeout(eventsTimer);
+    clearInterval(ticking);
     unfollow();
   };
 }

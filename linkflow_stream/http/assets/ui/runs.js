@@ -76,6 +76,10 @@ export function runsPage(app) {
   let timer = null;
   let stopped = false;
   const load = async () => {
+    if (document.hidden && shown) {
+      timer = setTimeout(load, REFRESH_MS); // a hidden tab reads nothing until it is looked at
+      return;
+    }
     try {
       const page = await api(`/api/executions?${query}`);
       error.textContent = "";
