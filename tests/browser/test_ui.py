@@ -378,13 +378,25 @@ def test_a_run_is_started_from_its_workflow_page(engine: EngineProcess, browser:
 def test_the_operations_page_draws_queues_workers_and_costs(
     engine: EngineProcess, browser: WebDriver
 ) -> None:
+    wf = engine.register(
+        {
+            "id": f"ui-ops-{uuid.uuid4().hex[:6]}",
+            "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 30}}],
+        }
+    )
+    _, started = engine.start_execution(wf["id"])
+    engine.wait_status(started["id"], ("running",))
     browser.get(f"{engine.url}/ui/ops")
+    until(
+        browser, lambda: started["id"] in browser.find_element(By.ID, "ops-running-runs").text, "running now"
+    )
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#ops-queues svg.chart"), "queue chart")
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#workers-table tbody tr"), "a worker")
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#ops-costs svg.chart"), "cost chart")
     for tile in ("ops-queued", "ops-running", "ops-dlq"):
         assert browser.find_element(By.ID, tile).text.split("\n")[0].isdigit()
     assert "high" in browser.find_element(By.ID, "ops-queues").text
+    call("POST", f"{engine.url}/api/executions/{started['id']}/cancel")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 // Read again every few seconds. A key below admin sees what it may: the rest says why not.
 
 import { api, metricsText } from "./api.js";
-import { h } from "./dom.js";
+import { badge, h, put, seconds } from "./dom.js";
 import { barChart, metricSum } from "./charts.js";
 
 const REFRESH_MS = 3000;
@@ -14,10 +14,12 @@ export function opsPage(app) {
   const totals = h("div", { class: "tiles", id: "ops-tiles" });
   const workers = h("div", { id: "ops-workers" });
   const costs = h("div", { id: "ops-costs" });
+  const running = h("div", { id: "ops-running-runs" });
   app.replaceChildren(
     h("h1", {}, "Operations"),
     totals,
     h("section", { class: "grid2" }, h("div", { class: "panel" }, h("h2", {}, "Queue depth per priority"), queues), h("div", { class: "panel" }, h("h2", {}, "Workers and pools"), workers)),
+    h("section", { class: "panel" }, h("h2", {}, "Running now (newest first)"), running),
     h("section", { class: "panel" }, h("h2", {}, "Cost per team over the last ", period), costs),
   );
   period.addEventListener("change", () => load());
@@ -26,12 +28,30 @@ export function opsPage(app) {
   let stopped = false;
   const load = async () => {
     clearTimeout(timer);
-    const [queue, registry, metrics, report] = await Promise.all([
+    const [queue, registry, metrics, report, active] = await Promise.all([
       api("/api/admin/queue/status").catch((e) => e),
       api("/api/workers/status").catch((e) => e),
       metricsText().catch(() => ""),
       api(`/api/costs/report?group_by=team&period=${period.value}`).catch((e) => e),
+      api("/api/executions?status=running&limit=10").catch((e) => e),
     ]);
+    if (!(active instanceof Error)) {
+      put(
+        running,
+        active.executions.length
+          ? h(
+              "table",
+              { class: "runs" },
+              h("tbody", {}, active.executions.map((r) =>
+                h("tr", { "data-id": r.id },
+                  h("td", {}, h("a", { href: `/ui/executions/${encodeURIComponent(r.id)}`, class: "mono" }, r.id)),
+                  h("td", {}, r.workflow_id), h("td", {}, r.team || "—"), h("td", {}, r.priority),
+                  h("td", {}, badge(r.status)), h("td", {}, `for ${seconds(r.started_at)}`)))),
+            )
+          : h("p", { class: "muted" }, "Nothing is running."),
+        active.next_cursor ? h("p", {}, h("a", { href: "/ui/executions?status=running" }, "all running runs →")) : null,
+      );
+    }
     const dlq = metricSum(metrics, "linkflow_dlq_messages_total");
     const tiles = [["Dead letters", dlq, "ops-dlq"]];
     if (!(queue instanceof Error)) {
@@ -48,7 +68,7 @@ export function opsPage(app) {
     }
     if (!(report instanceof Error)) {
       const rows = (report.teams || []).map((g) => ({ label: g.team, values: [Number(g.total_cost || 0)] }));
-      costs.replaceChildren(barChart(rows, ["cost"], { format: (v) => v.toFixed(4), title: "cost per team" }));
+      costs.replaceChildren(barChart(rows, ["cost"], { format: money, title: "cost per team" }));
     } else {
       costs.replaceChildren(h("p", { class: "muted" }, `Not shown: ${report.message}`));
     }
@@ -60,6 +80,12 @@ export function opsPage(app) {
     stopped = true;
     clearTimeout(timer);
   };
+}
+
+/** A cost in dollars: small ones (a run costs fractions of a cent) in scientific notation. */
+function money(v) {
+  if (v === 0) return "$0";
+  return v < 0.001 ? `$${v.toExponential(2)}` : `$${v.toFixed(4)}`;
 }
 
 function drawWorkers(status) {
