@@ -28,9 +28,10 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def chromium() -> tuple[str, str]:
-    """Paths of the browser and its driver (skip, or fail under LINKFLOW_REQUIRE_BROWSER=1)."""
+    """Paths of the browser and its driver (skip, or fail under LINKFLOW_REQUIRE_BROWSER=1).
+    Autouse and session-scoped, so a machine without them skips before any engine starts."""
     try:
         import selenium  # noqa: F401
     except ImportError:

@@ -21,12 +21,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
-from tests.browser.conftest import ARTIFACTS
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 README_SCREENSHOT = ROOT / "docs" / "img" / "ui-run.png"
+ARTIFACTS = ROOT / "artifacts" / "browser"  # where the browser fixture leaves each test's screenshot
 WAIT = 45
 
 
