@@ -1,6 +1,13 @@
 # syntax=docker/dockerfile:1
 # LinkFlow Stream engine image. Used by docker-compose.yml for both the one-shot
 # `linkflow topics apply` and the long-running `linkflow run`. Without Docker: `make run`.
+# The web UI's one third-party file (the DAG layout library), from the npm registry, pinned by
+# ui/package-lock.json (ADR 0038); `make ui` does the same outside Docker.
+FROM node:20-slim AS ui
+WORKDIR /ui
+COPY ui/package.json ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -27,6 +34,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && rm /tmp/requirements.txt
 
 COPY . .
+COPY --from=ui /ui/node_modules/@dagrejs/dagre/dist/dagre.esm.js linkflow_stream/http/assets/ui/
+COPY --from=ui /ui/node_modules/@dagrejs/dagre/LICENSE linkflow_stream/http/assets/ui/dagre.LICENSE.txt
 RUN pip install . \
     && rm -rf build ./*.egg-info
 

@@ -7,7 +7,11 @@ STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # from LINKFLOW_API_PORT and LINKFLOW_REGISTRY_PORT.
 KAFKA_PORT ?= 9092
 
-.PHONY: install run test test-unit lint bench kafka-start kafka-stop clean
+# The web UI's DAG layout library, from npm, pinned by ui/package-lock.json (ADR 0038).
+UI_ASSETS := linkflow_stream/http/assets/ui
+UI_LIB    := $(UI_ASSETS)/dagre.esm.js
+
+.PHONY: install ui run test test-unit lint bench kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,17 +21,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(UI_LIB): ui/package.json ui/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed to build the web UI (Debian: apt-get install nodejs npm)"; exit 1; }
+	cd ui && npm ci --no-audit --no-fund
+	cp ui/node_modules/@dagrejs/dagre/dist/dagre.esm.js $(UI_LIB)
+	cp ui/node_modules/@dagrejs/dagre/LICENSE $(UI_ASSETS)/dagre.LICENSE.txt
+
+ui: $(UI_LIB)
+
 ## Broker (real Kafka from Maven Central, port 9092, data in .linkflow/) + topics + engine on 8084/8085.
 ## Ctrl-C stops the engine and the broker. `linkflow dev` owns the broker's lifetime (exec: no shell
 ## in between whose EXIT trap a Ctrl-C could skip); a broker left by a kill -9 is reused next time.
-run: install
+run: install ui
 	exec $(LF) dev --kafka-port $(KAFKA_PORT)
 
 ## The whole suite: unit tests and integration tests against a real broker the suite starts itself.
-test: install
+test: install ui
 	$(PY) -m pytest
 
-test-unit: install
+test-unit: install ui
 	$(PY) -m pytest tests/unit
 
 lint: install
@@ -46,4 +58,4 @@ kafka-stop: install
 
 clean:
 	-$(LF) kafka stop
-	rm -rf .linkflow
+	rm -rf .linkflow ui/node_modules $(UI_LIB) $(UI_ASSETS)/dagre.LICENSE.txt

@@ -556,6 +556,7 @@ class Engine:
             start_limit=self._start_limit(),
             admission=self.admission,
             on_admission_rejected=lambda team: self.metrics.admission_rejected.labels("http", team).inc(),
+            workers=lambda: self.workers.status(now()),
             events=lambda execution_id, created_at: execution_events(
                 self.settings.bootstrap_servers,
                 self.settings.topic(topic_names.EVENTS),

@@ -176,6 +176,7 @@ class StatusView:
         self.applied = 0
         self.duplicates = 0
         self._waiters: defaultdict[str, list[_Waiter]] = defaultdict(list)
+        self._watchers: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
 
     def known(self, execution_id: str) -> ExecutionState | None:
         """The latest state in memory of a started run (live or recently finished)."""
@@ -222,14 +223,31 @@ class StatusView:
             self.executions[state.id] = state
 
     def notify(self, states: Iterable[ExecutionState]) -> None:
-        """Wake the waiters whose condition these (stored) states reach."""
+        """Wake the waiters whose condition these (stored) states reach, and every watcher of them."""
         for after in states:
+            for changed in self._watchers.get(after.id, ()):
+                changed.set()
             waiters = self._waiters.get(after.id)
             if waiters:
                 for reached, fut in [w for w in waiters if w[0](after)]:
                     waiters.remove((reached, fut))
                     if not fut.done():
                         fut.set_result(None)
+
+    def watch(self, execution_id: str) -> asyncio.Event:
+        """An event set each time a stored change of the run is announced (``notify``); the
+        watcher clears it, then reads the run. Many changes before it reads are one wake-up, so
+        a slow watcher costs one flag, never a backlog (the UI's ``/watch`` WebSocket)."""
+        changed = asyncio.Event()
+        self._watchers[execution_id].add(changed)
+        return changed
+
+    def unwatch(self, execution_id: str, changed: asyncio.Event) -> None:
+        watchers = self._watchers.get(execution_id)
+        if watchers is not None:
+            watchers.discard(changed)
+            if not watchers:
+                del self._watchers[execution_id]
 
     def waiting_on(self, name: str, key: str) -> list[ExecutionState]:
         """Live runs with a ``wait_event`` node on signal ``name`` whose correlation key is ``key``

@@ -41,7 +41,7 @@ from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionSta
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import WorkflowDefinition
-from linkflow_stream.http.auth import authentication, principal_of
+from linkflow_stream.http.auth import WS_PROTOCOL, authentication, principal_of
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
     LOGS_LIMIT,
@@ -61,6 +61,7 @@ from linkflow_stream.http.bodies import (
 from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
 from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.http.start_limit import TeamStartLimiter
+from linkflow_stream.http.ui import ui_routes
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
@@ -130,6 +131,9 @@ class ApiDeps:
     """Admission control of starts (``LINKFLOW_MAX_QUEUED_PER_TEAM``); ``None``: no limit."""
     on_admission_rejected: Callable[[str], None] | None = None
     """Called with the team label of each start refused with 429 (the metric)."""
+    workers: Callable[[], dict[str, Any]] | None = None
+    """The worker registry's ``/api/workers/status`` body, read-only here so the UI (served on
+    this port) needs no cross-origin call to 8085; ``None`` where workers are not known."""
 
 
 WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
@@ -319,6 +323,7 @@ class Api:
                 web.post("/api/workflows", self.register_workflow),
                 web.get("/api/workflows", self.list_workflows),
                 web.get("/api/workflows/{id}", self.get_workflow),
+                web.get("/api/workflows/{id}/versions", self.workflow_versions),
                 web.put("/api/workflows/{id}/retry", self.set_workflow_retry),
                 web.post("/api/workflows/{id}/webhook-token", self.rotate_webhook_token),
                 web.post("/webhook/{workflow_id}", self.webhook),
@@ -339,6 +344,8 @@ class Api:
                 web.get("/api/executions/{id}/cost", self.execution_cost),
                 web.get("/api/costs/report", self.cost_report),
                 web.get("/api/executions/{id}/logs/stream", self.stream_logs),
+                web.get("/api/executions/{id}/watch", self.watch_execution),
+                web.get("/api/workers/status", self.workers_status),
                 web.get("/api/admin/queue/status", self.get_queue_status),
                 web.get("/api/admin/circuits", self.get_circuits),
                 web.get("/api/keys", self.list_keys),
@@ -355,6 +362,7 @@ class Api:
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
                 *document_routes(api_document(self.ADMIN_ROUTES)),
+                *ui_routes(),
             ]
         )
         return app
@@ -521,8 +529,27 @@ class Api:
         return value
 
     async def get_workflow(self, request: web.Request) -> web.Response:
+        """The latest version, or with ``?version=N`` that one (404 if the log no longer holds it)."""
         wf = await self._workflow(request, request.match_info["id"])
+        wanted = request.query.get("version")
+        if wanted is not None:
+            version = _int_param(request, "version", 1, low=1, high=2**31 - 1)
+            found = self.d.workflows.versions_of(wf.id).get(version)
+            if found is None:
+                raise NotFoundError(f"workflow {wf.id!r} has no version {wanted} (or it was compacted away)")
+            wf = found
         return web.json_response(json.loads(wf.model_dump_json()))
+
+    async def workflow_versions(self, request: web.Request) -> web.Response:
+        """The versions of a workflow this instance holds, newest first (the topic is compacted by
+        workflow id, so an old version shows only if it was read before compaction removed it)."""
+        wf = await self._workflow(request, request.match_info["id"])
+        versions = sorted(self.d.workflows.versions_of(wf.id).values(), key=lambda v: -v.version)
+        rows = [
+            {"version": v.version, "created_at": iso(v.created_at), "nodes": len(v.nodes), "name": v.name}
+            for v in versions
+        ]
+        return web.json_response({"id": wf.id, "latest": wf.version, "versions": rows})
 
     async def set_workflow_retry(self, request: web.Request) -> web.Response:
         """``{"strategy": "exponential"|"fixed"|"none", "max_attempts", ...}``: a new version whose
@@ -972,7 +999,7 @@ class Api:
         """WebSocket: every line so far, then each new one, until the execution ends."""
         execution_id = request.match_info["id"]
         await self._visible(request, execution_id)
-        ws = web.WebSocketResponse(heartbeat=20)
+        ws = web.WebSocketResponse(heartbeat=20, protocols=(WS_PROTOCOL,))
         await ws.prepare(request)
         followers = self.d.views.logs
         queue = followers.follow(execution_id)  # subscribe before reading the backlog: no line falls between
@@ -988,6 +1015,46 @@ class Api:
             followers.unfollow(execution_id, queue)
             await ws.close()
         return ws
+
+    async def watch_execution(self, request: web.Request) -> web.StreamResponse:
+        """WebSocket: the run's body (as ``GET /api/executions/{id}``) now, then again each time it
+        changes, until it ends. Changes that come faster than the client reads are coalesced: it
+        always gets the latest body, never a backlog (``StatusView.watch``)."""
+        execution_id = request.match_info["id"]
+        await self._visible(request, execution_id)
+        ws = web.WebSocketResponse(heartbeat=20, protocols=(WS_PROTOCOL,))
+        await ws.prepare(request)
+        status = self.d.views.status
+        changed = status.watch(execution_id)  # before the first read: no change falls between
+        closed = asyncio.ensure_future(ws.receive())  # a client sends nothing; any message is its close
+        try:
+            sent: str | None = None
+            while True:
+                changed.clear()
+                body = await self.d.views.body(execution_id)
+                if body is None:
+                    return ws
+                text = json.dumps({**body, **await self.d.views.linked(execution_id)})
+                if text != sent:
+                    await ws.send_str(text)
+                    sent = text
+                if body["status"] in TERMINAL_STATUSES:
+                    return ws
+                woken = asyncio.ensure_future(changed.wait())
+                done, _ = await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
+                    woken.cancel()
+                    return ws
+        finally:
+            closed.cancel()
+            status.unwatch(execution_id, changed)
+            await ws.close()
+
+    async def workers_status(self, request: web.Request) -> web.Response:
+        """The worker registry's status (as 8085 serves it), read-only on this port for the UI."""
+        if self.d.workers is None:
+            raise NotFoundError("workers are not known on this instance")
+        return web.json_response(self.d.workers())
 
     # -- the event log of a run (read from linkflow.events) --------------------------------------
     async def _events(self, execution_id: str, body: dict[str, Any]) -> list[ExecutionEvent]:

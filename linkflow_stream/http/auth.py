@@ -1,8 +1,9 @@
 """Authentication and roles for both HTTP APIs: who a request acts as, and whether it may.
 
 With auth on, every route but the probes (``/healthz``, ``/readyz``, ``/metrics``) and the API's
-description (``/openapi.json``, ``/docs``) needs
-``Authorization: Bearer <key>``; the key gives the request its ``Principal`` (team and role).
+description (``/openapi.json``, ``/docs``) and the web UI's shell (``/``, ``/ui/...``) needs
+``Authorization: Bearer <key>`` (a WebSocket may offer the subprotocol ``bearer.<key>`` instead);
+the key gives the request its ``Principal`` (team and role).
 Reads need ``viewer``, writes ``operator``, and the routes an app marks ``admin`` (keys, workers,
 the cross-team queue status) need ``admin``. Team scoping (404 for another team's things) is the
 handlers' part, through :func:`principal_of`. With auth off, every request is ``ANONYMOUS``.
@@ -19,8 +20,19 @@ from linkflow_stream.core.auth import ANONYMOUS, Principal, Role, split_key
 from linkflow_stream.http.errors import ForbiddenError, UnauthorizedError
 from projections.keys import KeyView
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
-"""Served without a key: the probes, and the API's description (the same for every caller; ADR 0024)."""
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
+"""Served without a key: the probes, and the API's description (the same for every caller; ADR 0024),
+and ``/`` (a redirect to the UI)."""
+UI_PREFIX = "/ui/"
+"""The web UI's pages and assets (ADR 0038) take no key: they hold no data and are the same for
+every caller; the page asks for a key and sends it with each API call it makes."""
+WS_PROTOCOL = "linkflow"
+"""The WebSocket subprotocol the engine's WebSockets answer with (a browser that offers any
+subprotocol needs one chosen back)."""
+WS_KEY_PREFIX = "bearer."
+"""A browser cannot set ``Authorization`` on a WebSocket, so it offers the key as a second
+subprotocol, ``bearer.<key>`` (a key is all token characters: ``lfk_<hex>_<base64url>``). It stays
+out of URLs, so out of access logs and browser history; the engine never chooses it back."""
 WEBHOOK_PREFIX = "/webhook/"
 """Webhook triggers take no API key: each checks its workflow's own token (``X-LinkFlow-Token``)."""
 PRINCIPAL = "linkflow.principal"
@@ -32,7 +44,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def is_open(path: str) -> bool:
     """Whether a request to ``path`` (or a route pattern) is served without an API key."""
-    return path in OPEN_PATHS or path.startswith(WEBHOOK_PREFIX)
+    return path in OPEN_PATHS or path.startswith((WEBHOOK_PREFIX, UI_PREFIX))
+
+
+def presented_key(request: web.Request) -> str:
+    """The ``Authorization`` header, or a WebSocket's ``bearer.<key>`` subprotocol as one."""
+    header = request.headers.get("Authorization")
+    if header:
+        return header
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        offered = offered.strip()
+        if offered.startswith(WS_KEY_PREFIX):
+            return "Bearer " + offered.removeprefix(WS_KEY_PREFIX)
+    return ""
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -75,7 +99,8 @@ def authentication(
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise UnauthorizedError(
-                "this API needs a key: send `Authorization: Bearer <key>` (an admin creates keys with "
+                "this API needs a key: send `Authorization: Bearer <key>` (on a WebSocket: the "
+                f"subprotocol `{WS_KEY_PREFIX}<key>`) (an admin creates keys with "
                 "`linkflow keys create --team T --role viewer|operator|admin`)"
             )
         parts = split_key(key)
@@ -93,7 +118,7 @@ def authentication(
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_open(request.path):
             return await handler(request)
-        principal = await check(request.headers.get("Authorization", ""))
+        principal = await check(presented_key(request))
         role = needed(request)
         if not principal.role.allows(role):
             raise ForbiddenError(

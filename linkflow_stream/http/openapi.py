@@ -49,6 +49,7 @@ from linkflow_stream.http.bodies import (
     TimeoutBody,
     WorkerRegistration,
 )
+from linkflow_stream.http.ui import ASSET_ROUTE, UI_PAGES
 from linkflow_stream.nodes.wait_event import SIGNAL_NAME
 from projections.costs import GROUPS, PERIODS
 from projections.logs import LEVELS
@@ -190,7 +191,28 @@ API_OPERATIONS: tuple[Operation, ...] = (
         "workflows",
         ok_body=responses.WorkflowList,
     ),
-    Operation("GET", "/api/workflows/{id}", "The latest version of a workflow", "workflows", params=(ID,)),
+    Operation(
+        "GET",
+        "/api/workflows/{id}",
+        "The latest version of a workflow (or the version asked for)",
+        "workflows",
+        params=(
+            ID,
+            Param(
+                "version",
+                "query",
+                {"type": "integer", "minimum": 1},
+                "This version (404 if the compacted topic no longer holds it).",
+            ),
+        ),
+    ),
+    Operation(
+        "GET",
+        "/api/workflows/{id}/versions",
+        "The versions of a workflow this instance holds, newest first",
+        "workflows",
+        params=(ID,),
+    ),
     Operation(
         "PUT",
         "/api/workflows/{id}/retry",
@@ -429,6 +451,47 @@ API_OPERATIONS: tuple[Operation, ...] = (
         params=(ID,),
         content_type="",
     ),
+    Operation(
+        "GET",
+        "/api/executions/{id}/watch",
+        "WebSocket: the run's body now, then again each time it changes, until it ends",
+        "executions",
+        ok=101,
+        ok_body=None,
+        params=(ID,),
+        content_type="",
+        description="Each message is the `GET /api/executions/{id}` body. Changes faster than the "
+        "client reads are coalesced into the latest body. A browser sends its key as the "
+        "subprotocol `bearer.<key>` beside `linkflow` (it cannot set Authorization on a WebSocket).",
+    ),
+    Operation(
+        "GET",
+        "/api/workers/status",
+        "Every worker: roles, pools, slots, slots in use, health (the registry's, read-only here)",
+        "workers",
+    ),
+    *(
+        Operation(
+            "GET",
+            path,
+            "The web UI (one page app; the path names the view)",
+            "ui",
+            ok_body=None,
+            params=(ID,) if "{id}" in path else (),
+            content_type="text/html",
+        )
+        for path in UI_PAGES
+    ),
+    Operation(
+        "GET",
+        ASSET_ROUTE,
+        "A file of the web UI (scripts, styles, the DAG layout library)",
+        "ui",
+        ok_body=None,
+        params=(Param("name", "path", {"type": "string"}, "The asset's file name."),),
+        content_type="text/plain",
+    ),
+    Operation("GET", "/", "Redirects to the web UI", "ui", ok=302, ok_body=None, content_type=""),
     Operation("GET", "/api/admin/queue/status", "Queued and running runs per priority, and the lag", "admin"),
     Operation(
         "GET",
@@ -565,7 +628,7 @@ def _error_response(description: str) -> dict[str, Any]:
 
 
 def _operation(op: Operation, role: str | None, defs: dict[str, Any]) -> dict[str, Any]:
-    words = {101: "Switching to WebSocket", 200: "OK", 201: "Created", 202: "Accepted"}
+    words = {101: "Switching to WebSocket", 200: "OK", 201: "Created", 202: "Accepted", 302: "Found"}
     answers: dict[str, Any] = {}
     for status, (description, kind) in {op.ok: (words[op.ok], op.ok_body), **op.also}.items():
         ok: dict[str, Any] = {"description": description}

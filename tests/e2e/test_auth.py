@@ -325,3 +325,39 @@ def test_a_webhook_needs_its_token_not_a_key_and_its_token_is_no_key(
     assert status == 401, body
     status, body = call("POST", f"{engine.url}/webhook/{wf['id']}", {"n": 4}, as_key(keys["alpha_admin"]))
     assert status == 401, body  # an API key is not the workflow's token
+
+
+def test_a_websocket_takes_the_key_as_a_subprotocol(secured: tuple[EngineProcess, dict[str, str]]) -> None:
+    """A browser cannot set Authorization on a WebSocket: it offers ``bearer.<key>`` (ADR 0038)."""
+    import asyncio
+
+    import aiohttp
+
+    engine, keys = secured
+    wf = transform_workflow()
+    assert call("POST", f"{engine.url}/api/workflows", wf, as_key(keys["alpha_operator"]))[0] == 201
+    status, run = call(
+        "POST",
+        f"{engine.url}/api/executions?wait=20",
+        {"workflow_id": wf["id"], "input_data": {"n": 2}},
+        as_key(keys["alpha_operator"]),
+    )
+    assert status == 200, run
+    url = engine.url.replace("http", "ws") + f"/api/executions/{run['id']}/watch"
+
+    async def watch(protocols: tuple[str, ...]) -> tuple[str | None, list[Any]] | int:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(url, protocols=protocols) as ws:
+                    return ws.protocol, [m.json() async for m in ws if m.type is aiohttp.WSMsgType.TEXT]
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    assert asyncio.run(watch(("linkflow",))) == 401
+    assert asyncio.run(watch(("linkflow", "bearer.lfk_0123456789ab_nope"))) == 401
+    assert asyncio.run(watch(("linkflow", f"bearer.{keys['beta_operator']}"))) == 404, "another team's run"
+    answer = asyncio.run(watch(("linkflow", f"bearer.{keys['alpha_viewer']}")))
+    assert not isinstance(answer, int), answer
+    protocol, bodies = answer
+    assert protocol == "linkflow", "the engine never chooses the key back"
+    assert [b["status"] for b in bodies] == ["success"]

@@ -89,3 +89,23 @@ def test_queue_counts_split_queued_and_running_by_priority() -> None:
         "normal": {"queued": 0, "running": 0},
         "low": {"queued": 1, "running": 0},
     }
+
+
+def test_watchers_hear_of_each_announced_change_of_their_run_only() -> None:
+    """``StatusView.watch``: a flag per watcher, set by ``notify``; many changes, one wake-up."""
+    from projections.status import StatusView
+
+    wf = WorkflowDefinition(id="wf", created_at=T0, nodes=(NodeDefinition(id="h", type="http", config={}),))
+    view = StatusView()
+    mine, other = view.watch("e"), view.watch("f")
+    state = fold(None, StartExecution(execution_id="e", workflow=wf, input={}, requested_at=T0), 0)
+    assert not mine.is_set(), "nothing announced yet"
+    view.notify([state])
+    view.notify([state])
+    assert mine.is_set() and not other.is_set()
+    mine.clear()
+    view.unwatch("e", mine)
+    view.notify([state])
+    assert not mine.is_set(), "an unwatched flag is never set again"
+    view.unwatch("f", other)
+    assert not view._watchers, "the last watcher of a run takes its entry with it"
