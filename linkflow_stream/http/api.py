@@ -1027,6 +1027,7 @@ class Api:
         status = self.d.views.status
         changed = status.watch(execution_id)  # before the first read: no change falls between
         closed = asyncio.ensure_future(ws.receive())  # a client sends nothing; any message is its close
+        woken: asyncio.Future[Any] | None = None
         try:
             sent: str | None = None
             while True:
@@ -1043,10 +1044,13 @@ class Api:
                 woken = asyncio.ensure_future(changed.wait())
                 done, _ = await asyncio.wait({woken, closed}, return_when=asyncio.FIRST_COMPLETED)
                 if closed in done:
-                    woken.cancel()
                     return ws
         finally:
-            closed.cancel()
+            # the handler may end inside asyncio.wait (cancelled with its connection, or raising):
+            # both waiters go with it, or the event's waiter would outlive the socket
+            for pending in (woken, closed):
+                if pending is not None:
+                    pending.cancel()
             status.unwatch(execution_id, changed)
             await ws.close()
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Collection
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from yarl import URL
 
 from linkflow_stream.core.auth import ANONYMOUS, Principal, Role, split_key
 from linkflow_stream.http.errors import ForbiddenError, UnauthorizedError
@@ -47,16 +48,55 @@ def is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith((WEBHOOK_PREFIX, UI_PREFIX))
 
 
+def is_websocket_upgrade(request: web.Request) -> bool:
+    """Whether the request asks to become a WebSocket (``Upgrade: websocket``)."""
+    return request.headers.get("Upgrade", "").strip().lower() == "websocket"
+
+
 def presented_key(request: web.Request) -> str:
-    """The ``Authorization`` header, or a WebSocket's ``bearer.<key>`` subprotocol as one."""
+    """The ``Authorization`` header, or a WebSocket's ``bearer.<key>`` subprotocol as one.
+
+    The subprotocol counts only on a WebSocket upgrade: it exists because a browser cannot set
+    ``Authorization`` there. On a plain request it would be a second, undocumented way to send a
+    key, one that proxies and logs do not know to treat as a credential."""
     header = request.headers.get("Authorization")
     if header:
         return header
+    if not is_websocket_upgrade(request):
+        return ""
     for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         offered = offered.strip()
         if offered.startswith(WS_KEY_PREFIX):
             return "Bearer " + offered.removeprefix(WS_KEY_PREFIX)
     return ""
+
+
+def foreign_origin(request: web.Request) -> str | None:
+    """The ``Origin`` of a WebSocket upgrade when it is not this server's own, else ``None``.
+
+    Browsers do not apply the same-origin policy to WebSockets: any page a user visits may open
+    ``ws://127.0.0.1:8084/...`` and, with keys off (the default on loopback), read runs. A browser
+    always sends ``Origin`` on a WebSocket, so one that names another site is refused; a request
+    without it (a CLI, a script) is not a browser's and passes. The own origin is the host and
+    port the request was sent to (its ``Host``); the scheme is not compared, so a TLS-terminating
+    proxy that forwards ``Host`` (https outside, http inside) still matches. A ``Host`` without a
+    port takes the default port of the Origin's scheme."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    try:
+        theirs = URL(origin)
+        scheme = theirs.scheme if theirs.scheme in ("http", "https") else "http"
+        ours = URL(f"{scheme}://{request.host}")
+        same = (
+            theirs.scheme in ("http", "https")
+            and bool(theirs.host)
+            and (theirs.host or "").lower() == (ours.host or "").lower()
+            and theirs.port == ours.port
+        )
+    except ValueError:
+        same = False
+    return None if same else origin
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -116,6 +156,11 @@ def authentication(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_websocket_upgrade(request) and (origin := foreign_origin(request)) is not None:
+            raise ForbiddenError(
+                f"a WebSocket from the page at {origin} is refused: only pages this engine serves "
+                "(or clients that send no Origin) may open one"
+            )
         if is_open(request.path):
             return await handler(request)
         principal = await check(presented_key(request))

@@ -361,3 +361,8 @@ def test_a_websocket_takes_the_key_as_a_subprotocol(secured: tuple[EngineProcess
     protocol, bodies = answer
     assert protocol == "linkflow", "the engine never chooses the key back"
     assert [b["status"] for b in bodies] == ["success"]
+
+    # the subprotocol is a key only on a WebSocket upgrade: on a plain request it is none
+    offered = {"Sec-WebSocket-Protocol": f"linkflow, bearer.{keys['alpha_viewer']}"}
+    status, body = call("GET", f"{engine.url}/api/executions/{run['id']}", headers=offered)
+    assert status == 401, body

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import WSServerHandshakeError, web
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from linkflow_stream.core.errors import NotFoundError
 from linkflow_stream.http import ui
-from linkflow_stream.http.auth import WS_KEY_PREFIX, is_open, presented_key
+from linkflow_stream.http.auth import WS_KEY_PREFIX, authentication, foreign_origin, is_open, presented_key
 from linkflow_stream.http.errors import errors_as_json
 from linkflow_stream.http.ui import LAYOUT_LIBRARY, UI_PAGES, UI_POLICY, asset, assets_dir, ui_routes
 
@@ -95,21 +95,81 @@ def test_the_ui_and_the_root_are_open_and_the_api_is_not() -> None:
     assert not is_open("/api/executions") and not is_open("/uix") and not is_open("/api/executions/x/watch")
 
 
-def test_a_websocket_key_comes_as_a_subprotocol_and_a_header_wins() -> None:
-    from aiohttp.test_utils import make_mocked_request
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade"}
 
+
+def test_a_websocket_key_comes_as_a_subprotocol_and_a_header_wins() -> None:
     protocols = f"linkflow, {WS_KEY_PREFIX}lfk_0123456789ab_s3cret"
-    offered = make_mocked_request("GET", "/x", headers={"Sec-WebSocket-Protocol": protocols})
+    offered = make_mocked_request("GET", "/x", headers={**UPGRADE, "Sec-WebSocket-Protocol": protocols})
     assert presented_key(offered) == "Bearer lfk_0123456789ab_s3cret"
     both = make_mocked_request(
         "GET",
         "/x",
-        headers={"Authorization": "Bearer lfk_a", "Sec-WebSocket-Protocol": f"{WS_KEY_PREFIX}lfk_b"},
+        headers={**UPGRADE, "Authorization": "Bearer lfk_a", "Sec-WebSocket-Protocol": "bearer.lfk_b"},
     )
     assert presented_key(both) == "Bearer lfk_a"
-    assert (
-        presented_key(make_mocked_request("GET", "/x", headers={"Sec-WebSocket-Protocol": "linkflow"})) == ""
-    )
+    plain = make_mocked_request("GET", "/x", headers={**UPGRADE, "Sec-WebSocket-Protocol": "linkflow"})
+    assert presented_key(plain) == ""
+
+
+def test_the_subprotocol_key_counts_only_on_a_websocket_upgrade() -> None:
+    """On a plain request ``bearer.<key>`` is no key: only a WebSocket cannot send Authorization."""
+    offered = {"Sec-WebSocket-Protocol": f"linkflow, {WS_KEY_PREFIX}lfk_0123456789ab_s3cret"}
+    assert presented_key(make_mocked_request("GET", "/x", headers=offered)) == ""
+    assert presented_key(make_mocked_request("GET", "/x", headers={**offered, "Upgrade": "h2c"})) == ""
+    upgrade = make_mocked_request("GET", "/x", headers={**offered, "Upgrade": "WebSocket"})
+    assert presented_key(upgrade) == "Bearer lfk_0123456789ab_s3cret"
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "foreign"),
+    [
+        ("127.0.0.1:8084", None, False),  # not a browser: a CLI or a script
+        ("127.0.0.1:8084", "http://127.0.0.1:8084", False),
+        ("LOCALHOST:8084", "http://localhost:8084", False),
+        ("flows.example.com", "https://flows.example.com", False),  # TLS ends at a proxy
+        ("flows.example.com", "http://flows.example.com", False),
+        ("[::1]:8084", "http://[::1]:8084", False),
+        ("127.0.0.1:8084", "http://evil.example", True),
+        ("127.0.0.1:8084", "http://127.0.0.1:9999", True),
+        ("127.0.0.1:8084", "http://localhost:8084", True),  # another origin, whatever it resolves to
+        ("flows.example.com", "https://flows.example.com:8443", True),
+        ("127.0.0.1:8084", "null", True),  # a sandboxed frame or a file:// page
+        ("127.0.0.1:8084", "", True),
+    ],
+)
+def test_a_foreign_origin_is_told_apart_from_this_servers_own(
+    host: str, origin: str | None, foreign: bool
+) -> None:
+    headers = {**UPGRADE, "Host": host, **({"Origin": origin} if origin is not None else {})}
+    assert (foreign_origin(make_mocked_request("GET", "/x", headers=headers)) is not None) is foreign
+
+
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")  # the principal's str key
+async def test_a_websocket_from_another_sites_page_is_refused_with_keys_off() -> None:
+    """Browsers let any page open a WebSocket anywhere: with keys off, only the Origin check keeps a
+    page on another site from reading runs through ws://127.0.0.1:8084 (the user's own engine)."""
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str("hello")
+        await ws.close()
+        return ws
+
+    app = web.Application(middlewares=[errors_as_json, authentication(None)])
+    app.router.add_get("/api/ws", echo)
+    async with TestClient(TestServer(app)) as c:
+        own = f"http://{c.host}:{c.port}"
+        for headers in ({}, {"Origin": own}):
+            async with c.ws_connect("/api/ws", headers=headers) as ws:
+                assert (await ws.receive_str()) == "hello"
+        with pytest.raises(WSServerHandshakeError) as refused:
+            await c.ws_connect("/api/ws", headers={"Origin": "http://evil.example"})
+        assert refused.value.status == 403
+        answer = await c.get("/api/ws", headers={**UPGRADE, "Origin": "http://evil.example"})
+        assert answer.status == 403
+        assert (await answer.json())["error"]["type"] == "forbidden"
 
 
 @pytest.mark.skipif(
