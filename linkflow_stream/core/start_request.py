@@ -30,8 +30,10 @@ from linkflow_stream.core.idempotency import check_key, execution_ids
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.workflow import WorkflowDefinition
 
-EXECUTION_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-"""A producer-chosen execution id: URL-safe, so every ``/api/executions/{id}`` route can name it."""
+EXECUTION_ID = re.compile(r"(?!\.\.?$)[A-Za-z0-9_.-]{1,128}")
+"""A producer-chosen execution id: URL-safe, so every ``/api/executions/{id}`` route can name it.
+Not ``.`` or ``..``: a browser and most HTTP clients resolve those path segments away, so
+``/api/executions/..`` (or the UI's ``/ui/executions/..``) would name another route."""
 
 
 class StartRequest(BaseModel):
@@ -68,7 +70,8 @@ class UnknownWorkflowError(ValidationError):
 def check_execution_id(execution_id: str) -> str:
     if not EXECUTION_ID.fullmatch(execution_id):
         raise ValidationError(
-            f"execution_id {execution_id[:140]!r} must be 1 to 128 letters, digits, '_', '.' or '-'"
+            f"execution_id {execution_id[:140]!r} must be 1 to 128 letters, digits, '_', '.' or '-' "
+            "(and not '.' or '..')"
         )
     return execution_id
 

@@ -79,12 +79,10 @@ def ui_routes() -> list[web.RouteDef]:
 
     async def one_asset(request: web.Request) -> web.Response:
         body, kind = asset(request.match_info["name"])
-        return web.Response(
-            body=body,
-            content_type=kind,
-            charset="utf-8",
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
-        )
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        if kind == "text/html":  # /ui/assets/index.html is the shell too: the same policy
+            headers["Content-Security-Policy"] = UI_POLICY
+        return web.Response(body=body, content_type=kind, charset="utf-8", headers=headers)
 
     return [
         web.get("/", root),

@@ -102,9 +102,10 @@ def test_a_given_execution_id_is_used_if_well_formed() -> None:
     assert candidate_ids(StartRequest(workflow_id="wf", execution_id="order-7.a_b"), "", ORIGIN, at()) == (
         "order-7.a_b",
     )
-    for bad in ("", "a/b", "x" * 129, "caf\u00e9", "a b"):
+    for bad in ("", "a/b", "x" * 129, "caf\u00e9", "a b", ".", ".."):  # dot segments: resolved away in URLs
         with pytest.raises(ValidationError, match="execution_id"):
             check_execution_id(bad)
+    assert check_execution_id("...") == "..." and check_execution_id(".a") == ".a"  # not dot segments
     with pytest.raises(ValidationError, match="not both"):
         candidate_ids(StartRequest(workflow_id="wf", execution_id="e", idempotency_key="k"), "", ORIGIN, at())
 

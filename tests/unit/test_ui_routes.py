@@ -47,6 +47,16 @@ async def test_every_page_path_answers_the_shell_with_its_policy(
     assert "http://" not in text and "https://" not in text, "nothing is loaded from elsewhere"
 
 
+async def test_every_html_answer_carries_the_policy(client: TestClient[web.Request, web.Application]) -> None:
+    """The shell is reachable as an asset too: without the policy there it would run unguarded."""
+    htmls = [e.name for e in assets_dir().iterdir() if e.name.endswith(".html")]
+    assert "index.html" in htmls
+    for name in htmls:
+        resp = await client.get(f"/ui/assets/{name}")
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert resp.headers["Content-Security-Policy"] == UI_POLICY, name
+
+
 async def test_assets_are_served_with_their_types(client: TestClient[web.Request, web.Application]) -> None:
     js = await client.get("/ui/assets/app.js")
     assert js.status == 200 and js.content_type == "text/javascript"
