@@ -6,7 +6,8 @@
 FROM node:20-slim AS ui
 WORKDIR /ui
 COPY ui/package.json ui/package-lock.json ./
-RUN npm ci --no-audit --no-fund
+RUN npm ci --no-audit --no-fund \
+    && sed -i '/^\/\/# sourceMappingURL=/d' node_modules/@dagrejs/dagre/dist/dagre.esm.js
 
 FROM python:3.11-slim
 

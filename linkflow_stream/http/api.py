@@ -311,6 +311,7 @@ class Api:
         ("GET", "/api/keys"),
         ("POST", "/api/keys"),
         ("POST", "/api/keys/{id}/revoke"),
+        ("GET", "/api/workers/status"),  # workers are an admin's (docs/security.md); 8085 says the same
     )
     """Routes only an admin may call; other reads need a viewer, other writes an operator."""
 
@@ -1055,7 +1056,8 @@ class Api:
             await ws.close()
 
     async def workers_status(self, request: web.Request) -> web.Response:
-        """The worker registry's status (as 8085 serves it), read-only on this port for the UI."""
+        """The worker registry's status (as 8085 serves it), read-only on this port for the UI's
+        operations page; admin only, as on 8085 and as the page's queue figures are."""
         if self.d.workers is None:
             raise NotFoundError("workers are not known on this instance")
         return web.json_response(self.d.workers())

@@ -25,8 +25,10 @@ class RegistryApi:
         ("POST", "/api/workers/register"),
         ("POST", "/api/workers/{id}/heartbeat"),
         ("POST", "/api/workers/{id}/deregister"),
+        ("GET", "/api/workers/status"),
     )
-    """Managing workers is an admin's; any key may read their status."""
+    """Workers are an admin's, their status too (docs/security.md: other keys are not trusted with
+    workers; the UI's operations page needs admin for its queue figures anyway)."""
 
     def __init__(
         self,

@@ -1,6 +1,7 @@
 """A real headless Chromium (Debian's ``chromium`` and ``chromium-driver``) driven by Selenium.
 
-Without the browser the tests skip, saying why; with ``LINKFLOW_REQUIRE_BROWSER=1`` (CI) they
+Without the browser (or the UI's layout library, which `make ui` builds with npm) the tests skip,
+saying why; with ``LINKFLOW_REQUIRE_BROWSER=1`` (CI) they
 fail instead. Each test leaves a screenshot of where it ended (pass or fail) under
 ``artifacts/browser/`` (gitignored), for a person to look at.
 """
@@ -44,7 +45,7 @@ def chromium() -> tuple[str, str]:
         )
     assert browser is not None and driver is not None
     if not assets_dir().joinpath(LAYOUT_LIBRARY).is_file():
-        pytest.fail(f"the UI's layout library {LAYOUT_LIBRARY} is not built: run `make ui`")
+        _missing(f"the UI's layout library {LAYOUT_LIBRARY} is not built: run `make ui` (needs npm)")
     return browser, driver
 
 

@@ -7,6 +7,7 @@ start a run from a workflow's page, read the operations page, and give a key whe
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -93,8 +94,15 @@ def confirm(driver: WebDriver) -> None:
     driver.find_element(By.ID, "confirm-yes").click()
 
 
-def failing_workflow(target: TargetServer, hold_seconds: float) -> dict[str, Any]:
-    """A diamond whose condition skips one branch, a wait, then an HTTP call that fails (500)."""
+def failing_workflow(target: TargetServer, hold_seconds: float | None) -> dict[str, Any]:
+    """A diamond whose condition skips one branch, a wait, then an HTTP call that fails (500).
+    ``hold_seconds`` ``None``: the wait is for the signal ``go`` (the test sends it once it has
+    seen the node running, so a slow machine cannot let it end unseen)."""
+    hold: dict[str, Any] = (
+        {"type": "wait_event", "config": {"name": "go", "timeout_seconds": 600}}
+        if hold_seconds is None
+        else {"type": "wait", "config": {"seconds": hold_seconds}}
+    )
     return {
         "id": f"ui-orders-{uuid.uuid4().hex[:6]}",
         "name": "Order pipeline",
@@ -106,7 +114,7 @@ def failing_workflow(target: TargetServer, hold_seconds: float) -> dict[str, Any
                 "depends_on": ["fetch"],
                 "config": {"expression": "nodes.fetch.total > 100"},
             },
-            {"id": "hold", "type": "wait", "depends_on": ["check:true"], "config": {"seconds": hold_seconds}},
+            {"id": "hold", "depends_on": ["check:true"], **hold},
             {
                 "id": "small",
                 "type": "transform",
@@ -132,7 +140,7 @@ def failing_workflow(target: TargetServer, hold_seconds: float) -> dict[str, Any
 def test_a_run_is_followed_from_the_list_to_its_failing_node_in_two_clicks(
     engine: EngineProcess, target: TargetServer, browser: WebDriver
 ) -> None:
-    wf = engine.register(failing_workflow(target, hold_seconds=5))
+    wf = engine.register(failing_workflow(target, hold_seconds=None))
     _, started = engine.start_execution(wf["id"], {"total": 500})
     run_id = started["id"]
     browser.get(f"{engine.url}/ui/executions?workflow_id={wf['id']}")
@@ -144,6 +152,7 @@ def test_a_run_is_followed_from_the_list_to_its_failing_node_in_two_clicks(
     assert run_status(browser) == "running"
     assert node_status(browser, "small") == "skipped", "the branch not taken shows as skipped"
     assert node_status(browser, "charge") == "pending"
+    assert call("POST", f"{engine.url}/api/executions/{run_id}/events/go", {"ok": True})[0] == 202
 
     until(browser, lambda: node_status(browser, "charge") == "failed", "the http node failed")
     until(browser, lambda: run_status(browser) == "failed", "the run failed")
@@ -177,14 +186,15 @@ def test_the_list_updates_a_run_status_without_a_reload(engine: EngineProcess, b
     wf = engine.register(
         {
             "id": f"ui-live-{uuid.uuid4().hex[:6]}",
-            "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 4}}],
+            "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 300}}],
         }
     )
     _, started = engine.start_execution(wf["id"])
     browser.get(f"{engine.url}/ui/executions?workflow_id={wf['id']}")
     until(browser, lambda: row_status(browser, started["id"]) == "running", "running in the list")
     mark_page(browser)
-    until(browser, lambda: row_status(browser, started["id"]) == "success", "success in the list")
+    call("POST", f"{engine.url}/api/executions/{started['id']}/cancel")  # the change, when the test says
+    until(browser, lambda: row_status(browser, started["id"]) == "cancelled", "cancelled in the list")
     assert same_page(browser)
 
 
@@ -210,6 +220,152 @@ def test_a_run_is_cancelled_from_its_page(engine: EngineProcess, browser: WebDri
     assert same_page(browser)
     assert engine.get(run_id)["status"] == "cancelled"
     assert not browser.find_elements(By.ID, "action-cancel"), "an ended run offers no cancel"
+
+
+SLOW_READS = """
+// Every read of the kinds named is held back by the delay given, and logged: when it started and
+// ended, what the page showed then, and whether the tab was hidden. A page that fires the next read
+// before the last has answered shows two in flight at once.
+const [delays] = arguments;
+const real = window.fetch.bind(window);
+window.__reads = [];
+window.__inFlight = {};
+window.__most = {};
+window.fetch = async (input, init) => {
+  const url = String(input);
+  const kind = Object.keys(delays).find((k) => url.includes(k));
+  if (!kind) return real(input, init);
+  const badge = document.querySelector("#run-status .badge");
+  const status = badge ? badge.dataset.status : null;
+  const entry = { kind, url, start: Date.now(), end: null, status, hidden: document.hidden };
+  window.__reads.push(entry);
+  window.__inFlight[kind] = (window.__inFlight[kind] || 0) + 1;
+  window.__most[kind] = Math.max(window.__most[kind] || 0, window.__inFlight[kind]);
+  try {
+    await new Promise((ok) => setTimeout(ok, delays[kind]));
+    return await real(input, init);
+  } finally {
+    window.__inFlight[kind] -= 1;
+    entry.end = Date.now();
+  }
+};
+"""
+
+
+def reads(driver: WebDriver, kind: str) -> list[dict[str, Any]]:
+    found = driver.execute_script("return window.__reads.filter((r) => r.kind === arguments[0]);", kind)
+    return list(found)
+
+
+def set_hidden(driver: WebDriver, hidden: bool) -> None:
+    """What the browser does when the tab goes to the background (or comes back)."""
+    driver.execute_script(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => arguments[0]});"
+        "document.dispatchEvent(new Event('visibilitychange'));",
+        hidden,
+    )
+
+
+def test_a_changing_run_reads_its_events_and_logs_one_call_at_a_time(
+    engine: EngineProcess, browser: WebDriver
+) -> None:
+    """Each /events read scans the run's partition of the event log: a run whose body changes every
+    second must not have the page fire one per change (nor stack them up while one is slow), nor
+    read while the tab is hidden; the picked node's logs likewise."""
+    chain = [
+        {
+            "id": f"w{i:02}",
+            "type": "wait",
+            "config": {"seconds": 1},
+            **({"depends_on": [f"w{i - 1:02}"]} if i else {}),
+        }
+        for i in range(120)
+    ]
+    wf = engine.register({"id": f"ui-busy-{uuid.uuid4().hex[:6]}", "nodes": chain})
+    _, started = engine.start_execution(wf["id"])
+    run_id = started["id"]
+    browser.get(f"{engine.url}/ui/executions/{run_id}")
+    until(browser, lambda: node_status(browser, "w01") == "running", "the chain under way")
+    browser.execute_script(SLOW_READS, {"/events": 2500, "/logs?": 2500})
+    click_node(browser, "w00")  # its logs are read again as the run changes
+    until(
+        browser,
+        lambda: len([r for r in reads(browser, "/events") if r["end"]]) >= 3,
+        "three reads of the events",
+        90,
+    )
+
+    set_hidden(browser, True)
+    until(
+        browser,
+        lambda: all(r["end"] for r in browser.execute_script("return window.__reads;")),
+        "the reads under way answered",
+    )
+    before = len(browser.execute_script("return window.__reads;"))
+    events_before = len(reads(browser, "/events"))
+    time.sleep(6)  # the run changes six times meanwhile: a hidden tab reads nothing
+    assert len(browser.execute_script("return window.__reads;")) == before, "a hidden tab read"
+    set_hidden(browser, False)
+    until(
+        browser,
+        lambda: len(reads(browser, "/events")) > events_before,
+        "a read once shown again",
+    )
+
+    call("POST", f"{engine.url}/api/executions/{run_id}/cancel")
+    until(browser, lambda: run_status(browser) == "cancelled", "cancelled on the page")
+    until(
+        browser,
+        lambda: any(r["status"] == "cancelled" and r["end"] for r in reads(browser, "/events")),
+        "one more read once ended",
+    )
+    most = browser.execute_script("return window.__most;")
+    assert most["/events"] == 1, f"event reads overlapped: {most}"
+    assert most["/logs?"] == 1, f"log reads of one node overlapped: {most}"
+    assert not any(r["hidden"] for r in browser.execute_script("return window.__reads;"))
+    events = reads(browser, "/events")
+    for before_it, it in itertools.pairwise(events):
+        if it["status"] == "running":  # the throttle while running (the last read after the end is at once)
+            assert it["start"] - before_it["end"] >= 3000, (
+                f"a read {it['start'] - before_it['end']} ms after the last"
+            )
+    ended = [r for r in events if r["status"] == "cancelled"]
+    assert len(ended) == 1, f"one read after the end, not {len(ended)}"
+
+
+def test_changing_the_cost_period_keeps_one_loop_of_reads(engine: EngineProcess, browser: WebDriver) -> None:
+    """A change of period while a load is under way (its cost report held back here) starts the next
+    load; the one under way must not plan one of its own, or every change adds a loop."""
+    browser.get(f"{engine.url}/ui/ops")
+    until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#ops-costs svg.chart"), "cost chart")
+    browser.execute_script(SLOW_READS, {"/api/costs/report": 1500, "/api/admin/queue/status": 0})
+    for period in ("day", "week", "all", "day"):
+        until(
+            browser,
+            lambda: (
+                reads(browser, "/api/costs/report")
+                and browser.execute_script("return (window.__inFlight['/api/costs/report'] || 0) > 0;")
+            ),
+            "a load under way",
+            30,
+        )
+        browser.find_element(By.CSS_SELECTOR, f"#cost-period option[value='{period}']").click()
+    changed = len(reads(browser, "/api/admin/queue/status"))
+    until(
+        browser, lambda: len(reads(browser, "/api/admin/queue/status")) >= changed + 3, "three more loads", 60
+    )
+    starts = [r["start"] for r in reads(browser, "/api/admin/queue/status")[changed:]]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= 2500, f"loads {gaps} ms apart: more than one loop"
+    assert "period=day" in reads(browser, "/api/costs/report")[-1]["url"], "the last period chosen is read"
+
+
+def test_a_malformed_link_says_so_instead_of_a_blank_page(engine: EngineProcess, browser: WebDriver) -> None:
+    for path in ("/ui/executions/%E0%A4%A", "/ui/workflows/%zz"):
+        browser.get(f"{engine.url}{path}")
+        until(
+            browser, lambda: "Bad link" in browser.find_element(By.ID, "bad-link").text, f"{path}: bad link"
+        )
 
 
 def test_a_run_is_paused_and_resumed_from_its_page(engine: EngineProcess, browser: WebDriver) -> None:
@@ -425,7 +581,10 @@ def test_with_keys_on_the_ui_asks_for_one_and_shows_the_team_its_own_runs(
         wf = engine.register(
             {
                 "id": f"ui-{team}-{uuid.uuid4().hex[:6]}",
-                "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 4}}],
+                "nodes": [
+                    {"id": "w", "type": "wait", "config": {"seconds": 300}},
+                    {"id": "t", "type": "transform", "depends_on": ["w"], "config": {"expression": "1"}},
+                ],
             }
         )
         runs[team] = engine.start_execution(wf["id"])[1]["id"]
@@ -451,16 +610,22 @@ def test_with_keys_on_the_ui_asks_for_one_and_shows_the_team_its_own_runs(
     until(browser, lambda: row_status(browser, runs["alpha"]) is not None, "alpha's run listed")
     assert row_status(browser, runs["beta"]) is None, "another team's run is not shown"
 
-    # the key is kept, and a WebSocket carries it as a subprotocol: the run page follows live
+    # the key is kept, and a WebSocket carries it as a subprotocol: the run page follows live (the
+    # run waits 300 s, so the socket must open and carry the cancel: nothing ends it on its own)
     browser.get(f"{engine.url}/ui/executions/{runs['alpha']}")
-    until(
-        browser, lambda: node_status(browser, "w") in ("running", "success"), "the run page with the kept key"
-    )
+    until(browser, lambda: node_status(browser, "w") == "running", "the run page with the kept key")
     assert browser.find_element(By.ID, "key-dialog").get_attribute("open") is None
-    until(browser, lambda: node_status(browser, "w") == "success", "the node finished, seen live")
-    live = browser.find_element(By.ID, "run-live").text
-    assert live in ("live", "ended")
+    until(browser, lambda: browser.find_element(By.ID, "run-live").text == "live", "the socket open")
+    mark_page(browser)
+    browser.find_element(By.ID, "action-cancel").click()
+    confirm(browser)
+    until(browser, lambda: node_status(browser, "w") == "cancelled", "the node cancelled, seen live")
+    until(browser, lambda: run_status(browser) == "cancelled", "the run ended, seen live")
+    until(browser, lambda: browser.find_element(By.ID, "run-live").text == "ended", "the socket closed")
+    assert same_page(browser), "the change came over the keyed WebSocket, not a reload"
     browser.get(f"{engine.url}/ui/executions/{runs['beta']}")
     until(
         browser, lambda: "404" in browser.find_element(By.ID, "run-error").text, "beta's run is not alpha's"
     )
+    beta = {"Authorization": f"Bearer {keys['beta']}"}
+    assert call("POST", f"{engine.url}/api/executions/{runs['beta']}/cancel", headers=beta)[0] == 202

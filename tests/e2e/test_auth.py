@@ -119,10 +119,12 @@ def test_roles_decide_what_a_key_may_do(secured: tuple[EngineProcess, dict[str, 
         "POST", f"{engine.registry_url}/api/workers/register", worker, as_key(keys["alpha_admin"])
     )
     assert status == 201, body
-    status, body = call(
-        "GET", f"{engine.registry_url}/api/workers/status", headers=as_key(keys["alpha_viewer"])
-    )
-    assert status == 200, body
+    for base in (engine.registry_url, engine.url):  # the worker status: an admin's on both ports
+        for name in ("alpha_viewer", "alpha_operator"):
+            status, body = call("GET", f"{base}/api/workers/status", headers=as_key(keys[name]))
+            assert status == 403, (base, name, body)
+        status, body = call("GET", f"{base}/api/workers/status", headers=as_key(keys["alpha_admin"]))
+        assert status == 200, (base, body)
 
 
 def test_a_team_sees_and_touches_only_its_own_workflows_and_runs(

@@ -84,7 +84,9 @@ def test_the_scripts_import_only_their_siblings() -> None:
                 if line.startswith("import "):
                     target = line.rsplit('"', 2)[1]
                     assert target.startswith("./"), (entry.name, line)
-                    asset(target.removeprefix("./"))  # it exists (the layout library: after `make ui`)
+                    name = target.removeprefix("./")
+                    if name != LAYOUT_LIBRARY or assets_dir().joinpath(name).is_file():
+                        asset(name)  # it exists (the layout library only after `make ui`: not needed here)
             urls = set(re.findall(r"\w+://[^\s\"'`]+", text)) - {"http://www.w3.org/2000/svg"}
             assert not urls, (entry.name, urls)  # the SVG namespace is a name, not a fetch
 

@@ -90,26 +90,57 @@ export async function metricsText() {
 
 /**
  * A WebSocket to `path` that hands each JSON message to `onMessage`, with the key offered as a
- * subprotocol. Reconnects (after `retryMs`) when the server closes it early, unless
- * `finished()` says the stream is over. Returns a function that closes it for good.
+ * subprotocol. Ends for good when `finished()` says the stream is over, when the server closes it
+ * normally (1000: it meant to), or when the path answers 403 or 404. A socket refused before it
+ * opened is asked about over HTTP (a browser does not say why a handshake failed): a 401 asks for
+ * a key, as any call does, and then tries again. Otherwise it reconnects after `retryMs`, doubled
+ * on each failure in a row up to `maxRetryMs` (an engine that is down is not hammered), and back
+ * to `retryMs` once a socket opens. Returns a function that closes it for good.
  */
-export function follow(path, onMessage, { finished = () => false, retryMs = 2000, onState } = {}) {
+export function follow(path, onMessage, { finished = () => false, retryMs = 2000, maxRetryMs = 30000, onState } = {}) {
   let socket = null;
   let stopped = false;
   let timer = null;
+  let delay = retryMs;
+  const state = (s) => onState && onState(s);
+  const end = () => {
+    stopped = true;
+    state("ended");
+  };
+  const again = () => {
+    state("reconnecting");
+    timer = setTimeout(open, delay);
+    delay = Math.min(delay * 2, maxRetryMs);
+  };
+  /** Why the handshake failed, asked over HTTP: true when it is final (no such run, not allowed). */
+  const refusedForGood = async () => {
+    try {
+      await api(path); // a WebSocket route answers 400 to a plain GET it may serve; 401 is asked here
+      return false;
+    } catch (err) {
+      return err instanceof ApiError && (err.status === 403 || err.status === 404 || err.status === 401);
+    }
+  };
   const open = () => {
+    if (stopped) return;
     const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
     const key = apiKey();
+    let opened = false;
     socket = new WebSocket(url, key ? [WS_PROTOCOL, WS_KEY_PREFIX + key] : [WS_PROTOCOL]);
-    socket.addEventListener("open", () => onState && onState("live"));
+    socket.addEventListener("open", () => {
+      opened = true;
+      delay = retryMs;
+      state("live");
+    });
     socket.addEventListener("message", (msg) => onMessage(JSON.parse(msg.data)));
-    socket.addEventListener("close", () => {
-      if (stopped || finished()) {
-        onState && onState("ended");
-        return;
+    socket.addEventListener("close", async (ev) => {
+      if (stopped || finished() || ev.code === 1000) return end();
+      if (!opened) {
+        state("reconnecting");
+        if (await refusedForGood()) return end();
+        if (stopped) return;
       }
-      onState && onState("reconnecting");
-      timer = setTimeout(open, retryMs);
+      again();
     });
   };
   open();

@@ -14,11 +14,22 @@ let leave = () => {};
 const ROUTES = [
   [/^\/ui\/?$/, () => navigate("/ui/executions", true)],
   [/^\/ui\/executions\/?$/, () => runsPage(app)],
-  [/^\/ui\/executions\/([^/]+)$/, (m) => runPage(app, decodeURIComponent(m[1]))],
+  [/^\/ui\/executions\/([^/]+)$/, (m) => runPage(app, decoded(m[1]))],
   [/^\/ui\/workflows\/?$/, () => workflowsPage(app)],
-  [/^\/ui\/workflows\/([^/]+)$/, (m) => workflowPage(app, decodeURIComponent(m[1]))],
+  [/^\/ui\/workflows\/([^/]+)$/, (m) => workflowPage(app, decoded(m[1]))],
   [/^\/ui\/ops\/?$/, () => opsPage(app)],
 ];
+
+/** A malformed %-escape in a pasted link is a bad link, not an uncaught error and a blank page. */
+class BadLink extends Error {}
+
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new BadLink(part);
+  }
+}
 
 export function navigate(url, replace = false) {
   if (replace) history.replaceState(null, "", url);
@@ -36,8 +47,13 @@ function route() {
   for (const [pattern, view] of ROUTES) {
     const m = path.match(pattern);
     if (m) {
-      const stop = view(m);
-      if (typeof stop === "function") leave = stop;
+      try {
+        const stop = view(m);
+        if (typeof stop === "function") leave = stop;
+      } catch (err) {
+        if (!(err instanceof BadLink)) throw err;
+        app.replaceChildren(h("p", { class: "error", id: "bad-link" }, `Bad link: ${path} is not a well-formed address (a broken %-escape).`));
+      }
       return;
     }
   }

@@ -24,9 +24,13 @@ export function opsPage(app) {
   );
   period.addEventListener("change", () => load());
 
+  // One loop of reads: a load started by a change of period (while another is under way) makes
+  // the one under way drop its answers and plan nothing, so there is never a second loop.
   let timer = null;
   let stopped = false;
+  let generation = 0;
   const load = async () => {
+    const mine = ++generation;
     clearTimeout(timer);
     const [queue, registry, metrics, report, active] = await Promise.all([
       api("/api/admin/queue/status").catch((e) => e),
@@ -35,6 +39,7 @@ export function opsPage(app) {
       api(`/api/costs/report?group_by=team&period=${period.value}`).catch((e) => e),
       api("/api/executions?status=running&limit=10").catch((e) => e),
     ]);
+    if (stopped || mine !== generation) return; // left, or a newer load draws (and plans the next)
     if (!(active instanceof Error)) {
       put(
         running,
@@ -73,7 +78,7 @@ export function opsPage(app) {
       costs.replaceChildren(h("p", { class: "muted" }, `Not shown: ${report.message}`));
     }
     totals.replaceChildren(...tiles.map(([label, value, id]) => h("div", { class: "tile", id }, h("div", { class: "tile-value" }, String(value)), h("div", { class: "muted" }, label))));
-    if (!stopped) timer = setTimeout(load, REFRESH_MS);
+    timer = setTimeout(load, REFRESH_MS);
   };
   load();
   return () => {

@@ -10,7 +10,12 @@ import { drawGantt } from "./gantt.js";
 import { navigate } from "./app.js";
 
 const TERMINAL = new Set(["success", "failed", "cancelled"]);
-const EVENTS_EVERY_MS = 1500;
+// Each read of /events has the engine scan the run's partition of the event log, and each read of
+// /logs queries the log view: while a run changes, the page reads them at most this often, one
+// call at a time (the next is planned when the last has answered), never while the tab is hidden,
+// and once more when the run has ended.
+const EVENTS_EVERY_MS = 4000;
+const LOGS_EVERY_MS = 3000;
 
 export function runPage(app, id) {
   const view = { run: null, workflow: null, events: [], picked: null, pickedByUser: false };
@@ -43,8 +48,6 @@ export function runPage(app, id) {
   );
 
   let stopped = false;
-  let eventsTimer = null;
-  let eventsDue = false;
 
   const draw = () => {
     const run = view.run;
@@ -90,25 +93,59 @@ export function runPage(app, id) {
     view.picked = nodeId;
     view.pickedByUser = true;
     draw();
-    loadLogs();
+    logsSoon();
   };
 
-  let logsFor = null;
+  // The picked node's log lines: one call in flight per node, a reply for a node no longer picked
+  // (or older than the last one asked) dropped, and a running node's lines read again at most
+  // every LOGS_EVERY_MS (at once when another node is picked).
   const logsBox = h("div", { id: "node-logs" });
-  const loadLogs = async () => {
+  const logs = { asked: 0, busyFor: null, shownFor: null, lastFor: null, last: 0, wanted: false, timer: null, finalFor: null };
+  const logsSoon = () => {
+    logs.wanted = true;
+    pumpLogs();
+  };
+  const pumpLogs = () => {
     const nodeId = view.picked;
-    if (!nodeId) return;
-    logsFor = nodeId;
+    if (stopped || !nodeId || !logs.wanted || logs.busyFor === nodeId || document.hidden) return;
+    const ended = view.run && TERMINAL.has(view.run.status);
+    if (ended && logs.finalFor === nodeId) {
+      logs.wanted = false; // read once after the run ended: nothing new can come
+      return;
+    }
+    const fresh = logs.lastFor !== nodeId;
+    const wait = fresh || ended ? 0 : logs.last + LOGS_EVERY_MS - Date.now();
+    clearTimeout(logs.timer);
+    logs.timer = null;
+    if (wait > 0) {
+      logs.timer = setTimeout(pumpLogs, wait);
+      return;
+    }
+    logs.wanted = false;
+    logs.busyFor = logs.lastFor = nodeId;
+    if (ended) logs.finalFor = nodeId;
+    loadLogs(nodeId, ++logs.asked).finally(() => {
+      if (logs.busyFor === nodeId) logs.busyFor = null;
+      logs.last = Date.now();
+      pumpLogs();
+    });
+  };
+  const loadLogs = async (nodeId, asked) => {
+    if (logs.shownFor !== nodeId) {
+      logs.shownFor = nodeId;
+      logsBox.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+    }
+    const current = () => !stopped && asked === logs.asked && view.picked === nodeId;
     try {
       const found = await api(`/api/executions/${encodeURIComponent(id)}/logs?node_id=${encodeURIComponent(nodeId)}&limit=500`);
-      if (logsFor !== nodeId) return;
+      if (!current()) return; // a newer call was made, or another node picked: its answer is shown
       logsBox.replaceChildren(
         found.logs.length
           ? h("ol", { class: "logs" }, found.logs.map((l) => h("li", { class: `level-${l.level}` }, h("span", { class: "mono muted" }, when(l.at).slice(11), " "), l.message)))
           : h("p", { class: "muted" }, "No lines."),
       );
     } catch (err) {
-      logsBox.replaceChildren(h("p", { class: "error" }, String(err.message || err)));
+      if (current()) logsBox.replaceChildren(h("p", { class: "error" }, String(err.message || err)));
     }
   };
 
@@ -177,10 +214,11 @@ export function runPage(app, id) {
     );
   };
 
+  const events = { busy: false, wanted: false, timer: null, last: 0, final: false };
   const loadEvents = async () => {
-    eventsDue = false;
     try {
       const found = await api(`/api/executions/${encodeURIComponent(id)}/events`);
+      if (stopped) return;
       view.events = found.events;
       if (!view.workflow) {
         const created = found.events.find((e) => e.type === "execution_created" && e.workflow);
@@ -191,20 +229,45 @@ export function runPage(app, id) {
       }
       drawGantt(gantt, view.events, view.run && TERMINAL.has(view.run.status));
     } catch (err) {
-      gantt.replaceChildren(h("p", { class: "muted" }, `No timeline: ${err.message || err}`));
+      if (!stopped) gantt.replaceChildren(h("p", { class: "muted" }, `No timeline: ${err.message || err}`));
     }
   };
+  /** The run changed: read its events again, when the rules at EVENTS_EVERY_MS allow. */
   const eventsSoon = () => {
-    if (eventsTimer) {
-      eventsDue = true;
+    events.wanted = true;
+    pumpEvents();
+  };
+  const pumpEvents = () => {
+    if (stopped || !events.wanted || events.busy || document.hidden) return;
+    const ended = view.run && TERMINAL.has(view.run.status);
+    if (ended && events.final) {
+      events.wanted = false;
       return;
     }
-    loadEvents();
-    eventsTimer = setTimeout(function again() {
-      eventsTimer = null;
-      if (eventsDue && !stopped) eventsSoon();
-    }, EVENTS_EVERY_MS);
+    const wait = ended ? 0 : events.last + EVENTS_EVERY_MS - Date.now();
+    clearTimeout(events.timer);
+    events.timer = null;
+    if (wait > 0) {
+      events.timer = setTimeout(pumpEvents, wait);
+      return;
+    }
+    events.wanted = false;
+    events.busy = true;
+    if (ended) events.final = true; // the last read: every event of an ended run is in the log
+    loadEvents().finally(() => {
+      events.busy = false;
+      events.last = Date.now();
+      pumpEvents();
+    });
   };
+  // a hidden tab reads nothing; shown again, it catches up on what it missed
+  const onVisible = () => {
+    if (!document.hidden) {
+      pumpEvents();
+      pumpLogs();
+    }
+  };
+  document.addEventListener("visibilitychange", onVisible);
 
   const loadWorkflow = async (run) => {
     try {
@@ -219,7 +282,7 @@ export function runPage(app, id) {
     view.run = run;
     if (first) await loadWorkflow(run);
     draw();
-    if (view.picked) loadLogs(); // the picked node's lines (or the failed node's, picked for the user)
+    if (view.picked) logsSoon(); // the picked node's lines (or the failed node's, picked for the user)
     eventsSoon();
   };
 
@@ -251,7 +314,9 @@ export function runPage(app, id) {
 
   return () => {
     stopped = true;
-    clearTimeout(eventsTimer);
+    clearTimeout(events.timer);
+    clearTimeout(logs.timer);
+    document.removeEventListener("visibilitychange", onVisible);
     clearInterval(ticking);
     unfollow();
   };
