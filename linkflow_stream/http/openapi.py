@@ -462,7 +462,8 @@ API_OPERATIONS: tuple[Operation, ...] = (
         content_type="",
         description="Each message is the `GET /api/executions/{id}` body. Changes faster than the "
         "client reads are coalesced into the latest body. A browser sends its key as the "
-        "subprotocol `bearer.<key>` beside `linkflow` (it cannot set Authorization on a WebSocket).",
+        "subprotocol `bearer.<key>` beside `linkflow` (it cannot set Authorization on a WebSocket). "
+        "An upgrade whose Origin names another site is refused (403).",
     ),
     Operation(
         "GET",
