@@ -128,24 +128,35 @@ async def low_done(session: aiohttp.ClientSession, url: str, sent: int) -> int:
     return sent - int(low["queued"]) - int(low["running"])
 
 
-async def loop_lag(session: aiohttp.ClientSession, url: str) -> dict[float, float]:
-    """The engine's ``linkflow_event_loop_lag_seconds`` buckets so far: upper bound -> count."""
+GC, GEN2 = "linkflow_gc_pause_seconds", 'generation="2",'
+
+
+LOOP_LAG = "linkflow_event_loop_lag_seconds"
+
+
+async def loop_lag(
+    session: aiohttp.ClientSession, url: str, metric: str = LOOP_LAG, labels: str = ""
+) -> dict[float, float]:
+    """The engine's buckets of a histogram (``labels``: its other labels, as exported) so far:
+    upper bound -> count."""
     async with session.get(f"{url}/metrics") as resp:
         text = await resp.text()
     out: dict[float, float] = {}
     for row in text.splitlines():
-        if row.startswith("linkflow_event_loop_lag_seconds_bucket{"):
+        if row.startswith(f"{metric}_bucket{{{labels}"):
             bound = row.split('le="', 1)[1].split('"', 1)[0]
             out[float("inf") if bound == "+Inf" else float(bound)] = float(row.rsplit(" ", 1)[1])
     return out
 
 
-def lag_line(name: str, before: dict[float, float], after: dict[float, float]) -> str:
+def lag_line(
+    name: str, before: dict[float, float], after: dict[float, float], what: str = "loop lag (10 ms timer"
+) -> str:
     """The loop lag of one phase (the buckets' difference): its p99 and worst, as bucket bounds."""
     counts = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in sorted(after)}
     total = counts.get(float("inf"), 0.0)
     if not total:
-        return f"{name:<18} event loop lag: not exported by this engine"
+        return f"{name:<18} {what}): none"
 
     def bound(q: float) -> str:
         b = next(b for b, n in counts.items() if n >= q * total)
@@ -153,8 +164,7 @@ def lag_line(name: str, before: dict[float, float], after: dict[float, float]) -
 
     worst = next(b for b, n in counts.items() if n >= total)
     worst_text = "> 2.5 s" if worst == float("inf") else f"<= {worst * 1000:g} ms"
-    ticks = f"{total:.0f} ticks"
-    return f"{name:<18} event loop lag (10 ms timer, {ticks}): p99 {bound(0.99)}, worst {worst_text}"
+    return f"{name:<18} {what}, {total:.0f}): p99 {bound(0.99)}, worst {worst_text}"
 
 
 async def decided_at(engine: EngineProcess) -> dict[str, float]:
@@ -196,6 +206,7 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
         lag_idle = await loop_lag(session, url)
         idle = await run_high(session, url, workflow_id, args.high, args.high_concurrency)
         lag_flood = await loop_lag(session, url)
+        gc_flood = await loop_lag(session, url, GC, GEN2)
         t0 = time.time()
         low_ids = await flood_low(session, url, workflow_id, args.low)
         sent = time.time() - t0
@@ -203,6 +214,7 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
         lag_high = await loop_lag(session, url)
         loaded = await run_high(session, url, workflow_id, args.high, args.high_concurrency)
         lag_end = await loop_lag(session, url)
+        gc_end = await loop_lag(session, url, GC, GEN2)
         done_after = await low_done(session, url, len(low_ids))
         deadline = time.monotonic() + args.timeout
         all_done = done_after
@@ -215,6 +227,7 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
     print(line("high, low flood", loaded, decided))
     print(lag_line("high, idle", lag_idle, lag_flood))
     print(lag_line("high, low flood", lag_high, lag_end))
+    print(lag_line("flood, then high", gc_flood, gc_end, "full GC passes (generation 2"))
     slowest = sorted(zip(loaded.latencies, loaded.sent, strict=True), reverse=True)[:4]
     print(
         "slowest high runs under the flood: "

@@ -226,6 +226,7 @@ class Engine:
         self._runners: list[web.AppRunner] = []
         self._executor_started = False
         self._background: list[asyncio.Task[None]] = []
+        self._gc_watch: gc_tuning.GcCallback | None = None
 
     # -- views --------------------------------------------------------------------------------
     def _on_workflow(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -311,6 +312,9 @@ class Engine:
     async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         await self.views.fold(records)
         self.metrics.view_folded.inc(len(records))
+
+    def _gc_paused(self, generation: int, seconds: float) -> None:
+        self.metrics.gc_pause.labels(str(generation)).observe(seconds)
 
     def _on_event(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.metrics.view_lag.observe(max(0.0, time.time() - record.timestamp / 1000))
@@ -529,6 +533,7 @@ class Engine:
             self._executor_started = True
         await asyncio.gather(*(r.caught_up.wait() for r in self.active_readers()))
         gc_tuning.freeze_start_up()
+        self._gc_watch = gc_tuning.observe_pauses(self._gc_paused)
         log.info(
             "engine started: roles %s, pools %s",
             ",".join(r for r in ROLES if r in roles),
@@ -575,6 +580,7 @@ class Engine:
 
     async def stop(self) -> None:
         """The reverse: stop taking work, let what runs finish its batch, then close."""
+        gc_tuning.stop_observing(self._gc_watch)
         for task in self._background:
             task.cancel()
         for runner in self._runners:

@@ -29,6 +29,9 @@ Prepare = Callable[[Iterable[bytes | None]], Awaitable[None]]
 PREPARE_MAX_PAUSE_SECONDS = 5.0
 BATCH_RECORDS = 2000
 """Records handed over in one batch at most."""
+AHEAD_FETCH_RECORDS = 500
+"""Records one fetch of the read-ahead takes: decoding and classifying them holds the loop, so
+the stretch is kept short (the urgent records they hold wait for it too)."""
 READ_AHEAD_RECORDS = 20_000
 """Records a reader with an urgent lane fetches ahead of its fold, so an urgent record sitting
 behind a backlog is seen (and folded first) without waiting for the backlog's batches."""
@@ -260,7 +263,7 @@ class LogReader:
                 await lane.room.wait()
                 continue
             fetched = await consumer.getmany(
-                timeout_ms=200, max_records=min(BATCH_RECORDS, self.read_ahead - len(lane.buffered))
+                timeout_ms=200, max_records=min(AHEAD_FETCH_RECORDS, self.read_ahead - len(lane.buffered))
             )
             for tp, records in fetched.items():  # counted at once: the tail is not read yet
                 lane.waiting[tp] += len(records)

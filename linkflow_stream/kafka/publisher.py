@@ -16,6 +16,7 @@ from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.records import encode
 from linkflow_stream.kafka.topics import max_message_bytes
+from linkflow_stream.kafka.transactions import BATCH_BYTES
 from linkflow_stream.settings import Settings
 
 
@@ -30,6 +31,7 @@ class Publisher:
             bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
             max_request_size=max_message_bytes(),
+            max_batch_size=min(BATCH_BYTES, max_message_bytes()),
             enable_idempotence=True,
             linger_ms=1,
             client_id=f"{self.settings.app_id}-publisher",

@@ -14,6 +14,9 @@ pass is cheap again.
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 THRESHOLDS = (50_000, 20, 100)
 
@@ -27,3 +30,27 @@ def freeze_start_up() -> None:
     collector's scans; call once, when the engine has started."""
     gc.collect()
     gc.freeze()
+
+
+GcCallback = Callable[[str, dict[str, Any]], None]
+
+
+def observe_pauses(observe: Callable[[int, float], None]) -> GcCallback:
+    """Call ``observe(generation, seconds)`` after every collection: a pass holds the event loop
+    (and so every run's next step) for as long as it takes. Returns the callback, for
+    ``stop_observing``."""
+    began: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            observe(int(info["generation"]), time.perf_counter() - began[0])
+
+    gc.callbacks.append(callback)
+    return callback
+
+
+def stop_observing(callback: GcCallback | None) -> None:
+    if callback is not None and callback in gc.callbacks:
+        gc.callbacks.remove(callback)

@@ -118,6 +118,13 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "linkflow_gc_pause_seconds",
+            "How long each pass of Python's cyclic garbage collector held the process, per generation",
+            ["generation"],
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         self.view_lag = Histogram(
             "linkflow_view_lag_seconds",
             "From an event's timestamp to the status view applying it",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 
+from linkflow_stream.runtime import gc_tuning
 from linkflow_stream.runtime.loop_lag import watch_loop
 
 
@@ -23,3 +25,16 @@ async def test_a_task_holding_the_loop_shows_as_lag() -> None:
             await watch
     assert quiet >= 1, "the watch ticks while the loop is free"
     assert max(seen) >= 0.15, f"the 200 ms stretch was not seen: {max(seen):.3f}"
+
+
+def test_each_collector_pass_is_observed_with_its_generation_until_stopped() -> None:
+    seen: list[tuple[int, float]] = []
+    callback = gc_tuning.observe_pauses(lambda generation, seconds: seen.append((generation, seconds)))
+    try:
+        gc.collect()
+        assert (2, seen[-1][1]) == seen[-1] and seen[-1][1] >= 0, f"a full pass was not seen: {seen}"
+    finally:
+        gc_tuning.stop_observing(callback)
+    count = len(seen)
+    gc.collect()
+    assert len(seen) == count, "still observed after stop_observing"
