@@ -100,7 +100,12 @@ class SchemaSet:
         ``None`` when the schema does not start with those two fields."""
         state = json.loads(self.texts[STATE])
         fields = state["fields"]
-        if [f["name"] for f in fields[:2]] != ["id", "workflow"] or fields[1]["type"] != WORKFLOW:
+        workflow = fields[1]["type"] if len(fields) > 1 else None
+        workflow_name = workflow.get("name") if isinstance(workflow, dict) else workflow  # inlined or named
+        if [f["name"] for f in fields[:2]] != ["id", "workflow"] or workflow_name not in (
+            WORKFLOW,
+            "WorkflowDefinition",
+        ):
             return None
         named: dict[str, Any] = {}
         parse_schema(json.loads(self.texts[WORKFLOW]), named_schemas=named)

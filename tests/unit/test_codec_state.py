@@ -25,6 +25,7 @@ async def states() -> list[ExecutionState]:
 
 async def test_a_state_encodes_to_the_same_bytes_as_the_whole_record_and_back() -> None:
     codec = default_codec()
+    assert codec.current.state_rest is not None, "the state is encoded in parts"
     found = await states()
     assert len(found) == 3
     for state in found:
