@@ -1,25 +1,31 @@
 """Benchmark: N executions of a 5-node diamond of transforms, end to end over the HTTP API.
 
     python -m bench.diamond [--n 2000] [--concurrency 64] [--url http://127.0.0.1:8084]
+                            [--engines 2] [--bootstrap HOST:PORT] [--phases 1,8,32]
 
-Without ``--url`` it starts its own real broker and engine (nothing else should load the
-machine meanwhile). Latency is measured the way a synchronous caller sees it: ``POST
-/api/executions?wait=`` until the finished execution comes back. It prints two phases:
-sequential (one execution at a time: unloaded latency) and concurrent (throughput).
+Without ``--url`` it starts its own real broker (or uses ``--bootstrap``) and ``--engines``
+engine processes in one consumer group, which share the partitions; callers are spread over
+them in turn (nothing else should load the machine meanwhile). Latency is measured the way a
+synchronous caller sees it: ``POST /api/executions?wait=`` until the finished execution comes
+back. It prints two phases: sequential (one execution at a time: unloaded latency) and
+concurrent (throughput); or, with ``--phases``, one per caller count.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 
-from bench.harness import own_engine, percentile
-from linkflow_stream.dev.testing import call
+from bench.harness import own_engine_process, percentile
+from linkflow_stream.dev.testing import EngineProcess, call
 
 DIAMOND = {
     "nodes": [
@@ -37,15 +43,19 @@ DIAMOND = {
 }
 
 
-async def phase(url: str, workflow_id: str, n: int, concurrency: int) -> tuple[float, list[float], int]:
-    """Run ``n`` executions, ``concurrency`` at a time; returns (seconds, latencies, failures)."""
+async def phase(
+    url: str | list[str], workflow_id: str, n: int, concurrency: int
+) -> tuple[float, list[float], int]:
+    """Run ``n`` executions, ``concurrency`` at a time (caller ``k`` sends to ``urls[k % len]``);
+    returns (seconds, latencies, failures)."""
+    urls = [url] if isinstance(url, str) else url
     latencies: list[float] = []
     failures = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker(session: aiohttp.ClientSession, url: str) -> None:
         nonlocal failures
         while not queue.empty():
             i = queue.get_nowait()
@@ -61,7 +71,7 @@ async def phase(url: str, workflow_id: str, n: int, concurrency: int) -> tuple[f
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         start = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(session, urls[k % len(urls)]) for k in range(concurrency)))
         return time.perf_counter() - start, latencies, failures
 
 
@@ -82,25 +92,58 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="executions in the concurrent phase")
     parser.add_argument("--sequential", type=int, default=200, help="executions in the sequential phase")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--phases", help="instead: one phase per caller count, e.g. 1,8,32 (each --n runs; 1: --sequential)"
+    )
     parser.add_argument("--url", help="a running engine; default: start a broker and an engine here")
+    parser.add_argument("--engines", type=int, default=1, help="engine processes started here")
+    parser.add_argument("--bootstrap", help="a running broker for the engines started here")
     args = parser.parse_args()
 
-    def run(url: str) -> None:
+    def run(urls: list[str]) -> None:
+        url = urls[0]
         workflow_id = f"bench-diamond-{uuid.uuid4().hex[:6]}"
         status, body = call("POST", f"{url}/api/workflows", {"id": workflow_id, **DIAMOND})
         if status != 201:
             raise SystemExit(f"could not register the workflow: {status} {body}")
-        asyncio.run(phase(url, workflow_id, 50, 8))  # warm-up: JIT-free Python still fills caches
-        report("sequential (latency)", *asyncio.run(phase(url, workflow_id, args.sequential, 1)))
+        for other in urls[1:]:  # the registration reaches the others through the log
+            deadline = time.monotonic() + 30
+            while call("GET", f"{other}/api/workflows/{workflow_id}")[0] != 200:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{other} never saw the workflow")
+                time.sleep(0.1)
+        asyncio.run(phase(urls, workflow_id, 50, 8))  # warm-up: JIT-free Python still fills caches
+        if args.phases:
+            for callers in (int(c) for c in args.phases.split(",")):
+                n = args.sequential if callers == 1 else args.n
+                report(
+                    f"x{callers} ({len(urls)} engines)", *asyncio.run(phase(urls, workflow_id, n, callers))
+                )
+            return
+        report("sequential (latency)", *asyncio.run(phase(urls, workflow_id, args.sequential, 1)))
         report(
-            f"concurrent x{args.concurrency}", *asyncio.run(phase(url, workflow_id, args.n, args.concurrency))
+            f"concurrent x{args.concurrency}",
+            *asyncio.run(phase(urls, workflow_id, args.n, args.concurrency)),
         )
 
     if args.url:
-        run(args.url)
-    else:
-        with own_engine() as url:
-            run(url)
+        run([args.url])
+        return
+    with contextlib.ExitStack() as stack:
+        if args.bootstrap:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="linkflow-bench-"))
+            first = EngineProcess(bootstrap=args.bootstrap, workdir=Path(tmp))
+            first.start()
+            stack.callback(first.stop)
+        else:
+            first = stack.enter_context(own_engine_process())
+        engines = [first]
+        for _ in range(args.engines - 1):
+            sibling = first.sibling()
+            sibling.start()
+            stack.callback(sibling.stop)
+            engines.append(sibling)
+        run([e.url for e in engines])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -135,11 +136,27 @@ class WorkflowDefinition(BaseModel):
         return node.retry or self.retry
 
     def node(self, node_id: str) -> NodeDefinition:
-        """The node with this id (which validation guaranteed exists)."""
-        for n in self.nodes:
-            if n.id == node_id:
-                return n
-        raise KeyError(node_id)
+        """The node with this id (which validation guaranteed exists). By an index built once
+        per definition object: a scan made views that look up every node O(n²) per run."""
+        return _node_index(self)[node_id]
+
+
+_INDEXES: OrderedDict[int, tuple[WorkflowDefinition, dict[str, NodeDefinition]]] = OrderedDict()
+INDEXES_KEPT = 1024
+"""Node indexes kept, by definition object (the runs in flight share a few definitions). Not a
+cached property: ``model_copy`` copies an instance's ``__dict__``, so a copy with other nodes
+would find the original's index."""
+
+
+def _node_index(workflow: WorkflowDefinition) -> dict[str, NodeDefinition]:
+    cached = _INDEXES.get(id(workflow))
+    if cached is not None and cached[0] is workflow:
+        return cached[1]
+    index = {n.id: n for n in workflow.nodes}
+    _INDEXES[id(workflow)] = (workflow, index)  # holds it: its id stays its own while cached
+    while len(_INDEXES) > INDEXES_KEPT:
+        _INDEXES.popitem(last=False)
+    return index
 
 
 @dataclass(frozen=True, slots=True)

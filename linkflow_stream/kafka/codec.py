@@ -14,9 +14,11 @@ inputs, outputs) as text.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
@@ -32,6 +34,8 @@ from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
 from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka.schema_ids import (
     CONFLUENT_HEADER_BYTES,
     SchemaIds,
@@ -46,6 +50,10 @@ MAGIC = b"\xc3\x01"
 CONTENT_TYPE = "application/avro"
 
 T = TypeVar("T", bound=BaseModel)
+STATE = f"{NAMESPACE}.ExecutionState"
+WORKFLOW = f"{NAMESPACE}.WorkflowDefinition"
+WORKFLOW_CACHE = 512
+"""Encoded workflow snapshots kept, by object: the runs in flight share a few definitions."""
 
 LOGICAL_WRITERS["string-json"] = lambda datum, _schema: json.dumps(datum, separators=(",", ":"))
 LOGICAL_READERS["string-json"] = lambda datum, _writer, _reader: json.loads(datum)
@@ -84,6 +92,26 @@ class SchemaSet:
     def schema(self, name: str) -> Any:
         return self.by_name[name if "." in name else f"{NAMESPACE}.{name}"]
 
+    @functools.cached_property
+    def state_rest(self) -> Any:
+        """The fields of ``ExecutionState`` after ``id`` and ``workflow``, as a record schema of
+        their own: Avro writes a record as its fields one after the other, so ``id``, then the
+        workflow's own encoding, then this record's, are the state's bytes (``Codec.encode``).
+        ``None`` when the schema does not start with those two fields."""
+        state = json.loads(self.texts[STATE])
+        fields = state["fields"]
+        workflow = fields[1]["type"] if len(fields) > 1 else None
+        workflow_name = workflow.get("name") if isinstance(workflow, dict) else workflow  # inlined or named
+        if [f["name"] for f in fields[:2]] != ["id", "workflow"] or workflow_name not in (
+            WORKFLOW,
+            "WorkflowDefinition",
+        ):
+            return None
+        named: dict[str, Any] = {}
+        parse_schema(json.loads(self.texts[WORKFLOW]), named_schemas=named)
+        rest = {"type": "record", "name": f"{NAMESPACE}.ExecutionStateRest", "fields": fields[2:]}
+        return parse_schema(rest, named_schemas=named)
+
 
 class Codec:
     """Encodes pydantic records with the current schemas; decodes any known writer schema.
@@ -104,6 +132,7 @@ class Codec:
             for fp, parsed in s.by_fingerprint.items():
                 self.writers.setdefault(fp, parsed)
         self._fingerprints = current.fingerprints
+        self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
         self.ids = SchemaIds(registry, self.parse_writer) if registry is not None else None
         """``None``: single-object encoding only, and a Confluent-framed value is a DecodeError."""
 
@@ -146,9 +175,29 @@ class Codec:
         """``record``'s bytes; for Kafka ``topic`` (the real name) in the Confluent wire format when
         a registry gave an id for it, else (and always without a topic) single-object encoded."""
         name = f"{NAMESPACE}.{type(record).__name__}"
-        return self.encode_dict(name, record.model_dump(), topic)
+        if not isinstance(record, ExecutionState) or (rest := self.current.state_rest) is None:
+            return self.encode_dict(name, record.model_dump(), topic)
+        # A state is mostly its workflow's snapshot, the same object for the whole run: encoded
+        # once per run, not at every snapshot and read-model row (ADR 0039). Same bytes.
+        buf = self._header(name, topic)
+        fastavro.schemaless_writer(buf, {"type": "string"}, record.id)
+        buf.write(self._workflow_bytes(record.workflow))
+        fastavro.schemaless_writer(buf, rest, record.model_dump(exclude={"id", "workflow"}))
+        return buf.getvalue()
 
-    def encode_dict(self, name: str, data: dict[str, Any], topic: str | None = None) -> bytes:
+    def _workflow_bytes(self, workflow: WorkflowDefinition) -> bytes:
+        cached = self._workflows.get(id(workflow))
+        if cached is not None and cached[0] is workflow:
+            self._workflows.move_to_end(id(workflow))
+            return cached[1]
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.current.by_name[WORKFLOW], workflow.model_dump())
+        self._workflows[id(workflow)] = (workflow, buf.getvalue())  # holds it: its id stays its own
+        while len(self._workflows) > WORKFLOW_CACHE:
+            self._workflows.popitem(last=False)
+        return buf.getvalue()
+
+    def _header(self, name: str, topic: str | None) -> io.BytesIO:
         buf = io.BytesIO()
         schema_id = self.ids.id_for(topic, name) if self.ids is not None and topic is not None else None
         if schema_id is not None:
@@ -156,6 +205,10 @@ class Codec:
         else:
             buf.write(MAGIC)
             buf.write(self._fingerprints[name])
+        return buf
+
+    def encode_dict(self, name: str, data: dict[str, Any], topic: str | None = None) -> bytes:
+        buf = self._header(name, topic)
         fastavro.schemaless_writer(buf, self.current.by_name[name], data)
         return buf.getvalue()
 

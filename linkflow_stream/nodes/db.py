@@ -227,6 +227,9 @@ class DbNode:
 
     type_name: ClassVar[str] = "db"
     dispatch: ClassVar[Dispatch] = Dispatch.TASK
+    reads_data: ClassVar[bool] = False
+    """``execute`` reads its config only (the input mapping computed it), so its task need not
+    carry every node output of the run (``runtime.step``, ADR 0039)."""
 
     def __init__(
         self,

@@ -40,9 +40,9 @@ from linkflow_stream.kafka.transactions import (
     TransactionalProducer,
 )
 from linkflow_stream.runtime.metrics import Metrics
-from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition
+from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition, Tail
 from linkflow_stream.runtime.priority import PRECEDENCE, turns
-from linkflow_stream.runtime.restore import committed_positions, read_changelog
+from linkflow_stream.runtime.restore import committed_positions, read_states
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
 from linkflow_stream.tracing.execution_spans import ExecutionSpans
@@ -221,9 +221,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             consumer.pause(*tps)
             async with asyncio.timeout(CLAIM_TIMEOUT_SECONDS):
                 await producer.start()
-                states = await read_changelog(
+                restored = await read_states(
                     self.settings.bootstrap_servers,
                     self.settings.topic(topic_names.STATE),
+                    self.settings.topic(topic_names.EVENTS),
                     number,
                     self.codec,
                 )
@@ -246,7 +247,12 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             finished_ttl_seconds=self.settings.finished_state_ttl_seconds,
             probe=functools.partial(explained_jump, self.settings.bootstrap_servers),
         )
-        partition.load(states, positions)
+        tails = {
+            run.state.id: Tail(run.events_from, run.snapshot_bytes, run.events_since, run.bytes_since)
+            for run in restored.runs
+            if run.events_from is not None
+        }
+        partition.load(restored.states, positions, events_end=restored.events_end, tails=tails)
         self.partitions[number] = partition
         self._workers[number] = _Worker(self, number)
         self.unclaimed.discard(number)
@@ -255,7 +261,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             "claimed partition %d in %.2f s: %d executions, %d timers",
             number,
             time.perf_counter() - began,
-            len(states),
+            len(restored.runs),
             len(partition.timers),
         )
 

@@ -1,8 +1,9 @@
 """One owned partition of the orchestrator: its executions' states, timers and finished-run
 expiry, and the batch step that turns inputs into one Kafka transaction.
 
-Invariant: ``states`` equals the fold of the committed changelog partition, and the input
-offsets committed for this partition are exactly those whose effects that changelog holds. A
+Invariant: ``states`` equals the fold of the committed changelog partition with each run's
+committed events after its snapshot (ADR 0039), and the input offsets committed for this
+partition are exactly those whose effects that changelog and those events hold. A
 batch is decided against ``states`` without touching it; only a committed transaction applies
 the batch's new states. A transaction that aborted leaves ``states`` as it was, so deciding the
 same batch again yields the same events, and one that was fenced means another instance owns
@@ -12,10 +13,11 @@ this partition now: the caller drops this object.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -40,6 +42,7 @@ from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
 from linkflow_stream.kafka.transactions import ProducerBroken, TransactionalProducer
+from linkflow_stream.runtime.restore import SNAPSHOT_OFFSET
 from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.runtime.timers import TimerQueue
 
@@ -63,6 +66,48 @@ ADR 0029); it and the records after it stay undecided, their offsets uncommitted
 GapProbe = Callable[[TopicPartition, int, int], Awaitable[bool]]
 """``probe(tp, expected, got)``: True when no committed record lies between the two offsets
 (only control records or aborted ones), so the jump is no gap."""
+
+
+SNAPSHOT_EVENTS_MIN = 64
+SNAPSHOT_EVENTS_PER_NODE = 4
+"""A live run's snapshot is written again once ``max(SNAPSHOT_EVENTS_MIN, SNAPSHOT_EVENTS_PER_NODE
+x nodes)`` events followed it: a snapshot costs O(nodes) to encode and write, so paying it once
+per O(nodes) events keeps a node's cost the same in a 200-node run as in a 5-node one, and a
+restore folds at most that many events per run (ADR 0039)."""
+RESNAPSHOT_LAG = 20_000
+"""A live run whose snapshot points this many events behind the events partition's end is
+snapshotted again (in the next batch, without an input of its own): restoring a partition never
+reads much more of its events partition than this, however long a run has been waiting."""
+STATE_CHECK_FRACTION = 0.5
+"""A run whose snapshot plus the events since (each event adds to the state no more than its own
+size) may be over this share of the state topic's record limit is encoded at every step, so a
+step that would make its state too big for the changelog is refused as before."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """What a live run's state is on the changelog: its latest snapshot and the events since."""
+
+    events_from: int
+    """The snapshot's ``SNAPSHOT_OFFSET``: no event of the run after it lies below this offset."""
+    snapshot_bytes: int
+    events_since: int = 0
+    bytes_since: int = 0
+
+    @property
+    def estimate(self) -> int:
+        """An upper estimate of the encoded state's size."""
+        return self.snapshot_bytes + self.bytes_since
+
+    def after(self, events: int, size: int) -> Tail:
+        return dataclasses.replace(
+            self, events_since=self.events_since + events, bytes_since=self.bytes_since + size
+        )
+
+
+def snapshot_every(state: ExecutionState) -> int:
+    """Events after which a live run's snapshot is written again."""
+    return max(SNAPSHOT_EVENTS_MIN, SNAPSHOT_EVENTS_PER_NODE * len(state.nodes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +146,18 @@ class _Staged:
     """A batch being decided: the new states and everything to write, not yet committed."""
 
     states: dict[str, ExecutionState | None] = field(default_factory=dict)
+    floor: int = 0
+    """The events partition's offset below which nothing of this batch is written."""
     changelog: dict[str, ProducerRecord] = field(default_factory=dict)
-    """The encoded new state of each changed execution (encoded once, when checked)."""
+    """The latest snapshot of each execution that has one in this batch (the new state of a run
+    that starts or ends, or whose snapshot is due)."""
+    tails: dict[str, Tail] = field(default_factory=dict)
+    """Each changed live run's changelog tail after this batch."""
     records: list[ProducerRecord] = field(default_factory=list)
     expiring: list[tuple[int, str]] = field(default_factory=list)
     """Expiry entries taken for this batch; put back if it does not commit."""
+    lagging: list[tuple[int, str]] = field(default_factory=list)
+    """Snapshot entries taken for this batch; put back if it does not commit."""
     report: BatchReport = field(default_factory=BatchReport)
 
 
@@ -154,6 +206,15 @@ class Partition:
         self.limit = limit
         """The largest record a logical topic takes."""
         self.states: dict[str, ExecutionState] = {}
+        self.tails: dict[str, Tail] = {}
+        """Each live run's snapshot and events since; a run without one is snapshotted at its
+        next step (restored from a snapshot written before ADR 0039)."""
+        self.events_floor = 0
+        """At or below the offset the next event written to this events partition gets: its end
+        when claimed, plus the events committed since."""
+        self._snapshots: list[tuple[int, str]] = []
+        """(events_from, run) of every snapshot written, oldest first; an entry is current while
+        its run's tail has that ``events_from``."""
         self.timers = TimerQueue()
         self._expiry: list[tuple[int, str]] = []
         self.positions: dict[TopicPartition, int] = {}
@@ -163,10 +224,23 @@ class Partition:
         }
 
     # -- state ------------------------------------------------------------------------------------
-    def load(self, states: Sequence[ExecutionState], positions: dict[TopicPartition, int]) -> None:
-        """Take the restored states and committed positions as this partition's truth."""
+    def load(
+        self,
+        states: Sequence[ExecutionState],
+        positions: dict[TopicPartition, int],
+        *,
+        events_end: int = 0,
+        tails: Mapping[str, Tail] | None = None,
+    ) -> None:
+        """Take the restored states, their changelog tails and the committed positions as this
+        partition's truth; ``events_end``: the events partition's end when it was read."""
         for state in states:
             self._hold(state)
+        for execution_id, tail in (tails or {}).items():
+            if execution_id in self.states and not self.states[execution_id].status.terminal:
+                self.tails[execution_id] = tail
+                heapq.heappush(self._snapshots, (tail.events_from, execution_id))
+        self.events_floor = events_end
         self.positions = dict(positions)
 
     def _hold(self, state: ExecutionState) -> None:
@@ -174,11 +248,13 @@ class Partition:
             ended = state.finished_at or state.created_at
             heapq.heappush(self._expiry, (to_millis(ended + self.finished_ttl), state.id))
             state = finished_marker(state)
+            self.tails.pop(state.id, None)
         self.states[state.id] = state
         self.timers.track(state)
 
     def _drop(self, execution_id: str) -> None:
         self.states.pop(execution_id, None)
+        self.tails.pop(execution_id, None)
         self.timers.forget(execution_id)
 
     def next_wakeup_ms(self) -> int | None:
@@ -195,7 +271,7 @@ class Partition:
         producer raises (``Fenced``, ``ProducerBroken``, ``CommitFailed``); then nothing was
         applied. With ``cut``, the loop yields between records and ends the batch early where
         ``cut`` says so; what was decided commits as usual (``report.left``: the rest)."""
-        staged = _Staged()
+        staged = _Staged(floor=self.events_floor)
         offsets: dict[TopicPartition, int] = {}
         for index, record in enumerate(records):
             if cut is not None and index:
@@ -220,6 +296,7 @@ class Partition:
                 due_at=timer.due_at,
             )
             await self._decide(staged, command, from_millis(now_ms), origin=None)
+        self._resnapshot_lagging(staged)
         expired = self._expired(now_ms, staged)
         staged.records.extend(staged.changelog.values())
         for execution_id in expired:
@@ -234,10 +311,19 @@ class Partition:
         except BaseException:
             for entry in staged.expiring:  # not tombstoned after all: due again next time
                 heapq.heappush(self._expiry, entry)
+            for entry in staged.lagging:
+                heapq.heappush(self._snapshots, entry)
             raise
         staged.report.commit_seconds = time.perf_counter() - started
         try:
             self.positions.update(offsets)
+            events_topic = self.topic(topic_names.EVENTS)
+            self.events_floor += sum(1 for r in staged.records if r.topic == events_topic)
+            for execution_id, tail in staged.tails.items():
+                if self.tails.get(execution_id) != tail:
+                    self.tails[execution_id] = tail
+                if execution_id in staged.changelog:
+                    heapq.heappush(self._snapshots, (tail.events_from, execution_id))
             for execution_id, new in staged.states.items():
                 if new is None:
                     self._drop(execution_id)
@@ -255,6 +341,21 @@ class Partition:
     async def _explained(self, tp: TopicPartition, expected: int, got: int) -> bool:
         """A jump in offsets is no gap when only control records or aborted records lie between."""
         return self.probe is not None and await self.probe(tp, expected, got)
+
+    def _resnapshot_lagging(self, staged: _Staged) -> None:
+        """Snapshot again the live runs whose snapshot points more than ``RESNAPSHOT_LAG`` events
+        back (runs waiting long, on a timer or a signal), so a restore need not read that far."""
+        while self._snapshots and self._snapshots[0][0] < staged.floor - RESNAPSHOT_LAG:
+            entry = heapq.heappop(self._snapshots)
+            staged.lagging.append(entry)
+            events_from, execution_id = entry
+            tail = staged.tails.get(execution_id) or self.tails.get(execution_id)
+            state = staged.states.get(execution_id) or self.states.get(execution_id)
+            if tail is None or tail.events_from != events_from or state is None or state.status.terminal:
+                continue  # an older snapshot's entry, or a run that ended
+            snapshot = self._changelog(execution_id, state, staged.floor)
+            staged.changelog[execution_id] = snapshot
+            staged.tails[execution_id] = Tail(staged.floor, len(snapshot.value or b""))
 
     def _expired(self, now_ms: int, staged: _Staged) -> list[str]:
         """Finished runs past their time to live, to tombstone in this batch."""
@@ -308,9 +409,10 @@ class Partition:
         if state is None and not isinstance(inp, StartExecution):
             staged.report.orphans.append(type(inp).__name__)
             return
+        prior = staged.tails.get(execution_id) or self.tails.get(execution_id)
         try:
             step = await self.stepper.step(state, inp, now)
-            encoded = self._encode_all(step)
+            encoded = self._encode_all(step, prior, staged.floor)
             if isinstance(encoded, str) and isinstance(inp, NodeResult) and inp.ok:
                 # A result whose events or state the broker cannot carry fails its node instead.
                 failed = inp.model_copy(
@@ -321,7 +423,7 @@ class Partition:
                     }
                 )
                 step = await self.stepper.step(state, failed, now)
-                encoded = self._encode_all(step)
+                encoded = self._encode_all(step, prior, staged.floor)
         except (KafkaError, OSError):
             raise  # the broker or the network, not the input: the batch is tried again
         except Exception as exc:
@@ -337,15 +439,25 @@ class Partition:
         staged.report.inputs += 1
         if not step.changed or step.state is None:
             return
+        records, snapshot, tail = encoded
         staged.states[execution_id] = step.state
-        staged.changelog[execution_id] = encoded.pop()
-        staged.records.extend(encoded)
+        if snapshot is not None:
+            staged.changelog[execution_id] = snapshot
+        staged.tails[execution_id] = tail
+        staged.records.extend(records)
         staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
 
-    def _encode_all(self, step: Step) -> list[ProducerRecord] | str:
-        """The step's records with the new state's changelog record last, or why the broker
-        would refuse one of them."""
+    def _encode_all(
+        self, step: Step, prior: Tail | None, floor: int
+    ) -> tuple[list[ProducerRecord], ProducerRecord | None, Tail] | str:
+        """The step's records, the new state's snapshot if one is due, and the run's changelog
+        tail after the step; or why the broker would refuse one of them.
+
+        A snapshot is due when the run starts (it has no tail), ends, or has had
+        ``snapshot_every`` events since its last; otherwise the step's events are the change,
+        and the state is not encoded at all, unless it may be near the record limit."""
         out = []
+        events = size = 0
         for outgoing in step.outputs:
             record = self._encode(outgoing)
             if record.size > self.limit(outgoing.topic):
@@ -353,29 +465,50 @@ class Partition:
                     f"a {outgoing.topic} record of {record.size} bytes is over the topic's "
                     f"{self.limit(outgoing.topic)}-byte limit"
                 )
+            if outgoing.topic == topic_names.EVENTS:
+                events += 1
+                size += len(record.value or b"")
             out.append(record)
-        if step.state is not None:
-            state = self._changelog(step.state.id, step.state)
-            if state.size > self.limit(topic_names.STATE):
-                return (
-                    f"the execution's state would be {state.size} bytes, over the "
-                    f"{self.limit(topic_names.STATE)}-byte record limit; "
-                    "reduce node outputs with output mappings"
-                )
-            out.append(state)
-        return out
+        state = step.state
+        if state is None:
+            return out, None, prior or Tail(floor, 0)
+        tail = prior.after(events, size) if prior is not None else None
+        limit = self.limit(topic_names.STATE)
+        if (
+            tail is not None
+            and not state.status.terminal
+            and tail.events_since < snapshot_every(state)
+            and tail.estimate <= limit * STATE_CHECK_FRACTION
+        ):
+            return out, None, tail
+        snapshot = self._changelog(state.id, state, floor)
+        if snapshot.size > limit:
+            return (
+                f"the execution's state would be {snapshot.size} bytes, over the "
+                f"{limit}-byte record limit; reduce node outputs with output mappings"
+            )
+        return out, snapshot, Tail(floor, len(snapshot.value or b""))
 
     def _encode(self, outgoing: Outgoing) -> ProducerRecord:
-        return encode(self.codec, outgoing, self.topic(outgoing.topic))
+        record = encode(self.codec, outgoing, self.topic(outgoing.topic))
+        if outgoing.topic == topic_names.EVENTS:
+            # A run's events go to the partition number that owns the run, where a restore of
+            # this partition reads them (ADR 0039); the key's hash puts them there anyway.
+            record = dataclasses.replace(record, partition=self.number)
+        return record
 
-    def _changelog(self, execution_id: str, state: ExecutionState | None) -> ProducerRecord:
-        """The state's changelog record; ``None`` is a tombstone that compaction removes."""
+    def _changelog(
+        self, execution_id: str, state: ExecutionState | None, events_from: int | None = None
+    ) -> ProducerRecord:
+        """The state's changelog record (a snapshot: with the run's events from ``events_from``
+        on, it is the run's state); ``None`` is a tombstone that compaction removes."""
         topic = self.topic(topic_names.STATE)
+        headers = [] if events_from is None else [(SNAPSHOT_OFFSET, str(events_from).encode())]
         return ProducerRecord(
             topic=topic,
             key=execution_id.encode(),
             value=self.codec.encode(state, topic) if state is not None else None,
-            headers=[],
+            headers=headers,
             partition=self.number,
         )
 

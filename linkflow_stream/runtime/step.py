@@ -198,7 +198,7 @@ class Stepper:
             attempt=event.attempt,
             node_type=node.type,
             config=config,
-            input=data,
+            input=data if reads_data(self.registry[node.type]) else {"input": None, "nodes": {}},
             timeout_seconds=self._timeout(node),
             lease_until=event.due_at,
             rate_limit=bucket,
@@ -309,6 +309,14 @@ class Stepper:
             return _result(state, event, now, output=capped_output(output, self.output_max_bytes))
         except NodeFailure as exc:
             return _result(state, event, now, error=exc)
+
+
+def reads_data(executor: NodeExecutor) -> bool:
+    """Whether a node type's ``execute`` reads its ``data`` (the run's input and every finished
+    node's output). Types that read only their config (``reads_data = False``: http, db) get
+    tasks without it: otherwise each task of a run carries all outputs before it, and a run's
+    task bytes grow with the square of its size (ADR 0039). Unknown: it reads it."""
+    return bool(getattr(executor, "reads_data", True))
 
 
 def _result(

@@ -68,6 +68,22 @@ def test_input_mapping_computes_task_config_from_earlier_nodes() -> None:
     )
     [task] = tasks(step)
     assert task.config == {"method": "POST", "url": "https://api.example.com/items/7", "json": {"n": 7}}
+    assert task.input == {"input": None, "nodes": {}}, "http reads its config only (ADR 0039)"
+
+
+def test_a_code_task_carries_the_run_input_and_earlier_outputs() -> None:
+    _, step = start(
+        [
+            {"id": "a", "type": "transform", "config": {"expression": "{'id': 7}"}},
+            {
+                "id": "c",
+                "type": "code",
+                "depends_on": ["a"],
+                "config": {"source": "def main(data):\n    return data['nodes']['a']['id']\n"},
+            },
+        ]
+    )
+    [task] = tasks(step)
     assert task.input["nodes"] == {"a": {"id": 7}}
 
 

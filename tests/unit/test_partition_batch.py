@@ -35,6 +35,7 @@ from linkflow_stream.runtime.orchestrator import (
     Orchestrator,
 )
 from linkflow_stream.runtime.partition import InputGap, Partition
+from linkflow_stream.runtime.restore import Restored
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
 from linkflow_stream.tracing import ExecutionSpans, Tracing
@@ -464,13 +465,13 @@ class FlakyStartProducer(FakeProducer):
 async def test_a_partition_that_cannot_be_claimed_waits_paused_and_is_claimed_on_a_later_try(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async def no_states(*_args: Any, **_kwargs: Any) -> list[ExecutionState]:
-        return []
+    async def no_states(*_args: Any, **_kwargs: Any) -> Restored:
+        return Restored()
 
     async def positions(_consumer: Any, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         return dict.fromkeys(tps, 7)
 
-    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.read_changelog", no_states)
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.read_states", no_states)
     monkeypatch.setattr("linkflow_stream.runtime.orchestrator.committed_positions", positions)
     clock = [1000.0]
     producer = FlakyStartProducer(fail=1)
