@@ -307,6 +307,7 @@ class Engine:
             prepare=self.codec.learner,
             urgent=self.views.urgent,
             handle_urgent=self.views.fold_ahead,
+            yield_to_urgent=self.views.urgent_live,
         )
 
     async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:

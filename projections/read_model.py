@@ -144,6 +144,10 @@ class ReadModel:
             return True
         return False
 
+    def urgent_live(self) -> bool:
+        """Whether a high-priority run this view folds ahead has not ended yet."""
+        return bool(self._urgent_runs)
+
     async def fold_ahead(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Fold the records of urgent runs before the batches in front of them, without moving
         the stored positions. Only an event that follows the run's state in memory directly is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 
 import pytest
@@ -91,6 +92,52 @@ async def test_an_urgent_lane_sees_records_behind_a_backlog_first_and_loses_none
         await producer.send_and_wait(topic, b"last", key=b"lo")
         assert await reader.sync(within=10)
         assert order[-1] == ("batch", [b"last"])
+    finally:
+        await reader.stop()
+        await producer.stop()
+
+
+async def test_while_urgent_work_is_under_way_the_in_order_side_rests_as_long_as_each_batch_took(
+    kafka: str,
+) -> None:
+    """The in-order fold gives the process back half its time while high runs are live: after a
+    batch that took t, it rests t before the next (a lower bound, so the test cannot flake)."""
+    topic = f"i{uuid.uuid4().hex[:8]}.linkflow.events"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
+    await producer.start()
+    starts: list[float] = []
+    asked: list[bool] = []
+
+    async def batch(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.15)
+
+    async def urgent(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        return None
+
+    def live() -> bool:
+        asked.append(True)
+        return True
+
+    reader = LogReader(
+        kafka, [topic], handle_batch=batch, urgent=lambda r: False, handle_urgent=urgent, yield_to_urgent=live
+    )
+    try:
+        for i in range(5000):
+            await producer.send(topic, f"low-{i}".encode(), key=b"lo")
+        await producer.flush()
+        await reader.start()
+        await reader.caught_up.wait()
+        assert len(starts) >= 3, "5000 records come in batches of at most 2000"
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert min(gaps) >= 0.29, f"the in-order side did not rest after its batches: {gaps}"
+        assert asked, "it asked whether urgent work was under way"
     finally:
         await reader.stop()
         await producer.stop()
