@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +52,9 @@ high-priority ``?wait`` among them) share with it; every step of a high run (its
 decision, each round trip of its transaction, its fold ahead) waits for the chunk running."""
 YIELD_EVERY_ROW = 5
 """Runs the fold renders (state encoded, body, costs: about a millisecond each) between yields."""
+URGENT_LIVE_SECONDS = 1.0
+"""How long after the fold ahead last applied an event high-priority work counts as under way (the
+in-order fold then gives way: ``urgent_live``)."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -78,6 +82,7 @@ class ReadModel:
         on_event: Callable[[ConsumerRecord[bytes, bytes]], None] | None = None,
         on_write_failure: Callable[[], None] | None = None,
         rates: Rates = RATES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rates = rates
         self.store = store
@@ -94,6 +99,9 @@ class ReadModel:
         """Records folded ahead of their batch (topic, partition, offset): skipped when it comes."""
         self._urgent_runs: set[str] = set()
         """Runs whose records go ahead, until they end."""
+        self.clock = clock
+        self._urgent_at: float | None = None
+        """When a high run's record was last fetched or folded ahead (``clock``)."""
 
     # -- start-up ----------------------------------------------------------------------------
     async def load(self) -> dict[Position, int]:
@@ -133,20 +141,25 @@ class ReadModel:
         execution_id = record.key.decode(errors="replace")
         if record.topic == self.topics.urgent_requests:
             self._urgent_runs.add(execution_id)
+            self._urgent_at = self.clock()
             return True
         if record.topic != self.topics.events:
             return False
-        if execution_id in self._urgent_runs:
-            return True
         state = self.status.known(execution_id) or self.status.accepted.get(execution_id)
-        if state is not None and state.priority is Priority.HIGH and not state.status.terminal:
+        if execution_id in self._urgent_runs or (
+            state is not None and state.priority is Priority.HIGH and not state.status.terminal
+        ):
             self._urgent_runs.add(execution_id)
+            self._urgent_at = self.clock()
             return True
         return False
 
     def urgent_live(self) -> bool:
-        """Whether a high-priority run this view folds ahead has not ended yet."""
-        return bool(self._urgent_runs)
+        """Whether high-priority runs are moving: one of their records was fetched (a request the
+        orchestrator has yet to decide) or folded ahead in the last ``URGENT_LIVE_SECONDS``. (A
+        high run that only waits, on a signal or a timer, for hours must not slow the views down
+        all that time.)"""
+        return self._urgent_at is not None and self.clock() - self._urgent_at < URGENT_LIVE_SECONDS
 
     async def fold_ahead(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
         """Fold the records of urgent runs before the batches in front of them, without moving
@@ -198,6 +211,7 @@ class ReadModel:
                     gapped.add(item.execution_id)  # its batch folds it, in order
                     continue
                 self._ahead.add((record.topic, record.partition, record.offset))
+                self._urgent_at = self.clock()
                 if self.on_event is not None:
                     self.on_event(record)
             before = None if self.status.known(item.execution_id) else stored.get(item.execution_id)

@@ -368,3 +368,22 @@ async def test_folding_ahead_never_reorders_a_run_and_a_replay_after_a_crash_cha
     assert [line["message"] for _s, _n, line in await restarted.lines("hi")].count("execution succeeded") == 1
     assert await again.positions() == {("events", 0): len(records)}
     await again.close()
+
+
+async def test_high_work_counts_as_under_way_only_while_its_records_come(store: ReadStore) -> None:
+    """A high run that only waits (a signal, a timer) must not slow the views for hours."""
+    now = [100.0]
+    model, log = ReadModel(store, CODEC, LANES, clock=lambda: now[0]), Log()
+    assert not model.urgent_live()
+    request = log.records("requests.high", [start("hi", priority=Priority.HIGH)])
+    assert model.urgent(request[0])
+    assert model.urgent_live(), "a high request was just fetched: the orchestrator is deciding it"
+    now[0] += 2.0
+    assert not model.urgent_live()
+    _, created = decided(None, start("hi", priority=Priority.HIGH), 0)
+    await model.fold_ahead(log.records("events", created))
+    assert model.urgent_live(), "its events were just folded ahead"
+    now[0] += 0.5
+    assert model.urgent_live()
+    now[0] += 1.0
+    assert not model.urgent_live(), "the run is live but has not moved for a second"
