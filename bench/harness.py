@@ -34,6 +34,22 @@ def own_engine_process(**env: str) -> Iterator[EngineProcess]:
             broker.stop()
 
 
+@contextmanager
+def engine_on(bootstrap: str | None, **env: str) -> Iterator[EngineProcess]:
+    """An engine on ``bootstrap`` with a fresh topic prefix, or on a broker of its own."""
+    if bootstrap is None:
+        with own_engine_process(**env) as engine:
+            yield engine
+        return
+    with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
+        engine = EngineProcess(bootstrap=bootstrap, workdir=Path(tmp), extra_env=env)
+        try:
+            engine.start()
+            yield engine
+        finally:
+            engine.stop()
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, in MB (from /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -26,20 +26,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.diamond import DIAMOND
-from bench.harness import own_engine_process, percentile
+from bench.harness import engine_on, percentile
 from linkflow_stream.core import topic_names
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, call, read_topic
 
@@ -259,17 +256,6 @@ async def bench(url: str, args: argparse.Namespace, target: str | None, engine: 
         print(f"high_p99_loaded / high_p99_idle = {inside[1] / inside[0]:.2f} (in-engine)")
 
 
-@contextlib.contextmanager
-def engine_on(bootstrap: str, **env: str) -> Iterator[EngineProcess]:
-    with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
-        engine = EngineProcess(bootstrap=bootstrap, workdir=Path(tmp), extra_env=env)
-        try:
-            engine.start()
-            yield engine
-        finally:
-            engine.stop()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -294,11 +280,7 @@ def main() -> None:
             stack.callback(server.shutdown)
             target = server.url
         env = {"LINKFLOW_PRIORITY_WEIGHTS": args.weights} if args.weights else {}
-        engine = None
-        if args.bootstrap:
-            engine = stack.enter_context(engine_on(args.bootstrap, **env))
-        elif not args.url:
-            engine = stack.enter_context(own_engine_process(**env))
+        engine = None if args.url else stack.enter_context(engine_on(args.bootstrap, **env))
         asyncio.run(bench(engine.url if engine else args.url, args, target, engine))
 
 

@@ -46,11 +46,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +56,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.harness import own_engine_process
+from bench.harness import engine_on
 from linkflow_stream.core import topic_names
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
 from linkflow_stream.kafka.consumers import log_ends
@@ -317,22 +315,6 @@ def table(results: list[Result]) -> str:
             f"{r.bytes_per_node / max(first.bytes_per_node, 1e-9):>7.2f} {r.idle:>5.2f}"
         )
     return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def engine_on(bootstrap: str | None, **env: str) -> Iterator[EngineProcess]:
-    """An engine on ``bootstrap`` with a fresh topic prefix, or on a broker of its own."""
-    if bootstrap is None:
-        with own_engine_process(**env) as engine:
-            yield engine
-        return
-    with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
-        engine = EngineProcess(bootstrap=bootstrap, workdir=Path(tmp), extra_env=env)
-        try:
-            engine.start()
-            yield engine
-        finally:
-            engine.stop()
 
 
 def main() -> None:

@@ -15,14 +15,20 @@ from linkflow_stream.kafka.log_reader import LogReader
 pytestmark = pytest.mark.integration
 
 
-async def test_replays_then_syncs_to_what_was_written_before_the_call(kafka: str) -> None:
+async def _topic(kafka: str, partitions: int) -> str:
+    """A fresh topic of its own for one test."""
     topic = f"i{uuid.uuid4().hex[:8]}.linkflow.events"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 3, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+    return topic
+
+
+async def test_replays_then_syncs_to_what_was_written_before_the_call(kafka: str) -> None:
+    topic = await _topic(kafka, partitions=3)
     producer = AIOKafkaProducer(bootstrap_servers=kafka)
     await producer.start()
     seen: list[bytes] = []
@@ -50,13 +56,7 @@ async def test_an_urgent_lane_sees_records_behind_a_backlog_first_and_loses_none
     """ADR 0029: records the ``urgent`` test picks are handed to ``handle_urgent`` before the
     in-order batch that holds them, however much backlog is in front of them; every record still
     comes through the in-order batches exactly once and in log order, and ``sync`` waits for those."""
-    topic = f"i{uuid.uuid4().hex[:8]}.linkflow.events"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    topic = await _topic(kafka, partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     await producer.start()
     order: list[tuple[str, list[bytes]]] = []
@@ -102,13 +102,7 @@ async def test_while_urgent_work_is_under_way_the_in_order_side_rests_as_long_as
 ) -> None:
     """The in-order fold gives the process back half its time while high runs are live: after a
     batch that took t, it rests t before the next (a lower bound, so the test cannot flake)."""
-    topic = f"i{uuid.uuid4().hex[:8]}.linkflow.events"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    topic = await _topic(kafka, partitions=1)
     producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=5)
     await producer.start()
     starts: list[float] = []
