@@ -371,7 +371,8 @@ class Engine:
         return all(await asyncio.gather(*(r.sync(within) for r in self.active_readers())))
 
     def readiness(self) -> Mapping[str, bool]:
-        checks = {"views_caught_up": all(r.caught_up.is_set() for r in self.active_readers())}
+        readers = self.active_readers()
+        checks = {"views_caught_up": all(r.caught_up.is_set() and not r.failed for r in readers)}
         if "views" in self.roles:
             checks["read_model_store"] = self.views.store_healthy
         if "orchestrator" in self.roles:

@@ -52,6 +52,9 @@ high-priority ``?wait`` among them) share with it; every step of a high run (its
 decision, each round trip of its transaction, its fold ahead) waits for the chunk running."""
 YIELD_EVERY_ROW = 5
 """Runs the fold renders (state encoded, body, costs: about a millisecond each) between yields."""
+FRESH_SECONDS = 10.0
+"""A high run's record older than this (a replay at start-up, a rebuild) is folded ahead but does
+not count as high work under way."""
 URGENT_LIVE_SECONDS = 1.0
 """How long after the fold ahead last applied an event high-priority work counts as under way (the
 in-order fold then gives way: ``urgent_live``)."""
@@ -100,6 +103,10 @@ class ReadModel:
         self._urgent_runs: set[str] = set()
         """Runs whose records go ahead, until they end."""
         self.clock = clock
+        self._tickets = itertools.count()
+        self._writing = 0
+        """The ticket whose write goes next: folds write and announce in the order they applied."""
+        self._turn = asyncio.Condition()
         self._urgent_at: float | None = None
         """When a high run's record was last fetched or folded ahead (``clock``)."""
 
@@ -109,6 +116,7 @@ class ReadModel:
         positions = await self.store.positions()
         self._ahead.clear()  # the reader starts again from the stored positions
         self._urgent_runs.clear()
+        self._tickets, self._writing = itertools.count(), 0
         for blob in await self.store.live_states():
             self.status.load(self.codec.decode(blob, ExecutionState))
         return positions
@@ -127,8 +135,9 @@ class ReadModel:
             if (record.topic, record.partition, record.offset) not in self._ahead:
                 behind.append(record)
         await self._fold(behind, positions, ahead=False)
-        for record in records:
-            self._ahead.discard((record.topic, record.partition, record.offset))
+        # Whatever was folded ahead at or below these positions is behind the fold now (a record a
+        # fold ahead took while this batch was being decoded is a duplicate here).
+        self._ahead = {p for p in self._ahead if p[2] >= positions.get((p[0], p[1]), 0)}
         self.folded += len(records)
 
     def urgent(self, record: ConsumerRecord[bytes, bytes]) -> bool:
@@ -139,9 +148,11 @@ class ReadModel:
         if record.key is None:
             return False
         execution_id = record.key.decode(errors="replace")
+        fresh = time.time() - record.timestamp / 1000 < FRESH_SECONDS  # not a replay of old records
         if record.topic == self.topics.urgent_requests:
             self._urgent_runs.add(execution_id)
-            self._urgent_at = self.clock()
+            if fresh:
+                self._urgent_at = self.clock()
             return True
         if record.topic != self.topics.events:
             return False
@@ -150,7 +161,8 @@ class ReadModel:
             state is not None and state.priority is Priority.HIGH and not state.status.terminal
         ):
             self._urgent_runs.add(execution_id)
-            self._urgent_at = self.clock()
+            if fresh:
+                self._urgent_at = self.clock()
             return True
         return False
 
@@ -168,6 +180,7 @@ class ReadModel:
         so folding ahead never reorders a run's events; what it applied is stored, then
         announced, and skipped when its batch comes."""
         await self._fold(records, {}, ahead=True)
+        self._urgent_runs.clear()  # memory knows every run it applied; later records ask memory
 
     async def _fold(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], positions: dict[Position, int], *, ahead: bool
@@ -211,7 +224,8 @@ class ReadModel:
                     gapped.add(item.execution_id)  # its batch folds it, in order
                     continue
                 self._ahead.add((record.topic, record.partition, record.offset))
-                self._urgent_at = self.clock()
+                if time.time() - record.timestamp / 1000 < FRESH_SECONDS:
+                    self._urgent_at = self.clock()
                 if self.on_event is not None:
                     self.on_event(record)
             before = None if self.status.known(item.execution_id) else stored.get(item.execution_id)
@@ -230,17 +244,28 @@ class ReadModel:
             for n, line in enumerate(lines_for(item, after)):
                 changes.lines.append(_line_row(after.id, item.seq, n, line))
                 new_lines.setdefault(after.id, []).append((item.seq, n, line))
+        if ahead and not changes.executions and not touched:
+            return
+        # Applied: from here on, stored and announced in the order folds applied. A batch that
+        # skipped records a fold ahead applied must not store its positions before that fold
+        # ahead stored them, and a run's log lines must reach followers in order.
+        ticket = next(self._tickets)
         for count, state in enumerate(touched.values(), 1):
             if count % YIELD_EVERY_ROW == 0:
                 await asyncio.sleep(0)
             changes.executions[state.id] = self._row(state)
             changes.node_network += network_rows(state)
-        if ahead and not changes.executions:
-            return
-        await self._write(changes)
-        self.status.notify(touched.values())
-        for execution_id, state in touched.items():
-            self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
+        async with self._turn:
+            await self._turn.wait_for(lambda: self._writing == ticket)
+        try:
+            await self._write(changes)
+            self.status.notify(touched.values())
+            for execution_id, state in touched.items():
+                self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
+        finally:
+            async with self._turn:
+                self._writing = ticket + 1
+                self._turn.notify_all()
 
     async def _stored_states(
         self, decoded: Sequence[ExecutionEvent | StartExecution]

@@ -32,6 +32,10 @@ BATCH_RECORDS = 2000
 AHEAD_FETCH_RECORDS = 500
 """Records one fetch of the read-ahead takes: decoding and classifying them holds the loop, so
 the stretch is kept short (the urgent records they hold wait for it too)."""
+READ_AHEAD_BYTES = 64 * 1024 * 1024
+"""And at most this many bytes of values (a record may carry a node's output of megabytes)."""
+MAX_REST_SECONDS = 0.25
+"""The longest the in-order side rests after a batch while urgent work is under way."""
 READ_AHEAD_RECORDS = 20_000
 """Records a reader with an urgent lane fetches ahead of its fold, so an urgent record sitting
 behind a backlog is seen (and folded first) without waiting for the backlog's batches."""
@@ -84,6 +88,8 @@ class LogReader:
         self._partitions: list[TopicPartition] = []
         self._handled: dict[TopicPartition, int] = {}
         self._progress = asyncio.Event()
+        self.failed = False
+        """The reading task died (it is logged); readiness says so."""
 
     async def start(self) -> None:
         # An urgent lane is there for latency: a fetch waits at most 20 ms for more bytes, not 500.
@@ -112,6 +118,7 @@ class LogReader:
             for tp in self._partitions:
                 self._handled[tp] = await consumer.position(tp)
         self._task = asyncio.create_task(self._run(), name=f"log-reader:{','.join(self.topics)}")
+        self._task.add_done_callback(self._ended)
         if self.from_beginning:
             asyncio.create_task(self._mark_caught_up(), name="log-reader:caught-up")  # noqa: RUF006 - ends by itself
         else:
@@ -121,6 +128,12 @@ class LogReader:
         while not await self.sync(within=60):
             log.warning("view of %s still replaying", ",".join(self.topics))
         self.caught_up.set()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A reader only ends when stopped; one that failed freezes its view, so say it loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            self.failed = True
+            log.error("view of %s stopped reading", ",".join(self.topics), exc_info=task.exception())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -240,12 +253,12 @@ class LogReader:
                 batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
                 for _ in range(min(BATCH_RECORDS, len(lane.buffered))):
                     tp, record = lane.buffered.popleft()
+                    lane.bytes -= len(record.value or b"")
                     batch.setdefault(tp, []).append(record)
                 lane.room.set()
                 began = asyncio.get_running_loop().time()
                 await self._hand_over(batch)
-                if batch and self.yield_to_urgent is not None and self.yield_to_urgent():
-                    await asyncio.sleep(asyncio.get_running_loop().time() - began)
+                took = asyncio.get_running_loop().time() - began
                 for tp, records in batch.items():
                     lane.waiting[tp] -= len(records)
                 for tp in self._partitions:  # an empty or compacted tail counts as read once nothing waits
@@ -254,11 +267,26 @@ class LogReader:
                         if lane.waiting[tp] <= 0:  # nothing fetched meanwhile
                             self._handled[tp] = max(self._handled.get(tp, 0), position)
                 self._progress.set()
+                if self._should_rest(batch, lane):
+                    await asyncio.sleep(min(took, MAX_REST_SECONDS))
                 if fetcher.done():
                     await fetcher  # its failure is this reader's
         finally:
             fetcher.cancel()
             await asyncio.gather(fetcher, return_exceptions=True)
+
+    def _should_rest(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]], lane: _Lane
+    ) -> bool:
+        """Rest after a batch while urgent work is under way; not while replaying at start-up,
+        and not while the buffer is full (the urgent records may be behind what it holds)."""
+        return (
+            bool(batch)
+            and self.yield_to_urgent is not None
+            and self.caught_up.is_set()
+            and not lane.full(self.read_ahead)
+            and self.yield_to_urgent()
+        )
 
     async def _fetch_ahead(self, lane: _Lane) -> None:
         consumer = self._consumer
@@ -266,7 +294,7 @@ class LogReader:
         assert self.urgent is not None
         assert self.handle_urgent is not None
         while True:
-            if len(lane.buffered) >= self.read_ahead:
+            if lane.full(self.read_ahead):
                 lane.room.clear()
                 await lane.room.wait()
                 continue
@@ -283,13 +311,14 @@ class LogReader:
             for tp, records in fetched.items():
                 for record in records:
                     lane.buffered.append((tp, record))
+                    lane.bytes += len(record.value or b"")
                     if self.urgent(record):
                         urgent.append(record)
             lane.ready.set()
             if urgent:
                 try:
                     await self.handle_urgent(urgent)
-                except Exception:  # their batch folds them in order anyway
+                except Exception:
                     log.exception("view of %s could not fold urgent records ahead", ",".join(self.topics))
 
 
@@ -299,9 +328,14 @@ class _Lane:
     def __init__(self) -> None:
         self.buffered: collections.deque[tuple[TopicPartition, ConsumerRecord[bytes, bytes]]]
         self.buffered = collections.deque()
+        self.bytes = 0
+        """Bytes of the values in ``buffered``."""
         self.waiting: collections.Counter[TopicPartition] = collections.Counter()
         """Records fetched and not yet handled in order, per partition."""
         self.ready = asyncio.Event()
         """Set when records were buffered (or a fetch came back empty)."""
         self.room = asyncio.Event()
         """Set when the in-order side took records out of a full buffer."""
+
+    def full(self, records: int) -> bool:
+        return len(self.buffered) >= records or self.bytes >= READ_AHEAD_BYTES

@@ -387,3 +387,35 @@ async def test_high_work_counts_as_under_way_only_while_its_records_come(store: 
     assert model.urgent_live()
     now[0] += 1.0
     assert not model.urgent_live(), "the run is live but has not moved for a second"
+
+
+async def test_a_batch_never_stores_its_positions_before_the_fold_ahead_it_skipped_is_stored(
+    store: ReadStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fold ahead applied a high run's end and is still writing it (a slow or failing store);
+    the batch that holds the same records skips them, so it must wait: positions stored first and
+    a crash then would lose the run's end for good."""
+    model, log = ReadModel(store, CODEC, LANES), Log()
+    hi, created = decided(None, start("hi", priority=Priority.HIGH), 0)
+    _, ended = decided(hi, result("hi", ok=True), 1)
+    records = log.records("events", [*created, *ended])
+    gate, real_write = asyncio.Event(), store.write
+
+    async def slow_write(changes: Changes) -> None:
+        if not changes.positions:  # the fold ahead's write
+            await gate.wait()
+        await real_write(changes)
+
+    monkeypatch.setattr(store, "write", slow_write)
+    ahead = asyncio.ensure_future(model.fold_ahead(records))
+    await asyncio.sleep(0.05)
+    batch = asyncio.ensure_future(model.fold(records))
+    await asyncio.sleep(0.05)
+    assert await store.positions() == {}, "the batch stored its positions before the fold ahead"
+    assert not batch.done()
+    gate.set()
+    await asyncio.gather(ahead, batch)
+    assert await store.positions() == {("events", 0): len(records)}
+    body = await model.body("hi")
+    assert body is not None and body["status"] == "success"
+    assert [line["message"] for _s, _n, line in await model.lines("hi")].count("execution succeeded") == 1
