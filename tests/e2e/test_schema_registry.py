@@ -133,6 +133,10 @@ class Outage:
 
     def down(self) -> None:
         if self._listener is not None:
+            # shutdown first: a close alone does not wake the thread blocked in accept(), which
+            # could then still take one more connection and relay it (the registry not away at all)
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:
