@@ -17,15 +17,13 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import aiohttp
 
-from bench.harness import own_engine_process, percentile
-from linkflow_stream.dev.testing import EngineProcess, call
+from bench.harness import engine_on, percentile
+from linkflow_stream.dev.testing import call
 
 DIAMOND = {
     "nodes": [
@@ -130,13 +128,7 @@ def main() -> None:
         run([args.url])
         return
     with contextlib.ExitStack() as stack:
-        if args.bootstrap:
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="linkflow-bench-"))
-            first = EngineProcess(bootstrap=args.bootstrap, workdir=Path(tmp))
-            first.start()
-            stack.callback(first.stop)
-        else:
-            first = stack.enter_context(own_engine_process())
+        first = stack.enter_context(engine_on(args.bootstrap))
         engines = [first]
         for _ in range(args.engines - 1):
             sibling = first.sibling()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from linkflow_stream.dev.broker import Broker, free_port
 from linkflow_stream.dev.testing import EngineProcess
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -48,6 +51,13 @@ def engine_on(bootstrap: str | None, **env: str) -> Iterator[EngineProcess]:
             yield engine
         finally:
             engine.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads), from ``/proc/<pid>/stat``."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
 
 
 def rss_mb(pid: int) -> float:

@@ -39,7 +39,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.diamond import DIAMOND
-from bench.shapes import cpu_seconds, engine_on
+from bench.harness import cpu_seconds, engine_on
 from linkflow_stream.dev.testing import call
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -45,31 +45,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.harness import engine_on
+from bench.harness import cpu_seconds, engine_on
 from linkflow_stream.core import topic_names
 from linkflow_stream.dev.testing import EngineProcess, TargetServer, call
 from linkflow_stream.kafka.consumers import log_ends
 from linkflow_stream.kafka.metadata import cluster_metadata
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (all its threads), from ``/proc/<pid>/stat``."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()  # the name in parentheses may hold spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
 
 
 def node(node_type: str, node_id: str, expression: str, depends_on: list[str], target: str) -> dict[str, Any]:

@@ -755,7 +755,7 @@ class Api:
         body = await self._visible(request, request.match_info["id"])
         if as_of is not None:
             return await self._as_of(request.match_info["id"], body, as_of)
-        return web.json_response({**body, **await self.d.views.linked(body["id"])})
+        return web.json_response(await self._with_links(body))
 
     async def rerun(self, request: web.Request) -> web.Response:
         """A new run of an ended one, linked both ways (``rerun_of`` / ``reruns``): from ``failed``
@@ -996,12 +996,21 @@ class Api:
         rows = [line for _seq, _n, line in found]
         return web.json_response({"id": execution_id, "logs": rows, "count": len(rows)})
 
-    async def stream_logs(self, request: web.Request) -> web.StreamResponse:
-        """WebSocket: every line so far, then each new one, until the execution ends."""
-        execution_id = request.match_info["id"]
+    async def _socket(self, request: web.Request, execution_id: str) -> web.WebSocketResponse:
+        """A WebSocket on a run the caller may see (404 before the upgrade otherwise)."""
         await self._visible(request, execution_id)
         ws = web.WebSocketResponse(heartbeat=20, protocols=(WS_PROTOCOL,))
         await ws.prepare(request)
+        return ws
+
+    async def _with_links(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``GET /api/executions/{id}``'s body: the run's, with the runs that link to it."""
+        return {**body, **await self.d.views.linked(body["id"])}
+
+    async def stream_logs(self, request: web.Request) -> web.StreamResponse:
+        """WebSocket: every line so far, then each new one, until the execution ends."""
+        execution_id = request.match_info["id"]
+        ws = await self._socket(request, execution_id)
         followers = self.d.views.logs
         queue = followers.follow(execution_id)  # subscribe before reading the backlog: no line falls between
         try:
@@ -1022,9 +1031,7 @@ class Api:
         changes, until it ends. Changes that come faster than the client reads are coalesced: it
         always gets the latest body, never a backlog (``StatusView.watch``)."""
         execution_id = request.match_info["id"]
-        await self._visible(request, execution_id)
-        ws = web.WebSocketResponse(heartbeat=20, protocols=(WS_PROTOCOL,))
-        await ws.prepare(request)
+        ws = await self._socket(request, execution_id)
         status = self.d.views.status
         changed = status.watch(execution_id)  # before the first read: no change falls between
         closed = asyncio.ensure_future(ws.receive())  # a client sends nothing; any message is its close
@@ -1036,7 +1043,7 @@ class Api:
                 body = await self.d.views.body(execution_id)
                 if body is None:
                     return ws
-                text = json.dumps({**body, **await self.d.views.linked(execution_id)})
+                text = json.dumps(await self._with_links(body))
                 if text != sent:
                     await ws.send_str(text)
                     sent = text

@@ -192,10 +192,11 @@ class Codec:
             return cached[1]
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self.current.by_name[WORKFLOW], workflow.model_dump())
-        self._workflows[id(workflow)] = (workflow, buf.getvalue())  # holds it: its id stays its own
+        encoded = buf.getvalue()
+        self._workflows[id(workflow)] = (workflow, encoded)  # holds it: its id stays its own
         while len(self._workflows) > WORKFLOW_CACHE:
             self._workflows.popitem(last=False)
-        return buf.getvalue()
+        return encoded
 
     def _header(self, name: str, topic: str | None) -> io.BytesIO:
         buf = io.BytesIO()

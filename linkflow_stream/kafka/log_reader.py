@@ -186,9 +186,7 @@ class LogReader:
                         if self.on_error is not None:
                             await self.on_error(record, exc)
                     self._handled[tp] = record.offset + 1
-            for tp in self._partitions:  # an empty or compacted tail still counts as read
-                self._handled[tp] = max(self._handled.get(tp, 0), await consumer.position(tp))
-            self._progress.set()
+            await self._read_tails()
 
     async def _prepare(self, batches: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Await ``prepare`` with the batch's values until it succeeds: the batch waits (and the
@@ -261,12 +259,7 @@ class LogReader:
                 took = asyncio.get_running_loop().time() - began
                 for tp, records in batch.items():
                     lane.waiting[tp] -= len(records)
-                for tp in self._partitions:  # an empty or compacted tail counts as read once nothing waits
-                    if lane.waiting[tp] <= 0:
-                        position = await consumer.position(tp)
-                        if lane.waiting[tp] <= 0:  # nothing fetched meanwhile
-                            self._handled[tp] = max(self._handled.get(tp, 0), position)
-                self._progress.set()
+                await self._read_tails(lane.waiting)
                 if self._should_rest(batch, lane):
                     await asyncio.sleep(min(took, MAX_REST_SECONDS))
                 if fetcher.done():
@@ -274,6 +267,19 @@ class LogReader:
         finally:
             fetcher.cancel()
             await asyncio.gather(fetcher, return_exceptions=True)
+
+    async def _read_tails(self, waiting: Mapping[TopicPartition, int] | None = None) -> None:
+        """Count every partition as read up to the consumer's position (an empty or compacted tail,
+        or control records, still count), except one with fetched records not yet handed over
+        (``waiting``), and tell ``sync`` waiters."""
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in self._partitions:
+            if waiting is None or waiting.get(tp, 0) <= 0:
+                position = await consumer.position(tp)
+                if waiting is None or waiting.get(tp, 0) <= 0:  # nothing fetched meanwhile
+                    self._handled[tp] = max(self._handled.get(tp, 0), position)
+        self._progress.set()
 
     def _should_rest(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]], lane: _Lane

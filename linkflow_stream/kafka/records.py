@@ -60,8 +60,9 @@ def limit_of(logical_topic: str) -> int:
     return BROKER_DEFAULT_MAX_BYTES
 
 
-def encode(codec: Codec, outgoing: Outgoing, topic: str) -> ProducerRecord:
-    """``outgoing`` as bytes for the real topic name ``topic``."""
+def encode(codec: Codec, outgoing: Outgoing, topic: str, partition: int | None = None) -> ProducerRecord:
+    """``outgoing`` as bytes for the real topic name ``topic`` (for ``partition``; ``None``: the
+    key's)."""
     headers = cloudevent_headers(
         outgoing.ce_type,
         SOURCE,
@@ -76,4 +77,5 @@ def encode(codec: Codec, outgoing: Outgoing, topic: str) -> ProducerRecord:
         value=codec.encode(outgoing.record, topic),
         headers=headers,
         timestamp_ms=to_millis(outgoing.time) if outgoing.time else None,
+        partition=partition,
     )

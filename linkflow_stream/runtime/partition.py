@@ -146,8 +146,6 @@ class _Staged:
     """A batch being decided: the new states and everything to write, not yet committed."""
 
     states: dict[str, ExecutionState | None] = field(default_factory=dict)
-    floor: int = 0
-    """The events partition's offset below which nothing of this batch is written."""
     changelog: dict[str, ProducerRecord] = field(default_factory=dict)
     """The latest snapshot of each execution that has one in this batch (the new state of a run
     that starts or ends, or whose snapshot is due)."""
@@ -271,7 +269,7 @@ class Partition:
         producer raises (``Fenced``, ``ProducerBroken``, ``CommitFailed``); then nothing was
         applied. With ``cut``, the loop yields between records and ends the batch early where
         ``cut`` says so; what was decided commits as usual (``report.left``: the rest)."""
-        staged = _Staged(floor=self.events_floor)
+        staged = _Staged()
         offsets: dict[TopicPartition, int] = {}
         for index, record in enumerate(records):
             if cut is not None and index:
@@ -320,8 +318,7 @@ class Partition:
             events_topic = self.topic(topic_names.EVENTS)
             self.events_floor += sum(1 for r in staged.records if r.topic == events_topic)
             for execution_id, tail in staged.tails.items():
-                if self.tails.get(execution_id) != tail:
-                    self.tails[execution_id] = tail
+                self.tails[execution_id] = tail
                 if execution_id in staged.changelog:
                     heapq.heappush(self._snapshots, (tail.events_from, execution_id))
             for execution_id, new in staged.states.items():
@@ -345,7 +342,7 @@ class Partition:
     def _resnapshot_lagging(self, staged: _Staged) -> None:
         """Snapshot again the live runs whose snapshot points more than ``RESNAPSHOT_LAG`` events
         back (runs waiting long, on a timer or a signal), so a restore need not read that far."""
-        while self._snapshots and self._snapshots[0][0] < staged.floor - RESNAPSHOT_LAG:
+        while self._snapshots and self._snapshots[0][0] < self.events_floor - RESNAPSHOT_LAG:
             entry = heapq.heappop(self._snapshots)
             staged.lagging.append(entry)
             events_from, execution_id = entry
@@ -353,9 +350,9 @@ class Partition:
             state = staged.states.get(execution_id) or self.states.get(execution_id)
             if tail is None or tail.events_from != events_from or state is None or state.status.terminal:
                 continue  # an older snapshot's entry, or a run that ended
-            snapshot = self._changelog(execution_id, state, staged.floor)
+            snapshot = self._changelog(execution_id, state, self.events_floor)
             staged.changelog[execution_id] = snapshot
-            staged.tails[execution_id] = Tail(staged.floor, len(snapshot.value or b""))
+            staged.tails[execution_id] = Tail(self.events_floor, len(snapshot.value or b""))
 
     def _expired(self, now_ms: int, staged: _Staged) -> list[str]:
         """Finished runs past their time to live, to tombstone in this batch."""
@@ -412,7 +409,7 @@ class Partition:
         prior = staged.tails.get(execution_id) or self.tails.get(execution_id)
         try:
             step = await self.stepper.step(state, inp, now)
-            encoded = self._encode_all(step, prior, staged.floor)
+            encoded = self._encode_all(step, prior)
             if isinstance(encoded, str) and isinstance(inp, NodeResult) and inp.ok:
                 # A result whose events or state the broker cannot carry fails its node instead.
                 failed = inp.model_copy(
@@ -423,7 +420,7 @@ class Partition:
                     }
                 )
                 step = await self.stepper.step(state, failed, now)
-                encoded = self._encode_all(step, prior, staged.floor)
+                encoded = self._encode_all(step, prior)
         except (KafkaError, OSError):
             raise  # the broker or the network, not the input: the batch is tried again
         except Exception as exc:
@@ -448,10 +445,11 @@ class Partition:
         staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
 
     def _encode_all(
-        self, step: Step, prior: Tail | None, floor: int
+        self, step: Step, prior: Tail | None
     ) -> tuple[list[ProducerRecord], ProducerRecord | None, Tail] | str:
         """The step's records, the new state's snapshot if one is due, and the run's changelog
-        tail after the step; or why the broker would refuse one of them.
+        tail after the step; or why the broker would refuse one of them. Nothing of this batch is
+        written below ``events_floor`` (it moves only when a batch commits).
 
         A snapshot is due when the run starts (it has no tail), ends, or has had
         ``snapshot_every`` events since its last; otherwise the step's events are the change,
@@ -471,7 +469,7 @@ class Partition:
             out.append(record)
         state = step.state
         if state is None:
-            return out, None, prior or Tail(floor, 0)
+            return out, None, prior or Tail(self.events_floor, 0)
         tail = prior.after(events, size) if prior is not None else None
         limit = self.limit(topic_names.STATE)
         if (
@@ -481,21 +479,19 @@ class Partition:
             and tail.estimate <= limit * STATE_CHECK_FRACTION
         ):
             return out, None, tail
-        snapshot = self._changelog(state.id, state, floor)
+        snapshot = self._changelog(state.id, state, self.events_floor)
         if snapshot.size > limit:
             return (
                 f"the execution's state would be {snapshot.size} bytes, over the "
                 f"{limit}-byte record limit; reduce node outputs with output mappings"
             )
-        return out, snapshot, Tail(floor, len(snapshot.value or b""))
+        return out, snapshot, Tail(self.events_floor, len(snapshot.value or b""))
 
     def _encode(self, outgoing: Outgoing) -> ProducerRecord:
-        record = encode(self.codec, outgoing, self.topic(outgoing.topic))
-        if outgoing.topic == topic_names.EVENTS:
-            # A run's events go to the partition number that owns the run, where a restore of
-            # this partition reads them (ADR 0039); the key's hash puts them there anyway.
-            record = dataclasses.replace(record, partition=self.number)
-        return record
+        # A run's events go to the partition number that owns the run, where a restore of this
+        # partition reads them (ADR 0039); the key's hash puts them there anyway.
+        partition = self.number if outgoing.topic == topic_names.EVENTS else None
+        return encode(self.codec, outgoing, self.topic(outgoing.topic), partition)
 
     def _changelog(
         self, execution_id: str, state: ExecutionState | None, events_from: int | None = None

@@ -86,9 +86,14 @@ async def read_states(
     try:
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
-        starts = [r.events_from for r in runs.values() if r.events_from is not None]
-        if starts and min(starts) < end:
-            await _fold_events(consumer, tp, min(starts), end, runs, codec, within)
+        wanted = {  # a finished run's snapshot is whole: nothing to fold onto it, nothing to read
+            run.state.id.encode(): run
+            for run in runs.values()
+            if run.events_from is not None and not run.state.status.terminal
+        }
+        start = min((run.events_from for run in wanted.values() if run.events_from is not None), default=end)
+        if start < end:
+            await _fold_events(consumer, tp, start, end, wanted, codec, within)
     finally:
         await asyncio.sleep(0)  # see kafka.consumers.log_ends
         await consumer.stop()
@@ -107,16 +112,11 @@ async def _fold_events(
     tp: TopicPartition,
     start: int,
     end: int,
-    runs: dict[str, RestoredRun],
+    wanted: dict[bytes, RestoredRun],
     codec: Codec,
     within: float,
 ) -> None:
-    """Fold each run's committed events from its snapshot's offset onto its snapshot."""
-    wanted = {
-        run.state.id.encode(): run
-        for run in runs.values()
-        if run.events_from is not None and not run.state.status.terminal
-    }
+    """Fold each ``wanted`` run's committed events (by key) from its snapshot's offset onto it."""
     consumer.seek(tp, start)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within

@@ -395,9 +395,6 @@ _RUN_END = frozenset(
 )
 
 
-_ENDS = frozenset({EventType.EXECUTION_SUCCEEDED, EventType.EXECUTION_FAILED, EventType.EXECUTION_CANCELLED})
-
-
 def _gate_request(state: ExecutionState, event: ExecutionEvent) -> Outgoing | None:
     """A queued run's request to the gate, and a gated run's release when it ends (ADR 0030)."""
     team = state.workflow.team or ""
@@ -411,7 +408,7 @@ def _gate_request(state: ExecutionState, event: ExecutionEvent) -> Outgoing | No
             max=limit.max if limit is not None else None,
             requested_at=event.at,
         )
-    elif event.type in _ENDS and state.gated:
+    elif event.type in _RUN_END and state.gated:
         request = GateRequest(
             kind=GateRequestKind.RELEASE, execution_id=state.id, team=team, requested_at=event.at
         )
