@@ -11,13 +11,14 @@ lookup, inside lambdas and ``$eval`` too, finds these first.
 
 from __future__ import annotations
 
+import copy
 import random
 from datetime import datetime
 from typing import Any
 
 from jsonata import functions, jsonata
 
-from linkflow_stream.core.clock import to_millis
+from linkflow_stream.core.clock import EPOCH, to_millis
 
 
 class DeterministicFunctions:
@@ -26,8 +27,10 @@ class DeterministicFunctions:
 
     def __init__(self, now: datetime, seed: str | None) -> None:
         self._millis = to_millis(now)
-        # Not cryptography: $random() must repeat for the same seed so a replayed step agrees.
-        self._random = random.Random(seed)  # noqa: S311
+        self._seed = seed
+        self._random: random.Random | None = None
+        """Made at the first ``$random()``: seeding from a string hashes it (SHA-512), a cost
+        every evaluation paid while few expressions draw a number."""
 
     def now(self, picture: str | None, timezone: str | None) -> str | None:
         """The given time as ISO 8601, or formatted by an XPath picture like ``$fromMillis``."""
@@ -37,7 +40,33 @@ class DeterministicFunctions:
         return self._millis
 
     def random(self) -> float:
+        if self._random is None:
+            # Not cryptography: $random() must repeat for the same seed so a replayed step agrees.
+            self._random = random.Random(self._seed)  # noqa: S311
         return self._random.random()
+
+
+SIGNATURES = (("now", "<s?s?:s>"), ("millis", "<:n>"), ("random", "<:n>"))
+"""The library's own signatures for the functions a frame binds."""
+
+
+def _templates() -> dict[str, Any]:
+    """One native function per name, built once: building one parses its signature and asks
+    ``inspect.signature`` for its arity, which was a tenth of the orchestrator's CPU when every
+    evaluation built three (bench.profile). A frame binds a copy that calls its own methods."""
+    fns = DeterministicFunctions(EPOCH, None)
+    return {name: jsonata.Jsonata.function(name, signature, fns, name) for name, signature in SIGNATURES}
+
+
+_TEMPLATES = _templates()
+
+
+def _bound(name: str, fns: DeterministicFunctions) -> Any:
+    """The template of ``name`` calling ``fns``'s method: the parsed signature is read-only once
+    built, so copies share it; only the method differs."""
+    native = copy.copy(_TEMPLATES[name])
+    native.method = getattr(fns, name)
+    return native
 
 
 def evaluation_frame(*, timeout_ms: int, max_depth: int, now: datetime, seed: str | None) -> Any:
@@ -48,6 +77,6 @@ def evaluation_frame(*, timeout_ms: int, max_depth: int, now: datetime, seed: st
     # depth at every evaluation step and raises D1012 (time) or D1011 (depth).
     frame.set_runtime_bounds(timeout_ms, max_depth)
     fns = DeterministicFunctions(now, seed)
-    for name, signature in (("now", "<s?s?:s>"), ("millis", "<:n>"), ("random", "<:n>")):
-        frame.bind(name, jsonata.Jsonata.function(name, signature, fns, name))
+    for name, _signature in SIGNATURES:
+        frame.bind(name, _bound(name, fns))
     return frame
