@@ -1,11 +1,14 @@
 """Benchmark: N executions of a 5-node diamond of transforms, end to end over the HTTP API.
 
     python -m bench.diamond [--n 2000] [--concurrency 64] [--url http://127.0.0.1:8084]
-                            [--engines 2] [--bootstrap HOST:PORT] [--phases 1,8,32]
+                            [--engines 2 | --layout 'api,views;orchestrator,executor']
+                            [--bootstrap HOST:PORT] [--phases 1,8,32]
 
-Without ``--url`` it starts its own real broker (or uses ``--bootstrap``) and ``--engines``
-engine processes in one consumer group, which share the partitions; callers are spread over
-them in turn (nothing else should load the machine meanwhile). Latency is measured the way a
+Without ``--url`` it starts its own real broker (or uses ``--bootstrap``) and engine processes in
+one consumer group: ``--engines`` processes with every role, which share the partitions, or one
+process per ``;``-separated group of ``--layout`` (``linkflow run --roles``); callers are spread
+over the processes with the api role in turn (nothing else should load the machine meanwhile),
+and each phase prints the CPU each process used. Latency is measured the way a
 synchronous caller sees it: ``POST /api/executions?wait=`` until the finished execution comes
 back. It prints two phases: sequential (one execution at a time: unloaded latency) and
 concurrent (throughput); or, with ``--phases``, one per caller count.
@@ -19,11 +22,12 @@ import contextlib
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 
 import aiohttp
 
-from bench.harness import engine_on, percentile
-from linkflow_stream.dev.testing import call
+from bench.harness import cpu_seconds, engine_on, percentile
+from linkflow_stream.dev.testing import EngineProcess, call
 
 DIAMOND = {
     "nodes": [
@@ -94,11 +98,15 @@ def main() -> None:
         "--phases", help="instead: one phase per caller count, e.g. 1,8,32 (each --n runs; 1: --sequential)"
     )
     parser.add_argument("--url", help="a running engine; default: start a broker and an engine here")
-    parser.add_argument("--engines", type=int, default=1, help="engine processes started here")
+    parser.add_argument("--engines", type=int, default=1, help="engine processes started here (all roles)")
+    parser.add_argument(
+        "--layout",
+        help="instead: one process per ';'-separated roles group, e.g. 'api,views;orchestrator,executor'",
+    )
     parser.add_argument("--bootstrap", help="a running broker for the engines started here")
     args = parser.parse_args()
 
-    def run(urls: list[str]) -> None:
+    def run(urls: list[str], engines: Sequence[EngineProcess] = ()) -> None:
         url = urls[0]
         workflow_id = f"bench-diamond-{uuid.uuid4().hex[:6]}"
         status, body = call("POST", f"{url}/api/workflows", {"id": workflow_id, **DIAMOND})
@@ -114,9 +122,19 @@ def main() -> None:
         if args.phases:
             for callers in (int(c) for c in args.phases.split(",")):
                 n = args.sequential if callers == 1 else args.n
-                report(
-                    f"x{callers} ({len(urls)} engines)", *asyncio.run(phase(urls, workflow_id, n, callers))
-                )
+                cpu = [cpu_seconds(e.pid) for e in engines]
+                seconds, latencies, failures = asyncio.run(phase(urls, workflow_id, n, callers))
+                report(f"x{callers} ({len(engines) or len(urls)} processes)", seconds, latencies, failures)
+                if engines:
+                    used = [(cpu_seconds(e.pid) - c) / seconds for e, c in zip(engines, cpu, strict=True)]
+                    print(
+                        f"{'':<28} engine CPU {sum(used):.2f} cores ("
+                        + ", ".join(
+                            f"{' '.join(e.args[1:]) or 'all roles'} {u:.2f}"
+                            for e, u in zip(engines, used, strict=True)
+                        )
+                        + f"), {sum(used) / (len(latencies) / seconds) * 1000:.2f} ms a run"
+                    )
             return
         report("sequential (latency)", *asyncio.run(phase(urls, workflow_id, args.sequential, 1)))
         report(
@@ -127,15 +145,20 @@ def main() -> None:
     if args.url:
         run([args.url])
         return
+    groups = args.layout.split(";") if args.layout else [None] * args.engines
+    roles = [() if g is None else ("--roles", g) for g in groups]
     with contextlib.ExitStack() as stack:
-        first = stack.enter_context(engine_on(args.bootstrap))
+        first = stack.enter_context(engine_on(args.bootstrap, roles[0]))
         engines = [first]
-        for _ in range(args.engines - 1):
+        for more in roles[1:]:
             sibling = first.sibling()
+            sibling.args = more
             sibling.start()
             stack.callback(sibling.stop)
             engines.append(sibling)
-        run([e.url for e in engines])
+        run(
+            [e.url for e, r in zip(engines, roles, strict=True) if not r or "api" in r[1].split(",")], engines
+        )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,13 @@ def own_engine(**env: str) -> Iterator[str]:
 
 
 @contextmanager
-def own_engine_process(**env: str) -> Iterator[EngineProcess]:
-    """Start a real broker and ``linkflow run`` on free ports; yields the engine (to restart it,
-    read its RSS, ...)."""
+def own_engine_process(args: tuple[str, ...] = (), **env: str) -> Iterator[EngineProcess]:
+    """Start a real broker and ``linkflow run [args]`` on free ports; yields the engine (to
+    restart it, read its RSS, ...)."""
     with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
         broker = Broker(data_dir=Path(tmp) / "kafka", port=free_port())
         broker.start(cache_dir=Path(".linkflow").resolve())
-        engine = EngineProcess(bootstrap=broker.bootstrap, workdir=Path(tmp), extra_env=env)
+        engine = EngineProcess(bootstrap=broker.bootstrap, workdir=Path(tmp), extra_env=env, args=args)
         try:
             engine.start()
             yield engine
@@ -38,14 +38,15 @@ def own_engine_process(**env: str) -> Iterator[EngineProcess]:
 
 
 @contextmanager
-def engine_on(bootstrap: str | None, **env: str) -> Iterator[EngineProcess]:
-    """An engine on ``bootstrap`` with a fresh topic prefix, or on a broker of its own."""
+def engine_on(bootstrap: str | None, args: tuple[str, ...] = (), **env: str) -> Iterator[EngineProcess]:
+    """An engine (``linkflow run [args]``) on ``bootstrap`` with a fresh topic prefix, or on a
+    broker of its own."""
     if bootstrap is None:
-        with own_engine_process(**env) as engine:
+        with own_engine_process(args, **env) as engine:
             yield engine
         return
     with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
-        engine = EngineProcess(bootstrap=bootstrap, workdir=Path(tmp), extra_env=env)
+        engine = EngineProcess(bootstrap=bootstrap, workdir=Path(tmp), extra_env=env, args=args)
         try:
             engine.start()
             yield engine

@@ -84,6 +84,13 @@ class EngineProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        """The running process's id."""
+        if self.proc is None:
+            raise RuntimeError("the engine has not started")
+        return self.proc.pid
+
+    @property
     def registry_url(self) -> str:
         return f"http://127.0.0.1:{self.registry_port}"
 
