@@ -14,12 +14,12 @@ inputs, outputs) as text.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -28,12 +28,20 @@ from typing import Any, TypeVar
 import fastavro
 import pydantic
 from fastavro.read import LOGICAL_READERS
+from fastavro.schema import (
+    SchemaParseException,
+    UnknownType,
+    load_schema,
+    parse_schema,
+    to_parsing_canonical_form,
+)
 from fastavro.schema import fingerprint as avro_fingerprint
-from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
 from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka.schema_ids import (
@@ -52,8 +60,13 @@ CONTENT_TYPE = "application/avro"
 T = TypeVar("T", bound=BaseModel)
 STATE = f"{NAMESPACE}.ExecutionState"
 WORKFLOW = f"{NAMESPACE}.WorkflowDefinition"
+SPLICED: tuple[type[BaseModel], ...] = (ExecutionState, ExecutionEvent, StartExecution)
+"""The records that carry a run's workflow snapshot (see ``Splice``)."""
 WORKFLOW_CACHE = 512
-"""Encoded workflow snapshots kept, by object: the runs in flight share a few definitions."""
+"""Encoded workflow snapshots kept, by object, and decoded ones, by id and version: the runs in
+flight share a few definitions."""
+SAME_KEY_COPIES = 4
+"""Different definitions kept under one id and version (another deployment's, a test's)."""
 
 LOGICAL_WRITERS["string-json"] = lambda datum, _schema: json.dumps(datum, separators=(",", ":"))
 LOGICAL_READERS["string-json"] = lambda datum, _writer, _reader: json.loads(datum)
@@ -88,29 +101,66 @@ class SchemaSet:
             self.by_name[name] = parsed
             self.fingerprints[name] = fingerprint(to_parsing_canonical_form(loaded))
             self.by_fingerprint[self.fingerprints[name]] = parsed
+        self._splices: dict[str, Splice | None] = {}
 
     def schema(self, name: str) -> Any:
         return self.by_name[name if "." in name else f"{NAMESPACE}.{name}"]
 
-    @functools.cached_property
-    def state_rest(self) -> Any:
-        """The fields of ``ExecutionState`` after ``id`` and ``workflow``, as a record schema of
-        their own: Avro writes a record as its fields one after the other, so ``id``, then the
-        workflow's own encoding, then this record's, are the state's bytes (``Codec.encode``).
-        ``None`` when the schema does not start with those two fields."""
-        state = json.loads(self.texts[STATE])
-        fields = state["fields"]
-        workflow = fields[1]["type"] if len(fields) > 1 else None
-        workflow_name = workflow.get("name") if isinstance(workflow, dict) else workflow  # inlined or named
-        if [f["name"] for f in fields[:2]] != ["id", "workflow"] or workflow_name not in (
-            WORKFLOW,
-            "WorkflowDefinition",
-        ):
-            return None
-        named: dict[str, Any] = {}
-        parse_schema(json.loads(self.texts[WORKFLOW]), named_schemas=named)
-        rest = {"type": "record", "name": f"{NAMESPACE}.ExecutionStateRest", "fields": fields[2:]}
-        return parse_schema(rest, named_schemas=named)
+    def splice(self, name: str) -> Splice | None:
+        """How to write ``name`` around the encoding of its ``workflow`` field (see ``Splice``);
+        ``None`` when it has no such field or its schema does not split cleanly."""
+        if name not in self._splices:
+            self._splices[name] = self._split(name)
+        return self._splices[name]
+
+    def _split(self, name: str) -> Splice | None:
+        fields = json.loads(self.texts[name])["fields"] if name in self.texts else []
+        for i, field in enumerate(fields):
+            kind = field["type"]
+            nullable = isinstance(kind, list)
+            if nullable:
+                if len(kind) != 2 or kind[0] != "null":
+                    return None
+                kind = kind[1]
+            if field["name"] != "workflow" or (kind.get("name") if isinstance(kind, dict) else kind) not in (
+                WORKFLOW,
+                "WorkflowDefinition",
+            ):
+                continue
+            # Parsed in the text's order, so each named type is defined where the text first
+            # inlines it: the fields before, the workflow (its own self-contained text), the rest.
+            named: dict[str, Any] = {}
+            try:
+                head = parse_schema(_record(f"{name}Head", fields[:i]), named_schemas=named) if i else None
+                if WORKFLOW not in named:
+                    parse_schema(json.loads(self.texts[WORKFLOW]), named_schemas=named)
+                tail = parse_schema(_record(f"{name}Tail", fields[i + 1 :]), named_schemas=named)
+            except (SchemaParseException, UnknownType, KeyError, ValueError):  # not a layout it knows:
+                # the plain encoding is used
+                return None
+            return Splice(head, nullable, tail)
+        return None
+
+
+def _record(name: str, fields: list[Any]) -> dict[str, Any]:
+    return {"type": "record", "name": name, "fields": fields}
+
+
+@dataclass(frozen=True)
+class Splice:
+    """A record with a ``workflow`` field, as the record of the fields before it (``head``), the
+    workflow, and the record of the fields after it (``tail``). Avro writes a record as its fields
+    one after the other and a union as its branch's index (a zig-zag varint) then the value, so
+    head + (index) + the workflow's own bytes + tail are the record's bytes. The workflow is a
+    run's snapshot of its definition, the same object in every state, event and request of the
+    runs of that version (``Codec.decode`` shares it): encoded once per definition, not in every
+    record that carries it (ADR 0039, 0041)."""
+
+    head: Any
+    """``None``: the workflow is the first field."""
+    nullable: bool
+    """The field is ``["null", WorkflowDefinition]``."""
+    tail: Any
 
 
 class Codec:
@@ -133,6 +183,9 @@ class Codec:
                 self.writers.setdefault(fp, parsed)
         self._fingerprints = current.fingerprints
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
+        self._decoded_workflows: OrderedDict[
+            tuple[Any, Any], list[tuple[dict[str, Any], WorkflowDefinition]]
+        ] = OrderedDict()
         self.ids = SchemaIds(registry, self.parse_writer) if registry is not None else None
         """``None``: single-object encoding only, and a Confluent-framed value is a DecodeError."""
 
@@ -175,14 +228,21 @@ class Codec:
         """``record``'s bytes; for Kafka ``topic`` (the real name) in the Confluent wire format when
         a registry gave an id for it, else (and always without a topic) single-object encoded."""
         name = f"{NAMESPACE}.{type(record).__name__}"
-        if not isinstance(record, ExecutionState) or (rest := self.current.state_rest) is None:
+        workflow = getattr(record, "workflow", None) if type(record) in SPLICED else None
+        splice = self.current.splice(name) if type(record) in SPLICED else None
+        if splice is None:
             return self.encode_dict(name, record.model_dump(), topic)
-        # A state is mostly its workflow's snapshot, the same object for the whole run: encoded
-        # once per run, not at every snapshot and read-model row (ADR 0039). Same bytes.
+        # Most of a state's, a run's first event's or a start request's bytes are its workflow's
+        # snapshot: written from the bytes kept for that definition object (``Splice``).
+        data = record.model_dump(exclude={"workflow"})
         buf = self._header(name, topic)
-        fastavro.schemaless_writer(buf, {"type": "string"}, record.id)
-        buf.write(self._workflow_bytes(record.workflow))
-        fastavro.schemaless_writer(buf, rest, record.model_dump(exclude={"id", "workflow"}))
+        if splice.head is not None:
+            fastavro.schemaless_writer(buf, splice.head, data)
+        if splice.nullable:
+            buf.write(b"\x00" if workflow is None else b"\x02")  # the union's branch: 0 or 1, zig-zag
+        if workflow is not None:
+            buf.write(self._workflow_bytes(workflow))
+        fastavro.schemaless_writer(buf, splice.tail, data)
         return buf.getvalue()
 
     def _workflow_bytes(self, workflow: WorkflowDefinition) -> bytes:
@@ -197,6 +257,27 @@ class Codec:
         while len(self._workflows) > WORKFLOW_CACHE:
             self._workflows.popitem(last=False)
         return encoded
+
+    def _shared_workflow(self, raw: dict[str, Any]) -> WorkflowDefinition:
+        """One object for every decoded copy of the same definition: the runs of a workflow
+        version carry the same snapshot, so it is validated once, not in every request, event and
+        state, and its bytes and node index (both kept per object) are reused. Shared only when
+        the decoded fields are equal (a dict comparison), never by id and version alone."""
+        key = (raw.get("id"), raw.get("version"))
+        copies = self._decoded_workflows.get(key)
+        if copies is None:
+            copies = self._decoded_workflows[key] = []
+            while len(self._decoded_workflows) > WORKFLOW_CACHE:
+                self._decoded_workflows.popitem(last=False)
+        else:
+            self._decoded_workflows.move_to_end(key)
+        for kept, workflow in copies:
+            if kept == raw:
+                return workflow
+        workflow = WorkflowDefinition.model_validate(raw)
+        copies.insert(0, (raw, workflow))
+        del copies[SAME_KEY_COPIES:]
+        return workflow
 
     def _header(self, name: str, topic: str | None) -> io.BytesIO:
         buf = io.BytesIO()
@@ -217,7 +298,10 @@ class Codec:
         """Decode ``data`` into ``model``; raises ``DecodeError`` for anything unreadable."""
         name = f"{NAMESPACE}.{model.__name__}"
         try:
-            return model.model_validate(self.decode_dict(data, name))
+            value = self.decode_dict(data, name)
+            if model in SPLICED and isinstance(raw := value.get("workflow"), dict):
+                value["workflow"] = self._shared_workflow(raw)
+            return model.model_validate(value)
         except pydantic.ValidationError as exc:
             raise DecodeError(f"{name} does not fit its model: {exc}") from exc
 
