@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import aiohttp
 
@@ -77,6 +79,18 @@ async def phase(
         return time.perf_counter() - start, latencies, failures
 
 
+def local_brokers() -> list[int]:
+    """Process ids of the Kafka brokers running on this machine (any: the figure is the machine's
+    share that went to Kafka, so run nothing else meanwhile)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if b"kafka.Kafka" in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+    return found
+
+
 def report(name: str, seconds: float, latencies: list[float], failures: int) -> None:
     n = len(latencies)
     print(
@@ -123,6 +137,7 @@ def main() -> None:
             for callers in (int(c) for c in args.phases.split(",")):
                 n = args.sequential if callers == 1 else args.n
                 cpu = [cpu_seconds(e.pid) for e in engines]
+                others = {pid: cpu_seconds(pid) for pid in [os.getpid(), *local_brokers()]}
                 seconds, latencies, failures = asyncio.run(phase(urls, workflow_id, n, callers))
                 report(f"x{callers} ({len(engines) or len(urls)} processes)", seconds, latencies, failures)
                 if engines:
@@ -135,6 +150,12 @@ def main() -> None:
                         )
                         + f"), {sum(used) / (len(latencies) / seconds) * 1000:.2f} ms a run"
                     )
+                rest = {pid: (cpu_seconds(pid) - c) / seconds for pid, c in others.items()}
+                client = rest.pop(os.getpid())
+                print(
+                    f"{'':<28} this client {client:.2f} cores; Kafka brokers on this machine "
+                    f"{sum(rest.values()):.2f} cores ({len(rest)} found)"
+                )
             return
         report("sequential (latency)", *asyncio.run(phase(urls, workflow_id, args.sequential, 1)))
         report(

@@ -22,7 +22,7 @@ def own_engine(**env: str) -> Iterator[str]:
 
 
 @contextmanager
-def own_engine_process(args: tuple[str, ...] = (), **env: str) -> Iterator[EngineProcess]:
+def own_engine_process(args: tuple[str, ...] = (), /, **env: str) -> Iterator[EngineProcess]:
     """Start a real broker and ``linkflow run [args]`` on free ports; yields the engine (to
     restart it, read its RSS, ...)."""
     with tempfile.TemporaryDirectory(prefix="linkflow-bench-") as tmp:
@@ -38,7 +38,7 @@ def own_engine_process(args: tuple[str, ...] = (), **env: str) -> Iterator[Engin
 
 
 @contextmanager
-def engine_on(bootstrap: str | None, args: tuple[str, ...] = (), **env: str) -> Iterator[EngineProcess]:
+def engine_on(bootstrap: str | None, args: tuple[str, ...] = (), /, **env: str) -> Iterator[EngineProcess]:
     """An engine (``linkflow run [args]``) on ``bootstrap`` with a fresh topic prefix, or on a
     broker of its own."""
     if bootstrap is None:
