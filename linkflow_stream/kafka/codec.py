@@ -19,7 +19,6 @@ import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -28,14 +27,12 @@ from typing import Any, TypeVar
 import fastavro
 import pydantic
 from fastavro.read import LOGICAL_READERS
+from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.schema import (
-    SchemaParseException,
-    UnknownType,
     load_schema,
     parse_schema,
     to_parsing_canonical_form,
 )
-from fastavro.schema import fingerprint as avro_fingerprint
 from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
@@ -44,6 +41,7 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.kafka.avro_writer import RecordWriter, compile_record
 from linkflow_stream.kafka.schema_ids import (
     CONFLUENT_HEADER_BYTES,
     SchemaIds,
@@ -61,7 +59,14 @@ T = TypeVar("T", bound=BaseModel)
 STATE = f"{NAMESPACE}.ExecutionState"
 WORKFLOW = f"{NAMESPACE}.WorkflowDefinition"
 SPLICED: tuple[type[BaseModel], ...] = (ExecutionState, ExecutionEvent, StartExecution)
-"""The records that carry a run's workflow snapshot (see ``Splice``)."""
+"""The records that carry a run's workflow snapshot: a run's definition, the same object in its
+request, first event and every state (``Codec.decode`` shares it between runs too), written from
+bytes kept per object rather than encoded again in each record (ADR 0039, 0041)."""
+COMPILED = frozenset(
+    f"{NAMESPACE}.{model}" for model in ("ExecutionEvent", "ExecutionState", "StartExecution", "NodeResult")
+)
+"""The records written most (per run: its request, every event, its snapshots, each task's
+result), written by compiled writers (``avro_writer``); fastavro writes the rest."""
 WORKFLOW_CACHE = 512
 """Encoded workflow snapshots kept, by object, and decoded ones, by id and version: the runs in
 flight share a few definitions."""
@@ -101,66 +106,9 @@ class SchemaSet:
             self.by_name[name] = parsed
             self.fingerprints[name] = fingerprint(to_parsing_canonical_form(loaded))
             self.by_fingerprint[self.fingerprints[name]] = parsed
-        self._splices: dict[str, Splice | None] = {}
 
     def schema(self, name: str) -> Any:
         return self.by_name[name if "." in name else f"{NAMESPACE}.{name}"]
-
-    def splice(self, name: str) -> Splice | None:
-        """How to write ``name`` around the encoding of its ``workflow`` field (see ``Splice``);
-        ``None`` when it has no such field or its schema does not split cleanly."""
-        if name not in self._splices:
-            self._splices[name] = self._split(name)
-        return self._splices[name]
-
-    def _split(self, name: str) -> Splice | None:
-        fields = json.loads(self.texts[name])["fields"] if name in self.texts else []
-        for i, field in enumerate(fields):
-            kind = field["type"]
-            nullable = isinstance(kind, list)
-            if nullable:
-                if len(kind) != 2 or kind[0] != "null":
-                    return None
-                kind = kind[1]
-            if field["name"] != "workflow" or (kind.get("name") if isinstance(kind, dict) else kind) not in (
-                WORKFLOW,
-                "WorkflowDefinition",
-            ):
-                continue
-            # Parsed in the text's order, so each named type is defined where the text first
-            # inlines it: the fields before, the workflow (its own self-contained text), the rest.
-            named: dict[str, Any] = {}
-            try:
-                head = parse_schema(_record(f"{name}Head", fields[:i]), named_schemas=named) if i else None
-                if WORKFLOW not in named:
-                    parse_schema(json.loads(self.texts[WORKFLOW]), named_schemas=named)
-                tail = parse_schema(_record(f"{name}Tail", fields[i + 1 :]), named_schemas=named)
-            except (SchemaParseException, UnknownType, KeyError, ValueError):  # not a layout it knows:
-                # the plain encoding is used
-                return None
-            return Splice(head, nullable, tail)
-        return None
-
-
-def _record(name: str, fields: list[Any]) -> dict[str, Any]:
-    return {"type": "record", "name": name, "fields": fields}
-
-
-@dataclass(frozen=True)
-class Splice:
-    """A record with a ``workflow`` field, as the record of the fields before it (``head``), the
-    workflow, and the record of the fields after it (``tail``). Avro writes a record as its fields
-    one after the other and a union as its branch's index (a zig-zag varint) then the value, so
-    head + (index) + the workflow's own bytes + tail are the record's bytes. The workflow is a
-    run's snapshot of its definition, the same object in every state, event and request of the
-    runs of that version (``Codec.decode`` shares it): encoded once per definition, not in every
-    record that carries it (ADR 0039, 0041)."""
-
-    head: Any
-    """``None``: the workflow is the first field."""
-    nullable: bool
-    """The field is ``["null", WorkflowDefinition]``."""
-    tail: Any
 
 
 class Codec:
@@ -183,6 +131,8 @@ class Codec:
                 self.writers.setdefault(fp, parsed)
         self._fingerprints = current.fingerprints
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
+        self._writers: dict[str, RecordWriter | None] = {}
+        """Compiled writers by record name (``None``: fastavro writes that record)."""
         self._decoded_workflows: OrderedDict[
             tuple[Any, Any], list[tuple[dict[str, Any], WorkflowDefinition]]
         ] = OrderedDict()
@@ -228,22 +178,24 @@ class Codec:
         """``record``'s bytes; for Kafka ``topic`` (the real name) in the Confluent wire format when
         a registry gave an id for it, else (and always without a topic) single-object encoded."""
         name = f"{NAMESPACE}.{type(record).__name__}"
-        workflow = getattr(record, "workflow", None) if type(record) in SPLICED else None
-        splice = self.current.splice(name) if type(record) in SPLICED else None
-        if splice is None:
+        writer = self._writers[name] if self.compiled(name) else None
+        if writer is None:
             return self.encode_dict(name, record.model_dump(), topic)
-        # Most of a state's, a run's first event's or a start request's bytes are its workflow's
-        # snapshot: written from the bytes kept for that definition object (``Splice``).
-        data = record.model_dump(exclude={"workflow"})
-        buf = self._header(name, topic)
-        if splice.head is not None:
-            fastavro.schemaless_writer(buf, splice.head, data)
-        if splice.nullable:
-            buf.write(b"\x00" if workflow is None else b"\x02")  # the union's branch: 0 or 1, zig-zag
-        if workflow is not None:
-            buf.write(self._workflow_bytes(workflow))
-        fastavro.schemaless_writer(buf, splice.tail, data)
-        return buf.getvalue()
+        carries = type(record) in SPLICED  # its workflow: written from the bytes kept per object
+        data = record.model_dump(exclude={"workflow"}) if carries else record.model_dump()
+        return self._header(name, topic).getvalue() + writer(data, getattr(record, "workflow", None))
+
+    def compiled(self, name: str) -> bool:
+        """Whether a compiled writer (``avro_writer``) writes ``name`` rather than fastavro."""
+        if name not in self._writers:
+            self._writers[name] = self._compile(name)
+        return self._writers[name] is not None
+
+    def _compile(self, name: str) -> RecordWriter | None:
+        text = self.current.texts.get(name)
+        if name not in COMPILED or text is None:
+            return None
+        return compile_record(json.loads(text), self._workflow_bytes)
 
     def _workflow_bytes(self, workflow: WorkflowDefinition) -> bytes:
         cached = self._workflows.get(id(workflow))

@@ -1,0 +1,160 @@
+"""The compiled Avro writers write the bytes fastavro writes for the same records, whatever the
+fields hold (generated), so readers (ours, Kafka UI, a registry's consumers) see no difference."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fastavro
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Signal
+from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.kafka.avro_writer import write_long, write_string
+from linkflow_stream.kafka.codec import COMPILED, NAMESPACE, default_codec
+
+CODEC = default_codec()
+WORKFLOW = WorkflowDefinition.model_validate(
+    {
+        "id": "wf",
+        "version": 3,
+        "created_at": datetime(2026, 1, 2, tzinfo=UTC),
+        "nodes": [
+            {"id": "a", "type": "transform", "config": {"expression": "input.n"}},
+            {"id": "b", "type": "http", "depends_on": ["a"], "config": {"url": "http://x/"}},
+        ],
+    }
+)
+
+text = st.text(max_size=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False) | text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+times = st.datetimes(
+    min_value=datetime(1900, 1, 1),  # noqa: DTZ001 - hypothesis takes naive bounds
+    max_value=datetime(2200, 1, 1),  # noqa: DTZ001
+    timezones=st.just(UTC),
+).map(lambda at: at.replace(microsecond=at.microsecond // 1000 * 1000))
+"""Whole milliseconds, as Avro keeps them (so a decoded record equals the one written)."""
+longs = st.integers(-(2**63), 2**63 - 1)
+errors = st.builds(NodeError, error_class=text, message=text, retryable=st.booleans())
+signals = st.builds(
+    Signal,
+    name=text,
+    id=st.none() | text,
+    payload=json_values,
+    execution_id=st.none() | text,
+    correlation_key=st.none() | text,
+)
+events = st.builds(
+    ExecutionEvent,
+    execution_id=text,
+    seq=longs,
+    type=st.sampled_from(list(EventType)),
+    at=times,
+    node_id=st.none() | text,
+    attempt=st.none() | st.integers(-(2**31), 2**31 - 1),
+    workflow=st.none() | st.just(WORKFLOW),
+    input=json_values,
+    priority=st.none() | st.sampled_from(list(Priority)),
+    output=json_values,
+    error=st.none() | errors,
+    reason=st.none() | text,
+    due_at=st.none() | times,
+    dispatch=st.none() | st.sampled_from(list(Dispatch)),
+    usage=st.none() | st.dictionaries(text, longs, max_size=3),
+    logs=st.none() | st.dictionaries(text, text, max_size=3),
+    traceparent=st.none() | text,
+    links=st.none() | st.dictionaries(text, text, max_size=2),
+    signal=st.none() | signals,
+    correlation_key=st.none() | text,
+)
+results = st.builds(
+    NodeResult,
+    execution_id=text,
+    node_id=text,
+    attempt=st.integers(-(2**31), 2**31 - 1),
+    ok=st.booleans(),
+    output=json_values,
+    error=st.none() | errors,
+    started_at=times,
+    finished_at=times,
+    worker_id=st.none() | text,
+    usage=st.none() | st.dictionaries(text, longs, max_size=3),
+    logs=st.none() | st.dictionaries(text, text, max_size=3),
+    throttled_until=st.none() | times,
+)
+
+
+def by_fastavro(record: BaseModel) -> bytes:
+    return CODEC.encode_dict(f"{NAMESPACE}.{type(record).__name__}", record.model_dump())
+
+
+def test_the_records_written_most_are_compiled() -> None:
+    assert all(CODEC.compiled(name) for name in COMPILED)
+    assert not CODEC.compiled(f"{NAMESPACE}.WorkflowDefinition"), "the rest stays with fastavro"
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_an_event_is_written_as_fastavro_writes_it(event: ExecutionEvent) -> None:
+    assert CODEC.encode(event) == by_fastavro(event)
+    assert CODEC.decode(CODEC.encode(event), ExecutionEvent) == event
+
+
+@settings(max_examples=200, deadline=None)
+@given(results)
+def test_a_result_is_written_as_fastavro_writes_it(result: NodeResult) -> None:
+    assert CODEC.encode(result) == by_fastavro(result)
+
+
+@given(longs)
+def test_longs_are_zig_zag_varints(n: int) -> None:
+    out = bytearray()
+    write_long(out, n)
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, {"type": "long"}, n)
+    assert bytes(out) == expected.getvalue()
+
+
+@given(st.text())
+def test_strings_are_length_prefixed_utf8(s: str) -> None:
+    out = bytearray()
+    write_string(out, s)
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, {"type": "string"}, s)
+    assert bytes(out) == expected.getvalue()
+
+
+def test_times_before_the_epoch_round_down_like_fastavro() -> None:
+    for at in (
+        datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC) - timedelta(microseconds=1),
+    ):
+        event = ExecutionEvent(execution_id="e", seq=1, type=EventType.NODE_STARTED, at=at)
+        assert CODEC.encode(event) == by_fastavro(event)
+
+
+def test_a_missing_field_takes_its_schema_default_like_fastavro() -> None:
+    from linkflow_stream.kafka.avro_writer import compile_record
+
+    schema: dict[str, Any] = {
+        "type": "record",
+        "name": "T",
+        "fields": [
+            {"name": "a", "type": "long", "default": 7},
+            {"name": "b", "type": ["null", "string"], "default": None},
+        ],
+    }
+    write = compile_record(schema)
+    assert write is not None
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, fastavro.parse_schema(schema), {})
+    assert write({}, None) == expected.getvalue()
