@@ -10,7 +10,7 @@ one byte appended.
 Only the types those records use are compiled (string, int, long, boolean, timestamp-millis,
 JSON text, enum, map, array, record, and unions of ``null`` with one of them); a schema with
 anything else compiles to ``None`` and the codec keeps fastavro for it. The bytes are the Avro
-binary encoding fastavro writes for the same data (``tests/unit/test_avro_writer.py`` checks
+binary encoding fastavro writes for the same data (``tests/unit/test_compiled_avro.py`` checks
 generated records against it); a field named ``workflow`` of type ``WorkflowDefinition`` is
 written by the caller's ``workflow_bytes`` (its cached snapshot, ``codec.SPLICED``).
 """

@@ -41,6 +41,13 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.kafka.avro_reader import (
+    RecordReader,
+    UnknownWorkflow,
+    compile_reader,
+    read_long,
+    read_string,
+)
 from linkflow_stream.kafka.avro_writer import RecordWriter, compile_record
 from linkflow_stream.kafka.schema_ids import (
     CONFLUENT_HEADER_BYTES,
@@ -132,6 +139,7 @@ class Codec:
         self._fingerprints = current.fingerprints
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
         self._writers: dict[str, RecordWriter | None] = {}
+        self._readers: dict[str, RecordReader | None] = {}
         """Compiled writers by record name (``None``: fastavro writes that record)."""
         self._decoded_workflows: OrderedDict[
             tuple[Any, Any], list[tuple[dict[str, Any], WorkflowDefinition]]
@@ -250,22 +258,56 @@ class Codec:
         """Decode ``data`` into ``model``; raises ``DecodeError`` for anything unreadable."""
         name = f"{NAMESPACE}.{model.__name__}"
         try:
-            value = self.decode_dict(data, name)
-            if model in SPLICED and isinstance(raw := value.get("workflow"), dict):
-                value["workflow"] = self._shared_workflow(raw)
+            value = self._read_compiled(data, name)
+            if value is None:
+                value = self.decode_dict(data, name)
+                if model in SPLICED and isinstance(raw := value.get("workflow"), dict):
+                    value["workflow"] = self._shared_workflow(raw)
             return model.model_validate(value)
         except pydantic.ValidationError as exc:
             raise DecodeError(f"{name} does not fit its model: {exc}") from exc
 
+    def _read_compiled(self, data: bytes | None, name: str) -> dict[str, Any] | None:
+        """The record read by its compiled reader (``avro_reader``), its workflow the shared object
+        of a definition seen before; ``None`` when fastavro must read it: another record type, a
+        value written with another schema, a workflow not seen yet, or bytes the compiled reader
+        cannot read (fastavro then says what is wrong with them)."""
+        if name not in COMPILED or data is None:
+            return None
+        if name not in self._readers:
+            text = self.current.texts.get(name)
+            self._readers[name] = (
+                None if text is None else compile_reader(json.loads(text), self._known_workflow)
+            )
+        compiled = self._readers[name]
+        if compiled is None:
+            return None
+        try:
+            writer, body = self._writer_and_body(data, name)
+        except DecodeError:
+            return None
+        if writer is not self.current.by_name[name]:
+            return None
+        try:
+            return compiled(body)
+        except (UnknownWorkflow, IndexError, KeyError, ValueError, TypeError, OverflowError, RecursionError):
+            return None
+
+    def _known_workflow(self, data: bytes, pos: int) -> tuple[WorkflowDefinition, int] | None:
+        """The shared definition whose bytes ``data`` holds at ``pos``, and where they end. Avro
+        bytes are self-delimiting: bytes that begin with a definition's whole encoding decode to
+        that definition and end where it ends, so a prefix match is a decode. Its id and version
+        (its first two fields) pick the candidates."""
+        workflow_id, after = read_string(data, pos)
+        version, _ = read_long(data, after)
+        for _raw, workflow in self._decoded_workflows.get((workflow_id, version), ()):
+            encoded = self._workflow_bytes(workflow)
+            if data.startswith(encoded, pos):
+                return workflow, pos + len(encoded)
+        return None
+
     def decode_dict(self, data: bytes | None, name: str) -> dict[str, Any]:
-        if data is not None and (schema_id := confluent_id(data)) is not None:
-            writer, body = self._registered_writer(schema_id, name), data[CONFLUENT_HEADER_BYTES:]
-        elif data is None or len(data) < 10 or data[:2] != MAGIC:
-            raise DecodeError(f"not an Avro single-object encoded {name}")
-        else:
-            writer, body = self.writers.get(data[2:10]), data[10:]
-            if writer is None:
-                raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()} for {name}")
+        writer, body = self._writer_and_body(data, name)
         reader = self.current.by_name[name]
         try:
             value = fastavro.schemaless_reader(io.BytesIO(body), writer, None if writer is reader else reader)
@@ -274,6 +316,18 @@ class Codec:
         if not isinstance(value, dict):
             raise DecodeError(f"{name} did not decode to a record")
         return value
+
+    def _writer_and_body(self, data: bytes | None, name: str) -> tuple[Any, bytes]:
+        """The writer schema named by ``data``'s framing, and the Avro body after it."""
+        if data is not None and (schema_id := confluent_id(data)) is not None:
+            writer, body = self._registered_writer(schema_id, name), data[CONFLUENT_HEADER_BYTES:]
+        elif data is None or len(data) < 10 or data[:2] != MAGIC:
+            raise DecodeError(f"not an Avro single-object encoded {name}")
+        else:
+            writer, body = self.writers.get(data[2:10]), data[10:]
+            if writer is None:
+                raise DecodeError(f"unknown writer schema fingerprint {data[2:10].hex()} for {name}")
+        return writer, body
 
     def _registered_writer(self, schema_id: int, name: str) -> Any:
         """The writer schema of a Confluent-framed value, from what the registry said before."""
