@@ -18,7 +18,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -203,6 +203,8 @@ class ReadModel:
         stored = await self._stored_states([item for _r, item in decoded])
         changes = Changes(positions=positions)
         touched: dict[str, ExecutionState] = {}
+        moved: dict[str, set[str]] = {}
+        """Per run, the nodes whose events this fold applied: only their network rows can change."""
         new_lines: dict[str, list[tuple[int, int, Line]]] = {}
         gapped: set[str] = set()
         for record, item in decoded:  # no yield here: a read between a run's request and its
@@ -239,6 +241,8 @@ class ReadModel:
             if after is None or after is before or after.seq != item.seq:
                 continue  # an event of a run whose head was lost to retention, or a duplicate
             touched[after.id] = after
+            if item.node_id is not None and item.usage:
+                moved.setdefault(after.id, set()).add(item.node_id)
             if after.status.terminal:
                 self._urgent_runs.discard(after.id)
             for n, line in enumerate(lines_for(item, after)):
@@ -254,7 +258,8 @@ class ReadModel:
             if count % YIELD_EVERY_ROW == 0:
                 await asyncio.sleep(0)
             changes.executions[state.id] = self._row(state)
-            changes.node_network += network_rows(state)
+            if state.id in moved:
+                changes.node_network += network_rows(state, moved[state.id])
         async with self._turn:
             await self._turn.wait_for(lambda: self._writing == ticket)
         try:
@@ -419,11 +424,15 @@ def _line_of(row: LineRow) -> Line:
     }
 
 
-def network_rows(state: ExecutionState) -> list[NodeNetworkRow]:
-    """One row per node that moved bytes: the cost report names the node that moved most."""
+def network_rows(state: ExecutionState, node_ids: Iterable[str] | None = None) -> list[NodeNetworkRow]:
+    """One row per node that moved bytes (of ``node_ids`` only, if given: the nodes whose events a
+    fold applied; a row is written when its node's usage comes, not again at every later batch of
+    the run, which made a chain of n http nodes write n²/2 rows): the cost report names the node
+    that moved most."""
     rows = []
-    for node_id, node in state.nodes.items():
-        usage = node.usage or {}
+    for node_id in state.nodes if node_ids is None else node_ids:
+        node = state.nodes.get(node_id)
+        usage = (node.usage if node is not None else None) or {}
         moved = usage.get("request_bytes", 0) + usage.get("response_bytes", 0)
         if moved:
             rows.append(

@@ -65,15 +65,24 @@ class Unsupported(Exception):
 def compile_record(
     schema: dict[str, Any],
     workflow_bytes: Callable[[Any], bytes] | None = None,
+    object_maps: dict[str, Callable[[Any], bytes]] | None = None,
 ) -> RecordWriter | None:
     """A function ``(fields, workflow) -> bytes`` for the record ``schema`` (self-contained JSON:
     a named type defined where it first appears, referenced by name after), where ``fields`` is
-    the record's ``model_dump`` without its workflow; ``None`` if any type is not supported."""
+    the record's ``model_dump`` without its workflow; ``None`` if any type is not supported.
+
+    ``object_maps`` names top-level map fields whose values ``fields`` holds as objects, not
+    dumped, with the function that gives a value's bytes: a run's node states, which stay the
+    same objects from one state to the next (only a node that moved is a new object), so their
+    bytes can be kept per object (``Codec``) and a state is not written again node by node."""
     named: dict[str, Any] = {}
     try:
         fields = _fields(schema, named, workflow_bytes, top=True)
     except Unsupported:
         return None
+    for i, (name, _writer_of_field, default, is_workflow) in enumerate(fields):
+        if object_maps and name in object_maps:
+            fields[i] = (name, _object_map(object_maps[name]), default, is_workflow)
 
     def write(data: dict[str, Any], workflow: Any) -> bytes:
         out = bytearray()
@@ -101,6 +110,18 @@ def _fields(
             continue
         out.append((field["name"], _writer(kind, named), field.get("default"), False))
     return out
+
+
+def _object_map(value_bytes: Callable[[Any], bytes]) -> Write:
+    def mapping(out: bytearray, value: Any) -> None:
+        if value:
+            write_long(out, len(value))
+            for key, item in value.items():
+                write_string(out, key)
+                out += value_bytes(item)
+        out.append(0)
+
+    return mapping
 
 
 def _names_workflow(kind: Any) -> bool:

@@ -14,7 +14,9 @@ inputs, outputs) as text.
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import json
 import uuid
 from collections import OrderedDict
@@ -39,7 +41,7 @@ from pydantic import BaseModel
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
-from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.core.state import ExecutionState, NodeState
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka.avro_reader import (
     RecordReader,
@@ -74,6 +76,10 @@ COMPILED = frozenset(
 )
 """The records written most (per run: its request, every event, its snapshots, each task's
 result), written by compiled writers (``avro_writer``); fastavro writes the rest."""
+NODE_STATE = f"{NAMESPACE}.NodeState"
+NODE_CACHE = 65_536
+"""Encoded node states kept, by object: the nodes of the runs in flight (a 200-node run's state
+is 200 of them; most stay the same objects from one snapshot or read-model row to the next)."""
 WORKFLOW_CACHE = 512
 """Encoded workflow snapshots kept, by object, and decoded ones, by id and version: the runs in
 flight share a few definitions."""
@@ -139,6 +145,7 @@ class Codec:
         self._fingerprints = current.fingerprints
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
         self._writers: dict[str, RecordWriter | None] = {}
+        self._nodes: dict[int, tuple[NodeState, bytes]] = {}
         self._readers: dict[str, RecordReader | None] = {}
         """Compiled writers by record name (``None``: fastavro writes that record)."""
         self._decoded_workflows: OrderedDict[
@@ -190,7 +197,11 @@ class Codec:
         if writer is None:
             return self.encode_dict(name, record.model_dump(), topic)
         carries = type(record) in SPLICED  # its workflow: written from the bytes kept per object
-        data = record.model_dump(exclude={"workflow"}) if carries else record.model_dump()
+        if isinstance(record, ExecutionState):  # and its node states too
+            data = record.model_dump(exclude={"workflow", "nodes"})
+            data["nodes"] = record.nodes
+        else:
+            data = record.model_dump(exclude={"workflow"}) if carries else record.model_dump()
         return self._header(name, topic).getvalue() + writer(data, getattr(record, "workflow", None))
 
     def compiled(self, name: str) -> bool:
@@ -203,7 +214,29 @@ class Codec:
         text = self.current.texts.get(name)
         if name not in COMPILED or text is None:
             return None
+        if name == STATE:
+            if self._node_writer is None:
+                return None
+            return compile_record(json.loads(text), self._workflow_bytes, {"nodes": self._node_bytes})
         return compile_record(json.loads(text), self._workflow_bytes)
+
+    @functools.cached_property
+    def _node_writer(self) -> RecordWriter | None:
+        text = self.current.texts.get(NODE_STATE)
+        return None if text is None else compile_record(json.loads(text))
+
+    def _node_bytes(self, node: NodeState) -> bytes:
+        """A node state's bytes, kept per object (see ``compile_record``'s ``object_maps``)."""
+        cached = self._nodes.get(id(node))
+        if cached is not None and cached[0] is node:
+            return cached[1]
+        writer = self._node_writer
+        assert writer is not None  # a state writer is compiled only with a node writer
+        encoded = writer(node.model_dump(), None)
+        self._nodes[id(node)] = (node, encoded)  # holds it: its id stays its own
+        if len(self._nodes) > NODE_CACHE:  # keep the newest three quarters (insertion order)
+            self._nodes = dict(itertools.islice(self._nodes.items(), NODE_CACHE // 4, None))
+        return encoded
 
     def _workflow_bytes(self, workflow: WorkflowDefinition) -> bytes:
         cached = self._workflows.get(id(workflow))

@@ -8,13 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Signal
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
 from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.kafka import codec as codec_module
 from linkflow_stream.kafka.avro_writer import write_long, write_string
 from linkflow_stream.kafka.codec import COMPILED, NAMESPACE, Codec, default_codec
 
@@ -214,3 +217,59 @@ def test_bytes_the_compiled_reader_cannot_read_are_a_decode_error() -> None:
         except DecodeError:
             continue
         raise AssertionError(f"a record cut at {cut} bytes decoded")
+
+
+# -- node states, kept per object ---------------------------------------------------------------
+
+node_states = st.builds(
+    NodeState,
+    status=st.sampled_from(list(NodeStatus)),
+    attempts=st.integers(0, 5),
+    output=json_values,
+    error=st.none() | errors,
+    started_at=st.none() | times,
+    finished_at=st.none() | times,
+    usage=st.none() | st.dictionaries(text, longs, max_size=2),
+    logs=st.none() | st.dictionaries(text, text, max_size=2),
+    reused=st.booleans(),
+    attempt_started_at=st.none() | times,
+    correlation_key=st.none() | text,
+)
+
+
+def a_state(nodes: dict[str, NodeState]) -> ExecutionState:
+    return ExecutionState(
+        id="e",
+        workflow=WORKFLOW,
+        status=ExecutionStatus.RUNNING,
+        input={"n": 1},
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        seq=len(nodes),
+        nodes=nodes,
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=4), node_states, max_size=6), node_states)
+def test_a_state_is_written_as_fastavro_writes_it_when_its_nodes_were_written_before(
+    nodes: dict[str, NodeState], moved: NodeState
+) -> None:
+    state = a_state(nodes)
+    assert CODEC.encode(state) == by_fastavro(state)
+    later = a_state({**nodes, "moved": moved})  # the same node objects, one more
+    assert CODEC.encode(later) == by_fastavro(later)
+    assert CODEC.decode(CODEC.encode(later), ExecutionState) == later
+
+
+def test_node_states_past_the_cache_bound_are_written_again_correctly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec_module, "NODE_CACHE", 8)
+    codec = Codec(CODEC.current)
+    states = [
+        a_state({f"n{i}": NodeState(status=NodeStatus.SUCCESS, attempts=1, output=i) for i in range(k)})
+        for k in range(1, 12)
+    ]
+    for state in states * 2:
+        assert codec.encode(state) == by_fastavro(state)
+    assert len(codec._nodes) <= 8 + 1

@@ -19,7 +19,7 @@ from linkflow_stream.core.decider import DeciderConfig, NodeKind, decide
 from linkflow_stream.core.errors import ValidationError
 from linkflow_stream.core.events import Dispatch, ExecutionEvent
 from linkflow_stream.core.messages import NodeError, NodeResult, Priority, StartExecution
-from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, evolve
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
 from projections.logs import LogView, TooSlow
@@ -419,3 +419,37 @@ async def test_a_batch_never_stores_its_positions_before_the_fold_ahead_it_skipp
     body = await model.body("hi")
     assert body is not None and body["status"] == "success"
     assert [line["message"] for _s, _n, line in await model.lines("hi")].count("execution succeeded") == 1
+
+
+async def test_a_node_network_row_is_written_once_when_its_usage_comes_not_at_every_later_batch(
+    store: ReadStore,
+) -> None:
+    """Rewriting every node's row at every batch made a chain of n http nodes write n²/2 rows."""
+    chain = WorkflowDefinition(
+        id="wf",
+        created_at=T0,
+        nodes=(NodeDefinition(id="c", type="code"), NodeDefinition(id="d", type="code", depends_on=("c",))),
+    )
+    request = StartExecution(execution_id="e", workflow=chain, input={}, requested_at=T0)
+    written: list[list[tuple[str, int]]] = []
+    write = store.write
+
+    async def spy(changes: Changes) -> None:
+        written.append([(r.node_id, r.network_bytes) for r in changes.node_network])
+        await write(changes)
+
+    store.write = spy  # type: ignore[method-assign]
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    state, events = decided(None, request, 0)
+    moved = {"request_bytes": 10, "response_bytes": 5}
+    first = result("e", ok=True).model_copy(update={"usage": moved})
+    state, more = decided(state, first, 1)
+    await model.fold(log.records("events", [*events, *more]))
+    second = first.model_copy(update={"node_id": "d", "usage": {"request_bytes": 100}})
+    state, last = decided(state, second, 2)
+    await model.fold(log.records("events", last))
+    assert state.status is ExecutionStatus.SUCCESS
+    assert written == [[("c", 15)], [("d", 100)]]
+    groups = await store.cost_groups("workflow_id", None)
+    assert groups[0].network_bytes == 115
+    assert groups[0].top_network_node == ("d", 100)
