@@ -30,15 +30,21 @@ class UnknownWorkflow(Exception):
 
 
 def read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """A zig-zag varint of at most ten bytes (64 bits); a longer one is refused (``ValueError``:
+    the codec then reads the record with fastavro, which says what it makes of it)."""
     byte = data[pos]
     pos += 1
     n = byte & 0x7F
     shift = 7
     while byte & 0x80:
+        if shift > 63:
+            raise ValueError("a varint longer than 64 bits")
         byte = data[pos]
         pos += 1
         n |= (byte & 0x7F) << shift
         shift += 7
+    if n >> 64:
+        raise ValueError("a varint longer than 64 bits")
     return (n >> 1) ^ -(n & 1), pos
 
 
@@ -72,7 +78,7 @@ def compile_reader(
     named: dict[str, Any] = {}
     try:
         fields = _fields(schema, named, known_workflow)
-    except Unsupported:
+    except (Unsupported, RecursionError):
         return None
 
     def read(data: bytes) -> dict[str, Any]:

@@ -30,8 +30,14 @@ RecordWriter = Callable[[dict[str, Any], Any], bytes]
 WORKFLOW_NAMES = ("io.linkflow.WorkflowDefinition", "WorkflowDefinition")
 
 
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+
+
 def write_long(out: bytearray, n: int) -> None:
-    """Zig-zag, then base-128 varint (Avro ``int`` and ``long``)."""
+    """Zig-zag, then base-128 varint (Avro ``int`` and ``long``); a number outside 64 bits is
+    refused, as fastavro refuses it (the zig-zag below would turn it into another number)."""
+    if not LONG_MIN <= n <= LONG_MAX:
+        raise ValueError(f"{n} does not fit an Avro long")
     n = (n << 1) ^ (n >> 63)
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -78,7 +84,7 @@ def compile_record(
     named: dict[str, Any] = {}
     try:
         fields = _fields(schema, named, workflow_bytes, top=True)
-    except Unsupported:
+    except (Unsupported, RecursionError):  # a recursive type: not compiled either
         return None
     for i, (name, _writer_of_field, default, is_workflow) in enumerate(fields):
         if object_maps and name in object_maps:

@@ -80,6 +80,10 @@ NODE_STATE = f"{NAMESPACE}.NodeState"
 NODE_CACHE = 65_536
 """Encoded node states kept, by object: the nodes of the runs in flight (a 200-node run's state
 is 200 of them; most stay the same objects from one snapshot or read-model row to the next)."""
+NODE_CACHE_BYTES = 32 * 1024 * 1024
+"""And at most this many of their bytes (each kept node also holds its output as objects)."""
+NODE_CACHE_LARGEST = 16 * 1024
+"""A node state encoding larger than this (a large output) is not kept: encoded each time."""
 WORKFLOW_CACHE = 512
 """Encoded workflow snapshots kept, by object, and decoded ones, by id and version: the runs in
 flight share a few definitions."""
@@ -146,11 +150,13 @@ class Codec:
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
         self._writers: dict[str, RecordWriter | None] = {}
         self._nodes: dict[int, tuple[NodeState, bytes]] = {}
+        self._node_bytes_kept = 0
         self._readers: dict[str, RecordReader | None] = {}
         """Compiled writers by record name (``None``: fastavro writes that record)."""
-        self._decoded_workflows: OrderedDict[
-            tuple[Any, Any], list[tuple[dict[str, Any], WorkflowDefinition]]
-        ] = OrderedDict()
+        self._decoded_workflows: OrderedDict[tuple[Any, Any], list[tuple[str, WorkflowDefinition]]] = (
+            OrderedDict()
+        )
+        """Decoded definitions by (id, version): each copy's fields as JSON text, and its object."""
         self.ids = SchemaIds(registry, self.parse_writer) if registry is not None else None
         """``None``: single-object encoding only, and a Confluent-framed value is a DecodeError."""
 
@@ -233,9 +239,14 @@ class Codec:
         writer = self._node_writer
         assert writer is not None  # a state writer is compiled only with a node writer
         encoded = writer(node.model_dump(), None)
+        if len(encoded) > NODE_CACHE_LARGEST:
+            return encoded  # kept, it would hold a large output twice (object and bytes) for long
         self._nodes[id(node)] = (node, encoded)  # holds it: its id stays its own
-        if len(self._nodes) > NODE_CACHE:  # keep the newest three quarters (insertion order)
-            self._nodes = dict(itertools.islice(self._nodes.items(), NODE_CACHE // 4, None))
+        self._node_bytes_kept += len(encoded)
+        if len(self._nodes) > NODE_CACHE or self._node_bytes_kept > NODE_CACHE_BYTES:
+            # the newest half stays (insertion order)
+            self._nodes = dict(itertools.islice(self._nodes.items(), len(self._nodes) // 2, None))
+            self._node_bytes_kept = sum(len(b) for _n, b in self._nodes.values())
         return encoded
 
     def _workflow_bytes(self, workflow: WorkflowDefinition) -> bytes:
@@ -255,8 +266,10 @@ class Codec:
         """One object for every decoded copy of the same definition: the runs of a workflow
         version carry the same snapshot, so it is validated once, not in every request, event and
         state, and its bytes and node index (both kept per object) are reused. Shared only when
-        the decoded fields are equal (a dict comparison), never by id and version alone."""
+        the decoded fields are the same, types included (their JSON text: a dict comparison
+        takes ``true`` for ``1`` and ``0`` for ``-0.0``), never by id and version alone."""
         key = (raw.get("id"), raw.get("version"))
+        text = json.dumps(raw, default=repr)
         copies = self._decoded_workflows.get(key)
         if copies is None:
             copies = self._decoded_workflows[key] = []
@@ -265,10 +278,10 @@ class Codec:
         else:
             self._decoded_workflows.move_to_end(key)
         for kept, workflow in copies:
-            if kept == raw:
+            if kept == text:
                 return workflow
         workflow = WorkflowDefinition.model_validate(raw)
-        copies.insert(0, (raw, workflow))
+        copies.insert(0, (text, workflow))
         del copies[SAME_KEY_COPIES:]
         return workflow
 
@@ -333,9 +346,11 @@ class Codec:
         (its first two fields) pick the candidates."""
         workflow_id, after = read_string(data, pos)
         version, _ = read_long(data, after)
-        for _raw, workflow in self._decoded_workflows.get((workflow_id, version), ()):
+        key = (workflow_id, version)
+        for _text, workflow in self._decoded_workflows.get(key, ()):
             encoded = self._workflow_bytes(workflow)
             if data.startswith(encoded, pos):
+                self._decoded_workflows.move_to_end(key)
                 return workflow, pos + len(encoded)
         return None
 

@@ -18,6 +18,7 @@ from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Signa
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka import codec as codec_module
+from linkflow_stream.kafka.avro_reader import read_long
 from linkflow_stream.kafka.avro_writer import write_long, write_string
 from linkflow_stream.kafka.codec import COMPILED, NAMESPACE, Codec, default_codec
 
@@ -273,3 +274,73 @@ def test_node_states_past_the_cache_bound_are_written_again_correctly(
     for state in states * 2:
         assert codec.encode(state) == by_fastavro(state)
     assert len(codec._nodes) <= 8 + 1
+
+
+# -- found in review --------------------------------------------------------------------------------
+
+
+def test_definitions_that_differ_only_in_a_value_type_are_not_shared() -> None:
+    """``True == 1`` and ``0 == -0.0`` in Python: a dict comparison took one for the other."""
+    writer, reader = Codec(CODEC.current), Codec(CODEC.current)
+    for flag in (1, True, 1.0, -0.0, 0, False):
+        workflow = WORKFLOW.model_copy(
+            update={"nodes": (WORKFLOW.nodes[0].model_copy(update={"config": {"flag": flag}}),)}
+        )
+        created = ExecutionEvent(
+            execution_id="e",
+            seq=1,
+            type=EventType.EXECUTION_CREATED,
+            at=datetime(2026, 1, 1, tzinfo=UTC),
+            workflow=workflow,
+        )
+        got = reader.decode(writer.encode(created), ExecutionEvent).workflow
+        assert got is not None
+        seen = got.nodes[0].config["flag"]
+        assert (type(seen), seen) == (type(flag), flag)
+
+
+def test_a_number_beyond_64_bits_is_refused_not_written_as_another() -> None:
+    for n in (2**63, -(2**63) - 1):
+        with pytest.raises(ValueError, match="Avro long"):
+            write_long(bytearray(), n)
+    result = NodeResult(
+        execution_id="e",
+        node_id="n",
+        attempt=1,
+        ok=True,
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        finished_at=datetime(2026, 1, 1, tzinfo=UTC),
+        usage={"cpu_us": 2**63},
+    )
+    with pytest.raises(ValueError, match="Avro long"):
+        CODEC.encode(result)
+
+
+def test_an_overlong_varint_is_read_as_fastavro_reads_it() -> None:
+    event = ExecutionEvent(
+        execution_id="e", seq=5, type=EventType.NODE_STARTED, at=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    data = CODEC.encode(event)
+    at = data.index(b"\x0a", 10 + 2)  # seq 5, zig-zag 10, after the header and the id "e"
+    bad = data[:at] + b"\xff" * 9 + b"\x7f" + data[at + 1 :]
+    with pytest.raises(ValueError, match="64 bits"):
+        read_long(bad, at)
+    assert CODEC.decode(bad, ExecutionEvent).seq == by_fastavro_read(bad, ExecutionEvent).seq  # type: ignore[attr-defined]
+
+
+def test_large_node_states_are_not_kept_and_the_kept_bytes_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec_module, "NODE_CACHE_BYTES", 4096)
+    codec = Codec(CODEC.current)
+    big = a_state(
+        {"big": NodeState(status=NodeStatus.SUCCESS, output="x" * (codec_module.NODE_CACHE_LARGEST + 1))}
+    )
+    assert codec.encode(big) == by_fastavro(big)
+    assert not codec._nodes, "a large output is encoded each time, not held twice"
+    for k in range(40):
+        state = a_state(
+            {f"n{i}": NodeState(status=NodeStatus.SUCCESS, output="y" * 200 + str(i)) for i in range(k)}
+        )
+        assert codec.encode(state) == by_fastavro(state)
+        assert codec._node_bytes_kept <= 4096 + 300
