@@ -37,6 +37,15 @@ batch has gone in a produce request, one request in flight per broker: a commit 
 took 21 round trips one after the other (25-45 ms on an idle broker, hundreds under load; 7-9 ms
 with 1 MB batches). A 1 MiB batch, header included, fits the broker's default limit (1 MiB + 12
 bytes) that every topic has at least; a single larger record still goes in a batch of its own."""
+RETRY_BACKOFF_MS = 20
+"""How long a transactional producer waits before it sends a refused request again (aiokafka's
+default: 100 ms). A transaction that starts right after the previous one committed often has its
+first records refused once: the broker checks each transactional produce against the partition's
+state (KIP-890), and the previous transaction's commit marker may not have reached that
+partition yet, which an older produce version is told as NOT_ENOUGH_REPLICAS. At 100 ms that one
+retry was the slowest 3-6% of runs at a single caller (p99 115-145 ms against a p50 of 15-25);
+the marker lands within a few milliseconds. A broker that is away is tried every 20 ms instead
+of every 100 during a commit, which ``COMMIT_TIMEOUT_SECONDS`` bounds."""
 COMMIT_TIMEOUT_SECONDS = 30.0
 """aiokafka retries a transactional request or an idempotent batch for as long as the broker is
 away; a commit still pending after this long leaves the producer in an unknown state."""
@@ -102,6 +111,7 @@ class KafkaTransactionalProducer:
             max_request_size=max_request_size,
             max_batch_size=min(BATCH_BYTES, max_request_size),
             client_id=transactional_id,
+            retry_backoff_ms=RETRY_BACKOFF_MS,
         )
 
     async def start(self) -> None:
