@@ -203,8 +203,8 @@ class ReadModel:
         stored = await self._stored_states([item for _r, item in decoded])
         changes = Changes(positions=positions)
         touched: dict[str, ExecutionState] = {}
-        moved: dict[str, set[str]] = {}
-        """Per run, the nodes whose events this fold applied: only their network rows can change."""
+        moved: dict[str, set[str]] = {}  # per run, the nodes whose usage this fold changed: only
+        # their network rows change
         new_lines: dict[str, list[tuple[int, int, Line]]] = {}
         gapped: set[str] = set()
         for record, item in decoded:  # no yield here: a read between a run's request and its

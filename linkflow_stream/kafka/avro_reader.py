@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from linkflow_stream.core.clock import EPOCH
-from linkflow_stream.kafka.avro_writer import WORKFLOW_NAMES, Unsupported
+from linkflow_stream.kafka.avro_writer import Unsupported, names_workflow, register_name
 
 Read = Callable[[bytes, int], tuple[Any, int]]
 RecordReader = Callable[[bytes], dict[str, Any]]
@@ -94,29 +94,15 @@ def compile_reader(
 def _fields(
     schema: dict[str, Any], named: dict[str, Any], known_workflow: KnownWorkflow | None
 ) -> list[tuple[str, Read]]:
-    _name(schema, named)
+    register_name(schema, named)
     out = []
     for field in schema["fields"]:
         kind = field["type"]
-        if known_workflow is not None and field["name"] == "workflow" and _is_workflow(kind):
+        if known_workflow is not None and field["name"] == "workflow" and names_workflow(kind):
             out.append((field["name"], _workflow_reader(kind, known_workflow)))
         else:
             out.append((field["name"], _reader(kind, named)))
     return out
-
-
-def _name(schema: dict[str, Any], named: dict[str, Any]) -> None:
-    name = schema["name"]
-    named[name] = schema
-    named[name.rsplit(".", 1)[-1]] = schema
-    if schema.get("namespace"):
-        named[f"{schema['namespace']}.{name}"] = schema
-
-
-def _is_workflow(kind: Any) -> bool:
-    if isinstance(kind, list):
-        return len(kind) == 2 and kind[0] == "null" and _is_workflow(kind[1])
-    return (kind.get("name") if isinstance(kind, dict) else kind) in WORKFLOW_NAMES
 
 
 def _workflow_reader(kind: Any, known_workflow: KnownWorkflow) -> Read:
@@ -164,7 +150,7 @@ def _reader(kind: Any, named: dict[str, Any]) -> Read:
     if logical is not None:
         raise Unsupported(f"logical type {logical}")
     if base == "enum":
-        _name(kind, named)
+        register_name(kind, named)
         symbols = list(kind["symbols"])
 
         def enum(data: bytes, pos: int) -> tuple[Any, int]:

@@ -12,7 +12,7 @@ JSON text, enum, map, array, record, and unions of ``null`` with one of them); a
 anything else compiles to ``None`` and the codec keeps fastavro for it. The bytes are the Avro
 binary encoding fastavro writes for the same data (``tests/unit/test_compiled_avro.py`` checks
 generated records against it); a field named ``workflow`` of type ``WorkflowDefinition`` is
-written by the caller's ``workflow_bytes`` (its cached snapshot, ``codec.SPLICED``).
+written by the caller's ``workflow_bytes`` (its cached snapshot, ``codec.CARRIES_WORKFLOW``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def compile_record(
         return None
     for i, (name, _writer_of_field, default, is_workflow) in enumerate(fields):
         if object_maps and name in object_maps:
-            fields[i] = (name, _object_map(object_maps[name]), default, is_workflow)
+            fields[i] = (name, _map_writer(_bytes_of(object_maps[name])), default, is_workflow)
 
     def write(data: dict[str, Any], workflow: Any) -> bytes:
         out = bytearray()
@@ -104,36 +104,53 @@ def _fields(
 ) -> list[tuple[str, Write, Any, bool]]:
     """Each field's name, writer, default (what fastavro writes for a missing key) and whether
     it is the spliced workflow."""
-    name = schema.get("name", "")
-    full = name if "." in name or not schema.get("namespace") else f"{schema['namespace']}.{name}"
-    named[full] = schema
-    named[name.rsplit(".", 1)[-1]] = schema
+    register_name(schema, named)
     out = []
     for field in schema["fields"]:
         kind = field["type"]
-        if top and field["name"] == "workflow" and workflow_bytes is not None and _names_workflow(kind):
+        if top and field["name"] == "workflow" and workflow_bytes is not None and names_workflow(kind):
             out.append((field["name"], _workflow_writer(kind, workflow_bytes), None, True))
             continue
         out.append((field["name"], _writer(kind, named), field.get("default"), False))
     return out
 
 
-def _object_map(value_bytes: Callable[[Any], bytes]) -> Write:
+def register_name(schema: dict[str, Any], named: dict[str, Any]) -> None:
+    """A named type (record, enum) under its name, its short name and its namespaced name, so a
+    later reference by any of them finds it (the compiled readers use it too)."""
+    name = schema["name"]
+    named[name] = schema
+    named[name.rsplit(".", 1)[-1]] = schema
+    if schema.get("namespace"):
+        named[f"{schema['namespace']}.{name}"] = schema
+
+
+def names_workflow(kind: Any) -> bool:
+    """Whether a field's type is ``WorkflowDefinition`` or ``["null", WorkflowDefinition]``."""
+    if isinstance(kind, list):
+        return len(kind) == 2 and kind[0] == "null" and names_workflow(kind[1])
+    return (kind.get("name") if isinstance(kind, dict) else kind) in WORKFLOW_NAMES
+
+
+def _bytes_of(value_bytes: Callable[[Any], bytes]) -> Write:
+    def write(out: bytearray, value: Any) -> None:
+        out += value_bytes(value)
+
+    return write
+
+
+def _map_writer(values: Write) -> Write:
+    """Avro's map: one block of its entries (count, then key and value each), then 0."""
+
     def mapping(out: bytearray, value: Any) -> None:
         if value:
             write_long(out, len(value))
             for key, item in value.items():
                 write_string(out, key)
-                out += value_bytes(item)
+                values(out, item)
         out.append(0)
 
     return mapping
-
-
-def _names_workflow(kind: Any) -> bool:
-    if isinstance(kind, list):
-        return len(kind) == 2 and kind[0] == "null" and _names_workflow(kind[1])
-    return (kind.get("name") if isinstance(kind, dict) else kind) in WORKFLOW_NAMES
 
 
 def _workflow_writer(kind: Any, workflow_bytes: Callable[[Any], bytes]) -> Write:
@@ -180,9 +197,7 @@ def _writer(kind: Any, named: dict[str, Any]) -> Write:
     if logical is not None:
         raise Unsupported(f"logical type {logical}")
     if base == "enum":
-        named[kind["name"]] = kind
-        if kind.get("namespace"):
-            named[f"{kind['namespace']}.{kind['name']}"] = kind
+        register_name(kind, named)
         index = {symbol: i for i, symbol in enumerate(kind["symbols"])}
 
         def enum(out: bytearray, value: Any) -> None:
@@ -198,17 +213,7 @@ def _writer(kind: Any, named: dict[str, Any]) -> Write:
 
         return record
     if base == "map":
-        values = _writer(kind["values"], named)
-
-        def mapping(out: bytearray, value: Any) -> None:
-            if value:
-                write_long(out, len(value))
-                for key, item in value.items():
-                    write_string(out, key)
-                    values(out, item)
-            out.append(0)
-
-        return mapping
+        return _map_writer(_writer(kind["values"], named))
     if base == "array":
         items = _writer(kind["items"], named)
 
@@ -220,7 +225,9 @@ def _writer(kind: Any, named: dict[str, Any]) -> Write:
             out.append(0)
 
         return array
-    return _writer(base, named) if isinstance(base, str) and base != kind else _primitive(str(base))
+    if isinstance(base, str):
+        return _writer(base, named)
+    raise Unsupported(str(base))
 
 
 def _primitive(name: str) -> Write:

@@ -30,11 +30,7 @@ import fastavro
 import pydantic
 from fastavro.read import LOGICAL_READERS
 from fastavro.schema import fingerprint as avro_fingerprint
-from fastavro.schema import (
-    load_schema,
-    parse_schema,
-    to_parsing_canonical_form,
-)
+from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
@@ -67,7 +63,7 @@ CONTENT_TYPE = "application/avro"
 T = TypeVar("T", bound=BaseModel)
 STATE = f"{NAMESPACE}.ExecutionState"
 WORKFLOW = f"{NAMESPACE}.WorkflowDefinition"
-SPLICED: tuple[type[BaseModel], ...] = (ExecutionState, ExecutionEvent, StartExecution)
+CARRIES_WORKFLOW: tuple[type[BaseModel], ...] = (ExecutionState, ExecutionEvent, StartExecution)
 """The records that carry a run's workflow snapshot: a run's definition, the same object in its
 request, first event and every state (``Codec.decode`` shares it between runs too), written from
 bytes kept per object rather than encoded again in each record (ADR 0039, 0041)."""
@@ -149,10 +145,11 @@ class Codec:
         self._fingerprints = current.fingerprints
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
         self._writers: dict[str, RecordWriter | None] = {}
+        """Compiled writers by record name (``None``: fastavro writes that record)."""
+        self._readers: dict[str, RecordReader | None] = {}
+        """Compiled readers by record name (``None``: fastavro reads that record)."""
         self._nodes: dict[int, tuple[NodeState, bytes]] = {}
         self._node_bytes_kept = 0
-        self._readers: dict[str, RecordReader | None] = {}
-        """Compiled writers by record name (``None``: fastavro writes that record)."""
         self._decoded_workflows: OrderedDict[tuple[Any, Any], list[tuple[str, WorkflowDefinition]]] = (
             OrderedDict()
         )
@@ -202,7 +199,7 @@ class Codec:
         writer = self._writers[name] if self.compiled(name) else None
         if writer is None:
             return self.encode_dict(name, record.model_dump(), topic)
-        carries = type(record) in SPLICED  # its workflow: written from the bytes kept per object
+        carries = type(record) in CARRIES_WORKFLOW  # its workflow: written from the bytes kept per object
         if isinstance(record, ExecutionState):  # and its node states too
             data = record.model_dump(exclude={"workflow", "nodes"})
             data["nodes"] = record.nodes
@@ -225,6 +222,14 @@ class Codec:
                 return None
             return compile_record(json.loads(text), self._workflow_bytes, {"nodes": self._node_bytes})
         return compile_record(json.loads(text), self._workflow_bytes)
+
+    def _reader(self, name: str) -> RecordReader | None:
+        if name not in self._readers:
+            text = self.current.texts.get(name) if name in COMPILED else None
+            self._readers[name] = (
+                None if text is None else compile_reader(json.loads(text), self._known_workflow)
+            )
+        return self._readers[name]
 
     @functools.cached_property
     def _node_writer(self) -> RecordWriter | None:
@@ -307,7 +312,7 @@ class Codec:
             value = self._read_compiled(data, name)
             if value is None:
                 value = self.decode_dict(data, name)
-                if model in SPLICED and isinstance(raw := value.get("workflow"), dict):
+                if model in CARRIES_WORKFLOW and isinstance(raw := value.get("workflow"), dict):
                     value["workflow"] = self._shared_workflow(raw)
             return model.model_validate(value)
         except pydantic.ValidationError as exc:
@@ -318,15 +323,8 @@ class Codec:
         of a definition seen before; ``None`` when fastavro must read it: another record type, a
         value written with another schema, a workflow not seen yet, or bytes the compiled reader
         cannot read (fastavro then says what is wrong with them)."""
-        if name not in COMPILED or data is None:
-            return None
-        if name not in self._readers:
-            text = self.current.texts.get(name)
-            self._readers[name] = (
-                None if text is None else compile_reader(json.loads(text), self._known_workflow)
-            )
-        compiled = self._readers[name]
-        if compiled is None:
+        compiled = self._reader(name)
+        if compiled is None or data is None:
             return None
         try:
             writer, body = self._writer_and_body(data, name)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.state import ExecutionState
-from linkflow_stream.kafka.codec import NAMESPACE, SPLICED, Codec, default_codec
+from linkflow_stream.kafka.codec import CARRIES_WORKFLOW, NAMESPACE, Codec, default_codec
 from tests.unit.test_partition_batch import HTTP, T0, TRANSFORM, WAIT, FakeProducer, partition, start_record
 
 
@@ -43,11 +43,11 @@ def whole(codec: Codec, record: BaseModel) -> bytes:
 
 async def test_every_record_carrying_a_workflow_encodes_to_the_same_bytes_as_the_whole_record() -> None:
     codec = default_codec()
-    for model in SPLICED:
+    for model in CARRIES_WORKFLOW:
         assert codec.compiled(f"{NAMESPACE}.{model.__name__}"), model
     found = await carried()
     kinds = {type(r) for r in found}
-    assert kinds == set(SPLICED), kinds
+    assert kinds == set(CARRIES_WORKFLOW), kinds
     with_workflow = [r for r in found if isinstance(r, ExecutionEvent) and r.workflow is not None]
     assert with_workflow, "an execution_created event carries the snapshot"
     assert any(isinstance(r, ExecutionEvent) and r.workflow is None for r in found)
