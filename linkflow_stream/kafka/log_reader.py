@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.fetch_wait import wait_adaptively
 from linkflow_stream.kafka.metadata import topic_partitions
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ MAX_REST_SECONDS = 0.25
 READ_AHEAD_RECORDS = 20_000
 """Records a reader with an urgent lane fetches ahead of its fold, so an urgent record sitting
 behind a backlog is seen (and folded first) without waiting for the backlog's batches."""
+URGENT_FETCH_WAIT_MS = 20
+"""The longest a fetch of a reader with an urgent lane waits at the broker while it leaves a
+partition out (records read ahead, not yet taken): that partition's urgent records wait for it."""
 
 
 class LogReader:
@@ -92,11 +96,12 @@ class LogReader:
         """The reading task died (it is logged); readiness says so."""
 
     async def start(self) -> None:
-        # An urgent lane is there for latency: a fetch waits at most 20 ms for more bytes, not 500.
-        consumer = committed_reader(
-            self.bootstrap_servers, **({} if self.urgent is None else {"fetch_max_wait_ms": 20})
-        )
+        consumer = committed_reader(self.bootstrap_servers)
         await consumer.start()
+        if self.urgent is not None:
+            # An urgent lane is there for latency: a fetch that leaves a partition out (records
+            # read ahead and not yet taken) waits at most 20 ms for more bytes, not 500.
+            wait_adaptively(consumer, URGENT_FETCH_WAIT_MS)
         self._consumer = consumer
         for topic in self.topics:
             partitions = await topic_partitions(self.bootstrap_servers, topic)

@@ -30,6 +30,7 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.dlq import dead_letter_record
+from linkflow_stream.kafka.fetch_wait import wait_adaptively
 from linkflow_stream.kafka.gap_probe import explained_jump
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.kafka.transactions import (
@@ -163,6 +164,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             fetch_max_wait_ms=int(s.orchestrator_batch_wait_seconds * 1000) or 1,
         )
         await consumer.start()
+        wait_adaptively(consumer, int(s.orchestrator_batch_wait_seconds * 1000) or 1)
         consumer.subscribe(self._topics, listener=self)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="orchestrator")

@@ -32,6 +32,7 @@ from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.turns import next_turn, weights_of
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter
+from linkflow_stream.kafka.fetch_wait import wait_adaptively
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.runtime.executor import Executor
@@ -44,6 +45,11 @@ FULL_GRACE_SECONDS = 0.5
 """How long a pool's slots may all be in use before its partitions are paused."""
 IDLE_WAIT_MS = 200
 """Longest wait of a fetch when nothing is held: how often the loop looks up again."""
+BUSY_FETCH_WAIT_MS = 5
+"""The longest a fetch waits at the broker while it leaves a partition out (its records fetched
+and not all taken, or paused while the pool is full): that partition's next tasks wait for it.
+A fetch that asks for every partition waits up to ``fetch_wait.IDLE_WAIT_MS``; a task for any
+of them ends the wait."""
 
 
 def executor_group(settings: Settings, pool: str) -> str:
@@ -84,9 +90,10 @@ class TaskConsumer:
                 session_timeout_ms=int(s.session_timeout_seconds * 1000),
                 heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
                 max_partition_fetch_bytes=max_message_bytes(),
-                fetch_max_wait_ms=5,
+                fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,
             )
             await consumer.start()
+            wait_adaptively(consumer, BUSY_FETCH_WAIT_MS)
             self._consumers[pool] = consumer
             self._tasks.append(asyncio.create_task(self._run(pool), name=f"task-consumer-{pool}"))
 
