@@ -96,11 +96,12 @@ class LogReader:
         """The reading task died (it is logged); readiness says so."""
 
     async def start(self) -> None:
-        consumer = committed_reader(self.bootstrap_servers)
+        # An urgent lane is there for latency: a fetch that leaves a partition out (records read
+        # ahead and not yet taken) waits at most 20 ms for more bytes, not 500.
+        lane = {} if self.urgent is None else {"fetch_max_wait_ms": URGENT_FETCH_WAIT_MS}
+        consumer = committed_reader(self.bootstrap_servers, **lane)
         await consumer.start()
         if self.urgent is not None:
-            # An urgent lane is there for latency: a fetch that leaves a partition out (records
-            # read ahead and not yet taken) waits at most 20 ms for more bytes, not 500.
             wait_adaptively(consumer, URGENT_FETCH_WAIT_MS)
         self._consumer = consumer
         for topic in self.topics:
