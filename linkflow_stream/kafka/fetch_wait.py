@@ -15,8 +15,8 @@ that asks for every assigned partition, which an idle consumer's always does, wa
 What can wait up to ``IDLE_WAIT_MS`` now is a request made while such a fetch is in flight: a
 seek's fetch from the new position, and an offset lookup on the same connection (aiokafka sends
 nothing more to a broker with a fetch in flight, and the broker answers a connection's requests
-one at a time). The orchestrator seeks only when it rewinds after a failed batch; the views'
-``sync`` already waited for readers that keep Kafka's 500 ms.
+one at a time). The orchestrator seeks only when it rewinds after a failed batch, and a
+``LogReader`` looks its end offsets up with a consumer of its own.
 
 It wraps one private method of aiokafka's fetcher, on one consumer (there is no public hook;
 aiokafka is pinned in ``pyproject.toml``, and ``tests/integration/test_fetch_wait.py`` fails if

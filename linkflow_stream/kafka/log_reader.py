@@ -88,6 +88,10 @@ class LogReader:
         self.prepare = prepare
         self.caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        self._ends: AIOKafkaConsumer | None = None
+        """Asks the log's end offsets on a connection of its own: the reading consumer's
+        connection is held by its fetch in flight, which may wait up to 500 ms at the broker (one
+        request per connection at a time), and ``sync`` would wait behind it (ADR 0042)."""
         self._task: asyncio.Task[None] | None = None
         self._partitions: list[TopicPartition] = []
         self._handled: dict[TopicPartition, int] = {}
@@ -101,6 +105,8 @@ class LogReader:
         lane = {} if self.urgent is None else {"fetch_max_wait_ms": URGENT_FETCH_WAIT_MS}
         consumer = committed_reader(self.bootstrap_servers, **lane)
         await consumer.start()
+        self._ends = committed_reader(self.bootstrap_servers)
+        await self._ends.start()
         if self.urgent is not None:
             wait_adaptively(consumer, URGENT_FETCH_WAIT_MS)
         self._consumer = consumer
@@ -108,6 +114,7 @@ class LogReader:
             partitions = await topic_partitions(self.bootstrap_servers, topic)
             if not partitions:
                 await consumer.stop()
+                await self._ends.stop()
                 msg = f"topic {topic} does not exist: run `linkflow topics apply`"
                 raise RuntimeError(msg)
             self._partitions += [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -147,11 +154,13 @@ class LogReader:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._ends is not None:
+            await self._ends.stop()
 
     async def end_offsets(self) -> dict[TopicPartition, int]:
         """The current end offset of every partition this reader follows."""
-        assert self._consumer is not None
-        return dict(await self._consumer.end_offsets(self._partitions))
+        assert self._ends is not None
+        return dict(await self._ends.end_offsets(self._partitions))
 
     async def sync(self, within: float) -> bool:
         """Wait until every record written before this call has been handled; False on timeout.
@@ -159,8 +168,7 @@ class LogReader:
         A view answers "not found" only after a sync, so a client never misses what another
         instance has already acknowledged to it.
         """
-        assert self._consumer is not None
-        ends = await self._consumer.end_offsets(self._partitions)
+        ends = await self.end_offsets()
         deadline = asyncio.get_running_loop().time() + within
         while any(self._handled.get(tp, 0) < end for tp, end in ends.items()):
             remaining = deadline - asyncio.get_running_loop().time()

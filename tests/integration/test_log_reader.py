@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from linkflow_stream.kafka.consumers import committed_reader
 from linkflow_stream.kafka.log_reader import LogReader
 
 pytestmark = pytest.mark.integration
@@ -133,6 +134,46 @@ async def test_while_urgent_work_is_under_way_the_in_order_side_rests_as_long_as
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert min(gaps) >= 0.29, f"the in-order side did not rest after its batches: {gaps}"
         assert asked, "it asked whether urgent work was under way"
+    finally:
+        await reader.stop()
+        await producer.stop()
+
+
+async def test_sync_does_not_wait_behind_the_readers_idle_fetch(
+    kafka: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 0042: the broker answers one request per connection at a time, so an offset lookup
+    sent on the reading consumer's connection waits for its fetch in flight, which waits up to its
+    fetch wait when nothing arrives. Here that wait is 30 s: a sync that returns within 10 s
+    looked the offsets up elsewhere."""
+    import linkflow_stream.kafka.log_reader as log_reader
+
+    def slow_reader(bootstrap_servers: str, **overrides: object) -> object:
+        return committed_reader(bootstrap_servers, **{"fetch_max_wait_ms": 30_000, **overrides})
+
+    monkeypatch.setattr(log_reader, "committed_reader", slow_reader)
+    topic = await _topic(kafka, partitions=1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka)
+    await producer.start()
+    seen: list[bytes] = []
+    first = asyncio.Event()
+
+    def handle(record: ConsumerRecord[bytes, bytes]) -> None:
+        seen.append(record.value)
+        first.set()
+
+    reader = LogReader(kafka, [topic], handle)
+    try:
+        await reader.start()
+        await reader.caught_up.wait()
+        await producer.send_and_wait(topic, b"one")
+        await asyncio.wait_for(first.wait(), 10)  # the fetch in flight ends with the record
+        await asyncio.sleep(0.5)  # and the next one waits 30 s: nothing more is written
+        began = asyncio.get_running_loop().time()
+        assert await reader.sync(within=40)
+        # aiokafka's request cannot be cancelled midway, so the bound is checked afterwards.
+        assert asyncio.get_running_loop().time() - began < 10, "sync waited behind the idle fetch"
+        assert seen == [b"one"]
     finally:
         await reader.stop()
         await producer.stop()
