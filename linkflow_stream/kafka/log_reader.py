@@ -92,6 +92,7 @@ class LogReader:
         """Asks the log's end offsets on a connection of its own: the reading consumer's
         connection is held by its fetch in flight, which may wait up to 500 ms at the broker (one
         request per connection at a time), and ``sync`` would wait behind it (ADR 0042)."""
+        self._catching_up: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._partitions: list[TopicPartition] = []
         self._handled: dict[TopicPartition, int] = {}
@@ -100,24 +101,31 @@ class LogReader:
         """The reading task died (it is logged); readiness says so."""
 
     async def start(self) -> None:
+        """Open the reading consumer and the offsets one, and start reading; a start that fails
+        midway closes what it opened."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         # An urgent lane is there for latency: a fetch that leaves a partition out (records read
         # ahead and not yet taken) waits at most 20 ms for more bytes, not 500.
         lane = {} if self.urgent is None else {"fetch_max_wait_ms": URGENT_FETCH_WAIT_MS}
         consumer = committed_reader(self.bootstrap_servers, **lane)
+        self._consumer = consumer
         await consumer.start()
-        self._ends = committed_reader(self.bootstrap_servers)
-        await self._ends.start()
         if self.urgent is not None:
             wait_adaptively(consumer, URGENT_FETCH_WAIT_MS)
-        self._consumer = consumer
         for topic in self.topics:
             partitions = await topic_partitions(self.bootstrap_servers, topic)
             if not partitions:
-                await consumer.stop()
-                await self._ends.stop()
                 msg = f"topic {topic} does not exist: run `linkflow topics apply`"
                 raise RuntimeError(msg)
             self._partitions += [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._ends = committed_reader(self.bootstrap_servers)
+        await self._ends.start()
         consumer.assign(self._partitions)
         if self.from_beginning:
             await consumer.seek_to_beginning(*self._partitions)
@@ -133,7 +141,7 @@ class LogReader:
         self._task = asyncio.create_task(self._run(), name=f"log-reader:{','.join(self.topics)}")
         self._task.add_done_callback(self._ended)
         if self.from_beginning:
-            asyncio.create_task(self._mark_caught_up(), name="log-reader:caught-up")  # noqa: RUF006 - ends by itself
+            self._catching_up = asyncio.create_task(self._mark_caught_up(), name="log-reader:caught-up")
         else:
             self.caught_up.set()
 
@@ -149,13 +157,20 @@ class LogReader:
             log.error("view of %s stopped reading", ",".join(self.topics), exc_info=task.exception())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._ends is not None:
-            await self._ends.stop()
+        """Stop reading and close both consumers, each even if the other fails to close."""
+        for task in (self._task, self._catching_up):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        # aiokafka 0.14: a group-less consumer stopped before its reset task ever ran re-raises
+        # that task's cancellation (a start that failed right after it); one turn lets it run.
+        await asyncio.sleep(0)
+        try:
+            if self._consumer is not None:
+                await self._consumer.stop()
+        finally:
+            if self._ends is not None:
+                await self._ends.stop()
 
     async def end_offsets(self) -> dict[TopicPartition, int]:
         """The current end offset of every partition this reader follows."""

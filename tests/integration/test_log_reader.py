@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Callable
 
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -139,6 +140,11 @@ async def test_while_urgent_work_is_under_way_the_in_order_side_rests_as_long_as
         await producer.stop()
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 - aiokafka's fetcher has no event to wait on
+        await asyncio.sleep(0.01)
+
+
 async def test_sync_does_not_wait_behind_the_readers_idle_fetch(
     kafka: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,10 +171,14 @@ async def test_sync_does_not_wait_behind_the_readers_idle_fetch(
     reader = LogReader(kafka, [topic], handle)
     try:
         await reader.start()
-        await reader.caught_up.wait()
+        await asyncio.wait_for(reader.caught_up.wait(), 10)
         await producer.send_and_wait(topic, b"one")
         await asyncio.wait_for(first.wait(), 10)  # the fetch in flight ends with the record
-        await asyncio.sleep(0.5)  # and the next one waits 30 s: nothing more is written
+        # and the next one waits 30 s at the broker: nothing more is written
+        fetcher = reader._consumer._fetcher  # type: ignore[union-attr]
+        await asyncio.wait_for(_until(lambda: bool(fetcher._in_flight)), 10)
+        await asyncio.sleep(0.2)
+        assert fetcher._in_flight, "the reader's next fetch is not in flight"
         began = asyncio.get_running_loop().time()
         assert await reader.sync(within=40)
         # aiokafka's request cannot be cancelled midway, so the bound is checked afterwards.
