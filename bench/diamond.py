@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.harness import cpu_seconds, engine_on, percentile
+from bench.harness import cpu_seconds, engines_by_roles, percentile
 from linkflow_stream.dev.testing import EngineProcess, call
 
 DIAMOND = {
@@ -168,15 +168,7 @@ def main() -> None:
         return
     groups = args.layout.split(";") if args.layout else [None] * args.engines
     roles = [() if g is None else ("--roles", g) for g in groups]
-    with contextlib.ExitStack() as stack:
-        first = stack.enter_context(engine_on(args.bootstrap, roles[0]))
-        engines = [first]
-        for more in roles[1:]:
-            sibling = first.sibling()
-            sibling.args = more
-            sibling.start()
-            stack.callback(sibling.stop)
-            engines.append(sibling)
+    with engines_by_roles(args.bootstrap, roles) as engines:
         run(
             [e.url for e, r in zip(engines, roles, strict=True) if not r or "api" in r[1].split(",")], engines
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,6 +52,27 @@ def engine_on(bootstrap: str | None, args: tuple[str, ...] = (), /, **env: str) 
             yield engine
         finally:
             engine.stop()
+
+
+@contextmanager
+def engines_by_roles(
+    bootstrap: str | None, roles: Sequence[tuple[str, ...]]
+) -> Iterator[list[EngineProcess]]:
+    """One engine split into processes, one per ``roles`` entry (``linkflow run`` arguments, ``()``
+    for all roles): the first on ``bootstrap`` (or a broker of its own), the others its siblings,
+    with the same topics and consumer group."""
+    with engine_on(bootstrap, roles[0]) as first:
+        engines = [first]
+        try:
+            for more in roles[1:]:
+                sibling = first.sibling()
+                sibling.args = more
+                engines.append(sibling)
+                sibling.start()
+            yield engines
+        finally:
+            for sibling in engines[1:]:
+                sibling.stop()
 
 
 def cpu_seconds(pid: int) -> float:

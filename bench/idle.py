@@ -14,12 +14,10 @@ broker's figure is the machine's share that went to Kafka, other engines on it i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 from bench.diamond import local_brokers
-from bench.harness import cpu_seconds, engine_on
-from linkflow_stream.dev.testing import EngineProcess
+from bench.harness import cpu_seconds, engines_by_roles
 
 
 def main() -> None:
@@ -32,16 +30,9 @@ def main() -> None:
     parser.add_argument("--layout", default="", help="roles groups, one process each (default: all roles)")
     args = parser.parse_args()
     groups = [g for g in args.layout.split(";") if g] or [""]
-    with contextlib.ExitStack() as stack:
-        roles = [("--roles", g) if g else () for g in groups]
-        first = stack.enter_context(engine_on(args.bootstrap, roles[0]))
-        engines: list[tuple[str, EngineProcess]] = [(groups[0] or "all roles", first)]
-        for group, more in zip(groups[1:], roles[1:], strict=True):
-            sibling = first.sibling()  # the same topics and consumer group: one engine, split by role
-            sibling.args = more
-            sibling.start()
-            stack.callback(sibling.stop)
-            engines.append((group, sibling))
+    roles = [("--roles", g) if g else () for g in groups]
+    with engines_by_roles(args.bootstrap, roles) as processes:
+        engines = [(group or "all roles", e) for group, e in zip(groups, processes, strict=True)]
         time.sleep(args.settle)
         brokers = local_brokers()
         before = {name: cpu_seconds(e.pid) for name, e in engines}

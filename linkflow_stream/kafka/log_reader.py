@@ -117,7 +117,7 @@ class LogReader:
         self._consumer = consumer
         await consumer.start()
         if self.urgent is not None:
-            wait_adaptively(consumer, URGENT_FETCH_WAIT_MS)
+            wait_adaptively(consumer)
         for topic in self.topics:
             partitions = await topic_partitions(self.bootstrap_servers, topic)
             if not partitions:

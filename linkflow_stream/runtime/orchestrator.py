@@ -150,7 +150,6 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        busy_wait_ms = int(s.orchestrator_batch_wait_seconds * 1000) or 1
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
             group_id=self.group_id,
@@ -162,10 +161,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=int(s.session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(min(3.0, s.session_timeout_seconds / 3) * 1000),
             max_partition_fetch_bytes=max_message_bytes(),
-            fetch_max_wait_ms=busy_wait_ms,
+            fetch_max_wait_ms=int(s.orchestrator_batch_wait_seconds * 1000) or 1,
         )
         await consumer.start()
-        wait_adaptively(consumer, busy_wait_ms)
+        wait_adaptively(consumer)
         consumer.subscribe(self._topics, listener=self)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="orchestrator")

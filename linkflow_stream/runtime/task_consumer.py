@@ -93,7 +93,7 @@ class TaskConsumer:
                 fetch_max_wait_ms=BUSY_FETCH_WAIT_MS,
             )
             await consumer.start()
-            wait_adaptively(consumer, BUSY_FETCH_WAIT_MS)
+            wait_adaptively(consumer)
             self._consumers[pool] = consumer
             self._tasks.append(asyncio.create_task(self._run(pool), name=f"task-consumer-{pool}"))
 

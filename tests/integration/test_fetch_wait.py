@@ -32,7 +32,7 @@ class Reading:
     def __init__(self, kafka: str, topic: str) -> None:
         self.kafka = kafka
         self.tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
-        self.consumer = committed_reader(kafka)
+        self.consumer = committed_reader(kafka, fetch_max_wait_ms=BUSY_MS)
         self.records: asyncio.Queue[tuple[int, bytes | None]] = asyncio.Queue()
         self.waits: list[int] = []
         self._fetched = asyncio.Event()
@@ -45,7 +45,7 @@ class Reading:
 
     async def start(self) -> None:
         await self.consumer.start()
-        assert wait_adaptively(self.consumer, BUSY_MS, IDLE_MS)
+        assert wait_adaptively(self.consumer, IDLE_MS)
         fetcher: Any = self.consumer._fetcher
         hook = fetcher._get_actions_per_node
 
@@ -156,4 +156,4 @@ async def test_a_consumer_without_the_hook_keeps_its_wait() -> None:
     class NoFetcher:
         pass
 
-    assert wait_adaptively(NoFetcher(), BUSY_MS) is False  # type: ignore[arg-type]
+    assert wait_adaptively(NoFetcher()) is False  # type: ignore[arg-type]
