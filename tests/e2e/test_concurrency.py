@@ -378,7 +378,10 @@ def test_a_paused_gate_owner_loses_the_gate_and_admits_nothing_twice(
     a, b = pair
     wf_id = f"zombie-{uuid.uuid4().hex[:8]}"
     url = f"{counting.url}/slow?total={wf_id}&reach=2&s=1.5"
-    a.register(workflow(wf_id, url, concurrency={"max": 2}, timeout=5))
+    # The node's timeout outlasts the pause: frozen for the ~6 s of the takeover, a node the
+    # paused owner was running would otherwise (rightly) fail by its own 5 s timeout on waking,
+    # its answer unread, and which instance runs a node is not this test's to choose.
+    a.register(workflow(wf_id, url, concurrency={"max": 2}, timeout=30))
     ids = start_in_order(a, wf_id, [{"i": i} for i in range(8)])
     owners = [e for e in (a, b) if owns_gate(e)]
     assert len(owners) == 1, "exactly one instance holds the gate"
@@ -401,7 +404,9 @@ def test_a_paused_gate_owner_loses_the_gate_and_admits_nothing_twice(
     while released(owner) <= released_before:  # woken, it finds the gate gone (fenced or revoked)
         assert time.monotonic() < deadline, f"the former owner never let the gate go:\n{owner.log_tail()}"
         time.sleep(0.2)
-    assert [f["status"] for f in finished] == ["success"] * 8
+    assert [f["status"] for f in finished] == ["success"] * 8, "\n".join(
+        json.dumps(f, default=str) for f in finished if f["status"] != "success"
+    )
     assert counting.peak[wf_id] <= 2, f"{counting.peak[wf_id]} runs at once under a limit of 2"
     assert_admitted_in_order(survivor, ids)
     assert admits(survivor) == Counter({i: 1 for i in ids}), "an admission was lost or sent twice"
