@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -448,7 +448,7 @@ class TargetServer(ThreadingHTTPServer):
             return [r for r in self.requests if r["path"] == path]
 
 
-def serve() -> Iterator[TargetServer]:
+def serve() -> Generator[TargetServer, None, None]:
     server = TargetServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
