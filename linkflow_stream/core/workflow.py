@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections import OrderedDict
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -141,22 +142,29 @@ class WorkflowDefinition(BaseModel):
         return _node_index(self)[node_id]
 
 
-_INDEXES: OrderedDict[int, tuple[WorkflowDefinition, dict[str, NodeDefinition]]] = OrderedDict()
-INDEXES_KEPT = 1024
-"""Node indexes kept, by definition object (the runs in flight share a few definitions). Not a
-cached property: ``model_copy`` copies an instance's ``__dict__``, so a copy with other nodes
-would find the original's index."""
+_INDEXES: dict[int, tuple[weakref.ref[WorkflowDefinition], dict[str, NodeDefinition]]] = {}
+"""Node indexes by definition object, for as long as the object lives: the runs in flight share a
+few definitions, and a definition no longer used takes its index with it (a bound by count kept
+up to a thousand definitions alive, at up to a megabyte each). Not a cached property:
+``model_copy`` copies an instance's ``__dict__``, so a copy with other nodes would find the
+original's index."""
 
 
 def _node_index(workflow: WorkflowDefinition) -> dict[str, NodeDefinition]:
-    cached = _INDEXES.get(id(workflow))
-    if cached is not None and cached[0] is workflow:
+    key = id(workflow)
+    cached = _INDEXES.get(key)
+    if cached is not None and cached[0]() is workflow:
         return cached[1]
     index = {n.id: n for n in workflow.nodes}
-    _INDEXES[id(workflow)] = (workflow, index)  # holds it: its id stays its own while cached
-    while len(_INDEXES) > INDEXES_KEPT:
-        _INDEXES.popitem(last=False)
+    _INDEXES[key] = (weakref.ref(workflow, functools.partial(_forget_index, key)), index)
     return index
+
+
+def _forget_index(key: int, ref: weakref.ref[WorkflowDefinition]) -> None:
+    """A definition died: drop its index (only its own: the id may have been cached anew)."""
+    entry = _INDEXES.get(key)
+    if entry is not None and entry[0] is ref:
+        del _INDEXES[key]
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,10 @@ NODE_CACHE_LARGEST = 16 * 1024
 WORKFLOW_CACHE = 512
 """Encoded workflow snapshots kept, by object, and decoded ones, by id and version: the runs in
 flight share a few definitions."""
+WORKFLOW_CACHE_BYTES = 64 * 1024 * 1024
+"""And at most this many bytes in each of the two (encoded bytes; the decoded copies' JSON text,
+which their objects roughly follow): a definition may be up to a megabyte (the API's body
+limit), and 512 of those kept twice over would be gigabytes. The newest entry always stays."""
 SAME_KEY_COPIES = 4
 """Different definitions kept under one id and version (another deployment's, a test's)."""
 
@@ -144,6 +148,7 @@ class Codec:
                 self.writers.setdefault(fp, parsed)
         self._fingerprints = current.fingerprints
         self._workflows: OrderedDict[int, tuple[WorkflowDefinition, bytes]] = OrderedDict()
+        self._workflow_bytes_kept = 0
         self._writers: dict[str, RecordWriter | None] = {}
         """Compiled writers by record name (``None``: fastavro writes that record)."""
         self._readers: dict[str, RecordReader | None] = {}
@@ -154,6 +159,8 @@ class Codec:
             OrderedDict()
         )
         """Decoded definitions by (id, version): each copy's fields as JSON text, and its object."""
+        self._decoded_text_kept = 0
+        """The JSON text of every copy in ``_decoded_workflows``, in characters."""
         self.ids = SchemaIds(registry, self.parse_writer) if registry is not None else None
         """``None``: single-object encoding only, and a Confluent-framed value is a DecodeError."""
 
@@ -263,8 +270,12 @@ class Codec:
         fastavro.schemaless_writer(buf, self.current.by_name[WORKFLOW], workflow.model_dump())
         encoded = buf.getvalue()
         self._workflows[id(workflow)] = (workflow, encoded)  # holds it: its id stays its own
-        while len(self._workflows) > WORKFLOW_CACHE:
-            self._workflows.popitem(last=False)
+        self._workflow_bytes_kept += len(encoded)
+        while len(self._workflows) > 1 and (
+            len(self._workflows) > WORKFLOW_CACHE or self._workflow_bytes_kept > WORKFLOW_CACHE_BYTES
+        ):
+            _old, (_workflow, dropped) = self._workflows.popitem(last=False)
+            self._workflow_bytes_kept -= len(dropped)
         return encoded
 
     def _shared_workflow(self, raw: dict[str, Any]) -> WorkflowDefinition:
@@ -278,8 +289,6 @@ class Codec:
         copies = self._decoded_workflows.get(key)
         if copies is None:
             copies = self._decoded_workflows[key] = []
-            while len(self._decoded_workflows) > WORKFLOW_CACHE:
-                self._decoded_workflows.popitem(last=False)
         else:
             self._decoded_workflows.move_to_end(key)
         for kept, workflow in copies:
@@ -287,7 +296,13 @@ class Codec:
                 return workflow
         workflow = WorkflowDefinition.model_validate(raw)
         copies.insert(0, (text, workflow))
+        self._decoded_text_kept += len(text) - sum(len(t) for t, _w in copies[SAME_KEY_COPIES:])
         del copies[SAME_KEY_COPIES:]
+        while len(self._decoded_workflows) > 1 and (
+            len(self._decoded_workflows) > WORKFLOW_CACHE or self._decoded_text_kept > WORKFLOW_CACHE_BYTES
+        ):
+            _key, dropped = self._decoded_workflows.popitem(last=False)
+            self._decoded_text_kept -= sum(len(t) for t, _w in dropped)
         return workflow
 
     def _header(self, name: str, topic: str | None) -> io.BytesIO:

@@ -4,13 +4,17 @@ around the workflow's cached bytes: the same bytes as encoding the whole record 
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.state import ExecutionState
+from linkflow_stream.kafka import codec as codec_module
 from linkflow_stream.kafka.codec import CARRIES_WORKFLOW, NAMESPACE, Codec, default_codec
 from tests.unit.test_partition_batch import HTTP, T0, TRANSFORM, WAIT, FakeProducer, partition, start_record
 
@@ -96,3 +100,33 @@ async def test_a_different_definition_under_the_same_id_and_version_is_not_share
     assert other.workflow is not first.workflow
     assert other.workflow.name == changed.workflow.name
     assert codec.decode(codec.encode(request), StartExecution).workflow == request.workflow
+
+
+async def test_large_definitions_used_once_are_not_kept_beyond_the_caches_byte_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many large definitions, each carried by one run and then let go: what the codec and the
+    node indexes keep of them stays near the byte bound. Bounded by count alone, the caches kept
+    hundreds of them (a definition may be a megabyte), and the node indexes a thousand."""
+    monkeypatch.setattr(codec_module, "WORKFLOW_CACHE_BYTES", 1024 * 1024)
+    codec = Codec(default_codec().current)
+    state = next(r for r in await carried() if isinstance(r, ExecutionState))
+
+    def carry_once(i: int) -> None:
+        workflow = state.workflow.model_copy(update={"id": f"big-{i}", "name": f"{i:06d}" * 40_000})
+        decoded = codec.decode(codec.encode(state.model_copy(update={"workflow": workflow})), ExecutionState)
+        assert decoded.workflow.node(workflow.nodes[0].id) == workflow.nodes[0]
+        assert decoded.workflow.name == workflow.name
+
+    carry_once(0)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 81):  # 80 definitions of 240 kB
+            carry_once(i)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 8 * 1024 * 1024, f"{kept / 1e6:.1f} MB kept after 80 definitions of 240 kB were let go"
