@@ -135,9 +135,9 @@ class GateState:
         """Let ``entry`` go, queued or admitted; indexes follow."""
         del self.entries[entry.execution_id]
         if entry.running:
-            self.team_running[entry.team] -= 1
+            _decrement(self.team_running, entry.team)
             if entry.max is not None:
-                self.slot_running[entry.slot] -= 1
+                _decrement(self.slot_running, entry.slot)
         else:
             self.unqueue(entry)
 
@@ -159,6 +159,14 @@ class GateState:
 
     def queued(self) -> list[GateEntry]:
         return sorted((e for e in self.entries.values() if not e.running), key=lambda e: e.seq)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    """One less under ``key``, and no key at zero: a slot is a workflow and a concurrency-key
+    value (an order id, a customer), so keys left at zero would pile up by the million."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 def apply(state: GateState, request: GateRequest) -> None:

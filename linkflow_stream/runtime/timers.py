@@ -19,6 +19,9 @@ from linkflow_stream.core.state import ExecutionState, ExecutionStatus, Timer, T
 RETRY_MS = 1_000
 """A timer still pending this long after it was fired (its transaction aborted, or the decider
 kept it) is offered again."""
+COMPACT_SLACK = 1_024
+"""Outdated heap entries tolerated beyond the pending timers' count before the heap is rebuilt
+without them (``_compact``)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,11 @@ class TimerQueue:
         self._heap: list[tuple[int, str, str, int]] = []
         # execution -> timer id -> due time; a heap entry that disagrees is outdated
         self._pending: dict[str, dict[str, datetime]] = {}
+        self._count = 0
+        """The pending timers, all executions together."""
 
     def __len__(self) -> int:
-        return sum(len(t) for t in self._pending.values())
+        return self._count
 
     def track(self, state: ExecutionState) -> None:
         """Know the timers of ``state`` as committed."""
@@ -54,13 +59,33 @@ class TimerQueue:
             if known.get(timer_id) != due:
                 due_ms = to_millis(due)
                 heapq.heappush(self._heap, (due_ms, state.id, timer_id, due_ms))
+        self._count += len(current) - len(known)
         if current:
             self._pending[state.id] = current
         else:
             self._pending.pop(state.id, None)
+        self._compact()
 
     def forget(self, execution_id: str) -> None:
-        self._pending.pop(execution_id, None)
+        self._count -= len(self._pending.pop(execution_id, {}))
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop outdated entries once they outnumber the pending timers (plus ``COMPACT_SLACK``).
+        An entry leaves the heap only when its time comes, and a run that ended, or moved a
+        timer, leaves its old entries behind: a 30-day deadline of a run that took a second
+        would stay a month, and at a million runs a day the heap would grow to gigabytes. The
+        rebuild keeps each live entry's time to look (a fired timer's retry time too), so it
+        changes nothing that ``due`` returns; it costs O(heap) once per as many stale entries."""
+        if len(self._heap) <= 2 * self._count + COMPACT_SLACK:
+            return
+        self._heap = [entry for entry in self._heap if self._live(entry)]
+        heapq.heapify(self._heap)
+
+    def _live(self, entry: tuple[int, str, str, int]) -> bool:
+        _, execution_id, timer_id, due_ms = entry
+        due = self._pending.get(execution_id, {}).get(timer_id)
+        return due is not None and to_millis(due) == due_ms
 
     def next_due_ms(self) -> int | None:
         """When the earliest timer is due (epoch ms), if any; may name an outdated entry."""

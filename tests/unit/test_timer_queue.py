@@ -3,6 +3,8 @@ and a moved timer is due at its new time only."""
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from datetime import timedelta
 
 from linkflow_stream.core.clock import from_millis
@@ -88,3 +90,44 @@ def test_a_paused_runs_timers_wait_for_its_resume_but_its_deadline_does_not() ->
     assert [d.timer_id for d in q.due(T0 + 200)] == ["execution_timeout"]
     q.track(running)  # resumed with the wait still held (say, a state before the resume's decision)
     assert "wait:w:1" in [d.timer_id for d in q.due(T0 + 200 + RETRY_MS)]
+
+
+def _ended(execution_id: str) -> ExecutionState:
+    return state(execution_id).model_copy(update={"status": ExecutionStatus.SUCCESS})
+
+
+def test_runs_that_ended_long_before_their_timers_leave_nothing_behind() -> None:
+    """A run with a 30-day deadline that ends in a second: its heap entry must not stay a month
+    (at a million runs a day that was gigabytes)."""
+    q = TimerQueue()
+    month = 30 * 86_400_000
+    q.track(state("warm", a=T0 + month))
+    q.track(_ended("warm"))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(20_000):
+            q.track(state(f"run-{i:05d}", deadline=T0 + month + i))
+            if i % 2:
+                q.forget(f"run-{i:05d}")  # ended and expired
+            else:
+                q.track(_ended(f"run-{i:05d}"))  # ended: no timer offered
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(q) == 0 and q.due(T0 + 2 * month) == []
+    assert kept < 1_000_000, f"{kept / 1e6:.1f} MB kept by 20,000 runs that ended"
+
+
+def test_dropping_outdated_entries_keeps_a_fired_timers_retry_time() -> None:
+    q = TimerQueue()
+    q.track(state("live", a=T0))
+    assert [d.timer_id for d in q.due(T0)] == ["a"]  # fired; its transaction has not committed
+    for i in range(5_000):  # enough runs ending to rebuild the heap
+        q.track(state(f"gone-{i}", b=T0 + 86_400_000))
+        q.forget(f"gone-{i}")
+    assert q.due(T0 + RETRY_MS - 1) == [], "offered again before its retry time"
+    assert [d.timer_id for d in q.due(T0 + RETRY_MS)] == ["a"]
+    assert q.next_due_ms() == T0 + 2 * RETRY_MS and len(q) == 1
