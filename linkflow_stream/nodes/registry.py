@@ -35,6 +35,9 @@ def build_registry(settings: Settings) -> dict[str, NodeExecutor]:
             warm_sandboxes=settings.code_warm_sandboxes,
             bwrap=settings.code_bwrap,
             kill_grace_seconds=settings.code_kill_grace_seconds,
+            # The engine reads an attempt's printout from its result (ctx.logs), never from
+            # ``runs``, which would hold the last 256 results, up to 8 MiB each, for nothing.
+            keep_runs=0,
         ),
         WorkflowNode(),
     ]

@@ -31,6 +31,7 @@ import pytest
 
 from linkflow_stream.core.node_contract import NodeContext, NodeFailure
 from linkflow_stream.nodes.code import CodeNode
+from linkflow_stream.nodes.registry import build_registry
 from linkflow_stream.nodes.sandbox import (
     UNAVAILABLE,
     CodeFailure,
@@ -147,6 +148,22 @@ async def test_this_machine_runs_code_in_bwrap() -> None:
     if not checked.works:
         pytest.skip(f"{UNAVAILABLE} ({checked.problem})")
     assert checked.problem == ""
+
+
+async def test_the_engines_code_node_keeps_no_attempt_after_it_reported() -> None:
+    """What an attempt printed goes into its result; the engine's node keeps nothing of it after
+    (it kept the last 256 attempts, results of up to 8 MiB included, in every executor)."""
+    require_bwrap()
+    node = build_registry(Settings())["code"]
+    assert isinstance(node, CodeNode)
+    try:
+        c = ctx()
+        source = "def main(data):\n    print('hello')\n    return 'x' * 100_000\n"
+        assert await node.execute(c, {"source": source}, DATA) == "x" * 100_000
+        assert c.logs == {"stdout": "hello\n"}
+        assert node.runs == {}
+    finally:
+        await node.close()
 
 
 async def test_node_output_is_mains_return_value(node: CodeNode) -> None:
