@@ -298,10 +298,11 @@ class Engine:
         log.info("API keys required: %d active keys", sum(k.active for k in self.keys.listed()))
 
     def _status_reader(self, positions: Mapping[tuple[str, int], int]) -> LogReader:
-        """Events and requests, batch by batch into the read model, from its stored positions."""
+        """Events, requests and dead letters (a start request's ends its pending run), batch by
+        batch into the read model, from its stored positions."""
         return LogReader(
             self.settings.bootstrap_servers,
-            [self.settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS)],
+            [self.settings.topic(t) for t in (topic_names.EVENTS, *topic_names.REQUESTS, topic_names.DLQ)],
             handle_batch=self._fold,
             positions=positions,
             prepare=self.codec.learner,

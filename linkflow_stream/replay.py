@@ -36,6 +36,7 @@ def view_topics(settings: Settings) -> Topics:
         events=settings.topic(topic_names.EVENTS),
         requests=frozenset(settings.topic(t) for t in topic_names.REQUESTS),
         urgent_requests=settings.topic(topic_names.requests(Priority.HIGH)),
+        dlq=settings.topic(topic_names.DLQ),
     )
 
 
@@ -53,7 +54,7 @@ async def rebuild(
     """Fold the view topics from offset 0 into the empty store ``into``, up to ``until`` (the
     positions to stop before; default: the log's end now). How many records were read."""
     topics = view_topics(settings)
-    names = [topics.events, *sorted(topics.requests)]
+    names = [topics.events, *sorted(topics.requests), settings.topic(topic_names.DLQ)]
     targets = until if until is not None else await log_ends(settings.bootstrap_servers, names)
     codec = codec_for(settings)
     await into.open("replay")

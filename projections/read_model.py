@@ -25,13 +25,13 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from linkflow_stream.core.clock import to_millis
+from linkflow_stream.core.clock import from_millis, to_millis
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
-from linkflow_stream.kafka.codec import Codec
+from linkflow_stream.kafka.codec import Codec, DecodeError
 from projections.costs import RATES, Rates, cost_of, report, since_of
-from projections.logs import LEVELS, Line, LogView, lines_for
+from projections.logs import LEVELS, Line, LogView, lines_for, rejected_line
 from projections.status import REVERSE_LINKS, StatusView, render
 from projections.store import (
     Changes,
@@ -69,6 +69,21 @@ class Topics:
     requests: frozenset[str]
     urgent_requests: str | None = None
     """The high-priority request topic: its runs' records are folded ahead (``ReadModel.urgent``)."""
+    dlq: str | None = None
+    """The dead-letter topic: a start request dead-lettered there ends its pending run (``Rejected``)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A start request the orchestrator dead-lettered: its run will never start."""
+
+    request: StartExecution
+    reason: str
+    at: datetime
+
+    @property
+    def execution_id(self) -> str:
+        return self.request.execution_id
 
 
 class ReadModel:
@@ -185,12 +200,16 @@ class ReadModel:
     async def _fold(
         self, records: Sequence[ConsumerRecord[bytes, bytes]], positions: dict[Position, int], *, ahead: bool
     ) -> None:
-        decoded: list[tuple[ConsumerRecord[bytes, bytes], ExecutionEvent | StartExecution]] = []
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], ExecutionEvent | StartExecution | Rejected]] = []
         for count, record in enumerate(records, 1):
             if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             try:
-                if record.topic == self.topics.events:
+                if record.topic == self.topics.dlq:
+                    rejected = self._rejected(record)
+                    if rejected is not None:
+                        decoded.append((record, rejected))
+                elif record.topic == self.topics.events:
                     decoded.append((record, self.codec.decode(record.value, ExecutionEvent)))
                     if self.on_event is not None and not ahead:
                         self.on_event(record)
@@ -209,6 +228,16 @@ class ReadModel:
         gapped: set[str] = set()
         for record, item in decoded:  # no yield here: a read between a run's request and its
             # events of the same batch would show a finished run as pending
+            if isinstance(item, Rejected):
+                failed = None
+                if item.execution_id not in stored:  # not started elsewhere (another instance's fold)
+                    failed = self.status.reject(item.request, item.reason, item.at)
+                if failed is not None:
+                    touched[failed.id] = failed
+                    line = rejected_line(item.at, failed.history[-1].reason or "")
+                    changes.lines.append(_line_row(failed.id, 0, 0, line))
+                    new_lines[failed.id] = [(0, 0, line)]
+                continue
             if isinstance(item, StartExecution):
                 if ahead:
                     self._ahead.add((record.topic, record.partition, record.offset))
@@ -264,6 +293,9 @@ class ReadModel:
             await self._turn.wait_for(lambda: self._writing == ticket)
         try:
             await self._write(changes)
+            for state in touched.values():  # stored: memory may let the oldest finished go now
+                if state.status.terminal:
+                    self.status.weigh(state.id, len(changes.executions[state.id].state))
             self.status.notify(touched.values())
             for execution_id, state in touched.items():
                 self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
@@ -272,8 +304,21 @@ class ReadModel:
                 self._writing = ticket + 1
                 self._turn.notify_all()
 
+    def _rejected(self, record: ConsumerRecord[bytes, bytes]) -> Rejected | None:
+        """The start request in a dead letter from a request topic, with why; None for any other
+        dead letter (a task, a result, bytes no one could decode: no pending run to end)."""
+        headers = dict(record.headers)
+        if headers.get("dlq_topic", b"").decode(errors="replace") not in self.topics.requests:
+            return None
+        try:
+            request = self.codec.decode(record.value, StartExecution)
+        except DecodeError:
+            return None  # never decoded here either, so never shown as pending
+        reason = headers.get("dlq_reason", b"").decode(errors="replace") or "dead-lettered"
+        return Rejected(request, reason, from_millis(record.timestamp))
+
     async def _stored_states(
-        self, decoded: Sequence[ExecutionEvent | StartExecution]
+        self, decoded: Sequence[ExecutionEvent | StartExecution | Rejected]
     ) -> dict[str, ExecutionState]:
         """The stored states of the batch's runs that memory does not hold: runs finished and
         evicted (a late duplicate), and runs another instance sharing the store folded."""

@@ -159,6 +159,10 @@ _Waiter = tuple[Reached, "asyncio.Future[None]"]
 FINISHED_CACHE = 1024
 """Finished runs kept in memory after they end (for ``?wait=`` answers and reads right after);
 older ones are read from the store."""
+FINISHED_CACHE_BYTES = 64 * 1024 * 1024
+"""And at most this many bytes of them as stored (their encoded states, ``weigh``): a run may hold
+outputs of up to a megabyte a node, and a thousand such runs decoded would be gigabytes. The
+newest finished run always stays."""
 
 
 class StatusView:
@@ -166,13 +170,18 @@ class StatusView:
     started (seq 0), the last finished ones, and the waiters of ``?wait=`` callers. Everything
     else is in the read-model store (``projections.read_model``)."""
 
-    def __init__(self, finished_cache: int = FINISHED_CACHE) -> None:
+    def __init__(
+        self, finished_cache: int = FINISHED_CACHE, finished_cache_bytes: int = FINISHED_CACHE_BYTES
+    ) -> None:
         self.executions: dict[str, ExecutionState] = {}
         """Started and not ended."""
         self.accepted: dict[str, ExecutionState] = {}
         """Accepted, no event yet: the pending state each will start from."""
         self.finished: OrderedDict[str, ExecutionState] = OrderedDict()
         self.finished_cache = finished_cache
+        self.finished_cache_bytes = finished_cache_bytes
+        self._finished_sizes: dict[str, int] = {}
+        self._finished_bytes = 0
         self.applied = 0
         self.duplicates = 0
         self._waiters: defaultdict[str, list[_Waiter]] = defaultdict(list)
@@ -188,6 +197,11 @@ class StatusView:
         ``notify``, once the change is stored."""
         if before is None:
             before = self.known(event.execution_id)
+        if before is not None and before.seq == 0:
+            # A rejected start's placeholder (``reject``); a later request started the run after
+            # all, and its own log begins here.
+            self._forget_finished(event.execution_id)
+            before = None
         after = apply(before, event)
         if after is None:
             return None
@@ -206,14 +220,33 @@ class StatusView:
     def _remember_finished(self, state: ExecutionState) -> None:
         self.finished[state.id] = state
         self.finished.move_to_end(state.id)
-        while len(self.finished) > self.finished_cache:
-            self.finished.popitem(last=False)
+        self._trim_finished()
+
+    def weigh(self, execution_id: str, size: int) -> None:
+        """The stored size (encoded state) of a finished run in memory, known once its row is
+        made: what ``finished_cache_bytes`` counts."""
+        if execution_id not in self.finished:
+            return
+        self._finished_bytes += size - self._finished_sizes.get(execution_id, 0)
+        self._finished_sizes[execution_id] = size
+        self._trim_finished()
+
+    def _trim_finished(self) -> None:
+        while len(self.finished) > self.finished_cache or (
+            self._finished_bytes > self.finished_cache_bytes and len(self.finished) > 1
+        ):
+            oldest, _ = self.finished.popitem(last=False)
+            self._finished_bytes -= self._finished_sizes.pop(oldest, 0)
+
+    def _forget_finished(self, execution_id: str) -> None:
+        self.finished.pop(execution_id, None)
+        self._finished_bytes -= self._finished_sizes.pop(execution_id, 0)
 
     def forget_finished_before(self, cutoff: datetime) -> None:
         """Drop cached finished runs that ended before ``cutoff`` (their retention is over)."""
         expired = [i for i, st in self.finished.items() if (st.finished_at or st.created_at) < cutoff]
         for execution_id in expired:
-            del self.finished[execution_id]
+            self._forget_finished(execution_id)
 
     def load(self, state: ExecutionState) -> None:
         """Take a live run from the store (at start-up)."""
@@ -265,6 +298,28 @@ class StatusView:
             return False
         self.accepted.setdefault(request.execution_id, accepted_state(request))
         return True
+
+    def reject(self, request: StartExecution, reason: str, at: datetime) -> ExecutionState | None:
+        """A start request the orchestrator dead-lettered (it could not be decided, or its run's
+        first records were too large): the run ends before it starts, ``failed`` with the reason,
+        instead of showing as pending, and counting as queued, for ever. Its state stays at seq 0
+        (no event of its own). None when the run is known to have started (the refused request
+        was a duplicate of a started run's) or was rejected already."""
+        execution_id = request.execution_id
+        if execution_id in self.executions or execution_id in self.finished:
+            return None
+        pending = self.accepted.pop(execution_id, None) or accepted_state(request)
+        why = f"start request rejected: {reason}"
+        end = Transition(from_status=pending.status, to_status=ExecutionStatus.FAILED, at=at, reason=why)
+        failed = pending.model_copy(
+            update={
+                "status": ExecutionStatus.FAILED,
+                "finished_at": at,
+                "history": (*pending.history, end),
+            }
+        )
+        self._remember_finished(failed)
+        return failed
 
     def withdraw(self, execution_id: str) -> None:
         """Forget a run accepted here whose request Kafka did not acknowledge, so it neither shows

@@ -126,7 +126,11 @@ ON CONFLICT (id) DO UPDATE SET
     cost_network = excluded.cost_network, linked_to = excluded.linked_to,
     link_kind = excluded.link_kind
 WHERE executions.seq < excluded.seq
+    OR (executions.seq = 0 AND excluded.seq = 0 AND executions.finished_ms IS NULL
+        AND excluded.finished_ms IS NOT NULL)
 """
+"""A row moves only forward: to a later seq, or (a run that never started, seq 0) from pending
+to rejected, its start request dead-lettered (``StatusView.reject``)."""
 """A row is only ever replaced by a later one, so replaying a batch cannot move a run back."""
 
 

@@ -17,8 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from linkflow_stream.core.messages import StartExecution
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.dev.testing import ROOT, EngineProcess, call, read_events
+from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.consumers import log_ends
 from projections.status import REVERSE_LINKS
 from tests.postgres import PostgresCluster, postgres_cluster
@@ -29,6 +33,16 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PostgresCluster]:
     yield from postgres_cluster()
+
+
+async def produce(engine: EngineProcess, topic: str, key: bytes, value: bytes) -> None:
+    """One record to the logical ``topic``, as any Kafka client would write it."""
+    producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(engine.settings().topic(topic), value, key=key)
+    finally:
+        await producer.stop()
 
 
 def wid(name: str) -> str:
@@ -332,3 +346,35 @@ def test_a_start_repeated_with_its_idempotency_key_names_the_first_run(
     for bad in ("", "x" * 256, "caf\u00e9"):
         status, body = call("POST", start, {"workflow_id": ops["id"]}, headers={"Idempotency-Key": bad})
         assert status == 400 and body["error"]["type"] == "validation", (bad, body)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_a_start_request_the_orchestrator_dead_letters_ends_its_run_failed(
+    engine_factory: Callable[..., EngineProcess], request: pytest.FixtureRequest, store: str
+) -> None:
+    """A start request written to a request topic under another run's key is refused by the
+    orchestrator (dead-lettered: its run never starts). The views had accepted it as pending,
+    and it stayed pending for ever, counted as queued against its team, across restarts."""
+    env = {"LINKFLOW_VIEWS_FINISHED_CACHE": "0"}
+    if store == "postgresql":
+        env["LINKFLOW_VIEWS_URL"] = request.getfixturevalue("postgres").fresh_url()
+    engine = engine_factory(**env)
+    wf = WorkflowDefinition(
+        id=wid("refused"),
+        created_at=datetime.now(UTC),
+        nodes=(NodeDefinition(id="a", type="transform", config={"expression": "1"}),),
+    )
+    execution_id = f"exec_{uuid.uuid4().hex}"
+    refused = StartExecution(execution_id=execution_id, workflow=wf, input={}, requested_at=datetime.now(UTC))
+    asyncio.run(produce(engine, "linkflow.requests.normal", b"someone-else", default_codec().encode(refused)))
+    body = engine.wait_status(execution_id, timeout=60)
+    assert body["status"] == "failed", body
+    reason = body["history"][-1]["reason"]
+    assert reason.startswith("start request rejected: record key b'someone-else' is not its execution id")
+    logs = call("GET", f"{engine.url}/api/executions/{execution_id}/logs")[1]
+    assert [line["message"] for line in logs["logs"]] == [reason]
+    engine.stop()
+    engine.start()
+    assert engine.wait_status(execution_id, timeout=30)["status"] == "failed", "not pending again"
+    status, page = call("GET", f"{engine.url}/api/executions?status=pending")
+    assert status == 200 and execution_id not in [r["id"] for r in page["executions"]]

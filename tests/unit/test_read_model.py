@@ -5,6 +5,7 @@ change nothing. Records are built in memory (no broker): the fold is the unit un
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -22,8 +23,10 @@ from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Start
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, evolve
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.dlq import dlq_headers
 from projections.logs import LogView, TooSlow
 from projections.read_model import ReadModel, Topics
+from projections.status import StatusView
 from projections.store import Changes, Cursor, ExecutionQuery, ReadStore, open_store
 from projections.store.sqlite import SqliteStore
 
@@ -453,3 +456,93 @@ async def test_a_node_network_row_is_written_once_when_its_usage_comes_not_at_ev
     groups = await store.cost_groups("workflow_id", None)
     assert groups[0].network_bytes == 115
     assert groups[0].top_network_node == ("d", 100)
+
+
+DLQ_TOPICS = Topics(events="events", requests=frozenset({"requests.normal"}), dlq="dlq")
+
+
+def dead_letter(
+    log: Log, request: StartExecution, reason: str, origin: str = "requests.normal"
+) -> ConsumerRecord[bytes, bytes]:
+    """``request`` as the orchestrator dead-letters it: its bytes, with the dlq_* headers."""
+    (record,) = log.records("dlq", [request])
+    return dataclasses.replace(record, headers=tuple(dlq_headers(origin, 0, 0, reason)))
+
+
+async def test_a_dead_lettered_start_ends_its_pending_run_failed_with_why(tmp_path: Path) -> None:
+    """A start request the orchestrator could not decide never starts: shown as pending (and
+    counted as queued, which admission control counts against its team) it would stay so for
+    ever, across restarts. Its dead letter ends it, failed, with the reason, in memory and store."""
+    log, store = Log(), open_store(None, tmp_path)
+    await store.open("test")
+    model = ReadModel(store, CODEC, DLQ_TOPICS)
+    await model.fold(log.records("requests.normal", [start("stuck", team="a"), start("fine", team="a")]))
+    assert model.status.queued_of_team("a") == 2
+    reason = "record key b'other' is not its execution id 'stuck'"
+    await model.fold([dead_letter(log, start("stuck", team="a"), reason)])
+    body = await model.body("stuck")
+    assert body is not None and body["status"] == "failed" and body["finished_at"] is not None
+    assert body["history"][-1]["reason"] == f"start request rejected: {reason}"
+    assert [line["message"] for _s, _n, line in await model.lines("stuck")] == [
+        f"start request rejected: {reason}"
+    ]
+    assert model.status.queued_of_team("a") == 1, "no longer counted as queued"
+    await store.close()
+
+    again = open_store(None, tmp_path)
+    await again.open("test")
+    restarted = ReadModel(again, CODEC, DLQ_TOPICS)
+    await restarted.load()
+    assert set(restarted.status.accepted) == {"fine"}, "not loaded again as pending"
+    stored = await restarted.body("stuck")
+    assert stored is not None and stored["status"] == "failed"
+    await again.close()
+
+
+async def test_a_dead_letter_ends_nothing_that_started_and_tells_apart_its_topics(store: ReadStore) -> None:
+    log = Log()
+    model = ReadModel(store, CODEC, DLQ_TOPICS)
+    running, events = decided(None, start("running"), 0)
+    await model.fold(log.records("events", events))
+    await model.fold(log.records("requests.normal", [start("pending")]))
+    await model.fold(
+        [
+            dead_letter(log, start("running"), "a duplicate request that could not be decided"),
+            dead_letter(log, start("pending"), "a task, not a request", origin="tasks.default.normal"),
+        ]
+    )
+    assert (await model.body("running") or {})["status"] == running.status.value
+    assert (await model.body("pending") or {})["status"] == "pending"
+
+
+async def test_a_dead_letter_read_before_its_request_leaves_no_pending_run(store: ReadStore) -> None:
+    """Topics are read side by side: a request's dead letter may come first (a rebuild reads the
+    dead letters and the requests in any order). Either order ends the same."""
+    log = Log()
+    model = ReadModel(store, CODEC, DLQ_TOPICS)
+    await model.fold([dead_letter(log, start("early"), "too large")])
+    await model.fold(log.records("requests.normal", [start("early")]))
+    assert (await model.body("early") or {})["status"] == "failed"
+    assert model.status.queue_counts()["normal"]["queued"] == 0
+    # a later request of the same id that does start: its events show, from its own start
+    state, events = decided(None, start("early"), 5)
+    await model.fold(log.records("events", events))
+    assert (await model.body("early") or {})["status"] == state.status.value
+
+
+async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadStore) -> None:
+    """A thousand finished runs with outputs of up to a megabyte each would be gigabytes in
+    memory: the cache of finished runs also counts their stored bytes, and what it lets go is
+    read from the store."""
+    log = Log()
+    model = ReadModel(store, CODEC, TOPICS, status=StatusView(finished_cache_bytes=300_000))
+    for i in range(8):
+        state, events = decided(None, start(f"big{i}"), 0)
+        big = result(f"big{i}", ok=True).model_copy(update={"output": f"{i}" * 100_000})
+        _, more = decided(state, big, 1)
+        await model.fold(log.records("events", [*events, *more]))
+    assert list(model.status.finished) == ["big6", "big7"], "the newest that fit in 300 kB"
+    for i in range(8):
+        body = await model.body(f"big{i}")
+        assert body is not None and body["status"] == "success"
+        assert body["nodes"]["c"]["output"] == f"{i}" * 100_000
