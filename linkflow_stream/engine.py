@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from aiohttp import web
@@ -38,6 +38,7 @@ from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.kafka.log_reader import Handler, LogReader
 from linkflow_stream.kafka.metadata import cluster_id
 from linkflow_stream.kafka.pools import TaskPools
+from linkflow_stream.kafka.produce_retries import count_routine_retries
 from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.topics import load_pools
 from linkflow_stream.nodes import build_registry, decider_config
@@ -227,6 +228,7 @@ class Engine:
         self._executor_started = False
         self._background: list[asyncio.Task[None]] = []
         self._gc_watch: gc_tuning.GcCallback | None = None
+        self._uncount_retries: Callable[[], None] = lambda: None
 
     # -- views --------------------------------------------------------------------------------
     def _on_workflow(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -314,6 +316,9 @@ class Engine:
     async def _fold(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         await self.views.fold(records)
         self.metrics.view_folded.inc(len(records))
+
+    def _produce_retried(self, error: str) -> None:
+        self.metrics.produce_retries.labels(error).inc()
 
     def _gc_paused(self, generation: int, seconds: float) -> None:
         self.metrics.gc_pause.labels(str(generation)).observe(seconds)
@@ -499,6 +504,7 @@ class Engine:
         """Publisher and APIs first (so /healthz answers at once), then views, then the loops; each
         part only where this process's roles name it (``linkflow run --roles``, ADR 0028)."""
         roles = self.roles
+        self._uncount_retries = count_routine_retries(self._produce_retried)
         await self._register_schemas()
         if "api" in roles:
             await self._check_auth()
@@ -584,6 +590,7 @@ class Engine:
     async def stop(self) -> None:
         """The reverse: stop taking work, let what runs finish its batch, then close."""
         gc_tuning.stop_observing(self._gc_watch)
+        self._uncount_retries()
         for task in self._background:
             task.cancel()
         for runner in self._runners:

@@ -45,7 +45,8 @@ state (KIP-890), and the previous transaction's commit marker may not have reach
 partition yet, which an older produce version is told as NOT_ENOUGH_REPLICAS. At 100 ms that one
 retry was the slowest 3-6% of runs at a single caller (p99 115-145 ms against a p50 of 15-25);
 the marker lands within a few milliseconds. A broker that is away is tried every 20 ms instead
-of every 100 during a commit, which ``COMMIT_TIMEOUT_SECONDS`` bounds."""
+of every 100 during a commit, which ``COMMIT_TIMEOUT_SECONDS`` bounds. Such a retry is counted,
+not logged as a warning (``produce_retries``)."""
 COMMIT_TIMEOUT_SECONDS = 30.0
 """aiokafka retries a transactional request or an idempotent batch for as long as the broker is
 away; a commit still pending after this long leaves the producer in an unknown state."""

@@ -163,6 +163,14 @@ class Metrics:
             "Partitions this instance lost to another owner's transactional id",
             registry=r,
         )
+        self.produce_retries = Counter(
+            "linkflow_kafka_produce_retries_total",
+            "Produce batches the broker refused and the client sent again, counted instead of logged "
+            "(NotEnoughReplicasError: mostly a transaction that began before the previous commit's "
+            "marker was written on its partition; a steady rate on a cluster: replicas out of sync)",
+            ["error"],
+            registry=r,
+        )
         self.commit_failures = Counter(
             "linkflow_orchestrator_commit_failures_total",
             "Orchestrator transactions that aborted and were tried again",
