@@ -308,6 +308,7 @@ class Engine:
             handle_batch=self._fold,
             positions=positions,
             prepare=self.codec.learner,
+            prepared=self.views.decodes,
             urgent=self.views.urgent,
             handle_urgent=self.views.fold_ahead,
             yield_to_urgent=self.views.urgent_live,

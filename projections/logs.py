@@ -39,11 +39,6 @@ def _printed(e: ExecutionEvent) -> list[Line]:
     return out
 
 
-def rejected_line(at: datetime, reason: str) -> Line:
-    """The one line of a run whose start request was dead-lettered (it has no event)."""
-    return _line(at, "error", reason)
-
-
 def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     """The log lines that event ``e`` adds, given the execution's state after it."""
     node = after.nodes.get(e.node_id) if e.node_id else None

@@ -31,7 +31,7 @@ from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from projections.costs import RATES, Rates, cost_of, report, since_of
-from projections.logs import LEVELS, Line, LogView, lines_for, rejected_line
+from projections.logs import LEVELS, Line, LogView, lines_for
 from projections.status import REVERSE_LINKS, StatusView, render
 from projections.store import (
     Changes,
@@ -84,6 +84,11 @@ class Rejected:
     @property
     def execution_id(self) -> str:
         return self.request.execution_id
+
+    @property
+    def args(self) -> tuple[StartExecution, str, datetime]:
+        """What ``StatusView.reject`` takes."""
+        return self.request, self.reason, self.at
 
 
 class ReadModel:
@@ -229,18 +234,18 @@ class ReadModel:
         for record, item in decoded:  # no yield here: a read between a run's request and its
             # events of the same batch would show a finished run as pending
             if isinstance(item, Rejected):
-                failed = None
-                if item.execution_id not in stored:  # not started elsewhere (another instance's fold)
-                    failed = self.status.reject(item.request, item.reason, item.at)
+                # Stored: started, or rejected already (by another instance's fold, or before a
+                # restart). No log line: a later request may start the run after all, and its
+                # log must then be its own.
+                failed = None if item.execution_id in stored else self.status.reject(*item.args)
                 if failed is not None:
                     touched[failed.id] = failed
-                    line = rejected_line(item.at, failed.history[-1].reason or "")
-                    changes.lines.append(_line_row(failed.id, 0, 0, line))
-                    new_lines[failed.id] = [(0, 0, line)]
                 continue
             if isinstance(item, StartExecution):
                 if ahead:
                     self._ahead.add((record.topic, record.partition, record.offset))
+                if record.key != item.execution_id.encode():
+                    continue  # the orchestrator refuses it (dead-letters it) and never starts it
                 if item.execution_id not in stored and self.status.accept(item):
                     pending = self.status.accepted[item.execution_id]
                     changes.executions.setdefault(pending.id, self._row(pending))
@@ -304,24 +309,33 @@ class ReadModel:
                 self._writing = ticket + 1
                 self._turn.notify_all()
 
+    def decodes(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Whether the fold decodes ``record`` (the reader's ``prepared``): every record but a
+        dead letter from elsewhere than a request topic, whose bytes may be anything."""
+        return record.topic != self.topics.dlq or _origin(record) in self.topics.requests
+
     def _rejected(self, record: ConsumerRecord[bytes, bytes]) -> Rejected | None:
         """The start request in a dead letter from a request topic, with why; None for any other
         dead letter (a task, a result, bytes no one could decode: no pending run to end)."""
-        headers = dict(record.headers)
-        if headers.get("dlq_topic", b"").decode(errors="replace") not in self.topics.requests:
+        if _origin(record) not in self.topics.requests:
             return None
         try:
             request = self.codec.decode(record.value, StartExecution)
         except DecodeError:
             return None  # never decoded here either, so never shown as pending
-        reason = headers.get("dlq_reason", b"").decode(errors="replace") or "dead-lettered"
+        if record.key != request.execution_id.encode():
+            # Refused for its key: the views never accepted it, and the run of that id (if any,
+            # from a request keyed right) is not this record's to end.
+            return None
+        reason = dict(record.headers).get("dlq_reason", b"").decode(errors="replace") or "dead-lettered"
         return Rejected(request, reason, from_millis(record.timestamp))
 
     async def _stored_states(
         self, decoded: Sequence[ExecutionEvent | StartExecution | Rejected]
     ) -> dict[str, ExecutionState]:
         """The stored states of the batch's runs that memory does not hold: runs finished and
-        evicted (a late duplicate), and runs another instance sharing the store folded."""
+        evicted (a late duplicate), runs another instance sharing the store folded, and runs
+        whose start request was rejected (seq 0, ended: not to be accepted or rejected again)."""
         missing = sorted(
             {
                 item.execution_id
@@ -331,11 +345,9 @@ class ReadModel:
         )
         if not missing:
             return {}
-        return {
-            row.id: self.codec.decode(row.state, ExecutionState)
-            for row in (await self.store.states(missing)).values()
-            if row.seq > 0
-        }
+        rows = (await self.store.states(missing)).values()
+        found = [self.codec.decode(row.state, ExecutionState) for row in rows]
+        return {state.id: state for state in found if state.seq > 0 or state.status.terminal}
 
     async def _write(self, changes: Changes) -> None:
         """Store the batch; on failure, again with backoff until the store takes it. Writing is
@@ -367,10 +379,10 @@ class ReadModel:
         """A started run's state: memory first, then the store; ``None`` if it has not started
         (or does not exist)."""
         known = self.status.known(execution_id)
-        if known is not None:
+        if known is not None and known.seq > 0:
             return known
         row = (await self.store.states([execution_id])).get(execution_id)
-        if row is None or row.seq == 0:
+        if row is None or row.seq == 0:  # not started (accepted, or its start rejected)
             return None
         return self.codec.decode(row.state, ExecutionState)
 
@@ -444,6 +456,12 @@ class ReadModel:
             if deleted < batch:
                 return total
             await asyncio.sleep(pause)
+
+
+def _origin(record: ConsumerRecord[bytes, bytes]) -> str:
+    """The topic a dead letter came from (its ``dlq_topic`` header)."""
+    origin: bytes = dict(record.headers).get("dlq_topic", b"")
+    return origin.decode(errors="replace")
 
 
 def _line_row(execution_id: str, seq: int, n: int, line: Line) -> LineRow:

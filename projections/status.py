@@ -160,9 +160,9 @@ FINISHED_CACHE = 1024
 """Finished runs kept in memory after they end (for ``?wait=`` answers and reads right after);
 older ones are read from the store."""
 FINISHED_CACHE_BYTES = 64 * 1024 * 1024
-"""And at most this many bytes of them as stored (their encoded states, ``weigh``): a run may hold
-outputs of up to a megabyte a node, and a thousand such runs decoded would be gigabytes. The
-newest finished run always stays."""
+"""And at most this many bytes of their encoded states (``weigh``; decoded in memory they take a
+few times more): a run may hold outputs of up to a megabyte a node, and a thousand such runs
+would be gigabytes. The newest finished run always stays."""
 
 
 class StatusView:
@@ -362,8 +362,9 @@ class StatusView:
         return await self._wait(execution_id, within, lambda s: s.status.terminal)
 
     async def wait_started(self, execution_id: str, within: float) -> bool:
-        """Wait until the execution has events (its start was decided); False on timeout."""
-        return await self._wait(execution_id, within, lambda _s: True)
+        """Wait until the execution has events (its start was decided); False on timeout. A start
+        rejected (``reject``) is no start."""
+        return await self._wait(execution_id, within, lambda s: s.seq > 0)
 
     async def _wait(self, execution_id: str, within: float, reached: Reached) -> bool:
         state = self.known(execution_id)

@@ -60,6 +60,7 @@ class LogReader:
         on_error: Callable[[ConsumerRecord[bytes, bytes], Exception], Awaitable[None]] | None = None,
         from_beginning: bool = True,
         prepare: Prepare | None = None,
+        prepared: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,
         urgent: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,
         handle_urgent: BatchHandler | None = None,
         read_ahead: int = READ_AHEAD_RECORDS,
@@ -86,6 +87,9 @@ class LogReader:
         self.handle = handle
         self.on_error = on_error
         self.prepare = prepare
+        self.prepared = prepared
+        """Which records' values ``prepare`` gets (default: all): a record the handler will not
+        decode need not hold the batch up (a dead letter's bytes may name any schema id)."""
         self.caught_up = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._ends: AIOKafkaConsumer | None = None
@@ -222,7 +226,15 @@ class LogReader:
         view stands still) while, say, the schema registry is away, rather than being skipped."""
         if self.prepare is None or not batches:
             return
-        values = [record.value for records in batches.values() for record in records]
+        wanted = self.prepared
+        values = [
+            record.value
+            for records in batches.values()
+            for record in records
+            if wanted is None or wanted(record)
+        ]
+        if not values:
+            return
         for attempt in itertools.count():
             try:
                 await self.prepare(values)

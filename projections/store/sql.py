@@ -129,9 +129,9 @@ WHERE executions.seq < excluded.seq
     OR (executions.seq = 0 AND excluded.seq = 0 AND executions.finished_ms IS NULL
         AND excluded.finished_ms IS NOT NULL)
 """
-"""A row moves only forward: to a later seq, or (a run that never started, seq 0) from pending
-to rejected, its start request dead-lettered (``StatusView.reject``)."""
-"""A row is only ever replaced by a later one, so replaying a batch cannot move a run back."""
+"""A row is only ever replaced by a later one, so replaying a batch cannot move a run back: one
+of a later seq, or (a run that never started, seq 0) a rejected one over a pending one, its start
+request dead-lettered (``StatusView.reject``)."""
 
 
 def execution_params(r: ExecutionRow) -> tuple[object, ...]:

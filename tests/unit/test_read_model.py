@@ -462,11 +462,15 @@ DLQ_TOPICS = Topics(events="events", requests=frozenset({"requests.normal"}), dl
 
 
 def dead_letter(
-    log: Log, request: StartExecution, reason: str, origin: str = "requests.normal"
+    log: Log, request: StartExecution, reason: str, origin: str = "requests.normal", key: bytes | None = None
 ) -> ConsumerRecord[bytes, bytes]:
-    """``request`` as the orchestrator dead-letters it: its bytes, with the dlq_* headers."""
+    """``request`` as the orchestrator dead-letters it: its bytes and key, with the dlq_* headers."""
     (record,) = log.records("dlq", [request])
-    return dataclasses.replace(record, headers=tuple(dlq_headers(origin, 0, 0, reason)))
+    headers = tuple(dlq_headers(origin, 0, 0, reason))
+    return dataclasses.replace(record, headers=headers, key=record.key if key is None else key)
+
+
+TOO_LARGE = "the state does not fit linkflow.state.executions (1048588 bytes): 1200000 bytes"
 
 
 async def test_a_dead_lettered_start_ends_its_pending_run_failed_with_why(tmp_path: Path) -> None:
@@ -478,15 +482,13 @@ async def test_a_dead_lettered_start_ends_its_pending_run_failed_with_why(tmp_pa
     model = ReadModel(store, CODEC, DLQ_TOPICS)
     await model.fold(log.records("requests.normal", [start("stuck", team="a"), start("fine", team="a")]))
     assert model.status.queued_of_team("a") == 2
-    reason = "record key b'other' is not its execution id 'stuck'"
-    await model.fold([dead_letter(log, start("stuck", team="a"), reason)])
+    await model.fold([dead_letter(log, start("stuck", team="a"), TOO_LARGE)])
     body = await model.body("stuck")
     assert body is not None and body["status"] == "failed" and body["finished_at"] is not None
-    assert body["history"][-1]["reason"] == f"start request rejected: {reason}"
-    assert [line["message"] for _s, _n, line in await model.lines("stuck")] == [
-        f"start request rejected: {reason}"
-    ]
+    assert body["history"][-1]["reason"] == f"start request rejected: {TOO_LARGE}"
     assert model.status.queued_of_team("a") == 1, "no longer counted as queued"
+    assert await model.state("stuck") is None, "it never started"
+    assert not await model.status.wait_started("stuck", 0.01), "a rejected start is no start"
     await store.close()
 
     again = open_store(None, tmp_path)
@@ -497,6 +499,23 @@ async def test_a_dead_lettered_start_ends_its_pending_run_failed_with_why(tmp_pa
     stored = await restarted.body("stuck")
     assert stored is not None and stored["status"] == "failed"
     await again.close()
+
+
+async def test_a_request_keyed_by_another_id_is_never_pending_and_its_dead_letter_ends_nothing(
+    store: ReadStore,
+) -> None:
+    """The orchestrator refuses a request whose record key is not its execution id (it would be
+    decided on the wrong partition). The views do not show it as pending, and its dead letter
+    does not end the run of that id, which a request keyed right may start."""
+    log = Log()
+    model = ReadModel(store, CODEC, DLQ_TOPICS)
+    (miskeyed,) = log.records("requests.normal", [start("run")])
+    await model.fold([dataclasses.replace(miskeyed, key=b"other")])
+    assert await model.body("run") is None
+    await model.fold(log.records("requests.normal", [start("run")]))
+    reason = "record key b'other' is not its execution id 'run'"
+    await model.fold([dead_letter(log, start("run"), reason, key=b"other")])
+    assert (await model.body("run") or {})["status"] == "pending", "the request keyed right still counts"
 
 
 async def test_a_dead_letter_ends_nothing_that_started_and_tells_apart_its_topics(store: ReadStore) -> None:
@@ -513,21 +532,34 @@ async def test_a_dead_letter_ends_nothing_that_started_and_tells_apart_its_topic
     )
     assert (await model.body("running") or {})["status"] == running.status.value
     assert (await model.body("pending") or {})["status"] == "pending"
+    assert not model.decodes(dead_letter(log, start("x"), "garbage", origin="linkflow.start"))
+    assert model.decodes(dead_letter(log, start("x"), TOO_LARGE)), "its schema id is learnt first"
 
 
-async def test_a_dead_letter_read_before_its_request_leaves_no_pending_run(store: ReadStore) -> None:
+@pytest.mark.parametrize("kept", [1024, 0], ids=["in memory", "evicted"])
+async def test_a_dead_letter_read_before_its_request_leaves_no_pending_run(
+    store: ReadStore, kept: int
+) -> None:
     """Topics are read side by side: a request's dead letter may come first (a rebuild reads the
-    dead letters and the requests in any order). Either order ends the same."""
+    dead letters and the requests in any order, a restart may fall between them). Either order
+    ends the same, whether memory still holds the rejected run or only the store does."""
     log = Log()
-    model = ReadModel(store, CODEC, DLQ_TOPICS)
-    await model.fold([dead_letter(log, start("early"), "too large")])
+    model = ReadModel(store, CODEC, DLQ_TOPICS, status=StatusView(finished_cache=kept))
+    await model.fold([dead_letter(log, start("early"), TOO_LARGE)])
     await model.fold(log.records("requests.normal", [start("early")]))
-    assert (await model.body("early") or {})["status"] == "failed"
+    await model.fold([dead_letter(log, start("early"), "again, for another reason")])
+    body = await model.body("early")
+    assert body is not None and body["status"] == "failed"
+    assert body["history"][-1]["reason"] == f"start request rejected: {TOO_LARGE}", "rejected once"
     assert model.status.queue_counts()["normal"]["queued"] == 0
-    # a later request of the same id that does start: its events show, from its own start
+    assert not model.status.accepted
+    # a later request of the same id that does start: its events show, and its log is its own
     state, events = decided(None, start("early"), 5)
     await model.fold(log.records("events", events))
     assert (await model.body("early") or {})["status"] == state.status.value
+    assert (await model.state("early")) == state
+    first_line = (await model.lines("early"))[0][2]
+    assert first_line["message"].startswith("execution created"), "no line of the rejection left"
 
 
 async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadStore) -> None:
