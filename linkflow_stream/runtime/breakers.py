@@ -117,11 +117,19 @@ class Breakers:
 
     def _forget(self, at: datetime) -> None:
         """Drop closed circuits with nothing in their window for an hour: a target that calls for
-        no circuit costs no memory (URLs may be computed from run inputs)."""
+        no circuit costs no memory (URLs may be computed from run inputs). And open circuits that
+        have waited for a probe an hour (``MAX_SECONDS``) past the end of their open time: a
+        target nobody calls any more must not hold an entry and a metric series for ever (only a
+        probe's success closed one). Called again, such a target starts afresh: closed."""
         horizon = at - timedelta(seconds=MAX_SECONDS)
         for name, c in list(self.circuits.items()):
-            last = c.failures[-1] if c.failures else c.changed_at
-            if not c.open and (last is None or last < horizon):
+            if c.open:
+                reopens = c.reopens_at()
+                idle = reopens is not None and reopens < horizon and (c.changed_at or reopens) < horizon
+            else:
+                last = c.failures[-1] if c.failures else c.changed_at
+                idle = last is None or last < horizon
+            if idle:
                 del self.circuits[name]
 
     # -- the guard --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from linkflow_stream.core.auth import Role
 from linkflow_stream.core.circuit import (
+    MAX_SECONDS,
     BreakerPolicy,
     BreakerPolicyError,
     Circuit,
@@ -280,6 +281,22 @@ async def test_the_guard_opens_fails_fast_probes_and_publishes_what_matters() ->
     clock.t = 21
     assert await attempt(breakers, None) == "ok"
     assert published[-1].probe and published[-1].ok
+    assert breakers.listing()[0]["state"] == "closed"
+
+
+async def test_an_open_circuit_nobody_probes_is_forgotten_an_hour_after_it_could_have_been() -> None:
+    """Only a probe's success closed a circuit: one of a target nobody calls any more stayed, with
+    its metric series, for ever (URLs may come from run inputs)."""
+    clock = Clock()
+    breakers = Breakers(clock=clock)
+    for _ in range(2):
+        await attempt(breakers, "connection")
+    assert breakers.listing()[0]["state"] == "open"
+    clock.t = 10 + MAX_SECONDS - 1  # half-open, not probed, for just under an hour
+    assert breakers.listing()[0]["state"] == "half_open"
+    clock.t = 10 + MAX_SECONDS + 1
+    assert breakers.listing() == []
+    assert await attempt(breakers, "connection") == "connection", "closed: it starts afresh"
     assert breakers.listing()[0]["state"] == "closed"
 
 
