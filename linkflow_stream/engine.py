@@ -504,8 +504,16 @@ class Engine:
     async def start(self) -> None:
         """Publisher and APIs first (so /healthz answers at once), then views, then the loops; each
         part only where this process's roles name it (``linkflow run --roles``, ADR 0028)."""
-        roles = self.roles
+        self._uncount_retries()  # started again: counted once
         self._uncount_retries = count_routine_retries(self._produce_retried)
+        try:
+            await self._start()
+        except BaseException:
+            self._uncount_retries()
+            raise
+
+    async def _start(self) -> None:
+        roles = self.roles
         await self._register_schemas()
         if "api" in roles:
             await self._check_auth()
@@ -591,7 +599,6 @@ class Engine:
     async def stop(self) -> None:
         """The reverse: stop taking work, let what runs finish its batch, then close."""
         gc_tuning.stop_observing(self._gc_watch)
-        self._uncount_retries()
         for task in self._background:
             task.cancel()
         for runner in self._runners:
@@ -621,6 +628,7 @@ class Engine:
             # last thing this process does.
             self.tracing.shutdown()
         await self.codec.close()
+        self._uncount_retries()  # last: the producers' final flushes are counted too
         log.info("engine stopped")
 
 

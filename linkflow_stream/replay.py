@@ -76,7 +76,7 @@ async def rebuild(
             for tp, got in batches.items():
                 records += [r for r in got if r.offset < targets[(tp.topic, tp.partition)]]
             if records:
-                await codec.learn([r.value for r in records])
+                await codec.learn([r.value for r in records if model.decodes(r)])
                 await model.fold(records)
                 read += len(records)
                 if progress is not None and read // 50_000 != (read - len(records)) // 50_000:

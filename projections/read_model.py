@@ -240,6 +240,7 @@ class ReadModel:
                 failed = None if item.execution_id in stored else self.status.reject(*item.args)
                 if failed is not None:
                     touched[failed.id] = failed
+                    stored[failed.id] = failed  # ended, if memory lets it go before its request
                 continue
             if isinstance(item, StartExecution):
                 if ahead:
@@ -324,8 +325,8 @@ class ReadModel:
         except DecodeError:
             return None  # never decoded here either, so never shown as pending
         if record.key != request.execution_id.encode():
-            # Refused for its key: the views never accepted it, and the run of that id (if any,
-            # from a request keyed right) is not this record's to end.
+            # Refused for its key: the views never accept such a request, and the run of that id
+            # (if any, from a request keyed right) is not this record's to end.
             return None
         reason = dict(record.headers).get("dlq_reason", b"").decode(errors="replace") or "dead-lettered"
         return Rejected(request, reason, from_millis(record.timestamp))

@@ -362,9 +362,9 @@ class StatusView:
         return await self._wait(execution_id, within, lambda s: s.status.terminal)
 
     async def wait_started(self, execution_id: str, within: float) -> bool:
-        """Wait until the execution has events (its start was decided); False on timeout. A start
-        rejected (``reject``) is no start."""
-        return await self._wait(execution_id, within, lambda s: s.seq > 0)
+        """Wait until the execution has events (its start was decided), or ended without any
+        (its start rejected, ``reject``: look at its status again); False on timeout."""
+        return await self._wait(execution_id, within, lambda s: s.seq > 0 or s.status.terminal)
 
     async def _wait(self, execution_id: str, within: float, reached: Reached) -> bool:
         state = self.known(execution_id)

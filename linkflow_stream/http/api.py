@@ -502,7 +502,11 @@ class Api:
 
         state: ExecutionState | None = await self._synced(owned)
         if state is None:
-            await self._visible(request, execution_id)
+            body = await self._visible(request, execution_id)
+            if ExecutionStatus(body["status"]).terminal:  # ended without starting
+                raise ConflictError(
+                    f"execution {execution_id} never started: {body['history'][-1]['reason']}"
+                )
             raise not_started
         return state
 
@@ -808,6 +812,9 @@ class Api:
                 f"execution {execution_id} was accepted but has not started within {START_WAIT_SECONDS:g} s; "
                 "try again"
             )
+        status = await self.d.views.status_of(execution_id) or status
+        if status.terminal:  # its start was rejected while we waited
+            raise ConflictError(f"execution {execution_id} already ended ({status.value})")
         await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
 
     async def recover(self, request: web.Request) -> web.Response:

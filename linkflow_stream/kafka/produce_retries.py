@@ -8,14 +8,21 @@ retry ``transactions.RETRY_BACKOFF_MS`` later goes through. At a few runs a seco
 warning every few seconds, in a log an operator reads for what is wrong.
 
 So ``NotEnoughReplicasError`` retries are counted in ``linkflow_kafka_produce_retries_total``
-instead. One that is not routine, a cluster whose in-sync replicas fell below
-``min.insync.replicas``, shows there as a rate, and as our own errors when the retries run out
-(a commit that fails, a start answered 503). Every other retry is still logged as aiokafka logs it.
+and not logged, unless a topic-partition's refusals make a streak (each within
+``STREAK_GAP_SECONDS`` of the one before) longer than ``STREAK_SECONDS``: the routine refusal
+goes through on its first retry or few (the marker lands within milliseconds, now and then within
+a hundred), so a streak that long means the same batch refused again and again, every 20 ms: a
+cluster whose in-sync replicas fell below ``min.insync.replicas``. From then on they are logged
+as aiokafka logs them. Every other retry is logged as before.
+
+One filter serves the process (aiokafka's logger is the process's); each engine subscribes its
+counter.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from aiokafka.errors import NotEnoughReplicasError
@@ -25,15 +32,26 @@ RETRY_MESSAGE = "Got error produce response on topic-partition"
 """The start of aiokafka's (0.14) message for a batch it retries; its arguments are the
 topic-partition and the error (a class or an instance)."""
 ROUTINE: tuple[type[Exception], ...] = (NotEnoughReplicasError,)
+STREAK_GAP_SECONDS = 0.1
+"""Refusals of one topic-partition this close one after the other make a streak (a batch refused
+again and again is retried every 20 ms)."""
+STREAK_SECONDS = 1.0
+"""A streak this long is no marker on its way: logged. Routine refusals come one per transaction
+(1-3% of back-to-back ones), a few per second per partition at most, and end within 100 ms."""
+
+Subscriber = Callable[[str], None]
 
 
 class RoutineRetries(logging.Filter):
-    """Drops aiokafka's retry warning for a routine error, and reports it to ``on_retry`` (the
-    error's class name)."""
+    """Counts aiokafka's retry warnings for a routine error with every subscriber (the error's
+    class name), and drops them unless they come in a streak."""
 
-    def __init__(self, on_retry: Callable[[str], None]) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.on_retry = on_retry
+        self.subscribers: dict[int, Subscriber] = {}
+        self.clock = clock
+        self._streaks: dict[str, tuple[float, float]] = {}
+        """Per topic-partition, when its streak of routine retries began and its last was seen."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not (isinstance(record.msg, str) and record.msg.startswith(RETRY_MESSAGE)):
@@ -43,13 +61,32 @@ class RoutineRetries(logging.Filter):
         kind = error if isinstance(error, type) else type(error)
         if not issubclass(kind, ROUTINE):
             return True
-        self.on_retry(kind.__name__)
-        return False
+        for subscriber in list(self.subscribers.values()):
+            subscriber(kind.__name__)
+        where, now = str(args[0]) if len(args) > 1 else "", self.clock()
+        began, last = self._streaks.get(where, (now, None))
+        if last is None or now - last >= STREAK_GAP_SECONDS:
+            began = now
+        self._streaks[where] = (began, now)
+        return now - began >= STREAK_SECONDS
 
 
-def count_routine_retries(on_retry: Callable[[str], None]) -> Callable[[], None]:
-    """Count routine retries with ``on_retry`` instead of logging them; returns the undo."""
+_FILTER = RoutineRetries()
+
+
+def count_routine_retries(subscriber: Subscriber) -> Callable[[], None]:
+    """Count routine retries with ``subscriber`` instead of logging them; returns the undo (the
+    filter stays on aiokafka's logger while anyone subscribes)."""
     sender = logging.getLogger(SENDER_LOGGER)
-    routine = RoutineRetries(on_retry)
-    sender.addFilter(routine)
-    return lambda: sender.removeFilter(routine)
+    key = id(subscriber)
+    _FILTER.subscribers[key] = subscriber
+    if _FILTER not in sender.filters:
+        sender.addFilter(_FILTER)
+
+    def undo() -> None:
+        if _FILTER.subscribers.get(key) is subscriber:
+            del _FILTER.subscribers[key]
+        if not _FILTER.subscribers:
+            sender.removeFilter(_FILTER)
+
+    return undo

@@ -190,6 +190,9 @@ class SignalIntake:
         if body is None:
             return None
         status = ExecutionStatus(body["status"])
-        if status is ExecutionStatus.PENDING:
-            await self.status.wait_started(execution_id, START_WAIT_SECONDS)
+        if status is ExecutionStatus.PENDING and await self.status.wait_started(
+            execution_id, START_WAIT_SECONDS
+        ):
+            body = await self.find(execution_id)  # started, or its start was rejected
+            status = ExecutionStatus(body["status"]) if body is not None else status
         return status
