@@ -38,6 +38,7 @@ from linkflow_stream.core.messages import (
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
+from linkflow_stream.core.validation import check_workflow
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
@@ -425,8 +426,7 @@ class Partition:
             raise  # the broker or the network, not the input: the batch is tried again
         except Exception as exc:
             log.exception("input for %s could not be decided", execution_id)
-            reason = f"{type(exc).__name__}: {exc}"
-            encoded = reason
+            encoded = self._why_not_decided(inp, exc)
         if isinstance(encoded, str):
             if origin is not None:
                 self._dead_letter(staged, origin, encoded)
@@ -443,6 +443,21 @@ class Partition:
         staged.tails[execution_id] = tail
         staged.records.extend(records)
         staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
+
+    def _why_not_decided(self, inp: Input, exc: Exception) -> str:
+        """The dead letter's reason. A start request written straight to a request topic skips the
+        API's checks: what is wrong with its workflow says more than the decider's exception (a
+        dangling dependency is a ``KeyError``). Checked here only, when deciding failed."""
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(inp, StartExecution):
+            try:
+                problems = check_workflow(inp.workflow, self.stepper.registry)
+            except Exception:  # the check cannot judge it either; the exception says what it can
+                log.warning("checking the workflow of %s failed too", inp.execution_id, exc_info=True)
+                problems = []
+            if problems:
+                return f"invalid workflow: {'; '.join(problems)} ({reason})"
+        return reason
 
     def _encode_all(
         self, step: Step, prior: Tail | None

@@ -371,7 +371,10 @@ def test_a_start_request_the_orchestrator_dead_letters_ends_its_run_failed(
     asyncio.run(produce(engine, "linkflow.requests.normal", execution_id.encode(), value))
     body = engine.wait_status(execution_id, timeout=60)
     assert body["status"] == "failed", body
-    assert body["history"][-1]["reason"] == "start request rejected: KeyError: 'missing'", body["history"]
+    assert body["history"][-1]["reason"] == (
+        "start request rejected: invalid workflow: node 'a': depends_on: 'missing' is not a node of this"
+        " workflow (KeyError: 'missing')"
+    ), body["history"]
     engine.stop()
     engine.start()
     assert engine.wait_status(execution_id, timeout=30)["status"] == "failed", "not pending again"

@@ -21,6 +21,7 @@ from linkflow_stream.core.messages import ExecutionCommand, NodeResult, NodeTask
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.core.trace_context import TRACEPARENT, RunTrace
 from linkflow_stream.core.validation import parse_workflow
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.records import ProducerRecord
 from linkflow_stream.kafka.transactions import CommitFailed, Fenced, ProducerBroken
@@ -220,6 +221,27 @@ async def test_a_poison_input_goes_to_the_dlq_in_the_same_transaction_and_the_ba
     assert offsets == {REQUESTS: 2}
     assert p.states["e1"].status is ExecutionStatus.SUCCESS
     assert report.dead_lettered == [topic_names.requests(p.states["e1"].priority)]
+
+
+async def test_a_start_with_a_workflow_the_api_would_refuse_is_dead_lettered_saying_what_is_wrong() -> None:
+    """Written straight to a request topic, a start skips the API's checks; deciding it fails
+    (a dangling dependency is a KeyError deep in the decider): the dead letter says what is
+    wrong with the workflow, the batch goes on."""
+    producer = FakeProducer()
+    p = partition(producer)
+    broken = WorkflowDefinition(
+        id="wf",
+        created_at=from_millis(T0),
+        nodes=(NodeDefinition(id="a", type="transform", depends_on=["missing"], config={"expression": "1"}),),
+    )
+    request = StartExecution(execution_id="e9", workflow=broken, input={}, requested_at=from_millis(T0))
+    await p.run_batch([record(REQUESTS, 0, CODEC.encode(request), key="e9"), start_record(1, TRANSFORM)], T0)
+    (dlq,) = [r for records, _ in producer.committed for r in records if r.topic == topic_names.DLQ]
+    assert dict(dlq.headers)["dlq_reason"].decode() == (
+        "invalid workflow: node 'a': depends_on: 'missing' is not a node of this workflow"
+        " (KeyError: 'missing')"
+    )
+    assert "e9" not in p.states and p.states["e1"].status is ExecutionStatus.SUCCESS
 
 
 async def test_a_result_for_an_execution_not_held_is_counted_and_dropped_never_a_new_run() -> None:
