@@ -394,16 +394,12 @@ class Engine:
             self.metrics.pool_desired_workers.labels(pool).set(f.desired_workers)
 
     async def expire_finished(self) -> None:
-        """Every ``retention_check_seconds``, end the runs accepted too long ago to ever start
-        (``ReadModel.end_never_started``), and delete the runs that ended more than
+        """Every ``retention_check_seconds``, delete the runs that ended more than
         ``retention_days`` ago from the read model (the log keeps them as long as its own
         retention says; see topics/topics.toml)."""
         keep = timedelta(days=self.settings.retention_days)
         while True:
             try:
-                ended = await self.views.end_never_started(now())
-                if ended:
-                    log.warning("read model: %d runs accepted and never started ended failed", ended)
                 deleted = await self.views.expire(now(), keep)
             except Exception:
                 log.exception("read-model retention failed; trying again at the next check")

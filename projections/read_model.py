@@ -58,9 +58,6 @@ not count as high work under way."""
 URGENT_LIVE_SECONDS = 1.0
 """How long after the fold ahead last applied an event high-priority work counts as under way (the
 in-order fold then gives way: ``urgent_live``)."""
-NEVER_STARTED = timedelta(days=15)
-"""A run accepted this long ago and not started never will: its request is gone from the request
-topic (kept 7 days, and Kafka deletes whole segments, closed after up to 7 days more)."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -298,16 +295,6 @@ class ReadModel:
             changes.executions[state.id] = self._row(state)
             if state.id in moved:
                 changes.node_network += network_rows(state, moved[state.id])
-        await self._store_and_announce(ticket, changes, touched, new_lines)
-
-    async def _store_and_announce(
-        self,
-        ticket: int,
-        changes: Changes,
-        touched: dict[str, ExecutionState],
-        new_lines: dict[str, list[tuple[int, int, Line]]],
-    ) -> None:
-        """Store what a fold applied, then tell waiters and followers: in ticket order."""
         async with self._turn:
             await self._turn.wait_for(lambda: self._writing == ticket)
         try:
@@ -322,29 +309,6 @@ class ReadModel:
             async with self._turn:
                 self._writing = ticket + 1
                 self._turn.notify_all()
-
-    async def end_never_started(self, now: datetime) -> int:
-        """End the runs accepted ``NEVER_STARTED`` ago and not started: their start request is
-        gone from its topic, so no orchestrator will ever decide it, and pending they would count
-        as queued against their team for ever. A safety net: a refused request's dead letter ends
-        its run at once (``Rejected``); this ends what no dead letter names (a run a former
-        version accepted from a mis-keyed request, a request lost with a broker's data). How many."""
-        cutoff = now - NEVER_STARTED
-        stale = [s.id for s in self.status.accepted.values() if s.created_at < cutoff]
-        why = f"never started: its start request is no longer in its topic ({NEVER_STARTED.days} days)"
-        touched = {
-            failed.id: failed
-            for failed in (self.status.end_pending(i, why, now) for i in stale)
-            if failed is not None
-        }
-        if not touched:
-            return 0
-        ticket = next(self._tickets)
-        changes = Changes(positions={})
-        for state in touched.values():
-            changes.executions[state.id] = self._row(state)
-        await self._store_and_announce(ticket, changes, touched, {})
-        return len(touched)
 
     def decodes(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Whether the fold decodes ``record`` (the reader's ``prepared``): every record but a

@@ -308,14 +308,8 @@ class StatusView:
         execution_id = request.execution_id
         if execution_id in self.executions or execution_id in self.finished:
             return None
-        self.accepted.setdefault(execution_id, accepted_state(request))
-        return self.end_pending(execution_id, f"start request rejected: {reason}", at)
-
-    def end_pending(self, execution_id: str, why: str, at: datetime) -> ExecutionState | None:
-        """End an accepted run that will never start: ``failed`` at ``at`` with ``why``, at seq 0."""
-        pending = self.accepted.pop(execution_id, None)
-        if pending is None:
-            return None
+        pending = self.accepted.pop(execution_id, None) or accepted_state(request)
+        why = f"start request rejected: {reason}"
         end = Transition(from_status=pending.status, to_status=ExecutionStatus.FAILED, at=at, reason=why)
         failed = pending.model_copy(
             update={

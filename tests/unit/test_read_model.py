@@ -25,7 +25,7 @@ from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.dlq import dlq_headers
 from projections.logs import LogView, TooSlow
-from projections.read_model import NEVER_STARTED, ReadModel, Topics
+from projections.read_model import ReadModel, Topics
 from projections.status import StatusView
 from projections.store import Changes, Cursor, ExecutionQuery, ReadStore, open_store
 from projections.store.sqlite import SqliteStore
@@ -595,34 +595,3 @@ async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadS
         body = await model.body(f"big{i}")
         assert body is not None and body["status"] == "success"
         assert body["nodes"]["c"]["output"] == f"{i}" * 100_000
-
-
-async def test_a_run_accepted_and_never_started_is_ended_once_its_request_is_gone(tmp_path: Path) -> None:
-    """A safety net for what no dead letter names (a run a former version accepted from a
-    mis-keyed request, a request lost with a broker's data): pending, it counted as queued against
-    its team for ever. Once its request can no longer be in its topic, it ends failed; a run
-    accepted later stays pending, and a waiter hears of the end."""
-    log, store = Log(), open_store(None, tmp_path)
-    await store.open("test")
-    model = ReadModel(store, CODEC, DLQ_TOPICS)
-    await model.fold(
-        log.records("requests.normal", [start("lost", team="a"), start("recent", at=86_400, team="a")])
-    )
-    waiting = asyncio.create_task(model.status.wait_terminal("lost", 30))
-    await asyncio.sleep(0)
-    assert await model.end_never_started(T0 + NEVER_STARTED) == 0, "not yet: its request may still come"
-    assert await model.end_never_started(T0 + NEVER_STARTED + timedelta(seconds=1)) == 1
-    assert await asyncio.wait_for(waiting, 1)
-    body = await model.body("lost")
-    assert body is not None and body["status"] == "failed"
-    assert body["history"][-1]["reason"].startswith(
-        "never started: its start request is no longer in its topic"
-    )
-    assert model.status.queued_of_team("a") == 1
-    await store.close()
-    again = open_store(None, tmp_path)
-    await again.open("test")
-    restarted = ReadModel(again, CODEC, DLQ_TOPICS)
-    await restarted.load()
-    assert set(restarted.status.accepted) == {"recent"}, "stored ended"
-    await again.close()
