@@ -38,7 +38,7 @@ from linkflow_stream.core.messages import (
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
-from linkflow_stream.core.validation import check_workflow
+from linkflow_stream.core.validation import structure_problems
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
@@ -79,6 +79,8 @@ RESNAPSHOT_LAG = 20_000
 """A live run whose snapshot points this many events behind the events partition's end is
 snapshotted again (in the next batch, without an input of its own): restoring a partition never
 reads much more of its events partition than this, however long a run has been waiting."""
+REASON_PROBLEMS = 5
+"""Workflow problems a dead letter's reason lists at most."""
 STATE_CHECK_FRACTION = 0.5
 """A run whose snapshot plus the events since (each event adds to the state no more than its own
 size) may be over this share of the state topic's record limit is encoded at every step, so a
@@ -445,18 +447,19 @@ class Partition:
         staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
 
     def _why_not_decided(self, inp: Input, exc: Exception) -> str:
-        """The dead letter's reason. A start request written straight to a request topic skips the
-        API's checks: what is wrong with its workflow says more than the decider's exception (a
-        dangling dependency is a ``KeyError``). Checked here only, when deciding failed."""
+        """The dead letter's reason: the exception, and for a start request what is wrong with its
+        workflow's shape (written straight to a request topic, a start skips the API's checks, and
+        a dangling dependency fails as a ``KeyError`` deep in the decider). Only the shape is
+        checked, here, in the loop: compiling a hostile workflow's expressions could take longer
+        than the group's session. At most ``REASON_PROBLEMS`` problems, after the exception (the
+        reason header keeps 4000 bytes)."""
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(inp, StartExecution):
-            try:
-                problems = check_workflow(inp.workflow, self.stepper.registry)
-            except Exception:  # the check cannot judge it either; the exception says what it can
-                log.warning("checking the workflow of %s failed too", inp.execution_id, exc_info=True)
-                problems = []
+            problems = structure_problems(inp.workflow, self.stepper.registry)
             if problems:
-                return f"invalid workflow: {'; '.join(problems)} ({reason})"
+                more = len(problems) - REASON_PROBLEMS
+                listed = "; ".join(problems[:REASON_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+                return f"{reason}; invalid workflow: {listed}"
         return reason
 
     def _encode_all(

@@ -372,8 +372,8 @@ def test_a_start_request_the_orchestrator_dead_letters_ends_its_run_failed(
     body = engine.wait_status(execution_id, timeout=60)
     assert body["status"] == "failed", body
     assert body["history"][-1]["reason"] == (
-        "start request rejected: invalid workflow: node 'a': depends_on: 'missing' is not a node of this"
-        " workflow (KeyError: 'missing')"
+        "start request rejected: KeyError: 'missing'; invalid workflow: node 'a': depends_on: 'missing'"
+        " is not a node of this workflow"
     ), body["history"]
     engine.stop()
     engine.start()

@@ -226,20 +226,23 @@ async def test_a_poison_input_goes_to_the_dlq_in_the_same_transaction_and_the_ba
 async def test_a_start_with_a_workflow_the_api_would_refuse_is_dead_lettered_saying_what_is_wrong() -> None:
     """Written straight to a request topic, a start skips the API's checks; deciding it fails
     (a dangling dependency is a KeyError deep in the decider): the dead letter says what is
-    wrong with the workflow, the batch goes on."""
+    wrong with the workflow's shape, after the exception, and the batch goes on. Only the shape
+    is checked in the loop (no expression is compiled: a hostile one could take seconds), and
+    at most five problems are listed."""
     producer = FakeProducer()
     p = partition(producer)
-    broken = WorkflowDefinition(
-        id="wf",
-        created_at=from_millis(T0),
-        nodes=(NodeDefinition(id="a", type="transform", depends_on=["missing"], config={"expression": "1"}),),
-    )
+    nodes = [
+        NodeDefinition(id="a", type="transform", depends_on=["missing"], config={"expression": "1 +"}),
+        *(NodeDefinition(id=f"n{i}", type="teleport", config={}) for i in range(6)),
+    ]
+    broken = WorkflowDefinition(id="wf", created_at=from_millis(T0), nodes=tuple(nodes))
     request = StartExecution(execution_id="e9", workflow=broken, input={}, requested_at=from_millis(T0))
     await p.run_batch([record(REQUESTS, 0, CODEC.encode(request), key="e9"), start_record(1, TRANSFORM)], T0)
     (dlq,) = [r for records, _ in producer.committed for r in records if r.topic == topic_names.DLQ]
     assert dict(dlq.headers)["dlq_reason"].decode() == (
-        "invalid workflow: node 'a': depends_on: 'missing' is not a node of this workflow"
-        " (KeyError: 'missing')"
+        "KeyError: 'missing'; invalid workflow: node 'a': depends_on: 'missing' is not a node of this"
+        " workflow; node 'n0': type: unknown type 'teleport'; node 'n1': type: unknown type 'teleport';"
+        " node 'n2': type: unknown type 'teleport'; node 'n3': type: unknown type 'teleport'; and 2 more"
     )
     assert "e9" not in p.states and p.states["e1"].status is ExecutionStatus.SUCCESS
 
