@@ -66,7 +66,7 @@ from projections.schedules import ScheduleView
 from projections.status import StatusView
 from projections.store import open_store
 from projections.store.sql import SCHEMA_VERSION
-from projections.workers import WorkerRecord, WorkerState, WorkerView
+from projections.workers import FORGET_AFTER, WorkerRecord, WorkerState, WorkerView
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,9 @@ class Engine:
         self.workflows.apply(self.codec.decode(record.value, WorkflowDefinition))
 
     def _on_worker(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value is None:  # a tombstone: forgotten (``heartbeat``)
+            self.workers.remove((record.key or b"").decode(errors="replace"))
+            return
         self.workers.apply(self.codec.decode(record.value, WorkerRecord))
 
     def _on_key(self, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -477,7 +480,21 @@ class Engine:
                 )
             except Exception:
                 log.exception("worker heartbeat failed; the next one will tell")
+            await self._forget_workers()
             await asyncio.sleep(self.settings.heartbeat_seconds)
+
+    async def _forget_workers(self) -> None:
+        """Tombstone the workers not heard from for ``FORGET_AFTER`` (any engine may: a tombstone
+        written twice is one), so compaction removes them from the topic and every view forgets
+        them."""
+        for worker_id in self.workers.forgotten(now()):
+            try:
+                await self.publisher.send_raw(topic_names.WORKERS, worker_id.encode(), None, [])
+            except Exception:
+                log.exception("tombstoning worker %s failed; the next heartbeat tries again", worker_id)
+                return
+            self.workers.remove(worker_id)
+            log.info("worker %s not heard from for %s: forgotten", worker_id, FORGET_AFTER)
 
     async def self_checks(self) -> None:
         """Let node types that need something of the machine check it once and log what is

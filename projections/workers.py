@@ -62,11 +62,25 @@ class PoolCapacity:
     task_seconds: list[float] = field(default_factory=list)
 
 
+FORGET_AFTER = timedelta(hours=1)
+"""A worker not heard from this long (down, or deregistered) is forgotten, and its key is given a
+tombstone (``forgotten``): every process start is a new worker id, and without this each one
+stayed in the compacted topic, in every engine's memory and in the workers listing for ever."""
+
+
 class WorkerView:
     """The latest record of every worker, folded from ``linkflow.workers``."""
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerRecord] = {}
+
+    def remove(self, worker_id: str) -> None:
+        """Fold a tombstone: the worker is gone."""
+        self.workers.pop(worker_id, None)
+
+    def forgotten(self, now: datetime) -> list[str]:
+        """The workers not heard from for ``FORGET_AFTER``: their keys to tombstone."""
+        return sorted(w.id for w in self.workers.values() if now - w.heartbeat_at > FORGET_AFTER)
 
     def apply(self, record: WorkerRecord) -> None:
         current = self.workers.get(record.id)

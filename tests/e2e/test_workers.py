@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
+from datetime import timedelta
 
 import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
 
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.clock import now
 from linkflow_stream.dev.testing import EngineProcess, call
+from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.consumers import committed_reader
+from projections.workers import FORGET_AFTER, WorkerRecord
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +61,50 @@ def test_bad_registrations_are_400s(engine: EngineProcess, raw: bytes, message: 
     status, body = call("POST", f"{engine.registry_url}/api/workers/register", raw=raw)
     assert status == 400 and body["error"]["type"] == "validation"
     assert message in body["error"]["message"]
+
+
+async def _produce(engine: EngineProcess, key: bytes, value: bytes | None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=engine.bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(engine.settings().topic(topic_names.WORKERS), value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def _records(engine: EngineProcess, key: bytes) -> list[bytes | None]:
+    """The values of ``key`` in the (one-partition) workers topic, oldest first."""
+    tp = TopicPartition(engine.settings().topic(topic_names.WORKERS), 0)
+    consumer = committed_reader(engine.bootstrap)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        values: list[bytes | None] = []
+        while await consumer.position(tp) < end:
+            fetched = (await consumer.getmany(tp, timeout_ms=500)).get(tp, [])
+            values += [r.value for r in fetched if r.key == key]
+        return values
+    finally:
+        await consumer.stop()
+
+
+def test_a_worker_not_heard_from_for_an_hour_is_forgotten_and_tombstoned(engine: EngineProcess) -> None:
+    """Every process start is a new worker id: without this, each stayed in the compacted topic,
+    in every engine's memory and in the listing (down) for ever."""
+    old = now() - FORGET_AFTER - timedelta(minutes=1)
+    gone = WorkerRecord(id=f"gone-{uuid.uuid4().hex[:6]}", capacity=1, registered_at=old, heartbeat_at=old)
+    asyncio.run(_produce(engine, gone.id.encode(), default_codec().encode(gone)))
+    deadline = time.monotonic() + 60
+    tombstoned = False
+    while not tombstoned:
+        assert time.monotonic() < deadline, "no tombstone for the long-dead worker"
+        mine = asyncio.run(_records(engine, gone.id.encode()))
+        assert mine and mine[0] is not None, "its record came first"
+        tombstoned = mine[-1] is None
+        time.sleep(0.5)
+    _, body = call("GET", f"{engine.registry_url}/api/workers/status")
+    listed = {w["id"] for w in body["workers"]}
+    assert gone.id not in listed
+    assert any(w["engine"] and w["alive"] for w in body["workers"]), "the live engine stays"
