@@ -85,11 +85,6 @@ class Rejected:
     def execution_id(self) -> str:
         return self.request.execution_id
 
-    @property
-    def args(self) -> tuple[StartExecution, str, datetime]:
-        """What ``StatusView.reject`` takes."""
-        return self.request, self.reason, self.at
-
 
 class ReadModel:
     """The status, log and cost views over one store."""
@@ -237,7 +232,9 @@ class ReadModel:
                 # Stored: started, or rejected already (by another instance's fold, or before a
                 # restart). No log line: a later request may start the run after all, and its
                 # log must then be its own.
-                failed = None if item.execution_id in stored else self.status.reject(*item.args)
+                failed = None
+                if item.execution_id not in stored:
+                    failed = self.status.reject(item.request, item.reason, item.at)
                 if failed is not None:
                     touched[failed.id] = failed
                     stored[failed.id] = failed  # ended, if memory lets it go before its request

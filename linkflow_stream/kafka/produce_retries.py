@@ -51,7 +51,7 @@ class RoutineRetries(logging.Filter):
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self.subscribers: dict[int, Subscriber] = {}
+        self.subscribers: list[Subscriber] = []
         self.clock = clock
         self._streaks: dict[str, tuple[float, float]] = {}
         """Per topic-partition, when its streak of routine retries began and its last was seen."""
@@ -64,7 +64,7 @@ class RoutineRetries(logging.Filter):
         kind = error if isinstance(error, type) else type(error)
         if not issubclass(kind, ROUTINE):
             return True
-        for subscriber in list(self.subscribers.values()):
+        for subscriber in list(self.subscribers):
             subscriber(kind.__name__)
         where, now = str(args[0]) if len(args) > 1 else "", self.clock()
         began, last = self._streaks.get(where, (now, None))
@@ -81,14 +81,13 @@ def count_routine_retries(subscriber: Subscriber) -> Callable[[], None]:
     """Count routine retries with ``subscriber`` instead of logging them; returns the undo (the
     filter stays on aiokafka's logger while anyone subscribes)."""
     sender = logging.getLogger(SENDER_LOGGER)
-    key = id(subscriber)
-    _FILTER.subscribers[key] = subscriber
+    _FILTER.subscribers.append(subscriber)
     if _FILTER not in sender.filters:
         sender.addFilter(_FILTER)
 
     def undo() -> None:
-        if _FILTER.subscribers.get(key) is subscriber:
-            del _FILTER.subscribers[key]
+        if any(s is subscriber for s in _FILTER.subscribers):
+            _FILTER.subscribers.remove(subscriber)
         if not _FILTER.subscribers:
             sender.removeFilter(_FILTER)
 
