@@ -76,6 +76,8 @@ class _Builder:
         self.execution_id = execution_id
         self.now = now
         self.events: list[ExecutionEvent] = []
+        self.states: list[ExecutionState] = []
+        """The state after each event, in order: what ``evolve`` gave, kept for ``decide_evolved``."""
 
     @property
     def s(self) -> ExecutionState:
@@ -87,17 +89,36 @@ class _Builder:
         event = ExecutionEvent(execution_id=self.execution_id, seq=seq, type=type_, at=self.now, **fields)
         self.state = evolve(self.state, event)
         self.events.append(event)
+        self.states.append(self.state)
 
 
 def decide(
     state: ExecutionState | None, inp: Input, now: datetime, config: DeciderConfig | None = None
 ) -> list[ExecutionEvent]:
     """The events that follow ``inp`` in ``state``; empty when ``inp`` changes nothing."""
+    return _decided(state, inp, now, config).events
+
+
+def decide_evolved(
+    state: ExecutionState | None, inp: Input, now: datetime, config: DeciderConfig | None = None
+) -> list[tuple[ExecutionEvent, ExecutionState]]:
+    """``decide``, each event with the state after it (``evolve`` of the one before and the event).
+
+    The decider folds every event it emits into the state anyway, to decide the next one; the
+    orchestrator's step needs the state between events too (an inline node runs on the state its
+    ``node_started`` left), and folding them again cost a quarter of a five-node run's step."""
+    b = _decided(state, inp, now, config)
+    return list(zip(b.events, b.states, strict=True))
+
+
+def _decided(
+    state: ExecutionState | None, inp: Input, now: datetime, config: DeciderConfig | None
+) -> _Builder:
     cfg = config or DeciderConfig()
     b = _Builder(state, inp.execution_id, now)
     if isinstance(inp, StartExecution):
         if state is not None:
-            return []
+            return b
         b.emit(
             EventType.EXECUTION_CREATED,
             workflow=inp.workflow,
@@ -109,17 +130,17 @@ def decide(
         if cfg.gated(inp):
             b.emit(EventType.EXECUTION_QUEUED, reason="waiting for a concurrency slot")
             _reuse(b, inp)  # a rerun's reused nodes succeed now; nothing is dispatched until admitted
-            return b.events
+            return b
         _start(b, cfg, inp)
-        return b.events
+        return b
     if state is None or state.status.terminal:
-        return []
+        return b
     if state.status is ExecutionStatus.QUEUED and not isinstance(inp, NodeResult):
         if inp.kind is CommandKind.ADMIT:
             _start(b, cfg)
-            return b.events
+            return b
         if inp.kind in (CommandKind.RECOVER, CommandKind.PAUSE, CommandKind.RESUME):
-            return []  # nothing in flight to dispatch again or hold; the gate admits it in its turn
+            return b  # nothing in flight to dispatch again or hold; the gate admits it in its turn
     if isinstance(inp, NodeResult):
         _on_result(b, inp, cfg)
     elif inp.kind is CommandKind.CANCEL:
@@ -139,7 +160,7 @@ def decide(
     elif inp.kind is CommandKind.SIGNAL and inp.signal is not None and inp.signal.id is not None:
         _on_signal(b, inp.signal)
     _deliver_signals(b, cfg)
-    return b.events
+    return b
 
 
 def _start(b: _Builder, cfg: DeciderConfig, start: StartExecution | None = None) -> None:

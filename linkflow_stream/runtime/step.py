@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from linkflow_stream.core import topic_names
-from linkflow_stream.core.decider import DeciderConfig, Input, decide
+from linkflow_stream.core.decider import DeciderConfig, Input, decide_evolved
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.expressions import evaluate
 from linkflow_stream.core.gate import GateRequest, GateRequestKind
@@ -41,7 +41,7 @@ from linkflow_stream.core.run_links import (
     parent_result,
 )
 from linkflow_stream.core.start_request import StartRequest
-from linkflow_stream.core.state import ExecutionState, evolve
+from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.trace_context import TRACEPARENT
 from linkflow_stream.core.workflow import NodeDefinition
 from linkflow_stream.nodes.expression_worker import evaluate_bounded
@@ -90,8 +90,8 @@ class Stepper:
             if len(step.events) > MAX_INLINE_STEPS:  # pragma: no cover - a DAG cannot loop; belt and braces
                 break
             current = queue.pop(0)
-            for event in decide(step.state, current, now, self.config):
-                step.state = evolve(step.state, event)
+            for event, after in decide_evolved(step.state, current, now, self.config):
+                step.state = after
                 step.events.append(event)
                 step.outputs.append(_event_record(event))
                 if event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.INLINE:

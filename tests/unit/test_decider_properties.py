@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linkflow_stream.core.clock import from_millis, to_millis
-from linkflow_stream.core.decider import DeciderConfig, Input, decide
+from linkflow_stream.core.decider import DeciderConfig, Input, decide, decide_evolved
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeResult, Signal, StartExecution
 from linkflow_stream.core.state import (
@@ -207,6 +207,8 @@ class Checked:
             assert decide(reloaded, inp, now, self.config) == events, "the reloaded state decides otherwise"
         if before is not None and before.status.terminal:
             assert events == [], f"events after the execution ended: {events}"
+        evolved = decide_evolved(before, inp, now, self.config)
+        assert [ev for ev, _after in evolved] == events, "decide_evolved decides otherwise"
         state = before
         for i, ev in enumerate(events):
             assert ev.execution_id == inp.execution_id
@@ -215,6 +217,7 @@ class Checked:
             if ev.type in EXECUTION_END:
                 assert i == len(events) - 1, f"{ev.type} is not the last event of its decision"
             after = evolve(state, ev)  # raises EvolveError on an event that cannot follow
+            assert evolved[i][1] == after, "decide_evolved's state is not what evolve gives"
             if state is not None:
                 self.check_transition(state, after, ev)
             self.check_state(after)
