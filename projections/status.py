@@ -19,9 +19,9 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.signals import WAIT_EVENT
 from linkflow_stream.core.state import (
+    PENDING_NODE,
     ExecutionState,
     ExecutionStatus,
-    NodeState,
     NodeStatus,
     Transition,
     apply,
@@ -127,7 +127,7 @@ def accepted_state(request: StartExecution) -> ExecutionState:
         input=request.input,
         created_at=request.requested_at,
         seq=0,
-        nodes={n.id: NodeState() for n in request.workflow.nodes},
+        nodes=dict.fromkeys((n.id for n in request.workflow.nodes), PENDING_NODE),
         history=(
             Transition(
                 from_status=None,

@@ -79,6 +79,12 @@ class NodeState(BaseModel):
     """A ``wait_event`` node's evaluated ``correlation_key`` (set when it starts waiting)."""
 
 
+PENDING_NODE = NodeState()
+"""Every node of a new run starts as this one object (it is frozen, so sharing is safe): the
+codec keeps a node state's bytes per object, so the pending nodes of a new run's first snapshot
+and of the views' pending rows are encoded once per process, not once per node of every run."""
+
+
 class Timer(BaseModel):
     """A durable timer. Its id names the attempt it belongs to, so a stale one matches nothing."""
 
@@ -187,7 +193,7 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             input=event.input,
             created_at=event.at,
             seq=event.seq,
-            nodes={n.id: NodeState() for n in event.workflow.nodes},
+            nodes=dict.fromkeys((n.id for n in event.workflow.nodes), PENDING_NODE),
             history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=event.at),),
             traceparent=event.traceparent,
             links=event.links or {},

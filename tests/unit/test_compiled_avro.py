@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Signal
-from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
+from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Signal, StartExecution
+from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus, evolve
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka import codec as codec_module
 from linkflow_stream.kafka.avro_reader import read_long
 from linkflow_stream.kafka.avro_writer import write_long, write_string
 from linkflow_stream.kafka.codec import COMPILED, NAMESPACE, Codec, default_codec
+from projections.status import accepted_state
 
 CODEC = default_codec()
 WORKFLOW = WorkflowDefinition.model_validate(
@@ -344,3 +345,32 @@ def test_large_node_states_are_not_kept_and_the_kept_bytes_are_bounded(
         )
         assert codec.encode(state) == by_fastavro(state)
         assert codec._node_bytes_kept <= 4096 + 300
+
+
+def test_the_pending_nodes_of_new_runs_are_written_once_per_process() -> None:
+    """A new run's nodes (in the orchestrator's first snapshot, and in the views' pending row) are
+    one shared object, so the codec writes its bytes once: a 200-node run's first snapshot took
+    2.4-3.3 ms to encode when every pending node was an object of its own, 0.2-0.4 ms now."""
+    codec = Codec(CODEC.current)
+    writer = codec._node_writer
+    assert writer is not None
+    written: list[dict[str, Any]] = []
+
+    def counting(data: dict[str, Any], workflow: Any) -> bytes:
+        written.append(data)
+        return writer(data, workflow)
+
+    codec.__dict__["_node_writer"] = counting  # the cached property's slot
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(20):
+        created = ExecutionEvent(
+            execution_id=f"e{i}", seq=1, type=EventType.EXECUTION_CREATED, at=at, workflow=WORKFLOW, input={}
+        )
+        started = evolve(None, created)
+        pending = accepted_state(
+            StartExecution(execution_id=f"p{i}", workflow=WORKFLOW, input={}, requested_at=at)
+        )
+        for state in (started, pending):
+            assert codec.encode(state) == by_fastavro(state)
+            assert codec.decode(codec.encode(state), ExecutionState) == state
+    assert len(written) == 1, f"pending nodes written {len(written)} times"
