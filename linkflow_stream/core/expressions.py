@@ -104,6 +104,7 @@ def evaluate(
             max_depth=max_depth,
             now=now if now is not None else clock.now(),
             seed=seed,
+            source=source,
         )
         result = compile_expression(source).evaluate(data, frame)
     except Exception as exc:

@@ -15,6 +15,7 @@ import pytest
 
 from linkflow_stream.core import clock
 from linkflow_stream.core.clock import from_millis, to_millis
+from linkflow_stream.core.expression_frame import evaluation_frame
 from linkflow_stream.core.expressions import MAX_DEPTH, compile_expression, evaluate
 from linkflow_stream.core.mapping import MAPPING_TIMEOUT_SECONDS, map_output, resolve_config
 from linkflow_stream.core.messages import NodeResult, StartExecution
@@ -99,11 +100,22 @@ def test_a_result_returned_past_the_limit_is_dropped_as_timeout() -> None:
         ("$now('[H01]:[m01]', '+0100')", "23:13"),
         ("$map([1, 2], function($v){ $millis() + $v })", [1_700_000_000_124, 1_700_000_000_125]),
         ("$eval('$millis()')", 1_700_000_000_123),
+        ("$eval('$' & 'millis()')", 1_700_000_000_123),  # a name built at run time
         ("$fromMillis($millis())", "2023-11-14T22:13:20.123Z"),
     ],
 )
 def test_now_and_millis_are_the_given_time(source: str, expected: Any) -> None:
     assert evaluate(source, {}, now=T) == expected
+
+
+def test_a_frame_binds_the_clock_and_random_only_for_expressions_that_can_call_them() -> None:
+    def bound(source: str) -> bool:
+        frame = evaluation_frame(timeout_ms=1000, max_depth=10, now=T, seed=None, source=source)
+        return all(frame.lookup(name) is not None for name in ("now", "millis", "random"))
+
+    assert not bound("nodes.a.n * 2")
+    assert all(bound(source) for source in ("$now()", "$millis()", "$random()", "$eval(x)"))
+    assert evaluate("nodes.a.n * 2", {"nodes": {"a": {"n": 21}}}, now=T) == 42
 
 
 def test_now_takes_the_library_signature() -> None:
