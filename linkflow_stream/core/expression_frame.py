@@ -6,7 +6,8 @@ and ``$millis()`` read the time stored on a thread's "current" ``Jsonata`` objec
 whatever expression that thread compiled or evaluated first (so the time is stale, and not the
 input record's), and its ``$random()`` is the process-wide unseeded generator. Binding our own
 functions here shadows them: the frame is the innermost scope of the evaluation, so every
-lookup, inside lambdas and ``$eval`` too, finds these first.
+lookup, inside lambdas and ``$eval`` too, finds these first. They are bound for every expression
+that can call them (its text names them or ``$eval``); one that cannot gets none (ADR 0045).
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def evaluation_frame(
 def _timebox(frame: Any, timeout_ms: int, max_depth: int) -> None:
     """The bounds of the library's ``Frame.set_runtime_bounds`` (ADR 0015), checked as it checks
     them, at entry to and exit from every evaluation step, with the library's errors (D1011 depth,
-    D1012 time), at a third of the cost: one call per check instead of three (its callback, its
-    check, its clock), which was a tenth of a transform's evaluation. ``monotonic``: a clock
+    D1012 time), with one Python-level call per check (the callback, which reads
+    ``time.monotonic``) instead of three (its callback, its check, its clock): the library's was
+    a tenth of a transform's evaluation. ``monotonic``: a clock
     set back cannot stretch the limit."""
     deadline = time.monotonic() + timeout_ms / 1000
     depth = 0

@@ -82,7 +82,8 @@ class NodeState(BaseModel):
 PENDING_NODE = NodeState()
 """Every node of a new run starts as this one object (it is frozen, so sharing is safe): the
 codec keeps a node state's bytes per object, so the pending nodes of a new run's first snapshot
-and of the views' pending rows are encoded once per process, not once per node of every run."""
+and of the views' pending rows are encoded once (again only after the codec's cache lets it go),
+not once per node of every run."""
 
 
 class Timer(BaseModel):

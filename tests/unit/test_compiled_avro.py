@@ -347,7 +347,7 @@ def test_large_node_states_are_not_kept_and_the_kept_bytes_are_bounded(
         assert codec._node_bytes_kept <= 4096 + 300
 
 
-def test_the_pending_nodes_of_new_runs_are_written_once_per_process() -> None:
+def test_the_pending_nodes_of_new_runs_are_written_once() -> None:
     """A new run's nodes (in the orchestrator's first snapshot, and in the views' pending row) are
     one shared object, so the codec writes its bytes once: a 200-node run's first snapshot took
     2.4-3.3 ms to encode when every pending node was an object of its own, 0.2-0.4 ms now."""
