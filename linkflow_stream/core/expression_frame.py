@@ -4,18 +4,20 @@ Invariant: everything an evaluation may not share with another one lives in this
 fresh for each call, never on the cached compiled expression. jsonata-python's own ``$now()``
 and ``$millis()`` read the time stored on a thread's "current" ``Jsonata`` object, which is
 whatever expression that thread compiled or evaluated first (so the time is stale, and not the
-input record's), and its ``$random()`` is the process-wide unseeded generator. Binding our own
-functions here shadows them: the frame is the innermost scope of the evaluation, so every
-lookup, inside lambdas and ``$eval`` too, finds these first. They are bound for every expression
-that can call them (its text names them or ``$eval``); one that cannot gets none (ADR 0045).
+input record's), and its ``$random()`` and ``$shuffle()`` use the process-wide unseeded generator.
+Binding our own functions here shadows them: the frame is the innermost scope of the
+evaluation, so every lookup, inside lambdas and ``$eval`` too, finds these first. They are bound
+for every expression that can call them (its text names them or ``$eval``); one that cannot gets
+none (ADR 0045).
 """
 
 from __future__ import annotations
 
 import copy
-import random
 import time
+from collections.abc import Sequence
 from datetime import datetime
+from random import Random
 from typing import Any
 
 from jsonata import functions, jexception, jsonata
@@ -24,13 +26,13 @@ from linkflow_stream.core.clock import EPOCH, to_millis
 
 
 class DeterministicFunctions:
-    """``$now``, ``$millis`` and ``$random`` of one evaluation, as the library's native
-    functions are: methods found by name and called with missing arguments as ``None``."""
+    """``$now``, ``$millis``, ``$random`` and ``$shuffle`` of one evaluation, as the library's
+    native functions are: methods found by name and called with missing arguments as ``None``."""
 
     def __init__(self, now: datetime, seed: str | None) -> None:
         self._millis = to_millis(now)
         self._seed = seed
-        self._random: random.Random | None = None
+        self._random: Random | None = None
         """Made at the first ``$random()``: seeding from a string hashes it (SHA-512), a cost
         every evaluation paid while few expressions draw a number."""
 
@@ -42,13 +44,26 @@ class DeterministicFunctions:
         return self._millis
 
     def random(self) -> float:
+        return self._generator().random()
+
+    def shuffle(self, arr: Sequence[Any] | None) -> Sequence[Any] | None:
+        """The library's ``$shuffle`` (undefined stays undefined, one item stays as it is), drawing
+        from the evaluation's seeded generator: the library's used the process-wide one, so a
+        step decided again after a crash shuffled otherwise."""
+        if arr is None or len(arr) <= 1:
+            return arr
+        result = list(arr)
+        self._generator().shuffle(result)
+        return result
+
+    def _generator(self) -> Random:
         if self._random is None:
             # Not cryptography: $random() must repeat for the same seed so a replayed step agrees.
-            self._random = random.Random(self._seed)  # noqa: S311
-        return self._random.random()
+            self._random = Random(self._seed)  # noqa: S311
+        return self._random
 
 
-SIGNATURES = (("now", "<s?s?:s>"), ("millis", "<:n>"), ("random", "<:n>"))
+SIGNATURES = (("now", "<s?s?:s>"), ("millis", "<:n>"), ("random", "<:n>"), ("shuffle", "<a:a>"))
 """The library's own signatures for the functions a frame binds."""
 
 
@@ -71,7 +86,7 @@ def _bound(name: str, fns: DeterministicFunctions) -> Any:
     return native
 
 
-DETERMINISTIC_NAMES = ("$now", "$millis", "$random", "$eval")
+DETERMINISTIC_NAMES = ("$now", "$millis", "$random", "$shuffle", "$eval")
 """What an expression must mention to call a function the frame binds: JSONata calls a function
 only by its ``$name`` (``$eval`` may build any name from strings at run time)."""
 

@@ -111,10 +111,11 @@ def test_now_and_millis_are_the_given_time(source: str, expected: Any) -> None:
 def test_a_frame_binds_the_clock_and_random_only_for_expressions_that_can_call_them() -> None:
     def bound(source: str) -> bool:
         frame = evaluation_frame(timeout_ms=1000, max_depth=10, now=T, seed=None, source=source)
-        return all(frame.lookup(name) is not None for name in ("now", "millis", "random"))
+        return all(frame.lookup(name) is not None for name in ("now", "millis", "random", "shuffle"))
 
     assert not bound("nodes.a.n * 2")
-    assert all(bound(source) for source in ("$now()", "$millis()", "$random()", "$eval(x)"))
+    callers = ("$now()", "$millis()", "$random()", "$shuffle([1, 2])", "$eval(x)")
+    assert all(bound(source) for source in callers)
     assert evaluate("nodes.a.n * 2", {"nodes": {"a": {"n": 21}}}, now=T) == 42
 
 
@@ -137,6 +138,20 @@ def test_random_repeats_for_the_same_seed_and_differs_for_another() -> None:
     assert evaluate(source, {}, seed="e1/t/2") != first
     assert len(set(first)) == 4, "one generator for the whole evaluation, not reseeded per call"
     assert all(0 <= x < 1 for x in first)
+
+
+def test_shuffle_repeats_for_the_same_seed_and_keeps_the_library_edges() -> None:
+    """The library's ``$shuffle`` drew from the process-wide generator: a step decided again after
+    a crash (or a replay) shuffled otherwise."""
+    source = "$shuffle([1..30])"
+    first = evaluate(source, {}, seed="e1/t/1")
+    assert evaluate(source, {}, seed="e1/t/1") == first
+    assert evaluate(source, {}, seed="e1/t/2") != first
+    assert sorted(first) == list(range(1, 31))
+    assert evaluate("$shuffle([7])", {}, seed="s") == [7]
+    assert evaluate("$shuffle(nothing)", {}, seed="s") is None
+    both = evaluate("[$random(), $shuffle([1..5])]", {}, seed="e1/t/1")
+    assert evaluate("[$random(), $shuffle([1..5])]", {}, seed="e1/t/1") == both, "one generator for both"
 
 
 def test_compiling_leaves_no_thread_using_the_cached_expression_as_scratch_space() -> None:
