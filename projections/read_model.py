@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,11 +59,6 @@ URGENT_LIVE_SECONDS = 1.0
 """How long after the fold ahead last applied an event high-priority work counts as under way (the
 in-order fold then gives way: ``urgent_live``)."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
-ENDED_BODIES_BYTES = 8 * 1024 * 1024
-"""The rendered bodies of runs that ended in recent folds, kept for the ``?wait`` answers that
-follow at once (``ended_body``): at most this much text, the oldest let go first."""
-ENDED_BODY_LARGEST = 256 * 1024
-"""A larger body is not kept: rendering it again costs little beside sending it."""
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
 
@@ -130,9 +124,6 @@ class ReadModel:
         self._turn = asyncio.Condition()
         self._urgent_at: float | None = None
         """When a high run's record was last fetched or folded ahead (``clock``)."""
-        self._ended: OrderedDict[str, tuple[ExecutionState, str]] = OrderedDict()
-        """Per run that ended in a recent fold: that state and its stored body (``ended_body``)."""
-        self._ended_bytes = 0
 
     # -- start-up ----------------------------------------------------------------------------
     async def load(self) -> dict[Position, int]:
@@ -307,9 +298,7 @@ class ReadModel:
             await self._write(changes)
             for state in touched.values():  # stored: memory may let the oldest finished go now
                 if state.status.terminal:
-                    row = changes.executions[state.id]
-                    self.status.weigh(state.id, len(row.state))
-                    self._keep_ended(state, row.body)
+                    self.status.weigh(state.id, len(changes.executions[state.id].state))
             self.status.notify(touched.values())
             for execution_id, state in touched.items():
                 self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
@@ -382,29 +371,6 @@ class ReadModel:
 
     def _row(self, state: ExecutionState) -> ExecutionRow:
         return execution_row(state, self.codec, self.rates)
-
-    def _keep_ended(self, state: ExecutionState, body: str) -> None:
-        previous = self._ended.pop(state.id, None)
-        if previous is not None:
-            self._ended_bytes -= len(previous[1])
-        if len(body) > ENDED_BODY_LARGEST:
-            return
-        self._ended[state.id] = (state, body)
-        self._ended_bytes += len(body)
-        while self._ended_bytes > ENDED_BODIES_BYTES:
-            _id, (_state, dropped) = self._ended.popitem(last=False)
-            self._ended_bytes -= len(dropped)
-
-    def ended_body(self, execution_id: str) -> str | None:
-        """The JSON text of ``body(execution_id)`` as the fold stored it, for a run that ended in a
-        recent fold and whose state memory holds is still that one; else ``None`` (ask ``body``).
-        A ``?wait`` answer comes right after the fold that ended its run, which had just rendered
-        and encoded this body for the store; rendering and encoding it again took about 0.1 ms a
-        five-node run (ADR 0045)."""
-        kept = self._ended.get(execution_id)
-        if kept is None or self.status.known(execution_id) is not kept[0]:
-            return None
-        return kept[1]
 
     # -- reads -------------------------------------------------------------------------------------
     async def state(self, execution_id: str) -> ExecutionState | None:

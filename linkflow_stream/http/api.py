@@ -676,15 +676,8 @@ class Api:
                 self.d.views.status.withdraw(request_record.execution_id)
                 raise
         if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
-            return await self._ended(request_record.execution_id)
+            return web.json_response(await self.d.views.body(request_record.execution_id))
         return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
-
-    async def _ended(self, execution_id: str, headers: dict[str, str] | None = None) -> web.Response:
-        """The body of a run a ``?wait`` saw end: as the fold stored it, when it still holds."""
-        text = self.d.views.ended_body(execution_id)
-        if text is not None:
-            return web.Response(text=text, content_type="application/json", headers=headers)
-        return web.json_response(await self.d.views.body(execution_id), headers=headers)
 
     def _admit(self, team: str | None) -> None:
         """Refuse the start with 429 when its team has too many runs queued. Nothing awaits
@@ -726,7 +719,7 @@ class Api:
         if wait and first["status"] in TERMINAL_STATUSES:
             return web.json_response(first, headers=headers)
         if wait and await self.d.views.status.wait_terminal(execution_id, wait):
-            return await self._ended(execution_id, headers)
+            return web.json_response(await self.d.views.body(execution_id), headers=headers)
         return web.json_response({"id": execution_id, "status": first["status"]}, headers=headers)
 
     async def list_executions(self, request: web.Request) -> web.Response:

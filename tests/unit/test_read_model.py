@@ -24,7 +24,6 @@ from linkflow_stream.core.state import ExecutionState, ExecutionStatus, evolve
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.dlq import dlq_headers
-from projections import read_model
 from projections.logs import LogView, TooSlow
 from projections.read_model import ReadModel, Topics
 from projections.status import StatusView
@@ -596,33 +595,3 @@ async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadS
         body = await model.body(f"big{i}")
         assert body is not None and body["status"] == "success"
         assert body["nodes"]["c"]["output"] == f"{i}" * 100_000
-
-
-async def test_a_run_that_just_ended_is_answered_with_the_body_the_fold_stored(
-    store: ReadStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``ended_body`` (what a ``?wait`` answers with) is the stored body text, which reads as
-    ``body`` does; nothing for a run still running, or one memory let go; its bytes are bounded."""
-    model, log = ReadModel(store, CODEC, TOPICS), Log()
-    state, events = decided(None, start("e"), 0)
-    await model.fold(log.records("events", events))
-    assert model.ended_body("e") is None, "running: nothing kept"
-    _, events = decided(state, result("e", ok=True), 1)
-    await model.fold(log.records("events", events))
-    text = model.ended_body("e")
-    assert text is not None
-    assert json.loads(text) == await model.body("e")
-    assert json.loads(text)["status"] == "success"
-    stored = await store.states(["e"])
-    assert stored["e"].body == text
-    model.status.finished.clear()  # memory let the run go: the store answers, not the kept text
-    assert model.ended_body("e") is None
-
-    monkeypatch.setattr(read_model, "ENDED_BODIES_BYTES", len(text) * 3)
-    for n in range(10):
-        run, events = decided(None, start(f"r{n}"), 0)
-        _, ended = decided(run, result(f"r{n}", ok=True), 1)
-        await model.fold(log.records("events", [*events, *ended]))
-    assert model._ended_bytes <= len(text) * 3
-    assert model.ended_body("r9") is not None, "the newest stay"
-    assert model.ended_body("r0") is None, "the oldest go"
