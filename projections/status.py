@@ -19,12 +19,12 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.signals import WAIT_EVENT
 from linkflow_stream.core.state import (
-    PENDING_NODE,
     ExecutionState,
     ExecutionStatus,
     NodeStatus,
     Transition,
     apply,
+    pending_nodes,
 )
 
 LINKS = ("schedule_id", "rerun_of", "error_of", "parent")
@@ -127,7 +127,7 @@ def accepted_state(request: StartExecution) -> ExecutionState:
         input=request.input,
         created_at=request.requested_at,
         seq=0,
-        nodes=dict.fromkeys((n.id for n in request.workflow.nodes), PENDING_NODE),
+        nodes=pending_nodes(request.workflow),
         history=(
             Transition(
                 from_status=None,

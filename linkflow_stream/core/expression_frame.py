@@ -86,23 +86,21 @@ def _bound(name: str, fns: DeterministicFunctions) -> Any:
     return native
 
 
-DETERMINISTIC_NAMES = ("$now", "$millis", "$random", "$shuffle", "$eval")
+CALLING_NAMES = (*(f"${name}" for name, _signature in SIGNATURES), "$eval")
 """What an expression must mention to call a function the frame binds: JSONata calls a function
 only by its ``$name`` (``$eval`` may build any name from strings at run time)."""
 
 
-def evaluation_frame(
-    *, timeout_ms: int, max_depth: int, now: datetime, seed: str | None, source: str | None = None
-) -> Any:
+def evaluation_frame(*, timeout_ms: int, max_depth: int, now: datetime, seed: str | None, source: str) -> Any:
     """A fresh frame for one ``Jsonata.evaluate`` call; create it right before the call, since
     the timebox's clock starts here. The signatures are the library's own for these functions.
 
-    With ``source`` (the expression's text), ``$now``, ``$millis`` and ``$random`` are bound only
-    if the text mentions them or ``$eval``: an expression that cannot call them needs no copies
-    (binding them was a sixth of a transform's evaluation, and few expressions read the clock)."""
+    The functions of ``SIGNATURES`` are bound only if ``source`` (the expression's text) mentions
+    one of ``CALLING_NAMES``: an expression that cannot call them needs no copies (binding them
+    was a sixth of a transform's evaluation, and few expressions read the clock)."""
     frame = jsonata.Jsonata.Frame(None)
     _timebox(frame, timeout_ms, max_depth)
-    if source is None or any(name in source for name in DETERMINISTIC_NAMES):
+    if any(name in source for name in CALLING_NAMES):
         fns = DeterministicFunctions(now, seed)
         for name, _signature in SIGNATURES:
             frame.bind(name, _bound(name, fns))
@@ -114,8 +112,7 @@ def _timebox(frame: Any, timeout_ms: int, max_depth: int) -> None:
     them, at entry to and exit from every evaluation step, with the library's errors (D1011 depth,
     D1012 time), with one Python-level call per check (the callback, which reads
     ``time.monotonic``) instead of three (its callback, its check, its clock): the library's was
-    a tenth of a transform's evaluation. ``monotonic``: a clock
-    set back cannot stretch the limit."""
+    a tenth of a transform's evaluation. ``monotonic``: a clock set back cannot stretch the limit."""
     deadline = time.monotonic() + timeout_ms / 1000
     depth = 0
 

@@ -3,8 +3,9 @@
 Invariants (ADR 0015):
 - an evaluation stops at its time limit (failure class ``timeout``) and at its depth limit
   (``expression_error``), so a runaway expression cannot hold its thread for longer;
-- given ``now`` and ``seed``, ``$now()``, ``$millis()``, ``$random()`` and ``$shuffle()`` return values that
-  depend on those arguments only, so evaluating again for the same input gives the same result;
+- given ``now`` and ``seed``, ``$now()``, ``$millis()``, ``$random()`` and ``$shuffle()`` return
+  values that depend on those arguments only, so evaluating again for the same input gives the
+  same result;
 - an evaluation never writes to a cached compiled expression, so threads may share the cache.
 """
 
@@ -89,10 +90,9 @@ def evaluate(
 
     ``$now()`` and ``$millis()`` return ``now`` (default: the clock when evaluation starts) and
     ``$random()`` and ``$shuffle()`` draw from one generator seeded with ``seed`` (default:
-    unseeded). Raises
-    ``NodeFailure``: ``timeout`` past the time limit, ``expression_error`` past the depth limit or
-    on any other evaluation error. Both are non-retryable: the same expression over the same data
-    does the same work again.
+    unseeded). Raises ``NodeFailure``: ``timeout`` past the time limit, ``expression_error`` past
+    the depth limit or on any other evaluation error. Both are non-retryable: the same expression
+    over the same data does the same work again.
 
     The limit is checked at every evaluation step, so one step that is slow on its own (building
     a range of millions of items, or converting a result that large) can overrun it; the result is

@@ -80,10 +80,15 @@ class NodeState(BaseModel):
 
 
 PENDING_NODE = NodeState()
-"""Every node of a new run starts as this one object (it is frozen, so sharing is safe): the
-codec keeps a node state's bytes per object, so the pending nodes of a new run's first snapshot
-and of the views' pending rows are encoded once (again only after the codec's cache lets it go),
-not once per node of every run."""
+"""Every node of a new run starts as this one object (``pending_nodes``)."""
+
+
+def pending_nodes(workflow: WorkflowDefinition) -> dict[str, NodeState]:
+    """A new run's node states: all ``PENDING_NODE``, one frozen object, so sharing is safe. The
+    codec keeps a node state's bytes per object, so the pending nodes of a new run's first
+    snapshot and of the views' pending rows are encoded once (again only after the codec's cache
+    lets it go), not once per node of every run."""
+    return dict.fromkeys((n.id for n in workflow.nodes), PENDING_NODE)
 
 
 class Timer(BaseModel):
@@ -194,7 +199,7 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
             input=event.input,
             created_at=event.at,
             seq=event.seq,
-            nodes=dict.fromkeys((n.id for n in event.workflow.nodes), PENDING_NODE),
+            nodes=pending_nodes(event.workflow),
             history=(Transition(from_status=None, to_status=ExecutionStatus.PENDING, at=event.at),),
             traceparent=event.traceparent,
             links=event.links or {},

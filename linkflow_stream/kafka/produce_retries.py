@@ -22,6 +22,7 @@ counter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -86,7 +87,7 @@ def count_routine_retries(subscriber: Subscriber) -> Callable[[], None]:
         sender.addFilter(_FILTER)
 
     def undo() -> None:
-        if any(s is subscriber for s in _FILTER.subscribers):
+        with contextlib.suppress(ValueError):  # undone already
             _FILTER.subscribers.remove(subscriber)
         if not _FILTER.subscribers:
             sender.removeFilter(_FILTER)
