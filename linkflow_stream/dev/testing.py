@@ -272,15 +272,17 @@ def partition_of(execution_id: str) -> int:
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
+    bootstrap: str, topic: str, *, isolation_level: str = "read_committed", partitions: int | None = None
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a co-partitioned ``topic`` as a reader with ``isolation_level`` sees
-    it, in partition order."""
+    """Every record of ``topic`` as a reader with ``isolation_level`` sees it, in partition
+    order; ``partitions``: its partition count, if it is not co-partitioned (a one-partition
+    topic such as the workers' or the gate's changelog)."""
     consumer = committed_reader(bootstrap, isolation_level=isolation_level)
     await consumer.start()
     try:
         await consumer.topics()
-        parts = [TopicPartition(topic, p) for p in range(execution_partitions())]
+        count = execution_partitions() if partitions is None else partitions
+        parts = [TopicPartition(topic, p) for p in range(count)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)

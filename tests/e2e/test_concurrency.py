@@ -24,14 +24,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from aiokafka import TopicPartition
 
 from linkflow_stream.core.events import EventType
 from linkflow_stream.core.gate import GateRecord
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand
 from linkflow_stream.dev.testing import EngineProcess, call, read_topic
 from linkflow_stream.kafka.codec import default_codec
-from linkflow_stream.kafka.consumers import committed_reader
 from tests.e2e.exactly_once import assert_exactly_once, committed_logs
 
 pytestmark = pytest.mark.e2e
@@ -252,19 +250,8 @@ def gate_log(engine: EngineProcess) -> dict[str, GateRecord | None]:
 
     async def read() -> dict[str, GateRecord | None]:
         codec = default_codec()
-        tp = TopicPartition(f"{engine.prefix}linkflow.state.gate", 0)
-        consumer = committed_reader(engine.bootstrap)
-        await consumer.start()
-        try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            latest: dict[str, bytes | None] = {}
-            while await consumer.position(tp) < end:
-                for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
-                    latest[(record.key or b"").decode()] = record.value
-        finally:
-            await consumer.stop()
+        records = await read_topic(engine.bootstrap, f"{engine.prefix}linkflow.state.gate", partitions=1)
+        latest = {(r.key or b"").decode(): r.value for r in records}
         return {k: codec.decode(v, GateRecord) if v is not None else None for k, v in latest.items()}
 
     return asyncio.run(read())

@@ -8,13 +8,12 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
-from linkflow_stream.dev.testing import EngineProcess, call
+from linkflow_stream.dev.testing import EngineProcess, call, read_topic
 from linkflow_stream.kafka.codec import default_codec
-from linkflow_stream.kafka.consumers import committed_reader
 from projections.workers import FORGET_AFTER, WorkerRecord
 
 pytestmark = pytest.mark.e2e
@@ -74,20 +73,8 @@ async def _produce(engine: EngineProcess, key: bytes, value: bytes | None) -> No
 
 async def _records(engine: EngineProcess, key: bytes) -> list[bytes | None]:
     """The values of ``key`` in the (one-partition) workers topic, oldest first."""
-    tp = TopicPartition(engine.settings().topic(topic_names.WORKERS), 0)
-    consumer = committed_reader(engine.bootstrap)
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        values: list[bytes | None] = []
-        while await consumer.position(tp) < end:
-            fetched = (await consumer.getmany(tp, timeout_ms=500)).get(tp, [])
-            values += [r.value for r in fetched if r.key == key]
-        return values
-    finally:
-        await consumer.stop()
+    topic = engine.settings().topic(topic_names.WORKERS)
+    return [r.value for r in await read_topic(engine.bootstrap, topic, partitions=1) if r.key == key]
 
 
 def test_a_worker_not_heard_from_for_an_hour_is_forgotten_and_tombstoned(engine: EngineProcess) -> None:
