@@ -8,19 +8,25 @@ input record's), and its ``$random()`` and ``$shuffle()`` use the process-wide u
 Binding our own functions here shadows them: the frame is the innermost scope of the
 evaluation, so every lookup, inside lambdas and ``$eval`` too, finds these first. They are bound
 for every expression that can call them (its text names them or ``$eval``); one that cannot gets
-none (ADR 0045).
+none (ADR 0045). ``$toMillis`` with a picture that leaves out the date takes it from the
+library's module-level clock, which no frame can shadow: ``pinned_clock`` sets what that clock
+reads for the calling thread (ADR 0046).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime as datetime_module
 import time
-from collections.abc import Sequence
-from datetime import datetime
+import types
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from random import Random
-from typing import Any
+from typing import Any, Self
 
-from jsonata import functions, jexception, jsonata
+from jsonata import datetimeutils, functions, jexception, jsonata
 
 from linkflow_stream.core.clock import EPOCH, to_millis
 
@@ -136,3 +142,45 @@ def _timebox(frame: Any, timeout_ms: int, max_depth: int) -> None:
 
     frame.set_evaluate_entry_callback(entry)
     frame.set_evaluate_exit_callback(exit_)
+
+
+_PINNED: ContextVar[datetime | None] = ContextVar("jsonata_utcnow", default=None)
+"""The naive UTC time the library's clock returns in this context, if pinned."""
+
+
+class _PinnedDatetime(datetime):
+    """The ``datetime`` class jsonata-python's ``datetimeutils`` sees: the same class, but
+    ``utcnow`` returns the pinned time of the calling context (each thread has its own)."""
+
+    @classmethod
+    def utcnow(cls) -> Self:
+        pinned = _PINNED.get()
+        at = pinned if pinned is not None else datetime.now(UTC).replace(tzinfo=None)
+        return cls.combine(at.date(), at.time())
+
+
+def _install() -> None:
+    """Give ``datetimeutils`` a ``datetime`` module whose ``datetime`` class is
+    ``_PinnedDatetime``: it calls ``datetime.datetime.utcnow()`` to fill in the date of a
+    ``$toMillis`` picture without one (jsonata-python 0.7), so the result depended on the wall
+    clock, not the step's time. Its other uses of the module find the same names; the datetimes
+    it builds are of the subclass, which differs in ``utcnow`` only."""
+    if getattr(datetimeutils.datetime, "datetime", None) is _PinnedDatetime:
+        return
+    shim = types.SimpleNamespace(**vars(datetime_module))
+    shim.datetime = _PinnedDatetime
+    datetimeutils.datetime = shim
+
+
+_install()
+
+
+@contextlib.contextmanager
+def pinned_clock(now: datetime) -> Iterator[None]:
+    """While inside, the library's own clock reads ``now`` in this thread (or task): wrap each
+    evaluation, so ``$toMillis('10:00', '[H01]:[m01]')`` gives the step's date."""
+    token = _PINNED.set(now.astimezone(UTC).replace(tzinfo=None))
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)

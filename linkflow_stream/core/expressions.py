@@ -4,8 +4,8 @@ Invariants (ADR 0015):
 - an evaluation stops at its time limit (failure class ``timeout``) and at its depth limit
   (``expression_error``), so a runaway expression cannot hold its thread for longer;
 - given ``now`` and ``seed``, ``$now()``, ``$millis()``, ``$random()`` and ``$shuffle()`` return
-  values that depend on those arguments only, so evaluating again for the same input gives the
-  same result;
+  values that depend on those arguments only, as does the date ``$toMillis`` fills in for a
+  picture without one, so evaluating again for the same input gives the same result;
 - an evaluation never writes to a cached compiled expression, so threads may share the cache.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import jsonata
 
 from linkflow_stream.core import clock
-from linkflow_stream.core.expression_frame import evaluation_frame
+from linkflow_stream.core.expression_frame import evaluation_frame, pinned_clock
 from linkflow_stream.core.node_contract import ConfigError, NodeFailure
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
@@ -88,10 +88,11 @@ def evaluate(
 ) -> Any:
     """Evaluate over ``data`` in the calling thread, within ``timeout_seconds`` and ``max_depth``.
 
-    ``$now()`` and ``$millis()`` return ``now`` (default: the clock when evaluation starts) and
-    ``$random()`` and ``$shuffle()`` draw from one generator seeded with ``seed`` (default:
-    unseeded). Raises ``NodeFailure``: ``timeout`` past the time limit, ``expression_error`` past
-    the depth limit or on any other evaluation error. Both are non-retryable: the same expression
+    ``$now()`` and ``$millis()`` return ``now`` (default: the clock when evaluation starts),
+    which is also the date ``$toMillis`` gives a time without one, and ``$random()`` and
+    ``$shuffle()`` draw from one generator seeded with ``seed`` (default: unseeded). Raises
+    ``NodeFailure``: ``timeout`` past the time limit, ``expression_error`` past the depth limit or
+    on any other evaluation error. Both are non-retryable: the same expression
     over the same data does the same work again.
 
     The limit is checked at every evaluation step, so one step that is slow on its own (building
@@ -99,15 +100,17 @@ def evaluate(
     then dropped and the evaluation fails as ``timeout`` all the same.
     """
     started = time.monotonic()
+    at = now if now is not None else clock.now()
     try:
         frame = evaluation_frame(
             timeout_ms=max(1, round(timeout_seconds * 1000)),
             max_depth=max_depth,
-            now=now if now is not None else clock.now(),
+            now=at,
             seed=seed,
             source=source,
         )
-        result = compile_expression(source).evaluate(data, frame)
+        with pinned_clock(at):
+            result = compile_expression(source).evaluate(data, frame)
     except Exception as exc:
         raise _failure(exc, timeout_seconds, max_depth) from exc
     if time.monotonic() - started > timeout_seconds:

@@ -8,10 +8,12 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 from typing import Any
 
 import jsonata
 import pytest
+from jsonata import datetimeutils
 
 from linkflow_stream.core import clock
 from linkflow_stream.core.clock import from_millis, to_millis
@@ -152,6 +154,40 @@ def test_shuffle_repeats_for_the_same_seed_and_keeps_the_library_edges() -> None
     assert evaluate("$shuffle(nothing)", {}, seed="s") is None
     both = evaluate("[$random(), $shuffle([1..5])]", {}, seed="e1/t/1")
     assert evaluate("[$random(), $shuffle([1..5])]", {}, seed="e1/t/1") == both, "one generator for both"
+
+
+TIME_ONLY = "$fromMillis($toMillis('10:00', '[H01]:[m01]'))"
+"""A picture without a date: the library fills the date in from its own clock."""
+
+
+def test_to_millis_fills_in_the_date_of_the_given_time_not_the_wall_clock() -> None:
+    """jsonata-python took the missing date from ``utcnow()``: the same step decided again on
+    another day (after a crash, in a replay) got another result."""
+    assert evaluate(TIME_ONLY, {}, now=T) == "2023-11-14T10:00:00.000Z"
+    assert evaluate(TIME_ONLY, {}, now=from_millis(to_millis(T) + 86_400_000)) == "2023-11-15T10:00:00.000Z"
+    assert evaluate("$fromMillis($toMillis('11', '[M01]'))", {}, now=T) == "2023-11-01T00:00:00.000Z"
+    assert evaluate(TIME_ONLY, {}).startswith(clock.now().date().isoformat()), "no time given: today"
+
+
+def test_to_millis_dates_are_each_evaluations_own_across_threads() -> None:
+    """The library's clock is module-wide; what it reads is pinned per thread, as slow
+    evaluations run in a pool (``expression_worker``)."""
+
+    def one(day: int) -> tuple[str, str]:
+        at = from_millis(to_millis(T) + day * 86_400_000)
+        return evaluate(
+            f"($sum([1..2000]); {TIME_ONLY})", {}, now=at
+        ), f"{at.date().isoformat()}T10:00:00.000Z"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for got, expected in pool.map(one, range(200)):
+            assert got == expected
+    assert abs(to_millis(evaluation_clock_now()) - to_millis(clock.now())) < 60_000, "unpinned outside"
+
+
+def evaluation_clock_now() -> Any:
+    """What the library's own clock reads here, outside any evaluation (naive UTC)."""
+    return datetimeutils.datetime.datetime.utcnow().replace(tzinfo=UTC)
 
 
 def test_compiling_leaves_no_thread_using_the_cached_expression_as_scratch_space() -> None:
