@@ -134,7 +134,12 @@ def _reader(kind: Any, named: dict[str, Any]) -> Read:
         branch = _reader(kind[1], named)
 
         def optional(data: bytes, pos: int) -> tuple[Any, int]:
-            index, pos = read_long(data, pos)
+            first = data[pos]  # the branch as writers write it: one byte, 0 (null) or 2 (1)
+            if first == 0:
+                return None, pos + 1
+            if first == 2:
+                return branch(data, pos + 1)
+            index, pos = read_long(data, pos)  # any longer form of the same numbers
             if index == 0:
                 return None, pos
             if index != 1:

@@ -18,7 +18,7 @@ from linkflow_stream.core.messages import NodeError, NodeResult, Priority, Signa
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus, evolve
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka import codec as codec_module
-from linkflow_stream.kafka.avro_reader import read_long
+from linkflow_stream.kafka.avro_reader import compile_reader, read_long
 from linkflow_stream.kafka.avro_writer import write_long, write_string
 from linkflow_stream.kafka.codec import COMPILED, NAMESPACE, Codec, default_codec
 from projections.status import accepted_state
@@ -374,3 +374,22 @@ def test_the_pending_nodes_of_new_runs_are_written_once() -> None:
             assert codec.encode(state) == by_fastavro(state)
             assert codec.decode(codec.encode(state), ExecutionState) == state
     assert len(written) == 1, f"pending nodes written {len(written)} times"
+
+
+def test_an_optional_branch_in_any_varint_form_is_read_as_fastavro_reads_it() -> None:
+    """The branch is read from its one byte as writers write it (0 or 2), and from the general
+    varint otherwise: a longer form of the same number reads the same, another branch is refused."""
+    schema = {
+        "type": "record",
+        "name": "R",
+        "fields": [{"name": "a", "type": ["null", "long"]}, {"name": "b", "type": ["null", "string"]}],
+    }
+    read = compile_reader(schema)
+    assert read is not None
+    parsed = fastavro.parse_schema(schema)
+    for data in (b"\x00\x02\x02x", b"\x02\x06\x00", b"\x80\x00\x82\x00\x02x", b"\x82\x80\x00\x06\x80\x00"):
+        assert read(data) == fastavro.schemaless_reader(io.BytesIO(data), parsed, None)
+    assert read(b"\x02\x06\x00") == {"a": 3, "b": None}
+    for bad in (b"\x04\x00", b"\x01\x00", b"\x84\x00\x00"):
+        with pytest.raises(ValueError, match="union branch"):
+            read(bad)
