@@ -149,7 +149,7 @@ _PINNED: ContextVar[datetime | None] = ContextVar("jsonata_utcnow", default=None
 
 
 class _PinnedDatetime(datetime):
-    """The ``datetime`` class jsonata-python's ``datetimeutils`` sees: the same class, but
+    """The ``datetime`` class jsonata-python's ``datetimeutils`` sees: a subclass whose
     ``utcnow`` returns the pinned time of the calling context (each thread has its own)."""
 
     @classmethod
