@@ -33,8 +33,10 @@ async def topics(kafka: str, *names: str) -> None:
         await admin.close()
 
 
-async def read_all(kafka: str, topic: str, isolation_level: str) -> list[tuple[int, bytes | None]]:
-    tp = TopicPartition(topic, 0)
+async def read_all(
+    kafka: str, topic: str, isolation_level: str, partition: int = 0
+) -> list[tuple[int, bytes | None]]:
+    tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka, group_id=None, isolation_level=isolation_level, enable_auto_commit=False
     )
@@ -204,3 +206,59 @@ async def test_a_transaction_refused_until_the_previous_marker_lands_is_counted_
     assert [v for _o, v in await read_all(kafka, name, "read_committed")] == [
         str(i).encode() for i in range(committed)
     ], "every refused produce was written once"
+
+
+async def test_records_naming_partitions_fill_batches_in_order_beside_records_that_do_not(kafka: str) -> None:
+    """Records that name their partition go in record batches built by the producer wrapper, a
+    full one handed over and a new one begun (here every 16 kB); the rest go through aiokafka's
+    ``send``. Each partition's records land once, in order, all in the one transaction."""
+    run = uuid.uuid4().hex[:8]
+    named, keyed, source = f"n{run}", f"k{run}", f"n{run}.in"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(named, 2, 1), NewTopic(keyed, 1, 1), NewTopic(source, 1, 1)])
+    finally:
+        await admin.close()
+    producer = KafkaTransactionalProducer(kafka, f"t{run}", 16 * 1024)
+    records = [
+        ProducerRecord(topic=named, key=b"k", value=f"{i:04d}".encode() * 250, headers=[], partition=i % 2)
+        if i % 10
+        else ProducerRecord(topic=keyed, key=str(i).encode(), value=str(i).encode(), headers=[])
+        for i in range(120)
+    ]
+    await producer.start()
+    try:
+        await producer.commit(records, {TopicPartition(source, 0): 1}, f"g{run}")
+    finally:
+        await producer.stop()
+    for part in (0, 1):
+        got = [v for _o, v in await read_all(kafka, named, "read_committed", part)]
+        assert got == [r.value for r in records if r.topic == named and r.partition == part]
+        assert len(got) >= 48, "1000-byte records, 16 kB batches: three batches a partition or more"
+    assert [v for _o, v in await read_all(kafka, keyed, "read_committed")] == [
+        str(i).encode() for i in range(0, 120, 10)
+    ]
+
+
+async def test_a_record_over_the_request_size_breaks_the_producer_before_anything_is_written(
+    kafka: str,
+) -> None:
+    """A record that names its partition and is larger than a request may be is refused before
+    it is sent, as aiokafka's ``send`` refuses one: the batch's fault, and nothing of the
+    transaction is visible."""
+    run = uuid.uuid4().hex[:8]
+    out, source = f"o{run}", f"o{run}.in"
+    await topics(kafka, out, source)
+    producer = KafkaTransactionalProducer(kafka, f"t{run}", 16 * 1024)
+    await producer.start()
+    try:
+        small = record(out, b"small")
+        with pytest.raises(ProducerBroken, match="larger than the maximum request size") as broken:
+            await producer.commit(
+                [small, record(out, b"x" * 20_000)], {TopicPartition(source, 0): 1}, f"g{run}"
+            )
+        assert broken.value.input_fault
+    finally:
+        await producer.stop()
+    assert await read_all(kafka, out, "read_committed") == []
