@@ -211,13 +211,16 @@ async def test_a_transaction_refused_until_the_previous_marker_lands_is_counted_
 async def test_records_naming_partitions_fill_batches_in_order_beside_records_that_do_not(kafka: str) -> None:
     """Records that name their partition go in record batches built by the producer wrapper, a
     full one handed over and a new one begun (here every 16 kB); the rest go through aiokafka's
-    ``send``. Each partition's records land once, in order, all in the one transaction."""
+    ``send``. Each partition's records land once, in order, all in the one transaction, also where
+    both kinds go to the same partition."""
     run = uuid.uuid4().hex[:8]
-    named, keyed, source = f"n{run}", f"k{run}", f"n{run}.in"
+    named, keyed, mixed, source = f"n{run}", f"k{run}", f"m{run}", f"n{run}.in"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(named, 2, 1), NewTopic(keyed, 1, 1), NewTopic(source, 1, 1)])
+        await admin.create_topics(
+            [NewTopic(named, 2, 1), *(NewTopic(t, 1, 1) for t in (keyed, mixed, source))]
+        )
     finally:
         await admin.close()
     producer = KafkaTransactionalProducer(kafka, f"t{run}", 16 * 1024)
@@ -226,6 +229,13 @@ async def test_records_naming_partitions_fill_batches_in_order_beside_records_th
         if i % 10
         else ProducerRecord(topic=keyed, key=str(i).encode(), value=str(i).encode(), headers=[])
         for i in range(120)
+    ]
+    # One partition, records that name it and records left to the partitioner, interleaved.
+    records += [
+        ProducerRecord(
+            topic=mixed, key=b"k", value=str(i).encode(), headers=[], partition=0 if i % 3 else None
+        )
+        for i in range(30)
     ]
     await producer.start()
     try:
@@ -238,6 +248,9 @@ async def test_records_naming_partitions_fill_batches_in_order_beside_records_th
         assert len(got) >= 48, "1000-byte records, 16 kB batches: three batches a partition or more"
     assert [v for _o, v in await read_all(kafka, keyed, "read_committed")] == [
         str(i).encode() for i in range(0, 120, 10)
+    ]
+    assert [v for _o, v in await read_all(kafka, mixed, "read_committed")] == [
+        str(i).encode() for i in range(30)
     ]
 
 
