@@ -209,11 +209,17 @@ class KafkaTransactionalProducer:
             batch = batches.get(where)
             if batch is None:
                 batch = batches[where] = producer.create_batch()
+            # The timestamp is int milliseconds, as send() passes it (aiokafka's docstring says
+            # seconds; its C builder would truncate a float).
             if batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value, headers=r.headers) is None:
                 futures.append(await producer.send_batch(batch, r.topic, partition=r.partition))
                 batch = batches[where] = producer.create_batch()
                 # An empty batch takes any record, as send's own batches do.
-                batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value, headers=r.headers)
+                if (
+                    batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value, headers=r.headers)
+                    is None
+                ):
+                    raise RuntimeError(f"an empty record batch refused a record for {r.topic}")
         for (topic, partition), batch in batches.items():
             futures.append(await producer.send_batch(batch, topic, partition=partition))
 

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from linkflow_stream.dev.testing import read_topic
 from linkflow_stream.kafka.gap_probe import explained_jump
 from linkflow_stream.kafka.produce_retries import RETRY_MESSAGE, count_routine_retries
 from linkflow_stream.kafka.records import ProducerRecord
@@ -224,8 +225,16 @@ async def test_records_naming_partitions_fill_batches_in_order_beside_records_th
     finally:
         await admin.close()
     producer = KafkaTransactionalProducer(kafka, f"t{run}", 16 * 1024)
+    at = 1_700_000_000_000
     records = [
-        ProducerRecord(topic=named, key=b"k", value=f"{i:04d}".encode() * 250, headers=[], partition=i % 2)
+        ProducerRecord(
+            topic=named,
+            key=b"k",
+            value=f"{i:04d}".encode() * 250,
+            headers=[("n", str(i).encode())],
+            timestamp_ms=at + i,
+            partition=i % 2,
+        )
         if i % 10
         else ProducerRecord(topic=keyed, key=str(i).encode(), value=str(i).encode(), headers=[])
         for i in range(120)
@@ -249,9 +258,11 @@ async def test_records_naming_partitions_fill_batches_in_order_beside_records_th
     assert [v for _o, v in await read_all(kafka, keyed, "read_committed")] == [
         str(i).encode() for i in range(0, 120, 10)
     ]
-    assert [v for _o, v in await read_all(kafka, mixed, "read_committed")] == [
-        str(i).encode() for i in range(30)
-    ]
+    for got_record in await read_topic(kafka, named, partitions=2):
+        n = int(got_record.value[:4])
+        assert (got_record.timestamp, list(got_record.headers)) == (at + n, [("n", str(n).encode())])
+    in_mixed = [v for _o, v in await read_all(kafka, mixed, "read_committed")]
+    assert in_mixed == [str(i).encode() for i in range(30)]
 
 
 async def test_a_record_over_the_request_size_breaks_the_producer_before_anything_is_written(
