@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -368,12 +369,22 @@ def test_a_malformed_link_says_so_instead_of_a_blank_page(engine: EngineProcess,
         )
 
 
+def wait_due_at(engine: EngineProcess, execution_id: str) -> float:
+    """When the run's wait node comes due (epoch seconds), from its ``node_started`` event."""
+    status, body = call("GET", f"{engine.url}/api/executions/{execution_id}/events", headers=engine.auth())
+    assert status == 200, body
+    started = next(e for e in body["events"] if e["type"] == "node_started" and e["node_id"] == "w")
+    return datetime.fromisoformat(started["due_at"].replace("Z", "+00:00")).timestamp()
+
+
 def test_a_run_is_paused_and_resumed_from_its_page(engine: EngineProcess, browser: WebDriver) -> None:
     wf = engine.register(
         {
             "id": f"ui-pause-{uuid.uuid4().hex[:6]}",
             "nodes": [
-                {"id": "w", "type": "wait", "config": {"seconds": 3}},
+                # Long enough for the page, the click and the pause on a loaded machine (with 3 s
+                # the timer could fire first, seen in a CI review).
+                {"id": "w", "type": "wait", "config": {"seconds": 10}},
                 {"id": "t", "type": "transform", "depends_on": ["w"], "config": {"expression": "'after'"}},
             ],
         }
@@ -384,7 +395,8 @@ def test_a_run_is_paused_and_resumed_from_its_page(engine: EngineProcess, browse
     browser.find_element(By.ID, "action-pause").click()
     confirm(browser)
     until(browser, lambda: run_status(browser) == "paused", "paused on the page")
-    time.sleep(3.5)  # past the wait's due time: a timer that comes due while paused waits for resume
+    # Past the wait's due time: a timer that comes due while paused waits for resume.
+    time.sleep(max(0.0, wait_due_at(engine, started["id"]) + 0.5 - time.time()))
     assert node_status(browser, "w") == "running" and node_status(browser, "t") == "pending"
     assert run_status(browser) == "paused"
     until(browser, lambda: browser.find_element(By.ID, "action-resume"), "a resume button").click()

@@ -63,10 +63,12 @@ class Reading:
 
     async def _read(self) -> None:
         while True:
-            for tp, records in (await self.consumer.getmany(timeout_ms=100, max_records=self.take)).items():
+            got = await self.consumer.getmany(timeout_ms=100, max_records=self.take)
+            for tp, records in got.items():
                 for r in records:
                     self.records.put_nowait((tp.partition, r.value))
-            await self.released.wait()  # while held, what was fetched stays in the fetcher
+            if got:  # held after a take (not after an empty poll, or a late record is never taken)
+                await self.released.wait()  # while held, what was fetched stays in the fetcher
 
     async def stop(self) -> None:
         if self._task is not None:
