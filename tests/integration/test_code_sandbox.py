@@ -664,6 +664,8 @@ async def test_cancelling_execute_like_the_executor_leaves_no_process() -> None:
 
 async def test_a_node_timeout_is_the_wall_clock_and_keeps_the_output(node: CodeNode) -> None:
     source = "import time\ndef main(data):\n    print('waiting')\n    time.sleep(60)\n"
+    await node._pool.warm()  # a sandbox ready, as in a running engine: a cold start on a loaded
+    await until(lambda: len(node._pool._idle) > 0)  # machine ate into the one-second bound
     started = time.monotonic()
     c = ctx(timeout=1.0)
     with pytest.raises(CodeFailure) as info:
