@@ -301,6 +301,9 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
     await admin.start()
     changes: list[str] = []
     refused: list[str] = []
+    # Missing when looked up, but created by someone else before our request: its configs are
+    # whatever that creator gave (the broker's defaults, if it auto-created the topic).
+    raced: list[TopicSpec] = []
     try:
         current = await _layouts(admin, names)
         missing = [s for s in specs if settings.topic(s.name) not in current]
@@ -321,9 +324,10 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
                         f"created {settings.topic(spec.name)} ({spec.partitions} partitions, "
                         f"replication factor {spec.replication_factor})"
                     )
-                elif error["error_code"] != TopicAlreadyExistsError.errno:
-                    # The answer says why (say, a replication factor the brokers cannot hold);
-                    # created meanwhile by another process is fine: verified below.
+                elif error["error_code"] == TopicAlreadyExistsError.errno:
+                    raced.append(spec)  # created meanwhile: verified and converged below
+                else:
+                    # The answer says why (say, a replication factor the brokers cannot hold).
                     refused.append(f"{error['topic']} was not created: {error['error_message']}")
         if refused:
             raise TopicSpecError("; ".join(refused))
@@ -332,10 +336,13 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
             if len(current) == len(names):
                 break
             await asyncio.sleep(0.1)
-        # Only topics that existed before: one created just now has the spec's configs, and a
-        # broker that has not caught up with its creation yet would report it as drifted.
+        # Not the topics created just now: they have the spec's configs, and a broker that has
+        # not caught up with their creation yet would report them as drifted (an alter then is
+        # harmless, but says "updated" for nothing). A raced one may have any configs.
         changes += await _converge_configs(
-            admin, settings, [s for s in specs if settings.topic(s.name) in current and s not in missing]
+            admin,
+            settings,
+            [s for s in specs if settings.topic(s.name) in current and (s not in missing or s in raced)],
         )
     finally:
         await admin.close()

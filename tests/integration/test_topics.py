@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from linkflow_stream.kafka import topics as topics_module
 from linkflow_stream.kafka.topics import (
     TopicSpec,
     TopicSpecError,
@@ -111,3 +113,33 @@ async def test_apply_refuses_a_replication_factor_mismatch(kafka: str) -> None:
     spec = TopicSpec("linkflow.events", 4, co_partitioned=True, replication_factor=3, min_insync_replicas=2)
     with pytest.raises(TopicSpecError, match=r"linkflow\.events has replication factor 1, spec says 3"):
         await apply_topics(settings, [spec])
+
+
+async def test_a_topic_another_creator_made_between_lookup_and_create_is_brought_to_its_spec(
+    kafka: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two engines starting at once, or a broker that auto-created the topic: it is missing when
+    looked up and already there when created (TopicAlreadyExists). Its configs are that creator's,
+    so they are converged like an existing topic's; they were left as they were."""
+    settings = fresh(kafka)
+    events = next(s for s in load_specs() if s.name == "linkflow.events")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:  # the other creator: no configs of the spec
+        await admin.create_topics([NewTopic(settings.topic("linkflow.events"), events.partitions, 1)])
+    finally:
+        await admin.close()
+    real_layouts = topics_module._layouts
+    lookups = 0
+
+    async def first_lookup_misses_it(admin: AIOKafkaAdminClient, names: list[str]) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return {} if lookups == 1 else await real_layouts(admin, names)
+
+    monkeypatch.setattr(topics_module, "_layouts", first_lookup_misses_it)
+    changes = await apply_topics(settings, [events])
+    assert lookups > 1
+    assert changes == [f"updated the config of {settings.topic('linkflow.events')} to {events.configs()}"]
+    monkeypatch.undo()
+    assert await apply_topics(settings, [events]) == [], "converged: a second apply changes nothing"
