@@ -165,8 +165,6 @@ def _install() -> None:
     ``$toMillis`` picture without one (jsonata-python 0.7), so the result depended on the wall
     clock, not the step's time. Its other uses of the module find the same names; the datetimes
     it builds are of the subclass, which differs in ``utcnow`` only."""
-    if getattr(datetimeutils.datetime, "datetime", None) is _PinnedDatetime:
-        return
     shim = types.SimpleNamespace(**vars(datetime_module))
     shim.datetime = _PinnedDatetime
     datetimeutils.datetime = shim

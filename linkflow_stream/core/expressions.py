@@ -92,8 +92,8 @@ def evaluate(
     which is also the date ``$toMillis`` gives a time without one, and ``$random()`` and
     ``$shuffle()`` draw from one generator seeded with ``seed`` (default: unseeded). Raises
     ``NodeFailure``: ``timeout`` past the time limit, ``expression_error`` past the depth limit or
-    on any other evaluation error. Both are non-retryable: the same expression
-    over the same data does the same work again.
+    on any other evaluation error. Both are non-retryable: the same expression over the same data
+    does the same work again.
 
     The limit is checked at every evaluation step, so one step that is slow on its own (building
     a range of millions of items, or converting a result that large) can overrun it; the result is

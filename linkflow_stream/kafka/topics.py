@@ -301,9 +301,7 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
     await admin.start()
     changes: list[str] = []
     refused: list[str] = []
-    # Missing when looked up, but created by someone else before our request: its configs are
-    # whatever that creator gave (the broker's defaults, if it auto-created the topic).
-    raced: list[TopicSpec] = []
+    created: list[TopicSpec] = []
     try:
         current = await _layouts(admin, names)
         missing = [s for s in specs if settings.topic(s.name) not in current]
@@ -320,13 +318,12 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
             )
             for error in response.to_object()["topic_errors"]:
                 if error["error_code"] == 0:
+                    created.append(spec)
                     changes.append(
                         f"created {settings.topic(spec.name)} ({spec.partitions} partitions, "
                         f"replication factor {spec.replication_factor})"
                     )
-                elif error["error_code"] == TopicAlreadyExistsError.errno:
-                    raced.append(spec)  # created meanwhile: verified and converged below
-                else:
+                elif error["error_code"] != TopicAlreadyExistsError.errno:
                     # The answer says why (say, a replication factor the brokers cannot hold).
                     refused.append(f"{error['topic']} was not created: {error['error_message']}")
         if refused:
@@ -338,11 +335,10 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec] | None = None)
             await asyncio.sleep(0.1)
         # Not the topics created just now: they have the spec's configs, and a broker that has
         # not caught up with their creation yet would report them as drifted (an alter then is
-        # harmless, but says "updated" for nothing). A raced one may have any configs.
+        # harmless, but says "updated" for nothing). One created meanwhile by someone else
+        # (TopicAlreadyExists: another engine, or a broker that auto-created it) may have any.
         changes += await _converge_configs(
-            admin,
-            settings,
-            [s for s in specs if settings.topic(s.name) in current and (s not in missing or s in raced)],
+            admin, settings, [s for s in specs if settings.topic(s.name) in current and s not in created]
         )
     finally:
         await admin.close()

@@ -188,11 +188,15 @@ class KafkaTransactionalProducer:
         request is refused as ``send`` refuses it."""
         producer = self._producer
         batches: dict[tuple[str, int], Any] = {}
+
+        async def hand_over(where: tuple[str, int]) -> None:
+            futures.append(await producer.send_batch(batches.pop(where), where[0], partition=where[1]))
+
         for r in records:
             if r.partition is None:
                 # It may land on a partition whose earlier records wait in a batch here.
                 for where in [w for w in batches if w[0] == r.topic]:
-                    futures.append(await producer.send_batch(batches.pop(where), r.topic, partition=where[1]))
+                    await hand_over(where)
                 futures.append(
                     await producer.send(
                         r.topic, r.value, key=r.key, headers=r.headers, timestamp_ms=r.timestamp_ms
@@ -206,22 +210,15 @@ class KafkaTransactionalProducer:
                     "request size you have configured with the max_request_size configuration"
                 )
             where = (r.topic, r.partition)
-            batch = batches.get(where)
-            if batch is None:
-                batch = batches[where] = producer.create_batch()
-            # The timestamp is int milliseconds, as send() passes it (aiokafka's docstring says
-            # seconds; its C builder would truncate a float).
-            if batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value, headers=r.headers) is None:
-                futures.append(await producer.send_batch(batch, r.topic, partition=r.partition))
-                batch = batches[where] = producer.create_batch()
-                # An empty batch takes any record, as send's own batches do.
-                if (
-                    batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value, headers=r.headers)
-                    is None
-                ):
-                    raise RuntimeError(f"an empty record batch refused a record for {r.topic}")
-        for (topic, partition), batch in batches.items():
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            if where in batches and _append(batches[where], r):
+                continue
+            if where in batches:  # full
+                await hand_over(where)
+            batches[where] = producer.create_batch()
+            if not _append(batches[where], r):  # an empty batch takes any record, as send's do
+                raise RuntimeError(f"an empty record batch refused a record for {r.topic}")
+        for where in list(batches):
+            await hand_over(where)
 
     async def _abort(self, cause: Exception) -> None:
         """Abort after ``cause``; a producer that cannot even abort is of no more use."""
@@ -232,6 +229,12 @@ class KafkaTransactionalProducer:
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
         except Exception as exc:
             raise ProducerBroken(f"{self.transactional_id}: cannot abort ({exc!r}) after {cause!r}") from exc
+
+
+def _append(batch: Any, r: ProducerRecord) -> bool:
+    """Whether ``batch`` took ``r`` (not: it is full). The timestamp is int milliseconds, as
+    ``send`` passes it (aiokafka's docstring says seconds; its C builder would truncate a float)."""
+    return batch.append(timestamp=r.timestamp_ms, key=r.key, value=r.value, headers=r.headers) is not None
 
 
 def _settle(futures: list[asyncio.Future[Any]]) -> None:

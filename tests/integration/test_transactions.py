@@ -34,10 +34,8 @@ async def topics(kafka: str, *names: str) -> None:
         await admin.close()
 
 
-async def read_all(
-    kafka: str, topic: str, isolation_level: str, partition: int = 0
-) -> list[tuple[int, bytes | None]]:
-    tp = TopicPartition(topic, partition)
+async def read_all(kafka: str, topic: str, isolation_level: str) -> list[tuple[int, bytes | None]]:
+    tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka, group_id=None, isolation_level=isolation_level, enable_auto_commit=False
     )
@@ -251,16 +249,17 @@ async def test_records_naming_partitions_fill_batches_in_order_beside_records_th
         await producer.commit(records, {TopicPartition(source, 0): 1}, f"g{run}")
     finally:
         await producer.stop()
+    in_named = await read_topic(kafka, named, partitions=2)
     for part in (0, 1):
-        got = [v for _o, v in await read_all(kafka, named, "read_committed", part)]
+        got = [r.value for r in in_named if r.partition == part]
         assert got == [r.value for r in records if r.topic == named and r.partition == part]
         assert len(got) >= 48, "1000-byte records, 16 kB batches: three batches a partition or more"
+    for got_record in in_named:
+        n = int(got_record.value[:4])
+        assert (got_record.timestamp, list(got_record.headers)) == (at + n, [("n", str(n).encode())])
     assert [v for _o, v in await read_all(kafka, keyed, "read_committed")] == [
         str(i).encode() for i in range(0, 120, 10)
     ]
-    for got_record in await read_topic(kafka, named, partitions=2):
-        n = int(got_record.value[:4])
-        assert (got_record.timestamp, list(got_record.headers)) == (at + n, [("n", str(n).encode())])
     in_mixed = [v for _o, v in await read_all(kafka, mixed, "read_committed")]
     assert in_mixed == [str(i).encode() for i in range(30)]
 
