@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from aiohttp import web
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.admission import Admission
@@ -33,7 +33,7 @@ from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.codecs import codec_for, register_schemas
-from linkflow_stream.kafka.consumers import log_ends
+from linkflow_stream.kafka.consumers import log_ends, record_at
 from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.kafka.log_reader import Handler, LogReader
 from linkflow_stream.kafka.metadata import cluster_id
@@ -70,6 +70,9 @@ from projections.workers import FORGET_AFTER, WorkerRecord, WorkerState, WorkerV
 from projections.workflows import WorkflowView
 
 log = logging.getLogger(__name__)
+
+WORKFLOW_READ_SECONDS = 10.0
+"""Longest the read of an older workflow version from the log may take (the broker is away)."""
 
 
 class StartRefusedError(LinkflowError):
@@ -148,7 +151,9 @@ class Engine:
             self.publisher,
             on_dead_letter=lambda topic: self.metrics.dlq.labels(topic).inc(),
         )
-        self.workflows = WorkflowView()
+        self.workflows = WorkflowView(
+            self._workflow_record, lambda value: self.codec.decode(value, WorkflowDefinition)
+        )
         self.workers = WorkerView()
         self.pool_watch = PoolWatch(settings, self.workers, self._pool_figures)
         self.keys = KeyView()
@@ -232,7 +237,17 @@ class Engine:
 
     # -- views --------------------------------------------------------------------------------
     def _on_workflow(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        self.workflows.apply(self.codec.decode(record.value, WorkflowDefinition))
+        self.workflows.apply(
+            self.codec.decode(record.value, WorkflowDefinition), (record.partition, record.offset)
+        )
+
+    async def _workflow_record(self, partition: int, offset: int) -> bytes | None:
+        """An older workflow version's record, read back from the log (``WorkflowView.version``)."""
+        tp = TopicPartition(self.settings.topic(topic_names.WORKFLOWS), partition)
+        value = await record_at(self.settings.bootstrap_servers, tp, offset, WORKFLOW_READ_SECONDS)
+        if value is not None:
+            await self.codec.learn([value])  # a schema id new to this process (a registry)
+        return value
 
     def _on_worker(self, record: ConsumerRecord[bytes, bytes]) -> None:
         if record.value is None:  # a tombstone: forgotten (``heartbeat``)

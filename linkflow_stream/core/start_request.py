@@ -97,21 +97,20 @@ def candidate_ids(request: StartRequest, team: str, origin: Origin, at: datetime
 
 
 def choose_workflow(
-    request: StartRequest, latest: WorkflowDefinition | None, versions: dict[int, WorkflowDefinition]
+    request: StartRequest, latest: WorkflowDefinition | None, pinned: WorkflowDefinition | None
 ) -> WorkflowDefinition:
-    """The definition the run keeps: the version asked for, else the latest."""
+    """The definition the run keeps: the version asked for (``pinned``, found by the caller),
+    else the latest."""
     if latest is None:
         raise UnknownWorkflowError(f"workflow {request.workflow_id!r} is not registered")
     if request.workflow_version is None:
         return latest
-    found = versions.get(request.workflow_version)
-    if found is None:
+    if pinned is None:
         raise UnknownWorkflowError(
             f"workflow {request.workflow_id!r} has no version {request.workflow_version} "
-            f"(the latest is {latest.version}; versions older than the latest are kept only "
-            "while the compacted linkflow.workflows topic still holds them)"
+            f"(the latest is {latest.version})"
         )
-    return found
+    return pinned
 
 
 def start_execution(

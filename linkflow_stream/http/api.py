@@ -75,7 +75,7 @@ from projections.read_model import ReadModel
 from projections.schedules import ScheduleView
 from projections.status import render, render_metrics
 from projections.store import Cursor, ExecutionQuery
-from projections.workflows import WorkflowView
+from projections.workflows import WorkflowView, version_key
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,13 @@ class Api:
     async def _publish_workflow(self, wf: WorkflowDefinition) -> None:
         """Put a version on the log, then into this instance's view, so a read right after finds it."""
         await self._acknowledged(
-            Outgoing(topic_names.WORKFLOWS, wf.id, wf, "io.linkflow.workflow.registered", time=wf.created_at),
+            Outgoing(
+                topic_names.WORKFLOWS,
+                version_key(wf.id, wf.version),
+                wf,
+                "io.linkflow.workflow.registered",
+                time=wf.created_at,
+            ),
             f"workflow {wf.id} version {wf.version}",
         )
         self.d.workflows.apply(wf)
@@ -534,25 +540,25 @@ class Api:
         return value
 
     async def get_workflow(self, request: web.Request) -> web.Response:
-        """The latest version, or with ``?version=N`` that one (404 if the log no longer holds it)."""
+        """The latest version, or with ``?version=N`` that one, read back from the log (404 if the
+        workflow never had it)."""
         wf = await self._workflow(request, request.match_info["id"])
         wanted = request.query.get("version")
         if wanted is not None:
             version = _int_param(request, "version", 1, low=1, high=2**31 - 1)
-            found = self.d.workflows.versions_of(wf.id).get(version)
+            found = await self._synced(partial(self.d.workflows.version, wf.id, version))
             if found is None:
-                raise NotFoundError(f"workflow {wf.id!r} has no version {wanted} (or it was compacted away)")
+                raise NotFoundError(f"workflow {wf.id!r} has no version {wanted}")
             wf = found
         return web.json_response(json.loads(wf.model_dump_json()))
 
     async def workflow_versions(self, request: web.Request) -> web.Response:
-        """The versions of a workflow this instance holds, newest first (the topic is compacted by
-        workflow id, so an old version shows only if it was read before compaction removed it)."""
+        """Every version of a workflow, newest first (each is a record of its own on the log,
+        ADR 0048)."""
         wf = await self._workflow(request, request.match_info["id"])
-        versions = sorted(self.d.workflows.versions_of(wf.id).values(), key=lambda v: -v.version)
         rows = [
-            {"version": v.version, "created_at": iso(v.created_at), "nodes": len(v.nodes), "name": v.name}
-            for v in versions
+            {"version": v.version, "created_at": iso(v.created_at), "nodes": v.nodes, "name": v.name}
+            for v in self.d.workflows.versions_of(wf.id)
         ]
         return web.json_response({"id": wf.id, "latest": wf.version, "versions": rows})
 

@@ -5,11 +5,13 @@ orchestrator's changelog restore, the gap probe and the test helpers all read th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.kafka.metadata import cluster_metadata
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.settings import Settings
@@ -63,3 +65,47 @@ async def log_ends(bootstrap_servers: str, topics: Sequence[str]) -> dict[tuple[
         await asyncio.sleep(0)
         await consumer.stop()
     return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+
+STOP_SECONDS = 5.0
+"""Longest ``stop_reader`` waits for a consumer to close: readers that commit nothing are left
+behind rather than hold up their caller (a busy machine, a broker away, a Ctrl-C)."""
+
+
+async def stop_reader(consumer: AIOKafkaConsumer) -> None:
+    """Stop a group-less reader. aiokafka 0.14: one stopped before its reset task ran re-raises
+    its cancellation; one turn of the loop lets it start."""
+    await asyncio.sleep(0)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(consumer.stop(), STOP_SECONDS)
+
+
+class LogUnavailable(LinkflowError):
+    """The log could not be read in time; the same read may work later."""
+
+    error_type = "unavailable"
+    retryable = True
+
+
+async def record_at(bootstrap_servers: str, tp: TopicPartition, offset: int, within: float) -> bytes | None:
+    """The value of the record at ``offset`` of ``tp``, or ``None`` if none is there (compaction
+    removed it, or the offset is past the end). Raises ``LogUnavailable`` after ``within`` seconds."""
+    consumer = committed_reader(bootstrap_servers)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if offset >= end:
+            return None
+        consumer.seek(tp, offset)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while await consumer.position(tp) < end:
+            if loop.time() > deadline:
+                raise LogUnavailable(f"{tp.topic}[{tp.partition}]@{offset} was not read within {within:g} s")
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+            for record in batch.get(tp, []):
+                return record.value if record.offset == offset else None
+        return None
+    finally:
+        await stop_reader(consumer)

@@ -10,17 +10,15 @@ minutes before (``offsets_for_times``) instead of at the partition's start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from linkflow_stream.core.clock import to_millis
-from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.kafka.codec import Codec
-from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.consumers import LogUnavailable, committed_reader, stop_reader
 from linkflow_stream.kafka.metadata import topic_partitions
 from linkflow_stream.kafka.partitioning import partition_for
 
@@ -31,31 +29,10 @@ READ_SECONDS = 30.0
 """Longest a read of one run's events may take before it gives up (the broker is away)."""
 
 
-class EventLogUnavailable(LinkflowError):
-    """The event log could not be read in time; the same read may work later."""
-
-    error_type = "unavailable"
-    retryable = True
-
-
-STOP_SECONDS = 5.0
-"""Longest a reader waits for its consumer to close: these readers commit nothing, so one that
-does not close in time (a busy machine, a broker away) is left behind rather than holding up a
-Ctrl-C of ``events tail --follow``."""
-
-
-async def _stop(consumer: AIOKafkaConsumer) -> None:
-    # aiokafka 0.14: a group-less consumer stopped before its reset task ran re-raises its
-    # cancellation; one turn of the loop lets it start (see kafka/consumers.py).
-    await asyncio.sleep(0)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(consumer.stop(), STOP_SECONDS)
-
-
 async def _partitions(bootstrap_servers: str, topic: str) -> list[int]:
     found = sorted(await topic_partitions(bootstrap_servers, topic))
     if not found:
-        raise EventLogUnavailable(f"topic {topic} does not exist: run `linkflow topics apply`")
+        raise LogUnavailable(f"topic {topic} does not exist: run `linkflow topics apply`")
     return found
 
 
@@ -91,13 +68,13 @@ async def execution_events(
         deadline = loop.time() + within
         while await consumer.position(tp) < end:
             if loop.time() > deadline:
-                raise EventLogUnavailable(f"the events of {execution_id} were not read within {within:g} s")
+                raise LogUnavailable(f"the events of {execution_id} were not read within {within:g} s")
             batch = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
             mine = [r for r in batch.get(tp, []) if r.key == key]
             await codec.learn(r.value for r in mine)  # schema ids new to this process (a registry)
             events += [codec.decode(r.value, ExecutionEvent) for r in mine]
     finally:
-        await _stop(consumer)
+        await stop_reader(consumer)
     return events
 
 
@@ -125,4 +102,4 @@ async def tail(
                     if key is None or record.key == key:
                         yield record
     finally:
-        await _stop(consumer)
+        await stop_reader(consumer)

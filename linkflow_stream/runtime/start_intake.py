@@ -441,20 +441,22 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         batch.synced = True
 
     async def _workflow(self, request: StartRequest, batch: Batch) -> WorkflowDefinition:
-        def choose() -> WorkflowDefinition:
-            return choose_workflow(
-                request,
-                self.workflows.get(request.workflow_id),
-                self.workflows.versions_of(request.workflow_id),
-            )
+        async def choose() -> WorkflowDefinition:
+            pinned = None
+            if request.workflow_version is not None:
+                try:
+                    pinned = await self.workflows.version(request.workflow_id, request.workflow_version)
+                except Exception as exc:  # the log cannot say now: read again, never a dead letter
+                    raise ViewsBehind(f"workflow {request.workflow_id!r} could not be read: {exc!r}") from exc
+            return choose_workflow(request, self.workflows.get(request.workflow_id), pinned)
 
         try:
-            return choose()
+            return await choose()
         except UnknownWorkflowError:
             if batch.synced:
                 raise
         await self._synced(batch)  # registered a moment ago, perhaps on another instance
-        return choose()
+        return await choose()
 
     async def _exists(self, ids: Sequence[str], at: datetime, batch: Batch) -> bool:
         """Whether the run these ids name was started already: in this batch, or in the log.

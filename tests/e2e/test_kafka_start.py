@@ -34,7 +34,7 @@ from linkflow_stream.core.idempotency import execution_ids
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand
 from linkflow_stream.core.start_request import Origin, StartRequest, position_id
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
-from linkflow_stream.dev.testing import ROOT, EngineProcess, call, read_events
+from linkflow_stream.dev.testing import ROOT, EngineProcess, call, read_events, read_topic
 from linkflow_stream.kafka.codec import cloudevent_headers, default_codec
 from linkflow_stream.kafka.consumers import committed_reader
 
@@ -509,3 +509,31 @@ def test_the_cli_starts_a_run_via_kafka_and_follows_it_over_http(engine: EngineP
         check=False,
     )
     assert bad.returncode == 2 and "execution" in bad.stderr, (bad.returncode, bad.stderr)
+
+
+async def test_every_version_is_a_record_of_its_own_and_outlives_a_restart(engine: EngineProcess) -> None:
+    """ADR 0048: each version is keyed ``<id>@<version>`` (compaction keeps them all). A restarted
+    engine holds only the latest definition, yet lists every version, serves ``?version=1`` and
+    starts a run pinned to version 1, read back from the log."""
+    wf_id = f"kstart-versions-{uuid.uuid4().hex[:6]}"
+    for factor in (2, 10, 100):
+        engine.register(doubling(wf_id, factor))
+    records = await read_topic(engine.bootstrap, engine.settings().topic(topic_names.WORKFLOWS), partitions=1)
+    assert [r.key for r in records if CODEC.decode(r.value, WorkflowDefinition).id == wf_id] == [
+        f"{wf_id}@{v}".encode() for v in (1, 2, 3)
+    ]
+    engine.stop()
+    engine.start()
+    status, listing = call("GET", f"{engine.url}/api/workflows/{wf_id}/versions")
+    assert status == 200 and listing["latest"] == 3
+    assert [(v["version"], v["nodes"]) for v in listing["versions"]] == [(3, 2), (2, 2), (1, 2)]
+    status, first = call("GET", f"{engine.url}/api/workflows/{wf_id}?version=1")
+    assert status == 200 and first["version"] == 1
+    assert first["nodes"][0]["config"]["expression"] == "input.n * 2"
+    status, missing = call("GET", f"{engine.url}/api/workflows/{wf_id}?version=4")
+    assert status == 404 and "no version 4" in missing["error"]["message"], missing
+    execution_id = f"pinned-{uuid.uuid4().hex[:8]}"
+    request = StartRequest(workflow_id=wf_id, workflow_version=1, input={"n": 4}, execution_id=execution_id)
+    await produce(engine, topic_names.START, [(execution_id.encode(), CODEC.encode(request))])
+    done = engine.wait_status(execution_id)
+    assert (done["status"], done["workflow_version"], done["nodes"]["plus"]["output"]) == ("success", 1, 9)

@@ -1,4 +1,5 @@
-"""The view feeder on the real broker: replay from offset 0, and sync for read-your-writes."""
+"""The view feeder on the real broker: replay from offset 0, and sync for read-your-writes; and
+one record read by its position."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.consumers import committed_reader, record_at
 from linkflow_stream.kafka.log_reader import LogReader
 
 pytestmark = pytest.mark.integration
@@ -187,3 +188,27 @@ async def test_sync_does_not_wait_behind_the_readers_idle_fetch(
     finally:
         await reader.stop()
         await producer.stop()
+
+
+async def test_the_record_at_an_offset_or_none_where_no_record_is(kafka: str) -> None:
+    """``record_at``: how an older workflow version is read back (ADR 0048)."""
+    topic = await _topic(kafka, partitions=1)
+    tp = TopicPartition(topic, 0)
+    plain = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+    txn = AIOKafkaProducer(bootstrap_servers=kafka, transactional_id=f"i-{uuid.uuid4().hex}")
+    await plain.start()
+    await txn.start()
+    try:
+        first = await plain.send_and_wait(topic, b"v1", key=b"wf@1")
+        await txn.begin_transaction()
+        aborted = (await txn.send_and_wait(topic, b"never visible", key=b"wf@2", partition=0)).offset
+        await txn.abort_transaction()
+        last = await plain.send_and_wait(topic, b"v3", key=b"wf@3")
+    finally:
+        await txn.stop()
+        await plain.stop()
+    assert first.offset < aborted < last.offset
+    assert await record_at(kafka, tp, first.offset, within=10) == b"v1"
+    assert await record_at(kafka, tp, last.offset, within=10) == b"v3"
+    assert await record_at(kafka, tp, aborted, within=10) is None, "an aborted record is no record"
+    assert await record_at(kafka, tp, last.offset + 1, within=10) is None, "past the end"

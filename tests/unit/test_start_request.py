@@ -28,6 +28,7 @@ from linkflow_stream.core.start_request import (
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import DecodeError, default_codec
+from linkflow_stream.kafka.consumers import LogUnavailable
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.start_intake import (
     ORIGIN_HEADER,
@@ -129,23 +130,12 @@ def test_without_either_the_id_is_fixed_by_the_records_position() -> None:
 
 def test_the_latest_version_or_the_one_asked_for() -> None:
     v1, v2 = workflow(1), workflow(2)
-    versions = {1: v1, 2: v2}
-    assert choose_workflow(StartRequest(workflow_id="wf"), v2, versions) is v2
-    assert choose_workflow(StartRequest(workflow_id="wf", workflow_version=1), v2, versions) is v1
+    assert choose_workflow(StartRequest(workflow_id="wf"), v2, None) is v2
+    assert choose_workflow(StartRequest(workflow_id="wf", workflow_version=1), v2, v1) is v1
     with pytest.raises(UnknownWorkflowError, match="no version 3"):
-        choose_workflow(StartRequest(workflow_id="wf", workflow_version=3), v2, versions)
+        choose_workflow(StartRequest(workflow_id="wf", workflow_version=3), v2, None)
     with pytest.raises(UnknownWorkflowError, match="not registered"):
-        choose_workflow(StartRequest(workflow_id="wf"), None, {})
-
-
-def test_the_workflow_view_keeps_every_version_it_read() -> None:
-    view = WorkflowView()
-    view.apply(workflow(2))
-    view.apply(workflow(1))
-    latest = view.get("wf")
-    assert latest is not None and latest.version == 2
-    assert sorted(view.versions_of("wf")) == [1, 2]
-    assert view.versions_of("nope") == {}
+        choose_workflow(StartRequest(workflow_id="wf"), None, None)
 
 
 # ------------------------------------------------------------------------------ the intake
@@ -314,6 +304,40 @@ async def test_bad_records_are_dead_lettered_with_their_reason() -> None:
     assert reasons[1].startswith("validation: execution_id 'a/b'")
     assert reasons[2].startswith("unknown_workflow: workflow 'wf' has no version 7")
     assert [o.value for o in batch.outcomes] == ["dead_lettered"] * 3
+
+
+async def test_a_request_for_an_older_version_starts_it_from_the_log() -> None:
+    """Memory holds the latest definition only; version 1 is read back from its record."""
+    codec = default_codec()
+    v1, v2 = workflow(1), workflow(2)
+    log = {(0, 5): codec.encode(v1), (0, 9): codec.encode(v2)}
+    reads: list[tuple[int, int]] = []
+
+    async def load(partition: int, offset: int) -> bytes | None:
+        reads.append((partition, offset))
+        return log.get((partition, offset))
+
+    views = FakeViews()
+    views.workflows = WorkflowView(load, lambda value: codec.decode(value, WorkflowDefinition))
+    views.workflows.apply(v1, (0, 5))
+    views.workflows.apply(v2, (0, 9))
+    batch = Batch()
+    await intake(views).translate(record(as_json(workflow_version=1)), batch)
+    (out,) = batch.records
+    assert codec.decode(out.value, StartExecution).workflow.version == 1
+    assert reads == [(0, 5)]
+
+
+async def test_a_log_that_cannot_be_read_holds_the_batch_instead_of_dead_lettering() -> None:
+    async def load(partition: int, offset: int) -> bytes | None:
+        raise LogUnavailable("the broker is away")
+
+    views = FakeViews()
+    views.workflows = WorkflowView(load, lambda value: default_codec().decode(value, WorkflowDefinition))
+    views.workflows.apply(workflow(1), (0, 5))
+    views.workflows.apply(workflow(2), (0, 9))
+    with pytest.raises(ViewsBehind, match="broker is away"):
+        await intake(views).translate(record(as_json(workflow_version=1)), Batch())
 
 
 async def test_json_records_with_a_lone_surrogate_neither_stall_nor_break_the_encoding() -> None:

@@ -273,7 +273,7 @@ export function runPage(app, id) {
     try {
       view.workflow = await api(`/api/workflows/${encodeURIComponent(run.workflow_id)}?version=${run.workflow_version}`);
     } catch {
-      view.workflow = null; // the version was compacted away: the run's first event has it
+      view.workflow = null; // a version from before ADR 0048 may be compacted away: the run's first event has it
     }
   };
 
