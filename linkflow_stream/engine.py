@@ -33,7 +33,7 @@ from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.codecs import codec_for, register_schemas
-from linkflow_stream.kafka.consumers import log_ends, record_at
+from linkflow_stream.kafka.consumers import LogUnavailable, log_ends, record_at
 from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.kafka.log_reader import Handler, LogReader
 from linkflow_stream.kafka.metadata import cluster_id
@@ -246,7 +246,11 @@ class Engine:
         tp = TopicPartition(self.settings.topic(topic_names.WORKFLOWS), partition)
         value = await record_at(self.settings.bootstrap_servers, tp, offset, WORKFLOW_READ_SECONDS)
         if value is not None:
-            await self.codec.learn([value])  # a schema id new to this process (a registry)
+            try:
+                await self.codec.learn([value])  # a schema id new to this process (a registry)
+            except Exception as exc:
+                what = f"the schema of the workflow record at offset {offset}"
+                raise LogUnavailable(f"{what} could not be read: {exc!r}") from exc
         return value
 
     def _on_worker(self, record: ConsumerRecord[bytes, bytes]) -> None:

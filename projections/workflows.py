@@ -11,16 +11,20 @@ lines, not a thousand definitions.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from linkflow_stream.core.workflow import WorkflowDefinition
 
-OLD_VERSION_CACHE_BYTES = 8 * 1024 * 1024
+OLD_VERSION_CACHE_BYTES = 2 * 1024 * 1024
 """Encoded bytes of older versions kept decoded after a read from the log (a version pinned by
-many starts is read once); the least recently used go first."""
+many starts is read once); the least recently used go first. A definition takes about twenty
+times its encoded size in memory (a 10-node one: 889 bytes on the log, about 20 KB decoded), so
+this is some 40 MB at most."""
 
 Load = Callable[[int, int], Awaitable[bytes | None]]
 """The value of the record at (partition, offset) of ``linkflow.workflows``; ``None`` if no
@@ -60,6 +64,7 @@ class WorkflowView:
         self._decode = decode
         self._cache: OrderedDict[tuple[str, int], tuple[WorkflowDefinition, int]] = OrderedDict()
         self._cached_bytes = 0
+        self._reading: dict[VersionLine, asyncio.Future[WorkflowDefinition | None]] = {}
 
     def apply(self, wf: WorkflowDefinition, position: tuple[int, int] | None = None) -> None:
         """Fold a version read from the log at ``position``, or (``None``) one this instance has
@@ -73,6 +78,8 @@ class WorkflowView:
         elif wf.version not in lines or lines[wf.version].position is None:
             lines[wf.version] = _line(wf, None)
             self._unread[key] = wf
+        else:  # read back already, perhaps with another instance's record of the same version after it
+            return
         current = self.latest.get(wf.id)
         if current is None or wf.version >= current.version:
             self.latest[wf.id] = wf
@@ -100,7 +107,21 @@ class WorkflowView:
             self._cache.move_to_end(key)
             return cached[0]
         line = self._lines.get(workflow_id, {}).get(version)
-        if line is None or line.position is None or self._load is None or self._decode is None:
+        if line is None or line.position is None:
+            return None
+        reading = self._reading.get(line)
+        if reading is None:  # one read of a record, however many ask for it at once
+            reading = self._reading[line] = asyncio.ensure_future(self._read(key, line))
+            reading.add_done_callback(partial(self._read_done, line))
+        return await asyncio.shield(reading)  # a caller that gives up does not cancel the others
+
+    def _read_done(self, line: VersionLine, reading: asyncio.Future[WorkflowDefinition | None]) -> None:
+        self._reading.pop(line, None)
+        if not reading.cancelled():
+            reading.exception()  # retrieved: every caller that still waits gets it from its await
+
+    async def _read(self, key: tuple[str, int], line: VersionLine) -> WorkflowDefinition | None:
+        if self._load is None or self._decode is None or line.position is None:
             return None
         value = await self._load(*line.position)
         if value is None:
@@ -108,7 +129,7 @@ class WorkflowView:
         wf = self._decode(value)
         if (wf.id, wf.version) != key:  # the offset now holds another record
             return None
-        if self._lines.get(workflow_id, {}).get(version) == line:  # not replaced while it was read
+        if self._lines.get(key[0], {}).get(key[1]) == line:  # not replaced while it was read
             self._remember(key, wf, len(value))
         return wf
 

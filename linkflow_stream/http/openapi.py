@@ -202,7 +202,8 @@ API_OPERATIONS: tuple[Operation, ...] = (
                 "version",
                 "query",
                 {"type": "integer", "minimum": 1},
-                "This version (404 if the workflow never had it).",
+                "This version, read back from the log (404 if the workflow never had it, or a version "
+                "written before ADR 0048 was compacted away; 503 if the log cannot be read).",
             ),
         ),
     ),

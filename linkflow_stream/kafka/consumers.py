@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.kafka.metadata import cluster_metadata
@@ -89,23 +90,27 @@ class LogUnavailable(LinkflowError):
 
 async def record_at(bootstrap_servers: str, tp: TopicPartition, offset: int, within: float) -> bytes | None:
     """The value of the record at ``offset`` of ``tp``, or ``None`` if none is there (compaction
-    removed it, or the offset is past the end). Raises ``LogUnavailable`` after ``within`` seconds."""
+    removed it, or the offset is past the end). Raises ``LogUnavailable`` if the broker cannot be
+    reached or the read takes longer than ``within`` seconds, connecting included."""
     consumer = committed_reader(bootstrap_servers)
-    await consumer.start()
     try:
-        consumer.assign([tp])
-        end = (await consumer.end_offsets([tp]))[tp]
-        if offset >= end:
-            return None
-        consumer.seek(tp, offset)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while await consumer.position(tp) < end:
-            if loop.time() > deadline:
-                raise LogUnavailable(f"{tp.topic}[{tp.partition}]@{offset} was not read within {within:g} s")
-            batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
-            for record in batch.get(tp, []):
-                return record.value if record.offset == offset else None
-        return None
+        async with asyncio.timeout(within):
+            return await _value_at(consumer, tp, offset)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise LogUnavailable(f"{tp.topic}[{tp.partition}]@{offset} could not be read: {exc!r}") from exc
     finally:
         await stop_reader(consumer)
+
+
+async def _value_at(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> bytes | None:
+    await consumer.start()
+    consumer.assign([tp])
+    end = (await consumer.end_offsets([tp]))[tp]
+    if offset >= end:
+        return None
+    consumer.seek(tp, offset)
+    while await consumer.position(tp) < end:
+        batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+        for record in batch.get(tp, []):
+            return record.value if record.offset == offset else None
+    return None

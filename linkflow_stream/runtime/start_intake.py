@@ -50,7 +50,7 @@ from linkflow_stream.core.start_request import (
 )
 from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka.codec import Codec, DecodeError
-from linkflow_stream.kafka.consumers import group_reader
+from linkflow_stream.kafka.consumers import LogUnavailable, group_reader
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
@@ -446,8 +446,8 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             if request.workflow_version is not None:
                 try:
                     pinned = await self.workflows.version(request.workflow_id, request.workflow_version)
-                except Exception as exc:  # the log cannot say now: read again, never a dead letter
-                    raise ViewsBehind(f"workflow {request.workflow_id!r} could not be read: {exc!r}") from exc
+                except LogUnavailable as exc:  # the log cannot say now: read again, never a dead letter
+                    raise ViewsBehind(f"workflow {request.workflow_id!r}: {exc.message}") from exc
             return choose_workflow(request, self.workflows.get(request.workflow_id), pinned)
 
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import Callable
 
@@ -12,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from linkflow_stream.kafka.consumers import committed_reader, record_at
+from linkflow_stream.dev.broker import free_port
+from linkflow_stream.kafka.consumers import LogUnavailable, committed_reader, record_at
 from linkflow_stream.kafka.log_reader import LogReader
 
 pytestmark = pytest.mark.integration
@@ -212,3 +214,12 @@ async def test_the_record_at_an_offset_or_none_where_no_record_is(kafka: str) ->
     assert await record_at(kafka, tp, last.offset, within=10) == b"v3"
     assert await record_at(kafka, tp, aborted, within=10) is None, "an aborted record is no record"
     assert await record_at(kafka, tp, last.offset + 1, within=10) is None, "past the end"
+
+
+async def test_a_record_read_from_a_broker_that_is_away_fails_within_its_time() -> None:
+    """Connecting counts in the time given: a caller (an API request, the start intake) waits
+    ``within`` seconds at most, then gets ``LogUnavailable`` (a 503, or a batch held), not a 500."""
+    started = time.monotonic()
+    with pytest.raises(LogUnavailable, match="could not be read"):
+        await record_at(f"127.0.0.1:{free_port()}", TopicPartition("linkflow.workflows", 0), 3, within=2)
+    assert time.monotonic() - started < 10

@@ -3,12 +3,14 @@ every version, and an older version read back from its record when asked for."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.kafka.codec import default_codec
+from linkflow_stream.kafka.consumers import LogUnavailable
 from projections import workflows
 from projections.workflows import WorkflowView, version_key
 from tests.unit.conftest import at
@@ -119,13 +121,72 @@ async def test_older_versions_read_back_are_kept_up_to_a_byte_budget(monkeypatch
     monkeypatch.setattr(workflows, "OLD_VERSION_CACHE_BYTES", size * 3)
     for version in range(1, 11):
         assert (await view.version("wf", version)) is not None
-    reads = len(log.reads)
-    assert reads == 10
-    for version in (8, 9, 10):  # the three most recently read stay
-        await view.version("wf", version)
-    assert len(log.reads) == reads
-    await view.version("wf", 1)
-    assert len(log.reads) == reads + 1, "the least recently read went first"
+    assert len(log.reads) == 10
+    assert len(definitions_in(vars(view))) == 4, "the latest and three read back"
+    await view.version("wf", 8)  # used again: now the most recent
+    assert len(log.reads) == 10
+    await view.version("wf", 7)  # read again: makes room by dropping the least recently used, 9
+    await view.version("wf", 8)
+    await view.version("wf", 10)
+    assert log.reads[10:] == [(0, 7)]
+    await view.version("wf", 9)
+    assert log.reads[10:] == [(0, 7), (0, 9)]
+
+
+async def test_callers_asking_for_the_same_version_at_once_share_one_read() -> None:
+    log = Log()
+    release = asyncio.Event()
+    view = log.view()
+    view.apply(workflow(1), log.put(workflow(1), 0))
+    view.apply(workflow(2), log.put(workflow(2), 1))
+
+    async def slow(partition: int, offset: int) -> bytes | None:
+        await release.wait()
+        return await log.load(partition, offset)
+
+    view._load = slow
+    waiting = [asyncio.ensure_future(view.version("wf", 1)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    waiting[0].cancel()  # one caller gives up: the read goes on for the others
+    release.set()
+    found = await asyncio.gather(*waiting[1:])
+    assert all(wf == workflow(1) for wf in found) and log.reads == [(0, 0)]
+
+
+async def test_a_failed_read_reaches_every_caller_and_the_next_ask_reads_again() -> None:
+    log = Log()
+    view = log.view()
+    view.apply(workflow(1), log.put(workflow(1), 0))
+    view.apply(workflow(2), log.put(workflow(2), 1))
+    broken = True
+
+    async def flaky(partition: int, offset: int) -> bytes | None:
+        await asyncio.sleep(0)
+        if broken:
+            raise LogUnavailable("the broker is away")
+        return await log.load(partition, offset)
+
+    view._load = flaky
+    results = await asyncio.gather(view.version("wf", 1), view.version("wf", 1), return_exceptions=True)
+    assert all(isinstance(r, LogUnavailable) for r in results)
+    broken = False
+    assert await view.version("wf", 1) == workflow(1)
+
+
+def test_a_local_apply_after_the_log_was_read_changes_nothing() -> None:
+    """Instances A and B both wrote version 2; A's reader folded both records (B's last) before
+    A's API applied its own copy: the log's later record stays the version."""
+    view = WorkflowView()
+    ours, theirs = workflow(2, nodes=1), workflow(2, nodes=3)
+    view.apply(workflow(1), (0, 0))
+    view.apply(ours, (0, 1))
+    view.apply(theirs, (0, 2))
+    view.apply(ours)
+    assert view.get("wf") is theirs
+    assert [(v.version, v.nodes, v.position) for v in view.versions_of("wf")] == [
+        (2, 3, (0, 2)),
+        (1, 1, (0, 0)),
+    ]
 
 
 def definitions_in(value: object) -> list[WorkflowDefinition]:
