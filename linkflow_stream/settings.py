@@ -37,7 +37,7 @@ class Settings(BaseSettings):
 
     schema_registry_url: str | None = None
     """Base URL of a schema registry's Confluent-compatible API: Confluent Schema Registry's root,
-    or Apicurio Registry's ``/apis/ccompat/v7`` (``linkflow registry start`` runs one). Set, the
+    or Apicurio Registry's ``/apis/ccompat/v7`` (``linkflow schema-registry start`` runs one). Set, the
     engine (and ``linkflow topics apply``) registers every topic's value schema under
     ``<topic>-value`` and writes values in the Confluent wire format (magic ``0`` + schema id), so
     tools such as Kafka UI decode them; it reads both that and the single-object encoding. Set the

@@ -173,7 +173,7 @@ class SchemaRegistryServer:
             if port != self.port:
                 msg = (
                     f"the schema registry of {self.data_dir} runs on port {port} (pid {running}); "
-                    f"stop it first (linkflow registry stop --data-dir {self.data_dir})"
+                    f"stop it first (linkflow schema-registry stop --data-dir {self.data_dir})"
                 )
                 raise RegistryError(msg)
             self._wait_ready(timeout)
