@@ -521,7 +521,8 @@ def workflows() -> None:
 @_engine_options
 def workflows_apply(file: TextIO, url: str, key: str | None) -> None:
     """Register the workflow in FILE (JSON; `-` reads standard input): a new version if its id
-    exists. Prints {"id", "version"}."""
+    exists and the definition changed. Prints {"id", "version"} (with "unchanged": true when
+    the latest version was the same)."""
     try:
         definition = json.load(file)
     except ValueError as exc:

@@ -112,7 +112,7 @@ def _query(**params: object) -> dict[str, str]:
 
 # -- workflows ------------------------------------------------------------------------------------
 def register_workflow(definition: Mapping[str, Any]) -> Call[WorkflowRegistered]:
-    return Call("POST", "/api/workflows", _expect(201), body=dict(definition))
+    return Call("POST", "/api/workflows", _expect(201, 200), body=dict(definition))
 
 
 def get_workflow(workflow_id: str) -> Call[dict[str, Any]]:

@@ -142,6 +142,13 @@ class WorkflowDefinition(BaseModel):
         return _node_index(self)[node_id]
 
 
+def same_definition(a: WorkflowDefinition, b: WorkflowDefinition) -> bool:
+    """Whether two versions define the same workflow: everything but the number and the time the
+    engine stamps on each. Compared as JSON text, so ``true`` and ``1`` differ as they do to a run."""
+    stamped = {"version", "created_at"}
+    return a.model_dump_json(exclude=stamped) == b.model_dump_json(exclude=stamped)
+
+
 _INDEXES: dict[int, tuple[weakref.ref[WorkflowDefinition], dict[str, NodeDefinition]]] = {}
 """Node indexes by definition object, for as long as the object lives: the runs in flight share a
 few definitions, and a definition no longer used takes its index with it (a bound by count kept

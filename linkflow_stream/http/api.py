@@ -40,7 +40,7 @@ from linkflow_stream.core.signals import key_text
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
-from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.core.workflow import WorkflowDefinition, same_definition
 from linkflow_stream.http.auth import WS_PROTOCOL, authentication, principal_of
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
@@ -369,15 +369,22 @@ class Api:
         return app
 
     async def register_workflow(self, request: web.Request) -> web.Response:
-        """A new workflow, or a new version of one of the caller's team; its team is the key's."""
+        """A new workflow, or a new version of one of the caller's team; its team is the key's.
+        A definition the same as the latest version makes none (200 ``unchanged``): applying a
+        file on every deploy does not pile up versions, each kept for ever (ADR 0048)."""
         body = _owned_by(principal_of(request), await _json_body(request))
         workflow_id = body.get("id") if isinstance(body, dict) else None
         if isinstance(workflow_id, str):
             await self._claimable(principal_of(request), workflow_id)
+            if self.d.workflows.get(workflow_id) is not None and self.d.sync is not None:
+                await self.d.sync(SYNC_SECONDS)  # the latest version of any instance, not of this one
         version = self.d.workflows.next_version(workflow_id) if isinstance(workflow_id, str) else 1
         pools = await self.d.pools() if self.d.pools is not None else None
         wf = parse_workflow(body, self.d.registry, version=version, created_at=now(), pools=pools)
         await self._check_referenced(principal_of(request), wf)
+        latest = self.d.workflows.get(wf.id)
+        if latest is not None and same_definition(latest, wf):  # applied again: nothing new
+            return web.json_response({"id": wf.id, "version": latest.version, "unchanged": True})
         token = await self._new_webhook_token(wf) if wf.version == 1 else None
         await self._publish_workflow(wf)
         answer: dict[str, Any] = {"id": wf.id, "version": wf.version}

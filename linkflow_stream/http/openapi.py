@@ -175,10 +175,16 @@ API_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
         "/api/workflows",
-        "Register a workflow (a new version if the id exists)",
+        "Register a workflow (a new version if the id exists and the definition changed)",
         "workflows",
         ok=201,
         ok_body=responses.WorkflowRegistered,
+        also={
+            200: (
+                "The same as the latest version: no version made (`unchanged`).",
+                responses.WorkflowRegistered,
+            )
+        },
         body=WorkflowDefinition,
         errors={409: "The id belongs to another team's workflow."},
         description="Validated as a whole: ids, types, dependencies, cycles, per-type config, JSONata. "

@@ -38,6 +38,8 @@ class WorkflowRegistered(TypedDict):
     version: int
     webhook_token: NotRequired[str]
     """On a workflow's first version only: its webhook token, shown this once."""
+    unchanged: NotRequired[bool]
+    """``true`` (status 200) when the definition was the latest version's: no version was made."""
 
 
 class WebhookToken(TypedDict):

@@ -71,6 +71,11 @@ def test_sync_client_registers_starts_waits_reads_and_lists(engine: EngineProces
         registered = lf.register_workflow(doubling(workflow_id))
         assert registered["webhook_token"].startswith("lfw_")  # shown once, with the first version
         assert registered == {"id": workflow_id, "version": 1, "webhook_token": registered["webhook_token"]}
+        assert lf.register_workflow(doubling(workflow_id)) == {
+            "id": workflow_id,
+            "version": 1,
+            "unchanged": True,
+        }
         assert lf.get_workflow(workflow_id)["nodes"][0]["id"] == "double"
         assert workflow_id in {w["id"] for w in lf.list_workflows()}
 

@@ -71,7 +71,7 @@ def test_a_webhook_starts_a_run_with_its_body_as_input(engine: EngineProcess) ->
 def test_a_new_version_keeps_the_token_and_rotation_replaces_it(engine: EngineProcess) -> None:
     wf = doubling_workflow()
     first = engine.register(wf)["webhook_token"]
-    second = engine.register(wf)
+    second = engine.register({**wf, "name": "changed"})
     assert second["version"] == 2
     assert "webhook_token" not in second  # shown once, with the workflow's first version
     assert hook(engine, wf["id"], {"n": 2}, first, "?wait=30")[0] == 200

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from linkflow_stream.dev.testing import ROOT, EngineProcess, TargetServer, call, read_events
+from linkflow_stream.dev.testing import ROOT, EngineProcess, TargetServer, call, read_events, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -241,6 +241,26 @@ def test_priority_versions_and_listing(engine: EngineProcess) -> None:
         "GET", f"{engine.url}/api/executions?workflow_id={wf['id']}&status=success&limit=1"
     )
     assert status == 200 and listing["count"] == 1 and listing["executions"][0]["id"] == second["id"]
+
+
+def test_registering_the_latest_definition_again_makes_no_version(engine: EngineProcess) -> None:
+    """Applying an unchanged file on every deploy must not pile up versions (each is kept for
+    ever, ADR 0048); a change, or going back to an older definition, is a new version."""
+    wf = {"id": wid("apply"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "1"}}]}
+    assert engine.register(wf)["version"] == 1
+    status, again = call("POST", f"{engine.url}/api/workflows", wf)
+    assert (status, again) == (200, {"id": wf["id"], "version": 1, "unchanged": True})
+    changed = {**wf, "nodes": [{"id": "a", "type": "transform", "config": {"expression": "2"}}]}
+    assert engine.register(changed) == {"id": wf["id"], "version": 2}
+    assert engine.register(wf) == {"id": wf["id"], "version": 3}, "back to version 1's definition"
+    status, typed = call("POST", f"{engine.url}/api/workflows", {**wf, "timeout_seconds": 60})
+    assert (status, typed["version"]) == (201, 4)
+    status, listing = call("GET", f"{engine.url}/api/workflows/{wf['id']}/versions")
+    assert status == 200 and [v["version"] for v in listing["versions"]] == [4, 3, 2, 1]
+    records = asyncio.run(
+        read_topic(engine.bootstrap, engine.settings().topic("linkflow.workflows"), partitions=1)
+    )
+    assert sum(r.key.startswith(f"{wf['id']}@".encode()) for r in records) == 4
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
+from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition, same_definition
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.consumers import LogUnavailable
 from projections import workflows
@@ -207,3 +207,14 @@ def test_memory_holds_the_latest_definition_only() -> None:
     assert [wf.version for wf in definitions_in(vars(view))] == [199]
     assert len(view.versions_of("wf")) == 199
     assert all(line.created_at - at(0) == timedelta(seconds=line.version) for line in view.versions_of("wf"))
+
+
+def test_the_same_definition_is_all_but_its_number_and_time() -> None:
+    assert same_definition(workflow(1), workflow(1).model_copy(update={"version": 7, "created_at": at(99)}))
+    assert not same_definition(workflow(1), workflow(1, nodes=2))
+    assert not same_definition(workflow(1), workflow(1).model_copy(update={"name": "renamed"}))
+    one = NodeDefinition(id="n0", type="transform", config={"x": 1})
+    true = NodeDefinition(id="n0", type="transform", config={"x": True})
+    assert not same_definition(
+        workflow(1).model_copy(update={"nodes": (one,)}), workflow(1).model_copy(update={"nodes": (true,)})
+    ), "1 and true are different configs to a run"
