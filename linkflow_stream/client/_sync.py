@@ -75,7 +75,8 @@ class Client:
 
     # -- workflows --------------------------------------------------------------------------------
     def register_workflow(self, definition: Mapping[str, Any]) -> WorkflowRegistered:
-        """Register a workflow (a new version if its id exists); ``{"id", "version"}``."""
+        """Register a workflow: a new version if its id exists and the definition changed;
+        ``{"id", "version"}``, with ``"unchanged": True`` if the latest version was the same."""
         return self.send(calls.register_workflow(definition))
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:

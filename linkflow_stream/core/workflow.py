@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import re
 import weakref
 from dataclasses import dataclass
@@ -144,9 +145,13 @@ class WorkflowDefinition(BaseModel):
 
 def same_definition(a: WorkflowDefinition, b: WorkflowDefinition) -> bool:
     """Whether two versions define the same workflow: everything but the number and the time the
-    engine stamps on each. Compared as JSON text, so ``true`` and ``1`` differ as they do to a run."""
-    stamped = {"version", "created_at"}
-    return a.model_dump_json(exclude=stamped) == b.model_dump_json(exclude=stamped)
+    engine stamps on each. Compared as JSON text with sorted keys: ``true`` and ``1`` differ as
+    they do to a run, ``NaN`` is not ``null``, and the order of an object's keys does not count."""
+    return _definition_text(a) == _definition_text(b)
+
+
+def _definition_text(wf: WorkflowDefinition) -> str:
+    return json.dumps(wf.model_dump(exclude={"version", "created_at"}), sort_keys=True, default=str)
 
 
 _INDEXES: dict[int, tuple[weakref.ref[WorkflowDefinition], dict[str, NodeDefinition]]] = {}

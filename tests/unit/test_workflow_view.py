@@ -218,3 +218,16 @@ def test_the_same_definition_is_all_but_its_number_and_time() -> None:
     assert not same_definition(
         workflow(1).model_copy(update={"nodes": (one,)}), workflow(1).model_copy(update={"nodes": (true,)})
     ), "1 and true are different configs to a run"
+    nan = NodeDefinition(id="n0", type="transform", config={"x": float("nan")})
+    null = NodeDefinition(id="n0", type="transform", config={"x": None})
+    assert not same_definition(
+        workflow(1).model_copy(update={"nodes": (nan,)}), workflow(1).model_copy(update={"nodes": (null,)})
+    ), "NaN is not null"
+    assert same_definition(
+        workflow(1).model_copy(
+            update={"nodes": (NodeDefinition(id="n0", type="transform", config={"a": 1, "b": 2}),)}
+        ),
+        workflow(1).model_copy(
+            update={"nodes": (NodeDefinition(id="n0", type="transform", config={"b": 2, "a": 1}),)}
+        ),
+    ), "an object's keys in another order are the same object"
