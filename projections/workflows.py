@@ -107,11 +107,12 @@ class WorkflowView:
             self._cache.move_to_end(key)
             return cached[0]
         line = self._lines.get(workflow_id, {}).get(version)
-        if line is None or line.position is None:
+        if line is None or line.position is None or self._load is None or self._decode is None:
             return None
         reading = self._reading.get(line)
         if reading is None:  # one read of a record, however many ask for it at once
-            reading = self._reading[line] = asyncio.ensure_future(self._read(key, line))
+            read = self._read(key, line, line.position, self._load, self._decode)
+            reading = self._reading[line] = asyncio.ensure_future(read)
             reading.add_done_callback(partial(self._read_done, line))
         return await asyncio.shield(reading)  # a caller that gives up does not cancel the others
 
@@ -120,13 +121,13 @@ class WorkflowView:
         if not reading.cancelled():
             reading.exception()  # retrieved: every caller that still waits gets it from its await
 
-    async def _read(self, key: tuple[str, int], line: VersionLine) -> WorkflowDefinition | None:
-        if self._load is None or self._decode is None or line.position is None:
-            return None
-        value = await self._load(*line.position)
+    async def _read(
+        self, key: tuple[str, int], line: VersionLine, position: tuple[int, int], load: Load, decode: Decode
+    ) -> WorkflowDefinition | None:
+        value = await load(*position)
         if value is None:
             return None
-        wf = self._decode(value)
+        wf = decode(value)
         if (wf.id, wf.version) != key:  # the offset now holds another record
             return None
         if self._lines.get(key[0], {}).get(key[1]) == line:  # not replaced while it was read

@@ -61,10 +61,7 @@ async def log_ends(bootstrap_servers: str, topics: Sequence[str]) -> dict[tuple[
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
     finally:
-        # aiokafka 0.14: a group-less consumer's reset task, stopped before it ever ran, makes
-        # stop() re-raise its cancellation. One turn of the loop lets it start.
-        await asyncio.sleep(0)
-        await consumer.stop()
+        await stop_reader(consumer)
     return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
 
