@@ -585,29 +585,38 @@ class Api:
 
     async def set_workflow_retry(self, request: web.Request) -> web.Response:
         """``{"strategy": "exponential"|"fixed"|"none", "max_attempts", ...}``: a new version whose
-        nodes without their own policy retry retryable failures like this."""
+        nodes without their own policy retry retryable failures like this. The policy the latest
+        version already has makes none (``"unchanged": true``), as re-registering does: a script
+        that sets it on every deploy does not pile up versions, each kept for ever (ADR 0048)."""
         workflow_id = request.match_info["id"]
         current = await self._workflow(request, workflow_id)
         policy = validated(RetryPolicyBody, await _json_body(request)).policy()
         wrong = retry_on_problems(policy.retry_on)
         if wrong:
             raise ValidationError("invalid request body: " + "; ".join(wrong))
-        wf = current.model_copy(
-            update={
-                "version": self.d.workflows.next_version(workflow_id),
-                "retry": policy,
-                "created_at": now(),
-            }
-        )
-        await self._publish_workflow(wf)
-        return web.json_response(
-            {
-                "id": wf.id,
-                "version": wf.version,
-                "retry": policy.model_dump(),
-                "schedule_seconds": policy.schedule(),
-            }
-        )
+        if await self._caught_up():  # the latest version of any instance, not only ours
+            current = self.d.workflows.get(workflow_id) or current
+            unchanged = current.retry == policy
+        else:
+            unchanged = False  # not known to be the latest: a new version is what is safe
+        if not unchanged:
+            current = current.model_copy(
+                update={
+                    "version": max(self.d.workflows.next_version(workflow_id), current.version + 1),
+                    "retry": policy,
+                    "created_at": now(),
+                }
+            )
+            await self._publish_workflow(current)
+        answer: dict[str, Any] = {
+            "id": current.id,
+            "version": current.version,
+            "retry": policy.model_dump(),
+            "schedule_seconds": policy.schedule(),
+        }
+        if unchanged:
+            answer["unchanged"] = True
+        return web.json_response(answer)
 
     async def test_retry(self, request: web.Request) -> web.Response:
         """A dry run: for each node, which policy governs it, its retry schedule, and whether its

@@ -223,7 +223,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "PUT",
         "/api/workflows/{id}/retry",
-        "Set the workflow's default retry policy (a new version)",
+        "Set the workflow's default retry policy (a new version, unless the latest already has it)",
         "workflows",
         body=RetryPolicyBody,
         params=(ID,),

@@ -664,6 +664,12 @@ def test_workflow_retry_policy_and_its_dry_run(engine: EngineProcess, target: Ta
     status, body = call("PUT", url, {"strategy": "fixed", "max_attempts": 3, "initial_delay_seconds": 0.2})
     assert status == 200, body
     assert (body["version"], body["schedule_seconds"]) == (2, [0.2, 0.2])
+    assert "unchanged" not in body
+    # the same policy again (a deploy script setting it every time) makes no version
+    status, again = call("PUT", url, {"strategy": "fixed", "initial_delay_seconds": 0.2, "max_attempts": 3})
+    assert (status, again["version"], again.get("unchanged")) == (200, 2, True), again
+    status, listing = call("GET", f"{engine.url}/api/workflows/{wf['id']}/versions")
+    assert status == 200 and [v["version"] for v in listing["versions"]] == [2, 1]
     status, done = engine.start_execution(wf["id"], wait=20)
     assert status == 200 and done["status"] == "failed"
     assert (done["workflow_version"], done["nodes"]["h"]["attempts"]) == (2, 3)
