@@ -56,6 +56,7 @@ from linkflow_stream.http.bodies import (
     ScheduleChange,
     StartExecutionBody,
     TimeoutBody,
+    loads,
     validated,
 )
 from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
@@ -144,6 +145,19 @@ reach code that recurses over them (the codec, JSONata, pydantic), where they wo
 stack and surface as a 500."""
 
 
+def _same_start(first: dict[str, Any], wf: WorkflowDefinition, input_data: Any) -> None:
+    """409 unless a repeated ``Idempotency-Key`` comes with the start it first came with (the same
+    workflow and input): answering another workflow's run would hand a webhook caller a run its
+    token does not cover, and answering the first run for another input drops that input
+    unseen. The message names neither the first run nor its workflow."""
+    same_input = json.dumps(first.get("input_data"), sort_keys=True) == json.dumps(input_data, sort_keys=True)
+    if first.get("workflow_id") != wf.id or not same_input:
+        raise ConflictError(
+            "this Idempotency-Key was used within the last 24 hours for another start (another "
+            "workflow or another input); a key names one start: use a new key for a new start"
+        )
+
+
 def _too_deep(value: Any) -> bool:
     """Whether ``value`` nests deeper than ``MAX_JSON_DEPTH`` (walked without recursion)."""
     stack = [(value, 0)]
@@ -168,7 +182,7 @@ async def _json_body(request: web.Request) -> Any:
     if not raw:
         raise ValidationError("the request body must be JSON; it was empty")
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except RecursionError:
         body = None
         deep = True
@@ -675,6 +689,7 @@ class Api:
         if key is not None:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
+                _same_start(first, wf, input_data)
                 return await self._replayed(execution_id, first, wait)
         self._admit(wf.team)
         if self.d.start_limit is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -13,7 +12,7 @@ from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import NotFoundError, ValidationError
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.http.auth import authentication
-from linkflow_stream.http.bodies import WorkerRegistration, validated
+from linkflow_stream.http.bodies import WorkerRegistration, loads, validated
 from linkflow_stream.http.errors import errors_as_json
 from linkflow_stream.http.openapi import document_routes, registry_document
 from linkflow_stream.kafka.publisher import Publisher
@@ -75,7 +74,7 @@ class RegistryApi:
 
     async def register(self, request: web.Request) -> web.Response:
         try:
-            body = json.loads(await request.read() or b"null")
+            body = loads(await request.read() or b"null")
         except ValueError as exc:
             raise ValidationError(f"malformed JSON: {exc}") from exc
         registration = validated(WorkerRegistration, body)

@@ -321,8 +321,9 @@ def test_a_start_repeated_with_its_idempotency_key_names_the_first_run(
 ) -> None:
     engine = engine_factory(LINKFLOW_VIEWS_FINISHED_CACHE="0")
     ops, web = chain("idem-ops", team="ops"), chain("idem-web", team="web")
-    engine.register(ops)
-    engine.register(web)
+    ops_other = chain("idem-ops-other", team="ops")
+    for wf in (ops, web, ops_other):
+        engine.register(wf)
     key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
     start = f"{engine.url}/api/executions"
     status, first = call("POST", start, {"workflow_id": ops["id"], "input_data": {"n": 1}}, headers=key)
@@ -338,6 +339,14 @@ def test_a_start_repeated_with_its_idempotency_key_names_the_first_run(
     assert status == 200 and later == done, "a repeat after the run ended answers with the run"
     status, other_team = call("POST", start, {"workflow_id": web["id"], "input_data": {"n": 1}}, headers=key)
     assert status == 202 and other_team["id"] != first["id"], "keys are per team"
+    # the key with another start of the same team: neither the first run nor a silent drop
+    for other_start in (
+        {"workflow_id": ops_other["id"], "input_data": {"n": 1}},  # a webhook of another workflow, say
+        {"workflow_id": ops["id"], "input_data": {"n": 2}},
+    ):
+        status, body = call("POST", f"{start}?wait=5", other_start, headers=key)
+        assert status == 409 and body["error"]["type"] == "conflict", (other_start, body)
+        assert first["id"] not in body["error"]["message"] and ops["id"] not in body["error"]["message"]
     created = [
         e for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
         if e.execution_id == first["id"] and e.type.value == "execution_created"
