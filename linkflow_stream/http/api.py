@@ -1275,11 +1275,13 @@ class Api:
         owed: a new timing or a resume counts from now."""
         current = await self._schedule(request, request.match_info["id"])
         change = validated(ScheduleChange, await _json_body(request)).model_dump(exclude_unset=True)
-        if "cron" in change and "every_seconds" in change:
+        # one timing replaces the other (a null beside it is not a second one)
+        cron, every = change.get("cron") is not None, change.get("every_seconds") is not None
+        if cron and every:
             raise ValidationError("give cron or every_seconds, not both")
-        if "cron" in change:
+        if cron:
             change["every_seconds"] = None
-        if "every_seconds" in change:
+        elif every:
             change["cron"] = None
         if "workflow_id" in change:
             if change["workflow_id"] is None:

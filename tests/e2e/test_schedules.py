@@ -85,6 +85,16 @@ def test_bad_schedules_get_a_clear_400_404_or_409(engine: EngineProcess) -> None
     assert status == 400, answer
     status, answer = call("PATCH", f"{engine.url}/api/schedules/{sid}", {"color": "red"})
     assert status == 400, answer
+    # one timing replaces the other, both ways (a cron once could never be set again)
+    patch = f"{engine.url}/api/schedules/{sid}"
+    status, changed = call("PATCH", patch, {"every_seconds": 60})
+    assert status == 200 and (changed["every_seconds"], changed["cron"]) == (60, None), changed
+    status, changed = call("PATCH", patch, {"cron": "*/5 * * * *"})
+    assert status == 200 and (changed["cron"], changed["every_seconds"]) == ("*/5 * * * *", None), changed
+    status, changed = call("PATCH", patch, {"every_seconds": 30, "cron": None})
+    assert status == 200 and (changed["every_seconds"], changed["cron"]) == (30, None), changed
+    status, changed = call("PATCH", patch, {"cron": "0 9 * * 1-5", "every_seconds": None})
+    assert status == 200 and (changed["cron"], changed["every_seconds"]) == ("0 9 * * 1-5", None), changed
     status, listed = call("GET", f"{engine.url}/api/schedules")
     assert status == 200 and sid in {s["id"] for s in listed["schedules"]}
     status, gone = call("DELETE", f"{engine.url}/api/schedules/{sid}")
