@@ -817,7 +817,8 @@ class Api:
         it takes the outputs of the nodes that are still good (``core/rerun.py``) and runs the rest."""
         _start_params(request)
         execution_id = request.match_info["id"]
-        body = validated(RerunBody, await _json_body(request))
+        # every field has a default: no body is the default rerun, as no body is the default pause
+        body = validated(RerunBody, await _json_body(request)) if await request.read() else RerunBody()
         not_started = ConflictError(f"execution {execution_id} has not started yet; nothing to rerun")
         original = await self._started(request, execution_id, not_started)
         if not original.status.terminal:
@@ -933,8 +934,7 @@ class Api:
     async def pause_execution(self, request: web.Request) -> web.Response:
         """Stop dispatching (ADR 0034); 409 when the run ended or is already paused."""
         execution_id = request.match_info["id"]
-        raw = await request.read()
-        body = validated(PauseBody, await _json_body(request)) if raw else PauseBody()
+        body = validated(PauseBody, await _json_body(request)) if await request.read() else PauseBody()
         await self._check_paused(request, execution_id, want_paused=False)
         command = ExecutionCommand(
             execution_id=execution_id,

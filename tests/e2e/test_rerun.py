@@ -36,8 +36,9 @@ def version(target: TargetServer, wf_id: str, b_status: int) -> dict[str, Any]:
 
 
 def rerun(
-    engine: EngineProcess, execution_id: str, body: dict[str, Any], wait: float = 30
+    engine: EngineProcess, execution_id: str, body: dict[str, Any] | None, wait: float = 30
 ) -> tuple[int, Any]:
+    """``body`` ``None`` sends none (every field has a default)."""
     return call(
         "POST", f"{engine.url}/api/executions/{execution_id}/rerun?wait={wait}", body, timeout=wait + 30
     )
@@ -53,8 +54,9 @@ def test_rerun_from_failed_reuses_what_holds_and_links_both_ways(
     assert first["nodes"]["b"]["status"] == "failed"
     assert len(target.hits(f"/rr/{wf_id}/a")) == 1
 
-    # the same version: a and x are reused (a is not called again), b fails again
-    status, same = rerun(engine, first["id"], {})
+    # the same version: a and x are reused (a is not called again), b fails again; no body is
+    # the default rerun
+    status, same = rerun(engine, first["id"], None)
     assert status == 200, same
     assert same["status"] == "failed"
     assert same["rerun_of"] == first["id"]
