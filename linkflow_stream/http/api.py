@@ -867,6 +867,13 @@ class Api:
         status = await self.d.views.status_of(execution_id) or status
         if status.terminal:  # its start was rejected while we waited
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
+        if command.kind is CommandKind.PAUSE and status is ExecutionStatus.QUEUED:
+            # the decider holds nothing of a queued run (the gate admits it in its turn): a 202
+            # here would be a pause that never happens
+            raise ConflictError(
+                f"execution {execution_id} is queued, waiting for a concurrency slot: nothing of it "
+                "runs yet to pause; cancel it, or pause it once it runs"
+            )
         await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
 
     async def recover(self, request: web.Request) -> web.Response:
@@ -914,11 +921,17 @@ class Api:
             reason="timeout set by request",
         )
         await self._command(request, execution_id, command, "io.linkflow.command.set_timeout")
+        state = await self.d.views.state(execution_id)
+        started = state is None or state.started_at is not None  # not known: as for most runs
         return web.json_response(
             {
                 "id": execution_id,
                 "timeout_seconds": body["timeout_seconds"],
-                "counted_from": "the execution's start",
+                # the decider counts from the start, or for a run not started yet (queued) from
+                # its creation: the time it waits for a slot counts
+                "counted_from": "the execution's start"
+                if started
+                else "the execution's creation (it is queued: the time it waits counts)",
             },
             status=202,
         )
