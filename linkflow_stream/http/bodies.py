@@ -101,12 +101,18 @@ class RetryPolicyBody(RetryPolicy):
     )
 
     def policy(self) -> RetryPolicy:
-        """The ``RetryPolicy`` this body asks for, with the strategy applied."""
+        """The ``RetryPolicy`` this body asks for, with the strategy applied. A field the strategy
+        sets another way is refused, not overridden unseen (``fixed`` with a multiplier of 5 was
+        stored as 1)."""
         fields = self.model_dump(exclude={"strategy"}, exclude_unset=True)
-        if self.strategy == "fixed":
-            fields["multiplier"] = 1.0
-        if self.strategy == "none":
-            fields["max_attempts"] = 1
+        for strategy, name, value in (("fixed", "multiplier", 1.0), ("none", "max_attempts", 1)):
+            if self.strategy == strategy:
+                if fields.get(name, value) != value:
+                    raise ValidationError(
+                        f"invalid request body: {name} cannot be {fields[name]} with strategy "
+                        f"{strategy!r}, which sets it to {value:g}; leave {name} out"
+                    )
+                fields[name] = value
         return RetryPolicy.model_validate(fields)
 
 

@@ -702,7 +702,7 @@ def test_workflow_retry_policy_and_its_dry_run(engine: EngineProcess, target: Ta
         False,
     )
     assert "http_5xx" in dry["retryable_classes"] and "http_4xx" not in dry["retryable_classes"]
-    for bad in ({"strategy": "random"}, {"max_attempts": 0}, ["x"]):
+    for bad in ({"strategy": "random"}, {"max_attempts": 0}, ["x"], {"strategy": "fixed", "multiplier": 3}):
         assert call("PUT", url, bad)[0] == 400, bad
     assert call("PUT", f"{engine.url}/api/workflows/none-such/retry", {"max_attempts": 2})[0] == 404
 

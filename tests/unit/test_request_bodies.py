@@ -84,9 +84,14 @@ def test_valid_bodies() -> None:
         None,
     ]
     assert validated(TimeoutBody, {"timeout_seconds": 300}).timeout_seconds == 300.0
-    fixed = validated(RetryPolicyBody, {"strategy": "fixed", "max_attempts": 3, "multiplier": 5}).policy()
+    fixed = validated(RetryPolicyBody, {"strategy": "fixed", "max_attempts": 3, "multiplier": 1}).policy()
     assert (fixed.max_attempts, fixed.multiplier) == (3, 1.0)
-    assert validated(RetryPolicyBody, {"strategy": "none", "max_attempts": 9}).policy().max_attempts == 1
+    assert validated(RetryPolicyBody, {"strategy": "none"}).policy().max_attempts == 1
+    # a field the strategy sets another way is refused, not overridden unseen
+    with pytest.raises(ValidationError, match=r"multiplier cannot be 5\.0 with strategy 'fixed'"):
+        validated(RetryPolicyBody, {"strategy": "fixed", "max_attempts": 3, "multiplier": 5}).policy()
+    with pytest.raises(ValidationError, match="max_attempts cannot be 9 with strategy 'none'"):
+        validated(RetryPolicyBody, {"strategy": "none", "max_attempts": 9}).policy()
     exponential = validated(RetryPolicyBody, {"max_attempts": 4, "initial_delay_seconds": 0.5}).policy()
     assert exponential.schedule() == [0.5, 1.0, 2.0]
     key = validated(KeyCreateBody, {"team": "ops", "role": "admin"})
