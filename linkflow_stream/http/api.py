@@ -726,9 +726,14 @@ class Api:
                 # reach the log, the view reads it from the request topic and accepts it again)
                 self.d.views.status.withdraw(request_record.execution_id)
                 raise
-        if wait and await self.d.views.status.wait_terminal(request_record.execution_id, wait):
-            return web.json_response(await self.d.views.body(request_record.execution_id))
-        return web.json_response({"id": request_record.execution_id, "status": "pending"}, status=202)
+        status = ExecutionStatus.PENDING
+        if wait:
+            ended = await self.d.views.status.wait_terminal(request_record.execution_id, wait)
+            # after a wait that ran out the run may be queued or running by now: say where it is
+            status = await self.d.views.status_of(request_record.execution_id) or status
+            if ended or status.terminal:
+                return web.json_response(await self.d.views.body(request_record.execution_id))
+        return web.json_response({"id": request_record.execution_id, "status": status.value}, status=202)
 
     def _admit(self, team: str | None) -> None:
         """Refuse the start with 429 when its team has too many runs queued. Nothing awaits
