@@ -80,12 +80,12 @@ def check_workflow(
     for node in wf.nodes:
         problems.extend(_check_node(node, seen, registry))
         executor = registry.get(node.type)
-        if (
-            pools is not None
-            and executor is not None
-            and executor.dispatch is Dispatch.TASK
-            and node.pool not in pools
-        ):
+        # a node run in the orchestrator uses no pool, but one it names must exist all the same:
+        # a typo there would otherwise only surface once the node's type changes
+        named = executor is not None and (
+            executor.dispatch is Dispatch.TASK or "pool" in node.model_fields_set
+        )
+        if pools is not None and named and node.pool not in pools:
             problems.append(
                 f"node {node.id!r}: pool: no pool {node.pool!r} (pools: {', '.join(sorted(pools)) or 'none'})"
             )

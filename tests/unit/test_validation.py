@@ -386,3 +386,25 @@ def test_malformed_http_urls_are_rejected_as_validation_errors(
 ) -> None:
     message = rejection(with_node(EXAMPLE, "h", config={"url": url}), registry)
     assert "node 'h': config.url" in message
+
+
+def test_a_pool_a_node_names_must_exist_whatever_runs_the_node(registry: dict[str, NodeExecutor]) -> None:
+    """A transform runs in the orchestrator and uses no pool, but a pool it names is checked as a
+    task node's is: a typo is refused now, not when the node's type changes."""
+    pools = frozenset({"default", "gpu"})
+
+    def parse(node: dict[str, Any]) -> WorkflowDefinition:
+        return parse_workflow(
+            {"id": "p", "nodes": [node]}, registry, version=1, created_at=CREATED, pools=pools
+        )
+
+    transform = {"id": "t", "type": "transform", "config": {"expression": "1"}}
+    with pytest.raises(
+        ValidationError, match=re.escape("node 't': pool: no pool 'nopool' (pools: default, gpu)")
+    ):
+        parse({**transform, "pool": "nopool"})
+    assert parse({**transform, "pool": "gpu"}).nodes[0].pool == "gpu"
+    assert parse(transform).nodes[0].pool == "default", "no pool named: nothing to check"
+    assert parse_workflow(
+        {"id": "p", "nodes": [transform]}, registry, version=1, created_at=CREATED, pools=frozenset({"gpu"})
+    ).nodes, "an inline node that names no pool needs no 'default' pool"
