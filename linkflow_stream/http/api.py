@@ -36,7 +36,7 @@ from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.rerun import reusable_outputs
 from linkflow_stream.core.run_links import referenced_workflows
 from linkflow_stream.core.schedule import Schedule
-from linkflow_stream.core.signals import key_text
+from linkflow_stream.core.signals import WAIT_EVENT, key_text
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
@@ -143,6 +143,18 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
 reach code that recurses over them (the codec, JSONata, pydantic), where they would exhaust the
 stack and surface as a 500."""
+
+
+def _takes_signal(state: ExecutionState, name: str) -> None:
+    """409 when the run's workflow has no ``wait_event`` node on ``name``: the run would keep the
+    signal for ever, and the caller would never learn that it went nowhere (a typo in the name,
+    say)."""
+    names = sorted({str(n.config.get("name")) for n in state.workflow.nodes if n.type == WAIT_EVENT})
+    if name not in names:
+        waits = f"its wait_event nodes wait on {', '.join(map(repr, names))}" if names else "it has none"
+        raise ConflictError(
+            f"no wait_event node of workflow {state.workflow.id!r} waits on signal {name!r} ({waits})"
+        )
 
 
 def _same_start(first: dict[str, Any], wf: WorkflowDefinition, input_data: Any) -> None:
@@ -1002,6 +1014,13 @@ class Api:
         name = _signal_name(request)
         payload = await _json_body(request) if await request.read() else None  # no body: no payload
         signal = Signal(name=name, id=self._signal_id(request), payload=payload)
+        state = await self.d.views.state(execution_id)
+        if (
+            state is not None
+            and not state.status.terminal
+            and principal_of(request).sees(state.workflow.team)
+        ):
+            _takes_signal(state, name)  # (another team's run, or an ended one: _command's 404 / 409)
         item = signal_command(execution_id, signal)
         assert isinstance(item.record, ExecutionCommand)
         await self._command(request, execution_id, item.record, item.ce_type)

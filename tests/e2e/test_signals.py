@@ -275,6 +275,11 @@ def test_bad_signals_and_wait_event_configs_are_4xx(engine: EngineProcess) -> No
     assert status == 400, answer
     status, answer = signal(engine, execution_id, "approved", {}, signal_id="has space")
     assert status == 400, answer
+    # a name no wait_event node of the run waits on would be kept for ever, unseen: a 409 says so
+    status, answer = signal(engine, execution_id, "aproved", {})
+    assert status == 409, answer
+    assert "waits on signal 'aproved'" in answer["error"]["message"], answer
+    assert "'approved'" in answer["error"]["message"], "it names the signals the run takes"
     for body in ({"payload": 1}, {"correlation_key": {"a": 1}}, {"correlation_key": "k", "extra": 1}, [1]):
         status, answer = broadcast(engine, "approved", body)
         assert status == 400, (body, answer)
