@@ -23,9 +23,9 @@ MAX_KEY_LENGTH = 255
 
 
 def check_key(key: str) -> str:
-    """The key as given, if it is 1 to 255 visible ASCII characters."""
+    """The key as given, if it is 1 to 255 printable ASCII characters (spaces included)."""
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isascii() or not key.isprintable():
-        raise ValidationError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters")
+        raise ValidationError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters")
     return key
 
 
