@@ -9,7 +9,7 @@ from aiohttp.typedefs import Middleware
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
-from linkflow_stream.core.errors import NotFoundError, ValidationError
+from linkflow_stream.core.errors import ConflictError, NotFoundError, ValidationError
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.http.auth import authentication
 from linkflow_stream.http.bodies import WorkerRegistration, loads, validated
@@ -70,6 +70,7 @@ class RegistryApi:
             record = self.view.get(worker_id)
         if record is None or record.state is WorkerState.DEREGISTERED:
             raise NotFoundError(f"worker {worker_id!r} is not registered")
+        _not_an_engine(record)
         return record
 
     async def register(self, request: web.Request) -> web.Response:
@@ -78,6 +79,9 @@ class RegistryApi:
         except ValueError as exc:
             raise ValidationError(f"malformed JSON: {exc}") from exc
         registration = validated(WorkerRegistration, body)
+        existing = self.view.get(registration.id)
+        if existing is not None and existing.state is WorkerState.ACTIVE:
+            _not_an_engine(existing)
         at = now()
         record = WorkerRecord(
             id=registration.id,
@@ -105,3 +109,13 @@ class RegistryApi:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+
+def _not_an_engine(record: WorkerRecord) -> None:
+    """409 for an engine process's own record: it writes that record itself every heartbeat, so a
+    registration over it, a heartbeat or a deregistration would hold only until its next one."""
+    if record.engine:
+        raise ConflictError(
+            f"worker {record.id!r} is an engine process (roles {', '.join(record.roles) or 'none'}), "
+            "which registers itself; choose another id, or stop that process to take it out"
+        )

@@ -36,6 +36,17 @@ def test_register_and_status_like_the_seed(engine: EngineProcess) -> None:
     assert engines, "the engine process registers itself"
     assert engines[0]["tags"] == ["default"] and engines[0]["capacity"] >= 1
     assert body["capacity"] >= 10 + engines[0]["capacity"]
+    # an engine's own record is the engine's: taken over, it would hold only until its next heartbeat
+    own = engines[0]["id"]
+    for path, sent in (
+        ("register", {"id": own, "capacity": 1}),
+        (f"{own}/heartbeat", None),
+        (f"{own}/deregister", None),
+    ):
+        status, body = call("POST", f"{engine.registry_url}/api/workers/{path}", sent)
+        assert status == 409 and "is an engine process" in body["error"]["message"], (path, body)
+    _, unchanged = call("GET", f"{engine.registry_url}/api/workers/status")
+    assert next(w for w in unchanged["workers"] if w["id"] == own)["engine"] is True
 
     assert call("POST", f"{engine.registry_url}/api/workers/{worker_id}/heartbeat")[0] == 200
     assert call("POST", f"{engine.registry_url}/api/workers/{worker_id}/deregister")[0] == 202
