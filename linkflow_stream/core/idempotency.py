@@ -11,6 +11,7 @@ days later starts a new run under a new id (an id is never given to two differen
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,15 @@ def still_named(body: Mapping[str, Any] | None, at: datetime) -> bool:
         return False
     created = datetime.fromisoformat(str(body["created_at"]).replace("Z", "+00:00"))
     return at - created < WINDOW
+
+
+def same_start(body: Mapping[str, Any], workflow_id: str, input_data: Any) -> bool:
+    """Whether a run (its API body) is the start a repeated key or execution id names: the same
+    workflow and the same input (as JSON with sorted keys: ``1`` and ``1.0`` differ, key order does
+    not count). A repeat with another start is refused, never answered with this run: it would
+    drop the new input unseen, or hand a webhook caller a run of another workflow (ADR 0049)."""
+    same_input = json.dumps(body.get("input_data"), sort_keys=True) == json.dumps(input_data, sort_keys=True)
+    return body.get("workflow_id") == workflow_id and same_input
 
 
 def _id(team: str, key: str, window: int) -> str:

@@ -29,7 +29,7 @@ from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key, new_webh
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
-from linkflow_stream.core.idempotency import check_key, execution_ids, still_named
+from linkflow_stream.core.idempotency import check_key, execution_ids, same_start, still_named
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, Signal, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
@@ -154,19 +154,6 @@ def _takes_signal(state: ExecutionState, name: str) -> None:
         waits = f"its wait_event nodes wait on {', '.join(map(repr, names))}" if names else "it has none"
         raise ConflictError(
             f"no wait_event node of workflow {state.workflow.id!r} waits on signal {name!r} ({waits})"
-        )
-
-
-def _same_start(first: dict[str, Any], wf: WorkflowDefinition, input_data: Any) -> None:
-    """409 unless a repeated ``Idempotency-Key`` comes with the start it first came with (the same
-    workflow and input): answering another workflow's run would hand a webhook caller a run its
-    token does not cover, and answering the first run for another input drops that input
-    unseen. The message names neither the first run nor its workflow."""
-    same_input = json.dumps(first.get("input_data"), sort_keys=True) == json.dumps(input_data, sort_keys=True)
-    if first.get("workflow_id") != wf.id or not same_input:
-        raise ConflictError(
-            "this Idempotency-Key was used within the last 24 hours for another start (another "
-            "workflow or another input); a key names one start: use a new key for a new start"
         )
 
 
@@ -701,7 +688,12 @@ class Api:
         if key is not None:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
-                _same_start(first, wf, input_data)
+                if not same_start(first, wf.id, input_data):
+                    raise ConflictError(
+                        "this Idempotency-Key was used within the last 24 hours for another start "
+                        "(another workflow or another input); a key names one start: use a new key "
+                        "for a new start"
+                    )  # naming neither the first run nor its workflow
                 return await self._replayed(execution_id, first, wait)
         self._admit(wf.team)
         if self.d.start_limit is not None:

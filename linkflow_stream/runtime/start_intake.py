@@ -37,8 +37,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.admission import Admission, TooManyRequestsError
 from linkflow_stream.core.clock import from_millis, now
-from linkflow_stream.core.errors import LinkflowError
-from linkflow_stream.core.idempotency import still_named
+from linkflow_stream.core.errors import ConflictError, LinkflowError
+from linkflow_stream.core.idempotency import same_start, still_named
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.start_request import (
     Origin,
@@ -124,8 +124,9 @@ class Batch:
     """One partition's records being turned into one transaction."""
 
     synced: bool = False
-    started: set[str] = field(default_factory=set)
-    """Ids started in this batch (the views cannot know them before the commit)."""
+    started: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Ids started in this batch (the views cannot know them before the commit), each with its
+    ``workflow_id`` and ``input_data``, as a run's body has them (``same_start``)."""
     records: list[ProducerRecord] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     queued: Counter[str | None] = field(default_factory=Counter)
@@ -385,7 +386,6 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
                 batch.outcomes.append(Outcome.DUPLICATE)
             else:
                 batch.records.append(encoded)
-                batch.started.add((encoded.key or b"").decode())
                 batch.outcomes.append(Outcome.STARTED)
             return
         batch.records.append(dead_letter_record(record, reason, self.settings.topic(topic_names.DLQ)))
@@ -399,7 +399,13 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         origin = Origin(record.topic, record.partition, record.offset, record.timestamp)
         ids = candidate_ids(request, workflow.team or "", origin, at)
         fixed_by_producer = request.idempotency_key is not None or request.execution_id is not None
-        if fixed_by_producer and await self._exists(ids, at, batch):
+        found = await self._existing(ids, at, batch) if fixed_by_producer else None
+        if found is not None:
+            if not same_start(found, request.workflow_id, request.input):
+                raise ConflictError(
+                    "its idempotency key or execution id names a run of another start (another "
+                    "workflow or another input): a key names one start; not started"
+                )
             log.info("start request %s[%d]@%d: its run exists", record.topic, record.partition, record.offset)
             return None
         if self.admission is not None and self.admission.limited:
@@ -426,6 +432,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
                 error_type="too_large",
             )
         batch.queued[workflow.team] += 1
+        batch.started[start.execution_id] = {"workflow_id": workflow.id, "input_data": start.input}
         return encoded
 
     async def _synced(self, batch: Batch) -> None:
@@ -458,17 +465,19 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._synced(batch)  # registered a moment ago, perhaps on another instance
         return await choose()
 
-    async def _exists(self, ids: Sequence[str], at: datetime, batch: Batch) -> bool:
-        """Whether the run these ids name was started already: in this batch, or in the log.
-        With an idempotency key, the previous window's id counts only for a run that began less
-        than 24 hours before ``at``."""
-        if ids[0] in batch.started or any(i in batch.started for i in ids[1:]):
-            return True
+    async def _existing(self, ids: Sequence[str], at: datetime, batch: Batch) -> dict[str, Any] | None:
+        """The run these ids name if it was started already, in this batch or in the log (its body,
+        or what this batch started it with). With an idempotency key, the previous window's id
+        counts only for a run that began less than 24 hours before ``at``."""
+        for i in ids:
+            if i in batch.started:
+                return batch.started[i]
         await self._synced(batch)
         try:
-            if await self.find_run(ids[0]) is not None:
-                return True
+            first = await self.find_run(ids[0])
+            if first is not None:
+                return first
             earlier = [await self.find_run(i) for i in ids[1:]]
         except Exception as exc:
             raise ViewsBehind(f"the read model could not be read: {exc!r}") from exc
-        return any(still_named(body, at) for body in earlier)
+        return next((body for body in earlier if body is not None and still_named(body, at)), None)

@@ -163,17 +163,25 @@ async def test_the_same_idempotency_key_over_http_and_kafka_names_one_run(engine
     )
     assert status == 200 and first["status"] == "success", first
     marker = f"marker-{uuid.uuid4().hex[:8]}"
-    await produce(
+    one = f"h-{uuid.uuid4().hex[:6]}".encode()  # one partition, read in order; its own dead letter
+    sent = await produce(
         engine,
         topic_names.START,
         [
-            (b"h", json_request(workflow_id=wf_id, input={"n": 6}, idempotency_key=key)),
-            (b"h", json_request(workflow_id=wf_id, input={"n": 0}, execution_id=marker)),
+            (one, json_request(workflow_id=wf_id, input={"n": 5}, idempotency_key=key)),  # the same start
+            (one, json_request(workflow_id=wf_id, input={"n": 6}, idempotency_key=key)),  # another input
+            (one, json_request(workflow_id=wf_id, input={"n": 0}, execution_id=marker)),
         ],
     )
     engine.wait_status(marker)
     _, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf_id}&limit=100")
     assert sorted(e["id"] for e in page["executions"]) == sorted([first["id"], marker])
+    # the key with another input is neither the first run nor dropped unseen: a dead letter says why
+    letter = (await dead_letters(engine, {one}))[one]
+    assert letter["dlq_reason"].startswith("conflict: its idempotency key or execution id names a run of"), (
+        letter
+    )
+    assert letter["dlq_offset"] == str(sent[1].offset), "the other input's record, not the same start's"
 
 
 async def test_bad_start_requests_go_to_the_dlq_with_the_reason(engine: EngineProcess) -> None:

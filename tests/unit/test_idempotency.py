@@ -9,7 +9,7 @@ import pytest
 
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.errors import ValidationError
-from linkflow_stream.core.idempotency import WINDOW, check_key, execution_ids
+from linkflow_stream.core.idempotency import WINDOW, check_key, execution_ids, same_start
 
 T0 = from_millis(1_800_000_000_000)
 
@@ -29,3 +29,13 @@ def test_one_key_one_id_per_window_and_the_previous_window_is_named() -> None:
 def test_a_key_must_be_short_visible_ascii(key: str) -> None:
     with pytest.raises(ValidationError):
         check_key(key)
+
+
+def test_a_repeat_is_the_same_start_only_with_the_same_workflow_and_input() -> None:
+    body = {"id": "exec_1", "workflow_id": "wf", "input_data": {"a": 1, "b": [1, 2]}}
+    assert same_start(body, "wf", {"b": [1, 2], "a": 1}), "key order does not count"
+    assert not same_start(body, "other", {"a": 1, "b": [1, 2]}), "another workflow"
+    assert not same_start(body, "wf", {"a": 2, "b": [1, 2]}), "another input"
+    assert not same_start(body, "wf", {"a": 1.0, "b": [1, 2]}), "1 and 1.0 differ, as they do to a run"
+    assert not same_start(body, "wf", {"a": True, "b": [1, 2]}), "true is not 1"
+    assert same_start({"workflow_id": "wf", "input_data": None}, "wf", None)
