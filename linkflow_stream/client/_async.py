@@ -184,8 +184,9 @@ class AsyncClient:
     async def pause_execution(
         self, execution_id: str, deadline: Literal["keep", "suspend"] = "keep"
     ) -> Accepted:
-        """Stop dispatching (202 ``pausing``); ``Conflict`` once it has ended or if already paused.
-        ``deadline="suspend"`` stops the run's deadline while paused."""
+        """Stop dispatching (202 ``pausing``); ``Conflict`` once it has ended, if already paused, or
+        while it is queued for a concurrency slot. ``deadline="suspend"`` stops the run's deadline
+        while paused."""
         return await self.send(calls.pause_execution(execution_id, deadline))
 
     async def resume_execution(self, execution_id: str) -> Accepted:
@@ -201,7 +202,8 @@ class AsyncClient:
     async def signal_execution(
         self, execution_id: str, name: str, payload: Any = None, signal_id: str | None = None
     ) -> dict[str, Any]:
-        """Signal one run (202); ``NotFound`` for no such run, ``Conflict`` once it has ended."""
+        """Signal one run (202); ``NotFound`` for no such run, ``Conflict`` once it has ended or when
+        no ``wait_event`` node of its workflow waits on ``name``."""
         return await self.send(calls.signal_execution(execution_id, name, payload, signal_id))
 
     async def broadcast_signal(

@@ -15,6 +15,7 @@ from linkflow_stream.core.expressions import compile_expression
 from linkflow_stream.core.mapping import mapping_problems
 from linkflow_stream.core.node_contract import ConfigError, NodeExecutor, retry_on_problems
 from linkflow_stream.core.run_links import self_call_problems
+from linkflow_stream.core.topic_names import DEFAULT_POOL
 from linkflow_stream.core.workflow import NODE_ID, Dependency, NodeDefinition, WorkflowDefinition
 
 
@@ -81,9 +82,11 @@ def check_workflow(
         problems.extend(_check_node(node, seen, registry))
         executor = registry.get(node.type)
         # a node run in the orchestrator uses no pool, but one it names must exist all the same:
-        # a typo there would otherwise only surface once the node's type changes
+        # a typo there would otherwise only surface once the node's type changes. The default
+        # counts as none (a definition read back from GET names it on every node)
         named = executor is not None and (
-            executor.dispatch is Dispatch.TASK or "pool" in node.model_fields_set
+            executor.dispatch is Dispatch.TASK
+            or ("pool" in node.model_fields_set and node.pool != DEFAULT_POOL)
         )
         if pools is not None and named and node.pool not in pools:
             problems.append(

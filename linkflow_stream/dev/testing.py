@@ -370,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, b"x" * int(q.get("n", "1000")), "text/plain")
         elif url.path == "/binary":
             self._send_raw(200, bytes(range(256)), "application/octet-stream")
+        elif url.path == "/json-text":  # ``text`` as is, labelled JSON (whether or not it is)
+            self._send_raw(200, q["text"].encode(), "application/json")
         elif url.path.startswith("/status/"):
             self._reply(int(url.path.rsplit("/", 1)[1]), {"status": "as asked"})
         elif url.path == "/slow":

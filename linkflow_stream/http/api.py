@@ -38,6 +38,7 @@ from linkflow_stream.core.run_links import referenced_workflows
 from linkflow_stream.core.schedule import Schedule
 from linkflow_stream.core.signals import WAIT_EVENT, key_text
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
+from linkflow_stream.core.strict_json import loads
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.core.workflow import WorkflowDefinition, same_definition
@@ -56,7 +57,6 @@ from linkflow_stream.http.bodies import (
     ScheduleChange,
     StartExecutionBody,
     TimeoutBody,
-    loads,
     validated,
 )
 from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
@@ -138,6 +138,9 @@ class ApiDeps:
 
 
 WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
+
+QUEUED_IGNORES = {CommandKind.PAUSE: "pause", CommandKind.RECOVER: "recover"}
+"""Commands the decider ignores for a queued run (it holds nothing of it yet): a 409, not a 202."""
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
@@ -862,9 +865,17 @@ class Api:
         return web.json_response(render_metrics(state, now()))
 
     async def _command(
-        self, request: web.Request, execution_id: str, command: ExecutionCommand, ce_type: str
-    ) -> None:
-        """Send a command to a run of the caller's team that has not ended (404 / 409 otherwise)."""
+        self,
+        request: web.Request,
+        execution_id: str,
+        command: ExecutionCommand,
+        ce_type: str,
+        *,
+        check: Callable[[ExecutionState], None] | None = None,
+    ) -> ExecutionStatus:
+        """Send a command to a run of the caller's team that has not ended (404 / 409 otherwise);
+        ``check`` may refuse it on the started run's state first. Returns the run's status as the
+        views knew it when the command was sent."""
         status = ExecutionStatus((await self._visible(request, execution_id))["status"])
         if status.terminal:
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
@@ -876,14 +887,20 @@ class Api:
         status = await self.d.views.status_of(execution_id) or status
         if status.terminal:  # its start was rejected while we waited
             raise ConflictError(f"execution {execution_id} already ended ({status.value})")
-        if command.kind is CommandKind.PAUSE and status is ExecutionStatus.QUEUED:
+        ignored = QUEUED_IGNORES.get(command.kind)
+        if ignored is not None and status is ExecutionStatus.QUEUED:
             # the decider holds nothing of a queued run (the gate admits it in its turn): a 202
-            # here would be a pause that never happens
+            # here would be a command that never takes effect
             raise ConflictError(
                 f"execution {execution_id} is queued, waiting for a concurrency slot: nothing of it "
-                "runs yet to pause; cancel it, or pause it once it runs"
+                f"runs yet to {ignored}; cancel it, or {ignored} it once it runs"
             )
+        if check is not None:
+            state = await self.d.views.state(execution_id)
+            if state is not None:
+                check(state)
         await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
+        return status
 
     async def recover(self, request: web.Request) -> web.Response:
         execution_id = request.match_info["id"]
@@ -929,9 +946,8 @@ class Api:
             timeout_seconds=seconds,
             reason="timeout set by request",
         )
-        await self._command(request, execution_id, command, "io.linkflow.command.set_timeout")
-        state = await self.d.views.state(execution_id)
-        started = state is None or state.started_at is not None  # not known: as for most runs
+        status = await self._command(request, execution_id, command, "io.linkflow.command.set_timeout")
+        started = status is not ExecutionStatus.QUEUED  # (a run not accepted yet gets no command)
         return web.json_response(
             {
                 "id": execution_id,
@@ -1006,16 +1022,13 @@ class Api:
         name = _signal_name(request)
         payload = await _json_body(request) if await request.read() else None  # no body: no payload
         signal = Signal(name=name, id=self._signal_id(request), payload=payload)
-        state = await self.d.views.state(execution_id)
-        if (
-            state is not None
-            and not state.status.terminal
-            and principal_of(request).sees(state.workflow.team)
-        ):
-            _takes_signal(state, name)  # (another team's run, or an ended one: _command's 404 / 409)
         item = signal_command(execution_id, signal)
         assert isinstance(item.record, ExecutionCommand)
-        await self._command(request, execution_id, item.record, item.ce_type)
+        # a name no node takes is refused once the run is known to be the caller's, not ended,
+        # and started (an accepted run's workflow is checked too)
+        await self._command(
+            request, execution_id, item.record, item.ce_type, check=partial(_takes_signal, name=name)
+        )
         return web.json_response(
             {"execution_id": execution_id, "name": name, "signal_id": signal.id, "status": "accepted"},
             status=202,

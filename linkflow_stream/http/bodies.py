@@ -13,8 +13,6 @@ A workflow body is validated by ``core.validation.parse_workflow`` (the model is
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -37,27 +35,6 @@ WORKER_ID = r"^[A-Za-z0-9_.-]{1,128}$"
 TAG = r"^[a-z0-9-]{1,32}$"
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-def loads(raw: bytes | str) -> Any:
-    """A request body parsed as JSON (RFC 8259), which has no ``NaN`` or ``Infinity``.
-
-    Python's parser takes both, and a number such as ``1e999`` as infinity; stored in a run, each
-    would come back in every answer as a bare token no JSON parser reads (a browser's included), so
-    one such input would break a whole page of runs. Refused here instead, as ``ValueError`` (a
-    malformed body, 400)."""
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity; send null or a string)")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is beyond the range of a double")
-    return value
 
 
 class StartExecutionBody(BaseModel):

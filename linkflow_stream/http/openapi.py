@@ -91,6 +91,8 @@ class Operation:
     ok_body: Any = responses.Document
     """A ``TypedDict`` (or other type) of the success body; ``None`` for a body that is not JSON."""
     body: type[BaseModel] | None = None
+    body_optional: bool = False
+    """No body is the body's defaults (every field of the model has one)."""
     params: Sequence[Param] = ()
     also: Mapping[int, tuple[str, Any]] = field(default_factory=dict)
     """Other success statuses: status -> (description, body type)."""
@@ -170,6 +172,7 @@ SIGNAL_IDEMPOTENCY = Param(
     "The signal's id: the same id reaches a run once. Default: a new id.",
 )
 COMMAND_CONFLICT = {409: "The run already ended, or was accepted but has not started within 10 s."}
+KEY_REUSED = "The Idempotency-Key was used within 24 hours for another start (another workflow or input)."
 
 API_OPERATIONS: tuple[Operation, ...] = (
     Operation(
@@ -260,6 +263,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
         also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
         errors={
             401: "Missing or wrong token, or no such workflow.",
+            409: KEY_REUSED,
             429: TOO_MANY_QUEUED,
             503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
         },
@@ -283,11 +287,13 @@ API_OPERATIONS: tuple[Operation, ...] = (
         params=(WAIT, PRIORITY, IDEMPOTENCY),
         also={200: ("The run ended within `wait` (or a repeated Idempotency-Key).", responses.Execution)},
         errors={
+            409: KEY_REUSED,
             429: TOO_MANY_QUEUED,
             503: "Kafka did not acknowledge the start; retry with the same Idempotency-Key.",
         },
-        description="202 `{id, status: pending}`; with `wait`, 200 and the finished execution "
-        "(`Execution`) if it ends within that many seconds. A repeated Idempotency-Key answers 200.",
+        description="202 `{id, status}` (`pending`, or after a `wait` that ran out the run's status "
+        "by then); with `wait`, 200 and the finished execution (`Execution`) if it ends within that "
+        "many seconds. A repeated Idempotency-Key answers 200.",
     ),
     Operation(
         "GET",
@@ -346,6 +352,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok=202,
         ok_body=responses.Accepted,
         body=RerunBody,
+        body_optional=True,
         params=(ID, WAIT, PRIORITY, IDEMPOTENCY),
         also={200: ("The rerun ended within `wait`.", responses.Execution)},
         errors={409: "The run has not ended (or succeeded, with `from: failed`)."},
@@ -377,7 +384,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok=202,
         ok_body=responses.Accepted,
         params=(ID,),
-        errors=COMMAND_CONFLICT,
+        errors={409: COMMAND_CONFLICT[409] + " Or the run is queued for a concurrency slot."},
     ),
     Operation(
         "POST",
@@ -387,8 +394,12 @@ API_OPERATIONS: tuple[Operation, ...] = (
         ok=202,
         ok_body=responses.Accepted,
         body=PauseBody,
+        body_optional=True,
         params=(ID,),
-        errors={409: "The run ended or is already paused, or was accepted but has not started within 10 s."},
+        errors={
+            409: "The run ended or is already paused, is queued for a concurrency slot (nothing of it "
+            "runs yet), or was accepted but has not started within 10 s."
+        },
     ),
     Operation(
         "POST",
@@ -407,7 +418,9 @@ API_OPERATIONS: tuple[Operation, ...] = (
         "signals",
         ok=202,
         params=(ID, SIGNAL_NAME_PARAM, SIGNAL_IDEMPOTENCY),
-        errors=COMMAND_CONFLICT,
+        errors={
+            409: COMMAND_CONFLICT[409] + " Or no `wait_event` node of the run's workflow waits on `name`."
+        },
         description="The run keeps the signal until a `wait_event` node on `name` takes it (it may "
         "come before the node waits); the payload becomes that node's output. A repeated "
         "Idempotency-Key is the same signal: the run takes it once.",
@@ -561,6 +574,8 @@ API_OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/metrics", "Prometheus metrics", "probes", ok_body=None, content_type="text/plain"),
 )
 
+ENGINE_RECORD = "The id is a running engine process's own record (it registers itself every heartbeat)."
+
 REGISTRY_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "POST",
@@ -570,6 +585,7 @@ REGISTRY_OPERATIONS: tuple[Operation, ...] = (
         ok=201,
         ok_body=responses.Accepted,
         body=WorkerRegistration,
+        errors={409: ENGINE_RECORD},
     ),
     Operation(
         "POST",
@@ -578,6 +594,7 @@ REGISTRY_OPERATIONS: tuple[Operation, ...] = (
         "workers",
         ok_body=responses.Accepted,
         params=(ID,),
+        errors={409: ENGINE_RECORD},
     ),
     Operation(
         "POST",
@@ -587,6 +604,7 @@ REGISTRY_OPERATIONS: tuple[Operation, ...] = (
         ok=202,
         ok_body=responses.Accepted,
         params=(ID,),
+        errors={409: ENGINE_RECORD},
     ),
     Operation(
         "GET", "/api/workers/status", "Every worker: roles, pools, slots, slots in use, health", "workers"
@@ -667,7 +685,7 @@ def _operation(op: Operation, role: str | None, defs: dict[str, Any]) -> dict[st
         out["parameters"] = [p.render() for p in op.params]
     if op.body is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": not op.body_optional,
             "content": {JSON: {"schema": {"$ref": REF.format(model=op.body.__name__)}}},
         }
     if role is None:

@@ -11,8 +11,9 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
 from linkflow_stream.core.errors import ConflictError, NotFoundError, ValidationError
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.strict_json import loads
 from linkflow_stream.http.auth import authentication
-from linkflow_stream.http.bodies import WorkerRegistration, loads, validated
+from linkflow_stream.http.bodies import WorkerRegistration, validated
 from linkflow_stream.http.errors import errors_as_json
 from linkflow_stream.http.openapi import document_routes, registry_document
 from linkflow_stream.kafka.publisher import Publisher
@@ -76,7 +77,7 @@ class RegistryApi:
     async def register(self, request: web.Request) -> web.Response:
         try:
             body = loads(await request.read() or b"null")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValidationError(f"malformed JSON: {exc}") from exc
         registration = validated(WorkerRegistration, body)
         existing = self.view.get(registration.id)
@@ -112,10 +113,13 @@ class RegistryApi:
 
 
 def _not_an_engine(record: WorkerRecord) -> None:
-    """409 for an engine process's own record: it writes that record itself every heartbeat, so a
-    registration over it, a heartbeat or a deregistration would hold only until its next one."""
-    if record.engine:
+    """409 for a running engine process's own record: it writes that record itself every
+    heartbeat, so a registration over it, a heartbeat or a deregistration would hold only until its
+    next one. A stopped engine's record (down: its heartbeats stopped) may be deregistered, which
+    takes it out of the listing before it is forgotten after an hour."""
+    if record.engine and record.alive(now()):
         raise ConflictError(
-            f"worker {record.id!r} is an engine process (roles {', '.join(record.roles) or 'none'}), "
-            "which registers itself; choose another id, or stop that process to take it out"
+            f"worker {record.id!r} is a running engine process (roles {', '.join(record.roles) or 'none'}), "
+            "which registers itself every heartbeat; choose another id (its record can be "
+            "deregistered once the process has stopped)"
         )

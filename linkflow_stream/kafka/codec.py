@@ -34,6 +34,7 @@ from fastavro.schema import load_schema, parse_schema, to_parsing_canonical_form
 from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
+from linkflow_stream.core import strict_json
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
@@ -98,6 +99,23 @@ class DecodeError(LinkflowError):
     """Bytes that are not a record this engine can read; they belong in the dead-letter topic."""
 
     error_type = "decode"
+
+
+def decode_json(value: bytes, model: type[T], what: str, prepare: Callable[[Any], Any] | None = None) -> T:
+    """A record written as a JSON object with ``model``'s fields (for producers without an Avro
+    library), parsed as RFC 8259 JSON (no NaN or Infinity, ADR 0049); ``prepare`` may adjust the
+    parsed value first. ``DecodeError`` naming every wrong field otherwise."""
+    try:
+        data = strict_json.loads(value)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise DecodeError(f"malformed JSON {what}: {exc}") from exc
+    try:
+        return model.model_validate(prepare(data) if prepare is not None else data)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+        raise DecodeError(f"not a {what}: {problems}") from exc
 
 
 def fingerprint(canonical: str) -> bytes:

@@ -23,6 +23,7 @@ from yarl import URL
 from linkflow_stream.core import circuit
 from linkflow_stream.core.events import Dispatch
 from linkflow_stream.core.node_contract import ConfigError, NodeContext, NodeFailure
+from linkflow_stream.core.strict_json import loads
 from linkflow_stream.core.trace_context import TRACEPARENT
 from linkflow_stream.nodes.network_guard import (
     AddressRefused,
@@ -250,9 +251,9 @@ class HttpNode:
         out: dict[str, Any] = {"status": resp.status, "headers": dict(resp.headers), "body": None}
         content_type = resp.content_type or ""
         if raw and content_type.endswith("json"):
-            try:
-                out["body"] = json.loads(raw.decode(resp.charset or "utf-8"))
-            except ValueError:
+            try:  # RFC 8259 JSON: a NaN or Infinity some services send would break every reader
+                out["body"] = loads(raw.decode(resp.charset or "utf-8"))  # of the run (ADR 0049)
+            except (ValueError, RecursionError):  # not JSON after all: its text
                 out["body"] = raw.decode(resp.charset or "utf-8", errors="replace")
         elif raw and (content_type.startswith(TEXT_TYPES) or not content_type):
             out["body"] = raw.decode(resp.charset or "utf-8", errors="replace")

@@ -13,19 +13,18 @@ A record that is not a signal, or names a run that does not exist, goes to ``lin
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pydantic
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Signal
 from linkflow_stream.core.signals import key_text
 from linkflow_stream.core.state import ExecutionStatus
-from linkflow_stream.kafka.codec import Codec, DecodeError
+from linkflow_stream.core.strict_json import non_finite
+from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json
 from linkflow_stream.kafka.consumers import group_reader
 from linkflow_stream.kafka.dlq import dead_letter
 from linkflow_stream.kafka.publisher import Publisher
@@ -43,28 +42,25 @@ START_WAIT_SECONDS = 10.0
 a command for a run it has no state of)."""
 
 
+def _numeric_key_as_text(data: Any) -> Any:
+    """A broadcast's numeric ``correlation_key`` as its JSON text, as a waiting node keys it."""
+    if isinstance(data, dict) and isinstance(data.get("correlation_key"), int | float):
+        return {**data, "correlation_key": key_text(data["correlation_key"])}
+    return data
+
+
 def decode_signal(codec: Codec, value: bytes | None) -> Signal:
     """A ``Signal`` from Avro (single-object or Confluent), or a JSON object with its fields."""
     if value is None:
         raise DecodeError("a signal needs a value; this record has none (a tombstone)")
     if value.lstrip()[:1] == b"{":
-        try:
-            data = json.loads(value)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise DecodeError(f"malformed JSON signal: {exc}") from exc
-        if isinstance(data, dict) and isinstance(data.get("correlation_key"), int | float):
-            data["correlation_key"] = key_text(data["correlation_key"])
-        try:
-            signal = Signal.model_validate(data)
-        except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-            )
-            raise DecodeError(f"not a signal: {problems}") from exc
+        signal = decode_json(value, Signal, "signal", _numeric_key_as_text)
     else:
         signal = codec.decode(value, Signal)
     if not SIGNAL_NAME.match(signal.name):
         raise DecodeError(f"signal name {signal.name!r} must match {SIGNAL_NAME.pattern}")
+    if non_finite(signal.payload) is not None:  # an Avro record's JSON text may hold one
+        raise DecodeError("not a signal: payload holds NaN or Infinity, which JSON has not")
     if (signal.execution_id is None) == (signal.correlation_key is None):
         raise DecodeError(
             "a signal names exactly one of execution_id (one run) or correlation_key (a broadcast)"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -31,7 +30,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import pydantic
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from linkflow_stream.core import topic_names
@@ -48,8 +46,9 @@ from linkflow_stream.core.start_request import (
     choose_workflow,
     start_execution,
 )
+from linkflow_stream.core.strict_json import non_finite
 from linkflow_stream.core.workflow import WorkflowDefinition
-from linkflow_stream.kafka.codec import Codec, DecodeError
+from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json
 from linkflow_stream.kafka.consumers import LogUnavailable, group_reader
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
@@ -105,18 +104,12 @@ def decode_request(codec: Codec, value: bytes | None) -> StartRequest:
     if value is None:
         raise DecodeError("a start request needs a value; this record has none (a tombstone)")
     if value.lstrip()[:1] != b"{":
-        return codec.decode(value, StartRequest)
-    try:
-        data = json.loads(value)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise DecodeError(f"malformed JSON start request: {exc}") from exc
-    try:
-        return StartRequest.model_validate(data)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-        )
-        raise DecodeError(f"not a start request: {problems}") from exc
+        request = codec.decode(value, StartRequest)
+    else:
+        request = decode_json(value, StartRequest, "start request")
+    if non_finite(request.input) is not None:  # an Avro record's JSON text may hold one
+        raise DecodeError("not a start request: input holds NaN or Infinity, which JSON has not")
+    return request
 
 
 @dataclass

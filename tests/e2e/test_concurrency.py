@@ -206,8 +206,9 @@ def test_a_queued_run_is_listed_as_queued_and_cancelling_it_takes_it_out_of_line
     assert status == 200, page
     assert {e["id"] for e in page["executions"]} == {second, third}
     # a queued run has nothing running to pause: a 409, not a 202 for a pause that never happens
-    status, body = call("POST", f"{engine.url}/api/executions/{third}/pause")
-    assert status == 409 and "queued" in body["error"]["message"], body
+    for control in ("pause", "recover"):
+        status, body = call("POST", f"{engine.url}/api/executions/{third}/{control}")
+        assert status == 409 and "queued" in body["error"]["message"], (control, body)
     # a timeout set while queued counts from its creation, and the answer says so
     status, body = call("PUT", f"{engine.url}/api/executions/{third}/timeout", {"timeout_seconds": 300})
     assert status == 202 and body["counted_from"].startswith("the execution's creation"), body

@@ -37,14 +37,14 @@ def test_register_and_status_like_the_seed(engine: EngineProcess) -> None:
     assert engines[0]["tags"] == ["default"] and engines[0]["capacity"] >= 1
     assert body["capacity"] >= 10 + engines[0]["capacity"]
     # an engine's own record is the engine's: taken over, it would hold only until its next heartbeat
-    own = engines[0]["id"]
+    own = next(w["id"] for w in engines if w["alive"])
     for path, sent in (
         ("register", {"id": own, "capacity": 1}),
         (f"{own}/heartbeat", None),
         (f"{own}/deregister", None),
     ):
         status, body = call("POST", f"{engine.registry_url}/api/workers/{path}", sent)
-        assert status == 409 and "is an engine process" in body["error"]["message"], (path, body)
+        assert status == 409 and "is a running engine process" in body["error"]["message"], (path, body)
     _, unchanged = call("GET", f"{engine.registry_url}/api/workers/status")
     assert next(w for w in unchanged["workers"] if w["id"] == own)["engine"] is True
 
@@ -106,3 +106,23 @@ def test_a_worker_not_heard_from_for_an_hour_is_forgotten_and_tombstoned(engine:
     listed = {w["id"] for w in body["workers"]}
     assert gone.id not in listed
     assert any(w["engine"] and w["alive"] for w in body["workers"]), "the live engine stays"
+
+
+def test_a_stopped_engines_record_can_be_deregistered(engine: EngineProcess) -> None:
+    """Engines never deregister themselves and each process start is a new id: a stopped one is
+    listed down for an hour unless an operator takes it out. Only a running engine's record is its
+    own (the 409 of the registry test above)."""
+    stopped_at = now() - timedelta(minutes=10)
+    stopped = WorkerRecord(
+        id=f"vm-{uuid.uuid4().hex[:6]}",
+        capacity=4,
+        registered_at=stopped_at,
+        heartbeat_at=stopped_at,
+        engine=True,
+        roles=("executor",),
+    )
+    asyncio.run(_produce(engine, stopped.id.encode(), default_codec().encode(stopped)))
+    status, body = call("POST", f"{engine.registry_url}/api/workers/{stopped.id}/deregister")
+    assert status == 202, body
+    _, listing = call("GET", f"{engine.registry_url}/api/workers/status")
+    assert stopped.id not in {w["id"] for w in listing["workers"]}

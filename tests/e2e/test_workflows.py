@@ -376,7 +376,9 @@ def test_a_task_node_naming_a_pool_without_a_topic_is_refused(engine: EngineProc
     assert status == 400, body
     message = body["error"]["message"]
     assert "node 'h': pool: no pool 'nope' (pools: default, gpu)" in message
-    assert "node 't'" not in message, "an inline node runs in the orchestrator; its pool is not used"
+    # an inline node runs in the orchestrator and uses no pool, but one it names must exist (a
+    # typo would otherwise surface only once its type changes; ADR 0049)
+    assert "node 't': pool: no pool 'nope' (pools: default, gpu)" in message
 
 
 def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> None:

@@ -179,6 +179,19 @@ async def test_large_bodies_hit_the_cap_and_binary_is_base64(node: HttpNode, ser
     assert base64.b64decode(out["body"]) == bytes(range(256))
 
 
+async def test_a_json_answer_with_nan_or_infinity_is_kept_as_text(
+    node: HttpNode, server: TargetServer
+) -> None:
+    """Python services may send NaN; parsed, it would be stored and sent back as a bare token that
+    breaks every JSON reader of the run (ADR 0049). A JavaScript client would not parse it either."""
+    for text in ('{"x": NaN}', "[Infinity]", '{"x": 1e999}'):
+        out = await call(node, {"url": f"{server.url}/json-text?text={quote(text)}"})
+        assert out["body"] == text, out
+    plain = quote('{"x": 1.5}')
+    out = await call(node, {"url": f"{server.url}/json-text?text={plain}"})
+    assert out["body"] == {"x": 1.5}
+
+
 async def test_slow_responses_time_out(node: HttpNode, server: TargetServer) -> None:
     started = asyncio.get_running_loop().time()
     err = await failure(node, {"url": f"{server.url}/slow?s=3"}, ctx(timeout=0.5))

@@ -48,6 +48,8 @@ def test_an_avro_signal() -> None:
         (b'{"name": "a"}', "exactly one of"),
         (b'{"name": "a", "execution_id": "e1", "correlation_key": "k"}', "exactly one of"),
         (b'{"name": "bad name", "execution_id": "e1"}', "signal name"),
+        (b'{"name": "a", "execution_id": "e1", "payload": [NaN]}', "NaN is not a JSON number"),
+        (CODEC.encode(Signal(name="a", execution_id="e1", payload={"x": float("nan")})), "NaN or Infinity"),
     ],
 )
 def test_what_is_not_a_signal_is_a_decode_error(value: bytes | None, why: str) -> None:

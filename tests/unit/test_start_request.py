@@ -82,6 +82,10 @@ def test_avro_and_json_values_decode_to_the_same_request() -> None:
         (b'{"workflow_id": "wf", "workflow_version": 0}', "workflow_version"),
         (b'{"workflow_id": "wf"', "malformed JSON"),
         (b'{"workflow_id": "wf", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "malformed JSON"),
+        # not JSON (ADR 0049): stored, they would break every JSON reader of the run
+        (b'{"workflow_id": "wf", "input": {"x": NaN}}', "NaN is not a JSON number"),
+        (b'{"workflow_id": "wf", "input": [1e999]}', "beyond the range of a double"),
+        (default_codec().encode(StartRequest(workflow_id="wf", input={"x": [float("inf")]})), "Infinity"),
     ],
 )
 def test_what_is_not_a_start_request_says_why(value: bytes | None, says: str) -> None:
@@ -243,13 +247,37 @@ async def test_a_key_or_id_whose_run_exists_starts_nothing() -> None:
     views = FakeViews()
     views.workflows.apply(workflow())
     current, _previous = execution_ids("ops", "k", at())
-    views.runs["given"] = {"created_at": "2020-01-01T00:00:00Z"}
-    views.runs[current] = {"created_at": "2020-01-01T00:00:00Z"}
+    run = {"created_at": "2020-01-01T00:00:00Z", "workflow_id": "wf", "input_data": {}}
+    views.runs["given"] = run
+    views.runs[current] = run
     batch = Batch()
     the_intake = intake(views)
     await the_intake.translate(record(as_json(execution_id="given")), batch)
     await the_intake.translate(record(as_json(idempotency_key="k")), batch)
     assert batch.records == [] and [o.value for o in batch.outcomes] == ["duplicate", "duplicate"]
+
+
+async def test_a_key_or_id_whose_run_is_another_start_is_dead_lettered() -> None:
+    """Counted as a duplicate, the other input would be dropped unseen (ADR 0049)."""
+    views = FakeViews()
+    views.workflows.apply(workflow())
+    current, _previous = execution_ids("ops", "k", at())
+    views.runs["given"] = {"created_at": "2020-01-01T00:00:00Z", "workflow_id": "wf", "input_data": {"n": 1}}
+    views.runs[current] = {"created_at": "2020-01-01T00:00:00Z", "workflow_id": "other", "input_data": {}}
+    batch = Batch()
+    the_intake = intake(views)
+    await the_intake.translate(record(as_json(execution_id="given", input={"n": 2})), batch)
+    await the_intake.translate(record(as_json(idempotency_key="k")), batch)
+    assert [o.value for o in batch.outcomes] == ["dead_lettered", "dead_lettered"]
+    for letter in batch.records:
+        assert headers(letter)["dlq_reason"].startswith("conflict: its idempotency key or execution id"), (
+            letter
+        )
+    # in one batch too: the second start with the key and another input is not the first's duplicate
+    batch = Batch()
+    await the_intake.translate(record(as_json(idempotency_key="fresh", input={"n": 1}), offset=50), batch)
+    await the_intake.translate(record(as_json(idempotency_key="fresh", input={"n": 2}), offset=51), batch)
+    assert [o.value for o in batch.outcomes] == ["started", "dead_lettered"]
 
 
 async def test_the_previous_windows_run_counts_for_24_hours_after_it_began() -> None:

@@ -405,6 +405,7 @@ def test_a_pool_a_node_names_must_exist_whatever_runs_the_node(registry: dict[st
         parse({**transform, "pool": "nopool"})
     assert parse({**transform, "pool": "gpu"}).nodes[0].pool == "gpu"
     assert parse(transform).nodes[0].pool == "default", "no pool named: nothing to check"
-    assert parse_workflow(
-        {"id": "p", "nodes": [transform]}, registry, version=1, created_at=CREATED, pools=frozenset({"gpu"})
-    ).nodes, "an inline node that names no pool needs no 'default' pool"
+    for node in (transform, {**transform, "pool": "default"}):  # as GET gives a definition back
+        assert parse_workflow(
+            {"id": "p", "nodes": [node]}, registry, version=1, created_at=CREATED, pools=frozenset({"gpu"})
+        ).nodes, "an inline node that names no pool, or the default, needs no 'default' pool"

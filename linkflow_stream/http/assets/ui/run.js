@@ -186,7 +186,7 @@ export function runPage(app, id) {
     const run = view.run;
     const can = [];
     if (!TERMINAL.has(run.status)) can.push(["Cancel", "cancel", {}, `Cancel run ${id}? Nodes still running are cancelled.`]);
-    if (run.status === "running" || run.status === "queued") can.push(["Pause", "pause", {}, `Pause run ${id}? Nothing new is dispatched until it is resumed.`]);
+    if (run.status === "running") can.push(["Pause", "pause", {}, `Pause run ${id}? Nothing new is dispatched until it is resumed.`]);
     if (run.status === "paused") can.push(["Resume", "resume", undefined, `Resume run ${id}?`]);
     if (run.status === "failed") can.push(["Rerun failed nodes", "rerun", { from: "failed" }, `Start a new run of ${id} that reuses the nodes that succeeded?`]);
     if (TERMINAL.has(run.status)) can.push(["Rerun from start", "rerun", { from: "start" }, `Start a new run of ${id} from the start?`]);
