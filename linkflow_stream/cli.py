@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import re
 import signal
 import sys
@@ -30,6 +32,9 @@ from linkflow_stream.settings import Settings
 if TYPE_CHECKING:
     from linkflow_stream.client import Client
 
+LOG_LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False)
+"""A level Python's logging knows (an unknown one was a traceback after the broker had started)."""
+
 
 @click.group()
 def main() -> None:
@@ -42,6 +47,7 @@ def main() -> None:
     default="info",
     show_default=True,
     envvar="LINKFLOW_LOG_LEVEL",
+    type=LOG_LEVELS,
     help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL); aiokafka and aiohttp log at warning",
 )
 @click.option(
@@ -214,6 +220,7 @@ def schema_registry_stop(data_dir: Path) -> None:
     default="info",
     show_default=True,
     envvar="LINKFLOW_LOG_LEVEL",
+    type=LOG_LEVELS,
     help="level of the engine's own logs (env LINKFLOW_LOG_LEVEL)",
 )
 def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
@@ -224,6 +231,7 @@ def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
     an earlier run; after a kill -9 it keeps running, and the next ``linkflow dev`` reuses it."""
     from linkflow_stream.engine import run as run_engine  # imported here: keeps --help fast
 
+    lock = _one_dev_per_data_dir(data_dir)  # held until this process ends, kill -9 included
     broker = _broker(data_dir, kafka_port)
     owned = False  # a broker refused for reuse (another port) is not ours to stop
     # Each stops everything, also while the broker starts (until the engine takes over SIGINT and
@@ -250,6 +258,34 @@ def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
             _say(f"stopping Kafka (pid {broker.pid}) ...")
             broker.stop()
             _say("Kafka stopped")
+        lock.close()  # the next `linkflow dev` on this data dir may start
+
+
+def _one_dev_per_data_dir(data_dir: Path) -> TextIO:
+    """An exclusive lock on ``<data dir>/dev.lock`` for as long as this process lives (the
+    returned file holds it). A second ``linkflow dev`` on the same data dir while the first runs
+    would reuse its broker and then stop it on the way out, taking the first engine's broker with
+    it; it is refused here instead, before anything starts. The kernel drops the lock when its
+    holder ends in any way, so a ``linkflow dev`` after a kill -9 takes it at once (the file is
+    opened non-inheritable: the broker it starts does not hold it)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "dev.lock"
+    held = path.open("a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held.seek(0)
+        holder = held.read().strip() or "?"
+        held.close()
+        raise click.ClickException(
+            f"another `linkflow dev` (pid {holder}) is running with the data dir {data_dir}: "
+            "stop it first (Ctrl-C), or start this one with another --data-dir and --kafka-port"
+        ) from None
+    held.seek(0)
+    held.truncate()
+    held.write(str(os.getpid()))
+    held.flush()
+    return held
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:

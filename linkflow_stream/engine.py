@@ -33,6 +33,7 @@ from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.codecs import codec_for, register_schemas
+from linkflow_stream.kafka.connection_logs import condense_connection_errors
 from linkflow_stream.kafka.consumers import LogUnavailable, log_ends, record_at
 from linkflow_stream.kafka.execution_log import execution_events
 from linkflow_stream.kafka.log_reader import Handler, LogReader
@@ -231,6 +232,8 @@ class Engine:
         )
         self._runners: list[web.AppRunner] = []
         self._executor_started = False
+        self.brokers_listed: int | None = None
+        """Brokers the cluster listed at the last look of the broker watch (``None`` before it)."""
         self._background: list[asyncio.Task[None]] = []
         self._gc_watch: gc_tuning.GcCallback | None = None
         self._uncount_retries: Callable[[], None] = lambda: None
@@ -399,9 +402,18 @@ class Engine:
         """Catch every view up with what the log held when this was called (read-your-writes)."""
         return all(await asyncio.gather(*(r.sync(within) for r in self.active_readers())))
 
+    def _brokers_listed(self, count: int) -> None:
+        self.brokers_listed = count
+        self.metrics.brokers.set(count)
+
     def readiness(self) -> Mapping[str, bool]:
         readers = self.active_readers()
-        checks = {"views_caught_up": all(r.caught_up.is_set() and not r.failed for r in readers)}
+        checks = {
+            # none listed (none answers): the clients would wait it out, and a start would get a
+            # 503 after seconds; a balancer should send callers elsewhere now
+            "broker_connected": self.brokers_listed != 0,
+            "views_caught_up": all(r.caught_up.is_set() and not r.failed for r in readers),
+        }
         if "views" in self.roles:
             checks["read_model_store"] = self.views.store_healthy
         if "orchestrator" in self.roles:
@@ -573,7 +585,7 @@ class Engine:
             self._background.append(asyncio.create_task(self.pool_watch.run(), name="pool-watch"))
         lag = watch_loop(self.metrics.loop_lag.observe)
         self._background.append(asyncio.create_task(lag, name="loop-lag"))
-        watch = BrokerWatch(self.settings.bootstrap_servers, self.metrics.brokers.set)
+        watch = BrokerWatch(self.settings.bootstrap_servers, self._brokers_listed)
         self._background.append(asyncio.create_task(watch.run(), name="broker-watch"))
         if "orchestrator" in roles:
             await self.orchestrator.start()
@@ -709,6 +721,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     )
     for noisy in ("aiokafka", "aiohttp"):  # only our own logs follow --loglevel
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    condense_connection_errors()  # a broker away: a line per kind and half-minute, not 1,000 a second
     gc_tuning.tune()
     code = asyncio.run(serve(settings))
     if code:

@@ -139,6 +139,10 @@ class ApiDeps:
 
 WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
 
+ACK_SECONDS = 10.0
+"""Longest a request waits for Kafka to acknowledge what it sends before it answers 503: a
+produce takes milliseconds, and a second or two on a loaded broker."""
+
 QUEUED_IGNORES = {CommandKind.PAUSE: "pause", CommandKind.RECOVER: "recover"}
 """Commands the decider ignores for a queued run (it holds nothing of it yet): a 409, not a 202."""
 
@@ -146,6 +150,13 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
 reach code that recurses over them (the codec, JSONata, pydantic), where they would exhaust the
 stack and surface as a 500."""
+
+
+def _retrieved(sending: asyncio.Future[None]) -> None:
+    """Take a send's outcome, so one that failed after its caller's 503 is not reported as an
+    exception never retrieved (the 503 was logged)."""
+    if not sending.cancelled():
+        sending.exception()
 
 
 def _takes_signal(state: ExecutionState, name: str) -> None:
@@ -490,10 +501,18 @@ class Api:
         )
         self.d.workflows.apply(wf)
 
-    async def _acknowledged(self, item: Outgoing, what: str, hint: str = "try again") -> None:
-        """Send one record; a broker that does not acknowledge it is a 503 the client may retry."""
+    async def _acknowledged(
+        self, item: Outgoing | list[Outgoing], what: str, hint: str = "try again"
+    ) -> None:
+        """Send records; a broker that does not acknowledge them within ``ACK_SECONDS`` is a 503
+        the client may retry. The client waits for a broker that is away for as long as it takes
+        (it waits for metadata, then retries the batch), which left a caller without an answer;
+        the send goes on after the 503 (shielded), so the record may still land, as the 503 says."""
+        sending = asyncio.ensure_future(self.d.publisher.send(item if isinstance(item, list) else [item]))
+        sending.add_done_callback(_retrieved)
         try:
-            await self.d.publisher.send([item])
+            async with asyncio.timeout(ACK_SECONDS):
+                await asyncio.shield(sending)
         except Exception as exc:
             log.warning("%s not acknowledged by Kafka: %r", what, exc)
             raise UnavailableError(f"{what} was not acknowledged by Kafka; {hint}", retryable=True) from exc
@@ -899,7 +918,10 @@ class Api:
             state = await self.d.views.state(execution_id)
             if state is not None:
                 check(state)
-        await self.d.publisher.send([Outgoing(topic_names.COMMANDS, execution_id, command, ce_type)])
+        await self._acknowledged(
+            Outgoing(topic_names.COMMANDS, execution_id, command, ce_type),
+            f"the {command.kind.value} command for {execution_id}",
+        )
         return status
 
     async def recover(self, request: web.Request) -> web.Response:
@@ -1050,7 +1072,7 @@ class Api:
         principal = principal_of(request)
         targets = broadcast_targets(self.d.views.status, signal, lambda s: principal.sees(s.workflow.team))
         if targets:
-            await self.d.publisher.send([signal_command(t, signal) for t in targets])
+            await self._acknowledged([signal_command(t, signal) for t in targets], f"signal {name}")
         return web.json_response(
             {
                 "name": name,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import now
@@ -125,6 +126,8 @@ class PoolWatch:
         while True:
             try:
                 self.publish(await self.measure())
+            except (KafkaError, OSError, TimeoutError) as exc:  # a broker away: a line a turn, no traceback
+                log.warning("pool backlog not measured (%r); again at the next turn", exc)
             except Exception:
                 log.exception("pool backlog not measured; again at the next turn")
             await asyncio.sleep(self.settings.heartbeat_seconds)
