@@ -308,7 +308,8 @@ def replay() -> None:
     "--into",
     type=click.Path(path_type=Path),
     default=None,
-    help="the fresh store to rebuild into (default: a temporary SQLite file, deleted after)",
+    help="a new SQLite file to rebuild into and keep (refused if it exists; default: a temporary "
+    "file, deleted after)",
 )
 def replay_status(into: Path | None) -> None:
     """Rebuild the read model (status, logs, costs) from offset 0 into a fresh store and compare
@@ -316,6 +317,11 @@ def replay_status(into: Path | None) -> None:
     from linkflow_stream.replay import replay_and_compare  # imported here: keeps --help fast
 
     settings = Settings()
+    if into is not None and into.exists():  # the rebuild resets its store: never one in use
+        raise click.UsageError(
+            f"--into {into} exists; the replay empties the store it rebuilds into, so it takes a "
+            "path where nothing is yet (the live read model, or an earlier replay, would be wiped)"
+        )
     with tempfile.TemporaryDirectory(prefix="linkflow-replay-") as scratch:
         target = into or Path(scratch) / "replayed.sqlite3"
         try:

@@ -9,6 +9,7 @@ the live store has since moved on (a higher ``seq``) is counted, not compared.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -139,9 +140,16 @@ async def compare(fresh: ReadStore, live: ReadStore, codec: Codec, retention: ti
 
 
 def _same_state(a: StoredState, b: StoredState, codec: Codec) -> bool:
-    return a.seq == b.seq and (
-        a.state == b.state or codec.decode(a.state, ExecutionState) == codec.decode(b.state, ExecutionState)
-    )
+    """The same state, and for an ended run the same body too: the body is what the API serves,
+    stored beside the state when the row was written, so a row whose body went wrong (or was
+    changed by hand) shows here. A running run's body holds its time queued so far, which moves
+    with the clock, so only an ended run's is compared."""
+    if a.seq != b.seq:
+        return False
+    mine = codec.decode(a.state, ExecutionState)
+    if a.state != b.state and mine != codec.decode(b.state, ExecutionState):
+        return False
+    return not mine.status.terminal or json.loads(a.body) == json.loads(b.body)
 
 
 def _lines_by_execution(lines: list[LineRow]) -> dict[str, list[LineRow]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -43,6 +44,28 @@ def test_replay_rebuilds_the_status_view_and_it_equals_the_live_one(engine: Engi
     result = linkflow(engine, "replay", "status")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 equal, 0 different, 0 with different log lines, 0 missing" in result.stdout
+
+    # --into a store that exists (the live one, here) is refused: the rebuild empties its store
+    (live,) = engine.data_dir.glob("*views.sqlite3")
+    assert live.is_file()
+    before = live.stat().st_mtime_ns, live.stat().st_size
+    refused = linkflow(engine, "replay", "status", "--into", str(live))
+    assert refused.returncode == 2 and "exists; the replay empties" in refused.stderr, refused.stderr
+    assert (live.stat().st_mtime_ns, live.stat().st_size) == before, "the live read model is untouched"
+
+    # a stored body that went wrong (here: changed by hand) is a difference, though its state holds
+    with sqlite3.connect(live) as db:
+        (body,) = db.execute("SELECT body FROM executions WHERE id = ?", (ids[0],)).fetchone()
+        db.execute(
+            "UPDATE executions SET body = ? WHERE id = ?", (body.replace('"success"', '"failed"'), ids[0])
+        )
+    try:
+        changed = linkflow(engine, "replay", "status")
+        assert changed.returncode != 0 and "3 equal, 1 different" in changed.stdout, changed.stdout
+        assert f"mismatch: {ids[0]}" in changed.stdout
+    finally:
+        with sqlite3.connect(live) as db:
+            db.execute("UPDATE executions SET body = ? WHERE id = ?", (body, ids[0]))
 
     one = linkflow(engine, "replay", "execution", ids[-1])
     assert one.returncode == 0, one.stderr
