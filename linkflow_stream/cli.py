@@ -667,8 +667,14 @@ def _start_via_kafka(
     key: str | None,
 ) -> None:
     """``executions start --via kafka``: produce, print the id, and with --wait follow it over HTTP."""
-    from linkflow_stream.client import NotFound, WaitTimedOut, start_via_kafka
+    from linkflow_stream.client import WaitTimedOut, start_via_kafka
+    from linkflow_stream.core.idempotency import same_start
 
+    if idempotency_key is not None and wait is not None:
+        raise click.UsageError(
+            "--wait with --via kafka needs --execution-id: the run of an idempotency key gets its id "
+            "from the engine (the workflow's team and the time), so this command cannot follow it"
+        )
     settings = Settings()
     try:
         run_id = asyncio.run(
@@ -693,20 +699,19 @@ def _start_via_kafka(
     if wait is None:
         _print({"id": run_id, "status": "requested"})
         return
-    deadline = time.monotonic() + wait
     with _api_errors():
         client = _client(url, key)
-        while True:  # the intake may not have made the run yet: not found is "not yet" until the deadline
-            try:
-                execution = client.wait_for(run_id, max(0.0, deadline - time.monotonic()))
-                break
-            except WaitTimedOut:
-                execution = client.get_execution(run_id)
-                break
-            except NotFound:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
+        try:  # the intake makes the run a moment later: not found is "not yet" until the wait is over
+            execution = client.wait_for(run_id, wait, poll=0.2, not_found_is_pending=True)
+        except WaitTimedOut:
+            execution = client.get_execution(run_id)
+    if not same_start(execution, workflow_id, {} if input_data is None else input_data):  # as sent
+        click.echo(
+            f"error: execution {run_id} is another start (another workflow or input): this one was "
+            "not started, and is in the dead-letter topic (conflict)",
+            err=True,
+        )
+        raise SystemExit(EXIT_REFUSED)
     _print(execution)
     _ended(execution)
 

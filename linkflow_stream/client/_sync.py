@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 from linkflow_stream.client import _calls as calls
 from linkflow_stream.client._calls import Answer, Call, Priority, Started, Status
 from linkflow_stream.client._config import DEFAULT_TIMEOUT, base_headers, base_url
-from linkflow_stream.client._errors import ConnectionFailed, WaitTimedOut
+from linkflow_stream.client._errors import ConnectionFailed, NotFound, WaitTimedOut
 from linkflow_stream.http.responses import (
     Accepted,
     Execution,
@@ -165,12 +165,22 @@ class Client:
             if cursor is None:
                 return
 
-    def wait_for(self, execution_id: str, seconds: float, *, poll: float = 0.5) -> Execution:
+    def wait_for(
+        self, execution_id: str, seconds: float, *, poll: float = 0.5, not_found_is_pending: bool = False
+    ) -> Execution:
         """The run once it has ended (polled every ``poll`` s); ``WaitTimedOut`` if it has not within
-        ``seconds``."""
+        ``seconds``. ``not_found_is_pending``: a run not found counts as not made yet until then (a
+        start sent through Kafka, ``start_via_kafka``, is made by the intake a moment later), and is
+        ``NotFound`` only at the end of the wait."""
         deadline = time.monotonic() + seconds
         while True:
-            execution = self.get_execution(execution_id)
+            try:
+                execution = self.get_execution(execution_id)
+            except NotFound:
+                if not not_found_is_pending or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+                continue
             if execution["status"] in calls.TERMINAL:
                 return execution
             if time.monotonic() >= deadline:

@@ -441,7 +441,7 @@ def test_an_intake_killed_mid_stream_loses_and_repeats_no_start(
 async def test_the_clients_kafka_start_names_the_run_it_starts(engine: EngineProcess) -> None:
     """``start_via_kafka`` returns the id the engine gives the run: the chosen one, or the one its
     record's place in the log fixes; a keyed start returns none (its team decides the id)."""
-    from linkflow_stream.client import Client, start_via_kafka
+    from linkflow_stream.client import Client, NotFound, start_via_kafka
 
     wf_id = f"kclient-{uuid.uuid4().hex[:8]}"
     engine.register(doubling(wf_id))
@@ -455,35 +455,21 @@ async def test_the_clients_kafka_start_names_the_run_it_starts(engine: EnginePro
     )
     assert named == chosen and keyed is None and by_position is not None
     client = Client(engine.url)
-    for run_id, n in ((by_position, 4), (named, 5)):
-        run = engine.wait_status(run_id)
-        assert (run["status"], run["nodes"]["plus"]["output"]) == ("success", 2 * n + 1), run
+    # as the README does, right after the send: the run may not be made yet, which is "not yet"
+    run = await asyncio.to_thread(client.wait_for, by_position, 30, not_found_is_pending=True)
+    assert (run["status"], run["nodes"]["plus"]["output"]) == ("success", 9), run
+    run = engine.wait_status(named)
+    assert (run["status"], run["nodes"]["plus"]["output"]) == ("success", 11), run
     assert client.get_execution(chosen)["priority"] == "high"
+    with pytest.raises(NotFound):  # one that never comes is NotFound at the end of the wait
+        await asyncio.to_thread(client.wait_for, "exec_never", 1, not_found_is_pending=True)
 
 
-def test_the_cli_starts_a_run_via_kafka_and_follows_it_over_http(engine: EngineProcess) -> None:
-    wf_id = f"kcli-{uuid.uuid4().hex[:8]}"
-    engine.register(doubling(wf_id))
-    chosen = f"cli-{uuid.uuid4().hex[:8]}"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "linkflow_stream.cli",
-            "executions",
-            "start",
-            wf_id,
-            "--input",
-            '{"n": 20}',
-            "--via",
-            "kafka",
-            "--execution-id",
-            chosen,
-            "--wait",
-            "30",
-            "--url",
-            engine.url,
-        ],
+def cli_start(engine: EngineProcess, wf_id: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``linkflow executions start WF_ID --via kafka ARGS`` against ``engine``."""
+    command = ["executions", "start", wf_id, "--via", "kafka", *args, "--url", engine.url]
+    return subprocess.run(
+        [sys.executable, "-m", "linkflow_stream.cli", *command],
         cwd=ROOT,
         env=engine.env(),
         capture_output=True,
@@ -491,32 +477,26 @@ def test_the_cli_starts_a_run_via_kafka_and_follows_it_over_http(engine: EngineP
         timeout=90,
         check=False,
     )
+
+
+def test_the_cli_starts_a_run_via_kafka_and_follows_it_over_http(engine: EngineProcess) -> None:
+    wf_id = f"kcli-{uuid.uuid4().hex[:8]}"
+    engine.register(doubling(wf_id))
+    chosen = f"cli-{uuid.uuid4().hex[:8]}"
+    done = cli_start(engine, wf_id, "--input", '{"n": 20}', "--execution-id", chosen, "--wait", "30")
     assert done.returncode == 0, done.stderr
     run = json.loads(done.stdout)
     assert (run["id"], run["status"], run["nodes"]["plus"]["output"]) == (chosen, "success", 41)
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "linkflow_stream.cli",
-            "executions",
-            "start",
-            wf_id,
-            "--via",
-            "kafka",
-            "--execution-id",
-            "no spaces allowed",
-            "--url",
-            engine.url,
-        ],
-        cwd=ROOT,
-        env=engine.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = cli_start(engine, wf_id, "--execution-id", "no spaces allowed")
     assert bad.returncode == 2 and "execution" in bad.stderr, (bad.returncode, bad.stderr)
+    # the id again with another input: that start is dead-lettered, and the CLI must not print the
+    # first run as if it were this one
+    other = cli_start(engine, wf_id, "--input", '{"n": 99}', "--execution-id", chosen, "--wait", "30")
+    assert other.returncode == 2 and "another start" in other.stderr, (other.returncode, other.stdout)
+    assert other.stdout == ""
+    # an idempotency key's run id is the engine's to derive: --wait cannot follow it, so says so
+    keyed = cli_start(engine, wf_id, "--idempotency-key", "k-1", "--wait", "30")
+    assert keyed.returncode == 2 and "--wait with --via kafka needs --execution-id" in keyed.stderr
 
 
 async def test_every_version_is_a_record_of_its_own_and_outlives_a_restart(engine: EngineProcess) -> None:
