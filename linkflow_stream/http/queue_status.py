@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
+from linkflow_stream.kafka.gap_probe import holding_records
 from linkflow_stream.kafka.log_reader import LogReader
 from linkflow_stream.settings import Settings
 from projections.status import StatusView
@@ -29,11 +30,17 @@ async def consumer_lag(settings: Settings, ends: dict[TopicPartition, int]) -> d
         )
     finally:
         await admin.close()
-    lag: dict[str, int] = {}
+    spans = {}
     for tp, end in ends.items():
         done = committed.get(tp)
-        offset = done.offset if done is not None and done.offset >= 0 else 0
-        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - offset)
+        spans[tp] = (done.offset if done is not None and done.offset >= 0 else 0, end)
+    # a transaction's commit marker takes an offset that no record is at, and the orchestrator
+    # commits the offset after the last record it decided: counted as lag, it never went to 0 at
+    # idle. A gap that holds no committed record is none.
+    holding = await holding_records(settings.bootstrap_servers, spans)
+    lag: dict[str, int] = {}
+    for tp, (offset, end) in spans.items():
+        lag[tp.topic] = lag.get(tp.topic, 0) + (max(0, end - offset) if tp in holding else 0)
     return lag
 
 

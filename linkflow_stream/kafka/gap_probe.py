@@ -34,3 +34,37 @@ async def explained_jump(bootstrap_servers: str, tp: TopicPartition, expected: i
         return False
     finally:
         await consumer.stop()
+
+
+async def holding_records(
+    bootstrap_servers: str, ranges: dict[TopicPartition, tuple[int, int]]
+) -> set[TopicPartition]:
+    """The partitions whose ``[start, end)`` range holds a record a ``read_committed`` reader sees
+    (not only markers or aborted records), all read by one short-lived consumer. A partition not
+    settled within 10 s counts as holding one (the cautious answer for a lag)."""
+    wanted = {tp: span for tp, span in ranges.items() if span[0] < span[1]}
+    if not wanted:
+        return set()
+    consumer = committed_reader(bootstrap_servers)
+    await consumer.start()
+    try:
+        consumer.assign(list(wanted))
+        for tp, (start, _end) in wanted.items():
+            consumer.seek(tp, start)
+        holding: set[TopicPartition] = set()
+        open_ = set(wanted)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while open_ and loop.time() < deadline:
+            batch = await consumer.getmany(*open_, timeout_ms=200, max_records=len(open_))
+            for tp, records in batch.items():
+                if tp in open_ and records:
+                    if records[0].offset < wanted[tp][1]:
+                        holding.add(tp)
+                    open_.discard(tp)
+            for tp in list(open_):
+                if await consumer.position(tp) >= wanted[tp][1]:
+                    open_.discard(tp)
+        return holding | open_
+    finally:
+        await consumer.stop()

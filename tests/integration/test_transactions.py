@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from linkflow_stream.dev.testing import read_topic
-from linkflow_stream.kafka.gap_probe import explained_jump
+from linkflow_stream.kafka.gap_probe import explained_jump, holding_records
 from linkflow_stream.kafka.produce_retries import RETRY_MESSAGE, count_routine_retries
 from linkflow_stream.kafka.records import ProducerRecord
 from linkflow_stream.kafka.transactions import (
@@ -118,6 +118,14 @@ async def test_the_gap_probe_explains_markers_and_aborted_records_but_not_skips(
     assert b > a + 1, "a marker and an aborted record lie between a and b"
     assert await explained_jump(kafka, tp, a + 1, b), "a reader that saw a and then b skipped nothing"
     assert not await explained_jump(kafka, tp, a + 1, c), "a reader that saw a and then c skipped b"
+    # the same question for many ranges at once (the queue status's lag): markers and aborted
+    # records are no record; the range past c holds only c's commit marker
+    other = TopicPartition(f"i{run}.none", 0)
+    end = c + 2  # c, then its transaction's marker
+    assert await holding_records(kafka, {tp: (a + 1, b)}) == set()
+    assert await holding_records(kafka, {tp: (a + 1, c + 1)}) == {tp}, "b lies in it"
+    assert await holding_records(kafka, {tp: (c + 1, end)}) == set(), "only a marker"
+    assert await holding_records(kafka, {other: (5, 5)}) == set(), "an empty range holds nothing"
 
 
 async def test_a_record_the_broker_refuses_breaks_the_producer_and_a_new_one_commits(kafka: str) -> None:
