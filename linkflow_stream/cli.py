@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import click
+from aiokafka.errors import KafkaError
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.auth import TEAM, Role
@@ -36,7 +37,23 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], cas
 """A level Python's logging knows (an unknown one was a traceback after the broker had started)."""
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group; a command that talks to Kafka itself (events, keys, replay, topics) and
+    finds no broker ends with one line and exit code 4, as the HTTP commands do, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (KafkaError, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+                raise
+            click.echo(
+                f"error: Kafka did not answer ({exc!r}); is the broker up (linkflow kafka start)?", err=True
+            )
+            raise SystemExit(EXIT_UNAVAILABLE) from exc
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """LinkFlow Stream: workflow execution on Apache Kafka."""
 
