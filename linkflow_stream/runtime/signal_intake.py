@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Signal
-from linkflow_stream.core.signals import key_text
+from linkflow_stream.core.signals import WAIT_EVENT, key_text
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.core.strict_json import non_finite
 from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json
@@ -154,8 +154,22 @@ class SignalIntake:
             if status is None:
                 await self._dead_letter(record, f"no run {signal.execution_id!r} to signal")
                 return
-            if status.terminal:
-                log.info("signal %s for %s dropped: the run ended", signal.name, signal.execution_id)
+            if status.terminal:  # as the API's 409: in the dead-letter topic, not only a log line
+                await self._dead_letter(
+                    record, f"execution {signal.execution_id!r} already ended ({status.value})"
+                )
+                return
+            state = self.status.known(signal.execution_id)
+            takes = (
+                sorted({str(n.config.get("name")) for n in state.workflow.nodes if n.type == WAIT_EVENT})
+                if state
+                else []
+            )
+            if state is not None and signal.name not in takes:  # the run would keep it for ever
+                reason = (
+                    f"no wait_event node of workflow {state.workflow.id!r} waits on signal {signal.name!r}"
+                )
+                await self._dead_letter(record, f"{reason} (it takes {takes or 'none'})")
                 return
             targets = [signal.execution_id]
         else:

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from linkflow_stream.client import Client, NotFound
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Signal
-from linkflow_stream.dev.testing import EngineProcess, call
+from linkflow_stream.dev.testing import EngineProcess, call, read_topic
 from linkflow_stream.kafka.codec import default_codec
 
 pytestmark = pytest.mark.e2e
@@ -230,6 +230,44 @@ def test_signals_from_the_kafka_topic_by_run_and_by_key(engine: EngineProcess) -
     wait_for(
         lambda: engine.metric_total("linkflow_dlq_messages_total") >= 1, 30, "the bad record dead-lettered"
     )
+
+
+def test_kafka_signals_that_no_run_would_take_are_dead_lettered_with_why(engine: EngineProcess) -> None:
+    """As the API answers 409: a signal for an ended run, or one whose name no wait_event node of
+    the run waits on, goes to the dead-letter topic with the reason, not only to a log line (the
+    ended run's), or into the run for ever (the unknown name's)."""
+    name = f"paid-{uuid.uuid4().hex[:6]}"
+    wf_id = waiting_workflow(engine, name=name)
+    waits, ends = start(engine, wf_id), start(engine, wf_id)
+    waiting(engine, waits)
+    waiting(engine, ends)
+    call("POST", f"{engine.url}/api/executions/{ends}/cancel")
+    assert engine.wait_status(ends)["status"] == "cancelled"
+    late = f"late-{uuid.uuid4().hex[:6]}".encode()
+    typo = f"typo-{uuid.uuid4().hex[:6]}".encode()
+    asyncio.run(
+        produce(
+            engine,
+            [
+                (late, json.dumps({"name": name, "execution_id": ends}).encode()),
+                (typo, json.dumps({"name": "piad", "execution_id": waits}).encode()),
+            ],
+        )
+    )
+    reasons = wait_for(lambda: dead_letter_reasons(engine, {late, typo}), 30, "both dead-lettered")
+    assert reasons[late] == f"execution '{ends}' already ended (cancelled)"
+    assert reasons[typo].startswith(f"no wait_event node of workflow '{wf_id}' waits on signal 'piad'")
+    assert engine.get(waits)["status"] == "running", "the run took nothing"
+    call("POST", f"{engine.url}/api/executions/{waits}/cancel")
+
+
+def dead_letter_reasons(engine: EngineProcess, keys: set[bytes]) -> dict[bytes, str] | None:
+    """The reason of each dead letter keyed by one of ``keys``, once all are there (else None)."""
+    records = asyncio.run(
+        read_topic(engine.bootstrap, engine.settings().topic(topic_names.DLQ), partitions=1)
+    )
+    found = {r.key: dict(r.headers)["dlq_reason"].decode() for r in records if r.key in keys}
+    return found if set(found) == keys else None
 
 
 def test_a_wait_with_no_signal_fails_with_class_timeout_after_its_retries(engine: EngineProcess) -> None:
