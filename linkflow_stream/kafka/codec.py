@@ -106,9 +106,14 @@ def decode_json(value: bytes, model: type[T], what: str, prepare: Callable[[Any]
     library), parsed as RFC 8259 JSON (no NaN or Infinity, ADR 0049); ``prepare`` may adjust the
     parsed value first. ``DecodeError`` naming every wrong field otherwise."""
     try:
-        data = strict_json.loads(value)
+        data = strict_json.loads(value.removeprefix(b"\xef\xbb\xbf"))  # a BOM some editors write
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DecodeError(f"malformed JSON {what}: {exc}") from exc
+    if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(data), "a number"
+        )
+        raise DecodeError(f"not a {what}: JSON, but {kind}, not an object with its fields")
     try:
         return model.model_validate(prepare(data) if prepare is not None else data)
     except pydantic.ValidationError as exc:
@@ -116,6 +121,14 @@ def decode_json(value: bytes, model: type[T], what: str, prepare: Callable[[Any]
             f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
         )
         raise DecodeError(f"not a {what}: {problems}") from exc
+
+
+def looks_like_json(value: bytes) -> bool:
+    """Whether a record's value is meant as JSON rather than Avro: Avro's single-object encoding
+    starts with 0xC3 0x01 and Confluent's with 0x00, while JSON text starts (after a BOM or
+    whitespace) with one of these. A JSON list or string then gets a reason that says so."""
+    head = value.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+    return head != b"" and head in b'{["-0123456789tfn'
 
 
 def fingerprint(canonical: str) -> bytes:

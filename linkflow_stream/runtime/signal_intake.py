@@ -24,7 +24,7 @@ from linkflow_stream.core.messages import Signal
 from linkflow_stream.core.signals import WAIT_EVENT, key_text
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.core.strict_json import non_finite
-from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json
+from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json, looks_like_json
 from linkflow_stream.kafka.consumers import group_reader
 from linkflow_stream.kafka.dlq import dead_letter
 from linkflow_stream.kafka.publisher import Publisher
@@ -53,7 +53,7 @@ def decode_signal(codec: Codec, value: bytes | None) -> Signal:
     """A ``Signal`` from Avro (single-object or Confluent), or a JSON object with its fields."""
     if value is None:
         raise DecodeError("a signal needs a value; this record has none (a tombstone)")
-    if value.lstrip()[:1] == b"{":
+    if looks_like_json(value):
         signal = decode_json(value, Signal, "signal", _numeric_key_as_text)
     else:
         signal = codec.decode(value, Signal)

@@ -48,7 +48,7 @@ from linkflow_stream.core.start_request import (
 )
 from linkflow_stream.core.strict_json import non_finite
 from linkflow_stream.core.workflow import WorkflowDefinition
-from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json
+from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json, looks_like_json
 from linkflow_stream.kafka.consumers import LogUnavailable, group_reader
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.gap_probe import explained_jump
@@ -103,7 +103,7 @@ def decode_request(codec: Codec, value: bytes | None) -> StartRequest:
     fields (for producers without an Avro library: ``kafka-console-producer`` works)."""
     if value is None:
         raise DecodeError("a start request needs a value; this record has none (a tombstone)")
-    if value.lstrip()[:1] != b"{":
+    if not looks_like_json(value):
         request = codec.decode(value, StartRequest)
     else:
         request = decode_json(value, StartRequest, "start request")

@@ -84,6 +84,11 @@ def test_avro_and_json_values_decode_to_the_same_request() -> None:
         (b'{"workflow_id": "wf", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "malformed JSON"),
         # not JSON (ADR 0049): stored, they would break every JSON reader of the run
         (b'{"workflow_id": "wf", "input": {"x": NaN}}', "NaN is not a JSON number"),
+        # JSON that is no object says so (it was called "not an Avro single-object encoded")
+        (b'[{"workflow_id": "wf"}]', "not a start request: JSON, but a list"),
+        (b"null", "not a start request: JSON, but null"),
+        (b'  "wf"', "not a start request: JSON, but a string"),
+        (b'\xef\xbb\xbf{"workflow_id": ""}', "workflow_id"),  # a BOM first: read as JSON all the same
         (b'{"workflow_id": "wf", "input": [1e999]}', "beyond the range of a double"),
         (default_codec().encode(StartRequest(workflow_id="wf", input={"x": [float("inf")]})), "Infinity"),
     ],
