@@ -19,7 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import click
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.auth import TEAM, Role
@@ -39,14 +39,14 @@ LOG_LEVELS = click.Choice(["debug", "info", "warning", "error", "critical"], cas
 
 class _Commands(click.Group):
     """The command group; a command that talks to Kafka itself (events, keys, replay, topics) and
-    finds no broker ends with one line and exit code 4, as the HTTP commands do, not a traceback."""
+    finds no broker ends with one line and exit code 4, as the HTTP commands do, not a traceback.
+    Only "no broker answers" is caught: any other Kafka error (authorization, a missing topic) and
+    a closed pipe (``| head``, which click handles) pass as they are."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (KafkaError, OSError) as exc:
-            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
-                raise
+        except (KafkaConnectionError, KafkaTimeoutError, ConnectionRefusedError) as exc:
             click.echo(
                 f"error: Kafka did not answer ({exc!r}); is the broker up (linkflow kafka start)?", err=True
             )

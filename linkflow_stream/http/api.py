@@ -63,7 +63,7 @@ from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, err
 from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.http.ui import ui_routes
-from linkflow_stream.kafka.publisher import Publisher
+from linkflow_stream.kafka.publisher import ACK_SECONDS, Publisher, acknowledged_within
 from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.nodes.wait_event import SIGNAL_NAME
@@ -139,10 +139,6 @@ class ApiDeps:
 
 WEBHOOK_TOKEN_HEADER = "X-LinkFlow-Token"  # noqa: S105 - a header name, not a secret
 
-ACK_SECONDS = 10.0
-"""Longest a request waits for Kafka to acknowledge what it sends before it answers 503: a
-produce takes milliseconds, and a second or two on a loaded broker."""
-
 QUEUED_IGNORES = {CommandKind.PAUSE: "pause", CommandKind.RECOVER: "recover"}
 """Commands the decider ignores for a queued run (it holds nothing of it yet): a 409, not a 202."""
 
@@ -150,13 +146,6 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects a body may have. Deeper documents are refused before they
 reach code that recurses over them (the codec, JSONata, pydantic), where they would exhaust the
 stack and surface as a 500."""
-
-
-def _retrieved(sending: asyncio.Future[None]) -> None:
-    """Take a send's outcome, so one that failed after its caller's 503 is not reported as an
-    exception never retrieved (the 503 was logged)."""
-    if not sending.cancelled():
-        sending.exception()
 
 
 def _takes_signal(state: ExecutionState, name: str) -> None:
@@ -508,11 +497,10 @@ class Api:
         the client may retry. The client waits for a broker that is away for as long as it takes
         (it waits for metadata, then retries the batch), which left a caller without an answer;
         the send goes on after the 503 (shielded), so the record may still land, as the 503 says."""
-        sending = asyncio.ensure_future(self.d.publisher.send(item if isinstance(item, list) else [item]))
-        sending.add_done_callback(_retrieved)
         try:
-            async with asyncio.timeout(ACK_SECONDS):
-                await asyncio.shield(sending)
+            await acknowledged_within(
+                self.d.publisher.send(item if isinstance(item, list) else [item]), ACK_SECONDS
+            )
         except Exception as exc:
             log.warning("%s not acknowledged by Kafka: %r", what, exc)
             raise UnavailableError(f"{what} was not acknowledged by Kafka; {hint}", retryable=True) from exc
@@ -1360,7 +1348,9 @@ class Api:
     async def delete_schedule(self, request: web.Request) -> web.Response:
         schedule = await self._schedule(request, request.match_info["id"])
         try:
-            await self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, [])
+            await acknowledged_within(
+                self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, []), ACK_SECONDS
+            )
         except Exception as exc:
             log.warning("deleting schedule %s not acknowledged by Kafka: %r", schedule.id, exc)
             raise UnavailableError(

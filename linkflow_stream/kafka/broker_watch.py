@@ -23,6 +23,11 @@ WATCH_INTERVAL_SECONDS = 2.0
 """How often the brokers are counted: a lost broker shows within this of being fenced."""
 
 
+LOOK_SECONDS = 5.0
+"""Longest one count may take; a broker that answers at all answers a metadata request in
+milliseconds."""
+
+
 class BrokerWatch:
     """Counts the brokers the cluster lists, every ``interval`` seconds, and reports the count."""
 
@@ -55,10 +60,18 @@ class BrokerWatch:
         return 0
 
     async def run(self) -> None:
-        """Count and report until cancelled; a failed look is logged and the next one tried."""
+        """Count and report until cancelled; a failed look is logged and the next one tried. A look
+        that takes longer than ``LOOK_SECONDS`` counts as none answering: a broker whose packets
+        are dropped (a partition, not a refused connection) would hold a connect for 40 s, while
+        the last count, and readiness, said all was well."""
         while True:
             try:
-                self.report(await self.count())
-            except (KafkaError, OSError, TimeoutError) as exc:
+                async with asyncio.timeout(LOOK_SECONDS):
+                    count = await self.count()
+            except TimeoutError:
+                self.report(0)
+            except (KafkaError, OSError) as exc:
                 log.warning("could not count the brokers: %r", exc)
+            else:
+                self.report(count)
             await asyncio.sleep(self.interval)

@@ -10,10 +10,11 @@ a short-lived consumer per question is cheap enough.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 from aiokafka import TopicPartition
 
-from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.consumers import committed_reader, stop_reader
 
 
 async def explained_jump(bootstrap_servers: str, tp: TopicPartition, expected: int, got: int) -> bool:
@@ -41,17 +42,19 @@ async def holding_records(
 ) -> set[TopicPartition]:
     """The partitions whose ``[start, end)`` range holds a record a ``read_committed`` reader sees
     (not only markers or aborted records), all read by one short-lived consumer. A partition not
-    settled within 10 s counts as holding one (the cautious answer for a lag)."""
-    wanted = {tp: span for tp, span in ranges.items() if span[0] < span[1]}
+    settled within 10 s counts as holding one (the cautious answer for a lag). A settled range's
+    answer never changes (the log below its end is fixed), so it is remembered: the queue status,
+    which the web UI asks for every 2 s, finds the same marker-only ranges again at idle."""
+    wanted = {tp: span for tp, span in ranges.items() if span[0] < span[1] and (tp, *span) not in _SETTLED}
+    holding = {tp for tp, span in ranges.items() if span[0] < span[1] and _SETTLED.get((tp, *span))}
     if not wanted:
-        return set()
+        return holding
     consumer = committed_reader(bootstrap_servers)
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(list(wanted))
         for tp, (start, _end) in wanted.items():
             consumer.seek(tp, start)
-        holding: set[TopicPartition] = set()
         open_ = set(wanted)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
@@ -59,12 +62,26 @@ async def holding_records(
             batch = await consumer.getmany(*open_, timeout_ms=200, max_records=len(open_))
             for tp, records in batch.items():
                 if tp in open_ and records:
-                    if records[0].offset < wanted[tp][1]:
+                    found = records[0].offset < wanted[tp][1]
+                    _settle(tp, wanted[tp], found)
+                    if found:
                         holding.add(tp)
                     open_.discard(tp)
             for tp in list(open_):
                 if await consumer.position(tp) >= wanted[tp][1]:
+                    _settle(tp, wanted[tp], False)
                     open_.discard(tp)
         return holding | open_
     finally:
-        await consumer.stop()
+        await stop_reader(consumer)
+
+
+_SETTLED: OrderedDict[tuple[TopicPartition, int, int], bool] = OrderedDict()
+SETTLED_KEPT = 4096
+"""Answers remembered (a few per partition are ever asked for again)."""
+
+
+def _settle(tp: TopicPartition, span: tuple[int, int], holds: bool) -> None:
+    _SETTLED[(tp, *span)] = holds
+    while len(_SETTLED) > SETTLED_KEPT:
+        _SETTLED.popitem(last=False)

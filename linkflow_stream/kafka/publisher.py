@@ -8,7 +8,7 @@ once a start request is in the log.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from aiokafka import AIOKafkaProducer
 
@@ -18,6 +18,10 @@ from linkflow_stream.kafka.records import encode
 from linkflow_stream.kafka.topics import max_message_bytes
 from linkflow_stream.kafka.transactions import BATCH_BYTES
 from linkflow_stream.settings import Settings
+
+ACK_SECONDS = 10.0
+"""Longest an HTTP request waits for Kafka to acknowledge what it sends before it answers 503
+(``acknowledged_within``): a produce takes milliseconds, and a second or two on a loaded broker."""
 
 
 class Publisher:
@@ -67,3 +71,20 @@ class Publisher:
     ) -> None:
         """Produce bytes as they are (logical ``topic``): the dead-letter path for undecodable records."""
         await self._started().send_and_wait(self.settings.topic(topic), value, key=key, headers=headers)
+
+
+async def acknowledged_within(sending: Awaitable[None], seconds: float) -> None:
+    """Await a send for at most ``seconds`` (``TimeoutError`` after). The Kafka client waits for a
+    broker that is away for as long as it takes (metadata, then the batch's retries), which left an
+    HTTP caller without an answer; the send itself goes on (shielded), so its records may still
+    land later, and its outcome is retrieved then, so a failure is not reported as an exception
+    never retrieved."""
+    task = asyncio.ensure_future(sending)
+    task.add_done_callback(_retrieved)
+    async with asyncio.timeout(seconds):
+        await asyncio.shield(task)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -122,6 +122,12 @@ def test_a_stopped_engines_record_can_be_deregistered(engine: EngineProcess) -> 
         roles=("executor",),
     )
     asyncio.run(_produce(engine, stopped.id.encode(), default_codec().encode(stopped)))
+    deadline = time.monotonic() + 30  # listed once the engine's view has read it
+    while stopped.id not in {
+        w["id"] for w in call("GET", f"{engine.registry_url}/api/workers/status")[1]["workers"]
+    }:
+        assert time.monotonic() < deadline, "the stopped engine's record was never listed"
+        time.sleep(0.2)
     status, body = call("POST", f"{engine.registry_url}/api/workers/{stopped.id}/deregister")
     assert status == 202, body
     _, listing = call("GET", f"{engine.registry_url}/api/workers/status")
