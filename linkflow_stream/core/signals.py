@@ -9,6 +9,7 @@ from typing import Any
 
 from linkflow_stream.core.expressions import evaluate
 from linkflow_stream.core.node_contract import NodeFailure
+from linkflow_stream.core.workflow import WorkflowDefinition
 
 WAIT_EVENT = "wait_event"
 """The node type that waits for a signal."""
@@ -17,6 +18,13 @@ KEY_TIMEOUT_SECONDS = 1.0
 """Time limit of a correlation key's evaluation (it runs in the orchestrator's step)."""
 
 MAX_KEY_CHARS = 256
+
+
+def signal_names(workflow: WorkflowDefinition) -> list[str]:
+    """The signal names a workflow's ``wait_event`` nodes wait on, sorted: a signal by any other
+    name would be kept by the run for ever and never taken (the API refuses it, the Kafka intake
+    dead-letters it)."""
+    return sorted({str(n.config.get("name")) for n in workflow.nodes if n.type == WAIT_EVENT})
 
 
 def key_text(value: Any) -> str | None:

@@ -36,7 +36,7 @@ from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.rerun import reusable_outputs
 from linkflow_stream.core.run_links import referenced_workflows
 from linkflow_stream.core.schedule import Schedule
-from linkflow_stream.core.signals import WAIT_EVENT, key_text
+from linkflow_stream.core.signals import key_text, signal_names
 from linkflow_stream.core.state import EvolveError, ExecutionState, ExecutionStatus, apply
 from linkflow_stream.core.strict_json import loads
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
@@ -59,11 +59,11 @@ from linkflow_stream.http.bodies import (
     TimeoutBody,
     validated,
 )
-from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, errors_as_json
+from linkflow_stream.http.errors import UnauthorizedError, UnavailableError, acknowledged, errors_as_json
 from linkflow_stream.http.openapi import api_document, document_routes
 from linkflow_stream.http.start_limit import TeamStartLimiter
 from linkflow_stream.http.ui import ui_routes
-from linkflow_stream.kafka.publisher import ACK_SECONDS, Publisher, acknowledged_within
+from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.records import limit_of
 from linkflow_stream.keys import KEY_CREATED, KEY_REVOKED, key_record
 from linkflow_stream.nodes.wait_event import SIGNAL_NAME
@@ -152,7 +152,7 @@ def _takes_signal(state: ExecutionState, name: str) -> None:
     """409 when the run's workflow has no ``wait_event`` node on ``name``: the run would keep the
     signal for ever, and the caller would never learn that it went nowhere (a typo in the name,
     say)."""
-    names = sorted({str(n.config.get("name")) for n in state.workflow.nodes if n.type == WAIT_EVENT})
+    names = signal_names(state.workflow)
     if name not in names:
         waits = f"its wait_event nodes wait on {', '.join(map(repr, names))}" if names else "it has none"
         raise ConflictError(
@@ -493,17 +493,9 @@ class Api:
     async def _acknowledged(
         self, item: Outgoing | list[Outgoing], what: str, hint: str = "try again"
     ) -> None:
-        """Send records; a broker that does not acknowledge them within ``ACK_SECONDS`` is a 503
-        the client may retry. The client waits for a broker that is away for as long as it takes
-        (it waits for metadata, then retries the batch), which left a caller without an answer;
-        the send goes on after the 503 (shielded), so the record may still land, as the 503 says."""
-        try:
-            await acknowledged_within(
-                self.d.publisher.send(item if isinstance(item, list) else [item]), ACK_SECONDS
-            )
-        except Exception as exc:
-            log.warning("%s not acknowledged by Kafka: %r", what, exc)
-            raise UnavailableError(f"{what} was not acknowledged by Kafka; {hint}", retryable=True) from exc
+        """Send records; not acknowledged within ``ACK_SECONDS``, a 503 the client may retry (the
+        send goes on, so the record may still land, as the 503 says)."""
+        await acknowledged(self.d.publisher.send(item if isinstance(item, list) else [item]), what, hint)
 
     async def _claimable(self, principal: Principal, workflow_id: str) -> None:
         """A workflow id of another team is not the caller's to version (409, not 404: the id is
@@ -1347,15 +1339,10 @@ class Api:
 
     async def delete_schedule(self, request: web.Request) -> web.Response:
         schedule = await self._schedule(request, request.match_info["id"])
-        try:
-            await acknowledged_within(
-                self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, []), ACK_SECONDS
-            )
-        except Exception as exc:
-            log.warning("deleting schedule %s not acknowledged by Kafka: %r", schedule.id, exc)
-            raise UnavailableError(
-                f"deleting schedule {schedule.id} was not acknowledged by Kafka; try again"
-            ) from exc
+        await acknowledged(
+            self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, []),
+            f"deleting schedule {schedule.id}",
+        )
         self._schedule_view().apply(schedule.id, None)
         return web.json_response({"id": schedule.id, "deleted": True})
 

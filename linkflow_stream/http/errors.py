@@ -15,6 +15,7 @@ from aiohttp import web
 
 from linkflow_stream.core.admission import TooManyRequestsError
 from linkflow_stream.core.errors import LinkflowError
+from linkflow_stream.kafka.publisher import ACK_SECONDS, acknowledged_within
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +85,13 @@ async def errors_as_json(
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(error_body("internal", "internal error; see the engine log"), status=500)
+
+
+async def acknowledged(sending: Awaitable[None], what: str, hint: str = "try again") -> None:
+    """Await a send to Kafka for at most ``ACK_SECONDS``; one not acknowledged by then, or that
+    failed, is a 503 the client may retry (``what`` names it, ``hint`` says what to do)."""
+    try:
+        await acknowledged_within(sending, ACK_SECONDS)
+    except Exception as exc:
+        log.warning("%s not acknowledged by Kafka: %r", what, exc)
+        raise UnavailableError(f"{what} was not acknowledged by Kafka; {hint}", retryable=True) from exc

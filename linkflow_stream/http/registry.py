@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -15,12 +14,10 @@ from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.strict_json import loads
 from linkflow_stream.http.auth import authentication
 from linkflow_stream.http.bodies import WorkerRegistration, validated
-from linkflow_stream.http.errors import UnavailableError, errors_as_json
+from linkflow_stream.http.errors import acknowledged, errors_as_json
 from linkflow_stream.http.openapi import document_routes, registry_document
-from linkflow_stream.kafka.publisher import ACK_SECONDS, Publisher, acknowledged_within
+from linkflow_stream.kafka.publisher import Publisher
 from projections.workers import WorkerRecord, WorkerState, WorkerView
-
-log = logging.getLogger(__name__)
 
 
 class RegistryApi:
@@ -64,13 +61,7 @@ class RegistryApi:
     async def _publish(self, record: WorkerRecord, ce_type: str) -> None:
         """Put the record on the log (503 if Kafka does not acknowledge it in time), then in the view."""
         outgoing = Outgoing(topic_names.WORKERS, record.id, record, ce_type, time=record.heartbeat_at)
-        try:
-            await acknowledged_within(self.publisher.send([outgoing]), ACK_SECONDS)
-        except Exception as exc:
-            log.warning("worker %s's record not acknowledged by Kafka: %r", record.id, exc)
-            raise UnavailableError(
-                f"worker {record.id}'s record was not acknowledged by Kafka; try again", retryable=True
-            ) from exc
+        await acknowledged(self.publisher.send([outgoing]), f"worker {record.id}'s record")
         self.view.apply(record)
 
     async def _known(self, worker_id: str) -> WorkerRecord:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Signal
-from linkflow_stream.core.signals import WAIT_EVENT, key_text
+from linkflow_stream.core.signals import key_text, signal_names
 from linkflow_stream.core.state import ExecutionStatus
 from linkflow_stream.core.strict_json import non_finite
 from linkflow_stream.kafka.codec import Codec, DecodeError, decode_json, looks_like_json
@@ -160,11 +160,7 @@ class SignalIntake:
                 )
                 return
             state = self.status.known(signal.execution_id)
-            takes = (
-                sorted({str(n.config.get("name")) for n in state.workflow.nodes if n.type == WAIT_EVENT})
-                if state
-                else []
-            )
+            takes = signal_names(state.workflow) if state else []
             if state is not None and signal.name not in takes:  # the run would keep it for ever
                 reason = (
                     f"no wait_event node of workflow {state.workflow.id!r} waits on signal {signal.name!r}"

@@ -16,7 +16,7 @@ import pytest
 
 from linkflow_stream.dev.broker import Broker, BrokerError, free_port
 from linkflow_stream.dev.testing import EngineProcess, call
-from linkflow_stream.http.api import ACK_SECONDS
+from linkflow_stream.kafka.publisher import ACK_SECONDS
 
 pytestmark = pytest.mark.e2e
 
