@@ -3,14 +3,15 @@ result and control topics."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from linkflow_stream.core.rate_limit import RateLimitBucket
-from linkflow_stream.core.workflow import WorkflowDefinition
+from linkflow_stream.core.workflow import MAX_TIMEOUT_SECONDS, WorkflowDefinition
 
 
 class Priority(StrEnum):
@@ -93,6 +94,24 @@ class ExecutionCommand(BaseModel):
     resume). Default ``False``: the deadline still applies while paused."""
     signal: Signal | None = None
     """signal: the signal delivered to the run (its ``id`` is set)."""
+
+    @model_validator(mode="after")
+    def _carries_what_its_kind_needs(self) -> Self:
+        """A command without what its kind acts on is refused when it is read (the orchestrator
+        dead-letters it with this reason), not taken and ignored: a producer writing to
+        ``linkflow.commands`` learns why its command did nothing."""
+        if self.kind is CommandKind.SET_TIMEOUT:
+            seconds = self.timeout_seconds
+            if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+                raise ValueError(
+                    f"a set_timeout command needs timeout_seconds above 0 and at most "
+                    f"{MAX_TIMEOUT_SECONDS:g}, got {seconds!r}"
+                )
+        elif self.kind is CommandKind.TIMER_FIRED and self.timer_id is None:
+            raise ValueError("a timer_fired command needs a timer_id")
+        elif self.kind is CommandKind.SIGNAL and (self.signal is None or self.signal.id is None):
+            raise ValueError("a signal command needs a signal with an id")
+        return self
 
 
 class NodeTask(BaseModel):

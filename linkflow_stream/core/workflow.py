@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from linkflow_stream.core.rate_limit import RateLimit
 
+MAX_TIMEOUT_SECONDS = 30 * 86_400.0
+"""The longest time budget a run can have: a workflow's ``timeout_seconds``, or one set while it
+runs (``set_timeout``, ``PUT /api/executions/{id}/timeout``)."""
 NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -121,7 +124,7 @@ class WorkflowDefinition(BaseModel):
     id: str
     version: int = 1
     name: str = ""
-    timeout_seconds: float | None = Field(default=None, gt=0, le=30 * 86_400)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
     nodes: tuple[NodeDefinition, ...]
     created_at: datetime
     retry: RetryPolicy | None = None

@@ -21,9 +21,9 @@ from linkflow_stream.core.auth import ANONYMOUS, Principal, Role, split_key
 from linkflow_stream.http.errors import ForbiddenError, UnauthorizedError
 from projections.keys import KeyView
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/", "/ui"})
 """Served without a key: the probes, and the API's description (the same for every caller; ADR 0024),
-and ``/`` (a redirect to the UI)."""
+and ``/`` and ``/ui`` (redirects to the UI)."""
 UI_PREFIX = "/ui/"
 """The web UI's pages and assets (ADR 0038) take no key: they hold no data and are the same for
 every caller; the page asks for a key and sends it with each API call it makes."""

@@ -21,10 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from linkflow_stream.core.auth import TEAM
 from linkflow_stream.core.errors import ValidationError
-from linkflow_stream.core.workflow import RetryPolicy
+from linkflow_stream.core.workflow import MAX_TIMEOUT_SECONDS, RetryPolicy
 
-MAX_TIMEOUT_SECONDS = 30 * 86_400.0
-"""Longest deadline ``PUT /api/executions/{id}/timeout`` sets (30 days), as for a workflow."""
 MAX_WAIT_SECONDS = 300.0
 """Longest ``?wait=`` of ``POST /api/executions``."""
 LIST_LIMIT = 1000

@@ -49,7 +49,7 @@ from linkflow_stream.http.bodies import (
     TimeoutBody,
     WorkerRegistration,
 )
-from linkflow_stream.http.ui import ASSET_ROUTE, UI_PAGES
+from linkflow_stream.http.ui import ASSET_ROUTE, SLASHED_ROUTE, UI_PAGES
 from linkflow_stream.nodes.wait_event import SIGNAL_NAME
 from projections.costs import GROUPS, PERIODS
 from projections.logs import LEVELS
@@ -513,6 +513,17 @@ API_OPERATIONS: tuple[Operation, ...] = (
         content_type="text/plain",
     ),
     Operation("GET", "/", "Redirects to the web UI", "ui", ok=302, ok_body=None, content_type=""),
+    Operation("GET", "/ui", "Redirects to the web UI", "ui", ok=301, ok_body=None, content_type=""),
+    Operation(
+        "GET",
+        SLASHED_ROUTE.replace(":.+", ""),
+        "Redirects a page's address typed with a trailing slash to the page",
+        "ui",
+        ok=301,
+        ok_body=None,
+        params=(Param("page", "path", {"type": "string"}, "The page's path under /ui/."),),
+        content_type="",
+    ),
     Operation("GET", "/api/admin/queue/status", "Queued and running runs per priority, and the lag", "admin"),
     Operation(
         "GET",
@@ -654,7 +665,14 @@ def _error_response(description: str) -> dict[str, Any]:
 
 
 def _operation(op: Operation, role: str | None, defs: dict[str, Any]) -> dict[str, Any]:
-    words = {101: "Switching to WebSocket", 200: "OK", 201: "Created", 202: "Accepted", 302: "Found"}
+    words = {
+        101: "Switching to WebSocket",
+        200: "OK",
+        201: "Created",
+        202: "Accepted",
+        301: "Moved Permanently",
+        302: "Found",
+    }
     answers: dict[str, Any] = {}
     for status, (description, kind) in {op.ok: (words[op.ok], op.ok_body), **op.also}.items():
         ok: dict[str, Any] = {"description": description}
@@ -697,6 +715,8 @@ def _operation_id(op: Operation) -> str:
     words = [
         w.strip("{}").replace("-", "_").replace(".", "_") for w in op.path.split("/") if w and w != "api"
     ]
+    if op.ok in (301, 302) and op.path != "/":  # a redirect beside the page it names (/ui, /ui/)
+        words.append("redirect")
     return "_".join([op.method.lower(), *words])
 
 

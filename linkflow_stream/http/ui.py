@@ -28,6 +28,8 @@ UI_PAGES = (
 )
 """The routes that answer the app's shell; the app draws the page the path names."""
 ASSET_ROUTE = "/ui/assets/{name}"
+SLASHED_ROUTE = "/ui/{page:.+}/"
+"""A page's address with a trailing slash: redirected to the page."""
 ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 LAYOUT_LIBRARY = "dagre.esm.js"
 """Copied from ``ui/node_modules/@dagrejs/dagre/dist`` by ``make ui`` (gitignored)."""
@@ -84,8 +86,16 @@ def ui_routes() -> list[web.RouteDef]:
             headers["Content-Security-Policy"] = UI_POLICY
         return web.Response(body=body, content_type=kind, charset="utf-8", headers=headers)
 
+    async def canonical(request: web.Request) -> web.Response:
+        """A page's address typed with a trailing slash (or ``/ui`` without one) goes to the
+        page: the app reads the path, and a link pasted either way should open it."""
+        path = request.path.rstrip("/") if request.path != "/ui" else "/ui/"
+        raise web.HTTPMovedPermanently(path + (f"?{request.query_string}" if request.query_string else ""))
+
     return [
         web.get("/", root),
+        web.get("/ui", canonical),
         *(web.get(path, page) for path in UI_PAGES),
+        web.get(SLASHED_ROUTE, canonical),
         web.get(ASSET_ROUTE, one_asset),
     ]

@@ -162,6 +162,15 @@ class _Staged:
     report: BatchReport = field(default_factory=BatchReport)
 
 
+def unknown_execution(command: ExecutionCommand) -> str:
+    """The dead letter's reason for a command no run of this partition takes: never started
+    here (its start request not decided yet, or never sent), or finished past its time to live."""
+    return (
+        f"unknown_execution: no run {command.execution_id!r} to {command.kind.value}: it has not "
+        "started (send commands once GET /api/executions/{id} shows the run) or it ended long ago"
+    )
+
+
 def finished_marker(state: ExecutionState) -> ExecutionState:
     """What a partition keeps of a finished run until its time to live ends: its id, status and
     times, without the workflow's nodes, the node states, the input or the history. That is all a
@@ -408,6 +417,10 @@ class Partition:
         )
         if state is None and not isinstance(inp, StartExecution):
             staged.report.orphans.append(type(inp).__name__)
+            if isinstance(inp, ExecutionCommand) and origin is not None:
+                # A producer's command that went nowhere says so where producers look; a result
+                # for a run gone past its time to live is only counted (its run has ended).
+                self._dead_letter(staged, origin, unknown_execution(inp))
             return
         prior = staged.tails.get(execution_id) or self.tails.get(execution_id)
         try:

@@ -286,6 +286,38 @@ async def test_a_cancel_produced_to_the_commands_topic_cancels_the_run(engine: E
     assert done["nodes"]["w"]["status"] == "cancelled" and done["nodes"]["t"]["status"] != "success"
 
 
+async def test_a_command_that_would_do_nothing_is_dead_lettered_with_why(engine: EngineProcess) -> None:
+    """A cancel for a run that has not started and a set_timeout without its seconds used to be
+    dropped (a metric, or the decider ignoring it): the producer now finds each on the DLQ."""
+    wf_id = f"kcmd-{uuid.uuid4().hex[:6]}"
+    engine.register({"id": wf_id, "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 120}}]})
+    running_id = f"timeout-{uuid.uuid4().hex[:8]}"
+    await produce(
+        engine, topic_names.START, [(b"t", json_request(workflow_id=wf_id, execution_id=running_id))]
+    )
+    engine.wait_status(running_id, ("running",))
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}"
+    cancel = ExecutionCommand(execution_id=nobody, kind=CommandKind.CANCEL, reason="stop")
+    no_seconds = CODEC.encode_dict(
+        "io.linkflow.ExecutionCommand",
+        {"execution_id": running_id, "kind": "set_timeout", "reason": None, "timer_id": None}
+        | {"timeout_seconds": None, "due_at": None, "suspend_deadline": False, "signal": None},
+    )
+    await produce(
+        engine,
+        topic_names.COMMANDS,
+        [(nobody.encode(), CODEC.encode(cancel)), (running_id.encode(), no_seconds)],
+    )
+    letters = await dead_letters(engine, {nobody.encode(), running_id.encode()})
+    assert letters[nobody.encode()]["dlq_reason"].startswith(
+        f"unknown_execution: no run '{nobody}' to cancel"
+    )
+    assert letters[nobody.encode()]["dlq_topic"] == engine.settings().topic(topic_names.COMMANDS)
+    assert "a set_timeout command needs timeout_seconds" in letters[running_id.encode()]["dlq_reason"]
+    status, body = call("GET", f"{engine.url}/api/executions/{running_id}")
+    assert status == 200 and body["status"] == "running", body
+
+
 def test_a_runs_events_and_its_state_as_of_any_event(engine: EngineProcess) -> None:
     wf_id = f"events-{uuid.uuid4().hex[:6]}"
     engine.register(doubling(wf_id))

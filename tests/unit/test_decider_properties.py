@@ -606,7 +606,7 @@ def fire(data: st.DataObject, run: Checked, lf: Any, timer_id: str, due: datetim
     return lf.fire(timer_id, execution_id="e", due_at=data.draw(st.sampled_from(names), label="due_at"))
 
 
-def pick_timeout(data: st.DataObject, run: Checked) -> float | None:
+def pick_timeout(data: st.DataObject, run: Checked) -> float:
     """A timeout that extends or shortens the deadline, puts it exactly now, or in the past."""
     assert run.state is not None
     assert run.state.started_at is not None
@@ -614,7 +614,6 @@ def pick_timeout(data: st.DataObject, run: Checked) -> float | None:
     return data.draw(
         st.sampled_from(
             [
-                None,
                 0.001,
                 max(0.001, elapsed - 5),  # already past
                 max(0.001, elapsed),  # due right now: also past

@@ -139,8 +139,11 @@ def test_a_lease_timer_fires_only_for_its_attempt_and_due_time(lf) -> None:
 
 
 def test_only_a_timer_fired_command_fires_a_timer(lf) -> None:
-    """A set_timeout without a timeout that happens to carry a timer id is not a firing."""
+    """A set_timeout that happens to carry the deadline's timer id is not a firing: it moves the
+    deadline, and the run, past its old one, goes on."""
     run = lf.run(lf.workflow(lf.node("h", "http"), timeout_seconds=60))
-    odd = ExecutionCommand(execution_id="e1", kind=CommandKind.SET_TIMEOUT, timer_id=DEADLINE)
-    assert run.feed(odd, lf.at(120)) == []
+    odd = ExecutionCommand(
+        execution_id="e1", kind=CommandKind.SET_TIMEOUT, timeout_seconds=600, timer_id=DEADLINE
+    )
+    assert [e.type for e in run.feed(odd, lf.at(120))] == [EventType.EXECUTION_DEADLINE_SET]
     assert run.s.status is ExecutionStatus.RUNNING

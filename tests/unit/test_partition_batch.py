@@ -17,7 +17,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.events import EventType, ExecutionEvent
-from linkflow_stream.core.messages import ExecutionCommand, NodeResult, NodeTask, Priority, StartExecution
+from linkflow_stream.core.messages import (
+    CommandKind,
+    ExecutionCommand,
+    NodeResult,
+    NodeTask,
+    Priority,
+    StartExecution,
+)
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.core.trace_context import TRACEPARENT, RunTrace
 from linkflow_stream.core.validation import parse_workflow
@@ -263,6 +270,52 @@ async def test_a_result_for_an_execution_not_held_is_counted_and_dropped_never_a
     records, offsets = producer.committed[0]
     assert records == [] and offsets == {RESULTS: 1}
     assert "gone" not in p.states
+
+
+async def test_a_command_for_a_run_not_held_is_dead_lettered_with_why() -> None:
+    """A producer's command that finds no run (sent before its start was decided, or for an id
+    that never started) used to be only counted; it now lands on the DLQ saying so."""
+    producer = FakeProducer()
+    p = partition(producer)
+    cancel = ExecutionCommand(execution_id="nobody", kind=CommandKind.CANCEL, reason="stop")
+    report = await p.run_batch([record(COMMANDS, 0, CODEC.encode(cancel), key="nobody")], T0)
+    assert report.orphans == ["ExecutionCommand"]
+    assert report.dead_lettered == [topic_names.COMMANDS]
+    (letter,) = producer.records(topic_names.DLQ)
+    assert letter.key == b"nobody"
+    reason = dict(letter.headers)["dlq_reason"].decode()
+    assert reason.startswith("unknown_execution: no run 'nobody' to cancel")
+    assert "nobody" not in p.states
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"kind": "set_timeout"}, "a set_timeout command needs timeout_seconds above 0"),
+        ({"kind": "set_timeout", "timeout_seconds": -5.0}, "got -5.0"),
+        ({"kind": "set_timeout", "timeout_seconds": 1e9}, "at most 2.592e+06"),
+        ({"kind": "timer_fired"}, "a timer_fired command needs a timer_id"),
+        ({"kind": "signal", "signal": {"name": "go"}}, "a signal command needs a signal with an id"),
+    ],
+)
+async def test_a_command_missing_what_its_kind_needs_is_dead_lettered(
+    fields: dict[str, Any], why: str
+) -> None:
+    """Such a command was decoded and then ignored by the decider; a producer never learnt why.
+    Written as raw Avro (the model refuses to build one)."""
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([start_record(0, WAIT)], T0)
+    value = CODEC.encode_dict(
+        "io.linkflow.ExecutionCommand",
+        {"execution_id": "e1", "reason": None, "timer_id": None, "timeout_seconds": None}
+        | {"due_at": None, "suspend_deadline": False, "signal": None}
+        | fields,
+    )
+    await p.run_batch([record(COMMANDS, 0, value, key="e1")], T0 + 10)
+    (letter,) = producer.records(topic_names.DLQ)
+    assert why in dict(letter.headers)["dlq_reason"].decode()
+    assert p.states["e1"].status is ExecutionStatus.RUNNING
 
 
 async def test_a_due_timer_is_decided_inside_a_transaction_with_its_due_time() -> None:

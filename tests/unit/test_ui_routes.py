@@ -47,6 +47,26 @@ async def test_every_page_path_answers_the_shell_with_its_policy(
     assert "http://" not in text and "https://" not in text, "nothing is loaded from elsewhere"
 
 
+@pytest.mark.parametrize(
+    ("typed", "page"),
+    [
+        ("/ui", "/ui/"),
+        ("/ui/executions/", "/ui/executions"),
+        ("/ui/executions/exec_abc/", "/ui/executions/exec_abc"),
+        ("/ui/workflows/?team=a", "/ui/workflows?team=a"),
+        ("/ui/ops/", "/ui/ops"),
+    ],
+)
+async def test_a_page_typed_with_or_without_its_slash_goes_to_the_page(
+    client: TestClient[web.Request, web.Application], typed: str, page: str
+) -> None:
+    resp = await client.get(typed, allow_redirects=False)
+    assert resp.status == 301
+    assert resp.headers["Location"] == page
+    followed = await client.get(typed)
+    assert followed.status == 200 and followed.content_type == "text/html"
+
+
 async def test_every_html_answer_carries_the_policy(client: TestClient[web.Request, web.Application]) -> None:
     """The shell is reachable as an asset too: without the policy there it would run unguarded."""
     htmls = [e.name for e in assets_dir().iterdir() if e.name.endswith(".html")]
@@ -103,7 +123,13 @@ def test_a_missing_layout_library_names_the_build_step(
 
 
 def test_the_ui_and_the_root_are_open_and_the_api_is_not() -> None:
-    assert is_open("/") and is_open("/ui/") and is_open("/ui/executions/x") and is_open("/ui/assets/app.js")
+    assert (
+        is_open("/")
+        and is_open("/ui")
+        and is_open("/ui/")
+        and is_open("/ui/executions/x")
+        and is_open("/ui/assets/app.js")
+    )
     assert not is_open("/api/executions") and not is_open("/uix") and not is_open("/api/executions/x/watch")
 
 
