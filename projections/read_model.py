@@ -32,7 +32,7 @@ from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from projections.costs import RATES, Rates, cost_of, report, since_of
 from projections.logs import LEVELS, Line, LogView, lines_for
-from projections.status import REVERSE_LINKS, StatusView, render
+from projections.status import REVERSE_LINKS, StatusView, render, summary
 from projections.store import (
     Changes,
     ExecutionQuery,
@@ -514,6 +514,7 @@ def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> 
     """The stored row of a run: its state, the columns queries filter on, and its costs."""
     cost = cost_of(state, rates)
     breakdown = cost["breakdown"]
+    body = render(state)
     return ExecutionRow(
         id=state.id,
         workflow_id=state.workflow.id,
@@ -525,7 +526,8 @@ def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> 
         finished_ms=to_millis(state.finished_at or state.created_at) if state.status.terminal else None,
         seq=state.seq,
         state=codec.encode(state),
-        body=json.dumps(render(state), separators=(",", ":")),
+        body=json.dumps(body, separators=(",", ":")),
+        summary=json.dumps(summary(body), separators=(",", ":")),
         total_cost=cost["total_cost"],
         attempts=cost["attempts"],
         retries=sum(max(0, n["attempts"] - 1) for n in cost["nodes"].values()),

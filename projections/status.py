@@ -79,6 +79,18 @@ def render(state: ExecutionState) -> dict[str, Any]:
     }
 
 
+DATA_FIELDS = ("input_data", "nodes", "history")
+"""What a body holds that grows with the run: its input, every node's output, usage and logs,
+and its transitions. A summary leaves them out."""
+
+
+def summary(body: dict[str, Any]) -> dict[str, Any]:
+    """A run's body without its data (``DATA_FIELDS``): who, what, status and times, what a list
+    of runs shows (``GET /api/executions?view=summary``). A page of runs with megabyte inputs is
+    then a few kilobytes."""
+    return {key: value for key, value in body.items() if key not in DATA_FIELDS}
+
+
 def render_metrics(state: ExecutionState, now: datetime) -> dict[str, Any]:
     """The ``GET /api/executions/{id}/metrics`` body: timings, attempts and resource use, from the
     execution's state alone (a running execution's durations run up to ``now``)."""

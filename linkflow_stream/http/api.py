@@ -45,6 +45,7 @@ from linkflow_stream.core.workflow import WorkflowDefinition, same_definition
 from linkflow_stream.http.auth import WS_PROTOCOL, authentication, principal_of
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
+    LIST_VIEWS,
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
     SIGNAL_ID,
@@ -791,6 +792,9 @@ class Api:
         priority = request.query.get("priority") or None
         if priority is not None and priority not in PRIORITIES:
             raise ValidationError(f"priority must be one of {', '.join(PRIORITIES)}")
+        view = request.query.get("view") or "full"
+        if view not in LIST_VIEWS:
+            raise ValidationError(f"view must be one of {', '.join(LIST_VIEWS)}")
         cursor = request.query.get("cursor") or None
         team = request.query.get("team") or None
         scope = principal_of(request).team_scope
@@ -806,6 +810,7 @@ class Api:
             created_before_ms=_time_param(request, "created_before"),
             after=Cursor.decode(cursor) if cursor else None,
             limit=_int_param(request, "limit", 50, low=1, high=LIST_LIMIT),
+            summary=view == "summary",
         )
         bodies, next_cursor = await self.d.views.page(query)
         # the stored bodies are JSON already: joined, not decoded and encoded again

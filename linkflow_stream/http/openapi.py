@@ -35,6 +35,7 @@ from linkflow_stream.http import responses
 from linkflow_stream.http.auth import is_open, role_for
 from linkflow_stream.http.bodies import (
     LIST_LIMIT,
+    LIST_VIEWS,
     LOGS_LIMIT,
     MAX_WAIT_SECONDS,
     SIGNAL_ID,
@@ -142,6 +143,13 @@ LIST_PARAMS = (
         "Page size.",
     ),
     Param("cursor", "query", {"type": "string"}, "`next_cursor` of the page before."),
+    Param(
+        "view",
+        "query",
+        {"type": "string", "enum": list(LIST_VIEWS), "default": "full"},
+        "`summary`: each run without its input, nodes and history (what a list shows; a few hundred "
+        "bytes a run whatever its data).",
+    ),
 )
 LOG_PARAMS = (
     Param("level", "query", {"type": "string", "enum": list(LEVELS), "default": "debug"}, "Lowest level."),
@@ -300,7 +308,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
         "/api/executions",
         "List runs, newest first",
         "executions",
-        ok_body=responses.ExecutionPage,
+        ok_body=responses.ExecutionPage | responses.ExecutionSummaryPage,
         params=LIST_PARAMS,
     ),
     Operation(

@@ -88,8 +88,9 @@ class NodeStatus(TypedDict):
     """A rerun's node that took its output from the run it reruns instead of running."""
 
 
-class Execution(TypedDict):
-    """``GET /api/executions/{id}``; also a finished start with ``wait``, and each list entry."""
+class ExecutionSummary(TypedDict):
+    """A run without its data (input, nodes, history): each entry of ``GET /api/executions`` with
+    ``view=summary``."""
 
     id: str
     workflow_id: str
@@ -97,7 +98,6 @@ class Execution(TypedDict):
     team: str | None
     status: ExecutionStatus
     priority: Priority
-    input_data: Any
     created_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -114,6 +114,12 @@ class Execution(TypedDict):
     """A child run: the run whose ``workflow`` node started it (ADR 0036); ``null`` otherwise."""
     children: NotRequired[list[str]]
     """``GET /api/executions/{id}`` only: the child runs of this run's ``workflow`` nodes (ADR 0036)."""
+
+
+class Execution(ExecutionSummary):
+    """``GET /api/executions/{id}``; also a finished start with ``wait``, and each list entry."""
+
+    input_data: Any
     nodes: dict[str, NodeStatus]
     history: list[dict[str, Any]]
     """Transitions: ``{"from", "to", "at", "reason"}``."""
@@ -124,6 +130,14 @@ class ExecutionPage(TypedDict):
     count: int
     next_cursor: str | None
     """Pass it back as ``cursor`` for the next page; ``null`` on the last."""
+
+
+class ExecutionSummaryPage(TypedDict):
+    """``GET /api/executions?view=summary``."""
+
+    executions: list[ExecutionSummary]
+    count: int
+    next_cursor: str | None
 
 
 class LogLine(TypedDict):

@@ -34,6 +34,9 @@ class ExecutionRow:
     body: str
     """Its ``GET /api/executions/{id}`` body as JSON, rendered when stored, so a page of runs is
     served without decoding a state (a decode costs about 1 ms)."""
+    summary: str
+    """The body without the run's data (``projections.status.summary``): what a page of runs
+    with ``?view=summary`` serves, a few hundred bytes whatever the run's input and outputs."""
     total_cost: float
     attempts: int
     retries: int
@@ -134,6 +137,8 @@ class ExecutionQuery:
     created_before_ms: int | None = None
     after: Cursor | None = None
     limit: int = 50
+    summary: bool = False
+    """Serve each run's summary instead of its whole body (``?view=summary``)."""
 
 
 @dataclass(frozen=True)

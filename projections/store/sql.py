@@ -18,7 +18,7 @@ from projections.store.rows import ExecutionQuery, ExecutionRow, LineRow, NodeNe
 
 Dialect = Literal["sqlite", "postgresql"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Bumped when a table changes shape; a store of another version is rebuilt from the log."""
 
 _TABLES = """
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS executions (
     seq INTEGER NOT NULL,
     state {blob} NOT NULL,
     body TEXT NOT NULL,
+    summary TEXT NOT NULL,
     total_cost DOUBLE PRECISION NOT NULL,
     attempts INTEGER NOT NULL,
     retries INTEGER NOT NULL,
@@ -107,18 +108,19 @@ def schema(dialect: Dialect) -> list[str]:
 
 EXECUTION_COLUMNS = (
     "id, workflow_id, workflow_version, team, status, priority, created_ms, finished_ms, seq, state, body, "
-    "total_cost, attempts, retries, network_bytes, cost_attempts, cost_events, cost_compute, cost_cpu, "
+    "summary, total_cost, attempts, retries, network_bytes, cost_attempts, cost_events, cost_compute, cost_cpu, "
     "cost_network, linked_to, link_kind"
 )
 
 UPSERT_EXECUTION = f"""
 INSERT INTO executions ({EXECUTION_COLUMNS})
-VALUES ({", ".join("?" * 22)})
+VALUES ({", ".join("?" * 23)})
 ON CONFLICT (id) DO UPDATE SET
     workflow_id = excluded.workflow_id, workflow_version = excluded.workflow_version,
     team = excluded.team, status = excluded.status, priority = excluded.priority,
     created_ms = excluded.created_ms, finished_ms = excluded.finished_ms, seq = excluded.seq,
-    state = excluded.state, body = excluded.body, total_cost = excluded.total_cost,
+    state = excluded.state, body = excluded.body, summary = excluded.summary,
+    total_cost = excluded.total_cost,
     attempts = excluded.attempts,
     retries = excluded.retries, network_bytes = excluded.network_bytes,
     cost_attempts = excluded.cost_attempts, cost_events = excluded.cost_events,
@@ -138,7 +140,7 @@ def execution_params(r: ExecutionRow) -> tuple[object, ...]:
     """``UPSERT_EXECUTION``'s parameters, in ``EXECUTION_COLUMNS`` order."""
     return (
         r.id, r.workflow_id, r.workflow_version, r.team, r.status, r.priority, r.created_ms,
-        r.finished_ms, r.seq, r.state, r.body, r.total_cost, r.attempts, r.retries, r.network_bytes,
+        r.finished_ms, r.seq, r.state, r.body, r.summary, r.total_cost, r.attempts, r.retries, r.network_bytes,
         r.cost_attempts, r.cost_events, r.cost_compute, r.cost_cpu, r.cost_network, r.linked_to,
         r.link_kind,
     )  # fmt: skip
@@ -213,7 +215,8 @@ def select_page(q: ExecutionQuery) -> tuple[str, list[object]]:
         where.append("(created_ms < ? OR (created_ms = ? AND id < ?))")
         params += [q.after.created_ms, q.after.created_ms, q.after.id]
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    sql = f"SELECT body, created_ms, id FROM executions {clause} ORDER BY created_ms DESC, id DESC LIMIT ?"
+    served = "summary" if q.summary else "body"
+    sql = f"SELECT {served}, created_ms, id FROM executions {clause} ORDER BY created_ms DESC, id DESC LIMIT ?"
     return sql, [*params, q.limit + 1]
 
 

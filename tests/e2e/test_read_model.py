@@ -237,7 +237,14 @@ def test_queries_filter_and_page_newest_first(engine_factory: Callable[..., Engi
     before = page(f"created_before={middle}&status=success")["executions"]
     workflow_of = {s[0]: s[1] for s in started}
     assert [r["id"] for r in before] == [i for i in newest_first[10:] if workflow_of[i] != failing["id"]]
+    whole, short = page("limit=5&team=ops"), page("limit=5&team=ops&view=summary")
+    assert [r["id"] for r in short["executions"]] == [r["id"] for r in whole["executions"]]
+    assert short["next_cursor"] == whole["next_cursor"]
+    for body, brief in zip(whole["executions"], short["executions"], strict=True):
+        assert body["input_data"] is not None and body["nodes"]
+        assert brief == {k: v for k, v in body.items() if k not in ("input_data", "nodes", "history")}
     for bad in (
+        "view=brief",
         "limit=%C2%B2",
         "limit=0",
         "cursor=nonsense",
@@ -307,6 +314,9 @@ def test_two_instances_share_one_postgresql_read_model(
         assert [
             r["id"] for r in call("GET", f"{b.url}/api/executions?workflow_id={wf['id']}")[1]["executions"]
         ] == ids[::-1]
+        status, short = call("GET", f"{b.url}/api/executions?workflow_id={wf['id']}&view=summary")
+        assert status == 200 and [r["id"] for r in short["executions"]] == ids[::-1]
+        assert all("nodes" not in r and r["status"] == "success" for r in short["executions"])
         a.stop()
         b.stop()
         replay = linkflow(a, "replay", "status")

@@ -246,6 +246,26 @@ async def test_pages_are_newest_first_filtered_and_cursored(store: ReadStore) ->
         Cursor.decode(Cursor(2**70, "e1").encode())
 
 
+async def test_a_summary_page_is_each_body_without_its_data(store: ReadStore) -> None:
+    """``?view=summary``: a run with a 200 kB input and node output is listed in a few hundred
+    bytes, with every other field of its body, finished and pending alike."""
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    big = start("big").model_copy(update={"input": {"blob": "x" * 200_000}})
+    state, events = decided(None, big, 0)
+    _, more = decided(state, result("big", ok=True), 1)
+    await model.fold(log.records("events", [*events, *more]))
+    await model.fold(log.records("requests.normal", [start("pending", at=5)]))
+    full, _ = await model.page(ExecutionQuery())
+    summaries, cursor = await model.page(ExecutionQuery(summary=True))
+    assert cursor is None and len(summaries) == len(full) == 2
+    for whole, short in zip(full, summaries, strict=True):
+        body, brief = json.loads(whole), json.loads(short)
+        assert brief == {k: v for k, v in body.items() if k not in ("input_data", "nodes", "history")}
+        assert len(short) < 600
+    assert [json.loads(s)["status"] for s in summaries] == ["pending", "success"]
+    assert len(full[1]) > 200_000
+
+
 async def test_retention_deletes_finished_runs_in_batches_and_keeps_running_ones(store: ReadStore) -> None:
     model, log = ReadModel(store, CODEC, TOPICS), Log()
     for i in range(5):

@@ -37,7 +37,7 @@ export function opsPage(app) {
       api("/api/workers/status").catch((e) => e),
       metricsText().catch(() => ""),
       api(`/api/costs/report?group_by=team&period=${period.value}`).catch((e) => e),
-      api("/api/executions?status=running&limit=10").catch((e) => e),
+      api("/api/executions?status=running&limit=10&view=summary").catch((e) => e),
     ]);
     if (stopped || mine !== generation) return; // left, or a newer load draws (and plans the next)
     if (!(active instanceof Error)) {

@@ -62,6 +62,7 @@ export function runsPage(app) {
   const query = new URLSearchParams();
   for (const name of FILTERS) if (params.get(name)) query.set(name, params.get(name));
   query.set("limit", limit);
+  query.set("view", "summary"); // a row shows no input or output: pages stay small whatever runs carry
   if (cursor) query.set("cursor", cursor);
 
   const pageUrl = (list) => {
