@@ -108,8 +108,8 @@ def schema(dialect: Dialect) -> list[str]:
 
 EXECUTION_COLUMNS = (
     "id, workflow_id, workflow_version, team, status, priority, created_ms, finished_ms, seq, state, body, "
-    "summary, total_cost, attempts, retries, network_bytes, cost_attempts, cost_events, cost_compute, cost_cpu, "
-    "cost_network, linked_to, link_kind"
+    "summary, total_cost, attempts, retries, network_bytes, cost_attempts, cost_events, cost_compute, "
+    "cost_cpu, cost_network, linked_to, link_kind"
 )
 
 UPSERT_EXECUTION = f"""
@@ -140,9 +140,9 @@ def execution_params(r: ExecutionRow) -> tuple[object, ...]:
     """``UPSERT_EXECUTION``'s parameters, in ``EXECUTION_COLUMNS`` order."""
     return (
         r.id, r.workflow_id, r.workflow_version, r.team, r.status, r.priority, r.created_ms,
-        r.finished_ms, r.seq, r.state, r.body, r.summary, r.total_cost, r.attempts, r.retries, r.network_bytes,
-        r.cost_attempts, r.cost_events, r.cost_compute, r.cost_cpu, r.cost_network, r.linked_to,
-        r.link_kind,
+        r.finished_ms, r.seq, r.state, r.body, r.summary, r.total_cost, r.attempts, r.retries,
+        r.network_bytes, r.cost_attempts, r.cost_events, r.cost_compute, r.cost_cpu, r.cost_network,
+        r.linked_to, r.link_kind,
     )  # fmt: skip
 
 
@@ -216,7 +216,9 @@ def select_page(q: ExecutionQuery) -> tuple[str, list[object]]:
         params += [q.after.created_ms, q.after.created_ms, q.after.id]
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     served = "summary" if q.summary else "body"
-    sql = f"SELECT {served}, created_ms, id FROM executions {clause} ORDER BY created_ms DESC, id DESC LIMIT ?"
+    sql = (
+        f"SELECT {served}, created_ms, id FROM executions {clause} ORDER BY created_ms DESC, id DESC LIMIT ?"
+    )
     return sql, [*params, q.limit + 1]
 
 
