@@ -40,6 +40,7 @@ from linkflow_stream.kafka.transactions import (
     ProducerBroken,
     TransactionalProducer,
 )
+from linkflow_stream.runtime.batch_turn import BatchTurn
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition, Tail
 from linkflow_stream.runtime.priority import PRECEDENCE, turns
@@ -139,6 +140,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         """Failed tries per input (topic, partition, offset), until it commits or is dead-lettered."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self.turn = BatchTurn(settings.orchestrator_batches_at_once)
+        """Whose batch goes next among this process's partitions (ADR 0052)."""
 
     def _kafka_producer(self, number: int) -> TransactionalProducer:
         return KafkaTransactionalProducer(
@@ -726,37 +729,55 @@ class _Worker:
                     wake_ms = held_ms if wake_ms is None else min(wake_ms, held_ms)
                 await self._idle(wake_ms, now_ms)
                 continue
-            records = self._take(partition)
-            began = time.monotonic()
-            try:
-                if orch.codec.ids is not None:  # a schema registry: ids to know before decoding
-                    await orch.codec.learn(record.value for record in records)
-            except Exception:
-                # A schema id nobody here knows, and the registry cannot say: hold the batch and
-                # ask again; its inputs are valid and must be neither skipped nor dead-lettered.
-                log.exception("partition %d: schema ids not resolved; again in %.1fs", self.number, delay)
-                orch.record_failure(self.number)
-                self._put_back(records)
+            async with orch.turn.held(self.rank):
+                if orch.partitions.get(self.number) is not partition:
+                    break  # given up while it waited for its turn
+                failed = await self._batch(partition, delay)
+            if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                continue
-            async with self.busy:
-                try:
-                    left = await orch.run_partition(self.number, records, orch.now_ms(), self._cut)
-                except Abandon:
-                    # Nothing of this batch committed: read it again from the committed position.
-                    orch.rewind_partition(self.number)
-                    continue
-                except Exception:
-                    log.exception("partition %d: batch failed; going on in %.1fs", self.number, delay)
-                    orch.record_failure(self.number)
-                    orch.rewind_partition(self.number)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                    continue
-            delay = 0.1
-            if left:
-                self._put_back(records[len(records) - left :])
-                self._paced = None
-            self._pace(time.monotonic() - began)
-            orch.caught_up(self.number)
+            elif failed is not None:
+                delay = 0.1
+
+    def rank(self) -> int:
+        """This worker's place in the queue for a turn (``BatchTurn``): high requests waiting
+        first, then commands and results (runs under way), then the rest."""
+        if self.queues[PRECEDENCE[0]]:
+            return 0
+        return 1 if self.queues[None] else 2
+
+    async def _batch(self, partition: Partition, delay: float) -> bool | None:
+        """Take, decide and commit one batch: ``False`` committed, ``True`` failed (the caller
+        pauses ``delay`` after giving up its turn, then tries again), ``None`` abandoned (read
+        again from the committed position, at once)."""
+        orch = self.orchestrator
+        records = self._take(partition)
+        began = time.monotonic()
+        try:
+            if orch.codec.ids is not None:  # a schema registry: ids to know before decoding
+                await orch.codec.learn(record.value for record in records)
+        except Exception:
+            # A schema id nobody here knows, and the registry cannot say: hold the batch and
+            # ask again; its inputs are valid and must be neither skipped nor dead-lettered.
+            log.exception("partition %d: schema ids not resolved; again in %.1fs", self.number, delay)
+            orch.record_failure(self.number)
+            self._put_back(records)
+            return True
+        async with self.busy:
+            try:
+                left = await orch.run_partition(self.number, records, orch.now_ms(), self._cut)
+            except Abandon:
+                # Nothing of this batch committed: read it again from the committed position.
+                orch.rewind_partition(self.number)
+                return None
+            except Exception:
+                log.exception("partition %d: batch failed; going on in %.1fs", self.number, delay)
+                orch.record_failure(self.number)
+                orch.rewind_partition(self.number)
+                return True
+        if left:
+            self._put_back(records[len(records) - left :])
+            self._paced = None
+        self._pace(time.monotonic() - began)
+        orch.caught_up(self.number)
+        return False
