@@ -26,9 +26,9 @@ from linkflow_stream.core.workflow import MAX_TIMEOUT_SECONDS, RetryPolicy
 MAX_WAIT_SECONDS = 300.0
 """Longest ``?wait=`` of ``POST /api/executions``."""
 LIST_LIMIT = 1000
+"""Largest ``?limit=`` of ``GET /api/executions`` (default 50)."""
 LIST_VIEWS = ("full", "summary")
 """``GET /api/executions?view=``: whole runs (the default), or runs without their data."""
-"""Largest ``?limit=`` of ``GET /api/executions`` (default 50)."""
 LOGS_LIMIT = 10_000
 """Largest ``?limit=`` of ``GET /api/executions/{id}/logs`` (default 1000)."""
 WORKER_ID = r"^[A-Za-z0-9_.-]{1,128}$"

@@ -89,8 +89,10 @@ def ui_routes() -> list[web.RouteDef]:
     async def canonical(request: web.Request) -> web.Response:
         """A page's address typed with a trailing slash (or ``/ui`` without one) goes to the
         page: the app reads the path, and a link pasted either way should open it."""
-        path = request.path.rstrip("/") if request.path != "/ui" else "/ui/"
-        raise web.HTTPMovedPermanently(path + (f"?{request.query_string}" if request.query_string else ""))
+        raw = request.rel_url.raw_path  # as sent: an id with %2F or %3F stays one id
+        path = raw.rstrip("/") if raw != "/ui" else "/ui/"
+        query = request.rel_url.raw_query_string
+        raise web.HTTPMovedPermanently(path + (f"?{query}" if query else ""))
 
     return [
         web.get("/", root),

@@ -584,8 +584,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class _Worker:
-    """Decides one partition's batches as they arrive, so a slow batch (a long inline
-    expression, a broker hiccup on one transaction) holds up only its own partition.
+    """Decides one partition's batches as they arrive, in turns with the other partitions here
+    (``BatchTurn``); a slow batch (a long inline expression, a broker hiccup on one transaction)
+    holds up only its own partition once it is overdue (``batch_turn.MAX_HOLD_SECONDS``).
 
     Records wait in one queue per priority for start requests and one for commands and results;
     batches take them by weighted turns between the priorities, may be cut short for a higher

@@ -167,7 +167,8 @@ def unknown_execution(command: ExecutionCommand) -> str:
     here (its start request not decided yet, or never sent), or finished past its time to live."""
     return (
         f"unknown_execution: no run {command.execution_id!r} to {command.kind.value}: it has not "
-        "started (send commands once GET /api/executions/{id} shows the run) or it ended long ago"
+        "started (send commands once GET /api/executions/{id} shows it past pending) or it ended "
+        "long ago"
     )
 
 

@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
 from linkflow_stream.kafka.records import ProducerRecord
-from linkflow_stream.runtime.batch_turn import BatchTurn
+from linkflow_stream.runtime.batch_turn import PATIENCE, BatchTurn
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import Orchestrator, _Worker
 from linkflow_stream.runtime.partition import Partition
@@ -105,7 +105,8 @@ async def test_a_cancelled_ask_leaves_the_queue_and_a_turn_it_was_handed_goes_on
     release.set()
     await asyncio.sleep(0)  # the holder leaves and hands the turn to "handed"
     handed.cancel()
-    await asyncio.gather(holder, handed, after, return_exceptions=True)
+    async with asyncio.timeout(1):  # a turn lost with the cancelled ask would hang here
+        await asyncio.gather(holder, handed, after, return_exceptions=True)
     assert got == ["holder", "after"]
     async with asyncio.timeout(1):  # the turn is free again
         async with turn.held(lambda: 0):
@@ -127,6 +128,70 @@ async def test_no_limit_lets_every_holder_in_at_once() -> None:
 
     await asyncio.gather(*(hold() for _ in range(4)))
     assert most == 4
+
+
+async def test_an_ask_passed_over_patience_times_goes_first_whatever_its_rank() -> None:
+    """Two workers that always have results (rank 1) must not keep a third with only normal
+    requests (rank 2) waiting for ever."""
+    turn = BatchTurn(1)
+    granted: list[str] = []
+    rounds = {"a": 6, "b": 6}
+
+    async def busy(name: str) -> None:
+        while rounds[name]:
+            async with turn.held(lambda: 1):
+                granted.append(name)
+                rounds[name] -= 1
+                await asyncio.sleep(0)
+
+    async def patient() -> None:
+        async with turn.held(lambda: 2):
+            granted.append("normal")
+
+    tasks = [asyncio.create_task(busy("a")), asyncio.create_task(busy("b"))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(patient()))
+    await asyncio.gather(*tasks)
+    assert PATIENCE == 4 and granted.index("normal") <= 6, granted  # without patience: last (12)
+    assert granted.count("a") == granted.count("b") == 6
+
+
+async def test_a_turn_held_past_max_hold_lets_the_next_in_and_hands_nothing_on_when_it_ends() -> None:
+    turn = BatchTurn(1, max_hold=0.05)
+    slow_done = asyncio.Event()
+    inside: list[str] = []
+
+    async def slow() -> None:
+        async with turn.held(lambda: 2):
+            inside.append("slow")
+            await slow_done.wait()
+
+    async def quick(name: str) -> None:
+        async with turn.held(lambda: 2):
+            inside.append(name)
+            await asyncio.sleep(0.01)
+
+    held = asyncio.create_task(slow())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(1):
+        await asyncio.gather(quick("q1"), quick("q2"))  # not waiting for the slow one
+    assert inside == ["slow", "q1", "q2"]
+    slow_done.set()
+    await held
+    # one place, free again: a holder and an ask, as at the start
+    first = asyncio.Event()
+
+    async def hold_until_set() -> None:
+        async with turn.held(lambda: 0):
+            await first.wait()
+
+    holder = asyncio.create_task(hold_until_set())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(quick("q3"))
+    await asyncio.sleep(0.02)
+    assert turn.waiting == 1, "the overdue turn gave its place back only once"
+    first.set()
+    await asyncio.gather(holder, waiter)
 
 
 # -- two partitions of one orchestrator ----------------------------------------------------------
@@ -246,10 +311,16 @@ async def test_a_worker_given_up_while_it_waits_for_its_turn_decides_nothing() -
         workers[1].offer([start_on(1, 0, "b0")])
         await settle()
         assert orch.turn.waiting == 1, "partition 1 waits for its turn"
-        del orch.partitions[1]  # revoked meanwhile
+        # given up and claimed again meanwhile: a new Partition, whose worker is not this one
+        again = Partition(
+            1, producers[1], stepper(), CODEC, topic=lambda name: name, group_id="g", finished_ttl_seconds=300
+        )
+        again.load([], dict.fromkeys(orch._input_partitions(1), 0))
+        orch.partitions[1] = again
         producers[0].gate.set()
         await settle()
         assert producers[1].committed == [] and producers[0].committed
         assert workers[1].task.done(), "its worker has ended"
+        assert workers[1].queues[Priority.NORMAL], "its request is left for the new worker to fetch again"
     finally:
         await stop(workers)

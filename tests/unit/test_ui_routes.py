@@ -55,6 +55,7 @@ async def test_every_page_path_answers_the_shell_with_its_policy(
         ("/ui/executions/exec_abc/", "/ui/executions/exec_abc"),
         ("/ui/workflows/?team=a", "/ui/workflows?team=a"),
         ("/ui/ops/", "/ui/ops"),
+        ("/ui/executions/a%3Fb%2Fc/", "/ui/executions/a%3Fb%2Fc"),
     ],
 )
 async def test_a_page_typed_with_or_without_its_slash_goes_to_the_page(
