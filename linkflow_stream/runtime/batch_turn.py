@@ -57,6 +57,7 @@ class BatchTurn:
     """At most ``limit`` batches at once (``0``: no limit), handed on by rank."""
 
     def __init__(self, limit: int, max_hold: float = MAX_HOLD_SECONDS) -> None:
+        assert limit >= 0, "0 is no limit"
         self.limit = limit
         self.max_hold = max_hold
         self._free = limit

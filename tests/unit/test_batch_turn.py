@@ -104,6 +104,7 @@ async def test_a_cancelled_ask_leaves_the_queue_and_a_turn_it_was_handed_goes_on
     await settle()
     release.set()
     await asyncio.sleep(0)  # the holder leaves and hands the turn to "handed"
+    assert turn.waiting == 1, "handed has the turn (not yet run); after waits"
     handed.cancel()
     async with asyncio.timeout(1):  # a turn lost with the cancelled ask would hang here
         await asyncio.gather(holder, handed, after, return_exceptions=True)
@@ -126,7 +127,8 @@ async def test_no_limit_lets_every_holder_in_at_once() -> None:
             await asyncio.sleep(0.01)
             inside -= 1
 
-    await asyncio.gather(*(hold() for _ in range(4)))
+    async with asyncio.timeout(1):
+        await asyncio.gather(*(hold() for _ in range(4)))
     assert most == 4
 
 
@@ -179,6 +181,7 @@ async def test_a_turn_held_past_max_hold_lets_the_next_in_and_hands_nothing_on_w
     slow_done.set()
     await held
     # one place, free again: a holder and an ask, as at the start
+    turn.max_hold = 60  # from here on no turn is overdue, however slow the machine
     first = asyncio.Event()
 
     async def hold_until_set() -> None:
@@ -188,7 +191,7 @@ async def test_a_turn_held_past_max_hold_lets_the_next_in_and_hands_nothing_on_w
     holder = asyncio.create_task(hold_until_set())
     await asyncio.sleep(0)
     waiter = asyncio.create_task(quick("q3"))
-    await asyncio.sleep(0.02)
+    await settle()
     assert turn.waiting == 1, "the overdue turn gave its place back only once"
     first.set()
     await asyncio.gather(holder, waiter)
@@ -250,6 +253,7 @@ async def two_partitions(at_once: int) -> tuple[Orchestrator, list[HeldProducer]
         worker = _Worker(orch, number)
         orch._workers[number] = worker
         workers.append(worker)
+    orch.turn = BatchTurn(at_once, max_hold=60)  # no turn overdue however slow the machine
     return orch, producers, workers
 
 
