@@ -60,9 +60,8 @@ class BatchTurn:
         assert limit >= 0, "0 is no limit"
         self.limit = limit
         self.max_hold = max_hold
-        self._free = limit
         self._holds: list[_Hold] = []
-        """Turns held and not yet overdue."""
+        """Turns held and not yet overdue; the places free are the rest of ``limit``."""
         self._asks: list[_Ask] = []
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -86,8 +85,7 @@ class BatchTurn:
 
     async def _acquire(self, rank: Callable[[], int]) -> _Hold:
         loop = asyncio.get_running_loop()
-        if self._free > 0 and not self._asks:
-            self._free -= 1
+        if len(self._holds) < self.limit and not self._asks:
             return self._hold()
         ask = _Ask(loop.create_future(), rank, next(self._order))
         self._asks.append(ask)
@@ -117,8 +115,7 @@ class BatchTurn:
         # an ask whose task was cancelled is done already: it leaves the queue when it resumes
         self._asks = [a for a in self._asks if not a.granted.done()]
         if not self._asks:
-            self._free += 1
-            return
+            return  # the place stays free
         best = min(self._asks, key=lambda a: (-1 if a.passes >= PATIENCE else a.rank(), a.order))
         self._asks.remove(best)
         for ask in self._asks:
