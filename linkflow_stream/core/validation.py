@@ -3,6 +3,7 @@ failure at run time. Every message names the node and the field."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
@@ -46,11 +47,19 @@ def parse_workflow(
     created_at: datetime,
     pools: Collection[str] | None = None,
 ) -> WorkflowDefinition:
-    """The definition in ``body``, or ``ValidationError`` listing everything wrong with it."""
+    """The definition in ``body``, or ``ValidationError`` listing everything wrong with it.
+
+    Validated as JSON in pydantic's strict mode, as every other request body is
+    (``http.bodies``): ``"300"`` is not a number of seconds and ``true`` is not one attempt. Lax
+    mode turned such values into numbers, so a typo'd definition ran with a budget nobody wrote.
+    (Strict JSON still reads an array as a tuple; Python mode would not.)"""
     if not isinstance(body, dict):
         raise ValidationError("the workflow must be a JSON object")
     try:
-        wf = WorkflowDefinition.model_validate({**body, "version": version, "created_at": created_at})
+        text = json.dumps({**body, "version": version, "created_at": created_at.isoformat()})
+        wf = WorkflowDefinition.model_validate_json(text, strict=True).model_copy(
+            update={"created_at": created_at}
+        )
     except pydantic.ValidationError as exc:
         raise ValidationError("invalid workflow: " + "; ".join(_pydantic_problems(exc, body))) from exc
     problems = check_workflow(wf, registry, pools)

@@ -17,7 +17,15 @@ import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from linkflow_stream.core.auth import TEAM
 from linkflow_stream.core.errors import ValidationError
@@ -106,14 +114,25 @@ class TimeoutBody(BaseModel):
 SIGNAL_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}$"
 
 
+def _one_key_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A correlation key that is neither a string nor an integer is one error in our words, not
+    one per branch of the union named by pydantic's internal tags (``constrained-str``)."""
+    try:
+        return handler(value)
+    except pydantic.ValidationError:
+        raise PydanticCustomError(
+            "correlation_key", "must be a string of 1 to 256 characters or an integer"
+        ) from None
+
+
 class BroadcastSignalBody(BaseModel):
     """``POST /api/events/{name}``: a signal for every run waiting on ``name`` with this key."""
 
     model_config = _STRICT
 
-    correlation_key: Annotated[str, StringConstraints(min_length=1, max_length=256)] | int = Field(
-        description="Equals the key a waiting wait_event node computed (a number as its JSON text)."
-    )
+    correlation_key: Annotated[
+        Annotated[str, StringConstraints(min_length=1, max_length=256)] | int, WrapValidator(_one_key_error)
+    ] = Field(description="Equals the key a waiting wait_event node computed (a number as its JSON text).")
     payload: Any = Field(default=None, description="Any JSON value: the output of each node it reaches.")
     id: Annotated[str, StringConstraints(pattern=SIGNAL_ID)] | None = Field(
         default=None,
@@ -157,6 +176,7 @@ _PHRASES = (
 
 
 def _phrase(message: str) -> str:
+    message = message.replace("a valid tuple", "a valid array")  # JSON has arrays; tuples are ours
     for pattern, replacement in _PHRASES:
         if pattern.search(message):
             return pattern.sub(replacement, message, count=1)

@@ -131,10 +131,11 @@ def test_a_retry_policy_of_unknown_shape_is_a_400(engine: EngineProcess) -> None
     tag = uuid.uuid4().hex[:6]
     node = {"id": "h", "type": "http", "config": {"url": "https://example.org/"}}
     for retry, words in (
-        ({"max_attempts": 2, "retry_on": "timeout"}, "retry.retry_on: Input should be a valid tuple"),
+        ({"max_attempts": 2, "retry_on": "timeout"}, "retry.retry_on: Input should be a valid array"),
         ({"max_attempts": 2, "retry_on": ["http_4xx"]}, "retry.retry_on: 'http_4xx' is never retried"),
         ({"max_attempts": 2, "retry_on": ["nope"]}, "retry.retry_on: 'nope' is not a failure class"),
         ({"max_attempts": 2, "jitter": 2}, "retry.jitter: Input should be less than or equal to 1"),
+        ({"max_attempts": "2"}, "retry.max_attempts: Input should be a valid integer"),
     ):
         status, body = call(
             "POST", f"{engine.url}/api/workflows", {"id": f"bad-{tag}", "nodes": [{**node, "retry": retry}]}

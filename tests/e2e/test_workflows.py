@@ -255,6 +255,9 @@ def test_registering_the_latest_definition_again_makes_no_version(engine: Engine
     changed = {**wf, "nodes": [{"id": "a", "type": "transform", "config": {"expression": "2"}}]}
     assert engine.register(changed) == {"id": wf["id"], "version": 2}
     assert engine.register(wf) == {"id": wf["id"], "version": 3}, "back to version 1's definition"
+    status, text = call("POST", f"{engine.url}/api/workflows", {**wf, "timeout_seconds": "60"})
+    assert status == 400, text  # a number written as text is not one (ADR 0053): no version made
+    assert "timeout_seconds: Input should be a valid number" in text["error"]["message"]
     status, typed = call("POST", f"{engine.url}/api/workflows", {**wf, "timeout_seconds": 60})
     assert (status, typed["version"]) == (201, 4)
     status, listing = call("GET", f"{engine.url}/api/workflows/{wf['id']}/versions")

@@ -22,6 +22,7 @@ from linkflow_stream.client import (
 from linkflow_stream.client._errors import error_for
 from linkflow_stream.core.errors import LinkflowError, ValidationError
 from linkflow_stream.http.bodies import (
+    BroadcastSignalBody,
     KeyCreateBody,
     RetryPolicyBody,
     StartExecutionBody,
@@ -65,6 +66,20 @@ def refusal(model: type[BaseModel], body: Any) -> str:
 )
 def test_a_refusal_names_the_field(model: type[BaseModel], body: Any, says: str) -> None:
     assert says in refusal(model, body)
+
+
+@pytest.mark.parametrize("key", [5.5, True, "", "k" * 257, {"a": 1}, None])
+def test_a_wrong_correlation_key_is_one_error_in_our_words(key: Any) -> None:
+    """Not one error per branch of the union, named by pydantic's tags (``constrained-str``)."""
+    message = refusal(BroadcastSignalBody, {"correlation_key": key})
+    assert message == (
+        "invalid request body: correlation_key must be a string of 1 to 256 characters or an integer"
+    )
+
+
+@pytest.mark.parametrize("key", [7, "order-7", "k" * 256])
+def test_a_correlation_key_is_a_string_or_an_integer(key: str | int) -> None:
+    assert validated(BroadcastSignalBody, {"correlation_key": key}).correlation_key == key
 
 
 def test_every_wrong_field_is_named_at_once() -> None:

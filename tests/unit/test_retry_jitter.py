@@ -195,7 +195,7 @@ def workflow_body(retry: Any, where: str = "node") -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("retry", "message"),
     [
-        ({"max_attempts": 3, "retry_on": "timeout"}, "retry.retry_on: Input should be a valid tuple"),
+        ({"max_attempts": 3, "retry_on": "timeout"}, "retry.retry_on: Input should be a valid array"),
         ({"max_attempts": 3, "retry_on": []}, "retry_on: Tuple should have at least 1 item"),
         ({"max_attempts": 3, "retry_on": [5]}, "retry.retry_on.0: Input should be a valid string"),
         ({"max_attempts": 3, "retry_on": ["nope"]}, "retry.retry_on: 'nope' is not a failure class"),
@@ -222,7 +222,7 @@ def test_the_retry_body_takes_jitter_and_retry_on() -> None:
     body = {"strategy": "fixed", "max_attempts": 3, "jitter": 0.2, "retry_on": ["http_429"]}
     policy = validated(RetryPolicyBody, body).policy()
     assert (policy.multiplier, policy.jitter, policy.retry_on) == (1.0, 0.2, ("http_429",))
-    with pytest.raises(ValidationError, match="retry_on must be a valid tuple"):
+    with pytest.raises(ValidationError, match="retry_on must be a valid array"):
         validated(RetryPolicyBody, {"retry_on": "http_429"})
 
 

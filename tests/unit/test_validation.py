@@ -99,6 +99,12 @@ def test_version_and_creation_time_come_from_the_registry_not_the_body(
         example(version=99, created_at="1999-01-01T00:00:00Z"), registry, version=7, created_at=CREATED
     )
     assert (wf.version, wf.created_at) == (7, CREATED)
+    assert wf.created_at.tzinfo is CREATED.tzinfo  # the registry's own instant, not a re-parse
+
+
+def test_whole_numbers_are_numbers_of_seconds(registry: dict[str, NodeExecutor]) -> None:
+    wf = parse(single({"id": "t", **tf(), "timeout_seconds": 5}) | {"timeout_seconds": 300}, registry)
+    assert (wf.timeout_seconds, wf.nodes[0].timeout_seconds) == (300.0, 5.0)
 
 
 @pytest.mark.parametrize("node_id", ["x" * 64, "A-b_9", "0"])
@@ -300,6 +306,40 @@ REJECTIONS: list[tuple[str, Any, list[str]]] = [
     ("nodes missing", {"id": "wf"}, ["nodes: Field required"]),
     ("workflow timeout negative", example(timeout_seconds=-5), ["timeout_seconds:"]),
     ("unknown workflow field", example(owner="me"), ["owner: Extra inputs are not permitted"]),
+    # Strict, as every other body: a number written as text, or a boolean, is not a number.
+    (
+        "workflow timeout as text",
+        example(timeout_seconds="300"),
+        ["timeout_seconds: Input should be a valid number"],
+    ),
+    (
+        "node timeout as text",
+        single({"id": "t", **tf(), "timeout_seconds": "5"}),
+        ["node 't': timeout_seconds: Input should be a valid number"],
+    ),
+    (
+        "attempts as a boolean",
+        example(retry={"max_attempts": True}),
+        ["retry.max_attempts: Input should be a valid integer"],
+    ),
+    (
+        "concurrency as text",
+        example(concurrency={"max": "3"}),
+        ["concurrency.max: Input should be a valid integer"],
+    ),
+    (
+        "a rate as text",
+        single(
+            {
+                "id": "h",
+                "type": "http",
+                "config": {"url": "https://example.com/"},
+                "rate_limit": {"per_second": "2"},
+            }
+        ),
+        ["node 'h': rate_limit.per_second: Input should be a valid number"],
+    ),
+    ("nodes as an object", {"id": "wf", "nodes": {"a": tf()}}, ["nodes: Input should be a valid array"]),
 ]
 
 
