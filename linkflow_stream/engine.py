@@ -115,6 +115,7 @@ class Engine:
             active=self.status.active_count,
             queue_depth=lambda: {p: c["queued"] for p, c in self.status.queue_counts().items()},
         )
+        self.metrics.unacknowledged_sends.set_function(lambda: float(self.publisher.overdue.count))
         self.pools = TaskPools(settings)
         self.tracing = Tracing.from_env()
         """Traces, when the ``OTEL_*`` variables turn them on (``tracing/provider.py``); else ``None``."""

@@ -145,6 +145,12 @@ class Settings(BaseSettings):
             raise ValueError("every priority weight must be at least 1 (a weight of 0 would starve)")
         return value
 
+    max_overdue_sends: int = Field(default=1000, ge=1)
+    """How many of the HTTP API's sends Kafka may leave unacknowledged past their 10 s wait (each
+    answered 503, each still held by the Kafka client, retrying) before further requests that
+    send are refused at once, unsent: a 503 that says so. Default ``1000``. Bounds the memory a
+    broker outage costs when clients retry every 503."""
+
     orchestrator_batches_at_once: int = Field(default=1, ge=0)
     """How many of its partitions' batches one orchestrator process decides and commits at once;
     ``0``: each owned partition's whenever it has inputs. Default ``1``: the others' inputs gather

@@ -496,7 +496,10 @@ class Api:
     ) -> None:
         """Send records; not acknowledged within ``ACK_SECONDS``, a 503 the client may retry (the
         send goes on, so the record may still land, as the 503 says)."""
-        await acknowledged(self.d.publisher.send(item if isinstance(item, list) else [item]), what, hint)
+        publisher = self.d.publisher
+        await acknowledged(
+            publisher.send(item if isinstance(item, list) else [item]), what, hint, overdue=publisher.overdue
+        )
 
     async def _claimable(self, principal: Principal, workflow_id: str) -> None:
         """A workflow id of another team is not the caller's to version (409, not 404: the id is
@@ -1347,6 +1350,7 @@ class Api:
         await acknowledged(
             self.d.publisher.send_raw(topic_names.SCHEDULES, schedule.id.encode(), None, []),
             f"deleting schedule {schedule.id}",
+            overdue=self.d.publisher.overdue,
         )
         self._schedule_view().apply(schedule.id, None)
         return web.json_response({"id": schedule.id, "deleted": True})

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from linkflow_stream.core.admission import TooManyRequestsError
 from linkflow_stream.core.errors import LinkflowError
-from linkflow_stream.kafka.publisher import ACK_SECONDS, acknowledged_within
+from linkflow_stream.kafka.publisher import ACK_SECONDS, Backlogged, Overdue, acknowledged_within
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,22 @@ async def errors_as_json(
         return web.json_response(error_body("internal", "internal error; see the engine log"), status=500)
 
 
-async def acknowledged(sending: Awaitable[None], what: str, hint: str = "try again") -> None:
+async def acknowledged(
+    sending: Awaitable[None], what: str, hint: str = "try again", *, overdue: Overdue
+) -> None:
     """Await a send to Kafka for at most ``ACK_SECONDS``; one not acknowledged by then, or that
-    failed, is a 503 the client may retry (``what`` names it, ``hint`` says what to do)."""
+    failed, is a 503 the client may retry (``what`` names it, ``hint`` says what to do). While
+    ``overdue`` is full the send is not made, and the 503 says the request was not recorded."""
     try:
-        await acknowledged_within(sending, ACK_SECONDS)
+        await acknowledged_within(sending, ACK_SECONDS, overdue)
+    except Backlogged as exc:
+        log.warning("%s refused unsent: %s", what, exc)
+        raise UnavailableError(
+            f"{what} was not sent: Kafka has not acknowledged {exc.overdue} earlier sends of this "
+            "engine (is the broker away? see /readyz); nothing of this request was recorded; try "
+            "again later",
+            retryable=True,
+        ) from exc
     except Exception as exc:
         log.warning("%s not acknowledged by Kafka: %r", what, exc)
         raise UnavailableError(f"{what} was not acknowledged by Kafka; {hint}", retryable=True) from exc

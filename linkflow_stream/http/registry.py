@@ -61,7 +61,9 @@ class RegistryApi:
     async def _publish(self, record: WorkerRecord, ce_type: str) -> None:
         """Put the record on the log (503 if Kafka does not acknowledge it in time), then in the view."""
         outgoing = Outgoing(topic_names.WORKERS, record.id, record, ce_type, time=record.heartbeat_at)
-        await acknowledged(self.publisher.send([outgoing]), f"worker {record.id}'s record")
+        await acknowledged(
+            self.publisher.send([outgoing]), f"worker {record.id}'s record", overdue=self.publisher.overdue
+        )
         self.view.apply(record)
 
     async def _known(self, worker_id: str) -> WorkerRecord:

@@ -8,6 +8,7 @@ once a start request is in the log.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Iterable
 
 from aiokafka import AIOKafkaProducer
@@ -24,11 +25,44 @@ ACK_SECONDS = 10.0
 (``acknowledged_within``): a produce takes milliseconds, and a second or two on a loaded broker."""
 
 
+class Overdue:
+    """The sends whose caller stopped waiting (``acknowledged_within`` timed out) and that the
+    Kafka client still holds, in memory, retrying until the broker takes them. While the broker
+    is away a client that retries every 503 would add one for ever; at ``limit`` new sends are
+    refused before they are made (``Backlogged``), so memory stays bounded and a refused caller
+    knows its record was not sent."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.limit
+
+    def add(self, task: asyncio.Future[None]) -> None:
+        self.count += 1
+        task.add_done_callback(self._done)
+
+    def _done(self, _task: asyncio.Future[None]) -> None:
+        self.count -= 1
+
+
+class Backlogged(Exception):
+    """A send refused unsent: ``Overdue.limit`` earlier sends are still unacknowledged."""
+
+    def __init__(self, overdue: int) -> None:
+        super().__init__(f"{overdue} earlier sends are still waiting for Kafka")
+        self.overdue = overdue
+
+
 class Publisher:
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.settings = settings
         self.codec = codec
         self._producer: AIOKafkaProducer | None = None
+        self.overdue = Overdue(settings.max_overdue_sends)
+        """The HTTP API's sends not acknowledged within ``ACK_SECONDS`` and still pending."""
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -73,16 +107,28 @@ class Publisher:
         await self._started().send_and_wait(self.settings.topic(topic), value, key=key, headers=headers)
 
 
-async def acknowledged_within(sending: Awaitable[None], seconds: float) -> None:
+async def acknowledged_within(
+    sending: Awaitable[None], seconds: float, overdue: Overdue | None = None
+) -> None:
     """Await a send for at most ``seconds`` (``TimeoutError`` after). The Kafka client waits for a
     broker that is away for as long as it takes (metadata, then the batch's retries), which left an
     HTTP caller without an answer; the send itself goes on (shielded), so its records may still
     land later, and its outcome is retrieved then, so a failure is not reported as an exception
-    never retrieved."""
+    never retrieved. A send that times out counts in ``overdue`` until it ends; while that is
+    full, ``sending`` is not started at all (``Backlogged``)."""
+    if overdue is not None and overdue.full:
+        if inspect.iscoroutine(sending):
+            sending.close()  # never started: nothing of it reaches the client or the log
+        raise Backlogged(overdue.count)
     task = asyncio.ensure_future(sending)
     task.add_done_callback(_retrieved)
-    async with asyncio.timeout(seconds):
-        await asyncio.shield(task)
+    try:
+        async with asyncio.timeout(seconds):
+            await asyncio.shield(task)
+    except TimeoutError:
+        if overdue is not None and not task.done():
+            overdue.add(task)
+        raise
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:

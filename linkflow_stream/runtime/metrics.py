@@ -211,6 +211,13 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.unacknowledged_sends = Gauge(
+            "linkflow_api_unacknowledged_sends",
+            "The HTTP API's sends Kafka has not acknowledged past their 10 s wait (each answered "
+            "503, each still held and retried by the Kafka client); at LINKFLOW_MAX_OVERDUE_SENDS "
+            "further sends are refused unsent",
+            registry=r,
+        )
         self.brokers = Gauge(
             "linkflow_kafka_brokers",
             "Kafka brokers the cluster lists as available (registered and not fenced), counted every "

@@ -56,7 +56,10 @@ def connection_lines(engine: EngineProcess) -> int:
 def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recovers(
     broker: Broker, tmp_path: Path
 ) -> None:
-    engine = EngineProcess(bootstrap=broker.bootstrap, workdir=tmp_path)
+    # two sends left unacknowledged past their wait are all this engine holds (ADR 0054)
+    engine = EngineProcess(
+        bootstrap=broker.bootstrap, workdir=tmp_path, extra_env={"LINKFLOW_MAX_OVERDUE_SENDS": "2"}
+    )
     engine.start()
     try:
         wf_id = f"away-{uuid.uuid4().hex[:6]}"
@@ -79,6 +82,17 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         status, body = call("POST", f"{engine.url}/api/executions/{waiting['id']}/cancel", timeout=60)
         assert (status, body["error"]["type"]) == (503, "unavailable"), body
         assert time.monotonic() - began < ACK_SECONDS + 10
+        assert "was not acknowledged by Kafka" in body["error"]["message"], body
+
+        # Two sends are held now: a third request is refused at once, unsent, and says so.
+        began = time.monotonic()
+        status, body = call("POST", f"{engine.url}/api/executions", {"workflow_id": wf_id}, timeout=60)
+        assert (status, body["error"]["type"]) == (503, "unavailable"), body
+        assert "was not sent" in body["error"]["message"], body
+        assert "nothing of this request was recorded" in body["error"]["message"], body
+        refused_in = time.monotonic() - began
+        assert refused_in < 2, f"refused in {refused_in:.1f} s, not at once"
+        assert engine.metric_total("linkflow_api_unacknowledged_sends") == 2
 
         before = connection_lines(engine)
         time.sleep(10)
@@ -97,7 +111,8 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         engine.register(
             {"id": quick, "nodes": [{"id": "t", "type": "transform", "config": {"expression": "1"}}]}
         )
-        status, done = engine.start_execution(quick, wait=30)
+        status, done = engine.start_execution(quick, wait=30)  # the held sends landed: room again
         assert (status, done["status"]) == (200, "success"), done
+        assert engine.metric_total("linkflow_api_unacknowledged_sends") == 0  # shown above, at 2
     finally:
         engine.stop()
