@@ -19,6 +19,7 @@ from linkflow_stream.http.responses import (
     Accepted,
     Execution,
     ExecutionPage,
+    ExecutionSummaryPage,
     LogLine,
     LogPage,
     Readiness,
@@ -190,6 +191,32 @@ def list_executions(
         cursor=cursor,
     )
     return Call("GET", "/api/executions", _expect(200), query=query)
+
+
+def list_execution_summaries(
+    *,
+    status: Status | None = None,
+    workflow_id: str | None = None,
+    team: str | None = None,
+    priority: Priority | None = None,
+    created_after: datetime | str | None = None,
+    created_before: datetime | str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> Call[ExecutionSummaryPage]:
+    """``list_executions`` with ``view=summary``: each run without its input, nodes and history
+    (ADR 0051), so a page of runs with large inputs stays small."""
+    full = list_executions(
+        status=status,
+        workflow_id=workflow_id,
+        team=team,
+        priority=priority,
+        created_after=created_after,
+        created_before=created_before,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Call("GET", "/api/executions", _expect(200), query={**full.query, "view": "summary"})
 
 
 def cancel_execution(execution_id: str) -> Call[Accepted]:

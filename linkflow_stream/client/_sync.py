@@ -18,6 +18,7 @@ from linkflow_stream.http.responses import (
     Accepted,
     Execution,
     ExecutionPage,
+    ExecutionSummaryPage,
     LogLine,
     Readiness,
     WorkflowRegistered,
@@ -125,6 +126,33 @@ class Client:
         """One page, newest first; pass its ``next_cursor`` as ``cursor`` for the next."""
         return self.send(
             calls.list_executions(
+                status=status,
+                workflow_id=workflow_id,
+                team=team,
+                priority=priority,
+                created_after=created_after,
+                created_before=created_before,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
+
+    def list_execution_summaries(
+        self,
+        *,
+        status: Status | None = None,
+        workflow_id: str | None = None,
+        team: str | None = None,
+        priority: Priority | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> ExecutionSummaryPage:
+        """``list_executions`` without each run's input, nodes and history: for lists and
+        dashboards, whose pages stay small whatever the runs carry (ADR 0051)."""
+        return self.send(
+            calls.list_execution_summaries(
                 status=status,
                 workflow_id=workflow_id,
                 team=team,

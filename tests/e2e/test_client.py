@@ -97,6 +97,11 @@ def test_sync_client_registers_starts_waits_reads_and_lists(engine: EngineProces
         page = lf.list_executions(workflow_id=workflow_id, limit=1)
         schema_validator("ExecutionPage").validate(page)
         assert page["count"] == 1 and page["next_cursor"] is not None
+        brief = lf.list_execution_summaries(workflow_id=workflow_id, limit=1)
+        schema_validator("ExecutionSummaryPage").validate(brief)
+        assert [e["id"] for e in brief["executions"]] == [e["id"] for e in page["executions"]]
+        assert brief["next_cursor"] == page["next_cursor"]
+        assert not {"input_data", "nodes", "history"} & set(brief["executions"][0])
         every = [e["id"] for e in lf.iter_executions(workflow_id=workflow_id, page_size=1)]
         assert sorted(every) == sorted([started.id, *(s.id for s in more)])  # three pages, each run once
         assert every[0] == more[-1].id  # newest first
@@ -175,6 +180,9 @@ async def test_async_client_runs_cancels_and_maps_errors(engine: EngineProcess) 
         assert (await lf.get_execution(started.id))["status"] == "success"
         page = await lf.list_executions(workflow_id=workflow_id)
         assert [e["id"] for e in page["executions"]] == [started.id]
+        brief = await lf.list_execution_summaries(workflow_id=workflow_id)
+        assert [(e["id"], e["status"]) for e in brief["executions"]] == [(started.id, "success")]
+        assert "nodes" not in brief["executions"][0]
         assert [e["id"] async for e in lf.iter_executions(workflow_id=workflow_id, page_size=1)] == [
             started.id
         ]

@@ -18,7 +18,8 @@ def test_the_public_names_are_pinned() -> None:
     assert sorted(client_package.__all__) == sorted(
         [
             "DEFAULT_URL", "TERMINAL", "Accepted", "ApiError", "AsyncClient", "Client", "ClientError",
-            "Conflict", "ConnectionFailed", "ErrorBody", "Execution", "ExecutionPage", "Forbidden",
+            "Conflict", "ConnectionFailed", "ErrorBody", "Execution", "ExecutionPage", "ExecutionSummary",
+                "ExecutionSummaryPage", "Forbidden",
             "LogLine", "NodeStatus", "NotFound", "ServerError", "Started", "TooManyRequests", "Unauthorized",
             "Unavailable",
             "ValidationFailed", "WaitTimedOut", "WorkflowRegistered", "WorkflowSummary", "start_via_kafka",
@@ -77,6 +78,13 @@ def test_list_filters_become_the_query_and_times_iso_8601() -> None:
     later = calls.list_executions(created_after=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2))))
     assert later.query == {"created_after": "2026-01-01T00:00:00+02:00"}
     assert calls.list_executions().query == {}
+
+
+def test_summaries_are_the_same_listing_with_view_summary() -> None:
+    call = calls.list_execution_summaries(status="failed", limit=5, cursor="abc")
+    assert (call.method, call.path) == ("GET", "/api/executions")
+    assert call.query == {"status": "failed", "limit": "5", "cursor": "abc", "view": "summary"}
+    assert calls.list_execution_summaries().query == {"view": "summary"}
 
 
 def test_an_unexpected_status_is_the_mapped_error() -> None:
