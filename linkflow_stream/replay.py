@@ -140,16 +140,23 @@ async def compare(fresh: ReadStore, live: ReadStore, codec: Codec, retention: ti
 
 
 def _same_state(a: StoredState, b: StoredState, codec: Codec) -> bool:
-    """The same state, and for an ended run the same body too: the body is what the API serves,
-    stored beside the state when the row was written, so a row whose body went wrong (or was
-    changed by hand) shows here. A running run's body holds its time queued so far, which moves
-    with the clock, so only an ended run's is compared."""
+    """The same state, and for an ended run the same body and summary too: they are what the API
+    serves (``GET /api/executions`` full and ``view=summary``), stored beside the state when the
+    row was written, so a row whose body or summary went wrong (or was changed by hand) shows
+    here. A running run's body holds its time queued so far, which moves with the clock, so only
+    an ended run's is compared."""
     if a.seq != b.seq:
         return False
     mine = codec.decode(a.state, ExecutionState)
     if a.state != b.state and mine != codec.decode(b.state, ExecutionState):
         return False
-    return not mine.status.terminal or json.loads(a.body) == json.loads(b.body)
+    if not mine.status.terminal:
+        return True
+    return json.loads(a.body) == json.loads(b.body) and _json(a.summary) == _json(b.summary)
+
+
+def _json(text: str | None) -> object:
+    return None if text is None else json.loads(text)
 
 
 def _lines_by_execution(lines: list[LineRow]) -> dict[str, list[LineRow]]:

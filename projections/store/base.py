@@ -23,6 +23,8 @@ class StoredState:
     state: bytes
     body: str
     """The rendered JSON body."""
+    summary: str | None = None
+    """The rendered summary (ADR 0051), where it was read (``dump``, which replay compares)."""
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ class PostgresStore(ReadStore):
     async def dump(self) -> tuple[list[StoredState], list[LineRow]]:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             rows = [
-                StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3]))
+                StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3]), str(r[4]))
                 for r in await conn.fetch(sql.SELECT_ALL_ROWS)
             ]
             lines = [

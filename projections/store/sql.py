@@ -282,7 +282,7 @@ def delete_by_ids(table: str, column: str, count: int) -> str:
     return f"DELETE FROM {table} WHERE {column} IN ({', '.join('?' * count)})"
 
 
-SELECT_ALL_ROWS = "SELECT id, seq, state, body FROM executions ORDER BY id"
+SELECT_ALL_ROWS = "SELECT id, seq, state, body, summary FROM executions ORDER BY id"
 SELECT_ALL_LINES = (
     "SELECT execution_id, seq, n, at, level, node_id, message, data FROM log_lines "
     "ORDER BY execution_id, seq, n"

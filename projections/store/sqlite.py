@@ -208,7 +208,7 @@ class SqliteStore(ReadStore):
     async def dump(self) -> tuple[list[StoredState], list[LineRow]]:
         def fetch(conn: sqlite3.Connection) -> tuple[list[StoredState], list[LineRow]]:
             rows = [
-                StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3]))
+                StoredState(r[0], int(r[1]), bytes(r[2]), str(r[3]), str(r[4]))
                 for r in conn.execute(sql.SELECT_ALL_ROWS)
             ]
             lines = [

@@ -67,6 +67,23 @@ def test_replay_rebuilds_the_status_view_and_it_equals_the_live_one(engine: Engi
         with sqlite3.connect(live) as db:
             db.execute("UPDATE executions SET body = ? WHERE id = ?", (body, ids[0]))
 
+    # and so is a summary (what `GET /api/executions?view=summary` lists) that went wrong
+    with sqlite3.connect(live) as db:
+        (summary,) = db.execute("SELECT summary FROM executions WHERE id = ?", (ids[1],)).fetchone()
+        assert '"success"' in summary
+        db.execute(
+            "UPDATE executions SET summary = ? WHERE id = ?",
+            (summary.replace('"success"', '"failed"'), ids[1]),
+        )
+    try:
+        changed = linkflow(engine, "replay", "status")
+        assert changed.returncode != 0 and "3 equal, 1 different" in changed.stdout, changed.stdout
+        assert f"mismatch: {ids[1]}" in changed.stdout
+    finally:
+        with sqlite3.connect(live) as db:
+            db.execute("UPDATE executions SET summary = ? WHERE id = ?", (summary, ids[1]))
+    assert "4 equal, 0 different" in linkflow(engine, "replay", "status").stdout
+
     one = linkflow(engine, "replay", "execution", ids[-1])
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()
