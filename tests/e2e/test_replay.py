@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,30 @@ def linkflow(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess[s
         timeout=120,
         check=False,
     )
+
+
+COLUMNS = {
+    "body": ("SELECT body FROM executions WHERE id = ?", "UPDATE executions SET body = ? WHERE id = ?"),
+    "summary": (
+        "SELECT summary FROM executions WHERE id = ?",
+        "UPDATE executions SET summary = ? WHERE id = ?",
+    ),
+}
+
+
+@contextlib.contextmanager
+def tampered(store: Path, column: str, execution_id: str) -> Iterator[None]:
+    """The run's stored ``column`` saying "failed" where it says "success", until the block ends."""
+    select, update = COLUMNS[column]
+    with sqlite3.connect(store) as db:
+        (text,) = db.execute(select, (execution_id,)).fetchone()
+        assert '"success"' in text
+        db.execute(update, (text.replace('"success"', '"failed"'), execution_id))
+    try:
+        yield
+    finally:
+        with sqlite3.connect(store) as db:
+            db.execute(update, (text, execution_id))
 
 
 def test_replay_rebuilds_the_status_view_and_it_equals_the_live_one(engine: EngineProcess) -> None:
@@ -53,35 +80,13 @@ def test_replay_rebuilds_the_status_view_and_it_equals_the_live_one(engine: Engi
     assert refused.returncode == 2 and "exists; the replay empties" in refused.stderr, refused.stderr
     assert (live.stat().st_mtime_ns, live.stat().st_size) == before, "the live read model is untouched"
 
-    # a stored body that went wrong (here: changed by hand) is a difference, though its state holds
-    with sqlite3.connect(live) as db:
-        (body,) = db.execute("SELECT body FROM executions WHERE id = ?", (ids[0],)).fetchone()
-        db.execute(
-            "UPDATE executions SET body = ? WHERE id = ?", (body.replace('"success"', '"failed"'), ids[0])
-        )
-    try:
-        changed = linkflow(engine, "replay", "status")
-        assert changed.returncode != 0 and "3 equal, 1 different" in changed.stdout, changed.stdout
-        assert f"mismatch: {ids[0]}" in changed.stdout
-    finally:
-        with sqlite3.connect(live) as db:
-            db.execute("UPDATE executions SET body = ? WHERE id = ?", (body, ids[0]))
-
-    # and so is a summary (what `GET /api/executions?view=summary` lists) that went wrong
-    with sqlite3.connect(live) as db:
-        (summary,) = db.execute("SELECT summary FROM executions WHERE id = ?", (ids[1],)).fetchone()
-        assert '"success"' in summary
-        db.execute(
-            "UPDATE executions SET summary = ? WHERE id = ?",
-            (summary.replace('"success"', '"failed"'), ids[1]),
-        )
-    try:
-        changed = linkflow(engine, "replay", "status")
-        assert changed.returncode != 0 and "3 equal, 1 different" in changed.stdout, changed.stdout
-        assert f"mismatch: {ids[1]}" in changed.stdout
-    finally:
-        with sqlite3.connect(live) as db:
-            db.execute("UPDATE executions SET summary = ? WHERE id = ?", (summary, ids[1]))
+    # A stored body that went wrong (here: changed by hand) is a difference, though its state
+    # holds; so is a summary (what `GET /api/executions?view=summary` lists).
+    for column, run in (("body", ids[0]), ("summary", ids[1])):
+        with tampered(live, column, run):
+            changed = linkflow(engine, "replay", "status")
+        assert changed.returncode != 0 and "3 equal, 1 different" in changed.stdout, (column, changed.stdout)
+        assert f"mismatch: {run}" in changed.stdout
     assert "4 equal, 0 different" in linkflow(engine, "replay", "status").stdout
 
     one = linkflow(engine, "replay", "execution", ids[-1])
