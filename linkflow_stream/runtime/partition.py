@@ -79,6 +79,11 @@ RESNAPSHOT_LAG = 20_000
 """A live run whose snapshot points this many events behind the events partition's end is
 snapshotted again (in the next batch, without an input of its own): restoring a partition never
 reads much more of its events partition than this, however long a run has been waiting."""
+EARLY_CANCEL_SECONDS = 300.0
+"""How long a cancel that found no run is kept, in case the run's start request comes after it
+(``Partition.early_cancels``)."""
+EARLY_CANCELS_MAX = 10_000
+"""At most this many such cancels are kept per partition; the oldest go first."""
 REASON_PROBLEMS = 5
 """Workflow problems a dead letter's reason lists at most."""
 STATE_CHECK_FRACTION = 0.5
@@ -165,11 +170,17 @@ class _Staged:
 def unknown_execution(command: ExecutionCommand) -> str:
     """The dead letter's reason for a command no run of this partition takes: never started
     here (its start request not decided yet, or never sent), or finished past its time to live."""
-    return (
+    why = (
         f"unknown_execution: no run {command.execution_id!r} to {command.kind.value}: it has not "
         "started (send commands once GET /api/executions/{id} shows it past pending) or it ended "
         "long ago"
     )
+    if command.kind is CommandKind.CANCEL:
+        why += (
+            f"; kept {EARLY_CANCEL_SECONDS:g} s by the engine that read it: a run that starts "
+            "there meanwhile is cancelled as it starts"
+        )
+    return why
 
 
 def finished_marker(state: ExecutionState) -> ExecutionState:
@@ -233,6 +244,12 @@ class Partition:
         self._inputs = {
             topic(t): t for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)
         }
+        self.early_cancels: dict[str, tuple[ExecutionCommand, int]] = {}
+        """Cancels that came before their run's start request, with when (ms), oldest first. A
+        parent's cancel of its child goes straight to the command topic while the child's start
+        goes through the start intake first, so the cancel often came first and the child ran
+        on. A start decided within ``EARLY_CANCEL_SECONDS`` of its cancel is cancelled at once
+        (ADR 0055). Memory only: a partition claimed by another process starts without them."""
 
     # -- state ------------------------------------------------------------------------------------
     def load(
@@ -422,6 +439,8 @@ class Partition:
                 # A producer's command that went nowhere says so where producers look; a result
                 # for a run gone past its time to live is only counted (its run has ended).
                 self._dead_letter(staged, origin, unknown_execution(inp))
+                if inp.kind is CommandKind.CANCEL:
+                    self._keep_early_cancel(inp, to_millis(now))
             return
         prior = staged.tails.get(execution_id) or self.tails.get(execution_id)
         try:
@@ -459,6 +478,22 @@ class Partition:
         staged.tails[execution_id] = tail
         staged.records.extend(records)
         staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
+        if state is None and isinstance(inp, StartExecution):
+            early = self.early_cancels.get(execution_id)
+            if early is not None and to_millis(now) - early[1] <= EARLY_CANCEL_SECONDS * 1000:
+                await self._decide(staged, early[0], now, origin=None)
+
+    def _keep_early_cancel(self, command: ExecutionCommand, at_ms: int) -> None:
+        """Keep a cancel that found no run (``early_cancels``): kept even if its batch does not
+        commit (the batch's retry keeps it again), and never removed when used (a start comes
+        once; a repeated start finds its run), only by age and number."""
+        self.early_cancels.pop(command.execution_id, None)
+        self.early_cancels[command.execution_id] = (command, at_ms)
+        oldest = at_ms - EARLY_CANCEL_SECONDS * 1000
+        for execution_id, (_command, kept_ms) in list(self.early_cancels.items()):
+            if kept_ms >= oldest and len(self.early_cancels) <= EARLY_CANCELS_MAX:
+                break
+            del self.early_cancels[execution_id]
 
     def _why_not_decided(self, inp: Input, exc: Exception) -> str:
         """The dead letter's reason: the exception, and for a start request what is wrong with its

@@ -318,6 +318,30 @@ async def test_a_command_that_would_do_nothing_is_dead_lettered_with_why(engine:
     assert status == 200 and body["status"] == "running", body
 
 
+async def test_a_cancel_read_before_its_runs_start_cancels_the_run_as_it_starts(
+    engine: EngineProcess,
+) -> None:
+    """A parent's cancel of the child it just started goes straight to the command topic, while
+    the child's start goes through the start intake: the cancel was read first, dead-lettered,
+    and the child ran on (ADR 0055). Here a producer does the same by hand, in that order."""
+    wf_id = f"kearly-{uuid.uuid4().hex[:6]}"
+    engine.register({"id": wf_id, "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 120}}]})
+    execution_id = f"early-{uuid.uuid4().hex[:8]}"
+    cancel = ExecutionCommand(execution_id=execution_id, kind=CommandKind.CANCEL, reason="parent p ended")
+    await produce(engine, topic_names.COMMANDS, [(execution_id.encode(), CODEC.encode(cancel))])
+    letters = await dead_letters(engine, {execution_id.encode()})  # read, with no run to cancel yet
+    reason = letters[execution_id.encode()]["dlq_reason"]
+    assert reason.startswith(f"unknown_execution: no run '{execution_id}' to cancel"), reason
+    assert "a run that starts there meanwhile is cancelled as it starts" in reason
+    await produce(
+        engine, topic_names.START, [(b"e", json_request(workflow_id=wf_id, execution_id=execution_id))]
+    )
+    done = engine.wait_status(execution_id, timeout=30)
+    assert done["status"] == "cancelled", done
+    assert done["history"][-1]["reason"] == "parent p ended"
+    assert done["nodes"]["w"]["status"] != "success"
+
+
 def test_a_runs_events_and_its_state_as_of_any_event(engine: EngineProcess) -> None:
     wf_id = f"events-{uuid.uuid4().hex[:6]}"
     engine.register(doubling(wf_id))

@@ -33,6 +33,7 @@ from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.records import ProducerRecord
 from linkflow_stream.kafka.transactions import CommitFailed, Fenced, ProducerBroken
 from linkflow_stream.nodes import build_registry, decider_config
+from linkflow_stream.runtime import partition as partition_module
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.orchestrator import (
     BATCH_RETRIES,
@@ -42,7 +43,7 @@ from linkflow_stream.runtime.orchestrator import (
     Abandon,
     Orchestrator,
 )
-from linkflow_stream.runtime.partition import InputGap, Partition
+from linkflow_stream.runtime.partition import EARLY_CANCEL_SECONDS, InputGap, Partition
 from linkflow_stream.runtime.restore import Restored
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
@@ -286,6 +287,59 @@ async def test_a_command_for_a_run_not_held_is_dead_lettered_with_why() -> None:
     reason = dict(letter.headers)["dlq_reason"].decode()
     assert reason.startswith("unknown_execution: no run 'nobody' to cancel")
     assert "nobody" not in p.states
+
+
+def early_cancel(offset: int, execution_id: str, ms: int = T0) -> Any:
+    cancel = ExecutionCommand(execution_id=execution_id, kind=CommandKind.CANCEL, reason="parent p ended")
+    return record(COMMANDS, offset, CODEC.encode(cancel), key=execution_id, ms=ms)
+
+
+def start_at_ms(offset: int, execution_id: str, ms: int) -> Any:
+    request = StartExecution(
+        execution_id=execution_id, workflow=workflow(WAIT), input={}, requested_at=from_millis(ms)
+    )
+    return record(REQUESTS, offset, CODEC.encode(request), key=execution_id, ms=ms)
+
+
+async def test_a_cancel_read_before_its_runs_start_cancels_the_run_as_it_starts() -> None:
+    """A parent's cancel of its child goes straight to the command topic; the child's start goes
+    through the start intake first. The cancel came first, was dead-lettered, and the child ran
+    on (ADR 0055)."""
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([early_cancel(0, "kid")], T0)
+    (letter,) = producer.records(topic_names.DLQ)
+    assert (
+        "a run that starts there meanwhile is cancelled as it starts"
+        in dict(letter.headers)["dlq_reason"].decode()
+    )
+    assert "kid" not in p.states
+    await p.run_batch([start_at_ms(0, "kid", T0 + 2_000)], T0 + 2_000)
+    assert p.states["kid"].status is ExecutionStatus.CANCELLED
+    assert producer.committed_state("kid").history[-1].reason == "parent p ended"
+    types = [CODEC.decode(r.value, ExecutionEvent).type for r in producer.records(topic_names.EVENTS)]
+    assert types[0] is EventType.EXECUTION_CREATED and types[-1] is EventType.EXECUTION_CANCELLED
+    assert not p.timers.due(T0 + 10**9), "no timer of the wait node left to fire"
+
+
+async def test_an_early_cancel_is_kept_for_a_while_and_a_start_after_that_runs() -> None:
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([early_cancel(0, "late")], T0)
+    later = T0 + int(EARLY_CANCEL_SECONDS * 1000) + 1
+    await p.run_batch([start_at_ms(0, "late", later)], later)
+    assert p.states["late"].status is ExecutionStatus.RUNNING
+
+
+async def test_early_cancels_are_bounded_in_number_the_oldest_going_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(partition_module, "EARLY_CANCELS_MAX", 2)
+    p = partition(FakeProducer())
+    await p.run_batch([early_cancel(i, f"r{i}", T0 + i) for i in range(3)], T0 + 3)
+    assert list(p.early_cancels) == ["r1", "r2"]
+    await p.run_batch([early_cancel(3, "r9", T0 + int(EARLY_CANCEL_SECONDS * 1000) + 3)], T0)
+    assert list(p.early_cancels) == ["r9"], "and none older than they are kept for"
 
 
 @pytest.mark.parametrize(
