@@ -92,15 +92,15 @@ async def acknowledged(
 ) -> None:
     """Await a send to Kafka for at most ``ACK_SECONDS``; one not acknowledged by then, or that
     failed, is a 503 the client may retry (``what`` names it, ``hint`` says what to do). While
-    ``overdue`` is full the send is not made, and the 503 says the request was not recorded."""
+    ``overdue`` is full the send is not made, and the 503 says so (of a request that sends more
+    than one record, the earlier ones may have been sent: the message names the one refused)."""
     try:
         await acknowledged_within(sending, ACK_SECONDS, overdue)
     except Backlogged as exc:
         log.warning("%s refused unsent: %s", what, exc)
         raise UnavailableError(
             f"{what} was not sent: Kafka has not acknowledged {exc.overdue} earlier sends of this "
-            "engine (is the broker away? see /readyz); nothing of this request was recorded; try "
-            "again later",
+            "engine (is the broker away? see /readyz); try again later",
             retryable=True,
         ) from exc
     except Exception as exc:

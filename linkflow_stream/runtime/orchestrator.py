@@ -127,6 +127,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         self._must_rejoin = False
         self._claim_retry_at = 0.0
         self._workers: dict[int, _Worker] = {}
+        self._early_cancels: dict[int, dict[str, tuple[str | None, int]]] = {}
+        """A broken partition's kept cancels (``Partition.early_cancels``), for its new claim."""
         self._lanes = {settings.topic(topic_names.requests(p)): p for p in Priority}
         self.seen: dict[Priority, float] = {}
         """When an input of a run of each priority was last taken into a batch (monotonic)."""
@@ -258,7 +260,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             if run.events_from is not None
         }
         partition.load(restored.states, positions, events_end=restored.events_end, tails=tails)
-        self.partitions[number] = partition
+        self._adopt(number, partition)
         self._workers[number] = _Worker(self, number)
         self.unclaimed.discard(number)
         consumer.resume(*tps)
@@ -269,6 +271,12 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             len(restored.runs),
             len(partition.timers),
         )
+
+    def _adopt(self, number: int, partition: Partition) -> None:
+        """Decide ``number`` with the claimed ``partition`` from now on; the cancels its former
+        ``Partition`` in this process kept (``_broken``) go on with it."""
+        partition.early_cancels = self._early_cancels.pop(number, {})
+        self.partitions[number] = partition
 
     async def _retry_claims(self) -> None:
         consumer = self._consumer
@@ -281,6 +289,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._claim(number)
             else:
                 self.unclaimed.discard(number)
+                self._early_cancels.pop(number, None)
 
     async def _release(self, number: int) -> None:
         """Stop deciding ``number`` (its batch in flight commits or aborts first) and forget it."""
@@ -307,6 +316,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         """This partition's producer (or memory) can no longer be trusted: forget the partition
         and claim it again, still ours, with a new producer and its state read back."""
         log.warning("partition %d: %s; claiming it afresh", number, exc)
+        partition = self.partitions.get(number)
+        if partition is not None:  # memory only, and still ours: the new claim keeps them
+            self._early_cancels[number] = partition.early_cancels
         await self._release(number)
         self.unclaimed.add(number)
         self._claim_retry_at = 0.0
@@ -317,6 +329,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self._consumer
         assert consumer is not None
         self._must_rejoin = False
+        self._early_cancels.clear()  # partitions given back are claimed afresh, as by another process
         for number in list(self.partitions):
             await self._release(number)
         consumer.unsubscribe()

@@ -30,12 +30,15 @@ from linkflow_stream.core.decider import Input
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import (
     CommandKind,
+    ControlMessage,
     ExecutionCommand,
     NodeError,
     NodeResult,
+    NodeTask,
     StartExecution,
 )
 from linkflow_stream.core.outgoing import Outgoing
+from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import structure_problems
@@ -84,6 +87,11 @@ EARLY_CANCEL_SECONDS = 300.0
 (``Partition.early_cancels``)."""
 EARLY_CANCELS_MAX = 10_000
 """At most this many such cancels are kept per partition; the oldest go first."""
+EARLY_REASON_CHARS = 500
+"""What is kept of such a cancel's reason (a producer's reason may be long)."""
+DISPATCHES = (NodeTask, StartRequest, ExecutionCommand, ControlMessage)
+"""Records that set work going elsewhere (a task, a child run, a child's cancel, a task's cancel):
+not sent for a run cancelled as it starts, whose work must never begin."""
 REASON_PROBLEMS = 5
 """Workflow problems a dead letter's reason lists at most."""
 STATE_CHECK_FRACTION = 0.5
@@ -183,6 +191,15 @@ def unknown_execution(command: ExecutionCommand) -> str:
     return why
 
 
+def _what(inp: Input) -> str:
+    """An input decided without a record of its own, for a log line."""
+    if isinstance(inp, ExecutionCommand) and inp.kind is CommandKind.TIMER_FIRED:
+        return "timer firing"
+    if isinstance(inp, ExecutionCommand) and inp.kind is CommandKind.CANCEL:
+        return "cancel kept from before the run's start"
+    return type(inp).__name__
+
+
 def finished_marker(state: ExecutionState) -> ExecutionState:
     """What a partition keeps of a finished run until its time to live ends: its id, status and
     times, without the workflow's nodes, the node states, the input or the history. That is all a
@@ -244,12 +261,16 @@ class Partition:
         self._inputs = {
             topic(t): t for t in (*topic_names.REQUESTS, topic_names.COMMANDS, topic_names.RESULTS)
         }
-        self.early_cancels: dict[str, tuple[ExecutionCommand, int]] = {}
-        """Cancels that came before their run's start request, with when (ms), oldest first. A
-        parent's cancel of its child goes straight to the command topic while the child's start
+        self.early_cancels: dict[str, tuple[str | None, int]] = {}
+        """Cancels that came before their run's start request: their reason, and when this
+        partition read them (ms, its own clock: a record's time is its producer's), oldest first.
+        A parent's cancel of its child goes straight to the command topic while the child's start
         goes through the start intake first, so the cancel often came first and the child ran
         on. A start decided within ``EARLY_CANCEL_SECONDS`` of its cancel is cancelled at once
-        (ADR 0055). Memory only: a partition claimed by another process starts without them."""
+        (ADR 0055). Memory only: the orchestrator hands them to a new ``Partition`` when it
+        claims this one again itself; another process's claim starts without them."""
+        self._batch_ms = 0
+        """The ``now_ms`` of the batch being decided."""
 
     # -- state ------------------------------------------------------------------------------------
     def load(
@@ -300,6 +321,7 @@ class Partition:
         applied. With ``cut``, the loop yields between records and ends the batch early where
         ``cut`` says so; what was decided commits as usual (``report.left``: the rest)."""
         staged = _Staged()
+        self._batch_ms = now_ms
         offsets: dict[TopicPartition, int] = {}
         for index, record in enumerate(records):
             if cut is not None and index:
@@ -427,8 +449,16 @@ class Partition:
         return inp
 
     async def _decide(
-        self, staged: _Staged, inp: Input, now: datetime, origin: ConsumerRecord[bytes, bytes] | None
+        self,
+        staged: _Staged,
+        inp: Input,
+        now: datetime,
+        origin: ConsumerRecord[bytes, bytes] | None,
+        *,
+        dispatch: bool = True,
     ) -> None:
+        """Decide one input into ``staged``; ``dispatch=False``: without the records that set
+        work going elsewhere (``DISPATCHES``)."""
         execution_id = inp.execution_id
         state = (
             staged.states[execution_id] if execution_id in staged.states else self.states.get(execution_id)
@@ -440,11 +470,14 @@ class Partition:
                 # for a run gone past its time to live is only counted (its run has ended).
                 self._dead_letter(staged, origin, unknown_execution(inp))
                 if inp.kind is CommandKind.CANCEL:
-                    self._keep_early_cancel(inp, to_millis(now))
+                    self._keep_early_cancel(inp)
             return
         prior = staged.tails.get(execution_id) or self.tails.get(execution_id)
+        kept = self._early_cancel(execution_id) if state is None and isinstance(inp, StartExecution) else None
         try:
             step = await self.stepper.step(state, inp, now)
+            if kept is not None or not dispatch:
+                step.outputs = [o for o in step.outputs if not isinstance(o.record, DISPATCHES)]
             encoded = self._encode_all(step, prior)
             if isinstance(encoded, str) and isinstance(inp, NodeResult) and inp.ok:
                 # A result whose events or state the broker cannot carry fails its node instead.
@@ -466,7 +499,7 @@ class Partition:
             if origin is not None:
                 self._dead_letter(staged, origin, encoded)
             else:
-                log.error("timer firing for %s dropped: %s", execution_id, encoded)
+                log.error("%s for %s dropped: %s", _what(inp), execution_id, encoded)
             return
         staged.report.inputs += 1
         if not step.changed or step.state is None:
@@ -478,22 +511,29 @@ class Partition:
         staged.tails[execution_id] = tail
         staged.records.extend(records)
         staged.report.observed.append(DecidedStep(state, inp, step.state, step.events))
-        if state is None and isinstance(inp, StartExecution):
-            early = self.early_cancels.get(execution_id)
-            if early is not None and to_millis(now) - early[1] <= EARLY_CANCEL_SECONDS * 1000:
-                await self._decide(staged, early[0], now, origin=None)
+        if kept is not None:
+            await self._decide(staged, kept, now, origin=None, dispatch=False)
 
-    def _keep_early_cancel(self, command: ExecutionCommand, at_ms: int) -> None:
+    def _keep_early_cancel(self, command: ExecutionCommand) -> None:
         """Keep a cancel that found no run (``early_cancels``): kept even if its batch does not
         commit (the batch's retry keeps it again), and never removed when used (a start comes
         once; a repeated start finds its run), only by age and number."""
+        reason = None if command.reason is None else command.reason[:EARLY_REASON_CHARS]
         self.early_cancels.pop(command.execution_id, None)
-        self.early_cancels[command.execution_id] = (command, at_ms)
-        oldest = at_ms - EARLY_CANCEL_SECONDS * 1000
-        for execution_id, (_command, kept_ms) in list(self.early_cancels.items()):
+        self.early_cancels[command.execution_id] = (reason, self._batch_ms)
+        oldest = self._batch_ms - EARLY_CANCEL_SECONDS * 1000
+        for execution_id, (_reason, kept_ms) in list(self.early_cancels.items()):
             if kept_ms >= oldest and len(self.early_cancels) <= EARLY_CANCELS_MAX:
                 break
             del self.early_cancels[execution_id]
+
+    def _early_cancel(self, execution_id: str) -> ExecutionCommand | None:
+        """The cancel kept for a run starting now, if it was read less than
+        ``EARLY_CANCEL_SECONDS`` ago."""
+        kept = self.early_cancels.get(execution_id)
+        if kept is None or self._batch_ms - kept[1] > EARLY_CANCEL_SECONDS * 1000:
+            return None
+        return ExecutionCommand(execution_id=execution_id, kind=CommandKind.CANCEL, reason=kept[0])
 
     def _why_not_decided(self, inp: Input, exc: Exception) -> str:
         """The dead letter's reason: the exception, and for a start request what is wrong with its

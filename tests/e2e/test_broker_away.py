@@ -89,7 +89,6 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         status, body = call("POST", f"{engine.url}/api/executions", {"workflow_id": wf_id}, timeout=60)
         assert (status, body["error"]["type"]) == (503, "unavailable"), body
         assert "was not sent" in body["error"]["message"], body
-        assert "nothing of this request was recorded" in body["error"]["message"], body
         refused_in = time.monotonic() - began
         assert refused_in < 2, f"refused in {refused_in:.1f} s, not at once"
         assert engine.metric_total("linkflow_api_unacknowledged_sends") == 2

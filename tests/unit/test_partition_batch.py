@@ -338,8 +338,69 @@ async def test_early_cancels_are_bounded_in_number_the_oldest_going_first(
     p = partition(FakeProducer())
     await p.run_batch([early_cancel(i, f"r{i}", T0 + i) for i in range(3)], T0 + 3)
     assert list(p.early_cancels) == ["r1", "r2"]
-    await p.run_batch([early_cancel(3, "r9", T0 + int(EARLY_CANCEL_SECONDS * 1000) + 3)], T0)
+    later = T0 + int(EARLY_CANCEL_SECONDS * 1000) + 4
+    await p.run_batch([early_cancel(3, "r9", later)], later)
     assert list(p.early_cancels) == ["r9"], "and none older than they are kept for"
+
+
+async def test_an_early_cancels_time_is_when_this_partition_read_it_not_its_records() -> None:
+    """A parent's cancel of its child carries the time of the parent's input, minutes old when
+    the orchestrator catches up; it counts from when it was read."""
+    p = partition(FakeProducer())
+    read_at = T0 + 600_000
+    await p.run_batch([early_cancel(0, "kid", ms=T0)], read_at)
+    await p.run_batch([start_at_ms(0, "kid", read_at + 1_000)], read_at + 1_000)
+    assert p.states["kid"].status is ExecutionStatus.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("nodes", "sends"),
+    [
+        (HTTP, topic_names.tasks("default")),
+        (
+            [{"id": "call", "type": "workflow", "config": {"workflow_id": "child"}}],
+            topic_names.START,
+        ),
+    ],
+)
+async def test_a_run_cancelled_as_it_starts_sets_no_work_going(nodes: Any, sends: str) -> None:
+    """Its first tasks (an http request, a child run) must never be sent: a worker that read the
+    task before the control message to cancel it would have made the call."""
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([early_cancel(0, "kid")], T0)
+    request = StartExecution(
+        execution_id="kid", workflow=workflow(nodes), input={}, requested_at=from_millis(T0)
+    )
+    await p.run_batch([record(REQUESTS, 0, CODEC.encode(request), key="kid")], T0 + 1_000)
+    assert p.states["kid"].status is ExecutionStatus.CANCELLED
+    assert producer.records(sends) == [], "nothing dispatched"
+    assert producer.records(topic_names.CONTROL) == []
+    assert [r.key for r in producer.records(topic_names.COMMANDS)] == [], (
+        "no cancel for a child never started"
+    )
+    # the same start without a kept cancel does dispatch (the check above can fail)
+    request = StartExecution(
+        execution_id="k2", workflow=workflow(nodes), input={}, requested_at=from_millis(T0)
+    )
+    await p.run_batch([record(REQUESTS, 1, CODEC.encode(request), key="k2")], T0 + 2_000)
+    assert len(producer.records(sends)) == 1
+
+
+async def test_kept_cancels_survive_a_broken_producers_fresh_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("linkflow_stream.runtime.orchestrator.asyncio.sleep", _no_sleep)
+    producer = BrokenOnceProducer(fail=0)
+    orch = orchestrator_with(producer)
+    await orch.run_partition(0, [early_cancel(0, "kid")], T0)
+    producer.fail = 1
+    start = start_at_ms(0, "kid", T0 + 1_000)
+    with pytest.raises(Abandon):
+        await orch.run_partition(0, [start], T0 + 1_000)
+    assert 0 not in orch.partitions
+    orch._adopt(0, partition(producer))  # what the claim does, without Kafka
+    orch.unclaimed.clear()
+    await orch.run_partition(0, [start], T0 + 1_000)
+    assert orch.partitions[0].states["kid"].status is ExecutionStatus.CANCELLED
 
 
 @pytest.mark.parametrize(
