@@ -522,10 +522,11 @@ class Partition:
         self.early_cancels.pop(command.execution_id, None)
         self.early_cancels[command.execution_id] = (reason, self._batch_ms)
         oldest = self._batch_ms - EARLY_CANCEL_SECONDS * 1000
-        for execution_id, (_reason, kept_ms) in list(self.early_cancels.items()):
-            if kept_ms >= oldest and len(self.early_cancels) <= EARLY_CANCELS_MAX:
+        while self.early_cancels:  # oldest first: stops at the first one to keep, no copy
+            first = next(iter(self.early_cancels))
+            if self.early_cancels[first][1] >= oldest and len(self.early_cancels) <= EARLY_CANCELS_MAX:
                 break
-            del self.early_cancels[execution_id]
+            del self.early_cancels[first]
 
     def _early_cancel(self, execution_id: str) -> ExecutionCommand | None:
         """The cancel kept for a run starting now, if it was read less than
