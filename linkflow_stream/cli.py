@@ -389,13 +389,15 @@ def events() -> None:
     "types",
     multiple=True,
     type=click.Choice([t.value for t in EventType]),
-    help="only events of this type (repeat for several)",
+    help="only events of this type (repeat for several); node_started also matches an inline "
+    "node's attempt, written as the one event that ends it (ADR 0056)",
 )
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events until interrupted")
 def events_tail(execution_id: str | None, types: tuple[str, ...], follow: bool) -> None:
     """Print events as JSON lines, oldest first: every partition (or the one --execution lives
     on) from its start to its end, and on with --follow. Records that do not decode are
     reported on stderr and skipped."""
+    from linkflow_stream.core.inline_attempts import matches_type
     from linkflow_stream.kafka.codecs import codec_for
     from linkflow_stream.kafka.execution_log import tail  # imported here: keeps --help fast
 
@@ -411,7 +413,7 @@ def events_tail(execution_id: str | None, types: tuple[str, ...], follow: bool) 
             except LinkflowError as exc:
                 click.echo(f"{record.topic}[{record.partition}]@{record.offset}: {exc.message}", err=True)
                 continue
-            if not types or event.type.value in types:
+            if not types or any(matches_type(event, t) for t in types):
                 click.echo(event.model_dump_json(exclude_none=True))
                 sys.stdout.flush()  # a pipe reader (another program, a test) sees each line at once
 

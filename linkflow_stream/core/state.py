@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
+from linkflow_stream.core.inline_attempts import is_merged, started_half
 from linkflow_stream.core.messages import NodeError, Priority, Signal
 from linkflow_stream.core.workflow import WorkflowDefinition
 
@@ -253,6 +254,8 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
         )
     if event.type is EventType.SIGNAL_RECEIVED:
         return _received(state, event)
+    if is_merged(event):  # an inline attempt, started and ended in one event (ADR 0056)
+        state = _evolve_node(state, started_half(event))
     after = _evolve_node(state, event)
     if event.type is EventType.NODE_SUCCEEDED and event.signal is not None:
         consumed = event.signal.id

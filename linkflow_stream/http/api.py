@@ -30,6 +30,7 @@ from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
 from linkflow_stream.core.idempotency import check_key, execution_ids, same_start, still_named
+from linkflow_stream.core.inline_attempts import matches_type
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, Signal, StartExecution
 from linkflow_stream.core.node_contract import RETRYABLE_CLASSES, NodeExecutor, retry_on_problems
 from linkflow_stream.core.outgoing import Outgoing
@@ -1201,7 +1202,7 @@ class Api:
         rows = [
             e.model_dump(mode="json", exclude_none=True)
             for e in await self._events(execution_id, body)
-            if wanted is None or e.type.value == wanted
+            if wanted is None or matches_type(e, wanted)
         ]
         return web.json_response({"id": execution_id, "events": rows, "count": len(rows)})
 

@@ -338,7 +338,8 @@ API_OPERATIONS: tuple[Operation, ...] = (
                 "type",
                 "query",
                 {"type": "string", "enum": [t.value for t in EventType]},
-                "Only events of this type.",
+                "Only events of this type; node_started also matches an inline node's attempt, "
+                "written as the one event that ends it (ADR 0056).",
             ),
         ),
     ),

@@ -19,6 +19,7 @@ from linkflow_stream.core.decider import DeciderConfig, Input, decide_evolved
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
 from linkflow_stream.core.expressions import evaluate
 from linkflow_stream.core.gate import GateRequest, GateRequestKind
+from linkflow_stream.core.inline_attempts import merge
 from linkflow_stream.core.mapping import map_output, rate_limit_bucket, resolve_config
 from linkflow_stream.core.messages import CommandKind, ControlMessage, ExecutionCommand, NodeResult, NodeTask
 from linkflow_stream.core.node_contract import (
@@ -93,7 +94,6 @@ class Stepper:
             for event, after in decide_evolved(step.state, current, now, self.config):
                 step.state = after
                 step.events.append(event)
-                step.outputs.append(_event_record(event))
                 if event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.INLINE:
                     queue.append(await self._run_inline(step.state, event, now))
                 elif event.type is EventType.NODE_STARTED and event.dispatch is Dispatch.CHILD:
@@ -114,6 +114,7 @@ class Stepper:
                 gate = _gate_request(step.state, event)
                 if gate is not None:
                     step.outputs.append(gate)
+        _merge_inline_attempts(step)
         if cancelled and step.state is not None:
             reason = step.state.history[-1].reason or "cancelled"
             step.outputs.append(
@@ -286,7 +287,7 @@ class Stepper:
                 child_id,
                 command,
                 CHILD_CANCEL,
-                ce_id=f"{state.id}/{event.seq}/cancel-child",
+                ce_id=f"{child_id}/cancel",  # one per child: no seq (ADR 0056 numbers seqs again)
                 time=event.at,
             )
         ]
@@ -419,7 +420,7 @@ def _gate_request(state: ExecutionState, event: ExecutionEvent) -> Outgoing | No
         team,
         request,
         f"io.linkflow.gate.{request.kind.value}",
-        ce_id=f"{state.id}/{event.seq}",
+        ce_id=f"{state.id}/gate/{request.kind.value}",  # a run is queued once and released once
         time=event.at,
     )
 
@@ -436,6 +437,18 @@ def _slot(state: ExecutionState, now: datetime) -> str:
     except NodeFailure:
         value = None
     return f"{state.workflow.id}/{json.dumps(value, sort_keys=True, separators=(',', ':'))}"
+
+
+def _merge_inline_attempts(step: Step) -> None:
+    """Write each inline attempt as one event (ADR 0056), and the events before the other records.
+
+    The decider's state already holds every merged attempt as started and ended; only the seq it
+    reached moves back, by one for each start folded into its end."""
+    events = merge(step.events)
+    if len(events) != len(step.events) and step.state is not None:
+        step.state = step.state.model_copy(update={"seq": events[-1].seq})
+    step.events = events
+    step.outputs[:0] = [_event_record(e) for e in events]
 
 
 def _event_record(e: ExecutionEvent) -> Outgoing:

@@ -36,6 +36,7 @@ from opentelemetry.util.types import AttributeValue
 from linkflow_stream.core.clock import iso
 from linkflow_stream.core.decider import Input
 from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.inline_attempts import is_merged, started_half
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeError
 from linkflow_stream.core.state import ExecutionState, NodeStatus, Timer, TimerKind, evolve
 from linkflow_stream.core.trace_context import RunTrace
@@ -100,6 +101,8 @@ class ExecutionSpans:
         state = before
         for event in events:
             prior, state = state, evolve(state, event)
+            if is_merged(event):  # an inline attempt in one event: its span opens as it ends
+                prior = evolve(prior, started_half(event))
             if event.type in _RUN_END:
                 self._run(state, event, fired)
             elif prior is not None and event.node_id is not None:

@@ -167,6 +167,8 @@ def test_a_run_is_followed_from_the_list_to_its_failing_node_in_two_clicks(
     assert browser.find_element(By.ID, "error-retryable").text == "yes"
     until(browser, lambda: "failed" in browser.find_element(By.ID, "node-logs").text, "the node's log lines")
     until(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#gantt rect.bar-failed"), "the timeline")
+    # fetch and check ran inline, each attempt one event (ADR 0056); hold waited for its signal
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#gantt rect.bar-succeeded")) == 3
     history = browser.find_element(By.ID, "history").text
     assert "pending" in history and "running" in history and "failed" in history
     assert engine.get(run_id)["status"] == "failed"

@@ -359,6 +359,11 @@ def test_a_runs_events_and_its_state_as_of_any_event(engine: EngineProcess) -> N
     assert all(e["execution_id"] == done["id"] for e in events)
     _, succeeded = call("GET", f"{url}/events?type=node_succeeded")
     assert [(e["node_id"], e["output"]) for e in succeeded["events"]] == [("double", 8), ("plus", 9)]
+    _, started = call("GET", f"{url}/events?type=node_started")  # inline: one event a node (ADR 0056)
+    assert started["events"] == succeeded["events"]
+    assert {e["dispatch"] for e in started["events"]} == {"inline"}
+    _, failed = call("GET", f"{url}/events?type=node_failed")
+    assert failed["count"] == 0
 
     _, first = call("GET", f"{url}?as_of_seq=1")
     assert (first["status"], first["as_of_seq"], first["started_at"]) == ("pending", 1, None)
@@ -405,7 +410,14 @@ def test_events_tail_prints_decoded_events_as_json_lines(engine: EngineProcess) 
     assert [e["seq"] for e in run] == list(range(1, len(run) + 1))
     assert {e["execution_id"] for e in run} == {done["id"]}
     nodes = tail_cli(engine, "--execution", done["id"], "--type", "node_succeeded", "--type", "node_started")
-    assert Counter(e["type"] for e in nodes) == {"node_started": 2, "node_succeeded": 2}
+    # two inline attempts, each one event that starts and ends it (ADR 0056), printed once
+    assert [(e["type"], e["node_id"], e["dispatch"]) for e in nodes] == [
+        ("node_succeeded", "double", "inline"),
+        ("node_succeeded", "plus", "inline"),
+    ]
+    started = tail_cli(engine, "--execution", done["id"], "--type", "node_started")
+    assert [e["node_id"] for e in started] == ["double", "plus"], "an inline attempt also counts as a start"
+    assert tail_cli(engine, "--execution", done["id"], "--type", "node_failed") == []
     everything = tail_cli(engine, "--type", "execution_succeeded")
     assert done["id"] in {e["execution_id"] for e in everything}
 

@@ -137,8 +137,10 @@ def test_a_paused_run_finishes_in_flight_work_and_starts_the_rest_on_resume(
     resume_seq = seq_of(events, "execution_resumed")
     assert pause_seq < seq_of(events, "node_succeeded", "h") < resume_seq  # recorded while paused
     assert resume_seq < seq_of(events, "node_succeeded", "w")  # the wait fired on resume
-    assert resume_seq < seq_of(events, "node_started", "after_h")
-    assert resume_seq < seq_of(events, "node_started", "after_w")
+    # after_h and after_w are transforms: each attempt one event, started and ended (ADR 0056)
+    assert resume_seq < seq_of(events, "node_succeeded", "after_h")
+    assert resume_seq < seq_of(events, "node_succeeded", "after_w")
+    assert {e["dispatch"] for e in events if e.get("node_id") in ("after_h", "after_w")} == {"inline"}
 
     logs = wait_for(
         lambda: (

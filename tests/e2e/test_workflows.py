@@ -399,14 +399,13 @@ def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> 
         if e.execution_id == done["id"]
     ]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    assert [e.type.value for e in events] == [
-        "execution_created",
-        "execution_started",
-        "node_started",
-        "node_succeeded",
-        "node_started",
-        "node_succeeded",
-        "execution_succeeded",
+    # An inline node's attempt is one event, marked with where it ran (ADR 0056).
+    assert [(e.type.value, e.node_id, e.dispatch) for e in events] == [
+        ("execution_created", None, None),
+        ("execution_started", None, None),
+        ("node_succeeded", "a", "inline"),
+        ("node_succeeded", "b", "inline"),
+        ("execution_succeeded", None, None),
     ]
 
 

@@ -37,11 +37,13 @@ export function timeline(events, runEnded) {
       queuedAt = null;
     }
     if (!e.node_id) continue;
-    if (e.type === "node_started") {
+    // An inline node's attempt is one event that starts and ends it (ADR 0056): open, then close.
+    if (e.type === "node_started" || (e.type in ENDS && e.dispatch)) {
       const bar = { from: t, to: null, kind: "running", label: `attempt ${e.attempt}` };
       row(e.node_id).push(bar);
       open.set(e.node_id, bar);
-    } else if (e.type in ENDS) {
+    }
+    if (e.type in ENDS) {
       const bar = open.get(e.node_id);
       if (bar) {
         bar.to = t;
