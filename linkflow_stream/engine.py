@@ -125,6 +125,7 @@ class Engine:
             pool_exists=self.pools.exists,
             output_max_bytes=settings.node_output_max_bytes,
             task_traceparent=self.tracing.task_traceparent if self.tracing else None,
+            merge_inline=settings.merge_inline_attempts,
         )
         self.orchestrator = Orchestrator(
             settings,

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     send are refused at once, unsent: a 503 that says so. Default ``1000``. Bounds the memory a
     broker outage costs when clients retry every 503."""
 
+    merge_inline_attempts: bool = True
+    """Write an inline node's attempt (transform, condition) as the one event that ends it,
+    carrying the start's ``dispatch`` (ADR 0056; 8 events for a five-node diamond instead of 13).
+    ``false`` writes ``node_started`` and the end as two events, as releases before ADR 0056 did:
+    set it on the orchestrators while any process of such a release still reads the log (its
+    ``evolve`` refuses the one-event form), during a rolling upgrade; readers of this release
+    read both forms."""
+
     orchestrator_batches_at_once: int = Field(default=1, ge=0)
     """How many of its partitions' batches one orchestrator process decides and commits at once;
     ``0``: each owned partition's whenever it has inputs. Default ``1``: the others' inputs gather

@@ -71,8 +71,11 @@ class Stepper:
         pool_exists: Callable[[str], Awaitable[bool]] | None = None,
         output_max_bytes: int = 1024 * 1024,
         task_traceparent: Callable[[ExecutionState, str, int], str] | None = None,
+        merge_inline: bool = True,
     ) -> None:
         self.registry = registry
+        self.merge_inline = merge_inline
+        """Whether an inline attempt is written as one event (ADR 0056; ``merge_inline_attempts``)."""
         self.task_traceparent = task_traceparent
         """The ``traceparent`` a task carries in its headers, from (state, node id, attempt): the
         context of the attempt's span, derived, so deciding again writes the same header.
@@ -114,7 +117,7 @@ class Stepper:
                 gate = _gate_request(step.state, event)
                 if gate is not None:
                     step.outputs.append(gate)
-        _merge_inline_attempts(step)
+        _merge_inline_attempts(step, self.merge_inline)
         if cancelled and step.state is not None:
             reason = step.state.history[-1].reason or "cancelled"
             step.outputs.append(
@@ -287,7 +290,9 @@ class Stepper:
                 child_id,
                 command,
                 CHILD_CANCEL,
-                ce_id=f"{child_id}/cancel",  # one per child: no seq (ADR 0056 numbers seqs again)
+                # no seq (ADR 0056 numbers seqs again); a child may be cancelled as its node
+                # retries, then again as the parent is cancelled: one id for each
+                ce_id=f"{child_id}/cancel/{event.type.value}",
                 time=event.at,
             )
         ]
@@ -439,12 +444,12 @@ def _slot(state: ExecutionState, now: datetime) -> str:
     return f"{state.workflow.id}/{json.dumps(value, sort_keys=True, separators=(',', ':'))}"
 
 
-def _merge_inline_attempts(step: Step) -> None:
+def _merge_inline_attempts(step: Step, merging: bool) -> None:
     """Write each inline attempt as one event (ADR 0056), and the events before the other records.
 
     The decider's state already holds every merged attempt as started and ended; only the seq it
     reached moves back, by one for each start folded into its end."""
-    events = merge(step.events)
+    events = merge(step.events) if merging else step.events
     if len(events) != len(step.events) and step.state is not None:
         step.state = step.state.model_copy(update={"seq": events[-1].seq})
     step.events = events

@@ -7,6 +7,7 @@ import re
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -405,6 +406,37 @@ def test_every_transition_is_an_event_with_a_sequence(engine: EngineProcess) -> 
         ("execution_started", None, None),
         ("node_succeeded", "a", "inline"),
         ("node_succeeded", "b", "inline"),
+        ("execution_succeeded", None, None),
+    ]
+
+
+def test_with_merging_off_an_inline_attempt_is_a_start_and_an_end(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """``LINKFLOW_MERGE_INLINE_ATTEMPTS=false``: the log as releases before ADR 0056 wrote it,
+    for a rolling upgrade whose older readers cannot fold the one-event form."""
+    engine = engine_factory(LINKFLOW_MERGE_INLINE_ATTEMPTS="false")
+    wf = {
+        "id": wid("two-events"),
+        "nodes": [
+            {"id": "a", "type": "transform", "config": {"expression": "1"}},
+            {"id": "b", "type": "transform", "depends_on": ["a"], "config": {"expression": "nodes.a + 1"}},
+        ],
+    }
+    done = run(engine, wf)
+    assert done["status"] == "success" and done["nodes"]["b"]["output"] == 2, done
+    events = [
+        e
+        for e in asyncio.run(read_events(engine.bootstrap, f"{engine.prefix}linkflow.events"))
+        if e.execution_id == done["id"]
+    ]
+    assert [(e.type.value, e.node_id, e.dispatch) for e in events] == [
+        ("execution_created", None, None),
+        ("execution_started", None, None),
+        ("node_started", "a", "inline"),
+        ("node_succeeded", "a", None),
+        ("node_started", "b", "inline"),
+        ("node_succeeded", "b", None),
         ("execution_succeeded", None, None),
     ]
 

@@ -8,18 +8,22 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.decider import Input
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.inline_attempts import ended_half, is_merged, merge, started_half
-from linkflow_stream.core.messages import NodeResult, StartExecution
+from linkflow_stream.core.inline_attempts import is_merged, merge
+from linkflow_stream.core.messages import CommandKind, ExecutionCommand, NodeResult, StartExecution
 from linkflow_stream.core.state import ExecutionState, NodeStatus, evolve
 from linkflow_stream.core.validation import parse_workflow
 from linkflow_stream.kafka import codec
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.settings import Settings
+from linkflow_stream.tracing.execution_spans import ExecutionSpans
+from linkflow_stream.tracing.provider import Tracing
 from projections.logs import lines_for
 
 NOW = from_millis(1_800_000_000_000)
@@ -52,10 +56,12 @@ AROUND_A_TASK = [
 class Run:
     """One run through the real step, every step's events kept, as the orchestrator commits them."""
 
-    def __init__(self, nodes: list[dict[str, Any]], input_data: Any) -> None:
+    def __init__(self, nodes: list[dict[str, Any]], input_data: Any, merge_inline: bool = True) -> None:
         settings = Settings()
         registry = build_registry(settings)
-        self.stepper = Stepper(registry, decider_config(registry, settings))
+        self.stepper = Stepper(registry, decider_config(registry, settings), merge_inline=merge_inline)
+        self.exporter = InMemorySpanExporter()
+        self.spans_of = ExecutionSpans(Tracing([SimpleSpanProcessor(self.exporter)]))
         wf = parse_workflow({"id": "wf", "nodes": nodes}, registry, version=1, created_at=NOW)
         self.request = StartExecution(execution_id="e1", workflow=wf, input=input_data, requested_at=NOW)
         self.state: ExecutionState | None = None
@@ -64,10 +70,35 @@ class Run:
 
     def feed(self, inp: Input, at: Any = NOW) -> Step:
         step = asyncio.run(self.stepper.step(self.state, inp, at))
+        self.spans_of.record(self.state, inp, step.events)
         self.state = step.state
         self.events += step.events
         self.steps.append(step)
         return step
+
+    def lines(self) -> dict[str | None, list[str]]:
+        """Each node's log lines (and the run's), as the views fold them from the log."""
+        out: dict[str | None, list[str]] = {}
+        state: ExecutionState | None = None
+        for event in self.events:
+            state = evolve(state, event)
+            for line in lines_for(event, state):
+                out.setdefault(line["node_id"], []).append(f"{line['at']} {line['level']} {line['message']}")
+        return out
+
+    def spans(self) -> list[tuple[Any, ...]]:
+        return sorted(
+            (s.name, s.start_time, s.end_time, s.status.status_code, str(s.attributes), len(s.events))
+            for s in self.exporter.get_finished_spans()
+        )
+
+    def other_records(self) -> list[tuple[Any, ...]]:
+        return [
+            (o.topic, o.key, o.record, o.ce_type, o.ce_id, o.headers)
+            for step in self.steps
+            for o in step.outputs
+            if o.topic != "linkflow.events"
+        ]
 
 
 def folded(events: list[ExecutionEvent]) -> ExecutionState:
@@ -76,15 +107,6 @@ def folded(events: list[ExecutionEvent]) -> ExecutionState:
         state = evolve(state, event)
     assert state is not None
     return state
-
-
-def unmerged(events: list[ExecutionEvent]) -> list[ExecutionEvent]:
-    """The log as the step wrote it before ADR 0056: each merged event as a start and an end."""
-    out: list[ExecutionEvent] = []
-    for event in events:
-        halves = [started_half(event), ended_half(event)] if is_merged(event) else [event]
-        out += [h.model_copy(update={"seq": len(out) + i + 1}) for i, h in enumerate(halves)]
-    return out
 
 
 def test_a_diamond_of_transforms_writes_one_event_per_node() -> None:
@@ -113,39 +135,48 @@ def test_a_diamond_of_transforms_writes_one_event_per_node() -> None:
         (BRANCHES, {"x": 30}, "success"),
         (FAILING, {}, "failed"),
         (AROUND_A_TASK, {}, "success"),
+        (AROUND_A_TASK, {}, "cancelled"),
     ],
 )
-def test_folding_the_log_gives_the_state_the_orchestrator_keeps(
+def test_a_run_reads_the_same_as_when_each_attempt_was_two_events(
     nodes: list[dict[str, Any]], input_data: Any, status: str
 ) -> None:
-    """The views and a replay fold the log; the orchestrator keeps the step's state. They must
-    agree, and agree with the log as it was written before: each attempt a start and an end."""
-    run = Run(nodes, input_data)
-    step = run.feed(run.request)
-    if any(n["type"] == "http" for n in nodes):
-        task_at = NOW + timedelta(seconds=1)
-        run.feed(
-            NodeResult(
-                execution_id="e1",
-                node_id="h",
-                attempt=1,
-                ok=True,
-                output={"status": 200},
-                started_at=NOW,
-                finished_at=task_at,
-            ),
-            task_at,
-        )
-        task_events = [e.type for e in step.events if e.node_id == "h"]
-        assert task_events == [EventType.NODE_STARTED], "a task's start stays"
-    assert run.state is not None and run.state.status.value == status
-    assert [e.seq for e in run.events] == list(range(1, len(run.events) + 1))
-    assert folded(run.events) == run.state
-
-    before = folded(unmerged(run.events))
-    assert before.nodes == run.state.nodes
-    assert before.model_copy(update={"seq": run.state.seq}) == run.state
-    assert sum(is_merged(e) for e in run.events) == len(unmerged(run.events)) - len(run.events) > 0
+    """The same inputs through the step with and without merging (``merge_inline_attempts``
+    off: the log as releases before ADR 0056 wrote it). Folding the log gives the state the
+    orchestrator keeps; that state, every node's log lines, the spans and every other record
+    are the same as before; only the events and their seqs differ."""
+    runs = [Run(nodes, input_data, merge_inline=True), Run(nodes, input_data, merge_inline=False)]
+    for run in runs:
+        run.feed(run.request)
+        if any(n["type"] == "http" for n in nodes):
+            at = NOW + timedelta(seconds=1)
+            if status == "cancelled":
+                run.feed(ExecutionCommand(execution_id="e1", kind=CommandKind.CANCEL, reason="stop"), at)
+            else:
+                run.feed(
+                    NodeResult(
+                        execution_id="e1",
+                        node_id="h",
+                        attempt=1,
+                        ok=True,
+                        output={"status": 200},
+                        started_at=NOW,
+                        finished_at=at,
+                    ),
+                    at,
+                )
+    merged, two = runs
+    assert merged.state is not None and two.state is not None
+    assert merged.state.status.value == status
+    for run in runs:
+        assert [e.seq for e in run.events] == list(range(1, len(run.events) + 1))
+        assert folded(run.events) == run.state
+    assert len(merged.events) < len(two.events)
+    assert sum(is_merged(e) for e in merged.events) == len(two.events) - len(merged.events)
+    assert merged.state == two.state.model_copy(update={"seq": merged.state.seq})
+    assert merged.lines() == two.lines()
+    assert merged.spans() == two.spans() and len(merged.spans()) > len(nodes) // 2
+    assert merged.other_records() == two.other_records()
 
 
 def test_a_failed_inline_attempt_is_one_node_failed_event() -> None:

@@ -326,3 +326,26 @@ def test_every_child_started_is_cancelled_or_ended_once_the_parent_ends(inputs: 
     assert state is not None
     if state.status.terminal:
         assert set(started_ids) <= ended
+
+
+def test_a_child_cancelled_twice_gets_two_distinct_cloudevents_ids() -> None:
+    """Its node times out into a retry (one cancel), then the parent is cancelled while the retry
+    waits (another). CloudEvents ids must be unique per source; they are derived, not random, so
+    deciding again writes the same ones (ADR 0056 took the event's seq out of them)."""
+    orch = stepper()
+    step = started(orch, [{**CALL, "retry": {"max_attempts": 2, "initial_delay_seconds": 30}}])
+    due = NOW + timedelta(seconds=60)
+    fired = ExecutionCommand(
+        execution_id="p1", kind=CommandKind.TIMER_FIRED, timer_id="child:call:1", due_at=due
+    )
+    timed_out = asyncio.run(orch.step(step.state, fired, due))
+    cancel = ExecutionCommand(execution_id="p1", kind=CommandKind.CANCEL, reason="stop")
+    stopped = asyncio.run(orch.step(timed_out.state, cancel, due))
+    ids = [o.ce_id for s in (timed_out, stopped) for o in s.outputs if isinstance(o.record, ExecutionCommand)]
+    assert [
+        o.key for s in (timed_out, stopped) for o in s.outputs if isinstance(o.record, ExecutionCommand)
+    ] == [
+        "p1.call.1",
+        "p1.call.1",
+    ]
+    assert len(set(ids)) == 2, ids
