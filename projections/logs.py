@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from linkflow_stream.core.events import EventType, ExecutionEvent
-from linkflow_stream.core.inline_attempts import ended_half, is_merged, started_half
+from linkflow_stream.core.inline_attempts import is_merged, started_half
 from linkflow_stream.core.state import ExecutionState
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -43,7 +43,11 @@ def _printed(e: ExecutionEvent) -> list[Line]:
 def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     """The log lines that event ``e`` adds, given the execution's state after it."""
     if is_merged(e):  # an inline attempt in one event (ADR 0056): its start's line, then its end's
-        return lines_for(started_half(e), after) + lines_for(ended_half(e), after)
+        return _lines(started_half(e), after) + _lines(e, after)
+    return _lines(e, after)
+
+
+def _lines(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     node = after.nodes.get(e.node_id) if e.node_id else None
     kind = after.workflow.node(e.node_id).type if e.node_id else None
     t = e.type

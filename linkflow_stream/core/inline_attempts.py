@@ -41,11 +41,6 @@ def started_half(event: ExecutionEvent) -> ExecutionEvent:
     )
 
 
-def ended_half(event: ExecutionEvent) -> ExecutionEvent:
-    """A merged event without its start: the end as the decider emitted it."""
-    return event.model_copy(update={"dispatch": None})
-
-
 def matches_type(event: ExecutionEvent, type_: str) -> bool:
     """Whether ``event`` is one of type ``type_`` for a reader filtering the log by type (the API's
     ``?type=``, ``linkflow events tail --type``): a merged attempt is a ``node_started`` too."""
@@ -61,33 +56,28 @@ def merge(events: Sequence[ExecutionEvent]) -> list[ExecutionEvent]:
     its end's place is sound because nothing between them can concern the node: its next event is
     the end. A start whose attempt does not end in the step (the run ended first) stays as it was.
     """
-    if not events:
-        return []
-    ends: dict[int, int] = {}  # index of a mergeable start -> index of its end
-    next_of: dict[str, int] = {}  # node id -> index of its start still waiting for its next event
+    start_of: dict[int, ExecutionEvent] = {}  # index of an end -> the start folded into it
+    waiting: dict[str, int] = {}  # node id -> index of its mergeable start, not answered yet
     for index, event in enumerate(events):
-        node_id = event.node_id
-        if node_id is None:
+        if event.node_id is None:
             continue
-        start = next_of.pop(node_id, None)
+        start = waiting.pop(event.node_id, None)
         if start is not None and _ends(events[start], event):
-            ends[start] = index
+            start_of[index] = events[start]
         if _mergeable_start(event):
-            next_of[node_id] = index
-    if not ends:
+            waiting[event.node_id] = index
+    if not start_of:
         return list(events)
-    merged_ends = {end: start for start, end in ends.items()}
+    folded = {start.seq for start in start_of.values()}
     out: list[ExecutionEvent] = []
-    seq = events[0].seq
     for index, event in enumerate(events):
-        if index in ends:
+        if event.seq in folded:
             continue
-        update: dict[str, object] = {"seq": seq}
-        start_index = merged_ends.get(index)
-        if start_index is not None:
-            update["dispatch"] = events[start_index].dispatch
-        out.append(event if update == {"seq": event.seq} else event.model_copy(update=update))
-        seq += 1
+        seq = events[0].seq + len(out)
+        if index in start_of:
+            out.append(event.model_copy(update={"seq": seq, "dispatch": start_of[index].dispatch}))
+        else:
+            out.append(event if event.seq == seq else event.model_copy(update={"seq": seq}))
     return out
 
 

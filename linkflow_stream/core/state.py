@@ -254,8 +254,6 @@ def evolve(state: ExecutionState | None, event: ExecutionEvent) -> ExecutionStat
         )
     if event.type is EventType.SIGNAL_RECEIVED:
         return _received(state, event)
-    if is_merged(event):  # an inline attempt, started and ended in one event (ADR 0056)
-        state = _evolve_node(state, started_half(event))
     after = _evolve_node(state, event)
     if event.type is EventType.NODE_SUCCEEDED and event.signal is not None:
         consumed = event.signal.id
@@ -317,9 +315,30 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         raise EvolveError(f"{state.id}: {event.type} names unknown node {node_id!r}")
     node = state.nodes[node_id]
     timers = {k: t for k, t in state.timers.items() if t.node_id != node_id}
+    if is_merged(event):  # an inline attempt, started and ended in one event (ADR 0056)
+        node, timers = _node_transition(state.id, node, timers, started_half(event))
+    new, timers = _node_transition(state.id, node, timers, event)
+    if event.logs is not None:
+        new = new.model_copy(update={"logs": event.logs})
+    if event.usage:
+        summed = dict(new.usage or {})
+        for key, amount in event.usage.items():
+            summed[key] = summed.get(key, 0) + amount
+        new = new.model_copy(update={"usage": summed})
+    return state.model_copy(
+        update={"seq": event.seq, "nodes": {**state.nodes, node_id: new}, "timers": timers}
+    )
+
+
+def _node_transition(
+    run_id: str, node: NodeState, timers: dict[str, Timer], event: ExecutionEvent
+) -> tuple[NodeState, dict[str, Timer]]:
+    """The node and the run's timers after ``event`` moves the node (its own timers already
+    taken out of ``timers``); without the logs and usage the event carries."""
+    node_id = event.node_id
     if event.type is EventType.NODE_STARTED:
         if node.status not in (NodeStatus.PENDING, NodeStatus.RUNNING):
-            raise EvolveError(f"{state.id}: node {node_id} cannot start from {node.status}")
+            raise EvolveError(f"{run_id}: node {node_id} cannot start from {node.status}")
         attempt = event.attempt or 1
         kind = _TIMER_OF.get(event.dispatch or Dispatch.TASK, TimerKind.LEASE)
         new = node.model_copy(
@@ -338,7 +357,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         )
     elif event.type is EventType.NODE_RETRY_SCHEDULED:
         if node.status is not NodeStatus.RUNNING:
-            raise EvolveError(f"{state.id}: node {node_id} retry from {node.status}")
+            raise EvolveError(f"{run_id}: node {node_id} retry from {node.status}")
         new = node.model_copy(update={"error": event.error})
         timers = _with_timer(
             timers,
@@ -350,7 +369,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         )
     elif event.type is EventType.NODE_REUSED:
         if node.status is not NodeStatus.PENDING:
-            raise EvolveError(f"{state.id}: node {node_id} reused from {node.status}")
+            raise EvolveError(f"{run_id}: node {node_id} reused from {node.status}")
         new = node.model_copy(
             update={
                 "status": NodeStatus.SUCCESS,
@@ -363,7 +382,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         # The attempt did not run (its rate limit had no token): its lease gives way to a
         # throttle timer that dispatches the same attempt again.
         if node.status is not NodeStatus.RUNNING:
-            raise EvolveError(f"{state.id}: node {node_id} throttled from {node.status}")
+            raise EvolveError(f"{run_id}: node {node_id} throttled from {node.status}")
         new = node
         timers = _with_timer(
             timers,
@@ -381,7 +400,7 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
         if target is NodeStatus.CANCELLED:
             allowed = (NodeStatus.PENDING, NodeStatus.RUNNING)
         if node.status not in allowed:
-            raise EvolveError(f"{state.id}: node {node_id} cannot go from {node.status} to {target}")
+            raise EvolveError(f"{run_id}: node {node_id} cannot go from {node.status} to {target}")
         new = node.model_copy(
             update={
                 "status": target,
@@ -391,17 +410,8 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
             }
         )
     else:  # pragma: no cover - every EventType is handled above
-        raise EvolveError(f"{state.id}: unhandled event {event.type}")
-    if event.logs is not None:
-        new = new.model_copy(update={"logs": event.logs})
-    if event.usage:
-        summed = dict(new.usage or {})
-        for key, amount in event.usage.items():
-            summed[key] = summed.get(key, 0) + amount
-        new = new.model_copy(update={"usage": summed})
-    return state.model_copy(
-        update={"seq": event.seq, "nodes": {**state.nodes, node_id: new}, "timers": timers}
-    )
+        raise EvolveError(f"{run_id}: unhandled event {event.type}")
+    return new, timers
 
 
 def _with_timer(
