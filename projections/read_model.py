@@ -2,10 +2,17 @@
 
 Each batch the reader hands over is folded in memory (live runs stay there, so folding needs no
 database read for them), written to the store in one transaction together with the positions it
-brings the fold to, and only then announced: waiters, log followers and the reader's progress
-(which read-your-writes reads wait on). A crash at any point leaves the store at a batch
-boundary; the restart reads on from the stored positions, so nothing is applied twice or
-skipped, and the whole log is never read again.
+brings the fold to, and only then announced to log followers and the reader's progress (which
+read-your-writes reads wait on). A crash at any point leaves the store at a batch boundary; the
+restart reads on from the stored positions, so nothing is applied twice or skipped, and the
+whole log is never read again.
+
+Waiters (a ``?wait`` caller, a watcher) are told as soon as a fold applies, before its write
+(ADR 0058): what they read next comes from memory, which holds every run not yet stored, and a
+read of the store (a page of runs, a run's log lines, its links, a cost report) first waits for
+every fold applied before it to be written (``_written``). The events a waiter is told of are
+committed on the log already, so an answer is never taken back by a crash before the write: the
+restart folds them again.
 
 Memory keeps runs that have not ended, runs accepted but not started, and a bounded cache of
 recently finished ones; everything else is read from the store when asked for.
@@ -14,6 +21,7 @@ recently finished ones; everything else is read from the store when asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -58,6 +66,10 @@ not count as high work under way."""
 URGENT_LIVE_SECONDS = 1.0
 """How long after the fold ahead last applied an event high-priority work counts as under way (the
 in-order fold then gives way: ``urgent_live``)."""
+WRITTEN_WAIT_SECONDS = 5.0
+"""How long a read of the store waits for the folds applied before it to be written; a store that
+fails its writes longer than that (``WRITE_RETRY_SECONDS``) is read as it is, one write behind
+what memory shows, as ``/readyz`` says meanwhile."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -121,6 +133,8 @@ class ReadModel:
         self._tickets = itertools.count()
         self._writing = 0
         """The ticket whose write goes next: folds write and announce in the order they applied."""
+        self._applied = -1
+        """The ticket of the last fold applied in memory: a read of the store waits for its write."""
         self._turn = asyncio.Condition()
         self._urgent_at: float | None = None
         """When a high run's record was last fetched or folded ahead (``clock``)."""
@@ -131,7 +145,7 @@ class ReadModel:
         positions = await self.store.positions()
         self._ahead.clear()  # the reader starts again from the stored positions
         self._urgent_runs.clear()
-        self._tickets, self._writing = itertools.count(), 0
+        self._tickets, self._writing, self._applied = itertools.count(), 0, -1
         for blob in await self.store.live_states():
             self.status.load(self.codec.decode(blob, ExecutionState))
         return positions
@@ -286,6 +300,8 @@ class ReadModel:
         # skipped records a fold ahead applied must not store its positions before that fold
         # ahead stored them, and a run's log lines must reach followers in order.
         ticket = next(self._tickets)
+        self._applied = ticket
+        self.status.notify(touched.values())  # from memory; store reads wait for this write
         for count, state in enumerate(touched.values(), 1):
             if count % YIELD_EVERY_ROW == 0:
                 await asyncio.sleep(0)
@@ -299,7 +315,6 @@ class ReadModel:
             for state in touched.values():  # stored: memory may let the oldest finished go now
                 if state.status.terminal:
                     self.status.weigh(state.id, len(changes.executions[state.id].state))
-            self.status.notify(touched.values())
             for execution_id, state in touched.items():
                 self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
         finally:
@@ -372,6 +387,16 @@ class ReadModel:
     def _row(self, state: ExecutionState) -> ExecutionRow:
         return execution_row(state, self.codec, self.rates)
 
+    async def _written(self) -> None:
+        """Wait until every fold applied so far is in the store (at most ``WRITTEN_WAIT_SECONDS``):
+        a caller told a run ended, reading the run's log or a page of runs next, finds it there."""
+        applied = self._applied
+        if self._writing > applied:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WRITTEN_WAIT_SECONDS), self._turn:
+                await self._turn.wait_for(lambda: self._writing > applied)
+
     # -- reads -------------------------------------------------------------------------------------
     async def state(self, execution_id: str) -> ExecutionState | None:
         """A started run's state: memory first, then the store; ``None`` if it has not started
@@ -403,6 +428,7 @@ class ReadModel:
     async def linked(self, execution_id: str) -> dict[str, list[str]]:
         """The runs that link to this one, by the body field that lists them (``reruns``, ...)."""
         found: dict[str, list[str]] = {field: [] for field in REVERSE_LINKS.values()}
+        await self._written()
         for kind, run in await self.store.linked(execution_id):
             if kind in REVERSE_LINKS:
                 found[REVERSE_LINKS[kind]].append(run)
@@ -410,6 +436,7 @@ class ReadModel:
 
     async def page(self, query: ExecutionQuery) -> tuple[list[str], str | None]:
         """A page of runs as stored (their JSON bodies), newest first, and the next page's cursor."""
+        await self._written()
         found = await self.store.page(query)
         return found.bodies, found.next_cursor
 
@@ -424,6 +451,7 @@ class ReadModel:
     ) -> list[tuple[int, int, Line]]:
         """A run's stored lines at ``level`` or above (of one node, containing ``text``), the last
         ``limit``, oldest first, each with its (seq, n)."""
+        await self._written()
         rows = await self.store.lines(
             execution_id, floor=LEVELS.index(level), node_id=node_id, text=text, limit=limit
         )
@@ -434,6 +462,7 @@ class ReadModel:
     ) -> dict[str, Any]:
         """Costs per workflow or team since the period's start, of ``team``'s runs only if given."""
         since = since_of(period, now)
+        await self._written()
         groups = await self.store.cost_groups(
             "workflow_id" if group_by == "workflow" else "team",
             None if since is None else to_millis(since),

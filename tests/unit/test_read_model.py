@@ -615,3 +615,49 @@ async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadS
         body = await model.body(f"big{i}")
         assert body is not None and body["status"] == "success"
         assert body["nodes"]["c"]["output"] == f"{i}" * 100_000
+
+
+async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(tmp_path: Path) -> None:
+    """ADR 0058: a ``?wait`` caller's run is told ended once its fold applies, while the store
+    still writes; a page of runs, the run's log lines, its links and a cost report read after
+    that wait for the write, so they never miss what the caller was told."""
+
+    class Held(SqliteStore):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.go = asyncio.Event()
+            self.holding = False
+
+        async def write(self, changes: Changes) -> None:
+            if any(row.status == "failed" for row in changes.executions.values()):
+                self.holding = True
+                await self.go.wait()
+                self.holding = False
+            await super().write(changes)
+
+    store = Held(tmp_path / "views.sqlite3")
+    await store.open("test")
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    state, events = decided(None, start("e"), 0)
+    await model.fold(log.records("events", events))
+    _, events = decided(state, result("e", ok=False), 1)
+    fold = asyncio.create_task(model.fold(log.records("events", events)))
+    assert await model.status.wait_terminal("e", 5), "the waiter is told once the fold applies"
+    assert store.holding, "told while the write was still held"
+    assert (await model.body("e") or {})["status"] == "failed"  # memory: no wait
+
+    reads = [
+        asyncio.create_task(model.page(ExecutionQuery(status="failed"))),
+        asyncio.create_task(model.lines("e", level="error")),
+        asyncio.create_task(model.linked("e")),
+        asyncio.create_task(model.cost_report("all", T0 + timedelta(days=1), "workflow")),
+    ]
+    await asyncio.sleep(0.2)
+    assert not any(read.done() for read in reads), "a store read went ahead of the held write"
+    store.go.set()
+    await fold
+    page, lines, _linked, costs = await asyncio.gather(*reads)
+    assert [json.loads(body)["id"] for body in page[0]] == ["e"]
+    assert [line["message"] for _s, _n, line in lines][-1].startswith("execution failed")
+    assert costs["executions"] == 1
+    await store.close()
