@@ -90,10 +90,17 @@ class TransactionalProducer(Protocol):
     async def stop(self) -> None:
         """Release the producer; an open transaction is aborted by the broker."""
 
+    async def prepare(self, partitions: Sequence[TopicPartition]) -> None:
+        """Open the next transaction now and have the broker add ``partitions`` to it while the
+        caller decides what it will write: ``commit`` then writes into it, one round trip sooner
+        (ADR 0060). Repeating it, or committing without it, is fine; an open transaction that a
+        failed decision left unused is the next ``commit``'s."""
+
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
-        """Write ``records`` and move ``group_id``'s ``offsets`` in one transaction.
+        """Write ``records`` and move ``group_id``'s ``offsets`` in one transaction (the one
+        ``prepare`` opened, if it did).
 
         Raises ``Fenced`` when ownership is lost, ``ProducerBroken`` when this producer can
         commit nothing more, and ``CommitFailed`` when the transaction was aborted and may be
@@ -128,6 +135,33 @@ class KafkaTransactionalProducer:
     async def stop(self) -> None:
         await self._producer.stop()
 
+    async def prepare(self, partitions: Sequence[TopicPartition]) -> None:
+        """Begin the transaction and queue ``partitions`` for AddPartitionsToTxn, which the
+        producer's sender then sends on its own while the batch is decided; the records ``commit``
+        sends to them need not wait for it. aiokafka adds a partition only when a record for it
+        is sent, and has no public way to add one sooner: this uses its transaction manager's
+        own method for that, and does nothing (the commit adds them, as before) without it."""
+        producer = self._producer
+        manager: Any = getattr(producer, "_txn_manager", None)
+        if manager is None or not hasattr(manager, "maybe_add_partition_to_txn"):
+            return
+        await self._begin()
+        for tp in partitions:
+            manager.maybe_add_partition_to_txn(tp)
+
+    async def _begin(self) -> None:
+        """Begin a transaction unless one is open (``prepare``'s, or one a failed decision left)."""
+        producer = self._producer
+        manager: Any = getattr(producer, "_txn_manager", None)
+        if manager is not None and manager.is_in_transaction():
+            return
+        try:
+            await producer.begin_transaction()
+        except _LOST_OWNERSHIP as exc:
+            raise Fenced(f"{self.transactional_id}: {exc}") from exc
+        except Exception as exc:
+            raise ProducerBroken(f"{self.transactional_id}: cannot begin a transaction: {exc!r}") from exc
+
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
@@ -142,12 +176,7 @@ class KafkaTransactionalProducer:
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
         producer = self._producer
-        try:
-            await producer.begin_transaction()
-        except _LOST_OWNERSHIP as exc:
-            raise Fenced(f"{self.transactional_id}: {exc}") from exc
-        except Exception as exc:
-            raise ProducerBroken(f"{self.transactional_id}: cannot begin a transaction: {exc!r}") from exc
+        await self._begin()
         futures: list[asyncio.Future[Any]] = []
         try:
             await self._send(records, futures)

@@ -271,6 +271,11 @@ class Partition:
         claims this one again itself; another process's claim starts without them."""
         self._batch_ms = 0
         """The ``now_ms`` of the batch being decided."""
+        self._written_by_every_batch = [
+            TopicPartition(topic(t), number) for t in (topic_names.EVENTS, topic_names.STATE)
+        ]
+        """What a batch that decides anything writes: the runs' events and their state records.
+        Added to the transaction while the batch is decided (``prepare``, ADR 0060)."""
 
     # -- state ------------------------------------------------------------------------------------
     def load(
@@ -322,6 +327,7 @@ class Partition:
         ``cut`` says so; what was decided commits as usual (``report.left``: the rest)."""
         staged = _Staged()
         self._batch_ms = now_ms
+        await self.producer.prepare(self._written_by_every_batch)
         offsets: dict[TopicPartition, int] = {}
         for index, record in enumerate(records):
             if cut is not None and index:

@@ -4,8 +4,10 @@ tells transaction markers and aborted records from skipped ones."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -293,3 +295,48 @@ async def test_a_record_over_the_request_size_breaks_the_producer_before_anythin
     finally:
         await producer.stop()
     assert await read_all(kafka, out, "read_committed") == []
+
+
+async def test_a_prepared_transaction_has_its_partitions_before_any_record_and_survives_a_failed_decision(
+    kafka: str,
+) -> None:
+    """ADR 0060: ``prepare`` opens the transaction and the broker adds its partitions while the
+    batch is decided; a decision that fails leaves it open and unused, and the next commit uses it:
+    its records are written once, with the offsets, and a takeover still fences the holder."""
+    run = uuid.uuid4().hex[:8]
+    events, state, source = f"i{run}.events", f"i{run}.state", f"i{run}.in"
+    await topics(kafka, events, state, source)
+    written = [TopicPartition(events, 0), TopicPartition(state, 0)]
+    input_tp = TopicPartition(source, 0)
+    group = f"g{run}"
+    holder = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+    await holder.start()
+    try:
+        await holder.prepare(written)
+        manager: Any = holder._producer._txn_manager
+        for _ in range(200):  # the producer's sender adds them on its own; nothing is sent yet
+            if set(written) <= manager.txn_partitions:
+                break
+            await asyncio.sleep(0.01)
+        assert set(written) <= manager.txn_partitions, "the partitions were not added before a record"
+        # The decision failed here: nothing committed. The batch is tried again.
+        await holder.prepare(written)
+        await holder.commit([record(events, b"one"), record(state, b"s1")], {input_tp: 1}, group)
+        await holder.prepare(written)  # the next batch: decided, and it wrote nothing but offsets
+        await holder.commit([], {input_tp: 2}, group)
+
+        await holder.prepare(written)
+        successor = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+        await successor.start()  # a takeover while the holder's next transaction is prepared
+        try:
+            with pytest.raises(Fenced):
+                await holder.commit([record(events, b"zombie")], {input_tp: 3}, group)
+            await successor.prepare(written)
+            await successor.commit([record(events, b"two")], {input_tp: 3}, group)
+        finally:
+            await successor.stop()
+    finally:
+        await holder.stop()
+    assert [v for _, v in await read_all(kafka, events, "read_committed")] == [b"one", b"two"]
+    assert [v for _, v in await read_all(kafka, state, "read_committed")] == [b"s1"]
+    assert await committed_offset(kafka, group, input_tp) == 3

@@ -66,6 +66,8 @@ class FakeProducer:
     fenced: bool = False
     committed: list[tuple[list[ProducerRecord], dict[TopicPartition, int]]] = field(default_factory=list)
     attempts: int = 0
+    calls: list[str] = field(default_factory=list)
+    """``prepare`` (with what it adds) and ``commit``, in the order they were called."""
 
     async def start(self) -> None:
         pass
@@ -73,10 +75,14 @@ class FakeProducer:
     async def stop(self) -> None:
         pass
 
+    async def prepare(self, partitions: Sequence[TopicPartition]) -> None:
+        self.calls.append("prepare " + " ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
         self.attempts += 1
+        self.calls.append("commit")
         if self.fenced:
             raise Fenced("another owner")
         if self.fail:
@@ -192,6 +198,19 @@ async def test_a_batch_commits_events_state_and_offsets_together() -> None:
     assert p.states["e1"].status is ExecutionStatus.SUCCESS
     assert p.positions[REQUESTS] == 1
     assert report.inputs == 1
+
+
+async def test_a_batch_prepares_its_transaction_with_the_runs_events_and_state_before_deciding() -> None:
+    """ADR 0060: the partitions every deciding batch writes are added while it decides."""
+    producer = FakeProducer(fail=1)
+    p = partition(producer)
+    added = f"prepare {topic_names.EVENTS}[0] {topic_names.STATE}[0]"
+    with pytest.raises(CommitFailed):
+        await p.run_batch([start_record(0, TRANSFORM)], T0)
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    assert producer.calls == [added, "commit", added, "commit"]
+    written = {(r.topic, r.partition) for r in producer.committed[0][0]}
+    assert written == {(topic_names.EVENTS, 0), (topic_names.STATE, 0)}, "what it prepared is what it wrote"
 
 
 async def test_an_aborted_batch_changes_nothing_and_deciding_it_again_gives_the_same_records() -> None:

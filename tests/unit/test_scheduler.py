@@ -37,6 +37,9 @@ class Producer:
     async def stop(self) -> None:
         pass
 
+    async def prepare(self, partitions: Sequence[TopicPartition]) -> None:
+        pass
+
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
