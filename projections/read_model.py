@@ -8,9 +8,9 @@ restart reads on from the stored positions, so nothing is applied twice or skipp
 whole log is never read again.
 
 Waiters (a ``?wait`` caller, a watcher) are told as soon as a fold applies, before its write
-(ADR 0058): what they read next comes from memory, which holds every run not yet stored, and a
-read of the store (a page of runs, a run's log lines, its links, a cost report) first waits for
-every fold applied before it to be written (``_written``). The events a waiter is told of are
+(ADR 0058). What they read next comes from memory, or, for what memory does not hold (a page of
+runs, log lines, links, a cost report, a finished run its cache let go), from the store after
+every fold applied before the read is written (``_written``). The events a waiter is told of are
 committed on the log already, so an answer is never taken back by a crash before the write: the
 restart folds them again.
 
@@ -49,6 +49,7 @@ from projections.store import (
     NodeNetworkRow,
     Position,
     ReadStore,
+    StoredState,
 )
 
 log = logging.getLogger(__name__)
@@ -404,7 +405,7 @@ class ReadModel:
         known = self.status.known(execution_id)
         if known is not None and known.seq > 0:
             return known
-        row = (await self.store.states([execution_id])).get(execution_id)
+        row = await self._stored(execution_id)
         if row is None or row.seq == 0:  # not started (accepted, or its start rejected)
             return None
         return self.codec.decode(row.state, ExecutionState)
@@ -414,15 +415,22 @@ class ReadModel:
         known = self.status.status(execution_id)
         if known is not None:
             return known
-        row = (await self.store.states([execution_id])).get(execution_id)
+        row = await self._stored(execution_id)
         return None if row is None else ExecutionStatus(json.loads(row.body)["status"])
+
+    async def _stored(self, execution_id: str) -> StoredState | None:
+        """The run's stored row, once every fold applied before this read is written: memory may
+        have let a run go that its fold just ended (its finished cache full, or off) while the
+        store still has the row it replaces."""
+        await self._written()
+        return (await self.store.states([execution_id])).get(execution_id)
 
     async def body(self, execution_id: str) -> dict[str, Any] | None:
         """The ``GET /api/executions/{id}`` body."""
         body = self.status.get(execution_id)
         if body is not None:
             return body
-        row = (await self.store.states([execution_id])).get(execution_id)
+        row = await self._stored(execution_id)
         return None if row is None else dict(json.loads(row.body))
 
     async def linked(self, execution_id: str) -> dict[str, list[str]]:

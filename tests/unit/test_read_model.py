@@ -617,10 +617,15 @@ async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadS
         assert body["nodes"]["c"]["output"] == f"{i}" * 100_000
 
 
-async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cache", [1024, 0], ids=["kept in memory", "finished cache off"])
+async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(
+    tmp_path: Path, cache: int
+) -> None:
     """ADR 0058: a ``?wait`` caller's run is told ended once its fold applies, while the store
     still writes; a page of runs, the run's log lines, its links and a cost report read after
-    that wait for the write, so they never miss what the caller was told."""
+    that wait for the write, so they never miss what the caller was told. With the finished
+    cache off memory lets the run go at once: its status and body then come from the store,
+    after the write, never from the row the write replaces."""
 
     class Held(SqliteStore):
         def __init__(self, path: Path) -> None:
@@ -637,14 +642,16 @@ async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(tmp
 
     store = Held(tmp_path / "views.sqlite3")
     await store.open("test")
-    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    model, log = ReadModel(store, CODEC, TOPICS, status=StatusView(finished_cache=cache)), Log()
     state, events = decided(None, start("e"), 0)
     await model.fold(log.records("events", events))
     _, events = decided(state, result("e", ok=False), 1)
     fold = asyncio.create_task(model.fold(log.records("events", events)))
     assert await model.status.wait_terminal("e", 5), "the waiter is told once the fold applies"
     assert store.holding, "told while the write was still held"
-    assert (await model.body("e") or {})["status"] == "failed"  # memory: no wait
+    if cache:
+        assert (await model.body("e") or {})["status"] == "failed"  # memory: no wait
+    read_status = asyncio.create_task(model.status_of("e"))
 
     reads = [
         asyncio.create_task(model.page(ExecutionQuery(status="failed"))),
@@ -657,6 +664,8 @@ async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(tmp
     store.go.set()
     await fold
     page, lines, _linked, costs = await asyncio.gather(*reads)
+    assert await read_status is ExecutionStatus.FAILED
+    assert (await model.body("e") or {})["status"] == "failed"
     assert [json.loads(body)["id"] for body in page[0]] == ["e"]
     assert [line["message"] for _s, _n, line in lines][-1].startswith("execution failed")
     assert costs["executions"] == 1
