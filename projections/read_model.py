@@ -359,6 +359,7 @@ class ReadModel:
         )
         if not missing:
             return {}
+        await self._written()  # a run an earlier fold ended and memory let go: its new row
         rows = (await self.store.states(missing)).values()
         found = [self.codec.decode(row.state, ExecutionState) for row in rows]
         return {state.id: state for state in found if state.seq > 0 or state.status.terminal}

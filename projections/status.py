@@ -206,7 +206,7 @@ class StatusView:
     def apply(self, event: ExecutionEvent, before: ExecutionState | None = None) -> ExecutionState | None:
         """Fold one event. ``before`` is the run's stored state when memory has none (a run that
         ended long ago, or one another instance folded further). Waiters hear of it in
-        ``notify``, once the change is stored."""
+        ``notify``, once its batch is applied (before it is stored: ADR 0058)."""
         if before is None:
             before = self.known(event.execution_id)
         if before is not None and before.seq == 0:
@@ -268,7 +268,7 @@ class StatusView:
             self.executions[state.id] = state
 
     def notify(self, states: Iterable[ExecutionState]) -> None:
-        """Wake the waiters whose condition these (stored) states reach, and every watcher of them."""
+        """Wake the waiters whose condition these (applied) states reach, and every watcher of them."""
         for after in states:
             for changed in self._watchers.get(after.id, ()):
                 changed.set()
@@ -280,7 +280,7 @@ class StatusView:
                         fut.set_result(None)
 
     def watch(self, execution_id: str) -> asyncio.Event:
-        """An event set each time a stored change of the run is announced (``notify``); the
+        """An event set each time an applied change of the run is announced (``notify``); the
         watcher clears it, then reads the run. Many changes before it reads are one wake-up, so
         a slow watcher costs one flag, never a backlog (the UI's ``/watch`` WebSocket)."""
         changed = asyncio.Event()

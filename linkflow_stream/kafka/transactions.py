@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ from aiokafka.errors import (
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
 )
+from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
@@ -49,6 +51,12 @@ retry was the slowest 3-6% of runs at a single caller (p99 115-145 ms against a 
 the marker lands within a few milliseconds. A broker that is away is tried every 20 ms instead
 of every 100 during a commit, which ``COMMIT_TIMEOUT_SECONDS`` bounds. Such a retry is counted,
 not logged as a warning (``produce_retries``)."""
+PREPARED_SECONDS = 10.0
+"""The longest a transaction ``prepare`` opened is kept for the commit of its batch. A batch is
+decided in milliseconds and tried again at once when it fails; a prepared transaction older than
+this (its batch given up and the partition quiet since) is aborted and a new one begun, well
+before the broker's transaction timeout (aiokafka's default: 60 s) would time it out and fence
+this producer."""
 COMMIT_TIMEOUT_SECONDS = 30.0
 """aiokafka retries a transactional request or an idempotent batch for as long as the broker is
 away; a commit still pending after this long leaves the producer in an unknown state."""
@@ -124,6 +132,8 @@ class KafkaTransactionalProducer:
             client_id=transactional_id,
             retry_backoff_ms=RETRY_BACKOFF_MS,
         )
+        self._prepared_at: float | None = None
+        """When ``prepare`` began the open transaction, which no record has gone into yet."""
 
     async def start(self) -> None:
         try:
@@ -141,26 +151,62 @@ class KafkaTransactionalProducer:
         sends to them need not wait for it. aiokafka adds a partition only when a record for it
         is sent, and has no public way to add one sooner: this uses its transaction manager's
         own method for that, and does nothing (the commit adds them, as before) without it."""
-        producer = self._producer
-        manager: Any = getattr(producer, "_txn_manager", None)
+        manager: Any = getattr(self._producer, "_txn_manager", None)
         if manager is None or not hasattr(manager, "maybe_add_partition_to_txn"):
             return
-        await self._begin()
+        if not self._unused_prepared(manager):
+            await self._begin()
+            self._prepared_at = time.monotonic()
         for tp in partitions:
             manager.maybe_add_partition_to_txn(tp)
 
+    def _unused_prepared(self, manager: Any) -> bool:
+        """Whether the open transaction is one ``prepare`` began recently that holds no record."""
+        return (
+            manager.is_in_transaction()
+            and self._prepared_at is not None
+            and time.monotonic() - self._prepared_at < PREPARED_SECONDS
+        )
+
     async def _begin(self) -> None:
-        """Begin a transaction unless one is open (``prepare``'s, or one a failed decision left)."""
+        """Begin a transaction, or go on with the one ``prepare`` began for this batch. Raises
+        what an earlier request failed with (a prepared AddPartitionsToTxn refused while the batch
+        was decided, because another holder fenced this one, is ``Fenced``), aborts a prepared
+        transaction kept too long, and fails closed on any other open transaction."""
         producer = self._producer
         manager: Any = getattr(producer, "_txn_manager", None)
-        if manager is not None and manager.is_in_transaction():
-            return
+        if manager is not None:
+            await self._raise_failed(manager)
+            if self._unused_prepared(manager):
+                return
+            if manager.is_in_transaction() and self._prepared_at is not None:
+                await self._abort(TimeoutError(f"prepared more than {PREPARED_SECONDS:g}s ago"))
+        self._prepared_at = None
         try:
             await producer.begin_transaction()
         except _LOST_OWNERSHIP as exc:
             raise Fenced(f"{self.transactional_id}: {exc}") from exc
         except Exception as exc:
             raise ProducerBroken(f"{self.transactional_id}: cannot begin a transaction: {exc!r}") from exc
+
+    async def _raise_failed(self, manager: Any) -> None:
+        """If a request of the transaction failed in the producer's background (its manager is in
+        an error state, the error kept on the transaction's waiter, where aiokafka's own commit
+        would find it), raise it as this module's errors: beginning would trip an assertion."""
+        state = getattr(manager, "state", None)
+        if state not in (TransactionState.ABORTABLE_ERROR, TransactionState.FATAL_ERROR):
+            return
+        waiter = getattr(manager, "_transaction_waiter", None)
+        failure = (
+            waiter.exception() if waiter is not None and waiter.done() and not waiter.cancelled() else None
+        )
+        cause = failure or RuntimeError(f"transaction in state {state}")
+        if isinstance(failure, _LOST_OWNERSHIP):
+            raise Fenced(f"{self.transactional_id}: {failure}") from failure
+        if state is TransactionState.ABORTABLE_ERROR:
+            await self._abort(cause)
+            raise CommitFailed(f"{self.transactional_id}: transaction aborted: {cause!r}") from failure
+        raise ProducerBroken(f"{self.transactional_id}: {cause!r}") from failure
 
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
@@ -177,6 +223,7 @@ class KafkaTransactionalProducer:
     ) -> None:
         producer = self._producer
         await self._begin()
+        self._prepared_at = None  # this batch's records go into it from here on
         futures: list[asyncio.Future[Any]] = []
         try:
             await self._send(records, futures)
@@ -252,6 +299,7 @@ class KafkaTransactionalProducer:
     async def _abort(self, cause: Exception) -> None:
         """Abort after ``cause``; a producer that cannot even abort is of no more use."""
         log.warning("%s: aborting transaction after %r", self.transactional_id, cause)
+        self._prepared_at = None
         try:
             await self._producer.abort_transaction()
         except _LOST_OWNERSHIP as exc:

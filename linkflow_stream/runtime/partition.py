@@ -327,7 +327,8 @@ class Partition:
         ``cut`` says so; what was decided commits as usual (``report.left``: the rest)."""
         staged = _Staged()
         self._batch_ms = now_ms
-        await self.producer.prepare(self._written_by_every_batch)
+        if records:  # inputs to decide: what they write is added while they are decided
+            await self.producer.prepare(self._written_by_every_batch)
         offsets: dict[TopicPartition, int] = {}
         for index, record in enumerate(records):
             if cut is not None and index:
@@ -359,8 +360,8 @@ class Partition:
             staged.records.append(self._changelog(execution_id, None))
         staged.report.tombstones = len(expired)
         staged.report.records = len(staged.records)
-        if not staged.records and not offsets:
-            return staged.report
+        if not staged.records and not offsets and not records:
+            return staged.report  # nothing prepared, nothing to write (a stale timer entry)
         started = time.perf_counter()
         try:
             await self.producer.commit(staged.records, offsets, self.group_id)

@@ -10,7 +10,10 @@ write path (ADR 0057): SQLite's own ran one in the writer's commit every 1000 pa
 100 runs under load, and every fold waiting to write waited for it. A thread of their own copies
 the bulk while writes go on; the few pages written meanwhile are copied by the writer between two
 writes, so the WAL is wholly copied and the next write starts it again from the beginning (a
-checkpoint that only ever ran beside the writes never caught up: the WAL grew without end).
+checkpoint that only ever ran beside the writes never caught up: the WAL grew without end). A
+reader holding a snapshot across that step (a long ``linkflow replay`` of the live file) or a
+second engine writing the same file keeps the WAL from starting again until it lets go, as with
+SQLite's own checkpoints.
 """
 
 from __future__ import annotations
@@ -104,26 +107,34 @@ class SqliteStore(ReadStore):
             return
         self._checkpointed_at = time.monotonic()
         self._checkpointing = True
-        self._checkpointer.submit(self._checkpoint)
+        try:
+            self._checkpointer.submit(self._checkpoint)
+        except RuntimeError:  # closing (a write that ended as the store closed): closing checkpoints
+            self._checkpointing = False
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file beside the writes (PASSIVE: never waits for a
         lock), then hand the rest to the writer, which no write runs beside: after it, the whole
         WAL is in the file and the next write starts the WAL again."""
+        handed = False
         try:
             self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self._writer.submit(self._finish_checkpoint)
-        except RuntimeError:  # closing: the writer takes no more work, and closing checkpoints
-            self._checkpointing = False
-        except sqlite3.Error:
+            handed = True
+        except RuntimeError:
+            pass  # closing: the writer takes no more work, and closing checkpoints
+        except Exception:
             log.exception("read model: checkpoint of %s failed (again in %gs)", self.path, CHECKPOINT_SECONDS)
-            self._checkpointing = False
+        finally:
+            if not handed:
+                self._checkpointing = False
 
     def _finish_checkpoint(self) -> None:
-        """On the writer thread, between two writes: copy the pages written since ``_checkpoint``."""
+        """On the writer thread, between two writes: copy the pages written since ``_checkpoint``
+        (fsyncing the WAL and the file again, for those pages only)."""
         try:
             self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error:
+        except Exception:
             log.exception("read model: checkpoint of %s failed (again in %gs)", self.path, CHECKPOINT_SECONDS)
         finally:
             self._checkpointing = False

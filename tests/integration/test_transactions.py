@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from linkflow_stream.dev.testing import read_topic
+from linkflow_stream.kafka import transactions
 from linkflow_stream.kafka.gap_probe import explained_jump, holding_records
 from linkflow_stream.kafka.produce_retries import RETRY_MESSAGE, count_routine_retries
 from linkflow_stream.kafka.records import ProducerRecord
@@ -55,6 +56,15 @@ async def read_all(kafka: str, topic: str, isolation_level: str) -> list[tuple[i
         await consumer.stop()
 
 
+async def fresh(kafka: str, *outputs: str) -> tuple[list[str], TopicPartition, str, str]:
+    """A test's own output topics (named ``outputs``) and input topic: the output names, the
+    input's partition, a consumer group and a transactional id, all new."""
+    run = uuid.uuid4().hex[:8]
+    names = [f"i{run}.{name}" for name in outputs]
+    await topics(kafka, *names, f"i{run}.in")
+    return names, TopicPartition(f"i{run}.in", 0), f"g{run}", f"t{run}"
+
+
 def record(topic: str, value: bytes) -> ProducerRecord:
     return ProducerRecord(topic=topic, key=b"k", value=value, headers=[], partition=0)
 
@@ -69,19 +79,15 @@ async def committed_offset(kafka: str, group: str, tp: TopicPartition) -> int | 
 
 
 async def test_records_and_offsets_commit_together_and_a_new_holder_fences_the_old(kafka: str) -> None:
-    run = uuid.uuid4().hex[:8]
-    out, source = f"i{run}.out", f"i{run}.in"
-    await topics(kafka, out, source)
-    input_tp = TopicPartition(source, 0)
-    group = f"g{run}"
-    first = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+    (out,), input_tp, group, txn_id = await fresh(kafka, "out")
+    first = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
     await first.start()
     try:
         await first.commit([record(out, b"one")], {input_tp: 1}, group)
         assert await read_all(kafka, out, "read_committed") == [(0, b"one")]
         assert await committed_offset(kafka, group, input_tp) == 1
 
-        second = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+        second = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
         await second.start()  # the takeover: same transactional id, newer epoch
         try:
             with pytest.raises(Fenced):
@@ -303,13 +309,9 @@ async def test_a_prepared_transaction_has_its_partitions_before_any_record_and_s
     """ADR 0060: ``prepare`` opens the transaction and the broker adds its partitions while the
     batch is decided; a decision that fails leaves it open and unused, and the next commit uses it:
     its records are written once, with the offsets, and a takeover still fences the holder."""
-    run = uuid.uuid4().hex[:8]
-    events, state, source = f"i{run}.events", f"i{run}.state", f"i{run}.in"
-    await topics(kafka, events, state, source)
+    (events, state), input_tp, group, txn_id = await fresh(kafka, "events", "state")
     written = [TopicPartition(events, 0), TopicPartition(state, 0)]
-    input_tp = TopicPartition(source, 0)
-    group = f"g{run}"
-    holder = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+    holder = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
     await holder.start()
     try:
         await holder.prepare(written)
@@ -326,7 +328,7 @@ async def test_a_prepared_transaction_has_its_partitions_before_any_record_and_s
         await holder.commit([], {input_tp: 2}, group)
 
         await holder.prepare(written)
-        successor = KafkaTransactionalProducer(kafka, f"t{run}", 1_048_576)
+        successor = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
         await successor.start()  # a takeover while the holder's next transaction is prepared
         try:
             with pytest.raises(Fenced):
@@ -340,3 +342,59 @@ async def test_a_prepared_transaction_has_its_partitions_before_any_record_and_s
     assert [v for _, v in await read_all(kafka, events, "read_committed")] == [b"one", b"two"]
     assert [v for _, v in await read_all(kafka, state, "read_committed")] == [b"s1"]
     assert await committed_offset(kafka, group, input_tp) == 3
+
+
+async def test_a_holder_fenced_while_its_prepared_partitions_are_added_is_told_it_is_fenced(
+    kafka: str,
+) -> None:
+    """A takeover before the holder's next batch: the partitions ``prepare`` adds in the
+    background are refused (a newer epoch), and the commit after the decision says ``Fenced``
+    (the holder lets the partition go), not that the producer broke (which would claim the
+    partition again and fence the rightful holder back)."""
+    (events,), input_tp, group, txn_id = await fresh(kafka, "events")
+    holder = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
+    await holder.start()
+    successor = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
+    try:
+        await holder.commit([record(events, b"one")], {input_tp: 1}, group)
+        await successor.start()  # the takeover
+        await holder.prepare([TopicPartition(events, 0)])
+        manager: Any = holder._producer._txn_manager
+        for _ in range(200):  # the refusal comes back while the holder decides
+            if not manager.is_in_transaction():
+                break
+            await asyncio.sleep(0.01)
+        assert not manager.is_in_transaction(), "the prepared partitions were not refused"
+        with pytest.raises(Fenced):
+            await holder.commit([record(events, b"zombie")], {input_tp: 2}, group)
+        await successor.commit([record(events, b"two")], {input_tp: 2}, group)
+    finally:
+        await successor.stop()
+        await holder.stop()
+    assert [v for _, v in await read_all(kafka, events, "read_committed")] == [b"one", b"two"]
+    assert await committed_offset(kafka, group, input_tp) == 2
+
+
+async def test_a_prepared_transaction_kept_too_long_is_aborted_and_begun_again(
+    kafka: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch given up after ``prepare`` and a partition quiet since: the next commit does not
+    use the old transaction (the broker would time it out and fence this producer) but aborts it
+    and begins another, and its records land once."""
+    monkeypatch.setattr(transactions, "PREPARED_SECONDS", 0.05)
+    (events,), input_tp, group, txn_id = await fresh(kafka, "events")
+    holder = KafkaTransactionalProducer(kafka, txn_id, 1_048_576)
+    await holder.start()
+    try:
+        await holder.prepare([TopicPartition(events, 0)])
+        await asyncio.sleep(0.2)
+        with caplog.at_level(logging.WARNING, logger=transactions.log.name):
+            await holder.commit([record(events, b"one")], {input_tp: 1}, group)
+        warnings = [r.getMessage() for r in caplog.records if r.name == transactions.log.name]
+        assert any("prepared more than" in w for w in warnings), warnings
+        await holder.prepare([TopicPartition(events, 0)])
+        await holder.commit([record(events, b"two")], {input_tp: 2}, group)
+    finally:
+        await holder.stop()
+    assert [v for _, v in await read_all(kafka, events, "read_committed")] == [b"one", b"two"]
+    assert await committed_offset(kafka, group, input_tp) == 2

@@ -68,6 +68,8 @@ class FakeProducer:
     attempts: int = 0
     calls: list[str] = field(default_factory=list)
     """``prepare`` (with what it adds) and ``commit``, in the order they were called."""
+    open: bool = False
+    """A transaction is open: prepared, and not committed (or aborted, on a failed commit) since."""
 
     async def start(self) -> None:
         pass
@@ -77,12 +79,14 @@ class FakeProducer:
 
     async def prepare(self, partitions: Sequence[TopicPartition]) -> None:
         self.calls.append("prepare " + " ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        self.open = True
 
     async def commit(
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
         self.attempts += 1
         self.calls.append("commit")
+        self.open = False  # committed, or aborted by the failure below
         if self.fenced:
             raise Fenced("another owner")
         if self.fail:
@@ -211,6 +215,21 @@ async def test_a_batch_prepares_its_transaction_with_the_runs_events_and_state_b
     assert producer.calls == [added, "commit", added, "commit"]
     written = {(r.topic, r.partition) for r in producer.committed[0][0]}
     assert written == {(topic_names.EVENTS, 0), (topic_names.STATE, 0)}, "what it prepared is what it wrote"
+
+
+async def test_a_batch_with_nothing_to_decide_leaves_no_transaction_open() -> None:
+    """A prepared transaction left open would be timed out by the broker, fencing this very
+    producer: a batch of no inputs (a stale timer entry) prepares nothing, and one of inputs that
+    were all decided already closes the transaction it prepared."""
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([], T0)
+    assert producer.calls == [] and not producer.open
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    producer.calls.clear()
+    report = await p.run_batch([start_record(0, TRANSFORM)], T0)  # read again after a rewind
+    assert report.stale == 1
+    assert producer.calls[-1] == "commit" and not producer.open
 
 
 async def test_an_aborted_batch_changes_nothing_and_deciding_it_again_gives_the_same_records() -> None:

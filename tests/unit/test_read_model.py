@@ -661,6 +661,7 @@ async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(
     ]
     await asyncio.sleep(0.2)
     assert not any(read.done() for read in reads), "a store read went ahead of the held write"
+    assert cache or not read_status.done(), "a run memory let go was read from the replaced row"
     store.go.set()
     await fold
     page, lines, _linked, costs = await asyncio.gather(*reads)

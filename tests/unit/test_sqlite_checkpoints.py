@@ -116,12 +116,14 @@ async def test_a_write_does_not_wait_for_a_checkpoint_under_way(
         copy()
 
     monkeypatch.setattr(store, "_checkpoint", slow_checkpoint)
-    await store.write(Changes(executions={"run-00000": row(0)}))  # starts the checkpoint
-    await asyncio.wait_for(started.wait(), 5)
-    for n in range(1, 21):  # while it is held up
-        await asyncio.wait_for(store.write(Changes(executions={f"run-{n:05d}": row(n)})), 5)
-    assert store._checkpointing  # still held up: the writes did not wait for it
-    held.set()
+    try:
+        await store.write(Changes(executions={"run-00000": row(0)}))  # starts the checkpoint
+        await asyncio.wait_for(started.wait(), 5)
+        for n in range(1, 21):  # while it is held up
+            await asyncio.wait_for(store.write(Changes(executions={f"run-{n:05d}": row(n)})), 5)
+        assert store._checkpointing  # still held up: the writes did not wait for it
+    finally:
+        held.set()  # never leave the checkpoint's thread blocked (the test run would hang)
     await settled(store)
     assert await store.count() == 21
     await store.close()
