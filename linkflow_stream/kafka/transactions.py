@@ -151,7 +151,7 @@ class KafkaTransactionalProducer:
         sends to them need not wait for it. aiokafka adds a partition only when a record for it
         is sent, and has no public way to add one sooner: this uses its transaction manager's
         own method for that, and does nothing (the commit adds them, as before) without it."""
-        manager: Any = getattr(self._producer, "_txn_manager", None)
+        manager = self._manager
         if manager is None or not hasattr(manager, "maybe_add_partition_to_txn"):
             return
         if not self._unused_prepared(manager):
@@ -159,6 +159,12 @@ class KafkaTransactionalProducer:
             self._prepared_at = time.monotonic()
         for tp in partitions:
             manager.maybe_add_partition_to_txn(tp)
+
+    @property
+    def _manager(self) -> Any:
+        """aiokafka's transaction manager of the producer (private: ``prepare`` and ``_begin`` need
+        what no public method offers), or None in a version without one."""
+        return getattr(self._producer, "_txn_manager", None)
 
     def _unused_prepared(self, manager: Any) -> bool:
         """Whether the open transaction is one ``prepare`` began recently that holds no record."""
@@ -174,7 +180,7 @@ class KafkaTransactionalProducer:
         was decided, because another holder fenced this one, is ``Fenced``), aborts a prepared
         transaction kept too long, and fails closed on any other open transaction."""
         producer = self._producer
-        manager: Any = getattr(producer, "_txn_manager", None)
+        manager = self._manager
         if manager is not None:
             await self._raise_failed(manager)
             if self._unused_prepared(manager):

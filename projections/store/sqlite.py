@@ -118,13 +118,11 @@ class SqliteStore(ReadStore):
         WAL is in the file and the next write starts the WAL again."""
         handed = False
         try:
-            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self._writer.submit(self._finish_checkpoint)
-            handed = True
+            if self._copy_wal():
+                self._writer.submit(self._finish_checkpoint)
+                handed = True
         except RuntimeError:
             pass  # closing: the writer takes no more work, and closing checkpoints
-        except Exception:
-            log.exception("read model: checkpoint of %s failed (again in %gs)", self.path, CHECKPOINT_SECONDS)
         finally:
             if not handed:
                 self._checkpointing = False
@@ -133,11 +131,18 @@ class SqliteStore(ReadStore):
         """On the writer thread, between two writes: copy the pages written since ``_checkpoint``
         (fsyncing the WAL and the file again, for those pages only)."""
         try:
+            self._copy_wal()
+        finally:
+            self._checkpointing = False
+
+    def _copy_wal(self) -> bool:
+        """One PASSIVE checkpoint on this thread's connection; False (logged) if it failed."""
+        try:
             self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except Exception:
             log.exception("read model: checkpoint of %s failed (again in %gs)", self.path, CHECKPOINT_SECONDS)
-        finally:
-            self._checkpointing = False
+            return False
+        return True
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         def run() -> T:
