@@ -159,6 +159,14 @@ class Settings(BaseSettings):
     ``evolve`` refuses the one-event form), during a rolling upgrade; readers of this release
     read both forms."""
 
+    offsets_in_transaction: bool = False
+    """Also move the orchestrator group's offsets inside each batch's transaction, as releases
+    before ADR 0061 did (two more round trips a batch). A batch always commits its input positions
+    on the changelog, and a claim resumes from them; the group's offsets follow a moment later,
+    outside the transaction, for operators. A release before ADR 0061 reads only the group's
+    offsets when it claims a partition: set this on every orchestrator while any process of such a
+    release may still claim one (a rolling upgrade, or a way back to it)."""
+
     orchestrator_batches_at_once: int = Field(default=1, ge=0)
     """How many of its partitions' batches one orchestrator process decides and commits at once;
     ``0``: each owned partition's whenever it has inputs. Default ``1``: the others' inputs gather

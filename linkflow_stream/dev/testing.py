@@ -32,6 +32,7 @@ from linkflow_stream.kafka.codec import Codec, default_codec
 from linkflow_stream.kafka.consumers import committed_reader
 from linkflow_stream.kafka.partitioning import partition_for
 from linkflow_stream.kafka.topics import apply_topics, execution_partitions
+from linkflow_stream.runtime.positions import POSITIONS_KEY
 from linkflow_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,7 +104,12 @@ class EngineProcess:
         return self.workdir / f"{self.prefix}{self.name}"
 
     def settings(self) -> Settings:
-        return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
+        """The settings the engine process runs with, as far as naming goes (topics, groups)."""
+        return Settings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix, app_id=self.app_id)
+
+    @property
+    def app_id(self) -> str:
+        return f"lf-{self.prefix.rstrip('.')}"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LINKFLOW_")}
@@ -111,7 +117,7 @@ class EngineProcess:
             {
                 "LINKFLOW_BOOTSTRAP_SERVERS": self.bootstrap,
                 "LINKFLOW_TOPIC_PREFIX": self.prefix,
-                "LINKFLOW_APP_ID": f"lf-{self.prefix.rstrip('.')}",
+                "LINKFLOW_APP_ID": self.app_id,
                 "LINKFLOW_API_PORT": str(self.port),
                 "LINKFLOW_API_HOST": "127.0.0.1",
                 "LINKFLOW_REGISTRY_PORT": str(self.registry_port),
@@ -251,6 +257,18 @@ class EngineProcess:
         assert status == 200, body
         return dict(body)
 
+    def queue_status(self, *, settle_seconds: float = 5.0) -> dict[str, Any]:
+        """``GET /api/admin/queue/status`` once its ``consumer_lag`` reads 0, or as it is after
+        ``settle_seconds``: the orchestrator group's offsets, which the lag is read from, follow
+        the committed positions a moment later (ADR 0061)."""
+        deadline = time.monotonic() + settle_seconds
+        while True:
+            status, body = call("GET", f"{self.url}/api/admin/queue/status", headers=self.auth())
+            assert status == 200, body
+            if body["consumer_lag"] == 0 or time.monotonic() >= deadline:
+                return dict(body)
+            time.sleep(0.1)
+
     def wait_status(
         self,
         execution_id: str,
@@ -311,9 +329,11 @@ async def read_changelog_tail(
     bootstrap: str, topic: str, codec: Codec | None = None
 ) -> dict[str, ExecutionState | None]:
     """The last committed value per key of the orchestrator's state changelog (``None``: a
-    tombstone)."""
+    tombstone), its input positions record (ADR 0061) left out."""
     codec = codec or default_codec()
-    latest = {(r.key or b"").decode(): r.value for r in await read_topic(bootstrap, topic)}
+    latest = {
+        (r.key or b"").decode(): r.value for r in await read_topic(bootstrap, topic) if r.key != POSITIONS_KEY
+    }
     await codec.learn(latest.values())
     return {k: codec.decode(v, ExecutionState) if v is not None else None for k, v in latest.items()}
 

@@ -3,8 +3,10 @@
 For each owned partition number ``p`` a batch of inputs (start requests, commands, results), the
 timers due and the finished runs to forget are decided against ``p``'s states, and everything
 they produce (events, tasks, control messages, dead letters, state changelog records) commits
-with the input offsets in one Kafka transaction under ``p``'s transactional id. Readers use
-``read_committed``, so an input's effects become visible exactly once, together.
+with the input positions (a changelog record, ADR 0061) in one Kafka transaction under ``p``'s
+transactional id. Readers use ``read_committed``, so an input's effects become visible exactly
+once, together. The group's offsets follow the positions outside the transaction, for observers
+(``group_offsets.py``).
 
 Ownership follows the consumer group (range assignment, so an instance owns partition ``p`` of
 every co-partitioned input topic at once). On assignment the instance claims ``p``'s
@@ -41,8 +43,10 @@ from linkflow_stream.kafka.transactions import (
     TransactionalProducer,
 )
 from linkflow_stream.runtime.batch_turn import BatchTurn
+from linkflow_stream.runtime.group_offsets import GroupOffsets
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition, Tail
+from linkflow_stream.runtime.positions import resume_from
 from linkflow_stream.runtime.priority import PRECEDENCE, turns
 from linkflow_stream.runtime.restore import committed_positions, read_states
 from linkflow_stream.runtime.step import Stepper
@@ -142,6 +146,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         """Failed tries per input (topic, partition, offset), until it commits or is dead-lettered."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._group_offsets: GroupOffsets | None = None
+        """Commits the positions as the group's offsets for observers (ADR 0061); ``None`` while
+        the transactions move them (``Settings.offsets_in_transaction``)."""
+        self._group_offsets_task: asyncio.Task[None] | None = None
         self.turn = BatchTurn(settings.orchestrator_batches_at_once)
         """Whose batch goes next among this process's partitions (ADR 0052)."""
 
@@ -173,6 +181,9 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer.subscribe(self._topics, listener=self)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(), name="orchestrator")
+        if not s.offsets_in_transaction:
+            self._group_offsets = GroupOffsets(consumer, self.positions)
+            self._group_offsets_task = asyncio.create_task(self._group_offsets.run(), name="group-offsets")
 
     async def stop(self) -> None:
         """Finish the batches in flight, then leave the group (a sibling that took the
@@ -181,10 +192,19 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             async with self._lock:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._group_offsets_task is not None:
+            self._group_offsets_task.cancel()
+            await asyncio.gather(self._group_offsets_task, return_exceptions=True)
         async with self._lock:
+            if self._group_offsets is not None:  # the lag reads 0 after a clean stop
+                await self._group_offsets.commit()
             await asyncio.gather(*(self._release(n) for n in list(self.partitions)))
         if self._consumer is not None:
             await self._consumer.stop()
+
+    def positions(self) -> dict[TopicPartition, int]:
+        """Every owned input's next offset to decide, as committed."""
+        return {tp: offset for p in self.partitions.values() for tp, offset in p.positions.items()}
 
     def ready(self) -> bool:
         """Every assigned partition claimed, and no partition failing to commit or stuck in a
@@ -235,7 +255,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     number,
                     self.codec,
                 )
-                positions = await committed_positions(consumer, tps)
+                positions = resume_from(restored.positions, await committed_positions(consumer, tps))
         except Exception:
             log.exception("could not claim partition %d; its inputs wait, paused, for the next try", number)
             self._claim_retry_at = self.clock() + CLAIM_RETRY_SECONDS
@@ -253,6 +273,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             group_id=self.group_id,
             finished_ttl_seconds=self.settings.finished_state_ttl_seconds,
             probe=functools.partial(explained_jump, self.settings.bootstrap_servers),
+            offsets_in_transaction=self.settings.offsets_in_transaction,
         )
         tails = {
             run.state.id: Tail(run.events_from, run.snapshot_bytes, run.events_since, run.bytes_since)
@@ -559,8 +580,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
         letter = dead_letter_record(
             record, "its transaction failed repeatedly", self.settings.topic(topic_names.DLQ)
         )
+        offsets = {tp: record.offset + 1}
+        records = [letter, partition.positions_record(offsets)]
         try:
-            await partition.producer.commit([letter], {tp: record.offset + 1}, self.group_id)
+            await partition.producer.commit(records, partition.group_offsets(offsets), self.group_id)
         except Fenced as exc:
             await self._lost(number, exc)
             raise Abandon(str(exc)) from exc

@@ -2,8 +2,8 @@
 expiry, and the batch step that turns inputs into one Kafka transaction.
 
 Invariant: ``states`` equals the fold of the committed changelog partition with each run's
-committed events after its snapshot (ADR 0039), and the input offsets committed for this
-partition are exactly those whose effects that changelog and those events hold. A
+committed events after its snapshot (ADR 0039), and the input positions committed on that
+changelog (ADR 0061) are exactly those whose effects that changelog and those events hold. A
 batch is decided against ``states`` without touching it; only a committed transaction applies
 the batch's new states. A transaction that aborted leaves ``states`` as it was, so deciding the
 same batch again yields the same events, and one that was fenced means another instance owns
@@ -46,6 +46,7 @@ from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
 from linkflow_stream.kafka.transactions import ProducerBroken, TransactionalProducer
+from linkflow_stream.runtime.positions import positions_record
 from linkflow_stream.runtime.restore import SNAPSHOT_OFFSET
 from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.runtime.timers import TimerQueue
@@ -233,6 +234,7 @@ class Partition:
         finished_ttl_seconds: float,
         probe: GapProbe | None = None,
         limit: Callable[[str], int] = limit_of,
+        offsets_in_transaction: bool = False,
     ) -> None:
         self.number = number
         self.producer = producer
@@ -244,6 +246,9 @@ class Partition:
         self.probe = probe
         self.limit = limit
         """The largest record a logical topic takes."""
+        self.offsets_in_transaction = offsets_in_transaction
+        """Also move the group's offsets in the transaction (``Settings.offsets_in_transaction``);
+        the positions record on the changelog is written either way (ADR 0061)."""
         self.states: dict[str, ExecutionState] = {}
         self.tails: dict[str, Tail] = {}
         """Each live run's snapshot and events since; a run without one is snapshotted at its
@@ -359,12 +364,14 @@ class Partition:
         for execution_id in expired:
             staged.records.append(self._changelog(execution_id, None))
         staged.report.tombstones = len(expired)
+        if offsets:
+            staged.records.append(self.positions_record(offsets))
         staged.report.records = len(staged.records)
         if not staged.records and not offsets and not records:
             return staged.report  # nothing prepared, nothing to write (a stale timer entry)
         started = time.perf_counter()
         try:
-            await self.producer.commit(staged.records, offsets, self.group_id)
+            await self.producer.commit(staged.records, self.group_offsets(offsets), self.group_id)
         except BaseException:
             for entry in staged.expiring:  # not tombstoned after all: due again next time
                 heapq.heappush(self._expiry, entry)
@@ -393,6 +400,16 @@ class Partition:
                 f"partition {self.number}: applying a committed batch failed: {exc!r}"
             ) from exc
         return staged.report
+
+    def positions_record(self, offsets: Mapping[TopicPartition, int]) -> ProducerRecord:
+        """The changelog record of this partition's input positions once ``offsets`` (the next
+        offset of each input a transaction decided) commit: it commits with what they did."""
+        return positions_record(self.topic(topic_names.STATE), self.number, {**self.positions, **offsets})
+
+    def group_offsets(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The group offsets the transaction moves: none, unless a release before ADR 0061 may
+        still claim this partition and read only them."""
+        return offsets if self.offsets_in_transaction else {}
 
     async def _explained(self, tp: TopicPartition, expected: int, got: int) -> bool:
         """A jump in offsets is no gap when only control records or aborted records lie between."""

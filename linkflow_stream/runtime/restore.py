@@ -1,4 +1,5 @@
-"""Reading a partition's committed state back: the changelog, and the group's input positions.
+"""Reading a partition's committed state back: the changelog with its input positions (ADR 0061),
+and the group's committed offsets.
 
 Both are read only after this instance has claimed the partition's transactional id, which
 aborts or completes any transaction a former owner had open; what is read then is final.
@@ -24,6 +25,7 @@ from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.state import ExecutionState, evolve
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.runtime.positions import POSITIONS_KEY, read_positions
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class Restored:
 
     runs: list[RestoredRun] = field(default_factory=list)
     events_end: int = 0
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    """The input positions committed with these runs (ADR 0061); empty when no batch of this
+    release committed on the partition yet."""
 
     @property
     def states(self) -> list[ExecutionState]:
@@ -75,6 +80,7 @@ async def read_states(
     """Every run of one partition as committed: its latest snapshot on the changelog with the
     run's committed events after it folded on."""
     latest = await read_latest_records(bootstrap_servers, state_topic, partition, within=within)
+    positions = latest.pop(POSITIONS_KEY, None)
     await codec.learn(r.value for r in latest.values())
     runs: dict[str, RestoredRun] = {}
     for record in latest.values():
@@ -97,7 +103,9 @@ async def read_states(
     finally:
         await asyncio.sleep(0)  # see kafka.consumers.log_ends
         await consumer.stop()
-    return Restored(list(runs.values()), end)
+    return Restored(
+        list(runs.values()), end, read_positions(positions.value or b"", partition) if positions else {}
+    )
 
 
 def _events_from(record: ConsumerRecord[bytes, bytes]) -> int | None:

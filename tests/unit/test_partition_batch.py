@@ -44,6 +44,7 @@ from linkflow_stream.runtime.orchestrator import (
     Orchestrator,
 )
 from linkflow_stream.runtime.partition import EARLY_CANCEL_SECONDS, InputGap, Partition
+from linkflow_stream.runtime.positions import POSITIONS_KEY, read_positions
 from linkflow_stream.runtime.restore import Restored
 from linkflow_stream.runtime.step import Stepper
 from linkflow_stream.settings import Settings
@@ -65,6 +66,13 @@ class FakeProducer:
     failure: Any = lambda: CommitFailed("broker away")
     fenced: bool = False
     committed: list[tuple[list[ProducerRecord], dict[TopicPartition, int]]] = field(default_factory=list)
+    """Each transaction's records but its positions record, and the input positions that
+    record moved (ADR 0061): those that differ from the last positions record (every input
+    starts at 0 in these tests)."""
+    positions: list[dict[TopicPartition, int]] = field(default_factory=list)
+    """Each transaction's positions record, whole (none for a transaction without one)."""
+    group_offsets: list[dict[TopicPartition, int]] = field(default_factory=list)
+    """The group offsets each transaction was asked to move (none since ADR 0061, by default)."""
     attempts: int = 0
     calls: list[str] = field(default_factory=list)
     """``prepare`` (with what it adds) and ``commit``, in the order they were called."""
@@ -92,7 +100,18 @@ class FakeProducer:
         if self.fail:
             self.fail -= 1
             raise self.failure()
-        self.committed.append((list(records), dict(offsets)))
+        kept = [r for r in records if r.key != POSITIONS_KEY]
+        written = [
+            read_positions(r.value or b"", r.partition or 0) for r in records if r.key == POSITIONS_KEY
+        ]
+        assert len(written) <= 1 and all(
+            r.topic == topic_names.STATE for r in records if r.key == POSITIONS_KEY
+        )
+        before = self.positions[-1] if self.positions else {}
+        moved = {tp: o for p in written for tp, o in p.items() if o != before.get(tp, 0)}
+        self.positions.extend(written)
+        self.group_offsets.append(dict(offsets))
+        self.committed.append((kept, moved))
 
     def records(self, topic: str) -> list[ProducerRecord]:
         return [r for records, _ in self.committed for r in records if r.topic == topic]
@@ -202,6 +221,28 @@ async def test_a_batch_commits_events_state_and_offsets_together() -> None:
     assert p.states["e1"].status is ExecutionStatus.SUCCESS
     assert p.positions[REQUESTS] == 1
     assert report.inputs == 1
+
+
+async def test_a_batch_commits_its_input_positions_on_the_changelog_not_as_group_offsets() -> None:
+    """ADR 0061: the transaction holds a record of every input's next offset on the changelog
+    partition it writes anyway; the group's offsets are not moved in it (two round trips fewer)."""
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([start_record(0, TRANSFORM, "e1"), start_record(1, TRANSFORM, "e2")], T0)
+    assert producer.positions == [{REQUESTS: 2, RESULTS: 0, COMMANDS: 0}], "every input, moved or not"
+    assert producer.group_offsets == [{}]
+    await p.run_batch([], T0 + 1)  # nothing due: no transaction
+    await p.run_batch([start_record(1, TRANSFORM, "e2")], T0 + 2)  # read again after a rewind: stale
+    assert len(producer.positions) == 1, "a batch that decided no input moves no position"
+
+
+async def test_a_partition_told_to_moves_the_group_offsets_in_the_transaction_too() -> None:
+    """For a rolling upgrade from a release that reads only the group's offsets when it claims."""
+    producer = FakeProducer()
+    p = partition(producer, offsets_in_transaction=True)
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    assert producer.group_offsets == [{REQUESTS: 1}]
+    assert producer.positions == [{REQUESTS: 1, RESULTS: 0, COMMANDS: 0}]
 
 
 async def test_a_batch_prepares_its_transaction_with_the_runs_events_and_state_before_deciding() -> None:

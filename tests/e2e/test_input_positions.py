@@ -1,0 +1,115 @@
+"""ADR 0061: an orchestrator batch commits its input positions on the changelog, not as the
+group's offsets; a claim resumes from them, and the group's offsets follow them for operators."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from linkflow_stream.core import topic_names
+from linkflow_stream.core.messages import Priority
+from linkflow_stream.dev.testing import EngineProcess, call, read_changelog_tail
+from linkflow_stream.kafka.consumers import committed_reader
+from linkflow_stream.kafka.topics import execution_partitions
+from tests.e2e.exactly_once import assert_exactly_once
+
+pytestmark = pytest.mark.e2e
+
+RUNS = 6
+
+
+def request_partitions(engine: EngineProcess) -> list[TopicPartition]:
+    topic = engine.settings().topic(topic_names.requests(Priority.NORMAL))
+    return [TopicPartition(topic, p) for p in range(execution_partitions())]
+
+
+async def group_offsets(engine: EngineProcess) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=engine.bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(
+            engine.settings().group("orchestrator"), partitions=request_partitions(engine)
+        )
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+
+
+async def log_ends(engine: EngineProcess) -> dict[TopicPartition, int]:
+    reader = committed_reader(engine.bootstrap)
+    await reader.start()
+    try:
+        return dict(await reader.end_offsets(request_partitions(engine)))
+    finally:
+        await reader.stop()
+
+
+async def move_group_offsets(engine: EngineProcess, offsets: dict[TopicPartition, int]) -> None:
+    """Commit ``offsets`` for the (empty) orchestrator group, as an operator's reset would."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=engine.bootstrap,
+        group_id=engine.settings().group("orchestrator"),
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.2)
+
+
+def test_a_claim_resumes_from_the_changelog_when_the_group_offsets_are_behind(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """The runs are forgotten (tombstoned) before the restart, so a start request decided again
+    would start its run again: a second log under the same id, which ``assert_exactly_once``
+    refuses. The group's offsets are put back to 0 while the engine is down, so only the
+    positions on the changelog can say that every request was decided."""
+    engine = engine_factory(LINKFLOW_FINISHED_STATE_TTL_SECONDS="1")
+    wf_id = f"positions-{uuid.uuid4().hex[:8]}"
+    engine.register(
+        {"id": wf_id, "nodes": [{"id": "a", "type": "transform", "config": {"expression": "input.i"}}]}
+    )
+    ids = [engine.start_execution(wf_id, {"i": i})[1]["id"] for i in range(RUNS)]
+    for execution_id in ids:
+        assert engine.wait_status(execution_id)["status"] == "success"
+
+    ends = asyncio.run(log_ends(engine))
+    assert sum(ends.values()) >= RUNS
+    # the group's offsets follow the changelog outside the transactions: the lag reads 0 soon
+    wait_until(
+        lambda: asyncio.run(group_offsets(engine)) == ends,
+        f"the group's offsets reach the log's end {ends}: {asyncio.run(group_offsets(engine))}",
+    )
+    status, body = call("GET", f"{engine.url}/api/admin/queue/status")
+    assert status == 200 and body["consumer_lag"] == 0, body
+
+    def forgotten() -> bool:
+        tail = asyncio.run(read_changelog_tail(engine.bootstrap, engine.settings().topic(topic_names.STATE)))
+        return all(tail.get(i, "missing") is None for i in ids)
+
+    wait_until(forgotten, "every finished run tombstoned on the changelog")
+    engine.stop()
+    asyncio.run(move_group_offsets(engine, dict.fromkeys(ends, 0)))
+    assert asyncio.run(group_offsets(engine)) == dict.fromkeys(ends, 0)
+
+    engine.start()
+    status, body = engine.start_execution(wf_id, {"i": 99}, wait=30)
+    assert status == 200 and body["status"] == "success", body
+    assert_exactly_once(engine, [*ids, body["id"]])
+    after = asyncio.run(log_ends(engine))
+    wait_until(lambda: asyncio.run(group_offsets(engine)) == after, "the group's offsets follow again")
