@@ -3,6 +3,8 @@
 Start requests wait on ``linkflow.requests.{high,normal,low}``. What is queued, running and
 lagging comes from two places: the status view (accepted but not started, started but not ended)
 and Kafka itself (the orchestrator group's committed offsets against the topics' end offsets).
+The group's offsets follow the positions the orchestrator commits on its changelog within about
+half a second (ADR 0061), so a start decided a moment ago may still count as lag.
 """
 
 from __future__ import annotations
