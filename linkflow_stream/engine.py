@@ -44,7 +44,7 @@ from linkflow_stream.kafka.publisher import Publisher
 from linkflow_stream.kafka.topics import load_pools
 from linkflow_stream.nodes import build_registry, decider_config
 from linkflow_stream.replay import view_topics
-from linkflow_stream.runtime import gc_tuning
+from linkflow_stream.runtime import event_loop, gc_tuning
 from linkflow_stream.runtime.breakers import Breakers, export_metrics
 from linkflow_stream.runtime.executor import Executor
 from linkflow_stream.runtime.gate import Gate
@@ -603,9 +603,10 @@ class Engine:
         gc_tuning.freeze_start_up()
         self._gc_watch = gc_tuning.observe_pauses(self._gc_paused)
         log.info(
-            "engine started: roles %s, pools %s",
+            "engine started: roles %s, pools %s, event loop %s",
             ",".join(r for r in ROLES if r in roles),
             ",".join(self.settings.executor_pools),
+            event_loop.loop_name(asyncio.get_running_loop()),
         )
 
     async def _serve_apis(self) -> None:
@@ -725,6 +726,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     condense_connection_errors()  # a broker away: a line per kind and half-minute, not 1,000 a second
     gc_tuning.tune()
-    code = asyncio.run(serve(settings))
+    with asyncio.Runner(loop_factory=event_loop.loop_factory(settings.event_loop)) as runner:
+        code = runner.run(serve(settings))
     if code:
         raise SystemExit(code)

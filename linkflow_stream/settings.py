@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     ``evolve`` refuses the one-event form), during a rolling upgrade; readers of this release
     read both forms."""
 
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The engine process's event loop (ADR 0062): uvloop, or asyncio's own (to tell a problem of
+    uvloop's from ours)."""
+
     offsets_in_transaction: bool = False
     """Also move the orchestrator group's offsets inside each batch's transaction, as releases
     before ADR 0061 did (two more round trips a batch). A batch always commits its input positions

@@ -628,6 +628,11 @@ def test_setting_a_timeout_on_a_running_execution(engine: EngineProcess) -> None
     assert call("PUT", f"{engine.url}/api/executions/exec_nope/timeout", {"timeout_seconds": 10})[0] == 404
 
 
+def test_the_engine_runs_on_uvloop(engine: EngineProcess) -> None:
+    """ADR 0062: every e2e test of this module ran on it (asyncio's loop: LINKFLOW_EVENT_LOOP)."""
+    assert "event loop uvloop" in engine.log_path.read_text(), engine.log_tail()
+
+
 def test_queue_status_counts_by_priority(engine: EngineProcess) -> None:
     wf = {"id": wid("queue"), "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 30}}]}
     engine.register(wf)
