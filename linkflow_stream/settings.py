@@ -164,12 +164,14 @@ class Settings(BaseSettings):
     uvloop's from ours)."""
 
     offsets_in_transaction: bool = False
-    """Also move the orchestrator group's offsets inside each batch's transaction, as releases
-    before ADR 0061 did (two more round trips a batch). A batch always commits its input positions
-    on the changelog, and a claim resumes from them; the group's offsets follow a moment later,
-    outside the transaction, for operators. A release before ADR 0061 reads only the group's
-    offsets when it claims a partition: set this on every orchestrator while any process of such a
-    release may still claim one (a rolling upgrade, or a way back to it)."""
+    """Move the orchestrator group's offsets inside each batch's transaction, as releases before
+    ADR 0061 did (two more round trips a batch), and keep no positions record on the changelog: a
+    claim replaces the one it finds by the group's offsets. By default a batch commits its input
+    positions as a changelog record, a claim resumes from them, and the group's offsets follow
+    outside the transaction for operators. A release before ADR 0061 resumes from the group's
+    offsets alone and cannot read a positions record: set this on every orchestrator while a
+    process of such a release may claim a partition (a rolling upgrade), and before going back to
+    one (restart every orchestrator with it first, so that every partition is claimed once)."""
 
     orchestrator_batches_at_once: int = Field(default=1, ge=0)
     """How many of its partitions' batches one orchestrator process decides and commits at once;

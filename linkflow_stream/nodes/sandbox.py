@@ -47,6 +47,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -485,31 +486,34 @@ class Sandbox:
     async def _start(self) -> None:
         self.uid, self.workdir = _setup(self.tools)
         loop = asyncio.get_running_loop()
-        result_r, result_w = os.pipe()
+        # The result channel is a socket, not a pipe: closing the transport of a pipe's file
+        # object, uvloop closes the descriptor and then the file object, which closes the same
+        # number again (another thread's file by then, perhaps); a socket it detaches instead.
+        reading, writing = socket.socketpair()
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _Protocol(self._exited),
-                *_command(self.tools, Limits(tmp_mb=self.tmp_mb), self.workdir, result_w, self.uid),
+                *_command(self.tools, Limits(tmp_mb=self.tmp_mb), self.workdir, writing.fileno(), self.uid),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(result_w,),
+                pass_fds=(writing.fileno(),),
                 env=_env(),
                 cwd="/",
                 start_new_session=True,
             )
             self.proc = asyncio.subprocess.Process(transport, protocol, loop)
         except BaseException:
-            os.close(result_r)
+            reading.close()
             raise
         finally:
-            os.close(result_w)
+            writing.close()
         proc = self.proc
         assert proc.stdout is not None
         assert proc.stderr is not None
         reader = asyncio.StreamReader()
         self._transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(result_r, "rb", buffering=0)
+            lambda: asyncio.StreamReaderProtocol(reader), reading
         )
         self._io = [
             asyncio.create_task(self.stdout.drain(proc.stdout)),

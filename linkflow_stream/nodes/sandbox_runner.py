@@ -61,6 +61,8 @@ def _not_json(value: object) -> object:
 
 _scan = _json.make_scanner(_DecodeContext())  # type: ignore[arg-type]  # the stub wants a scanner
 
+MAX_FD = 1 << 20
+"""Above any descriptor number a process here holds (``close_range`` covers the span at once)."""
 _result_fd = -1
 _pid = -1
 _reporting = False
@@ -170,10 +172,20 @@ def _read_payload() -> dict[str, Any]:
     return payload  # type: ignore[no-any-return]
 
 
+def _close_inherited(keep: int) -> None:
+    """Close every descriptor above stderr but ``keep`` before any user code runs. Python's own
+    spawn closes what the engine inherited (``close_fds``); uvloop's (libuv) does not, and bwrap
+    passes on whatever it is given: a descriptor the engine's parent left open (a shell's
+    ``exec 3<file``, a supervisor's socket) would be readable by the code."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, MAX_FD)
+
+
 def main() -> NoReturn:
     global _result_fd, _pid, _source
     options = _options(sys.argv[1:])
     _result_fd = int(options["result-fd"])
+    _close_inherited(_result_fd)
     _pid = os.getpid()
     os.set_inheritable(_result_fd, False)
     _write_all(_result_fd, b"R")

@@ -47,7 +47,10 @@ class GroupOffsets:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.every_seconds)
-            await self.commit()
+            try:
+                await self.commit()
+            except Exception:  # a bug here must not end the lag's updates for good
+                log.exception("committing the group's offsets failed; trying again at the next tick")
 
     async def commit(self) -> None:
         """Commit the owned positions that moved since the last commit; a failure is logged (once

@@ -46,7 +46,7 @@ from linkflow_stream.runtime.batch_turn import BatchTurn
 from linkflow_stream.runtime.group_offsets import GroupOffsets
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition, Tail
-from linkflow_stream.runtime.positions import resume_from
+from linkflow_stream.runtime.positions import positions_tombstone, resume_from
 from linkflow_stream.runtime.priority import PRECEDENCE, turns
 from linkflow_stream.runtime.restore import committed_positions, read_states
 from linkflow_stream.runtime.step import Stepper
@@ -197,6 +197,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.gather(self._group_offsets_task, return_exceptions=True)
         async with self._lock:
             if self._group_offsets is not None:  # the lag reads 0 after a clean stop
+                workers = [self._workers.pop(n) for n in list(self._workers)]
+                await asyncio.gather(*(w.stop() for w in workers))  # their batches in flight end first
                 await self._group_offsets.commit()
             await asyncio.gather(*(self._release(n) for n in list(self.partitions)))
         if self._consumer is not None:
@@ -256,6 +258,10 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     self.codec,
                 )
                 positions = resume_from(restored.positions, await committed_positions(consumer, tps))
+                if self.settings.offsets_in_transaction and restored.positions:
+                    # the group's offsets take over from the record, which an older release cannot read
+                    tombstone = positions_tombstone(self.settings.topic(topic_names.STATE), number)
+                    await producer.commit([tombstone], positions, self.group_id)
         except Exception:
             log.exception("could not claim partition %d; its inputs wait, paused, for the next try", number)
             self._claim_retry_at = self.clock() + CLAIM_RETRY_SECONDS
@@ -581,7 +587,7 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             record, "its transaction failed repeatedly", self.settings.topic(topic_names.DLQ)
         )
         offsets = {tp: record.offset + 1}
-        records = [letter, partition.positions_record(offsets)]
+        records = [letter, *partition.changelog_records_of(offsets)]
         try:
             await partition.producer.commit(records, partition.group_offsets(offsets), self.group_id)
         except Fenced as exc:

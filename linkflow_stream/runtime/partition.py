@@ -46,7 +46,7 @@ from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
 from linkflow_stream.kafka.transactions import ProducerBroken, TransactionalProducer
-from linkflow_stream.runtime.positions import positions_record
+from linkflow_stream.runtime.positions import POSITIONS_KEY, positions_record
 from linkflow_stream.runtime.restore import SNAPSHOT_OFFSET
 from linkflow_stream.runtime.step import Step, Stepper
 from linkflow_stream.runtime.timers import TimerQueue
@@ -247,8 +247,8 @@ class Partition:
         self.limit = limit
         """The largest record a logical topic takes."""
         self.offsets_in_transaction = offsets_in_transaction
-        """Also move the group's offsets in the transaction (``Settings.offsets_in_transaction``);
-        the positions record on the changelog is written either way (ADR 0061)."""
+        """Move the group's offsets in the transaction and write no positions record, as releases
+        before ADR 0061 did, which cannot read one (``Settings.offsets_in_transaction``)."""
         self.states: dict[str, ExecutionState] = {}
         self.tails: dict[str, Tail] = {}
         """Each live run's snapshot and events since; a run without one is snapshotted at its
@@ -364,7 +364,7 @@ class Partition:
         for execution_id in expired:
             staged.records.append(self._changelog(execution_id, None))
         staged.report.tombstones = len(expired)
-        if offsets:
+        if offsets and not self.offsets_in_transaction:
             staged.records.append(self.positions_record(offsets))
         staged.report.records = len(staged.records)
         if not staged.records and not offsets and not records:
@@ -410,6 +410,11 @@ class Partition:
         """The group offsets the transaction moves: none, unless a release before ADR 0061 may
         still claim this partition and read only them."""
         return offsets if self.offsets_in_transaction else {}
+
+    def changelog_records_of(self, offsets: dict[TopicPartition, int]) -> list[ProducerRecord]:
+        """What a transaction that moves ``offsets`` writes besides them: the positions record,
+        or nothing while the group's offsets move in the transaction."""
+        return [] if self.offsets_in_transaction else [self.positions_record(offsets)]
 
     async def _explained(self, tp: TopicPartition, expected: int, got: int) -> bool:
         """A jump in offsets is no gap when only control records or aborted records lie between."""
@@ -465,6 +470,8 @@ class Partition:
         inp = self.codec.decode(record.value, model)
         if record.key != inp.execution_id.encode():
             raise DecodeError(f"record key {record.key!r} is not its execution id {inp.execution_id!r}")
+        if record.key == POSITIONS_KEY:  # a producer writing to the input topics itself
+            raise DecodeError(f"execution id {inp.execution_id!r} is reserved (the changelog's positions)")
         if isinstance(inp, StartExecution) and inp.traceparent is None:
             header = next((v for k, v in record.headers if k == TRACEPARENT), None)
             parent = TraceParent.parse(header)

@@ -8,9 +8,11 @@ decide of every input topic-partition of that partition. It commits or aborts wi
 events and states, so what it says is exactly what they hold; compaction keeps its latest.
 
 The group's committed offsets follow it outside the transaction, a moment later (operators' lag,
-Kafka UI, a process of an older release during a rolling upgrade). A claim resumes each input from
-the larger of the two: the group's offset is never ahead of what committed, and one an older
-release moved in a transaction (it writes no positions record) is ahead of a stale record.
+Kafka UI). A claim resumes each input from the larger of the two: the group's offset is never
+ahead of what committed, and one moved in a transaction that wrote no positions record (by a
+release before ADR 0061, or with ``Settings.offsets_in_transaction``) is ahead of a stale record.
+With that setting a claim also replaces the record by the group's offsets, in one transaction, so
+a release that cannot read the record can claim the partition after it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ def positions_record(
     offsets = {tp.topic: offset for tp, offset in sorted(positions.items()) if tp.partition == partition}
     value = json.dumps({"positions": offsets}, separators=(",", ":"), sort_keys=True).encode()
     return ProducerRecord(state_topic, POSITIONS_KEY, value, [], partition=partition)
+
+
+def positions_tombstone(state_topic: str, partition: int) -> ProducerRecord:
+    """The record that removes ``partition``'s positions record (compaction then drops both): a
+    release before ADR 0061 reads every changelog value as a run's state, and cannot claim a
+    partition that holds one."""
+    return ProducerRecord(state_topic, POSITIONS_KEY, None, [], partition=partition)
 
 
 def read_positions(value: bytes, partition: int) -> dict[TopicPartition, int]:

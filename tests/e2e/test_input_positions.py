@@ -14,9 +14,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
+from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.dev.testing import EngineProcess, call, read_changelog_tail
+from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.consumers import committed_reader
 from linkflow_stream.kafka.topics import execution_partitions
+from linkflow_stream.runtime.positions import POSITIONS_KEY
+from linkflow_stream.runtime.restore import read_latest
 from tests.e2e.exactly_once import assert_exactly_once
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +117,46 @@ def test_a_claim_resumes_from_the_changelog_when_the_group_offsets_are_behind(
     assert_exactly_once(engine, [*ids, body["id"]])
     after = asyncio.run(log_ends(engine))
     wait_until(lambda: asyncio.run(group_offsets(engine)) == after, "the group's offsets follow again")
+
+
+async def latest_changelog_values(engine: EngineProcess) -> dict[bytes, bytes]:
+    """Every changelog key's latest value, tombstoned keys left out, as any release reads them."""
+    state = engine.settings().topic(topic_names.STATE)
+    latest: dict[bytes, bytes] = {}
+    for number in range(execution_partitions()):
+        latest.update(await read_latest(engine.bootstrap, state, number))
+    return latest
+
+
+def test_with_offsets_in_the_transaction_a_claim_hands_the_positions_to_the_group(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """Before going back to a release that reads every changelog value as a run's state (and
+    resumes from the group's offsets alone), the orchestrators restart with
+    LINKFLOW_OFFSETS_IN_TRANSACTION: each claim replaces the positions record by the group's
+    offsets in one transaction. The group's offsets are put back to 0 first, so only that
+    transaction can bring them to the log's end."""
+    engine = engine_factory()
+    wf_id = f"positions-back-{uuid.uuid4().hex[:8]}"
+    engine.register(
+        {"id": wf_id, "nodes": [{"id": "a", "type": "transform", "config": {"expression": "input.i"}}]}
+    )
+    ids = [engine.start_execution(wf_id, {"i": i})[1]["id"] for i in range(RUNS)]
+    for execution_id in ids:
+        assert engine.wait_status(execution_id)["status"] == "success"
+    assert POSITIONS_KEY in asyncio.run(latest_changelog_values(engine)), "the record is written by default"
+    ends = asyncio.run(log_ends(engine))
+    engine.stop()
+    asyncio.run(move_group_offsets(engine, dict.fromkeys(ends, 0)))
+
+    engine.extra_env["LINKFLOW_OFFSETS_IN_TRANSACTION"] = "true"
+    engine.start()
+    status, body = engine.start_execution(wf_id, {"i": 99}, wait=30)
+    assert status == 200 and body["status"] == "success", body
+    latest = asyncio.run(latest_changelog_values(engine))
+    assert POSITIONS_KEY not in latest
+    for value in latest.values():  # what a release before ADR 0061 does with each of them
+        default_codec().decode(value, ExecutionState)
+    after = asyncio.run(log_ends(engine))
+    assert asyncio.run(group_offsets(engine)) == after, "moved in the transactions, at once"
+    assert_exactly_once(engine, [*ids, body["id"]])

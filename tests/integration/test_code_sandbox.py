@@ -435,6 +435,38 @@ async def test_the_engines_files_are_not_there_to_read(setup: Setup, where: str)
     await assert_healthy(setup)
 
 
+READ_OPEN_DESCRIPTORS = """
+import os, stat
+def main(data):
+    found = {}
+    for fd in range(3, 256):
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                found[fd] = os.pread(fd, 200, 0).decode(errors="replace")
+        except OSError:
+            pass
+    return found
+"""
+"""Reads what it can of every file open above stderr (a pipe or socket could block the read)."""
+
+
+async def test_a_descriptor_the_engine_inherited_is_not_open_in_the_code(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """Python's spawn closes descriptors the engine did not pass; uvloop's (libuv) leaves every
+    inheritable one open, and bwrap passes it on: the runner closes them before the code runs."""
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    target = tmp_path / "inherited"
+    target.write_text(secret)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.set_inheritable(fd, True)  # as a shell's `exec 3<file` leaves it to the engine
+        run = await setup.run(READ_OPEN_DESCRIPTORS)
+    finally:
+        os.close(fd)
+    assert secret not in repr(run.result), run.result
+
+
 async def test_the_temp_dir_is_private_and_removed(setup: Setup) -> None:
     name = f"/tmp/escape-{uuid.uuid4().hex}"  # noqa: S108 - the point is to try the host's /tmp
     source = (

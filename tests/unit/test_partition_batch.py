@@ -100,13 +100,10 @@ class FakeProducer:
         if self.fail:
             self.fail -= 1
             raise self.failure()
-        kept = [r for r in records if r.key != POSITIONS_KEY]
-        written = [
-            read_positions(r.value or b"", r.partition or 0) for r in records if r.key == POSITIONS_KEY
-        ]
-        assert len(written) <= 1 and all(
-            r.topic == topic_names.STATE for r in records if r.key == POSITIONS_KEY
-        )
+        ours = [r for r in records if r.key == POSITIONS_KEY and r.topic == topic_names.STATE]
+        kept = [r for r in records if r not in ours]
+        written = [read_positions(r.value or b"", r.partition or 0) for r in ours]
+        assert len(written) <= 1
         before = self.positions[-1] if self.positions else {}
         moved = {tp: o for p in written for tp, o in p.items() if o != before.get(tp, 0)}
         self.positions.extend(written)
@@ -236,12 +233,25 @@ async def test_a_batch_commits_its_input_positions_on_the_changelog_not_as_group
     assert len(producer.positions) == 1, "a batch that decided no input moves no position"
 
 
-async def test_a_partition_told_to_moves_the_group_offsets_in_the_transaction_too() -> None:
-    """For a rolling upgrade from a release that reads only the group's offsets when it claims."""
+async def test_a_partition_told_to_moves_the_group_offsets_in_the_transaction_instead() -> None:
+    """For a rolling upgrade from a release that reads only the group's offsets when it claims,
+    and cannot read a positions record at all."""
     producer = FakeProducer()
     p = partition(producer, offsets_in_transaction=True)
     await p.run_batch([start_record(0, TRANSFORM)], T0)
     assert producer.group_offsets == [{REQUESTS: 1}]
+    assert producer.positions == []
+
+
+async def test_a_start_under_the_positions_key_is_dead_lettered_not_run() -> None:
+    """A producer writing to the request topic itself can use any id; this one would share the
+    changelog key of the partition's positions."""
+    producer = FakeProducer()
+    p = partition(producer)
+    await p.run_batch([start_record(0, TRANSFORM, POSITIONS_KEY.decode())], T0)
+    (letter,) = producer.records(topic_names.DLQ)
+    assert b"reserved" in dict(letter.headers)["dlq_reason"], letter.headers
+    assert p.states == {} and producer.events() == []
     assert producer.positions == [{REQUESTS: 1, RESULTS: 0, COMMANDS: 0}]
 
 
