@@ -31,6 +31,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.messages import Priority
 from linkflow_stream.kafka.codec import Codec
+from linkflow_stream.kafka.consumers import log_ends
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.fetch_wait import wait_adaptively
 from linkflow_stream.kafka.gap_probe import explained_jump
@@ -46,7 +47,7 @@ from linkflow_stream.runtime.batch_turn import BatchTurn
 from linkflow_stream.runtime.group_offsets import GroupOffsets
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.partition import BatchReport, Cut, InputGap, Partition, Tail
-from linkflow_stream.runtime.positions import positions_tombstone, resume_from
+from linkflow_stream.runtime.positions import beyond_the_logs, positions_tombstone, resume_from
 from linkflow_stream.runtime.priority import PRECEDENCE, turns
 from linkflow_stream.runtime.restore import committed_positions, read_states
 from linkflow_stream.runtime.step import Stepper
@@ -257,7 +258,8 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
                     number,
                     self.codec,
                 )
-                positions = resume_from(restored.positions, await committed_positions(consumer, tps))
+                recorded = await self._within_logs(number, restored.positions)
+                positions = resume_from(recorded, await committed_positions(consumer, tps))
                 if self.settings.offsets_in_transaction and restored.positions:
                     # the group's offsets take over from the record, which an older release cannot read
                     tombstone = positions_tombstone(self.settings.topic(topic_names.STATE), number)
@@ -298,6 +300,26 @@ class Orchestrator(ConsumerRebalanceListener):  # type: ignore[misc]
             len(restored.runs),
             len(partition.timers),
         )
+
+    async def _within_logs(
+        self, number: int, recorded: dict[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """The changelog's positions less those past their input log's end (a topic deleted and
+        made again): those inputs resume from the group's offset or the log's start instead."""
+        if not recorded:
+            return recorded
+        ends = await log_ends(self.settings.bootstrap_servers, sorted({tp.topic for tp in recorded}))
+        beyond = beyond_the_logs(recorded, {TopicPartition(t, p): o for (t, p), o in ends.items()})
+        for tp in beyond:
+            log.warning(
+                "partition %d: %s[%d] ends before its recorded position %d (deleted and made again?);"
+                " it is read from the group's offset or its start",
+                number,
+                tp.topic,
+                tp.partition,
+                recorded[tp],
+            )
+        return {tp: offset for tp, offset in recorded.items() if tp not in beyond}
 
     def _adopt(self, number: int, partition: Partition) -> None:
         """Decide ``number`` with the claimed ``partition`` from now on; the cancels its former

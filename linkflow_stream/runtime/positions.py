@@ -68,3 +68,13 @@ def resume_from(
     """Where a claim resumes each input: the larger of the changelog's position and the group's
     committed offset (``group`` holds every input: its committed offset, else the log's start)."""
     return {tp: max(offset, changelog.get(tp, offset)) for tp, offset in group.items()}
+
+
+def beyond_the_logs(
+    changelog: Mapping[TopicPartition, int], ends: Mapping[TopicPartition, int]
+) -> list[TopicPartition]:
+    """The inputs whose recorded position lies past their log's end (``ends``: as ``read_committed``
+    readers see it, never below a position that committed). Only a log deleted and made again
+    under the same name is that short: its records start again from 0, and reading it from the old
+    position would skip every one of them as decided before."""
+    return sorted(tp for tp, offset in changelog.items() if tp in ends and offset > ends[tp])

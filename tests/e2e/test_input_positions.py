@@ -18,7 +18,7 @@ from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.dev.testing import EngineProcess, call, read_changelog_tail
 from linkflow_stream.kafka.codec import default_codec
 from linkflow_stream.kafka.consumers import committed_reader
-from linkflow_stream.kafka.topics import execution_partitions
+from linkflow_stream.kafka.topics import apply_topics, execution_partitions
 from linkflow_stream.runtime.positions import POSITIONS_KEY
 from linkflow_stream.runtime.restore import read_latest
 from tests.e2e.exactly_once import assert_exactly_once
@@ -160,3 +160,68 @@ def test_with_offsets_in_the_transaction_a_claim_hands_the_positions_to_the_grou
     after = asyncio.run(log_ends(engine))
     assert asyncio.run(group_offsets(engine)) == after, "moved in the transactions, at once"
     assert_exactly_once(engine, [*ids, body["id"]])
+
+
+async def delete_topic(engine: EngineProcess, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=engine.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+    reader = committed_reader(engine.bootstrap)
+    await reader.start()
+    try:
+        for _ in range(100):  # deletion is asynchronous: wait until the broker no longer lists it
+            if topic not in await reader.topics():
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await reader.stop()
+    raise AssertionError(f"{topic} still listed after deletion")
+
+
+async def make_again(engine: EngineProcess) -> None:
+    """Make the topics again once the broker has let the deleted one go (its deletion finishes
+    in the background, and a create meanwhile is refused as existing)."""
+    topic = engine.settings().topic(topic_names.requests(Priority.NORMAL))
+    for _ in range(100):
+        await apply_topics(engine.settings())
+        reader = committed_reader(engine.bootstrap)
+        await reader.start()
+        try:
+            if topic in await reader.topics():
+                return
+        finally:
+            await reader.stop()
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{topic} not made again")
+
+
+def test_a_request_topic_made_again_is_read_from_its_start_not_the_old_position(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """The changelog keeps the positions of a log that was deleted and made again (the group's
+    offsets of a deleted topic are dropped): resuming from them would skip the new log's records
+    as decided before, and its runs would never start."""
+    engine = engine_factory()
+    wf_id = f"positions-again-{uuid.uuid4().hex[:8]}"
+    engine.register(
+        {"id": wf_id, "nodes": [{"id": "a", "type": "transform", "config": {"expression": "input.i"}}]}
+    )
+    for i in range(100):  # until every partition of the request topic has moved past 0
+        status, body = engine.start_execution(wf_id, {"i": i}, wait=30)
+        assert status == 200 and body["status"] == "success", body
+        if i >= RUNS and all(end > 0 for end in asyncio.run(log_ends(engine)).values()):
+            break
+    assert all(end > 0 for end in asyncio.run(log_ends(engine)).values())
+    engine.stop()
+    asyncio.run(delete_topic(engine, engine.settings().topic(topic_names.requests(Priority.NORMAL))))
+
+    asyncio.run(make_again(engine))
+    engine.start()
+    assert asyncio.run(log_ends(engine)) == dict.fromkeys(request_partitions(engine), 0)
+    ids = [engine.start_execution(wf_id, {"i": 100 + i})[1]["id"] for i in range(RUNS)]
+    for execution_id in ids:
+        assert engine.wait_status(execution_id, timeout=30)["status"] == "success", engine.log_tail()
+    assert "deleted and made again" in engine.log_path.read_text()

@@ -10,6 +10,7 @@ from linkflow_stream.core.start_request import check_execution_id
 from linkflow_stream.runtime.positions import (
     POSITIONS_KEY,
     PositionsError,
+    beyond_the_logs,
     positions_record,
     read_positions,
     resume_from,
@@ -48,3 +49,9 @@ def test_a_claim_resumes_from_the_larger_of_the_changelog_and_the_group() -> Non
     group = {A: 8, B: 6, TopicPartition("p.linkflow.commands", 3): 2}
     assert resume_from(changelog, group) == {A: 10, B: 6, TopicPartition("p.linkflow.commands", 3): 2}
     assert resume_from({}, group) == group
+
+
+def test_a_position_past_its_logs_end_is_found() -> None:
+    """A log deleted and made again starts from 0 again; its old position would skip it all."""
+    assert beyond_the_logs({A: 10, B: 4}, {A: 2, B: 4}) == [A]
+    assert beyond_the_logs({A: 10}, {}) == [], "a log whose end is not known is left as it is"
