@@ -75,10 +75,11 @@ async def test_under_steady_writes_the_wal_is_copied_into_the_file_and_starts_ag
         largest = max(largest, wal_pages(path))
         await asyncio.sleep(0)
     # Each write adds about eleven pages to the WAL (the row, its indexes, the position): a WAL
-    # never started again would be ten times as long as there were writes. Checkpoints copied
-    # it and the writes started it over, many times (its file never shrinks below the largest
-    # it was).
-    assert largest < writes, f"the WAL grew to {largest} pages over {writes} writes"
+    # never started again would be ten times as long as there were writes (64,000 pages without
+    # the writer's step). Checkpoints copied it and the writes started it over, many times (its
+    # file never shrinks below the largest it was). Under a full CI suite's load the checkpoint
+    # thread lags: 1.6 pages a write was seen, hence 3.
+    assert largest < 3 * writes, f"the WAL grew to {largest} pages over {writes} writes"
 
     # The database file alone, without its WAL, holds the rows written before the last
     # checkpoints: they were copied into it while the writes went on.
