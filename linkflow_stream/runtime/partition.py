@@ -364,8 +364,8 @@ class Partition:
         for execution_id in expired:
             staged.records.append(self._changelog(execution_id, None))
         staged.report.tombstones = len(expired)
-        if offsets and not self.offsets_in_transaction:
-            staged.records.append(self.positions_record(offsets))
+        if offsets:
+            staged.records.extend(self.changelog_records_of(offsets))
         staged.report.records = len(staged.records)
         if not staged.records and not offsets and not records:
             return staged.report  # nothing prepared, nothing to write (a stale timer entry)
@@ -401,20 +401,19 @@ class Partition:
             ) from exc
         return staged.report
 
-    def positions_record(self, offsets: Mapping[TopicPartition, int]) -> ProducerRecord:
-        """The changelog record of this partition's input positions once ``offsets`` (the next
-        offset of each input a transaction decided) commit: it commits with what they did."""
-        return positions_record(self.topic(topic_names.STATE), self.number, {**self.positions, **offsets})
-
     def group_offsets(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """The group offsets the transaction moves: none, unless a release before ADR 0061 may
         still claim this partition and read only them."""
         return offsets if self.offsets_in_transaction else {}
 
     def changelog_records_of(self, offsets: dict[TopicPartition, int]) -> list[ProducerRecord]:
-        """What a transaction that moves ``offsets`` writes besides them: the positions record,
-        or nothing while the group's offsets move in the transaction."""
-        return [] if self.offsets_in_transaction else [self.positions_record(offsets)]
+        """What a transaction that moves ``offsets`` (the next offset of each input it decided)
+        writes besides them: the record of this partition's input positions once they commit, or
+        nothing while the group's offsets move in the transaction."""
+        if self.offsets_in_transaction:
+            return []
+        moved = {**self.positions, **offsets}
+        return [positions_record(self.topic(topic_names.STATE), self.number, moved)]
 
     async def _explained(self, tp: TopicPartition, expected: int, got: int) -> bool:
         """A jump in offsets is no gap when only control records or aborted records lie between."""
