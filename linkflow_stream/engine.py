@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 
 WORKFLOW_READ_SECONDS = 10.0
 """Longest the read of an older workflow version from the log may take (the broker is away)."""
+STOP_FLUSH_SECONDS = 10.0
+"""Longest a stop waits to write the read model's rows behind memory (the store is away): the
+restart folds their records again."""
 
 
 class StartRefusedError(LinkflowError):
@@ -169,6 +172,7 @@ class Engine:
             logs=self.logs,
             on_event=self._on_event,
             on_write_failure=self.metrics.view_store_failures.inc,
+            row_delay=settings.views_row_delay_seconds,
         )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -449,6 +453,13 @@ class Engine:
                     )
             await asyncio.sleep(self.settings.retention_check_seconds)
 
+    async def write_rows_behind(self) -> None:
+        """Write the read model's rows that have been behind memory for the row delay (ADR 0063):
+        a live run no batch touches (it waits for a timer, a signal or a slot) is written too."""
+        while True:
+            await asyncio.sleep(self.settings.views_row_delay_seconds / 2)
+            await self.views.flush(every=False)
+
     def _start_limit(self) -> TeamStartLimiter | None:
         """Each team's start rate limit, when ``LINKFLOW_TEAM_STARTS_PER_SECOND`` sets one."""
         s = self.settings
@@ -584,6 +595,9 @@ class Engine:
         self._background.append(asyncio.create_task(self.heartbeat(), name="worker-heartbeat"))
         if "views" in roles:
             self._background.append(asyncio.create_task(self.expire_finished(), name="read-model-retention"))
+            if self.settings.views_row_delay_seconds > 0:
+                rows = self.write_rows_behind()
+                self._background.append(asyncio.create_task(rows, name="read-model-rows"))
             self._background.append(asyncio.create_task(self.pool_watch.run(), name="pool-watch"))
         lag = watch_loop(self.metrics.loop_lag.observe)
         self._background.append(asyncio.create_task(lag, name="loop-lag"))
@@ -667,6 +681,7 @@ class Engine:
         for reader in [*self.active_readers(), *((self.control,) if "executor" in roles else ())]:
             await reader.stop()
         if "views" in roles:
+            await self.views.flush(within=STOP_FLUSH_SECONDS)  # else the restart folds them again
             await self.store.close()
         await asyncio.gather(*self.executor.running.values(), return_exceptions=True)
         for node in self.registry.values():

@@ -85,6 +85,7 @@ async def rebuild(
             for tp in list(pending):
                 if await consumer.position(tp) >= targets[(tp.topic, tp.partition)]:
                     pending.discard(tp)
+        await model.flush(within=None)  # the live runs' rows (ADR 0063)
     finally:
         await consumer.stop()
         await codec.close()

@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     """Finished runs kept in memory after they end, for reads right after; older ones are read
     from the store. Default ``1024``."""
 
+    views_row_delay_seconds: float = Field(default=1.0, ge=0, le=60)
+    """How long a live run's row in the read-model store may stay behind memory (ADR 0063): a
+    run's row is written when it ends and at most this often while it lives, and the stored
+    positions stay at the first record a row does not hold yet (a restart folds those records
+    again). A page of runs, links and cost reports write the rows behind first; another instance
+    sharing the store sees a live run's row up to this late. ``0``: at every batch that changes
+    it. Default ``1``."""
+
     retention_days: float = Field(default=30.0, gt=0)
     """How long a finished run stays in the read model before a background job deletes it.
     Default ``30``."""

@@ -16,6 +16,13 @@ restart folds them again.
 
 Memory keeps runs that have not ended, runs accepted but not started, and a bounded cache of
 recently finished ones; everything else is read from the store when asked for.
+
+A run's row is written when the run ends, and while it lives at most once every ``row_delay``
+seconds (ADR 0063): a quick run's row is rendered and written once, not at each of the four to six
+batches its records arrive in. The stored positions stay at the first record of each such run
+that its row does not hold yet, so a crash loses nothing (the restart folds those records again),
+and a read of the store that could list a live run (a page of runs, links, a cost report) first
+writes every row that is behind.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,6 +78,8 @@ WRITTEN_WAIT_SECONDS = 5.0
 """How long a read of the store waits for the folds applied before it to be written; a store that
 fails its writes longer than that (``WRITE_RETRY_SECONDS``) is read as it is, one write behind
 what memory shows, as ``/readyz`` says meanwhile."""
+ROW_DELAY_SECONDS = 1.0
+"""How long a live run's stored row may stay behind memory (``LINKFLOW_VIEWS_ROW_DELAY_SECONDS``)."""
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -84,6 +93,16 @@ class Topics:
     """The high-priority request topic: its runs' records are folded ahead (``ReadModel.urgent``)."""
     dlq: str | None = None
     """The dead-letter topic: a start request dead-lettered there ends its pending run (``Rejected``)."""
+
+
+@dataclass
+class _Behind:
+    """A live run whose stored row is behind memory."""
+
+    since: float
+    """When its row first fell behind (``clock``)."""
+    offsets: dict[Position, int]
+    """Per partition, the offset of its first record the stored row does not hold."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +133,18 @@ class ReadModel:
         on_write_failure: Callable[[], None] | None = None,
         rates: Rates = RATES,
         clock: Callable[[], float] = time.monotonic,
+        row_delay: float = ROW_DELAY_SECONDS,
     ) -> None:
         self.rates = rates
+        self.row_delay = row_delay
+        """A live run's row is written at most this often (0: at every batch that changes it)."""
+        self._behind: dict[str, _Behind] = {}
+        """Live runs whose stored row is behind memory, in the order they fell behind."""
+        self._reached: dict[Position, int] = {}
+        """The in-order fold's positions; what is stored is held back to ``_behind``'s offsets."""
+        self._stored_positions: dict[Position, int] = {}
+        """The positions last handed to the store (only changed ones are written again)."""
+        self._flushes: set[asyncio.Task[None]] = set()
         self.store = store
         self.codec = codec
         self.topics = topics
@@ -145,6 +174,8 @@ class ReadModel:
         """Live runs into memory; the positions to read on from."""
         positions = await self.store.positions()
         self._ahead.clear()  # the reader starts again from the stored positions
+        self._behind.clear()  # the records a row did not hold are read again
+        self._reached, self._stored_positions = dict(positions), dict(positions)
         self._urgent_runs.clear()
         self._tickets, self._writing, self._applied = itertools.count(), 0, -1
         for blob in await self.store.live_states():
@@ -252,6 +283,7 @@ class ReadModel:
                     failed = self.status.reject(item.request, item.reason, item.at)
                 if failed is not None:
                     touched[failed.id] = failed
+                    self._fell_behind(failed.id, record)
                     stored[failed.id] = failed  # ended, if memory lets it go before its request
                 continue
             if isinstance(item, StartExecution):
@@ -260,8 +292,7 @@ class ReadModel:
                 if record.key != item.execution_id.encode():
                     continue  # the orchestrator refuses it (dead-letters it) and never starts it
                 if item.execution_id not in stored and self.status.accept(item):
-                    pending = self.status.accepted[item.execution_id]
-                    changes.executions.setdefault(pending.id, self._row(pending))
+                    self._fell_behind(item.execution_id, record)
                 continue
             if ahead:
                 known = self.status.known(item.execution_id)
@@ -288,6 +319,7 @@ class ReadModel:
             if after is None or after is before or after.seq != item.seq:
                 continue  # an event of a run whose head was lost to retention, or a duplicate
             touched[after.id] = after
+            self._fell_behind(after.id, record)
             if item.node_id is not None and item.usage:
                 moved.setdefault(after.id, set()).add(item.node_id)
             if after.status.terminal:
@@ -295,29 +327,115 @@ class ReadModel:
             for n, line in enumerate(lines_for(item, after)):
                 changes.lines.append(_line_row(after.id, item.seq, n, line))
                 new_lines.setdefault(after.id, []).append((item.seq, n, line))
-        if ahead and not changes.executions and not touched:
+        if ahead and not touched:
             return
         # Applied: from here on, stored and announced in the order folds applied. A batch that
         # skipped records a fold ahead applied must not store its positions before that fold
         # ahead stored them, and a run's log lines must reach followers in order.
+        due = self._due({run for run, state in touched.items() if state.status.terminal})
+        if not ahead:
+            for position, offset in positions.items():
+                self._reached[position] = max(self._reached.get(position, 0), offset)
+            changes.positions = self._positions_to_store()
         ticket = next(self._tickets)
         self._applied = ticket
         self.status.notify(touched.values())  # from memory; store reads wait for this write
-        for count, state in enumerate(touched.values(), 1):
-            if count % YIELD_EVERY_ROW == 0:
-                await asyncio.sleep(0)
-            changes.executions[state.id] = self._row(state)
+        for state in touched.values():
             if state.id in moved:
                 changes.node_network += network_rows(state, moved[state.id])
+        await self._render(due, changes, touched)
         async with self._turn:
             await self._turn.wait_for(lambda: self._writing == ticket)
         try:
             await self._write(changes)
             for state in touched.values():  # stored: memory may let the oldest finished go now
-                if state.status.terminal:
+                if state.status.terminal and state.id in changes.executions:
                     self.status.weigh(state.id, len(changes.executions[state.id].state))
             for execution_id, state in touched.items():
                 self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
+        finally:
+            async with self._turn:
+                self._writing = ticket + 1
+                self._turn.notify_all()
+
+    # -- rows behind memory (ADR 0063) -------------------------------------------------------------
+    def _fell_behind(self, execution_id: str, record: ConsumerRecord[bytes, bytes]) -> None:
+        """``record`` changed the run in memory and its stored row does not hold it yet."""
+        behind = self._behind.get(execution_id)
+        if behind is None:
+            behind = self._behind[execution_id] = _Behind(self.clock(), {})
+        position = (record.topic, record.partition)
+        behind.offsets[position] = min(behind.offsets.get(position, record.offset), record.offset)
+
+    def _due(self, ended: set[str], *, every: bool = False) -> list[str]:
+        """The runs whose rows are written now, no longer behind once taken: ``ended`` ones, and
+        those behind for ``row_delay`` (all with ``every``)."""
+        oldest = self.clock() - self.row_delay
+        due = [
+            run
+            for run, behind in self._behind.items()
+            if every or run in ended or behind.since <= oldest or self.row_delay <= 0
+        ]
+        for run in due:
+            del self._behind[run]
+        return due + sorted(ended.difference(due))
+
+    def _positions_to_store(self) -> dict[Position, int]:
+        """The in-order fold's positions, each held back to the first record a row behind does
+        not hold: a restart reads those records again. Only those that moved."""
+        held = dict(self._reached)
+        for behind in self._behind.values():
+            for position, offset in behind.offsets.items():
+                if position in held and offset < held[position]:
+                    held[position] = offset
+        moved = {p: o for p, o in held.items() if self._stored_positions.get(p) != o}
+        self._stored_positions.update(moved)
+        return moved
+
+    async def _render(
+        self, runs: Sequence[str], changes: Changes, folded: Mapping[str, ExecutionState] | None = None
+    ) -> None:
+        """The rows of ``runs``: as ``folded`` left them, else from memory as they are when
+        rendered (a fold meanwhile may have taken a run further than the positions written with
+        it: the restart's duplicates change nothing). An ended run memory let go at once (no
+        finished cache) is in ``folded``."""
+        for count, run in enumerate(runs, 1):
+            if count % YIELD_EVERY_ROW == 0:
+                await asyncio.sleep(0)
+            state = (folded or {}).get(run) or self.status.known(run) or self.status.accepted.get(run)
+            if state is not None:
+                changes.executions[run] = self._row(state)
+
+    async def flush(self, *, every: bool = True, within: float | None = WRITTEN_WAIT_SECONDS) -> None:
+        """Write the rows behind memory (``every`` one, or those behind for ``row_delay``: a run
+        that waits for a timer, a signal or a slot is written though no batch touches it), then
+        return once every fold applied so far is written, or after ``within`` seconds (None: no
+        limit): a read of the store then reads it as it is, as ``_written`` does. The write goes
+        on when the wait ends or is cancelled: rows taken off ``_behind`` are always written."""
+        task = asyncio.ensure_future(self._flush(every=every))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), within)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("read model: writing the rows behind failed", exc_info=task.exception())
+
+    async def _flush(self, *, every: bool) -> None:
+        due = self._due(set(), every=every)
+        if not due:
+            await self._written()
+            return
+        changes = Changes(positions=self._positions_to_store())
+        ticket = next(self._tickets)
+        self._applied = ticket
+        await self._render(due, changes)
+        async with self._turn:
+            await self._turn.wait_for(lambda: self._writing == ticket)
+        try:
+            await self._write(changes)
         finally:
             async with self._turn:
                 self._writing = ticket + 1
@@ -437,7 +555,7 @@ class ReadModel:
     async def linked(self, execution_id: str) -> dict[str, list[str]]:
         """The runs that link to this one, by the body field that lists them (``reruns``, ...)."""
         found: dict[str, list[str]] = {field: [] for field in REVERSE_LINKS.values()}
-        await self._written()
+        await self.flush()
         for kind, run in await self.store.linked(execution_id):
             if kind in REVERSE_LINKS:
                 found[REVERSE_LINKS[kind]].append(run)
@@ -445,7 +563,7 @@ class ReadModel:
 
     async def page(self, query: ExecutionQuery) -> tuple[list[str], str | None]:
         """A page of runs as stored (their JSON bodies), newest first, and the next page's cursor."""
-        await self._written()
+        await self.flush()
         found = await self.store.page(query)
         return found.bodies, found.next_cursor
 
@@ -471,7 +589,7 @@ class ReadModel:
     ) -> dict[str, Any]:
         """Costs per workflow or team since the period's start, of ``team``'s runs only if given."""
         since = since_of(period, now)
-        await self._written()
+        await self.flush()
         groups = await self.store.cost_groups(
             "workflow_id" if group_by == "workflow" else "team",
             None if since is None else to_millis(since),

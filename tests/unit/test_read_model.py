@@ -174,6 +174,7 @@ async def test_a_restart_resumes_from_the_stored_positions_with_live_runs_in_mem
     running, events_running = decided(None, start("running"), 2)
     await model.fold(log.records("events", [*events_done, *more, *events_running]))
     await model.fold(log.records("requests.normal", [start("queued", 3)]))
+    await model.flush()  # a stop writes the live runs' rows (ADR 0063)
     await first.close()
 
     again = open_store(None, tmp_path)
@@ -274,6 +275,7 @@ async def test_retention_deletes_finished_runs_in_batches_and_keeps_running_ones
         await model.fold(log.records("events", [*events, *more]))
     _, events = decided(None, start("running"), 0)
     await model.fold(log.records("events", events))
+    await model.flush()  # the running run's row too (ADR 0063: written within the row delay)
     assert await model.expire(T0 + timedelta(days=1), keep=timedelta(days=2)) == 0
     assert await model.expire(T0 + timedelta(days=3), keep=timedelta(days=2), batch=2, pause=0) == 5
     assert await store.count() == 1
@@ -299,6 +301,8 @@ async def test_a_failing_store_write_is_retried_until_it_lands_and_readiness_sho
     await model.fold(Log().records("events", events))
     assert health == [False, False], "each failed write is counted while the store is unhealthy"
     assert model.store_healthy
+    assert (await store.positions()) == {("events", 0): 0}, "held at the live run's row behind"
+    await model.flush()
     assert (await store.positions()) == {("events", 0): len(events)}
     assert (await model.body("e")) is not None
     await store.close()
@@ -351,6 +355,10 @@ async def test_a_high_run_folded_ahead_of_its_batch_is_read_and_announced_withou
     assert await model.body("low0") is None, "the backlog is not folded yet"
 
     await model.fold(batch)
+    assert await store.positions() == {("events", 0): 0, ("requests.high", 0): 1}, (
+        "held at the first record of the live low runs' rows behind (ADR 0063); the high run ended"
+    )
+    await model.flush()
     assert await store.positions() == {("events", 0): len(backlog) + len(hi_events), ("requests.high", 0): 1}
     low = await model.body("low49")
     assert low is not None and low["status"] == "running"
@@ -508,6 +516,7 @@ async def test_a_dead_lettered_start_ends_its_pending_run_failed_with_why(tmp_pa
     assert body["history"][-1]["reason"] == f"start request rejected: {TOO_LARGE}"
     assert model.status.queued_of_team("a") == 1, "no longer counted as queued"
     assert await model.state("stuck") is None, "it never started"
+    await model.flush()  # a stop writes the pending run's row (ADR 0063)
     await store.close()
 
     again = open_store(None, tmp_path)
