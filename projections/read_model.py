@@ -58,6 +58,7 @@ from projections.store import (
     ReadStore,
     StoredState,
 )
+from projections.write_order import WriteOrder
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +161,10 @@ class ReadModel:
         self._urgent_runs: set[str] = set()
         """Runs whose records go ahead, until they end."""
         self.clock = clock
-        self._tickets = itertools.count()
-        self._writing = 0
-        """The ticket whose write goes next: folds write and announce in the order they applied."""
+        self._order = WriteOrder()
+        """Folds (and flushes) write and announce in the order they applied (`WriteOrder`)."""
         self._applied = -1
         """The ticket of the last fold applied in memory: a read of the store waits for its write."""
-        self._turn = asyncio.Condition()
         self._urgent_at: float | None = None
         """When a high run's record was last fetched or folded ahead (``clock``)."""
 
@@ -177,7 +176,7 @@ class ReadModel:
         self._behind.clear()  # the records a row did not hold are read again
         self._reached, self._stored_positions = dict(positions), dict(positions)
         self._urgent_runs.clear()
-        self._tickets, self._writing, self._applied = itertools.count(), 0, -1
+        self._order, self._applied = WriteOrder(), -1
         for blob in await self.store.live_states():
             self.status.load(self.codec.decode(blob, ExecutionState))
         return positions
@@ -337,26 +336,27 @@ class ReadModel:
             for position, offset in positions.items():
                 self._reached[position] = max(self._reached.get(position, 0), offset)
             changes.positions = self._positions_to_store()
-        ticket = next(self._tickets)
+        ticket = self._order.take()
         self._applied = ticket
         self.status.notify(touched.values())  # from memory; store reads wait for this write
         for state in touched.values():
             if state.id in moved:
                 changes.node_network += network_rows(state, moved[state.id])
-        await self._render(due, changes, touched)
-        async with self._turn:
-            await self._turn.wait_for(lambda: self._writing == ticket)
+        written = False
         try:
+            await self._render(due, changes, touched)
+            await self._order.turn(ticket)
             await self._write(changes)
+            written = True
             for state in touched.values():  # stored: memory may let the oldest finished go now
                 if state.status.terminal and state.id in changes.executions:
                     self.status.weigh(state.id, len(changes.executions[state.id].state))
             for execution_id, state in touched.items():
                 self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
         finally:
-            async with self._turn:
-                self._writing = ticket + 1
-                self._turn.notify_all()
+            if not written:
+                self._behind_again(due)
+            self._order.done(ticket)
 
     # -- rows behind memory (ADR 0063) -------------------------------------------------------------
     def _fell_behind(self, execution_id: str, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -367,18 +367,29 @@ class ReadModel:
         position = (record.topic, record.partition)
         behind.offsets[position] = min(behind.offsets.get(position, record.offset), record.offset)
 
-    def _due(self, ended: set[str], *, every: bool = False) -> list[str]:
+    def _due(self, ended: set[str], *, every: bool = False) -> dict[str, _Behind]:
         """The runs whose rows are written now, no longer behind once taken: ``ended`` ones, and
         those behind for ``row_delay`` (all with ``every``)."""
         oldest = self.clock() - self.row_delay
-        due = [
-            run
+        due = {
+            run: behind
             for run, behind in self._behind.items()
             if every or run in ended or behind.since <= oldest or self.row_delay <= 0
-        ]
+        }
         for run in due:
             del self._behind[run]
-        return due + sorted(ended.difference(due))
+        for run in sorted(ended.difference(due)):
+            due[run] = _Behind(self.clock(), {})
+        return due
+
+    def _behind_again(self, due: Mapping[str, _Behind]) -> None:
+        """A write given up (its rows failed to render, or it was cancelled): its runs are behind
+        again, from their first records, so no later position moves past them."""
+        for run, taken in due.items():
+            behind = self._behind.setdefault(run, _Behind(taken.since, {}))
+            behind.since = min(behind.since, taken.since)
+            for position, offset in taken.offsets.items():
+                behind.offsets[position] = min(behind.offsets.get(position, offset), offset)
 
     def _positions_to_store(self) -> dict[Position, int]:
         """The in-order fold's positions, each held back to the first record a row behind does
@@ -393,7 +404,7 @@ class ReadModel:
         return moved
 
     async def _render(
-        self, runs: Sequence[str], changes: Changes, folded: Mapping[str, ExecutionState] | None = None
+        self, runs: Iterable[str], changes: Changes, folded: Mapping[str, ExecutionState] | None = None
     ) -> None:
         """The rows of ``runs``: as ``folded`` left them, else from memory as they are when
         rendered (a fold meanwhile may have taken a run further than the positions written with
@@ -429,17 +440,18 @@ class ReadModel:
             await self._written()
             return
         changes = Changes(positions=self._positions_to_store())
-        ticket = next(self._tickets)
+        ticket = self._order.take()
         self._applied = ticket
-        await self._render(due, changes)
-        async with self._turn:
-            await self._turn.wait_for(lambda: self._writing == ticket)
+        written = False
         try:
+            await self._render(due, changes)
+            await self._order.turn(ticket)
             await self._write(changes)
+            written = True
         finally:
-            async with self._turn:
-                self._writing = ticket + 1
-                self._turn.notify_all()
+            if not written:
+                self._behind_again(due)
+            self._order.done(ticket)
 
     def decodes(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Whether the fold decodes ``record`` (the reader's ``prepared``): every record but a
@@ -511,11 +523,11 @@ class ReadModel:
         """Wait until every fold applied so far is in the store (at most ``WRITTEN_WAIT_SECONDS``):
         a caller told a run ended, reading the run's log or a page of runs next, finds it there."""
         applied = self._applied
-        if self._writing > applied:
+        if self._order.written(applied):
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(WRITTEN_WAIT_SECONDS), self._turn:
-                await self._turn.wait_for(lambda: self._writing > applied)
+            async with asyncio.timeout(WRITTEN_WAIT_SECONDS):
+                await self._order.until_written(applied)
 
     # -- reads -------------------------------------------------------------------------------------
     async def state(self, execution_id: str) -> ExecutionState | None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from linkflow_stream.core.state import ExecutionState
 from projections.read_model import ReadModel
-from projections.store import Changes, ExecutionQuery, ReadStore, open_store
+from projections.store import Changes, ExecutionQuery, ExecutionRow, ReadStore, open_store
 from projections.store.sqlite import SqliteStore
 from tests.unit.test_read_model import CODEC, TOPICS, Log, decided, result, start
 
@@ -171,3 +172,32 @@ async def test_a_flush_whose_waiter_is_cancelled_still_writes_its_rows(tmp_path:
     assert await stored_seq(store, "live") == state.seq
     assert await store.positions() == {("events", 0): len(events)}
     await store.close()
+
+
+async def test_a_write_given_up_holds_no_later_write_and_its_rows_are_behind_again(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, the ticket of a fold whose rows failed to render was never handed on: every later
+    write waited for it for ever. Its runs are behind again, so no position moves past them."""
+    log = Log()
+    model = ReadModel(store, CODEC, TOPICS)
+    render = model._row
+    failures = [RuntimeError("a row that does not render")]
+
+    def flaky(state: ExecutionState) -> ExecutionRow:
+        if failures:
+            raise failures.pop()
+        return render(state)
+
+    monkeypatch.setattr(model, "_row", flaky)
+    state, events = decided(None, start("ended"), 0)
+    state, ended = decided(state, result("ended", ok=True), 1)
+    with pytest.raises(RuntimeError):
+        await model.fold(log.records("events", [*events, *ended]))
+    _, other = decided(None, start("other"), 2)
+    await asyncio.wait_for(model.fold(log.records("events", other)), 5)
+    assert await stored_seq(store, "ended") is None
+    assert await store.positions() == {("events", 0): 0}, "held at the given-up run's first record"
+    await model.flush()
+    assert await stored_seq(store, "ended") == state.seq
+    assert await store.positions() == {("events", 0): len(events) + len(ended) + len(other)}
