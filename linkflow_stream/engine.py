@@ -457,7 +457,7 @@ class Engine:
         """Write the read model's rows that have been behind memory for the row delay (ADR 0063):
         a live run no batch touches (it waits for a timer, a signal or a slot) is written too."""
         while True:
-            await asyncio.sleep(self.settings.views_row_delay_seconds / 2)
+            await asyncio.sleep(max(self.settings.views_row_delay_seconds / 2, 0.05))
             await self.views.flush(every=False)
 
     def _start_limit(self) -> TeamStartLimiter | None:
@@ -682,6 +682,7 @@ class Engine:
             await reader.stop()
         if "views" in roles:
             await self.views.flush(within=STOP_FLUSH_SECONDS)  # else the restart folds them again
+            await self.views.close()  # a write the store did not take in time: folded again
             await self.store.close()
         await asyncio.gather(*self.executor.running.values(), return_exceptions=True)
         for node in self.registry.values():

@@ -2,10 +2,11 @@
 
 Each batch the reader hands over is folded in memory (live runs stay there, so folding needs no
 database read for them), written to the store in one transaction together with the positions it
-brings the fold to, and only then announced to log followers and the reader's progress (which
-read-your-writes reads wait on). A crash at any point leaves the store at a batch boundary; the
-restart reads on from the stored positions, so nothing is applied twice or skipped, and the
-whole log is never read again.
+brings the fold to (held back for the rows that wait, below), and only then announced to log
+followers and the reader's progress (which read-your-writes reads wait on). A crash at any point
+leaves the store consistent with its positions; the restart reads on from them, records whose
+effect the store holds already change nothing, none is skipped, and the whole log is never read
+again.
 
 Waiters (a ``?wait`` caller, a watcher) are told as soon as a fold applies, before its write
 (ADR 0058). What they read next comes from memory, or, for what memory does not hold (a page of
@@ -104,6 +105,8 @@ class _Behind:
     """When its row first fell behind (``clock``)."""
     offsets: dict[Position, int]
     """Per partition, the offset of its first record the stored row does not hold."""
+    state: ExecutionState | None = None
+    """The state its row is rendered from, taken with its write's ticket (``_due``)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class ReadModel:
         self._stored_positions: dict[Position, int] = {}
         """The positions last handed to the store (only changed ones are written again)."""
         self._flushes: set[asyncio.Task[None]] = set()
+        self._given_up: Changes | None = None
+        """Lines and node rows of writes given up, written with the next write."""
         self.store = store
         self.codec = codec
         self.topics = topics
@@ -331,7 +336,7 @@ class ReadModel:
         # Applied: from here on, stored and announced in the order folds applied. A batch that
         # skipped records a fold ahead applied must not store its positions before that fold
         # ahead stored them, and a run's log lines must reach followers in order.
-        due = self._due({run for run, state in touched.items() if state.status.terminal})
+        due = self._due({run for run, state in touched.items() if state.status.terminal}, touched)
         if not ahead:
             for position, offset in positions.items():
                 self._reached[position] = max(self._reached.get(position, 0), offset)
@@ -342,21 +347,12 @@ class ReadModel:
         for state in touched.values():
             if state.id in moved:
                 changes.node_network += network_rows(state, moved[state.id])
-        written = False
-        try:
-            await self._render(due, changes, touched)
-            await self._order.turn(ticket)
-            await self._write(changes)
-            written = True
-            for state in touched.values():  # stored: memory may let the oldest finished go now
-                if state.status.terminal and state.id in changes.executions:
-                    self.status.weigh(state.id, len(changes.executions[state.id].state))
-            for execution_id, state in touched.items():
-                self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
-        finally:
-            if not written:
-                self._behind_again(due)
-            self._order.done(ticket)
+        await self._write_in_turn(ticket, due, changes)
+        for state in touched.values():  # stored: memory may let the oldest finished go now
+            if state.status.terminal and state.id in changes.executions:
+                self.status.weigh(state.id, len(changes.executions[state.id].state))
+        for execution_id, state in touched.items():
+            self.logs.publish(execution_id, new_lines.get(execution_id, []), state.status.terminal)
 
     # -- rows behind memory (ADR 0063) -------------------------------------------------------------
     def _fell_behind(self, execution_id: str, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -367,9 +363,17 @@ class ReadModel:
         position = (record.topic, record.partition)
         behind.offsets[position] = min(behind.offsets.get(position, record.offset), record.offset)
 
-    def _due(self, ended: set[str], *, every: bool = False) -> dict[str, _Behind]:
+    def _due(
+        self, ended: set[str], folded: Mapping[str, ExecutionState] | None = None, *, every: bool = False
+    ) -> dict[str, _Behind]:
         """The runs whose rows are written now, no longer behind once taken: ``ended`` ones, and
-        those behind for ``row_delay`` (all with ``every``)."""
+        those behind for ``row_delay`` (all with ``every``), each with its state as it is now.
+
+        Called in the same step as the write takes its ticket: memory then holds only events of
+        writes with earlier tickets (each fold applies and takes its ticket without a pause), so a
+        row never holds an event whose lines are written after it. (Rendered later from memory, it
+        could: a crash between the two writes would then lose those lines, since the restart
+        skips the events the stored row holds.)"""
         oldest = self.clock() - self.row_delay
         due = {
             run: behind
@@ -380,16 +384,52 @@ class ReadModel:
             del self._behind[run]
         for run in sorted(ended.difference(due)):
             due[run] = _Behind(self.clock(), {})
+        for run, behind in due.items():
+            now = (folded or {}).get(run) or self.status.known(run) or self.status.accepted.get(run)
+            behind.state = now or behind.state  # kept by a write given up, if memory let it go
         return due
 
-    def _behind_again(self, due: Mapping[str, _Behind]) -> None:
-        """A write given up (its rows failed to render, or it was cancelled): its runs are behind
-        again, from their first records, so no later position moves past them."""
+    async def _write_in_turn(self, ticket: int, due: Mapping[str, _Behind], changes: Changes) -> None:
+        """Render ``due``'s rows, wait for ``ticket``'s turn, and write them with ``changes`` and
+        whatever earlier writes gave up. A write that ends without writing (cancelled at a stop)
+        gives its ticket up (``WriteOrder``), its runs are
+        behind again and its lines and node rows go with the next write: a later row may hold
+        their events, and no later position moves past its runs."""
+        written = False
+        try:
+            for count, (run, behind) in enumerate(due.items(), 1):
+                if count % YIELD_EVERY_ROW == 0:
+                    await asyncio.sleep(0)
+                if behind.state is None:
+                    continue
+                try:
+                    changes.executions[run] = self._row(behind.state)
+                except Exception:  # one bad state must not stop every write after it
+                    log.exception("read model: the row of %s does not render; the stored one stays", run)
+            await self._order.turn(ticket)
+            given_up, self._given_up = self._given_up, None
+            if given_up is not None:
+                changes.lines[:0] = given_up.lines
+                changes.node_network[:0] = given_up.node_network
+            await self._write(changes)
+            written = True
+        finally:
+            if not written:
+                self._give_up(due, changes)
+            self._order.done(ticket)
+
+    def _give_up(self, due: Mapping[str, _Behind], changes: Changes) -> None:
         for run, taken in due.items():
-            behind = self._behind.setdefault(run, _Behind(taken.since, {}))
+            behind = self._behind.setdefault(run, _Behind(taken.since, {}, taken.state))
             behind.since = min(behind.since, taken.since)
             for position, offset in taken.offsets.items():
                 behind.offsets[position] = min(behind.offsets.get(position, offset), offset)
+        given_up = self._given_up or Changes()
+        given_up.lines += changes.lines
+        given_up.node_network += changes.node_network
+        self._given_up = given_up
+        for position in changes.positions:  # not stored: written again by the next write
+            self._stored_positions.pop(position, None)
 
     def _positions_to_store(self) -> dict[Position, int]:
         """The in-order fold's positions, each held back to the first record a row behind does
@@ -403,31 +443,25 @@ class ReadModel:
         self._stored_positions.update(moved)
         return moved
 
-    async def _render(
-        self, runs: Iterable[str], changes: Changes, folded: Mapping[str, ExecutionState] | None = None
-    ) -> None:
-        """The rows of ``runs``: as ``folded`` left them, else from memory as they are when
-        rendered (a fold meanwhile may have taken a run further than the positions written with
-        it: the restart's duplicates change nothing). An ended run memory let go at once (no
-        finished cache) is in ``folded``."""
-        for count, run in enumerate(runs, 1):
-            if count % YIELD_EVERY_ROW == 0:
-                await asyncio.sleep(0)
-            state = (folded or {}).get(run) or self.status.known(run) or self.status.accepted.get(run)
-            if state is not None:
-                changes.executions[run] = self._row(state)
-
     async def flush(self, *, every: bool = True, within: float | None = WRITTEN_WAIT_SECONDS) -> None:
         """Write the rows behind memory (``every`` one, or those behind for ``row_delay``: a run
         that waits for a timer, a signal or a slot is written though no batch touches it), then
         return once every fold applied so far is written, or after ``within`` seconds (None: no
         limit): a read of the store then reads it as it is, as ``_written`` does. The write goes
-        on when the wait ends or is cancelled: rows taken off ``_behind`` are always written."""
+        on when the wait ends or is cancelled; one that fails is logged (``_flushed``) and its
+        rows are behind again (``_write_in_turn``)."""
         task = asyncio.ensure_future(self._flush(every=every))
         self._flushes.add(task)
         task.add_done_callback(self._flushed)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(task), within)
+
+    async def close(self) -> None:
+        """Cancel the writes still under way (a stop whose store is away): their rows are behind
+        again, and the restart folds their records again."""
+        for task in list(self._flushes):
+            task.cancel()
+        await asyncio.gather(*self._flushes, return_exceptions=True)
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._flushes.discard(task)
@@ -442,16 +476,7 @@ class ReadModel:
         changes = Changes(positions=self._positions_to_store())
         ticket = self._order.take()
         self._applied = ticket
-        written = False
-        try:
-            await self._render(due, changes)
-            await self._order.turn(ticket)
-            await self._write(changes)
-            written = True
-        finally:
-            if not written:
-                self._behind_again(due)
-            self._order.done(ticket)
+        await self._write_in_turn(ticket, due, changes)
 
     def decodes(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Whether the fold decodes ``record`` (the reader's ``prepared``): every record but a
@@ -567,8 +592,16 @@ class ReadModel:
     async def linked(self, execution_id: str) -> dict[str, list[str]]:
         """The runs that link to this one, by the body field that lists them (``reruns``, ...)."""
         found: dict[str, list[str]] = {field: [] for field in REVERSE_LINKS.values()}
-        await self.flush()
-        for kind, run in await self.store.linked(execution_id):
+        await self._written()
+        links = await self.store.linked(execution_id)  # oldest first
+        behind = []  # rows behind (ADR 0063): memory has their links, stored or not
+        for run in self._behind:
+            state = self.status.known(run) or self.status.accepted.get(run)
+            link = _forward_link(state) if state is not None else {}
+            if link.get("linked_to") == execution_id and (link["link_kind"], run) not in links:
+                behind.append((to_millis(state.created_at) if state else 0, run, link["link_kind"]))
+        links += [(kind, run) for _created, run, kind in sorted(behind)]
+        for kind, run in links:
             if kind in REVERSE_LINKS:
                 found[REVERSE_LINKS[kind]].append(run)
         return found

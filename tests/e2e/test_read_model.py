@@ -202,6 +202,29 @@ def test_a_kill_while_folding_leaves_a_store_equal_to_a_replay_from_offset_0(
     assert "0 moved on" in replay.stdout, "the engine was stopped: every row is compared"
 
 
+def test_a_stop_writes_the_rows_of_live_runs_and_the_restart_folds_nothing_again(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """ADR 0063: with a row delay of a minute only the stop can have written the live run's row;
+    the stored positions then reach the log's end, and the restart folds no record again."""
+    engine = engine_factory(LINKFLOW_VIEWS_ROW_DELAY_SECONDS="60")
+    wf = chain("stop-live", wait=60)
+    engine.register(wf)
+    status, body = engine.start_execution(wf["id"], {"n": 1})
+    assert status == 202, body
+    running = engine.wait_status(body["id"], ("running",), timeout=30)
+    assert running["nodes"]["w"]["status"] == "running", "in flight at the stop: waiting on its timer"
+    assert body["id"] not in stored_statuses(engine), "the row waits for the delay"
+    engine.stop()
+    assert stored_statuses(engine)[body["id"]] == "running"
+    view_topics = [f"{engine.prefix}linkflow.{t}" for t in ("events", "requests.normal")]
+    stored = stored_positions(engine)
+    assert asyncio.run(records_after(engine.bootstrap, stored, view_topics)) == 0, "positions at the end"
+    engine.start()
+    assert engine.metric_total("linkflow_view_records_folded_total") == 0, "nothing folded again"
+    assert engine.get(body["id"])["status"] == "running"
+
+
 def test_a_restart_resumes_and_reads_every_run_from_the_store(
     engine_factory: Callable[..., EngineProcess],
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from linkflow_stream.core.state import ExecutionState
+from projections import read_model
 from projections.read_model import ReadModel
 from projections.store import Changes, ExecutionQuery, ExecutionRow, ReadStore, open_store
 from projections.store.sqlite import SqliteStore
@@ -174,30 +175,95 @@ async def test_a_flush_whose_waiter_is_cancelled_still_writes_its_rows(tmp_path:
     await store.close()
 
 
-async def test_a_write_given_up_holds_no_later_write_and_its_rows_are_behind_again(
-    store: CountingStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Before, the ticket of a fold whose rows failed to render was never handed on: every later
-    write waited for it for ever. Its runs are behind again, so no position moves past them."""
+async def test_a_write_given_up_holds_no_later_write_and_loses_nothing(tmp_path: Path) -> None:
+    """A fold cancelled while it waits for its turn (a stop): before, its ticket was never handed
+    on and every later write waited for it for ever. Its run is behind again, and its lines go
+    with the next write, so nothing it applied is lost though it never wrote."""
+
+    class Gated(SqliteStore):
+        gate = asyncio.Event()
+
+        async def write(self, changes: Changes) -> None:
+            await self.gate.wait()
+            await super().write(changes)
+
+    store = Gated(tmp_path / "views.sqlite3")
+    await store.open("test")
     log = Log()
     model = ReadModel(store, CODEC, TOPICS)
-    render = model._row
-    failures = [RuntimeError("a row that does not render")]
+    state, events = decided(None, start("second"), 1)
+    Gated.gate.set()
+    await model.fold(log.records("events", events))  # in memory: its next fold reads no store
+    Gated.gate.clear()
+    first = asyncio.ensure_future(model.fold(log.records("events", decided(None, start("first"), 0)[1])))
+    await asyncio.sleep(0.05)
+    state, ended = decided(state, result("second", ok=True), 2)
+    second = asyncio.ensure_future(model.fold(log.records("events", ended)))
+    await asyncio.sleep(0.05)
+    assert not first.done() and not second.done(), "the first in the store, the second waiting its turn"
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    Gated.gate.set()
+    await first
+    _, third = decided(None, start("third"), 3)
+    await asyncio.wait_for(model.fold(log.records("events", third)), 5)
+    lines = [line["message"] for _s, _n, line in await model.lines("second")]
+    assert "execution succeeded" in lines, "its lines went with the next write"
+    await model.flush()
+    assert await stored_seq(store, "second") == state.seq
+    assert await store.positions() == {("events", 0): log.offsets[("events", 0)]}
+    await store.close()
 
-    def flaky(state: ExecutionState) -> ExecutionRow:
-        if failures:
-            raise failures.pop()
+
+async def test_a_row_never_holds_an_event_whose_lines_are_written_after_it(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush takes each run's state with its ticket; a fold that applies a run's next event
+    while the flush renders writes after it. Rendered from memory instead, the flush's row held
+    that event: a crash between the two writes lost its lines, the restart skipping an event the
+    stored row holds."""
+    monkeypatch.setattr(read_model, "YIELD_EVERY_ROW", 1)  # the flush pauses before each row
+    rows: list[tuple[str, int]] = []
+    write = store.write
+
+    async def recorded(changes: Changes) -> None:
+        rows.extend((run, row.seq) for run, row in changes.executions.items())
+        await write(changes)
+
+    monkeypatch.setattr(store, "write", recorded)
+    log = Log()
+    model = ReadModel(store, CODEC, TOPICS)
+    _, events_a = decided(None, start("a"), 0)
+    state, events = decided(None, start("r"), 0)
+    await model.fold(log.records("events", [*events_a, *events]))
+    _, ended = decided(state, result("r", ok=True), 1)
+    render, folds = model._row, []
+
+    def render_then_fold(state: ExecutionState) -> ExecutionRow:
+        if state.id == "a":  # the flush renders a, pauses, then renders r: the fold comes between
+            folds.append(asyncio.ensure_future(model.fold(log.records("events", ended))))
         return render(state)
 
-    monkeypatch.setattr(model, "_row", flaky)
-    state, events = decided(None, start("ended"), 0)
-    state, ended = decided(state, result("ended", ok=True), 1)
-    with pytest.raises(RuntimeError):
-        await model.fold(log.records("events", [*events, *ended]))
-    _, other = decided(None, start("other"), 2)
-    await asyncio.wait_for(model.fold(log.records("events", other)), 5)
-    assert await stored_seq(store, "ended") is None
-    assert await store.positions() == {("events", 0): 0}, "held at the given-up run's first record"
+    monkeypatch.setattr(model, "_row", render_then_fold)
     await model.flush()
-    assert await stored_seq(store, "ended") == state.seq
-    assert await store.positions() == {("events", 0): len(events) + len(ended) + len(other)}
+    await asyncio.gather(*folds)
+    assert [seq for run, seq in rows if run == "r"] == [state.seq, state.seq + len(ended)]
+
+
+async def test_a_run_lists_its_reruns_whose_rows_are_behind_without_writing_them(
+    store: CountingStore,
+) -> None:
+    """``GET /api/executions/{id}`` lists the runs that link to it; those whose rows wait are
+    found in memory, so a read by id writes nothing."""
+    log = Log()
+    model = ReadModel(store, CODEC, TOPICS)
+    state, events = decided(None, start("original"), 0)
+    state, ended = decided(state, result("original", ok=True), 1)
+    await model.fold(log.records("events", [*events, *ended]))
+    written = dict(store.rows)
+    rerun = start("rerun", at=2).model_copy(update={"links": {"rerun_of": "original"}})
+    await model.fold(log.records("requests.normal", [rerun]))
+    assert await model.linked("original") == {"reruns": ["rerun"], "children": []}
+    assert store.rows == written, "nothing written for the read"
+    await model.flush()
+    assert await model.linked("original") == {"reruns": ["rerun"], "children": []}, "once, when stored"
