@@ -172,6 +172,7 @@ class Engine:
             logs=self.logs,
             on_event=self._on_event,
             on_write_failure=self.metrics.view_store_failures.inc,
+            on_rows_written=self.metrics.view_rows_written.inc,
             row_delay=settings.views_row_delay_seconds,
         )
         settings.data_dir.mkdir(parents=True, exist_ok=True)

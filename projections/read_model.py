@@ -135,6 +135,7 @@ class ReadModel:
         logs: LogView | None = None,
         on_event: Callable[[ConsumerRecord[bytes, bytes]], None] | None = None,
         on_write_failure: Callable[[], None] | None = None,
+        on_rows_written: Callable[[int], None] | None = None,
         rates: Rates = RATES,
         clock: Callable[[], float] = time.monotonic,
         row_delay: float = ROW_DELAY_SECONDS,
@@ -150,6 +151,9 @@ class ReadModel:
         """The positions last handed to the store (only changed ones are written again)."""
         self._flushes: set[asyncio.Task[None]] = set()
         self._given_up: Changes | None = None
+        self._in_flight: dict[int, dict[str, _Behind]] = {}
+        """Per write not yet committed, the runs it took off ``_behind``: they hold positions too."""
+
         """Lines and node rows of writes given up, written with the next write."""
         self.store = store
         self.codec = codec
@@ -158,6 +162,8 @@ class ReadModel:
         self.logs = logs or LogView()
         self.on_event = on_event
         self.on_write_failure = on_write_failure
+        self.on_rows_written = on_rows_written
+        """Told how many runs' rows each write stored (``linkflow_view_rows_written_total``)."""
         self.folded = 0
         """Records folded by this process (a restart that resumes folds few)."""
         self.store_healthy = True
@@ -336,18 +342,14 @@ class ReadModel:
         # Applied: from here on, stored and announced in the order folds applied. A batch that
         # skipped records a fold ahead applied must not store its positions before that fold
         # ahead stored them, and a run's log lines must reach followers in order.
-        due = self._due({run for run, state in touched.items() if state.status.terminal}, touched)
-        if not ahead:
-            for position, offset in positions.items():
-                self._reached[position] = max(self._reached.get(position, 0), offset)
-            changes.positions = self._positions_to_store()
-        ticket = self._order.take()
-        self._applied = ticket
-        self.status.notify(touched.values())  # from memory; store reads wait for this write
         for state in touched.values():
             if state.id in moved:
                 changes.node_network += network_rows(state, moved[state.id])
-        await self._write_in_turn(ticket, due, changes)
+        for position, offset in positions.items():  # empty for a fold ahead
+            self._reached[position] = max(self._reached.get(position, 0), offset)
+        self.status.notify(touched.values())  # from memory; store reads wait for this write
+        ended = {run for run, state in touched.items() if state.status.terminal}
+        await self._write_in_turn(changes, ended, touched)
         for state in touched.values():  # stored: memory may let the oldest finished go now
             if state.status.terminal and state.id in changes.executions:
                 self.status.weigh(state.id, len(changes.executions[state.id].state))
@@ -389,14 +391,27 @@ class ReadModel:
             behind.state = now or behind.state  # kept by a write given up, if memory let it go
         return due
 
-    async def _write_in_turn(self, ticket: int, due: Mapping[str, _Behind], changes: Changes) -> None:
-        """Render ``due``'s rows, wait for ``ticket``'s turn, and write them with ``changes`` and
-        whatever earlier writes gave up. A write that ends without writing (cancelled at a stop)
-        gives its ticket up (``WriteOrder``), its runs are
-        behind again and its lines and node rows go with the next write: a later row may hold
-        their events, and no later position moves past its runs."""
+    async def _write_in_turn(
+        self,
+        changes: Changes,
+        ended: set[str],
+        folded: Mapping[str, ExecutionState] | None = None,
+        *,
+        every: bool = False,
+    ) -> None:
+        """Take a ticket and the runs due (``_due``) in one step, render their rows, wait for the
+        ticket's turn, then write them with ``changes``, the positions as they stand then
+        (``_positions_to_store``) and whatever earlier writes gave up. Until it commits, the runs
+        it took hold the positions back for the other writes (``_in_flight``). A write that ends
+        without writing (cancelled at a stop) gives its ticket up (``WriteOrder``): its runs are
+        behind again and its lines and node rows go with the next write (a later row may hold
+        their events)."""
+        ticket = self._order.take()
+        self._applied = ticket
+        due: dict[str, _Behind] = {}
         written = False
         try:
+            due = self._in_flight[ticket] = self._due(ended, folded, every=every)
             for count, (run, behind) in enumerate(due.items(), 1):
                 if count % YIELD_EVERY_ROW == 0:
                     await asyncio.sleep(0)
@@ -405,25 +420,38 @@ class ReadModel:
                 try:
                     changes.executions[run] = self._row(behind.state)
                 except Exception:  # one bad state must not stop every write after it
-                    log.exception("read model: the row of %s does not render; the stored one stays", run)
+                    log.exception("read model: the row of %s does not render; its records stay held", run)
+                    self._behind_again({run: due[run]}, fresh=True)
             await self._order.turn(ticket)
+            changes.positions = self._positions_to_store(ticket)
             given_up, self._given_up = self._given_up, None
             if given_up is not None:
                 changes.lines[:0] = given_up.lines
                 changes.node_network[:0] = given_up.node_network
             await self._write(changes)
             written = True
+            if self.on_rows_written is not None:
+                self.on_rows_written(len(changes.executions))
         finally:
+            self._in_flight.pop(ticket, None)
             if not written:
                 self._give_up(due, changes)
             self._order.done(ticket)
 
-    def _give_up(self, due: Mapping[str, _Behind], changes: Changes) -> None:
-        for run, taken in due.items():
-            behind = self._behind.setdefault(run, _Behind(taken.since, {}, taken.state))
-            behind.since = min(behind.since, taken.since)
-            for position, offset in taken.offsets.items():
+    def _behind_again(self, taken: Mapping[str, _Behind], *, fresh: bool = False) -> None:
+        """Runs a write took are behind again, from their first records (``fresh``: their delay
+        starts again, a row that failed to render is not tried at every write)."""
+        for run, was in taken.items():
+            behind = self._behind.setdefault(run, _Behind(self.clock() if fresh else was.since, {}))
+            if not fresh:
+                behind.since = min(behind.since, was.since)
+            if was.state is not None and (behind.state is None or was.state.seq > behind.state.seq):
+                behind.state = was.state
+            for position, offset in was.offsets.items():
                 behind.offsets[position] = min(behind.offsets.get(position, offset), offset)
+
+    def _give_up(self, due: Mapping[str, _Behind], changes: Changes) -> None:
+        self._behind_again(due)
         given_up = self._given_up or Changes()
         given_up.lines += changes.lines
         given_up.node_network += changes.node_network
@@ -431,11 +459,14 @@ class ReadModel:
         for position in changes.positions:  # not stored: written again by the next write
             self._stored_positions.pop(position, None)
 
-    def _positions_to_store(self) -> dict[Position, int]:
-        """The in-order fold's positions, each held back to the first record a row behind does
-        not hold: a restart reads those records again. Only those that moved."""
+    def _positions_to_store(self, ticket: int) -> dict[Position, int]:
+        """The in-order fold's positions, each held back to the first record that a row behind,
+        or a row another write took and has not committed, does not hold: a restart reads those
+        records again. Worked out at the write's turn, when every earlier write has committed or
+        given its runs back. Only those that moved."""
         held = dict(self._reached)
-        for behind in self._behind.values():
+        taken = [b for t, due in self._in_flight.items() if t != ticket for b in due.values()]
+        for behind in itertools.chain(self._behind.values(), taken):
             for position, offset in behind.offsets.items():
                 if position in held and offset < held[position]:
                     held[position] = offset
@@ -469,14 +500,11 @@ class ReadModel:
             log.error("read model: writing the rows behind failed", exc_info=task.exception())
 
     async def _flush(self, *, every: bool) -> None:
-        due = self._due(set(), every=every)
-        if not due:
+        oldest = self.clock() - self.row_delay
+        if not any(every or behind.since <= oldest for behind in self._behind.values()):
             await self._written()
             return
-        changes = Changes(positions=self._positions_to_store())
-        ticket = self._order.take()
-        self._applied = ticket
-        await self._write_in_turn(ticket, due, changes)
+        await self._write_in_turn(Changes(), set(), every=every)
 
     def decodes(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Whether the fold decodes ``record`` (the reader's ``prepared``): every record but a
@@ -593,14 +621,18 @@ class ReadModel:
         """The runs that link to this one, by the body field that lists them (``reruns``, ...)."""
         found: dict[str, list[str]] = {field: [] for field in REVERSE_LINKS.values()}
         await self._written()
-        links = await self.store.linked(execution_id)  # oldest first
-        behind = []  # rows behind (ADR 0063): memory has their links, stored or not
-        for run in self._behind:
-            state = self.status.known(run) or self.status.accepted.get(run)
+        # Rows behind, or taken by a write not committed yet (ADR 0063): memory has their links.
+        # Read before the store, so a row written meanwhile is in one of the two.
+        waiting = [*self._behind.items(), *(item for due in self._in_flight.values() for item in due.items())]
+        behind = {}
+        for run, was in waiting:
+            state = self.status.known(run) or self.status.accepted.get(run) or was.state
             link = _forward_link(state) if state is not None else {}
-            if link.get("linked_to") == execution_id and (link["link_kind"], run) not in links:
-                behind.append((to_millis(state.created_at) if state else 0, run, link["link_kind"]))
-        links += [(kind, run) for _created, run, kind in sorted(behind)]
+            if state is not None and link.get("linked_to") == execution_id:
+                behind[run] = (to_millis(state.created_at), run, link["link_kind"])
+        links = await self.store.linked(execution_id)  # oldest first
+        stored = {run for _kind, run in links}
+        links += [(kind, run) for _at, run, kind in sorted(behind.values()) if run not in stored]
         for kind, run in links:
             if kind in REVERSE_LINKS:
                 found[REVERSE_LINKS[kind]].append(run)

@@ -136,6 +136,11 @@ class Metrics:
             "Records the read model folded in this process (a restart resumes; it does not refold)",
             registry=r,
         )
+        self.view_rows_written = Counter(
+            "linkflow_view_rows_written_total",
+            "Runs' rows the read model wrote: about one a run, at its end (ADR 0063)",
+            registry=r,
+        )
         self.view_store_failures = Counter(
             "linkflow_view_store_failures_total",
             "Read-model store writes that failed and were tried again",

@@ -237,6 +237,10 @@ def test_a_restart_resumes_and_reads_every_run_from_the_store(
         assert status == 200 and body["status"] == "success", body
         ids.append(body["id"])
     before = {i: engine.get(i) for i in ids}
+    rows = engine.metric_total("linkflow_view_rows_written_total")
+    assert 20 <= rows <= 25, (
+        f"{rows} rows for 20 quick runs: once each at its end, not at every batch (ADR 0063)"
+    )
     engine.stop()
     engine.start()
     assert engine.metric_total("linkflow_view_records_folded_total") == 0, "nothing new: nothing folded"

@@ -31,6 +31,18 @@ class CountingStore(SqliteStore):
         await super().write(changes)
 
 
+class GatedStore(SqliteStore):
+    """Writes wait until ``gate`` is set: a store slow to answer."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = asyncio.Event()
+
+    async def write(self, changes: Changes) -> None:
+        await self.gate.wait()
+        await super().write(changes)
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
     store = CountingStore(tmp_path / "views.sqlite3")
@@ -180,21 +192,14 @@ async def test_a_write_given_up_holds_no_later_write_and_loses_nothing(tmp_path:
     on and every later write waited for it for ever. Its run is behind again, and its lines go
     with the next write, so nothing it applied is lost though it never wrote."""
 
-    class Gated(SqliteStore):
-        gate = asyncio.Event()
-
-        async def write(self, changes: Changes) -> None:
-            await self.gate.wait()
-            await super().write(changes)
-
-    store = Gated(tmp_path / "views.sqlite3")
+    store = GatedStore(tmp_path / "views.sqlite3")
     await store.open("test")
     log = Log()
     model = ReadModel(store, CODEC, TOPICS)
     state, events = decided(None, start("second"), 1)
-    Gated.gate.set()
+    store.gate.set()
     await model.fold(log.records("events", events))  # in memory: its next fold reads no store
-    Gated.gate.clear()
+    store.gate.clear()
     first = asyncio.ensure_future(model.fold(log.records("events", decided(None, start("first"), 0)[1])))
     await asyncio.sleep(0.05)
     state, ended = decided(state, result("second", ok=True), 2)
@@ -203,7 +208,7 @@ async def test_a_write_given_up_holds_no_later_write_and_loses_nothing(tmp_path:
     assert not first.done() and not second.done(), "the first in the store, the second waiting its turn"
     second.cancel()
     await asyncio.gather(second, return_exceptions=True)
-    Gated.gate.set()
+    store.gate.set()
     await first
     _, third = decided(None, start("third"), 3)
     await asyncio.wait_for(model.fold(log.records("events", third)), 5)
@@ -267,3 +272,36 @@ async def test_a_run_lists_its_reruns_whose_rows_are_behind_without_writing_them
     assert store.rows == written, "nothing written for the read"
     await model.flush()
     assert await model.linked("original") == {"reruns": ["rerun"], "children": []}, "once, when stored"
+
+
+async def test_a_write_works_out_its_positions_at_its_turn_past_no_run_an_earlier_write_gave_back(
+    tmp_path: Path,
+) -> None:
+    """A fold takes an ended run and waits on the store; a page read's flush takes the other runs
+    meanwhile; the fold is cancelled (a stop). Positions worked out when the flush took its ticket
+    passed the ended run's records, which no committed row held: a crash then lost its end."""
+
+    store = GatedStore(tmp_path / "views.sqlite3")
+    await store.open("test")
+    log = Log()
+    model = ReadModel(store, CODEC, TOPICS)
+    state, events = decided(None, start("ends"), 0)
+    _, other = decided(None, start("other"), 0)
+    store.gate.set()
+    await model.fold(log.records("events", [*events, *other]))
+    store.gate.clear()
+    state, ended = decided(state, result("ends", ok=True), 1)
+    fold = asyncio.ensure_future(model.fold(log.records("events", ended)))
+    await asyncio.sleep(0.05)
+    flush = asyncio.ensure_future(model.flush())
+    await asyncio.sleep(0.05)
+    fold.cancel()
+    await asyncio.gather(fold, return_exceptions=True)
+    store.gate.set()
+    await flush
+    assert await stored_seq(store, "other") is not None
+    assert await store.positions() == {("events", 0): 0}, "held at the given-back run's first record"
+    await model.flush()
+    assert await stored_seq(store, "ends") == state.seq
+    assert await store.positions() == {("events", 0): len(events) + len(other) + len(ended)}
+    await store.close()
