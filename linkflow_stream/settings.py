@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     """How long a live run's row in the read-model store may stay behind memory (ADR 0063): a
     run's row is written when it ends and at most this often while it lives, and the stored
     positions stay at the first record a row does not hold yet (a restart folds those records
-    again). A page of runs, links and cost reports write the rows behind first; another instance
+    again). Pages of runs and cost reports write the rows behind first; another instance
     sharing the store sees a live run's row up to this late. ``0``: at every batch that changes
     it. Default ``1``."""
 

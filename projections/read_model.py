@@ -19,11 +19,11 @@ Memory keeps runs that have not ended, runs accepted but not started, and a boun
 recently finished ones; everything else is read from the store when asked for.
 
 A run's row is written when the run ends, and while it lives at most once every ``row_delay``
-seconds (ADR 0063): a quick run's row is rendered and written once, not at each of the four to six
-batches its records arrive in. The stored positions stay at the first record of each such run
+seconds (ADR 0063): a quick run's row is rendered and written once, not once for its request's
+batch and again for its events'. The stored positions stay at the first record of each such run
 that its row does not hold yet, so a crash loses nothing (the restart folds those records again),
-and a read of the store that could list a live run (a page of runs, links, a cost report) first
-writes every row that is behind.
+and a read of the store that could list a live run (a page of runs, a cost report) first writes
+every row that is behind (links are read from memory for those).
 """
 
 from __future__ import annotations
