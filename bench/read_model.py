@@ -25,13 +25,13 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from bench.diamond import DIAMOND, phase
 from bench.harness import engine_on
-from linkflow_stream.dev.testing import call
+from linkflow_stream.dev.testing import call, read_topic
 from linkflow_stream.kafka.codec import default_codec
-from linkflow_stream.kafka.consumers import committed_reader, log_ends
+from linkflow_stream.kafka.metadata import topic_partitions
 from linkflow_stream.replay import view_topics
 from projections.read_model import ReadModel, Topics
 from projections.store import open_store
@@ -39,20 +39,8 @@ from projections.store import open_store
 
 async def read_records(bootstrap: str, topics: list[str]) -> list[ConsumerRecord[bytes, bytes]]:
     """Every committed record of ``topics``, in log order per partition."""
-    ends = await log_ends(bootstrap, topics)
-    consumer = committed_reader(bootstrap)
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        partitions = [TopicPartition(t, p) for (t, p), end in ends.items() if end]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        while [tp for tp in partitions if await consumer.position(tp) < ends[(tp.topic, tp.partition)]]:
-            for got in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
-                records += got
-    finally:
-        await consumer.stop()
-    return records
+    counts = {topic: len(await topic_partitions(bootstrap, topic)) for topic in topics}
+    return [r for t in topics for r in await read_topic(bootstrap, t, partitions=counts[t])]
 
 
 def as_met(

@@ -108,6 +108,10 @@ class _Behind:
     state: ExecutionState | None = None
     """The state its row is rendered from, taken with its write's ticket (``_due``)."""
 
+    def hold(self, position: Position, offset: int) -> None:
+        """The stored row does not hold the record at ``offset`` of ``position`` either."""
+        self.offsets[position] = min(self.offsets.get(position, offset), offset)
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -151,10 +155,9 @@ class ReadModel:
         """The positions last handed to the store (only changed ones are written again)."""
         self._flushes: set[asyncio.Task[None]] = set()
         self._given_up: Changes | None = None
+        """Lines and node rows of writes given up, written with the next write."""
         self._in_flight: dict[int, dict[str, _Behind]] = {}
         """Per write not yet committed, the runs it took off ``_behind``: they hold positions too."""
-
-        """Lines and node rows of writes given up, written with the next write."""
         self.store = store
         self.codec = codec
         self.topics = topics
@@ -362,8 +365,13 @@ class ReadModel:
         behind = self._behind.get(execution_id)
         if behind is None:
             behind = self._behind[execution_id] = _Behind(self.clock(), {})
-        position = (record.topic, record.partition)
-        behind.offsets[position] = min(behind.offsets.get(position, record.offset), record.offset)
+        behind.hold((record.topic, record.partition), record.offset)
+
+    def _waited(self, *, every: bool) -> Callable[[_Behind], bool]:
+        """Which rows behind the next write takes: ``every`` one, or those that have waited
+        ``row_delay`` (all, with no delay)."""
+        oldest = self.clock() - self.row_delay
+        return lambda behind: every or behind.since <= oldest
 
     def _due(
         self, ended: set[str], folded: Mapping[str, ExecutionState] | None = None, *, every: bool = False
@@ -376,12 +384,8 @@ class ReadModel:
         row never holds an event whose lines are written after it. (Rendered later from memory, it
         could: a crash between the two writes would then lose those lines, since the restart
         skips the events the stored row holds.)"""
-        oldest = self.clock() - self.row_delay
-        due = {
-            run: behind
-            for run, behind in self._behind.items()
-            if every or run in ended or behind.since <= oldest or self.row_delay <= 0
-        }
+        waited = self._waited(every=every)
+        due = {run: behind for run, behind in self._behind.items() if run in ended or waited(behind)}
         for run in due:
             del self._behind[run]
         for run in sorted(ended.difference(due)):
@@ -448,7 +452,7 @@ class ReadModel:
             if was.state is not None and (behind.state is None or was.state.seq > behind.state.seq):
                 behind.state = was.state
             for position, offset in was.offsets.items():
-                behind.offsets[position] = min(behind.offsets.get(position, offset), offset)
+                behind.hold(position, offset)
 
     def _give_up(self, due: Mapping[str, _Behind], changes: Changes) -> None:
         self._behind_again(due)
@@ -500,8 +504,7 @@ class ReadModel:
             log.error("read model: writing the rows behind failed", exc_info=task.exception())
 
     async def _flush(self, *, every: bool) -> None:
-        oldest = self.clock() - self.row_delay
-        if not any(every or behind.since <= oldest for behind in self._behind.values()):
+        if not any(map(self._waited(every=every), self._behind.values())):
             await self._written()
             return
         await self._write_in_turn(Changes(), set(), every=every)
