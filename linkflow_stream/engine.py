@@ -421,6 +421,10 @@ class Engine:
             "broker_connected": self.brokers_listed != 0,
             "views_caught_up": all(r.caught_up.is_set() and not r.failed for r in readers),
         }
+        if "api" in self.roles:
+            # at the overdue limit every start and command is refused unsent (ADR 0054): the broker
+            # may be listed again while the client still holds those sends
+            checks["sends_accepted"] = not self.publisher.overdue.full
         if "views" in self.roles:
             checks["read_model_store"] = self.views.store_healthy
         if "orchestrator" in self.roles:

@@ -12,10 +12,11 @@ A request whose execution id the producer fixed (an idempotency key or an explic
 arrive twice as two records (a producer retry). Before such a request is turned into a start,
 the views are synced with the log and the run looked up: a run that exists is not started
 again, even after the orchestrator has forgotten it (it keeps finished runs only
-``LINKFLOW_FINISHED_STATE_TTL_SECONDS``). The same sync settles the race where a workflow was
-registered a moment before the request and this instance has not read it yet: a request is
-dead-lettered as naming an unknown workflow only after the workflow view has read the log to
-its end. If the views cannot catch up, nothing is committed and the batch is read again.
+``LINKFLOW_FINISHED_STATE_TTL_SECONDS``), and a run this intake started in the last
+``RECENT_SECONDS`` counts as existing before any view has it. The same sync settles the race
+where a workflow was registered a moment before the request and this instance has not read it
+yet: a request is dead-lettered as naming an unknown workflow only after the workflow view has
+read the log to its end. If the views cannot catch up, nothing is committed and the batch is read again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +77,12 @@ MAX_RECORDS = 500
 SYNC_SECONDS = 5.0
 """Longest wait for the views to read the log to its end before a look-up is trusted."""
 CLAIM_RETRY_SECONDS = 2.0
+RECENT_SECONDS = 60.0
+"""How long the intake remembers the runs it started itself. Between its commit and the
+orchestrator's ``execution_created`` reaching the views a run is in no view; a repeat of its
+request read then would be started again (the orchestrator drops a second start of an id, so no
+second run, but the repeat was counted as started, and one with another input was dropped
+unseen instead of dead-lettered as a conflict). Beyond this the views know the run."""
 MAX_BACKOFF_SECONDS = 5.0
 ORIGIN_HEADER = "linkflow_origin"
 """On the ``StartExecution`` a request became: ``<topic>/<partition>/<offset>`` of the request."""
@@ -164,6 +172,9 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         self._claim_retry_at = 0.0
         self._must_rejoin = False
         self._lock = asyncio.Lock()
+        self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
+        """Runs this intake started, oldest first: when (monotonic) and their ``Batch.started``
+        body; kept ``RECENT_SECONDS``."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -351,12 +362,32 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
             await asyncio.sleep(0.5)
             return
         self.positions[number] = records[-1].offset + 1
+        self.remember(batch)
         for team in batch.refused:
             self.metrics.admission_rejected.labels("kafka", team).inc()
         for outcome in batch.outcomes:
             self.metrics.start_requests.labels(outcome.value).inc()
             if outcome is Outcome.DEAD_LETTERED:
                 self.metrics.dlq.labels(topic_names.START).inc()
+
+    def remember(self, batch: Batch) -> None:
+        """Keep the runs of a committed batch for ``RECENT_SECONDS`` (see there)."""
+        at = time.monotonic()
+        for execution_id, body in batch.started.items():
+            self._recent[execution_id] = (at, body)
+        self._forget_before(at - RECENT_SECONDS)
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._recent:
+            oldest = next(iter(self._recent))
+            if self._recent[oldest][0] >= cutoff:
+                return
+            del self._recent[oldest]
+
+    def _started_recently(self, execution_id: str) -> dict[str, Any] | None:
+        self._forget_before(time.monotonic() - RECENT_SECONDS)
+        found = self._recent.get(execution_id)
+        return None if found is None else found[1]
 
     # -- one record ---------------------------------------------------------------------------------
     async def translate(self, record: ConsumerRecord[bytes, bytes], batch: Batch) -> None:
@@ -465,6 +496,9 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         for i in ids:
             if i in batch.started:
                 return batch.started[i]
+            recent = self._started_recently(i)
+            if recent is not None:
+                return recent
         await self._synced(batch)
         try:
             first = await self.find_run(ids[0])

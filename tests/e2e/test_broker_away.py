@@ -92,6 +92,7 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         refused_in = time.monotonic() - began
         assert refused_in < 2, f"refused in {refused_in:.1f} s, not at once"
         assert engine.metric_total("linkflow_api_unacknowledged_sends") == 2
+        assert readiness(engine)[1]["sends_accepted"] is False  # not ready while it refuses every send
 
         before = connection_lines(engine)
         time.sleep(10)
@@ -101,6 +102,7 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         broker.start(cache_dir=CACHE)
         took = wait_for(lambda: readiness(engine)[0] == 200, "/readyz 200 again", within=120)
         print(f"ready again {took:.1f} s after the broker was back")
+        assert readiness(engine)[1]["sends_accepted"] is True
         # the cancel answered 503 "may or may not": its record was still in the client's hands,
         # and lands once the broker is back (a second cancel is harmless either way)
         status, body = call("POST", f"{engine.url}/api/executions/{waiting['id']}/cancel", timeout=60)
