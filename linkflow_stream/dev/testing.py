@@ -6,6 +6,7 @@ The test suite and ``bench/`` use them; so can users testing their own workflows
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -37,6 +38,23 @@ from linkflow_stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT_TRIES = 3
+PR_SET_PDEATHSIG = 1
+"""``prctl``'s option: the signal the kernel sends a process when the thread that forked it ends."""
+
+
+def dies_with_parent(parent: int) -> None:
+    """Run in the child between fork and exec (``preexec_fn``): SIGTERM when ``parent`` ends, by
+    any means. A test or benchmark killed (SIGKILL, a CI timeout) left its engines running, which
+    loaded the machine and spoiled every figure measured after them (session 15). The signal is
+    tied to the forking thread, so only a main-thread start asks for it (``EngineProcess.start``);
+    a parent gone before the call is caught by ``getppid``. Linux only; elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def call(
@@ -146,6 +164,8 @@ class EngineProcess:
         if self.starts == 0:
             asyncio.run(apply_topics(self.settings()))
         self.starts += 1
+        parent = os.getpid()
+        tied = threading.current_thread() is threading.main_thread() and sys.platform == "linux"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "linkflow_stream.cli", "run", *self.args],
@@ -153,6 +173,7 @@ class EngineProcess:
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: dies_with_parent(parent)) if tied else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
