@@ -30,6 +30,10 @@ from linkflow_stream.settings import Settings
 from projections.read_model import ReadModel, Topics
 from projections.store import LineRow, Position, ReadStore, StoredState, open_store
 
+REBUILD_WRITE_ATTEMPTS = 5
+"""A rebuild's store write is tried this often (about 4 s of backoff) before the replay fails
+with why; a live engine tries until its store is back (``ReadModel.write_attempts``)."""
+
 
 def view_topics(settings: Settings) -> Topics:
     """The topics the read model folds, the engine's as a rebuild's."""
@@ -60,7 +64,7 @@ async def rebuild(
     codec = codec_for(settings)
     await into.open("replay")
     await into.reset()
-    model = ReadModel(into, codec, topics)
+    model = ReadModel(into, codec, topics, write_attempts=REBUILD_WRITE_ATTEMPTS)
     consumer = committed_reader(settings.bootstrap_servers)
     await consumer.start()
     read = 0
@@ -85,7 +89,7 @@ async def rebuild(
             for tp in list(pending):
                 if await consumer.position(tp) >= targets[(tp.topic, tp.partition)]:
                     pending.discard(tp)
-        await model.flush(within=None)  # the live runs' rows (ADR 0063)
+        await model.write_all()  # the live runs' rows (ADR 0063)
     finally:
         await consumer.stop()
         await codec.close()

@@ -42,6 +42,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from linkflow_stream.core.clock import from_millis, to_millis
+from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus
@@ -82,6 +83,15 @@ fails its writes longer than that (``WRITE_RETRY_SECONDS``) is read as it is, on
 what memory shows, as ``/readyz`` says meanwhile."""
 ROW_DELAY_SECONDS = 1.0
 """How long a live run's stored row may stay behind memory (``LINKFLOW_VIEWS_ROW_DELAY_SECONDS``)."""
+
+
+class StoreUnavailable(LinkflowError):
+    """A store write failed ``ReadModel.write_attempts`` times in a row."""
+
+    error_type = "unavailable"
+    retryable = True
+
+
 WRITE_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Backoff of a failed store write; the batch is written again (writes are idempotent) and the
 views stand still meanwhile: readiness and ``linkflow_view_store_failures_total`` show it."""
@@ -143,8 +153,13 @@ class ReadModel:
         rates: Rates = RATES,
         clock: Callable[[], float] = time.monotonic,
         row_delay: float = ROW_DELAY_SECONDS,
+        write_attempts: int | None = None,
     ) -> None:
+        """``write_attempts``: tries of a store write before it fails with ``StoreUnavailable``
+        (None: until the store takes it, as a live engine does: its views stand still and say so
+        meanwhile; a rebuild must end, with why)."""
         self.rates = rates
+        self.write_attempts = write_attempts
         self.row_delay = row_delay
         """A live run's row is written at most this often (0: at every batch that changes it)."""
         self._behind: dict[str, _Behind] = {}
@@ -503,6 +518,11 @@ class ReadModel:
         if not task.cancelled() and task.exception() is not None:
             log.error("read model: writing the rows behind failed", exc_info=task.exception())
 
+    async def write_all(self) -> None:
+        """Write every row behind memory now and raise what the write raised: the end of a
+        rebuild, which must not report a store it failed to fill (``flush`` logs and goes on)."""
+        await self._flush(every=True)
+
     async def _flush(self, *, every: bool) -> None:
         if not any(map(self._waited(every=every), self._behind.values())):
             await self._written()
@@ -556,8 +576,13 @@ class ReadModel:
         for attempt in itertools.count():
             try:
                 await self.store.write(changes)
-            except Exception:
+            except Exception as exc:
                 self.store_healthy = False
+                if self.write_attempts is not None and attempt + 1 >= self.write_attempts:
+                    raise StoreUnavailable(
+                        f"the read model store {self.store.url_for_humans} refused {attempt + 1} "
+                        f"writes in a row; the last said: {exc!r}"
+                    ) from exc
                 if self.on_write_failure is not None:
                     self.on_write_failure()
                 pause = WRITE_RETRY_SECONDS[min(attempt, len(WRITE_RETRY_SECONDS) - 1)]

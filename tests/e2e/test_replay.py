@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import subprocess
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 
 from linkflow_stream.dev.testing import ROOT, EngineProcess
+from linkflow_stream.replay import rebuild
+from projections.read_model import StoreUnavailable
+from projections.store import Changes
+from projections.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.e2e
 
@@ -98,3 +103,24 @@ def test_replay_rebuilds_the_status_view_and_it_equals_the_live_one(engine: Engi
 
     missing = linkflow(engine, "replay", "execution", "exec_nope")
     assert missing.returncode != 0 and "no events for exec_nope" in missing.stderr
+
+
+class FullDisk(SqliteStore):
+    """A store that opens, then refuses every write (a disk that filled up)."""
+
+    async def write(self, changes: Changes) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_rebuild_whose_store_refuses_its_writes_fails_with_why(
+    engine: EngineProcess, tmp_path: Path
+) -> None:
+    """It tried again for ever before: ``linkflow replay status`` hung with a retry line every few
+    seconds. (And its last write, the live runs' rows, was logged and left out, so a replay could
+    report a store it had failed to fill.)"""
+    wf_id = f"replay-full-{uuid.uuid4().hex[:6]}"
+    engine.register({"id": wf_id, "nodes": [{"id": "t", "type": "transform", "config": {"expression": "1"}}]})
+    status, _ = engine.start_execution(wf_id, wait=10)
+    assert status == 200
+    with pytest.raises(StoreUnavailable, match=r"refused 5 writes in a row.*No space left on device"):
+        await asyncio.wait_for(rebuild(engine.settings(), FullDisk(tmp_path / "full.sqlite3")), 60)

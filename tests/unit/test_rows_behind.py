@@ -305,3 +305,35 @@ async def test_a_write_works_out_its_positions_at_its_turn_past_no_run_an_earlie
     assert await stored_seq(store, "ends") == state.seq
     assert await store.positions() == {("events", 0): len(events) + len(other) + len(ended)}
     await store.close()
+
+
+async def test_a_rebuilds_last_write_fails_loudly_where_a_live_flush_logs_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_all`` (a rebuild's end) raises after ``write_attempts``; a live engine's ``flush``
+    logs and keeps the rows behind for the next write. A rebuild once ended with ``flush``: a store
+    that refused the live runs' rows was reported as rebuilt."""
+    monkeypatch.setattr(read_model, "WRITE_RETRY_SECONDS", (0.0,))
+    store = CountingStore(tmp_path / "views.sqlite3")
+    await store.open("test")
+    refusing = [False]
+    real_write = store.write
+
+    async def write(changes: Changes) -> None:
+        if refusing[0]:
+            raise OSError(28, "No space left on device")
+        await real_write(changes)
+
+    monkeypatch.setattr(store, "write", write)
+    log = Log()
+    rebuild = ReadModel(store, CODEC, TOPICS, write_attempts=3)
+    live, events = decided(None, start("live"), 0)
+    await rebuild.fold(log.records("events", events))  # live: its row waits
+    refusing[0] = True
+    await rebuild.flush(within=5)  # logged, not raised
+    with pytest.raises(read_model.StoreUnavailable, match="refused 3 writes in a row"):
+        await rebuild.write_all()
+    refusing[0] = False
+    await rebuild.write_all()
+    assert await stored_seq(store, "live") == live.seq, "still behind after the failures, then written"
+    await store.close()
