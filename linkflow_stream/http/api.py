@@ -1125,11 +1125,15 @@ class Api:
         followers = self.d.views.logs
         queue = followers.follow(execution_id)  # subscribe before reading the backlog: no line falls between
         try:
+            # Read before the backlog: a run that ends after this read has its last lines and its
+            # end published to the queue, and one that had ended has them all in the backlog
+            # (``lines`` waits for the folds applied so far to be written). Read after it, a run
+            # that ended while the backlog was read and sent lost its last lines.
+            status = await self.d.views.status_of(execution_id)
             last = (0, -1)
             for seq, n, line in await self.d.views.lines(execution_id):
                 await ws.send_json(line)
                 last = (seq, n)
-            status = await self.d.views.status_of(execution_id)
             if status is not None and not status.terminal:
                 await _relay(queue, ws, last)
         finally:
