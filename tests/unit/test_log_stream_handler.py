@@ -8,17 +8,14 @@ a moment later) made it skip the relay, so the last lines were never sent."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import WSMsgType
 
 from linkflow_stream.core.state import ExecutionStatus
-from linkflow_stream.http.api import Api, ApiDeps
-from linkflow_stream.http.auth import authentication
-from linkflow_stream.http.errors import errors_as_json
 from projections.logs import Line, LogView
+from tests.unit.socket_app import serving
 
 
 def line(message: str) -> Line:
@@ -51,16 +48,7 @@ class Views:
 @pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")  # the principal's str key
 async def test_a_run_that_ends_while_the_backlog_is_sent_still_sends_its_last_lines() -> None:
     views = Views()
-    deps = ApiDeps(
-        publisher=cast(Any, None),
-        views=cast(Any, views),
-        workflows=cast(Any, None),
-        registry={},
-        readiness=dict,
-    )
-    app = web.Application(middlewares=[errors_as_json, authentication(None)])
-    app.router.add_get("/api/executions/{id}/logs/stream", Api(deps).stream_logs)
-    async with TestClient(TestServer(app)) as client:
+    async with serving(views, "/api/executions/{id}/logs/stream", lambda api: api.stream_logs) as client:
         ws = await client.ws_connect("/api/executions/r1/logs/stream")
         messages = []
         async with asyncio.timeout(10):

@@ -5,15 +5,11 @@ event goes with it, and the watch is dropped."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from linkflow_stream.http.api import Api, ApiDeps
-from linkflow_stream.http.auth import authentication
-from linkflow_stream.http.errors import errors_as_json
+from tests.unit.socket_app import serving
 
 
 class CountedEvent(asyncio.Event):
@@ -60,16 +56,7 @@ class Views:
 @pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")  # the principal's str key
 async def test_a_cancelled_watch_leaves_no_waiter_and_no_watch() -> None:
     views = Views()
-    deps = ApiDeps(
-        publisher=cast(Any, None),
-        views=cast(Any, views),
-        workflows=cast(Any, None),
-        registry={},
-        readiness=dict,
-    )
-    app = web.Application(middlewares=[errors_as_json, authentication(None)])
-    app.router.add_get("/api/executions/{id}/watch", Api(deps).watch_execution)
-    async with TestClient(TestServer(app)) as client:
+    async with serving(views, "/api/executions/{id}/watch", lambda api: api.watch_execution) as client:
         ws = await client.ws_connect("/api/executions/r1/watch")
         assert (await ws.receive_json())["status"] == "running"
         for _ in range(100):  # the handler reaches its wait for a change
