@@ -157,7 +157,9 @@ class ReadModel:
     ) -> None:
         """``write_attempts``: tries of a store write before it fails with ``StoreUnavailable``
         (None: until the store takes it, as a live engine does: its views stand still and say so
-        meanwhile; a rebuild must end, with why)."""
+        meanwhile). For a rebuild only, which must end, with why: a fold that raises has changed
+        memory and told no log follower, and a live engine's reader takes a fold that fails for
+        one that changed nothing (``LogReader``)."""
         self.rates = rates
         self.write_attempts = write_attempts
         self.row_delay = row_delay

@@ -54,6 +54,12 @@ def same_start(body: Mapping[str, Any], workflow_id: str, input_data: Any) -> bo
     return body.get("workflow_id") == workflow_id and same_input
 
 
+def input_digest(input_data: Any) -> str:
+    """``same_start``'s comparison of inputs, as a digest: what a reader keeps in place of an
+    input that may be megabytes."""
+    return hashlib.sha256(json.dumps(input_data, sort_keys=True).encode()).hexdigest()
+
+
 def _id(team: str, key: str, window: int) -> str:
     digest = hashlib.sha256(f"{team}\x00{key}\x00{window}".encode()).hexdigest()
     return f"exec_{digest[:32]}"

@@ -42,16 +42,25 @@ PR_SET_PDEATHSIG = 1
 """``prctl``'s option: the signal the kernel sends a process when the thread that forked it ends."""
 
 
+def _prctl() -> Any:
+    """libc's ``prctl``, looked up here in the parent: a lookup (``dlopen``) in the child between
+    fork and exec could wait for a loader lock another thread held at the fork."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+PRCTL = _prctl() if sys.platform == "linux" else None
+
+
 def dies_with_parent(parent: int) -> None:
     """Run in the child between fork and exec (``preexec_fn``): SIGTERM when ``parent`` ends, by
     any means. A test or benchmark killed (SIGKILL, a CI timeout) left its engines running, which
     loaded the machine and spoiled every figure measured after them (session 15). The signal is
     tied to the forking thread, so only a main-thread start asks for it (``EngineProcess.start``);
     a parent gone before the call is caught by ``getppid``. Linux only; elsewhere nothing."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
+    if PRCTL is None or PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         return
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -165,7 +174,7 @@ class EngineProcess:
             asyncio.run(apply_topics(self.settings()))
         self.starts += 1
         parent = os.getpid()
-        tied = threading.current_thread() is threading.main_thread() and sys.platform == "linux"
+        tied = threading.current_thread() is threading.main_thread() and PRCTL is not None
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "linkflow_stream.cli", "run", *self.args],

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,7 +38,7 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.admission import Admission, TooManyRequestsError
 from linkflow_stream.core.clock import from_millis, now
 from linkflow_stream.core.errors import ConflictError, LinkflowError
-from linkflow_stream.core.idempotency import same_start, still_named
+from linkflow_stream.core.idempotency import input_digest, still_named
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.start_request import (
     Origin,
@@ -83,6 +83,8 @@ orchestrator's ``execution_created`` reaching the views a run is in no view; a r
 request read then would be started again (the orchestrator drops a second start of an id, so no
 second run, but the repeat was counted as started, and one with another input was dropped
 unseen instead of dead-lettered as a conflict). Beyond this the views know the run."""
+RECENT_MAX = 100_000
+"""At most this many remembered runs (a few tens of MB), the oldest forgotten first."""
 MAX_BACKOFF_SECONDS = 5.0
 ORIGIN_HEADER = "linkflow_origin"
 """On the ``StartExecution`` a request became: ``<topic>/<partition>/<offset>`` of the request."""
@@ -120,14 +122,32 @@ def decode_request(codec: Codec, value: bytes | None) -> StartRequest:
     return request
 
 
+@dataclass(frozen=True)
+class StartedAs:
+    """What a repeated key or id is compared with (``same_start``): the run's workflow and a
+    digest of its input, kept in place of an input that may be megabytes."""
+
+    workflow_id: str | None
+    input_digest: str
+
+    @classmethod
+    def of(cls, workflow_id: str | None, input_data: Any) -> StartedAs:
+        return cls(workflow_id, input_digest(input_data))
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> StartedAs:
+        """From a run's ``GET /api/executions/{id}`` body."""
+        return cls.of(body.get("workflow_id"), body.get("input_data"))
+
+
 @dataclass
 class Batch:
     """One partition's records being turned into one transaction."""
 
     synced: bool = False
-    started: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Ids started in this batch (the views cannot know them before the commit), each with its
-    ``workflow_id`` and ``input_data``, as a run's body has them (``same_start``)."""
+    started: dict[str, StartedAs] = field(default_factory=dict)
+    """Runs started in this batch whose id the producer fixed (a key or an id; no other is ever
+    looked up): the views cannot know them before the commit."""
     records: list[ProducerRecord] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     queued: Counter[str | None] = field(default_factory=Counter)
@@ -150,6 +170,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         *,
         producer_factory: Callable[[int], TransactionalProducer] | None = None,
         clock: Callable[[], datetime] = now,
+        monotonic: Callable[[], float] = time.monotonic,
         admission: Admission | None = None,
     ) -> None:
         """``admission``: the per-team limit of queued runs; a record beyond it is dead-lettered
@@ -172,9 +193,10 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         self._claim_retry_at = 0.0
         self._must_rejoin = False
         self._lock = asyncio.Lock()
-        self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
-        """Runs this intake started, oldest first: when (monotonic) and their ``Batch.started``
-        body; kept ``RECENT_SECONDS``."""
+        self.monotonic = monotonic
+        self._recent: dict[str, tuple[float, StartedAs]] = {}
+        """The ``Batch.started`` runs of this intake's commits, oldest first, with when
+        (``monotonic``); kept ``RECENT_SECONDS``, at most ``RECENT_MAX``."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -372,20 +394,21 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def remember(self, batch: Batch) -> None:
         """Keep the runs of a committed batch for ``RECENT_SECONDS`` (see there)."""
-        at = time.monotonic()
-        for execution_id, body in batch.started.items():
-            self._recent[execution_id] = (at, body)
+        at = self.monotonic()
+        for execution_id, started in batch.started.items():
+            self._recent.pop(execution_id, None)  # to the end: its time is the newest
+            self._recent[execution_id] = (at, started)
         self._forget_before(at - RECENT_SECONDS)
 
     def _forget_before(self, cutoff: float) -> None:
         while self._recent:
             oldest = next(iter(self._recent))
-            if self._recent[oldest][0] >= cutoff:
+            if self._recent[oldest][0] >= cutoff and len(self._recent) <= RECENT_MAX:
                 return
             del self._recent[oldest]
 
-    def _started_recently(self, execution_id: str) -> dict[str, Any] | None:
-        self._forget_before(time.monotonic() - RECENT_SECONDS)
+    def _started_recently(self, execution_id: str) -> StartedAs | None:
+        self._forget_before(self.monotonic() - RECENT_SECONDS)
         found = self._recent.get(execution_id)
         return None if found is None else found[1]
 
@@ -425,7 +448,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         fixed_by_producer = request.idempotency_key is not None or request.execution_id is not None
         found = await self._existing(ids, at, batch) if fixed_by_producer else None
         if found is not None:
-            if not same_start(found, request.workflow_id, request.input):
+            if found != StartedAs.of(request.workflow_id, request.input):  # as ``same_start``
                 raise ConflictError(
                     "its idempotency key or execution id names a run of another start (another "
                     "workflow or another input): a key names one start; not started"
@@ -456,7 +479,8 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
                 error_type="too_large",
             )
         batch.queued[workflow.team] += 1
-        batch.started[start.execution_id] = {"workflow_id": workflow.id, "input_data": start.input}
+        if fixed_by_producer:
+            batch.started[start.execution_id] = StartedAs.of(workflow.id, start.input)
         return encoded
 
     async def _synced(self, batch: Batch) -> None:
@@ -489,22 +513,28 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._synced(batch)  # registered a moment ago, perhaps on another instance
         return await choose()
 
-    async def _existing(self, ids: Sequence[str], at: datetime, batch: Batch) -> dict[str, Any] | None:
-        """The run these ids name if it was started already, in this batch or in the log (its body,
-        or what this batch started it with). With an idempotency key, the previous window's id
-        counts only for a run that began less than 24 hours before ``at``."""
+    async def _existing(self, ids: Sequence[str], at: datetime, batch: Batch) -> StartedAs | None:
+        """The run these ids name if it was started already: in this batch, by this intake in the
+        last ``RECENT_SECONDS``, or in the log. The current id first, then (with an idempotency
+        key) the previous window's, which counts only for a run that began less than 24 hours
+        before ``at`` (one this intake started a moment ago did)."""
         for i in ids:
             if i in batch.started:
                 return batch.started[i]
-            recent = self._started_recently(i)
-            if recent is not None:
-                return recent
+        recent = self._started_recently(ids[0])
+        if recent is not None:
+            return recent
         await self._synced(batch)
         try:
             first = await self.find_run(ids[0])
             if first is not None:
-                return first
+                return StartedAs.from_body(first)
+            recents = (self._started_recently(i) for i in ids[1:])
+            recent = next((r for r in recents if r is not None), None)
+            if recent is not None:
+                return recent
             earlier = [await self.find_run(i) for i in ids[1:]]
         except Exception as exc:
             raise ViewsBehind(f"the read model could not be read: {exc!r}") from exc
-        return next((body for body in earlier if body is not None and still_named(body, at)), None)
+        body = next((body for body in earlier if body is not None and still_named(body, at)), None)
+        return None if body is None else StartedAs.from_body(body)

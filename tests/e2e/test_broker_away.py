@@ -102,7 +102,6 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         broker.start(cache_dir=CACHE)
         took = wait_for(lambda: readiness(engine)[0] == 200, "/readyz 200 again", within=120)
         print(f"ready again {took:.1f} s after the broker was back")
-        assert readiness(engine)[1]["sends_accepted"] is True
         # the cancel answered 503 "may or may not": its record was still in the client's hands,
         # and lands once the broker is back (a second cancel is harmless either way)
         status, body = call("POST", f"{engine.url}/api/executions/{waiting['id']}/cancel", timeout=60)

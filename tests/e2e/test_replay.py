@@ -116,8 +116,8 @@ async def test_a_rebuild_whose_store_refuses_its_writes_fails_with_why(
     engine: EngineProcess, tmp_path: Path
 ) -> None:
     """It tried again for ever before: ``linkflow replay status`` hung with a retry line every few
-    seconds. (And its last write, the live runs' rows, was logged and left out, so a replay could
-    report a store it had failed to fill.)"""
+    seconds. (Its last write, the live runs' rows, is ``ReadModel.write_all``, which raises: the
+    unit test in test_rows_behind.py.)"""
     wf_id = f"replay-full-{uuid.uuid4().hex[:6]}"
     engine.register({"id": wf_id, "nodes": [{"id": "t", "type": "transform", "config": {"expression": "1"}}]})
     status, _ = engine.start_execution(wf_id, wait=10)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 
 from linkflow_stream.core import topic_names
 from linkflow_stream.core.errors import ValidationError
@@ -32,6 +32,7 @@ from linkflow_stream.kafka.consumers import LogUnavailable
 from linkflow_stream.runtime.metrics import Metrics
 from linkflow_stream.runtime.start_intake import (
     ORIGIN_HEADER,
+    RECENT_SECONDS,
     Batch,
     StartIntake,
     ViewsBehind,
@@ -324,21 +325,56 @@ async def test_the_same_key_twice_in_one_batch_starts_one_run() -> None:
     assert batch.records[0].key == execution_ids("ops", "k", at())[0].encode()
 
 
+class Committing:
+    """A transactional producer that commits every batch: what each wrote."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[Any]] = []
+
+    async def commit(self, records: Any, offsets: Any, group_id: str) -> None:
+        self.commits.append(list(records))
+
+
 async def test_a_repeat_read_before_the_views_have_its_run_is_still_a_duplicate() -> None:
     """Between the intake's commit and ``execution_created`` reaching the views, no view has the
-    run (CI saw 3 duplicates counted of 4: the repeat was started again and the orchestrator
-    dropped it); a repeat with another input was dropped unseen instead of dead-lettered."""
-    views = FakeViews()
+    run. CI saw 3 duplicates counted of 4: the repeat was started again (the orchestrator then
+    dropped it), and a repeat with another input was dropped unseen instead of dead-lettered.
+    The intake remembers what it committed for ``RECENT_SECONDS``, then asks the views only."""
+    views = FakeViews()  # never has the run: the orchestrator has not created it
     views.workflows.apply(workflow())
-    the_intake = intake(views)
-    first = Batch()
-    await the_intake.translate(record(as_json(idempotency_key="k", input={"n": 1}), offset=41), first)
-    the_intake.remember(first)  # committed; views.runs still has no run
-    later = Batch()
-    await the_intake.translate(record(as_json(idempotency_key="k", input={"n": 1}), offset=42), later)
-    await the_intake.translate(record(as_json(idempotency_key="k", input={"n": 2}), offset=43), later)
-    assert [o.value for o in later.outcomes] == ["duplicate", "dead_lettered"]
-    assert headers(later.records[0])["dlq_reason"].startswith("conflict: "), later.records
+    clock = [1000.0]
+    the_intake = StartIntake(
+        Settings(topic_prefix=PREFIX),
+        default_codec(),
+        views.workflows,
+        views.find_run,
+        views.sync,
+        Metrics(active=lambda: 0),
+        clock=lambda: at(30),
+        monotonic=lambda: clock[0],
+    )
+    producer = Committing()
+    the_intake.producers[2] = cast(Any, producer)
+    the_intake.positions[2] = 41
+    the_intake._consumer = cast(Any, object())  # only a failed batch seeks
+    tp = TopicPartition(START_TOPIC, 2)
+
+    async def read(offset: int, n: int) -> list[str]:
+        await the_intake._process(tp, [record(as_json(idempotency_key="k", input={"n": n}), offset=offset)])
+        return [r.topic.removeprefix(PREFIX) for r in producer.commits[-1]]
+
+    assert await read(41, 1) == ["linkflow.requests.normal"]
+    assert await read(42, 1) == [], "a duplicate: nothing more is started"
+    assert await read(43, 2) == [topic_names.DLQ], "another input under the same key: a conflict"
+    letter = producer.commits[-1][0]
+    assert headers(letter)["dlq_reason"].startswith("conflict: ")
+    counted = the_intake.metrics.registry.get_sample_value
+    assert counted("linkflow_start_requests_total", {"outcome": "duplicate"}) == 1
+    assert counted("linkflow_start_requests_total", {"outcome": "started"}) == 1
+
+    clock[0] += RECENT_SECONDS + 1  # long enough for the views to know it: memory lets it go
+    assert await read(44, 1) == ["linkflow.requests.normal"]
+    assert the_intake.positions[2] == 45
 
 
 async def test_bad_records_are_dead_lettered_with_their_reason() -> None:
