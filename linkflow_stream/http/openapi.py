@@ -586,7 +586,7 @@ API_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
         "/readyz",
-        "Broker connected, partitions assigned, views caught up, store writable",
+        "Broker connected, partitions assigned, views caught up, store writable, sends accepted",
         "probes",
         ok_body=responses.Readiness,
         errors={503: "Not ready; `checks` says what is missing."},
