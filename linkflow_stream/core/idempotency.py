@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,19 +46,31 @@ def still_named(body: Mapping[str, Any] | None, at: datetime) -> bool:
     return at - created < WINDOW
 
 
+@dataclass(frozen=True)
+class StartedAs:
+    """What names a start for a repeated key or execution id: its workflow and a digest of its
+    input (as JSON with sorted keys: ``1`` and ``1.0`` differ, key order does not count). A digest,
+    so a reader may keep it in place of an input that may be megabytes."""
+
+    workflow_id: str | None
+    input_digest: str
+
+    @classmethod
+    def of(cls, workflow_id: str | None, input_data: Any) -> StartedAs:
+        return cls(workflow_id, hashlib.sha256(json.dumps(input_data, sort_keys=True).encode()).hexdigest())
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> StartedAs:
+        """From a run's ``GET /api/executions/{id}`` body."""
+        return cls.of(body.get("workflow_id"), body.get("input_data"))
+
+
 def same_start(body: Mapping[str, Any], workflow_id: str, input_data: Any) -> bool:
     """Whether a run (its API body) is the start a repeated key or execution id names: the same
-    workflow and the same input (as JSON with sorted keys: ``1`` and ``1.0`` differ, key order does
-    not count). A repeat with another start is refused, never answered with this run: it would
-    drop the new input unseen, or hand a webhook caller a run of another workflow (ADR 0049)."""
-    same_input = json.dumps(body.get("input_data"), sort_keys=True) == json.dumps(input_data, sort_keys=True)
-    return body.get("workflow_id") == workflow_id and same_input
-
-
-def input_digest(input_data: Any) -> str:
-    """``same_start``'s comparison of inputs, as a digest: what a reader keeps in place of an
-    input that may be megabytes."""
-    return hashlib.sha256(json.dumps(input_data, sort_keys=True).encode()).hexdigest()
+    workflow and the same input (``StartedAs``). A repeat with another start is refused, never
+    answered with this run: it would drop the new input unseen, or hand a webhook caller a run of
+    another workflow (ADR 0049)."""
+    return StartedAs.from_body(body) == StartedAs.of(workflow_id, input_data)
 
 
 def _id(team: str, key: str, window: int) -> str:

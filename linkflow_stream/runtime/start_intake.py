@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,7 +38,7 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.admission import Admission, TooManyRequestsError
 from linkflow_stream.core.clock import from_millis, now
 from linkflow_stream.core.errors import ConflictError, LinkflowError
-from linkflow_stream.core.idempotency import input_digest, still_named
+from linkflow_stream.core.idempotency import StartedAs, still_named
 from linkflow_stream.core.outgoing import Outgoing
 from linkflow_stream.core.start_request import (
     Origin,
@@ -120,24 +120,6 @@ def decode_request(codec: Codec, value: bytes | None) -> StartRequest:
     if non_finite(request.input) is not None:  # an Avro record's JSON text may hold one
         raise DecodeError("not a start request: input holds NaN or Infinity, which JSON has not")
     return request
-
-
-@dataclass(frozen=True)
-class StartedAs:
-    """What a repeated key or id is compared with (``same_start``): the run's workflow and a
-    digest of its input, kept in place of an input that may be megabytes."""
-
-    workflow_id: str | None
-    input_digest: str
-
-    @classmethod
-    def of(cls, workflow_id: str | None, input_data: Any) -> StartedAs:
-        return cls(workflow_id, input_digest(input_data))
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> StartedAs:
-        """From a run's ``GET /api/executions/{id}`` body."""
-        return cls.of(body.get("workflow_id"), body.get("input_data"))
 
 
 @dataclass
@@ -448,7 +430,7 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         fixed_by_producer = request.idempotency_key is not None or request.execution_id is not None
         found = await self._existing(ids, at, batch) if fixed_by_producer else None
         if found is not None:
-            if found != StartedAs.of(request.workflow_id, request.input):  # as ``same_start``
+            if found != StartedAs.of(request.workflow_id, request.input):
                 raise ConflictError(
                     "its idempotency key or execution id names a run of another start (another "
                     "workflow or another input): a key names one start; not started"
@@ -521,19 +503,18 @@ class StartIntake(ConsumerRebalanceListener):  # type: ignore[misc]
         for i in ids:
             if i in batch.started:
                 return batch.started[i]
-        recent = self._started_recently(ids[0])
-        if recent is not None:
+        current, *previous = ids
+        if (recent := self._started_recently(current)) is not None:
             return recent
         await self._synced(batch)
         try:
-            first = await self.find_run(ids[0])
+            first = await self.find_run(current)
             if first is not None:
                 return StartedAs.from_body(first)
-            recents = (self._started_recently(i) for i in ids[1:])
-            recent = next((r for r in recents if r is not None), None)
-            if recent is not None:
-                return recent
-            earlier = [await self.find_run(i) for i in ids[1:]]
+            for i in previous:
+                if (recent := self._started_recently(i)) is not None:
+                    return recent
+            earlier = [await self.find_run(i) for i in previous]
         except Exception as exc:
             raise ViewsBehind(f"the read model could not be read: {exc!r}") from exc
         body = next((body for body in earlier if body is not None and still_named(body, at)), None)
