@@ -80,7 +80,7 @@ async def fold_all(
         began = time.process_time()
         for start in range(0, len(records), batch):
             await model.fold(records[start : start + batch])
-        await model.flush(within=None)
+        await model.write_all()
         took = time.process_time() - began
         await store.close()
     return took, rows[0]

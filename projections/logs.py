@@ -13,8 +13,9 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
+from linkflow_stream.core.clock import iso
 from linkflow_stream.core.events import EventType, ExecutionEvent
-from linkflow_stream.core.inline_attempts import is_merged, started_half
+from linkflow_stream.core.inline_attempts import is_merged
 from linkflow_stream.core.state import ExecutionState
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -24,7 +25,7 @@ Line = dict[str, Any]
 
 def _line(at: datetime, level: str, message: str, node_id: str | None = None, **data: Any) -> Line:
     return {
-        "at": at.isoformat().replace("+00:00", "Z"),
+        "at": iso(at),
         "level": level,
         "node_id": node_id,
         "message": message,
@@ -43,8 +44,30 @@ def _printed(e: ExecutionEvent) -> list[Line]:
 def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     """The log lines that event ``e`` adds, given the execution's state after it."""
     if is_merged(e):  # an inline attempt in one event (ADR 0056): its start's line, then its end's
-        return _lines(started_half(e), after) + _lines(e, after)
+        kind = after.workflow.node(e.node_id).type if e.node_id else None
+        return [_started_line(e.at, kind, e.node_id, e.attempt, e.dispatch, None), *_lines(e, after)]
     return _lines(e, after)
+
+
+def _started_line(
+    at: datetime,
+    kind: str | None,
+    node_id: str | None,
+    attempt: int | None,
+    dispatch: str | None,
+    reason: str | None,
+) -> Line:
+    """The line of an attempt's start: a ``node_started``, or the start half of a merged inline
+    attempt, taken from its fields (no second event object is built for it)."""
+    how = {
+        "inline": "in the orchestrator",
+        "task": "on an executor",
+        "timer": "as a timer",
+        "child": "as a child run",
+        "signal": "waiting for a signal",
+    }.get(dispatch or "task", f"as {dispatch}")
+    note = f" ({reason})" if reason else ""
+    return _line(at, "info", f"{kind} node {node_id} started, attempt {attempt}, {how}{note}", node_id)
 
 
 def _lines(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
@@ -69,19 +92,7 @@ def _lines(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
             )
         ]
     if t is EventType.NODE_STARTED:
-        how = {
-            "inline": "in the orchestrator",
-            "task": "on an executor",
-            "timer": "as a timer",
-            "child": "as a child run",
-            "signal": "waiting for a signal",
-        }.get(e.dispatch or "task", f"as {e.dispatch}")
-        note = f" ({e.reason})" if e.reason else ""
-        return [
-            _line(
-                e.at, "info", f"{kind} node {e.node_id} started, attempt {e.attempt}, {how}{note}", e.node_id
-            )
-        ]
+        return [_started_line(e.at, kind, e.node_id, e.attempt, e.dispatch, e.reason)]
     if t is EventType.NODE_SUCCEEDED:
         took = (e.at - node.started_at).total_seconds() if node and node.started_at else 0.0
         return [

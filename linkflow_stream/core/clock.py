@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -23,7 +24,23 @@ def to_millis(dt: datetime) -> int:
 
 
 def iso(dt: datetime) -> str:
-    """An aware time as ISO-8601 with ``Z`` for UTC: how every answer and span shows a time."""
+    """An aware time as ISO-8601 with ``Z`` for UTC: how every answer and span shows a time.
+
+    A run's few instants are printed many times over (each log line, each body the views render,
+    each node's start and end), and ``isoformat`` costs a few microseconds a call: UTC times are
+    kept, for the latest ``ISO_CACHE`` of them. Only times at offset zero go through the cache,
+    because equal times at other offsets are equal keys that print differently."""
+    if dt.utcoffset() == ZERO:
+        return _utc_iso(dt)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+ZERO = timedelta(0)
+ISO_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=ISO_CACHE)
+def _utc_iso(dt: datetime) -> str:
     return dt.isoformat().replace("+00:00", "Z")
 
 

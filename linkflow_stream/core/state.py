@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from linkflow_stream.core.events import Dispatch, EventType, ExecutionEvent
-from linkflow_stream.core.inline_attempts import is_merged, started_half
+from linkflow_stream.core.inline_attempts import is_merged
 from linkflow_stream.core.messages import NodeError, Priority, Signal
 from linkflow_stream.core.workflow import WorkflowDefinition
 
@@ -316,7 +316,11 @@ def _evolve_node(state: ExecutionState, event: ExecutionEvent) -> ExecutionState
     node = state.nodes[node_id]
     timers = {k: t for k, t in state.timers.items() if t.node_id != node_id}
     if is_merged(event):  # an inline attempt, started and ended in one event (ADR 0056)
-        node, timers = _node_transition(state.id, node, timers, started_half(event))
+        # its start applied from the event's own fields: no second event object is built (the
+        # merged start has no timer, reason or key: ``inline_attempts._mergeable_start``)
+        node, timers = _started(
+            state.id, node_id, node, timers, event.at, event.attempt, event.dispatch, None, None
+        )
     new, timers = _node_transition(state.id, node, timers, event)
     if event.logs is not None:
         new = new.model_copy(update={"logs": event.logs})
@@ -337,23 +341,17 @@ def _node_transition(
     taken out of ``timers``); without the logs and usage the event carries."""
     node_id = event.node_id
     if event.type is EventType.NODE_STARTED:
-        if node.status not in (NodeStatus.PENDING, NodeStatus.RUNNING):
-            raise EvolveError(f"{run_id}: node {node_id} cannot start from {node.status}")
-        attempt = event.attempt or 1
-        kind = _TIMER_OF.get(event.dispatch or Dispatch.TASK, TimerKind.LEASE)
-        new = node.model_copy(
-            update={
-                "status": NodeStatus.RUNNING,
-                "attempts": attempt,
-                "output": None,
-                "started_at": node.started_at or event.at,
-                "attempt_started_at": event.at,
-                "finished_at": None,
-                "correlation_key": event.correlation_key,
-            }
-        )
-        timers = _with_timer(
-            timers, Timer.make_id(kind, node_id, attempt), kind, event.due_at, node_id, attempt
+        assert node_id is not None  # checked by _evolve_node
+        new, timers = _started(
+            run_id,
+            node_id,
+            node,
+            timers,
+            event.at,
+            event.attempt,
+            event.dispatch,
+            event.due_at,
+            event.correlation_key,
         )
     elif event.type is EventType.NODE_RETRY_SCHEDULED:
         if node.status is not NodeStatus.RUNNING:
@@ -412,6 +410,37 @@ def _node_transition(
     else:  # pragma: no cover - every EventType is handled above
         raise EvolveError(f"{run_id}: unhandled event {event.type}")
     return new, timers
+
+
+def _started(
+    run_id: str,
+    node_id: str,
+    node: NodeState,
+    timers: dict[str, Timer],
+    at: datetime,
+    attempt: int | None,
+    dispatch: Dispatch | None,
+    due_at: datetime | None,
+    correlation_key: str | None,
+) -> tuple[NodeState, dict[str, Timer]]:
+    """The node and the run's timers after an attempt of it starts: a ``node_started``, or the
+    start half of a merged inline attempt (ADR 0056), taken from its fields."""
+    if node.status not in (NodeStatus.PENDING, NodeStatus.RUNNING):
+        raise EvolveError(f"{run_id}: node {node_id} cannot start from {node.status}")
+    attempt = attempt or 1
+    kind = _TIMER_OF.get(dispatch or Dispatch.TASK, TimerKind.LEASE)
+    new = node.model_copy(
+        update={
+            "status": NodeStatus.RUNNING,
+            "attempts": attempt,
+            "output": None,
+            "started_at": node.started_at or at,
+            "attempt_started_at": at,
+            "finished_at": None,
+            "correlation_key": correlation_key,
+        }
+    )
+    return new, _with_timer(timers, Timer.make_id(kind, node_id, attempt), kind, due_at, node_id, attempt)
 
 
 def _with_timer(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -47,3 +47,17 @@ def test_to_millis_inverts_from_millis_in_the_current_era(ms: int) -> None:
 )
 def test_to_millis_inverts_from_millis(ms: int) -> None:
     assert clock.to_millis(clock.from_millis(ms)) == ms
+
+
+def test_iso_prints_utc_with_z_and_other_offsets_as_they_are_whatever_was_printed_before() -> None:
+    """``iso`` keeps the text of UTC times: an equal time at another offset is an equal key, so
+    it must not be answered from what was kept (either order)."""
+    utc = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
+    plus_one = utc.astimezone(timezone(timedelta(hours=1)))
+    later = datetime(2026, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert plus_one == utc
+    assert clock.iso(utc) == "2026-01-02T03:04:05.006000Z"
+    assert clock.iso(plus_one) == "2026-01-02T04:04:05.006000+01:00"
+    assert clock.iso(later) == "2026-01-02T05:00:00+02:00"
+    assert clock.iso(later.astimezone(UTC)) == "2026-01-02T03:00:00Z"
+    assert clock.iso(utc.replace(tzinfo=timezone(timedelta(0)))) == "2026-01-02T03:04:05.006000Z"
