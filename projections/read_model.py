@@ -49,7 +49,7 @@ from linkflow_stream.core.state import ExecutionState, ExecutionStatus
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from projections.costs import RATES, Rates, cost_of, report, since_of
 from projections.logs import LEVELS, Line, LogView, lines_for
-from projections.status import REVERSE_LINKS, StatusView, render, summary
+from projections.status import REVERSE_LINKS, StatusView, body_texts
 from projections.store import (
     Changes,
     ExecutionQuery,
@@ -647,6 +647,15 @@ class ReadModel:
         row = await self._stored(execution_id)
         return None if row is None else dict(json.loads(row.body))
 
+    async def body_text(self, execution_id: str) -> str | None:
+        """``body`` as JSON text, for an answer that only passes it on: a live or recently ended
+        run's as its row gets it (``status.body_texts``), a stored run's as stored."""
+        text = self.status.get_text(execution_id)
+        if text is not None:
+            return text
+        row = await self._stored(execution_id)
+        return None if row is None else row.body
+
     async def linked(self, execution_id: str) -> dict[str, list[str]]:
         """The runs that link to this one, by the body field that lists them (``reruns``, ...)."""
         found: dict[str, list[str]] = {field: [] for field in REVERSE_LINKS.values()}
@@ -777,7 +786,7 @@ def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> 
     """The stored row of a run: its state, the columns queries filter on, and its costs."""
     cost = cost_of(state, rates)
     breakdown = cost["breakdown"]
-    body = render(state)
+    body, short = body_texts(state)
     return ExecutionRow(
         id=state.id,
         workflow_id=state.workflow.id,
@@ -789,8 +798,8 @@ def execution_row(state: ExecutionState, codec: Codec, rates: Rates = RATES) -> 
         finished_ms=to_millis(state.finished_at or state.created_at) if state.status.terminal else None,
         seq=state.seq,
         state=codec.encode(state),
-        body=json.dumps(body, separators=(",", ":")),
-        summary=json.dumps(summary(body), separators=(",", ":")),
+        body=body,
+        summary=short,
         total_cost=cost["total_cost"],
         attempts=cost["attempts"],
         retries=sum(max(0, n["attempts"] - 1) for n in cost["nodes"].values()),

@@ -9,6 +9,7 @@ seen) change nothing. Memory holds what is live; the read-model store holds ever
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -89,6 +90,32 @@ def summary(body: dict[str, Any]) -> dict[str, Any]:
     of runs shows (``GET /api/executions?view=summary``). A page of runs with megabyte inputs is
     then a few kilobytes."""
     return {key: value for key, value in body.items() if key not in DATA_FIELDS}
+
+
+BODY_TEXTS = 512
+"""How many states' texts ``body_texts`` keeps."""
+BODY_TEXT_LARGEST = 64 * 1024
+"""A body text longer than this is not kept: it would hold a large input or output twice."""
+_texts: OrderedDict[int, tuple[ExecutionState, str, str]] = OrderedDict()
+
+
+def body_texts(state: ExecutionState) -> tuple[str, str]:
+    """The JSON text of ``state``'s body and of its summary, kept for the latest ``BODY_TEXTS``
+    state objects: a run's final state is rendered for the ``?wait`` caller's answer and again
+    for its stored row, moments apart, and rendering and encoding a body is a good part of a
+    run's cost in the views (issue 13). Kept by object (the entry holds the state, so its id
+    stays its own): a state is frozen, so its text cannot go stale."""
+    kept = _texts.get(id(state))
+    if kept is not None and kept[0] is state:
+        return kept[1], kept[2]
+    body = render(state)
+    text = json.dumps(body, separators=(",", ":"))
+    short = json.dumps(summary(body), separators=(",", ":"))
+    if len(text) <= BODY_TEXT_LARGEST:
+        _texts[id(state)] = (state, text, short)
+        if len(_texts) > BODY_TEXTS:
+            _texts.popitem(last=False)
+    return text, short
 
 
 def render_metrics(state: ExecutionState, now: datetime) -> dict[str, Any]:
@@ -342,6 +369,11 @@ class StatusView:
     def get(self, execution_id: str) -> dict[str, Any] | None:
         state = self.known(execution_id) or self.accepted.get(execution_id)
         return render(state) if state is not None else None
+
+    def get_text(self, execution_id: str) -> str | None:
+        """``get`` as JSON text (``body_texts``: the text the run's stored row gets too)."""
+        state = self.known(execution_id) or self.accepted.get(execution_id)
+        return body_texts(state)[0] if state is not None else None
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """Per priority: accepted but not started yet, or waiting for a concurrency slot (queued), and

@@ -743,7 +743,9 @@ class Api:
             # after a wait that ran out the run may be queued or running by now: say where it is
             status = await self.d.views.status_of(request_record.execution_id) or status
             if ended or status.terminal:
-                return web.json_response(await self.d.views.body(request_record.execution_id))
+                # the body as the text its row gets too (``status.body_texts``), rendered once
+                text = await self.d.views.body_text(request_record.execution_id)
+                return web.Response(text=text or "null", content_type="application/json")
         return web.json_response({"id": request_record.execution_id, "status": status.value}, status=202)
 
     def _admit(self, team: str | None) -> None:
