@@ -44,7 +44,17 @@ from linkflow_stream.dev.testing import call
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("JSONata", ("jsonata/", "core/expressions.py", "core/expression_frame.py", "expression_worker")),
-    ("Avro codec + models", ("fastavro", "kafka/codec", "kafka/records.py", "schema_ids")),
+    (
+        "Avro codec + models",
+        (
+            "fastavro",
+            "kafka/codec",
+            "kafka/avro_reader",
+            "kafka/avro_writer",
+            "kafka/records.py",
+            "schema_ids",
+        ),
+    ),
     ("read model: store", ("projections/store/",)),
     ("read model: fold + render", ("projections/",)),
     ("decider + evolve", ("core/decider.py", "core/state.py", "core/events.py")),
@@ -57,6 +67,14 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 """(stage, path fragments): a sample's stage is that of its innermost frame matching a fragment,
 stages tried in this order for each frame."""
+
+IDLE = "idle: pool threads waiting"
+"""The samples of a pool thread waiting for work: its innermost frame is the pool's ``_worker``
+(blocked in its queue's ``get``, C code with no Python frame below). py-spy, sampling without
+pausing the engine (``--nonblocking``), takes such a thread for a running one: in the api,views
+process of a two-process diamond they were 31% of the samples while the pool threads' own CPU
+(``/proc/<pid>/task``) was a few per cent of the process's. They are left out of the shares."""
+IDLE_LEAF = re.compile(r"^_worker \([^()]*concurrent/futures/thread\.py(:\d+)?\)$")
 
 FRAME = re.compile(r"\((?P<path>[^()]*?)(?::\d+)?\)$")
 
@@ -73,12 +91,14 @@ def stage_of(stack: str) -> str:
 
 
 def stages(raw: str) -> Counter[str]:
-    """Samples per stage in py-spy's raw (collapsed) output: one ``stack count`` per line."""
+    """Samples per stage in py-spy's raw (collapsed) output: one ``stack count`` per line; a
+    waiting pool thread's under ``IDLE``."""
     out: Counter[str] = Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            out[stage_of(stack)] += int(count)
+            idle = IDLE_LEAF.match(stack.rsplit(";", 1)[-1])
+            out[IDLE if idle else stage_of(stack)] += int(count)
     return out
 
 
@@ -165,6 +185,7 @@ def profile(url: str, pid: int, args: argparse.Namespace) -> None:
     finally:
         load.stop()
     counts = stages(raw.read_text())
+    idle = counts.pop(IDLE, 0)
     total = sum(counts.values()) or 1
     events = runs * per_run
     print(f"flame graph: {svg}   collapsed stacks: {raw}")
@@ -177,6 +198,7 @@ def profile(url: str, pid: int, args: argparse.Namespace) -> None:
     for stage, n in counts.most_common():
         share = n / total
         print(f"{stage:<28} {n:>8} {share:>6.1%} {cpu * share / max(events, 1) * 1e6:>9.1f}")
+    print(f"{IDLE:<28} {idle:>8}  (not in the shares: see IDLE)")
 
 
 @contextlib.contextmanager

@@ -24,15 +24,20 @@ def to_millis(dt: datetime) -> int:
 
 
 def iso(dt: datetime) -> str:
-    """An aware time as ISO-8601 with ``Z`` for UTC: how every answer and span shows a time.
+    """An aware time as ISO-8601 with ``Z`` for UTC: how every answer and span shows a time."""
+    return isoformat(dt).replace("+00:00", "Z")
 
-    A run's few instants are printed many times over (each log line, each body the views render,
-    each node's start and end), and ``isoformat`` costs a few microseconds a call: UTC times are
-    kept, for the latest ``ISO_CACHE`` of them. Only times at offset zero go through the cache,
-    because equal times at other offsets are equal keys that print differently."""
+
+def isoformat(dt: datetime) -> str:
+    """``dt.isoformat()``, kept for the latest ``ISO_CACHE`` UTC times.
+
+    A run's few instants are printed many times over (each event's CloudEvents time, each log
+    line, each body the views render, each node's start and end), and ``isoformat`` costs a few
+    microseconds a call. Only times at offset zero go through the cache, because equal times at
+    other offsets are equal keys that print differently."""
     if dt.utcoffset() == ZERO:
-        return _utc_iso(dt)
-    return dt.isoformat().replace("+00:00", "Z")
+        return _utc_isoformat(dt)
+    return dt.isoformat()
 
 
 ZERO = timedelta(0)
@@ -40,8 +45,8 @@ ISO_CACHE = 4096
 
 
 @functools.lru_cache(maxsize=ISO_CACHE)
-def _utc_iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
+def _utc_isoformat(dt: datetime) -> str:
+    return dt.isoformat()
 
 
 def seconds_to_millis(seconds: float) -> int:

@@ -35,6 +35,7 @@ from fastavro.write import LOGICAL_WRITERS
 from pydantic import BaseModel
 
 from linkflow_stream.core import strict_json
+from linkflow_stream.core.clock import isoformat
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.events import ExecutionEvent
 from linkflow_stream.core.messages import StartExecution
@@ -459,7 +460,7 @@ def cloudevent_headers(
         ("ce_type", ce_type.encode()),
         ("ce_source", source.encode()),
         ("ce_subject", subject.encode()),
-        ("ce_time", (time or datetime.now(UTC)).isoformat().encode()),
+        ("ce_time", isoformat(time or datetime.now(UTC)).encode()),
         ("content-type", CONTENT_TYPE.encode()),
     ]
     headers.extend(extra)

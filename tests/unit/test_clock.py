@@ -61,3 +61,14 @@ def test_iso_prints_utc_with_z_and_other_offsets_as_they_are_whatever_was_printe
     assert clock.iso(later) == "2026-01-02T05:00:00+02:00"
     assert clock.iso(later.astimezone(UTC)) == "2026-01-02T03:00:00Z"
     assert clock.iso(utc.replace(tzinfo=timezone(timedelta(0)))) == "2026-01-02T03:04:05.006000Z"
+
+
+def test_isoformat_is_datetimes_own_whatever_was_printed_before() -> None:
+    utc = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    minus_five = utc.astimezone(timezone(timedelta(hours=-5)))
+    for first, second in ((utc, minus_five), (minus_five, utc)):
+        clock.isoformat(first)
+        assert clock.isoformat(second) == second.isoformat()
+    assert clock.isoformat(utc) == "2026-01-02T03:04:05+00:00"
+    naive = datetime(2026, 1, 2, 3, 4, 5)
+    assert clock.isoformat(naive) == "2026-01-02T03:04:05"
