@@ -93,25 +93,29 @@ def summary(body: dict[str, Any]) -> dict[str, Any]:
 
 
 BODY_TEXTS = 512
-"""How many states' texts ``body_texts`` keeps."""
+"""How many ended states' texts ``body_texts`` keeps."""
 BODY_TEXT_LARGEST = 64 * 1024
 """A body text longer than this is not kept: it would hold a large input or output twice."""
 _texts: OrderedDict[int, tuple[ExecutionState, str, str]] = OrderedDict()
 
 
 def body_texts(state: ExecutionState) -> tuple[str, str]:
-    """The JSON text of ``state``'s body and of its summary, kept for the latest ``BODY_TEXTS``
-    state objects: a run's final state is rendered for the ``?wait`` caller's answer and again
-    for its stored row, moments apart, and rendering and encoding a body is a good part of a
-    run's cost in the views (issue 13). Kept by object (the entry holds the state, so its id
-    stays its own): a state is frozen, so its text cannot go stale."""
+    """The JSON text of ``state``'s body and of its summary; an ended run's kept for the latest
+    ``BODY_TEXTS`` such state objects. A run's final state is rendered for the ``?wait`` caller's
+    answer and again for its stored row, moments apart, and rendering and encoding a body is a
+    good part of a run's cost in the views (issue 13). A live run's state is not kept: no answer
+    takes its text, and its rows (ADR 0063) would push the ended runs' texts out.
+
+    Kept by object: the entry holds the state, so its id cannot be another object's while the
+    entry lives. A state is frozen and no code changes its contents, so its text cannot go
+    stale. Called on the event loop's thread only (the dict is not locked)."""
     kept = _texts.get(id(state))
     if kept is not None and kept[0] is state:
         return kept[1], kept[2]
     body = render(state)
     text = json.dumps(body, separators=(",", ":"))
     short = json.dumps(summary(body), separators=(",", ":"))
-    if len(text) <= BODY_TEXT_LARGEST:
+    if state.status.terminal and len(text) <= BODY_TEXT_LARGEST:
         _texts[id(state)] = (state, text, short)
         if len(_texts) > BODY_TEXTS:
             _texts.popitem(last=False)

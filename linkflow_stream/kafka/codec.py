@@ -460,7 +460,8 @@ def cloudevent_headers(
         ("ce_type", ce_type.encode()),
         ("ce_source", source.encode()),
         ("ce_subject", subject.encode()),
-        ("ce_time", isoformat(time or datetime.now(UTC)).encode()),
+        # a record's own time is shared by a step's records (kept); now would only crowd the cache
+        ("ce_time", (isoformat(time) if time else datetime.now(UTC).isoformat()).encode()),
         ("content-type", CONTENT_TYPE.encode()),
     ]
     headers.extend(extra)

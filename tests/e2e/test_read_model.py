@@ -6,11 +6,13 @@ one PostgreSQL read model."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -253,6 +255,32 @@ def test_a_restart_resumes_and_reads_every_run_from_the_store(
     status, cost = call("GET", f"{engine.url}/api/costs/report?period=day")
     assert status == 200
     assert {w["workflow_id"]: w["executions"] for w in cost["workflows"]}[wf["id"]] == 20
+
+
+def test_a_waited_start_is_answered_with_the_body_its_row_keeps(
+    engine_factory: Callable[..., EngineProcess],
+) -> None:
+    """The ``?wait`` answer is the run's body as JSON, the text its stored row keeps (ADR 0064):
+    the same as ``GET`` and a page of runs read from the row (no finished run is kept in memory)."""
+    engine = engine_factory(LINKFLOW_VIEWS_FINISHED_CACHE="0")
+    wf = chain("answered")
+    engine.register(wf)
+    request = urllib.request.Request(
+        f"{engine.url}/api/executions?wait=30",
+        data=json.dumps({"workflow_id": wf["id"], "input_data": {"n": 4}}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **engine.auth()},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
+        body = json.loads(answer.read())
+    assert body["status"] == "success" and body["nodes"]["b"]["output"] == 9, body
+    read = engine.get(body["id"])  # which also lists the runs linking to it (none here)
+    assert {field: read.pop(field) for field in REVERSE_LINKS.values()} == {"reruns": [], "children": []}
+    assert read == body
+    status, page = call("GET", f"{engine.url}/api/executions?workflow_id={wf['id']}")
+    assert status == 200 and page["executions"] == [body], page
 
 
 def test_queries_filter_and_page_newest_first(engine_factory: Callable[..., EngineProcess]) -> None:

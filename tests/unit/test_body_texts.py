@@ -4,7 +4,10 @@ stored row (``projections.status.body_texts``), never answered from another stat
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
+
+import pytest
 
 from linkflow_stream.core.clock import from_millis
 from linkflow_stream.core.messages import Priority
@@ -16,6 +19,16 @@ from projections.read_model import execution_row
 from projections.status import BODY_TEXT_LARGEST, BODY_TEXTS, StatusView, body_texts, render, summary
 
 T0 = from_millis(1_800_000_000_000)
+
+
+@pytest.fixture(autouse=True)
+def no_texts_kept() -> Iterator[None]:
+    """Each test starts and ends with nothing kept (the texts are the module's)."""
+    status._texts.clear()
+    yield
+    status._texts.clear()
+
+
 WORKFLOW = WorkflowDefinition(id="wf", created_at=T0, nodes=(NodeDefinition(id="n", type="transform"),))
 
 
@@ -55,19 +68,32 @@ def test_the_row_and_the_wait_answer_get_one_text() -> None:
 
 
 def test_a_text_is_never_another_states() -> None:
-    """Equal content in another object, a later state of the same run, and a state whose object
-    id was reused after the first was dropped each get their own text."""
+    """A later state of the same run gets its own text, and so does a state under whose id
+    another object's text was kept (an id reused after the first object was let go: planted
+    here, since CPython's reuse cannot be forced)."""
     first = state("r3", output=1)
     assert json.loads(body_texts(first)[0])["nodes"]["n"]["output"] == 1
     later = state("r3", output=2, seq=4)
     assert json.loads(body_texts(later)[0])["nodes"]["n"]["output"] == 2
-    twin = state("r3", output=1)
-    assert body_texts(twin)[0] == body_texts(first)[0]
-    for n in range(BODY_TEXTS + 5):  # more states than are kept: the oldest are let go
-        body_texts(state(f"many-{n}"))
+    other = state("r3", output=3)
+    status._texts[id(other)] = (first, "stale", "stale")
+    text, short = body_texts(other)
+    assert json.loads(text)["nodes"]["n"]["output"] == 3
+    assert short != "stale"
+    assert status._texts[id(other)][0] is other
+
+
+def test_only_ended_runs_are_kept_and_only_the_latest() -> None:
+    """A live run's rows (ADR 0063) go through ``body_texts`` too: keeping them would push out
+    the ended runs whose ``?wait`` answers made their texts."""
+    live = state("r5").model_copy(update={"status": ExecutionStatus.RUNNING, "finished_at": None})
+    body_texts(live)
+    assert id(live) not in status._texts
+    ended = [state(f"many-{n}") for n in range(BODY_TEXTS + 5)]
+    for run in ended:
+        body_texts(run)
     assert len(status._texts) == BODY_TEXTS
-    assert all(key == id(kept) for key, (kept, _text, _short) in status._texts.items())
-    assert id(first) not in status._texts
+    assert id(ended[0]) not in status._texts and status._texts[id(ended[-1])][0] is ended[-1]
 
 
 def test_a_large_body_is_not_kept() -> None:
