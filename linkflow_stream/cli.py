@@ -81,7 +81,7 @@ def main() -> None:
 )
 def run(loglevel: str, roles: str | None, pools: str | None) -> None:
     """Run the engine (API, orchestrator, executor, views, or the --roles given) in the foreground."""
-    from linkflow_stream.engine import placement_problem
+    from linkflow_stream.engine import StopAbandonedError, exit_abandoned, placement_problem
     from linkflow_stream.engine import run as run_engine
 
     chosen: dict[str, Any] = {}
@@ -93,7 +93,10 @@ def run(loglevel: str, roles: str | None, pools: str | None) -> None:
     problem = placement_problem(settings)
     if problem is not None:
         raise click.UsageError(problem)
-    run_engine(settings, loglevel=loglevel)
+    try:
+        run_engine(settings, loglevel=loglevel)
+    except StopAbandonedError:
+        exit_abandoned()
 
 
 @main.group()
@@ -246,11 +249,13 @@ def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
     What ``make run`` runs. The engine uses this broker whatever LINKFLOW_BOOTSTRAP_SERVERS says.
     The broker is stopped on SIGINT, SIGTERM or SIGHUP at any point, also when it was reused from
     an earlier run; after a kill -9 it keeps running, and the next ``linkflow dev`` reuses it."""
+    from linkflow_stream.engine import StopAbandonedError, exit_abandoned
     from linkflow_stream.engine import run as run_engine  # imported here: keeps --help fast
 
     lock = _one_dev_per_data_dir(data_dir)  # held until this process ends, kill -9 included
     broker = _broker(data_dir, kafka_port)
     owned = False  # a broker refused for reuse (another port) is not ours to stop
+    abandoned = False  # the engine's stop was cut short: the process ends hard, after the broker
     # Each stops everything, also while the broker starts (until the engine takes over SIGINT and
     # SIGTERM). SIGINT is set even when inherited as ignored, as a job started with `&` by a script
     # has it: the engine reacts to it anyway. An ignored SIGHUP (nohup) stays ignored.
@@ -264,6 +269,8 @@ def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
         for line in asyncio.run(apply_topics(settings)) or ["all topics already exist"]:
             click.echo(line)
         run_engine(settings, loglevel=loglevel)
+    except StopAbandonedError:
+        abandoned = True
     except KeyboardInterrupt:
         click.echo("interrupted")
     except TopicSpecError as exc:
@@ -276,6 +283,8 @@ def dev(data_dir: Path, kafka_port: int, loglevel: str) -> None:
             broker.stop()
             _say("Kafka stopped")
         lock.close()  # the next `linkflow dev` on this data dir may start
+        if abandoned:
+            exit_abandoned()
 
 
 def _one_dev_per_data_dir(data_dir: Path) -> TextIO:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from aiohttp import web
 from aiokafka import ConsumerRecord, TopicPartition
@@ -77,6 +80,8 @@ WORKFLOW_READ_SECONDS = 10.0
 STOP_FLUSH_SECONDS = 10.0
 """Longest a stop waits to write the read model's rows behind memory (the store is away): the
 restart folds their records again."""
+STOP_OVERDUE = 3
+"""The exit code of a process whose stop was abandoned (``Settings.stop_timeout_seconds``)."""
 
 
 class StartRefusedError(LinkflowError):
@@ -734,8 +739,34 @@ async def serve(settings: Settings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await starting
     log.info("stopping")
-    await engine.stop()
-    return 0
+    return await _stop_within(engine, settings.stop_timeout_seconds)
+
+
+async def _stop_within(engine: Engine, seconds: float) -> int:
+    """Stop ``engine``; 0 once stopped, or ``STOP_OVERDUE`` when the stop has not finished after
+    ``seconds`` or a second SIGINT or SIGTERM came first (Ctrl-C twice). A stop waits for the
+    broker (the last batch's commit, the producers' flush, leaving the group), and with the broker
+    away it waited for ever: an engine told to stop must end, and ending without the rest of the
+    stop is what a crash does, which the engine is built to survive (what was not committed is
+    read again by the partitions' next owner)."""
+    again = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, again.set)
+    stopping = asyncio.create_task(engine.stop(), name="engine-stop")
+    signalled = asyncio.create_task(again.wait(), name="engine-stop-again")
+    done, _ = await asyncio.wait({stopping, signalled}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    if stopping in done:
+        signalled.cancel()
+        stopping.result()  # a stop that failed ends the process with its error
+        return 0
+    why = "a second signal came" if signalled in done else f"it did not finish within {seconds:g} s"
+    log.error(
+        "stop abandoned (%s): exiting now, as a crash would; what was not committed is read again "
+        "by the next owner of its partitions",
+        why,
+    )
+    return STOP_OVERDUE
 
 
 def run(settings: Settings, loglevel: str = "info") -> None:
@@ -747,7 +778,29 @@ def run(settings: Settings, loglevel: str = "info") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     condense_connection_errors()  # a broker away: a line per kind and half-minute, not 1,000 a second
     gc_tuning.tune()
-    with asyncio.Runner(loop_factory=event_loop.loop_factory(settings.event_loop)) as runner:
+    runner = asyncio.Runner(loop_factory=event_loop.loop_factory(settings.event_loop))
+    try:
         code = runner.run(serve(settings))
+    except BaseException:
+        runner.close()
+        raise
+    if code == STOP_OVERDUE:
+        # The loop is left as it is: its close would cancel the stuck stop and wait for it.
+        raise StopAbandonedError
+    runner.close()
     if code:
         raise SystemExit(code)
+
+
+class StopAbandonedError(Exception):
+    """The engine's stop was abandoned (``_stop_within``). The caller ends the process with
+    ``exit_abandoned`` once it has done its own part (``linkflow dev`` stops its broker)."""
+
+
+def exit_abandoned() -> NoReturn:
+    """End the process now with ``STOP_OVERDUE``: not through the interpreter's exit, which
+    joins the worker threads (a stuck store write, a runaway expression) and would wait for what
+    the stop was abandoned for."""
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(STOP_OVERDUE)

@@ -7,6 +7,10 @@ the engine logged 26 MB in three minutes (ADR 0049's consequences)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from linkflow_stream.dev.broker import Broker, BrokerError, free_port
-from linkflow_stream.dev.testing import EngineProcess, call
+from linkflow_stream.dev.testing import ROOT, EngineProcess, call
 from linkflow_stream.kafka.publisher import ACK_SECONDS
 
 pytestmark = pytest.mark.e2e
@@ -116,3 +120,92 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         assert engine.metric_total("linkflow_api_unacknowledged_sends") == 0  # shown above, at 2
     finally:
         engine.stop()
+
+
+def test_an_engine_told_to_stop_with_its_broker_away_ends_by_its_deadline_or_a_second_signal(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A stop waits for the broker (the last commit, the producers' flush, leaving the group), and
+    with the broker away it waited for ever: Ctrl-C did nothing. It now ends, as a crash would,
+    after ``LINKFLOW_STOP_TIMEOUT_SECONDS`` or at a second signal, with exit code 3. Each engine
+    has a run in flight (a wait node) when the broker goes."""
+    patient = EngineProcess(
+        bootstrap=broker.bootstrap, workdir=tmp_path / "a", extra_env={"LINKFLOW_STOP_TIMEOUT_SECONDS": "4"}
+    )
+    twice = EngineProcess(
+        bootstrap=broker.bootstrap, workdir=tmp_path / "b", extra_env={"LINKFLOW_STOP_TIMEOUT_SECONDS": "600"}
+    )
+    engines = (patient, twice)
+    try:
+        for engine in engines:
+            engine.workdir.mkdir()
+            engine.start()
+            wf_id = f"stop-{uuid.uuid4().hex[:6]}"
+            engine.register({"id": wf_id, "nodes": [{"id": "w", "type": "wait", "config": {"seconds": 600}}]})
+            status, waiting = engine.start_execution(wf_id)
+            assert status == 202, waiting
+            engine.wait_status(waiting["id"], ("running",))
+        broker.stop(timeout=30)
+        for engine in engines:
+            wait_for(lambda e=engine: readiness(e)[0] == 503, "/readyz 503", within=30)
+            assert engine.proc is not None
+            engine.proc.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        assert patient.proc is not None and twice.proc is not None
+        assert patient.proc.wait(timeout=30) == 3
+        assert 4 <= time.monotonic() - began < 30
+        assert "stop abandoned (it did not finish within 4 s)" in patient.log_path.read_text(errors="replace")
+        assert twice.proc.poll() is None, "a stop with its broker away still waits"
+        twice.proc.send_signal(signal.SIGTERM)
+        assert twice.proc.wait(timeout=15) == 3
+        assert "stop abandoned (a second signal came)" in twice.log_path.read_text(errors="replace")
+    finally:
+        for engine in engines:
+            if engine.proc is not None and engine.proc.poll() is None:
+                engine.proc.kill()
+
+
+def test_make_runs_engine_abandoning_its_stop_still_stops_its_broker(tmp_path: Path) -> None:
+    """``linkflow dev`` (what ``make run`` runs) holds the engine in its own process and stops its
+    broker after it: a stop abandoned (here by a deadline no stop can meet) must not skip that,
+    and the process then ends with code 3."""
+    kafka_port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LINKFLOW_")}
+    env.update(
+        LINKFLOW_STOP_TIMEOUT_SECONDS="0.001",
+        LINKFLOW_API_PORT=str(api_port),
+        LINKFLOW_API_HOST="127.0.0.1",
+        LINKFLOW_REGISTRY_PORT=str(free_port()),
+        LINKFLOW_DATA_DIR=str(tmp_path / "data"),
+    )
+    linkflow = str(Path(sys.executable).with_name("linkflow"))
+    dev = subprocess.Popen(
+        [linkflow, "dev", "--data-dir", str(tmp_path / "kafka"), "--kafka-port", str(kafka_port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def ready() -> bool:
+            if dev.poll() is not None:
+                pytest.fail(f"linkflow dev ended with {dev.returncode}")
+            try:
+                return call("GET", f"http://127.0.0.1:{api_port}/readyz", timeout=5)[0] == 200
+            except OSError:  # not listening yet
+                return False
+
+        wait_for(ready, "the engine ready", within=180)
+        dev.send_signal(signal.SIGINT)
+        out, _ = dev.communicate(timeout=90)
+        assert dev.returncode == 3, out[-3000:]
+        assert "stop abandoned (it did not finish within 0.001 s)" in out, out[-3000:]
+        assert "Kafka stopped" in out, out[-3000:]
+        assert Broker(data_dir=tmp_path / "kafka", port=kafka_port).pid is None, "no broker left behind"
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.communicate(timeout=30)
+        Broker(data_dir=tmp_path / "kafka", port=kafka_port).stop(timeout=10)
