@@ -720,10 +720,7 @@ async def serve(settings: Settings) -> int:
     except TracingConfigError as exc:
         log.error("not starting: %s", exc.message)  # noqa: TRY400 - the message says it all
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _signalled()
     starting = asyncio.create_task(engine.start(), name="engine-start")
     stopping = asyncio.create_task(stop.wait(), name="engine-stop-signal")
     done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -742,6 +739,15 @@ async def serve(settings: Settings) -> int:
     return await _stop_within(engine, settings.stop_timeout_seconds)
 
 
+def _signalled() -> asyncio.Event:
+    """An event the next SIGINT or SIGTERM sets (its handler replaces the one set before)."""
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, event.set)
+    return event
+
+
 async def _stop_within(engine: Engine, seconds: float) -> int:
     """Stop ``engine``; 0 once stopped, or ``STOP_OVERDUE`` when the stop has not finished after
     ``seconds`` or a second SIGINT or SIGTERM came first (Ctrl-C twice). A stop waits for the
@@ -749,10 +755,7 @@ async def _stop_within(engine: Engine, seconds: float) -> int:
     away it waited for ever: an engine told to stop must end, and ending without the rest of the
     stop is what a crash does, which the engine is built to survive (what was not committed is
     read again by the partitions' next owner)."""
-    again = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, again.set)
+    again = _signalled()
     stopping = asyncio.create_task(engine.stop(), name="engine-stop")
     signalled = asyncio.create_task(again.wait(), name="engine-stop-again")
     done, _ = await asyncio.wait({stopping, signalled}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
