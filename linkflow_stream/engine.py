@@ -10,9 +10,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from aiohttp import web
 from aiokafka import ConsumerRecord, TopicPartition
@@ -80,8 +80,9 @@ WORKFLOW_READ_SECONDS = 10.0
 STOP_FLUSH_SECONDS = 10.0
 """Longest a stop waits to write the read model's rows behind memory (the store is away): the
 restart folds their records again."""
-STOP_OVERDUE = 3
-"""The exit code of a process whose stop was abandoned (``Settings.stop_timeout_seconds``)."""
+STOP_OVERDUE = 6
+"""The exit code of a process whose stop was abandoned (``Settings.stop_timeout_seconds``); no
+other exit of the CLI's uses it (``cli.EXIT_CODES``: 1-5)."""
 
 
 class StartRefusedError(LinkflowError):
@@ -701,9 +702,9 @@ class Engine:
                 await close()
         await self.publisher.stop()
         if self.tracing is not None:
-            # Exports what is buffered: blocking (the exporter's own timeout bounds it), and the
-            # last thing this process does.
-            self.tracing.shutdown()
+            # Exports what is buffered: blocking (the exporter's own timeout bounds it), so in a
+            # thread, where the stop's deadline and a second signal can still cut it short.
+            await asyncio.to_thread(self.tracing.shutdown)
         await self.codec.close()
         self._uncount_retries()  # last: the producers' final flushes are counted too
         log.info("engine stopped")
@@ -720,9 +721,9 @@ async def serve(settings: Settings) -> int:
     except TracingConfigError as exc:
         log.error("not starting: %s", exc.message)  # noqa: TRY400 - the message says it all
         return 2
-    stop = _signalled()
+    signals = _Signals()
     starting = asyncio.create_task(engine.start(), name="engine-start")
-    stopping = asyncio.create_task(stop.wait(), name="engine-stop-signal")
+    stopping = asyncio.create_task(signals.first.wait(), name="engine-stop-signal")
     done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:
         try:
@@ -731,32 +732,44 @@ async def serve(settings: Settings) -> int:
             log.error("not starting: %s", exc.message)  # noqa: TRY400 - the message says it all
             return 2
         await stopping
-    else:
+    log.info("stopping")
+    return await _stop_within(_stopped(engine, starting), settings.stop_timeout_seconds, signals.second)
+
+
+async def _stopped(engine: Engine, starting: asyncio.Task[None]) -> None:
+    """The start cut short if it still runs (a signal during the start), then the stop."""
+    if not starting.done():
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
-    log.info("stopping")
-    return await _stop_within(engine, settings.stop_timeout_seconds)
+    await engine.stop()
 
 
-def _signalled() -> asyncio.Event:
-    """An event the next SIGINT or SIGTERM sets (its handler replaces the one set before)."""
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, event.set)
-    return event
+class _Signals:
+    """SIGINT and SIGTERM, counted by one handler for the whole process: the first asks for the
+    stop, the second abandons it. (Counted, not a handler replaced at the stop's start: a second
+    signal during a start being cut short, or two in one turn of the loop, would reach the first
+    handler and be lost.)"""
+
+    def __init__(self) -> None:
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+
+    def _on_signal(self) -> None:
+        (self.second if self.first.is_set() else self.first).set()
 
 
-async def _stop_within(engine: Engine, seconds: float) -> int:
-    """Stop ``engine``; 0 once stopped, or ``STOP_OVERDUE`` when the stop has not finished after
-    ``seconds`` or a second SIGINT or SIGTERM came first (Ctrl-C twice). A stop waits for the
+async def _stop_within(stop: Awaitable[None], seconds: float, again: asyncio.Event) -> int:
+    """Run ``stop``; 0 once done, or ``STOP_OVERDUE`` when it has not finished after ``seconds``
+    or ``again`` is set first (a second SIGINT or SIGTERM: Ctrl-C twice). A stop waits for the
     broker (the last batch's commit, the producers' flush, leaving the group), and with the broker
     away it waited for ever: an engine told to stop must end, and ending without the rest of the
     stop is what a crash does, which the engine is built to survive (what was not committed is
     read again by the partitions' next owner)."""
-    again = _signalled()
-    stopping = asyncio.create_task(engine.stop(), name="engine-stop")
+    stopping = asyncio.ensure_future(stop)
     signalled = asyncio.create_task(again.wait(), name="engine-stop-again")
     done, _ = await asyncio.wait({stopping, signalled}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     if stopping in done:
@@ -788,8 +801,9 @@ def run(settings: Settings, loglevel: str = "info") -> None:
         runner.close()
         raise
     if code == STOP_OVERDUE:
-        # The loop is left as it is: its close would cancel the stuck stop and wait for it.
-        raise StopAbandonedError
+        # The loop is left as it is: its close would cancel the stuck stop and wait for it. Its
+        # tasks stay referenced, so no collection runs their cleanup while the caller finishes.
+        raise StopAbandonedError(asyncio.all_tasks(runner.get_loop()))
     runner.close()
     if code:
         raise SystemExit(code)
@@ -798,6 +812,11 @@ def run(settings: Settings, loglevel: str = "info") -> None:
 class StopAbandonedError(Exception):
     """The engine's stop was abandoned (``_stop_within``). The caller ends the process with
     ``exit_abandoned`` once it has done its own part (``linkflow dev`` stops its broker)."""
+
+    def __init__(self, pending: set[asyncio.Task[Any]]) -> None:
+        super().__init__("the engine's stop was abandoned")
+        self.pending = pending
+        """The abandoned loop's tasks, held until the process ends."""
 
 
 def exit_abandoned() -> NoReturn:

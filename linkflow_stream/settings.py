@@ -203,7 +203,7 @@ class Settings(BaseSettings):
 
     stop_timeout_seconds: float = Field(default=30.0, gt=0)
     """How long a stop (SIGINT, SIGTERM) may take before the process exits without finishing it,
-    as a crash would (exit code 3; a second signal does the same at once): a stop waits for the
+    as a crash would (exit code 6; a second signal does the same at once): a stop waits for the
     broker, and with the broker away it waited for ever. Default ``30.0``."""
 
     commit_interval_seconds: float = 0.5

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from linkflow_stream.dev.broker import Broker, BrokerError, free_port
-from linkflow_stream.dev.testing import ROOT, EngineProcess, call
+from linkflow_stream.dev.testing import ROOT, EngineProcess, call, dies_with_parent
+from linkflow_stream.engine import STOP_OVERDUE
 from linkflow_stream.kafka.publisher import ACK_SECONDS
 
 pytestmark = pytest.mark.e2e
@@ -127,7 +128,7 @@ def test_an_engine_told_to_stop_with_its_broker_away_ends_by_its_deadline_or_a_s
 ) -> None:
     """A stop waits for the broker (the last commit, the producers' flush, leaving the group), and
     with the broker away it waited for ever: Ctrl-C did nothing. It now ends, as a crash would,
-    after ``LINKFLOW_STOP_TIMEOUT_SECONDS`` or at a second signal, with exit code 3. Each engine
+    after ``LINKFLOW_STOP_TIMEOUT_SECONDS`` or at a second signal, with exit code 6. Each engine
     has a run in flight (a wait node) when the broker goes."""
     patient = EngineProcess(
         bootstrap=broker.bootstrap, workdir=tmp_path / "a", extra_env={"LINKFLOW_STOP_TIMEOUT_SECONDS": "4"}
@@ -148,16 +149,16 @@ def test_an_engine_told_to_stop_with_its_broker_away_ends_by_its_deadline_or_a_s
         broker.stop(timeout=30)
         for engine in engines:
             wait_for(lambda e=engine: readiness(e)[0] == 503, "/readyz 503", within=30)
-            assert engine.proc is not None
-            engine.proc.send_signal(signal.SIGTERM)
-        began = time.monotonic()
         assert patient.proc is not None and twice.proc is not None
-        assert patient.proc.wait(timeout=30) == 3
+        began = time.monotonic()
+        patient.proc.send_signal(signal.SIGTERM)
+        twice.proc.send_signal(signal.SIGTERM)
+        assert patient.proc.wait(timeout=30) == STOP_OVERDUE
         assert 4 <= time.monotonic() - began < 30
         assert "stop abandoned (it did not finish within 4 s)" in patient.log_path.read_text(errors="replace")
         assert twice.proc.poll() is None, "a stop with its broker away still waits"
         twice.proc.send_signal(signal.SIGTERM)
-        assert twice.proc.wait(timeout=15) == 3
+        assert twice.proc.wait(timeout=15) == STOP_OVERDUE
         assert "stop abandoned (a second signal came)" in twice.log_path.read_text(errors="replace")
     finally:
         for engine in engines:
@@ -165,11 +166,14 @@ def test_an_engine_told_to_stop_with_its_broker_away_ends_by_its_deadline_or_a_s
                 engine.proc.kill()
 
 
+DEV = (sys.executable, "-m", "linkflow_stream.cli", "dev")
+
+
 def test_make_runs_engine_abandoning_its_stop_still_stops_its_broker(tmp_path: Path) -> None:
     """``linkflow dev`` (what ``make run`` runs) holds the engine in its own process and stops its
     broker after it: a stop abandoned (here by a deadline no stop can meet) must not skip that,
-    and the process then ends with code 3."""
-    kafka_port, api_port = free_port(), free_port()
+    and the process then ends with code 6."""
+    kafka_port, api_port, parent = free_port(), free_port(), os.getpid()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LINKFLOW_")}
     env.update(
         LINKFLOW_STOP_TIMEOUT_SECONDS="0.001",
@@ -178,15 +182,16 @@ def test_make_runs_engine_abandoning_its_stop_still_stops_its_broker(tmp_path: P
         LINKFLOW_REGISTRY_PORT=str(free_port()),
         LINKFLOW_DATA_DIR=str(tmp_path / "data"),
     )
-    linkflow = str(Path(sys.executable).with_name("linkflow"))
-    dev = subprocess.Popen(
-        [linkflow, "dev", "--data-dir", str(tmp_path / "kafka"), "--kafka-port", str(kafka_port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    output = tmp_path / "dev.log"
+    with output.open("wb") as out:
+        dev = subprocess.Popen(
+            [*DEV, "--data-dir", str(tmp_path / "kafka"), "--kafka-port", str(kafka_port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: dies_with_parent(parent),  # a killed test leaves no dev or broker
+        )
     try:
 
         def ready() -> bool:
@@ -199,13 +204,14 @@ def test_make_runs_engine_abandoning_its_stop_still_stops_its_broker(tmp_path: P
 
         wait_for(ready, "the engine ready", within=180)
         dev.send_signal(signal.SIGINT)
-        out, _ = dev.communicate(timeout=90)
-        assert dev.returncode == 3, out[-3000:]
-        assert "stop abandoned (it did not finish within 0.001 s)" in out, out[-3000:]
-        assert "Kafka stopped" in out, out[-3000:]
+        code = dev.wait(timeout=90)
+        said = output.read_text(errors="replace")
+        assert code == STOP_OVERDUE, said[-3000:]
+        assert "stop abandoned (it did not finish within 0.001 s)" in said, said[-3000:]
+        assert "Kafka stopped" in said, said[-3000:]
         assert Broker(data_dir=tmp_path / "kafka", port=kafka_port).pid is None, "no broker left behind"
     finally:
         if dev.poll() is None:
             dev.kill()
-            dev.communicate(timeout=30)
+            dev.wait(timeout=30)
         Broker(data_dir=tmp_path / "kafka", port=kafka_port).stop(timeout=10)
