@@ -8,6 +8,7 @@ the engine logged 26 MB in three minutes (ADR 0049's consequences)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,8 +55,13 @@ def wait_for(check: object, what: str, within: float) -> float:
     return time.monotonic() - began
 
 
-def connection_lines(engine: EngineProcess) -> int:
-    return sum("Unable connect" in line for line in engine.log_path.read_text(errors="replace").splitlines())
+KAFKA_CLIENT_LINE = re.compile(r"^\[[^]]*\] \[\d+\] \[[A-Z]+\] aiokafka[\w.]*: ")
+
+
+def kafka_client_lines(engine: EngineProcess) -> list[str]:
+    """The Kafka client's own log lines (every aiokafka logger)."""
+    text = engine.log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if KAFKA_CLIENT_LINE.match(line)]
 
 
 def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recovers(
@@ -99,10 +105,14 @@ def test_a_broker_away_is_a_quick_503_not_ready_and_a_quiet_log_then_all_recover
         assert engine.metric_total("linkflow_api_unacknowledged_sends") == 2
         assert readiness(engine)[1]["sends_accepted"] is False  # not ready while it refuses every send
 
-        before = connection_lines(engine)
+        before = len(kafka_client_lines(engine))
         time.sleep(10)
-        logged = connection_lines(engine) - before
-        assert logged <= 5, f"{logged} connection error lines in 10 s with the broker away"
+        logged = kafka_client_lines(engine)[before:]
+        # each kind of failure once per window (connection_logs.WINDOW_SECONDS): a few lines, not
+        # the 500 in 10 s the group coordinators and producers logged before they were condensed
+        assert len(logged) <= 15, f"{len(logged)} Kafka client lines in 10 s with the broker away:\n" + (
+            "\n".join(logged[:40])
+        )
 
         broker.start(cache_dir=CACHE)
         took = wait_for(lambda: readiness(engine)[0] == 200, "/readyz 200 again", within=120)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from linkflow_stream.kafka.connection_logs import CondensedConnectionErrors
+from linkflow_stream.kafka.connection_logs import (
+    LOGGERS,
+    CondensedConnectionErrors,
+    condense_connection_errors,
+)
 
 
 def record(msg: str, *args: object) -> logging.LogRecord:
@@ -39,3 +43,23 @@ def test_other_records_pass_as_they_are() -> None:
     for _ in range(3):
         plain = record("Heartbeat failed for group %s", "g")
         assert condensed.filter(plain) and plain.getMessage() == "Heartbeat failed for group g"
+
+
+def test_the_group_coordinators_and_producers_retries_are_condensed_too() -> None:
+    """A running engine with its broker away logged about 50 lines a second from its consumer
+    groups' coordinators and its producers (session 17): their loggers get the filter, and their
+    messages are among the kinds it condenses."""
+    condensed = condense_connection_errors()
+    try:
+        for name, msg in (
+            ("aiokafka.consumer.group_coordinator", "Group Coordinator Request failed: %s"),
+            ("aiokafka.producer.sender", "Got error produce response: %s"),
+        ):
+            assert condensed in logging.getLogger(name).filters
+            records = [
+                logging.LogRecord(name, logging.ERROR, __file__, 1, msg, ("away",), None) for _ in range(50)
+            ]
+            assert [condensed.filter(r) for r in records].count(True) == 1
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeFilter(condensed)
