@@ -44,9 +44,26 @@ def _printed(e: ExecutionEvent) -> list[Line]:
 def lines_for(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     """The log lines that event ``e`` adds, given the execution's state after it."""
     if is_merged(e):  # an inline attempt in one event (ADR 0056): its start's line, then its end's
-        kind = after.workflow.node(e.node_id).type if e.node_id else None
-        return [_started_line(e.at, kind, e.node_id, e.attempt, e.dispatch, None), *_lines(e, after)]
+        return [
+            _started_line(e.at, _kind(e, after), e.node_id, e.attempt, e.dispatch, None),
+            *_lines(e, after),
+        ]
     return _lines(e, after)
+
+
+def _kind(e: ExecutionEvent, after: ExecutionState) -> str | None:
+    """The type of the node ``e`` concerns (``None``: a run-level event)."""
+    return after.workflow.node(e.node_id).type if e.node_id else None
+
+
+STARTED_HOW = {
+    "inline": "in the orchestrator",
+    "task": "on an executor",
+    "timer": "as a timer",
+    "child": "as a child run",
+    "signal": "waiting for a signal",
+}
+"""How an attempt runs, by its ``dispatch``, as its start's line says it."""
 
 
 def _started_line(
@@ -59,20 +76,14 @@ def _started_line(
 ) -> Line:
     """The line of an attempt's start: a ``node_started``, or the start half of a merged inline
     attempt, taken from its fields (no second event object is built for it)."""
-    how = {
-        "inline": "in the orchestrator",
-        "task": "on an executor",
-        "timer": "as a timer",
-        "child": "as a child run",
-        "signal": "waiting for a signal",
-    }.get(dispatch or "task", f"as {dispatch}")
+    how = STARTED_HOW.get(dispatch or "task", f"as {dispatch}")
     note = f" ({reason})" if reason else ""
     return _line(at, "info", f"{kind} node {node_id} started, attempt {attempt}, {how}{note}", node_id)
 
 
 def _lines(e: ExecutionEvent, after: ExecutionState) -> list[Line]:
     node = after.nodes.get(e.node_id) if e.node_id else None
-    kind = after.workflow.node(e.node_id).type if e.node_id else None
+    kind = _kind(e, after)
     t = e.type
     if t is EventType.EXECUTION_CREATED:
         wf = after.workflow

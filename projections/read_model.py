@@ -247,7 +247,7 @@ class ReadModel:
             return True
         if record.topic != self.topics.events:
             return False
-        state = self.status.known(execution_id) or self.status.accepted.get(execution_id)
+        state = self.status.latest(execution_id)
         if execution_id in self._urgent_runs or (
             state is not None and state.priority is Priority.HIGH and not state.status.terminal
         ):
@@ -408,7 +408,7 @@ class ReadModel:
         for run in sorted(ended.difference(due)):
             due[run] = _Behind(self.clock(), {})
         for run, behind in due.items():
-            now = (folded or {}).get(run) or self.status.known(run) or self.status.accepted.get(run)
+            now = (folded or {}).get(run) or self.status.latest(run)
             behind.state = now or behind.state  # kept by a write given up, if memory let it go
         return due
 
@@ -665,7 +665,7 @@ class ReadModel:
         waiting = [*self._behind.items(), *(item for due in self._in_flight.values() for item in due.items())]
         behind = {}
         for run, was in waiting:
-            state = self.status.known(run) or self.status.accepted.get(run) or was.state
+            state = self.status.latest(run) or was.state
             link = _forward_link(state) if state is not None else {}
             if state is not None and link.get("linked_to") == execution_id:
                 behind[run] = (to_millis(state.created_at), run, link["link_kind"])

@@ -370,13 +370,17 @@ class StatusView:
         when the request is read."""
         self.accepted.pop(execution_id, None)
 
+    def latest(self, execution_id: str) -> ExecutionState | None:
+        """The latest state in memory of a run: started (``known``), or accepted and not started."""
+        return self.known(execution_id) or self.accepted.get(execution_id)
+
     def get(self, execution_id: str) -> dict[str, Any] | None:
-        state = self.known(execution_id) or self.accepted.get(execution_id)
+        state = self.latest(execution_id)
         return render(state) if state is not None else None
 
     def get_text(self, execution_id: str) -> str | None:
         """``get`` as JSON text (``body_texts``: the text the run's stored row gets too)."""
-        state = self.known(execution_id) or self.accepted.get(execution_id)
+        state = self.latest(execution_id)
         return body_texts(state)[0] if state is not None else None
 
     def queue_counts(self) -> dict[str, dict[str, int]]:
