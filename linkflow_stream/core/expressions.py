@@ -21,6 +21,7 @@ import jsonata
 from linkflow_stream.core import clock
 from linkflow_stream.core.expression_frame import evaluation_frame, pinned_clock
 from linkflow_stream.core.node_contract import ConfigError, NodeFailure
+from linkflow_stream.core.simple_expressions import UNSURE, cached_form
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 """Time limit of an evaluation whose caller gives none."""
@@ -98,7 +99,30 @@ def evaluate(
     The limit is checked at every evaluation step, so one step that is slow on its own (building
     a range of millions of items, or converting a result that large) can overrun it; the result is
     then dropped and the evaluation fails as ``timeout`` all the same.
+
+    A simple expression over plain values is answered without the interpreter, with the result
+    it would give (``simple_expressions``, ADR 0066); anything else is the interpreter's.
     """
+    if type(data) is dict and (form := cached_form(source, _ast)) is not None:
+        result = form(data)
+        if result is not UNSURE:
+            return result
+    return interpreted(source, data, timeout_seconds, now, seed, max_depth)
+
+
+def _ast(source: str) -> Any:
+    return compile_expression(source).ast
+
+
+def interpreted(
+    source: str,
+    data: dict[str, Any],
+    timeout_seconds: float,
+    now: datetime | None,
+    seed: str | None,
+    max_depth: int,
+) -> Any:
+    """``evaluate`` by jsonata-python alone, whatever the expression."""
     started = time.monotonic()
     at = now if now is not None else clock.now()
     try:
