@@ -104,7 +104,10 @@ def evaluate(
     it would give (``simple_expressions``, ADR 0066); anything else is the interpreter's.
     """
     if type(data) is dict and (form := cached_form(source, _ast)) is not None:
-        result = form(data)
+        try:
+            result = form(data)
+        except (ArithmeticError, ValueError, TypeError, RecursionError):
+            result = UNSURE  # not expected (the closure checks what it meets); the interpreter says
         if result is not UNSURE:
             return result
     return interpreted(source, data, timeout_seconds, now, seed, max_depth)

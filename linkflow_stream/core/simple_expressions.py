@@ -25,6 +25,7 @@ keys, in parentheses or not, nested as deep as ``MAX_NODES`` allows.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -41,6 +42,9 @@ the interpreter."""
 
 Form = Callable[[Any], Any]
 """A compiled expression: the evaluation context (a dict) to the result, or ``UNSURE``."""
+
+FLOAT_MAX: Final = sys.float_info.max
+"""The largest integer (about 1.8e308) that converts to a float; JSON input may hold larger ones."""
 
 _KEPT = frozenset(
     {
@@ -151,11 +155,13 @@ def _path(node: Any, count: list[int]) -> Form | None:
 
 
 def _numeric(value: Any) -> bool:
-    """``Utils.is_numeric``, which raises for an infinite float (an error here: ``UNSURE``)."""
+    """``Utils.is_numeric``, which raises for an infinite float (an error here: ``UNSURE``), and
+    not an integer too large for a float (the interpreter's ``float()`` of it fails)."""
     try:
-        return bool(Utils.is_numeric(value))
+        numeric = bool(Utils.is_numeric(value))
     except JException:
         return False
+    return numeric and (type(value) is not int or -FLOAT_MAX <= value <= FLOAT_MAX)
 
 
 def _number(value: float) -> Any:

@@ -8,17 +8,17 @@ its fetches decodes some 170 fields. Measured on a loaded engine under cProfile,
 decoding was an eighth of all the engine's time at one caller, and the Kafka client a sixth to a
 quarter of its samples at any load (issue 13).
 
-``install`` replaces ``Struct.decode`` (aiokafka's one entry point for decoding a response or a
-header) with one that runs a reader compiled once per class from the class's own ``SCHEMA``:
-consecutive fixed-width fields are read by one ``struct.unpack_from`` over the bytes, strings,
-bytes, arrays and varints by small functions working on the bytes and an offset. It builds the
-same object from the same values (``cls(*values)``): tuples for nested schemas, lists for arrays,
-``None`` for null strings, bytes and arrays. A class whose schema holds a type this module does
-not know keeps aiokafka's decoder, and so does any decode the compiled reader cannot finish
-(short or malformed bytes): aiokafka's decoder then runs from the same position and raises its
-own error. aiokafka is pinned in ``pyproject.toml``;
-``tests/unit/test_protocol_decoders.py`` decodes every response class aiokafka defines both
-ways and fails if one differs.
+``install`` replaces ``Struct.decode`` (through which aiokafka decodes every response and header,
+and a consumer group's member metadata and assignments) with one that runs a reader compiled once
+per class from the class's own ``SCHEMA``: consecutive fixed-width fields are read by one
+``struct.unpack_from`` over the bytes, strings, bytes, arrays and varints by small functions working
+on the bytes and an offset. It builds the same object from the same values (``cls(*values)``):
+tuples for nested schemas, lists for arrays, ``None`` for null strings, bytes and arrays. A class
+whose schema holds a type this module does not know keeps aiokafka's decoder, and so does any decode
+the compiled reader cannot finish (short or malformed bytes): aiokafka's decoder then runs from the
+same position and raises its own error. aiokafka is pinned in ``pyproject.toml``;
+``tests/unit/test_protocol_decoders.py`` decodes every response class aiokafka defines both ways and
+fails if one differs.
 """
 
 from __future__ import annotations
@@ -261,5 +261,5 @@ def _tagged_fields(data: bytes, pos: int) -> tuple[dict[int, bytes], int]:
         previous = tag
         size, pos = _unsigned_varint32(data, pos)
         out[tag] = data[pos : pos + size]
-        pos += size
+        pos = min(pos + size, len(data))  # a short value ends at the end, as aiokafka's read does
     return out, pos

@@ -23,11 +23,16 @@ from hypothesis import strategies as st
 from linkflow_stream.kafka import protocol_decoders
 from linkflow_stream.kafka.protocol_decoders import decode, original_decode, struct_reader
 
+GROUP_PROTOCOL = ("aiokafka.coordinator.protocol", "aiokafka.coordinator.assignors.sticky.sticky_assignor")
+"""Modules outside ``aiokafka.protocol`` whose structs are decoded too (a group's member
+metadata and assignments, the sticky assignor's user data)."""
+
 
 def _structs() -> list[type[Struct]]:
     found: dict[str, type[Struct]] = {}
-    for module in pkgutil.iter_modules(aiokafka.protocol.__path__):
-        loaded = importlib.import_module(f"aiokafka.protocol.{module.name}")
+    names = [f"aiokafka.protocol.{m.name}" for m in pkgutil.iter_modules(aiokafka.protocol.__path__)]
+    for name in [*names, *GROUP_PROTOCOL]:
+        loaded = importlib.import_module(name)
         for value in vars(loaded).values():
             if isinstance(value, type) and issubclass(value, Struct) and value.SCHEMA.fields:
                 found[f"{value.__module__}.{value.__qualname__}"] = value
@@ -94,6 +99,22 @@ def test_the_compiled_reader_decodes_as_aiokafka(cls: type[Struct], data: st.Dat
         assert _decoded(cls, compiled_io, decode) == expected, sample
         if start == 0:
             assert _decoded(cls, sample, decode)[:2] == expected[:2], sample
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\0\0\0\x07\x01\x00\x0aab",  # one tagged field of 10 bytes, 2 there
+        b"\0\0\0\x07\x02\x00\x01a\x03\x01b",  # two, in order
+        b"\0\0\0\x07\x02\x03\x01a\x01\x01b",  # out of order: aiokafka's error
+        b"\0\0\0\x07\x01\xff\xff\xff\xff\xff\x01",  # a varint too long
+        b"\0\0\0\x07\x01",  # cut short
+    ],
+)
+def test_tagged_fields_read_as_aiokafka_reads_them(raw: bytes) -> None:
+    """aiokafka writes no tagged fields of its own, so the drawn values above never hold any."""
+    header = importlib.import_module("aiokafka.protocol.api").ResponseHeader_v1
+    assert _decoded(header, io.BytesIO(raw), decode) == _decoded(header, io.BytesIO(raw), original_decode)
 
 
 def test_install_replaces_the_decoder_once_and_uninstall_restores_it() -> None:
