@@ -21,7 +21,7 @@ import jsonata
 from linkflow_stream.core import clock
 from linkflow_stream.core.expression_frame import evaluation_frame, pinned_clock
 from linkflow_stream.core.node_contract import ConfigError, NodeFailure
-from linkflow_stream.core.simple_expressions import UNSURE, cached_form
+from linkflow_stream.core.simple_expressions import UNSURE, Form, simple_form
 
 DEFAULT_TIMEOUT_SECONDS = 1.0
 """Time limit of an evaluation whose caller gives none."""
@@ -103,7 +103,7 @@ def evaluate(
     A simple expression over plain values is answered without the interpreter, with the result
     it would give (``simple_expressions``, ADR 0066); anything else is the interpreter's.
     """
-    if type(data) is dict and (form := cached_form(source, _ast)) is not None:
+    if type(data) is dict and (form := simple_form_of(source)) is not None:
         try:
             result = form(data)
         except (ArithmeticError, ValueError, TypeError, RecursionError):
@@ -113,8 +113,14 @@ def evaluate(
     return interpreted(source, data, timeout_seconds, now, seed, max_depth)
 
 
-def _ast(source: str) -> Any:
-    return compile_expression(source).ast
+@lru_cache(maxsize=4096)
+def simple_form_of(source: str) -> Form | None:
+    """The interpreter-free closure of ``source`` (``simple_expressions``), once per source;
+    ``None`` for any other expression, a syntax error included (the interpreter reports it)."""
+    try:
+        return simple_form(compile_expression(source).ast)
+    except ValueError:
+        return None
 
 
 def interpreted(

@@ -24,7 +24,6 @@ keys, in parentheses or not, nested as deep as ``MAX_NODES`` allows.
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from typing import Any, Final
@@ -168,7 +167,7 @@ def _number(value: float) -> Any:
     """An arithmetic result as the interpreter gives it (``convert_number``), or ``UNSURE``."""
     try:
         converted = Utils.convert_number(value)
-    except (JException, OverflowError, ValueError):
+    except JException:  # an infinite result: ``is_numeric`` raises D1001
         return UNSURE
     return UNSURE if converted is None else converted
 
@@ -293,13 +292,3 @@ def _object(node: Any, count: list[int]) -> Form | None:
         return out
 
     return constructed
-
-
-@functools.lru_cache(maxsize=4096)
-def cached_form(source: str, ast_of: Callable[[str], Any]) -> Form | None:
-    """``simple_form`` of ``source``, parsed by ``ast_of``, once per source."""
-    try:
-        ast = ast_of(source)
-    except ValueError:
-        return None  # a syntax error: the interpreter's path reports it
-    return simple_form(ast)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from linkflow_stream.core import expressions
 from linkflow_stream.core.node_contract import NodeFailure
-from linkflow_stream.core.simple_expressions import UNSURE, cached_form, simple_form
+from linkflow_stream.core.simple_expressions import UNSURE, simple_form
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
 NAMES = ["input", "nodes", "a", "b", "n", "s", "flag", "items", "nul"]
@@ -127,7 +127,7 @@ def _same(a: Any, b: Any) -> bool:
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=_expressions(), data=contexts)
 def test_an_answer_is_always_the_interpreters(source: str, data: dict[str, Any]) -> None:
-    form = cached_form(source, expressions._ast)
+    form = expressions.simple_form_of(source)
     if form is None:
         return
     fast = form(data)
@@ -145,7 +145,7 @@ def test_the_diamonds_expressions_are_answered_and_agree(data: dict[str, Any]) -
     n = data["input"]["n"]
     context = {**data, "nodes": {"a": {"n": n}, "b": n * 2, "c": n + 1, "d": n - 1}}
     for source in ("{'n': input.n}", "nodes.a.n * 2", "nodes.a.n + 1", "nodes.b + nodes.c + nodes.d"):
-        form = cached_form(source, expressions._ast)
+        form = expressions.simple_form_of(source)
         assert form is not None, source
         fast = form(context)
         assert fast is not UNSURE, source
@@ -169,7 +169,7 @@ def test_the_diamonds_expressions_are_answered_and_agree(data: dict[str, Any]) -
     ],
 )
 def test_examples_answered_without_the_interpreter(source: str, data: dict[str, Any], expected: Any) -> None:
-    form = cached_form(source, expressions._ast)
+    form = expressions.simple_form_of(source)
     assert form is not None
     fast = form(data)
     assert _same(fast, expected), fast
@@ -195,7 +195,7 @@ def test_examples_answered_without_the_interpreter(source: str, data: dict[str, 
     ],
 )
 def test_what_only_the_interpreter_may_say_is_left_to_it(source: str, data: dict[str, Any]) -> None:
-    form = cached_form(source, expressions._ast)
+    form = expressions.simple_form_of(source)
     assert form is not None
     assert form(data) is UNSURE
     try:
@@ -227,7 +227,7 @@ def test_other_forms_keep_the_interpreter(source: str) -> None:
 
 
 def test_a_syntax_error_is_reported_by_the_interpreter() -> None:
-    assert cached_form("input.", expressions._ast) is None
+    assert expressions.simple_form_of("input.") is None
     with pytest.raises(NodeFailure, match="JSONata"):
         expressions.evaluate("input.", {"input": {}})
 
@@ -248,7 +248,7 @@ def test_a_syntax_error_is_reported_by_the_interpreter() -> None:
 def test_the_simple_forms_are_answered_over_plain_values(source: str) -> None:
     """Guards the property above against passing by answering nothing."""
     data = {"input": {"n": 2, "s": "x"}}
-    form = cached_form(source, expressions._ast)
+    form = expressions.simple_form_of(source)
     assert form is not None
     fast = form(data)
     assert fast is not UNSURE
