@@ -33,7 +33,7 @@ from linkflow_stream.http.ops import ops_app
 from linkflow_stream.http.queue_status import queue_status
 from linkflow_stream.http.registry import RegistryApi
 from linkflow_stream.http.start_limit import TeamStartLimiter
-from linkflow_stream.kafka import protocol_decoders
+from linkflow_stream.kafka import protocol_decoders, protocol_encoders
 from linkflow_stream.kafka.broker_watch import BrokerWatch
 from linkflow_stream.kafka.codec import Codec
 from linkflow_stream.kafka.codecs import codec_for, register_schemas
@@ -796,6 +796,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     condense_connection_errors()  # a broker away: a line per kind and half-minute, not 1,000 a second
     gc_tuning.tune()
     protocol_decoders.install()  # Kafka responses read by compiled readers (ADR 0067)
+    protocol_encoders.install()  # and requests written by compiled writers (ADR 0069)
     runner = asyncio.Runner(loop_factory=event_loop.loop_factory(settings.event_loop))
     try:
         code = runner.run(serve(settings))

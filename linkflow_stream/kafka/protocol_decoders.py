@@ -31,18 +31,11 @@ from typing import Any
 from aiokafka.protocol import types
 from aiokafka.protocol.struct import Struct
 
+from linkflow_stream.kafka.protocol_fields import FIXED_CODES, Unknown
+
 Reader = Callable[[bytes, int], tuple[Any, int]]
 """``(data, offset) -> (value, offset after it)``."""
 
-_FIXED: dict[Any, str] = {
-    types.Int8: "b",
-    types.Int16: "h",
-    types.Int32: "i",
-    types.UInt32: "I",
-    types.Int64: "q",
-    types.Float64: "d",
-    types.Boolean: "?",
-}
 _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
 
@@ -50,10 +43,6 @@ _original_decode: Callable[..., Any] | None = None
 StructReader = Callable[[bytes, int], tuple[tuple[Any, ...], int]]
 """``(data, offset) -> (a struct's field values, offset after them)``."""
 _readers: dict[type, StructReader | None] = {}
-
-
-class Unknown(Exception):
-    """A schema type this module does not compile."""
 
 
 def install() -> None:
@@ -110,7 +99,7 @@ def _schema_reader(schema: types.Schema) -> StructReader:
     steps: list[struct.Struct | Reader] = []
     fixed = ""
     for field in schema.fields:
-        code = _FIXED.get(field)
+        code = FIXED_CODES.get(field)
         if code is not None:
             fixed += code
             continue
@@ -144,7 +133,7 @@ def _schema_reader(schema: types.Schema) -> StructReader:
 
 
 def _reader(field: Any) -> Reader:
-    code = _FIXED.get(field)
+    code = FIXED_CODES.get(field)
     if code is not None:
         one = struct.Struct(">" + code)
         return lambda data, pos: (one.unpack_from(data, pos)[0], pos + one.size)

@@ -10,63 +10,16 @@ from __future__ import annotations
 
 import importlib
 import io
-import pkgutil
 from typing import Any
 
-import aiokafka.protocol
 import pytest
-from aiokafka.protocol import types
 from aiokafka.protocol.struct import Struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linkflow_stream.kafka import protocol_decoders
 from linkflow_stream.kafka.protocol_decoders import decode, original_decode, struct_reader
-
-GROUP_PROTOCOL = ("aiokafka.coordinator.protocol", "aiokafka.coordinator.assignors.sticky.sticky_assignor")
-"""Modules outside ``aiokafka.protocol`` whose structs are decoded too (a group's member
-metadata and assignments, the sticky assignor's user data)."""
-
-
-def _structs() -> list[type[Struct]]:
-    found: dict[str, type[Struct]] = {}
-    names = [f"aiokafka.protocol.{m.name}" for m in pkgutil.iter_modules(aiokafka.protocol.__path__)]
-    for name in [*names, *GROUP_PROTOCOL]:
-        loaded = importlib.import_module(name)
-        for value in vars(loaded).values():
-            if isinstance(value, type) and issubclass(value, Struct) and value.SCHEMA.fields:
-                found[f"{value.__module__}.{value.__qualname__}"] = value
-    return [found[k] for k in sorted(found)]
-
-
-STRUCTS = _structs()
-
-
-def _values(field: Any) -> st.SearchStrategy[Any]:
-    bounds = {types.Int8: 8, types.Int16: 16, types.Int32: 32, types.Int64: 64}
-    if field in bounds:
-        return st.integers(-(2 ** (bounds[field] - 1)), 2 ** (bounds[field] - 1) - 1)
-    if field is types.UInt32:
-        return st.integers(0, 2**32 - 1)
-    if field is types.Float64:
-        return st.floats(allow_nan=False)
-    if field is types.Boolean:
-        return st.booleans()
-    if field in (types.UnsignedVarInt32, types.VarInt32):
-        return st.integers(0, 2**31 - 1)
-    if field is types.VarInt64:
-        return st.integers(-(2**40), 2**40)
-    if field is types.TaggedFields:
-        return st.just({})
-    if field in (types.Bytes, types.CompactBytes):
-        return st.none() | st.binary(max_size=6)
-    if isinstance(field, types.Schema):
-        return st.tuples(*(_values(f) for f in field.fields))
-    if isinstance(field, types.Array):
-        return st.none() | st.lists(_values(field.array_of), max_size=3)
-    if isinstance(field, types.String):
-        return st.none() | st.text(max_size=4)
-    raise AssertionError(f"no strategy for {field!r}")
+from tests.unit.aiokafka_structs import STRUCTS, struct_id, values
 
 
 def _decoded(cls: type[Struct], data: io.BytesIO | bytes, decode: Any) -> tuple[str, Any, int | None]:
@@ -83,12 +36,12 @@ def test_every_struct_gets_a_compiled_reader() -> None:
     assert not missing, missing
 
 
-@pytest.mark.parametrize("cls", STRUCTS, ids=lambda c: f"{c.__module__.rsplit('.', 1)[-1]}.{c.__qualname__}")
+@pytest.mark.parametrize("cls", STRUCTS, ids=struct_id)
 @settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_the_compiled_reader_decodes_as_aiokafka(cls: type[Struct], data: st.DataObject) -> None:
-    values = data.draw(st.tuples(*(_values(f) for f in cls.SCHEMA.fields)))
-    encoded = cls.SCHEMA.encode(values)
+    drawn = data.draw(st.tuples(*(values(f) for f in cls.SCHEMA.fields)))
+    encoded = cls.SCHEMA.encode(drawn)
     prefix = data.draw(st.binary(max_size=5))
     cut = data.draw(st.integers(0, max(0, len(encoded) - 1)))
     for start, sample in ((0, encoded), (len(prefix), prefix + encoded), (0, encoded[:cut])):
