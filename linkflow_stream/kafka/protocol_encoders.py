@@ -42,7 +42,7 @@ _NULL32 = _INT32(-1)
 _COMPACT_NULL = b"\x00"
 
 _original_encode: Callable[[Struct], bytes] | None = None
-_writers: dict[type, StructWriter | None] = {}
+_writers: dict[types.Schema, StructWriter | None] = {}
 
 
 def install() -> None:
@@ -69,13 +69,15 @@ def original_encode(struct_value: Struct) -> bytes:
 
 
 def encode(self: Struct) -> bytes:
-    """``Struct.encode`` by the class's compiled writer, or aiokafka's encoder where it cannot."""
-    cls = type(self)
-    writer = _writers[cls] if cls in _writers else _writers.setdefault(cls, struct_writer(cls))
+    """``Struct.encode`` by the compiled writer of the instance's schema, or aiokafka's encoder
+    where it cannot. Writers are kept by schema, not class: aiokafka reads ``self.SCHEMA`` at
+    each encode, and an instance or a class may be given another."""
+    schema = self.SCHEMA
+    writer = _writers[schema] if schema in _writers else _writers.setdefault(schema, schema_writer(schema))
     if writer is not None:
         fields = self.__dict__
         try:
-            return writer([fields[name] for name in self.SCHEMA.names])
+            return writer([fields[name] for name in schema.names])
         except Exception:  # noqa: BLE001 - aiokafka's encoder starts again and raises its own error
             return original_encode(self)
     return original_encode(self)
@@ -83,8 +85,13 @@ def encode(self: Struct) -> bytes:
 
 def struct_writer(cls: type[Struct]) -> StructWriter | None:
     """The compiled writer of ``cls``'s fields, or ``None`` if its schema holds an unknown type."""
+    return schema_writer(cls.SCHEMA)
+
+
+def schema_writer(schema: types.Schema) -> StructWriter | None:
+    """The compiled writer of ``schema``'s fields, or ``None`` if it holds an unknown type."""
     try:
-        write = _schema_writer(cls.SCHEMA)
+        write = _schema_writer(schema)
     except (Unknown, AttributeError, TypeError):
         return None
 
@@ -97,7 +104,9 @@ def struct_writer(cls: type[Struct]) -> StructWriter | None:
 
 
 def _schema_writer(schema: types.Schema) -> Writer:
-    """Consecutive fixed-width fields become one ``pack`` of a slice of the values."""
+    """Consecutive fixed-width fields become one ``pack`` of a slice of the values. Only a tuple
+    or a list is written here: aiokafka takes ``len(item)`` and ``item[i]``, which a set, an
+    iterator or a dict answer differently from ``*item``, so anything else goes to its encoder."""
     count = len(schema.fields)
     steps: list[tuple[int, int, Callable[..., bytes] | None, Writer | None]] = []
     start, codes = 0, ""
@@ -119,12 +128,16 @@ def _schema_writer(schema: types.Schema) -> Writer:
         only = steps[0][2]
 
         def fixed_only(values: Sequence[Any], parts: list[bytes]) -> None:
+            if type(values) is not tuple and type(values) is not list:
+                raise TypeError(f"not a tuple or list: {type(values).__name__}")
             # pack checks the count itself (struct.error), as Schema.encode does (ValueError)
             parts.append(only(*values))
 
         return fixed_only
 
     def write(values: Sequence[Any], parts: list[bytes]) -> None:
+        if type(values) is not tuple and type(values) is not list:
+            raise TypeError(f"not a tuple or list: {type(values).__name__}")
         if len(values) != count:
             raise ValueError("item field count does not match the schema")
         for begin, end, pack, writer in steps:

@@ -21,25 +21,12 @@ from linkflow_stream.kafka import protocol_encoders
 from linkflow_stream.kafka.protocol_encoders import encode, original_encode, struct_writer
 from tests.unit.aiokafka_structs import STRUCTS, struct_id, values
 
-ODD = st.sampled_from(
-    [
-        None,
-        "x",
-        "é",
-        b"x",
-        2**70,
-        -(2**70),
-        2**33,
-        -1,
-        1.5,
-        True,
-        [1],
-        [b"x"],
-        (),
-        (1, 2),
-        {},
-        bytearray(b"ab"),
-    ]
+_WRONG = [None, "x", "é", b"x", 2**70, -(2**70), 2**33, -1, 1.5, True, [1], [b"x"], (), (1, 2), {}]
+_NOT_SEQUENCES = [bytearray(b"ab"), {0: 7, 1: 9}, {0: 7, 1: 9, 2: 1, 3: 4, 4: 5}, frozenset({1, 2}), range(5)]
+ODD = (
+    st.sampled_from([*_WRONG, *_NOT_SEQUENCES])
+    | st.builds(lambda n: iter(range(n)), st.integers(0, 6))
+    | st.builds(lambda n: {i: i + 7 for i in range(n)}.values(), st.integers(0, 6))
 )
 """Values of a wrong type or range for some field or other."""
 
@@ -105,6 +92,29 @@ def test_varints_are_aiokafkas_to_the_bit(value: int) -> None:
     """Masks and zigzag as aiokafka has them, at each boundary (one byte, five bytes, the sign)."""
     assert protocol_encoders._unsigned_varint32(value) == types.UnsignedVarInt32.encode(value)
     assert protocol_encoders._varint32(value) == types.VarInt32.encode(value)
+
+
+class _Pair(Struct):
+    SCHEMA = types.Schema(("a", types.Int32), ("b", types.Int32))
+
+
+def test_a_schema_given_to_an_instance_is_the_one_written() -> None:
+    """aiokafka reads ``self.SCHEMA`` at each encode; the writers are kept by schema, not class."""
+    pair = _Pair(1, 2)
+    assert encode(pair) == original_encode(pair) == bytes(3) + b"\x01" + bytes(3) + b"\x02"
+    pair.SCHEMA = types.Schema(("a", types.Int64), ("b", types.Int64))  # type: ignore[misc]
+    assert encode(pair) == original_encode(pair) == bytes(7) + b"\x01" + bytes(7) + b"\x02"
+
+
+def test_items_that_are_not_tuples_or_lists_go_to_aiokafka() -> None:
+    """A fetch request's partition is written by one ``pack(*item)``, which would take a dict's
+    keys, or a set or an iterator, where aiokafka reads ``item[i]`` (or fails)."""
+    keyed = {0: 0, 1: 5, 2: 1000, 3: 0, 4: 1024}
+    request = FetchRequest(500, 1, 1024, 1, [("t", [(0, 5, 1024)])]).build(FetchRequest_v11)
+    request.topics = [("t", [keyed])]  # type: ignore[attr-defined]
+    assert encode(request) == original_encode(request)
+    request.topics = [("t", [iter((0, 5, 1000, 0, 1024))])]  # type: ignore[attr-defined]
+    assert _outcome(encode, request) == _outcome(original_encode, request) == ("error", "TypeError")
 
 
 def test_a_fetch_request_as_the_consumer_builds_it() -> None:
