@@ -17,6 +17,7 @@ from typing import Any
 
 from linkflow_stream.core.clock import iso
 from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.identity_memo import IdentityMemo
 from linkflow_stream.core.messages import Priority, StartExecution
 from linkflow_stream.core.signals import WAIT_EVENT
 from linkflow_stream.core.state import (
@@ -92,34 +93,35 @@ def summary(body: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key not in DATA_FIELDS}
 
 
-BODY_TEXTS = 512
-"""How many ended states' texts ``body_texts`` keeps."""
+BODY_TEXTS = 1024
+"""At most how many ended states' texts ``body_texts`` keeps (from half as many up: ``IdentityMemo``)."""
 BODY_TEXT_LARGEST = 64 * 1024
 """A body text longer than this is not kept: it would hold a large input or output twice."""
-_texts: OrderedDict[int, tuple[ExecutionState, str, str]] = OrderedDict()
+
+
+def _render_texts(state: ExecutionState) -> tuple[str, str]:
+    body = render(state)
+    return json.dumps(body, separators=(",", ":")), json.dumps(summary(body), separators=(",", ":"))
+
+
+_texts: IdentityMemo[ExecutionState, tuple[str, str]] = IdentityMemo(
+    _render_texts,
+    limit=BODY_TEXTS,
+    keep=lambda state, texts: state.status.terminal and len(texts[0]) <= BODY_TEXT_LARGEST,
+)
 
 
 def body_texts(state: ExecutionState) -> tuple[str, str]:
-    """The JSON text of ``state``'s body and of its summary; an ended run's kept for the latest
-    ``BODY_TEXTS`` such state objects. A run's final state is rendered for the ``?wait`` caller's
-    answer and again for its stored row, moments apart, and rendering and encoding a body is a
-    good part of a run's cost in the views (issue 13). A live run's state is not kept: no answer
-    takes its text, and its rows (ADR 0063) would push the ended runs' texts out.
+    """The JSON text of ``state``'s body and of its summary; an ended run's kept while its state
+    object lives, for at most ``BODY_TEXTS`` such objects. A run's final state is rendered for
+    the ``?wait`` caller's answer and again for its stored row, moments apart, and rendering and
+    encoding a body is a good part of a run's cost in the views (issue 13). A live run's state is
+    not kept: no answer takes its text, and its rows (ADR 0063) would push the ended runs' texts
+    out.
 
-    Kept by object: the entry holds the state, so its id cannot be another object's while the
-    entry lives. A state is frozen and no code changes its contents, so its text cannot go
-    stale. Called on the event loop's thread only (the dict is not locked)."""
-    kept = _texts.get(id(state))
-    if kept is not None and kept[0] is state:
-        return kept[1], kept[2]
-    body = render(state)
-    text = json.dumps(body, separators=(",", ":"))
-    short = json.dumps(summary(body), separators=(",", ":"))
-    if state.status.terminal and len(text) <= BODY_TEXT_LARGEST:
-        _texts[id(state)] = (state, text, short)
-        if len(_texts) > BODY_TEXTS:
-            _texts.popitem(last=False)
-    return text, short
+    Kept by object (``IdentityMemo``, ADR 0070): a state is frozen and no code changes its
+    contents, so its text cannot go stale. Called on the event loop's thread only."""
+    return _texts(state)
 
 
 def render_metrics(state: ExecutionState, now: datetime) -> dict[str, Any]:

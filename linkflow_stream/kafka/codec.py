@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import json
 import uuid
 from collections import OrderedDict
@@ -38,6 +37,7 @@ from linkflow_stream.core import strict_json
 from linkflow_stream.core.clock import isoformat
 from linkflow_stream.core.errors import LinkflowError
 from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.identity_memo import IdentityMemo
 from linkflow_stream.core.messages import StartExecution
 from linkflow_stream.core.state import ExecutionState, NodeState
 from linkflow_stream.core.workflow import WorkflowDefinition
@@ -76,10 +76,11 @@ COMPILED = frozenset(
 result), written by compiled writers (``avro_writer``); fastavro writes the rest."""
 NODE_STATE = f"{NAMESPACE}.NodeState"
 NODE_CACHE = 65_536
-"""Encoded node states kept, by object: the nodes of the runs in flight (a 200-node run's state
-is 200 of them; most stay the same objects from one snapshot or read-model row to the next)."""
+"""Encoded node states kept, by object, while the object lives: the nodes of the runs in flight (a
+200-node run's state is 200 of them; most stay the same objects from one snapshot or read-model
+row to the next)."""
 NODE_CACHE_BYTES = 32 * 1024 * 1024
-"""And at most this many of their bytes (each kept node also holds its output as objects)."""
+"""And at most this many of their bytes."""
 NODE_CACHE_LARGEST = 16 * 1024
 """A node state encoding larger than this (a large output) is not kept: encoded each time."""
 WORKFLOW_CACHE = 512
@@ -185,8 +186,15 @@ class Codec:
         """Compiled writers by record name (``None``: fastavro writes that record)."""
         self._readers: dict[str, RecordReader | None] = {}
         """Compiled readers by record name (``None``: fastavro reads that record)."""
-        self._nodes: dict[int, tuple[NodeState, bytes]] = {}
-        self._node_bytes_kept = 0
+        self._node_bytes = IdentityMemo(
+            self._encode_node,
+            limit=NODE_CACHE,
+            weigh=len,
+            weight_limit=NODE_CACHE_BYTES,
+            keep=lambda _node, encoded: len(encoded) <= NODE_CACHE_LARGEST,
+        )
+        """A node state's bytes, kept per object while it lives (see ``compile_record``'s
+        ``object_maps``; ADR 0070)."""
         self._decoded_workflows: OrderedDict[tuple[Any, Any], list[tuple[str, WorkflowDefinition]]] = (
             OrderedDict()
         )
@@ -275,23 +283,10 @@ class Codec:
         text = self.current.texts.get(NODE_STATE)
         return None if text is None else compile_record(json.loads(text))
 
-    def _node_bytes(self, node: NodeState) -> bytes:
-        """A node state's bytes, kept per object (see ``compile_record``'s ``object_maps``)."""
-        cached = self._nodes.get(id(node))
-        if cached is not None and cached[0] is node:
-            return cached[1]
+    def _encode_node(self, node: NodeState) -> bytes:
         writer = self._node_writer
         assert writer is not None  # a state writer is compiled only with a node writer
-        encoded = writer(node.model_dump(), None)
-        if len(encoded) > NODE_CACHE_LARGEST:
-            return encoded  # kept, it would hold a large output twice (object and bytes) for long
-        self._nodes[id(node)] = (node, encoded)  # holds it: its id stays its own
-        self._node_bytes_kept += len(encoded)
-        if len(self._nodes) > NODE_CACHE or self._node_bytes_kept > NODE_CACHE_BYTES:
-            # the newest half stays (insertion order)
-            self._nodes = dict(itertools.islice(self._nodes.items(), len(self._nodes) // 2, None))
-            self._node_bytes_kept = sum(len(b) for _n, b in self._nodes.values())
-        return encoded
+        return writer(node.model_dump(), None)
 
     def _workflow_bytes(self, workflow: WorkflowDefinition) -> bytes:
         cached = self._workflows.get(id(workflow))

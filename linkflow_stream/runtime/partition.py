@@ -28,6 +28,7 @@ from linkflow_stream.core import topic_names
 from linkflow_stream.core.clock import from_millis, to_millis
 from linkflow_stream.core.decider import Input
 from linkflow_stream.core.events import ExecutionEvent
+from linkflow_stream.core.identity_memo import IdentityMemo
 from linkflow_stream.core.messages import (
     CommandKind,
     ControlMessage,
@@ -42,6 +43,7 @@ from linkflow_stream.core.start_request import StartRequest
 from linkflow_stream.core.state import ExecutionState
 from linkflow_stream.core.trace_context import TRACEPARENT, TraceParent
 from linkflow_stream.core.validation import structure_problems
+from linkflow_stream.core.workflow import WorkflowDefinition
 from linkflow_stream.kafka.codec import Codec, DecodeError
 from linkflow_stream.kafka.dlq import dead_letter_record
 from linkflow_stream.kafka.records import ProducerRecord, encode, limit_of
@@ -201,6 +203,14 @@ def _what(inp: Input) -> str:
     return type(inp).__name__
 
 
+_without_nodes: IdentityMemo[WorkflowDefinition, WorkflowDefinition] = IdentityMemo(
+    lambda workflow: workflow.model_copy(update={"nodes": (), "retry": None}), limit=1024
+)
+"""A definition without its nodes, one object per definition object: the runs of a version share
+one definition object (``Codec.decode``), so their markers share one copy too, not one each, which
+kept three more objects per finished run for the cyclic collector to scan (ADR 0070)."""
+
+
 def finished_marker(state: ExecutionState) -> ExecutionState:
     """What a partition keeps of a finished run until its time to live ends: its id, status and
     times, without the workflow's nodes, the node states, the input or the history. That is all a
@@ -210,7 +220,7 @@ def finished_marker(state: ExecutionState) -> ExecutionState:
     to live, full states would hold over a gigabyte."""
     return state.model_copy(
         update={
-            "workflow": state.workflow.model_copy(update={"nodes": (), "retry": None}),
+            "workflow": _without_nodes(state.workflow),
             "nodes": {},
             "history": (),
             "input": None,

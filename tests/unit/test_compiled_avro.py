@@ -4,6 +4,7 @@ whatever the fields hold (generated): other readers (Kafka UI, a registry's cons
 from __future__ import annotations
 
 import io
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -274,7 +275,22 @@ def test_node_states_past_the_cache_bound_are_written_again_correctly(
     ]
     for state in states * 2:
         assert codec.encode(state) == by_fastavro(state)
-    assert len(codec._nodes) <= 8 + 1
+    assert len(codec._node_bytes) <= 8 + 1
+
+
+def test_a_state_written_does_not_keep_its_node_states_alive() -> None:
+    """The bytes of a node state are kept while the node lives, not the node for as long as the
+    bytes are kept (ADR 0070): a finished run's nodes are freed when its state is."""
+    codec = Codec(CODEC.current)
+    node = NodeState(status=NodeStatus.SUCCESS, attempts=1, output={"big": list(range(50))})
+    state = a_state({"n": node})
+    first = codec.encode(state)
+    assert codec.encode(a_state({"n": node})) == first == by_fastavro(state)
+    assert len(codec._node_bytes) == 1
+    gone = weakref.ref(node)
+    del node, state
+    assert gone() is None, "the codec kept a node state alive"
+    assert len(codec._node_bytes) == 0
 
 
 # -- found in review --------------------------------------------------------------------------------
@@ -338,13 +354,13 @@ def test_large_node_states_are_not_kept_and_the_kept_bytes_are_bounded(
         {"big": NodeState(status=NodeStatus.SUCCESS, output="x" * (codec_module.NODE_CACHE_LARGEST + 1))}
     )
     assert codec.encode(big) == by_fastavro(big)
-    assert not codec._nodes, "a large output is encoded each time, not held twice"
+    assert not len(codec._node_bytes), "a large output is encoded each time, not held twice"
     for k in range(40):
         state = a_state(
             {f"n{i}": NodeState(status=NodeStatus.SUCCESS, output="y" * 200 + str(i)) for i in range(k)}
         )
         assert codec.encode(state) == by_fastavro(state)
-        assert codec._node_bytes_kept <= 4096 + 300
+        assert codec._node_bytes.weight <= 4096 + 300
 
 
 def test_the_pending_nodes_of_new_runs_are_written_once() -> None:
