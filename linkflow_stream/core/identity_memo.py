@@ -60,6 +60,8 @@ class IdentityMemo(Generic[K, V]):
         self._entries: dict[int, _Entry[V]] = {}
         self.weight = 0
         """The kept values' weight."""
+        self._forget: Forget = self._gone
+        """One bound method for every entry's callback, not a new one (a tracked object) each."""
 
     def __call__(self, obj: K) -> V:
         entry = self._entries.get(id(obj))
@@ -69,7 +71,7 @@ class IdentityMemo(Generic[K, V]):
         if self._keep is not None and not self._keep(obj, value):
             return value
         weight = self._weigh(value) if self._weigh is not None else 0
-        self._entries[id(obj)] = _Entry(obj, self._gone, value, weight)
+        self._entries[id(obj)] = _Entry(obj, self._forget, value, weight)
         self.weight += weight
         if len(self._entries) > self._limit or (
             self._weight_limit is not None and self.weight > self._weight_limit
