@@ -41,7 +41,8 @@ class IdentityMemo(Generic[K, V]):
     """``make(obj)``, made once per live object. At most ``limit`` entries and, with ``weigh``,
     ``weight_limit`` of their weight: past either, the newest half stays (an entry dropped is
     freed with its reference, which then never calls back). A value that ``keep(obj, value)``
-    refuses is made each time instead of kept. Not locked: call it from one thread."""
+    refuses is made each time instead of kept. Not locked: call it from one thread (an object it
+keeps may be freed on any)."""
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class IdentityMemo(Generic[K, V]):
         """The object was freed: its id may now be another's, so its entry goes. (It may run as
         the interpreter exits, with this module's names gone: it names none.)"""
         entry: _Entry[V] = ref  # type: ignore[assignment]  # every reference here is an entry
-        if self._entries.get(entry.key) is entry:
-            del self._entries[entry.key]
+        entries = self._entries  # the object may be freed on another thread, amid a trim
+        if entries.get(entry.key) is entry:
+            entries.pop(entry.key, None)
             self.weight -= entry.weight
