@@ -41,8 +41,8 @@ class IdentityMemo(Generic[K, V]):
     """``make(obj)``, made once per live object. At most ``limit`` entries and, with ``weigh``,
     ``weight_limit`` of their weight: past either, the newest half stays (an entry dropped is
     freed with its reference, which then never calls back). A value that ``keep(obj, value)``
-    refuses is made each time instead of kept. Not locked: call it from one thread (an object it
-keeps may be freed on any)."""
+    refuses is made each time instead of kept. Not locked: call it from one thread (an object
+    it keeps may be freed on any)."""
 
     def __init__(
         self,
