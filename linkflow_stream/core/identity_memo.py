@@ -53,6 +53,8 @@ class IdentityMemo(Generic[K, V]):
         weight_limit: int | None = None,
         keep: Callable[[K, V], bool] | None = None,
     ) -> None:
+        if weight_limit is not None and weigh is None:
+            raise ValueError("a weight limit needs a way to weigh")
         self._make = make
         self._limit = limit
         self._weigh = weigh
@@ -60,7 +62,8 @@ class IdentityMemo(Generic[K, V]):
         self._keep = keep
         self._entries: dict[int, _Entry[V]] = {}
         self.weight = 0
-        """The kept values' weight."""
+        """The kept values' weight (exact on one thread; an object freed on another amid a trim
+        can leave it off until the next trim)."""
         self._forget: Forget = self._gone
         """One bound method for every entry's callback, not a new one (a tracked object) each."""
 
@@ -72,12 +75,18 @@ class IdentityMemo(Generic[K, V]):
         if self._keep is not None and not self._keep(obj, value):
             return value
         weight = self._weigh(value) if self._weigh is not None else 0
+        replaced = self._entries.get(id(obj))  # another object's, freed amid a trim (below)
+        if replaced is not None:
+            self.weight -= replaced.weight
         self._entries[id(obj)] = _Entry(obj, self._forget, value, weight)
         self.weight += weight
         if len(self._entries) > self._limit or (
             self._weight_limit is not None and self.weight > self._weight_limit
         ):
-            kept = list(self._entries.values())[len(self._entries) // 2 :]  # insertion order
+            newest = list(self._entries.values())[len(self._entries) // 2 :]  # insertion order
+            # An object freed meanwhile (a collection the list's allocation set off) has already
+            # called back, on the dict replaced here: its entry is left out.
+            kept = [e for e in newest if e() is not None]
             self._entries = {e.key: e for e in kept}
             self.weight = sum(e.weight for e in kept)
         return value
@@ -96,7 +105,8 @@ class IdentityMemo(Generic[K, V]):
     def _gone(self, ref: weakref.ReferenceType[object]) -> None:
         """The object was freed: its id may now be another's, so its entry goes. (It may run as
         the interpreter exits, with this module's names gone: it names none.)"""
-        entry: _Entry[V] = ref  # type: ignore[assignment]  # every reference here is an entry
+        # Every reference here is an entry. (Not ``cast``: that is a module name, gone at exit.)
+        entry: _Entry[V] = ref  # type: ignore[assignment]
         entries = self._entries  # the object may be freed on another thread, amid a trim
         if entries.get(entry.key) is entry:
             entries.pop(entry.key, None)

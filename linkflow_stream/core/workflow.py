@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
+from linkflow_stream.core.identity_memo import IdentityMemo
 from linkflow_stream.core.rate_limit import RateLimit
 
 MAX_TIMEOUT_SECONDS = 30 * 86_400.0
@@ -157,29 +156,14 @@ def _definition_text(wf: WorkflowDefinition) -> str:
     return json.dumps(wf.model_dump(exclude={"version", "created_at"}), sort_keys=True, default=str)
 
 
-_INDEXES: dict[int, tuple[weakref.ref[WorkflowDefinition], dict[str, NodeDefinition]]] = {}
-"""Node indexes by definition object, for as long as the object lives: the runs in flight share a
-few definitions, and a definition no longer used takes its index with it (a bound by count kept
-up to a thousand definitions alive, at up to a megabyte each). Not a cached property:
-``model_copy`` copies an instance's ``__dict__``, so a copy with other nodes would find the
-original's index."""
-
-
-def _node_index(workflow: WorkflowDefinition) -> dict[str, NodeDefinition]:
-    key = id(workflow)
-    cached = _INDEXES.get(key)
-    if cached is not None and cached[0]() is workflow:
-        return cached[1]
-    index = {n.id: n for n in workflow.nodes}
-    _INDEXES[key] = (weakref.ref(workflow, functools.partial(_forget_index, key)), index)
-    return index
-
-
-def _forget_index(key: int, ref: weakref.ref[WorkflowDefinition]) -> None:
-    """A definition died: drop its index (only its own: the id may have been cached anew)."""
-    entry = _INDEXES.get(key)
-    if entry is not None and entry[0] is ref:
-        del _INDEXES[key]
+_node_index: IdentityMemo[WorkflowDefinition, dict[str, NodeDefinition]] = IdentityMemo(
+    lambda workflow: {n.id: n for n in workflow.nodes}, limit=65_536
+)
+"""Node indexes by definition object, for as long as the object lives (ADR 0070): the runs in
+flight share a few definitions, and a definition no longer used takes its index with it (a bound
+by count alone kept up to a thousand definitions alive, at up to a megabyte each). Not a cached
+property: ``model_copy`` copies an instance's ``__dict__``, so a copy with other nodes would find
+the original's index."""
 
 
 @dataclass(frozen=True, slots=True)

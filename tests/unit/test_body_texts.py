@@ -83,6 +83,7 @@ def test_an_ended_state_let_go_takes_its_text_with_it() -> None:
     written, and the collector would otherwise scan it and its nodes for 512 runs more."""
     run = state("r6")
     body_texts(run)
+    assert run in status._texts
     gone = weakref.ref(run)
     del run
     assert gone() is None
@@ -98,7 +99,7 @@ def test_only_ended_runs_are_kept_and_only_the_latest() -> None:
     ended = [state(f"many-{n}") for n in range(BODY_TEXTS + 5)]
     for run in ended:
         body_texts(run)
-    assert len(status._texts) <= BODY_TEXTS
+    assert len(status._texts) == BODY_TEXTS // 2 + 1 + 4  # a trim past the bound keeps the newest half
     assert ended[0] not in status._texts and ended[-1] in status._texts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime
 
 from linkflow_stream.core.messages import Priority
@@ -49,3 +50,11 @@ def test_the_markers_of_one_definition_share_one_copy_of_it() -> None:
     assert first.workflow is second.workflow
     other = WORKFLOW.model_copy(update={"version": 4})
     assert finished_marker(ended("r3", other)).workflow.version == 4
+
+
+def test_the_shared_copy_does_not_keep_a_definition_alive() -> None:
+    definition = WORKFLOW.model_copy(update={"version": 5})
+    finished_marker(ended("r4", definition))
+    gone = weakref.ref(definition)
+    del definition
+    assert gone() is None

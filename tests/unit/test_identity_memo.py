@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
+
 from linkflow_stream.core.identity_memo import IdentityMemo
 
 
@@ -35,6 +37,7 @@ def test_an_entry_goes_with_its_object_and_does_not_keep_it() -> None:
     memo, _made = counting()
     a = Thing("a")
     memo(a)
+    assert a in memo
     gone = weakref.ref(a)
     del a
     assert gone() is None, "the memo kept its object alive"
@@ -81,3 +84,47 @@ def test_weights_are_bounded_and_a_value_refused_is_made_each_time() -> None:
     assert memo.weight == kept - 5, "an object gone takes its weight with it"
     memo.clear()
     assert len(memo) == 0 and memo.weight == 0
+
+
+def test_an_entry_dropped_earlier_never_takes_a_later_entry_with_it() -> None:
+    """An entry trimmed or cleared away while its object lives, then made again: the object's
+    going removes the later entry once, and the weight with it."""
+    memo: IdentityMemo[Thing, bytes] = IdentityMemo(lambda t: t.name.encode(), limit=10, weigh=len)
+    a = Thing("abc")
+    memo(a)
+    earlier = memo._entries[id(a)]
+    memo.clear()
+    memo(a)
+    b = Thing("b")
+    memo(b)
+    del a
+    assert earlier() is None
+    assert len(memo) == 1 and b in memo and memo.weight == 1
+
+
+def test_an_entry_whose_object_went_amid_a_trim_is_left_out_and_its_weight_with_it() -> None:
+    """A collection can run while a trim copies the entries (any allocation may set one off) and
+    free a kept object, whose callback then works on the dict being replaced, so the copy holds a
+    dead entry. Planted here (the collector's timing cannot be forced): a dead entry among the
+    entries when the next trim comes."""
+    memo: IdentityMemo[Thing, bytes] = IdentityMemo(lambda t: t.name.encode(), limit=3, weigh=len)
+    things = [Thing(f"t{n}") for n in range(3)]  # made first: none can take the doomed one's id
+    doomed = Thing("dd")
+    memo(doomed)
+    dead = memo._entries[id(doomed)]
+    memo.clear()
+    del doomed
+    assert dead() is None
+    memo(things[0])
+    memo(things[1])
+    memo._entries[dead.key] = dead  # among the newest half of the next trim
+    memo.weight += dead.weight
+    memo(things[2])  # trims: four entries past a limit of three
+    assert dead not in memo._entries.values()
+    assert all(e() is not None for e in memo._entries.values())
+    assert memo.weight == sum(e.weight for e in memo._entries.values()) == 2 * len(memo)
+
+
+def test_a_weight_limit_needs_a_way_to_weigh() -> None:
+    with pytest.raises(ValueError, match="weigh"):
+        IdentityMemo(lambda t: t, limit=1, weight_limit=1)
