@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from bench.profile import IDLE, stage_of, stages
+from pathlib import Path
+
+import pytest
+
+from bench.profile import IDLE, py_spy_argv, seconds_per_event, stage_of, stages
 
 MAIN = "<module> (linkflow_stream/cli.py:10);run (asyncio/runners.py:190)"
 POOL = "Thread._bootstrap (threading.py:995);Thread.run (threading.py:975)"
@@ -40,3 +44,17 @@ def test_a_pool_thread_waiting_for_work_is_idle_and_one_at_work_is_not() -> None
     assert counts["read model: store"] == 7
     assert counts["read model: fold + render"] == 11
     assert sum(counts.values()) == 53
+
+
+def test_a_stage_costs_its_share_of_the_cpu_or_with_gil_samples_the_time_they_stand_for() -> None:
+    # 30 of 120 samples, 4 s of process CPU, 2000 events: a quarter of the CPU, 500 us an event
+    assert seconds_per_event(30, 120, events=2000, cpu=4.0, rate=None) == pytest.approx(500e-6)
+    # GIL samples at 200 a second: 30 samples are 0.15 s of Python, whatever the process's CPU
+    # (its SQLite thread runs without the GIL and is not in them)
+    assert seconds_per_event(30, 120, events=2000, cpu=4.0, rate=200) == pytest.approx(75e-6)
+    assert seconds_per_event(30, 120, events=0, cpu=4.0, rate=200) == pytest.approx(0.15)
+
+
+def test_gil_sampling_is_asked_of_py_spy_only_when_wanted() -> None:
+    assert "--gil" in py_spy_argv(1, Path("x.txt"), "raw", 20, 200, gil=True)
+    assert "--gil" not in py_spy_argv(1, Path("x.txt"), "raw", 20, 200, gil=False)
