@@ -49,7 +49,7 @@ def test_a_pool_thread_waiting_for_work_is_idle_and_one_at_work_is_not() -> None
 def test_a_stage_costs_its_share_of_the_cpu_or_with_gil_samples_the_time_they_stand_for() -> None:
     # 30 of 120 samples, 4 s of process CPU, 2000 events: a quarter of the CPU, 500 us an event
     assert seconds_per_event(30, 120, events=2000, cpu=4.0, rate=None) == pytest.approx(500e-6)
-    # GIL samples at 200 a second: 30 samples are 0.15 s of Python, whatever the process's CPU
+    # GIL samples at 200 a second: 30 samples are 0.15 s the GIL was held, whatever the CPU
     # (its SQLite thread runs without the GIL and is not in them)
     assert seconds_per_event(30, 120, events=2000, cpu=4.0, rate=200) == pytest.approx(75e-6)
     assert seconds_per_event(30, 120, events=0, cpu=4.0, rate=200) == pytest.approx(0.15)
