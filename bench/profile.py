@@ -216,12 +216,13 @@ def profile(url: str, pid: int, args: argparse.Namespace) -> None:
         f"{events} events ({per_run} per run), engine CPU {cpu:.2f} s ({cpu / wall:.2f} cores), "
         f"{cpu / max(events, 1) * 1e6:.0f} us per event"
     )
-    if args.gil:
-        held = total / args.rate
+    gil_rate = args.rate if args.gil else None
+    if gil_rate is not None:
+        held = total / gil_rate
         print(f"GIL held {held:.2f} s of the window ({held / wall:.2f} of it): the column is time held")
     print(f"{'stage':<28} {'samples':>8} {'share':>6} {'us/event':>9}")
     for stage, n in counts.most_common():
-        spent = seconds_per_event(n, total, events=events, cpu=cpu, rate=args.rate if args.gil else None)
+        spent = seconds_per_event(n, total, events=events, cpu=cpu, rate=gil_rate)
         print(f"{stage:<28} {n:>8} {n / total:>6.1%} {spent * 1e6:>9.1f}")
     print(f"{IDLE:<28} {idle:>8}  (not in the shares: see IDLE)")
 

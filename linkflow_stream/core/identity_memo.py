@@ -75,7 +75,10 @@ class IdentityMemo(Generic[K, V]):
         if self._keep is not None and not self._keep(obj, value):
             return value
         weight = self._weigh(value) if self._weigh is not None else 0
-        replaced = self._entries.get(id(obj))  # another object's, freed amid a trim (below)
+        # Looked up again, not taken from the lookup above: ``make`` may have freed objects, whose
+        # callbacks took their entries and weight already. What is left under the id is another
+        # object's, freed amid a trim (below).
+        replaced = self._entries.get(id(obj))
         if replaced is not None:
             self.weight -= replaced.weight
         self._entries[id(obj)] = _Entry(obj, self._forget, value, weight)
