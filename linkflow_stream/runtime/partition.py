@@ -212,12 +212,15 @@ kept three more objects per finished run for the cyclic collector to scan (ADR 0
 
 
 def finished_marker(state: ExecutionState) -> ExecutionState:
-    """What a partition keeps of a finished run until its time to live ends: its id, status and
-    times, without the workflow's nodes, the node states, the input or the history. That is all a
-    late input needs (the decider ignores anything for a finished run, and a repeated start
-    request finds the run already there); the full state stays on the changelog until the
-    tombstone. A finished diamond's state is about 15 KB in memory; at 250 runs/s and a 300 s time
-    to live, full states would hold over a gigabyte."""
+    """What a partition keeps of a finished run until its time to live ends, in memory and on the
+    changelog (ADR 0071): its id, status, seq and times, without the workflow's nodes, the node
+    states, the input or the history. That is all a late input or a restore needs (the decider
+    ignores anything for a finished run, and a repeated start request finds the run already
+    there); the whole final state is the fold of the run's events, and the views keep it. A
+    finished diamond's state is about 15 KB in memory; at 250 runs/s and a 300 s time to live,
+    full states would hold over a gigabyte. A marker is its own marker (no copy made)."""
+    if not state.workflow.nodes and not state.nodes and state.input is None:
+        return state  # already a marker: every workflow has a node, and a run of one has states
     return state.model_copy(
         update={
             "workflow": _without_nodes(state.workflow),
@@ -599,7 +602,7 @@ class Partition:
         tail after the step; or why the broker would refuse one of them. Nothing of this batch is
         written below ``events_floor`` (it moves only when a batch commits).
 
-        A snapshot is due when the run starts (it has no tail), ends, or has had
+        A snapshot is due when the run starts (it has no tail), ends (its ``finished_marker``), or has had
         ``snapshot_every`` events since its last; otherwise the step's events are the change,
         and the state is not encoded at all, unless it may be near the record limit."""
         out = []
@@ -627,6 +630,8 @@ class Partition:
             and tail.estimate <= limit * STATE_CHECK_FRACTION
         ):
             return out, None, tail
+        if state.status.terminal:  # what a restore keeps of a finished run (ADR 0071)
+            state = finished_marker(state)
         snapshot = self._changelog(state.id, state, self.events_floor)
         if snapshot.size > limit:
             return (
