@@ -924,8 +924,10 @@ class Api:
         return web.json_response({"id": execution_id, "status": "recovering"}, status=202)
 
     async def checkpoint(self, request: web.Request) -> web.Response:
-        """Every transition is already durable as an event and the state is stored after every step;
-        this waits until this instance has read the log to its end and says how far that is."""
+        """Every transition is already durable as an event (a live run's state is its latest
+        snapshot on the state topic and its events since, a finished run's is its events: ADR
+        0039, 0071); this waits until this instance has read the log to its end and says how far
+        that is."""
         execution_id = request.match_info["id"]
         if self.d.sync is not None:
             await self.d.sync(SYNC_SECONDS)

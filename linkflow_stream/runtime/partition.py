@@ -211,14 +211,25 @@ one definition object (``Codec.decode``), so their markers share one copy too, n
 kept three more objects per finished run for the cyclic collector to scan (ADR 0070)."""
 
 
+def _over_limit(snapshot: ProducerRecord, limit: int) -> str | None:
+    """Why the state topic would refuse ``snapshot``, or None if it fits."""
+    if snapshot.size <= limit:
+        return None
+    return (
+        f"the execution's state would be {snapshot.size} bytes, over the "
+        f"{limit}-byte record limit; reduce node outputs with output mappings"
+    )
+
+
 def finished_marker(state: ExecutionState) -> ExecutionState:
     """What a partition keeps of a finished run until its time to live ends, in memory and on the
     changelog (ADR 0071): its id, status, seq and times, without the workflow's nodes, the node
-    states, the input or the history. That is all a late input or a restore needs (the decider
-    ignores anything for a finished run, and a repeated start request finds the run already
-    there); the whole final state is the fold of the run's events, and the views keep it. A
-    finished diamond's state is about 15 KB in memory; at 250 runs/s and a 300 s time to live,
-    full states would hold over a gigabyte. A marker is its own marker (no copy made)."""
+    states, the input, the history, the timers or the signals it held and saw. That is all a late
+    input or a restore needs (the decider ignores anything for a finished run, and a repeated
+    start request finds the run already there); the whole final state is the fold of the run's
+    events, and the views keep it. A finished diamond's state is about 15 KB in memory; at 250
+    runs/s and a 300 s time to live, full states would hold over a gigabyte. A marker is its own
+    marker (no copy made)."""
     if not state.workflow.nodes and not state.nodes and state.input is None:
         return state  # already a marker: every workflow has a node, and a run of one has states
     return state.model_copy(
@@ -228,6 +239,8 @@ def finished_marker(state: ExecutionState) -> ExecutionState:
             "history": (),
             "input": None,
             "timers": {},
+            "signals": (),
+            "signal_ids": (),
         }
     )
 
@@ -630,14 +643,21 @@ class Partition:
             and tail.estimate <= limit * STATE_CHECK_FRACTION
         ):
             return out, None, tail
-        if state.status.terminal:  # what a restore keeps of a finished run (ADR 0071)
+        if state.status.terminal:
+            # A finished run's snapshot is its marker (ADR 0071), but whether the run may end so
+            # is decided on its whole state, as before: encoded only when it might be too large
+            # (an event adds to the state at most what it carries), so the order in which a
+            # run's results arrive does not decide whether it fails for its size.
+            whole = tail or Tail(self.events_floor, 0, events, size)
+            if whole.estimate > limit * STATE_CHECK_FRACTION:
+                too_large = _over_limit(self._changelog(state.id, state, self.events_floor), limit)
+                if too_large is not None:
+                    return too_large
             state = finished_marker(state)
         snapshot = self._changelog(state.id, state, self.events_floor)
-        if snapshot.size > limit:
-            return (
-                f"the execution's state would be {snapshot.size} bytes, over the "
-                f"{limit}-byte record limit; reduce node outputs with output mappings"
-            )
+        too_large = _over_limit(snapshot, limit)
+        if too_large is not None:
+            return too_large
         return out, snapshot, Tail(self.events_floor, len(snapshot.value or b""))
 
     def _encode(self, outgoing: Outgoing) -> ProducerRecord:

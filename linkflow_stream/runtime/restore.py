@@ -40,8 +40,9 @@ class RestoreError(RuntimeError):
 
 @dataclass
 class RestoredRun:
-    """A run as restored: its state, and where its snapshot's events begin (``None``: the
-    snapshot was whole, a finished run or one written before ADR 0039)."""
+    """A run as restored: its state, and where its snapshot's events begin (``None``: a snapshot
+    written before ADR 0039, whole). A finished run's snapshot is its marker (ADR 0071; a whole
+    state before it), with nothing to fold onto it."""
 
     state: ExecutionState
     events_from: int | None
@@ -92,7 +93,7 @@ async def read_states(
     try:
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
-        wanted = {  # a finished run's snapshot is whole: nothing to fold onto it, nothing to read
+        wanted = {  # a finished run's snapshot is its marker: nothing to fold onto it, nothing to read
             run.state.id.encode(): run
             for run in runs.values()
             if run.events_from is not None and not run.state.status.terminal

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from datetime import UTC, datetime
 
-from linkflow_stream.core.messages import Priority
+from linkflow_stream.core.messages import Priority, Signal
 from linkflow_stream.core.state import ExecutionState, ExecutionStatus, NodeState, NodeStatus
 from linkflow_stream.core.workflow import NodeDefinition, WorkflowDefinition
 from linkflow_stream.runtime.partition import finished_marker
@@ -27,6 +27,8 @@ def ended(run: str, workflow: WorkflowDefinition = WORKFLOW) -> ExecutionState:
         finished_at=T0,
         seq=4,
         nodes={"n": NodeState(status=NodeStatus.SUCCESS, attempts=1, output=1)},
+        signals=(Signal(name="approved", id="s2", payload={"big": "x" * 1000}),),
+        signal_ids=("s1", "s2"),
     )
 
 
@@ -39,6 +41,8 @@ def test_a_marker_keeps_the_run_without_its_nodes_input_or_definition_nodes() ->
         4,
     )
     assert marker.nodes == {} and marker.input is None and marker.history == ()
+    assert (marker.signals, marker.signal_ids) == ((), ()), "the decider ignores a finished run's signals"
+    assert finished_marker(marker) is marker, "a marker is its own marker"
     assert (marker.workflow.id, marker.workflow.version, marker.workflow.nodes) == ("wf", 3, ())
     assert WORKFLOW.nodes, "the run's definition itself is untouched"
 

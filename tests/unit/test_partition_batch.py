@@ -657,6 +657,56 @@ async def test_a_result_too_large_to_record_fails_its_node_instead_of_wedging_th
     assert p.positions[RESULTS] == 1
 
 
+@pytest.mark.parametrize("order", [["h3", "h1", "h2"], ["h1", "h2", "h3"]])
+async def test_a_run_whose_whole_state_is_too_large_fails_whatever_result_ends_it(order: list[str]) -> None:
+    """A finished run's snapshot is its marker (ADR 0071), yet whether the run may end is still
+    decided on its whole state: two 40 kB outputs under a 64 kB limit fail the run whether the
+    second of them is its last result or not (the marker alone would have let the first order
+    succeed)."""
+    producer = FakeProducer()
+    limit = 64 * 1024
+    p = partition(producer, limit=lambda _topic: limit)
+    nodes = [{**HTTP[0], "id": f"h{i}"} for i in (1, 2, 3)]
+    await p.run_batch([start_record(0, nodes)], T0)
+    tasks = [CODEC.decode(r.value, NodeTask) for r in producer.records(topic_names.tasks("default"))]
+    attempts = {t.node_id: t.attempt for t in tasks}
+    outputs = {"h1": "a" * 40_000, "h2": "b" * 40_000, "h3": "c"}
+    for i, node in enumerate(order):
+        result = NodeResult(
+            execution_id="e1",
+            node_id=node,
+            attempt=attempts[node],
+            ok=True,
+            output=outputs[node],
+            started_at=from_millis(T0),
+            finished_at=from_millis(T0 + 5 + i),
+        )
+        await p.run_batch([record(RESULTS, i, CODEC.encode(result), ms=T0 + 5 + i)], T0 + 5 + i)
+    state = producer.committed_state("e1")
+    assert state.status is ExecutionStatus.FAILED
+    errors = [n.error.error_class for n in state.nodes.values() if n.error is not None]
+    assert errors == ["resource_limit"], errors
+
+
+async def test_a_finished_run_under_the_limit_writes_its_marker_without_encoding_its_whole_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small run's end is not encoded whole just to be checked: only its marker is."""
+    producer = FakeProducer()
+    p = partition(producer)
+    encoded: list[ExecutionState] = []
+    encode = CODEC.encode
+
+    def counting(record: Any, topic: str | None = None) -> bytes:
+        if isinstance(record, ExecutionState):
+            encoded.append(record)
+        return encode(record, topic)
+
+    monkeypatch.setattr(CODEC, "encode", counting)
+    await p.run_batch([start_record(0, TRANSFORM)], T0)
+    assert [(s.id, s.status, s.nodes) for s in encoded] == [("e1", ExecutionStatus.SUCCESS, {})]
+
+
 def orchestrator_with(producer: FakeProducer) -> Orchestrator:
     settings = Settings()
     metrics = Metrics(active=lambda: 0)

@@ -84,7 +84,8 @@ async def test_a_snapshot_follows_every_snapshot_every_events_and_the_end(
     for node in range(20):
         await p.run_batch([result(node)], T0 + node + 1)
     written = snapshots(producer)
-    assert written[-1][1].status is ExecutionStatus.SUCCESS, "a run's end writes its whole state"
+    assert written[-1][1].status is ExecutionStatus.SUCCESS, "a run's end writes its marker (ADR 0071)"
+    assert written[-1][1].nodes == {} and written[-2][1].nodes, "the snapshots before it are whole"
     assert 4 <= len(written) <= 9, f"about one per 6 events of 41: {[s.seq for _, s in written]}"
     floors = [f for f, _ in written]
     assert floors == sorted(floors) and floors[-1] > 0
