@@ -233,27 +233,38 @@ def idle_cpu_rate(pid: int, seconds: float = 5.0) -> float:
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
-async def drive(url: str, workflow_id: str, shape: str, size: int, runs: int, concurrency: int) -> int:
-    """``runs`` runs, ``concurrency`` at a time; returns how many failed or gave a wrong output."""
-    failures = 0
+def why_failed(status: int, body: Any, sink: str, output: Any) -> str | None:
+    """Why a run's answer is not the expected success (``None``: it is): the HTTP status, the
+    run's status with its first failed node's error, or the sink's wrong output. A failed run in
+    the table says nothing by itself; this says where to look."""
+    if status != 200 or not isinstance(body, dict):
+        return f"HTTP {status}: {str(body)[:200]}"
+    nodes = body.get("nodes") or {}
+    if body.get("status") != "success":
+        failed = next(((k, v) for k, v in nodes.items() if v.get("error")), None)
+        detail = f"; node {failed[0]}: {failed[1]['error']}" if failed else ""
+        return f"run {body.get('id')} {body.get('status')}{detail}"[:400]
+    got = nodes.get(sink, {}).get("output")
+    return None if got == output else f"run {body.get('id')}: {sink} output {got!r}, expected {output!r}"
+
+
+async def drive(url: str, workflow_id: str, shape: str, size: int, runs: int, concurrency: int) -> list[str]:
+    """``runs`` runs, ``concurrency`` at a time; returns why each run that failed or gave a wrong
+    output did (``why_failed``)."""
+    failures: list[str] = []
     todo = list(range(runs))
     sink_of = {n: expected(shape, size, n) for n in todo}
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal failures
         while todo:
             n = todo.pop()
             async with session.post(
                 f"{url}/api/executions?wait=300", json={"workflow_id": workflow_id, "input_data": {"n": n}}
             ) as resp:
-                body = await resp.json()
-            sink, output = sink_of[n]
-            if (
-                resp.status != 200
-                or body.get("status") != "success"
-                or body["nodes"][sink]["output"] != output
-            ):
-                failures += 1
+                body = await resp.json(content_type=None)
+            reason = why_failed(resp.status, body, *sink_of[n])
+            if reason is not None:
+                failures.append(reason)
 
     timeout = aiohttp.ClientTimeout(total=900)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as s:
@@ -272,7 +283,9 @@ def measure(
     if status != 201:
         raise SystemExit(f"could not register {workflow_id}: {status} {body}")
     runs = max(args.min_runs, args.node_budget // size)
-    asyncio.run(drive(engine.url, workflow_id, shape, size, max(2, runs // 10), args.concurrency))  # warm-up
+    warm_up = asyncio.run(drive(engine.url, workflow_id, shape, size, max(2, runs // 10), args.concurrency))
+    for reason in warm_up:
+        print(f"{shape} {node_type} {size}, warm-up run failed: {reason}", flush=True)
     settle(engine)
     idle = idle_cpu_rate(pid)
     topics = Topics(engine)
@@ -280,11 +293,13 @@ def measure(
     c0, t0 = cpu_seconds(pid), time.monotonic()
     failures = asyncio.run(drive(engine.url, workflow_id, shape, size, runs, args.concurrency))
     elapsed = time.monotonic() - t0
+    for reason in failures:
+        print(f"{shape} {node_type} {size}, run failed: {reason}", flush=True)
     settle(engine)
     window = time.monotonic() - t0
     cpu = max(0.0, cpu_seconds(pid) - c0 - idle * window)
     written = asyncio.run(topics.written(before))
-    return Result(shape, node_type, size, runs, failures, elapsed, cpu, written, idle)
+    return Result(shape, node_type, size, runs, len(failures), elapsed, cpu, written, idle)
 
 
 def table(results: list[Result]) -> str:
