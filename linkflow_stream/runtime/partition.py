@@ -560,8 +560,8 @@ class Partition:
         staged.report.inputs += 1
         if not step.changed or step.state is None:
             return
-        records, snapshot, tail = encoded
-        staged.states[execution_id] = step.state
+        records, snapshot, tail, held = encoded
+        staged.states[execution_id] = held
         if snapshot is not None:
             staged.changelog[execution_id] = snapshot
         staged.tails[execution_id] = tail
@@ -610,10 +610,11 @@ class Partition:
 
     def _encode_all(
         self, step: Step, prior: Tail | None
-    ) -> tuple[list[ProducerRecord], ProducerRecord | None, Tail] | str:
-        """The step's records, the new state's snapshot if one is due, and the run's changelog
-        tail after the step; or why the broker would refuse one of them. Nothing of this batch is
-        written below ``events_floor`` (it moves only when a batch commits).
+    ) -> tuple[list[ProducerRecord], ProducerRecord | None, Tail, ExecutionState | None] | str:
+        """The step's records, the new state's snapshot if one is due, the run's changelog tail
+        after the step and the state the partition holds of it (a finished run's marker, the one
+        its snapshot is made of); or why the broker would refuse one of them. Nothing of this
+        batch is written below ``events_floor`` (it moves only when a batch commits).
 
         A snapshot is due when the run starts (it has no tail), ends (its ``finished_marker``), or has had
         ``snapshot_every`` events since its last; otherwise the step's events are the change,
@@ -633,7 +634,7 @@ class Partition:
             out.append(record)
         state = step.state
         if state is None:
-            return out, None, prior or Tail(self.events_floor, 0)
+            return out, None, prior or Tail(self.events_floor, 0), None
         tail = prior.after(events, size) if prior is not None else None
         limit = self.limit(topic_names.STATE)
         if (
@@ -642,7 +643,7 @@ class Partition:
             and tail.events_since < snapshot_every(state)
             and tail.estimate <= limit * STATE_CHECK_FRACTION
         ):
-            return out, None, tail
+            return out, None, tail, state
         if state.status.terminal:
             # A finished run's snapshot is its marker (ADR 0071), but whether the run may end so
             # is decided on its whole state, as before: encoded only when it might be too large
@@ -658,7 +659,7 @@ class Partition:
         too_large = _over_limit(snapshot, limit)
         if too_large is not None:
             return too_large
-        return out, snapshot, Tail(self.events_floor, len(snapshot.value or b""))
+        return out, snapshot, Tail(self.events_floor, len(snapshot.value or b"")), state
 
     def _encode(self, outgoing: Outgoing) -> ProducerRecord:
         # A run's events go to the partition number that owns the run, where a restore of this
