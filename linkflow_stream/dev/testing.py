@@ -463,6 +463,11 @@ class TargetServer(ThreadingHTTPServer):
     """A real local HTTP server that HTTP nodes call; it records every request."""
 
     daemon_threads = True
+    request_queue_size = 1024
+    """The listen backlog (socketserver's default is 5). A fan-out of 200 HTTP nodes connects
+    hundreds of times at once, and the handler speaks HTTP/1.0, a connection per request: with
+    a backlog of 5 the kernel dropped most of those connects and the client resent them a second
+    or more later, so a wide run measured this server's queue, not the engine."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
