@@ -29,7 +29,8 @@ answer). Figures:
   target in issue 13: the largest within 1.5x).
 - **idle**: the engine's CPU (cores) with nothing to do, measured for 5 s before each window and
   subtracted over it. The engine runs with ``LINKFLOW_ORCHESTRATOR_BATCH_WAIT_SECONDS=0.05``
-  (``--engine-env`` changes it), which cuts that idle polling from about 0.3 to 0.1 cores.
+  (``--engine-env`` changes it): the default since 0a95cf1, pinned here so that figures stay
+  comparable whatever the default becomes.
 
 ``transform`` nodes run inline: a whole run is one orchestrator step. ``http`` nodes are tasks (a
 local echo server in this process answers them): every node's result is a step of its own, which
@@ -95,9 +96,10 @@ def fanout(workflow_id: str, size: int, node_type: str, target: str) -> dict[str
 
 SHAPES = {"chain": chain, "fanout": fanout}
 ENGINE_ENV = {"LINKFLOW_ORCHESTRATOR_BATCH_WAIT_SECONDS": "0.05"}
-"""At its default (0.5 ms) the orchestrator's fetch loop polls the broker about 1000 times a second
-and an idle engine uses about a third of a core; subtracted over a long window, that noise drowns
-the per-node figures. A fetch returns as soon as records arrive, so runs wait little longer."""
+"""At 0.5 ms (the default before 0a95cf1) the orchestrator's fetch loop polled the broker about 1000
+times a second and an idle engine used about a third of a core; subtracted over a long window,
+that noise drowned the per-node figures. A fetch returns as soon as records arrive, so runs wait
+no longer for it."""
 NODE_TYPES = ("transform", "http")
 
 

@@ -84,11 +84,6 @@ restart folds their records again."""
 STOP_OVERDUE = 6
 """The exit code of a process whose stop was abandoned (``Settings.stop_timeout_seconds``); no
 other exit of the CLI's uses it (``cli.EXIT_CODES``: 1-5)."""
-LISTEN_BACKLOG = 1024
-"""Connections the kernel completes and queues for the HTTP ports while the event loop is busy
-(aiohttp's default: 128; Linux caps it at ``net.core.somaxconn``). A connect beyond the queue is
-dropped and the client sends it again only a second later, then three: a burst of webhook calls
-or callers would wait seconds on a loop that was busy for milliseconds."""
 
 
 class StartRefusedError(LinkflowError):
@@ -575,7 +570,9 @@ class Engine:
     async def _serve(self, app: web.Application, port: int, name: str) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, self.settings.api_host, port, backlog=LISTEN_BACKLOG).start()
+        await web.TCPSite(
+            runner, self.settings.api_host, port, backlog=self.settings.api_listen_backlog
+        ).start()
         self._runners.append(runner)
         log.info("%s listening on %s:%d", name, self.settings.api_host, port)
 

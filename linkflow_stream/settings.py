@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     registry_port: int = 8085
     """Port of the worker registry API. Default ``8085``."""
 
+    api_listen_backlog: int = Field(default=1024, ge=1)
+    """Connections the kernel completes and queues for each HTTP port while the engine's event
+    loop is busy; a connect beyond the queue is dropped, and its client sends it again only 1 s
+    later (then at 3, 7, 15 s). The kernel caps it at ``net.core.somaxconn`` (4096 on current
+    Linux): for larger bursts raise both. Default ``1024`` (ADR 0072)."""
+
     data_dir: Path = Path(".linkflow")
     """Where local engine files live. Default ``.linkflow``."""
 
