@@ -9,7 +9,9 @@ import asyncio
 import ctypes
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -366,6 +368,37 @@ async def read_changelog_tail(
     }
     await codec.learn(latest.values())
     return {k: codec.decode(v, ExecutionState) if v is not None else None for k, v in latest.items()}
+
+
+def listen_cap() -> int:
+    """The kernel's cap on every listen backlog (``net.core.somaxconn``): a burst test of more
+    connects than this cannot tell a short backlog from the kernel's limit."""
+    return int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+def connect_burst(ports: Sequence[int], each: int, within: float, into: list[socket.socket]) -> int:
+    """``each`` non-blocking connects to every one of ``ports`` on loopback at once (their sockets
+    appended to ``into``, for the caller to use and close); how many had neither completed nor
+    failed after ``within`` s (``SO_ERROR`` says which failed). A connect the listen queue has no
+    room for is dropped and resent 1 s later, then at 3, 7, 15 s: what a short backlog looks
+    like. Polled, not selected: in a long test session the descriptors may be over 1024."""
+    poller = select.poll()
+    burst: list[socket.socket] = []
+    for port in ports:
+        for _ in range(each):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            into.append(s)
+            burst.append(s)
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            poller.register(s, select.POLLOUT)
+    pending = {s.fileno() for s in burst}
+    give_up = time.monotonic() + within
+    while pending and time.monotonic() < give_up:
+        for fd, _ in poller.poll(100):
+            pending.discard(fd)
+            poller.unregister(fd)
+    return len(pending)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -10,41 +10,18 @@ for milliseconds (ADR 0072).
 from __future__ import annotations
 
 import resource
-import select
 import signal
 import socket
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from linkflow_stream.dev.testing import EngineProcess
+from linkflow_stream.dev.testing import EngineProcess, connect_burst, listen_cap
 
 pytestmark = pytest.mark.e2e
 
 BURST = 600
 """Connects to each port: well over aiohttp's default backlog, under the engine's 1024."""
-
-
-def connect_all(ports: list[int], within: float, into: list[socket.socket]) -> int:
-    """``BURST`` connects to each of ``ports`` at once (appended to ``into``); how many had neither
-    completed nor failed after ``within`` s. A failed connect counts as done: ``SO_ERROR`` says."""
-    poller = select.poll()
-    for port in ports:
-        for _ in range(BURST):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            into.append(s)
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            poller.register(s, select.POLLOUT)
-    pending = {s.fileno() for s in into}
-    give_up = time.monotonic() + within
-    while pending and time.monotonic() < give_up:
-        for fd, _ in poller.poll(100):
-            pending.discard(fd)
-            poller.unregister(fd)
-    return len(pending)
 
 
 def health(s: socket.socket) -> str:
@@ -61,7 +38,7 @@ def health(s: socket.socket) -> str:
 def test_a_burst_of_connects_to_a_stopped_engine_is_queued_and_answered(
     engine_factory: Callable[..., EngineProcess],
 ) -> None:
-    cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    cap = listen_cap()
     if cap < BURST:
         pytest.skip(f"net.core.somaxconn is {cap}: the kernel caps every backlog below this burst")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -77,7 +54,7 @@ def test_a_burst_of_connects_to_a_stopped_engine_is_queued_and_answered(
     try:
         engine.proc.send_signal(signal.SIGSTOP)  # accepts nothing: only the backlog holds connects
         try:
-            pending = connect_all(ports, 5.0, sockets)
+            pending = connect_burst(ports, BURST, 5.0, sockets)
         finally:
             engine.proc.send_signal(signal.SIGCONT)
         assert pending == 0, f"{pending} of {len(sockets)} connects still pending after 5 s"

@@ -8,37 +8,22 @@ connects it could not queue and the engine's client resent them a second or more
 
 from __future__ import annotations
 
-import select
 import socket
-import time
-from pathlib import Path
 
 import pytest
 
-from linkflow_stream.dev.testing import TargetServer
+from linkflow_stream.dev.testing import TargetServer, connect_burst, listen_cap
 
 
 def test_hundreds_of_connects_complete_before_the_server_accepts_any() -> None:
-    cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    cap = listen_cap()
     if cap < 200:
         pytest.skip(f"net.core.somaxconn is {cap}: the kernel caps every backlog below 200 connects")
     server = TargetServer()  # listening, not yet accepting: the kernel alone queues the connects
     sockets: list[socket.socket] = []
     try:
-        poller = select.poll()  # not select(): the descriptors may be over 1024 in a long session
-        for _ in range(200):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(s)
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", server.server_address[1]))
-            poller.register(s, select.POLLOUT)
-        pending = {s.fileno() for s in sockets}
-        give_up = time.monotonic() + 5.0  # a dropped SYN is resent after 1 s, then 3, 7, ...
-        while pending and time.monotonic() < give_up:
-            for fd, _ in poller.poll(100):
-                pending.discard(fd)
-                poller.unregister(fd)
-        assert len(pending) == 0, f"{len(pending)} of 200 connects not completed: the backlog is too short"
+        pending = connect_burst([server.server_address[1]], 200, 5.0, sockets)
+        assert pending == 0, f"{pending} of 200 connects not completed: the backlog is too short"
         errors = [s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) for s in sockets]
         assert errors == [0] * 200
     finally:
