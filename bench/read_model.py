@@ -86,30 +86,41 @@ async def fold_all(
     return took, rows[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--bootstrap", help="a running broker (default: one of its own)")
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=45, help="records a fold takes at once")
-    parser.add_argument("--delays", default="0,1", help="row delays to compare, in seconds")
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    delays = [float(d) for d in args.delays.split(",")]
-    with engine_on(args.bootstrap) as engine:
+def recorded(
+    bootstrap: str | None, runs: int, concurrency: int
+) -> tuple[list[ConsumerRecord[bytes, bytes]], Topics]:
+    """Drive ``runs`` diamonds with ``concurrency`` callers through an engine (on ``bootstrap``,
+    or a broker of its own) and read back what its views fold, in the order they meet it."""
+    with engine_on(bootstrap) as engine:
         workflow_id = f"bench-views-{uuid.uuid4().hex[:6]}"
         status, body = call("POST", f"{engine.url}/api/workflows", {"id": workflow_id, **DIAMOND})
         assert status in (200, 201), body
-        _seconds, _latencies, failures = asyncio.run(
-            phase(engine.url, workflow_id, args.runs, args.concurrency)
-        )
+        _seconds, _latencies, failures = asyncio.run(phase(engine.url, workflow_id, runs, concurrency))
         assert failures == 0, f"{failures} runs failed"
         topics_of = view_topics(engine.settings())
         names = [topics_of.events, *sorted(topics_of.requests), topics_of.dlq or ""]
         read = asyncio.run(read_records(engine.bootstrap, [n for n in names if n]))
-    records = as_met(read, topics_of.requests, args.concurrency)
+    return as_met(read, topics_of.requests, concurrency), topics_of
+
+
+def recording_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``recorded`` and of the folds of what it records."""
+    parser.add_argument("--bootstrap", help="a running broker (default: one of its own)")
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=45, help="records a fold takes at once")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    recording_options(parser)
+    parser.add_argument("--delays", default="0,1", help="row delays to compare, in seconds")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    delays = [float(d) for d in args.delays.split(",")]
+    records, topics_of = recorded(args.bootstrap, args.runs, args.concurrency)
     runs = sum(1 for r in records if r.topic in topics_of.requests)
     print(f"{len(records)} records of {runs} runs, {args.concurrency} in flight, in batches of {args.batch}")
     figures: dict[float, list[tuple[float, int]]] = {d: [] for d in delays}

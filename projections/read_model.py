@@ -449,7 +449,8 @@ class ReadModel:
             if given_up is not None:
                 changes.lines[:0] = given_up.lines
                 changes.node_network[:0] = given_up.node_network
-            await self._write(changes)
+            if changes:  # a fold that only held positions back (a run's request) has nothing to store
+                await self._write(changes)
             written = True
             if self.on_rows_written is not None:
                 self.on_rows_written(len(changes.executions))

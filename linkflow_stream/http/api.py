@@ -29,6 +29,7 @@ from linkflow_stream.core.auth import ApiKey, Principal, Role, new_key, new_webh
 from linkflow_stream.core.clock import iso, now, to_millis
 from linkflow_stream.core.errors import ConflictError, LinkflowError, NotFoundError, ValidationError
 from linkflow_stream.core.events import EventType, ExecutionEvent
+from linkflow_stream.core.execution_ids import new_execution_id
 from linkflow_stream.core.idempotency import check_key, execution_ids, same_start, still_named
 from linkflow_stream.core.inline_attempts import matches_type
 from linkflow_stream.core.messages import CommandKind, ExecutionCommand, Priority, Signal, StartExecution
@@ -690,7 +691,7 @@ class Api:
         ``StartExecution``."""
         priority, wait = _start_params(request)
         requested_at = now()
-        execution_id = f"exec_{uuid.uuid4().hex}"
+        execution_id = new_execution_id(requested_at)
         key = request.headers.get("Idempotency-Key")
         if key is not None:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)

@@ -221,6 +221,26 @@ def test_wait_query_returns_the_finished_execution(engine: EngineProcess) -> Non
     assert status == 202 and body["status"] == "running", body
 
 
+def test_a_run_started_over_http_gets_a_time_ordered_id(engine: EngineProcess) -> None:
+    """ADR 0073: a UUIDv7 whose time is the request's, so ids made later sort later (the read
+    model's keys then grow at their right edge); ``exec_`` and 32 hex digits, as before."""
+    wf = {"id": wid("ids"), "nodes": [{"id": "a", "type": "transform", "config": {"expression": "1"}}]}
+    engine.register(wf)
+    ids = []
+    for _ in range(3):
+        before = time.time_ns() // 1_000_000
+        status, body = engine.start_execution(wf["id"])
+        after = time.time_ns() // 1_000_000
+        assert status == 202, body
+        assert re.fullmatch(r"exec_[0-9a-f]{32}", body["id"]), body["id"]
+        as_uuid = uuid.UUID(body["id"].removeprefix("exec_"))
+        assert as_uuid.version == 7 and as_uuid.variant == uuid.RFC_4122
+        assert before <= as_uuid.int >> 80 <= after
+        ids.append(body["id"])
+        time.sleep(0.002)
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
 def test_priority_versions_and_listing(engine: EngineProcess) -> None:
     wf = {
         "id": wid("versions"),

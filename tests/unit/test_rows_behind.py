@@ -24,8 +24,10 @@ class CountingStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.rows: dict[str, int] = {}
+        self.writes = 0
 
     async def write(self, changes: Changes) -> None:
+        self.writes += 1
         for run in changes.executions:
             self.rows[run] = self.rows.get(run, 0) + 1
         await super().write(changes)
@@ -80,6 +82,25 @@ async def test_a_quick_runs_row_is_written_once_when_it_ends(store: CountingStor
     assert await stored_seq(store, "eager") == state.seq, "no delay: written at once"
     await eager.fold(log.records("events", ended))
     assert store.rows["eager"] == 3
+
+
+async def test_a_fold_with_nothing_to_store_writes_nothing(store: CountingStore) -> None:
+    """A quick run's request, folded once the runs before it are stored, holds its position back
+    and brings no row or line: no store transaction (one a run at one caller, before). The first
+    request of a partition still stores the position it starts from."""
+    log = Log()
+    model = ReadModel(store, CODEC, TOPICS)
+    await model.fold(log.records("requests.normal", [start("first")]))
+    assert store.writes == 1 and await store.positions() == {("requests.normal", 0): 0}
+    for n, run in enumerate(("first", "second", "third")):
+        if n:
+            await model.fold(log.records("requests.normal", [start(run, n)]))
+            assert store.writes == n + 1, f"{run}'s request: nothing to store"
+        state, events = decided(None, start(run, n), n)
+        _, ended = decided(state, result(run, ok=True), n)
+        await model.fold(log.records("events", [*events, *ended]))
+        assert store.writes == n + 2 and store.rows[run] == 1
+    assert await store.positions() == {("requests.normal", 0): 3, ("events", 0): log.offsets[("events", 0)]}
 
 
 async def test_a_live_run_is_written_once_its_row_has_waited_the_delay(store: CountingStore) -> None:
