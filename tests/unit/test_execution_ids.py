@@ -6,6 +6,8 @@ import re
 import uuid
 from datetime import timedelta
 
+import pytest
+
 from linkflow_stream.core.clock import from_millis, to_millis
 from linkflow_stream.core.execution_ids import new_execution_id
 
@@ -33,3 +35,9 @@ def test_ids_made_later_sort_later_whatever_their_random_bits() -> None:
     earlier = new_execution_id(AT, b"\xff" * 10)
     later = new_execution_id(AT + timedelta(milliseconds=1), b"\x00" * 10)
     assert earlier < later
+
+
+def test_entropy_of_another_length_is_refused() -> None:
+    """Fewer bytes would give silently fewer random bits."""
+    with pytest.raises(ValueError, match="10 bytes"):
+        new_execution_id(AT, b"\x01" * 9)
