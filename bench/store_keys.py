@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
+import itertools
 import statistics
 import tempfile
 import time
@@ -70,7 +70,7 @@ def random_ids() -> IdMaker:
 
 def ordered_ids(start: datetime) -> IdMaker:
     """Ids a millisecond apart from ``start`` on: a store filled over time."""
-    clock = iter(start + timedelta(milliseconds=n) for n in range(10**12))
+    clock = (start + timedelta(milliseconds=n) for n in itertools.count())
     return lambda: new_execution_id(next(clock))
 
 
@@ -106,11 +106,6 @@ async def keep_writes(
     return store.kept, len({run for changes in store.kept for run in changes.executions})
 
 
-def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def write_at_size(
     batches: list[Changes], per_pass: int, stored: int, make: IdMaker
 ) -> tuple[float, float]:
@@ -124,10 +119,10 @@ async def write_at_size(
             for changes in renamed(batches, make):
                 await store.write(changes)
         measured = list(renamed(batches, make))  # rows made before the clock starts: not store work
-        began_cpu, began = cpu(), time.monotonic()
+        began_cpu, began = time.process_time(), time.monotonic()
         for changes in measured:
             await store.write(changes)
-        took_cpu, took = cpu() - began_cpu, time.monotonic() - began
+        took_cpu, took = time.process_time() - began_cpu, time.monotonic() - began
         await store.close()
     return took_cpu / per_pass, took / per_pass
 
