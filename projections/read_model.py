@@ -433,8 +433,10 @@ class ReadModel:
         written = False
         try:
             due = self._in_flight[ticket] = self._due(ended, folded, every=every)
-            for count, (run, behind) in enumerate(due.items(), 1):
+            for count, (run, behind) in enumerate(due.items()):
                 if count % YIELD_EVERY_ROW == 0:
+                    # The first yield comes before any row: the ``?wait`` answers ``notify`` woke
+                    # go out before this fold renders rows that no caller is waiting for.
                     await asyncio.sleep(0)
                 if behind.state is None:
                     continue

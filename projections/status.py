@@ -428,7 +428,11 @@ class StatusView:
         waiter = (reached, fut)
         self._waiters[execution_id].append(waiter)
         try:
-            await asyncio.wait_for(fut, within)
+            # ``timeout`` rather than ``wait_for``: the waiter's task wakes in the loop turn after
+            # ``notify`` (``wait_for`` goes through a callback and a future of its own, two turns,
+            # behind whatever the fold does next).
+            async with asyncio.timeout(within):
+                await fut
         except TimeoutError:
             return False
         finally:

@@ -288,7 +288,8 @@ class LogReader:
                 if not lane.buffered:
                     lane.ready.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lane.ready.wait(), 0.2)
+                        async with asyncio.timeout(0.2):  # not wait_for: its own task, turns later
+                            await lane.ready.wait()
                 batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
                 for _ in range(min(BATCH_RECORDS, len(lane.buffered))):
                     tp, record = lane.buffered.popleft()

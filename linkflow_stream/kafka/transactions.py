@@ -218,7 +218,10 @@ class KafkaTransactionalProducer:
         self, records: Sequence[ProducerRecord], offsets: Mapping[TopicPartition, int], group_id: str
     ) -> None:
         try:
-            await asyncio.wait_for(self._commit(records, offsets, group_id), COMMIT_TIMEOUT_SECONDS)
+            # Not ``wait_for``, which runs the commit as a task of its own: one more task a
+            # transaction, and its end reaches the batch some loop turns later.
+            async with asyncio.timeout(COMMIT_TIMEOUT_SECONDS):
+                await self._commit(records, offsets, group_id)
         except TimeoutError as exc:
             raise ProducerBroken(
                 f"{self.transactional_id}: commit still pending after {COMMIT_TIMEOUT_SECONDS:g} s"

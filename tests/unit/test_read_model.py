@@ -626,6 +626,47 @@ async def test_finished_runs_in_memory_stay_within_their_byte_bound(store: ReadS
         assert body["nodes"]["c"]["output"] == f"{i}" * 100_000
 
 
+async def test_a_waiter_resumes_before_the_fold_renders_its_row(store: ReadStore) -> None:
+    """ADR 0074: a ``?wait`` caller's answer goes out before the fold renders the run's row (its
+    state encoded, body and costs), which no caller waits for. Its waiter resumes in the loop turn
+    after ``notify``, and the fold yields once before its first row."""
+    model, log = ReadModel(store, CODEC, TOPICS), Log()
+    state, events = decided(None, start("e"), 0)
+    await model.fold(log.records("events", events))
+    order: list[str] = []
+    render = model._row
+
+    def row(state: ExecutionState) -> object:
+        order.append(f"row {state.status.value}")
+        return render(state)
+
+    model._row = row  # type: ignore[method-assign]
+
+    async def caller() -> None:
+        assert await model.status.wait_terminal("e", 5)
+        order.append("answered")
+
+    waiting = asyncio.create_task(caller())
+    await asyncio.sleep(0)  # the caller waits
+    _, events = decided(state, result("e", ok=True), 1)
+    await model.fold(log.records("events", events))
+    await waiting
+    assert order == ["answered", "row success"]
+
+
+async def test_a_waiter_resumes_in_the_loop_turn_after_notify() -> None:
+    """No callback and future of ``wait_for`` in between: each loop turn the answer waits is a
+    turn of whatever the fold does next."""
+    view = StatusView()
+    state, _ = decided(None, start("e"), 0)
+    done, _ = decided(state, result("e", ok=True), 1)
+    waiting = asyncio.create_task(view.wait_terminal("e", 5))
+    await asyncio.sleep(0)
+    view.notify([done])
+    await asyncio.sleep(0)
+    assert waiting.done() and waiting.result() is True
+
+
 @pytest.mark.parametrize("cache", [1024, 0], ids=["kept in memory", "finished cache off"])
 async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(
     tmp_path: Path, cache: int
@@ -657,7 +698,12 @@ async def test_a_waiter_is_told_before_the_write_and_store_reads_wait_for_it(
     _, events = decided(state, result("e", ok=False), 1)
     fold = asyncio.create_task(model.fold(log.records("events", events)))
     assert await model.status.wait_terminal("e", 5), "the waiter is told once the fold applies"
-    assert store.holding, "told while the write was still held"
+    assert not fold.done(), "told before the fold's write ended"
+    for _ in range(100):  # the waiter is told before the row is rendered; the write comes next
+        if store.holding:
+            break
+        await asyncio.sleep(0)
+    assert store.holding, "the write is held after the waiter was told"
     if cache:
         assert (await model.body("e") or {})["status"] == "failed"  # memory: no wait
     read_status = asyncio.create_task(model.status_of("e"))
