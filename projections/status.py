@@ -434,7 +434,8 @@ class StatusView:
             async with asyncio.timeout(within):
                 await fut
         except TimeoutError:
-            return False
+            # Told in the loop turn the deadline came: told in time (as ``wait_for`` said).
+            return fut.done() and not fut.cancelled()
         finally:
             waiters = self._waiters.get(execution_id)
             if waiters is not None:

@@ -195,7 +195,8 @@ class LogReader:
                 return False
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), timeout=min(remaining, 0.05))
+                async with asyncio.timeout(min(remaining, 0.05)):  # not wait_for (ADR 0074)
+                    await self._progress.wait()
         return True
 
     async def _run(self) -> None:

@@ -154,7 +154,8 @@ class TaskConsumer:
             while self.executor.free(pool) <= 0:
                 freed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(freed.wait(), FULL_GRACE_SECONDS)
+                    async with asyncio.timeout(FULL_GRACE_SECONDS):  # not wait_for (ADR 0074)
+                        await freed.wait()
                 if self.executor.free(pool) <= 0:
                     consumer.pause(*consumer.assignment())
                     paused = True
