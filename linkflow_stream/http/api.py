@@ -691,9 +691,10 @@ class Api:
         ``StartExecution``."""
         priority, wait = _start_params(request)
         requested_at = now()
-        execution_id = new_execution_id(requested_at)
         key = request.headers.get("Idempotency-Key")
-        if key is not None:
+        if key is None:
+            execution_id = new_execution_id(requested_at)
+        else:
             execution_id, first = await self._idempotent(wf.team or "", check_key(key), requested_at)
             if first is not None:
                 if not same_start(first, wf.id, input_data):

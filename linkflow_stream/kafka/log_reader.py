@@ -289,7 +289,7 @@ class LogReader:
                 if not lane.buffered:
                     lane.ready.clear()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.2):  # not wait_for: its own task, turns later
+                        async with asyncio.timeout(0.2):  # not wait_for (ADR 0074)
                             await lane.ready.wait()
                 batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
                 for _ in range(min(BATCH_RECORDS, len(lane.buffered))):

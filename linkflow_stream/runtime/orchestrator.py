@@ -778,7 +778,7 @@ class _Worker:
         wait = MAX_WAIT_MS if wake_ms is None else max(1, min(MAX_WAIT_MS, wake_ms - now_ms))
         self.wake.clear()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait / 1000):  # not wait_for: its own task, turns later
+            async with asyncio.timeout(wait / 1000):  # not wait_for (ADR 0074)
                 await self.wake.wait()
 
     async def _run(self) -> None:
